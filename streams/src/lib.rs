@@ -1,1 +1,17 @@
+//! The event log: subjects and partitions, stream definitions, the
+//! conversation aggregate (pure core) and the append path.
 
+pub mod append;
+pub mod codec;
+pub mod conversation;
+pub mod definitions;
+pub mod error;
+pub mod ids;
+pub mod log;
+pub mod subjects;
+
+pub use append::{AppendOutcome, Appender, ReceiptKind, ReceiptOutcome};
+pub use conversation::{Action, Command, ConvState, MessageBody, Rejection, Role};
+pub use definitions::{apply_streams, StreamSettings};
+pub use error::StreamsError;
+pub use subjects::Topology;

@@ -1,0 +1,474 @@
+//! The append path: cached state per conversation (refreshed from the
+//! subject's tail, never re-read whole per send), `decide`, and a publish
+//! with `Nats-Expected-Last-Subject-Sequence` and `Nats-Msg-Id`. A conflict
+//! (10071) refreshes the tail, re-decides and retries, a bounded number of
+//! times.
+
+use std::{
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_nats::jetstream::{
+    self, context::PublishErrorKind, message::PublishMessage, stream::RawMessageErrorKind,
+};
+use bytes::Bytes;
+use im_schema::v1;
+use lru::LruCache;
+use rand::Rng;
+
+use crate::codec::{conv_headers, decode_conv, payload_hash, HDR_SCHEMA_VERSION, HDR_TRACE_ID};
+use crate::conversation::{apply, check_receipt, decide, Action, Command, ConvState, Rejection};
+use crate::definitions::{CONV_STREAM, RCPT_STREAM};
+use crate::error::StreamsError;
+use crate::ids::{validate_id, IdKind};
+use crate::subjects::Topology;
+
+/// Conflict retries per command. Each conflict means another writer made
+/// progress; with jittered backoff a writer gets its turn within a few
+/// rounds even against a saturating peer. Past this the caller gets
+/// `Conflict` and may retry the same command safely.
+pub const CONFLICT_RETRIES_MAX: u32 = 64;
+
+/// Backoff after a conflict: uniform in [0, min(base * 2^attempt, cap)).
+/// The cap keeps the worst-case wait of one command near a few seconds.
+const CONFLICT_BACKOFF_BASE_US: u64 = 200;
+const CONFLICT_BACKOFF_CAP_US: u64 = 50_000;
+
+/// Conversations whose state a writer keeps. Each state is bounded
+/// (members + `MESSAGE_INDEX_MAX` recent messages), so this bounds memory.
+pub const CONV_CACHE_MAX: usize = 2_048;
+
+/// Events read in one tail refresh. A cold writer reads a whole subject once;
+/// past this the conversation needs the members projection's snapshot.
+pub const TAIL_READ_MAX: u64 = 1_000_000;
+
+/// What happened to a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Durably stored (JetStream's PubAck received). Positions are those of
+    /// the command's last event.
+    Stored {
+        conv_id: String,
+        stream_seq: u64,
+        conv_seq: u64,
+    },
+    /// The same (sender, client_msg_id) was stored before; the original ids.
+    Duplicate {
+        conv_id: String,
+        stream_seq: u64,
+        conv_seq: u64,
+    },
+    /// Refused by the rules; nothing was appended.
+    Rejected(Rejection),
+}
+
+/// What happened to a receipt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    Stored { stream_seq: u64, duplicate: bool },
+    Rejected(Rejection),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
+struct Cached {
+    state: ConvState,
+    loaded: bool,
+}
+
+type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+fn system_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One writer: what a gateway holds. Cheap to share (`Arc`); commands to
+/// one conversation are serialized within a writer, different conversations
+/// run in parallel, and different writers coordinate only through CAS.
+pub struct Appender {
+    js: jetstream::Context,
+    conv_stream: jetstream::stream::Stream<()>,
+    topology: Topology,
+    cache: Mutex<LruCache<String, Arc<tokio::sync::Mutex<Cached>>>>,
+    clock: Clock,
+    conflict_retries_max: u32,
+    #[cfg(feature = "fault-injection")]
+    drop_next_ack: std::sync::atomic::AtomicBool,
+}
+
+fn rejected_id(field: &'static str, e: impl ToString) -> Rejection {
+    Rejection::Invalid {
+        field,
+        detail: e.to_string(),
+    }
+}
+
+/// The actual last subject sequence from a 10071 error's text.
+fn actual_seq_from(err: &impl std::fmt::Display) -> u64 {
+    let text = err.to_string();
+    text.rsplit(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Appender {
+    pub async fn new(js: jetstream::Context, topology: Topology) -> Result<Self, StreamsError> {
+        let conv_stream = js
+            .get_stream_no_info(CONV_STREAM)
+            .await
+            .map_err(StreamsError::unavailable)?;
+        Ok(Appender {
+            js,
+            conv_stream,
+            topology,
+            cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(CONV_CACHE_MAX).expect("non-zero"),
+            )),
+            clock: Arc::new(system_clock_ms),
+            conflict_retries_max: CONFLICT_RETRIES_MAX,
+            #[cfg(feature = "fault-injection")]
+            drop_next_ack: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Replaces the wall clock (tests of time windows).
+    pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// The next publish is stored but its PubAck is "lost": the call returns
+    /// `Unavailable` as a timed-out ack would, and the cache is not updated.
+    #[cfg(feature = "fault-injection")]
+    pub fn drop_next_ack(&self) {
+        self.drop_next_ack
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn entry(&self, conv_id: &str) -> Arc<tokio::sync::Mutex<Cached>> {
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache
+            .get_or_insert(conv_id.to_string(), || {
+                Arc::new(tokio::sync::Mutex::new(Cached {
+                    state: ConvState::empty(conv_id),
+                    loaded: false,
+                }))
+            })
+            .clone()
+    }
+
+    /// The conversation's state as of the log's current tail.
+    pub async fn current_state(&self, conv_id: &str) -> Result<ConvState, StreamsError> {
+        validate_id(IdKind::Conversation, conv_id)
+            .map_err(|e| StreamsError::Config(e.to_string()))?;
+        let subject = self.topology.conv_subject(conv_id).expect("validated");
+        let entry = self.entry(conv_id);
+        let mut cached = entry.lock().await;
+        self.refresh(&subject, &mut cached.state).await?;
+        cached.loaded = true;
+        Ok(cached.state.clone())
+    }
+
+    /// Decides and appends one command to a conversation.
+    pub async fn execute(
+        &self,
+        conv_id: &str,
+        cmd: &Command,
+        trace_id: &str,
+    ) -> Result<AppendOutcome, StreamsError> {
+        if let Err(e) = validate_id(IdKind::Conversation, conv_id) {
+            return Ok(AppendOutcome::Rejected(rejected_id("conversation_id", e)));
+        }
+        // Ids end up in a header: refuse them before anything else.
+        if let Err(e) = validate_id(IdKind::User, &cmd.actor) {
+            return Ok(AppendOutcome::Rejected(rejected_id("actor", e)));
+        }
+        if let Err(e) = validate_id(IdKind::ClientMsg, &cmd.client_msg_id) {
+            return Ok(AppendOutcome::Rejected(rejected_id("client_msg_id", e)));
+        }
+        let subject = self.topology.conv_subject(conv_id).expect("validated");
+        let entry = self.entry(conv_id);
+        let mut cached = entry.lock().await;
+        if !cached.loaded {
+            self.refresh(&subject, &mut cached.state).await?;
+            cached.loaded = true;
+        }
+        let state = &mut cached.state;
+        let primary_msg_id = format!("{}:{}", cmd.actor, cmd.client_msg_id);
+        let is_send = matches!(cmd.action, Action::Send { .. });
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            // A retry of a recent send, answered without touching the server.
+            if is_send {
+                if let Some((conv_seq, meta)) = state.find_sent(&cmd.actor, &cmd.client_msg_id) {
+                    if meta.stream_seq != 0 {
+                        return Ok(AppendOutcome::Duplicate {
+                            conv_id: conv_id.to_string(),
+                            stream_seq: meta.stream_seq,
+                            conv_seq,
+                        });
+                    }
+                }
+            }
+            let now_ms = (self.clock)();
+            let events = match decide(state, cmd, now_ms) {
+                Ok(events) => events,
+                Err(rejection) => return Ok(AppendOutcome::Rejected(rejection)),
+            };
+            let count = events.len();
+            let mut conflict_at = None;
+            for (i, mut event) in events.into_iter().enumerate() {
+                // Chain each event to the one before it, including earlier
+                // events of this same command.
+                event.conv_seq = state.conv_seq + 1;
+                event.prev_hash = state.last_hash.to_vec();
+                let payload = Bytes::from(im_schema::encode(&event));
+                let msg_id = if i + 1 == count {
+                    primary_msg_id.clone()
+                } else {
+                    format!("{primary_msg_id}:{i}")
+                };
+                let publish = PublishMessage::build()
+                    .payload(payload.clone())
+                    .headers(conv_headers(&event, trace_id))
+                    .message_id(&msg_id)
+                    .expected_last_subject_sequence(state.version);
+                let ack = match self.js.send_publish(subject.clone(), publish).await {
+                    Ok(fut) => fut.await,
+                    Err(e) => Err(e),
+                };
+                match ack {
+                    Ok(ack) if ack.duplicate => {
+                        // Stored before (a retry whose first ack was lost).
+                        self.refresh(&subject, state).await?;
+                        if i + 1 == count {
+                            return self.original(conv_id, &subject, ack.sequence).await;
+                        }
+                        // An earlier event of this command was stored before:
+                        // re-decide from the state that includes it.
+                        conflict_at = Some(state.version);
+                        break;
+                    }
+                    Ok(ack) => {
+                        #[cfg(feature = "fault-injection")]
+                        if self
+                            .drop_next_ack
+                            .swap(false, std::sync::atomic::Ordering::SeqCst)
+                        {
+                            return Err(StreamsError::Unavailable(
+                                "publish ack lost (injected fault)".into(),
+                            ));
+                        }
+                        apply(state, &event);
+                        state.record_position(ack.sequence, payload_hash(&payload));
+                        if i + 1 == count {
+                            return Ok(AppendOutcome::Stored {
+                                conv_id: conv_id.to_string(),
+                                stream_seq: ack.sequence,
+                                conv_seq: state.conv_seq,
+                            });
+                        }
+                    }
+                    Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                        conflict_at = Some(actual_seq_from(&e));
+                        break;
+                    }
+                    Err(e) => return Err(StreamsError::unavailable(e)),
+                }
+            }
+            let actual = conflict_at.unwrap_or_default();
+            if attempts > self.conflict_retries_max {
+                return Err(StreamsError::Conflict {
+                    expected: state.version,
+                    actual,
+                    attempts,
+                });
+            }
+            tracing::debug!(
+                conv_id,
+                attempts,
+                expected = state.version,
+                actual,
+                "append conflict"
+            );
+            let cap = (CONFLICT_BACKOFF_BASE_US << attempts.min(16)).min(CONFLICT_BACKOFF_CAP_US);
+            let wait = rand::rng().random_range(0..cap.max(1));
+            tokio::time::sleep(Duration::from_micros(wait)).await;
+            self.refresh(&subject, state).await?;
+        }
+    }
+
+    /// The original ids of a duplicate, from the stored event itself.
+    async fn original(
+        &self,
+        conv_id: &str,
+        subject: &str,
+        stream_seq: u64,
+    ) -> Result<AppendOutcome, StreamsError> {
+        let msg = self
+            .conv_stream
+            .get_raw_message(stream_seq)
+            .await
+            .map_err(StreamsError::unavailable)?;
+        if msg.subject.as_str() != subject {
+            // The same client_msg_id was used for another conversation.
+            return Ok(AppendOutcome::Rejected(Rejection::Invalid {
+                field: "client_msg_id",
+                detail: "already used for another conversation".into(),
+            }));
+        }
+        let stored = decode_conv(&msg)?;
+        Ok(AppendOutcome::Duplicate {
+            conv_id: conv_id.to_string(),
+            stream_seq,
+            conv_seq: stored.event.conv_seq,
+        })
+    }
+
+    /// Reads the subject's events after `state.version` and folds them in,
+    /// checking that conv_seq is gapless and the hash chain intact.
+    async fn refresh(&self, subject: &str, state: &mut ConvState) -> Result<(), StreamsError> {
+        for _ in 0..TAIL_READ_MAX {
+            let next = self
+                .conv_stream
+                .raw_message_builder()
+                .sequence(state.version + 1)
+                .next_by_subject(subject)
+                .send()
+                .await;
+            let msg = match next {
+                Ok(msg) => msg,
+                Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => return Ok(()),
+                Err(e) => return Err(StreamsError::unavailable(e)),
+            };
+            if msg.subject.as_str() != subject {
+                return Ok(());
+            }
+            let stored = decode_conv(&msg)?;
+            if stored.event.conv_seq != state.conv_seq + 1 {
+                return Err(StreamsError::Corrupt {
+                    stream_seq: stored.stream_seq,
+                    detail: format!(
+                        "conv_seq {} follows {}",
+                        stored.event.conv_seq, state.conv_seq
+                    ),
+                });
+            }
+            if stored.event.prev_hash != state.last_hash {
+                return Err(StreamsError::Corrupt {
+                    stream_seq: stored.stream_seq,
+                    detail: "hash chain broken".into(),
+                });
+            }
+            apply(state, &stored.event);
+            state.record_position(stored.stream_seq, stored.hash);
+        }
+        Err(StreamsError::Unavailable(format!(
+            "{subject} has more than {TAIL_READ_MAX} unread events"
+        )))
+    }
+
+    /// Appends a cumulative delivery or read cursor (no CAS: readers take the
+    /// maximum). Checked against the log's latest state: members only, and
+    /// never past the conversation's last seq.
+    pub async fn append_receipt(
+        &self,
+        conv_id: &str,
+        user: &str,
+        device_id: &str,
+        kind: ReceiptKind,
+        up_to_seq: u64,
+        trace_id: &str,
+    ) -> Result<ReceiptOutcome, StreamsError> {
+        for (k, field, id) in [
+            (IdKind::Conversation, "conversation_id", conv_id),
+            (IdKind::User, "user_id", user),
+            (IdKind::Device, "device_id", device_id),
+        ] {
+            if let Err(e) = validate_id(k, id) {
+                return Ok(ReceiptOutcome::Rejected(rejected_id(field, e)));
+            }
+        }
+        let state = self.current_state(conv_id).await?;
+        if let Err(r) = check_receipt(&state, user, up_to_seq) {
+            return Ok(ReceiptOutcome::Rejected(r));
+        }
+        let now_ms = (self.clock)();
+        let (kind_tag, event_kind) = match kind {
+            ReceiptKind::Delivered => (
+                "delivered",
+                v1::receipt_event::Kind::Delivered(v1::Delivered { up_to_seq }),
+            ),
+            ReceiptKind::Read => (
+                "read",
+                v1::receipt_event::Kind::Read(v1::Read { up_to_seq }),
+            ),
+        };
+        let event = v1::ReceiptEvent {
+            conversation_id: conv_id.to_string(),
+            user_id: user.to_string(),
+            device_id: device_id.to_string(),
+            at_ms: now_ms,
+            schema_version: im_schema::SCHEMA_VERSION,
+            kind: Some(event_kind),
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(crate::codec::HDR_EVENT_TYPE, kind_tag);
+        headers.insert(
+            HDR_SCHEMA_VERSION,
+            im_schema::SCHEMA_VERSION.to_string().as_str(),
+        );
+        if !trace_id.is_empty() {
+            headers.insert(HDR_TRACE_ID, trace_id);
+        }
+        let publish = PublishMessage::build()
+            .payload(Bytes::from(im_schema::encode(&event)))
+            .headers(headers)
+            .message_id(format!("{user}:{device_id}:{kind_tag}:{up_to_seq}"));
+        let subject = self.topology.rcpt_subject(conv_id).expect("validated");
+        let ack = self
+            .js
+            .send_publish(subject, publish)
+            .await
+            .map_err(StreamsError::unavailable)?
+            .await
+            .map_err(StreamsError::unavailable)?;
+        Ok(ReceiptOutcome::Stored {
+            stream_seq: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+}
+
+/// The receipts stream name, for readers.
+pub const RECEIPTS_STREAM: &str = RCPT_STREAM;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actual_sequence_is_read_from_the_error_text() {
+        assert_eq!(actual_seq_from(&"wrong last sequence: 42"), 42);
+        assert_eq!(
+            actual_seq_from(&"publish failed: wrong last sequence: 7"),
+            7
+        );
+        assert_eq!(actual_seq_from(&"no digits"), 0);
+    }
+}

@@ -1,0 +1,94 @@
+//! The one id validator. User ids, conversation ids and client message ids
+//! become NATS subject tokens or header values, so every entry point checks
+//! them here: `[A-Za-z0-9_-]`, 1..=`ID_LEN_MAX` bytes. A `.`, `*`, `>`, space,
+//! `:` or control character is refused before it can reach a subject.
+
+use std::fmt;
+
+/// Longest id accepted. Subjects stay short (they are stored with every
+/// message) and ids fit comfortably in a header and a log line.
+pub const ID_LEN_MAX: usize = 64;
+
+/// What an id names; used in error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    User,
+    Conversation,
+    ClientMsg,
+    Device,
+}
+
+impl fmt::Display for IdKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IdKind::User => "user id",
+            IdKind::Conversation => "conversation id",
+            IdKind::ClientMsg => "client_msg_id",
+            IdKind::Device => "device id",
+        })
+    }
+}
+
+/// Why an id was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{kind} is empty")]
+    Empty { kind: IdKind },
+    #[error("{kind} is {len} bytes, longer than {ID_LEN_MAX}")]
+    TooLong { kind: IdKind, len: usize },
+    #[error("{kind} contains {ch:?}; only A-Z a-z 0-9 _ - are allowed")]
+    BadChar { kind: IdKind, ch: char },
+}
+
+/// Checks an id against the strict charset and length bound.
+pub fn validate_id(kind: IdKind, id: &str) -> Result<(), IdError> {
+    if id.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if id.len() > ID_LEN_MAX {
+        return Err(IdError::TooLong {
+            kind,
+            len: id.len(),
+        });
+    }
+    match id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        Some(ch) => Err(IdError::BadChar { kind, ch }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_strict_charset() {
+        for ok in ["a", "Alice_01", "conv-9", &"x".repeat(ID_LEN_MAX)] {
+            assert_eq!(validate_id(IdKind::User, ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_subject_injection_and_bounds() {
+        for bad in ["a.b", "*", ">", "a b", "a\tb", "a:b", "a\r\nb", "ü", "a/b"] {
+            assert!(
+                matches!(
+                    validate_id(IdKind::Conversation, bad),
+                    Err(IdError::BadChar { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            validate_id(IdKind::User, ""),
+            Err(IdError::Empty { kind: IdKind::User })
+        );
+        assert!(matches!(
+            validate_id(IdKind::User, &"x".repeat(ID_LEN_MAX + 1)),
+            Err(IdError::TooLong { .. })
+        ));
+    }
+}

@@ -1,0 +1,148 @@
+//! Subjects and partitioning.
+//!
+//! `partition = xxh3_64_with_seed(conv_id, PARTITION_HASH_SEED) mod P`: a fixed
+//! algorithm and seed (never std's randomized hasher), so every process and
+//! every replay agrees. P is fixed when IM_CONV is created and recorded in its
+//! metadata (`im.partitions`); processes read it from there.
+
+use sha2::{Digest, Sha256};
+
+use crate::ids::{validate_id, IdError, IdKind};
+
+/// Seed of the partition hash. Changing it moves every conversation: never.
+pub const PARTITION_HASH_SEED: u64 = 0x1A5E_ED00_C0DE_0001;
+
+/// Default partition count: enough for a handful of projector instances to
+/// split the work, few enough that each partition's consumer stays busy.
+pub const DEFAULT_PARTITIONS: u32 = 16;
+
+/// Upper bound on P: partitions are a subject token and a consumer each.
+pub const PARTITIONS_MAX: u32 = 1024;
+
+/// Prefix reserved for direct conversations; group ids may not use it.
+pub const DIRECT_PREFIX: &str = "dm_";
+
+/// The partition layout in force, as read from the stream's metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub partitions: u32,
+}
+
+impl Topology {
+    pub fn new(partitions: u32) -> Self {
+        assert!(
+            (1..=PARTITIONS_MAX).contains(&partitions),
+            "partitions must be 1..={PARTITIONS_MAX}"
+        );
+        Topology { partitions }
+    }
+
+    /// The partition a conversation belongs to.
+    pub fn partition_of(&self, conv_id: &str) -> u32 {
+        (xxhash_rust::xxh3::xxh3_64_with_seed(conv_id.as_bytes(), PARTITION_HASH_SEED)
+            % u64::from(self.partitions)) as u32
+    }
+
+    /// `im.conv.<p>.<conv_id>`: every event of one conversation.
+    pub fn conv_subject(&self, conv_id: &str) -> Result<String, IdError> {
+        validate_id(IdKind::Conversation, conv_id)?;
+        Ok(format!("im.conv.{}.{conv_id}", self.partition_of(conv_id)))
+    }
+
+    /// `im.rcpt.<p>.<conv_id>`: delivery and read cursors of one conversation.
+    pub fn rcpt_subject(&self, conv_id: &str) -> Result<String, IdError> {
+        validate_id(IdKind::Conversation, conv_id)?;
+        Ok(format!("im.rcpt.{}.{conv_id}", self.partition_of(conv_id)))
+    }
+
+    /// `im.conv.<p>.*`: one partition's conversations (a consumer filter).
+    pub fn conv_partition_filter(&self, partition: u32) -> String {
+        format!("im.conv.{partition}.*")
+    }
+
+    /// `im.rcpt.<p>.*`.
+    pub fn rcpt_partition_filter(&self, partition: u32) -> String {
+        format!("im.rcpt.{partition}.*")
+    }
+}
+
+/// `im.deliver.<user_id>`: per-user fan-out (core NATS).
+pub fn deliver_subject(user_id: &str) -> Result<String, IdError> {
+    validate_id(IdKind::User, user_id)?;
+    Ok(format!("im.deliver.{user_id}"))
+}
+
+/// The conversation id of the direct conversation between two users: derived
+/// from the sorted pair, so A-B and B-A are one conversation. A hash keeps it
+/// within the id bound and unambiguous whatever `_`/`-` the user ids contain.
+pub fn direct_conversation_id(a: &str, b: &str) -> Result<String, IdError> {
+    validate_id(IdKind::User, a)?;
+    validate_id(IdKind::User, b)?;
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut h = Sha256::new();
+    h.update(lo.as_bytes());
+    h.update([0u8]);
+    h.update(hi.as_bytes());
+    let digest = h.finalize();
+    Ok(format!("{DIRECT_PREFIX}{}", hex::encode(&digest[..16])))
+}
+
+/// The conversation id named by a subject `im.conv.<p>.<conv_id>` (or rcpt).
+pub fn conv_id_of_subject(subject: &str) -> Option<&str> {
+    let mut parts = subject.splitn(4, '.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("im"), Some("conv" | "rcpt"), Some(_), Some(id)) => Some(id),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_hash_is_stable_across_builds() {
+        // Golden values: if these change, every stored conversation moved.
+        let t = Topology::new(16);
+        let got: Vec<u32> = ["general", "dm_abc", "c1", "c2"]
+            .iter()
+            .map(|c| t.partition_of(c))
+            .collect();
+        assert_eq!(got, GOLDEN_PARTITIONS);
+    }
+    const GOLDEN_PARTITIONS: [u32; 4] = [0, 5, 3, 0];
+
+    #[test]
+    fn partitions_spread() {
+        let t = Topology::new(16);
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            counts[t.partition_of(&format!("conv-{i}")) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
+
+    #[test]
+    fn subjects_refuse_bad_ids() {
+        let t = Topology::new(16);
+        assert!(t.conv_subject("a.b").is_err());
+        assert!(t.rcpt_subject(">").is_err());
+        assert!(deliver_subject("*").is_err());
+        let s = t.conv_subject("general").unwrap();
+        assert!(s.starts_with("im.conv.") && s.ends_with(".general"));
+        assert_eq!(conv_id_of_subject(&s), Some("general"));
+    }
+
+    #[test]
+    fn direct_id_is_symmetric_and_unambiguous() {
+        let ab = direct_conversation_id("alice", "bob").unwrap();
+        assert_eq!(ab, direct_conversation_id("bob", "alice").unwrap());
+        assert!(ab.starts_with(DIRECT_PREFIX));
+        assert!(validate_id(IdKind::Conversation, &ab).is_ok());
+        assert_ne!(
+            direct_conversation_id("a_b", "c").unwrap(),
+            direct_conversation_id("a", "b_c").unwrap()
+        );
+        assert!(direct_conversation_id("a.b", "c").is_err());
+    }
+}

@@ -1,0 +1,481 @@
+//! The append path against a real nats-server: stored events, headers,
+//! idempotent stream setup, duplicates (invariant 4), receipts, bad input.
+
+mod common;
+
+use common::*;
+use im_schema::v1;
+use im_streams::{
+    codec::{HDR_CONV_SEQ, HDR_EVENT_TYPE, HDR_SCHEMA_VERSION, HDR_TRACE_ID},
+    definitions::{StreamSettings, CONV_STREAM, META_PARTITIONS, RCPT_STREAM},
+    log::read_conv_events,
+    subjects::direct_conversation_id,
+    Action, AppendOutcome, MessageBody, ReceiptKind, ReceiptOutcome, Role,
+};
+use im_testkit::NatsServer;
+
+#[tokio::test]
+async fn streams_apply_idempotently_and_record_partitions() {
+    let server = NatsServer::start().await.unwrap();
+    let js = js_for(&server.url()).await;
+    let first = im_streams::apply_streams(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    assert!(first.reports.iter().all(|r| r.created));
+    assert_eq!(first.topology.partitions, 16);
+    let again = im_streams::apply_streams(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    assert!(
+        again
+            .reports
+            .iter()
+            .all(|r| !r.created && r.changes.is_empty()),
+        "{:?}",
+        again.reports
+    );
+
+    // A compatible change is applied and reported; P never changes.
+    let changed = StreamSettings {
+        duplicate_window_ms: 300_000,
+        partitions: 4,
+        ..Default::default()
+    };
+    let third = im_streams::apply_streams(&js, &changed).await.unwrap();
+    assert_eq!(third.topology.partitions, 16, "P is fixed at creation");
+    let conv = third
+        .reports
+        .iter()
+        .find(|r| r.name == CONV_STREAM)
+        .unwrap();
+    assert!(
+        conv.changes
+            .iter()
+            .any(|c| c.starts_with("duplicate_window")),
+        "{conv:?}"
+    );
+    let info = js
+        .get_stream(CONV_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(info.duplicate_window.as_millis(), 300_000);
+    assert_eq!(
+        info.metadata.get(META_PARTITIONS).map(String::as_str),
+        Some("16")
+    );
+    assert!(info.deny_delete && info.deny_purge);
+    assert!(js.get_stream(RCPT_STREAM).await.is_ok());
+
+    // Bad settings are refused before anything is sent.
+    let bad = StreamSettings {
+        replicas: 0,
+        ..Default::default()
+    };
+    assert!(im_streams::apply_streams(&js, &bad).await.is_err());
+}
+
+#[tokio::test]
+async fn events_carry_conv_seq_type_schema_and_trace_headers_and_chain() {
+    let server = NatsServer::start().await.unwrap();
+    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let app = appender(&server.url(), topo).await;
+    create_group(&app, "g1", &[("alice", Role::Member)]).await;
+    let out = app
+        .execute("g1", &cmd("alice", "m1", text("hello")), "trace-1")
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, AppendOutcome::Stored { conv_seq: 2, .. }),
+        "{out:?}"
+    );
+
+    let stream = conv_stream(&js).await;
+    let subject = topo.conv_subject("g1").unwrap();
+    let msg = stream.direct_get_last_for_subject(&subject).await.unwrap();
+    assert_eq!(msg.headers.get(HDR_CONV_SEQ).unwrap().as_str(), "2");
+    assert_eq!(
+        msg.headers.get(HDR_EVENT_TYPE).unwrap().as_str(),
+        "message_sent"
+    );
+    assert_eq!(msg.headers.get(HDR_SCHEMA_VERSION).unwrap().as_str(), "1");
+    assert_eq!(msg.headers.get(HDR_TRACE_ID).unwrap().as_str(), "trace-1");
+    assert_eq!(msg.headers.get("Nats-Msg-Id").unwrap().as_str(), "alice:m1");
+
+    let events = read_conv_events(&stream, &subject, 1, 100).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].event.prev_hash, vec![0u8; 32]);
+    assert_eq!(
+        events[1].event.prev_hash,
+        events[0].hash.to_vec(),
+        "chained"
+    );
+    match &events[1].event.kind {
+        Some(v1::conv_event::Kind::MessageSent(m)) => {
+            assert_eq!(m.body, Some(v1::message_sent::Body::Text("hello".into())))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn first_direct_send_creates_the_conversation_once() {
+    let server = NatsServer::start().await.unwrap();
+    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let app = appender(&server.url(), topo).await;
+    let other = appender(&server.url(), topo).await;
+    let conv = direct_conversation_id("alice", "bob").unwrap();
+    let send = |to: &str, t: &str| Action::Send {
+        peer: Some(to.into()),
+        body: MessageBody::Text(t.into()),
+        meta: Default::default(),
+    };
+    // Both sides send first, concurrently, through different writers.
+    let (from_alice, from_bob) = (
+        cmd("alice", "a1", send("bob", "hi bob")),
+        cmd("bob", "b1", send("alice", "hi alice")),
+    );
+    let (a, b) = tokio::join!(
+        app.execute(&conv, &from_alice, ""),
+        other.execute(&conv, &from_bob, ""),
+    );
+    assert!(matches!(a.unwrap(), AppendOutcome::Stored { .. }));
+    assert!(matches!(b.unwrap(), AppendOutcome::Stored { .. }));
+    let events = read_conv_events(
+        &conv_stream(&js).await,
+        &topo.conv_subject(&conv).unwrap(),
+        1,
+        10,
+    )
+    .await
+    .unwrap();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| im_streams::conversation::event_type(&e.event))
+        .collect();
+    assert_eq!(
+        types,
+        ["conversation_created", "message_sent", "message_sent"]
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.event.conv_seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn invariant_4_a_retried_send_is_stored_once_with_the_original_ids() {
+    let server = NatsServer::start().await.unwrap();
+    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let app = appender(&server.url(), topo).await;
+    create_group(
+        &app,
+        "g1",
+        &[("alice", Role::Member), ("bob", Role::Member)],
+    )
+    .await;
+    let send = cmd("alice", "retry-1", text("once"));
+
+    // Plain retry on the same writer.
+    let first = app.execute("g1", &send, "").await.unwrap();
+    let AppendOutcome::Stored {
+        stream_seq,
+        conv_seq,
+        ..
+    } = first
+    else {
+        panic!("{first:?}")
+    };
+    let again = app.execute("g1", &send, "").await.unwrap();
+    assert_eq!(
+        again,
+        AppendOutcome::Duplicate {
+            conv_id: "g1".into(),
+            stream_seq,
+            conv_seq
+        }
+    );
+
+    // Retry on another writer (the client reconnected to another gateway),
+    // after someone else wrote in between.
+    app.execute("g1", &cmd("bob", "b-1", text("between")), "")
+        .await
+        .unwrap();
+    let other = appender(&server.url(), topo).await;
+    let via_other = other.execute("g1", &send, "").await.unwrap();
+    assert_eq!(
+        via_other,
+        AppendOutcome::Duplicate {
+            conv_id: "g1".into(),
+            stream_seq,
+            conv_seq
+        }
+    );
+
+    // The first PubAck is lost: the writer answers "unavailable" though the
+    // server stored the event; the client retries.
+    let lost = cmd("alice", "lost-ack", text("was it stored?"));
+    app.drop_next_ack();
+    let err = app.execute("g1", &lost, "").await.unwrap_err();
+    assert!(
+        matches!(err, im_streams::StreamsError::Unavailable(_)),
+        "{err}"
+    );
+    let retried = app.execute("g1", &lost, "").await.unwrap();
+    let AppendOutcome::Duplicate {
+        stream_seq: lost_seq,
+        conv_seq: lost_conv_seq,
+        ..
+    } = retried
+    else {
+        panic!("{retried:?}")
+    };
+    // ... and so does a fresh writer, and the one that lost the ack again.
+    let fresh = appender(&server.url(), topo).await;
+    assert_eq!(fresh.execute("g1", &lost, "").await.unwrap(), retried);
+    assert_eq!(app.execute("g1", &lost, "").await.unwrap(), retried);
+
+    // Exactly one message per client_msg_id in the log.
+    let events = read_conv_events(
+        &conv_stream(&js).await,
+        &topo.conv_subject("g1").unwrap(),
+        1,
+        100,
+    )
+    .await
+    .unwrap();
+    let count = |id: &str| {
+        events
+            .iter()
+            .filter(|e| e.event.client_msg_id == id)
+            .count()
+    };
+    assert_eq!(count("retry-1"), 1);
+    assert_eq!(count("lost-ack"), 1);
+    let stored = events
+        .iter()
+        .find(|e| e.event.client_msg_id == "lost-ack")
+        .unwrap();
+    assert_eq!(
+        (stored.stream_seq, stored.event.conv_seq),
+        (lost_seq, lost_conv_seq)
+    );
+
+    // Reusing a client_msg_id for another conversation is refused, not
+    // answered with the other conversation's ids.
+    create_group(&app, "g2", &[("alice", Role::Member)]).await;
+    let reuse = fresh.execute("g2", &send, "").await.unwrap();
+    assert!(
+        matches!(reuse, AppendOutcome::Rejected(ref r) if r.code() == "invalid_argument"),
+        "{reuse:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_reason_and_appends_nothing() {
+    let server = NatsServer::start().await.unwrap();
+    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let app = appender(&server.url(), topo).await;
+    create_group(
+        &app,
+        "g1",
+        &[
+            ("admin", Role::Admin),
+            ("muted", Role::Member),
+            ("black", Role::Member),
+        ],
+    )
+    .await;
+    let until = i64::MAX / 2;
+    let ok = |o: AppendOutcome| assert!(matches!(o, AppendOutcome::Stored { .. }), "{o:?}");
+    ok(app
+        .execute(
+            "g1",
+            &cmd(
+                "admin",
+                "mute",
+                Action::Mute {
+                    user: "muted".into(),
+                    until_ms: until,
+                },
+            ),
+            "",
+        )
+        .await
+        .unwrap());
+    ok(app
+        .execute(
+            "g1",
+            &cmd(
+                "admin",
+                "bl",
+                Action::Blacklist {
+                    user: "black".into(),
+                },
+            ),
+            "",
+        )
+        .await
+        .unwrap());
+    let before = conv_message_count(&js).await;
+
+    let mut cases: Vec<(String, im_streams::Command, &str)> = Vec::new();
+    for bad in ["a.b", "*", ">", "a b", "", "x".repeat(65).as_str()] {
+        cases.push((
+            bad.to_string(),
+            cmd("owner", "c1", text("x")),
+            "invalid_argument",
+        ));
+        cases.push(("g1".into(), cmd(bad, "c1", text("x")), "invalid_argument"));
+        cases.push((
+            "g1".into(),
+            cmd("owner", bad, text("x")),
+            "invalid_argument",
+        ));
+    }
+    cases.push((
+        "g1".into(),
+        cmd(
+            "owner",
+            "big",
+            text(&"x".repeat(im_streams::conversation::TEXT_BYTES_MAX + 1)),
+        ),
+        "too_large",
+    ));
+    cases.push(("g1".into(), cmd("stranger", "c2", text("x")), "not_member"));
+    cases.push(("g1".into(), cmd("muted", "c3", text("x")), "muted"));
+    cases.push(("g1".into(), cmd("black", "c4", text("x")), "blacklisted"));
+    cases.push((
+        "nope".into(),
+        cmd("owner", "c5", text("x")),
+        "conversation_not_found",
+    ));
+    for (conv, c, code) in cases {
+        match app.execute(&conv, &c, "").await.unwrap() {
+            AppendOutcome::Rejected(r) => assert_eq!(r.code(), code, "{conv:?} {c:?}: {r}"),
+            other => panic!("{conv:?} {c:?} was not refused: {other:?}"),
+        }
+    }
+    // Receipts: beyond the end, from a non-member, or with bad ids.
+    let r = app
+        .append_receipt("g1", "stranger", "d1", ReceiptKind::Read, 1, "")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, ReceiptOutcome::Rejected(ref r) if r.code() == "not_member"),
+        "{r:?}"
+    );
+    let r = app
+        .append_receipt("g1", "admin", "d1", ReceiptKind::Read, 999, "")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, ReceiptOutcome::Rejected(ref r) if r.code() == "cursor_beyond_end"),
+        "{r:?}"
+    );
+    let r = app
+        .append_receipt("g1", "admin", "d.1", ReceiptKind::Delivered, 1, "")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, ReceiptOutcome::Rejected(ref r) if r.code() == "invalid_argument"),
+        "{r:?}"
+    );
+
+    assert_eq!(conv_message_count(&js).await, before, "nothing appended");
+    let rcpt = js
+        .get_stream(RCPT_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(rcpt, 0, "no receipt appended");
+}
+
+#[tokio::test]
+async fn receipts_are_appended_without_cas_and_deduplicated() {
+    let server = NatsServer::start().await.unwrap();
+    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let app = appender(&server.url(), topo).await;
+    create_group(&app, "g1", &[("bob", Role::Member)]).await;
+    app.execute("g1", &cmd("owner", "m1", text("hi")), "")
+        .await
+        .unwrap();
+    let r1 = app
+        .append_receipt("g1", "bob", "phone", ReceiptKind::Delivered, 2, "t")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r1,
+            ReceiptOutcome::Stored {
+                duplicate: false,
+                ..
+            }
+        ),
+        "{r1:?}"
+    );
+    let r2 = app
+        .append_receipt("g1", "bob", "phone", ReceiptKind::Delivered, 2, "t")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r2,
+            ReceiptOutcome::Stored {
+                duplicate: true,
+                ..
+            }
+        ),
+        "{r2:?}"
+    );
+    let r3 = app
+        .append_receipt("g1", "bob", "phone", ReceiptKind::Read, 2, "t")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r3,
+            ReceiptOutcome::Stored {
+                duplicate: false,
+                ..
+            }
+        ),
+        "{r3:?}"
+    );
+    let stream = js.get_stream(RCPT_STREAM).await.unwrap();
+    let msg = stream
+        .direct_get_last_for_subject(topo.rcpt_subject("g1").unwrap())
+        .await
+        .unwrap();
+    let ev: v1::ReceiptEvent = im_schema::decode(&msg.payload).unwrap();
+    assert_eq!(ev.user_id, "bob");
+    assert_eq!(
+        ev.kind,
+        Some(v1::receipt_event::Kind::Read(v1::Read { up_to_seq: 2 }))
+    );
+    // A removed member's cursor is refused, even through a writer whose
+    // cache predates the removal.
+    let stale = appender(&server.url(), topo).await;
+    stale.current_state("g1").await.unwrap();
+    app.execute(
+        "g1",
+        &cmd("owner", "rm", Action::RemoveMember { user: "bob".into() }),
+        "",
+    )
+    .await
+    .unwrap();
+    let r4 = stale
+        .append_receipt("g1", "bob", "phone", ReceiptKind::Read, 2, "")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r4, ReceiptOutcome::Rejected(ref r) if r.code() == "not_member"),
+        "{r4:?}"
+    );
+}
