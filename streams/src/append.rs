@@ -18,11 +18,14 @@ use im_schema::v1;
 use lru::LruCache;
 use rand::Rng;
 
-use crate::codec::{conv_headers, decode_conv, payload_hash, HDR_SCHEMA_VERSION, HDR_TRACE_ID};
+use crate::codec::{
+    conv_headers, decode_conv, payload_hash, StoredEvent, HDR_SCHEMA_VERSION, HDR_TRACE_ID,
+};
 use crate::conversation::{apply, check_receipt, decide, Action, Command, ConvState, Rejection};
 use crate::definitions::{CONV_STREAM, RCPT_STREAM};
 use crate::error::StreamsError;
 use crate::ids::{validate_id, IdKind};
+use crate::log::{read_batch, DIRECT_BATCH_MAX};
 use crate::subjects::Topology;
 
 /// Conflict retries per command. Each conflict means another writer made
@@ -32,17 +35,37 @@ use crate::subjects::Topology;
 pub const CONFLICT_RETRIES_MAX: u32 = 64;
 
 /// Backoff after a conflict: uniform in [0, min(base * 2^attempt, cap)).
-/// The cap keeps the worst-case wait of one command near a few seconds.
+/// Small: a refresh costs one round trip, and a long sleep only lets the
+/// other writer move further ahead.
 const CONFLICT_BACKOFF_BASE_US: u64 = 200;
-const CONFLICT_BACKOFF_CAP_US: u64 = 50_000;
+const CONFLICT_BACKOFF_CAP_US: u64 = 5_000;
 
 /// Conversations whose state a writer keeps. Each state is bounded
 /// (members + `MESSAGE_INDEX_MAX` recent messages), so this bounds memory.
 pub const CONV_CACHE_MAX: usize = 2_048;
 
-/// Events read in one tail refresh. A cold writer reads a whole subject once;
-/// past this the conversation needs the members projection's snapshot.
-pub const TAIL_READ_MAX: u64 = 1_000_000;
+/// Folds one stored event into a writer's state, refusing a conv_seq gap or
+/// a broken hash chain: a writer never extends a log it cannot trust.
+fn fold_stored(state: &mut ConvState, stored: StoredEvent) -> Result<(), StreamsError> {
+    if stored.event.conv_seq != state.conv_seq + 1 {
+        return Err(StreamsError::Corrupt {
+            stream_seq: stored.stream_seq,
+            detail: format!(
+                "conv_seq {} follows {}",
+                stored.event.conv_seq, state.conv_seq
+            ),
+        });
+    }
+    if stored.event.prev_hash != state.last_hash {
+        return Err(StreamsError::Corrupt {
+            stream_seq: stored.stream_seq,
+            detail: "hash chain broken".into(),
+        });
+    }
+    apply(state, &stored.event);
+    state.record_position(stored.stream_seq, stored.hash);
+    Ok(())
+}
 
 /// What happened to a command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +118,7 @@ fn system_clock_ms() -> i64 {
 /// one conversation are serialized within a writer, different conversations
 /// run in parallel, and different writers coordinate only through CAS.
 pub struct Appender {
+    client: async_nats::Client,
     js: jetstream::Context,
     conv_stream: jetstream::stream::Stream<()>,
     topology: Topology,
@@ -112,22 +136,41 @@ fn rejected_id(field: &'static str, e: impl ToString) -> Rejection {
     }
 }
 
-/// The actual last subject sequence from a 10071 error's text.
+/// 10071 (standalone; the text carries the actual sequence) or 10164 (the
+/// clustered variant, whose text does not) both mean another writer won.
+fn is_conflict(e: &jetstream::context::PublishError) -> bool {
+    if e.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|je| {
+            je.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+        })
+}
+
+/// The actual last subject sequence from a 10071 error's text (0 when the
+/// text has none: the refresh then asks for the subject's last sequence).
 fn actual_seq_from(err: &impl std::fmt::Display) -> u64 {
     let text = err.to_string();
-    text.rsplit(|c: char| !c.is_ascii_digit())
-        .find(|s| !s.is_empty())
-        .and_then(|s| s.parse().ok())
+    text.split_once("wrong last sequence: ")
+        .and_then(|(_, rest)| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 impl Appender {
-    pub async fn new(js: jetstream::Context, topology: Topology) -> Result<Self, StreamsError> {
+    pub async fn new(client: async_nats::Client, topology: Topology) -> Result<Self, StreamsError> {
+        let js = jetstream::new(client.clone());
         let conv_stream = js
             .get_stream_no_info(CONV_STREAM)
             .await
             .map_err(StreamsError::unavailable)?;
         Ok(Appender {
+            client,
             js,
             conv_stream,
             topology,
@@ -178,7 +221,7 @@ impl Appender {
         let subject = self.topology.conv_subject(conv_id).expect("validated");
         let entry = self.entry(conv_id);
         let mut cached = entry.lock().await;
-        self.refresh(&subject, &mut cached.state).await?;
+        self.refresh(&subject, &mut cached.state, None).await?;
         cached.loaded = true;
         Ok(cached.state.clone())
     }
@@ -204,7 +247,7 @@ impl Appender {
         let entry = self.entry(conv_id);
         let mut cached = entry.lock().await;
         if !cached.loaded {
-            self.refresh(&subject, &mut cached.state).await?;
+            self.refresh(&subject, &mut cached.state, None).await?;
             cached.loaded = true;
         }
         let state = &mut cached.state;
@@ -255,7 +298,7 @@ impl Appender {
                 match ack {
                     Ok(ack) if ack.duplicate => {
                         // Stored before (a retry whose first ack was lost).
-                        self.refresh(&subject, state).await?;
+                        self.refresh(&subject, state, None).await?;
                         if i + 1 == count {
                             return self.original(conv_id, &subject, ack.sequence).await;
                         }
@@ -284,7 +327,7 @@ impl Appender {
                             });
                         }
                     }
-                    Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    Err(e) if is_conflict(&e) => {
                         conflict_at = Some(actual_seq_from(&e));
                         break;
                     }
@@ -309,7 +352,8 @@ impl Appender {
             let cap = (CONFLICT_BACKOFF_BASE_US << attempts.min(16)).min(CONFLICT_BACKOFF_CAP_US);
             let wait = rand::rng().random_range(0..cap.max(1));
             tokio::time::sleep(Duration::from_micros(wait)).await;
-            self.refresh(&subject, state).await?;
+            // The error named the subject's actual last sequence: read to it.
+            self.refresh(&subject, state, Some(actual)).await?;
         }
     }
 
@@ -340,47 +384,80 @@ impl Appender {
         })
     }
 
-    /// Reads the subject's events after `state.version` and folds them in,
-    /// checking that conv_seq is gapless and the hash chain intact.
-    async fn refresh(&self, subject: &str, state: &mut ConvState) -> Result<(), StreamsError> {
-        for _ in 0..TAIL_READ_MAX {
-            let next = self
-                .conv_stream
-                .raw_message_builder()
-                .sequence(state.version + 1)
-                .next_by_subject(subject)
-                .send()
-                .await;
-            let msg = match next {
-                Ok(msg) => msg,
-                Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => return Ok(()),
-                Err(e) => return Err(StreamsError::unavailable(e)),
-            };
-            if msg.subject.as_str() != subject {
-                return Ok(());
-            }
-            let stored = decode_conv(&msg)?;
-            if stored.event.conv_seq != state.conv_seq + 1 {
-                return Err(StreamsError::Corrupt {
-                    stream_seq: stored.stream_seq,
-                    detail: format!(
-                        "conv_seq {} follows {}",
-                        stored.event.conv_seq, state.conv_seq
-                    ),
-                });
-            }
-            if stored.event.prev_hash != state.last_hash {
-                return Err(StreamsError::Corrupt {
-                    stream_seq: stored.stream_seq,
-                    detail: "hash chain broken".into(),
-                });
-            }
-            apply(state, &stored.event);
-            state.record_position(stored.stream_seq, stored.hash);
+    /// The subject's next event at or after `from_seq`, read from the leader.
+    async fn leader_next(
+        &self,
+        subject: &str,
+        from_seq: u64,
+    ) -> Result<Option<StoredEvent>, StreamsError> {
+        match self
+            .conv_stream
+            .raw_message_builder()
+            .sequence(from_seq)
+            .next_by_subject(subject)
+            .send()
+            .await
+        {
+            Ok(msg) => Ok(Some(decode_conv(&msg)?)),
+            Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(StreamsError::unavailable(e)),
         }
-        Err(StreamsError::Unavailable(format!(
-            "{subject} has more than {TAIL_READ_MAX} unread events"
-        )))
+    }
+
+    /// The stream sequence of the subject's last event (0 if none).
+    async fn last_seq_of(&self, subject: &str) -> Result<u64, StreamsError> {
+        match self
+            .conv_stream
+            .raw_message_builder()
+            .last_by_subject(subject)
+            .send()
+            .await
+        {
+            Ok(msg) => Ok(msg.sequence),
+            Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => Ok(0),
+            Err(e) => Err(StreamsError::unavailable(e)),
+        }
+    }
+
+    /// Folds the subject's events after `state.version` up to `target` (the
+    /// subject's last sequence when not known), checking that conv_seq is
+    /// gapless and the hash chain intact. Reading to a fixed target, not
+    /// "until nothing more", keeps a writer from chasing the tail of a
+    /// conversation another writer keeps appending to.
+    async fn refresh(
+        &self,
+        subject: &str,
+        state: &mut ConvState,
+        target: Option<u64>,
+    ) -> Result<(), StreamsError> {
+        let target = match target {
+            Some(t) if t > 0 => t,
+            _ => self.last_seq_of(subject).await?,
+        };
+        // Bounded: each round folds at least one event, or stops.
+        while state.version < target {
+            let batch = read_batch(
+                &self.client,
+                CONV_STREAM,
+                subject,
+                state.version + 1,
+                DIRECT_BATCH_MAX,
+            )
+            .await?;
+            let mut events = batch.events;
+            if events.is_empty() {
+                // Direct gets may be served by a replica that has not caught
+                // up; the leader's answer is authoritative.
+                match self.leader_next(subject, state.version + 1).await? {
+                    Some(stored) => events.push(stored),
+                    None => break,
+                }
+            }
+            for stored in events {
+                fold_stored(state, stored)?;
+            }
+        }
+        Ok(())
     }
 
     /// Appends a cumulative delivery or read cursor (no CAS: readers take the

@@ -1,36 +1,138 @@
-//! Reading the log back: what tests, tools and cold writers use to replay a
+//! Reading the log back: what writers, tests and tools use to replay a
 //! subject (or a wildcard filter) in stream order.
+//!
+//! Reads use batched direct gets (nats-server 2.11+, ADR-31): one request
+//! returns up to `DIRECT_BATCH_MAX` messages and an end-of-batch marker with
+//! how many more match, so catching up on a tail costs one round trip per
+//! batch, not one per event.
 
-use async_nats::jetstream::{self, stream::RawMessageErrorKind};
+use std::time::Duration;
 
-use crate::codec::{decode_conv, StoredEvent};
+use async_nats::{Client, HeaderMap};
+use futures::StreamExt;
+
+use crate::codec::{decode_conv_parts, StoredEvent};
 use crate::error::StreamsError;
+
+/// Messages per batched get. Bounds one response's memory (at most this many
+/// events of at most the stream's max message size).
+pub const DIRECT_BATCH_MAX: usize = 256;
+
+/// How long one batched get may take before the reader reports the stream
+/// unavailable.
+const DIRECT_BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One batch: the events read and how many more match after them.
+pub struct Batch {
+    pub events: Vec<StoredEvent>,
+    pub pending: u64,
+}
+
+fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name).and_then(|v| v.as_str().parse().ok())
+}
+
+/// Reads up to `batch` events of `stream` matching `filter` from `from_seq`.
+pub async fn read_batch(
+    client: &Client,
+    stream: &str,
+    filter: &str,
+    from_seq: u64,
+    batch: usize,
+) -> Result<Batch, StreamsError> {
+    let batch = batch.clamp(1, DIRECT_BATCH_MAX);
+    let inbox = client.new_inbox();
+    let mut sub = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(StreamsError::unavailable)?;
+    let request = serde_json::json!({
+        "seq": from_seq.max(1),
+        "next_by_subj": filter,
+        "batch": batch,
+    });
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            inbox,
+            request.to_string().into(),
+        )
+        .await
+        .map_err(StreamsError::unavailable)?;
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + DIRECT_BATCH_TIMEOUT;
+    // At most `batch` messages and one end marker arrive.
+    for _ in 0..=batch {
+        let msg = match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Err(StreamsError::Unavailable("connection closed".into())),
+            Err(_) => {
+                return Err(StreamsError::Unavailable(format!(
+                    "batched get on {stream} timed out"
+                )))
+            }
+        };
+        let empty = HeaderMap::new();
+        let headers = msg.headers.as_ref().unwrap_or(&empty);
+        match msg.status.map(|s| s.as_u16()) {
+            // End of batch: how many more match.
+            Some(204) => {
+                return Ok(Batch {
+                    events,
+                    pending: header_u64(headers, "Nats-Num-Pending").unwrap_or(0),
+                })
+            }
+            // Nothing matches from there on.
+            Some(404) => return Ok(Batch { events, pending: 0 }),
+            Some(code) => {
+                return Err(StreamsError::Unavailable(format!(
+                    "batched get on {stream}: status {code} {:?}",
+                    msg.description
+                )))
+            }
+            None => {
+                let seq = header_u64(headers, "Nats-Sequence").ok_or_else(|| {
+                    StreamsError::Unavailable("batched get reply without Nats-Sequence".into())
+                })?;
+                let subject = headers
+                    .get("Nats-Subject")
+                    .map(|v| v.as_str().to_string())
+                    .unwrap_or_default();
+                events.push(decode_conv_parts(
+                    seq,
+                    &subject,
+                    Some(headers),
+                    &msg.payload,
+                )?);
+            }
+        }
+    }
+    Err(StreamsError::Unavailable(
+        "batched get sent more than it was asked for".into(),
+    ))
+}
 
 /// Reads every conversation event matching `filter` (a subject, wildcards
 /// allowed) from `from_seq` on, in stream order, at most `limit` of them.
-/// One request per event: for bulk replays use an ordered consumer.
 pub async fn read_conv_events(
-    stream: &jetstream::stream::Stream<impl Sync>,
+    client: &Client,
+    stream: &str,
     filter: &str,
     from_seq: u64,
     limit: usize,
 ) -> Result<Vec<StoredEvent>, StreamsError> {
-    let mut out = Vec::new();
+    let mut out: Vec<StoredEvent> = Vec::new();
     let mut next = from_seq.max(1);
     while out.len() < limit {
-        let got = stream
-            .raw_message_builder()
-            .sequence(next)
-            .next_by_subject(filter)
-            .send()
-            .await;
-        match got {
-            Ok(msg) => {
-                next = msg.sequence + 1;
-                out.push(decode_conv(&msg)?);
-            }
-            Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => break,
-            Err(e) => return Err(StreamsError::unavailable(e)),
+        let batch = read_batch(client, stream, filter, next, limit - out.len()).await?;
+        let Some(last) = batch.events.last() else {
+            break;
+        };
+        next = last.stream_seq + 1;
+        let done = batch.pending == 0;
+        out.extend(batch.events);
+        if done {
+            break;
         }
     }
     Ok(out)

@@ -8,7 +8,6 @@ use im_schema::v1;
 use im_streams::{
     codec::{HDR_CONV_SEQ, HDR_EVENT_TYPE, HDR_SCHEMA_VERSION, HDR_TRACE_ID},
     definitions::{StreamSettings, CONV_STREAM, META_PARTITIONS, RCPT_STREAM},
-    log::read_conv_events,
     subjects::direct_conversation_id,
     Action, AppendOutcome, MessageBody, ReceiptKind, ReceiptOutcome, Role,
 };
@@ -94,9 +93,12 @@ async fn events_carry_conv_seq_type_schema_and_trace_headers_and_chain() {
         "{out:?}"
     );
 
-    let stream = conv_stream(&js).await;
     let subject = topo.conv_subject("g1").unwrap();
-    let msg = stream.direct_get_last_for_subject(&subject).await.unwrap();
+    let msg = conv_stream(&js)
+        .await
+        .direct_get_last_for_subject(&subject)
+        .await
+        .unwrap();
     assert_eq!(msg.headers.get(HDR_CONV_SEQ).unwrap().as_str(), "2");
     assert_eq!(
         msg.headers.get(HDR_EVENT_TYPE).unwrap().as_str(),
@@ -106,7 +108,7 @@ async fn events_carry_conv_seq_type_schema_and_trace_headers_and_chain() {
     assert_eq!(msg.headers.get(HDR_TRACE_ID).unwrap().as_str(), "trace-1");
     assert_eq!(msg.headers.get("Nats-Msg-Id").unwrap().as_str(), "alice:m1");
 
-    let events = read_conv_events(&stream, &subject, 1, 100).await.unwrap();
+    let events = history(&js, topo, "g1").await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].event.prev_hash, vec![0u8; 32]);
     assert_eq!(
@@ -145,14 +147,7 @@ async fn first_direct_send_creates_the_conversation_once() {
     );
     assert!(matches!(a.unwrap(), AppendOutcome::Stored { .. }));
     assert!(matches!(b.unwrap(), AppendOutcome::Stored { .. }));
-    let events = read_conv_events(
-        &conv_stream(&js).await,
-        &topo.conv_subject(&conv).unwrap(),
-        1,
-        10,
-    )
-    .await
-    .unwrap();
+    let events = history(&js, topo, &conv).await;
     let types: Vec<&str> = events
         .iter()
         .map(|e| im_streams::conversation::event_type(&e.event))
@@ -238,14 +233,7 @@ async fn invariant_4_a_retried_send_is_stored_once_with_the_original_ids() {
     assert_eq!(app.execute("g1", &lost, "").await.unwrap(), retried);
 
     // Exactly one message per client_msg_id in the log.
-    let events = read_conv_events(
-        &conv_stream(&js).await,
-        &topo.conv_subject("g1").unwrap(),
-        1,
-        100,
-    )
-    .await
-    .unwrap();
+    let events = history(&js, topo, "g1").await;
     let count = |id: &str| {
         events
             .iter()
@@ -478,4 +466,61 @@ async fn receipts_are_appended_without_cas_and_deduplicated() {
         matches!(r4, ReceiptOutcome::Rejected(ref r) if r.code() == "not_member"),
         "{r4:?}"
     );
+}
+
+/// The retry path relies on this server behaviour (checked on the pinned
+/// release): the expected-last-subject-sequence check comes before msg-id
+/// dedupe, so a stale retry is a 10071 conflict; re-published at the current
+/// version, the same msg id is answered as a duplicate with the original
+/// sequence. The appender therefore refreshes on conflict and retries, and
+/// either finds the send in its recent index or gets the duplicate ack.
+#[tokio::test]
+async fn server_checks_expected_sequence_before_dedupe() {
+    use async_nats::jetstream::{context::PublishErrorKind, message::PublishMessage};
+    let server = NatsServer::start().await.unwrap();
+    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let subject = topo.conv_subject("raw").unwrap();
+    let publish = |expected: u64, id: &str| {
+        PublishMessage::build()
+            .payload("x".into())
+            .message_id(id)
+            .expected_last_subject_sequence(expected)
+    };
+    let first = js
+        .send_publish(subject.clone(), publish(0, "p:1"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let second = js
+        .send_publish(subject.clone(), publish(first.sequence, "p:2"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let stale = js
+        .send_publish(subject.clone(), publish(0, "p:1"))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert_eq!(stale.kind(), PublishErrorKind::WrongLastSequence);
+    let dup = js
+        .send_publish(subject.clone(), publish(second.sequence, "p:1"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(dup.duplicate);
+    assert_eq!(dup.sequence, first.sequence);
+    let info = js
+        .get_stream(CONV_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(info, 2);
 }

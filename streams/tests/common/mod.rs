@@ -27,7 +27,7 @@ pub async fn setup(url: &str, settings: &StreamSettings) -> (jetstream::Context,
 /// A writer with its own connection and cache, as a second gateway has.
 pub async fn appender(url: &str, topology: Topology) -> Arc<Appender> {
     Arc::new(
-        Appender::new(js_for(url).await, topology)
+        Appender::new(async_nats::connect(url).await.expect("connect"), topology)
             .await
             .expect("appender"),
     )
@@ -83,4 +83,21 @@ pub async fn conv_message_count(js: &jetstream::Context) -> u64 {
 
 pub async fn conv_stream(js: &jetstream::Context) -> jetstream::stream::Stream {
     js.get_stream(CONV_STREAM).await.unwrap()
+}
+
+/// Every event of one conversation, in stream order.
+pub async fn history(
+    js: &jetstream::Context,
+    topology: Topology,
+    conv: &str,
+) -> Vec<im_streams::codec::StoredEvent> {
+    im_streams::log::read_conv_events(
+        &js.client(),
+        CONV_STREAM,
+        &topology.conv_subject(conv).unwrap(),
+        1,
+        usize::MAX,
+    )
+    .await
+    .expect("read history")
 }
