@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/im/v1/common.proto",
         "proto/im/v1/events.proto",
         "proto/im/v1/client.proto",
+        "proto/im/v1/internal.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -1,14 +1,17 @@
 //! The append path: cached state per conversation (refreshed from the
 //! subject's tail, never re-read whole per send), `decide`, and a publish
 //! with `Nats-Expected-Last-Subject-Sequence` and `Nats-Msg-Id`. A conflict
-//! (10071) refreshes the tail, re-decides and retries, a bounded number of
-//! times.
+//! (10071/10164) refreshes the tail, re-decides and retries, a bounded number
+//! of times; a writer that keeps losing forwards the command to the writer
+//! that keeps winning (see `forward.rs`).
 
 use std::{
     num::NonZeroUsize,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::Duration,
 };
+
+use futures::StreamExt;
 
 use async_nats::jetstream::{
     self, context::PublishErrorKind, message::PublishMessage, stream::RawMessageErrorKind,
@@ -24,6 +27,7 @@ use crate::codec::{
 use crate::conversation::{apply, check_receipt, decide, Action, Command, ConvState, Rejection};
 use crate::definitions::{CONV_STREAM, RCPT_STREAM};
 use crate::error::StreamsError;
+use crate::forward;
 use crate::ids::{validate_id, IdKind};
 use crate::log::{read_batch, DIRECT_BATCH_MAX};
 use crate::subjects::Topology;
@@ -39,6 +43,22 @@ pub const CONFLICT_RETRIES_MAX: u32 = 64;
 /// other writer move further ahead.
 const CONFLICT_BACKOFF_BASE_US: u64 = 200;
 const CONFLICT_BACKOFF_CAP_US: u64 = 5_000;
+
+/// Conflicts a command meets before its writer forwards it to the writer
+/// that won them. Two: one conflict is normal, a second in a row means the
+/// other writer is busy on this conversation.
+pub const FORWARD_AFTER_CONFLICTS: u32 = 2;
+
+/// Forwards per command; after these the writer retries by itself.
+pub const FORWARDS_MAX: u32 = 3;
+
+/// How long a forwarder waits for the winning writer's reply. Covers a
+/// queue of forwarded commands ahead of it; past this it carries on itself.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Forwarded commands a writer runs at once; more are declined at once (the
+/// forwarder carries on by itself), so no writer queues without bound.
+pub const FORWARDED_INFLIGHT_MAX: usize = 256;
 
 /// Conversations whose state a writer keeps. Each state is bounded
 /// (members + `MESSAGE_INDEX_MAX` recent messages), so this bounds memory.
@@ -103,9 +123,11 @@ pub enum ReceiptKind {
 struct Cached {
     state: ConvState,
     loaded: bool,
+    /// The writer of the latest event folded in (`Im-Writer`).
+    last_writer: String,
 }
 
-type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 fn system_clock_ms() -> i64 {
     std::time::SystemTime::now()
@@ -114,10 +136,13 @@ fn system_clock_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// One writer: what a gateway holds. Cheap to share (`Arc`); commands to
-/// one conversation are serialized within a writer, different conversations
-/// run in parallel, and different writers coordinate only through CAS.
+/// One writer: what a gateway holds. Shared as `Arc`; commands to one
+/// conversation are serialized within a writer, different conversations run
+/// in parallel, and different writers coordinate through CAS (and forwarding
+/// for fairness).
 pub struct Appender {
+    writer_id: String,
+    serve_task: tokio::task::AbortHandle,
     client: async_nats::Client,
     js: jetstream::Context,
     conv_stream: jetstream::stream::Stream<()>,
@@ -125,15 +150,13 @@ pub struct Appender {
     cache: Mutex<LruCache<String, Arc<tokio::sync::Mutex<Cached>>>>,
     clock: Clock,
     conflict_retries_max: u32,
+    forwarding: bool,
     #[cfg(feature = "fault-injection")]
     drop_next_ack: std::sync::atomic::AtomicBool,
 }
 
 fn rejected_id(field: &'static str, e: impl ToString) -> Rejection {
-    Rejection::Invalid {
-        field,
-        detail: e.to_string(),
-    }
+    crate::conversation::invalid(field, e)
 }
 
 /// 10071 (standalone; the text carries the actual sequence) or 10164 (the
@@ -162,32 +185,78 @@ fn actual_seq_from(err: &impl std::fmt::Display) -> u64 {
         .unwrap_or(0)
 }
 
+/// Options of a writer; the defaults are production's.
+#[derive(Clone, Default)]
+pub struct AppenderOptions {
+    /// Replaces the wall clock (tests of time windows).
+    pub clock: Option<Clock>,
+    /// Never forward commands to other writers (CAS retries only).
+    pub no_forwarding: bool,
+}
+
+fn new_writer_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..16)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        self.serve_task.abort();
+    }
+}
+
 impl Appender {
-    pub async fn new(client: async_nats::Client, topology: Topology) -> Result<Self, StreamsError> {
+    /// A writer with production defaults.
+    pub async fn new(
+        client: async_nats::Client,
+        topology: Topology,
+    ) -> Result<Arc<Self>, StreamsError> {
+        Self::with_options(client, topology, AppenderOptions::default()).await
+    }
+
+    /// A writer; starts serving forwarded commands on `im.writer.<id>`.
+    pub async fn with_options(
+        client: async_nats::Client,
+        topology: Topology,
+        options: AppenderOptions,
+    ) -> Result<Arc<Self>, StreamsError> {
         let js = jetstream::new(client.clone());
         let conv_stream = js
             .get_stream_no_info(CONV_STREAM)
             .await
             .map_err(StreamsError::unavailable)?;
-        Ok(Appender {
-            client,
-            js,
-            conv_stream,
-            topology,
-            cache: Mutex::new(LruCache::new(
-                NonZeroUsize::new(CONV_CACHE_MAX).expect("non-zero"),
-            )),
-            clock: Arc::new(system_clock_ms),
-            conflict_retries_max: CONFLICT_RETRIES_MAX,
-            #[cfg(feature = "fault-injection")]
-            drop_next_ack: std::sync::atomic::AtomicBool::new(false),
-        })
+        let writer_id = new_writer_id();
+        let requests = client
+            .subscribe(forward::writer_subject(&writer_id))
+            .await
+            .map_err(StreamsError::unavailable)?;
+        Ok(Arc::new_cyclic(|me: &Weak<Appender>| {
+            let serve_task = tokio::spawn(serve_forwarded(me.clone(), client.clone(), requests));
+            Appender {
+                writer_id,
+                serve_task: serve_task.abort_handle(),
+                client,
+                js,
+                conv_stream,
+                topology,
+                cache: Mutex::new(LruCache::new(
+                    NonZeroUsize::new(CONV_CACHE_MAX).expect("non-zero"),
+                )),
+                clock: options.clock.unwrap_or_else(|| Arc::new(system_clock_ms)),
+                conflict_retries_max: CONFLICT_RETRIES_MAX,
+                forwarding: !options.no_forwarding,
+                #[cfg(feature = "fault-injection")]
+                drop_next_ack: std::sync::atomic::AtomicBool::new(false),
+            }
+        }))
     }
 
-    /// Replaces the wall clock (tests of time windows).
-    pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
-        self.clock = Arc::new(clock);
-        self
+    /// This writer's id, carried in the `Im-Writer` header of its events.
+    pub fn writer_id(&self) -> &str {
+        &self.writer_id
     }
 
     pub fn topology(&self) -> Topology {
@@ -209,6 +278,7 @@ impl Appender {
                 Arc::new(tokio::sync::Mutex::new(Cached {
                     state: ConvState::empty(conv_id),
                     loaded: false,
+                    last_writer: String::new(),
                 }))
             })
             .clone()
@@ -221,7 +291,7 @@ impl Appender {
         let subject = self.topology.conv_subject(conv_id).expect("validated");
         let entry = self.entry(conv_id);
         let mut cached = entry.lock().await;
-        self.refresh(&subject, &mut cached.state, None).await?;
+        self.refresh(&subject, &mut cached, None).await?;
         cached.loaded = true;
         Ok(cached.state.clone())
     }
@@ -232,6 +302,17 @@ impl Appender {
         conv_id: &str,
         cmd: &Command,
         trace_id: &str,
+    ) -> Result<AppendOutcome, StreamsError> {
+        self.execute_inner(conv_id, cmd, trace_id, self.forwarding)
+            .await
+    }
+
+    async fn execute_inner(
+        &self,
+        conv_id: &str,
+        cmd: &Command,
+        trace_id: &str,
+        may_forward: bool,
     ) -> Result<AppendOutcome, StreamsError> {
         if let Err(e) = validate_id(IdKind::Conversation, conv_id) {
             return Ok(AppendOutcome::Rejected(rejected_id("conversation_id", e)));
@@ -247,18 +328,19 @@ impl Appender {
         let entry = self.entry(conv_id);
         let mut cached = entry.lock().await;
         if !cached.loaded {
-            self.refresh(&subject, &mut cached.state, None).await?;
+            self.refresh(&subject, &mut cached, None).await?;
             cached.loaded = true;
         }
-        let state = &mut cached.state;
         let primary_msg_id = format!("{}:{}", cmd.actor, cmd.client_msg_id);
         let is_send = matches!(cmd.action, Action::Send { .. });
-        let mut attempts = 0u32;
+        let (mut attempts, mut conflicts_in_a_row, mut forwards) = (0u32, 0u32, 0u32);
         loop {
             attempts += 1;
             // A retry of a recent send, answered without touching the server.
             if is_send {
-                if let Some((conv_seq, meta)) = state.find_sent(&cmd.actor, &cmd.client_msg_id) {
+                if let Some((conv_seq, meta)) =
+                    cached.state.find_sent(&cmd.actor, &cmd.client_msg_id)
+                {
                     if meta.stream_seq != 0 {
                         return Ok(AppendOutcome::Duplicate {
                             conv_id: conv_id.to_string(),
@@ -269,13 +351,14 @@ impl Appender {
                 }
             }
             let now_ms = (self.clock)();
-            let events = match decide(state, cmd, now_ms) {
+            let events = match decide(&cached.state, cmd, now_ms) {
                 Ok(events) => events,
                 Err(rejection) => return Ok(AppendOutcome::Rejected(rejection)),
             };
             let count = events.len();
             let mut conflict_at = None;
             for (i, mut event) in events.into_iter().enumerate() {
+                let state = &mut cached.state;
                 // Chain each event to the one before it, including earlier
                 // events of this same command.
                 event.conv_seq = state.conv_seq + 1;
@@ -288,7 +371,7 @@ impl Appender {
                 };
                 let publish = PublishMessage::build()
                     .payload(payload.clone())
-                    .headers(conv_headers(&event, trace_id))
+                    .headers(conv_headers(&event, trace_id, &self.writer_id))
                     .message_id(&msg_id)
                     .expected_last_subject_sequence(state.version);
                 let ack = match self.js.send_publish(subject.clone(), publish).await {
@@ -298,13 +381,13 @@ impl Appender {
                 match ack {
                     Ok(ack) if ack.duplicate => {
                         // Stored before (a retry whose first ack was lost).
-                        self.refresh(&subject, state, None).await?;
+                        self.refresh(&subject, &mut cached, None).await?;
                         if i + 1 == count {
                             return self.original(conv_id, &subject, ack.sequence).await;
                         }
                         // An earlier event of this command was stored before:
                         // re-decide from the state that includes it.
-                        conflict_at = Some(state.version);
+                        conflict_at = Some(cached.state.version);
                         break;
                     }
                     Ok(ack) => {
@@ -319,11 +402,12 @@ impl Appender {
                         }
                         apply(state, &event);
                         state.record_position(ack.sequence, payload_hash(&payload));
+                        cached.last_writer.clone_from(&self.writer_id);
                         if i + 1 == count {
                             return Ok(AppendOutcome::Stored {
                                 conv_id: conv_id.to_string(),
                                 stream_seq: ack.sequence,
-                                conv_seq: state.conv_seq,
+                                conv_seq: cached.state.conv_seq,
                             });
                         }
                     }
@@ -337,24 +421,77 @@ impl Appender {
             let actual = conflict_at.unwrap_or_default();
             if attempts > self.conflict_retries_max {
                 return Err(StreamsError::Conflict {
-                    expected: state.version,
+                    expected: cached.state.version,
                     actual,
                     attempts,
                 });
             }
+            conflicts_in_a_row += 1;
             tracing::debug!(
                 conv_id,
                 attempts,
-                expected = state.version,
+                expected = cached.state.version,
                 actual,
                 "append conflict"
             );
+            // The error named the subject's actual last sequence: read to it.
+            self.refresh(&subject, &mut cached, Some(actual)).await?;
+            let winner = cached.last_writer.clone();
+            if may_forward
+                && conflicts_in_a_row >= FORWARD_AFTER_CONFLICTS
+                && forwards < FORWARDS_MAX
+                && !winner.is_empty()
+                && winner != self.writer_id
+            {
+                forwards += 1;
+                conflicts_in_a_row = 0;
+                // Let go of the conversation while the winner works on it:
+                // it may be forwarding to us at the same time.
+                drop(cached);
+                if let Some(outcome) = self.forward(&winner, conv_id, cmd, trace_id).await {
+                    return Ok(outcome);
+                }
+                cached = entry.lock().await;
+                self.refresh(&subject, &mut cached, None).await?;
+                continue;
+            }
             let cap = (CONFLICT_BACKOFF_BASE_US << attempts.min(16)).min(CONFLICT_BACKOFF_CAP_US);
             let wait = rand::rng().random_range(0..cap.max(1));
             tokio::time::sleep(Duration::from_micros(wait)).await;
-            // The error named the subject's actual last sequence: read to it.
-            self.refresh(&subject, state, Some(actual)).await?;
         }
+    }
+
+    /// Hands a command to another writer; `None` when it is gone, busy,
+    /// slow or declines (the caller carries on by itself).
+    async fn forward(
+        &self,
+        writer: &str,
+        conv_id: &str,
+        cmd: &Command,
+        trace_id: &str,
+    ) -> Option<AppendOutcome> {
+        let request = forward::to_request(conv_id, cmd, trace_id);
+        let reply = tokio::time::timeout(
+            FORWARD_TIMEOUT,
+            self.client.request(
+                forward::writer_subject(writer),
+                im_schema::encode(&request).into(),
+            ),
+        )
+        .await;
+        let msg = match reply {
+            Ok(Ok(msg)) => msg,
+            Ok(Err(e)) => {
+                tracing::debug!(conv_id, writer, error = %e, "forward failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(conv_id, writer, "forward timed out");
+                return None;
+            }
+        };
+        let reply: v1::WriteReply = im_schema::decode(&msg.payload).ok()?;
+        forward::from_reply(conv_id, &reply)
     }
 
     /// The original ids of a duplicate, from the stored event itself.
@@ -371,10 +508,10 @@ impl Appender {
             .map_err(StreamsError::unavailable)?;
         if msg.subject.as_str() != subject {
             // The same client_msg_id was used for another conversation.
-            return Ok(AppendOutcome::Rejected(Rejection::Invalid {
-                field: "client_msg_id",
-                detail: "already used for another conversation".into(),
-            }));
+            return Ok(AppendOutcome::Rejected(rejected_id(
+                "client_msg_id",
+                "already used for another conversation",
+            )));
         }
         let stored = decode_conv(&msg)?;
         Ok(AppendOutcome::Duplicate {
@@ -427,9 +564,10 @@ impl Appender {
     async fn refresh(
         &self,
         subject: &str,
-        state: &mut ConvState,
+        cached: &mut Cached,
         target: Option<u64>,
     ) -> Result<(), StreamsError> {
+        let state = &mut cached.state;
         let target = match target {
             Some(t) if t > 0 => t,
             _ => self.last_seq_of(subject).await?,
@@ -454,6 +592,9 @@ impl Appender {
                 }
             }
             for stored in events {
+                if !stored.writer.is_empty() {
+                    cached.last_writer.clone_from(&stored.writer);
+                }
                 fold_stored(state, stored)?;
             }
         }
@@ -529,6 +670,47 @@ impl Appender {
             stream_seq: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+}
+
+/// Serves commands other writers forward to this one, each through the
+/// normal (never re-forwarding) path, at most `FORWARDED_INFLIGHT_MAX` at once.
+async fn serve_forwarded(
+    me: Weak<Appender>,
+    client: async_nats::Client,
+    mut requests: async_nats::Subscriber,
+) {
+    let inflight = Arc::new(tokio::sync::Semaphore::new(FORWARDED_INFLIGHT_MAX));
+    while let Some(msg) = requests.next().await {
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let Some(app) = me.upgrade() else { break };
+        let Ok(permit) = inflight.clone().try_acquire_owned() else {
+            let busy = im_schema::encode(&forward::declined("busy"));
+            let _ = client.publish(reply_to, busy.into()).await;
+            continue;
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let reply = match im_schema::decode::<v1::WriteRequest>(&msg.payload) {
+                Err(e) => forward::declined(e),
+                Ok(req) => match forward::from_request(&req) {
+                    Err(r) => forward::to_reply(&AppendOutcome::Rejected(r)),
+                    Ok(cmd) => match app
+                        .execute_inner(&req.conversation_id, &cmd, &req.trace_id, false)
+                        .await
+                    {
+                        Ok(outcome) => forward::to_reply(&outcome),
+                        Err(e) => forward::declined(e),
+                    },
+                },
+            };
+            let _ = client
+                .publish(reply_to, im_schema::encode(&reply).into())
+                .await;
+        });
     }
 }
 

@@ -12,6 +12,8 @@ pub const HDR_EVENT_TYPE: &str = "Im-Event-Type";
 pub const HDR_CONV_SEQ: &str = "Im-Conv-Seq";
 pub const HDR_SCHEMA_VERSION: &str = "Im-Schema-Version";
 pub const HDR_TRACE_ID: &str = "Im-Trace-Id";
+/// The id of the writer that appended the event (see `forward.rs`).
+pub const HDR_WRITER: &str = "Im-Writer";
 
 /// sha256 of an event's stored payload: the link the next event carries.
 pub fn payload_hash(payload: &[u8]) -> [u8; 32] {
@@ -19,7 +21,7 @@ pub fn payload_hash(payload: &[u8]) -> [u8; 32] {
 }
 
 /// Headers of a conversation event.
-pub fn conv_headers(event: &v1::ConvEvent, trace_id: &str) -> HeaderMap {
+pub fn conv_headers(event: &v1::ConvEvent, trace_id: &str, writer_id: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(HDR_EVENT_TYPE, crate::conversation::event_type(event));
     h.insert(HDR_CONV_SEQ, event.conv_seq.to_string().as_str());
@@ -30,6 +32,7 @@ pub fn conv_headers(event: &v1::ConvEvent, trace_id: &str) -> HeaderMap {
     if !trace_id.is_empty() {
         h.insert(HDR_TRACE_ID, trace_id);
     }
+    h.insert(HDR_WRITER, writer_id);
     h
 }
 
@@ -41,6 +44,8 @@ pub struct StoredEvent {
     pub event: v1::ConvEvent,
     pub hash: [u8; 32],
     pub payload: Bytes,
+    /// `Im-Writer`, empty when absent.
+    pub writer: String,
 }
 
 /// Decodes a stored conversation event (from a get).
@@ -72,6 +77,10 @@ pub fn decode_conv_parts(
         subject: subject.to_string(),
         hash: payload_hash(payload),
         payload: payload.clone(),
+        writer: headers
+            .and_then(|h| h.get(HDR_WRITER))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default(),
         event,
     })
 }

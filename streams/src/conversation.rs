@@ -7,6 +7,7 @@
 //! time its decision used (`at_ms`), and the state is a function of the
 //! events alone.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use im_schema::v1::{self, conv_event::Kind, message_sent::Body};
@@ -229,10 +230,13 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("invalid {field}: {detail}")]
-    Invalid { field: &'static str, detail: String },
+    Invalid {
+        field: Cow<'static, str>,
+        detail: String,
+    },
     #[error("{what} is too large ({len} > {max})")]
     TooLarge {
-        what: &'static str,
+        what: Cow<'static, str>,
         len: usize,
         max: usize,
     },
@@ -308,9 +312,10 @@ impl Rejection {
     }
 }
 
-fn invalid(field: &'static str, detail: impl ToString) -> Rejection {
+/// An `Invalid` rejection of one field.
+pub fn invalid(field: &'static str, detail: impl ToString) -> Rejection {
     Rejection::Invalid {
-        field,
+        field: Cow::Borrowed(field),
         detail: detail.to_string(),
     }
 }
@@ -325,7 +330,7 @@ fn check_text(text: &str) -> Result<(), Rejection> {
     }
     if text.len() > TEXT_BYTES_MAX {
         return Err(Rejection::TooLarge {
-            what: "text",
+            what: Cow::Borrowed("text"),
             len: text.len(),
             max: TEXT_BYTES_MAX,
         });
@@ -349,7 +354,7 @@ fn check_body(body: &MessageBody) -> Result<(), Rejection> {
 fn check_meta(meta: &BTreeMap<String, String>) -> Result<(), Rejection> {
     if meta.len() > META_ENTRIES_MAX {
         return Err(Rejection::TooLarge {
-            what: "meta entries",
+            what: Cow::Borrowed("meta entries"),
             len: meta.len(),
             max: META_ENTRIES_MAX,
         });
@@ -360,7 +365,7 @@ fn check_meta(meta: &BTreeMap<String, String>) -> Result<(), Rejection> {
         }
         if v.len() > META_VALUE_BYTES_MAX {
             return Err(Rejection::TooLarge {
-                what: "meta value",
+                what: Cow::Borrowed("meta value"),
                 len: v.len(),
                 max: META_VALUE_BYTES_MAX,
             });
@@ -415,7 +420,7 @@ pub fn check_may_send(state: &ConvState, sender: &str, now_ms: i64) -> Result<()
     Ok(())
 }
 
-fn message_target<'a>(state: &'a ConvState, conv_seq: u64) -> Result<&'a MessageMeta, Rejection> {
+fn message_target(state: &ConvState, conv_seq: u64) -> Result<&MessageMeta, Rejection> {
     if conv_seq == 0 || conv_seq > state.conv_seq {
         return Err(Rejection::MessageNotFound { conv_seq });
     }
@@ -456,7 +461,7 @@ pub fn decide(
             }
             if title.len() > TITLE_BYTES_MAX {
                 return Err(Rejection::TooLarge {
-                    what: "title",
+                    what: Cow::Borrowed("title"),
                     len: title.len(),
                     max: TITLE_BYTES_MAX,
                 });

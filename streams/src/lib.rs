@@ -6,11 +6,12 @@ pub mod codec;
 pub mod conversation;
 pub mod definitions;
 pub mod error;
+pub mod forward;
 pub mod ids;
 pub mod log;
 pub mod subjects;
 
-pub use append::{AppendOutcome, Appender, ReceiptKind, ReceiptOutcome};
+pub use append::{AppendOutcome, Appender, AppenderOptions, ReceiptKind, ReceiptOutcome};
 pub use conversation::{Action, Command, ConvState, MessageBody, Rejection, Role};
 pub use definitions::{apply_streams, StreamSettings};
 pub use error::StreamsError;

@@ -26,11 +26,9 @@ pub async fn setup(url: &str, settings: &StreamSettings) -> (jetstream::Context,
 
 /// A writer with its own connection and cache, as a second gateway has.
 pub async fn appender(url: &str, topology: Topology) -> Arc<Appender> {
-    Arc::new(
-        Appender::new(async_nats::connect(url).await.expect("connect"), topology)
-            .await
-            .expect("appender"),
-    )
+    Appender::new(async_nats::connect(url).await.expect("connect"), topology)
+        .await
+        .expect("appender")
 }
 
 pub fn cmd(actor: &str, client_msg_id: &str, action: Action) -> Command {
