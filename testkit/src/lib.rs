@@ -1,5 +1,6 @@
 //! Test support: a real `nats-server` per test (free port, temp store dir,
-//! JetStream on, killed on drop) and 3-node clusters for R3 tests.
+//! JetStream on, killed on drop) and 3-node clusters for R3 tests. `imctl up`
+//! runs its managed server through the same type, on a persistent store.
 //!
 //! The binary is the one `scripts/setup.sh` installs into `.tools/bin`, at the
 //! version pinned in `tools/versions.env`; `IM_NATS_SERVER` may point at
@@ -131,7 +132,23 @@ struct NodeConfig {
     name: String,
     client_port: u16,
     cluster: Option<ClusterConfig>,
+    sync_always: bool,
 }
+
+/// Where and how a long-lived server runs (`imctl up`).
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Holds the JetStream store, the config file and the server log.
+    pub dir: PathBuf,
+    pub port: u16,
+    /// `sync_interval: always`: fsync every write before acking it. Survives
+    /// power loss, at a large throughput cost; the default (the server's
+    /// periodic sync) survives process crashes, not machine crashes.
+    pub sync_always: bool,
+}
+
+/// How long a graceful stop may take before the server is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 struct ClusterConfig {
@@ -141,9 +158,14 @@ struct ClusterConfig {
 }
 
 fn render_config(node: &NodeConfig, store_dir: &Path) -> String {
+    let sync = if node.sync_always {
+        "  sync_interval: always\n"
+    } else {
+        ""
+    };
     let mut cfg = format!(
         "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
-         jetstream {{\n  store_dir: \"{dir}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n",
+         jetstream {{\n  store_dir: \"{dir}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n{sync}}}\n",
         name = node.name,
         port = node.client_port,
         dir = store_dir.display(),
@@ -168,7 +190,9 @@ fn render_config(node: &NodeConfig, store_dir: &Path) -> String {
 pub struct NatsServer {
     binary: PathBuf,
     node: NodeConfig,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// Removed on drop, for servers on a temp dir.
+    _temp: Option<tempfile::TempDir>,
     child: Option<Child>,
 }
 
@@ -182,7 +206,7 @@ impl NatsServer {
             let node = NodeConfig {
                 name: "n1".into(),
                 client_port: free_port(),
-                cluster: None,
+                ..Default::default()
             };
             let mut server = Self::spawn(binary.clone(), node, tempfile::tempdir()?)?;
             match server.wait_ready(false).await {
@@ -196,6 +220,32 @@ impl NatsServer {
         Err(last_err.expect("at least one attempt"))
     }
 
+    /// Starts a long-lived server on a given store dir and port, and waits
+    /// until it answers JetStream API requests. The data outlives it.
+    pub async fn start_persistent(options: &ServerOptions) -> Result<Self, HarnessError> {
+        let binary = nats_server_binary()?;
+        std::fs::create_dir_all(&options.dir)?;
+        let node = NodeConfig {
+            name: "im-local".into(),
+            client_port: options.port,
+            cluster: None,
+            sync_always: options.sync_always,
+        };
+        let mut server = NatsServer {
+            binary,
+            node,
+            dir: options.dir.clone(),
+            _temp: None,
+            child: None,
+        };
+        server.launch()?;
+        if let Err(e) = server.wait_ready(false).await {
+            server.kill();
+            return Err(e);
+        }
+        Ok(server)
+    }
+
     fn spawn(
         binary: PathBuf,
         node: NodeConfig,
@@ -204,7 +254,8 @@ impl NatsServer {
         let mut server = NatsServer {
             binary,
             node,
-            dir,
+            dir: dir.path().to_path_buf(),
+            _temp: Some(dir),
             child: None,
         };
         server.launch()?;
@@ -212,8 +263,8 @@ impl NatsServer {
     }
 
     fn launch(&mut self) -> Result<(), HarnessError> {
-        let store = self.dir.path().join("store");
-        let conf = self.dir.path().join("nats.conf");
+        let store = self.dir.join("store");
+        let conf = self.dir.join("nats.conf");
         std::fs::write(&conf, render_config(&self.node, &store))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -232,7 +283,7 @@ impl NatsServer {
 
     /// Where the server's own log goes (kept with the store, for failures).
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("nats.log")
+        self.dir.join("nats.log")
     }
 
     async fn wait_ready(&mut self, clustered: bool) -> Result<(), HarnessError> {
@@ -290,6 +341,32 @@ impl NatsServer {
         }
     }
 
+    /// SIGTERM, then wait for the server to flush and exit (killed after
+    /// `STOP_TIMEOUT`).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Starts the server again on the same port and store directory.
     pub async fn restart(&mut self) -> Result<(), HarnessError> {
         self.kill();
@@ -342,6 +419,7 @@ impl NatsCluster {
                     port: *port,
                     routes: cluster_ports.clone(),
                 }),
+                sync_always: false,
             };
             nodes.push(NatsServer::spawn(
                 binary.clone(),

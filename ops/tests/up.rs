@@ -1,0 +1,96 @@
+//! `imctl up` as a real process: a clean data dir comes up with the streams,
+//! SIGINT stops it and its nats-server, and a second `up` keeps the data.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use im_streams::{Action, AppendOutcome, Appender, Command as Cmd, MessageBody};
+
+fn start(data: &std::path::Path, port: u16) -> (Child, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args(["up", "--data-dir"])
+        .arg(data)
+        .args(["--nats-port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn imctl");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let ready = line.contains("imctl: ready");
+            lines.push(line);
+            if ready {
+                return (child, lines);
+            }
+        }
+    }
+    let _ = child.kill();
+    panic!("imctl up never became ready: {lines:?}");
+}
+
+fn interrupt_and_wait(mut child: Child) {
+    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "imctl exited with {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("imctl did not stop on SIGINT");
+}
+
+async fn send_one(url: &str, id: &str) -> AppendOutcome {
+    let client = async_nats::connect(url).await.unwrap();
+    let topo = im_streams::definitions::read_topology(&async_nats::jetstream::new(client.clone()))
+        .await
+        .unwrap();
+    let app = Appender::new(client, topo).await.unwrap();
+    let conv = im_streams::subjects::direct_conversation_id("alice", "bob").unwrap();
+    let cmd = Cmd {
+        actor: "alice".into(),
+        client_msg_id: id.into(),
+        action: Action::Send {
+            peer: Some("bob".into()),
+            body: MessageBody::Text("hello".into()),
+            meta: Default::default(),
+        },
+    };
+    app.execute(&conv, &cmd, "").await.unwrap()
+}
+
+#[tokio::test]
+async fn up_serves_stops_on_sigint_and_keeps_data() {
+    let data = tempfile::tempdir().unwrap();
+    let port = im_testkit::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+
+    let (child, lines) = start(data.path(), port);
+    assert!(lines.iter().any(|l| l.contains("stream IM_CONV created")), "{lines:?}");
+    let first = send_one(&url, "m1").await;
+    assert!(matches!(first, AppendOutcome::Stored { conv_seq: 2, .. }), "{first:?}");
+    interrupt_and_wait(child);
+    assert!(async_nats::connect(&url).await.is_err(), "nats-server stopped with imctl");
+
+    let (child, lines) = start(data.path(), port);
+    assert!(lines.iter().any(|l| l.contains("stream IM_CONV unchanged")), "{lines:?}");
+    // The earlier history is there: the same send is a duplicate, the next
+    // one continues the sequence.
+    let again = send_one(&url, "m1").await;
+    assert!(matches!(again, AppendOutcome::Duplicate { conv_seq: 2, .. }), "{again:?}");
+    let next = send_one(&url, "m2").await;
+    assert!(matches!(next, AppendOutcome::Stored { conv_seq: 3, .. }), "{next:?}");
+    interrupt_and_wait(child);
+}
