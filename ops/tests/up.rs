@@ -35,11 +35,16 @@ fn start(data: &std::path::Path, port: u16) -> (Child, Vec<String>) {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("imctl up never became ready: {lines:?}");
 }
 
 fn interrupt_and_wait(mut child: Child) {
-    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait().unwrap() {
@@ -49,6 +54,7 @@ fn interrupt_and_wait(mut child: Child) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("imctl did not stop on SIGINT");
 }
 
@@ -78,19 +84,37 @@ async fn up_serves_stops_on_sigint_and_keeps_data() {
     let url = format!("nats://127.0.0.1:{port}");
 
     let (child, lines) = start(data.path(), port);
-    assert!(lines.iter().any(|l| l.contains("stream IM_CONV created")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("stream IM_CONV created")),
+        "{lines:?}"
+    );
     let first = send_one(&url, "m1").await;
-    assert!(matches!(first, AppendOutcome::Stored { conv_seq: 2, .. }), "{first:?}");
+    assert!(
+        matches!(first, AppendOutcome::Stored { conv_seq: 2, .. }),
+        "{first:?}"
+    );
     interrupt_and_wait(child);
-    assert!(async_nats::connect(&url).await.is_err(), "nats-server stopped with imctl");
+    assert!(
+        async_nats::connect(&url).await.is_err(),
+        "nats-server stopped with imctl"
+    );
 
     let (child, lines) = start(data.path(), port);
-    assert!(lines.iter().any(|l| l.contains("stream IM_CONV unchanged")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("stream IM_CONV unchanged")),
+        "{lines:?}"
+    );
     // The earlier history is there: the same send is a duplicate, the next
     // one continues the sequence.
     let again = send_one(&url, "m1").await;
-    assert!(matches!(again, AppendOutcome::Duplicate { conv_seq: 2, .. }), "{again:?}");
+    assert!(
+        matches!(again, AppendOutcome::Duplicate { conv_seq: 2, .. }),
+        "{again:?}"
+    );
     let next = send_one(&url, "m2").await;
-    assert!(matches!(next, AppendOutcome::Stored { conv_seq: 3, .. }), "{next:?}");
+    assert!(
+        matches!(next, AppendOutcome::Stored { conv_seq: 3, .. }),
+        "{next:?}"
+    );
     interrupt_and_wait(child);
 }

@@ -56,21 +56,52 @@ fn all_envelopes() -> Vec<v1::Envelope> {
         Kind::Created(v1::ConversationCreated {
             kind: v1::ConversationKind::Group as i32,
             title: "team".into(),
-            members: vec![v1::InitialMember { user_id: "alice".into(), role: v1::Role::Owner as i32 }],
+            members: vec![v1::InitialMember {
+                user_id: "alice".into(),
+                role: v1::Role::Owner as i32,
+            }],
         }),
-        Kind::MemberAdded(v1::MemberAdded { user_id: "bob".into(), role: v1::Role::Member as i32 }),
-        Kind::MemberRemoved(v1::MemberRemoved { user_id: "bob".into() }),
+        Kind::MemberAdded(v1::MemberAdded {
+            user_id: "bob".into(),
+            role: v1::Role::Member as i32,
+        }),
+        Kind::MemberRemoved(v1::MemberRemoved {
+            user_id: "bob".into(),
+        }),
         Kind::MemberLeft(v1::MemberLeft {}),
-        Kind::RoleChanged(v1::RoleChanged { user_id: "bob".into(), role: v1::Role::Admin as i32 }),
-        Kind::OwnershipTransferred(v1::OwnershipTransferred { user_id: "bob".into() }),
-        Kind::Muted(v1::MemberMuted { user_id: "bob".into(), until_ms: 5 }),
-        Kind::Unmuted(v1::MemberUnmuted { user_id: "bob".into() }),
-        Kind::Blacklisted(v1::MemberBlacklisted { user_id: "bob".into() }),
-        Kind::Unblacklisted(v1::MemberUnblacklisted { user_id: "bob".into() }),
-        Kind::MessageSent(v1::MessageSent { body: Some(v1::message_sent::Body::Text("hi".into())), meta: meta.clone() }),
-        Kind::MessageSent(v1::MessageSent { body: Some(v1::message_sent::Body::Media(media())), meta: Default::default() }),
+        Kind::RoleChanged(v1::RoleChanged {
+            user_id: "bob".into(),
+            role: v1::Role::Admin as i32,
+        }),
+        Kind::OwnershipTransferred(v1::OwnershipTransferred {
+            user_id: "bob".into(),
+        }),
+        Kind::Muted(v1::MemberMuted {
+            user_id: "bob".into(),
+            until_ms: 5,
+        }),
+        Kind::Unmuted(v1::MemberUnmuted {
+            user_id: "bob".into(),
+        }),
+        Kind::Blacklisted(v1::MemberBlacklisted {
+            user_id: "bob".into(),
+        }),
+        Kind::Unblacklisted(v1::MemberUnblacklisted {
+            user_id: "bob".into(),
+        }),
+        Kind::MessageSent(v1::MessageSent {
+            body: Some(v1::message_sent::Body::Text("hi".into())),
+            meta: meta.clone(),
+        }),
+        Kind::MessageSent(v1::MessageSent {
+            body: Some(v1::message_sent::Body::Media(media())),
+            meta: Default::default(),
+        }),
         Kind::MessageRecalled(v1::MessageRecalled { target_conv_seq: 3 }),
-        Kind::MessageEdited(v1::MessageEdited { target_conv_seq: 3, text: "fixed".into() }),
+        Kind::MessageEdited(v1::MessageEdited {
+            target_conv_seq: 3,
+            text: "fixed".into(),
+        }),
     ];
     let mut out: Vec<v1::Envelope> = events
         .into_iter()
@@ -98,9 +129,19 @@ fn all_envelopes() -> Vec<v1::Envelope> {
             body: Some(v1::send_message::Body::Media(media())),
             ..Default::default()
         })),
-        envelope(Payload::DeliveryAck(v1::DeliveryAck { conversation_id: "g1".into(), up_to_seq: 7, device_id: "phone".into() })),
-        envelope(Payload::Read(v1::ReadAck { conversation_id: "g1".into(), up_to_seq: 7 })),
-        envelope(Payload::Typing(v1::Typing { conversation_id: "g1".into(), typing: true })),
+        envelope(Payload::DeliveryAck(v1::DeliveryAck {
+            conversation_id: "g1".into(),
+            up_to_seq: 7,
+            device_id: "phone".into(),
+        })),
+        envelope(Payload::Read(v1::ReadAck {
+            conversation_id: "g1".into(),
+            up_to_seq: 7,
+        })),
+        envelope(Payload::Typing(v1::Typing {
+            conversation_id: "g1".into(),
+            typing: true,
+        })),
         envelope(Payload::Heartbeat(v1::Heartbeat { client_time_ms: 1 })),
         envelope(Payload::Sync(v1::SyncRequest { known })),
         envelope(Payload::SendAck(v1::SendAck {
@@ -119,10 +160,21 @@ fn all_envelopes() -> Vec<v1::Envelope> {
             kind: v1::ReceiptKind::Read as i32,
             up_to_seq: 7,
         })),
-        envelope(Payload::TypingNotice(v1::TypingNotice { conversation_id: "g1".into(), user_id: "bob".into(), typing: false })),
-        envelope(Payload::HeartbeatAck(v1::HeartbeatAck { client_time_ms: 1, server_time_ms: 2 })),
+        envelope(Payload::TypingNotice(v1::TypingNotice {
+            conversation_id: "g1".into(),
+            user_id: "bob".into(),
+            typing: false,
+        })),
+        envelope(Payload::HeartbeatAck(v1::HeartbeatAck {
+            client_time_ms: 1,
+            server_time_ms: 2,
+        })),
         envelope(Payload::SyncResponse(v1::SyncResponse {
-            changed: vec![v1::ConversationChange { conversation_id: "g1".into(), last_seq: 9, unread: 2 }],
+            changed: vec![v1::ConversationChange {
+                conversation_id: "g1".into(),
+                last_seq: 9,
+                unread: 2,
+            }],
         })),
         envelope(Payload::Error(v1::Error {
             code: v1::ErrorCode::BadRequest as i32,
@@ -150,7 +202,9 @@ fn receipt_events_have_a_json_form() {
         device_id: "phone".into(),
         at_ms: 5,
         schema_version: 1,
-        kind: Some(v1::receipt_event::Kind::Delivered(v1::Delivered { up_to_seq: 3 })),
+        kind: Some(v1::receipt_event::Kind::Delivered(v1::Delivered {
+            up_to_seq: 3,
+        })),
     };
     let json = to_json(&ev);
     assert_eq!(from_json::<v1::ReceiptEvent>(&json).unwrap(), ev);
@@ -174,10 +228,19 @@ fn json_uses_the_proto3_mapping() {
 #[test]
 fn malformed_input_is_an_error() {
     assert!(decode::<v1::Envelope>(&[0xff, 0xff, 0xff]).is_err());
-    assert!(decode::<v1::Envelope>(&[0x0a, 0x05, 0x01]).is_err(), "truncated");
+    assert!(
+        decode::<v1::Envelope>(&[0x0a, 0x05, 0x01]).is_err(),
+        "truncated"
+    );
     assert!(from_json::<v1::Envelope>("{").is_err());
-    assert!(from_json::<v1::Envelope>(r#"{"send": {"conversationId": 5}}"#).is_err(), "wrong type");
-    assert!(from_json::<v1::Envelope>(r#"{"sendd": {}}"#).is_err(), "unknown field");
+    assert!(
+        from_json::<v1::Envelope>(r#"{"send": {"conversationId": 5}}"#).is_err(),
+        "wrong type"
+    );
+    assert!(
+        from_json::<v1::Envelope>(r#"{"sendd": {}}"#).is_err(),
+        "unknown field"
+    );
     assert!(from_json::<v1::Envelope>(r#"{"send": {"body": "x", "text": "y"}}"#).is_err());
 }
 
@@ -185,7 +248,10 @@ fn malformed_input_is_an_error() {
 fn unknown_enum_values_are_kept_not_refused() {
     // A newer peer may send a role this build does not know: protobuf keeps
     // the number, and readers treat it as the lowest privilege.
-    let added = v1::MemberAdded { user_id: "x".into(), role: 77 };
+    let added = v1::MemberAdded {
+        user_id: "x".into(),
+        role: 77,
+    };
     let back: v1::MemberAdded = decode(&encode(&added)).unwrap();
     assert_eq!(back.role, 77);
     assert!(v1::Role::try_from(back.role).is_err());

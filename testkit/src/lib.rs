@@ -79,10 +79,15 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
 /// Finds the nats-server binary and checks its version.
 pub fn nats_server_binary() -> Result<PathBuf, HarnessError> {
     let pinned = pinned_nats_version();
-    let (path, must_be_pinned) = match std::env::var_os("IM_NATS_SERVER") {
-        Some(p) => (PathBuf::from(p), false),
-        None => (workspace_root().join(".tools/bin/nats-server"), true),
-    };
+    match std::env::var_os("IM_NATS_SERVER") {
+        Some(p) => check_binary(PathBuf::from(p), false),
+        None => check_binary(workspace_root().join(".tools/bin/nats-server"), true),
+    }
+}
+
+/// Runs `path --version` and checks it: 2.11+ always, the pin when asked.
+pub fn check_binary(path: PathBuf, must_be_pinned: bool) -> Result<PathBuf, HarnessError> {
+    let pinned = pinned_nats_version();
     let out = Command::new(&path)
         .arg("--version")
         .output()
@@ -480,6 +485,24 @@ mod tests {
         assert!(version_is_acceptable("nats-server: v2.11.0"));
         assert!(version_is_acceptable("nats-server: v2.15.1"));
         assert!(!version_is_acceptable("garbage"));
+    }
+
+    #[test]
+    fn an_old_binary_is_refused_naming_the_required_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("nats-server");
+        std::fs::write(&fake, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").unwrap();
+        Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+        let err = check_binary(fake.clone(), false).unwrap_err();
+        assert!(matches!(err, HarnessError::TooOld { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("v2.9.10") && text.contains("2.11.0"),
+            "{text}"
+        );
+        let missing = check_binary(dir.path().join("nope"), true).unwrap_err();
+        assert!(matches!(missing, HarnessError::Missing(..)), "{missing}");
+        assert!(missing.to_string().contains("scripts/setup.sh"));
     }
 
     #[test]
