@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # The README's second command: installs the pinned tools, then runs every
-# test of the workspace (each test starts its own nats-server processes).
+# test of the workspace (each test starts its own nats-server processes) and
+# ends with one total line: "tests: N passed, N failed".
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
-cargo test --locked --workspace -- --nocapture "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --workspace -- --nocapture "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

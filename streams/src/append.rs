@@ -7,7 +7,10 @@
 
 use std::{
     num::NonZeroUsize,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, Weak,
+    },
     time::Duration,
 };
 
@@ -151,6 +154,7 @@ pub struct Appender {
     clock: Clock,
     conflict_retries_max: u32,
     forwarding: bool,
+    counters: Counters,
     #[cfg(feature = "fault-injection")]
     drop_next_ack: std::sync::atomic::AtomicBool,
 }
@@ -183,6 +187,27 @@ fn actual_seq_from(err: &impl std::fmt::Display) -> u64 {
                 .and_then(|d| d.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Counters of one writer since it started (for metrics and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AppenderStats {
+    /// Events stored by this writer's own publishes.
+    pub stored: u64,
+    /// Publishes refused because another writer appended first.
+    pub conflicts: u64,
+    /// Commands this writer handed to another writer (answered by it).
+    pub forwarded_out: u64,
+    /// Commands other writers handed to this one.
+    pub forwarded_in: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    stored: AtomicU64,
+    conflicts: AtomicU64,
+    forwarded_out: AtomicU64,
+    forwarded_in: AtomicU64,
 }
 
 /// Options of a writer; the defaults are production's.
@@ -248,10 +273,22 @@ impl Appender {
                 clock: options.clock.unwrap_or_else(|| Arc::new(system_clock_ms)),
                 conflict_retries_max: CONFLICT_RETRIES_MAX,
                 forwarding: !options.no_forwarding,
+                counters: Counters::default(),
                 #[cfg(feature = "fault-injection")]
                 drop_next_ack: std::sync::atomic::AtomicBool::new(false),
             }
         }))
+    }
+
+    /// Counters since this writer started.
+    pub fn stats(&self) -> AppenderStats {
+        let c = &self.counters;
+        AppenderStats {
+            stored: c.stored.load(Relaxed),
+            conflicts: c.conflicts.load(Relaxed),
+            forwarded_out: c.forwarded_out.load(Relaxed),
+            forwarded_in: c.forwarded_in.load(Relaxed),
+        }
     }
 
     /// This writer's id, carried in the `Im-Writer` header of its events.
@@ -402,6 +439,7 @@ impl Appender {
                         }
                         apply(state, &event);
                         state.record_position(ack.sequence, payload_hash(&payload));
+                        self.counters.stored.fetch_add(1, Relaxed);
                         cached.last_writer.clone_from(&self.writer_id);
                         if i + 1 == count {
                             return Ok(AppendOutcome::Stored {
@@ -412,6 +450,7 @@ impl Appender {
                         }
                     }
                     Err(e) if is_conflict(&e) => {
+                        self.counters.conflicts.fetch_add(1, Relaxed);
                         conflict_at = Some(actual_seq_from(&e));
                         break;
                     }
@@ -449,6 +488,7 @@ impl Appender {
                 // it may be forwarding to us at the same time.
                 drop(cached);
                 if let Some(outcome) = self.forward(&winner, conv_id, cmd, trace_id).await {
+                    self.counters.forwarded_out.fetch_add(1, Relaxed);
                     return Ok(outcome);
                 }
                 cached = entry.lock().await;
@@ -692,6 +732,7 @@ async fn serve_forwarded(
             continue;
         };
         let client = client.clone();
+        app.counters.forwarded_in.fetch_add(1, Relaxed);
         tokio::spawn(async move {
             let _permit = permit;
             let reply = match im_schema::decode::<v1::WriteRequest>(&msg.payload) {

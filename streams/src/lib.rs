@@ -11,7 +11,9 @@ pub mod ids;
 pub mod log;
 pub mod subjects;
 
-pub use append::{AppendOutcome, Appender, AppenderOptions, ReceiptKind, ReceiptOutcome};
+pub use append::{
+    AppendOutcome, Appender, AppenderOptions, AppenderStats, ReceiptKind, ReceiptOutcome,
+};
 pub use conversation::{Action, Command, ConvState, MessageBody, Rejection, Role};
 pub use definitions::{apply_streams, StreamSettings};
 pub use error::StreamsError;

@@ -78,7 +78,6 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
 
 /// Finds the nats-server binary and checks its version.
 pub fn nats_server_binary() -> Result<PathBuf, HarnessError> {
-    let pinned = pinned_nats_version();
     match std::env::var_os("IM_NATS_SERVER") {
         Some(p) => check_binary(PathBuf::from(p), false),
         None => check_binary(workspace_root().join(".tools/bin/nats-server"), true),
