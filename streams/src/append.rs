@@ -176,8 +176,17 @@ fn is_conflict(e: &jetstream::context::PublishError) -> bool {
         })
 }
 
-/// The actual last subject sequence from a 10071 error's text (0 when the
-/// text has none: the refresh then asks for the subject's last sequence).
+/// The actual last subject sequence a conflict reports (0 when it does not:
+/// the refresh then asks for the subject's last sequence). The number is in
+/// the server's description, which only the error's source carries.
+fn conflict_actual_seq(e: &jetstream::context::PublishError) -> u64 {
+    std::error::Error::source(e)
+        .map(|s| actual_seq_from(&s))
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| actual_seq_from(e))
+}
+
+/// The number after "wrong last sequence: " in a text, or 0.
 fn actual_seq_from(err: &impl std::fmt::Display) -> u64 {
     let text = err.to_string();
     text.split_once("wrong last sequence: ")
@@ -217,6 +226,8 @@ pub struct AppenderOptions {
     pub clock: Option<Clock>,
     /// Never forward commands to other writers (CAS retries only).
     pub no_forwarding: bool,
+    /// Overrides `CONFLICT_RETRIES_MAX`.
+    pub conflict_retries_max: Option<u32>,
 }
 
 fn new_writer_id() -> String {
@@ -271,7 +282,7 @@ impl Appender {
                     NonZeroUsize::new(CONV_CACHE_MAX).expect("non-zero"),
                 )),
                 clock: options.clock.unwrap_or_else(|| Arc::new(system_clock_ms)),
-                conflict_retries_max: CONFLICT_RETRIES_MAX,
+                conflict_retries_max: options.conflict_retries_max.unwrap_or(CONFLICT_RETRIES_MAX),
                 forwarding: !options.no_forwarding,
                 counters: Counters::default(),
                 #[cfg(feature = "fault-injection")]
@@ -451,30 +462,26 @@ impl Appender {
                     }
                     Err(e) if is_conflict(&e) => {
                         self.counters.conflicts.fetch_add(1, Relaxed);
-                        conflict_at = Some(actual_seq_from(&e));
+                        conflict_at = Some(conflict_actual_seq(&e));
                         break;
                     }
                     Err(e) => return Err(StreamsError::unavailable(e)),
                 }
             }
             let actual = conflict_at.unwrap_or_default();
+            let expected = cached.state.version;
+            conflicts_in_a_row += 1;
+            tracing::debug!(conv_id, attempts, expected, actual, "append conflict");
+            // The error named the subject's actual last sequence: read to it.
+            // Also before giving up, so the caller's retry starts current.
+            self.refresh(&subject, &mut cached, Some(actual)).await?;
             if attempts > self.conflict_retries_max {
                 return Err(StreamsError::Conflict {
-                    expected: cached.state.version,
+                    expected,
                     actual,
                     attempts,
                 });
             }
-            conflicts_in_a_row += 1;
-            tracing::debug!(
-                conv_id,
-                attempts,
-                expected = cached.state.version,
-                actual,
-                "append conflict"
-            );
-            // The error named the subject's actual last sequence: read to it.
-            self.refresh(&subject, &mut cached, Some(actual)).await?;
             let winner = cached.last_writer.clone();
             if may_forward
                 && conflicts_in_a_row >= FORWARD_AFTER_CONFLICTS

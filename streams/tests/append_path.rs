@@ -524,3 +524,87 @@ async fn server_checks_expected_sequence_before_dedupe() {
         .messages;
     assert_eq!(info, 2);
 }
+
+#[tokio::test]
+async fn a_writer_out_of_retries_reports_the_conflict_it_lost() {
+    let server = NatsServer::start().await.unwrap();
+    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let fresh = appender(&server.url(), topo).await;
+    let options = im_streams::AppenderOptions {
+        no_forwarding: true,
+        conflict_retries_max: Some(0),
+        ..Default::default()
+    };
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let stale = im_streams::Appender::with_options(client, topo, options)
+        .await
+        .unwrap();
+    create_group(&fresh, "g1", &[("bob", Role::Member)]).await;
+    let known = stale.current_state("g1").await.unwrap().version;
+    let Ok(AppendOutcome::Stored {
+        stream_seq: newer, ..
+    }) = fresh
+        .execute("g1", &cmd("bob", "b1", text("first")), "")
+        .await
+    else {
+        panic!("fresh writer stores")
+    };
+    let before = conv_message_count(&js).await;
+    let err = stale
+        .execute("g1", &cmd("owner", "o1", text("late")), "")
+        .await
+        .unwrap_err();
+    match err {
+        im_streams::StreamsError::Conflict {
+            expected,
+            actual,
+            attempts,
+        } => {
+            assert_eq!((expected, actual, attempts), (known, newer, 1));
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(conv_message_count(&js).await, before, "nothing appended");
+    assert_eq!(stale.stats().conflicts, 1);
+    // Retried (the client's move), it lands after the event it lost to.
+    let out = stale
+        .execute("g1", &cmd("owner", "o1", text("late")), "")
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, AppendOutcome::Stored { conv_seq: 3, .. }),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_incompatible_existing_stream_is_refused_not_changed() {
+    use async_nats::jetstream::stream::{Config, StorageType};
+    let server = NatsServer::start().await.unwrap();
+    let js = js_for(&server.url()).await;
+    js.create_stream(Config {
+        name: CONV_STREAM.into(),
+        subjects: vec!["im.conv.>".into()],
+        storage: StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = im_streams::apply_streams(&js, &StreamSettings::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, im_streams::StreamsError::IncompatibleStream { field, .. } if field == "storage"),
+        "{err}"
+    );
+    let info = js
+        .get_stream(CONV_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(info.storage, StorageType::Memory, "left as it was");
+}
