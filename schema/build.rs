@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/im/v1/events.proto",
         "proto/im/v1/client.proto",
         "proto/im/v1/internal.proto",
+        "proto/im/v1/readmodel.proto",
+        "proto/im/v1/query.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

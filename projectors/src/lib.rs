@@ -1,6 +1,10 @@
-//! The projector process: durable consumers per projection folding IM_CONV
-//! and IM_RCPT into sled read models with atomic checkpoints, a query service
-//! over NATS request/reply, and fan-out to `im.deliver.<user_id>`.
-//!
-//! Not built yet (issue 3). The writer's cold-load hook it will serve is the
-//! `members` projection's state + version (see `im_streams::append`).
+//! The projector: durable consumers per projection fold IM_CONV and IM_RCPT
+//! into sled read models, each commit carrying its checkpoint atomically; a
+//! query service answers over NATS request/reply; deliveries go out to
+//! `im.deliver.<user_id>` only after the event is applied.
+
+pub mod digest;
+pub mod keys;
+pub mod projections;
+pub mod store;
+pub mod tx;

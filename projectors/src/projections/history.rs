@@ -1,0 +1,140 @@
+//! `history`: (conv, conv_seq) -> event, paged both ways. Recalled messages
+//! keep their slot (body dropped, `recalled` set); edits keep the latest text
+//! and set `edited`. Its commits trigger the fan-out: a delivery leaves only
+//! once the event is in history (invariant 6).
+
+use im_schema::v1::{self, conv_event::Kind, message_sent::Body};
+
+use super::{membership, Effect, Input, Projection};
+use crate::keys::{key, prefix, prefix_end, seq};
+use crate::store::{Keyspace, StoreError};
+use crate::tx::Tx;
+
+pub const ENTRY: u8 = b'h';
+
+/// Most entries one history page returns.
+pub const PAGE_MAX: u32 = 200;
+
+pub struct History;
+
+fn entry_key(conv: &str, conv_seq: u64) -> Vec<u8> {
+    key(ENTRY, &[conv.as_bytes(), &seq(conv_seq)])
+}
+
+fn update_target(
+    tx: &mut Tx,
+    conv: &str,
+    target: u64,
+    f: impl FnOnce(&mut v1::HistoryEntry),
+) -> Result<(), StoreError> {
+    let k = entry_key(conv, target);
+    if let Some(mut entry) = tx.get_msg::<v1::HistoryEntry>(&k)? {
+        f(&mut entry);
+        tx.put_msg(k, &entry);
+    }
+    Ok(())
+}
+
+fn sent_mut(entry: &mut v1::HistoryEntry) -> Option<&mut v1::MessageSent> {
+    match entry.event.as_mut()?.kind.as_mut()? {
+        Kind::MessageSent(m) => Some(m),
+        _ => None,
+    }
+}
+
+impl Projection for History {
+    fn name(&self) -> &'static str {
+        "history"
+    }
+
+    fn apply(&self, tx: &mut Tx, input: &Input) -> Result<Vec<Effect>, StoreError> {
+        let Input::Conv(stored) = input else {
+            return Ok(Vec::new());
+        };
+        let ev = &stored.event;
+        let conv = ev.conversation_id.as_str();
+        let change = membership::fold(tx, ev)?;
+        match &ev.kind {
+            Some(Kind::MessageRecalled(r)) => update_target(tx, conv, r.target_conv_seq, |e| {
+                e.recalled = true;
+                if let Some(m) = sent_mut(e) {
+                    m.body = None;
+                    m.meta.clear();
+                }
+            })?,
+            Some(Kind::MessageEdited(ed)) => update_target(tx, conv, ed.target_conv_seq, |e| {
+                if e.recalled {
+                    return;
+                }
+                e.edited = true;
+                e.edited_at_ms = ev.at_ms;
+                if let Some(m) = sent_mut(e) {
+                    m.body = Some(Body::Text(ed.text.clone()));
+                }
+            })?,
+            _ => {}
+        }
+        tx.put_msg(
+            entry_key(conv, ev.conv_seq),
+            &v1::HistoryEntry {
+                event: Some(ev.clone()),
+                stream_seq: stored.stream_seq,
+                ..Default::default()
+            },
+        );
+        // Everyone who is a member after the event, and whoever it removed
+        // (they learn of their removal), the sender included.
+        let mut users = membership::user_ids(tx, conv)?;
+        users.extend(change.left);
+        users.sort();
+        users.dedup();
+        Ok(vec![Effect::Deliver {
+            users,
+            deliver: v1::Deliver {
+                conversation_id: conv.to_string(),
+                conv_seq: ev.conv_seq,
+                stream_seq: stored.stream_seq,
+                event: Some(ev.clone()),
+                event_type: im_streams::conversation::event_type(ev).to_string(),
+            },
+        }])
+    }
+}
+
+/// A page of history: from `from_seq` (inclusive; 0 = the start, or the end
+/// when going backward), at most `limit` (capped at `PAGE_MAX`).
+pub fn page(
+    ks: &dyn Keyspace,
+    conv: &str,
+    from_seq: u64,
+    limit: u32,
+    backward: bool,
+) -> Result<v1::HistoryPage, StoreError> {
+    let limit = limit.clamp(1, PAGE_MAX) as usize;
+    let conv_prefix = prefix(ENTRY, &[conv.as_bytes()]);
+    let (start, end) = if backward {
+        let end = if from_seq == 0 {
+            prefix_end(&conv_prefix)
+        } else {
+            entry_key(conv, from_seq.saturating_add(1))
+        };
+        (conv_prefix.clone(), end)
+    } else {
+        (entry_key(conv, from_seq.max(1)), prefix_end(&conv_prefix))
+    };
+    let rows = ks.range(&start, &end, backward, limit + 1)?;
+    let mut entries = Vec::with_capacity(limit);
+    for (k, v) in rows.iter().take(limit) {
+        entries.push(
+            prost::Message::decode(v.as_slice()).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(k).into_owned(),
+                detail: e.to_string(),
+            })?,
+        );
+    }
+    let next_seq = rows
+        .get(limit)
+        .map(|(k, _)| crate::keys::seq_suffix(k))
+        .unwrap_or(0);
+    Ok(v1::HistoryPage { entries, next_seq })
+}

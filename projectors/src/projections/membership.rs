@@ -1,0 +1,141 @@
+//! Membership rows every conversation-aware projection keeps in its own
+//! keyspace (`m<conv>\0<user>` -> MemberRecord, `b<conv>\0<user>` ->
+//! blacklisted), so each can be rebuilt alone.
+
+use im_schema::v1::{self, conv_event::Kind};
+
+use crate::keys::{key, last_part, prefix};
+use crate::store::StoreError;
+use crate::tx::Tx;
+
+pub const MEMBER: u8 = b'm';
+pub const BLACKLIST: u8 = b'b';
+/// `K<conv>` -> the conversation kind (one byte): blacklisting removes a
+/// group member but only blocks in a direct conversation.
+pub const KIND: u8 = b'K';
+
+/// The conversation's kind, once created.
+pub fn conversation_kind(tx: &Tx, conv: &str) -> Result<Option<v1::ConversationKind>, StoreError> {
+    Ok(tx
+        .get(&key(KIND, &[conv.as_bytes()]))?
+        .and_then(|v| v.first().copied())
+        .map(|b| {
+            v1::ConversationKind::try_from(i32::from(b)).unwrap_or(v1::ConversationKind::Group)
+        }))
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    pub joined: Vec<String>,
+    pub left: Vec<String>,
+}
+
+fn member_key(conv: &str, user: &str) -> Vec<u8> {
+    key(MEMBER, &[conv.as_bytes(), user.as_bytes()])
+}
+
+pub fn get(tx: &Tx, conv: &str, user: &str) -> Result<Option<v1::MemberRecord>, StoreError> {
+    tx.get_msg(&member_key(conv, user))
+}
+
+/// The members of a conversation, by user id.
+pub fn list(tx: &Tx, conv: &str) -> Result<Vec<v1::MemberRecord>, StoreError> {
+    tx.scan(&prefix(MEMBER, &[conv.as_bytes()]))?
+        .into_iter()
+        .map(|(k, v)| {
+            prost::Message::decode(v.as_slice()).map_err(|e| StoreError::Corrupt {
+                key: last_part(&k),
+                detail: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+pub fn user_ids(tx: &Tx, conv: &str) -> Result<Vec<String>, StoreError> {
+    Ok(list(tx, conv)?.into_iter().map(|m| m.user_id).collect())
+}
+
+pub fn blacklist(tx: &Tx, conv: &str) -> Result<Vec<String>, StoreError> {
+    Ok(tx
+        .scan(&prefix(BLACKLIST, &[conv.as_bytes()]))?
+        .into_iter()
+        .map(|(k, _)| last_part(&k))
+        .collect())
+}
+
+fn join(tx: &mut Tx, conv: &str, user: &str, role: i32, seq: u64, change: &mut Change) {
+    tx.put_msg(
+        member_key(conv, user),
+        &v1::MemberRecord {
+            user_id: user.to_string(),
+            role,
+            muted_until_ms: 0,
+            joined_seq: seq,
+        },
+    );
+    change.joined.push(user.to_string());
+}
+
+fn leave(tx: &mut Tx, conv: &str, user: &str, change: &mut Change) -> Result<(), StoreError> {
+    if get(tx, conv, user)?.is_some() {
+        tx.delete(member_key(conv, user));
+        change.left.push(user.to_string());
+    }
+    Ok(())
+}
+
+fn update(
+    tx: &mut Tx,
+    conv: &str,
+    user: &str,
+    f: impl FnOnce(&mut v1::MemberRecord),
+) -> Result<(), StoreError> {
+    if let Some(mut m) = get(tx, conv, user)? {
+        f(&mut m);
+        tx.put_msg(member_key(conv, user), &m);
+    }
+    Ok(())
+}
+
+/// Folds one conversation event into the membership rows.
+pub fn fold(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<Change, StoreError> {
+    let conv = ev.conversation_id.as_str();
+    let mut change = Change::default();
+    let Some(kind) = &ev.kind else {
+        return Ok(change);
+    };
+    match kind {
+        Kind::Created(c) => {
+            tx.put(key(KIND, &[conv.as_bytes()]), vec![c.kind as u8]);
+            for m in &c.members {
+                join(tx, conv, &m.user_id, m.role, ev.conv_seq, &mut change);
+            }
+        }
+        Kind::MemberAdded(a) => join(tx, conv, &a.user_id, a.role, ev.conv_seq, &mut change),
+        Kind::MemberRemoved(r) => leave(tx, conv, &r.user_id, &mut change)?,
+        Kind::MemberLeft(_) => leave(tx, conv, &ev.actor, &mut change)?,
+        Kind::RoleChanged(r) => update(tx, conv, &r.user_id, |m| m.role = r.role)?,
+        Kind::OwnershipTransferred(t) => {
+            update(tx, conv, &ev.actor, |m| m.role = v1::Role::Admin as i32)?;
+            update(tx, conv, &t.user_id, |m| m.role = v1::Role::Owner as i32)?;
+        }
+        Kind::Muted(m) => update(tx, conv, &m.user_id, |r| r.muted_until_ms = m.until_ms)?,
+        Kind::Unmuted(u) => update(tx, conv, &u.user_id, |r| r.muted_until_ms = 0)?,
+        Kind::Blacklisted(b) => {
+            tx.put(
+                key(BLACKLIST, &[conv.as_bytes(), b.user_id.as_bytes()]),
+                Vec::new(),
+            );
+            // In a group, blacklisting removes; in a direct conversation it
+            // is a block and both stay members.
+            if conversation_kind(tx, conv)? != Some(v1::ConversationKind::Direct) {
+                leave(tx, conv, &b.user_id, &mut change)?;
+            }
+        }
+        Kind::Unblacklisted(u) => {
+            tx.delete(key(BLACKLIST, &[conv.as_bytes(), u.user_id.as_bytes()]));
+        }
+        Kind::MessageSent(_) | Kind::MessageRecalled(_) | Kind::MessageEdited(_) => {}
+    }
+    Ok(change)
+}

@@ -1,0 +1,69 @@
+//! The read models, each a fold of events into its own keyspace. A fold is
+//! IO-free apart from the keyspace it writes, so it is tested without NATS;
+//! the runner feeds it, commits its writes with the checkpoint, and carries
+//! out its effects (deliveries) after the commit.
+
+use im_schema::v1;
+use im_streams::codec::StoredEvent;
+
+use crate::store::StoreError;
+use crate::tx::Tx;
+
+pub mod convlist;
+pub mod dedupe;
+pub mod history;
+pub mod members;
+pub mod membership;
+pub mod receipts;
+pub mod unread;
+
+/// One event, from either stream.
+pub enum Input<'a> {
+    Conv(&'a StoredEvent),
+    Rcpt {
+        stream_seq: u64,
+        event: &'a v1::ReceiptEvent,
+    },
+}
+
+/// Something to publish once the commit that produced it is durable.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Deliver {
+        users: Vec<String>,
+        deliver: v1::Deliver,
+    },
+    Receipt {
+        users: Vec<String>,
+        update: v1::ReceiptUpdate,
+    },
+}
+
+pub trait Projection: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Whether it also consumes IM_RCPT.
+    fn reads_receipts(&self) -> bool {
+        false
+    }
+    fn apply(&self, tx: &mut Tx, input: &Input) -> Result<Vec<Effect>, StoreError>;
+}
+
+/// Every projection, in the order the runner starts them.
+pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
+    vec![
+        std::sync::Arc::new(history::History),
+        std::sync::Arc::new(members::Members),
+        std::sync::Arc::new(unread::Unread),
+        std::sync::Arc::new(convlist::ConvList),
+        std::sync::Arc::new(receipts::Receipts),
+        std::sync::Arc::new(dedupe::Dedupe),
+    ]
+}
+
+/// The projection names, for configs and CLIs.
+pub const NAMES: [&str; 6] = [
+    "history", "members", "unread", "convlist", "receipts", "dedupe",
+];
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -1,0 +1,357 @@
+//! Pure tests of the folds: events made by the real rules (`decide`), folded
+//! into an in-memory keyspace in different interleavings of the two streams.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use im_schema::v1;
+use im_streams::codec::StoredEvent;
+use im_streams::conversation::{apply, decide, Action, Command, ConvState, MessageBody, Role};
+
+use super::*;
+use crate::digest::{digest_of, Digest};
+use crate::store::{Keyspace, StoreError, Write};
+
+#[derive(Default)]
+pub struct MemKeyspace(Mutex<BTreeMap<Vec<u8>, Vec<u8>>>);
+
+impl Keyspace for MemKeyspace {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.0.lock().unwrap().get(key).cloned())
+    }
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let map = self.0.lock().unwrap();
+        let it = map
+            .range(start.to_vec()..end.to_vec())
+            .map(|(k, v)| (k.clone(), v.clone()));
+        Ok(if descending {
+            it.rev().take(limit).collect()
+        } else {
+            it.take(limit).collect()
+        })
+    }
+    fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let mut map = self.0.lock().unwrap();
+        for (k, v) in writes {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn visit(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        for (k, v) in self.0.lock().unwrap().iter() {
+            f(k, v);
+        }
+        Ok(())
+    }
+}
+
+/// One event of either stream, as the log would hold it.
+#[derive(Clone)]
+pub enum Logged {
+    Conv(StoredEvent),
+    Rcpt(u64, v1::ReceiptEvent),
+}
+
+/// Makes a log with the real rules: conversation events get stream seqs
+/// 1, 2, ... and receipts their own sequence.
+#[derive(Default)]
+pub struct Sim {
+    states: BTreeMap<String, ConvState>,
+    pub log: Vec<Logged>,
+    conv_seq_next: u64,
+    rcpt_seq_next: u64,
+    clock: i64,
+}
+
+impl Sim {
+    pub fn run(&mut self, conv: &str, actor: &str, action: Action) -> u64 {
+        self.clock += 1_000;
+        let state = self
+            .states
+            .entry(conv.to_string())
+            .or_insert_with(|| ConvState::empty(conv));
+        let cmd = Command {
+            actor: actor.into(),
+            client_msg_id: format!("c{}", self.clock),
+            action,
+        };
+        let events = decide(state, &cmd, 1_700_000_000_000 + self.clock)
+            .unwrap_or_else(|r| panic!("{cmd:?}: {r}"));
+        for mut ev in events {
+            ev.conv_seq = state.conv_seq + 1;
+            apply(state, &ev);
+            self.conv_seq_next += 1;
+            let payload = bytes::Bytes::from(im_schema::encode(&ev));
+            self.log.push(Logged::Conv(StoredEvent {
+                stream_seq: self.conv_seq_next,
+                subject: format!("im.conv.0.{conv}"),
+                hash: [0; 32],
+                payload,
+                writer: String::new(),
+                event: ev,
+            }));
+        }
+        state.conv_seq
+    }
+
+    pub fn send(&mut self, conv: &str, actor: &str, text: &str) -> u64 {
+        self.run(
+            conv,
+            actor,
+            Action::Send {
+                peer: None,
+                body: MessageBody::Text(text.into()),
+                meta: Default::default(),
+            },
+        )
+    }
+
+    pub fn read(&mut self, conv: &str, user: &str, up_to: u64) {
+        self.rcpt(
+            conv,
+            user,
+            v1::receipt_event::Kind::Read(v1::Read { up_to_seq: up_to }),
+        );
+    }
+
+    pub fn delivered(&mut self, conv: &str, user: &str, up_to: u64) {
+        self.rcpt(
+            conv,
+            user,
+            v1::receipt_event::Kind::Delivered(v1::Delivered { up_to_seq: up_to }),
+        );
+    }
+
+    fn rcpt(&mut self, conv: &str, user: &str, kind: v1::receipt_event::Kind) {
+        self.rcpt_seq_next += 1;
+        self.log.push(Logged::Rcpt(
+            self.rcpt_seq_next,
+            v1::ReceiptEvent {
+                conversation_id: conv.into(),
+                user_id: user.into(),
+                device_id: "d1".into(),
+                kind: Some(kind),
+                ..Default::default()
+            },
+        ));
+    }
+}
+
+pub fn fold_all(p: &dyn Projection, ks: &dyn Keyspace, log: &[Logged]) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    for item in log {
+        let mut tx = Tx::new(ks);
+        let input = match item {
+            Logged::Conv(s) => Input::Conv(s),
+            Logged::Rcpt(seq, e) => Input::Rcpt {
+                stream_seq: *seq,
+                event: e,
+            },
+        };
+        if matches!(input, Input::Rcpt { .. }) && !p.reads_receipts() {
+            continue;
+        }
+        effects.extend(p.apply(&mut tx, &input).unwrap());
+        ks.commit(tx.into_writes()).unwrap();
+    }
+    effects
+}
+
+fn digest_after(p: &dyn Projection, log: &[Logged]) -> Digest {
+    let ks = MemKeyspace::default();
+    fold_all(p, &ks, log);
+    digest_of(&ks).unwrap()
+}
+
+/// The same events with every receipt moved to a different place relative
+/// to the conversation events (each stream keeps its own order).
+fn interleavings(log: &[Logged], seed: u64) -> Vec<Logged> {
+    let conv: Vec<Logged> = log
+        .iter()
+        .filter(|l| matches!(l, Logged::Conv(_)))
+        .cloned()
+        .collect();
+    let rcpt: Vec<Logged> = log
+        .iter()
+        .filter(|l| matches!(l, Logged::Rcpt(..)))
+        .cloned()
+        .collect();
+    let (mut out, mut i, mut j, mut x) = (Vec::new(), 0, 0, seed | 1);
+    while i < conv.len() || j < rcpt.len() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let take_conv = j >= rcpt.len() || (i < conv.len() && x % 3 != 0);
+        if take_conv {
+            out.push(conv[i].clone());
+            i += 1;
+        } else {
+            out.push(rcpt[j].clone());
+            j += 1;
+        }
+    }
+    out
+}
+
+pub fn scenario() -> Sim {
+    let mut sim = Sim::default();
+    let members = vec![
+        ("alice".to_string(), Role::Admin),
+        ("bob".to_string(), Role::Member),
+        ("carol".to_string(), Role::Member),
+    ];
+    sim.run(
+        "g1",
+        "owner",
+        Action::CreateGroup {
+            title: "team".into(),
+            members,
+        },
+    );
+    let m1 = sim.send("g1", "alice", "hello");
+    sim.send("g1", "bob", "hi");
+    sim.read("g1", "bob", m1);
+    let m3 = sim.send("g1", "alice", "typo");
+    sim.run(
+        "g1",
+        "alice",
+        Action::Edit {
+            conv_seq: m3,
+            text: "fixed".into(),
+        },
+    );
+    sim.delivered("g1", "carol", m3);
+    sim.run(
+        "g1",
+        "owner",
+        Action::AddMember {
+            user: "dave".into(),
+            role: Role::Member,
+        },
+    );
+    let m5 = sim.send("g1", "carol", "welcome dave");
+    sim.run("g1", "carol", Action::Recall { conv_seq: m5 });
+    sim.run(
+        "g1",
+        "owner",
+        Action::Mute {
+            user: "bob".into(),
+            until_ms: i64::MAX / 2,
+        },
+    );
+    sim.run(
+        "g1",
+        "alice",
+        Action::RemoveMember {
+            user: "carol".into(),
+        },
+    );
+    let m6 = sim.send("g1", "alice", "bye carol");
+    sim.read("g1", "dave", m6);
+    sim.run(
+        "g1",
+        "owner",
+        Action::Blacklist {
+            user: "dave".into(),
+        },
+    );
+    sim.send("g1", "owner", "last");
+    sim.read("g1", "bob", m6);
+    sim
+}
+
+#[test]
+fn every_interleaving_of_the_two_streams_gives_the_same_models() {
+    let sim = scenario();
+    for p in all() {
+        let expected = digest_after(p.as_ref(), &sim.log);
+        for seed in 1..40 {
+            let shuffled = interleavings(&sim.log, seed);
+            assert_eq!(
+                digest_after(p.as_ref(), &shuffled),
+                expected,
+                "{} seed {seed}",
+                p.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn unread_counts_others_messages_after_join_and_read_and_not_recalled() {
+    let sim = scenario();
+    let ks = MemKeyspace::default();
+    fold_all(&unread::Unread, &ks, &sim.log);
+    let of = |u: &str| unread::for_user(&ks, u, Some("g1")).unwrap();
+    // alice (admin): bob's "hi", carol's recalled message doesn't count, owner's "last".
+    assert_eq!(of("alice").total, 2);
+    // bob read up to m6: only "last" after it.
+    assert_eq!(of("bob").total, 1);
+    assert_eq!(of("bob").conversations[0].last_read_seq, 11);
+    // carol was removed, dave blacklisted: no rows.
+    assert!(of("carol").conversations.is_empty());
+    assert!(of("dave").conversations.is_empty());
+    // owner: alice x3, bob x1 (carol's recalled) = hello, hi, typo, bye carol.
+    assert_eq!(of("owner").total, 4);
+}
+
+#[test]
+fn history_keeps_recalled_slots_and_latest_edits() {
+    let sim = scenario();
+    let ks = MemKeyspace::default();
+    let effects = fold_all(&history::History, &ks, &sim.log);
+    let page = history::page(&ks, "g1", 0, 100, false).unwrap();
+    let seqs: Vec<u64> = page
+        .entries
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().conv_seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "every slot kept"
+    );
+    let edited = &page.entries[3];
+    assert!(edited.edited);
+    match edited.event.as_ref().unwrap().kind.as_ref().unwrap() {
+        v1::conv_event::Kind::MessageSent(m) => {
+            assert_eq!(m.body, Some(v1::message_sent::Body::Text("fixed".into())))
+        }
+        other => panic!("{other:?}"),
+    }
+    let recalled = &page.entries[6];
+    assert!(recalled.recalled);
+    // Backward from the end, in pages of 4.
+    let back = history::page(&ks, "g1", 0, 4, true).unwrap();
+    let back_seqs: Vec<u64> = back
+        .entries
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().conv_seq)
+        .collect();
+    let last = seqs.len() as u64;
+    assert_eq!(back_seqs, vec![last, last - 1, last - 2, last - 3]);
+    assert_eq!(back.next_seq, last - 4);
+    // The removal is delivered to the removed member too.
+    let removal = effects.iter().find_map(|e| match e {
+        Effect::Deliver { users, deliver } if deliver.event_type == "member_removed" => {
+            Some(users.clone())
+        }
+        _ => None,
+    });
+    assert!(removal.unwrap().contains(&"carol".to_string()));
+}

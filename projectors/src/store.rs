@@ -1,0 +1,126 @@
+//! The storage trait the read models live behind, and its sled backend.
+//! Small on purpose: ordered keys, ranges, atomic multi-key commits and an
+//! explicit flush are all a projection needs, so the engine can be swapped.
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// A storage failure. Projections stop on these (they are not poison: the
+/// same event would fail again only if the disk keeps failing).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Engine(String),
+    #[error("corrupt value at {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+}
+
+/// One write of a commit: `None` deletes.
+pub type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// An ordered key space.
+pub trait Keyspace: Send + Sync {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Entries with `start <= key < end`, ascending (or descending), at most
+    /// `limit`.
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Applies every write or none.
+    fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError>;
+    /// Makes every commit so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Visits every entry in key order.
+    fn visit(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError>;
+}
+
+fn engine(e: sled::Error) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+/// A sled database; each projection gets its own tree.
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+}
+
+impl SledStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            // The checkpoint makes replays exact; flushes are explicit after
+            // each batch, so the background flusher is only a backstop.
+            .flush_every_ms(Some(1_000))
+            .open()
+            .map_err(engine)?;
+        Ok(SledStore { db })
+    }
+
+    pub fn keyspace(&self, name: &str) -> Result<Arc<dyn Keyspace>, StoreError> {
+        Ok(Arc::new(SledKeyspace {
+            tree: self.db.open_tree(name).map_err(engine)?,
+        }))
+    }
+}
+
+struct SledKeyspace {
+    tree: sled::Tree,
+}
+
+impl Keyspace for SledKeyspace {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key).map_err(engine)?.map(|v| v.to_vec()))
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let iter = self.tree.range(start..end);
+        let pairs: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending
+        {
+            Box::new(iter.rev())
+        } else {
+            Box::new(iter)
+        };
+        pairs
+            .take(limit)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine))
+            .collect()
+    }
+
+    fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        // A sled batch on one tree is atomic: all of it or none survives a
+        // crash, which is what keeps the checkpoint and the model together.
+        self.tree.apply_batch(batch).map_err(engine)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush().map(|_| ()).map_err(engine)
+    }
+
+    fn visit(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        for r in self.tree.iter() {
+            let (k, v) = r.map_err(engine)?;
+            f(&k, &v);
+        }
+        Ok(())
+    }
+}

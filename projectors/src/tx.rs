@@ -1,0 +1,89 @@
+//! A batch of writes over a keyspace that reads its own staged writes, so
+//! several events folded into one commit see each other's effects.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+use crate::keys::prefix_end;
+use crate::store::{Keyspace, StoreError, Write};
+
+pub struct Tx<'a> {
+    ks: &'a dyn Keyspace,
+    staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Tx<'a> {
+    pub fn new(ks: &'a dyn Keyspace) -> Self {
+        Tx {
+            ks,
+            staged: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.staged.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.ks.get(key),
+        }
+    }
+
+    pub fn get_msg<M: Message + Default>(&self, key: &[u8]) -> Result<Option<M>, StoreError> {
+        self.get(key)?
+            .map(|bytes| {
+                M::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.staged.insert(key, Some(value));
+    }
+
+    pub fn put_msg<M: Message>(&mut self, key: Vec<u8>, value: &M) {
+        self.put(key, value.encode_to_vec());
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.staged.insert(key, None);
+    }
+
+    /// Every entry under `prefix`, staged writes included, in key order.
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.scan_range(prefix, &prefix_end(prefix))
+    }
+
+    /// Every entry with `start <= key < end`, staged writes included.
+    pub fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .ks
+            .range(start, end, false, usize::MAX)?
+            .into_iter()
+            .collect();
+        for (k, v) in self.staged.range(start.to_vec()..end.to_vec()) {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    pub fn into_writes(self) -> Vec<Write> {
+        self.staged.into_iter().collect()
+    }
+}
