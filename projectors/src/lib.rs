@@ -5,6 +5,12 @@
 
 pub mod digest;
 pub mod keys;
+pub mod metrics;
 pub mod projections;
+pub mod projector;
+pub mod query;
+pub mod runner;
 pub mod store;
 pub mod tx;
+
+pub use projector::{Projector, ProjectorConfig, ProjectorError, DEFAULT_FANOUT_THRESHOLD};

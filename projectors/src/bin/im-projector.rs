@@ -1,1 +1,77 @@
-fn main() {}
+//! `im-projector`: runs every projection for a set of partitions.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use im_projectors::{
+    projector::parse_partitions, Projector, ProjectorConfig, DEFAULT_FANOUT_THRESHOLD,
+};
+
+/// Every setting is a flag and an environment variable.
+#[derive(Parser)]
+#[command(name = "im-projector", version)]
+struct Args {
+    #[arg(long, env = "IM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The sled store of this instance.
+    #[arg(long, env = "IM_PROJECTOR_DATA_DIR", default_value = "data/projector")]
+    data_dir: PathBuf,
+    /// Unique per store: names its consumers and query subject.
+    #[arg(long, env = "IM_PROJECTOR_INSTANCE", default_value = "main")]
+    instance: String,
+    /// "all", or e.g. "0-7" or "0,3,8-15".
+    #[arg(long, env = "IM_PROJECTOR_PARTITIONS", default_value = "all")]
+    partitions: String,
+    #[arg(long, env = "IM_FANOUT_THRESHOLD", default_value_t = DEFAULT_FANOUT_THRESHOLD)]
+    fanout_threshold: usize,
+    /// Do not publish deliveries (a replica beside another that does).
+    #[arg(long, env = "IM_PROJECTOR_NO_FANOUT")]
+    no_fanout: bool,
+    /// Serve Prometheus metrics on this port.
+    #[arg(long, env = "IM_PROJECTOR_METRICS_PORT")]
+    metrics_port: Option<u16>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let client = async_nats::connect(&args.nats_url)
+        .await
+        .with_context(|| format!("connecting to {}", args.nats_url))?;
+    let js = async_nats::jetstream::new(client.clone());
+    let topology = im_streams::definitions::read_topology(&js).await?;
+    let partitions =
+        parse_partitions(&args.partitions, topology.partitions).map_err(anyhow::Error::msg)?;
+    let config = ProjectorConfig {
+        instance: args.instance,
+        partitions,
+        data_dir: args.data_dir,
+        fanout_threshold: args.fanout_threshold,
+        fanout: !args.no_fanout,
+    };
+    let mut projector = Projector::start(client, config).await?;
+    if let Some(port) = args.metrics_port {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        tokio::spawn(im_projectors::metrics::serve(
+            listener,
+            projector.context.clone(),
+            js,
+        ));
+    }
+    println!(
+        "im-projector: ready instance={} partitions={:?}",
+        projector.context.instance, projector.context.partitions
+    );
+    tokio::select! {
+        r = projector.wait() => r.context("a projection stopped")?,
+        r = tokio::signal::ctrl_c() => r?,
+    }
+    Ok(())
+}

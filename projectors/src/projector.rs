@@ -1,0 +1,175 @@
+//! A projector instance: every projection over the partitions it owns, the
+//! query service, and the fan-out.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::projections;
+use crate::query::{self, QueryContext};
+use crate::runner::{self, ProjectionState, RunError, RunnerConfig};
+use crate::store::{SledStore, StoreError};
+
+/// Default member count above which a group gets notifications instead of
+/// full events: fan-out cost grows with members × event size.
+pub const DEFAULT_FANOUT_THRESHOLD: usize = 500;
+
+#[derive(Clone, Debug)]
+pub struct ProjectorConfig {
+    /// Names this instance's consumers and query subject; unique per store.
+    pub instance: String,
+    /// Owned partitions; `None` for all.
+    pub partitions: Option<Vec<u32>>,
+    pub data_dir: PathBuf,
+    pub fanout_threshold: usize,
+    pub fanout: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("streams: {0}")]
+    Streams(#[from] im_streams::StreamsError),
+}
+
+pub struct Projector {
+    pub context: Arc<QueryContext>,
+    tasks: tokio::task::JoinSet<Result<(), RunError>>,
+    query_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Projector {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+        self.query_task.abort();
+    }
+}
+
+/// Parses "all", "3", "0-7" or "0,2,5-6".
+pub fn parse_partitions(text: &str, partitions_total: u32) -> Result<Option<Vec<u32>>, String> {
+    if text.trim() == "all" {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let lo: u32 = lo.parse().map_err(|_| format!("bad partition {part:?}"))?;
+        let hi: u32 = hi.parse().map_err(|_| format!("bad partition {part:?}"))?;
+        if lo > hi || hi >= partitions_total {
+            return Err(format!(
+                "partition range {part:?} outside 0..{partitions_total}"
+            ));
+        }
+        out.extend(lo..=hi);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(Some(out))
+}
+
+impl Projector {
+    pub async fn start(
+        client: async_nats::Client,
+        config: ProjectorConfig,
+    ) -> Result<Self, ProjectorError> {
+        im_streams::ids::validate_id(im_streams::ids::IdKind::Device, &config.instance)
+            .map_err(|e| ProjectorError::Config(format!("instance: {e}")))?;
+        let js = async_nats::jetstream::new(client.clone());
+        let topology = im_streams::definitions::read_topology(&js).await?;
+        let partitions = config
+            .partitions
+            .clone()
+            .unwrap_or_else(|| (0..topology.partitions).collect());
+        if partitions.is_empty() || partitions.iter().any(|p| *p >= topology.partitions) {
+            return Err(ProjectorError::Config(format!(
+                "partitions {partitions:?} outside 0..{}",
+                topology.partitions
+            )));
+        }
+        let store = SledStore::open(&config.data_dir)?;
+        // A store belongs to one partition set: its checkpoints mean nothing
+        // for another.
+        let meta = store.keyspace("meta")?;
+        let parts_text = format!("{partitions:?}");
+        match meta.get(b"partitions")? {
+            Some(v) if v != parts_text.as_bytes() => {
+                return Err(ProjectorError::Config(format!(
+                    "{} holds partitions {}, not {parts_text}",
+                    config.data_dir.display(),
+                    String::from_utf8_lossy(&v)
+                )))
+            }
+            Some(_) => {}
+            None => {
+                meta.commit(vec![(
+                    b"partitions".to_vec(),
+                    Some(parts_text.into_bytes()),
+                )])?;
+                meta.flush()?;
+            }
+        }
+        let cfg = Arc::new(RunnerConfig {
+            instance: config.instance.clone(),
+            topology,
+            partitions: partitions.clone(),
+            fanout_threshold: config.fanout_threshold,
+            fanout: config.fanout,
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut states: Vec<Arc<ProjectionState>> = Vec::new();
+        for projection in projections::all() {
+            let ks = store.keyspace(projection.name())?;
+            let (state, task) = runner::start(client.clone(), cfg.clone(), projection, ks).await?;
+            states.push(state);
+            tasks.spawn(async move { task.await.unwrap_or(Ok(())) });
+        }
+        let context = Arc::new(QueryContext {
+            instance: config.instance.clone(),
+            partitions,
+            projections: states,
+        });
+        let subs = query::subscribe(&client, &context)
+            .await
+            .map_err(|e| ProjectorError::Config(format!("query subjects: {e}")))?;
+        let query_task = tokio::spawn(query::serve(client.clone(), context.clone(), subs));
+        Ok(Projector {
+            context,
+            tasks,
+            query_task,
+        })
+    }
+
+    /// Returns when a projection stops (an error: they run until aborted).
+    pub async fn wait(&mut self) -> Result<(), RunError> {
+        match self.tasks.join_next().await {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => Err(RunError::JetStream(e.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_partitions;
+
+    #[test]
+    fn partition_sets_parse_and_are_bounded() {
+        assert_eq!(parse_partitions("all", 16), Ok(None));
+        assert_eq!(
+            parse_partitions("0-3,7, 5", 16),
+            Ok(Some(vec![0, 1, 2, 3, 5, 7]))
+        );
+        assert!(parse_partitions("15-16", 16).is_err());
+        assert!(parse_partitions("x", 16).is_err());
+        assert!(parse_partitions("4-2", 16).is_err());
+    }
+}

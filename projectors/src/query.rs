@@ -1,0 +1,345 @@
+//! The query service: NATS request/reply on `im.q.<partition>` for each
+//! owned partition (queue group `im-projectors`, so replicas share load) and
+//! on `im.projector.<instance>.q` (this instance only). Every query may wait,
+//! bounded, for a `min_position`; queries naming a user never reveal
+//! conversations that user is not a member of.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use im_schema::v1::{self, query_request::Query, query_response::Result as R};
+use im_streams::ids::{validate_id, IdKind};
+
+use crate::digest::digest_of;
+use crate::projections::{convlist, dedupe, history, members, membership, receipts, unread};
+use crate::runner::{checkpoint, ProjectionState, Source};
+use crate::store::{Keyspace, StoreError};
+use crate::tx::Tx;
+
+/// Queue group of every projector instance.
+pub const QUEUE_GROUP: &str = "im-projectors";
+
+/// How long a query waits for its `min_position` before answering NOT_YET.
+/// Short: the caller usually asks right after an append that lands within
+/// milliseconds, and a client must never hang on a lagging projector.
+pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
+
+/// Queries answered at once; more are refused with an error right away.
+pub const QUERY_INFLIGHT_MAX: usize = 256;
+
+pub fn partition_subject(partition: u32) -> String {
+    format!("im.q.{partition}")
+}
+
+pub fn instance_subject(instance: &str) -> String {
+    format!("im.projector.{instance}.q")
+}
+
+pub struct QueryContext {
+    pub instance: String,
+    pub partitions: Vec<u32>,
+    pub projections: Vec<Arc<ProjectionState>>,
+}
+
+fn error(code: v1::QueryErrorCode, message: impl Into<String>) -> v1::QueryResponse {
+    v1::QueryResponse {
+        result: Some(R::Error(v1::QueryError {
+            code: code as i32,
+            message: message.into(),
+        })),
+    }
+}
+
+fn bad(message: impl Into<String>) -> v1::QueryResponse {
+    error(v1::QueryErrorCode::BadRequest, message)
+}
+
+fn store_error(e: StoreError) -> v1::QueryResponse {
+    error(v1::QueryErrorCode::Internal, e.to_string())
+}
+
+impl QueryContext {
+    fn projection(&self, name: &str) -> Option<&Arc<ProjectionState>> {
+        self.projections
+            .iter()
+            .find(|p| p.projection.name() == name)
+    }
+
+    /// Waits until every named projection has applied the positions.
+    async fn wait_for(&self, names: &[&str], pos: (u64, u64)) -> Result<(), v1::QueryResponse> {
+        let deadline = tokio::time::Instant::now() + MIN_POSITION_WAIT;
+        for name in names {
+            let state = self.projection(name).ok_or_else(|| {
+                error(
+                    v1::QueryErrorCode::Internal,
+                    format!("{name} is not running"),
+                )
+            })?;
+            let wants_rcpt = state.projection.reads_receipts();
+            let mut rx = state.applied.clone();
+            loop {
+                let at = *rx.borrow_and_update();
+                if at.conv >= pos.0 && (!wants_rcpt || at.rcpt >= pos.1) {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => {
+                        return Err(error(
+                            v1::QueryErrorCode::NotYet,
+                            format!(
+                                "not yet: {name} has applied {}/{}, asked for {}/{}",
+                                at.conv, at.rcpt, pos.0, pos.1
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ks(&self, name: &str) -> &dyn Keyspace {
+        self.projection(name)
+            .expect("every projection runs")
+            .ks
+            .as_ref()
+    }
+
+    fn require_member(
+        &self,
+        projection: &str,
+        conv: &str,
+        user: &str,
+    ) -> Result<(), v1::QueryResponse> {
+        if user.is_empty() {
+            return Ok(());
+        }
+        match membership::get(&Tx::new(self.ks(projection)), conv, user) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(error(
+                v1::QueryErrorCode::Forbidden,
+                "not a member of this conversation",
+            )),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    pub async fn answer(&self, req: v1::QueryRequest) -> v1::QueryResponse {
+        match self.answer_inner(req).await {
+            Ok(r) | Err(r) => r,
+        }
+    }
+
+    async fn answer_inner(
+        &self,
+        req: v1::QueryRequest,
+    ) -> Result<v1::QueryResponse, v1::QueryResponse> {
+        let ids = |pairs: &[(IdKind, &str)]| -> Result<(), v1::QueryResponse> {
+            for (kind, id) in pairs {
+                validate_id(*kind, id).map_err(|e| bad(e.to_string()))?;
+            }
+            Ok(())
+        };
+        let ok = |r: R| Ok(v1::QueryResponse { result: Some(r) });
+        let pos = (req.min_position, req.min_rcpt_position);
+        match req.query.ok_or_else(|| bad("no query"))? {
+            Query::History(q) => {
+                ids(&[(IdKind::Conversation, &q.conversation_id)])?;
+                if !q.user_id.is_empty() {
+                    ids(&[(IdKind::User, &q.user_id)])?;
+                }
+                self.wait_for(&["history"], pos).await?;
+                self.require_member("history", &q.conversation_id, &q.user_id)?;
+                let backward = q.direction == v1::Direction::Backward as i32;
+                let page = history::page(
+                    self.ks("history"),
+                    &q.conversation_id,
+                    q.from_seq,
+                    q.limit,
+                    backward,
+                )
+                .map_err(store_error)?;
+                ok(R::History(page))
+            }
+            Query::Members(q) => {
+                ids(&[(IdKind::Conversation, &q.conversation_id)])?;
+                if !q.user_id.is_empty() {
+                    ids(&[(IdKind::User, &q.user_id)])?;
+                }
+                self.wait_for(&["members"], pos).await?;
+                self.require_member("members", &q.conversation_id, &q.user_id)?;
+                match members::members_of(self.ks("members"), &q.conversation_id)
+                    .map_err(store_error)?
+                {
+                    Some(m) => ok(R::Members(m)),
+                    None => Err(error(v1::QueryErrorCode::NotFound, "no such conversation")),
+                }
+            }
+            Query::Role(q) => {
+                ids(&[
+                    (IdKind::Conversation, &q.conversation_id),
+                    (IdKind::User, &q.user_id),
+                ])?;
+                self.wait_for(&["members"], pos).await?;
+                let rec = members::role_of(self.ks("members"), &q.conversation_id, &q.user_id)
+                    .map_err(store_error)?;
+                ok(R::Role(match rec {
+                    Some(m) => v1::RoleResult {
+                        member: true,
+                        role: m.role,
+                        muted_until_ms: m.muted_until_ms,
+                    },
+                    None => v1::RoleResult::default(),
+                }))
+            }
+            Query::Unread(q) => {
+                ids(&[(IdKind::User, &q.user_id)])?;
+                let conv = (!q.conversation_id.is_empty()).then_some(q.conversation_id.as_str());
+                if let Some(c) = conv {
+                    ids(&[(IdKind::Conversation, c)])?;
+                }
+                self.wait_for(&["unread"], pos).await?;
+                // Rows exist only for members: nothing else is revealed.
+                ok(R::Unread(
+                    unread::for_user(self.ks("unread"), &q.user_id, conv).map_err(store_error)?,
+                ))
+            }
+            Query::ConvList(q) => {
+                ids(&[(IdKind::User, &q.user_id)])?;
+                let before = if q.before_conversation_id.is_empty() {
+                    None
+                } else {
+                    ids(&[(IdKind::Conversation, &q.before_conversation_id)])?;
+                    Some((q.before_activity_ms, q.before_conversation_id.as_str()))
+                };
+                self.wait_for(&["convlist", "unread"], pos).await?;
+                let (entries, has_more) =
+                    convlist::page(self.ks("convlist"), &q.user_id, q.limit, before)
+                        .map_err(store_error)?;
+                let mut items = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let counts = unread::for_user(
+                        self.ks("unread"),
+                        &q.user_id,
+                        Some(&entry.conversation_id),
+                    )
+                    .map_err(store_error)?;
+                    items.push(v1::ConvListItem {
+                        entry: Some(entry),
+                        unread: counts.total,
+                    });
+                }
+                ok(R::ConvList(v1::ConvListPage { items, has_more }))
+            }
+            Query::Receipts(q) => {
+                ids(&[(IdKind::Conversation, &q.conversation_id)])?;
+                if !q.user_id.is_empty() {
+                    ids(&[(IdKind::User, &q.user_id)])?;
+                }
+                self.wait_for(&["receipts"], pos).await?;
+                self.require_member("receipts", &q.conversation_id, &q.user_id)?;
+                ok(R::Receipts(
+                    receipts::for_seq(self.ks("receipts"), &q.conversation_id, q.seq)
+                        .map_err(store_error)?,
+                ))
+            }
+            Query::Dedupe(q) => {
+                ids(&[
+                    (IdKind::User, &q.sender),
+                    (IdKind::ClientMsg, &q.client_msg_id),
+                    (IdKind::Conversation, &q.conversation_id),
+                ])?;
+                self.wait_for(&["dedupe"], pos).await?;
+                let rec = dedupe::lookup(
+                    self.ks("dedupe"),
+                    &q.sender,
+                    &q.client_msg_id,
+                    &q.conversation_id,
+                )
+                .map_err(store_error)?;
+                ok(R::Dedupe(v1::DedupeResult {
+                    found: rec.is_some(),
+                    record: rec,
+                }))
+            }
+            Query::Status(_) => ok(R::Status(self.status().map_err(store_error)?)),
+        }
+    }
+
+    pub fn status(&self) -> Result<v1::StatusResult, StoreError> {
+        let mut projections = Vec::new();
+        for p in &self.projections {
+            let digest = digest_of(p.ks.as_ref())?;
+            projections.push(v1::ProjectionStatus {
+                name: p.projection.name().to_string(),
+                conv_checkpoint: checkpoint(p.ks.as_ref(), Source::Conv)?,
+                rcpt_checkpoint: checkpoint(p.ks.as_ref(), Source::Rcpt)?,
+                digest: digest.hex(),
+                keys: digest.keys,
+                applied: p.events_applied.load(std::sync::atomic::Ordering::Relaxed),
+                dead_letters: p.dead_letters.load(std::sync::atomic::Ordering::Relaxed),
+            });
+        }
+        Ok(v1::StatusResult {
+            instance: self.instance.clone(),
+            partitions: self.partitions.clone(),
+            projections,
+        })
+    }
+}
+
+/// Subscribes to the query subjects; `serve` answers on them. Separate so a
+/// started projector answers queries as soon as `start` returns.
+pub async fn subscribe(
+    client: &async_nats::Client,
+    ctx: &QueryContext,
+) -> Result<Vec<async_nats::Subscriber>, async_nats::Error> {
+    let mut subs = Vec::new();
+    for p in &ctx.partitions {
+        subs.push(
+            client
+                .queue_subscribe(partition_subject(*p), QUEUE_GROUP.into())
+                .await?,
+        );
+    }
+    subs.push(client.subscribe(instance_subject(&ctx.instance)).await?);
+    client.flush().await?;
+    Ok(subs)
+}
+
+/// Serves queries until the connection closes.
+pub async fn serve(
+    client: async_nats::Client,
+    ctx: Arc<QueryContext>,
+    subs: Vec<async_nats::Subscriber>,
+) {
+    let mut requests = futures::stream::select_all(subs);
+    let inflight = Arc::new(tokio::sync::Semaphore::new(QUERY_INFLIGHT_MAX));
+    while let Some(msg) = requests.next().await {
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let client = client.clone();
+        let Ok(permit) = inflight.clone().try_acquire_owned() else {
+            let busy = error(
+                v1::QueryErrorCode::Internal,
+                "busy: too many queries in flight",
+            );
+            let _ = client.publish(reply, im_schema::encode(&busy).into()).await;
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let response = match im_schema::decode::<v1::QueryRequest>(&msg.payload) {
+                Ok(req) => ctx.answer(req).await,
+                Err(e) => bad(e.to_string()),
+            };
+            let _ = client
+                .publish(reply, im_schema::encode(&response).into())
+                .await;
+        });
+    }
+}

@@ -1,0 +1,452 @@
+//! Runs one projection: a durable pull consumer per stream it reads, events
+//! folded in batches, each batch committed in one atomic write together with
+//! the checkpoints it advances, flushed, then acknowledged, then its effects
+//! published. A crash anywhere loses at most an unacknowledged batch, which
+//! the consumer redelivers and the checkpoint makes a no-op if it had landed.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+};
+use futures::StreamExt;
+use im_schema::v1;
+use im_streams::{
+    codec::decode_conv_parts,
+    definitions::{CONV_STREAM, RCPT_STREAM},
+    Topology,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::keys::{key, seq, META};
+use crate::projections::{Effect, Input, Projection};
+use crate::store::{Keyspace, StoreError};
+use crate::tx::Tx;
+
+/// Events folded into one commit. Large enough to amortize the commit and
+/// flush; small enough that a batch's writes and effects stay small.
+pub const BATCH_MAX: usize = 512;
+
+/// Events buffered between a consumer and its projection. Two batches: the
+/// consumer keeps fetching while a batch is committed.
+pub const INPUT_QUEUE_MAX: usize = 2 * BATCH_MAX;
+
+/// How long the server waits for an ack before redelivering: far longer
+/// than a batch's fold + commit + flush, so redelivery means a crash.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Unlimited: poison is dead-lettered here, never left to the server, whose
+/// limit would silently drop an event and make the model wrong.
+pub const MAX_DELIVER: i64 = -1;
+
+/// Delivered but unacknowledged events per consumer: bounds what the server
+/// pushes ahead of the commits.
+pub const MAX_ACK_PENDING: i64 = 4 * BATCH_MAX as i64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Conv,
+    Rcpt,
+}
+
+impl Source {
+    pub fn tag(self) -> &'static str {
+        match self {
+            Source::Conv => "conv",
+            Source::Rcpt => "rcpt",
+        }
+    }
+
+    fn stream(self) -> &'static str {
+        match self {
+            Source::Conv => CONV_STREAM,
+            Source::Rcpt => RCPT_STREAM,
+        }
+    }
+
+    fn filters(self, topology: Topology, partitions: &[u32]) -> Vec<String> {
+        if partitions.len() == topology.partitions as usize {
+            return vec![format!("im.{}.>", self.tag())];
+        }
+        partitions
+            .iter()
+            .map(|p| match self {
+                Source::Conv => topology.conv_partition_filter(*p),
+                Source::Rcpt => topology.rcpt_partition_filter(*p),
+            })
+            .collect()
+    }
+}
+
+pub fn checkpoint_key(source: Source) -> Vec<u8> {
+    key(META, &[b"cp", source.tag().as_bytes()])
+}
+
+fn dead_letter_key(source: Source, stream_seq: u64) -> Vec<u8> {
+    key(META, &[b"dl", source.tag().as_bytes(), &seq(stream_seq)])
+}
+
+/// The last stream sequence applied from `source`.
+pub fn checkpoint(ks: &dyn Keyspace, source: Source) -> Result<u64, StoreError> {
+    Ok(ks
+        .get(&checkpoint_key(source))?
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+/// Dead letters recorded by a projection.
+pub fn dead_letters(ks: &dyn Keyspace) -> Result<Vec<v1::DeadLetter>, StoreError> {
+    let p = key(META, &[b"dl"]);
+    ks.range(&p, &crate::keys::prefix_end(&p), false, usize::MAX)?
+        .into_iter()
+        .map(|(k, v)| {
+            prost::Message::decode(v.as_slice()).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                detail: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Applied positions, watched by queries waiting for `min_position`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub conv: u64,
+    pub rcpt: u64,
+}
+
+/// What the query service and metrics see of a running projection.
+pub struct ProjectionState {
+    pub projection: Arc<dyn Projection>,
+    pub ks: Arc<dyn Keyspace>,
+    pub applied: watch::Receiver<Applied>,
+    pub events_applied: AtomicU64,
+    pub dead_letters: AtomicU64,
+}
+
+/// Why a projection stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("jetstream: {0}")]
+    JetStream(String),
+}
+
+fn js_err(e: impl std::fmt::Display) -> RunError {
+    RunError::JetStream(e.to_string())
+}
+
+pub struct RunnerConfig {
+    pub instance: String,
+    pub topology: Topology,
+    pub partitions: Vec<u32>,
+    /// Groups with more members than this get notifications, not events.
+    pub fanout_threshold: usize,
+    /// Whether this instance publishes deliveries (one replica per
+    /// partition should).
+    pub fanout: bool,
+}
+
+/// Creates (or reuses) the durable consumer, starting after the store's
+/// checkpoint. A consumer whose acks are ahead of the store (the store was
+/// wiped) or whose filters changed is recreated: the store decides.
+async fn ensure_consumer(
+    js: &jetstream::Context,
+    cfg: &RunnerConfig,
+    name: &str,
+    source: Source,
+    from_checkpoint: u64,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, RunError> {
+    let stream = js.get_stream(source.stream()).await.map_err(js_err)?;
+    let consumer_name = format!("{}_{}_{}", cfg.instance, name, source.tag());
+    let filters = source.filters(cfg.topology, &cfg.partitions);
+    let config = pull::Config {
+        durable_name: Some(consumer_name.clone()),
+        description: Some(format!("projection {name} of instance {}", cfg.instance)),
+        deliver_policy: if from_checkpoint == 0 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: from_checkpoint + 1,
+            }
+        },
+        ack_policy: AckPolicy::All,
+        ack_wait: ACK_WAIT,
+        max_deliver: MAX_DELIVER,
+        max_ack_pending: MAX_ACK_PENDING,
+        filter_subjects: filters.clone(),
+        ..Default::default()
+    };
+    if let Ok(mut existing) = stream.get_consumer::<pull::Config>(&consumer_name).await {
+        let info = existing.info().await.map_err(js_err)?;
+        let same_filters = {
+            let mut have = info.config.filter_subjects.clone();
+            if have.is_empty() && !info.config.filter_subject.is_empty() {
+                have.push(info.config.filter_subject.clone());
+            }
+            have.sort();
+            let mut want = filters.clone();
+            want.sort();
+            have == want
+        };
+        if same_filters && info.ack_floor.stream_sequence <= from_checkpoint {
+            return Ok(existing);
+        }
+        tracing::warn!(
+            consumer = %consumer_name,
+            ack_floor = info.ack_floor.stream_sequence,
+            checkpoint = from_checkpoint,
+            same_filters,
+            "recreating consumer to match the store"
+        );
+        stream
+            .delete_consumer(&consumer_name)
+            .await
+            .map_err(js_err)?;
+    }
+    stream.create_consumer(config).await.map_err(js_err)
+}
+
+/// Decodes one delivered message, or says why it is poison.
+enum Decoded {
+    Conv(im_streams::codec::StoredEvent),
+    Rcpt(v1::ReceiptEvent),
+}
+
+fn decode(source: Source, msg: &jetstream::Message, stream_seq: u64) -> Result<Decoded, String> {
+    let too_new = |v: u32| {
+        (v > im_schema::SCHEMA_VERSION).then(|| {
+            format!(
+                "schema version {v} is newer than {}",
+                im_schema::SCHEMA_VERSION
+            )
+        })
+    };
+    match source {
+        Source::Conv => {
+            let stored = decode_conv_parts(
+                stream_seq,
+                msg.subject.as_str(),
+                msg.headers.as_ref(),
+                &msg.payload,
+            )
+            .map_err(|e| e.to_string())?;
+            if let Some(reason) = too_new(stored.event.schema_version) {
+                return Err(reason);
+            }
+            let subject_conv = im_streams::subjects::conv_id_of_subject(&stored.subject);
+            if subject_conv != Some(stored.event.conversation_id.as_str()) {
+                return Err("conversation id differs from the subject's".into());
+            }
+            Ok(Decoded::Conv(stored))
+        }
+        Source::Rcpt => {
+            let ev: v1::ReceiptEvent =
+                im_schema::decode(&msg.payload).map_err(|e| e.to_string())?;
+            if let Some(reason) = too_new(ev.schema_version) {
+                return Err(reason);
+            }
+            Ok(Decoded::Rcpt(ev))
+        }
+    }
+}
+
+/// Publishes a batch's effects; deliveries are core NATS (at most once):
+/// clients recover gaps from history.
+async fn publish_effects(client: &async_nats::Client, cfg: &RunnerConfig, effects: Vec<Effect>) {
+    for effect in effects {
+        let (users, payload) = match effect {
+            Effect::Deliver { users, mut deliver } => {
+                if users.len() > cfg.fanout_threshold {
+                    deliver.event = None;
+                }
+                (users, v1::envelope::Payload::Deliver(deliver))
+            }
+            Effect::Receipt { users, update } => {
+                (users, v1::envelope::Payload::ReceiptUpdate(update))
+            }
+        };
+        let bytes: bytes::Bytes = im_schema::encode(&v1::Envelope {
+            header: None,
+            payload: Some(payload),
+        })
+        .into();
+        for user in users {
+            if let Ok(subject) = im_streams::subjects::deliver_subject(&user) {
+                if let Err(e) = client.publish(subject, bytes.clone()).await {
+                    tracing::warn!(error = %e, "fan-out publish failed");
+                }
+            }
+        }
+    }
+}
+
+/// Starts a projection; returns its state handle and the task running it.
+pub async fn start(
+    client: async_nats::Client,
+    cfg: Arc<RunnerConfig>,
+    projection: Arc<dyn Projection>,
+    ks: Arc<dyn Keyspace>,
+) -> Result<
+    (
+        Arc<ProjectionState>,
+        tokio::task::JoinHandle<Result<(), RunError>>,
+    ),
+    RunError,
+> {
+    let js = jetstream::new(client.clone());
+    let name = projection.name();
+    let mut applied = Applied {
+        conv: checkpoint(ks.as_ref(), Source::Conv)?,
+        rcpt: checkpoint(ks.as_ref(), Source::Rcpt)?,
+    };
+    let mut sources = vec![Source::Conv];
+    if projection.reads_receipts() {
+        sources.push(Source::Rcpt);
+    }
+    let (tx_in, mut rx_in) = mpsc::channel::<(Source, jetstream::Message)>(INPUT_QUEUE_MAX);
+    let mut pumps = Vec::new();
+    for source in sources {
+        let from = match source {
+            Source::Conv => applied.conv,
+            Source::Rcpt => applied.rcpt,
+        };
+        let consumer = ensure_consumer(&js, &cfg, name, source, from).await?;
+        let mut messages = consumer.messages().await.map_err(js_err)?;
+        let tx_in = tx_in.clone();
+        pumps.push(tokio::spawn(async move {
+            while let Some(next) = messages.next().await {
+                match next {
+                    Ok(msg) => {
+                        if tx_in.send((source, msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(source = source.tag(), error = %e, "consumer error"),
+                }
+            }
+        }));
+    }
+    drop(tx_in);
+    let (applied_tx, applied_rx) = watch::channel(applied);
+    let state = Arc::new(ProjectionState {
+        projection: projection.clone(),
+        ks: ks.clone(),
+        applied: applied_rx,
+        events_applied: AtomicU64::new(0),
+        dead_letters: AtomicU64::new(dead_letters(ks.as_ref())?.len() as u64),
+    });
+    let task_state = state.clone();
+    let task = tokio::spawn(async move {
+        let _pumps = AbortOnDrop(pumps);
+        let state = task_state;
+        while let Some(first) = rx_in.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < BATCH_MAX {
+                match rx_in.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            let mut tx = Tx::new(ks.as_ref());
+            let mut effects = Vec::new();
+            let mut last_conv: Option<jetstream::Message> = None;
+            let mut last_rcpt: Option<jetstream::Message> = None;
+            let (mut folded, mut dead) = (0u64, 0u64);
+            let mut next = applied;
+            for (source, msg) in batch {
+                let stream_seq = msg.info().map_err(js_err)?.stream_sequence;
+                let (cp, last) = match source {
+                    Source::Conv => (&mut next.conv, &mut last_conv),
+                    Source::Rcpt => (&mut next.rcpt, &mut last_rcpt),
+                };
+                if stream_seq > *cp {
+                    match decode(source, &msg, stream_seq) {
+                        Ok(Decoded::Conv(stored)) => {
+                            effects.extend(projection.apply(&mut tx, &Input::Conv(&stored))?)
+                        }
+                        Ok(Decoded::Rcpt(event)) => effects.extend(projection.apply(
+                            &mut tx,
+                            &Input::Rcpt {
+                                stream_seq,
+                                event: &event,
+                            },
+                        )?),
+                        Err(reason) => {
+                            // Policy: record, count, skip. The partition goes
+                            // on; an operator repairs from the dead letter.
+                            tracing::error!(
+                                projection = name,
+                                stream = source.stream(),
+                                stream_seq,
+                                %reason,
+                                "poison event dead-lettered"
+                            );
+                            tx.put_msg(
+                                dead_letter_key(source, stream_seq),
+                                &v1::DeadLetter {
+                                    stream: source.stream().to_string(),
+                                    stream_seq,
+                                    subject: msg.subject.to_string(),
+                                    reason,
+                                },
+                            );
+                            dead += 1;
+                        }
+                    }
+                    *cp = stream_seq;
+                    folded += 1;
+                }
+                *last = Some(msg);
+            }
+            if next != applied {
+                tx.put(
+                    checkpoint_key(Source::Conv),
+                    next.conv.to_be_bytes().to_vec(),
+                );
+                tx.put(
+                    checkpoint_key(Source::Rcpt),
+                    next.rcpt.to_be_bytes().to_vec(),
+                );
+                let writes = tx.into_writes();
+                let ks_commit = ks.clone();
+                tokio::task::spawn_blocking(move || {
+                    ks_commit.commit(writes)?;
+                    ks_commit.flush()
+                })
+                .await
+                .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))??;
+            }
+            // Acknowledge only what is durable (AckAll: the last covers all).
+            for msg in [last_conv, last_rcpt].into_iter().flatten() {
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(error = %e, "ack failed; the batch will be redelivered and skipped");
+                }
+            }
+            applied = next;
+            state.events_applied.fetch_add(folded, Relaxed);
+            state.dead_letters.fetch_add(dead, Relaxed);
+            let _ = applied_tx.send(applied);
+            if cfg.fanout {
+                publish_effects(&client, &cfg, effects).await;
+            }
+        }
+        Ok(())
+    });
+    Ok((state, task))
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Shared setup for projector tests: a real nats-server, the streams, a
+//! writer, projector instances in-process, and queries over NATS.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use im_projectors::{Projector, ProjectorConfig};
+use im_schema::v1::{self, query_request::Query, query_response::Result as R};
+use im_streams::{
+    definitions::StreamSettings, Action, AppendOutcome, Appender, Command, MessageBody,
+    ReceiptKind, ReceiptOutcome, Role, Topology,
+};
+use im_testkit::NatsServer;
+
+pub struct Stack {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+    pub topo: Topology,
+    pub app: Arc<Appender>,
+    pub dirs: Vec<tempfile::TempDir>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let server = NatsServer::start().await.unwrap();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let topo = im_streams::apply_streams(&js, &StreamSettings::default())
+            .await
+            .unwrap()
+            .topology;
+        let app = Appender::new(client.clone(), topo).await.unwrap();
+        Stack {
+            server,
+            client,
+            topo,
+            app,
+            dirs: Vec::new(),
+            next_id: Default::default(),
+        }
+    }
+
+    pub async fn projector(&mut self, instance: &str, partitions: Option<Vec<u32>>) -> Projector {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ProjectorConfig {
+            instance: instance.into(),
+            partitions,
+            data_dir: dir.path().to_path_buf(),
+            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+            fanout: true,
+        };
+        self.dirs.push(dir);
+        Projector::start(self.client.clone(), config).await.unwrap()
+    }
+
+    fn id(&self) -> String {
+        format!(
+            "c{}",
+            self.next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+    }
+
+    /// Runs a command; returns (stream_seq, conv_seq) of its last event.
+    pub async fn run(&self, conv: &str, actor: &str, action: Action) -> (u64, u64) {
+        let cmd = Command {
+            actor: actor.into(),
+            client_msg_id: self.id(),
+            action,
+        };
+        match self.app.execute(conv, &cmd, "").await.unwrap() {
+            AppendOutcome::Stored {
+                stream_seq,
+                conv_seq,
+                ..
+            } => (stream_seq, conv_seq),
+            other => panic!("{cmd:?}: {other:?}"),
+        }
+    }
+
+    pub async fn create(&self, conv: &str, members: &[(&str, Role)]) -> (u64, u64) {
+        let members = members.iter().map(|(u, r)| (u.to_string(), *r)).collect();
+        self.run(
+            conv,
+            "owner",
+            Action::CreateGroup {
+                title: format!("title of {conv}"),
+                members,
+            },
+        )
+        .await
+    }
+
+    pub async fn send(&self, conv: &str, actor: &str, text: &str) -> (u64, u64) {
+        let action = Action::Send {
+            peer: None,
+            body: MessageBody::Text(text.into()),
+            meta: Default::default(),
+        };
+        self.run(conv, actor, action).await
+    }
+
+    /// Appends a read cursor; returns its IM_RCPT stream seq.
+    pub async fn read(&self, conv: &str, user: &str, up_to: u64) -> u64 {
+        self.receipt(conv, user, ReceiptKind::Read, up_to).await
+    }
+
+    pub async fn receipt(&self, conv: &str, user: &str, kind: ReceiptKind, up_to: u64) -> u64 {
+        match self
+            .app
+            .append_receipt(conv, user, "d1", kind, up_to, "")
+            .await
+            .unwrap()
+        {
+            ReceiptOutcome::Stored { stream_seq, .. } => stream_seq,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    pub async fn query(&self, conv: &str, pos: (u64, u64), query: Query) -> R {
+        let subject = im_projectors::query::partition_subject(self.topo.partition_of(conv));
+        query_at(&self.client, subject, pos, query).await
+    }
+}
+
+pub async fn query_at(
+    client: &async_nats::Client,
+    subject: String,
+    pos: (u64, u64),
+    query: Query,
+) -> R {
+    let req = v1::QueryRequest {
+        min_position: pos.0,
+        min_rcpt_position: pos.1,
+        query: Some(query),
+    };
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subject, im_schema::encode(&req).into()),
+    )
+    .await
+    .expect("query timed out")
+    .expect("query answered");
+    let resp: v1::QueryResponse = im_schema::decode(&reply.payload).unwrap();
+    resp.result.expect("a result")
+}
+
+/// Status of one instance, by projection name.
+pub async fn status(
+    client: &async_nats::Client,
+    instance: &str,
+) -> BTreeMap<String, v1::ProjectionStatus> {
+    let subject = im_projectors::query::instance_subject(instance);
+    match query_at(client, subject, (0, 0), Query::Status(v1::StatusQuery {})).await {
+        R::Status(s) => s
+            .projections
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Waits until every projection of the instance has applied both streams
+/// up to their current last sequence among the instance's partitions.
+pub async fn wait_caught_up(
+    client: &async_nats::Client,
+    instance: &str,
+    conv_last: u64,
+    rcpt_last: u64,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = status(client, instance).await;
+        let done = st.values().all(|p| {
+            p.conv_checkpoint >= conv_last
+                && (!(p.name == "unread" || p.name == "receipts") || p.rcpt_checkpoint >= rcpt_last)
+        });
+        if done {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{instance} never caught up: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The last sequence of a stream among the given partitions' subjects.
+pub async fn last_seq_in(client: &async_nats::Client, stream: &str, filters: &[String]) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(stream).await.unwrap();
+    let mut last = 0;
+    for f in filters {
+        if let Ok(m) = stream.get_last_raw_message_by_subject(f).await {
+            last = last.max(m.sequence);
+        }
+    }
+    last
+}
