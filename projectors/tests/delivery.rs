@@ -1,0 +1,273 @@
+//! Fan-out (invariant 6), poison events, and min_position, against a real
+//! nats-server and an in-process projector.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use im_schema::v1::{self, query_request::Query, query_response::Result as R};
+use im_streams::Role;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_member_gets_each_event_once_in_order_and_history_already_has_it() {
+    const MEMBERS: usize = 6;
+    const MESSAGES: usize = 40;
+    let mut s = Stack::start().await;
+    let _p = s.projector("main", None).await;
+    let listener = async_nats::connect(s.server.url()).await.unwrap();
+    let mut deliveries = listener.subscribe("im.deliver.*").await.unwrap();
+    listener.flush().await.unwrap();
+
+    let users: Vec<String> = (0..MEMBERS).map(|i| format!("u{i}")).collect();
+    let members: Vec<(&str, Role)> = users.iter().map(|u| (u.as_str(), Role::Member)).collect();
+    s.create("g1", &members).await;
+    s.create("g2", &members[..2]).await;
+    for i in 0..MESSAGES {
+        let conv = if i % 4 == 0 { "g2" } else { "g1" };
+        s.send(conv, &users[i % 2], &format!("m{i}")).await;
+    }
+    let expected_g1 = 1 + MESSAGES - MESSAGES / 4;
+    let expected_g2 = 1 + MESSAGES / 4;
+    let total = (MEMBERS + 1) * expected_g1 + 3 * expected_g2;
+
+    // (user, conv) -> conv_seqs received, in arrival order.
+    let mut got: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for _ in 0..total {
+        let msg = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
+            .await
+            .expect("a delivery")
+            .unwrap();
+        let user = msg
+            .subject
+            .as_str()
+            .trim_start_matches("im.deliver.")
+            .to_string();
+        let env: v1::Envelope = im_schema::decode(&msg.payload).unwrap();
+        let Some(v1::envelope::Payload::Deliver(d)) = env.payload else {
+            panic!("{env:?}")
+        };
+        assert!(d.event.is_some(), "small groups get full events");
+        // Invariant 6: whoever sees seq N can already fetch it.
+        let R::History(page) = s
+            .query(
+                &d.conversation_id,
+                (0, 0),
+                Query::History(v1::HistoryQuery {
+                    conversation_id: d.conversation_id.clone(),
+                    user_id: user.clone(),
+                    from_seq: d.conv_seq,
+                    limit: 1,
+                    ..Default::default()
+                }),
+            )
+            .await
+        else {
+            panic!("history")
+        };
+        assert_eq!(
+            page.entries.len(),
+            1,
+            "{user} saw {} before history had it",
+            d.conv_seq
+        );
+        got.entry((user, d.conversation_id))
+            .or_default()
+            .push(d.conv_seq);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), deliveries.next())
+            .await
+            .is_err(),
+        "no extra deliveries"
+    );
+    for u in users.iter().chain(std::iter::once(&"owner".to_string())) {
+        assert_eq!(
+            got[&(u.clone(), "g1".to_string())],
+            (1..=expected_g1 as u64).collect::<Vec<_>>(),
+            "{u} g1"
+        );
+    }
+    for u in ["u0", "u1", "owner"] {
+        assert_eq!(
+            got[&(u.to_string(), "g2".to_string())],
+            (1..=expected_g2 as u64).collect::<Vec<_>>(),
+            "{u} g2"
+        );
+    }
+    assert!(
+        !got.contains_key(&("u3".to_string(), "g2".to_string())),
+        "non-members get nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_above_the_threshold_gets_notifications_not_events() {
+    const MEMBERS: usize = 600;
+    let mut s = Stack::start().await;
+    let _p = s.projector("main", None).await;
+    let listener = async_nats::connect(s.server.url()).await.unwrap();
+    let mut deliveries = listener.subscribe("im.deliver.*").await.unwrap();
+    listener.flush().await.unwrap();
+    let users: Vec<String> = (0..MEMBERS).map(|i| format!("u{i}")).collect();
+    let members: Vec<(&str, Role)> = users.iter().map(|u| (u.as_str(), Role::Member)).collect();
+    s.create("big", &members).await;
+    s.send("big", "u7", "hello everyone").await;
+    let mut per_seq: BTreeMap<u64, usize> = BTreeMap::new();
+    for _ in 0..2 * (MEMBERS + 1) {
+        let msg = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
+            .await
+            .expect("a delivery")
+            .unwrap();
+        let env: v1::Envelope = im_schema::decode(&msg.payload).unwrap();
+        let Some(v1::envelope::Payload::Deliver(d)) = env.payload else {
+            panic!()
+        };
+        assert!(d.event.is_none(), "above the threshold: a notification");
+        assert!(!d.event_type.is_empty() && d.conv_seq > 0 && d.conversation_id == "big");
+        *per_seq.entry(d.conv_seq).or_default() += 1;
+    }
+    assert_eq!(
+        per_seq,
+        BTreeMap::from([(1, MEMBERS + 1), (2, MEMBERS + 1)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_events_are_dead_lettered_and_later_events_applied() {
+    let mut s = Stack::start().await;
+    let _p = s.projector("main", None).await;
+    s.create("g1", &[("bob", Role::Member)]).await;
+    let js = async_nats::jetstream::new(s.client.clone());
+    // Around the append path: bytes that are not an event, and an event from
+    // a newer schema.
+    let garbage_subject = s.topo.conv_subject("junk").unwrap();
+    js.publish(garbage_subject, "not protobuf \u{1}\u{2}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let newer = v1::ConvEvent {
+        conversation_id: "future".into(),
+        conv_seq: 1,
+        schema_version: 99,
+        ..Default::default()
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(im_streams::codec::HDR_CONV_SEQ, "1");
+    js.publish_with_headers(
+        s.topo.conv_subject("future").unwrap(),
+        headers,
+        im_schema::encode(&newer).into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let (after, _) = s.send("g1", "bob", "still flowing").await;
+
+    let R::History(page) = s
+        .query(
+            "g1",
+            (after, 0),
+            Query::History(v1::HistoryQuery {
+                conversation_id: "g1".into(),
+                limit: 10,
+                ..Default::default()
+            }),
+        )
+        .await
+    else {
+        panic!("history")
+    };
+    assert_eq!(
+        page.entries.len(),
+        2,
+        "the event after the poison is applied"
+    );
+    let st = status(&s.client, "main").await;
+    for name in im_projectors::projections::NAMES {
+        assert_eq!(st[name].dead_letters, 2, "{name}");
+        assert!(st[name].conv_checkpoint >= after, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn min_position_sees_the_append_or_says_not_yet() {
+    let mut s = Stack::start().await;
+    let _p = s.projector("main", None).await;
+    s.create("g1", &[("bob", Role::Member)]).await;
+    for i in 0..50 {
+        let (pos, conv_seq) = s.send("g1", "bob", &format!("m{i}")).await;
+        // Right after the append: the answer includes it, never a stale page.
+        let R::History(page) = s
+            .query(
+                "g1",
+                (pos, 0),
+                Query::History(v1::HistoryQuery {
+                    conversation_id: "g1".into(),
+                    from_seq: conv_seq,
+                    limit: 1,
+                    ..Default::default()
+                }),
+            )
+            .await
+        else {
+            panic!("history")
+        };
+        assert_eq!(page.entries[0].event.as_ref().unwrap().conv_seq, conv_seq);
+        let rpos = s.read("g1", "owner", conv_seq).await;
+        let R::Unread(u) = s
+            .query(
+                "g1",
+                (pos, rpos),
+                Query::Unread(v1::UnreadQuery {
+                    user_id: "owner".into(),
+                    conversation_id: "g1".into(),
+                }),
+            )
+            .await
+        else {
+            panic!("unread")
+        };
+        assert_eq!((u.total, u.conversations[0].last_read_seq), (0, conv_seq));
+    }
+    // A position the projector has not reached: a clear "not yet".
+    let started = std::time::Instant::now();
+    let far = s
+        .query(
+            "g1",
+            (1_000_000, 0),
+            Query::Role(v1::RoleQuery {
+                conversation_id: "g1".into(),
+                user_id: "bob".into(),
+            }),
+        )
+        .await;
+    match far {
+        R::Error(e) => {
+            assert_eq!(e.code, v1::QueryErrorCode::NotYet as i32);
+            assert!(e.message.contains("not yet"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded wait");
+    // Bad ids are refused, not looked up.
+    let bad = s
+        .query(
+            "g1",
+            (0, 0),
+            Query::History(v1::HistoryQuery {
+                conversation_id: "a.b".into(),
+                limit: 1,
+                ..Default::default()
+            }),
+        )
+        .await;
+    assert!(
+        matches!(bad, R::Error(ref e) if e.code == v1::QueryErrorCode::BadRequest as i32),
+        "{bad:?}"
+    );
+}
