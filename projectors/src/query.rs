@@ -42,21 +42,25 @@ pub struct QueryContext {
     pub projections: Vec<Arc<ProjectionState>>,
 }
 
-fn error(code: v1::QueryErrorCode, message: impl Into<String>) -> v1::QueryResponse {
-    v1::QueryResponse {
-        result: Some(R::Error(v1::QueryError {
-            code: code as i32,
-            message: message.into(),
-        })),
+fn error(code: v1::QueryErrorCode, message: impl Into<String>) -> v1::QueryError {
+    v1::QueryError {
+        code: code as i32,
+        message: message.into(),
     }
 }
 
-fn bad(message: impl Into<String>) -> v1::QueryResponse {
+fn bad(message: impl Into<String>) -> v1::QueryError {
     error(v1::QueryErrorCode::BadRequest, message)
 }
 
-fn store_error(e: StoreError) -> v1::QueryResponse {
+fn store_error(e: StoreError) -> v1::QueryError {
     error(v1::QueryErrorCode::Internal, e.to_string())
+}
+
+fn response(result: R) -> v1::QueryResponse {
+    v1::QueryResponse {
+        result: Some(result),
+    }
 }
 
 impl QueryContext {
@@ -67,7 +71,7 @@ impl QueryContext {
     }
 
     /// Waits until every named projection has applied the positions.
-    async fn wait_for(&self, names: &[&str], pos: (u64, u64)) -> Result<(), v1::QueryResponse> {
+    async fn wait_for(&self, names: &[&str], pos: (u64, u64)) -> Result<(), v1::QueryError> {
         let deadline = tokio::time::Instant::now() + MIN_POSITION_WAIT;
         for name in names {
             let state = self.projection(name).ok_or_else(|| {
@@ -112,7 +116,7 @@ impl QueryContext {
         projection: &str,
         conv: &str,
         user: &str,
-    ) -> Result<(), v1::QueryResponse> {
+    ) -> Result<(), v1::QueryError> {
         if user.is_empty() {
             return Ok(());
         }
@@ -127,22 +131,20 @@ impl QueryContext {
     }
 
     pub async fn answer(&self, req: v1::QueryRequest) -> v1::QueryResponse {
-        match self.answer_inner(req).await {
-            Ok(r) | Err(r) => r,
-        }
+        response(match self.answer_inner(req).await {
+            Ok(r) => r,
+            Err(e) => R::Error(e),
+        })
     }
 
-    async fn answer_inner(
-        &self,
-        req: v1::QueryRequest,
-    ) -> Result<v1::QueryResponse, v1::QueryResponse> {
-        let ids = |pairs: &[(IdKind, &str)]| -> Result<(), v1::QueryResponse> {
+    async fn answer_inner(&self, req: v1::QueryRequest) -> Result<R, v1::QueryError> {
+        let ids = |pairs: &[(IdKind, &str)]| -> Result<(), v1::QueryError> {
             for (kind, id) in pairs {
                 validate_id(*kind, id).map_err(|e| bad(e.to_string()))?;
             }
             Ok(())
         };
-        let ok = |r: R| Ok(v1::QueryResponse { result: Some(r) });
+        let ok = Ok;
         let pos = (req.min_position, req.min_rcpt_position);
         match req.query.ok_or_else(|| bad("no query"))? {
             Query::History(q) => {
@@ -323,10 +325,10 @@ pub async fn serve(
         };
         let client = client.clone();
         let Ok(permit) = inflight.clone().try_acquire_owned() else {
-            let busy = error(
+            let busy = response(R::Error(error(
                 v1::QueryErrorCode::Internal,
                 "busy: too many queries in flight",
-            );
+            )));
             let _ = client.publish(reply, im_schema::encode(&busy).into()).await;
             continue;
         };
@@ -335,7 +337,7 @@ pub async fn serve(
             let _permit = permit;
             let response = match im_schema::decode::<v1::QueryRequest>(&msg.payload) {
                 Ok(req) => ctx.answer(req).await,
-                Err(e) => bad(e.to_string()),
+                Err(e) => response(R::Error(bad(e.to_string()))),
             };
             let _ = client
                 .publish(reply, im_schema::encode(&response).into())

@@ -152,9 +152,8 @@ pub struct RunnerConfig {
     pub fanout: bool,
 }
 
-/// Creates (or reuses) the durable consumer, starting after the store's
-/// checkpoint. A consumer whose acks are ahead of the store (the store was
-/// wiped) or whose filters changed is recreated: the store decides.
+/// (Re)creates the durable consumer to start right after the store's
+/// checkpoint.
 async fn ensure_consumer(
     js: &jetstream::Context,
     cfg: &RunnerConfig,
@@ -182,28 +181,14 @@ async fn ensure_consumer(
         filter_subjects: filters.clone(),
         ..Default::default()
     };
-    if let Ok(mut existing) = stream.get_consumer::<pull::Config>(&consumer_name).await {
-        let info = existing.info().await.map_err(js_err)?;
-        let same_filters = {
-            let mut have = info.config.filter_subjects.clone();
-            if have.is_empty() && !info.config.filter_subject.is_empty() {
-                have.push(info.config.filter_subject.clone());
-            }
-            have.sort();
-            let mut want = filters.clone();
-            want.sort();
-            have == want
-        };
-        if same_filters && info.ack_floor.stream_sequence <= from_checkpoint {
-            return Ok(existing);
-        }
-        tracing::warn!(
-            consumer = %consumer_name,
-            ack_floor = info.ack_floor.stream_sequence,
-            checkpoint = from_checkpoint,
-            same_filters,
-            "recreating consumer to match the store"
-        );
+    // The store is the truth: whatever the server remembers of this
+    // consumer (delivered-but-unacked messages, an ack floor from a wiped
+    // store), it starts again right after the checkpoint.
+    if stream
+        .get_consumer::<pull::Config>(&consumer_name)
+        .await
+        .is_ok()
+    {
         stream
             .delete_consumer(&consumer_name)
             .await
@@ -214,7 +199,7 @@ async fn ensure_consumer(
 
 /// Decodes one delivered message, or says why it is poison.
 enum Decoded {
-    Conv(im_streams::codec::StoredEvent),
+    Conv(Box<im_streams::codec::StoredEvent>),
     Rcpt(v1::ReceiptEvent),
 }
 
@@ -243,7 +228,7 @@ fn decode(source: Source, msg: &jetstream::Message, stream_seq: u64) -> Result<D
             if subject_conv != Some(stored.event.conversation_id.as_str()) {
                 return Err("conversation id differs from the subject's".into());
             }
-            Ok(Decoded::Conv(stored))
+            Ok(Decoded::Conv(Box::new(stored)))
         }
         Source::Rcpt => {
             let ev: v1::ReceiptEvent =
@@ -265,7 +250,7 @@ async fn publish_effects(client: &async_nats::Client, cfg: &RunnerConfig, effect
                 if users.len() > cfg.fanout_threshold {
                     deliver.event = None;
                 }
-                (users, v1::envelope::Payload::Deliver(deliver))
+                (users, v1::envelope::Payload::Deliver(*deliver))
             }
             Effect::Receipt { users, update } => {
                 (users, v1::envelope::Payload::ReceiptUpdate(update))
@@ -286,37 +271,23 @@ async fn publish_effects(client: &async_nats::Client, cfg: &RunnerConfig, effect
     }
 }
 
-/// Starts a projection; returns its state handle and the task running it.
-pub async fn start(
-    client: async_nats::Client,
-    cfg: Arc<RunnerConfig>,
-    projection: Arc<dyn Projection>,
-    ks: Arc<dyn Keyspace>,
-) -> Result<
-    (
-        Arc<ProjectionState>,
-        tokio::task::JoinHandle<Result<(), RunError>>,
-    ),
-    RunError,
-> {
-    let js = jetstream::new(client.clone());
-    let name = projection.name();
-    let mut applied = Applied {
-        conv: checkpoint(ks.as_ref(), Source::Conv)?,
-        rcpt: checkpoint(ks.as_ref(), Source::Rcpt)?,
-    };
-    let mut sources = vec![Source::Conv];
-    if projection.reads_receipts() {
-        sources.push(Source::Rcpt);
-    }
-    let (tx_in, mut rx_in) = mpsc::channel::<(Source, jetstream::Message)>(INPUT_QUEUE_MAX);
+/// Opens a consumer per source, each starting right after the store's
+/// checkpoint, and pumps their messages into one bounded channel.
+async fn open_pumps(
+    js: &jetstream::Context,
+    cfg: &RunnerConfig,
+    name: &str,
+    sources: &[Source],
+    applied: Applied,
+) -> Result<(mpsc::Receiver<(Source, jetstream::Message)>, AbortOnDrop), RunError> {
+    let (tx_in, rx_in) = mpsc::channel::<(Source, jetstream::Message)>(INPUT_QUEUE_MAX);
     let mut pumps = Vec::new();
-    for source in sources {
+    for &source in sources {
         let from = match source {
             Source::Conv => applied.conv,
             Source::Rcpt => applied.rcpt,
         };
-        let consumer = ensure_consumer(&js, &cfg, name, source, from).await?;
+        let consumer = ensure_consumer(js, cfg, name, source, from).await?;
         let mut messages = consumer.messages().await.map_err(js_err)?;
         let tx_in = tx_in.clone();
         pumps.push(tokio::spawn(async move {
@@ -332,7 +303,45 @@ pub async fn start(
             }
         }));
     }
-    drop(tx_in);
+    Ok((rx_in, AbortOnDrop(pumps)))
+}
+
+/// Why a batch loop ended without an error.
+enum Stop {
+    /// The channel closed (shutdown).
+    Closed,
+    /// Deliveries went out of order (one lost in transit, or a redelivery
+    /// above the checkpoint): reopen the consumers at the checkpoint rather
+    /// than apply out of order, which the checkpoint skip would turn into a
+    /// lost event.
+    Resync(&'static str),
+}
+
+/// Starts a projection; returns its state handle and the task running it.
+pub async fn start(
+    client: async_nats::Client,
+    cfg: Arc<RunnerConfig>,
+    projection: Arc<dyn Projection>,
+    ks: Arc<dyn Keyspace>,
+) -> Result<
+    (
+        Arc<ProjectionState>,
+        tokio::task::JoinHandle<Result<(), RunError>>,
+    ),
+    RunError,
+> {
+    let js = jetstream::new(client.clone());
+    let name = projection.name();
+    let applied = Applied {
+        conv: checkpoint(ks.as_ref(), Source::Conv)?,
+        rcpt: checkpoint(ks.as_ref(), Source::Rcpt)?,
+    };
+    let mut sources = vec![Source::Conv];
+    if projection.reads_receipts() {
+        sources.push(Source::Rcpt);
+    }
+    // Opened here so a misconfiguration fails `start`, not a task later.
+    let first = open_pumps(&js, &cfg, name, &sources, applied).await?;
     let (applied_tx, applied_rx) = watch::channel(applied);
     let state = Arc::new(ProjectionState {
         projection: projection.clone(),
@@ -343,102 +352,160 @@ pub async fn start(
     });
     let task_state = state.clone();
     let task = tokio::spawn(async move {
-        let _pumps = AbortOnDrop(pumps);
-        let state = task_state;
-        while let Some(first) = rx_in.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < BATCH_MAX {
-                match rx_in.try_recv() {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
+        let mut pumps = Some(first);
+        let mut applied = applied;
+        // Bounded by what can go wrong on the wire; each round first commits
+        // everything applied so far.
+        loop {
+            let (rx, guard) = match pumps.take() {
+                Some(p) => p,
+                None => open_pumps(&js, &cfg, name, &sources, applied).await?,
+            };
+            let stop =
+                run_batches(rx, &client, &cfg, &task_state, &applied_tx, &mut applied).await?;
+            drop(guard);
+            match stop {
+                Stop::Closed => return Ok(()),
+                Stop::Resync(why) => {
+                    tracing::warn!(
+                        projection = name,
+                        why,
+                        "resyncing consumers from the checkpoint"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-            }
-            let mut tx = Tx::new(ks.as_ref());
-            let mut effects = Vec::new();
-            let mut last_conv: Option<jetstream::Message> = None;
-            let mut last_rcpt: Option<jetstream::Message> = None;
-            let (mut folded, mut dead) = (0u64, 0u64);
-            let mut next = applied;
-            for (source, msg) in batch {
-                let stream_seq = msg.info().map_err(js_err)?.stream_sequence;
-                let (cp, last) = match source {
-                    Source::Conv => (&mut next.conv, &mut last_conv),
-                    Source::Rcpt => (&mut next.rcpt, &mut last_rcpt),
-                };
-                if stream_seq > *cp {
-                    match decode(source, &msg, stream_seq) {
-                        Ok(Decoded::Conv(stored)) => {
-                            effects.extend(projection.apply(&mut tx, &Input::Conv(&stored))?)
-                        }
-                        Ok(Decoded::Rcpt(event)) => effects.extend(projection.apply(
-                            &mut tx,
-                            &Input::Rcpt {
-                                stream_seq,
-                                event: &event,
-                            },
-                        )?),
-                        Err(reason) => {
-                            // Policy: record, count, skip. The partition goes
-                            // on; an operator repairs from the dead letter.
-                            tracing::error!(
-                                projection = name,
-                                stream = source.stream(),
-                                stream_seq,
-                                %reason,
-                                "poison event dead-lettered"
-                            );
-                            tx.put_msg(
-                                dead_letter_key(source, stream_seq),
-                                &v1::DeadLetter {
-                                    stream: source.stream().to_string(),
-                                    stream_seq,
-                                    subject: msg.subject.to_string(),
-                                    reason,
-                                },
-                            );
-                            dead += 1;
-                        }
-                    }
-                    *cp = stream_seq;
-                    folded += 1;
-                }
-                *last = Some(msg);
-            }
-            if next != applied {
-                tx.put(
-                    checkpoint_key(Source::Conv),
-                    next.conv.to_be_bytes().to_vec(),
-                );
-                tx.put(
-                    checkpoint_key(Source::Rcpt),
-                    next.rcpt.to_be_bytes().to_vec(),
-                );
-                let writes = tx.into_writes();
-                let ks_commit = ks.clone();
-                tokio::task::spawn_blocking(move || {
-                    ks_commit.commit(writes)?;
-                    ks_commit.flush()
-                })
-                .await
-                .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))??;
-            }
-            // Acknowledge only what is durable (AckAll: the last covers all).
-            for msg in [last_conv, last_rcpt].into_iter().flatten() {
-                if let Err(e) = msg.ack().await {
-                    tracing::warn!(error = %e, "ack failed; the batch will be redelivered and skipped");
-                }
-            }
-            applied = next;
-            state.events_applied.fetch_add(folded, Relaxed);
-            state.dead_letters.fetch_add(dead, Relaxed);
-            let _ = applied_tx.send(applied);
-            if cfg.fanout {
-                publish_effects(&client, &cfg, effects).await;
             }
         }
-        Ok(())
     });
     Ok((state, task))
+}
+
+/// Folds batches until the channel closes or deliveries go out of order.
+async fn run_batches(
+    mut rx_in: mpsc::Receiver<(Source, jetstream::Message)>,
+    client: &async_nats::Client,
+    cfg: &RunnerConfig,
+    state: &ProjectionState,
+    applied_tx: &watch::Sender<Applied>,
+    applied: &mut Applied,
+) -> Result<Stop, RunError> {
+    let projection = state.projection.clone();
+    let name = projection.name();
+    let ks = state.ks.clone();
+    // The last consumer sequence seen per source: deliveries of a fresh
+    // consumer are numbered 1, 2, 3...; a jump means one never arrived.
+    let (mut seen_conv, mut seen_rcpt) = (0u64, 0u64);
+    while let Some(first) = rx_in.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match rx_in.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let mut tx = Tx::new(ks.as_ref());
+        let mut effects = Vec::new();
+        let mut last_conv: Option<jetstream::Message> = None;
+        let mut last_rcpt: Option<jetstream::Message> = None;
+        let (mut folded, mut dead) = (0u64, 0u64);
+        let mut next = *applied;
+        let mut stop = None;
+        for (source, msg) in batch {
+            let info = msg.info().map_err(js_err)?;
+            let (stream_seq, consumer_seq, delivered) =
+                (info.stream_sequence, info.consumer_sequence, info.delivered);
+            let (cp, last, seen) = match source {
+                Source::Conv => (&mut next.conv, &mut last_conv, &mut seen_conv),
+                Source::Rcpt => (&mut next.rcpt, &mut last_rcpt, &mut seen_rcpt),
+            };
+            if stream_seq <= *cp {
+                // Already applied (a redelivery): acknowledge with the rest.
+                *seen = (*seen).max(consumer_seq);
+                *last = Some(msg);
+                continue;
+            }
+            if consumer_seq != *seen + 1 || delivered > 1 {
+                stop = Some(Stop::Resync(if delivered > 1 {
+                    "redelivery above the checkpoint"
+                } else {
+                    "a delivery never arrived"
+                }));
+                break;
+            }
+            *seen = consumer_seq;
+            match decode(source, &msg, stream_seq) {
+                Ok(Decoded::Conv(stored)) => {
+                    effects.extend(projection.apply(&mut tx, &Input::Conv(&stored))?)
+                }
+                Ok(Decoded::Rcpt(event)) => effects.extend(projection.apply(
+                    &mut tx,
+                    &Input::Rcpt {
+                        stream_seq,
+                        event: &event,
+                    },
+                )?),
+                Err(reason) => {
+                    // Policy: record, count, skip. The partition goes on; an
+                    // operator repairs from the dead letter.
+                    tracing::error!(
+                        projection = name,
+                        stream = source.stream(),
+                        stream_seq,
+                        %reason,
+                        "poison event dead-lettered"
+                    );
+                    tx.put_msg(
+                        dead_letter_key(source, stream_seq),
+                        &v1::DeadLetter {
+                            stream: source.stream().to_string(),
+                            stream_seq,
+                            subject: msg.subject.to_string(),
+                            reason,
+                        },
+                    );
+                    dead += 1;
+                }
+            }
+            *cp = stream_seq;
+            folded += 1;
+            *last = Some(msg);
+        }
+        if next != *applied {
+            tx.put(
+                checkpoint_key(Source::Conv),
+                next.conv.to_be_bytes().to_vec(),
+            );
+            tx.put(
+                checkpoint_key(Source::Rcpt),
+                next.rcpt.to_be_bytes().to_vec(),
+            );
+            let writes = tx.into_writes();
+            let ks_commit = ks.clone();
+            tokio::task::spawn_blocking(move || {
+                ks_commit.commit(writes)?;
+                ks_commit.flush()
+            })
+            .await
+            .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))??;
+        }
+        // Acknowledge only what is durable (AckAll: the last covers all).
+        for msg in [last_conv, last_rcpt].into_iter().flatten() {
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "ack failed; redelivery will be skipped");
+            }
+        }
+        *applied = next;
+        state.events_applied.fetch_add(folded, Relaxed);
+        state.dead_letters.fetch_add(dead, Relaxed);
+        let _ = applied_tx.send(*applied);
+        if cfg.fanout {
+            publish_effects(client, cfg, effects).await;
+        }
+        if let Some(stop) = stop {
+            return Ok(stop);
+        }
+    }
+    Ok(Stop::Closed)
 }
 
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);

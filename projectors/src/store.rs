@@ -15,6 +15,9 @@ pub enum StoreError {
     Corrupt { key: String, detail: String },
 }
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// One write of a commit: `None` deletes.
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
 
@@ -29,7 +32,7 @@ pub trait Keyspace: Send + Sync {
         end: &[u8],
         descending: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<Entry>, StoreError>;
     /// Applies every write or none.
     fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError>;
     /// Makes every commit so far durable.
@@ -82,7 +85,7 @@ impl Keyspace for SledKeyspace {
         end: &[u8],
         descending: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         if start >= end {
             return Ok(Vec::new());
         }

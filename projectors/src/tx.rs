@@ -52,7 +52,7 @@ impl<'a> Tx<'a> {
     }
 
     /// Every entry under `prefix`, staged writes included, in key order.
-    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<crate::store::Entry>, StoreError> {
         self.scan_range(prefix, &prefix_end(prefix))
     }
 
@@ -61,7 +61,7 @@ impl<'a> Tx<'a> {
         &self,
         start: &[u8],
         end: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<crate::store::Entry>, StoreError> {
         if start >= end {
             return Ok(Vec::new());
         }

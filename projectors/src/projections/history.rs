@@ -90,13 +90,13 @@ impl Projection for History {
         users.dedup();
         Ok(vec![Effect::Deliver {
             users,
-            deliver: v1::Deliver {
+            deliver: Box::new(v1::Deliver {
                 conversation_id: conv.to_string(),
                 conv_seq: ev.conv_seq,
                 stream_seq: stored.stream_seq,
                 event: Some(ev.clone()),
                 event_type: im_streams::conversation::event_type(ev).to_string(),
-            },
+            }),
         }])
     }
 }

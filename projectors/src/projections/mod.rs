@@ -31,7 +31,7 @@ pub enum Input<'a> {
 pub enum Effect {
     Deliver {
         users: Vec<String>,
-        deliver: v1::Deliver,
+        deliver: Box<v1::Deliver>,
     },
     Receipt {
         users: Vec<String>,

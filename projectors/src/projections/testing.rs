@@ -25,7 +25,7 @@ impl Keyspace for MemKeyspace {
         end: &[u8],
         descending: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<crate::store::Entry>, StoreError> {
         if start >= end {
             return Ok(Vec::new());
         }
@@ -62,6 +62,7 @@ impl Keyspace for MemKeyspace {
 
 /// One event of either stream, as the log would hold it.
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Logged {
     Conv(StoredEvent),
     Rcpt(u64, v1::ReceiptEvent),
