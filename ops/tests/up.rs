@@ -58,6 +58,45 @@ fn interrupt_and_wait(mut child: Child) {
     panic!("imctl did not stop on SIGINT");
 }
 
+/// The conversation's history as the projector serves it, waiting for `pos`.
+async fn history_texts(url: &str, pos: u64) -> Vec<String> {
+    use im_schema::v1::{self, query_request::Query, query_response::Result as R};
+    let client = async_nats::connect(url).await.unwrap();
+    let topo = im_streams::definitions::read_topology(&async_nats::jetstream::new(client.clone()))
+        .await
+        .unwrap();
+    let conv = im_streams::subjects::direct_conversation_id("alice", "bob").unwrap();
+    let req = v1::QueryRequest {
+        min_position: pos,
+        query: Some(Query::History(v1::HistoryQuery {
+            conversation_id: conv.clone(),
+            user_id: "bob".into(),
+            limit: 50,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let subject = im_projectors::query::partition_subject(topo.partition_of(&conv));
+    let reply = client
+        .request(subject, im_schema::encode(&req).into())
+        .await
+        .unwrap();
+    let resp: v1::QueryResponse = im_schema::decode(&reply.payload).unwrap();
+    let Some(R::History(page)) = resp.result else {
+        panic!("{resp:?}")
+    };
+    page.entries
+        .iter()
+        .filter_map(|e| match e.event.as_ref()?.kind.as_ref()? {
+            v1::conv_event::Kind::MessageSent(m) => match m.body.as_ref()? {
+                v1::message_sent::Body::Text(t) => Some(t.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 async fn send_one(url: &str, id: &str) -> AppendOutcome {
     let client = async_nats::connect(url).await.unwrap();
     let topo = im_streams::definitions::read_topology(&async_nats::jetstream::new(client.clone()))
@@ -70,7 +109,7 @@ async fn send_one(url: &str, id: &str) -> AppendOutcome {
         client_msg_id: id.into(),
         action: Action::Send {
             peer: Some("bob".into()),
-            body: MessageBody::Text("hello".into()),
+            body: MessageBody::Text(format!("hello {id}")),
             meta: Default::default(),
         },
     };
@@ -89,10 +128,16 @@ async fn up_serves_stops_on_sigint_and_keeps_data() {
         "{lines:?}"
     );
     let first = send_one(&url, "m1").await;
-    assert!(
-        matches!(first, AppendOutcome::Stored { conv_seq: 2, .. }),
-        "{first:?}"
-    );
+    let AppendOutcome::Stored {
+        conv_seq: 2,
+        stream_seq,
+        ..
+    } = first
+    else {
+        panic!("{first:?}")
+    };
+    // The projector serves what was appended.
+    assert_eq!(history_texts(&url, stream_seq).await, ["hello m1"]);
     interrupt_and_wait(child);
     assert!(
         async_nats::connect(&url).await.is_err(),
@@ -112,9 +157,18 @@ async fn up_serves_stops_on_sigint_and_keeps_data() {
         "{again:?}"
     );
     let next = send_one(&url, "m2").await;
-    assert!(
-        matches!(next, AppendOutcome::Stored { conv_seq: 3, .. }),
-        "{next:?}"
+    let AppendOutcome::Stored {
+        conv_seq: 3,
+        stream_seq,
+        ..
+    } = next
+    else {
+        panic!("{next:?}")
+    };
+    // Its store kept the earlier history and goes on from there.
+    assert_eq!(
+        history_texts(&url, stream_seq).await,
+        ["hello m1", "hello m2"]
     );
     interrupt_and_wait(child);
 }

@@ -174,7 +174,7 @@ async fn ensure_consumer(
                 start_sequence: from_checkpoint + 1,
             }
         },
-        ack_policy: AckPolicy::All,
+        ack_policy: AckPolicy::Explicit,
         ack_wait: ACK_WAIT,
         max_deliver: MAX_DELIVER,
         max_ack_pending: MAX_ACK_PENDING,
@@ -405,8 +405,8 @@ async fn run_batches(
         }
         let mut tx = Tx::new(ks.as_ref());
         let mut effects = Vec::new();
-        let mut last_conv: Option<jetstream::Message> = None;
-        let mut last_rcpt: Option<jetstream::Message> = None;
+        // Every message of the batch, acknowledged once the commit is durable.
+        let mut to_ack: Vec<jetstream::Message> = Vec::with_capacity(batch.len());
         let (mut folded, mut dead) = (0u64, 0u64);
         let mut next = *applied;
         let mut stop = None;
@@ -414,14 +414,14 @@ async fn run_batches(
             let info = msg.info().map_err(js_err)?;
             let (stream_seq, consumer_seq, delivered) =
                 (info.stream_sequence, info.consumer_sequence, info.delivered);
-            let (cp, last, seen) = match source {
-                Source::Conv => (&mut next.conv, &mut last_conv, &mut seen_conv),
-                Source::Rcpt => (&mut next.rcpt, &mut last_rcpt, &mut seen_rcpt),
+            let (cp, seen) = match source {
+                Source::Conv => (&mut next.conv, &mut seen_conv),
+                Source::Rcpt => (&mut next.rcpt, &mut seen_rcpt),
             };
             if stream_seq <= *cp {
                 // Already applied (a redelivery): acknowledge with the rest.
                 *seen = (*seen).max(consumer_seq);
-                *last = Some(msg);
+                to_ack.push(msg);
                 continue;
             }
             if consumer_seq != *seen + 1 || delivered > 1 {
@@ -468,7 +468,7 @@ async fn run_batches(
             }
             *cp = stream_seq;
             folded += 1;
-            *last = Some(msg);
+            to_ack.push(msg);
         }
         if next != *applied {
             tx.put(
@@ -488,8 +488,9 @@ async fn run_batches(
             .await
             .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))??;
         }
-        // Acknowledge only what is durable (AckAll: the last covers all).
-        for msg in [last_conv, last_rcpt].into_iter().flatten() {
+        // Acknowledge only what is durable. A lost ack means a redelivery,
+        // which the checkpoint skips.
+        for msg in to_ack {
             if let Err(e) = msg.ack().await {
                 tracing::warn!(error = %e, "ack failed; redelivery will be skipped");
             }

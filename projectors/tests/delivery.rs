@@ -271,3 +271,101 @@ async fn min_position_sees_the_append_or_says_not_yet() {
         "{bad:?}"
     );
 }
+
+/// The receipt updates a subscriber gets until it has been quiet a while.
+async fn receipt_updates(sub: &mut async_nats::Subscriber) -> Vec<v1::ReceiptUpdate> {
+    let mut found = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(800), sub.next()).await {
+        let env: v1::Envelope = im_schema::decode(&msg.payload).unwrap();
+        if let Some(v1::envelope::Payload::ReceiptUpdate(u)) = env.payload {
+            found.push(u);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_cursors_reach_the_other_members_as_receipt_updates() {
+    let mut s = Stack::start().await;
+    let _p = s.projector("main", None).await;
+    let listener = async_nats::connect(s.server.url()).await.unwrap();
+    let mut to_bob = listener.subscribe("im.deliver.bob").await.unwrap();
+    let mut to_alice = listener.subscribe("im.deliver.alice").await.unwrap();
+    listener.flush().await.unwrap();
+    s.create("g1", &[("alice", Role::Member), ("bob", Role::Member)])
+        .await;
+    let (_, seq) = s.send("g1", "bob", "read me").await;
+    s.read("g1", "alice", seq).await;
+
+    let bob_got = receipt_updates(&mut to_bob).await;
+    assert_eq!(bob_got.len(), 1, "{bob_got:?}");
+    let u = &bob_got[0];
+    assert_eq!(
+        (u.user_id.as_str(), u.kind, u.up_to_seq),
+        ("alice", v1::ReceiptKind::Read as i32, seq)
+    );
+    assert!(
+        receipt_updates(&mut to_alice).await.is_empty(),
+        "the reader is not told of their own read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_show_checkpoint_lag_applied_and_dead_letters() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = Stack::start().await;
+    let p = s.projector("main", None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let js = async_nats::jetstream::new(s.client.clone());
+    tokio::spawn(im_projectors::metrics::serve(
+        listener,
+        p.context.clone(),
+        js,
+    ));
+    s.create("g1", &[("bob", Role::Member)]).await;
+    let (pos, _) = s.send("g1", "bob", "count me").await;
+    let R::Role(_) = s
+        .query(
+            "g1",
+            (pos, 0),
+            Query::Role(v1::RoleQuery {
+                conversation_id: "g1".into(),
+                user_id: "bob".into(),
+            }),
+        )
+        .await
+    else {
+        panic!()
+    };
+    // Every projection has applied `pos` once the slowest has.
+    for name in im_projectors::projections::NAMES {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while status(&s.client, "main").await[name].conv_checkpoint < pos {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    sock.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    for name in im_projectors::projections::NAMES {
+        let cp = format!("im_projection_checkpoint{{projection=\"{name}\",stream=\"IM_CONV\",instance=\"main\"}} {pos}");
+        let lag = format!(
+            "im_projection_lag{{projection=\"{name}\",stream=\"IM_CONV\",instance=\"main\"}} 0"
+        );
+        let applied = format!(
+            "im_projection_events_applied_total{{projection=\"{name}\",instance=\"main\"}} 2"
+        );
+        let dead = format!(
+            "im_projection_dead_letters_total{{projection=\"{name}\",instance=\"main\"}} 0"
+        );
+        for line in [cp, lag, applied, dead] {
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! `imctl up`: the embedded default stack. Starts a managed nats-server (the
 //! pinned binary) with its JetStream store under the data dir, or uses an
-//! external NATS, applies the streams, prints where everything is, and stops
-//! cleanly on Ctrl-C or SIGTERM. Running it again keeps the data.
+//! external NATS, applies the streams, runs the projector (every projection,
+//! every partition, its sled store under the data dir), prints where
+//! everything is, and stops cleanly on Ctrl-C or SIGTERM. Running it again
+//! keeps the data.
 
 use std::path::PathBuf;
 
@@ -88,11 +90,28 @@ async fn serve(url: &str, args: &UpArgs) -> anyhow::Result<()> {
         };
         println!("imctl: stream {} {what}", report.name);
     }
+    let projector_config = im_projectors::ProjectorConfig {
+        instance: "local".into(),
+        partitions: None,
+        data_dir: args.data_dir.join("projector"),
+        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+        fanout: true,
+    };
+    let mut projector = im_projectors::Projector::start(js.client(), projector_config)
+        .await
+        .context("starting the projector")?;
+    println!(
+        "imctl: projector instance=local queries on im.q.<partition> (store {})",
+        args.data_dir.join("projector").display()
+    );
     println!(
         "imctl: ready nats={url} partitions={} (Ctrl-C to stop)",
         applied.topology.partitions
     );
-    wait_for_shutdown().await?;
+    tokio::select! {
+        r = wait_for_shutdown() => r?,
+        r = projector.wait() => r.context("a projection stopped")?,
+    }
     println!("imctl: shutting down");
     Ok(())
 }
