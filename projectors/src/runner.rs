@@ -103,12 +103,7 @@ pub fn dead_letters(ks: &dyn Keyspace) -> Result<Vec<v1::DeadLetter>, StoreError
     let p = key(META, &[b"dl"]);
     ks.range(&p, &crate::keys::prefix_end(&p), false, usize::MAX)?
         .into_iter()
-        .map(|(k, v)| {
-            prost::Message::decode(v.as_slice()).map_err(|e| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                detail: e.to_string(),
-            })
-        })
+        .map(|(k, v)| crate::store::decode_value(&k, &v))
         .collect()
 }
 

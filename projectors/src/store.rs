@@ -15,6 +15,17 @@ pub enum StoreError {
     Corrupt { key: String, detail: String },
 }
 
+/// Decodes a stored protobuf value; a failure names the key.
+pub fn decode_value<M: prost::Message + Default>(
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
 /// A key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
 

@@ -30,12 +30,7 @@ impl<'a> Tx<'a> {
 
     pub fn get_msg<M: Message + Default>(&self, key: &[u8]) -> Result<Option<M>, StoreError> {
         self.get(key)?
-            .map(|bytes| {
-                M::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(key).into_owned(),
-                    detail: e.to_string(),
-                })
-            })
+            .map(|bytes| crate::store::decode_value(key, &bytes))
             .transpose()
     }
 

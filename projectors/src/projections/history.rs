@@ -125,12 +125,7 @@ pub fn page(
     let rows = ks.range(&start, &end, backward, limit + 1)?;
     let mut entries = Vec::with_capacity(limit);
     for (k, v) in rows.iter().take(limit) {
-        entries.push(
-            prost::Message::decode(v.as_slice()).map_err(|e| StoreError::Corrupt {
-                key: String::from_utf8_lossy(k).into_owned(),
-                detail: e.to_string(),
-            })?,
-        );
+        entries.push(crate::store::decode_value(k, v)?);
     }
     let next_seq = rows
         .get(limit)

@@ -42,12 +42,7 @@ pub fn get(tx: &Tx, conv: &str, user: &str) -> Result<Option<v1::MemberRecord>, 
 pub fn list(tx: &Tx, conv: &str) -> Result<Vec<v1::MemberRecord>, StoreError> {
     tx.scan(&prefix(MEMBER, &[conv.as_bytes()]))?
         .into_iter()
-        .map(|(k, v)| {
-            prost::Message::decode(v.as_slice()).map_err(|e| StoreError::Corrupt {
-                key: last_part(&k),
-                detail: e.to_string(),
-            })
-        })
+        .map(|(k, v)| crate::store::decode_value(&k, &v))
         .collect()
 }
 

@@ -168,11 +168,7 @@ pub fn for_user(
     };
     let mut out = v1::UnreadResult::default();
     for (k, v) in rows {
-        let row: v1::UnreadRow =
-            prost::Message::decode(v.as_slice()).map_err(|e| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                detail: e.to_string(),
-            })?;
+        let row: v1::UnreadRow = crate::store::decode_value(&k, &v)?;
         out.total += row.unread;
         out.conversations.push(v1::UnreadCount {
             conversation_id: last_part(&k),
