@@ -1,5 +1,87 @@
-//! The gateway: axum HTTP API and WebSocket endpoint. Authenticates clients,
-//! validates commands, appends through `im_streams::Appender`, and delivers
-//! per-user subjects to connected devices.
-//!
-//! Not built yet (issue 4).
+//! The gateway: axum HTTP API and the WebSocket endpoint. Authenticates
+//! clients, validates commands, appends through `im_streams::Appender`, and
+//! hands deliveries from per-user subjects to connected devices. It holds no
+//! state a restart would lose, and never opens sled.
+
+pub mod auth;
+pub mod cmd;
+pub mod config;
+pub mod error;
+pub mod frames;
+pub mod hub;
+pub mod ws;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+
+pub use config::{GatewayConfig, Limits};
+
+pub struct AppState {
+    pub config: GatewayConfig,
+    pub client: async_nats::Client,
+    pub appender: Arc<im_streams::Appender>,
+    pub verifier: auth::Verifier,
+    pub hub: Arc<hub::Hub>,
+    pub connections: AtomicUsize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error(transparent)]
+    Streams(#[from] im_streams::StreamsError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppState {
+    pub async fn new(
+        config: GatewayConfig,
+        client: async_nats::Client,
+    ) -> Result<Arc<Self>, GatewayError> {
+        config.validate().map_err(GatewayError::Config)?;
+        let js = async_nats::jetstream::new(client.clone());
+        let topology = im_streams::definitions::read_topology(&js).await?;
+        let appender = im_streams::Appender::new(client.clone(), topology).await?;
+        let verifier = auth::Verifier::new(
+            config.hs256_secret.as_deref(),
+            config.rs256_public_pem.as_deref(),
+        )?;
+        Ok(Arc::new(AppState {
+            hub: hub::Hub::new(client.clone()),
+            config,
+            client,
+            appender,
+            verifier,
+            connections: AtomicUsize::new(0),
+        }))
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+/// Serves until the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+) -> Result<(), GatewayError> {
+    axum::serve(listener, router(state)).await?;
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! `delivery_ack` and `read`: cumulative cursors appended to IM_RCPT (members
+//! only, never past the end). Nothing is sent back on success: the other
+//! members (the sender among them) get receipt updates from the projector.
+
+use im_schema::v1;
+use im_streams::{ReceiptKind, ReceiptOutcome};
+
+use crate::error::{error_frame, streams_code};
+use crate::AppState;
+
+pub async fn run(
+    state: &AppState,
+    user: &str,
+    device: &str,
+    conv: &str,
+    kind: ReceiptKind,
+    up_to_seq: u64,
+    trace_id: &str,
+) -> Option<v1::Envelope> {
+    match state
+        .appender
+        .append_receipt(conv, user, device, kind, up_to_seq, trace_id)
+        .await
+    {
+        Ok(ReceiptOutcome::Stored { .. }) => None,
+        Ok(ReceiptOutcome::Rejected(r)) => Some(error_frame(
+            if r.code() == "not_member" {
+                v1::ErrorCode::Forbidden
+            } else {
+                v1::ErrorCode::BadRequest
+            },
+            format!("{}: {r}", r.code()),
+            "",
+        )),
+        Err(e) => Some(error_frame(streams_code(&e), e.to_string(), "")),
+    }
+}

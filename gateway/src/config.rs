@@ -1,0 +1,124 @@
+//! Gateway configuration: one struct, validated at start. Every environment
+//! variable the gateway reads is listed in `ENV_VARS`.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// Every environment variable the gateway reads.
+pub const ENV_VARS: [(&str, &str); 5] = [
+    (
+        "IM_GATEWAY_LISTEN",
+        "address to listen on (default 127.0.0.1:8080)",
+    ),
+    (
+        "IM_NATS_URL",
+        "NATS server URL (default nats://127.0.0.1:4222)",
+    ),
+    ("IM_JWT_HS256_SECRET", "HS256 secret for bearer tokens"),
+    (
+        "IM_JWT_RS256_PUBLIC_KEY_FILE",
+        "PEM file of the RS256 public key",
+    ),
+    (
+        "IM_GATEWAY_LIMITS_JSON",
+        "JSON object overriding `Limits` fields",
+    ),
+];
+
+/// Per-connection and per-gateway limits (invariant 7).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest WebSocket frame/message. A send carries at most 16 KiB of
+    /// text plus metadata; 64 KiB leaves room and stops abuse early.
+    pub frame_bytes_max: usize,
+    /// Envelopes in one binary frame.
+    pub envelopes_per_frame_max: usize,
+    /// Sends per second per connection (token bucket refill) and burst.
+    pub sends_per_sec: u32,
+    pub send_burst: u32,
+    /// Frames waiting to be written to one client; a client that lets it
+    /// fill is closed with `CLOSE_RESYNC` and must resync.
+    pub outbound_queue_max: usize,
+    /// A connection silent this long is closed.
+    pub heartbeat_window_ms: u64,
+    pub connections_max: usize,
+    pub connections_per_user_max: usize,
+    /// tungstenite buffers: small, since memory per idle connection is a goal.
+    pub ws_read_buffer_bytes: usize,
+    pub ws_write_buffer_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_bytes_max: 64 * 1024,
+            envelopes_per_frame_max: 64,
+            sends_per_sec: 20,
+            send_burst: 40,
+            outbound_queue_max: 256,
+            heartbeat_window_ms: 45_000,
+            connections_max: 20_000,
+            connections_per_user_max: 16,
+            ws_read_buffer_bytes: 4 * 1024,
+            ws_write_buffer_bytes: 4 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub nats_url: String,
+    pub hs256_secret: Option<String>,
+    pub rs256_public_pem: Option<String>,
+    pub limits: Limits,
+}
+
+impl GatewayConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hs256_secret.is_none() && self.rs256_public_pem.is_none() {
+            return Err("set IM_JWT_HS256_SECRET or IM_JWT_RS256_PUBLIC_KEY_FILE".into());
+        }
+        if self.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err("the HS256 secret must be at least 32 bytes".into());
+        }
+        let l = &self.limits;
+        if l.frame_bytes_max < 1024
+            || l.outbound_queue_max == 0
+            || l.send_burst == 0
+            || l.sends_per_sec == 0
+        {
+            return Err(format!("limits out of range: {l:?}"));
+        }
+        Ok(())
+    }
+
+    /// Reads the environment (see `ENV_VARS`).
+    pub fn from_env() -> Result<Self, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let rs256_public_pem = match var("IM_JWT_RS256_PUBLIC_KEY_FILE") {
+            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?),
+            None => None,
+        };
+        let limits = match var("IM_GATEWAY_LIMITS_JSON") {
+            Some(json) => {
+                serde_json::from_str(&json).map_err(|e| format!("IM_GATEWAY_LIMITS_JSON: {e}"))?
+            }
+            None => Limits::default(),
+        };
+        let config = GatewayConfig {
+            listen: var("IM_GATEWAY_LISTEN")
+                .unwrap_or_else(|| "127.0.0.1:8080".into())
+                .parse()
+                .map_err(|e| format!("IM_GATEWAY_LISTEN: {e}"))?,
+            nats_url: var("IM_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            hs256_secret: var("IM_JWT_HS256_SECRET"),
+            rs256_public_pem,
+            limits,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}

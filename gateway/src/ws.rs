@@ -1,0 +1,257 @@
+//! `/v1/ws`: authenticate at the upgrade, then one reader loop (frames in,
+//! commands run, replies queued) and one writer task (the bounded outbound
+//! queue out). Deliveries join the same queue through the hub.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use im_schema::v1::{self, envelope::Payload};
+use im_streams::ReceiptKind;
+use tokio::sync::{mpsc, Notify};
+
+use crate::cmd;
+use crate::error::error_frame;
+use crate::frames::{self, Codec, CLOSE_IDLE, CLOSE_RESYNC, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL};
+use crate::hub::Device;
+use crate::AppState;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(serde::Deserialize)]
+pub struct WsQuery {
+    access_token: Option<String>,
+    device_id: Option<String>,
+}
+
+fn bearer(headers: &HeaderMap, query: &WsQuery) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+        .or_else(|| query.access_token.clone())
+}
+
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // Refused before the upgrade: nothing is allocated for a bad token.
+    let Some(token) = bearer(&headers, &query) else {
+        return (StatusCode::UNAUTHORIZED, "missing bearer token").into_response();
+    };
+    let user = match state.verifier.verify(&token) {
+        Ok(user) => user,
+        Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+    };
+    let device = query.device_id.clone().unwrap_or_else(|| "default".into());
+    if let Err(e) = im_streams::ids::validate_id(im_streams::ids::IdKind::Device, &device) {
+        return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+    }
+    let limits = &state.config.limits;
+    if state.connections.load(Ordering::SeqCst) >= limits.connections_max {
+        return (StatusCode::SERVICE_UNAVAILABLE, "gateway full").into_response();
+    }
+    let codec = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some(JSON_SUBPROTOCOL) => Codec::Json,
+        _ => Codec::Proto,
+    };
+    ws.protocols([PROTO_SUBPROTOCOL, JSON_SUBPROTOCOL])
+        .read_buffer_size(limits.ws_read_buffer_bytes)
+        .write_buffer_size(limits.ws_write_buffer_bytes)
+        .max_message_size(limits.frame_bytes_max)
+        .max_frame_size(limits.frame_bytes_max)
+        .on_upgrade(move |socket| run(state, socket, user, device, codec))
+}
+
+/// Send rate per connection.
+struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl TokenBucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct ConnGuard<'a>(&'a AppState, &'a str, u64);
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.0.hub.leave(self.1, self.2);
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: String, codec: Codec) {
+    let limits = state.config.limits.clone();
+    let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    state.connections.fetch_add(1, Ordering::SeqCst);
+    let (tx, mut rx) = mpsc::channel::<Arc<v1::Envelope>>(limits.outbound_queue_max);
+    let overflowed = Arc::new((AtomicBool::new(false), Notify::new()));
+    let dev = Device {
+        outbound: tx,
+        overflowed: overflowed.clone(),
+    };
+    let (mut sink, mut stream) = socket.split();
+    let _guard = ConnGuard(&state, &user, conn_id);
+    if let Err(e) = state
+        .hub
+        .join(&user, conn_id, dev.clone(), limits.connections_per_user_max)
+        .await
+    {
+        let frame = CloseFrame {
+            code: 1008,
+            reason: e.to_string().into(),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        return;
+    }
+    tracing::debug!(user, device, conn_id, "connected");
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(env) => {
+                        if sink.send(frames::encode(codec, &env)).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                _ = overflowed.1.notified() => {
+                    // Too slow to drain its queue: close and let it resync.
+                    let frame = CloseFrame { code: CLOSE_RESYNC, reason: "outbound queue full: resync".into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+            }
+        }
+    });
+    let mut bucket = TokenBucket {
+        tokens: f64::from(limits.send_burst),
+        last: Instant::now(),
+        rate: f64::from(limits.sends_per_sec),
+        burst: f64::from(limits.send_burst),
+    };
+    let window = Duration::from_millis(limits.heartbeat_window_ms);
+    loop {
+        if dev.overflowed.0.load(Ordering::SeqCst) || writer.is_finished() {
+            break;
+        }
+        let frame = match tokio::time::timeout(window, stream.next()).await {
+            Err(_) => {
+                let idle = Arc::new(error_frame(
+                    v1::ErrorCode::BadRequest,
+                    "idle past the heartbeat window",
+                    "",
+                ));
+                dev.push(idle);
+                tracing::debug!(user, conn_id, code = CLOSE_IDLE, "idle connection closed");
+                break;
+            }
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let envelopes = match frame {
+            Message::Binary(bytes) => frames::decode_binary(&bytes, limits.envelopes_per_frame_max),
+            Message::Text(text) => frames::decode_text(text.as_str()).map(|e| vec![e]),
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        let envelopes = match envelopes {
+            Ok(envs) => envs,
+            Err(reason) => {
+                // Malformed input: a clear error, nothing appended, the
+                // connection stays.
+                dev.push(Arc::new(error_frame(v1::ErrorCode::BadRequest, reason, "")));
+                continue;
+            }
+        };
+        for env in envelopes {
+            let trace_id = env
+                .header
+                .as_ref()
+                .map(|h| h.trace_id.clone())
+                .unwrap_or_default();
+            let reply = match env.payload {
+                Some(Payload::Send(send)) => {
+                    if bucket.take() {
+                        Some(cmd::send::run(&state, &user, send, &trace_id).await)
+                    } else {
+                        Some(error_frame(
+                            v1::ErrorCode::RateLimited,
+                            "send rate exceeded",
+                            &send.client_msg_id,
+                        ))
+                    }
+                }
+                Some(Payload::DeliveryAck(a)) => {
+                    let dev_id = if a.device_id.is_empty() {
+                        device.clone()
+                    } else {
+                        a.device_id.clone()
+                    };
+                    cmd::receipt::run(
+                        &state,
+                        &user,
+                        &dev_id,
+                        &a.conversation_id,
+                        ReceiptKind::Delivered,
+                        a.up_to_seq,
+                        &trace_id,
+                    )
+                    .await
+                }
+                Some(Payload::Read(r)) => {
+                    cmd::receipt::run(
+                        &state,
+                        &user,
+                        &device,
+                        &r.conversation_id,
+                        ReceiptKind::Read,
+                        r.up_to_seq,
+                        &trace_id,
+                    )
+                    .await
+                }
+                Some(Payload::Typing(t)) => cmd::typing::run(&state, &user, t).await,
+                Some(Payload::Heartbeat(h)) => Some(cmd::heartbeat::run(h)),
+                Some(_) | None => Some(error_frame(
+                    v1::ErrorCode::BadRequest,
+                    "not a client command",
+                    "",
+                )),
+            };
+            if let Some(reply) = reply {
+                if !dev.push(Arc::new(reply)) {
+                    break;
+                }
+            }
+        }
+    }
+    // Let the writer flush what is queued (or send the resync close).
+    drop(dev);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+}

@@ -1,0 +1,245 @@
+//! Real parts for gateway tests: nats-server, streams, a projector and a
+//! gateway in-process on a free port, and WebSocket clients.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use im_gateway::{AppState, GatewayConfig, Limits};
+use im_schema::v1::{self, envelope::Payload};
+use im_testkit::NatsServer;
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+
+pub const SECRET: &str = "test-secret-that-is-long-enough-32b";
+pub const RS256_PRIVATE: &str = include_str!("../keys/rs256-test-private.pem");
+pub const RS256_PUBLIC: &str = include_str!("../keys/rs256-test-public.pem");
+
+pub struct Stack {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+    pub _projector: im_projectors::Projector,
+    pub gateways: Vec<std::net::SocketAddr>,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start(limits: Limits) -> Stack {
+        let server = NatsServer::start().await.unwrap();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        im_streams::apply_streams(&js, &Default::default())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let projector = im_projectors::Projector::start(
+            client.clone(),
+            im_projectors::ProjectorConfig {
+                instance: "main".into(),
+                partitions: None,
+                data_dir: dir.path().to_path_buf(),
+                fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+                fanout: true,
+            },
+        )
+        .await
+        .unwrap();
+        let mut stack = Stack {
+            server,
+            client,
+            _projector: projector,
+            gateways: Vec::new(),
+            _dir: dir,
+        };
+        stack.add_gateway(limits).await;
+        stack
+    }
+
+    /// Another gateway, with its own NATS connection.
+    pub async fn add_gateway(&mut self, limits: Limits) -> std::net::SocketAddr {
+        let config = GatewayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            nats_url: self.server.url(),
+            hs256_secret: Some(SECRET.into()),
+            rs256_public_pem: Some(RS256_PUBLIC.into()),
+            limits,
+        };
+        let client = async_nats::connect(self.server.url()).await.unwrap();
+        let state = AppState::new(config, client).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(im_gateway::serve(listener, state));
+        self.gateways.push(addr);
+        addr
+    }
+
+    pub async fn conv_messages(&self) -> u64 {
+        let js = async_nats::jetstream::new(self.client.clone());
+        js.get_stream("IM_CONV")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages
+    }
+}
+
+pub fn token(user: &str) -> String {
+    im_gateway::auth::issue_hs256(SECRET, user, 3600)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Wire {
+    Proto,
+    Json,
+}
+
+pub struct Client {
+    pub wire: Wire,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// Opens a WebSocket; `Err` carries the HTTP status of a refused upgrade.
+pub async fn try_connect(
+    addr: std::net::SocketAddr,
+    bearer: Option<&str>,
+    wire: Wire,
+    device: &str,
+) -> Result<Client, u16> {
+    let mut req = format!("ws://{addr}/v1/ws?device_id={device}")
+        .into_client_request()
+        .unwrap();
+    let proto = match wire {
+        Wire::Proto => "im.v1.proto",
+        Wire::Json => "im.v1.json",
+    };
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", proto.parse().unwrap());
+    if let Some(t) = bearer {
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(Client { wire, ws }),
+        Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+pub async fn connect(addr: std::net::SocketAddr, user: &str, wire: Wire) -> Client {
+    try_connect(addr, Some(&token(user)), wire, "d1")
+        .await
+        .unwrap()
+}
+
+impl Client {
+    pub async fn send(&mut self, payload: Payload) {
+        let env = v1::Envelope {
+            header: None,
+            payload: Some(payload),
+        };
+        let msg = match self.wire {
+            Wire::Proto => Message::Binary(env.encode_length_delimited_to_vec().into()),
+            Wire::Json => Message::Text(im_schema::to_json(&env).into()),
+        };
+        self.ws.send(msg).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.unwrap();
+    }
+
+    /// The next envelope, or `None` on close/timeout.
+    pub async fn recv(&mut self) -> Option<v1::Envelope> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Binary(b) => {
+                    return Some(v1::Envelope::decode_length_delimited(b.as_ref()).unwrap())
+                }
+                Message::Text(t) => return Some(im_schema::from_json(t.as_str()).unwrap()),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skips envelopes until one matches.
+    pub async fn recv_until<T>(&mut self, mut pick: impl FnMut(&Payload) -> Option<T>) -> T {
+        loop {
+            let env = self.recv().await.expect("connection open and answering");
+            if let Some(p) = env.payload.as_ref() {
+                if let Some(t) = pick(p) {
+                    return t;
+                }
+            }
+        }
+    }
+
+    /// The close frame's code, once the server closes.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .ok()??
+            {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+pub fn text_send_to(user: &str, cmid: &str, text: &str) -> Payload {
+    Payload::Send(v1::SendMessage {
+        to_user_id: user.into(),
+        client_msg_id: cmid.into(),
+        body: Some(v1::send_message::Body::Text(text.into())),
+        ..Default::default()
+    })
+}
+
+pub fn text_send_in(conv: &str, cmid: &str, text: &str) -> Payload {
+    Payload::Send(v1::SendMessage {
+        conversation_id: conv.into(),
+        client_msg_id: cmid.into(),
+        body: Some(v1::send_message::Body::Text(text.into())),
+        ..Default::default()
+    })
+}
+
+pub fn ack_of(p: &Payload) -> Option<v1::SendAck> {
+    match p {
+        Payload::SendAck(a) => Some(a.clone()),
+        _ => None,
+    }
+}
+
+pub fn deliver_of(p: &Payload) -> Option<v1::Deliver> {
+    match p {
+        Payload::Deliver(d) => Some(d.clone()),
+        _ => None,
+    }
+}
+
+pub fn receipt_of(p: &Payload) -> Option<v1::ReceiptUpdate> {
+    match p {
+        Payload::ReceiptUpdate(r) => Some(r.clone()),
+        _ => None,
+    }
+}
+
+pub fn error_of(p: &Payload) -> Option<v1::Error> {
+    match p {
+        Payload::Error(e) => Some(e.clone()),
+        _ => None,
+    }
+}
