@@ -8,7 +8,9 @@ pub mod cmd;
 pub mod config;
 pub mod error;
 pub mod frames;
+pub mod http;
 pub mod hub;
+pub mod query;
 pub mod ws;
 
 use std::sync::atomic::AtomicUsize;
@@ -73,6 +75,7 @@ async fn healthz() -> &'static str {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/history", get(http::history))
         .route("/healthz", get(healthz))
         .with_state(state)
 }

@@ -129,6 +129,11 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
         return;
     }
     tracing::debug!(user, device, conn_id, "connected");
+    dev.push(Arc::new(cmd::reply(Payload::Connected(v1::Connected {
+        user_id: user.clone(),
+        device_id: device.clone(),
+        server_time_ms: cmd::heartbeat::now_ms(),
+    }))));
     let writer = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -238,6 +243,7 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
                 }
                 Some(Payload::Typing(t)) => cmd::typing::run(&state, &user, t).await,
                 Some(Payload::Heartbeat(h)) => Some(cmd::heartbeat::run(h)),
+                Some(Payload::Sync(req)) => Some(cmd::sync::run(&state, &user, req).await),
                 Some(_) | None => Some(error_frame(
                     v1::ErrorCode::BadRequest,
                     "not a client command",

@@ -132,6 +132,7 @@ impl Projector {
             tasks.spawn(async move { task.await.unwrap_or(Ok(())) });
         }
         let context = Arc::new(QueryContext {
+            topology,
             instance: config.instance.clone(),
             partitions,
             projections: states,

@@ -37,6 +37,7 @@ pub fn instance_subject(instance: &str) -> String {
 }
 
 pub struct QueryContext {
+    pub topology: im_streams::Topology,
     pub instance: String,
     pub partitions: Vec<u32>,
     pub projections: Vec<Arc<ProjectionState>>,
@@ -130,14 +131,24 @@ impl QueryContext {
         }
     }
 
-    pub async fn answer(&self, req: v1::QueryRequest) -> v1::QueryResponse {
-        response(match self.answer_inner(req).await {
+    /// Answers a query. `scope` is the partition the query was addressed to
+    /// (`im.q.<p>`): user-level answers then cover that partition only, so a
+    /// caller merging every partition sees each conversation once. `None`
+    /// (the instance subject) covers all of the instance's partitions.
+    pub async fn answer(&self, req: v1::QueryRequest, scope: Option<u32>) -> v1::QueryResponse {
+        response(match self.answer_inner(req, scope).await {
             Ok(r) => r,
             Err(e) => R::Error(e),
         })
     }
 
-    async fn answer_inner(&self, req: v1::QueryRequest) -> Result<R, v1::QueryError> {
+    async fn answer_inner(
+        &self,
+        req: v1::QueryRequest,
+        scope: Option<u32>,
+    ) -> Result<R, v1::QueryError> {
+        let topology = self.topology;
+        let in_scope = move |conv: &str| scope.is_none_or(|p| topology.partition_of(conv) == p);
         let ids = |pairs: &[(IdKind, &str)]| -> Result<(), v1::QueryError> {
             for (kind, id) in pairs {
                 validate_id(*kind, id).map_err(|e| bad(e.to_string()))?;
@@ -218,7 +229,7 @@ impl QueryContext {
                 };
                 self.wait_for(&["convlist", "unread"], pos).await?;
                 let (entries, has_more) =
-                    convlist::page(self.ks("convlist"), &q.user_id, q.limit, before)
+                    convlist::page(self.ks("convlist"), &q.user_id, q.limit, before, &in_scope)
                         .map_err(store_error)?;
                 let mut items = Vec::with_capacity(entries.len());
                 for entry in entries {
@@ -323,6 +334,11 @@ pub async fn serve(
         let Some(reply) = msg.reply.clone() else {
             continue;
         };
+        let scope = msg
+            .subject
+            .as_str()
+            .strip_prefix("im.q.")
+            .and_then(|p| p.parse::<u32>().ok());
         let client = client.clone();
         let Ok(permit) = inflight.clone().try_acquire_owned() else {
             let busy = response(R::Error(error(
@@ -336,7 +352,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let response = match im_schema::decode::<v1::QueryRequest>(&msg.payload) {
-                Ok(req) => ctx.answer(req).await,
+                Ok(req) => ctx.answer(req, scope).await,
                 Err(e) => response(R::Error(bad(e.to_string()))),
             };
             let _ = client

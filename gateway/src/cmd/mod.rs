@@ -4,6 +4,7 @@
 pub mod heartbeat;
 pub mod receipt;
 pub mod send;
+pub mod sync;
 pub mod typing;
 
 use im_schema::v1;

@@ -98,6 +98,8 @@ pub enum Wire {
 
 pub struct Client {
     pub wire: Wire,
+    /// Frames `recv_until` passed over, handed out by later reads first.
+    skipped: std::collections::VecDeque<v1::Envelope>,
     ws: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
@@ -124,7 +126,20 @@ pub async fn try_connect(
             .insert("Authorization", format!("Bearer {t}").parse().unwrap());
     }
     match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(Client { wire, ws }),
+        Ok((ws, _)) => {
+            let mut client = Client {
+                wire,
+                skipped: Default::default(),
+                ws,
+            };
+            // Live only once the server says so.
+            let first = client.recv().await.expect("a first frame");
+            assert!(
+                matches!(first.payload, Some(Payload::Connected(_))),
+                "{first:?}"
+            );
+            Ok(client)
+        }
         Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("connect: {e}"),
     }
@@ -155,6 +170,13 @@ impl Client {
 
     /// The next envelope, or `None` on close/timeout.
     pub async fn recv(&mut self) -> Option<v1::Envelope> {
+        if let Some(env) = self.skipped.pop_front() {
+            return Some(env);
+        }
+        self.recv_wire().await
+    }
+
+    async fn recv_wire(&mut self) -> Option<v1::Envelope> {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
                 .await
@@ -171,15 +193,26 @@ impl Client {
         }
     }
 
-    /// Skips envelopes until one matches.
+    /// The first envelope that matches, earlier skipped ones included;
+    /// the others stay for later reads.
     pub async fn recv_until<T>(&mut self, mut pick: impl FnMut(&Payload) -> Option<T>) -> T {
+        if let Some(pos) = self
+            .skipped
+            .iter()
+            .position(|e| e.payload.as_ref().and_then(&mut pick).is_some())
+        {
+            let env = self.skipped.remove(pos).unwrap();
+            return pick(env.payload.as_ref().unwrap()).unwrap();
+        }
         loop {
-            let env = self.recv().await.expect("connection open and answering");
-            if let Some(p) = env.payload.as_ref() {
-                if let Some(t) = pick(p) {
-                    return t;
-                }
+            let env = self
+                .recv_wire()
+                .await
+                .expect("connection open and answering");
+            if let Some(t) = env.payload.as_ref().and_then(&mut pick) {
+                return t;
             }
+            self.skipped.push_back(env);
         }
     }
 
@@ -242,4 +275,26 @@ pub fn error_of(p: &Payload) -> Option<v1::Error> {
         Payload::Error(e) => Some(e.clone()),
         _ => None,
     }
+}
+
+/// `GET path` over plain HTTP/1.1; returns (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str, bearer: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    sock.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// A writer of the tests' own, for setup the HTTP API does not cover yet.
+pub async fn appender(stack: &Stack) -> std::sync::Arc<im_streams::Appender> {
+    let js = async_nats::jetstream::new(stack.client.clone());
+    let topo = im_streams::definitions::read_topology(&js).await.unwrap();
+    im_streams::Appender::new(stack.client.clone(), topo)
+        .await
+        .unwrap()
 }

@@ -99,17 +99,23 @@ impl Projection for ConvList {
     }
 }
 
+/// Index rows read per round while filtering a page.
+const SCAN_CHUNK: usize = 256;
+
 /// A page of a user's conversations, most recent first, after the cursor
-/// `(before_activity_ms, before_conv)` when given.
+/// `(before_activity_ms, before_conv)` when given, keeping only the
+/// conversations `keep` accepts (a partition's, for a partition query).
 pub fn page(
     ks: &dyn Keyspace,
     user: &str,
     limit: u32,
     before: Option<(i64, &str)>,
+    keep: &dyn Fn(&str) -> bool,
 ) -> Result<(Vec<v1::ConvListEntry>, bool), StoreError> {
     let limit = limit.clamp(1, PAGE_MAX) as usize;
     let p = prefix(ORDER, &[user.as_bytes()]);
-    let start = match before {
+    let end = prefix_end(&p);
+    let mut start = match before {
         // Just past the cursor's own key.
         Some((ts, conv)) => {
             let mut k = order_key(user, ts, conv);
@@ -118,14 +124,29 @@ pub fn page(
         }
         None => p.clone(),
     };
-    let rows = ks.range(&start, &prefix_end(&p), false, limit + 1)?;
     let tx = Tx::new(ks);
     let mut out = Vec::with_capacity(limit);
-    for (k, _) in rows.iter().take(limit) {
-        let conv = last_part(k);
-        if let Some(e) = tx.get_msg::<v1::ConvListEntry>(&entry_key(user, &conv))? {
-            out.push(e);
+    // Bounded by the user's conversations: each round reads a chunk or ends.
+    loop {
+        let rows = ks.range(&start, &end, false, SCAN_CHUNK)?;
+        for (k, _) in &rows {
+            let conv = last_part(k);
+            if !keep(&conv) {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            if let Some(e) = tx.get_msg::<v1::ConvListEntry>(&entry_key(user, &conv))? {
+                out.push(e);
+            }
+        }
+        match rows.last() {
+            Some((k, _)) if rows.len() == SCAN_CHUNK => {
+                start = k.clone();
+                start.push(0);
+            }
+            _ => return Ok((out, false)),
         }
     }
-    Ok((out, rows.len() > limit))
 }
