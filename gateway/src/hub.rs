@@ -18,13 +18,18 @@ pub struct Device {
 }
 
 impl Device {
+    pub fn has_overflowed(&self) -> bool {
+        self.overflowed.0.load(Ordering::SeqCst)
+    }
+
     /// Queues an envelope; a full queue marks the device as too slow.
     pub fn push(&self, env: Arc<v1::Envelope>) -> bool {
         if self.outbound.try_send(env).is_ok() {
             return true;
         }
         self.overflowed.0.store(true, Ordering::SeqCst);
-        self.overflowed.1.notify_one();
+        // Both the reader and the writer of the connection wait on this.
+        self.overflowed.1.notify_waiters();
         false
     }
 }

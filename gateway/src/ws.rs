@@ -23,6 +23,9 @@ use crate::AppState;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How long closing may wait on a client that does not read.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[derive(serde::Deserialize)]
 pub struct WsQuery {
     access_token: Option<String>,
@@ -136,23 +139,33 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
     }))));
     let writer = tokio::spawn(async move {
         loop {
+            let overflow = overflowed.1.notified();
+            tokio::pin!(overflow);
+            overflow.as_mut().enable();
+            if overflowed.0.load(Ordering::SeqCst) {
+                break;
+            }
+            let Some(env) = (tokio::select! {
+                next = rx.recv() => next,
+                _ = &mut overflow => break,
+            }) else {
+                return;
+            };
+            // A client that stops reading blocks this send: the overflow
+            // signal abandons it.
             tokio::select! {
-                next = rx.recv() => match next {
-                    Some(env) => {
-                        if sink.send(frames::encode(codec, &env)).await.is_err() {
-                            return;
-                        }
-                    }
-                    None => return,
-                },
-                _ = overflowed.1.notified() => {
-                    // Too slow to drain its queue: close and let it resync.
-                    let frame = CloseFrame { code: CLOSE_RESYNC, reason: "outbound queue full: resync".into() };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    return;
-                }
+                sent = sink.send(frames::encode(codec, &env)) => if sent.is_err() { return },
+                _ = &mut overflow => break,
             }
         }
+        // Too slow to drain its queue: close and let it resync (bounded: a
+        // client that reads nothing will not take the close frame either).
+        let frame = CloseFrame {
+            code: CLOSE_RESYNC,
+            reason: "outbound queue full: resync".into(),
+        };
+        let _ =
+            tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
     });
     let mut bucket = TokenBucket {
         tokens: f64::from(limits.send_burst),
@@ -162,10 +175,17 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
     };
     let window = Duration::from_millis(limits.heartbeat_window_ms);
     loop {
-        if dev.overflowed.0.load(Ordering::SeqCst) || writer.is_finished() {
+        let overflow = dev.overflowed.1.notified();
+        tokio::pin!(overflow);
+        overflow.as_mut().enable();
+        if dev.has_overflowed() || writer.is_finished() {
             break;
         }
-        let frame = match tokio::time::timeout(window, stream.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(window, stream.next()) => next,
+            _ = &mut overflow => break,
+        };
+        let frame = match next {
             Err(_) => {
                 let idle = Arc::new(error_frame(
                     v1::ErrorCode::BadRequest,
@@ -257,7 +277,15 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
             }
         }
     }
-    // Let the writer flush what is queued (or send the resync close).
+    // Let the writer flush what is queued (or send the resync close), then
+    // make sure it is gone: a task blocked on a dead client holds memory.
+    state.hub.leave(&user, conn_id);
     drop(dev);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(CLOSE_SEND_TIMEOUT, writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
 }

@@ -20,6 +20,7 @@ pub struct Stack {
     pub client: async_nats::Client,
     pub _projector: im_projectors::Projector,
     pub gateways: Vec<std::net::SocketAddr>,
+    pub states: Vec<std::sync::Arc<AppState>>,
     _dir: tempfile::TempDir,
 }
 
@@ -49,6 +50,7 @@ impl Stack {
             client,
             _projector: projector,
             gateways: Vec::new(),
+            states: Vec::new(),
             _dir: dir,
         };
         stack.add_gateway(limits).await;
@@ -68,8 +70,9 @@ impl Stack {
         let state = AppState::new(config, client).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(im_gateway::serve(listener, state));
+        tokio::spawn(im_gateway::serve(listener, state.clone()));
         self.gateways.push(addr);
+        self.states.push(state);
         addr
     }
 
@@ -162,6 +165,18 @@ impl Client {
             Wire::Json => Message::Text(im_schema::to_json(&env).into()),
         };
         self.ws.send(msg).await.unwrap();
+    }
+
+    /// Reads raw frames until the connection ends: (frames read, close code).
+    pub async fn drain(&mut self) -> (usize, Option<u16>) {
+        let mut frames = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(f)))) => return (frames, f.map(|f| u16::from(f.code))),
+                Ok(Some(Ok(_))) => frames += 1,
+                _ => return (frames, None),
+            }
+        }
     }
 
     pub async fn send_raw(&mut self, msg: Message) {

@@ -1,0 +1,86 @@
+//! A client that never reads is cut off once its bounded queue is full; the
+//! gateway keeps serving everyone else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use im_gateway::Limits;
+use im_schema::v1::{self, envelope::Payload};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_reads_is_closed_once_its_queue_is_full() {
+    const FLOOD: usize = 20_000;
+    let limits = Limits {
+        outbound_queue_max: 8,
+        ..Limits::default()
+    };
+    let s = Stack::start(limits).await;
+    let gw = s.gateways[0];
+    let mut slow = connect(gw, "slow", Wire::Proto).await;
+    let mut fine = connect(gw, "fine", Wire::Json).await;
+    assert_eq!(s.states[0].hub.device_count("slow"), 1);
+
+    // Deliveries to the slow user, as a busy group's fan-out would send them
+    // (4 KiB each, 80 MB in all), while it reads nothing.
+    let big = v1::Envelope {
+        header: None,
+        payload: Some(Payload::Deliver(v1::Deliver {
+            conversation_id: "flood".into(),
+            conv_seq: 1,
+            event_type: "message_sent".into(),
+            event: Some(v1::ConvEvent {
+                client_msg_id: "x".repeat(4096),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    };
+    let payload: bytes::Bytes = im_schema::encode(&big).into();
+    for _ in 0..FLOOD {
+        s.client
+            .publish("im.deliver.slow", payload.clone())
+            .await
+            .unwrap();
+    }
+    s.client.flush().await.unwrap();
+
+    // The gateway lets go of it: its device and queue are gone...
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.states[0].hub.device_count("slow") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow client was never cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... and when it finally reads, it finds the flood cut short and, if
+    // the close frame could still be sent, the resync code.
+    let (frames, code) = slow.drain().await;
+    assert!(
+        frames < FLOOD,
+        "got all {frames} frames: nothing was cut off"
+    );
+    assert!(code.is_none() || code == Some(4008), "close code {code:?}");
+    println!(
+        "backpressure: slow client read {frames} of {FLOOD} frames before the cut, close {code:?}"
+    );
+
+    // Everyone else is still served.
+    fine.send(Payload::Heartbeat(v1::Heartbeat { client_time_ms: 7 }))
+        .await;
+    let ack = fine
+        .recv_until(|p| match p {
+            Payload::HeartbeatAck(a) => Some(*a),
+            _ => None,
+        })
+        .await;
+    assert_eq!(ack.client_time_ms, 7);
+    assert_eq!(
+        s.states[0]
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
