@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -126,4 +126,140 @@ pub async fn history(
         )),
         Err(code) => Err(ApiError(code, "history unavailable".into())),
     }
+}
+
+/// `GET /v1/conversations`: the user's conversations across every
+/// partition, most recent first, with unread counts and previews.
+pub async fn conversations(
+    State(state): State<Arc<AppState>>,
+    AuthUser(user): AuthUser,
+) -> Result<Response, ApiError> {
+    let mut items = Vec::new();
+    for p in 0..state.appender.topology().partitions {
+        let q = Q::ConvList(v1::ConvListQuery {
+            user_id: user.clone(),
+            limit: crate::cmd::sync::SYNC_CONVERSATIONS_PER_PARTITION_MAX,
+            ..Default::default()
+        });
+        match crate::query::ask(&state.client, p, (0, 0), q).await {
+            Ok(R::ConvList(page)) => items.extend(page.items),
+            Ok(_) => {
+                return Err(ApiError(
+                    v1::ErrorCode::Internal,
+                    "unexpected answer".into(),
+                ))
+            }
+            Err(code) => return Err(ApiError(code, "conversation list unavailable".into())),
+        }
+    }
+    items.sort_by(|a, b| {
+        let key = |i: &v1::ConvListItem| {
+            i.entry
+                .as_ref()
+                .map(|e| (e.last_activity_ms, e.conversation_id.clone()))
+        };
+        key(b).cmp(&key(a))
+    });
+    Ok(ProtoJson(v1::ConvListPage {
+        items,
+        has_more: false,
+    })
+    .into_response())
+}
+
+pub async fn members(
+    State(state): State<Arc<AppState>>,
+    AuthUser(user): AuthUser,
+    Path(conv): Path<String>,
+) -> Result<ProtoJson<v1::MembersResult>, ApiError> {
+    im_streams::ids::validate_id(im_streams::ids::IdKind::Conversation, &conv)
+        .map_err(|e| ApiError(v1::ErrorCode::BadRequest, e.to_string()))?;
+    let p = state.appender.topology().partition_of(&conv);
+    match crate::query::ask(
+        &state.client,
+        p,
+        (0, 0),
+        Q::Members(v1::MembersQuery {
+            conversation_id: conv,
+            user_id: user,
+        }),
+    )
+    .await
+    {
+        Ok(R::Members(m)) => Ok(ProtoJson(m)),
+        Ok(_) => Err(ApiError(
+            v1::ErrorCode::Internal,
+            "unexpected answer".into(),
+        )),
+        Err(code) => Err(ApiError(code, "members unavailable".into())),
+    }
+}
+
+pub async fn my_role(
+    State(state): State<Arc<AppState>>,
+    AuthUser(user): AuthUser,
+    Path(conv): Path<String>,
+) -> Result<ProtoJson<v1::RoleResult>, ApiError> {
+    im_streams::ids::validate_id(im_streams::ids::IdKind::Conversation, &conv)
+        .map_err(|e| ApiError(v1::ErrorCode::BadRequest, e.to_string()))?;
+    let p = state.appender.topology().partition_of(&conv);
+    match crate::query::ask(
+        &state.client,
+        p,
+        (0, 0),
+        Q::Role(v1::RoleQuery {
+            conversation_id: conv,
+            user_id: user,
+        }),
+    )
+    .await
+    {
+        Ok(R::Role(r)) => Ok(ProtoJson(r)),
+        Ok(_) => Err(ApiError(
+            v1::ErrorCode::Internal,
+            "unexpected answer".into(),
+        )),
+        Err(code) => Err(ApiError(code, "role unavailable".into())),
+    }
+}
+
+/// Ready when NATS is connected, the streams exist and a projector answers.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.client.connection_state() != async_nats::connection::State::Connected {
+        return (StatusCode::SERVICE_UNAVAILABLE, "nats not connected").into_response();
+    }
+    let js = async_nats::jetstream::new(state.client.clone());
+    if im_streams::definitions::read_topology(&js).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "streams missing").into_response();
+    }
+    match crate::query::ask(&state.client, 0, (0, 0), Q::Status(v1::StatusQuery {})).await {
+        Ok(R::Status(_)) => (StatusCode::OK, "ready").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "no projector answering").into_response(),
+    }
+}
+
+/// Prometheus text: connections and the writer's counters.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let w = state.appender.stats();
+    let body = format!(
+        "# TYPE im_gateway_connections gauge\nim_gateway_connections {}\n\
+         # TYPE im_gateway_events_stored_total counter\nim_gateway_events_stored_total {}\n\
+         # TYPE im_gateway_append_conflicts_total counter\nim_gateway_append_conflicts_total {}\n\
+         # TYPE im_gateway_forwarded_out_total counter\nim_gateway_forwarded_out_total {}\n\
+         # TYPE im_gateway_forwarded_in_total counter\nim_gateway_forwarded_in_total {}\n",
+        state.connections.load(std::sync::atomic::Ordering::Relaxed),
+        w.stored,
+        w.conflicts,
+        w.forwarded_out,
+        w.forwarded_in,
+    );
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod frames;
 pub mod http;
+pub mod http_commands;
 pub mod hub;
 pub mod query;
 pub mod ws;
@@ -16,7 +17,7 @@ pub mod ws;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 pub use config::{GatewayConfig, Limits};
@@ -76,7 +77,23 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/history", get(http::history))
+        .route(
+            "/v1/conversations",
+            get(http::conversations).post(http_commands::create_group),
+        )
+        .route("/v1/conversations/{id}/members", get(http::members))
+        .route("/v1/conversations/{id}/role/me", get(http::my_role))
+        .route(
+            "/v1/conversations/{id}/{verb}",
+            post(http_commands::command),
+        )
+        .route(
+            "/v1/conversations/{id}/{verb}/{target}",
+            post(http_commands::command),
+        )
         .route("/healthz", get(healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
         .with_state(state)
 }
 

@@ -313,3 +313,26 @@ pub async fn appender(stack: &Stack) -> std::sync::Arc<im_streams::Appender> {
         .await
         .unwrap()
 }
+
+/// `POST path` with a JSON body over plain HTTP/1.1; returns (status, body).
+pub async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: &str,
+    json: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    sock.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
+}

@@ -1,0 +1,237 @@
+//! HTTP commands (JSON): group creation and administration, leave, recall,
+//! edit. Each becomes a `Command` on the same append path and rules as the
+//! WebSocket; an `Idempotency-Key` header (or `clientMsgId` in the body)
+//! makes a retry safe.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use im_schema::v1;
+use im_streams::{conversation::Rejection, Action, AppendOutcome, Command, Role};
+use serde::Deserialize;
+
+use crate::error::streams_code;
+use crate::http::{ApiError, AuthUser};
+use crate::AppState;
+
+/// The HTTP status of a rule's refusal.
+pub fn rejection_status(r: &Rejection) -> StatusCode {
+    match r.code() {
+        "not_member"
+        | "forbidden"
+        | "blacklisted"
+        | "muted"
+        | "not_sender"
+        | "owner_must_transfer" => StatusCode::FORBIDDEN,
+        "conversation_not_found" | "message_not_found" => StatusCode::NOT_FOUND,
+        "conversation_exists" | "already_member" | "already_blacklisted" | "already_recalled" => {
+            StatusCode::CONFLICT
+        }
+        "too_large" | "group_full" => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap, body_key: Option<String>) -> String {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(body_key)
+        .unwrap_or_else(|| {
+            // No key: each request is a new command.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            format!(
+                "http-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+        })
+}
+
+async fn execute(
+    state: &AppState,
+    conv: &str,
+    user: String,
+    key: String,
+    action: Action,
+) -> Response {
+    let cmd = Command {
+        actor: user,
+        client_msg_id: key,
+        action,
+    };
+    match state.appender.execute(conv, &cmd, "").await {
+        Ok(AppendOutcome::Stored {
+            stream_seq,
+            conv_seq,
+            ..
+        })
+        | Ok(AppendOutcome::Duplicate {
+            stream_seq,
+            conv_seq,
+            ..
+        }) => (
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "conversationId": conv,
+                "convSeq": conv_seq,
+                "streamSeq": stream_seq,
+            })),
+        )
+            .into_response(),
+        Ok(AppendOutcome::Rejected(r)) => (
+            rejection_status(&r),
+            Json(serde_json::json!({"code": r.code(), "message": r.to_string()})),
+        )
+            .into_response(),
+        Err(e) => ApiError(streams_code(&e), e.to_string()).into_response(),
+    }
+}
+
+fn role_of(name: &str) -> Result<Role, ApiError> {
+    match name {
+        "member" => Ok(Role::Member),
+        "admin" => Ok(Role::Admin),
+        other => Err(ApiError(
+            v1::ErrorCode::BadRequest,
+            format!("role {other:?}: member or admin"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewMember {
+    user_id: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateGroup {
+    conversation_id: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    members: Vec<NewMember>,
+    #[serde(default)]
+    client_msg_id: Option<String>,
+}
+
+/// Bounds a request body's member list before any work is done.
+const CREATE_MEMBERS_MAX: usize = im_streams::conversation::GROUP_MEMBERS_MAX;
+
+pub async fn create_group(
+    State(state): State<Arc<AppState>>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    Json(body): Json<CreateGroup>,
+) -> Result<Response, ApiError> {
+    if body.members.len() > CREATE_MEMBERS_MAX {
+        return Err(ApiError(
+            v1::ErrorCode::TooLarge,
+            format!("more than {CREATE_MEMBERS_MAX} members"),
+        ));
+    }
+    let mut members = Vec::with_capacity(body.members.len());
+    for m in body.members {
+        members.push((m.user_id, role_of(m.role.as_deref().unwrap_or("member"))?));
+    }
+    let key = idempotency_key(&headers, body.client_msg_id);
+    let action = Action::CreateGroup {
+        title: body.title,
+        members,
+    };
+    Ok(execute(&state, &body.conversation_id, user, key, action).await)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Options {
+    #[serde(default)]
+    client_msg_id: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    until_ms: Option<i64>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+/// `POST /v1/conversations/{id}/{verb}` and `.../{verb}/{target}`: one
+/// handler maps the verb and its body to the action.
+pub async fn command(
+    State(state): State<Arc<AppState>>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    Path(path): Path<Vec<(String, String)>>,
+    body: Option<Json<Options>>,
+) -> Result<Response, ApiError> {
+    let get = |name: &str| path.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let conv = get("id").unwrap_or_default();
+    let verb = get("verb").unwrap_or_default();
+    let target = get("target");
+    let opts = body.map(|Json(o)| o).unwrap_or_default();
+    let key = idempotency_key(&headers, opts.client_msg_id.clone());
+    let who = || {
+        target
+            .clone()
+            .or(opts.user_id.clone())
+            .ok_or_else(|| ApiError(v1::ErrorCode::BadRequest, "which user?".into()))
+    };
+    let seq = || {
+        target
+            .as_deref()
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError(
+                    v1::ErrorCode::BadRequest,
+                    "which message (conv_seq)?".into(),
+                )
+            })
+    };
+    let action = match verb.as_str() {
+        "add-member" => Action::AddMember {
+            user: who()?,
+            role: role_of(opts.role.as_deref().unwrap_or("member"))?,
+        },
+        "remove-member" => Action::RemoveMember { user: who()? },
+        "leave" => Action::Leave,
+        "role" => Action::ChangeRole {
+            user: who()?,
+            role: role_of(opts.role.as_deref().unwrap_or("member"))?,
+        },
+        "transfer-ownership" => Action::TransferOwnership { user: who()? },
+        "mute" => Action::Mute {
+            user: who()?,
+            until_ms: opts
+                .until_ms
+                .ok_or_else(|| ApiError(v1::ErrorCode::BadRequest, "untilMs is required".into()))?,
+        },
+        "unmute" => Action::Unmute { user: who()? },
+        "blacklist" => Action::Blacklist { user: who()? },
+        "unblacklist" => Action::Unblacklist { user: who()? },
+        "recall" => Action::Recall { conv_seq: seq()? },
+        "edit" => Action::Edit {
+            conv_seq: seq()?,
+            text: opts
+                .text
+                .clone()
+                .ok_or_else(|| ApiError(v1::ErrorCode::BadRequest, "text is required".into()))?,
+        },
+        other => {
+            return Err(ApiError(
+                v1::ErrorCode::NotFound,
+                format!("no command {other:?}"),
+            ))
+        }
+    };
+    Ok(execute(&state, &conv, user, key, action).await)
+}

@@ -1,0 +1,121 @@
+//! The HTTP API through the same append path and rules as the WebSocket.
+
+mod common;
+
+use common::*;
+use im_gateway::Limits;
+use im_schema::v1;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_over_http_and_refused_senders_over_websocket() {
+    let s = Stack::start(Limits::default()).await;
+    let gw = s.gateways[0];
+    let owner = token("owner");
+    let (status, body) = http_post(
+        gw,
+        "/v1/conversations",
+        &owner,
+        r#"{"conversationId": "team", "title": "Team", "members": [{"userId": "admin1", "role": "admin"}, {"userId": "mia"}, {"userId": "bea"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The same request with the same key is idempotent; without, a conflict.
+    let (status, _) = http_post(
+        gw,
+        "/v1/conversations",
+        &owner,
+        r#"{"conversationId": "team"}"#,
+    )
+    .await;
+    assert_eq!(status, 409);
+    let admin = token("admin1");
+    let (status, body) = http_post(
+        gw,
+        "/v1/conversations/team/mute/mia",
+        &admin,
+        r#"{"untilMs": 99999999999999}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_post(gw, "/v1/conversations/team/blacklist/bea", &admin, "{}").await;
+    assert_eq!(status, 200, "{body}");
+    // Refused by the rules, with the code in the body.
+    let (status, body) = http_post(
+        gw,
+        "/v1/conversations/team/remove-member/owner",
+        &admin,
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("forbidden"));
+    let (status, _) = http_post(gw, "/v1/conversations/team/add-member/x.y", &admin, "{}").await;
+    assert_eq!(status, 400);
+    let (status, _) = http_post(gw, "/v1/conversations/team/mute/mia", "forged", "{}").await;
+    assert_eq!(status, 401);
+    let before = s.conv_messages().await;
+
+    // Over the WebSocket: non-member, muted and blacklisted senders.
+    for (user, reason) in [
+        ("stranger", "not_member"),
+        ("mia", "muted"),
+        ("bea", "blacklisted"),
+    ] {
+        let mut c = connect(gw, user, Wire::Json).await;
+        c.send(text_send_in("team", "try-1", "let me in")).await;
+        let ack = c.recv_until(ack_of).await;
+        assert_eq!(ack.status, v1::AckStatus::Rejected as i32, "{user}");
+        assert!(ack.reason.starts_with(reason), "{user}: {}", ack.reason);
+    }
+    assert_eq!(s.conv_messages().await, before, "nothing appended");
+
+    // Reads through the projector.
+    let mut admin_ws = connect(gw, "admin1", Wire::Proto).await;
+    admin_ws
+        .send(text_send_in("team", "hello-1", "hello team"))
+        .await;
+    let ack = admin_ws.recv_until(ack_of).await;
+    let (status, body) = http_get(
+        gw,
+        &format!(
+            "/v1/history?conversationId=team&minPosition={}",
+            ack.stream_seq
+        ),
+        &admin,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(gw, "/v1/conversations/team/members", &admin).await;
+    assert_eq!(status, 200, "{body}");
+    let members: v1::MembersResult = im_schema::from_json(&body).unwrap();
+    let ids: Vec<&str> = members.members.iter().map(|m| m.user_id.as_str()).collect();
+    assert_eq!(ids, ["admin1", "mia", "owner"]);
+    assert_eq!(members.blacklist, ["bea"]);
+    let (status, body) = http_get(gw, "/v1/conversations/team/role/me", &admin).await;
+    assert_eq!(status, 200);
+    let role: v1::RoleResult = im_schema::from_json(&body).unwrap();
+    assert!(role.member && role.role == v1::Role::Admin as i32);
+    let (status, _) = http_get(gw, "/v1/conversations/team/members", &token("stranger")).await;
+    assert_eq!(status, 403);
+    let (status, body) = http_get(gw, "/v1/conversations", &token("mia")).await;
+    assert_eq!(status, 200);
+    let list: v1::ConvListPage = im_schema::from_json(&body).unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(
+        (
+            list.items[0].unread,
+            list.items[0].entry.as_ref().unwrap().preview.as_str()
+        ),
+        (1, "hello team")
+    );
+
+    let (status, body) = http_get(gw, "/readyz", "").await;
+    assert_eq!((status, body.as_str()), (200, "ready"));
+    let (_, metrics) = http_get(gw, "/metrics", "").await;
+    // The three refused clients were dropped; the admin is still connected.
+    assert!(metrics.contains("im_gateway_connections 1"), "{metrics}");
+    assert!(
+        metrics.contains("im_gateway_events_stored_total"),
+        "{metrics}"
+    );
+}
