@@ -135,13 +135,25 @@ pub async fn try_connect(
                 skipped: Default::default(),
                 ws,
             };
-            // Live only once the server says so.
-            let first = client.recv().await.expect("a first frame");
-            assert!(
-                matches!(first.payload, Some(Payload::Connected(_))),
-                "{first:?}"
-            );
-            Ok(client)
+            // Live only once the server says so; a close instead is a refusal.
+            match tokio::time::timeout(Duration::from_secs(10), client.ws.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => Err(frame.map_or(0, |f| u16::from(f.code))),
+                Ok(Some(Ok(msg))) => {
+                    let env = match msg {
+                        Message::Binary(b) => {
+                            v1::Envelope::decode_length_delimited(b.as_ref()).unwrap()
+                        }
+                        Message::Text(t) => im_schema::from_json(t.as_str()).unwrap(),
+                        other => panic!("first frame {other:?}"),
+                    };
+                    assert!(
+                        matches!(env.payload, Some(Payload::Connected(_))),
+                        "{env:?}"
+                    );
+                    Ok(client)
+                }
+                other => panic!("no first frame: {other:?}"),
+            }
         }
         Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("connect: {e}"),
