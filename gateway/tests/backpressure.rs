@@ -84,3 +84,55 @@ async fn a_client_that_never_reads_is_closed_once_its_queue_is_full() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_process_memory_stays_bounded_while_a_client_does_not_read() {
+    const FLOOD: usize = 20_000;
+    const FRAME_BYTES: usize = 4096;
+    let s = Stack::start(Limits::default()).await;
+    // The real binary with its default limits (outbound queue 256).
+    let gw = spawn_gateway(&s.server.url(), "{}");
+    let _slow = connect(gw.1, "slow", Wire::Proto).await;
+    let before = gw.rss_kib();
+    let big = v1::Envelope {
+        header: None,
+        payload: Some(Payload::Deliver(v1::Deliver {
+            conversation_id: "flood".into(),
+            event: Some(v1::ConvEvent {
+                client_msg_id: "x".repeat(FRAME_BYTES),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    };
+    let payload: bytes::Bytes = im_schema::encode(&big).into();
+    for _ in 0..FLOOD {
+        s.client
+            .publish("im.deliver.slow", payload.clone())
+            .await
+            .unwrap();
+    }
+    s.client.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http_get(gw.1, "/metrics", "").await;
+        if metrics.contains("im_gateway_connections 0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow client was never cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = gw.rss_kib();
+    let flood_kib = (FLOOD * FRAME_BYTES / 1024) as u64;
+    println!("backpressure: gateway rss {before} KiB -> {after} KiB while {flood_kib} KiB were sent to a client that reads nothing");
+    // An unbounded queue would have grown by about the flood; the bounded
+    // one holds at most 256 frames (1 MiB) plus socket buffers.
+    assert!(
+        after.saturating_sub(before) < flood_kib / 4,
+        "grew {} KiB",
+        after - before
+    );
+}

@@ -5,44 +5,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 
 use common::*;
 use im_gateway::Limits;
 use im_schema::v1::{self, envelope::Payload};
 use im_streams::{Action, Role};
-
-struct Gateway(Child, std::net::SocketAddr);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_gateway(nats_url: &str) -> Gateway {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_im-gateway"))
-        .env("IM_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("IM_NATS_URL", nats_url)
-        .env("IM_JWT_HS256_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn im-gateway");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().expect("a ready line").unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .parse()
-        .unwrap();
-    std::thread::spawn(move || for _ in lines {});
-    Gateway(child, addr)
-}
 
 /// Recovers a client after a reconnect: sync, then page history from what it
 /// held; returns every conv_seq it now holds.
@@ -92,8 +59,8 @@ async fn recover(
 async fn a_killed_gateways_clients_recover_exactly_on_the_other() {
     let s = Stack::start(Limits::default()).await;
     let url = s.server.url();
-    let doomed = spawn_gateway(&url);
-    let survivor = spawn_gateway(&url);
+    let doomed = spawn_gateway(&url, "{}");
+    let survivor = spawn_gateway(&url, "{}");
     let app = appender(&s).await;
     let create = im_streams::Command {
         actor: "carol".into(),

@@ -348,3 +348,51 @@ pub async fn http_post(
         body.to_string(),
     )
 }
+
+/// A gateway process (the real binary); SIGKILLed on drop.
+pub struct Gateway(pub std::process::Child, pub std::net::SocketAddr);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Gateway {
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    }
+}
+
+pub fn spawn_gateway(nats_url: &str, limits_json: &str) -> Gateway {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_im-gateway"))
+        .env("IM_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("IM_NATS_URL", nats_url)
+        .env("IM_JWT_HS256_SECRET", SECRET)
+        .env("IM_GATEWAY_LIMITS_JSON", limits_json)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn im-gateway");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().expect("a ready line").unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .parse()
+        .unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    Gateway(child, addr)
+}
