@@ -27,7 +27,7 @@ use rand::Rng;
 use crate::codec::{
     conv_headers, decode_conv, payload_hash, StoredEvent, HDR_SCHEMA_VERSION, HDR_TRACE_ID,
 };
-use crate::conversation::{apply, check_receipt, decide, Action, Command, ConvState, Rejection};
+use crate::conversation::{apply, check_receipt, decide, Command, ConvState, Rejection};
 use crate::definitions::{CONV_STREAM, RCPT_STREAM};
 use crate::error::StreamsError;
 use crate::forward;
@@ -62,6 +62,10 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// Forwarded commands a writer runs at once; more are declined at once (the
 /// forwarder carries on by itself), so no writer queues without bound.
 pub const FORWARDED_INFLIGHT_MAX: usize = 256;
+
+/// Recent command ids a writer remembers per conversation, for answering
+/// retries of any command with its original positions (~100 B each).
+pub const RECENT_COMMANDS_MAX: usize = 512;
 
 /// Conversations whose state a writer keeps. Each state is bounded
 /// (members + `MESSAGE_INDEX_MAX` recent messages), so this bounds memory.
@@ -128,6 +132,34 @@ struct Cached {
     loaded: bool,
     /// The writer of the latest event folded in (`Im-Writer`).
     last_writer: String,
+    /// `Nats-Msg-Id` of recent events -> (stream_seq, conv_seq). A command's
+    /// last event carries `<actor>:<client_msg_id>` (earlier ones a `:<i>`
+    /// suffix), so a retry of any recent command, not only a send, is
+    /// answered with its original positions, and a half-stored command is
+    /// never mistaken for a stored one.
+    recent: std::collections::HashMap<String, (u64, u64)>,
+    recent_order: std::collections::VecDeque<String>,
+}
+
+impl Cached {
+    fn remember(&mut self, msg_id: &str, stream_seq: u64, conv_seq: u64) {
+        if msg_id.is_empty() {
+            return;
+        }
+        let key = msg_id.to_string();
+        if self
+            .recent
+            .insert(key.clone(), (stream_seq, conv_seq))
+            .is_none()
+        {
+            self.recent_order.push_back(key);
+        }
+        while self.recent_order.len() > RECENT_COMMANDS_MAX {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
 }
 
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -327,6 +359,8 @@ impl Appender {
                     state: ConvState::empty(conv_id),
                     loaded: false,
                     last_writer: String::new(),
+                    recent: Default::default(),
+                    recent_order: Default::default(),
                 }))
             })
             .clone()
@@ -380,23 +414,16 @@ impl Appender {
             cached.loaded = true;
         }
         let primary_msg_id = format!("{}:{}", cmd.actor, cmd.client_msg_id);
-        let is_send = matches!(cmd.action, Action::Send { .. });
         let (mut attempts, mut conflicts_in_a_row, mut forwards) = (0u32, 0u32, 0u32);
         loop {
             attempts += 1;
-            // A retry of a recent send, answered without touching the server.
-            if is_send {
-                if let Some((conv_seq, meta)) =
-                    cached.state.find_sent(&cmd.actor, &cmd.client_msg_id)
-                {
-                    if meta.stream_seq != 0 {
-                        return Ok(AppendOutcome::Duplicate {
-                            conv_id: conv_id.to_string(),
-                            stream_seq: meta.stream_seq,
-                            conv_seq,
-                        });
-                    }
-                }
+            // A retry of a recent command, answered without touching the server.
+            if let Some(&(stream_seq, conv_seq)) = cached.recent.get(&primary_msg_id) {
+                return Ok(AppendOutcome::Duplicate {
+                    conv_id: conv_id.to_string(),
+                    stream_seq,
+                    conv_seq,
+                });
             }
             let now_ms = (self.clock)();
             let events = match decide(&cached.state, cmd, now_ms) {
@@ -452,6 +479,8 @@ impl Appender {
                         state.record_position(ack.sequence, payload_hash(&payload));
                         self.counters.stored.fetch_add(1, Relaxed);
                         cached.last_writer.clone_from(&self.writer_id);
+                        let conv_seq = cached.state.conv_seq;
+                        cached.remember(&msg_id, ack.sequence, conv_seq);
                         if i + 1 == count {
                             return Ok(AppendOutcome::Stored {
                                 conv_id: conv_id.to_string(),
@@ -614,18 +643,17 @@ impl Appender {
         cached: &mut Cached,
         target: Option<u64>,
     ) -> Result<(), StreamsError> {
-        let state = &mut cached.state;
         let target = match target {
             Some(t) if t > 0 => t,
             _ => self.last_seq_of(subject).await?,
         };
         // Bounded: each round folds at least one event, or stops.
-        while state.version < target {
+        while cached.state.version < target {
             let batch = read_batch(
                 &self.client,
                 CONV_STREAM,
                 subject,
-                state.version + 1,
+                cached.state.version + 1,
                 DIRECT_BATCH_MAX,
             )
             .await?;
@@ -633,7 +661,7 @@ impl Appender {
             if events.is_empty() {
                 // Direct gets may be served by a replica that has not caught
                 // up; the leader's answer is authoritative.
-                match self.leader_next(subject, state.version + 1).await? {
+                match self.leader_next(subject, cached.state.version + 1).await? {
                     Some(stored) => events.push(stored),
                     None => break,
                 }
@@ -642,7 +670,13 @@ impl Appender {
                 if !stored.writer.is_empty() {
                     cached.last_writer.clone_from(&stored.writer);
                 }
-                fold_stored(state, stored)?;
+                let (msg_id, stream_seq, conv_seq) = (
+                    stored.msg_id.clone(),
+                    stored.stream_seq,
+                    stored.event.conv_seq,
+                );
+                fold_stored(&mut cached.state, stored)?;
+                cached.remember(&msg_id, stream_seq, conv_seq);
             }
         }
         Ok(())

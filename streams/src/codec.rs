@@ -46,6 +46,8 @@ pub struct StoredEvent {
     pub payload: Bytes,
     /// `Im-Writer`, empty when absent.
     pub writer: String,
+    /// `Nats-Msg-Id`, empty when absent.
+    pub msg_id: String,
 }
 
 /// Decodes a stored conversation event (from a get).
@@ -79,6 +81,10 @@ pub fn decode_conv_parts(
         payload: payload.clone(),
         writer: headers
             .and_then(|h| h.get(HDR_WRITER))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default(),
+        msg_id: headers
+            .and_then(|h| h.get("Nats-Msg-Id"))
             .map(|v| v.as_str().to_string())
             .unwrap_or_default(),
         event,

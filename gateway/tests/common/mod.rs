@@ -396,3 +396,25 @@ pub fn spawn_gateway(nats_url: &str, limits_json: &str) -> Gateway {
     std::thread::spawn(move || for _ in lines {});
     Gateway(child, addr)
 }
+
+/// `POST path` with an empty JSON body and an `Idempotency-Key`.
+pub async fn http_post_with_key(
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: &str,
+    key: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {bearer}\r\nIdempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    sock.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
+}

@@ -104,6 +104,7 @@ impl Sim {
                 hash: [0; 32],
                 payload,
                 writer: String::new(),
+                msg_id: String::new(),
                 event: ev,
             }));
         }
