@@ -99,14 +99,14 @@ async fn a_killed_gateways_clients_recover_exactly_on_the_other() {
         .await;
     drop(doomed);
     // The conversation goes on meanwhile.
+    let mut carol_pos = 0;
     for i in 0..20 {
         carol
             .send(text_send_in("trio", &format!("c{i}"), "during"))
             .await;
-        assert_eq!(
-            carol.recv_until(ack_of).await.status,
-            v1::AckStatus::Stored as i32
-        );
+        let ack = carol.recv_until(ack_of).await;
+        assert_eq!(ack.status, v1::AckStatus::Stored as i32);
+        carol_pos = ack.stream_seq;
     }
 
     // Reconnect to the survivor; alice retries with the same id.
@@ -120,6 +120,7 @@ async fn a_killed_gateways_clients_recover_exactly_on_the_other() {
             || retry.status == v1::AckStatus::Duplicate as i32,
         "{retry:?}"
     );
+    wait_projected(&s, "trio", carol_pos.max(retry.stream_seq)).await;
     let mut bob = connect(survivor.1, "bob", Wire::Json).await;
     let held = recover(&mut bob, survivor.1, "bob", "trio", held_bob.clone()).await;
 

@@ -75,6 +75,7 @@ async fn admin_over_http_and_refused_senders_over_websocket() {
         .send(text_send_in("team", "hello-1", "hello team"))
         .await;
     let ack = admin_ws.recv_until(ack_of).await;
+    wait_projected(&s, "team", ack.stream_seq).await;
     let (status, body) = http_get(
         gw,
         &format!(

@@ -31,7 +31,7 @@ async fn a_client_that_missed_200_messages_syncs_and_pages_exactly_what_it_misse
         .conv_seq;
     drop(bob);
 
-    let mut last = 0;
+    let (mut last, mut last_pos) = (0, 0);
     for i in 0..200 {
         alice
             .send(text_send_in(
@@ -43,8 +43,11 @@ async fn a_client_that_missed_200_messages_syncs_and_pages_exactly_what_it_misse
         let ack = alice.recv_until(ack_of).await;
         assert_eq!(ack.status, v1::AckStatus::Stored as i32);
         last = ack.conv_seq;
+        last_pos = ack.stream_seq;
     }
     assert_eq!(last, seen + 200);
+    // The read models have caught up with the last send.
+    wait_projected(&s, &conv, last_pos).await;
 
     // Reconnect (as a phone would) and sync from what it knew.
     let mut bob = connect(gw, "bob", Wire::Json).await;
@@ -105,18 +108,30 @@ async fn a_client_that_missed_200_messages_syncs_and_pages_exactly_what_it_misse
     let _ = alice
         .recv_until(|p| receipt_of(p).filter(|r| r.kind == v1::ReceiptKind::Read as i32))
         .await;
-    bob.send(Payload::Sync(v1::SyncRequest {
-        known: BTreeMap::new(),
-    }))
-    .await;
-    let after = bob
-        .recv_until(|p| match p {
-            Payload::SyncResponse(r) => Some(r.clone()),
-            _ => None,
-        })
-        .await
-        .changed;
-    assert_eq!(after[0].unread, 0);
+    // The read reaches the unread count through the projector: bounded wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        bob.send(Payload::Sync(v1::SyncRequest {
+            known: BTreeMap::new(),
+        }))
+        .await;
+        let after = bob
+            .recv_until(|p| match p {
+                Payload::SyncResponse(r) => Some(r.clone()),
+                _ => None,
+            })
+            .await
+            .changed;
+        if after[0].unread == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unread stayed {}",
+            after[0].unread
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // Nothing changed since what it now knows.
     known.insert(conv.clone(), last);
     bob.send(Payload::Sync(v1::SyncRequest { known })).await;

@@ -187,6 +187,8 @@ async fn poison_events_are_dead_lettered_and_later_events_applied() {
         2,
         "the event after the poison is applied"
     );
+    // Every projection, not only history, has applied past the poison.
+    wait_caught_up(&s.client, "main", after, 0).await;
     let st = status(&s.client, "main").await;
     for name in im_projectors::projections::NAMES {
         assert_eq!(st[name].dead_letters, 2, "{name}");

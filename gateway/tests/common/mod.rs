@@ -418,3 +418,53 @@ pub async fn http_post_with_key(
         body.to_string(),
     )
 }
+
+/// Waits until the projector has applied `stream_seq` of `conv` in every
+/// read model a client's sync, list or history uses.
+pub async fn wait_projected(stack: &Stack, conv: &str, stream_seq: u64) {
+    use im_schema::v1::{query_request::Query, query_response::Result as R};
+    let js = async_nats::jetstream::new(stack.client.clone());
+    let topo = im_streams::definitions::read_topology(&js).await.unwrap();
+    let subject = format!("im.q.{}", topo.partition_of(conv));
+    let queries = [
+        Query::ConvList(v1::ConvListQuery {
+            user_id: "nobody".into(),
+            limit: 1,
+            ..Default::default()
+        }),
+        Query::History(v1::HistoryQuery {
+            conversation_id: conv.into(),
+            limit: 1,
+            ..Default::default()
+        }),
+        Query::Role(v1::RoleQuery {
+            conversation_id: conv.into(),
+            user_id: "nobody".into(),
+        }),
+    ];
+    for q in queries {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let req = v1::QueryRequest {
+                min_position: stream_seq,
+                min_rcpt_position: 0,
+                query: Some(q.clone()),
+            };
+            let reply = stack
+                .client
+                .request(subject.clone(), im_schema::encode(&req).into())
+                .await
+                .unwrap();
+            let resp: v1::QueryResponse = im_schema::decode(&reply.payload).unwrap();
+            match resp.result {
+                Some(R::Error(e)) if e.code == v1::QueryErrorCode::NotYet as i32 => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "projector never reached {stream_seq}"
+                    );
+                }
+                _ => break,
+            }
+        }
+    }
+}
