@@ -63,12 +63,14 @@ pub async fn upgrade(
     if state.connections.load(Ordering::SeqCst) >= limits.connections_max {
         return (StatusCode::SERVICE_UNAVAILABLE, "gateway full").into_response();
     }
+    // The subprotocol is chosen by `protocols` (the first the client offered
+    // that we speak); none offered means protobuf.
+    let ws = ws.protocols([PROTO_SUBPROTOCOL, JSON_SUBPROTOCOL]);
     let codec = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
         Some(JSON_SUBPROTOCOL) => Codec::Json,
         _ => Codec::Proto,
     };
-    ws.protocols([PROTO_SUBPROTOCOL, JSON_SUBPROTOCOL])
-        .read_buffer_size(limits.ws_read_buffer_bytes)
+    ws.read_buffer_size(limits.ws_read_buffer_bytes)
         .write_buffer_size(limits.ws_write_buffer_bytes)
         .max_message_size(limits.frame_bytes_max)
         .max_frame_size(limits.frame_bytes_max)

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use im_gateway::Limits;
 use im_schema::v1::{self, envelope::Payload};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn text_of(d: &v1::Deliver) -> Option<String> {
     match d.event.as_ref()?.kind.as_ref()? {
@@ -150,6 +151,20 @@ async fn bad_tokens_are_refused_at_the_upgrade() {
     assert!(try_connect(gw, Some(&token("dave")), Wire::Proto, "d1")
         .await
         .is_ok());
+    // Browsers pass the token as a query parameter.
+    let mut req = format!("ws://{gw}/v1/ws?access_token={}", token("erin"))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "im.v1.json".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("query-parameter token accepted");
+    let first = futures::StreamExt::next(&mut ws).await.unwrap().unwrap();
+    assert!(
+        first.to_text().unwrap().contains("\"connected\""),
+        "{first:?}"
+    );
     assert_eq!(s.conv_messages().await, 0, "nothing appended");
 }
 

@@ -110,6 +110,8 @@ async fn admin_over_http_and_refused_senders_over_websocket() {
         (1, "hello team")
     );
 
+    let (status, body) = http_get(gw, "/healthz", "").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
     let (status, body) = http_get(gw, "/readyz", "").await;
     assert_eq!((status, body.as_str()), (200, "ready"));
     let (_, metrics) = http_get(gw, "/metrics", "").await;

@@ -140,10 +140,12 @@ pub async fn try_connect(
                 Ok(Some(Ok(Message::Close(frame)))) => Err(frame.map_or(0, |f| u16::from(f.code))),
                 Ok(Some(Ok(msg))) => {
                     let env = match msg {
-                        Message::Binary(b) => {
+                        Message::Binary(b) if wire == Wire::Proto => {
                             v1::Envelope::decode_length_delimited(b.as_ref()).unwrap()
                         }
-                        Message::Text(t) => im_schema::from_json(t.as_str()).unwrap(),
+                        Message::Text(t) if wire == Wire::Json => {
+                            im_schema::from_json(t.as_str()).unwrap()
+                        }
                         other => panic!("first frame {other:?}"),
                     };
                     assert!(
@@ -210,10 +212,15 @@ impl Client {
                 .ok()??
                 .ok()?;
             match msg {
+                // Each client gets frames in the form it asked for.
                 Message::Binary(b) => {
-                    return Some(v1::Envelope::decode_length_delimited(b.as_ref()).unwrap())
+                    assert_eq!(self.wire, Wire::Proto, "binary frame to a JSON client");
+                    return Some(v1::Envelope::decode_length_delimited(b.as_ref()).unwrap());
                 }
-                Message::Text(t) => return Some(im_schema::from_json(t.as_str()).unwrap()),
+                Message::Text(t) => {
+                    assert_eq!(self.wire, Wire::Json, "text frame to a protobuf client");
+                    return Some(im_schema::from_json(t.as_str()).unwrap());
+                }
                 Message::Close(_) => return None,
                 _ => continue,
             }
