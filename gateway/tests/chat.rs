@@ -242,3 +242,46 @@ async fn bad_input_gets_a_clear_error_appends_nothing_and_the_gateway_keeps_serv
         v1::AckStatus::Stored as i32
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sender_is_the_tokens_user_whatever_the_frame_claims() {
+    use prost::Message as _;
+    let s = Stack::start(Limits::default()).await;
+    let gw = s.gateways[0];
+    let mut alice = connect(gw, "alice", Wire::Proto).await;
+    let forged = v1::Envelope {
+        header: Some(v1::Header {
+            user_id: "mallory".into(),
+            client_msg_id: "f-1".into(),
+            ..Default::default()
+        }),
+        payload: Some(text_send_to("bob", "f-1", "who sent this?")),
+    };
+    alice
+        .send_raw(tokio_tungstenite::tungstenite::Message::Binary(
+            forged.encode_length_delimited_to_vec().into(),
+        ))
+        .await;
+    let ack = alice.recv_until(ack_of).await;
+    assert_eq!(ack.status, v1::AckStatus::Stored as i32);
+    // The conversation is alice's with bob, and the event's actor is alice.
+    assert_eq!(
+        ack.conversation_id,
+        im_streams::subjects::direct_conversation_id("alice", "bob").unwrap()
+    );
+    wait_projected(&s, &ack.conversation_id, ack.stream_seq).await;
+    let (status, body) = http_get(
+        gw,
+        &format!("/v1/history?conversationId={}", ack.conversation_id),
+        &token("bob"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let page: v1::HistoryPage = im_schema::from_json(&body).unwrap();
+    let actors: Vec<&str> = page
+        .entries
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().actor.as_str())
+        .collect();
+    assert_eq!(actors, ["alice", "alice"]);
+}
