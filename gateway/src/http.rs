@@ -167,31 +167,32 @@ pub async fn conversations(
     .into_response())
 }
 
+/// Asks the partition of `conv` a query about it (the id checked first).
+async fn ask_about(state: &AppState, conv: &str, query: Q) -> Result<R, ApiError> {
+    im_streams::ids::validate_id(im_streams::ids::IdKind::Conversation, conv)
+        .map_err(|e| ApiError(v1::ErrorCode::BadRequest, e.to_string()))?;
+    let p = state.appender.topology().partition_of(conv);
+    crate::query::ask(&state.client, p, (0, 0), query)
+        .await
+        .map_err(|code| ApiError(code, "projector query failed".into()))
+}
+
+fn unexpected() -> ApiError {
+    ApiError(v1::ErrorCode::Internal, "unexpected answer".into())
+}
+
 pub async fn members(
     State(state): State<Arc<AppState>>,
     AuthUser(user): AuthUser,
     Path(conv): Path<String>,
 ) -> Result<ProtoJson<v1::MembersResult>, ApiError> {
-    im_streams::ids::validate_id(im_streams::ids::IdKind::Conversation, &conv)
-        .map_err(|e| ApiError(v1::ErrorCode::BadRequest, e.to_string()))?;
-    let p = state.appender.topology().partition_of(&conv);
-    match crate::query::ask(
-        &state.client,
-        p,
-        (0, 0),
-        Q::Members(v1::MembersQuery {
-            conversation_id: conv,
-            user_id: user,
-        }),
-    )
-    .await
-    {
-        Ok(R::Members(m)) => Ok(ProtoJson(m)),
-        Ok(_) => Err(ApiError(
-            v1::ErrorCode::Internal,
-            "unexpected answer".into(),
-        )),
-        Err(code) => Err(ApiError(code, "members unavailable".into())),
+    let q = Q::Members(v1::MembersQuery {
+        conversation_id: conv.clone(),
+        user_id: user,
+    });
+    match ask_about(&state, &conv, q).await? {
+        R::Members(m) => Ok(ProtoJson(m)),
+        _ => Err(unexpected()),
     }
 }
 
@@ -200,26 +201,13 @@ pub async fn my_role(
     AuthUser(user): AuthUser,
     Path(conv): Path<String>,
 ) -> Result<ProtoJson<v1::RoleResult>, ApiError> {
-    im_streams::ids::validate_id(im_streams::ids::IdKind::Conversation, &conv)
-        .map_err(|e| ApiError(v1::ErrorCode::BadRequest, e.to_string()))?;
-    let p = state.appender.topology().partition_of(&conv);
-    match crate::query::ask(
-        &state.client,
-        p,
-        (0, 0),
-        Q::Role(v1::RoleQuery {
-            conversation_id: conv,
-            user_id: user,
-        }),
-    )
-    .await
-    {
-        Ok(R::Role(r)) => Ok(ProtoJson(r)),
-        Ok(_) => Err(ApiError(
-            v1::ErrorCode::Internal,
-            "unexpected answer".into(),
-        )),
-        Err(code) => Err(ApiError(code, "role unavailable".into())),
+    let q = Q::Role(v1::RoleQuery {
+        conversation_id: conv.clone(),
+        user_id: user,
+    });
+    match ask_about(&state, &conv, q).await? {
+        R::Role(r) => Ok(ProtoJson(r)),
+        _ => Err(unexpected()),
     }
 }
 

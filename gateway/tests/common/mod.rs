@@ -340,10 +340,33 @@ pub async fn http_post(
     bearer: &str,
     json: &str,
 ) -> (u16, String) {
+    http_post_as(addr, path, bearer, json, None).await
+}
+
+/// `POST path` with an empty JSON body and an `Idempotency-Key`.
+pub async fn http_post_with_key(
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: &str,
+    key: &str,
+) -> (u16, String) {
+    http_post_as(addr, path, bearer, "{}", Some(key)).await
+}
+
+async fn http_post_as(
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: &str,
+    json: &str,
+    key: Option<&str>,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let key = key
+        .map(|k| format!("Idempotency-Key: {k}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {bearer}\r\n{key}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
         json.len()
     );
     sock.write_all(req.as_bytes()).await.unwrap();
@@ -402,28 +425,6 @@ pub fn spawn_gateway(nats_url: &str, limits_json: &str) -> Gateway {
         .unwrap();
     std::thread::spawn(move || for _ in lines {});
     Gateway(child, addr)
-}
-
-/// `POST path` with an empty JSON body and an `Idempotency-Key`.
-pub async fn http_post_with_key(
-    addr: std::net::SocketAddr,
-    path: &str,
-    bearer: &str,
-    key: &str,
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {bearer}\r\nIdempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
-    );
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    sock.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
 }
 
 /// Waits until the projector has applied `stream_seq` of `conv` in every
