@@ -12,6 +12,7 @@ fn start(data: &std::path::Path, port: u16) -> (Child, Vec<String>) {
         .args(["up", "--data-dir"])
         .arg(data)
         .args(["--nats-port", &port.to_string()])
+        .args(["--gateway-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -170,5 +171,119 @@ async fn up_serves_stops_on_sigint_and_keeps_data() {
         history_texts(&url, stream_seq).await,
         ["hello m1", "hello m2"]
     );
+    interrupt_and_wait(child);
+}
+
+fn gateway_addr(lines: &[String]) -> std::net::SocketAddr {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("imctl: gateway http://"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a gateway line")
+        .parse()
+        .unwrap()
+}
+
+fn token(data: &std::path::Path, user: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args(["token", "issue", "--user", user, "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    sock.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(addr: std::net::SocketAddr, token: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/v1/ws?access_token={token}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "im.v1.json".parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket")
+        .0
+}
+
+/// The next JSON envelope containing `needle`.
+async fn next_with(ws: &mut Ws, needle: &str) -> String {
+    use futures::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame")
+            .unwrap()
+            .unwrap();
+        if let Ok(text) = msg.to_text() {
+            if text.contains(needle) {
+                return text.to_string();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn up_runs_a_gateway_that_is_ready_and_carries_a_chat() {
+    use futures::SinkExt;
+    let data = tempfile::tempdir().unwrap();
+    let port = im_testkit::free_port();
+    let (child, lines) = start(data.path(), port);
+    let gw = gateway_addr(&lines);
+    assert!(
+        lines.iter().any(|l| l.contains("imctl token issue")),
+        "{lines:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(gw, "/readyz").await;
+        if status == 200 {
+            assert_eq!(body, "ready");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut alice = ws_connect(gw, &token(data.path(), "alice")).await;
+    let mut bob = ws_connect(gw, &token(data.path(), "bob")).await;
+    next_with(&mut alice, "connected").await;
+    next_with(&mut bob, "connected").await;
+    let send =
+        r#"{"send": {"toUserId": "bob", "clientMsgId": "hello-1", "text": "hi from imctl up"}}"#;
+    alice
+        .send(tokio_tungstenite::tungstenite::Message::Text(send.into()))
+        .await
+        .unwrap();
+    assert!(next_with(&mut alice, "sendAck")
+        .await
+        .contains("ACK_STATUS_STORED"));
+    assert!(next_with(&mut bob, "hi from imctl up")
+        .await
+        .contains("deliver"));
     interrupt_and_wait(child);
 }

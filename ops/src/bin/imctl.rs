@@ -10,8 +10,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the local stack (managed nats-server + streams) until Ctrl-C.
+    /// Run the local stack (nats-server, streams, projector, gateway) until Ctrl-C.
     Up(im_ops::cmd::up::UpArgs),
+    /// Development tokens for the local stack.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a JWT for a user, signed with the local stack's secret.
+    Issue(im_ops::cmd::token::IssueArgs),
 }
 
 #[tokio::main]
@@ -24,5 +33,6 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Up(args) => im_ops::cmd::up::run(args).await,
+        Command::Token(TokenCommand::Issue(args)) => im_ops::cmd::token::issue(args),
     }
 }

@@ -1,9 +1,10 @@
 //! `imctl up`: the embedded default stack. Starts a managed nats-server (the
 //! pinned binary) with its JetStream store under the data dir, or uses an
 //! external NATS, applies the streams, runs the projector (every projection,
-//! every partition, its sled store under the data dir), prints where
-//! everything is, and stops cleanly on Ctrl-C or SIGTERM. Running it again
-//! keeps the data.
+//! every partition, its sled store under the data dir) and the gateway
+//! (tokens signed with a secret kept in the data dir), prints where
+//! everything is and how to get a token, and stops cleanly on Ctrl-C or
+//! SIGTERM. Running it again keeps the data.
 
 use std::path::PathBuf;
 
@@ -35,6 +36,9 @@ pub struct UpArgs {
     /// Stream replicas (3 on a cluster).
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
+    /// Address of the gateway (HTTP + WebSocket); port 0 picks a free one.
+    #[arg(long, env = "IM_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub gateway_listen: std::net::SocketAddr,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -104,6 +108,27 @@ async fn serve(url: &str, args: &UpArgs) -> anyhow::Result<()> {
         "imctl: projector instance=local queries on im.q.<partition> (store {})",
         args.data_dir.join("projector").display()
     );
+    let secret = crate::cmd::token::local_secret(&args.data_dir)?;
+    let gateway_config = im_gateway::GatewayConfig {
+        listen: args.gateway_listen,
+        nats_url: url.to_string(),
+        hs256_secret: Some(secret),
+        rs256_public_pem: None,
+        limits: im_gateway::Limits::default(),
+    };
+    let state = im_gateway::AppState::new(gateway_config, js.client())
+        .await
+        .context("starting the gateway")?;
+    let listener = tokio::net::TcpListener::bind(args.gateway_listen)
+        .await
+        .with_context(|| format!("binding {}", args.gateway_listen))?;
+    let addr = listener.local_addr()?;
+    let gateway = tokio::spawn(im_gateway::serve(listener, state));
+    println!("imctl: gateway http://{addr} ws://{addr}/v1/ws");
+    println!(
+        "imctl: tokens: imctl token issue --user alice --data-dir {}",
+        args.data_dir.display()
+    );
     println!(
         "imctl: ready nats={url} partitions={} (Ctrl-C to stop)",
         applied.topology.partitions
@@ -112,6 +137,7 @@ async fn serve(url: &str, args: &UpArgs) -> anyhow::Result<()> {
         r = wait_for_shutdown() => r?,
         r = projector.wait() => r.context("a projection stopped")?,
     }
+    gateway.abort();
     println!("imctl: shutting down");
     Ok(())
 }

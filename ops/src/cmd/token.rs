@@ -1,0 +1,62 @@
+//! `imctl token issue --user U [--ttl SECS]`: a development JWT (HS256)
+//! signed with the local stack's secret, for clients of `imctl up`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// The file under the data dir holding the local stack's HS256 secret.
+pub const SECRET_FILE: &str = "dev-jwt-secret";
+
+/// Length of a generated secret (alphanumeric): ~285 bits.
+const SECRET_LEN: usize = 48;
+
+#[derive(Debug, clap::Args)]
+pub struct IssueArgs {
+    #[arg(long)]
+    pub user: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub ttl: u64,
+    /// The data dir of `imctl up` (where the secret is kept).
+    #[arg(long, env = crate::cmd::up::ENV_DATA_DIR, default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+/// The local stack's secret: `IM_JWT_HS256_SECRET` if set, else the one in
+/// the data dir, created on first use.
+pub fn local_secret(data_dir: &Path) -> anyhow::Result<String> {
+    if let Ok(s) = std::env::var("IM_JWT_HS256_SECRET") {
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let path = data_dir.join(SECRET_FILE);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_string());
+    }
+    std::fs::create_dir_all(data_dir)?;
+    use rand::Rng;
+    let secret: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(SECRET_LEN)
+        .map(char::from)
+        .collect();
+    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(secret)
+}
+
+pub fn issue(args: IssueArgs) -> anyhow::Result<()> {
+    im_streams::ids::validate_id(im_streams::ids::IdKind::User, &args.user)?;
+    let secret = local_secret(&args.data_dir)?;
+    println!(
+        "{}",
+        im_gateway::auth::issue_hs256(&secret, &args.user, args.ttl)
+    );
+    Ok(())
+}
