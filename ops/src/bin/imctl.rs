@@ -15,6 +15,17 @@ enum Command {
     /// Development tokens for the local stack.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Stream configs and state.
+    #[command(subcommand)]
+    Streams(StreamsCommand),
+}
+
+#[derive(Subcommand)]
+enum StreamsCommand {
+    /// Create missing streams, update compatible changes, print the diff.
+    Apply(im_ops::cmd::streams::ApplyArgs),
+    /// Messages, bytes, sequences, consumers and their pending counts.
+    Status(im_ops::cmd::streams::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -34,5 +45,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up(args) => im_ops::cmd::up::run(args).await,
         Command::Token(TokenCommand::Issue(args)) => im_ops::cmd::token::issue(args),
+        Command::Streams(StreamsCommand::Apply(args)) => im_ops::cmd::streams::apply(args).await,
+        Command::Streams(StreamsCommand::Status(args)) => im_ops::cmd::streams::status(args).await,
     }
 }

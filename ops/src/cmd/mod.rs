@@ -1,2 +1,3 @@
+pub mod streams;
 pub mod token;
 pub mod up;
