@@ -18,6 +18,15 @@ enum Command {
     /// Stream configs and state.
     #[command(subcommand)]
     Streams(StreamsCommand),
+    /// Read models: status.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Checkpoint, lag, apply rate, digest and dead letters per projection.
+    Status(im_ops::cmd::projections::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -47,5 +56,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(TokenCommand::Issue(args)) => im_ops::cmd::token::issue(args),
         Command::Streams(StreamsCommand::Apply(args)) => im_ops::cmd::streams::apply(args).await,
         Command::Streams(StreamsCommand::Status(args)) => im_ops::cmd::streams::status(args).await,
+        Command::Projections(ProjectionsCommand::Status(args)) => {
+            im_ops::cmd::projections::status(args).await
+        }
     }
 }

@@ -1,3 +1,4 @@
+pub mod projections;
 pub mod streams;
 pub mod token;
 pub mod up;

@@ -1,0 +1,105 @@
+//! `imctl projections status` as a process, against a real projector.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use im_streams::{Action, Appender, Command as Cmd, MessageBody};
+
+/// (success, stdout); stderr (logs) is shown on failure only.
+fn imctl(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_every_projection_caught_up_with_its_digest() {
+    let server = im_testkit::NatsServer::start().await.unwrap();
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let topo = im_streams::apply_streams(&js, &Default::default())
+        .await
+        .unwrap()
+        .topology;
+    let dir = tempfile::tempdir().unwrap();
+    let _projector = im_projectors::Projector::start(
+        client.clone(),
+        im_projectors::ProjectorConfig {
+            instance: "main".into(),
+            partitions: None,
+            data_dir: dir.path().to_path_buf(),
+            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+            fanout: true,
+        },
+    )
+    .await
+    .unwrap();
+    let app = Appender::new(client, topo).await.unwrap();
+    let conv = im_streams::subjects::direct_conversation_id("ann", "ben").unwrap();
+    for i in 0..10 {
+        let cmd = Cmd {
+            actor: "ann".into(),
+            client_msg_id: format!("m{i}"),
+            action: Action::Send {
+                peer: Some("ben".into()),
+                body: MessageBody::Text("x".into()),
+                meta: Default::default(),
+            },
+        };
+        app.execute(&conv, &cmd, "").await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let (ok, out) = imctl(&[
+            "projections",
+            "status",
+            "--nats-url",
+            &url,
+            "--json",
+            "--interval-ms",
+            "100",
+        ]);
+        assert!(ok, "{out}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        if rows.iter().all(|r| r["lag"] == 0) {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "never caught up: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["projection"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, im_projectors::projections::NAMES);
+    for r in &rows {
+        assert_eq!(
+            (r["instance"].as_str(), r["checkpoint"].as_u64()),
+            (Some("main"), Some(11)),
+            "{r}"
+        );
+        assert_eq!(r["dead_letters"], 0);
+        assert_eq!(r["digest"].as_str().unwrap().len(), 64);
+    }
+    let (ok, table) = imctl(&[
+        "projections",
+        "status",
+        "--nats-url",
+        &url,
+        "--interval-ms",
+        "100",
+    ]);
+    assert!(
+        ok && table.contains("history") && table.contains("LAG"),
+        "{table}"
+    );
+}
