@@ -103,3 +103,112 @@ async fn status_shows_every_projection_caught_up_with_its_digest() {
         "{table}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
+    let server = im_testkit::NatsServer::start().await.unwrap();
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let topo = im_streams::apply_streams(&js, &Default::default())
+        .await
+        .unwrap()
+        .topology;
+    let dir = tempfile::tempdir().unwrap();
+    let projector = im_projectors::Projector::start(
+        client.clone(),
+        im_projectors::ProjectorConfig {
+            instance: "main".into(),
+            partitions: None,
+            data_dir: dir.path().to_path_buf(),
+            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+            fanout: true,
+        },
+    )
+    .await
+    .unwrap();
+    let app = Appender::new(client, topo).await.unwrap();
+    let conv = im_streams::subjects::direct_conversation_id("ann", "ben").unwrap();
+    let mut last = 0;
+    for i in 0..20 {
+        let cmd = Cmd {
+            actor: if i % 2 == 0 { "ann" } else { "ben" }.into(),
+            client_msg_id: format!("m{i}"),
+            action: Action::Send {
+                peer: Some(if i % 2 == 0 { "ben" } else { "ann" }.into()),
+                body: MessageBody::Text(format!("message {i}")),
+                meta: Default::default(),
+            },
+        };
+        if let im_streams::AppendOutcome::Stored { stream_seq, .. } =
+            app.execute(&conv, &cmd, "").await.unwrap()
+        {
+            last = stream_seq;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while projector
+        .context
+        .status()
+        .unwrap()
+        .projections
+        .iter()
+        .any(|p| p.conv_checkpoint < last)
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (ok, out) = imctl(&[
+        "projections",
+        "verify",
+        "--all",
+        "--instance",
+        "main",
+        "--nats-url",
+        &url,
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(": ok ")).count(),
+        6,
+        "{out}"
+    );
+
+    // One read-model entry goes bad behind the projector's back.
+    let history = projector
+        .context
+        .projections
+        .iter()
+        .find(|p| p.projection.name() == "history")
+        .unwrap();
+    let bad_key = im_projectors::keys::key(b'h', &[conv.as_bytes(), &im_projectors::keys::seq(5)]);
+    history
+        .ks
+        .commit(vec![(bad_key.clone(), Some(b"garbage".to_vec()))])
+        .unwrap();
+    let (ok, out) = imctl(&[
+        "projections",
+        "verify",
+        "--all",
+        "--instance",
+        "main",
+        "--nats-url",
+        &url,
+    ]);
+    assert!(!ok, "verify passed on a corrupted store: {out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("history: MISMATCH"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let expected = im_ops::cmd::projections::printable_key(&bad_key);
+    assert!(
+        line.ends_with(&format!("first differing key: {expected}")),
+        "{line}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.contains(": ok ")).count(),
+        5,
+        "{out}"
+    );
+}

@@ -27,6 +27,9 @@ enum Command {
 enum ProjectionsCommand {
     /// Checkpoint, lag, apply rate, digest and dead letters per projection.
     Status(im_ops::cmd::projections::StatusArgs),
+    /// Rebuild into scratch and compare with the live store (exit 1 on a
+    /// mismatch, naming the first differing key).
+    Verify(im_ops::cmd::projections::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -58,6 +61,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Streams(StreamsCommand::Status(args)) => im_ops::cmd::streams::status(args).await,
         Command::Projections(ProjectionsCommand::Status(args)) => {
             im_ops::cmd::projections::status(args).await
+        }
+        Command::Projections(ProjectionsCommand::Verify(args)) => {
+            im_ops::cmd::projections::verify(args).await
         }
     }
 }
