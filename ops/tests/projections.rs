@@ -20,18 +20,27 @@ fn imctl(args: &[&str]) -> (bool, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_shows_every_projection_caught_up_with_its_digest() {
+/// A real server with the streams, a projector instance "main" and a
+/// writer; `sends` messages between ann and ben. Returns the stack and the
+/// last stream seq.
+async fn stack(
+    sends: usize,
+) -> (
+    im_testkit::NatsServer,
+    im_projectors::Projector,
+    tempfile::TempDir,
+    String,
+    u64,
+) {
     let server = im_testkit::NatsServer::start().await.unwrap();
-    let url = server.url();
-    let client = async_nats::connect(&url).await.unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     let topo = im_streams::apply_streams(&js, &Default::default())
         .await
         .unwrap()
         .topology;
     let dir = tempfile::tempdir().unwrap();
-    let _projector = im_projectors::Projector::start(
+    let projector = im_projectors::Projector::start(
         client.clone(),
         im_projectors::ProjectorConfig {
             instance: "main".into(),
@@ -45,18 +54,35 @@ async fn status_shows_every_projection_caught_up_with_its_digest() {
     .unwrap();
     let app = Appender::new(client, topo).await.unwrap();
     let conv = im_streams::subjects::direct_conversation_id("ann", "ben").unwrap();
-    for i in 0..10 {
+    let mut last = 0;
+    for i in 0..sends {
+        let (from, to) = if i % 2 == 0 {
+            ("ann", "ben")
+        } else {
+            ("ben", "ann")
+        };
         let cmd = Cmd {
-            actor: "ann".into(),
+            actor: from.into(),
             client_msg_id: format!("m{i}"),
             action: Action::Send {
-                peer: Some("ben".into()),
-                body: MessageBody::Text("x".into()),
+                peer: Some(to.into()),
+                body: MessageBody::Text(format!("message {i}")),
                 meta: Default::default(),
             },
         };
-        app.execute(&conv, &cmd, "").await.unwrap();
+        if let im_streams::AppendOutcome::Stored { stream_seq, .. } =
+            app.execute(&conv, &cmd, "").await.unwrap()
+        {
+            last = stream_seq;
+        }
     }
+    (server, projector, dir, conv, last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_every_projection_caught_up_with_its_digest() {
+    let (server, _projector, _dir, _conv, _) = stack(10).await;
+    let url = server.url();
     let deadline = Instant::now() + Duration::from_secs(30);
     let rows = loop {
         let (ok, out) = imctl(&[
@@ -106,46 +132,8 @@ async fn status_shows_every_projection_caught_up_with_its_digest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
-    let server = im_testkit::NatsServer::start().await.unwrap();
+    let (server, projector, _dir, conv, last) = stack(20).await;
     let url = server.url();
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let topo = im_streams::apply_streams(&js, &Default::default())
-        .await
-        .unwrap()
-        .topology;
-    let dir = tempfile::tempdir().unwrap();
-    let projector = im_projectors::Projector::start(
-        client.clone(),
-        im_projectors::ProjectorConfig {
-            instance: "main".into(),
-            partitions: None,
-            data_dir: dir.path().to_path_buf(),
-            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-            fanout: true,
-        },
-    )
-    .await
-    .unwrap();
-    let app = Appender::new(client, topo).await.unwrap();
-    let conv = im_streams::subjects::direct_conversation_id("ann", "ben").unwrap();
-    let mut last = 0;
-    for i in 0..20 {
-        let cmd = Cmd {
-            actor: if i % 2 == 0 { "ann" } else { "ben" }.into(),
-            client_msg_id: format!("m{i}"),
-            action: Action::Send {
-                peer: Some(if i % 2 == 0 { "ben" } else { "ann" }.into()),
-                body: MessageBody::Text(format!("message {i}")),
-                meta: Default::default(),
-            },
-        };
-        if let im_streams::AppendOutcome::Stored { stream_seq, .. } =
-            app.execute(&conv, &cmd, "").await.unwrap()
-        {
-            last = stream_seq;
-        }
-    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while projector
         .context
