@@ -172,7 +172,7 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
         .unwrap();
     let bad_key = im_projectors::keys::key(b'h', &[conv.as_bytes(), &im_projectors::keys::seq(5)]);
     history
-        .ks
+        .ks()
         .commit(vec![(bad_key.clone(), Some(b"garbage".to_vec()))])
         .unwrap();
     let (ok, out) = imctl(&[
@@ -199,4 +199,337 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
         5,
         "{out}"
     );
+}
+
+/// Asks the partition of `conv`, waiting for `min_position`; any error is
+/// returned as text.
+async fn ask(
+    client: &async_nats::Client,
+    conv: &str,
+    min_position: u64,
+    query: im_schema::v1::query_request::Query,
+) -> Result<im_schema::v1::query_response::Result, String> {
+    use im_schema::v1::{self, query_response::Result as R};
+    let topo = im_streams::Topology::new(16);
+    let req = v1::QueryRequest {
+        min_position,
+        query: Some(query),
+        ..Default::default()
+    };
+    let reply = client
+        .request(
+            im_projectors::query::partition_subject(topo.partition_of(conv)),
+            im_schema::encode(&req).into(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    match im_schema::decode::<v1::QueryResponse>(&reply.payload)
+        .map_err(|e| e.to_string())?
+        .result
+    {
+        Some(R::Error(e)) => Err(format!("{e:?}")),
+        Some(r) => Ok(r),
+        None => Err("empty answer".into()),
+    }
+}
+
+/// Sends from ann to ben and, after each send, checks that history, unread,
+/// dedupe and members answer at the send's position with exactly what the
+/// log holds: a query that fails, or answers with an older state, panics.
+/// Returns the sends and queries made, when `stop` is set.
+async fn chat_and_check(
+    client: async_nats::Client,
+    conv: String,
+    ann_sent_before: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64) {
+    use im_schema::v1::{self, query_request::Query, query_response::Result as R};
+    let js = async_nats::jetstream::new(client.clone());
+    let topo = im_streams::definitions::read_topology(&js).await.unwrap();
+    let app = Appender::new(client.clone(), topo).await.unwrap();
+    let (mut sends, mut queries) = (0u64, 0u64);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let id = format!("load{sends}");
+        let cmd = Cmd {
+            actor: "ann".into(),
+            client_msg_id: id.clone(),
+            action: Action::Send {
+                peer: Some("ben".into()),
+                body: MessageBody::Text(format!("load {sends}")),
+                meta: Default::default(),
+            },
+        };
+        let im_streams::AppendOutcome::Stored {
+            stream_seq,
+            conv_seq,
+            ..
+        } = app.execute(&conv, &cmd, "").await.unwrap()
+        else {
+            panic!("send not stored")
+        };
+        sends += 1;
+        let history = Query::History(v1::HistoryQuery {
+            conversation_id: conv.clone(),
+            user_id: "ben".into(),
+            limit: 1,
+            direction: v1::Direction::Backward as i32,
+            ..Default::default()
+        });
+        match ask(&client, &conv, stream_seq, history).await {
+            Ok(R::History(page)) => assert_eq!(
+                page.entries[0].event.as_ref().unwrap().conv_seq,
+                conv_seq,
+                "history answered an older state"
+            ),
+            other => panic!("history query failed: {other:?}"),
+        }
+        let unread = Query::Unread(v1::UnreadQuery {
+            user_id: "ben".into(),
+            conversation_id: conv.clone(),
+        });
+        match ask(&client, &conv, stream_seq, unread).await {
+            Ok(R::Unread(u)) => assert_eq!(
+                u.total,
+                ann_sent_before + sends,
+                "unread answered an older state"
+            ),
+            other => panic!("unread query failed: {other:?}"),
+        }
+        let dedupe = Query::Dedupe(v1::DedupeQuery {
+            sender: "ann".into(),
+            client_msg_id: id,
+            conversation_id: conv.clone(),
+        });
+        match ask(&client, &conv, stream_seq, dedupe).await {
+            Ok(R::Dedupe(d)) => assert!(d.found, "dedupe answered an older state"),
+            other => panic!("dedupe query failed: {other:?}"),
+        }
+        let members = Query::Members(v1::MembersQuery {
+            conversation_id: conv.clone(),
+            user_id: "ann".into(),
+        });
+        match ask(&client, &conv, stream_seq, members).await {
+            Ok(R::Members(m)) => assert_eq!(m.members.len(), 2),
+            other => panic!("members query failed: {other:?}"),
+        }
+        queries += 4;
+    }
+    (sends, queries)
+}
+
+fn generations(projector: &im_projectors::Projector) -> Vec<u64> {
+    projector
+        .context
+        .status()
+        .unwrap()
+        .projections
+        .iter()
+        .map(|p| p.generation)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuild_all_under_load_never_answers_older_state_and_matches_verify() {
+    let (server, projector, _dir, conv, _) = stack(2_000).await;
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(chat_and_check(client, conv.clone(), 1_000, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let u = url.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        imctl(&[
+            "projections",
+            "rebuild",
+            "--all",
+            "--instance",
+            "main",
+            "--nats-url",
+            &u,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    eprintln!("{out}");
+    // The load kept going through the whole rebuild and its swap.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sends, queries) = load.await.expect("a query failed or answered older state");
+    eprintln!("during the rebuild: {sends} sends, {queries} queries, none failed or went back");
+    assert!(sends > 0 && queries > 0);
+    for name in im_projectors::projections::NAMES {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{name}: rebuilt generation 1 at conv "))),
+            "{name}: {out}"
+        );
+    }
+    assert_eq!(generations(&projector), vec![1; 6]);
+
+    let (ok, verified) = imctl(&[
+        "projections",
+        "verify",
+        "--all",
+        "--instance",
+        "main",
+        "--nats-url",
+        &url,
+    ]);
+    assert!(ok, "{verified}");
+    let live = projector.context.status().unwrap();
+    for p in &live.projections {
+        assert!(
+            verified.contains(&format!("{}: ok {}", p.name, p.digest)),
+            "{}: {verified}",
+            p.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_rebuild_leaves_the_serving_keyspaces_alone() {
+    use std::io::BufRead;
+    let (server, projector, _dir, _conv, _) = stack(3_000).await;
+    let url = server.url();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args([
+            "projections",
+            "rebuild",
+            "--all",
+            "--instance",
+            "main",
+            "--nats-url",
+            &url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.starts_with("rebuilding ") {
+            break;
+        }
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}\n{rest:?}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains(": cancelled")).count(),
+        6,
+        "{stdout}"
+    );
+    assert_eq!(generations(&projector), vec![0; 6]);
+    let (ok, verified) = imctl(&[
+        "projections",
+        "verify",
+        "--all",
+        "--instance",
+        "main",
+        "--nats-url",
+        &url,
+    ]);
+    assert!(ok, "the serving keyspaces changed: {verified}");
+    // And the next rebuild runs to its swap.
+    let (ok, out) = imctl(&[
+        "projections",
+        "rebuild",
+        "history",
+        "--instance",
+        "main",
+        "--nats-url",
+        &url,
+    ]);
+    assert!(ok && out.contains("history: rebuilt generation 1"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_rewrites_one_conversation_from_its_subject() {
+    use im_projectors::keys::{key, seq};
+    let (server, projector, _dir, conv, last) = stack(20).await;
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    // Caught up, then two entries go bad behind the projector's back: one
+    // overwritten, one stray.
+    let members = im_schema::v1::query_request::Query::Members(im_schema::v1::MembersQuery {
+        conversation_id: conv.clone(),
+        user_id: String::new(),
+    });
+    ask(&client, &conv, last, members).await.unwrap();
+    let history = projector
+        .context
+        .projections
+        .iter()
+        .find(|p| p.projection.name() == "history")
+        .unwrap();
+    let (bad, stray) = (
+        key(b'h', &[conv.as_bytes(), &seq(5)]),
+        key(b'h', &[conv.as_bytes(), &seq(999)]),
+    );
+    history
+        .ks()
+        .commit(vec![
+            (bad, Some(b"garbage".to_vec())),
+            (stray, Some(b"stray".to_vec())),
+        ])
+        .unwrap();
+
+    let (ok, _) = imctl(&[
+        "projections",
+        "repair",
+        "--conv",
+        "not valid",
+        "--nats-url",
+        &url,
+        "--instance",
+        "main",
+    ]);
+    assert!(!ok, "an invalid conversation id was accepted");
+    let (ok, out) = imctl(&[
+        "projections",
+        "repair",
+        "--conv",
+        &conv,
+        "--nats-url",
+        &url,
+        "--instance",
+        "main",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("history: 21 events replayed, 1 entries written, 1 deleted"),
+        "{out}"
+    );
+    assert!(
+        out.contains("members: 21 events replayed, 0 entries written, 0 deleted"),
+        "{out}"
+    );
+    let (ok, verified) = imctl(&[
+        "projections",
+        "verify",
+        "--all",
+        "--instance",
+        "main",
+        "--nats-url",
+        &url,
+    ]);
+    assert!(ok, "{verified}");
+
+    // Control queries act on one instance's store: a partition subject,
+    // which any replica may answer, refuses them.
+    let repair = im_schema::v1::query_request::Query::Repair(im_schema::v1::RepairQuery {
+        conversation_id: conv.clone(),
+    });
+    let refused = ask(&client, &conv, 0, repair).await.unwrap_err();
+    assert!(refused.contains("instance subject"), "{refused}");
 }

@@ -9,6 +9,8 @@ pub mod metrics;
 pub mod projections;
 pub mod projector;
 pub mod query;
+pub mod rebuild;
+pub mod repair;
 pub mod runner;
 pub mod store;
 pub mod tx;

@@ -32,7 +32,7 @@ pub fn render(ctx: &QueryContext, conv_last: u64, rcpt_last: u64) -> String {
             sources.push((Source::Rcpt, RCPT_STREAM, rcpt_last));
         }
         for (source, stream, last) in sources {
-            let cp = checkpoint(p.ks.as_ref(), source).unwrap_or(0);
+            let cp = checkpoint(p.ks().as_ref(), source).unwrap_or(0);
             let labels = format!(
                 "projection=\"{name}\",stream=\"{stream}\",instance=\"{}\"",
                 ctx.instance

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::projections;
 use crate::query::{self, QueryContext};
+use crate::rebuild::{self, Rebuilds};
 use crate::runner::{self, ProjectionState, RunError, RunnerConfig};
 use crate::store::{SledStore, StoreError};
 
@@ -126,8 +127,11 @@ impl Projector {
         let mut tasks = tokio::task::JoinSet::new();
         let mut states: Vec<Arc<ProjectionState>> = Vec::new();
         for projection in projections::all() {
-            let ks = store.keyspace(projection.name())?;
-            let (state, task) = runner::start(client.clone(), cfg.clone(), projection, ks).await?;
+            let generation = rebuild::generation(meta.as_ref(), projection.name())?;
+            rebuild::drop_leftovers(&store, projection.name(), generation)?;
+            let ks = store.keyspace(&rebuild::keyspace_name(projection.name(), generation))?;
+            let (state, task) =
+                runner::start(client.clone(), cfg.clone(), projection, ks, generation).await?;
             states.push(state);
             tasks.spawn(async move { task.await.unwrap_or(Ok(())) });
         }
@@ -136,6 +140,8 @@ impl Projector {
             instance: config.instance.clone(),
             partitions,
             projections: states,
+            client: client.clone(),
+            rebuilds: Arc::new(Rebuilds::new(client.clone(), store, meta, cfg)),
         });
         let subs = query::subscribe(&client, &context)
             .await

@@ -41,6 +41,8 @@ pub struct QueryContext {
     pub instance: String,
     pub partitions: Vec<u32>,
     pub projections: Vec<Arc<ProjectionState>>,
+    pub client: async_nats::Client,
+    pub rebuilds: Arc<crate::rebuild::Rebuilds>,
 }
 
 fn error(code: v1::QueryErrorCode, message: impl Into<String>) -> v1::QueryError {
@@ -105,11 +107,68 @@ impl QueryContext {
         Ok(())
     }
 
-    fn ks(&self, name: &str) -> &dyn Keyspace {
-        self.projection(name)
-            .expect("every projection runs")
-            .ks
-            .as_ref()
+    /// The serving keyspace of a projection, held for one answer.
+    fn ks(&self, name: &str) -> Arc<dyn Keyspace> {
+        self.projection(name).expect("every projection runs").ks()
+    }
+
+    /// The named projections' states (all when empty).
+    fn named(&self, names: &[String]) -> Result<Vec<Arc<ProjectionState>>, v1::QueryError> {
+        if names.is_empty() {
+            return Ok(self.projections.clone());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.projection(n)
+                    .cloned()
+                    .ok_or_else(|| bad(format!("no projection {n:?}")))
+            })
+            .collect()
+    }
+
+    /// Operator control: on the instance subject only, since it acts on
+    /// this instance's store, not on whichever replica a partition query
+    /// reaches.
+    async fn control(&self, query: Query, scope: Option<u32>) -> Result<R, v1::QueryError> {
+        if scope.is_some() {
+            return Err(bad("control queries go to the instance subject"));
+        }
+        match query {
+            Query::Rebuild(q) => {
+                let targets = self.named(&q.projections)?;
+                let rebuilds = self
+                    .rebuilds
+                    .start(targets, q.from_seq)
+                    .map_err(|e| error(v1::QueryErrorCode::BadRequest, e.to_string()))?;
+                Ok(R::RebuildStatus(v1::RebuildStatusResult { rebuilds }))
+            }
+            Query::RebuildCancel(q) => Ok(R::RebuildStatus(v1::RebuildStatusResult {
+                rebuilds: self.rebuilds.cancel(&q.projections),
+            })),
+            Query::RebuildStatus(_) => Ok(R::RebuildStatus(v1::RebuildStatusResult {
+                rebuilds: self.rebuilds.progress(),
+            })),
+            Query::Repair(q) => {
+                validate_id(IdKind::Conversation, &q.conversation_id)
+                    .map_err(|e| bad(e.to_string()))?;
+                let mut projections = Vec::new();
+                for state in &self.projections {
+                    projections.push(
+                        crate::repair::repair(
+                            &self.client,
+                            self.topology,
+                            state,
+                            &q.conversation_id,
+                        )
+                        .await
+                        .map_err(|e| error(v1::QueryErrorCode::Internal, e.to_string()))?,
+                    );
+                }
+                Ok(R::Repair(v1::RepairResult { projections }))
+            }
+            _ => Err(bad("not a control query")),
+        }
     }
 
     fn require_member(
@@ -121,7 +180,7 @@ impl QueryContext {
         if user.is_empty() {
             return Ok(());
         }
-        match membership::get(&Tx::new(self.ks(projection)), conv, user) {
+        match membership::get(&Tx::new(&*self.ks(projection)), conv, user) {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(error(
                 v1::QueryErrorCode::Forbidden,
@@ -167,7 +226,7 @@ impl QueryContext {
                 self.require_member("history", &q.conversation_id, &q.user_id)?;
                 let backward = q.direction == v1::Direction::Backward as i32;
                 let page = history::page(
-                    self.ks("history"),
+                    &*self.ks("history"),
                     &q.conversation_id,
                     q.from_seq,
                     q.limit,
@@ -183,7 +242,7 @@ impl QueryContext {
                 }
                 self.wait_for(&["members"], pos).await?;
                 self.require_member("members", &q.conversation_id, &q.user_id)?;
-                match members::members_of(self.ks("members"), &q.conversation_id)
+                match members::members_of(&*self.ks("members"), &q.conversation_id)
                     .map_err(store_error)?
                 {
                     Some(m) => ok(R::Members(m)),
@@ -196,7 +255,7 @@ impl QueryContext {
                     (IdKind::User, &q.user_id),
                 ])?;
                 self.wait_for(&["members"], pos).await?;
-                let rec = members::role_of(self.ks("members"), &q.conversation_id, &q.user_id)
+                let rec = members::role_of(&*self.ks("members"), &q.conversation_id, &q.user_id)
                     .map_err(store_error)?;
                 ok(R::Role(match rec {
                     Some(m) => v1::RoleResult {
@@ -216,7 +275,7 @@ impl QueryContext {
                 self.wait_for(&["unread"], pos).await?;
                 // Rows exist only for members: nothing else is revealed.
                 ok(R::Unread(
-                    unread::for_user(self.ks("unread"), &q.user_id, conv).map_err(store_error)?,
+                    unread::for_user(&*self.ks("unread"), &q.user_id, conv).map_err(store_error)?,
                 ))
             }
             Query::ConvList(q) => {
@@ -228,13 +287,18 @@ impl QueryContext {
                     Some((q.before_activity_ms, q.before_conversation_id.as_str()))
                 };
                 self.wait_for(&["convlist", "unread"], pos).await?;
-                let (entries, has_more) =
-                    convlist::page(self.ks("convlist"), &q.user_id, q.limit, before, &in_scope)
-                        .map_err(store_error)?;
+                let (entries, has_more) = convlist::page(
+                    &*self.ks("convlist"),
+                    &q.user_id,
+                    q.limit,
+                    before,
+                    &in_scope,
+                )
+                .map_err(store_error)?;
                 let mut items = Vec::with_capacity(entries.len());
                 for entry in entries {
                     let counts = unread::for_user(
-                        self.ks("unread"),
+                        &*self.ks("unread"),
                         &q.user_id,
                         Some(&entry.conversation_id),
                     )
@@ -254,7 +318,7 @@ impl QueryContext {
                 self.wait_for(&["receipts"], pos).await?;
                 self.require_member("receipts", &q.conversation_id, &q.user_id)?;
                 ok(R::Receipts(
-                    receipts::for_seq(self.ks("receipts"), &q.conversation_id, q.seq)
+                    receipts::for_seq(&*self.ks("receipts"), &q.conversation_id, q.seq)
                         .map_err(store_error)?,
                 ))
             }
@@ -266,7 +330,7 @@ impl QueryContext {
                 ])?;
                 self.wait_for(&["dedupe"], pos).await?;
                 let rec = dedupe::lookup(
-                    self.ks("dedupe"),
+                    &*self.ks("dedupe"),
                     &q.sender,
                     &q.client_msg_id,
                     &q.conversation_id,
@@ -283,20 +347,26 @@ impl QueryContext {
                     .projection(&q.projection)
                     .ok_or_else(|| bad(format!("no projection {:?}", q.projection)))?;
                 ok(R::Keys(
-                    key_hashes(state.ks.as_ref(), &q.after, q.limit).map_err(store_error)?,
+                    key_hashes(state.ks().as_ref(), &q.after, q.limit).map_err(store_error)?,
                 ))
             }
+            q @ (Query::Rebuild(_)
+            | Query::RebuildCancel(_)
+            | Query::RebuildStatus(_)
+            | Query::Repair(_)) => self.control(q, scope).await,
         }
     }
 
     pub fn status(&self) -> Result<v1::StatusResult, StoreError> {
         let mut projections = Vec::new();
         for p in &self.projections {
-            let digest = digest_of(p.ks.as_ref())?;
+            let ks = p.ks();
+            let digest = digest_of(ks.as_ref())?;
             projections.push(v1::ProjectionStatus {
                 name: p.projection.name().to_string(),
-                conv_checkpoint: checkpoint(p.ks.as_ref(), Source::Conv)?,
-                rcpt_checkpoint: checkpoint(p.ks.as_ref(), Source::Rcpt)?,
+                generation: p.generation(),
+                conv_checkpoint: checkpoint(ks.as_ref(), Source::Conv)?,
+                rcpt_checkpoint: checkpoint(ks.as_ref(), Source::Rcpt)?,
                 digest: digest.hex(),
                 keys: digest.keys,
                 applied: p.events_applied.load(std::sync::atomic::Ordering::Relaxed),

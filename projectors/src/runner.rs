@@ -5,7 +5,7 @@
 //! the consumer redelivers and the checkpoint makes a no-op if it had landed.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{
@@ -48,8 +48,8 @@ pub const MAX_ACK_PENDING: i64 = 4 * BATCH_MAX as i64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
-    Conv,
-    Rcpt,
+    Conv = 0,
+    Rcpt = 1,
 }
 
 impl Source {
@@ -60,14 +60,14 @@ impl Source {
         }
     }
 
-    fn stream(self) -> &'static str {
+    pub fn stream(self) -> &'static str {
         match self {
             Source::Conv => CONV_STREAM,
             Source::Rcpt => RCPT_STREAM,
         }
     }
 
-    fn filters(self, topology: Topology, partitions: &[u32]) -> Vec<String> {
+    pub fn filters(self, topology: Topology, partitions: &[u32]) -> Vec<String> {
         if partitions.len() == topology.partitions as usize {
             return vec![format!("im.{}.>", self.tag())];
         }
@@ -117,10 +117,35 @@ pub struct Applied {
 /// What the query service and metrics see of a running projection.
 pub struct ProjectionState {
     pub projection: Arc<dyn Projection>,
-    pub ks: Arc<dyn Keyspace>,
+    /// The serving keyspace; a completed rebuild swaps it (see `swap`).
+    ks: RwLock<(Arc<dyn Keyspace>, u64)>,
     pub applied: watch::Receiver<Applied>,
     pub events_applied: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Held while a batch is folded and committed: whoever holds it sees
+    /// the keyspace and `applied` standing still (a rebuild's hand-over, a
+    /// repair).
+    pub batch_lock: tokio::sync::Mutex<()>,
+}
+
+impl ProjectionState {
+    /// The keyspace serving now. Callers keep the Arc for one whole answer,
+    /// so an answer never mixes two generations.
+    pub fn ks(&self) -> Arc<dyn Keyspace> {
+        self.ks.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// The serving keyspace's generation (0 until the first rebuild).
+    pub fn generation(&self) -> u64 {
+        self.ks.read().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// Puts another keyspace in service; returns the old one.
+    /// Only under `batch_lock`, with `next` at exactly `applied`.
+    pub fn swap(&self, next: Arc<dyn Keyspace>, generation: u64) -> (Arc<dyn Keyspace>, u64) {
+        let mut ks = self.ks.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *ks, (next, generation))
+    }
 }
 
 /// Why a projection stopped.
@@ -132,7 +157,7 @@ pub enum RunError {
     JetStream(String),
 }
 
-fn js_err(e: impl std::fmt::Display) -> RunError {
+pub(crate) fn js_err(e: impl std::fmt::Display) -> RunError {
     RunError::JetStream(e.to_string())
 }
 
@@ -318,6 +343,7 @@ pub async fn start(
     cfg: Arc<RunnerConfig>,
     projection: Arc<dyn Projection>,
     ks: Arc<dyn Keyspace>,
+    generation: u64,
 ) -> Result<
     (
         Arc<ProjectionState>,
@@ -340,10 +366,11 @@ pub async fn start(
     let (applied_tx, applied_rx) = watch::channel(applied);
     let state = Arc::new(ProjectionState {
         projection: projection.clone(),
-        ks: ks.clone(),
+        dead_letters: AtomicU64::new(dead_letters(ks.as_ref())?.len() as u64),
+        ks: RwLock::new((ks, generation)),
         applied: applied_rx,
         events_applied: AtomicU64::new(0),
-        dead_letters: AtomicU64::new(dead_letters(ks.as_ref())?.len() as u64),
+        batch_lock: tokio::sync::Mutex::new(()),
     });
     let task_state = state.clone();
     let task = tokio::spawn(async move {
@@ -375,6 +402,78 @@ pub async fn start(
     Ok((state, task))
 }
 
+/// Folds one delivered event into `tx`: its effects, or a dead letter when
+/// it is poison (policy: record, count, skip; the partition goes on and an
+/// operator repairs from the dead letter). Returns whether it was poison.
+pub(crate) fn fold_message(
+    projection: &dyn Projection,
+    tx: &mut Tx,
+    source: Source,
+    msg: &jetstream::Message,
+    stream_seq: u64,
+    effects: &mut Vec<Effect>,
+) -> Result<bool, StoreError> {
+    match decode(source, msg, stream_seq) {
+        Ok(Decoded::Conv(stored)) => {
+            effects.extend(projection.apply(tx, &Input::Conv(&stored))?);
+            Ok(false)
+        }
+        Ok(Decoded::Rcpt(event)) => {
+            effects.extend(projection.apply(
+                tx,
+                &Input::Rcpt {
+                    stream_seq,
+                    event: &event,
+                },
+            )?);
+            Ok(false)
+        }
+        Err(reason) => {
+            tracing::error!(
+                projection = projection.name(),
+                stream = source.stream(),
+                stream_seq,
+                %reason,
+                "poison event dead-lettered"
+            );
+            tx.put_msg(
+                dead_letter_key(source, stream_seq),
+                &v1::DeadLetter {
+                    stream: source.stream().to_string(),
+                    stream_seq,
+                    subject: msg.subject.to_string(),
+                    reason,
+                },
+            );
+            Ok(true)
+        }
+    }
+}
+
+/// Stages the checkpoints and commits a fold durably, off the async
+/// threads (sled's flush blocks).
+pub(crate) async fn commit_fold(
+    ks: Arc<dyn Keyspace>,
+    mut tx_writes: Vec<crate::store::Write>,
+    at: Applied,
+) -> Result<(), RunError> {
+    tx_writes.push((
+        checkpoint_key(Source::Conv),
+        Some(at.conv.to_be_bytes().to_vec()),
+    ));
+    tx_writes.push((
+        checkpoint_key(Source::Rcpt),
+        Some(at.rcpt.to_be_bytes().to_vec()),
+    ));
+    tokio::task::spawn_blocking(move || {
+        ks.commit(tx_writes)?;
+        ks.flush()
+    })
+    .await
+    .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))?
+    .map_err(RunError::Store)
+}
+
 /// Folds batches until the channel closes or deliveries go out of order.
 async fn run_batches(
     mut rx_in: mpsc::Receiver<(Source, jetstream::Message)>,
@@ -385,8 +484,6 @@ async fn run_batches(
     applied: &mut Applied,
 ) -> Result<Stop, RunError> {
     let projection = state.projection.clone();
-    let name = projection.name();
-    let ks = state.ks.clone();
     // The last consumer sequence seen per source: deliveries of a fresh
     // consumer are numbered 1, 2, 3...; a jump means one never arrived.
     let (mut seen_conv, mut seen_rcpt) = (0u64, 0u64);
@@ -398,6 +495,10 @@ async fn run_batches(
                 Err(_) => break,
             }
         }
+        // Held from the fold to the published position: a hand-over or
+        // repair waiting on it sees a settled keyspace.
+        let held = state.batch_lock.lock().await;
+        let ks = state.ks();
         let mut tx = Tx::new(ks.as_ref());
         let mut effects = Vec::new();
         // Every message of the batch, acknowledged once the commit is durable.
@@ -428,61 +529,27 @@ async fn run_batches(
                 break;
             }
             *seen = consumer_seq;
-            match decode(source, &msg, stream_seq) {
-                Ok(Decoded::Conv(stored)) => {
-                    effects.extend(projection.apply(&mut tx, &Input::Conv(&stored))?)
-                }
-                Ok(Decoded::Rcpt(event)) => effects.extend(projection.apply(
-                    &mut tx,
-                    &Input::Rcpt {
-                        stream_seq,
-                        event: &event,
-                    },
-                )?),
-                Err(reason) => {
-                    // Policy: record, count, skip. The partition goes on; an
-                    // operator repairs from the dead letter.
-                    tracing::error!(
-                        projection = name,
-                        stream = source.stream(),
-                        stream_seq,
-                        %reason,
-                        "poison event dead-lettered"
-                    );
-                    tx.put_msg(
-                        dead_letter_key(source, stream_seq),
-                        &v1::DeadLetter {
-                            stream: source.stream().to_string(),
-                            stream_seq,
-                            subject: msg.subject.to_string(),
-                            reason,
-                        },
-                    );
-                    dead += 1;
-                }
+            if fold_message(
+                projection.as_ref(),
+                &mut tx,
+                source,
+                &msg,
+                stream_seq,
+                &mut effects,
+            )? {
+                dead += 1;
             }
             *cp = stream_seq;
             folded += 1;
             to_ack.push(msg);
         }
         if next != *applied {
-            tx.put(
-                checkpoint_key(Source::Conv),
-                next.conv.to_be_bytes().to_vec(),
-            );
-            tx.put(
-                checkpoint_key(Source::Rcpt),
-                next.rcpt.to_be_bytes().to_vec(),
-            );
             let writes = tx.into_writes();
-            let ks_commit = ks.clone();
-            tokio::task::spawn_blocking(move || {
-                ks_commit.commit(writes)?;
-                ks_commit.flush()
-            })
-            .await
-            .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))??;
+            commit_fold(ks, writes, next).await?;
         }
+        *applied = next;
+        let _ = applied_tx.send(*applied);
+        drop(held);
         // Acknowledge only what is durable. A lost ack means a redelivery,
         // which the checkpoint skips.
         for msg in to_ack {
@@ -490,10 +557,8 @@ async fn run_batches(
                 tracing::warn!(error = %e, "ack failed; redelivery will be skipped");
             }
         }
-        *applied = next;
         state.events_applied.fetch_add(folded, Relaxed);
         state.dead_letters.fetch_add(dead, Relaxed);
-        let _ = applied_tx.send(*applied);
         if cfg.fanout {
             publish_effects(client, cfg, effects).await;
         }

@@ -79,6 +79,84 @@ impl SledStore {
             tree: self.db.open_tree(name).map_err(engine)?,
         }))
     }
+
+    /// Every keyspace in the store, by name.
+    pub fn keyspace_names(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .into_iter()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .collect()
+    }
+
+    /// Deletes a keyspace and everything in it.
+    pub fn drop_keyspace(&self, name: &str) -> Result<(), StoreError> {
+        self.db.drop_tree(name).map(|_| ()).map_err(engine)
+    }
+}
+
+/// An in-memory keyspace: scratch space for folds whose result is compared
+/// or copied, never served.
+#[derive(Default)]
+pub struct MemKeyspace {
+    map: std::sync::Mutex<std::collections::BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemKeyspace {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Keyspace for MemKeyspace {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.map().get(key).cloned())
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let map = self.map();
+        let iter = map.range(start.to_vec()..end.to_vec());
+        let pairs: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = if descending {
+            Box::new(iter.rev())
+        } else {
+            Box::new(iter)
+        };
+        Ok(pairs
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let mut map = self.map();
+        for (k, v) in writes {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn visit(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        for (k, v) in self.map().iter() {
+            f(k, v);
+        }
+        Ok(())
+    }
 }
 
 struct SledKeyspace {

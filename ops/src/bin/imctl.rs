@@ -18,7 +18,7 @@ enum Command {
     /// Stream configs and state.
     #[command(subcommand)]
     Streams(StreamsCommand),
-    /// Read models: status.
+    /// Read models: status, verify, rebuild, repair.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
 }
@@ -30,6 +30,11 @@ enum ProjectionsCommand {
     /// Rebuild into scratch and compare with the live store (exit 1 on a
     /// mismatch, naming the first differing key).
     Verify(im_ops::cmd::projections::VerifyArgs),
+    /// Build new generations while the current ones serve, then swap them
+    /// in atomically (Ctrl-C cancels; the current ones stay).
+    Rebuild(im_ops::cmd::projections::RebuildArgs),
+    /// Replay one conversation's subjects into the live store.
+    Repair(im_ops::cmd::projections::RepairArgs),
 }
 
 #[derive(Subcommand)]
@@ -64,6 +69,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Projections(ProjectionsCommand::Verify(args)) => {
             im_ops::cmd::projections::verify(args).await
+        }
+        Command::Projections(ProjectionsCommand::Rebuild(args)) => {
+            im_ops::cmd::projections::rebuild(args).await
+        }
+        Command::Projections(ProjectionsCommand::Repair(args)) => {
+            im_ops::cmd::projections::repair(args).await
         }
     }
 }

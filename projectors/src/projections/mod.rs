@@ -65,5 +65,31 @@ pub const NAMES: [&str; 6] = [
     "history", "members", "unread", "convlist", "receipts", "dedupe",
 ];
 
+/// The conversation a model key belongs to: every key of every projection
+/// names exactly one, first (after the tag) or last. Bookkeeping keys
+/// belong to none.
+pub fn conv_of_key(key: &[u8]) -> Option<&[u8]> {
+    let (&tag, rest) = key.split_first()?;
+    let first = || rest.split(|b| *b == 0).next();
+    // The last part follows the last separator: ids hold no 0 byte, so a 0
+    // inside a sequence before it does not matter.
+    let last = || rest.rsplit(|b| *b == 0).next();
+    match tag {
+        history::ENTRY
+        | members::CONVERSATION
+        | membership::MEMBER
+        | membership::BLACKLIST
+        | membership::KIND
+        | receipts::CURSORS
+        | unread::MARK
+        | unread::CURSOR
+        | convlist::SUMMARY => first(),
+        members::USER_CONV | unread::ROW | convlist::ENTRY | convlist::ORDER | dedupe::RECORD => {
+            last()
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing;

@@ -2,7 +2,6 @@
 //! into an in-memory keyspace in different interleavings of the two streams.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use im_schema::v1;
 use im_streams::codec::StoredEvent;
@@ -10,55 +9,8 @@ use im_streams::conversation::{apply, decide, Action, Command, ConvState, Messag
 
 use super::*;
 use crate::digest::{digest_of, Digest};
-use crate::store::{Keyspace, StoreError, Write};
-
-#[derive(Default)]
-pub struct MemKeyspace(Mutex<BTreeMap<Vec<u8>, Vec<u8>>>);
-
-impl Keyspace for MemKeyspace {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.0.lock().unwrap().get(key).cloned())
-    }
-    fn range(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        descending: bool,
-        limit: usize,
-    ) -> Result<Vec<crate::store::Entry>, StoreError> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let map = self.0.lock().unwrap();
-        let it = map
-            .range(start.to_vec()..end.to_vec())
-            .map(|(k, v)| (k.clone(), v.clone()));
-        Ok(if descending {
-            it.rev().take(limit).collect()
-        } else {
-            it.take(limit).collect()
-        })
-    }
-    fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        let mut map = self.0.lock().unwrap();
-        for (k, v) in writes {
-            match v {
-                Some(v) => map.insert(k, v),
-                None => map.remove(&k),
-            };
-        }
-        Ok(())
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn visit(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
-        for (k, v) in self.0.lock().unwrap().iter() {
-            f(k, v);
-        }
-        Ok(())
-    }
-}
+use crate::store::Keyspace;
+pub use crate::store::MemKeyspace;
 
 /// One event of either stream, as the log would hold it.
 #[derive(Clone)]
@@ -356,4 +308,55 @@ fn history_keeps_recalled_slots_and_latest_edits() {
         _ => None,
     });
     assert!(removal.unwrap().contains(&"carol".to_string()));
+}
+
+#[test]
+fn every_model_key_belongs_to_one_conversation_and_folds_per_conversation_add_up() {
+    // Repair rewrites one conversation's keys from its events alone; that
+    // is right only if each key names its conversation and a
+    // conversation's keys depend on its own events only.
+    let mut sim = scenario();
+    sim.run(
+        "g2",
+        "erin",
+        Action::CreateGroup {
+            title: "pair".into(),
+            members: vec![
+                ("frank".to_string(), Role::Member),
+                ("alice".to_string(), Role::Member),
+            ],
+        },
+    );
+    let m = sim.send("g2", "erin", "hi frank");
+    sim.read("g2", "frank", m);
+    sim.delivered("g2", "alice", m);
+    sim.send("g1", "alice", "still here");
+    let conv_of = |l: &Logged| match l {
+        Logged::Conv(s) => s.event.conversation_id.clone(),
+        Logged::Rcpt(_, e) => e.conversation_id.clone(),
+    };
+    for p in all() {
+        let whole = MemKeyspace::default();
+        fold_all(p.as_ref(), &whole, &sim.log);
+        let mut per_conv = Digest::default();
+        for conv in ["g1", "g2"] {
+            let own: Vec<Logged> = sim
+                .log
+                .iter()
+                .filter(|l| conv_of(l) == conv)
+                .cloned()
+                .collect();
+            let ks = MemKeyspace::default();
+            fold_all(p.as_ref(), &ks, &own);
+            ks.visit(&mut |k, _| {
+                if k[0] != crate::keys::META {
+                    assert_eq!(conv_of_key(k), Some(conv.as_bytes()), "{} {k:?}", p.name());
+                }
+            })
+            .unwrap();
+            per_conv = per_conv.combine(&digest_of(&ks).unwrap());
+        }
+        assert!(digest_of(&whole).unwrap().keys > 0, "{}", p.name());
+        assert_eq!(per_conv, digest_of(&whole).unwrap(), "{}", p.name());
+    }
 }

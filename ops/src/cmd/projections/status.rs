@@ -1,0 +1,120 @@
+//! `imctl projections status`: every projector instance that answers for a
+//! partition, and per projection its checkpoint, the stream's last sequence,
+//! lag, apply rate (two samples `--interval-ms` apart), digest and dead
+//! letters.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use im_schema::v1::{self, query_request::Query, query_response::Result as R};
+use serde::Serialize;
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[arg(long, env = crate::cmd::up::ENV_NATS_URL, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    #[arg(long)]
+    pub json: bool,
+    /// Time between the two samples the apply rate is measured over.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+}
+
+#[derive(Serialize)]
+struct Row {
+    instance: String,
+    projection: String,
+    checkpoint: u64,
+    stream_last_seq: u64,
+    lag: u64,
+    events_per_s: f64,
+    digest: String,
+    keys: u64,
+    dead_letters: u64,
+}
+
+/// instance -> its status, from every partition's answer.
+async fn sample(
+    client: &async_nats::Client,
+    partitions: u32,
+) -> anyhow::Result<BTreeMap<String, v1::StatusResult>> {
+    let mut out = BTreeMap::new();
+    for p in 0..partitions {
+        let req = v1::QueryRequest {
+            query: Some(Query::Status(v1::StatusQuery {})),
+            ..Default::default()
+        };
+        let reply = tokio::time::timeout(
+            super::ANSWER_TIMEOUT,
+            client.request(format!("im.q.{p}"), im_schema::encode(&req).into()),
+        )
+        .await
+        .with_context(|| format!("partition {p}: no projector answered"))?
+        .with_context(|| format!("partition {p}: no projector answered"))?;
+        let resp: v1::QueryResponse = im_schema::decode(&reply.payload)?;
+        if let Some(R::Status(s)) = resp.result {
+            out.insert(s.instance.clone(), s);
+        }
+    }
+    Ok(out)
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = async_nats::connect(&args.nats_url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let topology = im_streams::definitions::read_topology(&js).await?;
+    let first = sample(&client, topology.partitions).await?;
+    tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+    let second = sample(&client, topology.partitions).await?;
+    let last = js
+        .get_stream(im_streams::definitions::CONV_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    let secs = args.interval_ms.max(1) as f64 / 1000.0;
+    let mut rows = Vec::new();
+    for (instance, st) in &second {
+        for p in &st.projections {
+            let before = first
+                .get(instance)
+                .and_then(|s| s.projections.iter().find(|q| q.name == p.name))
+                .map_or(p.applied, |q| q.applied);
+            rows.push(Row {
+                instance: instance.clone(),
+                projection: p.name.clone(),
+                checkpoint: p.conv_checkpoint,
+                stream_last_seq: last,
+                lag: last.saturating_sub(p.conv_checkpoint),
+                events_per_s: p.applied.saturating_sub(before) as f64 / secs,
+                digest: p.digest.clone(),
+                keys: p.keys,
+                dead_letters: p.dead_letters,
+            });
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<10} {:>12} {:>12} {:>8} {:>10} {:>8} {:<16}",
+        "INSTANCE", "PROJECTION", "CHECKPOINT", "STREAM_LAST", "LAG", "EVENTS/S", "DEAD", "DIGEST"
+    );
+    for r in rows {
+        println!(
+            "{:<12} {:<10} {:>12} {:>12} {:>8} {:>10.0} {:>8} {:<16}",
+            r.instance,
+            r.projection,
+            r.checkpoint,
+            r.stream_last_seq,
+            r.lag,
+            r.events_per_s,
+            r.dead_letters,
+            &r.digest[..16.min(r.digest.len())]
+        );
+    }
+    Ok(())
+}

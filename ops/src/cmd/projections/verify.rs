@@ -1,0 +1,172 @@
+//! `imctl projections verify`: a scratch rebuild in-process, compared with
+//! the live instance by digest, and key by key on a mismatch.
+
+use std::time::Duration;
+
+use im_schema::v1::{self, query_request::Query, query_response::Result as R};
+
+use super::{instance_status, printable_key};
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// One projection to verify; all when absent (or with --all).
+    pub name: Option<String>,
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long, env = crate::cmd::up::ENV_NATS_URL, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// The live projector instance to check.
+    #[arg(long, default_value = "local")]
+    pub instance: String,
+    /// How long the scratch rebuild may take to reach the live checkpoints.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+/// The first key where the live store and the rebuild differ.
+async fn first_difference(
+    client: &async_nats::Client,
+    instance: &str,
+    name: &str,
+    scratch: &dyn im_projectors::store::Keyspace,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let (mut after_live, mut after_scratch) = (Vec::new(), Vec::new());
+    let (mut live, mut mine): (Vec<v1::KeyHash>, Vec<v1::KeyHash>) = (Vec::new(), Vec::new());
+    let (mut live_done, mut scratch_done) = (false, false);
+    // Bounded by the stores' sizes: each round consumes at least one key.
+    loop {
+        if live.is_empty() && !live_done {
+            let keys = Query::Keys(v1::KeysQuery {
+                projection: name.into(),
+                after: after_live.clone(),
+                limit: 1_000,
+            });
+            match super::ask_instance(client, instance, keys, super::ANSWER_TIMEOUT).await? {
+                R::Keys(k) => {
+                    live_done = k.entries.is_empty();
+                    live = k.entries;
+                    live.reverse();
+                }
+                other => anyhow::bail!("keys of {name}: {other:?}"),
+            }
+        }
+        if mine.is_empty() && !scratch_done {
+            let k = im_projectors::query::key_hashes(scratch, &after_scratch, 1_000)?;
+            scratch_done = k.entries.is_empty();
+            mine = k.entries;
+            mine.reverse();
+        }
+        match (live.last(), mine.last()) {
+            (None, None) => return Ok(None),
+            (Some(a), None) => return Ok(Some(a.key.clone())),
+            (None, Some(b)) => return Ok(Some(b.key.clone())),
+            (Some(a), Some(b)) => {
+                if a.key != b.key {
+                    return Ok(Some(a.key.clone().min(b.key.clone())));
+                }
+                if a.value_hash != b.value_hash {
+                    return Ok(Some(a.key.clone()));
+                }
+                after_live = a.key.clone();
+                after_scratch = b.key.clone();
+                live.pop();
+                mine.pop();
+            }
+        }
+    }
+}
+
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let client = async_nats::connect(&args.nats_url).await?;
+    let names = super::selected(&args.name, args.all)?;
+    let live = instance_status(&client, &args.instance).await?;
+    let dir = tempfile::tempdir()?;
+    let scratch_name = format!("verify{}", std::process::id());
+    let projector = im_projectors::Projector::start(
+        client.clone(),
+        im_projectors::ProjectorConfig {
+            instance: scratch_name.clone(),
+            partitions: Some(live.partitions.clone()),
+            data_dir: dir.path().to_path_buf(),
+            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+            fanout: false,
+        },
+    )
+    .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.timeout_secs);
+    // Compare when both stand at the same checkpoints (a live store that
+    // keeps moving is caught at a quiet moment, or the timeout says so).
+    let (live, scratch) = loop {
+        let live = instance_status(&client, &args.instance).await?;
+        let scratch = projector.context.status()?;
+        let at = |s: &v1::StatusResult, n: &str| {
+            s.projections
+                .iter()
+                .find(|p| p.name == n)
+                .map(|p| (p.conv_checkpoint, p.rcpt_checkpoint))
+        };
+        if names
+            .iter()
+            .all(|n| at(&live, n).is_some() && at(&live, n) == at(&scratch, n))
+        {
+            break (live, scratch);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the rebuild did not reach the live checkpoints in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut mismatches = 0;
+    for name in &names {
+        let digest = |s: &v1::StatusResult| {
+            s.projections
+                .iter()
+                .find(|p| &p.name == name)
+                .map(|p| p.digest.clone())
+                .unwrap_or_default()
+        };
+        let (a, b) = (digest(&live), digest(&scratch));
+        if a == b {
+            println!("{name}: ok {a}");
+            continue;
+        }
+        mismatches += 1;
+        let ks = projector
+            .context
+            .projections
+            .iter()
+            .find(|p| p.projection.name() == name)
+            .map(|p| p.ks())
+            .expect("every projection runs");
+        match first_difference(&client, &args.instance, name, ks.as_ref()).await? {
+            Some(key) => println!(
+                "{name}: MISMATCH live {a} rebuild {b}; first differing key: {}",
+                printable_key(&key)
+            ),
+            None => println!("{name}: MISMATCH live {a} rebuild {b}"),
+        }
+    }
+    drop(projector);
+    // The scratch consumers go with the scratch store.
+    let js = async_nats::jetstream::new(client);
+    for stream in [
+        im_streams::definitions::CONV_STREAM,
+        im_streams::definitions::RCPT_STREAM,
+    ] {
+        if let Ok(s) = js.get_stream(stream).await {
+            for name in im_projectors::projections::NAMES {
+                for tag in ["conv", "rcpt"] {
+                    let _ = s
+                        .delete_consumer(&format!("{scratch_name}_{name}_{tag}"))
+                        .await;
+                }
+            }
+        }
+    }
+    anyhow::ensure!(
+        mismatches == 0,
+        "{mismatches} projection(s) differ from a fresh rebuild"
+    );
+    Ok(())
+}

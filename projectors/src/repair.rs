@@ -1,0 +1,149 @@
+//! Repair of one conversation: its subjects are replayed into a scratch
+//! keyspace up to the live position, and the live store's entries of that
+//! conversation are made equal to the scratch ones (rewritten, added, or
+//! deleted when stray). Correct because every model key belongs to exactly
+//! one conversation and depends on that conversation's events only (a pure
+//! test in `projections::testing` holds the folds to this).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
+use futures::StreamExt;
+use im_schema::v1;
+use im_streams::Topology;
+
+use crate::keys::META;
+use crate::projections::conv_of_key;
+use crate::runner::{fold_message, js_err, ProjectionState, RunError, Source};
+use crate::store::{Keyspace, MemKeyspace, StoreError, Write};
+use crate::tx::Tx;
+
+/// Events of one conversation a repair folds at most: it holds the
+/// projection's batch lock (the live runner waits) and keeps them in
+/// memory, so a conversation beyond this is rebuilt instead.
+pub const REPAIR_EVENTS_MAX: u64 = 1_000_000;
+
+/// How long one read may wait for an event the consumer said is pending.
+const READ_STALL_MAX: Duration = Duration::from_secs(30);
+
+/// Replays `conv` into one projection's live keyspace.
+pub async fn repair(
+    client: &async_nats::Client,
+    topology: Topology,
+    state: &ProjectionState,
+    conv: &str,
+) -> Result<v1::RepairedProjection, RunError> {
+    let projection = state.projection.as_ref();
+    let js = jetstream::new(client.clone());
+    // The live runner waits while the conversation's entries are replaced,
+    // so its position and the keyspace stand still meanwhile.
+    let _held = state.batch_lock.lock().await;
+    let at = *state.applied.borrow();
+    let live = state.ks();
+    let scratch = MemKeyspace::default();
+    let mut events = 0u64;
+    let mut sources = vec![(Source::Conv, at.conv)];
+    if projection.reads_receipts() {
+        sources.push((Source::Rcpt, at.rcpt));
+    }
+    for (source, upto) in sources {
+        let subject = match source {
+            Source::Conv => topology.conv_subject(conv),
+            Source::Rcpt => topology.rcpt_subject(conv),
+        }
+        .map_err(|e| RunError::JetStream(e.to_string()))?;
+        let stream = js.get_stream(source.stream()).await.map_err(js_err)?;
+        let mut consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: subject,
+                ..Default::default()
+            })
+            .await
+            .map_err(js_err)?;
+        let mut pending = consumer.info().await.map_err(js_err)?.num_pending;
+        let mut messages = consumer.messages().await.map_err(js_err)?;
+        while pending > 0 {
+            let msg = tokio::time::timeout(READ_STALL_MAX, messages.next())
+                .await
+                .map_err(|_| js_err("the stream read stalled"))?
+                .ok_or_else(|| js_err("the stream read ended"))?
+                .map_err(js_err)?;
+            let info = msg.info().map_err(js_err)?;
+            pending = info.pending;
+            if info.stream_sequence > upto {
+                // Beyond what the live store has applied: the runner folds
+                // it when it resumes.
+                break;
+            }
+            events += 1;
+            if events > REPAIR_EVENTS_MAX {
+                return Err(RunError::JetStream(format!(
+                    "{conv} has more than {REPAIR_EVENTS_MAX} events: rebuild instead"
+                )));
+            }
+            let mut tx = Tx::new(&scratch);
+            fold_message(
+                projection,
+                &mut tx,
+                source,
+                &msg,
+                info.stream_sequence,
+                &mut Vec::new(),
+            )?;
+            scratch.commit(tx.into_writes())?;
+        }
+    }
+    let writes = conversation_diff(live.as_ref(), &scratch, conv.as_bytes())?;
+    let written = writes.iter().filter(|(_, v)| v.is_some()).count() as u64;
+    let deleted = writes.len() as u64 - written;
+    if !writes.is_empty() {
+        let ks: Arc<dyn Keyspace> = live;
+        tokio::task::spawn_blocking(move || {
+            ks.commit(writes)?;
+            ks.flush()
+        })
+        .await
+        .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))??;
+    }
+    tracing::info!(
+        projection = projection.name(),
+        conv,
+        events,
+        written,
+        deleted,
+        "conversation repaired"
+    );
+    Ok(v1::RepairedProjection {
+        name: projection.name().to_string(),
+        events,
+        written,
+        deleted,
+    })
+}
+
+/// The writes that make `live`'s entries of `conv` equal `want`'s.
+fn conversation_diff(
+    live: &dyn Keyspace,
+    want: &dyn Keyspace,
+    conv: &[u8],
+) -> Result<Vec<Write>, StoreError> {
+    let ours = |k: &[u8]| k.first() != Some(&META) && conv_of_key(k) == Some(conv);
+    let mut have = BTreeMap::new();
+    // A whole scan: keys led by a user id (conversation lists, unread rows)
+    // have no conversation prefix to seek to. Repairs are rare.
+    live.visit(&mut |k, v| {
+        if ours(k) {
+            have.insert(k.to_vec(), v.to_vec());
+        }
+    })?;
+    let mut writes = Vec::new();
+    want.visit(&mut |k, v| {
+        if ours(k) && have.remove(k).as_deref() != Some(v) {
+            writes.push((k.to_vec(), Some(v.to_vec())));
+        }
+    })?;
+    writes.extend(have.into_keys().map(|k| (k, None)));
+    Ok(writes)
+}
