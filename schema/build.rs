@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/im/v1/internal.proto",
         "proto/im/v1/readmodel.proto",
         "proto/im/v1/query.proto",
+        "proto/im/v1/archive.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -1,8 +1,17 @@
-//! The auditor CLI's library (`im-replay`): export, verify the hash chain and
-//! the rules, reconstruct state as of a sequence or time, archive to object
-//! storage.
-//!
-//! Not built yet (issue 5). The pieces it will reuse exist: the hash chain
-//! (`im_streams::codec::payload_hash`, `ConvEvent.prev_hash`), the rules
-//! (`im_streams::conversation::check_may_send`) and batched reads
-//! (`im_streams::log`).
+//! The auditor CLI's library (`im-replay`): export the streams, verify the
+//! hash chain and the rules, reconstruct a conversation as of a sequence
+//! or time, and archive stream segments to object storage and back.
+
+pub mod audit;
+pub mod read;
+
+/// Why a replay tool failed (not a violation: those are reports).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("jetstream: {0}")]
+    JetStream(String),
+    #[error("object storage: {0}")]
+    Storage(String),
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,368 @@
+//! The auditor's check of IM_CONV, pure: events go in in stream order, and
+//! each must
+//! - decode, and name the conversation of its subject;
+//! - follow its conversation's last event (`conv_seq` gapless from 1);
+//! - carry `prev_hash` = sha256 of that event's stored bytes (the chain: the
+//!   stored bytes include their own `prev_hash`, so each link commits to
+//!   the whole history before it);
+//! - be exactly what the rules (`decide`, the same code the writers run)
+//!   produce for the command the event records, against the state folded
+//!   from the events before it: a non-member's message, a forged role
+//!   change or an edited body all fail here;
+//! - start a command whose (actor, client_msg_id) the conversation has not
+//!   seen before.
+//!
+//! The first violation ends the audit, naming the event.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use im_schema::v1::{self, conv_event::Kind, message_sent::Body};
+use im_streams::codec::{payload_hash, HDR_CONV_SEQ};
+use im_streams::conversation::{apply, decide, Action, Command, ConvState, MessageBody, Role};
+use sha2::{Digest as _, Sha256};
+
+use crate::read::Raw;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ViolationKind {
+    Undecodable(String),
+    SubjectMismatch,
+    Gap { expected: u64 },
+    BadChain { expected: String, found: String },
+    NotAllowed { code: &'static str, reason: String },
+    NotWhatTheRulesProduce { detail: String },
+    DuplicateClientMsgId { client_msg_id: String },
+    IncompleteCommand,
+}
+
+impl std::fmt::Display for ViolationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ViolationKind::Undecodable(e) => write!(f, "undecodable: {e}"),
+            ViolationKind::SubjectMismatch => {
+                write!(f, "names another conversation than its subject")
+            }
+            ViolationKind::Gap { expected } => write!(f, "conv_seq gap: expected {expected}"),
+            ViolationKind::BadChain { expected, found } => write!(
+                f,
+                "broken hash chain: prev_hash {found}, the previous event hashes to {expected}"
+            ),
+            ViolationKind::NotAllowed { code, reason } => {
+                write!(f, "not allowed by the rules: {code} ({reason})")
+            }
+            ViolationKind::NotWhatTheRulesProduce { detail } => {
+                write!(f, "differs from what the rules produce: {detail}")
+            }
+            ViolationKind::DuplicateClientMsgId { client_msg_id } => {
+                write!(f, "client_msg_id {client_msg_id:?} used by an earlier command")
+            }
+            ViolationKind::IncompleteCommand => {
+                write!(f, "the command's remaining events are missing")
+            }
+        }
+    }
+}
+
+/// Where and what: enough to find the event with `export --from-seq`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("event at IM_CONV seq {stream_seq} (subject {subject}, conversation {conversation_id}, conv_seq {conv_seq}): {kind}")]
+pub struct Violation {
+    pub stream_seq: u64,
+    pub subject: String,
+    pub conversation_id: String,
+    pub conv_seq: u64,
+    pub kind: ViolationKind,
+}
+
+#[derive(Default)]
+struct ConvAudit {
+    state: Option<ConvState>,
+    /// (actor, client_msg_id) of every command so far.
+    commands: BTreeSet<(String, String)>,
+    /// A direct conversation's creation, with the state before it: the
+    /// send that made it is its next event, and the two are checked
+    /// together.
+    direct_created: Option<(ConvState, v1::ConvEvent)>,
+    events: u64,
+}
+
+/// A conversation's result: its event count and chain head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvDigest {
+    pub events: u64,
+    /// sha256 of the last event's stored bytes, hex.
+    pub head: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub events: u64,
+    pub conversations: BTreeMap<String, ConvDigest>,
+    /// Over every event in order: its stream seq, subject and stored bytes.
+    pub range_digest: String,
+}
+
+/// The digest of a message range, shared by `verify` and `archive`.
+#[derive(Clone, Default)]
+pub struct RangeDigest(Sha256);
+
+impl RangeDigest {
+    pub fn add(&mut self, seq: u64, subject: &str, payload: &[u8]) {
+        self.0.update(seq.to_be_bytes());
+        self.0.update((subject.len() as u32).to_be_bytes());
+        self.0.update(subject.as_bytes());
+        self.0.update(payload_hash(payload));
+    }
+
+    pub fn hex(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
+#[derive(Default)]
+pub struct Auditor {
+    convs: BTreeMap<String, ConvAudit>,
+    range: RangeDigest,
+    events: u64,
+}
+
+/// The command an event records; a direct conversation's creation needs
+/// the message sent with it.
+fn command_of(ev: &v1::ConvEvent, sent_with: Option<&v1::MessageSent>) -> Option<Command> {
+    let body = |s: &v1::MessageSent| match &s.body {
+        Some(Body::Text(t)) => MessageBody::Text(t.clone()),
+        Some(Body::Media(m)) => MessageBody::Media(m.clone()),
+        None => MessageBody::Text(String::new()),
+    };
+    let action = match ev.kind.as_ref()? {
+        Kind::Created(c) if c.kind == v1::ConversationKind::Direct as i32 => {
+            // Made by the first send, together with its message.
+            let sent = sent_with?;
+            let peer = c.members.iter().find(|m| m.user_id != ev.actor)?;
+            Action::Send {
+                peer: Some(peer.user_id.clone()),
+                body: body(sent),
+                meta: sent.meta.clone(),
+            }
+        }
+        Kind::Created(c) => Action::CreateGroup {
+            title: c.title.clone(),
+            members: c
+                .members
+                .iter()
+                .filter(|m| m.user_id != ev.actor)
+                .map(|m| (m.user_id.clone(), Role::from_wire(m.role)))
+                .collect(),
+        },
+        Kind::MessageSent(s) => Action::Send {
+            peer: None,
+            body: body(s),
+            meta: s.meta.clone(),
+        },
+        Kind::MemberAdded(a) => Action::AddMember {
+            user: a.user_id.clone(),
+            role: Role::from_wire(a.role),
+        },
+        Kind::MemberRemoved(r) => Action::RemoveMember {
+            user: r.user_id.clone(),
+        },
+        Kind::MemberLeft(_) => Action::Leave,
+        Kind::RoleChanged(r) => Action::ChangeRole {
+            user: r.user_id.clone(),
+            role: Role::from_wire(r.role),
+        },
+        Kind::OwnershipTransferred(t) => Action::TransferOwnership {
+            user: t.user_id.clone(),
+        },
+        Kind::Muted(m) => Action::Mute {
+            user: m.user_id.clone(),
+            until_ms: m.until_ms,
+        },
+        Kind::Unmuted(m) => Action::Unmute {
+            user: m.user_id.clone(),
+        },
+        Kind::Blacklisted(b) => Action::Blacklist {
+            user: b.user_id.clone(),
+        },
+        Kind::Unblacklisted(b) => Action::Unblacklist {
+            user: b.user_id.clone(),
+        },
+        Kind::MessageRecalled(r) => Action::Recall {
+            conv_seq: r.target_conv_seq,
+        },
+        Kind::MessageEdited(e) => Action::Edit {
+            conv_seq: e.target_conv_seq,
+            text: e.text.clone(),
+        },
+    };
+    Some(Command {
+        actor: ev.actor.clone(),
+        client_msg_id: ev.client_msg_id.clone(),
+        action,
+    })
+}
+
+/// Compares a stored event with the one the rules produced, chain links
+/// aside (checked on their own).
+fn same_event(stored: &v1::ConvEvent, produced: &v1::ConvEvent) -> Result<(), String> {
+    let strip = |e: &v1::ConvEvent| v1::ConvEvent {
+        prev_hash: Vec::new(),
+        ..e.clone()
+    };
+    if strip(stored) == strip(produced) {
+        Ok(())
+    } else {
+        Err(format!(
+            "stored {}, rules give {}",
+            im_schema::to_json(stored),
+            im_schema::to_json(produced)
+        ))
+    }
+}
+
+impl Auditor {
+    /// Checks the next IM_CONV message (stream order).
+    pub fn check(&mut self, raw: &Raw) -> Result<(), Violation> {
+        let conv_of_subject = im_streams::subjects::conv_id_of_subject(&raw.subject)
+            .unwrap_or_default()
+            .to_string();
+        let violation = |conv: &str, conv_seq: u64, kind| Violation {
+            stream_seq: raw.seq,
+            subject: raw.subject.clone(),
+            conversation_id: conv.to_string(),
+            conv_seq,
+            kind,
+        };
+        let ev: v1::ConvEvent = im_schema::decode(&raw.payload).map_err(|e| {
+            violation(
+                &conv_of_subject,
+                0,
+                ViolationKind::Undecodable(e.to_string()),
+            )
+        })?;
+        let v = |kind| violation(&ev.conversation_id, ev.conv_seq, kind);
+        if raw.header(HDR_CONV_SEQ) != Some(ev.conv_seq.to_string().as_str()) {
+            return Err(v(ViolationKind::Undecodable(format!(
+                "header {HDR_CONV_SEQ} {:?} disagrees with the payload",
+                raw.header(HDR_CONV_SEQ)
+            ))));
+        }
+        if ev.conversation_id != conv_of_subject {
+            return Err(v(ViolationKind::SubjectMismatch));
+        }
+        let audit = self.convs.entry(ev.conversation_id.clone()).or_default();
+        let state = audit
+            .state
+            .get_or_insert_with(|| ConvState::empty(ev.conversation_id.clone()));
+        if ev.conv_seq != state.conv_seq + 1 {
+            return Err(v(ViolationKind::Gap {
+                expected: state.conv_seq + 1,
+            }));
+        }
+        if ev.prev_hash != state.last_hash {
+            return Err(v(ViolationKind::BadChain {
+                expected: hex::encode(state.last_hash),
+                found: hex::encode(&ev.prev_hash),
+            }));
+        }
+        let is_direct_creation = matches!(&ev.kind, Some(Kind::Created(c))
+            if c.kind == v1::ConversationKind::Direct as i32);
+        if is_direct_creation && audit.direct_created.is_none() {
+            audit.direct_created = Some((state.clone(), ev.clone()));
+        } else {
+            // The command's first event, and the state it was decided on.
+            let (before, first, sent_with) = match audit.direct_created.take() {
+                Some((before, created)) => {
+                    let sent = match &ev.kind {
+                        Some(Kind::MessageSent(s))
+                            if ev.actor == created.actor
+                                && ev.client_msg_id == created.client_msg_id =>
+                        {
+                            s
+                        }
+                        _ => return Err(v(ViolationKind::IncompleteCommand)),
+                    };
+                    (before, created, Some(sent))
+                }
+                None => (state.clone(), ev.clone(), None),
+            };
+            let cmd = command_of(&first, sent_with).ok_or_else(|| {
+                v(ViolationKind::NotWhatTheRulesProduce {
+                    detail: "no command produces this event".into(),
+                })
+            })?;
+            if !audit
+                .commands
+                .insert((cmd.actor.clone(), cmd.client_msg_id.clone()))
+            {
+                return Err(v(ViolationKind::DuplicateClientMsgId {
+                    client_msg_id: cmd.client_msg_id,
+                }));
+            }
+            let produced = decide(&before, &cmd, first.at_ms).map_err(|r| {
+                v(ViolationKind::NotAllowed {
+                    code: r.code(),
+                    reason: r.to_string(),
+                })
+            })?;
+            let stored: Vec<&v1::ConvEvent> = match sent_with {
+                Some(_) => vec![&first, &ev],
+                None => vec![&ev],
+            };
+            if produced.len() != stored.len() {
+                return Err(v(ViolationKind::NotWhatTheRulesProduce {
+                    detail: format!("the rules give {} event(s) for this command", produced.len()),
+                }));
+            }
+            for (s, p) in stored.into_iter().zip(&produced) {
+                // An older writer's events carry their own schema version.
+                let p = v1::ConvEvent {
+                    schema_version: s.schema_version,
+                    ..p.clone()
+                };
+                same_event(s, &p)
+                    .map_err(|detail| v(ViolationKind::NotWhatTheRulesProduce { detail }))?;
+            }
+        }
+        apply(state, &ev);
+        state.record_position(raw.seq, payload_hash(&raw.payload));
+        audit.events += 1;
+        self.events += 1;
+        self.range.add(raw.seq, &raw.subject, &raw.payload);
+        Ok(())
+    }
+
+    /// The report, once every event is in; a command cut short is a
+    /// violation.
+    pub fn finish(self) -> Result<Report, Violation> {
+        let mut conversations = BTreeMap::new();
+        for (conv, audit) in self.convs {
+            let state = audit.state.unwrap_or_else(|| ConvState::empty(conv.clone()));
+            if let Some((_, created)) = audit.direct_created {
+                return Err(Violation {
+                    stream_seq: state.version,
+                    subject: String::new(),
+                    conversation_id: conv,
+                    conv_seq: created.conv_seq,
+                    kind: ViolationKind::IncompleteCommand,
+                });
+            }
+            conversations.insert(
+                conv,
+                ConvDigest {
+                    events: audit.events,
+                    head: hex::encode(state.last_hash),
+                },
+            );
+        }
+        Ok(Report {
+            events: self.events,
+            conversations,
+            range_digest: self.range.hex(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "audit_tests.rs"]
+mod tests;

@@ -1,0 +1,304 @@
+//! Given a log made by the real rules, when it is audited, then...
+
+use im_streams::conversation::MessageBody;
+use im_streams::Topology;
+
+use super::*;
+
+/// A log as the append path writes it: events from `decide`, chained and
+/// encoded, at consecutive stream sequences.
+#[derive(Default)]
+struct Log {
+    states: BTreeMap<String, ConvState>,
+    raws: Vec<Raw>,
+}
+
+fn raw(seq: u64, ev: &v1::ConvEvent) -> Raw {
+    Raw {
+        stream: "IM_CONV".into(),
+        seq,
+        time: time::OffsetDateTime::UNIX_EPOCH,
+        subject: Topology::new(16).conv_subject(&ev.conversation_id).unwrap(),
+        headers: vec![(HDR_CONV_SEQ.to_string(), ev.conv_seq.to_string())],
+        payload: im_schema::encode(ev).into(),
+    }
+}
+
+impl Log {
+    fn run(&mut self, conv: &str, actor: &str, id: &str, action: Action) {
+        let state = self
+            .states
+            .entry(conv.to_string())
+            .or_insert_with(|| ConvState::empty(conv))
+            .clone();
+        let cmd = Command {
+            actor: actor.into(),
+            client_msg_id: id.into(),
+            action,
+        };
+        for mut ev in decide(&state, &cmd, 1_000).unwrap() {
+            ev.prev_hash = self.states[conv].last_hash.to_vec();
+            self.append(ev);
+        }
+    }
+
+    /// Appends an event as given, around the rules.
+    fn append(&mut self, ev: v1::ConvEvent) {
+        let state = self
+            .states
+            .entry(ev.conversation_id.clone())
+            .or_insert_with(|| ConvState::empty(ev.conversation_id.clone()));
+        let r = raw(self.raws.len() as u64 + 1, &ev);
+        apply(state, &ev);
+        state.record_position(r.seq, payload_hash(&r.payload));
+        self.raws.push(r);
+    }
+
+    /// The next event of `conv` as a writer would chain it.
+    fn next_event(&self, conv: &str, actor: &str, id: &str, kind: Kind) -> v1::ConvEvent {
+        let state = &self.states[conv];
+        v1::ConvEvent {
+            conversation_id: conv.into(),
+            conv_seq: state.conv_seq + 1,
+            actor: actor.into(),
+            at_ms: 1_000,
+            prev_hash: state.last_hash.to_vec(),
+            client_msg_id: id.into(),
+            schema_version: im_schema::SCHEMA_VERSION,
+            kind: Some(kind),
+        }
+    }
+
+    fn audit(&self) -> Result<Report, Violation> {
+        let mut a = Auditor::default();
+        for r in &self.raws {
+            a.check(r)?;
+        }
+        a.finish()
+    }
+}
+
+fn text(t: &str) -> Action {
+    Action::Send {
+        peer: None,
+        body: MessageBody::Text(t.into()),
+        meta: Default::default(),
+    }
+}
+
+fn sent(t: &str) -> Kind {
+    Kind::MessageSent(v1::MessageSent {
+        body: Some(Body::Text(t.into())),
+        meta: Default::default(),
+    })
+}
+
+/// A group with an admin, a muted member, an edit and a recall, and a
+/// direct conversation whose first send created it, interleaved.
+fn history() -> Log {
+    let mut log = Log::default();
+    log.run(
+        "team",
+        "olga",
+        "c1",
+        Action::CreateGroup {
+            title: "team".into(),
+            members: vec![("amy".into(), Role::Admin), ("bo".into(), Role::Member)],
+        },
+    );
+    let dm = im_streams::subjects::direct_conversation_id("amy", "bo").unwrap();
+    log.run(
+        &dm,
+        "amy",
+        "d1",
+        Action::Send {
+            peer: Some("bo".into()),
+            body: MessageBody::Text("hi bo".into()),
+            meta: Default::default(),
+        },
+    );
+    log.run("team", "amy", "m1", text("hello"));
+    log.run(&dm, "bo", "d2", text("hi amy"));
+    log.run("team", "bo", "m2", text("tpyo"));
+    log.run(
+        "team",
+        "bo",
+        "m3",
+        Action::Edit {
+            conv_seq: 3,
+            text: "typo".into(),
+        },
+    );
+    log.run("team", "amy", "m4", Action::Recall { conv_seq: 2 });
+    log.run(
+        "team",
+        "amy",
+        "m5",
+        Action::Mute {
+            user: "bo".into(),
+            until_ms: 5_000,
+        },
+    );
+    log.run(
+        "team",
+        "olga",
+        "m6",
+        Action::AddMember {
+            user: "cy".into(),
+            role: Role::Member,
+        },
+    );
+    log
+}
+
+#[test]
+fn an_intact_history_passes_with_a_chain_head_per_conversation() {
+    let log = history();
+    let report = log.audit().unwrap();
+    assert_eq!(report.events, log.raws.len() as u64);
+    assert_eq!(report.conversations.len(), 2);
+    let team = &report.conversations["team"];
+    assert_eq!(team.events, 7);
+    let last_team = log.raws.iter().rev().find(|r| r.subject.ends_with(".team")).unwrap();
+    assert_eq!(team.head, hex::encode(payload_hash(&last_team.payload)));
+    // The same log gives the same digest; one byte elsewhere does not.
+    assert_eq!(log.audit().unwrap().range_digest, report.range_digest);
+}
+
+#[test]
+fn a_forged_link_is_named() {
+    let mut log = history();
+    let mut ev = log.next_event("team", "amy", "f1", sent("forged"));
+    ev.prev_hash = vec![7; 32];
+    log.append(ev);
+    let v = log.audit().unwrap_err();
+    assert_eq!(v.stream_seq, log.raws.len() as u64);
+    assert_eq!((v.conversation_id.as_str(), v.conv_seq), ("team", 8));
+    assert!(matches!(v.kind, ViolationKind::BadChain { .. }), "{v}");
+}
+
+#[test]
+fn a_rewritten_event_breaks_the_next_link() {
+    let mut log = history();
+    // "hello" (team conv_seq 2) rewritten in place.
+    let i = log
+        .raws
+        .iter()
+        .position(|r| r.subject.ends_with(".team") && r.header(HDR_CONV_SEQ) == Some("2"))
+        .unwrap();
+    let mut ev: v1::ConvEvent = im_schema::decode(&log.raws[i].payload).unwrap();
+    ev.kind = Some(sent("goodbye"));
+    log.raws[i].payload = im_schema::encode(&ev).into();
+    let v = log.audit().unwrap_err();
+    assert_eq!((v.conversation_id.as_str(), v.conv_seq), ("team", 3));
+    assert!(matches!(v.kind, ViolationKind::BadChain { .. }), "{v}");
+}
+
+#[test]
+fn a_non_members_message_is_refused_by_the_rules() {
+    let mut log = history();
+    let ev = log.next_event("team", "mallory", "x1", sent("let me in"));
+    log.append(ev);
+    let v = log.audit().unwrap_err();
+    assert_eq!(v.stream_seq, log.raws.len() as u64);
+    assert_eq!(
+        v.kind,
+        ViolationKind::NotAllowed {
+            code: "not_member",
+            reason: "not a member of this conversation".into()
+        }
+    );
+    assert!(v.to_string().contains("conv_seq 8"), "{v}");
+}
+
+#[test]
+fn a_muted_members_message_and_a_members_role_grab_are_refused() {
+    let mut log = history();
+    log.append(log.next_event("team", "bo", "x2", sent("muted but talking")));
+    let v = log.audit().unwrap_err();
+    assert!(matches!(v.kind, ViolationKind::NotAllowed { code: "muted", .. }), "{v}");
+
+    let mut log = history();
+    let grab = Kind::RoleChanged(v1::RoleChanged {
+        user_id: "bo".into(),
+        role: v1::Role::Admin as i32,
+    });
+    log.append(log.next_event("team", "bo", "x3", grab));
+    let v = log.audit().unwrap_err();
+    assert!(matches!(v.kind, ViolationKind::NotAllowed { .. }), "{v}");
+}
+
+#[test]
+fn an_event_unlike_what_the_rules_produce_is_refused() {
+    let mut log = history();
+    // A group whose creator is listed as a plain member: the rules make
+    // the creator its owner.
+    let mut ev = log.next_event(
+        "team",
+        "eve",
+        "x4",
+        Kind::Created(v1::ConversationCreated {
+            kind: v1::ConversationKind::Group as i32,
+            title: "fake".into(),
+            members: vec![v1::InitialMember {
+                user_id: "eve".into(),
+                role: v1::Role::Member as i32,
+            }],
+        }),
+    );
+    ev.conversation_id = "fake".into();
+    ev.conv_seq = 1;
+    ev.prev_hash = vec![0; 32];
+    log.append(ev);
+    let v = log.audit().unwrap_err();
+    assert_eq!((v.conversation_id.as_str(), v.conv_seq), ("fake", 1));
+    assert!(matches!(v.kind, ViolationKind::NotWhatTheRulesProduce { .. }), "{v}");
+}
+
+#[test]
+fn gaps_reused_ids_and_wrong_subjects_are_named() {
+    let mut log = history();
+    let mut ev = log.next_event("team", "amy", "g1", sent("skipped one"));
+    ev.conv_seq += 1;
+    log.append(ev);
+    let v = log.audit().unwrap_err();
+    assert_eq!(v.kind, ViolationKind::Gap { expected: 8 });
+
+    let mut log = history();
+    log.append(log.next_event("team", "amy", "m1", sent("again")));
+    let v = log.audit().unwrap_err();
+    assert_eq!(
+        v.kind,
+        ViolationKind::DuplicateClientMsgId {
+            client_msg_id: "m1".into()
+        }
+    );
+
+    let mut log = history();
+    let ev = log.next_event("team", "amy", "s1", sent("elsewhere"));
+    let mut r = raw(log.raws.len() as u64 + 1, &ev);
+    r.subject = Topology::new(16).conv_subject("other").unwrap();
+    log.raws.push(r);
+    assert_eq!(log.audit().unwrap_err().kind, ViolationKind::SubjectMismatch);
+}
+
+#[test]
+fn a_direct_creation_without_its_message_is_incomplete() {
+    let mut log = Log::default();
+    let dm = im_streams::subjects::direct_conversation_id("amy", "bo").unwrap();
+    log.run(
+        &dm,
+        "amy",
+        "d1",
+        Action::Send {
+            peer: Some("bo".into()),
+            body: MessageBody::Text("hi".into()),
+            meta: Default::default(),
+        },
+    );
+    log.raws.pop();
+    assert_eq!(
+        log.audit().unwrap_err().kind,
+        ViolationKind::IncompleteCommand
+    );
+}
