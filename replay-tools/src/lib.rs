@@ -3,6 +3,8 @@
 //! or time, and archive stream segments to object storage and back.
 
 pub mod audit;
+pub mod cmd;
+pub mod objects;
 pub mod read;
 
 /// Why a replay tool failed (not a violation: those are reports).

@@ -1,1 +1,45 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use im_replay::cmd;
+
+/// Auditor CLI: export, verify, time travel and archives of the event log.
+#[derive(Parser)]
+#[command(name = "im-replay", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decoded events as JSON lines or CSV, filtered.
+    Export(cmd::export::ExportArgs),
+    /// Check the hash chain, gapless conv_seq, the rules and client_msg_id
+    /// uniqueness; print digests. Exit 1 at the first violation.
+    Verify(cmd::verify::VerifyArgs),
+    /// Members and history of a conversation as of a sequence or time.
+    State(cmd::state::StateArgs),
+    /// The members of a conversation when one of its events was appended.
+    WhoCouldRead(cmd::who_could_read::WhoCouldReadArgs),
+    /// Copy stream segments with manifests to object storage.
+    Archive(cmd::archive::ArchiveArgs),
+    /// Load an archive into fresh streams.
+    Restore(cmd::restore::RestoreArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Export(args) => cmd::export::run(args).await,
+        Command::Verify(args) => cmd::verify::run(args).await,
+        Command::State(args) => cmd::state::run(args).await,
+        Command::WhoCouldRead(args) => cmd::who_could_read::run(args).await,
+        Command::Archive(args) => cmd::archive::run(args).await,
+        Command::Restore(args) => cmd::restore::run(args).await,
+    }
+}
