@@ -24,3 +24,15 @@ if ! have_nats; then
 fi
 have_nats || { echo "setup: nats-server ${NATS_SERVER_VERSION} did not install" >&2; exit 1; }
 echo "setup: $("$tools/bin/nats-server" --version)" >&2
+
+have_s3s() {
+  [ -x "$tools/bin/s3s-fs" ] && [ "$(cat "$tools/s3s-fs.version" 2>/dev/null)" = "$S3S_FS_VERSION" ]
+}
+
+if ! have_s3s; then
+  echo "setup: installing s3s-fs ${S3S_FS_VERSION} into .tools/ (a few minutes)" >&2
+  cargo install --quiet --locked --root "$tools" --features binary "s3s-fs@${S3S_FS_VERSION}"
+  echo "$S3S_FS_VERSION" >"$tools/s3s-fs.version"
+fi
+have_s3s || { echo "setup: s3s-fs ${S3S_FS_VERSION} did not install" >&2; exit 1; }
+echo "setup: s3s-fs ${S3S_FS_VERSION}" >&2

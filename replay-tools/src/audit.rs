@@ -54,7 +54,10 @@ impl std::fmt::Display for ViolationKind {
                 write!(f, "differs from what the rules produce: {detail}")
             }
             ViolationKind::DuplicateClientMsgId { client_msg_id } => {
-                write!(f, "client_msg_id {client_msg_id:?} used by an earlier command")
+                write!(
+                    f,
+                    "client_msg_id {client_msg_id:?} used by an earlier command"
+                )
             }
             ViolationKind::IncompleteCommand => {
                 write!(f, "the command's remaining events are missing")
@@ -311,7 +314,10 @@ impl Auditor {
             };
             if produced.len() != stored.len() {
                 return Err(v(ViolationKind::NotWhatTheRulesProduce {
-                    detail: format!("the rules give {} event(s) for this command", produced.len()),
+                    detail: format!(
+                        "the rules give {} event(s) for this command",
+                        produced.len()
+                    ),
                 }));
             }
             for (s, p) in stored.into_iter().zip(&produced) {
@@ -337,7 +343,9 @@ impl Auditor {
     pub fn finish(self) -> Result<Report, Violation> {
         let mut conversations = BTreeMap::new();
         for (conv, audit) in self.convs {
-            let state = audit.state.unwrap_or_else(|| ConvState::empty(conv.clone()));
+            let state = audit
+                .state
+                .unwrap_or_else(|| ConvState::empty(conv.clone()));
             if let Some((_, created)) = audit.direct_created {
                 return Err(Violation {
                     stream_seq: state.version,

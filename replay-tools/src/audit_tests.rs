@@ -159,7 +159,12 @@ fn an_intact_history_passes_with_a_chain_head_per_conversation() {
     assert_eq!(report.conversations.len(), 2);
     let team = &report.conversations["team"];
     assert_eq!(team.events, 7);
-    let last_team = log.raws.iter().rev().find(|r| r.subject.ends_with(".team")).unwrap();
+    let last_team = log
+        .raws
+        .iter()
+        .rev()
+        .find(|r| r.subject.ends_with(".team"))
+        .unwrap();
     assert_eq!(team.head, hex::encode(payload_hash(&last_team.payload)));
     // The same log gives the same digest; one byte elsewhere does not.
     assert_eq!(log.audit().unwrap().range_digest, report.range_digest);
@@ -216,7 +221,10 @@ fn a_muted_members_message_and_a_members_role_grab_are_refused() {
     let mut log = history();
     log.append(log.next_event("team", "bo", "x2", sent("muted but talking")));
     let v = log.audit().unwrap_err();
-    assert!(matches!(v.kind, ViolationKind::NotAllowed { code: "muted", .. }), "{v}");
+    assert!(
+        matches!(v.kind, ViolationKind::NotAllowed { code: "muted", .. }),
+        "{v}"
+    );
 
     let mut log = history();
     let grab = Kind::RoleChanged(v1::RoleChanged {
@@ -252,7 +260,10 @@ fn an_event_unlike_what_the_rules_produce_is_refused() {
     log.append(ev);
     let v = log.audit().unwrap_err();
     assert_eq!((v.conversation_id.as_str(), v.conv_seq), ("fake", 1));
-    assert!(matches!(v.kind, ViolationKind::NotWhatTheRulesProduce { .. }), "{v}");
+    assert!(
+        matches!(v.kind, ViolationKind::NotWhatTheRulesProduce { .. }),
+        "{v}"
+    );
 }
 
 #[test]
@@ -279,7 +290,10 @@ fn gaps_reused_ids_and_wrong_subjects_are_named() {
     let mut r = raw(log.raws.len() as u64 + 1, &ev);
     r.subject = Topology::new(16).conv_subject("other").unwrap();
     log.raws.push(r);
-    assert_eq!(log.audit().unwrap_err().kind, ViolationKind::SubjectMismatch);
+    assert_eq!(
+        log.audit().unwrap_err().kind,
+        ViolationKind::SubjectMismatch
+    );
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! Object storage through the `minio` crate: the few calls archives need.
 
-use futures::StreamExt;
 use minio::s3::creds::StaticProvider;
 use minio::s3::http::BaseUrl;
-use minio::s3::types::{S3Api, ToStream};
+use minio::s3::types::minio_error_response::MinioErrorCode;
+use minio::s3::types::S3Api;
 use minio::s3::{MinioClient, MinioClientBuilder};
 
 use crate::ReplayError;
@@ -20,9 +20,9 @@ impl std::str::FromStr for Location {
     type Err = ReplayError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .strip_prefix("s3://")
-            .ok_or_else(|| ReplayError::Invalid(format!("{s:?} is not an s3://bucket/prefix URL")))?;
+        let rest = s.strip_prefix("s3://").ok_or_else(|| {
+            ReplayError::Invalid(format!("{s:?} is not an s3://bucket/prefix URL"))
+        })?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(ReplayError::Invalid(format!("{s:?} names no bucket")));
@@ -115,39 +115,37 @@ impl Objects {
     }
 
     pub async fn get(&self, key: &str) -> Result<bytes::Bytes, ReplayError> {
-        let resp = self
+        self.get_if_present(key)
+            .await?
+            .ok_or_else(|| ReplayError::Storage(format!("no object {key}")))
+    }
+
+    /// The object, or None when there is no such key (other failures are
+    /// errors, never taken for absence).
+    pub async fn get_if_present(&self, key: &str) -> Result<Option<bytes::Bytes>, ReplayError> {
+        let sent = self
             .client
             .get_object(self.bucket.as_str(), key)
             .map_err(storage)?
             .build()
             .send()
-            .await
-            .map_err(storage)?;
-        let content = resp.content().map_err(storage)?;
-        Ok(content
-            .to_segmented_bytes()
-            .await
-            .map_err(storage)?
-            .to_bytes())
-    }
-
-    /// Every key under `prefix`, sorted.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, ReplayError> {
-        let mut pages = self
-            .client
-            .list_objects(self.bucket.as_str())
-            .map_err(storage)?
-            .prefix(Some(prefix.to_string()))
-            .recursive(true)
-            .build()
-            .to_stream()
             .await;
-        let mut keys = Vec::new();
-        while let Some(page) = pages.next().await {
-            keys.extend(page.map_err(storage)?.contents.into_iter().map(|e| e.name));
-        }
-        keys.sort();
-        Ok(keys)
+        let resp =
+            match sent {
+                Ok(resp) => resp,
+                Err(minio::s3::error::Error::S3Server(
+                    minio::s3::error::S3ServerError::S3Error(e),
+                )) if matches!(e.code(), MinioErrorCode::NoSuchKey) => return Ok(None),
+                Err(e) => return Err(storage(e)),
+            };
+        let content = resp.content().map_err(storage)?;
+        Ok(Some(
+            content
+                .to_segmented_bytes()
+                .await
+                .map_err(storage)?
+                .to_bytes(),
+        ))
     }
 }
 
@@ -158,7 +156,10 @@ mod tests {
     #[test]
     fn locations_parse() {
         let l: Location = "s3://audit/im/2026".parse().unwrap();
-        assert_eq!((l.bucket.as_str(), l.key("a").as_str()), ("audit", "im/2026/a"));
+        assert_eq!(
+            (l.bucket.as_str(), l.key("a").as_str()),
+            ("audit", "im/2026/a")
+        );
         let l: Location = "s3://audit".parse().unwrap();
         assert_eq!(l.key("a"), "a");
         assert!("http://audit/x".parse::<Location>().is_err());

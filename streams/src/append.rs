@@ -738,7 +738,11 @@ impl Appender {
         let publish = PublishMessage::build()
             .payload(Bytes::from(im_schema::encode(&event)))
             .headers(headers)
-            .message_id(format!("{user}:{device_id}:{kind_tag}:{up_to_seq}"));
+            // Per conversation: the same cursor value in two conversations
+            // is two receipts.
+            .message_id(format!(
+                "{conv_id}:{user}:{device_id}:{kind_tag}:{up_to_seq}"
+            ));
         let subject = self.topology.rcpt_subject(conv_id).expect("validated");
         let ack = self
             .js

@@ -411,6 +411,25 @@ async fn receipts_are_appended_without_cas_and_deduplicated() {
     assert!(!bob_receipt(ReceiptKind::Delivered).await);
     assert!(bob_receipt(ReceiptKind::Delivered).await);
     assert!(!bob_receipt(ReceiptKind::Read).await);
+    // The same cursor in another conversation is another receipt.
+    create_group(&app, "g2", &[("bob", Role::Member)]).await;
+    app.execute("g2", &cmd("owner", "m2", text("hi")), "")
+        .await
+        .unwrap();
+    let other = app
+        .append_receipt("g2", "bob", "phone", ReceiptKind::Read, 2, "t")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            other,
+            ReceiptOutcome::Stored {
+                duplicate: false,
+                ..
+            }
+        ),
+        "{other:?}"
+    );
     let stream = js.get_stream(RCPT_STREAM).await.unwrap();
     let msg = stream
         .direct_get_last_for_subject(topo.rcpt_subject("g1").unwrap())

@@ -13,6 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod s3;
+pub use s3::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+
 const VERSIONS_ENV: &str = include_str!("../../tools/versions.env");
 
 /// The oldest nats-server the project accepts. 2.9.x lets conflicting
@@ -21,7 +24,7 @@ pub const MIN_NATS_SERVER: (u32, u32, u32) = (2, 11, 0);
 
 /// How long a started server has to accept connections and answer JetStream
 /// API requests. Generous: CI machines have 2 cores and many tests at once.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Attempts to find a free port and start on it; another process may take a
 /// port between our probe and the server's bind.
@@ -29,7 +32,7 @@ const START_ATTEMPTS_MAX: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
-    #[error("nats-server not found at {0}: run scripts/setup.sh (installs the pinned {1})")]
+    #[error("{1} not found at {0}: run scripts/setup.sh (installs the pinned tools)")]
     Missing(PathBuf, String),
     #[error("nats-server at {path} is {found}; the project needs {required} or newer (run scripts/setup.sh)")]
     TooOld {
@@ -59,7 +62,7 @@ pub fn pinned_nats_version() -> String {
         .to_string()
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("testkit lives in the workspace")
@@ -90,7 +93,7 @@ pub fn check_binary(path: PathBuf, must_be_pinned: bool) -> Result<PathBuf, Harn
     let out = Command::new(&path)
         .arg("--version")
         .output()
-        .map_err(|_| HarnessError::Missing(path.clone(), pinned.clone()))?;
+        .map_err(|_| HarnessError::Missing(path.clone(), format!("nats-server {pinned}")))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let found = parse_version(&text);
     let required = format!(

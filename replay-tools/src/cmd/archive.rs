@@ -2,7 +2,9 @@
 //! stream range to object storage as segments (the messages exactly as
 //! stored) each with a manifest beside it (range, count, digest, the
 //! segment's sha256). A manifest is written after its segment, so one that
-//! exists describes a complete segment.
+//! exists describes a complete segment. Segments are named by their first
+//! sequence, so a reader finds each next one from the last one's manifest
+//! without listing the bucket.
 
 use prost::Message as _;
 
@@ -57,9 +59,9 @@ pub struct ArchiveArgs {
     pub nats: super::NatsArgs,
 }
 
-/// The object keys of a segment covering `first..=last` and its manifest.
-pub fn segment_keys(at: &Location, stream: &str, first: u64, last: u64) -> (String, String) {
-    let base = at.key(&format!("{stream}/{first:020}-{last:020}"));
+/// The object keys of the segment starting at `first`, and its manifest.
+pub fn segment_keys(at: &Location, stream: &str, first: u64) -> (String, String) {
+    let base = at.key(&format!("{stream}/{first:020}"));
     (format!("{base}.seg"), format!("{base}.manifest.json"))
 }
 
@@ -119,7 +121,7 @@ impl Segment {
         partitions: u32,
     ) -> anyhow::Result<im_schema::v1::ArchiveManifest> {
         use sha2::Digest as _;
-        let (seg_key, manifest_key) = segment_keys(at, stream, self.first, self.last);
+        let (seg_key, manifest_key) = segment_keys(at, stream, self.first);
         let manifest = im_schema::v1::ArchiveManifest {
             format: ARCHIVE_FORMAT,
             stream: stream.to_string(),
@@ -143,7 +145,9 @@ impl Segment {
 pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
     let at: Location = args.to.parse()?;
     let js = args.nats.connect().await?;
-    let partitions = im_streams::definitions::read_topology(&js).await?.partitions;
+    let partitions = im_streams::definitions::read_topology(&js)
+        .await?
+        .partitions;
     let objects = Objects::open(&args.s3, &at.bucket).await?;
     let bounds = Bounds {
         from_seq: args.from_seq,
@@ -171,7 +175,13 @@ pub async fn run(args: ArchiveArgs) -> anyhow::Result<()> {
             for m in &manifests {
                 println!(
                     "archived {} {}-{}: {} messages, digest {} -> s3://{}/{}",
-                    m.stream, m.first_seq, m.last_seq, m.messages, m.range_digest, at.bucket, m.segment_key
+                    m.stream,
+                    m.first_seq,
+                    m.last_seq,
+                    m.messages,
+                    m.range_digest,
+                    at.bucket,
+                    m.segment_key
                 );
             }
             if manifests.is_empty() {

@@ -11,7 +11,10 @@ use anyhow::Context;
 
 /// Every environment variable `im-replay` reads.
 pub const ENV_VARS: [(&str, &str); 4] = [
-    ("IM_NATS_URL", "NATS server URL (default nats://127.0.0.1:4222)"),
+    (
+        "IM_NATS_URL",
+        "NATS server URL (default nats://127.0.0.1:4222)",
+    ),
     ("IM_S3_ENDPOINT", "S3 endpoint URL for archive/restore"),
     ("IM_S3_ACCESS_KEY", "S3 access key"),
     ("IM_S3_SECRET_KEY", "S3 secret key"),
@@ -46,10 +49,8 @@ pub fn format_time(t: time::OffsetDateTime) -> String {
 /// A progress bar on stderr (drawn only on a terminal, so stdout stays a
 /// clean pipe and logs stay clean).
 pub fn progress_bar(what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(0),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
+    let bar =
+        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
     if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
         "{what} [{{elapsed_precise}}] [{{bar:40}}] {{human_pos}}/{{human_len}} events, {{per_sec}}, eta {{eta}}"
     )) {

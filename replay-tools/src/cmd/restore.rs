@@ -21,6 +21,10 @@ pub struct RestoreArgs {
     /// Where the archive is: s3://bucket/prefix.
     #[arg(long)]
     pub from: String,
+    /// The first sequence the archive holds (where its first segment
+    /// starts).
+    #[arg(long, default_value_t = 1)]
+    pub from_seq: u64,
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
@@ -30,13 +34,16 @@ pub struct RestoreArgs {
 /// Headers the server acted on at the original append; replayed, they
 /// would deduplicate or refuse what is being restored.
 fn replayable(name: &str) -> bool {
-    !(name.eq_ignore_ascii_case("Nats-Msg-Id") || name.to_ascii_lowercase().starts_with("nats-expected-"))
+    !(name.eq_ignore_ascii_case("Nats-Msg-Id")
+        || name.to_ascii_lowercase().starts_with("nats-expected-"))
 }
 
 fn decode_segment(mut bytes: bytes::Bytes) -> anyhow::Result<Vec<im_schema::v1::ArchivedMessage>> {
     let mut out = Vec::new();
     while bytes.has_remaining() {
-        out.push(im_schema::v1::ArchivedMessage::decode_length_delimited(&mut bytes)?);
+        out.push(im_schema::v1::ArchivedMessage::decode_length_delimited(
+            &mut bytes,
+        )?);
     }
     Ok(out)
 }
@@ -51,30 +58,35 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         im_streams::definitions::CONV_STREAM,
         im_streams::definitions::RCPT_STREAM,
     ] {
-        let keys = objects.list(&at.key(&format!("{stream}/"))).await?;
+        // Each segment's manifest names where the next one starts.
         let mut manifests = Vec::new();
-        for key in keys.iter().filter(|k| k.ends_with(".manifest.json")) {
-            let text = objects.get(key).await?;
-            let m: im_schema::v1::ArchiveManifest = im_schema::from_json(std::str::from_utf8(&text)?)
-                .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        let mut next = args.from_seq;
+        loop {
+            let (_, key) = super::archive::segment_keys(&at, stream, next);
+            let Some(text) = objects.get_if_present(&key).await? else {
+                break;
+            };
+            let m: im_schema::v1::ArchiveManifest =
+                im_schema::from_json(std::str::from_utf8(&text)?)
+                    .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
             anyhow::ensure!(
                 m.format <= super::archive::ARCHIVE_FORMAT,
                 "{key}: archive format {} is newer than this tool's",
                 m.format
             );
+            anyhow::ensure!(
+                m.stream == stream && m.first_seq == next && m.last_seq >= next,
+                "{key}: the manifest describes {} {}-{}",
+                m.stream,
+                m.first_seq,
+                m.last_seq
+            );
+            next = m.last_seq + 1;
             manifests.push(m);
         }
         let Some(first) = manifests.first() else {
             continue;
         };
-        for pair in manifests.windows(2) {
-            anyhow::ensure!(
-                pair[1].first_seq == pair[0].last_seq + 1,
-                "the archive of {stream} has a gap between {} and {}",
-                pair[0].last_seq,
-                pair[1].first_seq
-            );
-        }
         anyhow::ensure!(
             js.get_stream(stream).await.is_err(),
             "{stream} exists on the target: restore goes into a fresh stream"

@@ -30,14 +30,19 @@ pub async fn state_at(
     conv: &str,
     to_seq: u64,
     at: Option<time::OffsetDateTime>,
-) -> anyhow::Result<(im_schema::v1::MembersResult, Vec<im_schema::v1::HistoryEntry>, u64)> {
+) -> anyhow::Result<(
+    im_schema::v1::MembersResult,
+    Vec<im_schema::v1::HistoryEntry>,
+    u64,
+)> {
     let topology = im_streams::definitions::read_topology(js).await?;
     let filters = vec![topology.conv_subject(conv)?];
     let bounds = Bounds {
         to_seq,
         ..Default::default()
     };
-    let mut reader = Reader::open(js, im_streams::definitions::CONV_STREAM, filters, &bounds).await?;
+    let mut reader =
+        Reader::open(js, im_streams::definitions::CONV_STREAM, filters, &bounds).await?;
     let ks = MemKeyspace::default();
     let folds: [&dyn Projection; 2] = [&History, &Members];
     let mut last = 0;
@@ -83,7 +88,8 @@ pub async fn run(args: StateArgs) -> anyhow::Result<()> {
     let at = args.at.as_deref().map(super::parse_time).transpose()?;
     let js = args.nats.connect().await?;
     let (members, history, last) = state_at(&js, &args.conv, args.at_seq.unwrap_or(0), at).await?;
-    let as_value = |text: String| -> anyhow::Result<serde_json::Value> { Ok(serde_json::from_str(&text)?) };
+    let as_value =
+        |text: String| -> anyhow::Result<serde_json::Value> { Ok(serde_json::from_str(&text)?) };
     let history: Vec<serde_json::Value> = history
         .iter()
         .map(|h| as_value(im_schema::to_json(h)))

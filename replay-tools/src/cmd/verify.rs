@@ -35,7 +35,10 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         if let Err(v) = auditor.check(&raw) {
             bar.finish_and_clear();
             println!("VIOLATION {v}");
-            anyhow::bail!("the log failed verification at IM_CONV seq {}", v.stream_seq);
+            anyhow::bail!(
+                "the log failed verification at IM_CONV seq {}",
+                v.stream_seq
+            );
         }
         bar.inc(1);
         bar.set_length(bar.position() + reader.remaining);

@@ -1,0 +1,508 @@
+//! `im-replay` as a process against real servers: a real history written
+//! through the append path, then export, verify, state, who-could-read,
+//! archive and restore, and verify again after events forged around the
+//! append path.
+
+use std::process::Command;
+use std::time::Duration;
+
+use im_schema::v1::{self, query_request::Query, query_response::Result as R};
+use im_streams::{Action, AppendOutcome, Appender, Command as Cmd, MessageBody, Role};
+
+/// (success, stdout, stderr).
+fn replay(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_im-replay"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let (ok, out, err) = replay(args);
+    assert!(ok, "im-replay {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+fn lines(jsonl: &str) -> Vec<serde_json::Value> {
+    jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn run(app: &Appender, conv: &str, actor: &str, id: &str, action: Action) -> u64 {
+    let cmd = Cmd {
+        actor: actor.into(),
+        client_msg_id: id.into(),
+        action,
+    };
+    match app.execute(conv, &cmd, "").await.unwrap() {
+        AppendOutcome::Stored { stream_seq, .. } => stream_seq,
+        other => panic!("{id}: {other:?}"),
+    }
+}
+
+fn text(t: &str) -> Action {
+    Action::Send {
+        peer: None,
+        body: MessageBody::Text(t.into()),
+        meta: Default::default(),
+    }
+}
+
+fn verify_digest(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("range IM_CONV "))
+        .and_then(|l| l.split("digest ").nth(1))
+        .unwrap_or_else(|| panic!("no range digest in {out}"))
+        .to_string()
+}
+
+/// The JSON of a proto as `im-replay` prints it.
+fn json_of<M: serde::Serialize>(m: &M) -> serde_json::Value {
+    serde_json::from_str(&im_schema::to_json(m)).unwrap()
+}
+
+/// Publishes a conversation event straight to its subject, around the
+/// append path, with the headers a writer would set.
+async fn forge(client: &async_nats::Client, ev: &v1::ConvEvent) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    let subject = im_streams::Topology::new(16)
+        .conv_subject(&ev.conversation_id)
+        .unwrap();
+    let headers = im_streams::codec::conv_headers(ev, "", "forger");
+    js.publish_with_headers(subject, headers, im_schema::encode(ev).into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auditor_tools_on_a_real_history() {
+    let server = im_testkit::NatsServer::start().await.unwrap();
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let topo = im_streams::apply_streams(&js, &Default::default())
+        .await
+        .unwrap()
+        .topology;
+    let dir = tempfile::tempdir().unwrap();
+    let projector = im_projectors::Projector::start(
+        client.clone(),
+        im_projectors::ProjectorConfig {
+            instance: "audit".into(),
+            partitions: None,
+            data_dir: dir.path().to_path_buf(),
+            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+            fanout: false,
+        },
+    )
+    .await
+    .unwrap();
+    let app = Appender::new(client.clone(), topo).await.unwrap();
+
+    // Phase A: a group, a direct conversation, messages, an edit, receipts.
+    let create = Action::CreateGroup {
+        title: "team".into(),
+        members: vec![("amy".into(), Role::Admin), ("bo".into(), Role::Member)],
+    };
+    run(&app, "team", "olga", "c1", create).await;
+    run(&app, "team", "amy", "a1", text("hello team")).await;
+    let dm = im_streams::subjects::direct_conversation_id("amy", "bo").unwrap();
+    let first_dm = Action::Send {
+        peer: Some("bo".into()),
+        body: MessageBody::Text("hi bo".into()),
+        meta: Default::default(),
+    };
+    run(&app, &dm, "amy", "d1", first_dm).await;
+    run(&app, "team", "bo", "b1", text("hi all")).await;
+    let edit = Action::Edit {
+        conv_seq: 3,
+        text: "hi everyone".into(),
+    };
+    run(&app, "team", "bo", "b2", edit).await;
+    let phase_a_seq = run(&app, &dm, "bo", "d2", text("hi amy")).await;
+    app.append_receipt("team", "bo", "phone", im_streams::ReceiptKind::Read, 2, "")
+        .await
+        .unwrap();
+    // Team holds 4 events (created, hello, hi all, edit): the projection at
+    // phase A's last position, as a client would see it.
+    let at_a = |q: Query| v1::QueryRequest {
+        min_position: phase_a_seq,
+        query: Some(q),
+        ..Default::default()
+    };
+    let ask = |req: v1::QueryRequest| {
+        let client = client.clone();
+        async move {
+            let subject = im_projectors::query::partition_subject(topo.partition_of("team"));
+            let reply = client
+                .request(subject, im_schema::encode(&req).into())
+                .await
+                .unwrap();
+            im_schema::decode::<v1::QueryResponse>(&reply.payload)
+                .unwrap()
+                .result
+                .unwrap()
+        }
+    };
+    let R::Members(members_a) = ask(at_a(Query::Members(v1::MembersQuery {
+        conversation_id: "team".into(),
+        user_id: String::new(),
+    })))
+    .await
+    else {
+        panic!("members")
+    };
+    let R::History(history_a) = ask(at_a(Query::History(v1::HistoryQuery {
+        conversation_id: "team".into(),
+        limit: 200,
+        ..Default::default()
+    })))
+    .await
+    else {
+        panic!("history")
+    };
+    assert_eq!(history_a.entries.len(), 4);
+
+    // A time between the phases, with a margin on both sides.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let between = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    // Phase B: bo is removed, the group goes on, bo reads the dm.
+    run(
+        &app,
+        "team",
+        "amy",
+        "a2",
+        Action::RemoveMember { user: "bo".into() },
+    )
+    .await;
+    run(&app, "team", "olga", "c2", text("bo has left")).await;
+    let receipt = app
+        .append_receipt(&dm, "bo", "phone", im_streams::ReceiptKind::Read, 2, "")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            receipt,
+            im_streams::ReceiptOutcome::Stored {
+                duplicate: false,
+                ..
+            }
+        ),
+        "{receipt:?}"
+    );
+    // conv events: team 6 (seqs), dm 3; receipts: 2.
+
+    // --- verify: passes, with a head per conversation and a digest.
+    let verified = ok(&["verify", "--nats-url", &url]);
+    assert!(
+        verified.contains("conversation team: 6 events"),
+        "{verified}"
+    );
+    assert!(
+        verified.contains(&format!("conversation {dm}: 3 events")),
+        "{verified}"
+    );
+    assert!(
+        verified.contains("range IM_CONV 1-9: 9 events"),
+        "{verified}"
+    );
+    let digest = verify_digest(&verified);
+
+    // --- export: each filter returns exactly the expected events.
+    let all = lines(&ok(&["export", "--nats-url", &url]));
+    let got: Vec<(String, u64)> = all
+        .iter()
+        .map(|e| {
+            (
+                e["stream"].as_str().unwrap().to_string(),
+                e["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(all.len(), 11, "{got:?}");
+    assert_eq!(
+        all.iter().filter(|e| e["stream"] == "IM_RCPT").count(),
+        2,
+        "conversation events first, then receipts"
+    );
+    let team = lines(&ok(&[
+        "export",
+        "--stream",
+        "conv",
+        "--conv",
+        "team",
+        "--nats-url",
+        &url,
+    ]));
+    let team_seqs: Vec<u64> = team
+        .iter()
+        .map(|e| e["event"]["convSeq"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(team_seqs, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(team[1]["event"]["messageSent"]["text"], "hello team");
+    assert_eq!(team[1]["headers"]["Im-Event-Type"], "message_sent");
+    assert!(team
+        .iter()
+        .all(|e| e["subject"] == topo.conv_subject("team").unwrap()));
+    // bo: in the creation, his two team commands, his removal, his dm send
+    // and the dm's creation (he is a member), and both his receipts.
+    let bo = lines(&ok(&["export", "--user", "bo", "--nats-url", &url]));
+    let bo_kinds: Vec<(String, u64)> = bo
+        .iter()
+        .map(|e| {
+            (
+                e["stream"].as_str().unwrap().to_string(),
+                e["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(bo.len(), 8, "{bo_kinds:?}");
+    let range = lines(&ok(&[
+        "export",
+        "--stream",
+        "conv",
+        "--from-seq",
+        "3",
+        "--to-seq",
+        "5",
+        "--nats-url",
+        &url,
+    ]));
+    let seqs: Vec<u64> = range.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![3, 4, 5]);
+    let (refused, _, err) = replay(&["export", "--from-seq", "3", "--nats-url", &url]);
+    assert!(!refused && err.contains("--stream"), "{err}");
+    let before = lines(&ok(&["export", "--until", &between, "--nats-url", &url]));
+    let after = lines(&ok(&["export", "--since", &between, "--nats-url", &url]));
+    assert_eq!((before.len(), after.len()), (8, 3));
+    assert!(after
+        .iter()
+        .all(|e| e["time"].as_str().unwrap() > between.as_str()));
+    let csv_out = ok(&[
+        "export",
+        "--stream",
+        "conv",
+        "--conv",
+        "team",
+        "--format",
+        "csv",
+        "--nats-url",
+        &url,
+    ]);
+    let mut rows = csv::Reader::from_reader(csv_out.as_bytes());
+    let rows: Vec<csv::StringRecord> = rows.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(
+        (&rows[4][5], &rows[4][6], &rows[4][7]),
+        ("5", "amy", "member_removed")
+    );
+
+    // --- state at phase A's last position equals the projection then.
+    let state: serde_json::Value = serde_json::from_str(&ok(&[
+        "state",
+        "--conv",
+        "team",
+        "--at-seq",
+        &phase_a_seq.to_string(),
+        "--nats-url",
+        &url,
+    ]))
+    .unwrap();
+    assert_eq!(state["members"], json_of(&members_a));
+    assert_eq!(
+        state["history"],
+        serde_json::Value::Array(history_a.entries.iter().map(json_of).collect())
+    );
+    let now: serde_json::Value = serde_json::from_str(&ok(&[
+        "state",
+        "--conv",
+        "team",
+        "--at",
+        &between,
+        "--nats-url",
+        &url,
+    ]))
+    .unwrap();
+    assert_eq!(now, state, "--at a time between the phases is phase A");
+
+    // --- who could read: bo read "hello team", not "bo has left".
+    let users = |out: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(out).unwrap();
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["user_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let early = ok(&[
+        "who-could-read",
+        "--conv",
+        "team",
+        "--seq",
+        "2",
+        "--nats-url",
+        &url,
+    ]);
+    assert_eq!(users(&early), vec!["amy", "bo", "olga"]);
+    let late = ok(&[
+        "who-could-read",
+        "--conv",
+        "team",
+        "--seq",
+        "6",
+        "--nats-url",
+        &url,
+    ]);
+    assert_eq!(users(&late), vec!["amy", "olga"]);
+    let (found, _, _) = replay(&[
+        "who-could-read",
+        "--conv",
+        "team",
+        "--seq",
+        "60",
+        "--nats-url",
+        &url,
+    ]);
+    assert!(!found);
+
+    // --- archive to a real S3-protocol server, restore into a fresh
+    // server, verify there: the same digest.
+    let s3 = im_testkit::S3Server::start().await.unwrap();
+    let endpoint = s3.endpoint();
+    let s3_args = [
+        "--s3-endpoint",
+        endpoint.as_str(),
+        "--s3-access-key",
+        im_testkit::S3_ACCESS_KEY,
+        "--s3-secret-key",
+        im_testkit::S3_SECRET_KEY,
+    ];
+    let mut args = vec!["archive", "--to", "s3://audit/run1", "--nats-url", &url];
+    args.extend(s3_args);
+    let archived = ok(&args);
+    assert!(
+        archived.contains(&format!(
+            "archived IM_CONV 1-9: 9 messages, digest {digest}"
+        )),
+        "{archived}"
+    );
+    let fresh = im_testkit::NatsServer::start().await.unwrap();
+    let fresh_url = fresh.url();
+    let mut args = vec![
+        "restore",
+        "--from",
+        "s3://audit/run1",
+        "--nats-url",
+        &fresh_url,
+    ];
+    args.extend(s3_args);
+    let restored = ok(&args);
+    assert!(
+        restored.contains("restored IM_RCPT 1-2: 2 messages"),
+        "{restored}"
+    );
+    let again = ok(&["verify", "--nats-url", &fresh_url]);
+    assert_eq!(verify_digest(&again), digest);
+    let restored_export = lines(&ok(&["export", "--nats-url", &fresh_url]));
+    // The same events, subjects, sequences and headers, but the store
+    // times (a restore's own) and the headers the server acted on at the
+    // original append (dedupe id, expected sequence), which are not
+    // replayable.
+    let strip_time = |v: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        v.iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e["time"] = serde_json::Value::Null;
+                let headers = e["headers"].as_object_mut().unwrap();
+                headers.retain(|k, _| !k.starts_with("Nats-"));
+                e
+            })
+            .collect()
+    };
+    assert_eq!(strip_time(&restored_export), strip_time(&all));
+    // A second restore onto the same server is refused, changing nothing.
+    let (twice, _, err) = replay(&args);
+    assert!(!twice && err.contains("fresh stream"), "{err}");
+
+    // --- forged events, appended around the append path, are named.
+    // A bad chain link in team:
+    let forged = v1::ConvEvent {
+        conversation_id: "team".into(),
+        conv_seq: 7,
+        actor: "olga".into(),
+        at_ms: 1,
+        prev_hash: vec![9; 32],
+        client_msg_id: "forged1".into(),
+        schema_version: 1,
+        kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+            body: Some(v1::message_sent::Body::Text("rewritten history".into())),
+            meta: Default::default(),
+        })),
+    };
+    let forged_seq = forge(&client, &forged).await;
+    let (passed, out, _) = replay(&["verify", "--conv", "team", "--nats-url", &url]);
+    assert!(!passed, "{out}");
+    assert!(
+        out.contains(&format!("VIOLATION event at IM_CONV seq {forged_seq} "))
+            && out.contains("conv_seq 7")
+            && out.contains("broken hash chain"),
+        "{out}"
+    );
+    // A message from a non-member with a correct link, in the dm's place
+    // of a group: bo, removed from team, writes into a fresh group.
+    run(
+        &app,
+        "club",
+        "olga",
+        "k1",
+        Action::CreateGroup {
+            title: "club".into(),
+            members: vec![("amy".into(), Role::Member)],
+        },
+    )
+    .await;
+    let last = app.current_state("club").await.unwrap();
+    let intruder = v1::ConvEvent {
+        conversation_id: "club".into(),
+        conv_seq: 2,
+        actor: "bo".into(),
+        at_ms: 1,
+        prev_hash: last.last_hash.to_vec(),
+        client_msg_id: "x1".into(),
+        schema_version: 1,
+        kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+            body: Some(v1::message_sent::Body::Text("let me in".into())),
+            meta: Default::default(),
+        })),
+    };
+    let intruder_seq = forge(&client, &intruder).await;
+    let (passed, out, _) = replay(&["verify", "--conv", "club", "--nats-url", &url]);
+    assert!(!passed, "{out}");
+    assert!(
+        out.contains(&format!("VIOLATION event at IM_CONV seq {intruder_seq} "))
+            && out.contains("not_member"),
+        "{out}"
+    );
+    // The whole log fails at the first of the two.
+    let (passed, out, _) = replay(&["verify", "--nats-url", &url]);
+    assert!(
+        !passed && out.contains(&format!("seq {forged_seq} ")),
+        "{out}"
+    );
+    drop(projector);
+}
