@@ -11,6 +11,7 @@ pub mod frames;
 pub mod http;
 pub mod http_commands;
 pub mod hub;
+pub mod media;
 pub mod query;
 pub mod ws;
 

@@ -47,6 +47,7 @@ impl Drop for Projector {
     fn drop(&mut self) {
         self.tasks.abort_all();
         self.query_task.abort();
+        self.context.rebuilds.abort_all();
     }
 }
 

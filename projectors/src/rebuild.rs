@@ -147,6 +147,8 @@ pub struct Rebuilds {
     meta: Arc<dyn Keyspace>,
     cfg: Arc<RunnerConfig>,
     jobs: Mutex<BTreeMap<&'static str, Arc<Job>>>,
+    /// The running rebuild tasks, aborted with the projector.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Rebuilds {
@@ -162,6 +164,20 @@ impl Rebuilds {
             meta,
             cfg,
             jobs: Mutex::new(BTreeMap::new()),
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Stops every rebuild where it stands (the projector is going away; its
+    /// next start drops what they left).
+    pub fn abort_all(&self) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            t.abort();
         }
     }
 
@@ -205,7 +221,7 @@ impl Rebuilds {
             jobs.insert(name, job.clone());
             started.push(job.progress());
             let this = self.clone();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let outcome = this.run(&job, &state, from_seq).await;
                 let (phase, error) = match outcome {
                     Ok(true) => (v1::RebuildPhase::Swapped, String::new()),
@@ -221,6 +237,9 @@ impl Rebuilds {
                 tracing::info!(projection = name, generation = job.generation, ?phase, %error, "rebuild ended");
                 job.finish(phase, error);
             });
+            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task.abort_handle());
         }
         Ok(started)
     }

@@ -1,0 +1,3 @@
+//! Media: object storage for uploads (issue 6, in progress).
+
+pub mod store;
