@@ -385,8 +385,72 @@ impl Appender {
         cmd: &Command,
         trace_id: &str,
     ) -> Result<AppendOutcome, StreamsError> {
-        self.execute_inner(conv_id, cmd, trace_id, self.forwarding)
-            .await
+        let media = match &cmd.action {
+            crate::conversation::Action::Send {
+                body: crate::conversation::MessageBody::Media(m),
+                ..
+            } => Some(m),
+            _ => None,
+        };
+        if let Some(m) = media {
+            if let Some(rejection) = self.check_media(&cmd.actor, m).await? {
+                return Ok(AppendOutcome::Rejected(rejection));
+            }
+        }
+        let outcome = self
+            .execute_inner(conv_id, cmd, trace_id, self.forwarding)
+            .await?;
+        if let (Some(m), &AppendOutcome::Stored { conv_seq, .. }) = (media, &outcome) {
+            let sent = v1::MediaSent {
+                media_id: m.media_id.clone(),
+                conversation_id: conv_id.to_string(),
+                conv_seq,
+                sender: cmd.actor.clone(),
+                at_ms: (self.clock)(),
+            };
+            // The message is stored either way; without this record its
+            // members are refused the download until a resend, so it is
+            // logged loudly.
+            if let Err(e) = crate::media::record_sent(&self.js, &sent).await {
+                tracing::error!(media_id = %m.media_id, conv_id, error = %e, "media sent record failed");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// A message may carry only media uploaded by its sender, exactly as
+    /// recorded at upload.
+    async fn check_media(
+        &self,
+        actor: &str,
+        m: &v1::MediaRef,
+    ) -> Result<Option<Rejection>, StreamsError> {
+        if validate_id(IdKind::ClientMsg, &m.media_id).is_err() {
+            return Ok(Some(crate::conversation::invalid(
+                "media_id",
+                "not a valid id",
+            )));
+        }
+        let Some(up) = crate::media::uploaded(&self.js, &m.media_id).await? else {
+            return Ok(Some(crate::conversation::invalid(
+                "media_id",
+                "no upload has this id",
+            )));
+        };
+        if up.uploader != actor {
+            return Ok(Some(crate::conversation::invalid(
+                "media_id",
+                "this media was not uploaded by the sender",
+            )));
+        }
+        let issued = up.media.unwrap_or_default();
+        if (issued.size, &issued.checksum, &issued.mime) != (m.size, &m.checksum, &m.mime) {
+            return Ok(Some(crate::conversation::invalid(
+                "media",
+                "size, checksum or mime differ from the upload",
+            )));
+        }
+        Ok(None)
     }
 
     async fn execute_inner(

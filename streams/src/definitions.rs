@@ -14,6 +14,7 @@ use crate::subjects::{Topology, DEFAULT_PARTITIONS, PARTITIONS_MAX};
 
 pub const CONV_STREAM: &str = "IM_CONV";
 pub const RCPT_STREAM: &str = "IM_RCPT";
+pub const MEDIA_STREAM: &str = "IM_MEDIA";
 
 /// Stream metadata key recording P, fixed when IM_CONV is created.
 pub const META_PARTITIONS: &str = "im.partitions";
@@ -118,6 +119,11 @@ impl StreamSettings {
                 RCPT_STREAM,
                 "im.rcpt.>",
                 "delivery and read cursors, one subject per conversation",
+            ),
+            self.config(
+                MEDIA_STREAM,
+                "im.media.>",
+                "media uploads and where they were sent",
             ),
         ]
     }

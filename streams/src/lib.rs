@@ -9,6 +9,7 @@ pub mod error;
 pub mod forward;
 pub mod ids;
 pub mod log;
+pub mod media;
 pub mod subjects;
 
 pub use append::{

@@ -602,3 +602,98 @@ async fn an_incompatible_existing_stream_is_refused_not_changed() {
         .clone();
     assert_eq!(info.storage, StorageType::Memory, "left as it was");
 }
+
+/// A message's media must be an upload recorded for its sender, as
+/// recorded; a stored one leaves a `MediaSent` record.
+#[tokio::test]
+async fn media_in_a_message_must_be_the_senders_recorded_upload() {
+    let server = NatsServer::start().await.unwrap();
+    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let app = appender(&server.url(), topo).await;
+    create_group(&app, "g1", &[("bob", Role::Member)]).await;
+    let media = v1::MediaRef {
+        media_id: "md1".into(),
+        size: 10,
+        checksum: "ab".repeat(32),
+        checksum_algo: "sha256".into(),
+        mime: "image/png".into(),
+        ..Default::default()
+    };
+    let send = |actor: &str, id: &str, m: v1::MediaRef| {
+        cmd(
+            actor,
+            id,
+            Action::Send {
+                peer: None,
+                body: im_streams::MessageBody::Media(m),
+                meta: Default::default(),
+            },
+        )
+    };
+    let rejected = |o: AppendOutcome| match o {
+        AppendOutcome::Rejected(r) => r.to_string(),
+        other => panic!("{other:?}"),
+    };
+    // Not uploaded at all.
+    let r = rejected(
+        app.execute("g1", &send("owner", "s1", media.clone()), "")
+            .await
+            .unwrap(),
+    );
+    assert!(r.contains("no upload"), "{r}");
+    im_streams::media::record_upload(
+        &js,
+        &v1::MediaUploaded {
+            media: Some(media.clone()),
+            uploader: "owner".into(),
+            at_ms: 1,
+            object_key: "md1".into(),
+        },
+    )
+    .await
+    .unwrap();
+    // Recorded once only.
+    assert!(im_streams::media::record_upload(
+        &js,
+        &v1::MediaUploaded {
+            media: Some(media.clone()),
+            uploader: "bob".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .is_err());
+    // Someone else's upload, or the upload with other attributes.
+    let r = rejected(
+        app.execute("g1", &send("bob", "s2", media.clone()), "")
+            .await
+            .unwrap(),
+    );
+    assert!(r.contains("not uploaded by the sender"), "{r}");
+    let bigger = v1::MediaRef {
+        size: 11,
+        ..media.clone()
+    };
+    let r = rejected(
+        app.execute("g1", &send("owner", "s3", bigger), "")
+            .await
+            .unwrap(),
+    );
+    assert!(r.contains("differ from the upload"), "{r}");
+    assert!(im_streams::media::sent_conversations(&js, "md1")
+        .await
+        .unwrap()
+        .is_empty());
+    // The uploader's own.
+    let out = app
+        .execute("g1", &send("owner", "s4", media), "")
+        .await
+        .unwrap();
+    assert!(matches!(out, AppendOutcome::Stored { .. }), "{out:?}");
+    assert_eq!(
+        im_streams::media::sent_conversations(&js, "md1")
+            .await
+            .unwrap(),
+        vec!["g1".to_string()]
+    );
+}

@@ -1,0 +1,132 @@
+//! The media trail in IM_MEDIA: one `MediaUploaded` per media id (written by
+//! the gateway once the bytes are stored and checked), and a `MediaSent`
+//! for each message that carries it. The append path reads the first to
+//! check a reference was issued to its sender; downloads read the second
+//! to find the conversations whose members may fetch it.
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use futures::StreamExt;
+use im_schema::v1;
+
+use crate::error::StreamsError;
+use crate::ids::{validate_id, IdKind};
+
+/// `MediaSent` records read for one id at most: a download check stops
+/// there (a media item re-sent into more conversations than this is found
+/// through its uploader or the first ones).
+pub const MEDIA_SENT_SCAN_MAX: usize = 1_000;
+
+pub fn uploaded_subject(media_id: &str) -> Result<String, StreamsError> {
+    validate_id(IdKind::ClientMsg, media_id).map_err(|e| StreamsError::Config(e.to_string()))?;
+    Ok(format!("im.media.up.{media_id}"))
+}
+
+pub fn sent_subject(media_id: &str) -> Result<String, StreamsError> {
+    validate_id(IdKind::ClientMsg, media_id).map_err(|e| StreamsError::Config(e.to_string()))?;
+    Ok(format!("im.media.sent.{media_id}"))
+}
+
+/// Records an upload; an id is recorded once (a second record is refused
+/// by the server's expected-sequence check).
+pub async fn record_upload(
+    js: &jetstream::Context,
+    up: &v1::MediaUploaded,
+) -> Result<u64, StreamsError> {
+    let id = up
+        .media
+        .as_ref()
+        .map(|m| m.media_id.as_str())
+        .unwrap_or_default();
+    let publish = PublishMessage::build()
+        .payload(im_schema::encode(up).into())
+        .expected_last_subject_sequence(0);
+    let ack = js
+        .send_publish(uploaded_subject(id)?, publish)
+        .await
+        .map_err(StreamsError::unavailable)?
+        .await
+        .map_err(StreamsError::unavailable)?;
+    Ok(ack.sequence)
+}
+
+/// The upload record of a media id, if any.
+pub async fn uploaded(
+    js: &jetstream::Context,
+    media_id: &str,
+) -> Result<Option<v1::MediaUploaded>, StreamsError> {
+    let subject = uploaded_subject(media_id)?;
+    let stream = js
+        .get_stream(crate::definitions::MEDIA_STREAM)
+        .await
+        .map_err(StreamsError::unavailable)?;
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(msg) => Ok(Some(im_schema::decode(&msg.payload).map_err(|e| {
+            StreamsError::Corrupt {
+                stream_seq: msg.sequence,
+                detail: e.to_string(),
+            }
+        })?)),
+        Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StreamsError::unavailable(e)),
+    }
+}
+
+pub async fn record_sent(
+    js: &jetstream::Context,
+    sent: &v1::MediaSent,
+) -> Result<(), StreamsError> {
+    js.publish(
+        sent_subject(&sent.media_id)?,
+        im_schema::encode(sent).into(),
+    )
+    .await
+    .map_err(StreamsError::unavailable)?
+    .await
+    .map_err(StreamsError::unavailable)?;
+    Ok(())
+}
+
+/// The conversations a media id was sent into (at most
+/// `MEDIA_SENT_SCAN_MAX` records read).
+pub async fn sent_conversations(
+    js: &jetstream::Context,
+    media_id: &str,
+) -> Result<Vec<String>, StreamsError> {
+    let stream = js
+        .get_stream(crate::definitions::MEDIA_STREAM)
+        .await
+        .map_err(StreamsError::unavailable)?;
+    let mut consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: sent_subject(media_id)?,
+            ..Default::default()
+        })
+        .await
+        .map_err(StreamsError::unavailable)?;
+    let mut pending = consumer
+        .info()
+        .await
+        .map_err(StreamsError::unavailable)?
+        .num_pending;
+    let mut convs = Vec::new();
+    if pending == 0 {
+        return Ok(convs);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(StreamsError::unavailable)?;
+    while pending > 0 && convs.len() < MEDIA_SENT_SCAN_MAX {
+        let Some(msg) = messages.next().await else {
+            break;
+        };
+        let msg = msg.map_err(StreamsError::unavailable)?;
+        pending = msg.info().map_err(StreamsError::unavailable)?.pending;
+        if let Ok(sent) = im_schema::decode::<v1::MediaSent>(&msg.payload) {
+            if !convs.contains(&sent.conversation_id) {
+                convs.push(sent.conversation_id);
+            }
+        }
+    }
+    Ok(convs)
+}
