@@ -6,7 +6,16 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 /// Every environment variable the gateway reads.
-pub const ENV_VARS: [(&str, &str); 5] = [
+pub const ENV_VARS: [(&str, &str); 11] = [
+    ("IM_MEDIA_DIR", "keep media on disk in this directory"),
+    (
+        "IM_S3_ENDPOINT",
+        "keep media in S3 at this endpoint (instead of IM_MEDIA_DIR)",
+    ),
+    ("IM_S3_REGION", "S3 region (default us-east-1)"),
+    ("IM_S3_BUCKET", "S3 bucket for media (default im-media)"),
+    ("IM_S3_ACCESS_KEY", "S3 access key"),
+    ("IM_S3_SECRET_KEY", "S3 secret key"),
     (
         "IM_GATEWAY_LISTEN",
         "address to listen on (default 127.0.0.1:8080)",
@@ -48,6 +57,14 @@ pub struct Limits {
     /// tungstenite buffers: small, since memory per idle connection is a goal.
     pub ws_read_buffer_bytes: usize,
     pub ws_write_buffer_bytes: usize,
+    /// Largest upload through the gateway (streamed to a temp file).
+    pub media_upload_bytes_max: u64,
+    /// Largest presigned upload (straight to storage).
+    pub media_large_bytes_max: u64,
+    /// Bytes a user may have accepted per UTC day, both paths together.
+    pub media_quota_bytes_per_day: u64,
+    /// Lifetime of presigned URLs and pending uploads.
+    pub media_url_ttl_secs: u64,
 }
 
 impl Default for Limits {
@@ -63,6 +80,10 @@ impl Default for Limits {
             connections_per_user_max: 16,
             ws_read_buffer_bytes: 4 * 1024,
             ws_write_buffer_bytes: 4 * 1024,
+            media_upload_bytes_max: 16 * 1024 * 1024,
+            media_large_bytes_max: 1024 * 1024 * 1024,
+            media_quota_bytes_per_day: 2 * 1024 * 1024 * 1024,
+            media_url_ttl_secs: 900,
         }
     }
 }
@@ -74,6 +95,8 @@ pub struct GatewayConfig {
     pub hs256_secret: Option<String>,
     pub rs256_public_pem: Option<String>,
     pub limits: Limits,
+    /// None: the media endpoints answer `unavailable`.
+    pub media: Option<crate::media::MediaBackend>,
 }
 
 impl GatewayConfig {
@@ -117,8 +140,29 @@ impl GatewayConfig {
             hs256_secret: var("IM_JWT_HS256_SECRET"),
             rs256_public_pem,
             limits,
+            media: media_from_env(&var)?,
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+fn media_from_env(
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<crate::media::MediaBackend>, String> {
+    use crate::media::{store::S3Settings, MediaBackend};
+    match (var("IM_S3_ENDPOINT"), var("IM_MEDIA_DIR")) {
+        (Some(_), Some(_)) => Err("set IM_S3_ENDPOINT or IM_MEDIA_DIR, not both".into()),
+        (Some(endpoint), None) => Ok(Some(MediaBackend::S3(S3Settings {
+            endpoint,
+            region: var("IM_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+            bucket: var("IM_S3_BUCKET").unwrap_or_else(|| "im-media".into()),
+            access_key: var("IM_S3_ACCESS_KEY")
+                .ok_or("IM_S3_ACCESS_KEY is required with IM_S3_ENDPOINT")?,
+            secret_key: var("IM_S3_SECRET_KEY")
+                .ok_or("IM_S3_SECRET_KEY is required with IM_S3_ENDPOINT")?,
+        }))),
+        (None, Some(dir)) => Ok(Some(MediaBackend::Disk(dir.into()))),
+        (None, None) => Ok(None),
     }
 }

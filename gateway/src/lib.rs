@@ -30,6 +30,7 @@ pub struct AppState {
     pub verifier: auth::Verifier,
     pub hub: Arc<hub::Hub>,
     pub connections: AtomicUsize,
+    pub media: Option<Arc<media::Media>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +60,12 @@ impl AppState {
             config.hs256_secret.as_deref(),
             config.rs256_public_pem.as_deref(),
         )?;
+        let media = match &config.media {
+            Some(backend) => Some(Arc::new(media::Media::open(backend, &client).await?)),
+            None => None,
+        };
         Ok(Arc::new(AppState {
+            media,
             hub: hub::Hub::new(client.clone()),
             config,
             client,
@@ -91,6 +97,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/conversations/{id}/{verb}/{target}",
             post(http_commands::command),
+        )
+        .route("/v1/media/upload", post(media::http::upload))
+        .route("/v1/media/sts", post(media::http::sts))
+        .route("/v1/media/{id}", get(media::http::download))
+        .route("/v1/media/{id}/complete", post(media::http::complete))
+        .route(
+            "/v1/media/{id}/content",
+            axum::routing::put(media::http::put_content),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(http::readyz))

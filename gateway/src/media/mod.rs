@@ -1,3 +1,403 @@
-//! Media: object storage for uploads (issue 6, in progress).
+//! Media: uploads (small ones through the gateway, streamed; large ones
+//! straight to storage with a presigned URL, then checked), downloads for
+//! the uploader and the members of conversations the media was sent into,
+//! per-user daily quotas, and the IM_MEDIA trail (`im_streams::media`).
 
+pub mod http;
 pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use im_schema::v1;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::http::ApiError;
+use store::MediaStore;
+
+/// Declared types accepted, each checked against the bytes.
+pub const ALLOWED_MIME: [&str; 7] = [
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "video/mp4",
+    "audio/mpeg",
+    "application/pdf",
+];
+
+/// Thumbnails made at once; an upload arriving when all are busy gets
+/// none rather than queueing CPU work behind the request path.
+pub const THUMBNAILS_INFLIGHT_MAX: usize = 2;
+
+/// Largest image decoded for a thumbnail (pixels): decoding costs memory in
+/// proportion, and a small file can claim a huge canvas.
+pub const THUMBNAIL_SOURCE_PIXELS_MAX: u64 = 40_000_000;
+
+/// Thumbnail bounding box, pixels.
+pub const THUMBNAIL_EDGE: u32 = 256;
+
+/// Compare-and-set attempts on a quota counter before giving up: each
+/// failure means another upload of the same user landed in between.
+pub const QUOTA_CAS_RETRIES_MAX: u32 = 16;
+
+/// Bytes sniffed for the content type.
+const SNIFF_BYTES: usize = 64;
+
+const QUOTA_BUCKET: &str = "im_media_quota";
+const PENDING_BUCKET: &str = "im_media_pending";
+
+/// Where media bytes go.
+#[derive(Clone, Debug)]
+pub enum MediaBackend {
+    Disk(PathBuf),
+    S3(store::S3Settings),
+}
+
+pub struct Media {
+    pub store: Arc<dyn MediaStore>,
+    /// Disk: the gateway serves uploads and downloads itself.
+    pub proxied: bool,
+    js: jetstream::Context,
+    quota: kv::Store,
+    pending: kv::Store,
+    thumbnails: Arc<tokio::sync::Semaphore>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(v1::ErrorCode::Internal, e.to_string())
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError(v1::ErrorCode::BadRequest, message.into())
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A fresh media id: 22 random base62 characters.
+pub fn new_media_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..22)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// The declared type, refused unless allowed.
+pub fn declared_mime(content_type: Option<&str>) -> Result<String, ApiError> {
+    let mime = content_type
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if ALLOWED_MIME.contains(&mime.as_str()) {
+        Ok(mime)
+    } else {
+        Err(bad(format!(
+            "unsupported media type {mime:?}; allowed: {}",
+            ALLOWED_MIME.join(", ")
+        )))
+    }
+}
+
+/// Refuses bytes whose sniffed type is not the declared one.
+pub fn check_sniffed(declared: &str, head: &[u8]) -> Result<(), ApiError> {
+    match infer::get(head) {
+        Some(t) if t.mime_type() == declared => Ok(()),
+        Some(t) => Err(bad(format!(
+            "declared {declared} but the content is {}",
+            t.mime_type()
+        ))),
+        None => Err(bad(format!(
+            "declared {declared} but the content is not recognisably that"
+        ))),
+    }
+}
+
+/// Running size, checksum and leading bytes of a byte stream.
+#[derive(Default)]
+pub struct Digesting {
+    pub size: u64,
+    sha: Sha256,
+    pub head: Vec<u8>,
+}
+
+impl Digesting {
+    pub fn update(&mut self, chunk: &[u8]) {
+        if self.head.len() < SNIFF_BYTES {
+            let take = (SNIFF_BYTES - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+        }
+        self.sha.update(chunk);
+        self.size += chunk.len() as u64;
+    }
+
+    pub fn hex(self) -> String {
+        hex::encode(self.sha.finalize())
+    }
+}
+
+fn utc_day(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+impl Media {
+    pub async fn open(
+        backend: &MediaBackend,
+        client: &async_nats::Client,
+    ) -> Result<Self, crate::GatewayError> {
+        let (store, proxied): (Arc<dyn MediaStore>, bool) = match backend {
+            MediaBackend::Disk(dir) => (
+                Arc::new(
+                    store::DiskStore::new(dir)
+                        .map_err(|e| crate::GatewayError::Config(e.to_string()))?,
+                ),
+                true,
+            ),
+            MediaBackend::S3(s) => (
+                Arc::new(
+                    store::S3Store::open(s)
+                        .await
+                        .map_err(|e| crate::GatewayError::Config(e.to_string()))?,
+                ),
+                false,
+            ),
+        };
+        let js = jetstream::new(client.clone());
+        let bucket = |name: &str, history: i64| kv::Config {
+            bucket: name.to_string(),
+            history,
+            // A day's counters and pending uploads are small and short-lived.
+            max_age: Duration::from_secs(2 * 86_400),
+            ..Default::default()
+        };
+        let nats =
+            |e: jetstream::context::CreateKeyValueError| crate::GatewayError::Nats(e.to_string());
+        let quota = js
+            .create_key_value(bucket(QUOTA_BUCKET, 1))
+            .await
+            .map_err(nats)?;
+        let pending = js
+            .create_key_value(bucket(PENDING_BUCKET, 1))
+            .await
+            .map_err(nats)?;
+        Ok(Media {
+            store,
+            proxied,
+            js,
+            quota,
+            pending,
+            thumbnails: Arc::new(tokio::sync::Semaphore::new(THUMBNAILS_INFLIGHT_MAX)),
+        })
+    }
+
+    /// Bytes the user has had accepted today (UTC).
+    pub async fn used_today(&self, user: &str) -> Result<u64, ApiError> {
+        let key = format!("{user}.{}", utc_day(now_ms()));
+        Ok(self
+            .quota
+            .get(&key)
+            .await
+            .map_err(internal)?
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Adds `bytes` to the user's day, refusing past `limit`.
+    pub async fn charge(&self, user: &str, bytes: u64, limit: u64) -> Result<(), ApiError> {
+        let key = format!("{user}.{}", utc_day(now_ms()));
+        for _ in 0..QUOTA_CAS_RETRIES_MAX {
+            let entry = self.quota.entry(&key).await.map_err(internal)?;
+            let (used, revision) = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => (
+                    std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0),
+                    Some(e.revision),
+                ),
+                _ => (0, None),
+            };
+            if used + bytes > limit {
+                return Err(ApiError(
+                    v1::ErrorCode::RateLimited,
+                    format!(
+                        "quota exceeded: {used} of {limit} bytes used today, this upload is {bytes}"
+                    ),
+                ));
+            }
+            let value = (used + bytes).to_string().into_bytes().into();
+            let done = match revision {
+                Some(r) => self.quota.update(&key, value, r).await.is_ok(),
+                None => self.quota.create(&key, value).await.is_ok(),
+            };
+            if done {
+                return Ok(());
+            }
+        }
+        Err(ApiError(
+            v1::ErrorCode::Unavailable,
+            "quota counter busy; retry".into(),
+        ))
+    }
+
+    /// Width and height of an image file, when it is one we read.
+    pub async fn dimensions(path: &Path) -> Option<(u32, u32)> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            image::ImageReader::open(&path)
+                .ok()?
+                .with_guessed_format()
+                .ok()?
+                .into_dimensions()
+                .ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Makes a thumbnail in the background when a slot is free; the
+    /// MediaRef names its URL either way (absent until made).
+    pub fn thumbnail_later(
+        self: &Arc<Self>,
+        media_id: &str,
+        source: tempfile::TempPath,
+        dims: (u32, u32),
+    ) {
+        if (dims.0 as u64) * (dims.1 as u64) > THUMBNAIL_SOURCE_PIXELS_MAX {
+            return;
+        }
+        let Ok(permit) = self.thumbnails.clone().try_acquire_owned() else {
+            tracing::info!(media_id, "thumbnail skipped: all slots busy");
+            return;
+        };
+        let (this, key) = (self.clone(), thumbnail_key(media_id));
+        tokio::spawn(async move {
+            let _permit = permit;
+            let made =
+                tokio::task::spawn_blocking(move || -> Result<tempfile::TempPath, String> {
+                    let img = image::ImageReader::open(&source)
+                        .map_err(|e| e.to_string())?
+                        .with_guessed_format()
+                        .map_err(|e| e.to_string())?
+                        .decode()
+                        .map_err(|e| e.to_string())?;
+                    let thumb = img.thumbnail(THUMBNAIL_EDGE, THUMBNAIL_EDGE);
+                    let out = tempfile::Builder::new()
+                        .suffix(".png")
+                        .tempfile()
+                        .map_err(|e| e.to_string())?
+                        .into_temp_path();
+                    thumb.save(&out).map_err(|e| e.to_string())?;
+                    Ok(out)
+                })
+                .await;
+            match made {
+                Ok(Ok(path)) => {
+                    if let Err(e) = this.store.put_file(&key, &path).await {
+                        tracing::warn!(key, error = %e, "thumbnail upload failed");
+                    }
+                }
+                Ok(Err(e)) => tracing::info!(key, error = %e, "no thumbnail"),
+                Err(e) => tracing::warn!(key, error = %e, "thumbnail task failed"),
+            }
+        });
+    }
+
+    /// Records a completed upload (the trail) and returns its reference.
+    pub async fn record(
+        &self,
+        uploader: &str,
+        media: v1::MediaRef,
+    ) -> Result<v1::MediaRef, ApiError> {
+        im_streams::media::record_upload(
+            &self.js,
+            &v1::MediaUploaded {
+                media: Some(media.clone()),
+                uploader: uploader.to_string(),
+                at_ms: now_ms(),
+                object_key: media.media_id.clone(),
+            },
+        )
+        .await
+        .map_err(internal)?;
+        Ok(media)
+    }
+
+    /// May `user` fetch `media_id`: its uploader, or a member of a
+    /// conversation it was sent into.
+    pub async fn may_read(
+        &self,
+        state: &crate::AppState,
+        user: &str,
+        media_id: &str,
+    ) -> Result<v1::MediaUploaded, ApiError> {
+        let not_found = || ApiError(v1::ErrorCode::NotFound, "no such media".into());
+        im_streams::ids::validate_id(im_streams::ids::IdKind::ClientMsg, media_id)
+            .map_err(|e| bad(e.to_string()))?;
+        let up = im_streams::media::uploaded(&self.js, media_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(not_found)?;
+        if up.uploader == user {
+            return Ok(up);
+        }
+        let convs = im_streams::media::sent_conversations(&self.js, media_id)
+            .await
+            .map_err(internal)?;
+        for conv in convs {
+            let p = state.appender.topology().partition_of(&conv);
+            let q = im_schema::v1::query_request::Query::Role(v1::RoleQuery {
+                conversation_id: conv,
+                user_id: user.to_string(),
+            });
+            if let Ok(im_schema::v1::query_response::Result::Role(r)) =
+                crate::query::ask(&state.client, p, (0, 0), q).await
+            {
+                if r.member {
+                    return Ok(up);
+                }
+            }
+        }
+        Err(ApiError(
+            v1::ErrorCode::Forbidden,
+            "not the uploader, nor a member of a conversation this media was sent into".into(),
+        ))
+    }
+
+    pub async fn put_pending(&self, media_id: &str, p: &v1::PendingUpload) -> Result<(), ApiError> {
+        self.pending
+            .put(media_id, im_schema::encode(p).into())
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    pub async fn take_pending(
+        &self,
+        media_id: &str,
+    ) -> Result<Option<v1::PendingUpload>, ApiError> {
+        let Some(v) = self.pending.get(media_id).await.map_err(internal)? else {
+            return Ok(None);
+        };
+        Ok(im_schema::decode(&v).ok())
+    }
+
+    pub async fn forget_pending(&self, media_id: &str) {
+        let _ = self.pending.purge(media_id).await;
+    }
+}
+
+pub fn thumbnail_key(media_id: &str) -> String {
+    format!("{media_id}_thumb")
+}

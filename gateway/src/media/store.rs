@@ -47,6 +47,10 @@ pub trait MediaStore: Send + Sync {
     async fn presign_put(&self, key: &str, ttl: Duration) -> Result<Option<String>, StoreError>;
     /// The same for a GET.
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>, StoreError>;
+    /// The object's file, for a local backend the gateway serves from.
+    fn local_path(&self, _key: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Objects as files under one directory. Keys are validated by the caller
@@ -116,6 +120,10 @@ impl MediaStore for DiskStore {
 
     async fn presign_get(&self, _key: &str, _ttl: Duration) -> Result<Option<String>, StoreError> {
         Ok(None)
+    }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        Some(self.path(key))
     }
 }
 

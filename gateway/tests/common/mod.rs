@@ -59,12 +59,22 @@ impl Stack {
 
     /// Another gateway, with its own NATS connection.
     pub async fn add_gateway(&mut self, limits: Limits) -> std::net::SocketAddr {
+        self.add_gateway_with(limits, None).await
+    }
+
+    /// Another gateway, keeping media where `media` says.
+    pub async fn add_gateway_with(
+        &mut self,
+        limits: Limits,
+        media: Option<im_gateway::media::MediaBackend>,
+    ) -> std::net::SocketAddr {
         let config = GatewayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             nats_url: self.server.url(),
             hs256_secret: Some(SECRET.into()),
             rs256_public_pem: Some(RS256_PUBLIC.into()),
             limits,
+            media,
         };
         let client = async_nats::connect(self.server.url()).await.unwrap();
         let state = AppState::new(config, client).await.unwrap();

@@ -115,6 +115,10 @@ async fn serve(url: &str, args: &UpArgs) -> anyhow::Result<()> {
         hs256_secret: Some(secret),
         rs256_public_pem: None,
         limits: im_gateway::Limits::default(),
+        // The embedded stack keeps media on disk: nothing else to run.
+        media: Some(im_gateway::media::MediaBackend::Disk(
+            args.data_dir.join("media"),
+        )),
     };
     let state = im_gateway::AppState::new(gateway_config, js.client())
         .await
