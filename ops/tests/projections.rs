@@ -20,6 +20,19 @@ fn imctl(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// `imctl projections verify --all` of instance "main".
+fn verify_all(url: &str) -> (bool, String) {
+    imctl(&[
+        "projections",
+        "verify",
+        "--all",
+        "--instance",
+        "main",
+        "--nats-url",
+        url,
+    ])
+}
+
 /// A real server with the streams, a projector instance "main" and a
 /// writer; `sends` messages between ann and ben. Returns the stack and the
 /// last stream seq.
@@ -147,15 +160,7 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let (ok, out) = imctl(&[
-        "projections",
-        "verify",
-        "--all",
-        "--instance",
-        "main",
-        "--nats-url",
-        &url,
-    ]);
+    let (ok, out) = verify_all(&url);
     assert!(ok, "{out}");
     assert_eq!(
         out.lines().filter(|l| l.contains(": ok ")).count(),
@@ -175,15 +180,7 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
         .ks()
         .commit(vec![(bad_key.clone(), Some(b"garbage".to_vec()))])
         .unwrap();
-    let (ok, out) = imctl(&[
-        "projections",
-        "verify",
-        "--all",
-        "--instance",
-        "main",
-        "--nats-url",
-        &url,
-    ]);
+    let (ok, out) = verify_all(&url);
     assert!(!ok, "verify passed on a corrupted store: {out}");
     let line = out
         .lines()
@@ -368,15 +365,7 @@ async fn rebuild_all_under_load_never_answers_older_state_and_matches_verify() {
     }
     assert_eq!(generations(&projector), vec![1; 6]);
 
-    let (ok, verified) = imctl(&[
-        "projections",
-        "verify",
-        "--all",
-        "--instance",
-        "main",
-        "--nats-url",
-        &url,
-    ]);
+    let (ok, verified) = verify_all(&url);
     assert!(ok, "{verified}");
     let live = projector.context.status().unwrap();
     for p in &live.projections {
@@ -430,15 +419,7 @@ async fn an_interrupted_rebuild_leaves_the_serving_keyspaces_alone() {
         "{stdout}"
     );
     assert_eq!(generations(&projector), vec![0; 6]);
-    let (ok, verified) = imctl(&[
-        "projections",
-        "verify",
-        "--all",
-        "--instance",
-        "main",
-        "--nats-url",
-        &url,
-    ]);
+    let (ok, verified) = verify_all(&url);
     assert!(ok, "the serving keyspaces changed: {verified}");
     // And the next rebuild runs to its swap.
     let (ok, out) = imctl(&[
@@ -514,15 +495,7 @@ async fn repair_rewrites_one_conversation_from_its_subject() {
         out.contains("members: 21 events replayed, 0 entries written, 0 deleted"),
         "{out}"
     );
-    let (ok, verified) = imctl(&[
-        "projections",
-        "verify",
-        "--all",
-        "--instance",
-        "main",
-        "--nats-url",
-        &url,
-    ]);
+    let (ok, verified) = verify_all(&url);
     assert!(ok, "{verified}");
 
     // Control queries act on one instance's store: a partition subject,

@@ -23,19 +23,22 @@ pub const SEGMENT_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub enum Streams {
     Conv,
     Rcpt,
+    Media,
     All,
 }
 
 impl Streams {
     pub fn names(self) -> Vec<&'static str> {
-        let (conv, rcpt) = (
+        let (conv, rcpt, media) = (
             im_streams::definitions::CONV_STREAM,
             im_streams::definitions::RCPT_STREAM,
+            im_streams::definitions::MEDIA_STREAM,
         );
         match self {
             Streams::Conv => vec![conv],
             Streams::Rcpt => vec![rcpt],
-            Streams::All => vec![conv, rcpt],
+            Streams::Media => vec![media],
+            Streams::All => vec![conv, rcpt, media],
         }
     }
 }

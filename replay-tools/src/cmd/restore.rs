@@ -54,10 +54,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let js = args.nats.connect().await?;
     let objects = Objects::open(&args.s3, &at.bucket).await?;
     let mut restored_any = false;
-    for stream in [
-        im_streams::definitions::CONV_STREAM,
-        im_streams::definitions::RCPT_STREAM,
-    ] {
+    for stream in super::archive::Streams::All.names() {
         // Each segment's manifest names where the next one starts.
         let mut manifests = Vec::new();
         let mut next = args.from_seq;
