@@ -62,6 +62,9 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     );
     let names = super::selected(&args.name, args.all)?;
     let client = async_nats::connect(&args.nats_url).await?;
+    // Registered before the rebuild starts (and before "rebuilding" is
+    // printed), so a Ctrl-C at any moment cancels rather than kills.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let start = Query::Rebuild(v1::RebuildRequest {
         projections: names.clone(),
         from_seq: args.from_seq,
@@ -93,13 +96,11 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     let began = Instant::now();
     let mut last_plain = Instant::now();
     let mut interrupted = false;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     // Bounded by the projector: every rebuild ends swapped, cancelled or
     // failed, and a projector that stops answering ends this with an error.
     let last = loop {
         tokio::select! {
-            _ = &mut ctrl_c, if !interrupted => {
+            _ = interrupt.recv(), if !interrupted => {
                 interrupted = true;
                 bar.suspend(|| eprintln!("interrupted: cancelling; the serving keyspaces stay"));
                 let cancel = Query::RebuildCancel(v1::RebuildCancel { projections: names.clone() });
