@@ -320,8 +320,13 @@ impl Rebuilds {
         for _ in 0..OLD_KEYSPACE_WAITS_MAX {
             if Arc::strong_count(&old) == 1 {
                 drop(old);
-                self.store
-                    .drop_keyspace(&keyspace_name(projection.name(), old_generation))?;
+                // The new generation serves already: a failure here only
+                // leaves a leftover for the next start, never an error that
+                // would drop the serving keyspace.
+                let old_name = keyspace_name(projection.name(), old_generation);
+                if let Err(e) = self.store.drop_keyspace(&old_name) {
+                    tracing::warn!(keyspace = %old_name, error = %e, "old keyspace not dropped; dropped at the next start");
+                }
                 return Ok(true);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
