@@ -59,6 +59,24 @@ async fn exchange(
     (status, body)
 }
 
+/// `POST /v1/media/upload` of `bytes` declared as `mime`, as `user`.
+async fn upload(
+    addr: std::net::SocketAddr,
+    user: &str,
+    mime: &str,
+    bytes: &[u8],
+) -> (u16, Vec<u8>) {
+    exchange(
+        addr,
+        "POST",
+        "/v1/media/upload",
+        Some(&token(user)),
+        mime,
+        bytes,
+    )
+    .await
+}
+
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
@@ -141,15 +159,7 @@ async fn scenario(backend: MediaBackend, storage_dir: &std::path::Path) {
 
     // Upload a small image: size, checksum, type, dimensions.
     let image = png(40, 30, false);
-    let (status, body) = exchange(
-        addr,
-        "POST",
-        "/v1/media/upload",
-        Some(&token("ann")),
-        "image/png",
-        &image,
-    )
-    .await;
+    let (status, body) = upload(addr, "ann", "image/png", &image).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let r = json(&body);
     assert_eq!(r["size"], image.len().to_string());
@@ -206,38 +216,14 @@ async fn scenario(backend: MediaBackend, storage_dir: &std::path::Path) {
     assert!(before >= 1, "the storage dir holds no objects: wrong dir?");
     let big = png(400, 400, true);
     assert!(big.len() > 100_000);
-    let (status, body) = exchange(
-        addr,
-        "POST",
-        "/v1/media/upload",
-        Some(&token("ann")),
-        "image/png",
-        &big,
-    )
-    .await;
+    let (status, body) = upload(addr, "ann", "image/png", &big).await;
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
-    let (status, body) = exchange(
-        addr,
-        "POST",
-        "/v1/media/upload",
-        Some(&token("ann")),
-        "image/jpeg",
-        &image,
-    )
-    .await;
+    let (status, body) = upload(addr, "ann", "image/jpeg", &image).await;
     assert_eq!(status, 400);
     assert!(
         String::from_utf8_lossy(&body).contains("declared image/jpeg but the content is image/png")
     );
-    let (status, _) = exchange(
-        addr,
-        "POST",
-        "/v1/media/upload",
-        Some(&token("ann")),
-        "text/html",
-        b"<html>",
-    )
-    .await;
+    let (status, _) = upload(addr, "ann", "text/html", b"<html>").await;
     assert_eq!(status, 400);
     // Quota: 400,000 a day; ~90 KB uploads until it is full.
     let medium = png(170, 170, true);
@@ -248,15 +234,7 @@ async fn scenario(backend: MediaBackend, storage_dir: &std::path::Path) {
     );
     let mut accepted = 0;
     let refusal = loop {
-        let (status, body) = exchange(
-            addr,
-            "POST",
-            "/v1/media/upload",
-            Some(&token("dora")),
-            "image/png",
-            &medium,
-        )
-        .await;
+        let (status, body) = upload(addr, "dora", "image/png", &medium).await;
         if status != 200 {
             break (status, String::from_utf8_lossy(&body).to_string());
         }
