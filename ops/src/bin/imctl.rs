@@ -21,6 +21,9 @@ enum Command {
     /// Read models: status, verify, rebuild, repair.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Load generator: ingest, fanout, rebuild, connections, latency, each
+    /// beside its raw baseline; prints `name value` figures.
+    Bench(im_ops::cmd::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -53,17 +56,25 @@ enum TokenCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The bench's stderr is its report: connection chatter stays out of it.
+    let default_filter = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Up(args) => im_ops::cmd::up::run(args).await,
         Command::Token(TokenCommand::Issue(args)) => im_ops::cmd::token::issue(args),
         Command::Streams(StreamsCommand::Apply(args)) => im_ops::cmd::streams::apply(args).await,
         Command::Streams(StreamsCommand::Status(args)) => im_ops::cmd::streams::status(args).await,
+        Command::Bench(args) => im_ops::cmd::bench::run(args).await,
         Command::Projections(ProjectionsCommand::Status(args)) => {
             im_ops::cmd::projections::status(args).await
         }

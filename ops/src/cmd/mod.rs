@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod projections;
 pub mod streams;
 pub mod token;

@@ -39,9 +39,21 @@ pub struct UpArgs {
     /// Address of the gateway (HTTP + WebSocket); port 0 picks a free one.
     #[arg(long, env = "IM_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub gateway_listen: std::net::SocketAddr,
+    /// JSON object overriding the gateway's `Limits` fields (the same
+    /// variable the gateway binary reads).
+    #[arg(long, env = "IM_GATEWAY_LIMITS_JSON")]
+    pub limits_json: Option<String>,
+    /// Groups with more members than this get notifications, not events.
+    #[arg(long, env = "IM_FANOUT_THRESHOLD", default_value_t = im_projectors::DEFAULT_FANOUT_THRESHOLD)]
+    pub fanout_threshold: usize,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Checked before anything starts: a typo is an error, not a default.
+    let limits: im_gateway::Limits = match &args.limits_json {
+        Some(json) => serde_json::from_str(json).context("IM_GATEWAY_LIMITS_JSON")?,
+        None => im_gateway::Limits::default(),
+    };
     let mut managed = None;
     let url = match &args.nats_url {
         Some(url) => url.clone(),
@@ -66,7 +78,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             url
         }
     };
-    let result = serve(&url, &args).await;
+    let result = serve(&url, &args, limits).await;
     if let Some(mut server) = managed {
         println!("imctl: stopping nats-server");
         server.stop();
@@ -74,7 +86,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(url: &str, args: &UpArgs) -> anyhow::Result<()> {
+async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::Result<()> {
     let client = async_nats::connect(url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
@@ -98,7 +110,7 @@ async fn serve(url: &str, args: &UpArgs) -> anyhow::Result<()> {
         instance: "local".into(),
         partitions: None,
         data_dir: args.data_dir.join("projector"),
-        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+        fanout_threshold: args.fanout_threshold,
         fanout: true,
     };
     let mut projector = im_projectors::Projector::start(js.client(), projector_config)
@@ -114,7 +126,7 @@ async fn serve(url: &str, args: &UpArgs) -> anyhow::Result<()> {
         nats_url: url.to_string(),
         hs256_secret: Some(secret),
         rs256_public_pem: None,
-        limits: im_gateway::Limits::default(),
+        limits,
         // The embedded stack keeps media on disk: nothing else to run.
         media: Some(im_gateway::media::MediaBackend::Disk(
             args.data_dir.join("media"),

@@ -1,0 +1,104 @@
+//! `latency`: measures the maximum ingest first (as `ingest` does), then
+//! drives half of it, paced, into conversations whose other member is
+//! connected, and times each message from the send to its delivery at that
+//! member → `deliver_p99_ms`, and the ack latency at that load.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use im_schema::v1::{conv_event::Kind, envelope::Payload, message_sent::Body};
+
+use super::ingest::{self, Plan};
+use super::stack::{self, Stack, Ws};
+use super::{bench_limits, ms, percentile, Figures, Size, StackOptions};
+
+/// How long receivers keep reading after the last send.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Reads deliveries until `until`; the send→deliver latency (µs) of each
+/// message sent in the measured window.
+async fn receive(ws: Ws, epoch: Instant, measure_from_us: u64, until: Instant) -> Vec<u64> {
+    let (_sink, mut stream) = ws.split();
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), stream.next()).await {
+        let now_us = epoch.elapsed().as_micros() as u64;
+        for env in stack::decode(&msg) {
+            let Some(Payload::Deliver(d)) = env.payload else {
+                continue;
+            };
+            let text = match d.event.and_then(|e| e.kind) {
+                Some(Kind::MessageSent(m)) => match m.body {
+                    Some(Body::Text(t)) => t,
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            if let Some(sent_us) = ingest::stamp_of(&text) {
+                if sent_us >= measure_from_us {
+                    out.push(now_us.saturating_sub(sent_us));
+                }
+            }
+        }
+    }
+    out
+}
+
+pub async fn run(size: &Size) -> anyhow::Result<Figures> {
+    let stack = Stack::start(StackOptions {
+        limits: bench_limits(2 * size.clients),
+        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+    })
+    .await?;
+    let max = ingest::measure(&stack, size, size.clients, "probe").await?;
+    let rate = max.acks_per_s / 2.0;
+    eprintln!(
+        "latency: max ingest {:.0}/s; driving {rate:.0}/s",
+        max.acks_per_s
+    );
+    let senders = ingest::senders(&stack, size.clients, "lat").await?;
+    let mut receivers = Vec::new();
+    for i in 0..size.clients {
+        receivers.push(stack.connect(&format!("r{i}"), "bench").await?);
+    }
+    let start = Instant::now();
+    let plan = Plan {
+        measure_from: start + size.warmup,
+        until: start + size.warmup + size.measure,
+        pace: Some(Duration::from_secs_f64(size.clients as f64 / rate)),
+        epoch: start,
+    };
+    let measure_from_us = size.warmup.as_micros() as u64;
+    let reading: Vec<_> = receivers
+        .into_iter()
+        .map(|ws| tokio::spawn(receive(ws, start, measure_from_us, plan.until + DRAIN)))
+        .collect();
+    let mut sent = ingest::drive(senders, "lat", plan).await?;
+    let mut deliver_us = Vec::new();
+    for r in reading {
+        deliver_us.extend(r.await?);
+    }
+    stack.stop().await;
+    let delivered = deliver_us.len() as u64;
+    eprintln!(
+        "latency: {} sends, {delivered} delivered in the window ({:.0}/s)",
+        sent.acks,
+        sent.acks as f64 / size.measure.as_secs_f64()
+    );
+    if delivered != sent.acks {
+        // Deliveries are at most once by design (clients recover from
+        // history); a shortfall is worth seeing, not a failed run.
+        eprintln!("latency: {} stored but {delivered} delivered", sent.acks);
+    }
+    let mut f = Figures::default();
+    f.add(
+        "latency_rate_per_s",
+        sent.acks as f64 / size.measure.as_secs_f64(),
+    );
+    f.add("deliver_p50_ms", ms(percentile(&mut deliver_us, 50.0)));
+    f.add("deliver_p99_ms", ms(percentile(&mut deliver_us, 99.0)));
+    f.add(
+        "ack_p99_half_load_ms",
+        ms(percentile(&mut sent.ack_us, 99.0)),
+    );
+    Ok(f)
+}

@@ -1,0 +1,248 @@
+//! `imctl bench [ingest|fanout|rebuild|connections|latency|all] [--quick]`:
+//! the load generator. Each sub-benchmark starts its own stack (`imctl up`
+//! as a child process, see `stack.rs`), measures the system and, in the same
+//! run against the same nats-server, the raw baseline it is compared with.
+//!
+//! Progress and detail go to stderr; stdout carries only the figures, one
+//! `name value` line each, after the sub-benchmark that measured them.
+//! Every figure is expected to be positive: a zero or non-finite one fails
+//! the run (which is what `--quick` in CI checks).
+
+pub mod connections;
+pub mod fanout;
+pub mod ingest;
+pub mod latency;
+pub mod rebuild;
+pub mod stack;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use im_streams::{Action, AppendOutcome, Appender, Command, Role};
+
+pub use stack::{Stack, StackOptions};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    Ingest,
+    Fanout,
+    Rebuild,
+    Connections,
+    Latency,
+    All,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(value_enum, default_value = "all")]
+    pub which: Which,
+    /// Every sub-benchmark small (under 2 minutes in all): checks that each
+    /// completes with non-zero figures.
+    #[arg(long)]
+    pub quick: bool,
+    /// Concurrent senders (ingest, latency) [default: 64, quick 8].
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// Seconds each measured phase runs [default: 10, quick 2].
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Members of the fan-out group [default: 1000, quick 100].
+    #[arg(long)]
+    pub members: Option<usize>,
+    /// Messages per second into the fan-out group [default: 250, quick 20].
+    #[arg(long)]
+    pub fanout_rate: Option<u64>,
+    /// Events in the log the rebuild folds [default: 1000000, quick 20000].
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Idle WebSocket connections [default: 20000, quick 500].
+    #[arg(long)]
+    pub connections: Option<usize>,
+}
+
+/// The sizes of one run, from the flags.
+#[derive(Clone, Debug)]
+pub struct Size {
+    pub clients: usize,
+    pub measure: Duration,
+    pub warmup: Duration,
+    pub members: usize,
+    pub fanout_rate: u64,
+    pub events: u64,
+    pub connections: usize,
+}
+
+impl Size {
+    fn from_args(a: &BenchArgs) -> Size {
+        let q = a.quick;
+        Size {
+            clients: a.clients.unwrap_or(if q { 8 } else { 64 }),
+            measure: Duration::from_secs(a.seconds.unwrap_or(if q { 2 } else { 10 })),
+            warmup: Duration::from_millis(if q { 500 } else { 2000 }),
+            members: a.members.unwrap_or(if q { 100 } else { 1000 }),
+            fanout_rate: a.fanout_rate.unwrap_or(if q { 20 } else { 250 }),
+            events: a.events.unwrap_or(if q { 20_000 } else { 1_000_000 }),
+            connections: a.connections.unwrap_or(if q { 500 } else { 20_000 }),
+        }
+    }
+}
+
+/// A sub-benchmark's figures, in the order they are printed.
+#[derive(Default)]
+pub struct Figures(Vec<(&'static str, f64)>);
+
+impl Figures {
+    pub fn add(&mut self, name: &'static str, value: f64) {
+        self.0.push((name, value));
+    }
+
+    /// Prints them (`name value`), and names the first that is not positive.
+    fn print(&self) -> Result<(), String> {
+        for (name, value) in &self.0 {
+            if value.fract() == 0.0 && value.abs() >= 1.0 {
+                println!("{name} {value:.0}");
+            } else {
+                println!("{name} {value:.3}");
+            }
+        }
+        match self.0.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            Some((name, v)) => Err(format!("{name} is {v}, not a positive figure")),
+            None => Ok(()),
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let size = Size::from_args(&args);
+    raise_fd_limit(size.connections)?;
+    let which = match args.which {
+        Which::All => vec![
+            Which::Ingest,
+            Which::Fanout,
+            Which::Rebuild,
+            Which::Connections,
+            Which::Latency,
+        ],
+        one => vec![one],
+    };
+    let mut failures = Vec::new();
+    for w in which {
+        let started = std::time::Instant::now();
+        eprintln!("bench: {w:?} starting ({size:?})");
+        let figures = match w {
+            Which::Ingest => ingest::run(&size).await,
+            Which::Fanout => fanout::run(&size).await,
+            Which::Rebuild => rebuild::run(&size).await,
+            Which::Connections => connections::run(&size).await,
+            Which::Latency => latency::run(&size).await,
+            Which::All => unreachable!("expanded above"),
+        }
+        .with_context(|| format!("bench {w:?}"))?;
+        eprintln!(
+            "bench: {w:?} done in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        if let Err(e) = figures.print() {
+            failures.push(format!("{w:?}: {e}"));
+        }
+    }
+    anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
+    Ok(())
+}
+
+/// Limits that let a sub-benchmark measure the engine rather than the
+/// per-connection policies: the send rate limit is a product rule (20/s per
+/// connection), not a cost of the path, and a load generator's few
+/// connections send far more than any one phone.
+pub fn bench_limits(connections: usize) -> serde_json::Value {
+    serde_json::json!({
+        "sends_per_sec": 1_000_000,
+        "send_burst": 1_000_000,
+        // Headroom over the measured connections for the senders.
+        "connections_max": connections + 1_000,
+    })
+}
+
+/// Each connection is a file descriptor on both ends (the load generator
+/// and the stack, which inherits this limit).
+fn raise_fd_limit(connections: usize) -> anyhow::Result<()> {
+    use rlimit::Resource;
+    // Sockets of both ends live in separate processes, plus a margin for
+    // nats connections, sled files and the runtime.
+    let wanted = (connections as u64 + 4_096).max(8_192);
+    let (soft, hard) = Resource::NOFILE.get()?;
+    if soft >= wanted {
+        return Ok(());
+    }
+    // Raising the hard limit needs privileges; the soft one up to the hard
+    // one does not.
+    if rlimit::setrlimit(Resource::NOFILE, wanted, wanted.max(hard)).is_err() {
+        rlimit::setrlimit(Resource::NOFILE, hard.min(wanted), hard)?;
+    }
+    let (soft, _) = Resource::NOFILE.get()?;
+    anyhow::ensure!(
+        soft >= connections as u64 + 256,
+        "the open-file limit is {soft}; {connections} connections need more (ulimit -n)"
+    );
+    Ok(())
+}
+
+/// Creates a group through the append path (the rules, the CAS) with
+/// `owner` as its owner.
+pub async fn create_group(
+    appender: &Appender,
+    conv: &str,
+    owner: &str,
+    members: &[String],
+) -> anyhow::Result<()> {
+    let cmd = Command {
+        actor: owner.to_string(),
+        client_msg_id: format!("create-{conv}"),
+        action: Action::CreateGroup {
+            title: conv.to_string(),
+            members: members
+                .iter()
+                .filter(|m| m.as_str() != owner)
+                .map(|m| (m.clone(), Role::Member))
+                .collect(),
+        },
+    };
+    match appender.execute(conv, &cmd, "bench").await? {
+        AppendOutcome::Stored { .. } | AppendOutcome::Duplicate { .. } => Ok(()),
+        AppendOutcome::Rejected(r) => anyhow::bail!("creating {conv}: {r}"),
+    }
+}
+
+/// An appender of the bench's own, on the stack's streams.
+pub async fn appender(client: &async_nats::Client) -> anyhow::Result<std::sync::Arc<Appender>> {
+    let js = async_nats::jetstream::new(client.clone());
+    let topology = im_streams::definitions::read_topology(&js).await?;
+    Ok(Appender::new(client.clone(), topology).await?)
+}
+
+/// The p-th percentile (0..=100) of unsorted samples, in the samples' unit.
+pub fn percentile(samples: &mut [u64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)] as f64
+}
+
+/// Microseconds to milliseconds.
+pub fn ms(us: f64) -> f64 {
+    us / 1000.0
+}
+
+/// Runs `n` futures with at most `limit` at a time, in order of completion.
+pub async fn bounded<F, T>(futures: Vec<F>, limit: usize) -> Vec<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(futures)
+        .buffer_unordered(limit)
+        .collect()
+        .await
+}

@@ -1,0 +1,209 @@
+//! `rebuild`: fills IM_CONV with `events` valid events (chained, made by the
+//! rules' own `decide`), waits for the live projector to fold them, then
+//! times `imctl projections rebuild --all` (a child process, as an operator
+//! runs it) → events of the stream per second of wall time.
+//!
+//! Baseline: one raw ordered-consumer read of the same stream, start to end,
+//! on the same server.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
+use bytes::Bytes;
+use futures::StreamExt;
+use im_streams::codec::{conv_headers, payload_hash};
+use im_streams::conversation::{apply, decide};
+use im_streams::definitions::CONV_STREAM;
+use im_streams::{Action, Command, ConvState, MessageBody, Role};
+
+use super::ingest::stamped_text;
+use super::{Figures, Size, StackOptions};
+use crate::cmd::bench::stack::Stack;
+
+/// Events per conversation: long histories, as a busy team's.
+const EVENTS_PER_CONV: u64 = 1_000;
+
+/// Members per conversation (each message touches every member's
+/// conversation list and unread count).
+const MEMBERS_PER_CONV: usize = 3;
+
+/// Publishes awaiting their ack while seeding: enough to keep the server
+/// busy, bounded so that a stall cannot queue the whole log in memory.
+const SEED_INFLIGHT_MAX: usize = 4_096;
+
+/// How long the live projector may take to fold the seeded log.
+const CATCH_UP_MAX: Duration = Duration::from_secs(1_800);
+
+/// Writes `events` events round-robin over conversations, as the append
+/// path would (conv_seq, prev_hash chain, headers), pipelined.
+async fn seed(js: &jetstream::Context, events: u64) -> anyhow::Result<()> {
+    let topology = im_streams::definitions::read_topology(js).await?;
+    let conversations = events.div_ceil(EVENTS_PER_CONV).max(1);
+    let mut states: BTreeMap<u64, ConvState> = BTreeMap::new();
+    let mut acks = futures::stream::FuturesUnordered::new();
+    let now_ms = 1_700_000_000_000;
+    for n in 0..events {
+        let c = n % conversations;
+        let conv = format!("rb{c}");
+        let members: Vec<String> = (0..MEMBERS_PER_CONV).map(|m| format!("u{c}x{m}")).collect();
+        let state = states.entry(c).or_insert_with(|| ConvState::empty(&conv));
+        let cmd = if state.exists() {
+            Command {
+                actor: members[(n / conversations) as usize % MEMBERS_PER_CONV].clone(),
+                client_msg_id: format!("e{n}"),
+                action: Action::Send {
+                    peer: None,
+                    body: MessageBody::Text(stamped_text(n as u128)),
+                    meta: Default::default(),
+                },
+            }
+        } else {
+            Command {
+                actor: members[0].clone(),
+                client_msg_id: format!("create-{conv}"),
+                action: Action::CreateGroup {
+                    title: conv.clone(),
+                    members: members[1..]
+                        .iter()
+                        .map(|m| (m.clone(), Role::Member))
+                        .collect(),
+                },
+            }
+        };
+        let decided = decide(state, &cmd, now_ms).map_err(|r| anyhow::anyhow!("{conv}: {r}"))?;
+        let subject = topology.conv_subject(&conv)?;
+        for mut event in decided {
+            event.conv_seq = state.conv_seq + 1;
+            event.prev_hash = state.last_hash.to_vec();
+            let payload = Bytes::from(im_schema::encode(&event));
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .headers(conv_headers(&event, "bench", "bench-seed"));
+            // Sent in order on one connection: each subject's events are
+            // stored in the order they were made.
+            let ack = js.send_publish(subject.clone(), publish).await?;
+            acks.push(async move { ack.await });
+            apply(state, &event);
+            state.record_position(0, payload_hash(&payload));
+        }
+        while acks.len() >= SEED_INFLIGHT_MAX {
+            acks.next().await.expect("not empty")?;
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+    Ok(())
+}
+
+/// Waits until every durable consumer of the live projector has nothing
+/// pending and nothing unacknowledged (acks follow the sled commit).
+async fn caught_up(js: &jetstream::Context) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CATCH_UP_MAX;
+    loop {
+        let mut stream = js.get_stream(CONV_STREAM).await?;
+        let mut consumers = stream.consumers();
+        let (mut seen, mut behind) = (0, 0u64);
+        while let Some(info) = consumers.next().await {
+            let info = info?;
+            if info.config.durable_name.is_some() {
+                seen += 1;
+                behind += info.num_pending + info.num_ack_pending as u64;
+            }
+        }
+        let _ = stream.info().await?;
+        if seen > 0 && behind == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the projector did not catch up");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Reads the whole stream with an ordered consumer; the messages read.
+async fn raw_read(js: &jetstream::Context, last: u64) -> anyhow::Result<u64> {
+    let stream = js.get_stream(CONV_STREAM).await?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut read = 0u64;
+    while let Some(msg) = messages.next().await {
+        let msg = msg?;
+        read += 1;
+        if msg
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence
+            >= last
+        {
+            break;
+        }
+    }
+    Ok(read)
+}
+
+pub async fn run(size: &Size) -> anyhow::Result<Figures> {
+    let stack = Stack::start(StackOptions {
+        limits: super::bench_limits(0),
+        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+    })
+    .await?;
+    let js = jetstream::new(stack.nats().await?);
+    let started = Instant::now();
+    seed(&js, size.events).await?;
+    let seed_secs = started.elapsed().as_secs_f64();
+    let last = js
+        .get_stream(CONV_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    eprintln!(
+        "rebuild: seeded {last} events in {seed_secs:.1} s ({:.0}/s); waiting for the live projector",
+        last as f64 / seed_secs
+    );
+    let started = Instant::now();
+    caught_up(&js).await?;
+    let live_secs = started.elapsed().as_secs_f64();
+    eprintln!("rebuild: live projector caught up in {live_secs:.1} s");
+
+    let started = Instant::now();
+    let read = raw_read(&js, last).await?;
+    let raw_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(read == last, "the raw read saw {read} of {last} events");
+    eprintln!("rebuild: raw ordered read {read} in {raw_secs:.2} s");
+
+    let started = Instant::now();
+    let status = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["projections", "rebuild", "--all", "--instance", "local"])
+        .arg("--nats-url")
+        .arg(&stack.nats_url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .context("running imctl projections rebuild")?;
+    let rebuild_secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        status.success(),
+        "imctl projections rebuild --all: {status}"
+    );
+    eprintln!("rebuild: imctl projections rebuild --all over {last} events in {rebuild_secs:.2} s");
+    stack.stop().await;
+    let mut f = Figures::default();
+    let (ours, raw) = (last as f64 / rebuild_secs, last as f64 / raw_secs);
+    f.add("rebuild_events", last as f64);
+    f.add("rebuild_secs", rebuild_secs);
+    f.add("rebuild_events_per_s", ours);
+    f.add("rebuild_raw_per_s", raw);
+    f.add("rebuild_ratio", ours / raw);
+    Ok(f)
+}

@@ -1,0 +1,240 @@
+//! The stack a benchmark measures: `imctl up` as a child process, with its
+//! own nats-server on a free port and a temporary data dir. A separate
+//! process so that the gateway's memory and CPU are its own, not the load
+//! generator's.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::{SinkExt, StreamExt};
+use im_schema::v1::{self, envelope::Payload};
+use prost::Message as _;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, protocol::WebSocketConfig};
+
+/// How long the child may take to say it is ready (it starts nats-server,
+/// applies streams, opens sled and binds the gateway).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a stopping child may take before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client's WebSocket buffers: small, as a phone's would be, so that
+/// 20,000 load-generator connections fit beside the stack.
+const CLIENT_WS_BUFFER_BYTES: usize = 4 * 1024;
+
+/// How long a WebSocket handshake (and the `Connected` frame) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct StackOptions {
+    /// Gateway `Limits` overrides, as `imctl up --limits-json` takes them.
+    pub limits: serde_json::Value,
+    pub fanout_threshold: usize,
+}
+
+pub struct Stack {
+    child: tokio::process::Child,
+    pub nats_url: String,
+    pub gateway: SocketAddr,
+    secret: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> anyhow::Result<Stack> {
+        let dir = tempfile::tempdir()?;
+        let secret: String = {
+            use rand::Rng;
+            rand::rng()
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(48)
+                .map(char::from)
+                .collect()
+        };
+        let exe = std::env::current_exe().context("locating imctl")?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("up")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--nats-port")
+            .arg(im_testkit::free_port().to_string())
+            .arg("--gateway-listen")
+            .arg("127.0.0.1:0")
+            .arg("--limits-json")
+            .arg(options.limits.to_string())
+            .arg("--fanout-threshold")
+            .arg(options.fanout_threshold.to_string())
+            .env("IM_JWT_HS256_SECRET", &secret)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting imctl up")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut gateway, mut nats_url) = (None, None);
+        let ready = async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.strip_prefix("imctl: gateway http://") {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    gateway = Some(addr.parse::<SocketAddr>()?);
+                }
+                if let Some(rest) = line.strip_prefix("imctl: ready nats=") {
+                    nats_url = rest.split_whitespace().next().map(str::to_string);
+                    return anyhow::Ok(());
+                }
+            }
+            anyhow::bail!("imctl up exited before it was ready")
+        };
+        tokio::time::timeout(START_TIMEOUT, ready)
+            .await
+            .context("imctl up did not become ready")??;
+        // Keep draining its output so that the pipe never blocks it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Stack {
+            child,
+            nats_url: nats_url.context("no nats url")?,
+            gateway: gateway.context("no gateway address")?,
+            secret,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_default()
+    }
+
+    /// Resident memory of the stack process (gateway and projector).
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .context("reading the stack's /proc status")?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmRSS")?
+            .parse()?;
+        Ok(kb * 1024)
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        im_gateway::auth::issue_hs256(&self.secret, user, 3600)
+    }
+
+    pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
+        async_nats::connect(&self.nats_url)
+            .await
+            .with_context(|| format!("connecting to {}", self.nats_url))
+    }
+
+    /// A protobuf WebSocket client of `user`, past its `Connected` frame.
+    pub async fn connect(&self, user: &str, device: &str) -> anyhow::Result<Ws> {
+        let url = format!("ws://{}/v1/ws?device_id={device}", self.gateway);
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token(user)).parse()?,
+        );
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "im.v1.proto".parse()?);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(CLIENT_WS_BUFFER_BYTES)
+            .write_buffer_size(CLIENT_WS_BUFFER_BYTES);
+        let connect = async {
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async_with_config(req, Some(config), true).await?;
+            loop {
+                let msg = ws.next().await.context("closed before Connected")??;
+                if decode(&msg)
+                    .iter()
+                    .any(|e| matches!(e.payload, Some(Payload::Connected(_))))
+                {
+                    return anyhow::Ok(ws);
+                }
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .with_context(|| format!("connecting {user}"))?
+    }
+
+    /// Stops the stack (SIGTERM, so that it stops its nats-server too).
+    pub async fn stop(mut self) {
+        terminate(self.pid());
+        if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // An error path: ask it to stop its nats-server before the kill.
+        if let Ok(None) = self.child.try_wait() {
+            terminate(self.pid());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+fn terminate(pid: u32) {
+    if pid != 0 {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
+}
+
+/// One envelope in a binary frame.
+pub fn frame(payload: Payload) -> tungstenite::Message {
+    let env = v1::Envelope {
+        header: None,
+        payload: Some(payload),
+    };
+    tungstenite::Message::Binary(env.encode_length_delimited_to_vec().into())
+}
+
+/// The envelopes of a frame (none for control or malformed frames).
+pub fn decode(msg: &tungstenite::Message) -> Vec<v1::Envelope> {
+    let tungstenite::Message::Binary(bytes) = msg else {
+        return Vec::new();
+    };
+    let mut buf: &[u8] = bytes;
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        match v1::Envelope::decode_length_delimited(&mut buf) {
+            Ok(env) => out.push(env),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// A text send into a conversation.
+pub fn send(conv: &str, client_msg_id: String, text: String) -> tungstenite::Message {
+    frame(Payload::Send(v1::SendMessage {
+        conversation_id: conv.to_string(),
+        client_msg_id,
+        body: Some(v1::send_message::Body::Text(text)),
+        ..Default::default()
+    }))
+}
+
+/// Sends a frame, for callers holding a split sink.
+pub async fn send_on<S>(sink: &mut S, msg: tungstenite::Message) -> anyhow::Result<()>
+where
+    S: futures::Sink<tungstenite::Message, Error = tungstenite::Error> + Unpin,
+{
+    sink.send(msg).await.context("websocket send")
+}
