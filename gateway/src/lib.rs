@@ -117,6 +117,14 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
 ) -> Result<(), GatewayError> {
+    use axum::serve::ListenerExt;
+    // Nagle would hold a small frame (an ack) while an earlier one (a
+    // delivery) waits for the client's delayed ACK: up to 40 ms per reply.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "tcp_nodelay not set");
+        }
+    });
     axum::serve(listener, router(state)).await?;
     Ok(())
 }

@@ -34,7 +34,13 @@ async fn open(stack: &Stack, from: usize, count: usize) -> anyhow::Result<Vec<Ws
 }
 
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
-    let n = size.connections;
+    let n = super::raise_fd_limit(size.connections + WARMUP_CONNECTIONS)? - WARMUP_CONNECTIONS;
+    if n < size.connections {
+        eprintln!(
+            "connections: the open-file limit (hard, not raisable here) leaves room for {n} of {}",
+            size.connections
+        );
+    }
     let stack = Stack::start(StackOptions {
         limits: bench_limits(n + WARMUP_CONNECTIONS),
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,

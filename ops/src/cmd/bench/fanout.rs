@@ -237,6 +237,11 @@ async fn raw(stack: &Stack, size: &Size, messages: u64) -> anyhow::Result<Side> 
 }
 
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
+    let fit = super::raise_fd_limit(size.members + 1)?;
+    anyhow::ensure!(
+        fit > size.members,
+        "the open-file limit leaves room for {fit} members"
+    );
     let stack = Stack::start(StackOptions {
         limits: bench_limits(size.members + 1),
         fanout_threshold: size.members,

@@ -114,7 +114,6 @@ impl Figures {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let size = Size::from_args(&args);
-    raise_fd_limit(size.connections)?;
     let which = match args.which {
         Which::All => vec![
             Which::Ingest,
@@ -163,28 +162,32 @@ pub fn bench_limits(connections: usize) -> serde_json::Value {
     })
 }
 
-/// Each connection is a file descriptor on both ends (the load generator
-/// and the stack, which inherits this limit).
-fn raise_fd_limit(connections: usize) -> anyhow::Result<()> {
+/// Descriptors each process keeps besides the measured connections: nats
+/// connections, sled files, the runtime, the senders.
+pub const FD_MARGIN: u64 = 512;
+
+/// Raises the open-file limit for `connections` sockets (each end of a
+/// connection is a descriptor, in the load generator and in the stack,
+/// which inherits the limit) and returns how many connections fit: all of
+/// them, or fewer where the hard limit cannot be raised (no privilege).
+pub fn raise_fd_limit(connections: usize) -> anyhow::Result<usize> {
     use rlimit::Resource;
-    // Sockets of both ends live in separate processes, plus a margin for
-    // nats connections, sled files and the runtime.
-    let wanted = (connections as u64 + 4_096).max(8_192);
+    let wanted = connections as u64 + FD_MARGIN;
     let (soft, hard) = Resource::NOFILE.get()?;
-    if soft >= wanted {
-        return Ok(());
-    }
-    // Raising the hard limit needs privileges; the soft one up to the hard
-    // one does not.
-    if rlimit::setrlimit(Resource::NOFILE, wanted, wanted.max(hard)).is_err() {
-        rlimit::setrlimit(Resource::NOFILE, hard.min(wanted), hard)?;
+    if soft < wanted {
+        // Raising the hard limit needs privileges; the soft one up to the
+        // hard one does not.
+        if rlimit::setrlimit(Resource::NOFILE, wanted, wanted.max(hard)).is_err() {
+            rlimit::setrlimit(Resource::NOFILE, hard.min(wanted), hard)?;
+        }
     }
     let (soft, _) = Resource::NOFILE.get()?;
+    let fit = soft.saturating_sub(FD_MARGIN) as usize;
     anyhow::ensure!(
-        soft >= connections as u64 + 256,
-        "the open-file limit is {soft}; {connections} connections need more (ulimit -n)"
+        fit > 0,
+        "the open-file limit is {soft}: no room for connections"
     );
-    Ok(())
+    Ok(fit.min(connections))
 }
 
 /// Creates a group through the append path (the rules, the CAS) with
