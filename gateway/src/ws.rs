@@ -217,61 +217,9 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
             }
         };
         for env in envelopes {
-            let trace_id = env
-                .header
-                .as_ref()
-                .map(|h| h.trace_id.clone())
-                .unwrap_or_default();
-            let reply = match env.payload {
-                Some(Payload::Send(send)) => {
-                    if bucket.take() {
-                        Some(cmd::send::run(&state, &user, send, &trace_id).await)
-                    } else {
-                        Some(error_frame(
-                            v1::ErrorCode::RateLimited,
-                            "send rate exceeded",
-                            &send.client_msg_id,
-                        ))
-                    }
-                }
-                Some(Payload::DeliveryAck(a)) => {
-                    let dev_id = if a.device_id.is_empty() {
-                        device.clone()
-                    } else {
-                        a.device_id.clone()
-                    };
-                    cmd::receipt::run(
-                        &state,
-                        &user,
-                        &dev_id,
-                        &a.conversation_id,
-                        ReceiptKind::Delivered,
-                        a.up_to_seq,
-                        &trace_id,
-                    )
-                    .await
-                }
-                Some(Payload::Read(r)) => {
-                    cmd::receipt::run(
-                        &state,
-                        &user,
-                        &device,
-                        &r.conversation_id,
-                        ReceiptKind::Read,
-                        r.up_to_seq,
-                        &trace_id,
-                    )
-                    .await
-                }
-                Some(Payload::Typing(t)) => cmd::typing::run(&state, &user, t).await,
-                Some(Payload::Heartbeat(h)) => Some(cmd::heartbeat::run(h)),
-                Some(Payload::Sync(req)) => Some(cmd::sync::run(&state, &user, req).await),
-                Some(_) | None => Some(error_frame(
-                    v1::ErrorCode::BadRequest,
-                    "not a client command",
-                    "",
-                )),
-            };
+            // Boxed: a command's future (the append path's) is large, and
+            // inlined it would size every idle connection's task for it.
+            let reply = Box::pin(handle(&state, &user, &device, &mut bucket, env)).await;
             if let Some(reply) = reply {
                 if !dev.push(Arc::new(reply)) {
                     break;
@@ -289,5 +237,70 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
         .is_err()
     {
         abort.abort();
+    }
+}
+
+/// Runs one client envelope; the reply to queue, if any.
+async fn handle(
+    state: &AppState,
+    user: &str,
+    device: &str,
+    bucket: &mut TokenBucket,
+    env: v1::Envelope,
+) -> Option<v1::Envelope> {
+    let trace_id = env
+        .header
+        .as_ref()
+        .map(|h| h.trace_id.clone())
+        .unwrap_or_default();
+    match env.payload {
+        Some(Payload::Send(send)) => {
+            if bucket.take() {
+                Some(cmd::send::run(state, user, send, &trace_id).await)
+            } else {
+                Some(error_frame(
+                    v1::ErrorCode::RateLimited,
+                    "send rate exceeded",
+                    &send.client_msg_id,
+                ))
+            }
+        }
+        Some(Payload::DeliveryAck(a)) => {
+            let dev_id = if a.device_id.is_empty() {
+                device.to_string()
+            } else {
+                a.device_id.clone()
+            };
+            cmd::receipt::run(
+                state,
+                user,
+                &dev_id,
+                &a.conversation_id,
+                ReceiptKind::Delivered,
+                a.up_to_seq,
+                &trace_id,
+            )
+            .await
+        }
+        Some(Payload::Read(r)) => {
+            cmd::receipt::run(
+                state,
+                user,
+                device,
+                &r.conversation_id,
+                ReceiptKind::Read,
+                r.up_to_seq,
+                &trace_id,
+            )
+            .await
+        }
+        Some(Payload::Typing(t)) => cmd::typing::run(state, user, t).await,
+        Some(Payload::Heartbeat(h)) => Some(cmd::heartbeat::run(h)),
+        Some(Payload::Sync(req)) => Some(cmd::sync::run(state, user, req).await),
+        Some(_) | None => Some(error_frame(
+            v1::ErrorCode::BadRequest,
+            "not a client command",
+            "",
+        )),
     }
 }

@@ -54,6 +54,10 @@ enum TokenCommand {
     Issue(im_ops::cmd::token::IssueArgs),
 }
 
+// See the workspace manifest for why.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

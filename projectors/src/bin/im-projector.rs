@@ -33,6 +33,10 @@ struct Args {
     metrics_port: Option<u16>,
 }
 
+// See the workspace manifest for why.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
