@@ -22,8 +22,8 @@ use im_schema::v1;
 
 use crate::projections::Projection;
 use crate::runner::{
-    commit_fold, fold_message, js_err, Applied, ProjectionState, RunError, RunnerConfig, Source,
-    BATCH_MAX,
+    commit_fold, fold_message, js_err, Applied, Durability, ProjectionState, RunError,
+    RunnerConfig, Source, BATCH_MAX,
 };
 use crate::store::{Keyspace, SledStore, StoreError};
 use crate::tx::Tx;
@@ -303,7 +303,7 @@ impl Rebuilds {
         {
             // Nothing matched between the last event and the target (a
             // `from_seq` past it): the checkpoints still say where it stands.
-            commit_fold(ks.clone(), Vec::new(), at).await?;
+            commit_fold(ks.clone(), Vec::new(), at, Durability::Deferred).await?;
         }
         // The order makes a crash at any point safe: until the generation is
         // durable the old keyspace serves after a restart and the new one is
@@ -462,7 +462,7 @@ async fn fold_to(
             if folded == 0 {
                 break;
             }
-            commit_fold(ks.clone(), tx.into_writes(), next).await?;
+            commit_fold(ks.clone(), tx.into_writes(), next, Durability::Deferred).await?;
             at = next;
             job.folded.fetch_add(folded, Relaxed);
             job.conv_position.store(at.conv, Relaxed);

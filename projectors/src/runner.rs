@@ -1,11 +1,8 @@
 //! Runs one projection: a durable pull consumer per stream it reads, events
 //! folded in batches, each batch committed in one atomic write together with
-//! the checkpoints it advances, then acknowledged, then its effects
-//! published. Commits are not flushed one by one: sled recovers a prefix of
-//! its commits after a crash (the background flush bounds how short), each
-//! with its own checkpoint, and a projection always (re)starts its consumers
-//! right after the recovered checkpoint. So a crash loses no event, only
-//! some refolding; and the store never gets ahead of what it says it holds.
+//! the checkpoints it advances, flushed, then acknowledged, then its effects
+//! published. A crash anywhere loses at most an unacknowledged batch, which
+//! the consumer redelivers and the checkpoint makes a no-op if it had landed.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
@@ -29,8 +26,8 @@ use crate::projections::{Effect, Input, Projection};
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
 
-/// Events folded into one commit. Large enough to amortize the commit;
-/// small enough that a batch's writes and effects stay small.
+/// Events folded into one commit. Large enough to amortize the commit and
+/// flush; small enough that a batch's writes and effects stay small.
 pub const BATCH_MAX: usize = 512;
 
 /// Events buffered between a consumer and its projection. Two batches: the
@@ -197,9 +194,7 @@ async fn ensure_consumer(
                 start_sequence: from_checkpoint + 1,
             }
         },
-        // One ack per batch and stream (its last message) instead of one
-        // per event: a seventh of the projector's traffic to the server.
-        ack_policy: AckPolicy::All,
+        ack_policy: AckPolicy::Explicit,
         ack_wait: ACK_WAIT,
         max_deliver: MAX_DELIVER,
         max_ack_pending: MAX_ACK_PENDING,
@@ -455,12 +450,25 @@ pub(crate) fn fold_message(
     }
 }
 
+/// Whether a commit is flushed before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Before acks and deliveries (invariants 5 and 6).
+    Flush,
+    /// A rebuild's folds into a generation nobody reads yet: the flush of
+    /// the generation record before the swap makes them all durable at
+    /// once (sled recovers a prefix of its log), and a crash before it
+    /// drops the unfinished generation anyway.
+    Deferred,
+}
+
 /// Stages the checkpoints and commits a fold atomically, off the async
-/// threads (sled's writes can block). Not flushed: see the module comment.
+/// threads (sled's flush blocks).
 pub(crate) async fn commit_fold(
     ks: Arc<dyn Keyspace>,
     mut tx_writes: Vec<crate::store::Write>,
     at: Applied,
+    durability: Durability,
 ) -> Result<(), RunError> {
     tx_writes.push((
         checkpoint_key(Source::Conv),
@@ -470,10 +478,16 @@ pub(crate) async fn commit_fold(
         checkpoint_key(Source::Rcpt),
         Some(at.rcpt.to_be_bytes().to_vec()),
     ));
-    tokio::task::spawn_blocking(move || ks.commit(tx_writes))
-        .await
-        .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))?
-        .map_err(RunError::Store)
+    tokio::task::spawn_blocking(move || {
+        ks.commit(tx_writes)?;
+        match durability {
+            Durability::Flush => ks.flush(),
+            Durability::Deferred => Ok(()),
+        }
+    })
+    .await
+    .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))?
+    .map_err(RunError::Store)
 }
 
 /// Folds batches until the channel closes or deliveries go out of order.
@@ -503,9 +517,8 @@ async fn run_batches(
         let ks = state.ks();
         let mut tx = Tx::new(ks.as_ref());
         let mut effects = Vec::new();
-        // Each stream's last message of the batch: acknowledging it
-        // (AckPolicy::All) acknowledges everything before it.
-        let mut to_ack: [Option<jetstream::Message>; 2] = [None, None];
+        // Every message of the batch, acknowledged once the commit is durable.
+        let mut to_ack: Vec<jetstream::Message> = Vec::with_capacity(batch.len());
         let (mut folded, mut dead) = (0u64, 0u64);
         let mut next = *applied;
         let mut stop = None;
@@ -520,7 +533,7 @@ async fn run_batches(
             if stream_seq <= *cp {
                 // Already applied (a redelivery): acknowledge with the rest.
                 *seen = (*seen).max(consumer_seq);
-                to_ack[source as usize] = Some(msg);
+                to_ack.push(msg);
                 continue;
             }
             if consumer_seq != *seen + 1 || delivered > 1 {
@@ -544,18 +557,18 @@ async fn run_batches(
             }
             *cp = stream_seq;
             folded += 1;
-            to_ack[source as usize] = Some(msg);
+            to_ack.push(msg);
         }
         if next != *applied {
             let writes = tx.into_writes();
-            commit_fold(ks, writes, next).await?;
+            commit_fold(ks, writes, next, Durability::Flush).await?;
         }
         *applied = next;
         let _ = applied_tx.send(*applied);
         drop(held);
-        // Acknowledge only what is committed. A lost ack means a
-        // redelivery, which the checkpoint skips.
-        for msg in to_ack.into_iter().flatten() {
+        // Acknowledge only what is durable. A lost ack means a redelivery,
+        // which the checkpoint skips.
+        for msg in to_ack {
             if let Err(e) = msg.ack().await {
                 tracing::warn!(error = %e, "ack failed; redelivery will be skipped");
             }
