@@ -151,6 +151,11 @@ pub async fn drive(senders: Vec<(Ws, Vec<String>)>, tag: &str, plan: Plan) -> an
         .enumerate()
         .map(|(i, (ws, convs))| tokio::spawn(send_loop(ws, convs, format!("{tag}{i}"), plan)))
         .collect();
+    gather(tasks).await
+}
+
+/// The senders' results, added up.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Sent>>>) -> anyhow::Result<Sent> {
     let mut all = Sent::default();
     for t in tasks {
         let s = t.await??;
@@ -259,12 +264,7 @@ pub async fn measure_raw(stack: &Stack, size: &Size, writers: usize) -> anyhow::
             })
         })
         .collect();
-    let mut all = Sent::default();
-    for t in tasks {
-        let s = t.await??;
-        all.acks += s.acks;
-        all.ack_us.extend(s.ack_us);
-    }
+    let mut all = gather(tasks).await?;
     js.delete_stream(RAW_STREAM).await?;
     Ok(Ingest {
         acks_per_s: all.acks as f64 / size.measure.as_secs_f64(),
