@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use im_schema::v1::{self, conv_event::Kind, envelope::Payload, message_sent::Body};
 
-use super::ingest::{stamp_of, stamped_text};
+use super::ingest::{stamp_of_deliver, stamped_text};
 use super::stack::{self, Stack, Ws};
 use super::{bench_limits, bounded, create_group, ms, percentile, Figures, Size, StackOptions};
 
@@ -48,17 +48,6 @@ impl Totals {
         self.latency_us.extend(h.latency_us);
         self.last = self.last.max(h.last);
         self.closed += u64::from(h.closed);
-    }
-}
-
-/// The send time of a message event.
-fn stamp_of_deliver(d: v1::Deliver) -> Option<u64> {
-    match d.event?.kind? {
-        Kind::MessageSent(v1::MessageSent {
-            body: Some(Body::Text(t)),
-            ..
-        }) => stamp_of(&t),
-        _ => None,
     }
 }
 

@@ -61,6 +61,17 @@ pub fn stamp_of(text: &str) -> Option<u64> {
     text.split(' ').next()?.parse().ok()
 }
 
+/// The send time a delivered message event carries.
+pub fn stamp_of_deliver(d: v1::Deliver) -> Option<u64> {
+    match d.event?.kind? {
+        v1::conv_event::Kind::MessageSent(v1::MessageSent {
+            body: Some(v1::message_sent::Body::Text(t)),
+            ..
+        }) => stamp_of(&t),
+        _ => None,
+    }
+}
+
 /// One client's send loop: send, wait for its ack, repeat until the plan
 /// ends. Anything but STORED is an error: the bench measures successes.
 pub async fn send_loop(

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use im_schema::v1::{conv_event::Kind, envelope::Payload, message_sent::Body};
+use im_schema::v1::envelope::Payload;
 
 use super::ingest::{self, Plan};
 use super::stack::{self, Stack, Ws};
@@ -26,14 +26,7 @@ async fn receive(ws: Ws, epoch: Instant, measure_from_us: u64, until: Instant) -
             let Some(Payload::Deliver(d)) = env.payload else {
                 continue;
             };
-            let text = match d.event.and_then(|e| e.kind) {
-                Some(Kind::MessageSent(m)) => match m.body {
-                    Some(Body::Text(t)) => t,
-                    _ => continue,
-                },
-                _ => continue,
-            };
-            if let Some(sent_us) = ingest::stamp_of(&text) {
+            if let Some(sent_us) = ingest::stamp_of_deliver(d) {
                 if sent_us >= measure_from_us {
                     out.push(now_us.saturating_sub(sent_us));
                 }
