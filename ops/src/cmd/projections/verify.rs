@@ -144,7 +144,13 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                 "{name}: MISMATCH live {a} rebuild {b}; first differing key: {}",
                 printable_key(&key)
             ),
-            None => println!("{name}: MISMATCH live {a} rebuild {b}"),
+            // Every key's hash matches: the stores are equal, and a digest
+            // was read in the middle of a commit (status reads the digest
+            // and the checkpoints one after the other).
+            None => {
+                mismatches -= 1;
+                println!("{name}: ok {a} (every key equal; the digests were read mid-commit)");
+            }
         }
     }
     drop(projector);
