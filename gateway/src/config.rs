@@ -50,6 +50,12 @@ pub struct Limits {
     /// Frames waiting to be written to one client; a client that lets it
     /// fill is closed with `CLOSE_RESYNC` and must resync.
     pub outbound_queue_max: usize,
+    /// Every command (send, receipt, sync, HTTP command) is answered within
+    /// this: with its outcome, or with a `timeout` error the client retries
+    /// with the same id. Longer than a command's worst honest path (a few
+    /// conflict rounds, one forward, an index lookup), short enough that a
+    /// person waiting sees an answer.
+    pub command_timeout_ms: u64,
     /// A connection silent this long is closed.
     pub heartbeat_window_ms: u64,
     pub connections_max: usize,
@@ -75,6 +81,7 @@ impl Default for Limits {
             sends_per_sec: 20,
             send_burst: 40,
             outbound_queue_max: 256,
+            command_timeout_ms: 10_000,
             heartbeat_window_ms: 45_000,
             connections_max: 20_000,
             connections_per_user_max: 16,
@@ -112,6 +119,7 @@ impl GatewayConfig {
             || l.outbound_queue_max == 0
             || l.send_burst == 0
             || l.sends_per_sec == 0
+            || l.command_timeout_ms == 0
         {
             return Err(format!("limits out of range: {l:?}"));
         }

@@ -39,6 +39,7 @@ pub fn http_status(code: v1::ErrorCode) -> StatusCode {
         v1::ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         v1::ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         v1::ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        v1::ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         v1::ErrorCode::Internal | v1::ErrorCode::Unspecified => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

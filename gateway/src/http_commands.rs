@@ -41,15 +41,16 @@ fn idempotency_key(headers: &HeaderMap, body_key: Option<String>) -> String {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .or(body_key)
-        .unwrap_or_else(|| {
-            // No key: each request is a new command.
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            format!(
-                "http-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            )
-        })
+        // No key: each request is a new command, under an id no earlier
+        // request (of this or any gateway, before any restart) had: ids are
+        // remembered for good, so a reused one would be answered as a
+        // duplicate of whatever carried it first.
+        .unwrap_or_else(|| format!("http-{}", uuid_like()))
+}
+
+/// 128 random bits as 32 hex digits.
+fn uuid_like() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
 }
 
 async fn execute(
@@ -64,25 +65,26 @@ async fn execute(
         client_msg_id: key,
         action,
     };
-    match state.appender.execute(conv, &cmd, "").await {
+    let bound = std::time::Duration::from_millis(state.config.limits.command_timeout_ms);
+    let Ok(outcome) = tokio::time::timeout(bound, state.appender.execute(conv, &cmd, "")).await
+    else {
+        let message = format!(
+            "no outcome within {} ms; it may or may not be stored: retry with the same Idempotency-Key",
+            bound.as_millis()
+        );
+        return ApiError(v1::ErrorCode::Timeout, message).into_response();
+    };
+    match outcome {
         Ok(AppendOutcome::Stored {
             stream_seq,
             conv_seq,
             ..
-        })
-        | Ok(AppendOutcome::Duplicate {
+        }) => positions(conv, stream_seq, conv_seq, false),
+        Ok(AppendOutcome::Duplicate {
             stream_seq,
             conv_seq,
             ..
-        }) => (
-            StatusCode::OK,
-            Json(serde_json::json!({
-                "conversationId": conv,
-                "convSeq": conv_seq,
-                "streamSeq": stream_seq,
-            })),
-        )
-            .into_response(),
+        }) => positions(conv, stream_seq, conv_seq, true),
         Ok(AppendOutcome::Rejected(r)) => (
             rejection_status(&r),
             Json(serde_json::json!({"code": r.code(), "message": r.to_string()})),
@@ -90,6 +92,17 @@ async fn execute(
             .into_response(),
         Err(e) => ApiError(streams_code(&e), e.to_string()).into_response(),
     }
+}
+
+/// A stored command's answer; `duplicate` when a retry found the original.
+fn positions(conv: &str, stream_seq: u64, conv_seq: u64, duplicate: bool) -> Response {
+    let body = serde_json::json!({
+        "conversationId": conv,
+        "convSeq": conv_seq,
+        "streamSeq": stream_seq,
+        "duplicate": duplicate,
+    });
+    (StatusCode::OK, Json(body)).into_response()
 }
 
 fn role_of(name: &str) -> Result<Role, ApiError> {

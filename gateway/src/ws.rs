@@ -176,6 +176,7 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
         burst: f64::from(limits.send_burst),
     };
     let window = Duration::from_millis(limits.heartbeat_window_ms);
+    let command_timeout = Duration::from_millis(limits.command_timeout_ms);
     loop {
         let overflow = dev.overflowed.1.notified();
         tokio::pin!(overflow);
@@ -217,9 +218,17 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
             }
         };
         for env in envelopes {
+            let cmid = client_msg_id_of(&env);
             // Boxed: a command's future (the append path's) is large, and
             // inlined it would size every idle connection's task for it.
-            let reply = Box::pin(handle(&state, &user, &device, &mut bucket, env)).await;
+            let command = Box::pin(handle(&state, &user, &device, &mut bucket, env));
+            let reply = match tokio::time::timeout(command_timeout, command).await {
+                Ok(reply) => reply,
+                Err(_) => {
+                    tracing::warn!(user, conn_id, client_msg_id = cmid, "command timed out");
+                    Some(timed_out(command_timeout, &cmid))
+                }
+            };
             if let Some(reply) = reply {
                 if !dev.push(Arc::new(reply)) {
                     break;
@@ -238,6 +247,26 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
     {
         abort.abort();
     }
+}
+
+/// The id a command's answer must carry, so the client can match it.
+fn client_msg_id_of(env: &v1::Envelope) -> String {
+    match &env.payload {
+        Some(Payload::Send(s)) => s.client_msg_id.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The answer to a command that found no outcome within the bound.
+pub fn timed_out(bound: Duration, client_msg_id: &str) -> v1::Envelope {
+    error_frame(
+        v1::ErrorCode::Timeout,
+        format!(
+            "no outcome within {} ms; it may or may not be stored: retry with the same client_msg_id",
+            bound.as_millis()
+        ),
+        client_msg_id,
+    )
 }
 
 /// Runs one client envelope; the reply to queue, if any.

@@ -268,6 +268,8 @@ impl Rebuilds {
         // A keyspace of this name can only be an earlier attempt's.
         self.store.drop_keyspace(&name)?;
         let ks = self.store.keyspace(&name)?;
+        // Events before `from_seq` are left out: chains start where it does.
+        ks.commit(vec![crate::chain::chain_from_write(from_seq)])?;
         let js = jetstream::new(self.client.clone());
         let mut readers = Vec::new();
         readers.push(Reader::open(&js, &self.cfg, Source::Conv, from_seq).await?);
@@ -439,6 +441,7 @@ async fn fold_to(
         let source = reader.source;
         loop {
             let mut tx = Tx::new(ks.as_ref());
+            let genesis = crate::runner::from_genesis(ks.as_ref())?;
             let mut effects = Vec::new();
             let mut folded = 0u64;
             let mut next = at;
@@ -450,7 +453,15 @@ async fn fold_to(
                 };
                 // Effects are the live runner's business; the new keyspace
                 // only needs the writes.
-                fold_message(projection, &mut tx, source, &msg, seq, &mut effects)?;
+                fold_message(
+                    projection,
+                    &mut tx,
+                    source,
+                    &msg,
+                    seq,
+                    &mut effects,
+                    genesis,
+                )?;
                 effects.clear();
                 match source {
                     Source::Conv => next.conv = seq,

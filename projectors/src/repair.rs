@@ -16,7 +16,7 @@ use im_streams::Topology;
 
 use crate::keys::META;
 use crate::projections::conv_of_key;
-use crate::runner::{fold_message, js_err, ProjectionState, RunError, Source};
+use crate::runner::{fold_message, from_genesis, js_err, ProjectionState, RunError, Source};
 use crate::store::{Keyspace, MemKeyspace, StoreError, Write};
 use crate::tx::Tx;
 
@@ -43,6 +43,7 @@ pub async fn repair(
     let at = *state.applied.borrow();
     let live = state.ks();
     let scratch = MemKeyspace::default();
+    let genesis = from_genesis(live.as_ref())?;
     let mut events = 0u64;
     let mut sources = vec![(Source::Conv, at.conv)];
     if projection.reads_receipts() {
@@ -91,6 +92,7 @@ pub async fn repair(
                 &msg,
                 info.stream_sequence,
                 &mut Vec::new(),
+                genesis,
             )?;
             scratch.commit(tx.into_writes())?;
         }

@@ -21,6 +21,7 @@ use im_streams::{
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::chain;
 use crate::keys::{key, seq, META};
 use crate::projections::{Effect, Input, Projection};
 use crate::store::{Keyspace, StoreError};
@@ -256,6 +257,10 @@ fn decode(source: Source, msg: &jetstream::Message, stream_seq: u64) -> Result<D
             if let Some(reason) = too_new(ev.schema_version) {
                 return Err(reason);
             }
+            let subject_conv = im_streams::subjects::conv_id_of_subject(msg.subject.as_str());
+            if subject_conv != Some(ev.conversation_id.as_str()) {
+                return Err("conversation id differs from the subject's".into());
+            }
             Ok(Decoded::Rcpt(ev))
         }
     }
@@ -357,6 +362,11 @@ pub async fn start(
         conv: checkpoint(ks.as_ref(), Source::Conv)?,
         rcpt: checkpoint(ks.as_ref(), Source::Rcpt)?,
     };
+    if chain::chain_from(ks.as_ref())?.is_none() {
+        // Heads are kept from here on: a store written before they were
+        // trusts the chains it already holds.
+        ks.commit(vec![chain::chain_from_write(applied.conv + 1)])?;
+    }
     let mut sources = vec![Source::Conv];
     if projection.reads_receipts() {
         sources.push(Source::Rcpt);
@@ -403,8 +413,10 @@ pub async fn start(
 }
 
 /// Folds one delivered event into `tx`: its effects, or a dead letter when
-/// it is poison (policy: record, count, skip; the partition goes on and an
-/// operator repairs from the dead letter). Returns whether it was poison.
+/// it is poison or does not extend the conversation's chain (policy:
+/// record, count, skip; the partition goes on and an operator repairs from
+/// the dead letter). `from_genesis`: see `chain::check`. Returns whether it
+/// was dead-lettered.
 pub(crate) fn fold_message(
     projection: &dyn Projection,
     tx: &mut Tx,
@@ -412,10 +424,19 @@ pub(crate) fn fold_message(
     msg: &jetstream::Message,
     stream_seq: u64,
     effects: &mut Vec<Effect>,
+    from_genesis: bool,
 ) -> Result<bool, StoreError> {
-    match decode(source, msg, stream_seq) {
+    let checked = decode(source, msg, stream_seq).and_then(|decoded| match decoded {
+        Decoded::Conv(stored) => {
+            let head = chain::head(tx, &stored.event.conversation_id).map_err(|e| e.to_string())?;
+            chain::check(head, &stored, from_genesis).map(|()| Decoded::Conv(stored))
+        }
+        rcpt => Ok(rcpt),
+    });
+    match checked {
         Ok(Decoded::Conv(stored)) => {
             effects.extend(projection.apply(tx, &Input::Conv(&stored))?);
+            chain::advance(tx, &stored);
             Ok(false)
         }
         Ok(Decoded::Rcpt(event)) => {
@@ -434,7 +455,7 @@ pub(crate) fn fold_message(
                 stream = source.stream(),
                 stream_seq,
                 %reason,
-                "poison event dead-lettered"
+                "event dead-lettered"
             );
             tx.put_msg(
                 dead_letter_key(source, stream_seq),
@@ -448,6 +469,12 @@ pub(crate) fn fold_message(
             Ok(true)
         }
     }
+}
+
+/// Whether a keyspace's conversations without a chain head must start at
+/// their creation (see `chain::chain_from_key`).
+pub(crate) fn from_genesis(ks: &dyn Keyspace) -> Result<bool, StoreError> {
+    Ok(chain::chain_from(ks)?.unwrap_or(1) <= 1)
 }
 
 /// Whether a commit is flushed before it returns.
@@ -515,6 +542,7 @@ async fn run_batches(
         // repair waiting on it sees a settled keyspace.
         let held = state.batch_lock.lock().await;
         let ks = state.ks();
+        let genesis = from_genesis(ks.as_ref())?;
         let mut tx = Tx::new(ks.as_ref());
         let mut effects = Vec::new();
         // Every message of the batch, acknowledged once the commit is durable.
@@ -552,6 +580,7 @@ async fn run_batches(
                 &msg,
                 stream_seq,
                 &mut effects,
+                genesis,
             )? {
                 dead += 1;
             }

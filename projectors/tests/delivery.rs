@@ -196,6 +196,156 @@ async fn poison_events_are_dead_lettered_and_later_events_applied() {
     }
 }
 
+/// Publishes `ev` on `conv`'s subject around the writers (no CAS).
+async fn forge(s: &Stack, conv: &str, ev: &v1::ConvEvent) -> u64 {
+    let js = async_nats::jetstream::new(s.client.clone());
+    let headers = im_streams::codec::conv_headers(ev, "forged", "forger");
+    js.publish_with_headers(
+        s.topo.conv_subject(conv).unwrap(),
+        headers,
+        im_schema::encode(ev).into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap()
+    .sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_that_do_not_extend_the_log_are_dead_lettered_never_shown_or_delivered() {
+    let mut s = Stack::start().await;
+    let _p = s.projector("main", None).await;
+    s.create("g1", &[("bob", Role::Member)]).await;
+    let (original, _) = s.send("g1", "bob", "original").await;
+    // Deliveries of what came before are out of the way.
+    wait_caught_up(&s.client, "main", original, 0).await;
+    let mut bob = s.client.subscribe("im.deliver.bob").await.unwrap();
+    s.client.flush().await.unwrap();
+    let log = im_streams::log::read_conv_events(
+        &s.client,
+        "IM_CONV",
+        &s.topo.conv_subject("g1").unwrap(),
+        1,
+        10,
+    )
+    .await
+    .unwrap();
+    let (first, second) = (&log[0], &log[1]);
+    let forged_text = |t: &str| {
+        Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+            body: Some(v1::message_sent::Body::Text(t.into())),
+            meta: Default::default(),
+        }))
+    };
+    let base = v1::ConvEvent {
+        conversation_id: "g1".into(),
+        actor: "mallory".into(),
+        client_msg_id: "forged".into(),
+        schema_version: im_schema::SCHEMA_VERSION,
+        ..Default::default()
+    };
+    // A repeat of conv_seq 2 that would replace the original's text, a gap,
+    // a wrong link, and a conversation that starts in its middle.
+    let forgeries = [
+        v1::ConvEvent {
+            conv_seq: 2,
+            prev_hash: first.hash.to_vec(),
+            kind: forged_text("replaced"),
+            ..base.clone()
+        },
+        v1::ConvEvent {
+            conv_seq: 9,
+            prev_hash: second.hash.to_vec(),
+            kind: forged_text("from the future"),
+            ..base.clone()
+        },
+        v1::ConvEvent {
+            conv_seq: 3,
+            prev_hash: vec![7; 32],
+            kind: forged_text("wrong link"),
+            ..base.clone()
+        },
+    ];
+    for ev in &forgeries {
+        forge(&s, "g1", ev).await;
+    }
+    let headless = v1::ConvEvent {
+        conversation_id: "fake".into(),
+        conv_seq: 4,
+        prev_hash: vec![1; 32],
+        kind: forged_text("no creation"),
+        ..base.clone()
+    };
+    forge(&s, "fake", &headless).await;
+    // The writers step over them too: the conversation goes on.
+    let (after, conv_seq) = s.send("g1", "bob", "still flowing").await;
+    assert_eq!(conv_seq, 3);
+    assert_eq!(s.app.stats().stepped_over, 3);
+
+    let R::History(page) = s
+        .query(
+            "g1",
+            (after, 0),
+            Query::History(v1::HistoryQuery {
+                conversation_id: "g1".into(),
+                limit: 10,
+                ..Default::default()
+            }),
+        )
+        .await
+    else {
+        panic!("history")
+    };
+    let texts: Vec<(u64, String)> = page
+        .entries
+        .iter()
+        .map(|e| {
+            let ev = e.event.as_ref().unwrap();
+            let text = match &ev.kind {
+                Some(v1::conv_event::Kind::MessageSent(m)) => match &m.body {
+                    Some(v1::message_sent::Body::Text(t)) => t.clone(),
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            (ev.conv_seq, text)
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            (1, String::new()),
+            (2, "original".into()),
+            (3, "still flowing".into())
+        ]
+    );
+    wait_caught_up(&s.client, "main", after, 0).await;
+    let st = status(&s.client, "main").await;
+    for name in im_projectors::projections::NAMES {
+        assert_eq!(st[name].dead_letters, 4, "{name}");
+    }
+    // bob was delivered the real events only (those before the forgeries
+    // may still be arriving).
+    loop {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), bob.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let env: v1::Envelope = im_schema::decode(&got.payload).unwrap();
+        let Some(v1::envelope::Payload::Deliver(d)) = env.payload else {
+            panic!("{env:?}")
+        };
+        assert_eq!(d.conversation_id, "g1");
+        assert_ne!(d.event.unwrap().actor, "mallory");
+        if d.conv_seq == 3 {
+            break;
+        }
+    }
+    let more = tokio::time::timeout(std::time::Duration::from_millis(300), bob.next()).await;
+    assert!(more.is_err(), "nothing else is delivered: {more:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn min_position_sees_the_append_or_says_not_yet() {
     let mut s = Stack::start().await;

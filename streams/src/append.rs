@@ -24,15 +24,18 @@ use im_schema::v1;
 use lru::LruCache;
 use rand::Rng;
 
+use crate::chain::{check_link, LinkError};
 use crate::codec::{
     conv_headers, decode_conv, payload_hash, StoredEvent, HDR_SCHEMA_VERSION, HDR_TRACE_ID,
 };
 use crate::conversation::{apply, check_receipt, decide, Command, ConvState, Rejection};
+use crate::dedupe_index;
 use crate::definitions::{CONV_STREAM, RCPT_STREAM};
 use crate::error::StreamsError;
 use crate::forward;
 use crate::ids::{validate_id, IdKind};
-use crate::log::{read_batch, DIRECT_BATCH_MAX};
+use crate::log::{read_batch, Batch, DIRECT_BATCH_MAX};
+use crate::seen::{Known, SeenCommands};
 use crate::subjects::Topology;
 
 /// Conflict retries per command. Each conflict means another writer made
@@ -63,32 +66,14 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// forwarder carries on by itself), so no writer queues without bound.
 pub const FORWARDED_INFLIGHT_MAX: usize = 256;
 
-/// Recent command ids a writer remembers per conversation, for answering
-/// retries of any command with its original positions (~100 B each).
-pub const RECENT_COMMANDS_MAX: usize = 512;
-
 /// Conversations whose state a writer keeps. Each state is bounded
 /// (members + `MESSAGE_INDEX_MAX` recent messages), so this bounds memory.
 pub const CONV_CACHE_MAX: usize = 2_048;
 
-/// Folds one stored event into a writer's state, refusing a conv_seq gap or
-/// a broken hash chain: a writer never extends a log it cannot trust.
-fn fold_stored(state: &mut ConvState, stored: StoredEvent) -> Result<(), StreamsError> {
-    if stored.event.conv_seq != state.conv_seq + 1 {
-        return Err(StreamsError::Corrupt {
-            stream_seq: stored.stream_seq,
-            detail: format!(
-                "conv_seq {} follows {}",
-                stored.event.conv_seq, state.conv_seq
-            ),
-        });
-    }
-    if stored.event.prev_hash != state.last_hash {
-        return Err(StreamsError::Corrupt {
-            stream_seq: stored.stream_seq,
-            detail: "hash chain broken".into(),
-        });
-    }
+/// Folds one stored event into a writer's state, or says why it does not
+/// extend the conversation: a writer never chains onto such an event.
+fn fold_stored(state: &mut ConvState, stored: &StoredEvent) -> Result<(), LinkError> {
+    check_link(state.conv_seq, &state.last_hash, &stored.event)?;
     apply(state, &stored.event);
     state.record_position(stored.stream_seq, stored.hash);
     Ok(())
@@ -114,6 +99,31 @@ pub enum AppendOutcome {
     Rejected(Rejection),
 }
 
+/// How publishing a command's events ended.
+enum Published {
+    Done(AppendOutcome),
+    /// Another writer appended first; the subject's actual last sequence
+    /// (0 when the server did not say).
+    Conflict {
+        actual: u64,
+    },
+}
+
+/// Ids end up in subjects and headers: refused before anything else.
+fn refuse_bad_ids(conv_id: &str, cmd: &Command) -> Option<Rejection> {
+    [
+        (IdKind::Conversation, "conversation_id", conv_id),
+        (IdKind::User, "actor", cmd.actor.as_str()),
+        (
+            IdKind::ClientMsg,
+            "client_msg_id",
+            cmd.client_msg_id.as_str(),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(kind, field, id)| validate_id(kind, id).err().map(|e| rejected_id(field, e)))
+}
+
 /// What happened to a receipt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReceiptOutcome {
@@ -132,34 +142,8 @@ struct Cached {
     loaded: bool,
     /// The writer of the latest event folded in (`Im-Writer`).
     last_writer: String,
-    /// `Nats-Msg-Id` of recent events -> (stream_seq, conv_seq). A command's
-    /// last event carries `<actor>:<client_msg_id>` (earlier ones a `:<i>`
-    /// suffix), so a retry of any recent command, not only a send, is
-    /// answered with its original positions, and a half-stored command is
-    /// never mistaken for a stored one.
-    recent: std::collections::HashMap<String, (u64, u64)>,
-    recent_order: std::collections::VecDeque<String>,
-}
-
-impl Cached {
-    fn remember(&mut self, msg_id: &str, stream_seq: u64, conv_seq: u64) {
-        if msg_id.is_empty() {
-            return;
-        }
-        let key = msg_id.to_string();
-        if self
-            .recent
-            .insert(key.clone(), (stream_seq, conv_seq))
-            .is_none()
-        {
-            self.recent_order.push_back(key);
-        }
-        while self.recent_order.len() > RECENT_COMMANDS_MAX {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent.remove(&old);
-            }
-        }
-    }
+    /// The command ids folded so far, for answering retries.
+    seen: SeenCommands,
 }
 
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -241,6 +225,12 @@ pub struct AppenderStats {
     pub forwarded_out: u64,
     /// Commands other writers handed to this one.
     pub forwarded_in: u64,
+    /// Commands whose id the writer asked the `dedupe` projection about.
+    pub index_lookups: u64,
+    /// Lookups the projection could not answer, answered by scanning.
+    pub index_scans: u64,
+    /// Messages on a conversation's subject that did not extend it.
+    pub stepped_over: u64,
 }
 
 #[derive(Default)]
@@ -249,6 +239,9 @@ struct Counters {
     conflicts: AtomicU64,
     forwarded_out: AtomicU64,
     forwarded_in: AtomicU64,
+    index_lookups: AtomicU64,
+    index_scans: AtomicU64,
+    stepped_over: AtomicU64,
 }
 
 /// Options of a writer; the defaults are production's.
@@ -331,6 +324,9 @@ impl Appender {
             conflicts: c.conflicts.load(Relaxed),
             forwarded_out: c.forwarded_out.load(Relaxed),
             forwarded_in: c.forwarded_in.load(Relaxed),
+            index_lookups: c.index_lookups.load(Relaxed),
+            index_scans: c.index_scans.load(Relaxed),
+            stepped_over: c.stepped_over.load(Relaxed),
         }
     }
 
@@ -359,8 +355,7 @@ impl Appender {
                     state: ConvState::empty(conv_id),
                     loaded: false,
                     last_writer: String::new(),
-                    recent: Default::default(),
-                    recent_order: Default::default(),
+                    seen: SeenCommands::new(),
                 }))
             })
             .clone()
@@ -460,108 +455,68 @@ impl Appender {
         trace_id: &str,
         may_forward: bool,
     ) -> Result<AppendOutcome, StreamsError> {
-        if let Err(e) = validate_id(IdKind::Conversation, conv_id) {
-            return Ok(AppendOutcome::Rejected(rejected_id("conversation_id", e)));
-        }
-        // Ids end up in a header: refuse them before anything else.
-        if let Err(e) = validate_id(IdKind::User, &cmd.actor) {
-            return Ok(AppendOutcome::Rejected(rejected_id("actor", e)));
-        }
-        if let Err(e) = validate_id(IdKind::ClientMsg, &cmd.client_msg_id) {
-            return Ok(AppendOutcome::Rejected(rejected_id("client_msg_id", e)));
+        if let Some(rejection) = refuse_bad_ids(conv_id, cmd) {
+            return Ok(AppendOutcome::Rejected(rejection));
         }
         let subject = self.topology.conv_subject(conv_id).expect("validated");
+        let msg_id = format!("{}:{}", cmd.actor, cmd.client_msg_id);
         let entry = self.entry(conv_id);
-        let mut cached = entry.lock().await;
-        if !cached.loaded {
-            self.refresh(&subject, &mut cached, None).await?;
-            cached.loaded = true;
+        // Asked without holding the conversation, so the lookups of several
+        // commands to one conversation overlap; only ids the writer cannot
+        // rule out are asked at all.
+        let mut asked_upto = 0;
+        let mut cached = self.lock_loaded(&entry, &subject).await?;
+        if let Known::Ask { upto } = cached.seen.lookup(&msg_id) {
+            drop(cached);
+            if let Some(original) = self.ask_index(conv_id, cmd, upto).await? {
+                return Ok(original);
+            }
+            asked_upto = upto;
+            cached = self.lock_loaded(&entry, &subject).await?;
         }
-        let primary_msg_id = format!("{}:{}", cmd.actor, cmd.client_msg_id);
+        // A version seen to be the subject's last during this command.
+        let mut confirmed = None;
         let (mut attempts, mut conflicts_in_a_row, mut forwards) = (0u32, 0u32, 0u32);
         loop {
             attempts += 1;
-            // A retry of a recent command, answered without touching the server.
-            if let Some(&(stream_seq, conv_seq)) = cached.recent.get(&primary_msg_id) {
-                return Ok(AppendOutcome::Duplicate {
-                    conv_id: conv_id.to_string(),
-                    stream_seq,
-                    conv_seq,
-                });
+            if let Some(original) = self
+                .known_original(conv_id, cmd, &msg_id, &cached.seen, &mut asked_upto)
+                .await?
+            {
+                return Ok(original);
             }
-            let now_ms = (self.clock)();
-            let events = match decide(&cached.state, cmd, now_ms) {
+            let events = match decide(&cached.state, cmd, (self.clock)()) {
                 Ok(events) => events,
-                Err(rejection) => return Ok(AppendOutcome::Rejected(rejection)),
-            };
-            let count = events.len();
-            let mut conflict_at = None;
-            for (i, mut event) in events.into_iter().enumerate() {
-                let state = &mut cached.state;
-                // Chain each event to the one before it, including earlier
-                // events of this same command.
-                event.conv_seq = state.conv_seq + 1;
-                event.prev_hash = state.last_hash.to_vec();
-                let payload = Bytes::from(im_schema::encode(&event));
-                let msg_id = if i + 1 == count {
-                    primary_msg_id.clone()
-                } else {
-                    format!("{primary_msg_id}:{i}")
-                };
-                let publish = PublishMessage::build()
-                    .payload(payload.clone())
-                    .headers(conv_headers(&event, trace_id, &self.writer_id))
-                    .message_id(&msg_id)
-                    .expected_last_subject_sequence(state.version);
-                let ack = match self.js.send_publish(subject.clone(), publish).await {
-                    Ok(fut) => fut.await,
-                    Err(e) => Err(e),
-                };
-                match ack {
-                    Ok(ack) if ack.duplicate => {
-                        // Stored before (a retry whose first ack was lost).
-                        self.refresh(&subject, &mut cached, None).await?;
-                        if i + 1 == count {
-                            return self.original(conv_id, &subject, ack.sequence).await;
-                        }
-                        // An earlier event of this command was stored before:
-                        // re-decide from the state that includes it.
-                        conflict_at = Some(cached.state.version);
-                        break;
+                Err(rejection) => {
+                    // REJECTED tells the client nothing was appended and a
+                    // retry is pointless: only ever said of the latest state.
+                    let version = cached.state.version;
+                    if confirmed == Some(version) {
+                        return Ok(AppendOutcome::Rejected(rejection));
                     }
-                    Ok(ack) => {
-                        #[cfg(feature = "fault-injection")]
-                        if self
-                            .drop_next_ack
-                            .swap(false, std::sync::atomic::Ordering::SeqCst)
-                        {
-                            return Err(StreamsError::Unavailable(
-                                "publish ack lost (injected fault)".into(),
-                            ));
-                        }
-                        apply(state, &event);
-                        state.record_position(ack.sequence, payload_hash(&payload));
-                        self.counters.stored.fetch_add(1, Relaxed);
-                        cached.last_writer.clone_from(&self.writer_id);
-                        let conv_seq = cached.state.conv_seq;
-                        cached.remember(&msg_id, ack.sequence, conv_seq);
-                        if i + 1 == count {
-                            return Ok(AppendOutcome::Stored {
-                                conv_id: conv_id.to_string(),
-                                stream_seq: ack.sequence,
-                                conv_seq: cached.state.conv_seq,
-                            });
-                        }
+                    let last = self.last_seq_of(&subject).await?;
+                    if last <= version {
+                        return Ok(AppendOutcome::Rejected(rejection));
                     }
-                    Err(e) if is_conflict(&e) => {
-                        self.counters.conflicts.fetch_add(1, Relaxed);
-                        conflict_at = Some(conflict_actual_seq(&e));
-                        break;
+                    if attempts > self.conflict_retries_max {
+                        return Err(StreamsError::Conflict {
+                            expected: version,
+                            actual: last,
+                            attempts,
+                        });
                     }
-                    Err(e) => return Err(StreamsError::unavailable(e)),
+                    self.refresh(&subject, &mut cached, Some(last)).await?;
+                    confirmed = Some(last);
+                    continue;
                 }
-            }
-            let actual = conflict_at.unwrap_or_default();
+            };
+            let actual = match self
+                .publish_command(conv_id, &subject, &mut cached, events, &msg_id, trace_id)
+                .await?
+            {
+                Published::Done(outcome) => return Ok(outcome),
+                Published::Conflict { actual } => actual,
+            };
             let expected = cached.state.version;
             conflicts_in_a_row += 1;
             tracing::debug!(conv_id, attempts, expected, actual, "append conflict");
@@ -591,7 +546,7 @@ impl Appender {
                     self.counters.forwarded_out.fetch_add(1, Relaxed);
                     return Ok(outcome);
                 }
-                cached = entry.lock().await;
+                cached = self.lock_loaded(&entry, &subject).await?;
                 self.refresh(&subject, &mut cached, None).await?;
                 continue;
             }
@@ -599,6 +554,171 @@ impl Appender {
             let wait = rand::rng().random_range(0..cap.max(1));
             tokio::time::sleep(Duration::from_micros(wait)).await;
         }
+    }
+
+    /// The conversation, held, with its state loaded.
+    async fn lock_loaded<'a>(
+        &self,
+        entry: &'a tokio::sync::Mutex<Cached>,
+        subject: &str,
+    ) -> Result<tokio::sync::MutexGuard<'a, Cached>, StreamsError> {
+        let mut cached = entry.lock().await;
+        if !cached.loaded {
+            self.refresh(subject, &mut cached, None).await?;
+            cached.loaded = true;
+        }
+        Ok(cached)
+    }
+
+    /// The original's positions when the command is already in the log up
+    /// to the writer's version. Asks the `dedupe` projection only for what
+    /// the writer cannot rule out itself and has not asked about yet.
+    async fn known_original(
+        &self,
+        conv_id: &str,
+        cmd: &Command,
+        msg_id: &str,
+        seen: &SeenCommands,
+        asked_upto: &mut u64,
+    ) -> Result<Option<AppendOutcome>, StreamsError> {
+        match seen.lookup(msg_id) {
+            Known::Stored {
+                stream_seq,
+                conv_seq,
+            } => Ok(Some(AppendOutcome::Duplicate {
+                conv_id: conv_id.to_string(),
+                stream_seq,
+                conv_seq,
+            })),
+            Known::Ask { upto } if upto > *asked_upto => {
+                let original = self.ask_index(conv_id, cmd, upto).await?;
+                *asked_upto = upto;
+                Ok(original)
+            }
+            Known::Ask { .. } | Known::New => Ok(None),
+        }
+    }
+
+    /// Whether the command is among the conversation's events up to `upto`,
+    /// as an outcome: the `dedupe` projection's answer, or, when it cannot
+    /// answer, the writer's own bounded scan of the subject.
+    async fn ask_index(
+        &self,
+        conv_id: &str,
+        cmd: &Command,
+        upto: u64,
+    ) -> Result<Option<AppendOutcome>, StreamsError> {
+        self.counters.index_lookups.fetch_add(1, Relaxed);
+        let (sender, cmid) = (&cmd.actor, &cmd.client_msg_id);
+        let found = match dedupe_index::lookup(
+            &self.client,
+            self.topology,
+            conv_id,
+            sender,
+            cmid,
+            upto,
+        )
+        .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(conv_id, error = %e, "dedupe index unavailable: scanning the subject");
+                self.counters.index_scans.fetch_add(1, Relaxed);
+                let subject = self.topology.conv_subject(conv_id).expect("validated");
+                dedupe_index::scan(&self.client, &subject, sender, cmid, upto).await?
+            }
+        };
+        Ok(
+            found.map(|(stream_seq, conv_seq)| AppendOutcome::Duplicate {
+                conv_id: conv_id.to_string(),
+                stream_seq,
+                conv_seq,
+            }),
+        )
+    }
+
+    /// Publishes a command's events in order at the cached version, each
+    /// chained to the one before; folds each into the cache once acked.
+    async fn publish_command(
+        &self,
+        conv_id: &str,
+        subject: &str,
+        cached: &mut Cached,
+        events: Vec<v1::ConvEvent>,
+        primary_msg_id: &str,
+        trace_id: &str,
+    ) -> Result<Published, StreamsError> {
+        let count = events.len();
+        for (i, mut event) in events.into_iter().enumerate() {
+            let state = &mut cached.state;
+            // Chain each event to the one before it, including earlier
+            // events of this same command.
+            event.conv_seq = state.conv_seq + 1;
+            event.prev_hash = state.last_hash.to_vec();
+            let payload = Bytes::from(im_schema::encode(&event));
+            let last = i + 1 == count;
+            let msg_id = if last {
+                primary_msg_id.to_string()
+            } else {
+                format!("{primary_msg_id}:{i}")
+            };
+            let publish = PublishMessage::build()
+                .payload(payload.clone())
+                .headers(conv_headers(&event, trace_id, &self.writer_id))
+                .message_id(&msg_id)
+                .expected_last_subject_sequence(state.version);
+            let ack = match self.js.send_publish(subject.to_string(), publish).await {
+                Ok(fut) => fut.await,
+                Err(e) => Err(e),
+            };
+            match ack {
+                Ok(ack) if ack.duplicate => {
+                    // Stored before (a retry whose first ack was lost).
+                    self.refresh(subject, cached, None).await?;
+                    if last {
+                        let original = self.original(conv_id, subject, ack.sequence).await?;
+                        return Ok(Published::Done(original));
+                    }
+                    // An earlier event of this command was stored before:
+                    // re-decide from the state that includes it.
+                    return Ok(Published::Conflict {
+                        actual: cached.state.version,
+                    });
+                }
+                Ok(ack) => {
+                    #[cfg(feature = "fault-injection")]
+                    if self
+                        .drop_next_ack
+                        .swap(false, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        return Err(StreamsError::Unavailable(
+                            "publish ack lost (injected fault)".into(),
+                        ));
+                    }
+                    apply(state, &event);
+                    state.record_position(ack.sequence, payload_hash(&payload));
+                    self.counters.stored.fetch_add(1, Relaxed);
+                    cached.last_writer.clone_from(&self.writer_id);
+                    let conv_seq = cached.state.conv_seq;
+                    cached.seen.record(&msg_id, ack.sequence, conv_seq);
+                    if last {
+                        return Ok(Published::Done(AppendOutcome::Stored {
+                            conv_id: conv_id.to_string(),
+                            stream_seq: ack.sequence,
+                            conv_seq,
+                        }));
+                    }
+                }
+                Err(e) if is_conflict(&e) => {
+                    self.counters.conflicts.fetch_add(1, Relaxed);
+                    return Ok(Published::Conflict {
+                        actual: conflict_actual_seq(&e),
+                    });
+                }
+                Err(e) => return Err(StreamsError::unavailable(e)),
+            }
+        }
+        unreachable!("decide returns at least one event")
     }
 
     /// Hands a command to another writer; `None` when it is gone, busy,
@@ -661,12 +781,13 @@ impl Appender {
         })
     }
 
-    /// The subject's next event at or after `from_seq`, read from the leader.
+    /// The subject's next message at or after `from_seq`, read from the
+    /// leader, as a batch of one.
     async fn leader_next(
         &self,
         subject: &str,
         from_seq: u64,
-    ) -> Result<Option<StoredEvent>, StreamsError> {
+    ) -> Result<Option<Batch>, StreamsError> {
         match self
             .conv_stream
             .raw_message_builder()
@@ -675,7 +796,18 @@ impl Appender {
             .send()
             .await
         {
-            Ok(msg) => Ok(Some(decode_conv(&msg)?)),
+            Ok(msg) => {
+                let (mut events, mut undecodable) = (Vec::new(), Vec::new());
+                match decode_conv(&msg) {
+                    Ok(stored) => events.push(stored),
+                    Err(e) => undecodable.push((msg.sequence, e)),
+                }
+                Ok(Some(Batch {
+                    events,
+                    undecodable,
+                    pending: 0,
+                }))
+            }
             Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => Ok(None),
             Err(e) => Err(StreamsError::unavailable(e)),
         }
@@ -697,9 +829,8 @@ impl Appender {
     }
 
     /// Folds the subject's events after `state.version` up to `target` (the
-    /// subject's last sequence when not known), checking that conv_seq is
-    /// gapless and the hash chain intact. Reading to a fixed target, not
-    /// "until nothing more", keeps a writer from chasing the tail of a
+    /// subject's last sequence when not known). Reading to a fixed target,
+    /// not "until nothing more", keeps a writer from chasing the tail of a
     /// conversation another writer keeps appending to.
     async fn refresh(
         &self,
@@ -711,39 +842,55 @@ impl Appender {
             Some(t) if t > 0 => t,
             _ => self.last_seq_of(subject).await?,
         };
-        // Bounded: each round folds at least one event, or stops.
+        // Bounded: each round reads at least one message, or stops.
         while cached.state.version < target {
-            let batch = read_batch(
-                &self.client,
-                CONV_STREAM,
-                subject,
-                cached.state.version + 1,
-                DIRECT_BATCH_MAX,
-            )
-            .await?;
-            let mut events = batch.events;
-            if events.is_empty() {
+            let from = cached.state.version + 1;
+            let mut batch =
+                read_batch(&self.client, CONV_STREAM, subject, from, DIRECT_BATCH_MAX).await?;
+            if batch.last_seq() == 0 {
                 // Direct gets may be served by a replica that has not caught
                 // up; the leader's answer is authoritative.
-                match self.leader_next(subject, cached.state.version + 1).await? {
-                    Some(stored) => events.push(stored),
+                match self.leader_next(subject, from).await? {
+                    Some(b) => batch = b,
                     None => break,
                 }
             }
-            for stored in events {
+            let last = batch.last_seq();
+            for stored in batch.events {
+                self.fold_into(cached, stored);
+            }
+            for (stream_seq, why) in batch.undecodable {
+                self.step_over(subject, stream_seq, &why);
+            }
+            cached.state.version = cached.state.version.max(last);
+        }
+        Ok(())
+    }
+
+    /// Folds one stored event into the cache, or steps over it when it does
+    /// not extend the conversation (see `chain.rs`): it moves the CAS
+    /// version, never the chain.
+    fn fold_into(&self, cached: &mut Cached, stored: StoredEvent) {
+        match fold_stored(&mut cached.state, &stored) {
+            Ok(()) => {
                 if !stored.writer.is_empty() {
                     cached.last_writer.clone_from(&stored.writer);
                 }
-                let (msg_id, stream_seq, conv_seq) = (
-                    stored.msg_id.clone(),
-                    stored.stream_seq,
-                    stored.event.conv_seq,
-                );
-                fold_stored(&mut cached.state, stored)?;
-                cached.remember(&msg_id, stream_seq, conv_seq);
+                let conv_seq = cached.state.conv_seq;
+                cached
+                    .seen
+                    .record(&stored.msg_id, stored.stream_seq, conv_seq);
+            }
+            Err(why) => {
+                self.step_over(&stored.subject, stored.stream_seq, &why);
+                cached.state.version = stored.stream_seq;
             }
         }
-        Ok(())
+    }
+
+    fn step_over(&self, subject: &str, stream_seq: u64, why: &dyn std::fmt::Display) {
+        self.counters.stepped_over.fetch_add(1, Relaxed);
+        tracing::error!(subject, stream_seq, %why, "not part of the conversation: stepped over");
     }
 
     /// Appends a cumulative delivery or read cursor (no CAS: readers take the
@@ -848,12 +995,17 @@ async fn serve_forwarded(
                 Err(e) => forward::declined(e),
                 Ok(req) => match forward::from_request(&req) {
                     Err(r) => forward::to_reply(&AppendOutcome::Rejected(r)),
-                    Ok(cmd) => match app
-                        .execute_inner(&req.conversation_id, &cmd, &req.trace_id, false)
-                        .await
+                    // The forwarder stops waiting after `FORWARD_TIMEOUT`;
+                    // so does this, releasing the conversation.
+                    Ok(cmd) => match tokio::time::timeout(
+                        FORWARD_TIMEOUT,
+                        app.execute_inner(&req.conversation_id, &cmd, &req.trace_id, false),
+                    )
+                    .await
                     {
-                        Ok(outcome) => forward::to_reply(&outcome),
-                        Err(e) => forward::declined(e),
+                        Ok(Ok(outcome)) => forward::to_reply(&outcome),
+                        Ok(Err(e)) => forward::declined(e),
+                        Err(_) => forward::declined("timed out"),
                     },
                 },
             };

@@ -2,14 +2,17 @@
 //! conversation aggregate (pure core) and the append path.
 
 pub mod append;
+pub mod chain;
 pub mod codec;
 pub mod conversation;
+pub mod dedupe_index;
 pub mod definitions;
 pub mod error;
 pub mod forward;
 pub mod ids;
 pub mod log;
 pub mod media;
+pub mod seen;
 pub mod subjects;
 
 pub use append::{

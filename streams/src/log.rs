@@ -25,7 +25,19 @@ const DIRECT_BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// One batch: the events read and how many more match after them.
 pub struct Batch {
     pub events: Vec<StoredEvent>,
+    /// Messages read that are not events (stream seq, why), kept apart so a
+    /// reader can step over them or refuse them.
+    pub undecodable: Vec<(u64, StreamsError)>,
     pub pending: u64,
+}
+
+impl Batch {
+    /// The highest stream sequence read, events or not (0 when none).
+    pub fn last_seq(&self) -> u64 {
+        let events = self.events.last().map_or(0, |e| e.stream_seq);
+        let others = self.undecodable.iter().map(|(s, _)| *s).max().unwrap_or(0);
+        events.max(others)
+    }
 }
 
 fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
@@ -59,7 +71,7 @@ pub async fn read_batch(
         )
         .await
         .map_err(StreamsError::unavailable)?;
-    let mut events = Vec::new();
+    let (mut events, mut undecodable) = (Vec::new(), Vec::new());
     let deadline = tokio::time::Instant::now() + DIRECT_BATCH_TIMEOUT;
     // At most `batch` messages and one end marker arrive.
     for _ in 0..=batch {
@@ -79,11 +91,18 @@ pub async fn read_batch(
             Some(204) => {
                 return Ok(Batch {
                     events,
+                    undecodable,
                     pending: header_u64(headers, "Nats-Num-Pending").unwrap_or(0),
                 })
             }
             // Nothing matches from there on.
-            Some(404) => return Ok(Batch { events, pending: 0 }),
+            Some(404) => {
+                return Ok(Batch {
+                    events,
+                    undecodable,
+                    pending: 0,
+                })
+            }
             Some(code) => {
                 return Err(StreamsError::Unavailable(format!(
                     "batched get on {stream}: status {code} {:?}",
@@ -98,12 +117,10 @@ pub async fn read_batch(
                     .get("Nats-Subject")
                     .map(|v| v.as_str().to_string())
                     .unwrap_or_default();
-                events.push(decode_conv_parts(
-                    seq,
-                    &subject,
-                    Some(headers),
-                    &msg.payload,
-                )?);
+                match decode_conv_parts(seq, &subject, Some(headers), &msg.payload) {
+                    Ok(event) => events.push(event),
+                    Err(e) => undecodable.push((seq, e)),
+                }
             }
         }
     }
@@ -124,7 +141,10 @@ pub async fn read_conv_events(
     let mut out: Vec<StoredEvent> = Vec::new();
     let mut next = from_seq.max(1);
     while out.len() < limit {
-        let batch = read_batch(client, stream, filter, next, limit - out.len()).await?;
+        let mut batch = read_batch(client, stream, filter, next, limit - out.len()).await?;
+        if let Some((_, e)) = batch.undecodable.pop() {
+            return Err(e);
+        }
         let Some(last) = batch.events.last() else {
             break;
         };

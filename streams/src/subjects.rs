@@ -72,6 +72,12 @@ pub fn deliver_subject(user_id: &str) -> Result<String, IdError> {
     Ok(format!("im.deliver.{user_id}"))
 }
 
+/// `im.q.<partition>`: the projectors' queries about that partition's
+/// conversations (request/reply, queue group `im-projectors`).
+pub fn query_subject(partition: u32) -> String {
+    format!("im.q.{partition}")
+}
+
 /// The conversation id of the direct conversation between two users: derived
 /// from the sorted pair, so A-B and B-A are one conversation. A hash keeps it
 /// within the id bound and unambiguous whatever `_`/`-` the user ids contain.

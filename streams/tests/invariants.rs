@@ -264,7 +264,7 @@ async fn invariant_3_no_message_from_a_removed_member_after_removal() {
 }
 
 #[tokio::test]
-async fn invariant_4_retry_past_the_recent_index_is_answered_by_jetstream_dedupe() {
+async fn invariant_4_retry_past_the_recent_index_is_answered_from_the_log_without_a_projector() {
     let server = NatsServer::start().await.unwrap();
     let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
     let app = appender(&server.url(), topo).await;
@@ -295,6 +295,14 @@ async fn invariant_4_retry_past_the_recent_index_is_answered_by_jetstream_dedupe
     assert!(
         matches!(retried, AppendOutcome::Duplicate { conv_seq: 2, .. }),
         "{retried:?}"
+    );
+    // No projector runs here: the writer could not rule the id out, the
+    // dedupe index did not answer, and it read the subject itself.
+    let stats = fresh.stats();
+    assert_eq!(
+        (stats.index_lookups, stats.index_scans),
+        (1, 1),
+        "{stats:?}"
     );
     let events = history(&js, topo, "g1").await;
     assert_eq!(

@@ -26,12 +26,15 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(limits: Limits) -> Stack {
+        Self::start_with(limits, &Default::default()).await
+    }
+
+    /// A stack whose streams have `settings` (a short duplicate window).
+    pub async fn start_with(limits: Limits, settings: &im_streams::StreamSettings) -> Stack {
         let server = NatsServer::start().await.unwrap();
         let client = async_nats::connect(server.url()).await.unwrap();
         let js = async_nats::jetstream::new(client.clone());
-        im_streams::apply_streams(&js, &Default::default())
-            .await
-            .unwrap();
+        im_streams::apply_streams(&js, settings).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let projector = im_projectors::Projector::start(
             client.clone(),
@@ -84,6 +87,16 @@ impl Stack {
         self.gateways.push(addr);
         self.states.push(state);
         addr
+    }
+
+    /// Every event of `conv` in the log, read from IM_CONV itself.
+    pub async fn log_of(&self, conv: &str) -> Vec<im_streams::codec::StoredEvent> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let topo = im_streams::definitions::read_topology(&js).await.unwrap();
+        let subject = topo.conv_subject(conv).unwrap();
+        im_streams::log::read_conv_events(&self.client, "IM_CONV", &subject, 1, usize::MAX)
+            .await
+            .unwrap()
     }
 
     pub async fn conv_messages(&self) -> u64 {

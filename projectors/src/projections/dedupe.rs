@@ -31,8 +31,12 @@ impl Projection for Dedupe {
             return Ok(Vec::new());
         };
         let ev = &stored.event;
-        // A command's events share its client_msg_id; the last one (the
-        // one its ack names) is the one kept.
+        // Only a command's last event says it was stored: earlier ones carry
+        // a `:<i>` suffix on their msg id (an event restored without one
+        // counts as last), so a half-stored command is never called stored.
+        if !stored.msg_id.is_empty() && !is_primary(&stored.msg_id, ev) {
+            return Ok(Vec::new());
+        }
         tx.put_msg(
             record_key(&ev.actor, &ev.client_msg_id, &ev.conversation_id),
             &v1::DedupeRecord {
@@ -43,6 +47,15 @@ impl Projection for Dedupe {
         );
         Ok(Vec::new())
     }
+}
+
+/// Whether `msg_id` is the `<actor>:<client_msg_id>` a command's last event
+/// carries.
+fn is_primary(msg_id: &str, ev: &v1::ConvEvent) -> bool {
+    msg_id
+        .strip_prefix(ev.actor.as_str())
+        .and_then(|rest| rest.strip_prefix(':'))
+        == Some(ev.client_msg_id.as_str())
 }
 
 pub fn lookup(

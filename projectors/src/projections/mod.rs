@@ -75,7 +75,8 @@ pub fn conv_of_key(key: &[u8]) -> Option<&[u8]> {
     // inside a sequence before it does not matter.
     let last = || rest.rsplit(|b| *b == 0).next();
     match tag {
-        history::ENTRY
+        crate::chain::HEAD
+        | history::ENTRY
         | members::CONVERSATION
         | membership::MEMBER
         | membership::BLACKLIST
