@@ -56,6 +56,12 @@ pub struct Limits {
     /// conflict rounds, one forward, an index lookup), short enough that a
     /// person waiting sees an answer.
     pub command_timeout_ms: u64,
+    /// Commands read from one connection and waiting for their turn (they
+    /// run one at a time, in order). Past it a command is refused at once
+    /// (`rate_limited`), so a client that pipelines faster than its
+    /// commands complete hears back instead of waiting on TCP. Two full
+    /// frames: bounds a connection's queued input to 2 x `frame_bytes_max`.
+    pub commands_queued_max: usize,
     /// A connection silent this long is closed.
     pub heartbeat_window_ms: u64,
     pub connections_max: usize,
@@ -82,6 +88,7 @@ impl Default for Limits {
             send_burst: 40,
             outbound_queue_max: 256,
             command_timeout_ms: 10_000,
+            commands_queued_max: 128,
             heartbeat_window_ms: 45_000,
             connections_max: 20_000,
             connections_per_user_max: 16,
@@ -120,6 +127,7 @@ impl GatewayConfig {
             || l.send_burst == 0
             || l.sends_per_sec == 0
             || l.command_timeout_ms == 0
+            || l.commands_queued_max == 0
         {
             return Err(format!("limits out of range: {l:?}"));
         }

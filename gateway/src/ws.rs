@@ -2,6 +2,9 @@
 //! commands run, replies queued) and one writer task (the bounded outbound
 //! queue out). Deliveries join the same queue through the hub.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +13,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use im_schema::v1::{self, envelope::Payload};
 use im_streams::ReceiptKind;
@@ -19,7 +23,7 @@ use crate::cmd;
 use crate::error::error_frame;
 use crate::frames::{self, Codec, CLOSE_IDLE, CLOSE_RESYNC, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL};
 use crate::hub::Device;
-use crate::AppState;
+use crate::{AppState, Limits};
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -162,6 +166,7 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
         }
         // Too slow to drain its queue: close and let it resync (bounded: a
         // client that reads nothing will not take the close frame either).
+        tracing::info!(conn_id, "outbound queue full: closing with 4008 (resync)");
         let frame = CloseFrame {
             code: CLOSE_RESYNC,
             reason: "outbound queue full: resync".into(),
@@ -169,73 +174,21 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
         let _ =
             tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
     });
-    let mut bucket = TokenBucket {
-        tokens: f64::from(limits.send_burst),
-        last: Instant::now(),
-        rate: f64::from(limits.sends_per_sec),
-        burst: f64::from(limits.send_burst),
+    let mut conn = Conn {
+        state: &state,
+        user: &user,
+        device: &device,
+        dev: &dev,
+        bucket: TokenBucket {
+            tokens: f64::from(limits.send_burst),
+            last: Instant::now(),
+            rate: f64::from(limits.sends_per_sec),
+            burst: f64::from(limits.send_burst),
+        },
+        queue: VecDeque::new(),
+        limits: &limits,
     };
-    let window = Duration::from_millis(limits.heartbeat_window_ms);
-    let command_timeout = Duration::from_millis(limits.command_timeout_ms);
-    loop {
-        let overflow = dev.overflowed.1.notified();
-        tokio::pin!(overflow);
-        overflow.as_mut().enable();
-        if dev.has_overflowed() || writer.is_finished() {
-            break;
-        }
-        let next = tokio::select! {
-            next = tokio::time::timeout(window, stream.next()) => next,
-            _ = &mut overflow => break,
-        };
-        let frame = match next {
-            Err(_) => {
-                let idle = Arc::new(error_frame(
-                    v1::ErrorCode::BadRequest,
-                    "idle past the heartbeat window",
-                    "",
-                ));
-                dev.push(idle);
-                tracing::debug!(user, conn_id, code = CLOSE_IDLE, "idle connection closed");
-                break;
-            }
-            Ok(None) | Ok(Some(Err(_))) => break,
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let envelopes = match frame {
-            Message::Binary(bytes) => frames::decode_binary(&bytes, limits.envelopes_per_frame_max),
-            Message::Text(text) => frames::decode_text(text.as_str()).map(|e| vec![e]),
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) => continue,
-        };
-        let envelopes = match envelopes {
-            Ok(envs) => envs,
-            Err(reason) => {
-                // Malformed input: a clear error, nothing appended, the
-                // connection stays.
-                dev.push(Arc::new(error_frame(v1::ErrorCode::BadRequest, reason, "")));
-                continue;
-            }
-        };
-        for env in envelopes {
-            let cmid = client_msg_id_of(&env);
-            // Boxed: a command's future (the append path's) is large, and
-            // inlined it would size every idle connection's task for it.
-            let command = Box::pin(handle(&state, &user, &device, &mut bucket, env));
-            let reply = match tokio::time::timeout(command_timeout, command).await {
-                Ok(reply) => reply,
-                Err(_) => {
-                    tracing::warn!(user, conn_id, client_msg_id = cmid, "command timed out");
-                    Some(timed_out(command_timeout, &cmid))
-                }
-            };
-            if let Some(reply) = reply {
-                if !dev.push(Arc::new(reply)) {
-                    break;
-                }
-            }
-        }
-    }
+    conn.serve(&mut stream, &writer, conn_id).await;
     // Let the writer flush what is queued (or send the resync close), then
     // make sure it is gone: a task blocked on a dead client holds memory.
     state.hub.leave(&user, conn_id);
@@ -269,12 +222,172 @@ pub fn timed_out(bound: Duration, client_msg_id: &str) -> v1::Envelope {
     )
 }
 
+/// A command read from the connection, waiting for its turn.
+struct Queued {
+    arrived: Instant,
+    env: v1::Envelope,
+}
+
+type Running<'a> = Pin<Box<dyn Future<Output = Option<v1::Envelope>> + Send + 'a>>;
+
+/// One connection's reading side. Frames are read as they come, so a client
+/// always hears back even when it sends faster than commands complete:
+/// commands run one at a time in arrival order (a device's sends keep their
+/// order), each answered within `command_timeout_ms` of its arrival, and
+/// past `commands_queued_max` waiting ones a command is refused at once.
+struct Conn<'a> {
+    state: &'a AppState,
+    user: &'a str,
+    device: &'a str,
+    dev: &'a Device,
+    bucket: TokenBucket,
+    queue: VecDeque<Queued>,
+    limits: &'a Limits,
+}
+
+impl<'a> Conn<'a> {
+    async fn serve(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        writer: &tokio::task::JoinHandle<()>,
+        conn_id: u64,
+    ) {
+        let window = Duration::from_millis(self.limits.heartbeat_window_ms);
+        let mut idle_at = tokio::time::Instant::now() + window;
+        let mut running: Option<Running<'a>> = None;
+        loop {
+            if running.is_none() {
+                running = self.queue.pop_front().map(|q| self.start(q));
+            }
+            let overflow = self.dev.overflowed.1.notified();
+            tokio::pin!(overflow);
+            overflow.as_mut().enable();
+            if self.dev.has_overflowed() || writer.is_finished() {
+                break;
+            }
+            tokio::select! {
+                reply = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
+                    running = None;
+                    if let Some(reply) = reply {
+                        if !self.dev.push(Arc::new(reply)) {
+                            break;
+                        }
+                    }
+                }
+                frame = stream.next() => {
+                    idle_at = tokio::time::Instant::now() + window;
+                    let envelopes = match frame {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Binary(bytes))) => {
+                            frames::decode_binary(&bytes, self.limits.envelopes_per_frame_max)
+                        }
+                        Some(Ok(Message::Text(text))) => {
+                            frames::decode_text(text.as_str()).map(|e| vec![e])
+                        }
+                    };
+                    if !self.admit_all(envelopes) {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_at) => {
+                    let idle = error_frame(
+                        v1::ErrorCode::BadRequest,
+                        "idle past the heartbeat window",
+                        "",
+                    );
+                    self.dev.push(Arc::new(idle));
+                    tracing::debug!(user = self.user, conn_id, code = CLOSE_IDLE, "idle connection closed");
+                    break;
+                }
+                _ = &mut overflow => break,
+            }
+        }
+    }
+
+    /// Queues a frame's commands, answering at once what cannot wait;
+    /// false when the connection must end (its outbound queue is full).
+    fn admit_all(&mut self, envelopes: Result<Vec<v1::Envelope>, String>) -> bool {
+        let envelopes = match envelopes {
+            Ok(envs) => envs,
+            // Malformed input: a clear error, nothing appended, the
+            // connection stays.
+            Err(reason) => {
+                return self
+                    .dev
+                    .push(Arc::new(error_frame(v1::ErrorCode::BadRequest, reason, "")))
+            }
+        };
+        for env in envelopes {
+            if let Some(answer) = self.admit(env) {
+                if !self.dev.push(Arc::new(answer)) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Queues one command, or answers it at once: heartbeats (liveness
+    /// never waits behind work), and what the rate or the queue bound
+    /// refuses.
+    fn admit(&mut self, env: v1::Envelope) -> Option<v1::Envelope> {
+        let cmid = client_msg_id_of(&env);
+        match &env.payload {
+            Some(Payload::Heartbeat(h)) => return Some(cmd::heartbeat::run(*h)),
+            Some(Payload::Send(_)) if !self.bucket.take() => {
+                return Some(error_frame(
+                    v1::ErrorCode::RateLimited,
+                    "send rate exceeded",
+                    &cmid,
+                ))
+            }
+            _ => {}
+        }
+        if self.queue.len() >= self.limits.commands_queued_max {
+            return Some(error_frame(
+                v1::ErrorCode::RateLimited,
+                format!(
+                    "{} commands already wait on this connection: wait for their answers, then retry with the same client_msg_id",
+                    self.limits.commands_queued_max
+                ),
+                &cmid,
+            ));
+        }
+        self.queue.push_back(Queued {
+            arrived: Instant::now(),
+            env,
+        });
+        None
+    }
+
+    /// Runs a queued command within what is left of its bound.
+    fn start(&self, q: Queued) -> Running<'a> {
+        let bound = Duration::from_millis(self.limits.command_timeout_ms);
+        let (state, user, device) = (self.state, self.user, self.device);
+        let cmid = client_msg_id_of(&q.env);
+        Box::pin(async move {
+            let left = bound.saturating_sub(q.arrived.elapsed());
+            let outcome = if left.is_zero() {
+                Err(())
+            } else {
+                tokio::time::timeout(left, handle(state, user, device, q.env))
+                    .await
+                    .map_err(|_| ())
+            };
+            outcome.unwrap_or_else(|()| {
+                tracing::warn!(user, client_msg_id = cmid, "command timed out");
+                Some(timed_out(bound, &cmid))
+            })
+        })
+    }
+}
+
 /// Runs one client envelope; the reply to queue, if any.
 async fn handle(
     state: &AppState,
     user: &str,
     device: &str,
-    bucket: &mut TokenBucket,
     env: v1::Envelope,
 ) -> Option<v1::Envelope> {
     let trace_id = env
@@ -283,17 +396,7 @@ async fn handle(
         .map(|h| h.trace_id.clone())
         .unwrap_or_default();
     match env.payload {
-        Some(Payload::Send(send)) => {
-            if bucket.take() {
-                Some(cmd::send::run(state, user, send, &trace_id).await)
-            } else {
-                Some(error_frame(
-                    v1::ErrorCode::RateLimited,
-                    "send rate exceeded",
-                    &send.client_msg_id,
-                ))
-            }
-        }
+        Some(Payload::Send(send)) => Some(cmd::send::run(state, user, send, &trace_id).await),
         Some(Payload::DeliveryAck(a)) => {
             let dev_id = if a.device_id.is_empty() {
                 device.to_string()

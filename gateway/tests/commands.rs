@@ -248,7 +248,10 @@ async fn http_commands_change_what_everyone_sees() {
         serde_json::from_str(&first.1).unwrap(),
         serde_json::from_str(&second.1).unwrap(),
     );
-    assert_eq!((&a["convSeq"], &a["duplicate"]), (&b["convSeq"], &false.into()));
+    assert_eq!(
+        (&a["convSeq"], &a["duplicate"]),
+        (&b["convSeq"], &false.into())
+    );
     assert_eq!(b["duplicate"], true);
 
     // Read our own writes: wait for the last command's position.

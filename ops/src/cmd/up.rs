@@ -132,7 +132,12 @@ async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::
             args.data_dir.join("media"),
         )),
     };
-    let state = im_gateway::AppState::new(gateway_config, js.client())
+    // Its own connection, as in production: its PubAcks and deliveries
+    // never queue behind the projector's consumer traffic.
+    let gateway_client = async_nats::connect(url)
+        .await
+        .with_context(|| format!("connecting the gateway to {url}"))?;
+    let state = im_gateway::AppState::new(gateway_config, gateway_client)
         .await
         .context("starting the gateway")?;
     let listener = tokio::net::TcpListener::bind(args.gateway_listen)
