@@ -234,12 +234,18 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
          # TYPE im_gateway_events_stored_total counter\nim_gateway_events_stored_total {}\n\
          # TYPE im_gateway_append_conflicts_total counter\nim_gateway_append_conflicts_total {}\n\
          # TYPE im_gateway_forwarded_out_total counter\nim_gateway_forwarded_out_total {}\n\
-         # TYPE im_gateway_forwarded_in_total counter\nim_gateway_forwarded_in_total {}\n",
+         # TYPE im_gateway_forwarded_in_total counter\nim_gateway_forwarded_in_total {}\n\
+         # TYPE im_gateway_index_lookups_total counter\nim_gateway_index_lookups_total {}\n\
+         # TYPE im_gateway_index_scans_total counter\nim_gateway_index_scans_total {}\n\
+         # TYPE im_gateway_stepped_over_total counter\nim_gateway_stepped_over_total {}\n",
         state.connections.load(std::sync::atomic::Ordering::Relaxed),
         w.stored,
         w.conflicts,
         w.forwarded_out,
         w.forwarded_in,
+        w.index_lookups,
+        w.index_scans,
+        w.stepped_over,
     );
     (
         StatusCode::OK,

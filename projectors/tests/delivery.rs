@@ -168,20 +168,7 @@ async fn poison_events_are_dead_lettered_and_later_events_applied() {
     .unwrap();
     let (after, _) = s.send("g1", "bob", "still flowing").await;
 
-    let R::History(page) = s
-        .query(
-            "g1",
-            (after, 0),
-            Query::History(v1::HistoryQuery {
-                conversation_id: "g1".into(),
-                limit: 10,
-                ..Default::default()
-            }),
-        )
-        .await
-    else {
-        panic!("history")
-    };
+    let page = first_page(&s, "g1", after).await;
     assert_eq!(
         page.entries.len(),
         2,
@@ -193,6 +180,19 @@ async fn poison_events_are_dead_lettered_and_later_events_applied() {
     for name in im_projectors::projections::NAMES {
         assert_eq!(st[name].dead_letters, 2, "{name}");
         assert!(st[name].conv_checkpoint >= after, "{name}");
+    }
+}
+
+/// The first history page of `conv` once `pos` is applied.
+async fn first_page(s: &Stack, conv: &str, pos: u64) -> v1::HistoryPage {
+    let query = Query::History(v1::HistoryQuery {
+        conversation_id: conv.into(),
+        limit: 10,
+        ..Default::default()
+    });
+    match s.query(conv, (pos, 0), query).await {
+        R::History(page) => page,
+        other => panic!("history: {other:?}"),
     }
 }
 
@@ -283,20 +283,7 @@ async fn events_that_do_not_extend_the_log_are_dead_lettered_never_shown_or_deli
     assert_eq!(conv_seq, 3);
     assert_eq!(s.app.stats().stepped_over, 3);
 
-    let R::History(page) = s
-        .query(
-            "g1",
-            (after, 0),
-            Query::History(v1::HistoryQuery {
-                conversation_id: "g1".into(),
-                limit: 10,
-                ..Default::default()
-            }),
-        )
-        .await
-    else {
-        panic!("history")
-    };
+    let page = first_page(&s, "g1", after).await;
     let texts: Vec<(u64, String)> = page
         .entries
         .iter()

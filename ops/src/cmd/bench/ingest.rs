@@ -23,6 +23,14 @@ use super::{bench_limits, create_group, ms, percentile, Figures, Size, StackOpti
 /// issue asks, so that no single subject's CAS serialises the load.
 pub const CONVS_PER_SENDER: usize = 4;
 
+/// Events each conversation of the long-history phase holds before it is
+/// measured: past the writers' recent index, so every new id is checked
+/// against the Bloom filter of older ones.
+pub const HISTORY_EVENTS: usize = im_streams::seen::RECENT_COMMANDS_MAX + 88;
+
+/// Index lookups timed (what a send costs when its id must be asked about).
+const LOOKUP_SAMPLES: usize = 2_000;
+
 /// Bytes of each message's text: a typical chat line.
 pub const TEXT_BYTES: usize = 64;
 
@@ -155,6 +163,73 @@ pub async fn senders(
     Ok(out)
 }
 
+/// Senders as `senders` makes them, each with one conversation that
+/// already holds `HISTORY_EVENTS` events from its peer.
+async fn senders_with_history(
+    stack: &Stack,
+    count: usize,
+    run: &str,
+) -> anyhow::Result<Vec<(Ws, Vec<String>)>> {
+    let client = stack.nats().await?;
+    let appender = super::appender(&client).await?;
+    let mut seeding = Vec::new();
+    for i in 0..count {
+        let (sender, peer, conv) = (format!("s{i}"), format!("r{i}"), format!("{run}-{i}"));
+        create_group(&appender, &conv, &sender, &[sender.clone(), peer.clone()]).await?;
+        let appender = appender.clone();
+        seeding.push(tokio::spawn(async move {
+            for n in 0..HISTORY_EVENTS {
+                let cmd = im_streams::Command {
+                    actor: peer.clone(),
+                    client_msg_id: format!("seed-{n}"),
+                    action: im_streams::Action::Send {
+                        peer: None,
+                        body: im_streams::MessageBody::Text(stamped_text(0)),
+                        meta: Default::default(),
+                    },
+                };
+                appender.execute(&conv, &cmd, "").await?;
+            }
+            anyhow::Ok(conv)
+        }));
+    }
+    let mut out = Vec::new();
+    for (i, seeded) in seeding.into_iter().enumerate() {
+        let conv = seeded.await??;
+        out.push((stack.connect(&format!("s{i}"), "bench").await?, vec![conv]));
+    }
+    Ok(out)
+}
+
+/// Ingest into conversations with a history past the recent index.
+async fn measure_history(stack: &Stack, size: &Size, clients: usize) -> anyhow::Result<Ingest> {
+    let senders = senders_with_history(stack, clients, "hist").await?;
+    measure_senders(senders, size, "hist").await
+}
+
+/// (p50, p99) µs of asking the `dedupe` projection about an id: what a send
+/// whose id the writer cannot rule out pays on top.
+async fn index_lookup_us(stack: &Stack) -> anyhow::Result<(f64, f64)> {
+    let client = stack.nats().await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let topology = im_streams::definitions::read_topology(&js).await?;
+    let mut us = Vec::with_capacity(LOOKUP_SAMPLES);
+    for i in 0..LOOKUP_SAMPLES {
+        let t0 = Instant::now();
+        im_streams::dedupe_index::lookup(
+            &client,
+            topology,
+            "hist-0",
+            "nobody",
+            &format!("x{i}"),
+            1,
+        )
+        .await?;
+        us.push(t0.elapsed().as_micros() as u64);
+    }
+    Ok((percentile(&mut us, 50.0), percentile(&mut us, 99.0)))
+}
+
 /// Runs every sender with the plan; the total acks and all latencies.
 pub async fn drive(senders: Vec<(Ws, Vec<String>)>, tag: &str, plan: Plan) -> anyhow::Result<Sent> {
     let tasks: Vec<_> = senders
@@ -191,6 +266,15 @@ pub async fn measure(
     run: &str,
 ) -> anyhow::Result<Ingest> {
     let senders = senders(stack, clients, run).await?;
+    measure_senders(senders, size, run).await
+}
+
+/// Runs the senders as fast as their acks come, warm-up first.
+async fn measure_senders(
+    senders: Vec<(Ws, Vec<String>)>,
+    size: &Size,
+    tag: &str,
+) -> anyhow::Result<Ingest> {
     let start = Instant::now();
     let plan = Plan {
         measure_from: start + size.warmup,
@@ -198,7 +282,7 @@ pub async fn measure(
         pace: None,
         epoch: start,
     };
-    let mut sent = drive(senders, run, plan).await?;
+    let mut sent = drive(senders, tag, plan).await?;
     Ok(Ingest {
         acks_per_s: sent.acks as f64 / size.measure.as_secs_f64(),
         p50_us: percentile(&mut sent.ack_us, 50.0),
@@ -306,9 +390,30 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
         ms(ours.p99_us),
         size.clients
     );
+    let history = measure_history(&stack, size, size.clients).await?;
+    let lookups = stack
+        .gateway_counter("im_gateway_index_lookups_total")
+        .await?;
+    eprintln!(
+        "ingest: ours, {HISTORY_EVENTS} events of history per conversation, {:.0}/s p50 {:.2} ms p99 {:.2} ms; the writer asked the dedupe index about {lookups} of the new ids (Bloom false positives)",
+        history.acks_per_s,
+        ms(history.p50_us),
+        ms(history.p99_us),
+    );
+    let (lookup_p50, lookup_p99) = index_lookup_us(&stack).await?;
+    eprintln!(
+        "ingest: a dedupe index lookup p50 {:.3} ms p99 {:.3} ms",
+        ms(lookup_p50),
+        ms(lookup_p99)
+    );
     stack.stop().await;
     let mut f = Figures::default();
     f.add("ingest_acks_per_s", ours.acks_per_s);
+    f.add("ingest_history_acks_per_s", history.acks_per_s);
+    f.add("ingest_history_ack_p50_ms", ms(history.p50_us));
+    f.add("ingest_history_ack_p99_ms", ms(history.p99_us));
+    f.add("index_lookup_p50_ms", ms(lookup_p50));
+    f.add("index_lookup_p99_ms", ms(lookup_p99));
     f.add("ingest_ack_p50_ms", ms(ours.p50_us));
     f.add("ingest_ack_p99_ms", ms(ours.p99_us));
     f.add("ingest_raw_per_s", raw.acks_per_s);

@@ -128,6 +128,20 @@ impl Stack {
         im_gateway::auth::issue_hs256(&self.secret, user, 3600)
     }
 
+    /// A counter from the gateway's `/metrics` (0 when absent).
+    pub async fn gateway_counter(&self, name: &str) -> anyhow::Result<u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut sock = tokio::net::TcpStream::connect(self.gateway).await?;
+        sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        sock.read_to_string(&mut body).await?;
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
         async_nats::connect(&self.nats_url)
             .await
