@@ -69,12 +69,16 @@ impl Hub {
     }
 
     /// Adds a device; subscribes for the user on their first device here.
+    /// `first` is queued to the device before any delivery can be: under
+    /// the lock the delivery task needs to find it, after the subscription
+    /// is live.
     pub async fn join(
         self: &Arc<Self>,
         user: &str,
         conn_id: u64,
         device: Device,
         per_user_max: usize,
+        first: Arc<v1::Envelope>,
     ) -> Result<(), JoinError> {
         {
             let mut users = self.users.lock().expect("hub");
@@ -82,6 +86,7 @@ impl Hub {
                 if slot.devices.len() >= per_user_max {
                     return Err(JoinError::TooManyDevices(per_user_max));
                 }
+                device.push(first);
                 slot.devices.insert(conn_id, device);
                 return Ok(());
             }
@@ -95,6 +100,7 @@ impl Hub {
             .map_err(|e| JoinError::Subscribe(e.to_string()))?;
         let _ = self.client.flush().await;
         let mut users = self.users.lock().expect("hub");
+        device.push(first);
         if let Some(slot) = users.get_mut(user) {
             // Another device subscribed meanwhile: keep theirs.
             slot.devices.insert(conn_id, device);

@@ -125,9 +125,22 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
     };
     let (mut sink, mut stream) = socket.split();
     let _guard = ConnGuard(&state, &user, conn_id);
+    // The first frame: deliveries are subscribed when the client gets it,
+    // and none comes before it.
+    let connected = Arc::new(cmd::reply(Payload::Connected(v1::Connected {
+        user_id: user.clone(),
+        device_id: device.clone(),
+        server_time_ms: cmd::heartbeat::now_ms(),
+    })));
     if let Err(e) = state
         .hub
-        .join(&user, conn_id, dev.clone(), limits.connections_per_user_max)
+        .join(
+            &user,
+            conn_id,
+            dev.clone(),
+            limits.connections_per_user_max,
+            connected,
+        )
         .await
     {
         let frame = CloseFrame {
@@ -138,11 +151,6 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
         return;
     }
     tracing::debug!(user, device, conn_id, "connected");
-    dev.push(Arc::new(cmd::reply(Payload::Connected(v1::Connected {
-        user_id: user.clone(),
-        device_id: device.clone(),
-        server_time_ms: cmd::heartbeat::now_ms(),
-    }))));
     let writer = tokio::spawn(async move {
         loop {
             let overflow = overflowed.1.notified();
