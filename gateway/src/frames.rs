@@ -13,6 +13,8 @@ pub const JSON_SUBPROTOCOL: &str = "im.v1.json";
 pub const CLOSE_RESYNC: u16 = 4008;
 /// Close code for a silent connection (no frame within the heartbeat window).
 pub const CLOSE_IDLE: u16 = 4000;
+/// A frame or message over `Limits::frame_bytes_max` (RFC 6455's 1009).
+pub const CLOSE_TOO_LARGE: u16 = 1009;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::cmd;
 use crate::error::error_frame;
-use crate::frames::{self, Codec, CLOSE_IDLE, CLOSE_RESYNC, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL};
+use crate::frames::{
+    self, Codec, CLOSE_IDLE, CLOSE_RESYNC, CLOSE_TOO_LARGE, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL,
+};
 use crate::hub::Device;
 use crate::{AppState, Limits};
 
@@ -151,6 +153,10 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
         return;
     }
     tracing::debug!(user, device, conn_id, "connected");
+    // Why the reader ended, when the client is to be told (sent once the
+    // queue is flushed).
+    let ending: Arc<Mutex<Option<CloseFrame>>> = Arc::default();
+    let reason = ending.clone();
     let writer = tokio::spawn(async move {
         loop {
             let overflow = overflowed.1.notified();
@@ -163,6 +169,12 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
                 next = rx.recv() => next,
                 _ = &mut overflow => break,
             }) else {
+                // The reader is done and everything queued is sent.
+                let frame = reason.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(frame) = frame {
+                    let close = sink.send(Message::Close(Some(frame)));
+                    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, close).await;
+                }
                 return;
             };
             // A client that stops reading blocks this send: the overflow
@@ -196,7 +208,8 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
         queue: VecDeque::new(),
         limits: &limits,
     };
-    conn.serve(&mut stream, &writer, conn_id).await;
+    let end = conn.serve(&mut stream, &writer, conn_id).await;
+    *ending.lock().unwrap_or_else(|e| e.into_inner()) = end;
     // Let the writer flush what is queued (or send the resync close), then
     // make sure it is gone: a task blocked on a dead client holds memory.
     state.hub.leave(&user, conn_id);
@@ -208,6 +221,20 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
     {
         abort.abort();
     }
+}
+
+fn close_frame(code: u16, reason: String) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// Whether a read failed on a message or frame over the size limit.
+fn is_too_large(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
 }
 
 /// The id a command's answer must carry, so the client can match it.
@@ -259,7 +286,7 @@ impl<'a> Conn<'a> {
         stream: &mut SplitStream<WebSocket>,
         writer: &tokio::task::JoinHandle<()>,
         conn_id: u64,
-    ) {
+    ) -> Option<CloseFrame> {
         let window = Duration::from_millis(self.limits.heartbeat_window_ms);
         let mut idle_at = tokio::time::Instant::now() + window;
         let mut running: Option<Running<'a>> = None;
@@ -285,6 +312,12 @@ impl<'a> Conn<'a> {
                 frame = stream.next() => {
                     idle_at = tokio::time::Instant::now() + window;
                     let envelopes = match frame {
+                        Some(Err(e)) if is_too_large(&e) => {
+                            return Some(close_frame(
+                                CLOSE_TOO_LARGE,
+                                format!("a frame is at most {} bytes", self.limits.frame_bytes_max),
+                            ));
+                        }
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         Some(Ok(Message::Binary(bytes))) => {
@@ -306,11 +339,12 @@ impl<'a> Conn<'a> {
                     );
                     self.dev.push(Arc::new(idle));
                     tracing::debug!(user = self.user, conn_id, code = CLOSE_IDLE, "idle connection closed");
-                    break;
+                    return Some(close_frame(CLOSE_IDLE, "idle past the heartbeat window".into()));
                 }
                 _ = &mut overflow => break,
             }
         }
+        None
     }
 
     /// Queues a frame's commands, answering at once what cannot wait;

@@ -506,3 +506,92 @@ async fn the_auditor_tools_on_a_real_history() {
     );
     drop(projector);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_counts_members_as_the_live_projection_after_removals_leaves_and_blacklists() {
+    let server = im_testkit::NatsServer::start().await.unwrap();
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let topo = im_streams::apply_streams(&js, &Default::default())
+        .await
+        .unwrap()
+        .topology;
+    let dir = tempfile::tempdir().unwrap();
+    let _projector = im_projectors::Projector::start(
+        client.clone(),
+        im_projectors::ProjectorConfig {
+            instance: "audit".into(),
+            partitions: None,
+            data_dir: dir.path().to_path_buf(),
+            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+            fanout: false,
+        },
+    )
+    .await
+    .unwrap();
+    let app = Appender::new(client.clone(), topo).await.unwrap();
+    let members = ["amy", "bo", "cy", "dee", "eve"]
+        .map(|u| (u.to_string(), Role::Member))
+        .to_vec();
+    let create = Action::CreateGroup {
+        title: "churn".into(),
+        members,
+    };
+    run(&app, "churn", "olga", "c1", create).await;
+    let remove = |u: &str| Action::RemoveMember { user: u.into() };
+    run(&app, "churn", "olga", "c2", remove("amy")).await;
+    run(&app, "churn", "bo", "b1", Action::Leave).await;
+    run(
+        &app,
+        "churn",
+        "olga",
+        "c3",
+        Action::Blacklist { user: "cy".into() },
+    )
+    .await;
+    run(
+        &app,
+        "churn",
+        "olga",
+        "c4",
+        Action::AddMember {
+            user: "fay".into(),
+            role: Role::Member,
+        },
+    )
+    .await;
+    let last = run(&app, "churn", "olga", "c5", remove("dee")).await;
+
+    let request = v1::QueryRequest {
+        min_position: last,
+        query: Some(Query::Members(v1::MembersQuery {
+            conversation_id: "churn".into(),
+            user_id: String::new(),
+        })),
+        ..Default::default()
+    };
+    let subject = im_projectors::query::partition_subject(topo.partition_of("churn"));
+    let reply = client
+        .request(subject, im_schema::encode(&request).into())
+        .await
+        .unwrap();
+    let Some(R::Members(live)) = im_schema::decode::<v1::QueryResponse>(&reply.payload)
+        .unwrap()
+        .result
+    else {
+        panic!("members")
+    };
+    assert_eq!(live.members.len(), 3, "olga, eve, fay: {live:?}");
+    let state: serde_json::Value = serde_json::from_str(&ok(&[
+        "state",
+        "--conv",
+        "churn",
+        "--at-seq",
+        &last.to_string(),
+        "--nats-url",
+        &url,
+    ]))
+    .unwrap();
+    assert_eq!(state["members"], json_of(&live));
+}

@@ -43,8 +43,12 @@ pub async fn state_at(
     };
     let mut reader =
         Reader::open(js, im_streams::definitions::CONV_STREAM, filters, &bounds).await?;
-    let ks = MemKeyspace::default();
-    let folds: [&dyn Projection; 2] = [&History, &Members];
+    // A keyspace each, as the projector keeps them: both fold the
+    // membership rows, and sharing them would make the second see every
+    // change as already made (a removal not counted, say).
+    let (history_ks, members_ks) = (MemKeyspace::default(), MemKeyspace::default());
+    let folds: [(&dyn Projection, &MemKeyspace); 2] =
+        [(&History, &history_ks), (&Members, &members_ks)];
     let mut last = 0;
     while let Some(raw) = reader.next().await? {
         if at.is_some_and(|t| raw.time > t) {
@@ -60,20 +64,21 @@ pub async fn state_at(
             Some(&headers),
             &raw.payload,
         )?;
-        for fold in folds {
-            let mut tx = Tx::new(&ks);
+        for (fold, ks) in folds {
+            let mut tx = Tx::new(ks);
             fold.apply(&mut tx, &Input::Conv(&stored))?;
             ks.commit(tx.into_writes())?;
         }
         last = raw.seq;
     }
-    let members = im_projectors::projections::members::members_of(&ks, conv)?
+    let members = im_projectors::projections::members::members_of(&members_ks, conv)?
         .ok_or_else(|| anyhow::anyhow!("conversation {conv} has no events by then"))?;
     let mut history = Vec::new();
     let mut from = 0;
     // Bounded by the conversation's length: each page moves `from` on.
     loop {
-        let page = im_projectors::projections::history::page(&ks, conv, from, u32::MAX, false)?;
+        let page =
+            im_projectors::projections::history::page(&history_ks, conv, from, u32::MAX, false)?;
         history.extend(page.entries);
         if page.next_seq == 0 {
             break;
