@@ -229,6 +229,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// Prometheus text: connections and the writer's counters.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let w = state.appender.stats();
+    let cache = state.appender.cache_usage();
     let body = format!(
         "# TYPE im_gateway_connections gauge\nim_gateway_connections {}\n\
          # TYPE im_gateway_events_stored_total counter\nim_gateway_events_stored_total {}\n\
@@ -237,7 +238,9 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
          # TYPE im_gateway_forwarded_in_total counter\nim_gateway_forwarded_in_total {}\n\
          # TYPE im_gateway_index_lookups_total counter\nim_gateway_index_lookups_total {}\n\
          # TYPE im_gateway_index_scans_total counter\nim_gateway_index_scans_total {}\n\
-         # TYPE im_gateway_stepped_over_total counter\nim_gateway_stepped_over_total {}\n",
+         # TYPE im_gateway_stepped_over_total counter\nim_gateway_stepped_over_total {}\n\
+         # TYPE im_gateway_writer_cache_conversations gauge\nim_gateway_writer_cache_conversations {}\n\
+         # TYPE im_gateway_writer_cache_bytes gauge\nim_gateway_writer_cache_bytes {}\n",
         state.connections.load(std::sync::atomic::Ordering::Relaxed),
         w.stored,
         w.conflicts,
@@ -246,6 +249,8 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         w.index_lookups,
         w.index_scans,
         w.stepped_over,
+        cache.0,
+        cache.1,
     );
     (
         StatusCode::OK,

@@ -6,10 +6,9 @@
 //! that keeps winning (see `forward.rs`).
 
 use std::{
-    num::NonZeroUsize,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex, Weak,
+        Arc, Weak,
     },
     time::Duration,
 };
@@ -21,7 +20,6 @@ use async_nats::jetstream::{
 };
 use bytes::Bytes;
 use im_schema::v1;
-use lru::LruCache;
 use rand::Rng;
 
 use crate::chain::{check_link, LinkError};
@@ -37,6 +35,7 @@ use crate::ids::{validate_id, IdKind};
 use crate::log::{read_batch, Batch, DIRECT_BATCH_MAX};
 use crate::seen::{Known, SeenCommands};
 use crate::subjects::Topology;
+use crate::writer_cache::{WriterCache, WRITER_CACHE_BYTES_MAX};
 
 /// Conflict retries per command. Each conflict means another writer made
 /// progress; with jittered backoff a writer gets its turn within a few
@@ -65,10 +64,6 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// Forwarded commands a writer runs at once; more are declined at once (the
 /// forwarder carries on by itself), so no writer queues without bound.
 pub const FORWARDED_INFLIGHT_MAX: usize = 256;
-
-/// Conversations whose state a writer keeps. Each state is bounded
-/// (members + `MESSAGE_INDEX_MAX` recent messages), so this bounds memory.
-pub const CONV_CACHE_MAX: usize = 2_048;
 
 /// Folds one stored event into a writer's state, or says why it does not
 /// extend the conversation: a writer never chains onto such an event.
@@ -146,6 +141,45 @@ struct Cached {
     seen: SeenCommands,
 }
 
+impl Cached {
+    /// An upper bound of the memory this entry holds (see the parts').
+    fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.state.approx_bytes()
+            + self.seen.approx_bytes()
+            + self.last_writer.capacity()
+    }
+}
+
+/// A conversation held by one command. When it is let go, its size is
+/// accounted, so the cache's byte bound follows every change.
+struct Held<'a> {
+    guard: tokio::sync::MutexGuard<'a, Cached>,
+    entry: &'a Arc<tokio::sync::Mutex<Cached>>,
+    cache: &'a WriterCache<Cached>,
+    conv_id: &'a str,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Cached;
+    fn deref(&self) -> &Cached {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut Cached {
+        &mut self.guard
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let bytes = self.guard.approx_bytes();
+        self.cache.account(self.conv_id, self.entry, bytes);
+    }
+}
+
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 fn system_clock_ms() -> i64 {
@@ -166,7 +200,7 @@ pub struct Appender {
     js: jetstream::Context,
     conv_stream: jetstream::stream::Stream<()>,
     topology: Topology,
-    cache: Mutex<LruCache<String, Arc<tokio::sync::Mutex<Cached>>>>,
+    cache: WriterCache<Cached>,
     clock: Clock,
     conflict_retries_max: u32,
     forwarding: bool,
@@ -253,6 +287,8 @@ pub struct AppenderOptions {
     pub no_forwarding: bool,
     /// Overrides `CONFLICT_RETRIES_MAX`.
     pub conflict_retries_max: Option<u32>,
+    /// Overrides `WRITER_CACHE_BYTES_MAX`.
+    pub cache_bytes_max: Option<usize>,
 }
 
 fn new_writer_id() -> String {
@@ -303,9 +339,7 @@ impl Appender {
                 js,
                 conv_stream,
                 topology,
-                cache: Mutex::new(LruCache::new(
-                    NonZeroUsize::new(CONV_CACHE_MAX).expect("non-zero"),
-                )),
+                cache: WriterCache::new(options.cache_bytes_max.unwrap_or(WRITER_CACHE_BYTES_MAX)),
                 clock: options.clock.unwrap_or_else(|| Arc::new(system_clock_ms)),
                 conflict_retries_max: options.conflict_retries_max.unwrap_or(CONFLICT_RETRIES_MAX),
                 forwarding: !options.no_forwarding,
@@ -330,6 +364,12 @@ impl Appender {
         }
     }
 
+    /// (conversations, bytes) the writer keeps now; the bytes are upper
+    /// bounds, held under `WRITER_CACHE_BYTES_MAX`.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.cache.usage()
+    }
+
     /// This writer's id, carried in the `Im-Writer` header of its events.
     pub fn writer_id(&self) -> &str {
         &self.writer_id
@@ -348,17 +388,12 @@ impl Appender {
     }
 
     fn entry(&self, conv_id: &str) -> Arc<tokio::sync::Mutex<Cached>> {
-        let mut cache = self.cache.lock().expect("cache lock");
-        cache
-            .get_or_insert(conv_id.to_string(), || {
-                Arc::new(tokio::sync::Mutex::new(Cached {
-                    state: ConvState::empty(conv_id),
-                    loaded: false,
-                    last_writer: String::new(),
-                    seen: SeenCommands::new(),
-                }))
-            })
-            .clone()
+        self.cache.entry(conv_id, || Cached {
+            state: ConvState::empty(conv_id),
+            loaded: false,
+            last_writer: String::new(),
+            seen: SeenCommands::new(),
+        })
     }
 
     /// The conversation's state as of the log's current tail.
@@ -367,7 +402,7 @@ impl Appender {
             .map_err(|e| StreamsError::Config(e.to_string()))?;
         let subject = self.topology.conv_subject(conv_id).expect("validated");
         let entry = self.entry(conv_id);
-        let mut cached = entry.lock().await;
+        let mut cached = self.hold(&entry, conv_id).await;
         self.refresh(&subject, &mut cached, None).await?;
         cached.loaded = true;
         Ok(cached.state.clone())
@@ -465,14 +500,14 @@ impl Appender {
         // commands to one conversation overlap; only ids the writer cannot
         // rule out are asked at all.
         let mut asked_upto = 0;
-        let mut cached = self.lock_loaded(&entry, &subject).await?;
+        let mut cached = self.lock_loaded(&entry, conv_id, &subject).await?;
         if let Known::Ask { upto } = cached.seen.lookup(&msg_id) {
             drop(cached);
             if let Some(original) = self.ask_index(conv_id, cmd, upto).await? {
                 return Ok(original);
             }
             asked_upto = upto;
-            cached = self.lock_loaded(&entry, &subject).await?;
+            cached = self.lock_loaded(&entry, conv_id, &subject).await?;
         }
         // A version seen to be the subject's last during this command.
         let mut confirmed = None;
@@ -546,7 +581,7 @@ impl Appender {
                     self.counters.forwarded_out.fetch_add(1, Relaxed);
                     return Ok(outcome);
                 }
-                cached = self.lock_loaded(&entry, &subject).await?;
+                cached = self.lock_loaded(&entry, conv_id, &subject).await?;
                 self.refresh(&subject, &mut cached, None).await?;
                 continue;
             }
@@ -556,13 +591,28 @@ impl Appender {
         }
     }
 
+    /// The conversation, held (commands to it wait meanwhile).
+    async fn hold<'a>(
+        &'a self,
+        entry: &'a Arc<tokio::sync::Mutex<Cached>>,
+        conv_id: &'a str,
+    ) -> Held<'a> {
+        Held {
+            guard: entry.lock().await,
+            entry,
+            cache: &self.cache,
+            conv_id,
+        }
+    }
+
     /// The conversation, held, with its state loaded.
     async fn lock_loaded<'a>(
-        &self,
-        entry: &'a tokio::sync::Mutex<Cached>,
+        &'a self,
+        entry: &'a Arc<tokio::sync::Mutex<Cached>>,
+        conv_id: &'a str,
         subject: &str,
-    ) -> Result<tokio::sync::MutexGuard<'a, Cached>, StreamsError> {
-        let mut cached = entry.lock().await;
+    ) -> Result<Held<'a>, StreamsError> {
+        let mut cached = self.hold(entry, conv_id).await;
         if !cached.loaded {
             self.refresh(subject, &mut cached, None).await?;
             cached.loaded = true;

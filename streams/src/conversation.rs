@@ -148,6 +148,20 @@ impl ConvState {
             .map(|(seq, m)| (*seq, m))
     }
 
+    /// An upper bound of the memory this state holds, every id counted at
+    /// its longest, for caches bounded in bytes. O(1).
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        // An id's String, and a B-tree entry's share of its node.
+        const ID: usize = crate::ids::ID_LEN_MAX + size_of::<String>();
+        const NODE: usize = 32;
+        size_of::<Self>()
+            + self.title.len()
+            + self.members.len() * (ID + size_of::<MemberState>() + NODE)
+            + self.blacklist.len() * (ID + NODE)
+            + self.messages.len() * (size_of::<u64>() + size_of::<MessageMeta>() + 2 * ID + NODE)
+    }
+
     /// Records where the last applied event landed (the adapter's part).
     pub fn record_position(&mut self, stream_seq: u64, payload_hash: [u8; 32]) {
         self.version = stream_seq;

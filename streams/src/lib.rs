@@ -14,6 +14,7 @@ pub mod log;
 pub mod media;
 pub mod seen;
 pub mod subjects;
+pub mod writer_cache;
 
 pub use append::{
     AppendOutcome, Appender, AppenderOptions, AppenderStats, ReceiptKind, ReceiptOutcome,

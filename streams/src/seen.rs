@@ -151,9 +151,18 @@ impl SeenCommands {
         }
     }
 
-    /// Bytes held by the filter (for the writer's memory accounting).
+    /// Bytes held by the filter.
     pub fn filter_bytes(&self) -> usize {
         self.older.bytes
+    }
+
+    /// An upper bound of the memory held, every id at its longest (a msg id
+    /// is `<user>:<client_msg_id>`, twice: in the map and the order). O(1).
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        const MSG_ID: usize = 2 * crate::ids::ID_LEN_MAX + 1 + size_of::<String>();
+        const PER_ID: usize = 2 * MSG_ID + 3 * size_of::<u64>() + 16;
+        size_of::<Self>() + self.order.len() * PER_ID + self.older.bytes
     }
 }
 

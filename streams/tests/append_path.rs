@@ -697,3 +697,46 @@ async fn media_in_a_message_must_be_the_senders_recorded_upload() {
         vec!["g1".to_string()]
     );
 }
+
+#[tokio::test]
+async fn the_writer_cache_stays_under_its_byte_bound() {
+    const BOUND: usize = 1024 * 1024;
+    const GROUPS: usize = 40;
+    let server = NatsServer::start().await.unwrap();
+    let (_js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let options = im_streams::AppenderOptions {
+        cache_bytes_max: Some(BOUND),
+        ..Default::default()
+    };
+    let app = im_streams::Appender::with_options(client, topo, options)
+        .await
+        .unwrap();
+    // 40 groups of 400 members: each state is ~55 KB at its upper bound,
+    // twice the bound in all.
+    let members: Vec<String> = (0..400).map(|i| format!("member-{i}")).collect();
+    let refs: Vec<(&str, Role)> = members.iter().map(|m| (m.as_str(), Role::Member)).collect();
+    for g in 0..GROUPS {
+        create_group(&app, &format!("big{g}"), &refs).await;
+        let (conversations, bytes) = app.cache_usage();
+        assert!(
+            bytes <= BOUND,
+            "{bytes} bytes in {conversations} conversations"
+        );
+    }
+    let (conversations, _) = app.cache_usage();
+    assert!(
+        conversations < GROUPS,
+        "nothing was evicted: {conversations}"
+    );
+    // An evicted conversation is loaded again when next used.
+    let sent = app
+        .execute("big0", &cmd("member-7", "late", text("still here")), "")
+        .await
+        .unwrap();
+    assert!(
+        matches!(sent, AppendOutcome::Stored { conv_seq: 2, .. }),
+        "{sent:?}"
+    );
+    assert!(app.cache_usage().1 <= BOUND);
+}
