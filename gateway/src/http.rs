@@ -22,7 +22,18 @@ impl IntoResponse for ApiError {
             "code": v1::ErrorCode::try_from(self.0 as i32).map(|c| c.as_str_name()).unwrap_or("ERROR_CODE_INTERNAL"),
             "message": self.1,
         });
-        (http_status(self.0), axum::Json(body)).into_response()
+        let mut resp = (http_status(self.0), axum::Json(body)).into_response();
+        if matches!(
+            self.0,
+            v1::ErrorCode::Unavailable | v1::ErrorCode::RateLimited
+        ) {
+            // Not yet projected, no projector, overload: all pass shortly.
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            );
+        }
+        resp
     }
 }
 
@@ -110,7 +121,7 @@ pub async fn history(
             ))
         }
     };
-    let partition = state.appender.topology().partition_of(&p.conversation_id);
+    let conv = p.conversation_id.clone();
     let query = Q::History(v1::HistoryQuery {
         conversation_id: p.conversation_id,
         user_id: user,
@@ -118,14 +129,36 @@ pub async fn history(
         limit: p.limit.unwrap_or(HISTORY_LIMIT_DEFAULT),
         direction: direction as i32,
     });
-    match crate::query::ask(&state.client, partition, (p.min_position, 0), query).await {
+    match crate::query::ask_conv(&state, &conv, p.min_position, query).await {
         Ok(R::History(page)) => Ok(ProtoJson(page)),
-        Ok(_) => Err(ApiError(
-            v1::ErrorCode::Internal,
-            "unexpected answer".into(),
-        )),
-        Err(code) => Err(ApiError(code, "history unavailable".into())),
+        Ok(_) => Err(unexpected()),
+        Err(code) => Err(query_error(code, "history")),
     }
+}
+
+/// `minPosition`: read your own writes (an IM_CONV `streamSeq` from an ack
+/// or a command's answer); until the projector has applied it the answer
+/// is 503 with Retry-After, never an older state.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadParams {
+    #[serde(default)]
+    min_position: u64,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+/// A read's failure as the HTTP API answers it.
+fn query_error(code: v1::ErrorCode, what: &str) -> ApiError {
+    let message = match code {
+        v1::ErrorCode::Unavailable => {
+            format!("{what}: not yet projected, or no projector answering: retry")
+        }
+        v1::ErrorCode::Forbidden => format!("{what}: not a member of this conversation"),
+        v1::ErrorCode::NotFound => format!("{what}: no such conversation"),
+        _ => format!("{what} unavailable"),
+    };
+    ApiError(code, message)
 }
 
 /// `GET /v1/conversations`: the user's conversations across every
@@ -133,33 +166,12 @@ pub async fn history(
 pub async fn conversations(
     State(state): State<Arc<AppState>>,
     AuthUser(user): AuthUser,
+    Query(p): Query<ReadParams>,
 ) -> Result<Response, ApiError> {
-    let mut items = Vec::new();
-    for p in 0..state.appender.topology().partitions {
-        let q = Q::ConvList(v1::ConvListQuery {
-            user_id: user.clone(),
-            limit: crate::cmd::sync::SYNC_CONVERSATIONS_PER_PARTITION_MAX,
-            ..Default::default()
-        });
-        match crate::query::ask(&state.client, p, (0, 0), q).await {
-            Ok(R::ConvList(page)) => items.extend(page.items),
-            Ok(_) => {
-                return Err(ApiError(
-                    v1::ErrorCode::Internal,
-                    "unexpected answer".into(),
-                ))
-            }
-            Err(code) => return Err(ApiError(code, "conversation list unavailable".into())),
-        }
-    }
-    items.sort_by(|a, b| {
-        let key = |i: &v1::ConvListItem| {
-            i.entry
-                .as_ref()
-                .map(|e| (e.last_activity_ms, e.conversation_id.clone()))
-        };
-        key(b).cmp(&key(a))
-    });
+    let _ = p.access_token;
+    let items = crate::query::conversations(&state, &user, p.min_position)
+        .await
+        .map_err(|code| query_error(code, "conversation list"))?;
     Ok(ProtoJson(v1::ConvListPage {
         items,
         has_more: false,
@@ -167,14 +179,14 @@ pub async fn conversations(
     .into_response())
 }
 
-/// Asks the partition of `conv` a query about it (the id checked first).
-async fn ask_about(state: &AppState, conv: &str, query: Q) -> Result<R, ApiError> {
+/// Asks about `conv` (the id checked first), at `min_position` or later.
+async fn ask_about(state: &AppState, conv: &str, p: ReadParams, query: Q) -> Result<R, ApiError> {
+    let _ = p.access_token;
     im_streams::ids::validate_id(im_streams::ids::IdKind::Conversation, conv)
         .map_err(|e| ApiError(v1::ErrorCode::BadRequest, e.to_string()))?;
-    let p = state.appender.topology().partition_of(conv);
-    crate::query::ask(&state.client, p, (0, 0), query)
+    crate::query::ask_conv(state, conv, p.min_position, query)
         .await
-        .map_err(|code| ApiError(code, "projector query failed".into()))
+        .map_err(|code| query_error(code, conv))
 }
 
 fn unexpected() -> ApiError {
@@ -185,12 +197,13 @@ pub async fn members(
     State(state): State<Arc<AppState>>,
     AuthUser(user): AuthUser,
     Path(conv): Path<String>,
+    Query(p): Query<ReadParams>,
 ) -> Result<ProtoJson<v1::MembersResult>, ApiError> {
     let q = Q::Members(v1::MembersQuery {
         conversation_id: conv.clone(),
         user_id: user,
     });
-    match ask_about(&state, &conv, q).await? {
+    match ask_about(&state, &conv, p, q).await? {
         R::Members(m) => Ok(ProtoJson(m)),
         _ => Err(unexpected()),
     }
@@ -200,12 +213,13 @@ pub async fn my_role(
     State(state): State<Arc<AppState>>,
     AuthUser(user): AuthUser,
     Path(conv): Path<String>,
+    Query(p): Query<ReadParams>,
 ) -> Result<ProtoJson<v1::RoleResult>, ApiError> {
     let q = Q::Role(v1::RoleQuery {
         conversation_id: conv.clone(),
         user_id: user,
     });
-    match ask_about(&state, &conv, q).await? {
+    match ask_about(&state, &conv, p, q).await? {
         R::Role(r) => Ok(ProtoJson(r)),
         _ => Err(unexpected()),
     }

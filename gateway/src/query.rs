@@ -41,3 +41,62 @@ pub async fn ask(
         None => Err(v1::ErrorCode::Internal),
     }
 }
+
+/// A query about one conversation, at `pos` or later. A refusal (forbidden,
+/// not found) is confirmed against the log: when the projector has not yet
+/// applied the conversation's latest event, the answer is "not yet"
+/// (`Unavailable`, a 503 with Retry-After), never a refusal of a state that
+/// is already gone (a group created a moment ago, a member just added).
+pub async fn ask_conv(
+    state: &crate::AppState,
+    conv: &str,
+    pos: u64,
+    query: Query,
+) -> Result<R, v1::ErrorCode> {
+    let partition = state.appender.topology().partition_of(conv);
+    match ask(&state.client, partition, (pos, 0), query.clone()).await {
+        Err(v1::ErrorCode::Forbidden | v1::ErrorCode::NotFound) => {
+            let latest = state
+                .appender
+                .log_position(conv)
+                .await
+                .map_err(|_| v1::ErrorCode::Unavailable)?;
+            ask(&state.client, partition, (latest.max(pos), 0), query).await
+        }
+        other => other,
+    }
+}
+
+/// Conversations one list asks each partition for: the most recent ones.
+pub const CONVERSATIONS_PER_PARTITION_MAX: u32 = 200;
+
+/// The user's conversations in every partition (asked at once), merged,
+/// most recent first.
+pub async fn conversations(
+    state: &crate::AppState,
+    user: &str,
+    pos: u64,
+) -> Result<Vec<v1::ConvListItem>, v1::ErrorCode> {
+    let asks = (0..state.appender.topology().partitions).map(|p| {
+        let query = Query::ConvList(v1::ConvListQuery {
+            user_id: user.to_string(),
+            limit: CONVERSATIONS_PER_PARTITION_MAX,
+            ..Default::default()
+        });
+        ask(&state.client, p, (pos, 0), query)
+    });
+    let mut items = Vec::new();
+    for answer in futures::future::join_all(asks).await {
+        match answer? {
+            R::ConvList(page) => items.extend(page.items),
+            _ => return Err(v1::ErrorCode::Internal),
+        }
+    }
+    let key = |i: &v1::ConvListItem| {
+        i.entry
+            .as_ref()
+            .map(|e| (e.last_activity_ms, e.conversation_id.clone()))
+    };
+    items.sort_by_key(|i| std::cmp::Reverse(key(i)));
+    Ok(items)
+}

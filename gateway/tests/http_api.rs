@@ -122,3 +122,92 @@ async fn admin_over_http_and_refused_senders_over_websocket() {
         "{metrics}"
     );
 }
+
+/// (status, Retry-After) of a GET.
+async fn get_with_retry_after(
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: &str,
+) -> (u16, Option<String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    sock.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let retry = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("retry-after: ")
+            .map(str::to_string)
+    });
+    (status, retry, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn not_projected_yet_is_never_forbidden_and_reads_take_min_position() {
+    let s = Stack::start(Limits::default()).await;
+    let gw = s.gateways[0];
+    let owner = token("owner");
+    let mut forbidden = 0;
+    for i in 0..30 {
+        let conv = format!("fresh{i}");
+        let (status, body) = http_post(
+            gw,
+            "/v1/conversations",
+            &owner,
+            &format!(r#"{{"conversationId": "{conv}", "members": [{{"userId": "mia"}}]}}"#),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        // Asked at once, before the projector may have applied the
+        // creation: the members, or "not yet" — never a 403 or 404.
+        for (path, who) in [
+            (format!("/v1/conversations/{conv}/members"), &owner),
+            (format!("/v1/conversations/{conv}/role/me"), &owner),
+            (format!("/v1/history?conversationId={conv}"), &owner),
+        ] {
+            let (status, retry, body) = get_with_retry_after(gw, &path, who).await;
+            match status {
+                200 => {}
+                503 => assert_eq!(retry.as_deref(), Some("1"), "{body}"),
+                403 | 404 => forbidden += 1,
+                other => panic!("{path}: {other} {body}"),
+            }
+        }
+    }
+    assert_eq!(forbidden, 0, "a state not yet projected was refused");
+
+    // minPosition on every read: the answer includes the write it names.
+    let (status, body) =
+        http_post(gw, "/v1/conversations/fresh0/add-member/zed", &owner, "{}").await;
+    assert_eq!(status, 200, "{body}");
+    let pos: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pos = pos["streamSeq"].as_u64().unwrap();
+    let zed = token("zed");
+    for path in [
+        format!("/v1/conversations/fresh0/members?minPosition={pos}"),
+        format!("/v1/conversations/fresh0/role/me?minPosition={pos}"),
+        format!("/v1/history?conversationId=fresh0&minPosition={pos}"),
+        format!("/v1/conversations?minPosition={pos}"),
+    ] {
+        let (status, _, body) = get_with_retry_after(gw, &path, &zed).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (_, _, body) =
+        get_with_retry_after(gw, &format!("/v1/conversations?minPosition={pos}"), &zed).await;
+    assert!(body.contains("fresh0"), "{body}");
+    // A real refusal stays one, once the projector is current.
+    let (status, _, _) =
+        get_with_retry_after(gw, "/v1/conversations/fresh0/members", &token("stranger")).await;
+    assert_eq!(status, 403);
+    // A position the log has not reached: 503 with Retry-After.
+    let (status, retry, _) = get_with_retry_after(
+        gw,
+        "/v1/conversations/fresh0/members?minPosition=99999999",
+        &owner,
+    )
+    .await;
+    assert_eq!((status, retry.as_deref()), (503, Some("1")));
+}

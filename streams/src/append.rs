@@ -408,6 +408,16 @@ impl Appender {
         Ok(cached.state.clone())
     }
 
+    /// The stream sequence of the conversation's latest event in the log (0
+    /// when it has none), read from the stream's leader.
+    pub async fn log_position(&self, conv_id: &str) -> Result<u64, StreamsError> {
+        let subject = self
+            .topology
+            .conv_subject(conv_id)
+            .map_err(|e| StreamsError::Config(e.to_string()))?;
+        self.last_seq_of(&subject).await
+    }
+
     /// Decides and appends one command to a conversation.
     pub async fn execute(
         &self,

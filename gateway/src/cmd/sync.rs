@@ -4,14 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use im_schema::v1::{self, envelope::Payload, query_request::Query, query_response::Result as R};
+use im_schema::v1::{self, envelope::Payload};
 
 use super::reply;
 use crate::error::error_frame;
 use crate::AppState;
-
-/// Conversations one sync looks at, per partition: the most recent ones.
-pub const SYNC_CONVERSATIONS_PER_PARTITION_MAX: u32 = 200;
 
 /// Entries accepted in a client's `known` map.
 pub const SYNC_KNOWN_MAX: usize = 10_000;
@@ -25,29 +22,21 @@ pub async fn run(state: &AppState, user: &str, req: v1::SyncRequest) -> v1::Enve
         );
     }
     let known: BTreeMap<String, u64> = req.known.into_iter().collect();
-    let mut changed = Vec::new();
-    for partition in 0..state.appender.topology().partitions {
-        let query = Query::ConvList(v1::ConvListQuery {
-            user_id: user.to_string(),
-            limit: SYNC_CONVERSATIONS_PER_PARTITION_MAX,
-            ..Default::default()
-        });
-        match crate::query::ask(&state.client, partition, (0, 0), query).await {
-            Ok(R::ConvList(page)) => {
-                for item in page.items {
-                    let Some(entry) = item.entry else { continue };
-                    if entry.last_seq > known.get(&entry.conversation_id).copied().unwrap_or(0) {
-                        changed.push(v1::ConversationChange {
-                            conversation_id: entry.conversation_id,
-                            last_seq: entry.last_seq,
-                            unread: item.unread,
-                        });
-                    }
-                }
-            }
-            Ok(_) => return error_frame(v1::ErrorCode::Internal, "unexpected answer", ""),
-            Err(code) => return error_frame(code, "conversation list unavailable", ""),
-        }
-    }
+    let items = match crate::query::conversations(state, user, 0).await {
+        Ok(items) => items,
+        Err(code) => return error_frame(code, "conversation list unavailable", ""),
+    };
+    let changed = items
+        .into_iter()
+        .filter_map(|item| {
+            let entry = item.entry?;
+            let known = known.get(&entry.conversation_id).copied().unwrap_or(0);
+            (entry.last_seq > known).then(|| v1::ConversationChange {
+                conversation_id: entry.conversation_id,
+                last_seq: entry.last_seq,
+                unread: item.unread,
+            })
+        })
+        .collect();
     reply(Payload::SyncResponse(v1::SyncResponse { changed }))
 }
