@@ -31,7 +31,7 @@ pub async fn run(state: &AppState, user: &str, req: v1::SyncRequest) -> v1::Enve
         .filter_map(|item| {
             let entry = item.entry?;
             let known = known.get(&entry.conversation_id).copied().unwrap_or(0);
-            (entry.last_seq > known).then(|| v1::ConversationChange {
+            (entry.last_seq > known).then_some(v1::ConversationChange {
                 conversation_id: entry.conversation_id,
                 last_seq: entry.last_seq,
                 unread: item.unread,
