@@ -225,19 +225,17 @@ pub async fn my_role(
     }
 }
 
-/// Ready when NATS is connected, the streams exist and a projector answers.
+/// Ready when NATS is connected and every partition has a projector whose
+/// heartbeat is recent and reports nothing wrong (cheap state only: a
+/// probe asks no one). The streams were there at start, or the gateway
+/// would not be.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.client.connection_state() != async_nats::connection::State::Connected {
-        return (StatusCode::SERVICE_UNAVAILABLE, "nats not connected").into_response();
+    let partitions = state.appender.topology().partitions;
+    let problems = state.readiness.problems(&state.client, partitions);
+    if problems.is_empty() {
+        return (StatusCode::OK, "ready").into_response();
     }
-    let js = async_nats::jetstream::new(state.client.clone());
-    if im_streams::definitions::read_topology(&js).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "streams missing").into_response();
-    }
-    match crate::query::ask(&state.client, 0, (0, 0), Q::Status(v1::StatusQuery {})).await {
-        Ok(R::Status(_)) => (StatusCode::OK, "ready").into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "no projector answering").into_response(),
-    }
+    ApiError(v1::ErrorCode::Unavailable, problems.join("; ")).into_response()
 }
 
 /// Prometheus text: connections and the writer's counters.

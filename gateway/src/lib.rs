@@ -13,6 +13,7 @@ pub mod http_commands;
 pub mod hub;
 pub mod media;
 pub mod query;
+pub mod readiness;
 pub mod ws;
 
 use std::sync::atomic::AtomicUsize;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub hub: Arc<hub::Hub>,
     pub connections: AtomicUsize,
     pub media: Option<Arc<media::Media>>,
+    pub readiness: Arc<readiness::Readiness>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +66,10 @@ impl AppState {
             Some(backend) => Some(Arc::new(media::Media::open(backend, &client).await?)),
             None => None,
         };
+        let readiness = Arc::new(readiness::Readiness::default());
+        tokio::spawn(readiness::listen(client.clone(), readiness.clone()));
         Ok(Arc::new(AppState {
+            readiness,
             media,
             hub: hub::Hub::new(client.clone()),
             config,

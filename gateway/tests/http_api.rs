@@ -112,8 +112,17 @@ async fn admin_over_http_and_refused_senders_over_websocket() {
 
     let (status, body) = http_get(gw, "/healthz", "").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
-    let (status, body) = http_get(gw, "/readyz", "").await;
-    assert_eq!((status, body.as_str()), (200, "ready"));
+    // Ready once a projector's heartbeat (every 2 s) has been heard.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = http_get(gw, "/readyz", "").await;
+        if status == 200 {
+            assert_eq!(body, "ready");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let (_, metrics) = http_get(gw, "/metrics", "").await;
     // The three refused clients were dropped; the admin is still connected.
     assert!(metrics.contains("im_gateway_connections 1"), "{metrics}");

@@ -5,6 +5,7 @@
 
 pub mod chain;
 pub mod digest;
+pub mod heartbeat;
 pub mod keys;
 pub mod metrics;
 pub mod projections;

@@ -39,14 +39,17 @@ pub enum ProjectorError {
 
 pub struct Projector {
     pub context: Arc<QueryContext>,
+    pub health: Arc<crate::heartbeat::Health>,
     tasks: tokio::task::JoinSet<Result<(), RunError>>,
     query_task: tokio::task::JoinHandle<()>,
+    heartbeat_task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Projector {
     fn drop(&mut self) {
         self.tasks.abort_all();
         self.query_task.abort();
+        self.heartbeat_task.abort();
         self.context.rebuilds.abort_all();
     }
 }
@@ -148,10 +151,19 @@ impl Projector {
             .await
             .map_err(|e| ProjectorError::Config(format!("query subjects: {e}")))?;
         let query_task = tokio::spawn(query::serve(client.clone(), context.clone(), subs));
+        let health = Arc::new(crate::heartbeat::Health::default());
+        let heartbeat_task = tokio::spawn(crate::heartbeat::run(
+            client.clone(),
+            config.instance.clone(),
+            context.partitions.clone(),
+            health.clone(),
+        ));
         Ok(Projector {
             context,
+            health,
             tasks,
             query_task,
+            heartbeat_task,
         })
     }
 

@@ -341,7 +341,10 @@ impl QueryContext {
                     record: rec,
                 }))
             }
-            Query::Status(_) => ok(R::Status(self.status().map_err(store_error)?)),
+            Query::Status(q) => {
+                let digests = q.digests.then(|| self.named(&q.projections)).transpose()?;
+                ok(R::Status(self.status(digests).map_err(store_error)?))
+            }
             Query::Keys(q) => {
                 let state = self
                     .projection(&q.projection)
@@ -357,18 +360,37 @@ impl QueryContext {
         }
     }
 
-    pub fn status(&self) -> Result<v1::StatusResult, StoreError> {
+    /// Every projection's state with every digest (reads every entry).
+    pub fn status_with_digests(&self) -> Result<v1::StatusResult, StoreError> {
+        self.status(Some(self.projections.clone()))
+    }
+
+    /// Every projection's state; digests (a scan of each keyspace) only
+    /// for `digests`, so a plain status answers in constant time.
+    pub fn status(
+        &self,
+        digests: Option<Vec<Arc<ProjectionState>>>,
+    ) -> Result<v1::StatusResult, StoreError> {
+        let wanted = |p: &Arc<ProjectionState>| {
+            digests
+                .as_ref()
+                .is_some_and(|d| d.iter().any(|x| Arc::ptr_eq(x, p)))
+        };
         let mut projections = Vec::new();
         for p in &self.projections {
             let ks = p.ks();
-            let digest = digest_of(ks.as_ref())?;
+            let digest = if wanted(p) {
+                Some(digest_of(ks.as_ref())?)
+            } else {
+                None
+            };
             projections.push(v1::ProjectionStatus {
                 name: p.projection.name().to_string(),
                 generation: p.generation(),
                 conv_checkpoint: checkpoint(ks.as_ref(), Source::Conv)?,
                 rcpt_checkpoint: checkpoint(ks.as_ref(), Source::Rcpt)?,
-                digest: digest.hex(),
-                keys: digest.keys,
+                digest: digest.map(|d| d.hex()).unwrap_or_default(),
+                keys: digest.map_or(0, |d| d.keys),
                 applied: p.events_applied.load(std::sync::atomic::Ordering::Relaxed),
                 dead_letters: p.dead_letters.load(std::sync::atomic::Ordering::Relaxed),
             });

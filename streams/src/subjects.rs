@@ -78,6 +78,15 @@ pub fn query_subject(partition: u32) -> String {
     format!("im.q.{partition}")
 }
 
+/// `im.projector.<instance>.alive`: a projector instance's heartbeat.
+pub fn projector_alive_subject(instance: &str) -> Result<String, IdError> {
+    validate_id(IdKind::Device, instance)?;
+    Ok(format!("im.projector.{instance}.alive"))
+}
+
+/// Every projector instance's heartbeat.
+pub const PROJECTOR_ALIVE_ALL: &str = "im.projector.*.alive";
+
 /// The conversation id of the direct conversation between two users: derived
 /// from the sorted pair, so A-B and B-A are one conversation. A hash keeps it
 /// within the id bound and unambiguous whatever `_`/`-` the user ids contain.

@@ -154,7 +154,17 @@ pub async fn status(
     instance: &str,
 ) -> BTreeMap<String, v1::ProjectionStatus> {
     let subject = im_projectors::query::instance_subject(instance);
-    match query_at(client, subject, (0, 0), Query::Status(v1::StatusQuery {})).await {
+    match query_at(
+        client,
+        subject,
+        (0, 0),
+        Query::Status(v1::StatusQuery {
+            digests: true,
+            ..Default::default()
+        }),
+    )
+    .await
+    {
         R::Status(s) => s
             .projections
             .into_iter()

@@ -38,7 +38,7 @@ const CATCH_UP_MAX: Duration = Duration::from_secs(1_800);
 
 /// Writes `events` events round-robin over conversations, as the append
 /// path would (conv_seq, prev_hash chain, headers), pipelined.
-async fn seed(js: &jetstream::Context, events: u64) -> anyhow::Result<()> {
+pub async fn seed(js: &jetstream::Context, events: u64) -> anyhow::Result<()> {
     let topology = im_streams::definitions::read_topology(js).await?;
     let conversations = events.div_ceil(EVENTS_PER_CONV).max(1);
     let mut states: BTreeMap<u64, ConvState> = BTreeMap::new();

@@ -19,6 +19,10 @@ pub use verify::{verify, VerifyArgs};
 /// How long one projector may take to answer a status or control query.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a digest may take: it reads every entry of a keyspace (about
+/// 10 s per million entries here), so far longer than an answer.
+pub(crate) const DIGEST_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Sends a query to one projector instance (its own subject, not a
 /// partition's) and returns its answer; a query error is an error.
 pub(crate) async fn ask_instance(
@@ -31,16 +35,13 @@ pub(crate) async fn ask_instance(
         query: Some(query),
         ..Default::default()
     };
-    let reply = tokio::time::timeout(
-        timeout,
-        client.request(
-            im_projectors::query::instance_subject(instance),
-            im_schema::encode(&req).into(),
-        ),
-    )
-    .await
-    .with_context(|| format!("instance {instance} did not answer"))?
-    .with_context(|| format!("instance {instance} did not answer"))?;
+    let request = async_nats::Request::new()
+        .payload(im_schema::encode(&req).into())
+        .timeout(Some(timeout));
+    let reply = client
+        .send_request(im_projectors::query::instance_subject(instance), request)
+        .await
+        .with_context(|| format!("instance {instance} did not answer"))?;
     match im_schema::decode::<v1::QueryResponse>(&reply.payload)?.result {
         Some(R::Error(e)) => anyhow::bail!("instance {instance}: {}", e.message),
         Some(r) => Ok(r),
@@ -80,18 +81,18 @@ pub fn printable_key(key: &[u8]) -> String {
     out
 }
 
-async fn instance_status(
+/// An instance's status with the digests of `projections` (all when
+/// empty).
+pub(crate) async fn instance_status(
     client: &async_nats::Client,
     instance: &str,
+    projections: &[String],
 ) -> anyhow::Result<v1::StatusResult> {
-    match ask_instance(
-        client,
-        instance,
-        Query::Status(v1::StatusQuery {}),
-        ANSWER_TIMEOUT,
-    )
-    .await?
-    {
+    let query = Query::Status(v1::StatusQuery {
+        digests: true,
+        projections: projections.to_vec(),
+    });
+    match ask_instance(client, instance, query, DIGEST_TIMEOUT).await? {
         R::Status(s) => Ok(s),
         other => anyhow::bail!("instance {instance}: {other:?}"),
     }

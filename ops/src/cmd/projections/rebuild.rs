@@ -124,7 +124,8 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     };
     bar.finish_and_clear();
     let secs = began.elapsed().as_secs_f64().max(0.001);
-    let status = instance_status(&client, &args.instance).await?;
+    let rebuilt: Vec<String> = last.iter().map(|r| r.projection.clone()).collect();
+    let status = instance_status(&client, &args.instance, &rebuilt).await?;
     let mut failed = 0;
     for r in &last {
         match r.phase() {

@@ -1,7 +1,9 @@
 //! `imctl projections status`: every projector instance that answers for a
 //! partition, and per projection its checkpoint, the stream's last sequence,
-//! lag, apply rate (two samples `--interval-ms` apart), digest and dead
-//! letters.
+//! lag, apply rate (two samples `--interval-ms` apart) and dead letters: all
+//! from counters, so it answers at once whatever the store's size. With
+//! `--digest`, each projection's digest too (a read of every entry), one
+//! projection at a time with a progress bar.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +21,9 @@ pub struct StatusArgs {
     /// Time between the two samples the apply rate is measured over.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
+    /// Also each projection's digest (reads every entry of every keyspace).
+    #[arg(long)]
+    pub digest: bool,
 }
 
 #[derive(Serialize)]
@@ -34,29 +39,59 @@ struct Row {
     dead_letters: u64,
 }
 
-/// instance -> its status, from every partition's answer.
+/// instance -> its status, from every partition's answer (asked at once).
 async fn sample(
     client: &async_nats::Client,
     partitions: u32,
 ) -> anyhow::Result<BTreeMap<String, v1::StatusResult>> {
-    let mut out = BTreeMap::new();
-    for p in 0..partitions {
+    let asks = (0..partitions).map(|p| async move {
         let req = v1::QueryRequest {
-            query: Some(Query::Status(v1::StatusQuery {})),
+            query: Some(Query::Status(v1::StatusQuery::default())),
             ..Default::default()
         };
         let reply = tokio::time::timeout(
             super::ANSWER_TIMEOUT,
-            client.request(format!("im.q.{p}"), im_schema::encode(&req).into()),
+            client.request(
+                im_streams::subjects::query_subject(p),
+                im_schema::encode(&req).into(),
+            ),
         )
         .await
         .with_context(|| format!("partition {p}: no projector answered"))?
         .with_context(|| format!("partition {p}: no projector answered"))?;
-        let resp: v1::QueryResponse = im_schema::decode(&reply.payload)?;
-        if let Some(R::Status(s)) = resp.result {
+        anyhow::Ok(im_schema::decode::<v1::QueryResponse>(&reply.payload)?)
+    });
+    let mut out = BTreeMap::new();
+    for answer in futures::future::join_all(asks).await {
+        if let Some(R::Status(s)) = answer?.result {
             out.insert(s.instance.clone(), s);
         }
     }
+    Ok(out)
+}
+
+/// (instance, projection) -> (digest, keys), one projection at a time.
+async fn digests(
+    client: &async_nats::Client,
+    instances: &BTreeMap<String, v1::StatusResult>,
+) -> anyhow::Result<BTreeMap<(String, String), (String, u64)>> {
+    let steps: Vec<(String, String)> = instances
+        .iter()
+        .flat_map(|(i, st)| st.projections.iter().map(|p| (i.clone(), p.name.clone())))
+        .collect();
+    let bar = indicatif::ProgressBar::new(steps.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("digests {bar:30} {pos}/{len} {msg} ({elapsed})")?,
+    );
+    let mut out = BTreeMap::new();
+    for (instance, name) in steps {
+        bar.set_message(format!("{instance}/{name}"));
+        let st = super::instance_status(client, &instance, std::slice::from_ref(&name)).await?;
+        if let Some(p) = st.projections.iter().find(|p| p.name == name) {
+            out.insert((instance, name), (p.digest.clone(), p.keys));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
     Ok(out)
 }
 
@@ -67,6 +102,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let first = sample(&client, topology.partitions).await?;
     tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     let second = sample(&client, topology.partitions).await?;
+    let digests = if args.digest {
+        digests(&client, &second).await?
+    } else {
+        BTreeMap::new()
+    };
     let last = js
         .get_stream(im_streams::definitions::CONV_STREAM)
         .await?
@@ -89,8 +129,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 stream_last_seq: last,
                 lag: last.saturating_sub(p.conv_checkpoint),
                 events_per_s: p.applied.saturating_sub(before) as f64 / secs,
-                digest: p.digest.clone(),
-                keys: p.keys,
+                digest: digests
+                    .get(&(instance.clone(), p.name.clone()))
+                    .map(|d| d.0.clone())
+                    .unwrap_or_default(),
+                keys: digests
+                    .get(&(instance.clone(), p.name.clone()))
+                    .map_or(0, |d| d.1),
                 dead_letters: p.dead_letters,
             });
         }

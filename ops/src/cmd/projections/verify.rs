@@ -79,7 +79,7 @@ async fn first_difference(
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let client = async_nats::connect(&args.nats_url).await?;
     let names = super::selected(&args.name, args.all)?;
-    let live = instance_status(&client, &args.instance).await?;
+    let live = instance_status(&client, &args.instance, &names).await?;
     let dir = tempfile::tempdir()?;
     let scratch_name = format!("verify{}", std::process::id());
     let projector = im_projectors::Projector::start(
@@ -96,9 +96,21 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(args.timeout_secs);
     // Compare when both stand at the same checkpoints (a live store that
     // keeps moving is caught at a quiet moment, or the timeout says so).
-    let (live, scratch) = loop {
-        let live = instance_status(&client, &args.instance).await?;
-        let scratch = projector.context.status()?;
+    // Digests are read once the checkpoints agree (a plain status costs
+    // nothing; a digest reads every entry).
+    loop {
+        let live = match super::ask_instance(
+            &client,
+            &args.instance,
+            Query::Status(v1::StatusQuery::default()),
+            super::ANSWER_TIMEOUT,
+        )
+        .await?
+        {
+            R::Status(s) => s,
+            other => anyhow::bail!("instance {}: {other:?}", args.instance),
+        };
+        let scratch = projector.context.status(None)?;
         let at = |s: &v1::StatusResult, n: &str| {
             s.projections
                 .iter()
@@ -109,14 +121,23 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             .iter()
             .all(|n| at(&live, n).is_some() && at(&live, n) == at(&scratch, n))
         {
-            break (live, scratch);
+            break;
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "the rebuild did not reach the live checkpoints in time"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    let live = instance_status(&client, &args.instance, &names).await?;
+    let scratch_states = projector
+        .context
+        .projections
+        .iter()
+        .filter(|p| names.iter().any(|n| n == p.projection.name()))
+        .cloned()
+        .collect();
+    let scratch = projector.context.status(Some(scratch_states))?;
     let mut mismatches = 0;
     for name in &names {
         let digest = |s: &v1::StatusResult| {
