@@ -22,7 +22,7 @@ pub const ENV_VARS: [(&str, &str); 11] = [
     ),
     (
         "IM_NATS_URL",
-        "NATS server URL (default nats://127.0.0.1:4222)",
+        "NATS servers, comma-separated (default nats://127.0.0.1:4222)",
     ),
     ("IM_JWT_HS256_SECRET", "HS256 secret for bearer tokens"),
     (

@@ -129,6 +129,99 @@ impl StreamSettings {
     }
 }
 
+/// Per user and UTC day, the bytes of media accepted (compare-and-set
+/// counters).
+pub const MEDIA_QUOTA_BUCKET: &str = "im_media_quota";
+/// Presigned uploads waiting for their completion.
+pub const MEDIA_PENDING_BUCKET: &str = "im_media_pending";
+
+/// The key-value buckets the system uses, with the same replicas as the
+/// streams: a bucket on one node would make uploads fail (and a gateway
+/// starting then stall) while that node is down.
+pub fn bucket_definitions(replicas: usize) -> Vec<jetstream::kv::Config> {
+    [MEDIA_QUOTA_BUCKET, MEDIA_PENDING_BUCKET]
+        .into_iter()
+        .map(|name| jetstream::kv::Config {
+            bucket: name.to_string(),
+            history: 1,
+            // A day's counters and pending uploads are small and short-lived.
+            max_age: Duration::from_secs(2 * 86_400),
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Creates a missing bucket; gives an existing one the replicas wanted.
+async fn apply_bucket(
+    js: &jetstream::Context,
+    desired: jetstream::kv::Config,
+) -> Result<StreamReport, StreamsError> {
+    let stream_name = format!("KV_{}", desired.bucket);
+    match js.get_stream(&stream_name).await {
+        Ok(mut stream) => {
+            let info = stream.info().await.map_err(StreamsError::unavailable)?;
+            let mut changes = Vec::new();
+            if info.config.num_replicas != desired.num_replicas {
+                changes.push(format!(
+                    "num_replicas: {} -> {}",
+                    info.config.num_replicas, desired.num_replicas
+                ));
+                let mut next = info.config.clone();
+                next.num_replicas = desired.num_replicas;
+                js.update_stream(&next)
+                    .await
+                    .map_err(StreamsError::unavailable)?;
+            }
+            Ok(StreamReport {
+                name: stream_name,
+                created: false,
+                changes,
+            })
+        }
+        Err(e) if is_not_found(&e) => {
+            js.create_key_value(desired)
+                .await
+                .map_err(StreamsError::unavailable)?;
+            Ok(StreamReport {
+                name: stream_name,
+                created: true,
+                changes: Vec::new(),
+            })
+        }
+        Err(e) => Err(StreamsError::unavailable(e)),
+    }
+}
+
+/// A bucket, created (with IM_CONV's replicas) if a deployment older than
+/// `apply_streams`'s buckets lacks it.
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<jetstream::kv::Store, StreamsError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    let mut conv = js
+        .get_stream(CONV_STREAM)
+        .await
+        .map_err(StreamsError::unavailable)?;
+    let replicas = conv
+        .info()
+        .await
+        .map_err(StreamsError::unavailable)?
+        .config
+        .num_replicas;
+    let desired = bucket_definitions(replicas)
+        .into_iter()
+        .find(|b| b.bucket == name)
+        .ok_or_else(|| StreamsError::Config(format!("no bucket {name} is defined")))?;
+    apply_bucket(js, desired).await?;
+    js.get_key_value(name)
+        .await
+        .map_err(StreamsError::unavailable)
+}
+
 /// What applying one stream definition did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StreamReport {
@@ -280,6 +373,9 @@ pub async fn apply_streams(
             topology = Some(topology_of(&config)?);
         }
         reports.push(report);
+    }
+    for bucket in bucket_definitions(settings.replicas) {
+        reports.push(apply_bucket(js, bucket).await?);
     }
     Ok(Applied {
         topology: topology.expect("IM_CONV is among the definitions"),

@@ -4,6 +4,7 @@
 pub mod append;
 pub mod chain;
 pub mod codec;
+pub mod connect;
 pub mod conversation;
 pub mod dedupe_index;
 pub mod definitions;

@@ -1,8 +1,6 @@
 //! `im-gateway`: reads its configuration from the environment (see
 //! `im_gateway::config::ENV_VARS`) and serves.
 
-use anyhow::Context;
-
 // See the workspace manifest for why.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -16,9 +14,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = im_gateway::GatewayConfig::from_env().map_err(anyhow::Error::msg)?;
-    let client = async_nats::connect(&config.nats_url)
-        .await
-        .with_context(|| format!("connecting to {}", config.nats_url))?;
+    let client = im_streams::connect::NatsArgs::new(&config.nats_url)
+        .connect("im-gateway")
+        .await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let state = im_gateway::AppState::new(config, client).await?;

@@ -8,10 +8,10 @@ pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use im_schema::v1;
+use im_streams::definitions::{open_bucket, MEDIA_PENDING_BUCKET, MEDIA_QUOTA_BUCKET};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -46,9 +46,6 @@ pub const QUOTA_CAS_RETRIES_MAX: u32 = 16;
 
 /// Bytes sniffed for the content type.
 const SNIFF_BYTES: usize = 64;
-
-const QUOTA_BUCKET: &str = "im_media_quota";
-const PENDING_BUCKET: &str = "im_media_pending";
 
 /// Where media bytes go.
 #[derive(Clone, Debug)]
@@ -173,23 +170,9 @@ impl Media {
             ),
         };
         let js = jetstream::new(client.clone());
-        let bucket = |name: &str, history: i64| kv::Config {
-            bucket: name.to_string(),
-            history,
-            // A day's counters and pending uploads are small and short-lived.
-            max_age: Duration::from_secs(2 * 86_400),
-            ..Default::default()
-        };
-        let nats =
-            |e: jetstream::context::CreateKeyValueError| crate::GatewayError::Nats(e.to_string());
-        let quota = js
-            .create_key_value(bucket(QUOTA_BUCKET, 1))
-            .await
-            .map_err(nats)?;
-        let pending = js
-            .create_key_value(bucket(PENDING_BUCKET, 1))
-            .await
-            .map_err(nats)?;
+        let nats = |e: im_streams::StreamsError| crate::GatewayError::Nats(e.to_string());
+        let quota = open_bucket(&js, MEDIA_QUOTA_BUCKET).await.map_err(nats)?;
+        let pending = open_bucket(&js, MEDIA_PENDING_BUCKET).await.map_err(nats)?;
         Ok(Media {
             store,
             proxied,

@@ -426,6 +426,11 @@ impl Gateway {
 }
 
 pub fn spawn_gateway(nats_url: &str, limits_json: &str) -> Gateway {
+    spawn_gateway_env(nats_url, limits_json, &[])
+}
+
+/// A gateway process with more environment (media, say).
+pub fn spawn_gateway_env(nats_url: &str, limits_json: &str, env: &[(&str, &str)]) -> Gateway {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_im-gateway"))
@@ -434,6 +439,7 @@ pub fn spawn_gateway(nats_url: &str, limits_json: &str) -> Gateway {
         .env("IM_JWT_HS256_SECRET", SECRET)
         .env("IM_GATEWAY_LIMITS_JSON", limits_json)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -498,4 +504,95 @@ pub async fn wait_projected(stack: &Stack, conv: &str, stream_seq: u64) {
             }
         }
     }
+}
+
+/// One raw HTTP/1.1 exchange; `url` is absolute or a path on `addr`.
+pub async fn exchange(
+    addr: std::net::SocketAddr,
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let (host, path) = match url.strip_prefix("http://") {
+        Some(rest) => {
+            let (h, p) = rest.split_once('/').unwrap();
+            (h.to_string(), format!("/{p}"))
+        }
+        None => (addr.to_string(), url.to_string()),
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if let Some(b) = bearer {
+        head.push_str(&format!("Authorization: Bearer {b}\r\n"));
+    }
+    if !content_type.is_empty() {
+        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    head.push_str("\r\n");
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = sock.read_to_end(&mut raw).await;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+/// `POST /v1/media/upload` of `bytes` declared as `mime`, as `user`.
+pub async fn upload(
+    addr: std::net::SocketAddr,
+    user: &str,
+    mime: &str,
+    bytes: &[u8],
+) -> (u16, Vec<u8>) {
+    exchange(
+        addr,
+        "POST",
+        "/v1/media/upload",
+        Some(&token(user)),
+        mime,
+        bytes,
+    )
+    .await
+}
+
+pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+}
+
+pub fn png(w: u32, h: u32, noise: bool) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let v = if noise {
+            (x.wrapping_mul(7919) ^ y.wrapping_mul(104729)) as u8
+        } else {
+            (x + y) as u8
+        };
+        image::Rgb([v, v.wrapping_mul(3), v.wrapping_mul(7)])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
 }

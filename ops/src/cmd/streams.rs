@@ -12,8 +12,8 @@ use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
-    #[arg(long, env = crate::cmd::up::ENV_NATS_URL, default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: im_streams::connect::NatsArgs,
     /// A JSON file of stream settings (fields of `StreamSettings`; unknown
     /// fields are refused). Defaults when absent.
     #[arg(long)]
@@ -22,8 +22,8 @@ pub struct ApplyArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    #[arg(long, env = crate::cmd::up::ENV_NATS_URL, default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: im_streams::connect::NatsArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -37,7 +37,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         }
         None => StreamSettings::default(),
     };
-    let js = async_nats::jetstream::new(async_nats::connect(&args.nats_url).await?);
+    let js = async_nats::jetstream::new(args.nats.connect("imctl").await?);
     let applied = im_streams::apply_streams(&js, &settings).await?;
     for r in &applied.reports {
         if r.created {
@@ -76,7 +76,7 @@ struct StreamStatus {
 const CONSUMERS_LISTED_MAX: usize = 1_000;
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let js = async_nats::jetstream::new(async_nats::connect(&args.nats_url).await?);
+    let js = async_nats::jetstream::new(args.nats.connect("imctl").await?);
     let mut out = Vec::new();
     for name in [
         im_streams::definitions::CONV_STREAM,

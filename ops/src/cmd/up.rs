@@ -26,7 +26,8 @@ pub struct UpArgs {
     /// Client port of the managed nats-server.
     #[arg(long, env = ENV_NATS_PORT, default_value_t = 4222)]
     pub nats_port: u16,
-    /// Use this NATS instead of starting one (e.g. a cluster).
+    /// Use this NATS instead of starting one (e.g. a cluster's servers,
+    /// comma-separated).
     #[arg(long, env = ENV_NATS_URL)]
     pub nats_url: Option<String>,
     /// fsync every write before acking it (`sync_interval: always`):
@@ -87,9 +88,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::Result<()> {
-    let client = async_nats::connect(url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let nats = im_streams::connect::NatsArgs::new(url);
+    let client = nats.connect("imctl-up-projector").await?;
     let js = async_nats::jetstream::new(client);
     let settings = StreamSettings {
         replicas: args.replicas,
@@ -134,9 +134,7 @@ async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::
     };
     // Its own connection, as in production: its PubAcks and deliveries
     // never queue behind the projector's consumer traffic.
-    let gateway_client = async_nats::connect(url)
-        .await
-        .with_context(|| format!("connecting the gateway to {url}"))?;
+    let gateway_client = nats.connect("imctl-up-gateway").await?;
     let state = im_gateway::AppState::new(gateway_config, gateway_client)
         .await
         .context("starting the gateway")?;

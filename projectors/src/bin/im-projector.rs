@@ -12,8 +12,8 @@ use im_projectors::{
 #[derive(Parser)]
 #[command(name = "im-projector", version)]
 struct Args {
-    #[arg(long, env = "IM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: im_streams::connect::NatsArgs,
     /// The sled store of this instance.
     #[arg(long, env = "IM_PROJECTOR_DATA_DIR", default_value = "data/projector")]
     data_dir: PathBuf,
@@ -46,9 +46,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let client = async_nats::connect(&args.nats_url)
-        .await
-        .with_context(|| format!("connecting to {}", args.nats_url))?;
+    let client = args.nats.connect("im-projector").await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = im_streams::definitions::read_topology(&js).await?;
     let partitions =

@@ -13,7 +13,7 @@ use anyhow::Context;
 pub const ENV_VARS: [(&str, &str); 4] = [
     (
         "IM_NATS_URL",
-        "NATS server URL (default nats://127.0.0.1:4222)",
+        "NATS servers, comma-separated (default nats://127.0.0.1:4222)",
     ),
     ("IM_S3_ENDPOINT", "S3 endpoint URL for archive/restore"),
     ("IM_S3_ACCESS_KEY", "S3 access key"),
@@ -22,16 +22,15 @@ pub const ENV_VARS: [(&str, &str); 4] = [
 
 #[derive(Debug, clap::Args)]
 pub struct NatsArgs {
-    #[arg(long, env = "IM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: im_streams::connect::NatsArgs,
 }
 
 impl NatsArgs {
     pub async fn connect(&self) -> anyhow::Result<async_nats::jetstream::Context> {
-        let client = async_nats::connect(&self.nats_url)
-            .await
-            .with_context(|| format!("connecting to {}", self.nats_url))?;
-        Ok(async_nats::jetstream::new(client))
+        Ok(async_nats::jetstream::new(
+            self.nats.connect("im-replay").await?,
+        ))
     }
 }
 

@@ -20,8 +20,8 @@ pub struct RebuildArgs {
     /// are left out (for streams whose head was archived). 0 = the start.
     #[arg(long, default_value_t = 0)]
     pub from_seq: u64,
-    #[arg(long, env = crate::cmd::up::ENV_NATS_URL, default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: im_streams::connect::NatsArgs,
     /// The projector instance whose store is rebuilt.
     #[arg(long, default_value = "local")]
     pub instance: String,
@@ -61,7 +61,7 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         "name a projection, or --all"
     );
     let names = super::selected(&args.name, args.all)?;
-    let client = async_nats::connect(&args.nats_url).await?;
+    let client = args.nats.connect("imctl").await?;
     // Registered before the rebuild starts (and before "rebuilding" is
     // printed), so a Ctrl-C at any moment cancels rather than kills.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

@@ -12,8 +12,8 @@ pub struct RepairArgs {
     /// The conversation to replay.
     #[arg(long = "conv")]
     pub conversation_id: String,
-    #[arg(long, env = crate::cmd::up::ENV_NATS_URL, default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: im_streams::connect::NatsArgs,
     /// The projector instance whose store is repaired.
     #[arg(long, default_value = "local")]
     pub instance: String,
@@ -25,7 +25,7 @@ const REPAIR_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub async fn repair(args: RepairArgs) -> anyhow::Result<()> {
     im_streams::ids::validate_id(im_streams::ids::IdKind::Conversation, &args.conversation_id)?;
-    let client = async_nats::connect(&args.nats_url).await?;
+    let client = args.nats.connect("imctl").await?;
     let query = Query::Repair(v1::RepairQuery {
         conversation_id: args.conversation_id.clone(),
     });

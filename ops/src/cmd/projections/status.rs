@@ -14,8 +14,8 @@ use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    #[arg(long, env = crate::cmd::up::ENV_NATS_URL, default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: im_streams::connect::NatsArgs,
     #[arg(long)]
     pub json: bool,
     /// Time between the two samples the apply rate is measured over.
@@ -96,7 +96,7 @@ async fn digests(
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let client = async_nats::connect(&args.nats_url).await?;
+    let client = args.nats.connect("imctl").await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = im_streams::definitions::read_topology(&js).await?;
     let first = sample(&client, topology.partitions).await?;

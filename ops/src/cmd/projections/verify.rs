@@ -13,8 +13,8 @@ pub struct VerifyArgs {
     pub name: Option<String>,
     #[arg(long)]
     pub all: bool,
-    #[arg(long, env = crate::cmd::up::ENV_NATS_URL, default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: im_streams::connect::NatsArgs,
     /// The live projector instance to check.
     #[arg(long, default_value = "local")]
     pub instance: String,
@@ -77,7 +77,7 @@ async fn first_difference(
 }
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let client = async_nats::connect(&args.nats_url).await?;
+    let client = args.nats.connect("imctl").await?;
     let names = super::selected(&args.name, args.all)?;
     let live = instance_status(&client, &args.instance, &names).await?;
     let dir = tempfile::tempdir()?;

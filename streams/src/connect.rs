@@ -1,0 +1,90 @@
+//! Connecting to NATS the same way in every process: a list of servers
+//! (comma-separated; a process starts while any one of them answers, and
+//! fails over to the others), a client name per component, and errors
+//! that say which servers were tried.
+
+use std::time::Duration;
+
+use async_nats::ServerAddr;
+
+use crate::error::StreamsError;
+
+/// Where a local stack's server listens.
+pub const DEFAULT_SERVERS: &str = "nats://127.0.0.1:4222";
+
+/// How long one attempt to reach a server may take; with a list, each
+/// server is tried in turn.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The NATS settings every binary takes (flag and environment variable).
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct NatsArgs {
+    /// NATS servers, comma-separated (e.g. a cluster's seeds): any one that
+    /// answers will do.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "nats-url", env = "IM_NATS_URL", default_value = DEFAULT_SERVERS)
+    )]
+    pub nats_url: String,
+}
+
+impl Default for NatsArgs {
+    fn default() -> Self {
+        NatsArgs {
+            nats_url: DEFAULT_SERVERS.to_string(),
+        }
+    }
+}
+
+impl NatsArgs {
+    pub fn new(servers: impl Into<String>) -> Self {
+        NatsArgs {
+            nats_url: servers.into(),
+        }
+    }
+
+    /// Connects as `name` (shown in the server's connection list).
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, StreamsError> {
+        let servers = parse_servers(&self.nats_url)?;
+        async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .connect(servers)
+            .await
+            .map_err(|e| StreamsError::Unavailable(format!("connecting to {}: {e}", self.nats_url)))
+    }
+}
+
+/// The servers of a comma-separated list; an empty or bad entry is an error
+/// naming it.
+pub fn parse_servers(list: &str) -> Result<Vec<ServerAddr>, StreamsError> {
+    let servers: Vec<ServerAddr> = list
+        .split(',')
+        .map(str::trim)
+        .map(|s| {
+            s.parse::<ServerAddr>()
+                .map_err(|e| StreamsError::Config(format!("NATS server {s:?}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    if servers.is_empty() {
+        return Err(StreamsError::Config("no NATS server given".into()));
+    }
+    Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_of_servers_parses_and_a_bad_one_is_named() {
+        let list = parse_servers("nats://a:4222, nats://b:4223,c:4224").unwrap();
+        assert_eq!(list.len(), 3);
+        let err = parse_servers("nats://a:4222,nats://b:x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nats://b:x"), "{err}");
+        assert!(parse_servers("").is_err());
+    }
+}
