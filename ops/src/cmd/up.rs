@@ -144,9 +144,15 @@ async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::
     let addr = listener.local_addr()?;
     let gateway = tokio::spawn(im_gateway::serve(listener, state));
     println!("imctl: gateway http://{addr} ws://{addr}/v1/ws");
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "imctl".into());
+    let data = args.data_dir.display();
+    println!("imctl: tokens: {me} token issue --user alice --data-dir {data}");
     println!(
-        "imctl: tokens: imctl token issue --user alice --data-dir {}",
-        args.data_dir.display()
+        "imctl: a second gateway: IM_NATS_URL={url} IM_GATEWAY_LISTEN=127.0.0.1:8081 \
+         IM_JWT_HS256_SECRET=$(cat {data}/{}) cargo run --release -p im-gateway",
+        crate::cmd::token::SECRET_FILE
     );
     println!(
         "imctl: ready nats={url} partitions={} (Ctrl-C to stop)",
