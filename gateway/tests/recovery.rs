@@ -69,9 +69,11 @@ async fn a_client_that_missed_200_messages_syncs_and_pages_exactly_what_it_misse
         (
             changed[0].conversation_id.as_str(),
             changed[0].last_seq,
-            changed[0].unread
+            changed[0].unread,
+            changed[0].unread_capped
         ),
-        (conv.as_str(), last, 201)
+        // 201 unread, shown as "99+": counts are exact up to the cap.
+        (conv.as_str(), last, 99, true)
     );
 
     // Page history over HTTP from the first missed seq.

@@ -260,7 +260,9 @@ async fn up_runs_a_gateway_that_is_ready_and_carries_a_chat() {
         "{lines:?}"
     );
     assert!(
-        lines.iter().any(|l| l.contains("a second gateway") && l.contains("IM_NATS_URL=")),
+        lines
+            .iter()
+            .any(|l| l.contains("a second gateway") && l.contains("IM_NATS_URL=")),
         "{lines:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -5,9 +5,12 @@
 
 pub mod chain;
 pub mod digest;
+pub mod fold;
 pub mod heartbeat;
 pub mod keys;
+pub mod members_cache;
 pub mod metrics;
+pub mod pipeline;
 pub mod projections;
 pub mod projector;
 pub mod query;
@@ -17,4 +20,6 @@ pub mod runner;
 pub mod store;
 pub mod tx;
 
-pub use projector::{Projector, ProjectorConfig, ProjectorError, DEFAULT_FANOUT_THRESHOLD};
+pub use projector::{
+    Clients, Projector, ProjectorConfig, ProjectorError, DEFAULT_FANOUT_THRESHOLD,
+};

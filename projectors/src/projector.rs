@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::pipeline::{self, Feeds};
 use crate::projections;
 use crate::query::{self, QueryContext};
 use crate::rebuild::{self, Rebuilds};
-use crate::runner::{self, ProjectionState, RunError, RunnerConfig};
+use crate::runner::{ProjectionState, RunError, RunnerConfig};
 use crate::store::{SledStore, StoreError};
 
 /// Default member count above which a group gets notifications instead of
@@ -80,11 +81,33 @@ pub fn parse_partitions(text: &str, partitions_total: u32) -> Result<Option<Vec<
     Ok(Some(out))
 }
 
+/// The connections a projector uses: one for its consumers and acks, one
+/// for what it publishes (deliveries, query answers, heartbeats), so
+/// neither queues behind the other.
+#[derive(Clone)]
+pub struct Clients {
+    pub consume: async_nats::Client,
+    pub publish: async_nats::Client,
+}
+
 impl Projector {
+    /// A projector on one connection (tests, tools).
     pub async fn start(
         client: async_nats::Client,
         config: ProjectorConfig,
     ) -> Result<Self, ProjectorError> {
+        let clients = Clients {
+            consume: client.clone(),
+            publish: client,
+        };
+        Self::start_with(clients, config).await
+    }
+
+    pub async fn start_with(
+        clients: Clients,
+        config: ProjectorConfig,
+    ) -> Result<Self, ProjectorError> {
+        let client = clients.publish.clone();
         im_streams::ids::validate_id(im_streams::ids::IdKind::Device, &config.instance)
             .map_err(|e| ProjectorError::Config(format!("instance: {e}")))?;
         let js = async_nats::jetstream::new(client.clone());
@@ -128,17 +151,28 @@ impl Projector {
             fanout_threshold: config.fanout_threshold,
             fanout: config.fanout,
         });
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut states: Vec<Arc<ProjectionState>> = Vec::new();
+        let mut feeds = Feeds {
+            states: Vec::new(),
+            applied: Vec::new(),
+        };
         for projection in projections::all() {
             let generation = rebuild::generation(meta.as_ref(), projection.name())?;
             rebuild::drop_leftovers(&store, projection.name(), generation)?;
             let ks = store.keyspace(&rebuild::keyspace_name(projection.name(), generation))?;
-            let (state, task) =
-                runner::start(client.clone(), cfg.clone(), projection, ks, generation).await?;
-            states.push(state);
-            tasks.spawn(async move { task.await.unwrap_or(Ok(())) });
+            let (state, applied) = ProjectionState::new(projection, ks, generation)?;
+            feeds.states.push(state);
+            feeds.applied.push(applied);
         }
+        let states = feeds.states.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        let pipeline = pipeline::start(
+            clients.consume.clone(),
+            clients.publish.clone(),
+            cfg.clone(),
+            feeds,
+        )
+        .await?;
+        tasks.spawn(async move { pipeline.await.unwrap_or(Ok(())) });
         let context = Arc::new(QueryContext {
             topology,
             instance: config.instance.clone(),

@@ -306,6 +306,7 @@ impl QueryContext {
                     items.push(v1::ConvListItem {
                         entry: Some(entry),
                         unread: counts.total,
+                        unread_capped: counts.total_capped,
                     });
                 }
                 ok(R::ConvList(v1::ConvListPage { items, has_more }))

@@ -20,13 +20,14 @@ use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::Deliv
 use futures::StreamExt;
 use im_schema::v1;
 
+use crate::fold::{fold_one, Delivered, Target};
+use crate::members_cache::MembersCache;
+use crate::projections::FoldCtx;
 use crate::projections::Projection;
 use crate::runner::{
-    commit_fold, fold_message, js_err, Applied, Durability, ProjectionState, RunError,
-    RunnerConfig, Source, BATCH_MAX,
+    commit_at, js_err, Applied, ProjectionState, RunError, RunnerConfig, Source, BATCH_MAX,
 };
 use crate::store::{Keyspace, SledStore, StoreError};
-use crate::tx::Tx;
 
 /// Stream sequences the new keyspace may trail the live one by when it
 /// takes the batch lock: the live runner pauses for at most about this many
@@ -305,7 +306,7 @@ impl Rebuilds {
         {
             // Nothing matched between the last event and the target (a
             // `from_seq` past it): the checkpoints still say where it stands.
-            commit_fold(ks.clone(), Vec::new(), at, Durability::Deferred).await?;
+            commit_blocking(ks.clone(), Vec::new(), at).await?;
         }
         // The order makes a crash at any point safe: until the generation is
         // durable the old keyspace serves after a restart and the new one is
@@ -338,15 +339,6 @@ impl Rebuilds {
             "old keyspace still in use; dropped at the next start"
         );
         Ok(true)
-    }
-}
-
-impl Source {
-    fn of(self, at: Applied) -> u64 {
-        match self {
-            Source::Conv => at.conv,
-            Source::Rcpt => at.rcpt,
-        }
     }
 }
 
@@ -427,6 +419,18 @@ impl Reader {
     }
 }
 
+/// `commit_at`, off the async threads.
+async fn commit_blocking(
+    ks: Arc<dyn Keyspace>,
+    writes: Vec<crate::store::Write>,
+    at: Applied,
+) -> Result<(), RunError> {
+    tokio::task::spawn_blocking(move || commit_at(ks.as_ref(), writes, at))
+        .await
+        .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))?
+        .map_err(RunError::Store)
+}
+
 /// Folds every reader's events up to `target` into `ks`, committing each
 /// batch with the positions reached.
 async fn fold_to(
@@ -434,46 +438,44 @@ async fn fold_to(
     ks: &Arc<dyn Keyspace>,
     readers: &mut [Reader],
     mut at: Applied,
-    target: Applied,
+    target_at: Applied,
     job: &Job,
 ) -> Result<Applied, RunError> {
+    let mut members = MembersCache::default();
     for reader in readers.iter_mut() {
         let source = reader.source;
         loop {
-            let mut tx = Tx::new(ks.as_ref());
-            let genesis = crate::runner::from_genesis(ks.as_ref())?;
+            let mut target = Target::new(projection, ks.as_ref(), at)?;
+            let mut ctx = FoldCtx {
+                members: &mut members,
+                effects: false,
+            };
             let mut effects = Vec::new();
             let mut folded = 0u64;
-            let mut next = at;
             while folded < BATCH_MAX as u64 {
-                let pos = source.of(next);
-                let Some((seq, remaining, msg)) = reader.next_upto(pos, source.of(target)).await?
+                let pos = source.of(target.at);
+                let Some((seq, remaining, msg)) =
+                    reader.next_upto(pos, source.of(target_at)).await?
                 else {
                     break;
                 };
                 // Effects are the live runner's business; the new keyspace
                 // only needs the writes.
-                fold_message(
-                    projection,
-                    &mut tx,
-                    source,
-                    &msg,
-                    seq,
+                fold_one(
+                    std::slice::from_mut(&mut target),
+                    &Delivered::of(source, seq, &msg),
+                    &mut ctx,
                     &mut effects,
-                    genesis,
                 )?;
-                effects.clear();
-                match source {
-                    Source::Conv => next.conv = seq,
-                    Source::Rcpt => next.rcpt = seq,
-                }
                 folded += 1;
                 job.remaining[source as usize].store(remaining, Relaxed);
             }
+            let next = target.at;
             if folded == 0 {
                 break;
             }
-            commit_fold(ks.clone(), tx.into_writes(), next, Durability::Deferred).await?;
+            let writes = target.tx.into_writes();
+            commit_blocking(ks.clone(), writes, next).await?;
             at = next;
             job.folded.fetch_add(folded, Relaxed);
             job.conv_position.store(at.conv, Relaxed);
@@ -485,8 +487,8 @@ async fn fold_to(
         // Reached the target for this source (possibly with nothing in
         // between matching the filters).
         match source {
-            Source::Conv => at.conv = at.conv.max(target.conv),
-            Source::Rcpt => at.rcpt = at.rcpt.max(target.rcpt),
+            Source::Conv => at.conv = at.conv.max(target_at.conv),
+            Source::Rcpt => at.rcpt = at.rcpt.max(target_at.rcpt),
         }
     }
     Ok(at)

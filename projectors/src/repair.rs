@@ -14,11 +14,13 @@ use futures::StreamExt;
 use im_schema::v1;
 use im_streams::Topology;
 
+use crate::fold::{fold_one, Delivered, Target};
 use crate::keys::META;
+use crate::members_cache::MembersCache;
 use crate::projections::conv_of_key;
-use crate::runner::{fold_message, from_genesis, js_err, ProjectionState, RunError, Source};
+use crate::projections::FoldCtx;
+use crate::runner::{from_genesis, js_err, Applied, ProjectionState, RunError, Source};
 use crate::store::{Keyspace, MemKeyspace, StoreError, Write};
-use crate::tx::Tx;
 
 /// Events of one conversation a repair folds at most: it holds the
 /// projection's batch lock (the live runner waits) and keeps them in
@@ -44,6 +46,9 @@ pub async fn repair(
     let live = state.ks();
     let scratch = MemKeyspace::default();
     let genesis = from_genesis(live.as_ref())?;
+    let mut members = MembersCache::default();
+    // Where the scratch fold stands (it reads one conversation's subjects).
+    let mut folded_at = Applied::default();
     let mut events = 0u64;
     let mut sources = vec![(Source::Conv, at.conv)];
     if projection.reads_receipts() {
@@ -84,17 +89,21 @@ pub async fn repair(
                     "{conv} has more than {REPAIR_EVENTS_MAX} events: rebuild instead"
                 )));
             }
-            let mut tx = Tx::new(&scratch);
-            fold_message(
-                projection,
-                &mut tx,
-                source,
-                &msg,
-                info.stream_sequence,
+            let mut target = Target::new(projection, &scratch, folded_at)?;
+            target.genesis = genesis;
+            let mut ctx = FoldCtx {
+                members: &mut members,
+                effects: false,
+            };
+            fold_one(
+                std::slice::from_mut(&mut target),
+                &Delivered::of(source, info.stream_sequence, &msg),
+                &mut ctx,
                 &mut Vec::new(),
-                genesis,
             )?;
-            scratch.commit(tx.into_writes())?;
+            folded_at = target.at;
+            let writes = target.tx.into_writes();
+            scratch.commit(writes)?;
         }
     }
     let writes = conversation_diff(live.as_ref(), &scratch, conv.as_bytes())?;

@@ -508,3 +508,46 @@ async fn metrics_show_checkpoint_lag_applied_and_dead_letters() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_consumer_per_stream_and_nothing_left_unacknowledged() {
+    let mut s = Stack::start().await;
+    let _p = s.projector("main", None).await;
+    s.create("g1", &[("bob", Role::Member)]).await;
+    let mut last = 0;
+    for i in 0..600 {
+        last = s.send("g1", "bob", &format!("m{i}")).await.0;
+    }
+    let read = s.read("g1", "bob", 5).await;
+    wait_caught_up(&s.client, "main", last, read).await;
+    let js = async_nats::jetstream::new(s.client.clone());
+    for (stream, tail) in [("IM_CONV", last), ("IM_RCPT", read)] {
+        let mut st = js.get_stream(stream).await.unwrap();
+        let mut names = Vec::new();
+        let mut consumers = st.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.unwrap();
+            if info.config.durable_name.is_some() {
+                names.push(info.name.clone());
+            }
+        }
+        let expected = format!("main_{}", if stream == "IM_CONV" { "conv" } else { "rcpt" });
+        assert_eq!(
+            names,
+            vec![expected.clone()],
+            "one durable consumer on {stream}"
+        );
+        // The acks follow the commits: once caught up, nothing is pending
+        // and the ack floor is the stream's tail (no redelivery to come).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = st.consumer_info(&expected).await.unwrap();
+            if info.num_ack_pending == 0 && info.ack_floor.stream_sequence == tail {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{stream}: {info:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = st.info().await.unwrap();
+    }
+}

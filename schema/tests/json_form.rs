@@ -174,6 +174,7 @@ fn all_envelopes() -> Vec<v1::Envelope> {
                 conversation_id: "g1".into(),
                 last_seq: 9,
                 unread: 2,
+                unread_capped: false,
             }],
         })),
         envelope(Payload::Error(v1::Error {

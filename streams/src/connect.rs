@@ -62,9 +62,13 @@ pub fn parse_servers(list: &str) -> Result<Vec<ServerAddr>, StreamsError> {
     let servers: Vec<ServerAddr> = list
         .split(',')
         .map(str::trim)
-        .map(|s| {
-            s.parse::<ServerAddr>()
-                .map_err(|e| StreamsError::Config(format!("NATS server {s:?}: {e}")))
+        .map(|s| match s {
+            "" => Err(StreamsError::Config(format!(
+                "an empty NATS server in {list:?}"
+            ))),
+            s => s
+                .parse::<ServerAddr>()
+                .map_err(|e| StreamsError::Config(format!("NATS server {s:?}: {e}"))),
         })
         .collect::<Result<_, _>>()?;
     if servers.is_empty() {

@@ -35,6 +35,7 @@ pub async fn run(state: &AppState, user: &str, req: v1::SyncRequest) -> v1::Enve
                 conversation_id: entry.conversation_id,
                 last_seq: entry.last_seq,
                 unread: item.unread,
+                unread_capped: item.unread_capped,
             })
         })
         .collect();

@@ -89,7 +89,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
 async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::Result<()> {
     let nats = im_streams::connect::NatsArgs::new(url);
-    let client = nats.connect("imctl-up-projector").await?;
+    let client = nats.connect("imctl-up-projector-consume").await?;
     let js = async_nats::jetstream::new(client);
     let settings = StreamSettings {
         replicas: args.replicas,
@@ -113,7 +113,13 @@ async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::
         fanout_threshold: args.fanout_threshold,
         fanout: true,
     };
-    let mut projector = im_projectors::Projector::start(js.client(), projector_config)
+    // The projector's consumers and its publishing (deliveries, answers)
+    // on connections of their own, as in production.
+    let clients = im_projectors::Clients {
+        consume: js.client(),
+        publish: nats.connect("imctl-up-projector-publish").await?,
+    };
+    let mut projector = im_projectors::Projector::start_with(clients, projector_config)
         .await
         .context("starting the projector")?;
     println!(

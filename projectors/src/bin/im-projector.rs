@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let client = args.nats.connect("im-projector").await?;
+    let client = args.nats.connect("im-projector-consume").await?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = im_streams::definitions::read_topology(&js).await?;
     let partitions =
@@ -58,7 +58,13 @@ async fn main() -> anyhow::Result<()> {
         fanout_threshold: args.fanout_threshold,
         fanout: !args.no_fanout,
     };
-    let mut projector = Projector::start(client, config).await?;
+    // Consumers and publishing (deliveries, answers) on separate
+    // connections: neither queues behind the other.
+    let clients = im_projectors::Clients {
+        consume: client,
+        publish: args.nats.connect("im-projector-publish").await?,
+    };
+    let mut projector = Projector::start_with(clients, config).await?;
     if let Some(port) = args.metrics_port {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         tokio::spawn(im_projectors::metrics::serve(

@@ -5,7 +5,7 @@
 
 use im_schema::v1;
 
-use super::{Effect, Input, Projection};
+use super::{Effect, FoldCtx, Input, Projection};
 use crate::keys::key;
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
@@ -26,7 +26,12 @@ impl Projection for Dedupe {
         "dedupe"
     }
 
-    fn apply(&self, tx: &mut Tx, input: &Input) -> Result<Vec<Effect>, StoreError> {
+    fn apply(
+        &self,
+        tx: &mut Tx,
+        input: &Input,
+        _ctx: &mut FoldCtx,
+    ) -> Result<Vec<Effect>, StoreError> {
         let Input::Conv(stored) = input else {
             return Ok(Vec::new());
         };

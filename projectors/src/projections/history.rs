@@ -5,7 +5,7 @@
 
 use im_schema::v1::{self, conv_event::Kind, message_sent::Body};
 
-use super::{membership, Effect, Input, Projection};
+use super::{membership, Effect, FoldCtx, Input, Projection};
 use crate::keys::{key, prefix, prefix_end, seq};
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
@@ -47,13 +47,18 @@ impl Projection for History {
         "history"
     }
 
-    fn apply(&self, tx: &mut Tx, input: &Input) -> Result<Vec<Effect>, StoreError> {
+    fn apply(
+        &self,
+        tx: &mut Tx,
+        input: &Input,
+        ctx: &mut FoldCtx,
+    ) -> Result<Vec<Effect>, StoreError> {
         let Input::Conv(stored) = input else {
             return Ok(Vec::new());
         };
         let ev = &stored.event;
         let conv = ev.conversation_id.as_str();
-        let change = membership::fold(tx, ev)?;
+        let change = membership::fold(tx, ev, ctx)?;
         match &ev.kind {
             Some(Kind::MessageRecalled(r)) => update_target(tx, conv, r.target_conv_seq, |e| {
                 e.recalled = true;
@@ -82,12 +87,21 @@ impl Projection for History {
                 ..Default::default()
             },
         );
+        if !ctx.effects {
+            return Ok(Vec::new());
+        }
         // Everyone who is a member after the event, and whoever it removed
         // (they learn of their removal), the sender included.
-        let mut users = membership::user_ids(tx, conv)?;
-        users.extend(change.left);
-        users.sort();
-        users.dedup();
+        let members = ctx.members.get(tx, conv)?;
+        let users = if change.left.is_empty() {
+            members.to_vec()
+        } else {
+            let mut users = members.to_vec();
+            users.extend(change.left);
+            users.sort();
+            users.dedup();
+            users
+        };
         Ok(vec![Effect::Deliver {
             users,
             deliver: Box::new(v1::Deliver {

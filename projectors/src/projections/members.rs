@@ -3,7 +3,7 @@
 
 use im_schema::v1::{self, conv_event::Kind};
 
-use super::{membership, Effect, Input, Projection};
+use super::{membership, Effect, FoldCtx, Input, Projection};
 use crate::keys::{key, last_part, prefix, prefix_end};
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
@@ -22,13 +22,18 @@ impl Projection for Members {
         "members"
     }
 
-    fn apply(&self, tx: &mut Tx, input: &Input) -> Result<Vec<Effect>, StoreError> {
+    fn apply(
+        &self,
+        tx: &mut Tx,
+        input: &Input,
+        ctx: &mut FoldCtx,
+    ) -> Result<Vec<Effect>, StoreError> {
         let Input::Conv(stored) = input else {
             return Ok(Vec::new());
         };
         let ev = &stored.event;
         let conv = ev.conversation_id.as_str();
-        let change = membership::fold(tx, ev)?;
+        let change = membership::fold(tx, ev, ctx)?;
         let mut rec = tx
             .get_msg::<v1::ConversationRecord>(&conv_key(conv))?
             .unwrap_or_else(|| v1::ConversationRecord {

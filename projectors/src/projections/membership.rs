@@ -92,8 +92,19 @@ fn update(
     Ok(())
 }
 
-/// Folds one conversation event into the membership rows.
-pub fn fold(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<Change, StoreError> {
+/// Folds one conversation event into the membership rows and reports the
+/// change to the members cache.
+pub fn fold(
+    tx: &mut Tx,
+    ev: &v1::ConvEvent,
+    ctx: &mut super::FoldCtx,
+) -> Result<Change, StoreError> {
+    let change = fold_rows(tx, ev)?;
+    ctx.members.changed(&ev.conversation_id, &change);
+    Ok(change)
+}
+
+fn fold_rows(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<Change, StoreError> {
     let conv = ev.conversation_id.as_str();
     let mut change = Change::default();
     let Some(kind) = &ev.kind else {

@@ -39,13 +39,28 @@ pub enum Effect {
     },
 }
 
+/// What a fold may use besides its keyspace.
+pub struct FoldCtx<'a> {
+    /// Member lists, kept by the folds (see `members_cache.rs`).
+    pub members: &'a mut crate::members_cache::MembersCache,
+    /// Whether effects are wanted (a rebuild's folds need none).
+    pub effects: bool,
+}
+
 pub trait Projection: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Whether it also consumes IM_RCPT.
     fn reads_receipts(&self) -> bool {
         false
     }
-    fn apply(&self, tx: &mut Tx, input: &Input) -> Result<Vec<Effect>, StoreError>;
+    /// Folds one event. The writes an event makes do not grow with its
+    /// conversation's size (membership changes write their members' rows).
+    fn apply(
+        &self,
+        tx: &mut Tx,
+        input: &Input,
+        ctx: &mut FoldCtx,
+    ) -> Result<Vec<Effect>, StoreError>;
 }
 
 /// Every projection, in the order the runner starts them.
@@ -85,9 +100,7 @@ pub fn conv_of_key(key: &[u8]) -> Option<&[u8]> {
         | unread::MARK
         | unread::CURSOR
         | convlist::SUMMARY => first(),
-        members::USER_CONV | unread::ROW | convlist::ENTRY | convlist::ORDER | dedupe::RECORD => {
-            last()
-        }
+        members::USER_CONV | unread::ROW | convlist::ENTRY | dedupe::RECORD => last(),
         _ => None,
     }
 }

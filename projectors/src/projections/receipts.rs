@@ -4,7 +4,7 @@
 
 use im_schema::v1::{self, receipt_event};
 
-use super::{membership, Effect, Input, Projection};
+use super::{membership, Effect, FoldCtx, Input, Projection};
 use crate::keys::key;
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
@@ -27,10 +27,15 @@ impl Projection for Receipts {
         true
     }
 
-    fn apply(&self, tx: &mut Tx, input: &Input) -> Result<Vec<Effect>, StoreError> {
+    fn apply(
+        &self,
+        tx: &mut Tx,
+        input: &Input,
+        ctx: &mut FoldCtx,
+    ) -> Result<Vec<Effect>, StoreError> {
         let event = match input {
             Input::Conv(stored) => {
-                membership::fold(tx, &stored.event)?;
+                membership::fold(tx, &stored.event, ctx)?;
                 return Ok(Vec::new());
             }
             Input::Rcpt { event, .. } => event,
@@ -53,9 +58,15 @@ impl Projection for Receipts {
             return Ok(Vec::new());
         }
         tx.put_msg(k, &c);
-        let users = membership::user_ids(tx, conv)?
-            .into_iter()
-            .filter(|u| u != user)
+        if !ctx.effects {
+            return Ok(Vec::new());
+        }
+        let users = ctx
+            .members
+            .get(tx, conv)?
+            .iter()
+            .filter(|u| *u != user)
+            .cloned()
             .collect();
         Ok(vec![Effect::Receipt {
             users,

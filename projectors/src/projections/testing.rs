@@ -108,7 +108,12 @@ impl Sim {
 
 pub fn fold_all(p: &dyn Projection, ks: &dyn Keyspace, log: &[Logged]) -> Vec<Effect> {
     let mut effects = Vec::new();
+    let mut members = crate::members_cache::MembersCache::default();
     for item in log {
+        let mut ctx = FoldCtx {
+            members: &mut members,
+            effects: true,
+        };
         let mut tx = Tx::new(ks);
         let input = match item {
             Logged::Conv(s) => Input::Conv(s),
@@ -120,7 +125,7 @@ pub fn fold_all(p: &dyn Projection, ks: &dyn Keyspace, log: &[Logged]) -> Vec<Ef
         if matches!(input, Input::Rcpt { .. }) && !p.reads_receipts() {
             continue;
         }
-        effects.extend(p.apply(&mut tx, &input).unwrap());
+        effects.extend(p.apply(&mut tx, &input, &mut ctx).unwrap());
         ks.commit(tx.into_writes()).unwrap();
     }
     effects
@@ -359,4 +364,51 @@ fn every_model_key_belongs_to_one_conversation_and_folds_per_conversation_add_up
         assert!(digest_of(&whole).unwrap().keys > 0, "{}", p.name());
         assert_eq!(per_conv, digest_of(&whole).unwrap(), "{}", p.name());
     }
+}
+
+/// Keyspace writes one more message makes in a group of `members`, per
+/// projection.
+fn writes_per_message(members: usize) -> Vec<(&'static str, usize)> {
+    let mut sim = Sim::default();
+    let list = (0..members)
+        .map(|i| (format!("m{i}"), Role::Member))
+        .collect();
+    sim.run(
+        "g",
+        "owner",
+        Action::CreateGroup {
+            title: "g".into(),
+            members: list,
+        },
+    );
+    sim.send("g", "m1", "warm-up");
+    let before = sim.log.len();
+    sim.send("g", "m2", "counted");
+    let Logged::Conv(message) = &sim.log[before] else {
+        panic!("a message")
+    };
+    all()
+        .iter()
+        .map(|p| {
+            let ks = MemKeyspace::default();
+            fold_all(p.as_ref(), &ks, &sim.log[..before]);
+            let mut members = crate::members_cache::MembersCache::default();
+            let mut ctx = FoldCtx {
+                members: &mut members,
+                effects: true,
+            };
+            let mut tx = Tx::new(&ks);
+            p.apply(&mut tx, &Input::Conv(message), &mut ctx).unwrap();
+            (p.name(), tx.into_writes().len())
+        })
+        .collect()
+}
+
+#[test]
+fn a_message_writes_as_much_in_a_group_of_1000_as_in_a_group_of_10() {
+    let small = writes_per_message(10);
+    let large = writes_per_message(1_000);
+    println!("writes per message: 10 members {small:?}, 1000 members {large:?}");
+    assert_eq!(small, large);
+    assert!(small.iter().all(|(_, n)| *n <= 2), "{small:?}");
 }

@@ -1,27 +1,40 @@
-//! `unread`: (user, conv) -> last_read_seq and unread count; user -> total.
+//! `unread`: what each member has not read, counted when asked.
 //!
-//! Counts message events by others with conv_seq above both the user's read
-//! cursor and the seq at which they joined; recalled messages stop counting.
-//! The two streams may be folded in any interleaving (live, rebuild, split
-//! partitions) and give the same counts, because each row always equals
-//! #{messages s known here : s > max(joined, last_read), sender != user,
-//! not recalled}: a read subtracts only messages already folded, and a
-//! message at or below a known cursor is never added.
+//! Per message one row is written whatever the group's size: a mark
+//! `x<conv>\0<seq>` (sender, recalled). Per member, rows change only when
+//! they join, leave or read: `r<user>\0<conv>` (joined_seq, last_read_seq)
+//! and the read cursor `q<conv>\0<user>`, kept apart from membership so a
+//! cursor folded before the join it follows is not lost. A count is the
+//! number of marks after max(joined, last read), not by the user, not
+//! recalled, exact up to `UNREAD_CAP` (then "at least": clients show
+//! "99+"). Both streams may be folded in any interleaving (live, rebuild,
+//! split partitions) and give the same rows.
 
 use im_schema::v1::{self, conv_event::Kind, receipt_event};
 
-use super::{membership, Effect, Input, Projection};
+use super::{membership, Effect, FoldCtx, Input, Projection};
 use crate::keys::{key, last_part, prefix, prefix_end, seq};
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
 
 /// `r<user>\0<conv>` -> UnreadRow (members only).
 pub const ROW: u8 = b'r';
-/// `x<conv>\0<seq>` -> MessageMark: the messages reads count against.
+/// `x<conv>\0<seq>` -> MessageMark: the messages counts are made of.
 pub const MARK: u8 = b'x';
-/// `q<conv>\0<user>` -> read cursor (u64), kept apart from membership so a
-/// cursor folded before the join it follows is not lost.
+/// `q<conv>\0<user>` -> read cursor (u64).
 pub const CURSOR: u8 = b'q';
+
+/// Unread messages counted exactly; past it a count says "at least this".
+/// What a badge shows (99+), and what bounds a count's reads.
+pub const UNREAD_CAP: u64 = 99;
+
+/// Marks one count reads at most: the user's own and recalled messages do
+/// not count, so a few more than the cap are read before giving up.
+pub const UNREAD_SCAN_MAX: usize = 4 * (UNREAD_CAP as usize + 1);
+
+/// A user's conversations one answer looks at (here and in `convlist`):
+/// bounds a query's reads; past it the total is "at least".
+pub const CONVERSATIONS_SCAN_MAX: usize = 10_000;
 
 pub struct Unread;
 
@@ -41,14 +54,15 @@ fn cursor(tx: &Tx, conv: &str, user: &str) -> Result<u64, StoreError> {
         .unwrap_or(0))
 }
 
-fn counts(row: &v1::UnreadRow, s: u64) -> bool {
-    s > row.joined_seq && s > row.last_read_seq
-}
-
 impl Unread {
-    fn on_conv(&self, tx: &mut Tx, ev: &v1::ConvEvent) -> Result<(), StoreError> {
+    fn on_conv(
+        &self,
+        tx: &mut Tx,
+        ev: &v1::ConvEvent,
+        ctx: &mut FoldCtx,
+    ) -> Result<(), StoreError> {
         let conv = ev.conversation_id.as_str();
-        let change = membership::fold(tx, ev)?;
+        let change = membership::fold(tx, ev, ctx)?;
         for u in &change.left {
             tx.delete(row_key(u, conv));
         }
@@ -60,48 +74,28 @@ impl Unread {
             };
             tx.put_msg(row_key(u, conv), &row);
         }
-        let (target, delta, sender) = match &ev.kind {
-            Some(Kind::MessageSent(_)) => {
-                tx.put_msg(
-                    mark_key(conv, ev.conv_seq),
-                    &v1::MessageMark {
-                        sender: ev.actor.clone(),
-                        recalled: false,
-                    },
-                );
-                (ev.conv_seq, 1i64, ev.actor.clone())
-            }
+        match &ev.kind {
+            Some(Kind::MessageSent(_)) => tx.put_msg(
+                mark_key(conv, ev.conv_seq),
+                &v1::MessageMark {
+                    sender: ev.actor.clone(),
+                    recalled: false,
+                },
+            ),
             Some(Kind::MessageRecalled(r)) => {
                 let k = mark_key(conv, r.target_conv_seq);
-                match tx.get_msg::<v1::MessageMark>(&k)? {
-                    Some(mut mark) if !mark.recalled => {
-                        mark.recalled = true;
-                        tx.put_msg(k, &mark);
-                        (r.target_conv_seq, -1, mark.sender)
-                    }
-                    _ => return Ok(()),
+                if let Some(mut mark) = tx.get_msg::<v1::MessageMark>(&k)? {
+                    mark.recalled = true;
+                    tx.put_msg(k, &mark);
                 }
             }
-            _ => return Ok(()),
-        };
-        for user in membership::user_ids(tx, conv)? {
-            if user == sender {
-                continue;
-            }
-            let k = row_key(&user, conv);
-            if let Some(mut row) = tx.get_msg::<v1::UnreadRow>(&k)? {
-                if counts(&row, target) {
-                    row.unread = row.unread.saturating_add_signed(delta);
-                    tx.put_msg(k, &row);
-                }
-            }
+            _ => {}
         }
         Ok(())
     }
 
     fn on_read(&self, tx: &mut Tx, conv: &str, user: &str, up_to: u64) -> Result<(), StoreError> {
-        let old = cursor(tx, conv, user)?;
-        if up_to <= old {
+        if up_to <= cursor(tx, conv, user)? {
             return Ok(());
         }
         tx.put(
@@ -109,21 +103,10 @@ impl Unread {
             up_to.to_be_bytes().to_vec(),
         );
         let k = row_key(user, conv);
-        let Some(mut row) = tx.get_msg::<v1::UnreadRow>(&k)? else {
-            return Ok(());
-        };
-        let from = row.last_read_seq.max(row.joined_seq) + 1;
-        if up_to >= from {
-            let marks = tx.scan_range(&mark_key(conv, from), &mark_key(conv, up_to + 1))?;
-            let read = marks
-                .iter()
-                .filter_map(|(_, v)| prost::Message::decode(v.as_slice()).ok())
-                .filter(|m: &v1::MessageMark| !m.recalled && m.sender != user)
-                .count() as u64;
-            row.unread = row.unread.saturating_sub(read);
+        if let Some(mut row) = tx.get_msg::<v1::UnreadRow>(&k)? {
+            row.last_read_seq = row.last_read_seq.max(up_to);
+            tx.put_msg(k, &row);
         }
-        row.last_read_seq = row.last_read_seq.max(up_to);
-        tx.put_msg(k, &row);
         Ok(())
     }
 }
@@ -137,9 +120,14 @@ impl Projection for Unread {
         true
     }
 
-    fn apply(&self, tx: &mut Tx, input: &Input) -> Result<Vec<Effect>, StoreError> {
+    fn apply(
+        &self,
+        tx: &mut Tx,
+        input: &Input,
+        ctx: &mut FoldCtx,
+    ) -> Result<Vec<Effect>, StoreError> {
         match input {
-            Input::Conv(stored) => self.on_conv(tx, &stored.event)?,
+            Input::Conv(stored) => self.on_conv(tx, &stored.event, ctx)?,
             Input::Rcpt { event, .. } => {
                 if let Some(receipt_event::Kind::Read(r)) = &event.kind {
                     self.on_read(tx, &event.conversation_id, &event.user_id, r.up_to_seq)?;
@@ -148,6 +136,48 @@ impl Projection for Unread {
         }
         Ok(Vec::new())
     }
+}
+
+/// A count: exact when `capped` is false, else "at least `unread`".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    pub unread: u64,
+    pub capped: bool,
+}
+
+/// What `user` has not read in `conv`, given their row.
+fn count(
+    ks: &dyn Keyspace,
+    conv: &str,
+    user: &str,
+    row: &v1::UnreadRow,
+) -> Result<Count, StoreError> {
+    let from = row.joined_seq.max(row.last_read_seq) + 1;
+    let p = prefix(MARK, &[conv.as_bytes()]);
+    let marks = ks.range(
+        &mark_key(conv, from),
+        &prefix_end(&p),
+        false,
+        UNREAD_SCAN_MAX,
+    )?;
+    let mut n = 0u64;
+    for (k, v) in &marks {
+        let mark: v1::MessageMark = crate::store::decode_value(k, v)?;
+        if mark.recalled || mark.sender == user {
+            continue;
+        }
+        n += 1;
+        if n > UNREAD_CAP {
+            return Ok(Count {
+                unread: UNREAD_CAP,
+                capped: true,
+            });
+        }
+    }
+    Ok(Count {
+        unread: n,
+        capped: marks.len() == UNREAD_SCAN_MAX,
+    })
 }
 
 /// A user's unread counts: one conversation, or all of theirs here.
@@ -163,17 +193,25 @@ pub fn for_user(
         }
         None => {
             let p = prefix(ROW, &[user.as_bytes()]);
-            ks.range(&p, &prefix_end(&p), false, usize::MAX)?
+            ks.range(&p, &prefix_end(&p), false, CONVERSATIONS_SCAN_MAX)?
         }
     };
-    let mut out = v1::UnreadResult::default();
+    let truncated = rows.len() == CONVERSATIONS_SCAN_MAX;
+    let mut out = v1::UnreadResult {
+        total_capped: truncated,
+        ..Default::default()
+    };
     for (k, v) in rows {
         let row: v1::UnreadRow = crate::store::decode_value(&k, &v)?;
-        out.total += row.unread;
+        let conv = last_part(&k);
+        let c = count(ks, &conv, user, &row)?;
+        out.total += c.unread;
+        out.total_capped |= c.capped;
         out.conversations.push(v1::UnreadCount {
-            conversation_id: last_part(&k),
+            conversation_id: conv,
             last_read_seq: row.last_read_seq,
-            unread: row.unread,
+            unread: c.unread,
+            capped: c.capped,
         });
     }
     Ok(out)

@@ -59,7 +59,7 @@ pub struct ArchiveArgs {
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
-    pub nats: super::NatsArgs,
+    pub nats: super::Connection,
 }
 
 /// The object keys of the segment starting at `first`, and its manifest.

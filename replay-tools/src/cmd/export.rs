@@ -49,7 +49,7 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value = "jsonl")]
     pub format: Format,
     #[command(flatten)]
-    pub nats: super::NatsArgs,
+    pub nats: super::Connection,
 }
 
 /// Whether a conversation event is by or about `user`.

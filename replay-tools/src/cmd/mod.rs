@@ -20,13 +20,14 @@ pub const ENV_VARS: [(&str, &str); 4] = [
     ("IM_S3_SECRET_KEY", "S3 secret key"),
 ];
 
+/// Where the streams are, for every subcommand.
 #[derive(Debug, clap::Args)]
-pub struct NatsArgs {
+pub struct Connection {
     #[command(flatten)]
     pub nats: im_streams::connect::NatsArgs,
 }
 
-impl NatsArgs {
+impl Connection {
     pub async fn connect(&self) -> anyhow::Result<async_nats::jetstream::Context> {
         Ok(async_nats::jetstream::new(
             self.nats.connect("im-replay").await?,

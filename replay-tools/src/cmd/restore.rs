@@ -28,7 +28,7 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
-    pub nats: super::NatsArgs,
+    pub nats: super::Connection,
 }
 
 /// Headers the server acted on at the original append; replayed, they

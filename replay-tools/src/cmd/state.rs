@@ -3,9 +3,11 @@
 //! projections the projector runs, printed as JSON in the projector's own
 //! answer types, so they compare one to one with a query at that checkpoint.
 
-use im_projectors::projections::{history::History, members::Members, Input, Projection};
+use im_projectors::fold::{fold_one, Delivered, Target};
+use im_projectors::members_cache::MembersCache;
+use im_projectors::projections::{history::History, members::Members, FoldCtx};
+use im_projectors::runner::{Applied, Source};
 use im_projectors::store::{Keyspace, MemKeyspace};
-use im_projectors::tx::Tx;
 
 use crate::read::{Bounds, Reader};
 
@@ -20,7 +22,7 @@ pub struct StateArgs {
     #[arg(long)]
     pub at: Option<String>,
     #[command(flatten)]
-    pub nats: super::NatsArgs,
+    pub nats: super::Connection,
 }
 
 /// The conversation as of `bounds`: (members, history, last stream seq
@@ -29,7 +31,7 @@ pub async fn state_at(
     js: &async_nats::jetstream::Context,
     conv: &str,
     to_seq: u64,
-    at: Option<time::OffsetDateTime>,
+    at_time: Option<time::OffsetDateTime>,
 ) -> anyhow::Result<(
     im_schema::v1::MembersResult,
     Vec<im_schema::v1::HistoryEntry>,
@@ -47,28 +49,40 @@ pub async fn state_at(
     // membership rows, and sharing them would make the second see every
     // change as already made (a removal not counted, say).
     let (history_ks, members_ks) = (MemKeyspace::default(), MemKeyspace::default());
-    let folds: [(&dyn Projection, &MemKeyspace); 2] =
-        [(&History, &history_ks), (&Members, &members_ks)];
     let mut last = 0;
+    // Folded as the projector folds: what does not extend the chain is left
+    // out, as it is of every read model.
+    let mut cache = MembersCache::default();
+    let mut at = [Applied::default(); 2];
     while let Some(raw) = reader.next().await? {
-        if at.is_some_and(|t| raw.time > t) {
+        if at_time.is_some_and(|t| raw.time > t) {
             break;
         }
         let mut headers = async_nats::HeaderMap::new();
         for (k, v) in &raw.headers {
             headers.insert(k.as_str(), v.as_str());
         }
-        let stored = im_streams::codec::decode_conv_parts(
-            raw.seq,
-            &raw.subject,
-            Some(&headers),
-            &raw.payload,
-        )?;
-        for (fold, ks) in folds {
-            let mut tx = Tx::new(ks);
-            fold.apply(&mut tx, &Input::Conv(&stored))?;
-            ks.commit(tx.into_writes())?;
-        }
+        let delivered = Delivered {
+            source: Source::Conv,
+            stream_seq: raw.seq,
+            subject: &raw.subject,
+            headers: Some(&headers),
+            payload: &raw.payload,
+        };
+        let mut targets = [
+            Target::new(&History, &history_ks, at[0])?,
+            Target::new(&Members, &members_ks, at[1])?,
+        ];
+        let mut ctx = FoldCtx {
+            members: &mut cache,
+            effects: false,
+        };
+        fold_one(&mut targets, &delivered, &mut ctx, &mut Vec::new())?;
+        let [history, members] = targets;
+        at = [history.at, members.at];
+        let (h, m) = (history.tx.into_writes(), members.tx.into_writes());
+        history_ks.commit(h)?;
+        members_ks.commit(m)?;
         last = raw.seq;
     }
     let members = im_projectors::projections::members::members_of(&members_ks, conv)?

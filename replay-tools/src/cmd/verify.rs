@@ -11,7 +11,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub conv: Option<String>,
     #[command(flatten)]
-    pub nats: super::NatsArgs,
+    pub nats: super::Connection,
 }
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ pub struct WhoCouldReadArgs {
     #[arg(long)]
     pub seq: u64,
     #[command(flatten)]
-    pub nats: super::NatsArgs,
+    pub nats: super::Connection,
 }
 
 pub async fn run(args: WhoCouldReadArgs) -> anyhow::Result<()> {

@@ -1,0 +1,107 @@
+//! `imctl projections status` on a store of 200k events: it answers from
+//! counters (no digest, no scan) unless a digest is asked for. Its own
+//! test binary, so nothing else competes with the 200k-event fold.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// (success, stdout); stderr (logs) is shown on failure only.
+fn imctl(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A real server with the streams and a projector instance "main".
+async fn stack() -> (
+    im_testkit::NatsServer,
+    im_projectors::Projector,
+    tempfile::TempDir,
+) {
+    let server = im_testkit::NatsServer::start().await.unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    im_streams::apply_streams(&js, &Default::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let projector = im_projectors::Projector::start(
+        client,
+        im_projectors::ProjectorConfig {
+            instance: "main".into(),
+            partitions: None,
+            data_dir: dir.path().to_path_buf(),
+            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+            fanout: false,
+        },
+    )
+    .await
+    .unwrap();
+    (server, projector, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_answers_from_counters_on_a_200k_event_store() {
+    const EVENTS: u64 = 200_000;
+    let (server, _projector, _dir) = stack().await;
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    im_ops::cmd::bench::rebuild::seed(&js, EVENTS)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let plain = [
+        "projections",
+        "status",
+        "--nats-url",
+        &url,
+        "--json",
+        "--interval-ms",
+        "100",
+    ];
+    loop {
+        let (ok, out) = imctl(&plain);
+        assert!(ok, "{out}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        if rows
+            .iter()
+            .all(|r| r["checkpoint"].as_u64() >= Some(EVENTS))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never caught up: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let t0 = Instant::now();
+    let (ok, out) = imctl(&plain);
+    let plain_took = t0.elapsed();
+    assert!(ok, "{out}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(
+        rows.iter().all(|r| r["digest"] == ""),
+        "a plain status reads no entry"
+    );
+    let t0 = Instant::now();
+    let mut with_digest = plain.to_vec();
+    with_digest.push("--digest");
+    let (ok, out) = imctl(&with_digest);
+    let digest_took = t0.elapsed();
+    assert!(ok, "{out}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let keys: u64 = rows.iter().map(|r| r["keys"].as_u64().unwrap()).sum();
+    assert!(keys >= EVENTS, "{keys} keys");
+    // Printed, not compared: the plain status includes the 100 ms between
+    // its two samples.
+    println!(
+        "status over {EVENTS} events ({keys} keys): plain {plain_took:?}, with digests {digest_took:?}"
+    );
+}

@@ -1,0 +1,200 @@
+//! Folding delivered events into the projections that have not applied
+//! them yet: each event is decoded and checked against its conversation's
+//! chain once, then each projection folds it into its own overlay (or
+//! records it as a dead letter). Synchronous and IO-free apart from the
+//! keyspaces read: the live pipeline runs it on its own thread, rebuilds
+//! and repairs on theirs.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use im_schema::v1;
+use im_streams::codec::{decode_conv_parts, StoredEvent};
+
+use crate::chain;
+use crate::projections::{Effect, FoldCtx, Input, Projection};
+use crate::runner::{dead_letter_key, Applied, Source};
+use crate::store::{Keyspace, StoreError};
+use crate::tx::Tx;
+
+/// One delivered message: where it sits in its stream, and its bytes.
+pub struct Delivered<'m> {
+    pub source: Source,
+    pub stream_seq: u64,
+    pub subject: &'m str,
+    pub headers: Option<&'m HeaderMap>,
+    pub payload: &'m Bytes,
+}
+
+impl<'m> Delivered<'m> {
+    pub fn of(source: Source, stream_seq: u64, msg: &'m async_nats::jetstream::Message) -> Self {
+        Delivered {
+            source,
+            stream_seq,
+            subject: msg.subject.as_str(),
+            headers: msg.headers.as_ref(),
+            payload: &msg.payload,
+        }
+    }
+}
+
+/// One projection being folded into: its overlay and where it stands.
+pub struct Target<'a> {
+    pub projection: &'a dyn Projection,
+    pub tx: Tx<'a>,
+    pub at: Applied,
+    /// Whether its conversations start at their creation (see `chain.rs`).
+    pub genesis: bool,
+    pub folded: u64,
+    pub dead: u64,
+}
+
+impl<'a> Target<'a> {
+    pub fn new(
+        projection: &'a dyn Projection,
+        ks: &'a dyn Keyspace,
+        at: Applied,
+    ) -> Result<Self, StoreError> {
+        Ok(Target {
+            projection,
+            tx: Tx::new(ks),
+            at,
+            genesis: chain::chain_from(ks)?.unwrap_or(1) <= 1,
+            folded: 0,
+            dead: 0,
+        })
+    }
+
+    /// Whether this projection still has to fold the message.
+    fn needs(&self, msg: &Delivered) -> bool {
+        let reads = msg.source == Source::Conv || self.projection.reads_receipts();
+        reads && msg.stream_seq > msg.source.of(self.at)
+    }
+}
+
+/// A decoded event, or why it is poison.
+enum Decoded {
+    Conv(Box<StoredEvent>),
+    Rcpt(v1::ReceiptEvent),
+}
+
+fn decode(msg: &Delivered) -> Result<Decoded, String> {
+    let too_new = |v: u32| {
+        (v > im_schema::SCHEMA_VERSION).then(|| {
+            format!(
+                "schema version {v} is newer than {}",
+                im_schema::SCHEMA_VERSION
+            )
+        })
+    };
+    let subject_conv = im_streams::subjects::conv_id_of_subject(msg.subject);
+    match msg.source {
+        Source::Conv => {
+            let stored = decode_conv_parts(msg.stream_seq, msg.subject, msg.headers, msg.payload)
+                .map_err(|e| e.to_string())?;
+            if let Some(reason) = too_new(stored.event.schema_version) {
+                return Err(reason);
+            }
+            if subject_conv != Some(stored.event.conversation_id.as_str()) {
+                return Err("conversation id differs from the subject's".into());
+            }
+            Ok(Decoded::Conv(Box::new(stored)))
+        }
+        Source::Rcpt => {
+            let ev: v1::ReceiptEvent = im_schema::decode(msg.payload).map_err(|e| e.to_string())?;
+            if let Some(reason) = too_new(ev.schema_version) {
+                return Err(reason);
+            }
+            if subject_conv != Some(ev.conversation_id.as_str()) {
+                return Err("conversation id differs from the subject's".into());
+            }
+            Ok(Decoded::Rcpt(ev))
+        }
+    }
+}
+
+/// Whether a conversation event extends the chain as `t` holds it.
+fn verdict(t: &Target, stored: &StoredEvent) -> Result<(), String> {
+    let head = chain::head(&t.tx, &stored.event.conversation_id).map_err(|e| e.to_string())?;
+    chain::check(head, stored, t.genesis)
+}
+
+/// Folds one message into every target that needs it. Returns whether it
+/// was dead-lettered.
+pub fn fold_one(
+    targets: &mut [Target],
+    msg: &Delivered,
+    ctx: &mut FoldCtx,
+    effects: &mut Vec<Effect>,
+) -> Result<bool, StoreError> {
+    let needing: Vec<usize> = (0..targets.len())
+        .filter(|i| targets[*i].needs(msg))
+        .collect();
+    let Some(&first) = needing.first() else {
+        return Ok(false);
+    };
+    let decoded = decode(msg);
+    // Every target that needs the event has applied exactly the events
+    // before it, so one of them answers for all that start their chains
+    // the same way.
+    let mut verdicts: Vec<(bool, Result<(), String>)> = Vec::new();
+    let mut dead = false;
+    for i in needing {
+        let t = &mut targets[i];
+        let outcome = match &decoded {
+            Ok(Decoded::Conv(stored)) => {
+                let checked = match verdicts.iter().find(|(g, _)| *g == t.genesis) {
+                    Some((_, v)) => v.clone(),
+                    None => {
+                        let v = verdict(t, stored);
+                        verdicts.push((t.genesis, v.clone()));
+                        v
+                    }
+                };
+                checked.map(|()| {
+                    let out = t.projection.apply(&mut t.tx, &Input::Conv(stored), ctx);
+                    chain::advance(&mut t.tx, stored);
+                    out
+                })
+            }
+            Ok(Decoded::Rcpt(event)) => Ok(t.projection.apply(
+                &mut t.tx,
+                &Input::Rcpt {
+                    stream_seq: msg.stream_seq,
+                    event,
+                },
+                ctx,
+            )),
+            Err(reason) => Err(reason.clone()),
+        };
+        match outcome {
+            Ok(folded) => effects.extend(folded?),
+            Err(reason) => {
+                if i == first {
+                    tracing::error!(
+                        stream = msg.source.stream(),
+                        stream_seq = msg.stream_seq,
+                        %reason,
+                        "event dead-lettered"
+                    );
+                }
+                t.tx.put_msg(
+                    dead_letter_key(msg.source, msg.stream_seq),
+                    &v1::DeadLetter {
+                        stream: msg.source.stream().to_string(),
+                        stream_seq: msg.stream_seq,
+                        subject: msg.subject.to_string(),
+                        reason,
+                    },
+                );
+                t.dead += 1;
+                dead = true;
+            }
+        }
+        match msg.source {
+            Source::Conv => t.at.conv = msg.stream_seq,
+            Source::Rcpt => t.at.rcpt = msg.stream_seq,
+        }
+        t.folded += 1;
+    }
+    Ok(dead)
+}

@@ -1,0 +1,340 @@
+//! The one read pipeline of a projector instance. One durable consumer per
+//! stream (`<instance>_conv`, `<instance>_rcpt`), starting right after the
+//! lowest checkpoint of the projections that read it. Each batch goes to a
+//! dedicated fold thread (the async workers, which may also run a gateway,
+//! never fold or commit): each event is decoded and chain-checked once,
+//! every projection folds it into its own overlay and keeps its own
+//! checkpoint, then every projection's writes are committed (one atomic
+//! batch per keyspace, with its checkpoint) and flushed ONCE; then the
+//! effects are published (invariant 6), then one ack per stream and batch
+//! (AckPolicy::All). A crash anywhere loses at most unacknowledged
+//! batches, which the consumer redelivers and each checkpoint skips.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::fold::{fold_one, Delivered, Target};
+use crate::members_cache::MembersCache;
+use crate::projections::{Effect, FoldCtx, Projection};
+use crate::runner::{
+    commit_at, ensure_consumer, js_err, publish_effects, Applied, ProjectionState, RunError,
+    RunnerConfig, Source, BATCH_MAX, INPUT_QUEUE_MAX,
+};
+use crate::store::{Keyspace, StoreError};
+
+/// Delivered messages with their stream and stream sequence, in order.
+type Batch = Vec<(Source, u64, jetstream::Message)>;
+
+/// A projection to fold into, its serving keyspace, and where it stands.
+type Feed = (Arc<dyn Projection>, Arc<dyn Keyspace>, Applied);
+
+/// A batch handed to the fold thread, and where its answer goes.
+struct FoldJob {
+    batch: Batch,
+    targets: Vec<Feed>,
+    fanout: bool,
+    reply: oneshot::Sender<FoldDone>,
+}
+
+/// What the fold thread did with a batch; the messages come back to be
+/// acknowledged.
+struct FoldDone {
+    outcome: Result<Vec<(Applied, u64, u64)>, RunError>,
+    effects: Vec<Effect>,
+    batch: Batch,
+}
+
+/// Batches a fold thread may have waiting: one folding, one queued.
+const FOLD_QUEUE_MAX: usize = 1;
+
+/// Folds and commits batches until the job channel closes.
+fn fold_thread(mut jobs: mpsc::Receiver<FoldJob>) {
+    let mut members = MembersCache::default();
+    while let Some(job) = jobs.blocking_recv() {
+        let mut effects = Vec::new();
+        let mut ctx = FoldCtx {
+            members: &mut members,
+            effects: job.fanout,
+        };
+        let outcome = fold_and_commit(&job, &mut ctx, &mut effects).map_err(RunError::Store);
+        if outcome.is_err() {
+            // The store and the cache may disagree now; the next start
+            // reloads whatever is needed.
+            members.clear();
+        }
+        let _ = job.reply.send(FoldDone {
+            outcome,
+            effects,
+            batch: job.batch,
+        });
+    }
+}
+
+/// Folds a batch into every target, commits each keyspace with its
+/// checkpoints, flushes once. Returns (position, folded, dead) per target.
+fn fold_and_commit(
+    job: &FoldJob,
+    ctx: &mut FoldCtx,
+    effects: &mut Vec<Effect>,
+) -> Result<Vec<(Applied, u64, u64)>, StoreError> {
+    let mut targets = job
+        .targets
+        .iter()
+        .map(|(p, ks, at)| Target::new(p.as_ref(), ks.as_ref(), *at))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (source, stream_seq, msg) in &job.batch {
+        fold_one(
+            &mut targets,
+            &Delivered::of(*source, *stream_seq, msg),
+            ctx,
+            effects,
+        )?;
+    }
+    let mut out = Vec::with_capacity(targets.len());
+    let mut flush = None;
+    for (t, (_, ks, before)) in targets.into_iter().zip(&job.targets) {
+        out.push((t.at, t.folded, t.dead));
+        if t.at == *before {
+            continue;
+        }
+        commit_at(ks.as_ref(), t.tx.into_writes(), t.at)?;
+        flush = Some(ks.clone());
+    }
+    // Every keyspace is a tree of one store: one flush makes all durable.
+    if let Some(ks) = flush {
+        ks.flush()?;
+    }
+    Ok(out)
+}
+
+/// The pipeline's handles on the projections it feeds.
+pub struct Feeds {
+    pub states: Vec<Arc<ProjectionState>>,
+    pub applied: Vec<watch::Sender<Applied>>,
+}
+
+impl Feeds {
+    /// The lowest position of the projections that read `source` (None when
+    /// none does).
+    fn lowest(&self, source: Source) -> Option<u64> {
+        self.states
+            .iter()
+            .filter(|s| source == Source::Conv || s.projection.reads_receipts())
+            .map(|s| source.of(*s.applied.borrow()))
+            .min()
+    }
+}
+
+/// Why a batch loop ended without an error.
+enum Stop {
+    /// The channel closed (shutdown).
+    Closed,
+    /// Deliveries went out of order (one lost in transit, or a redelivery
+    /// above a checkpoint): reopen the consumers at the checkpoints rather
+    /// than apply out of order, which the skip would turn into a lost event.
+    Resync(&'static str),
+}
+
+/// Starts the pipeline; returns the task running it. `consume` carries the
+/// consumers and acks; `publish` the deliveries.
+pub async fn start(
+    consume: async_nats::Client,
+    publish: async_nats::Client,
+    cfg: Arc<RunnerConfig>,
+    feeds: Feeds,
+) -> Result<tokio::task::JoinHandle<Result<(), RunError>>, RunError> {
+    let js = jetstream::new(consume);
+    // Opened here so a misconfiguration fails `start`, not a task later.
+    let first = open_pumps(&js, &cfg, &feeds).await?;
+    let (jobs, rx) = mpsc::channel(FOLD_QUEUE_MAX);
+    std::thread::Builder::new()
+        .name(format!("fold-{}", cfg.instance))
+        .spawn(move || fold_thread(rx))
+        .map_err(|e| RunError::JetStream(format!("fold thread: {e}")))?;
+    Ok(tokio::spawn(async move {
+        let mut pumps = Some(first);
+        // Bounded by what can go wrong on the wire; each round first commits
+        // everything applied so far.
+        loop {
+            let (rx, guard) = match pumps.take() {
+                Some(p) => p,
+                None => open_pumps(&js, &cfg, &feeds).await?,
+            };
+            let stop = run_batches(rx, &publish, &cfg, &feeds, &jobs).await?;
+            drop(guard);
+            match stop {
+                Stop::Closed => return Ok(()),
+                Stop::Resync(why) => {
+                    tracing::warn!(
+                        instance = cfg.instance,
+                        why,
+                        "resyncing consumers from the checkpoints"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }))
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+type Input = mpsc::Receiver<(Source, jetstream::Message)>;
+
+/// Opens the instance's consumer of each stream some projection reads,
+/// starting right after the lowest checkpoint, pumping into one bounded
+/// channel.
+async fn open_pumps(
+    js: &jetstream::Context,
+    cfg: &RunnerConfig,
+    feeds: &Feeds,
+) -> Result<(Input, AbortOnDrop), RunError> {
+    let (tx_in, rx_in) = mpsc::channel(INPUT_QUEUE_MAX);
+    let mut pumps = Vec::new();
+    for source in [Source::Conv, Source::Rcpt] {
+        let Some(from) = feeds.lowest(source) else {
+            continue;
+        };
+        let consumer = ensure_consumer(js, cfg, source, from).await?;
+        let mut messages = consumer.messages().await.map_err(js_err)?;
+        let tx_in = tx_in.clone();
+        pumps.push(tokio::spawn(async move {
+            while let Some(next) = messages.next().await {
+                match next {
+                    Ok(msg) => {
+                        if tx_in.send((source, msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(source = source.tag(), error = %e, "consumer error"),
+                }
+            }
+        }));
+    }
+    Ok((rx_in, AbortOnDrop(pumps)))
+}
+
+/// The next batch: up to `BATCH_MAX` messages in delivery order, cut short
+/// where deliveries go out of order. `seen` is the last consumer sequence
+/// per source.
+fn take_batch(
+    items: Vec<(Source, jetstream::Message)>,
+    feeds: &Feeds,
+    seen: &mut [u64; 2],
+) -> Result<(Batch, Option<Stop>), RunError> {
+    let mut batch = Vec::with_capacity(items.len());
+    for (source, msg) in items {
+        let info = msg.info().map_err(js_err)?;
+        let (stream_seq, consumer_seq, delivered) =
+            (info.stream_sequence, info.consumer_sequence, info.delivered);
+        let lowest = feeds.lowest(source).unwrap_or(0);
+        let seen = &mut seen[source as usize];
+        if stream_seq > lowest && (consumer_seq != *seen + 1 || delivered > 1) {
+            let why = if delivered > 1 {
+                "redelivery above a checkpoint"
+            } else {
+                "a delivery never arrived"
+            };
+            return Ok((batch, Some(Stop::Resync(why))));
+        }
+        *seen = (*seen).max(consumer_seq);
+        batch.push((source, stream_seq, msg));
+    }
+    Ok((batch, None))
+}
+
+/// Folds batches until the channel closes or deliveries go out of order.
+async fn run_batches(
+    mut rx_in: Input,
+    publish: &async_nats::Client,
+    cfg: &RunnerConfig,
+    feeds: &Feeds,
+    jobs: &mpsc::Sender<FoldJob>,
+) -> Result<Stop, RunError> {
+    // Consumer sequences of fresh consumers are numbered 1, 2, 3...; a jump
+    // means a delivery never arrived.
+    let mut seen = [0u64; 2];
+    while let Some(first) = rx_in.recv().await {
+        let mut items = vec![first];
+        while items.len() < BATCH_MAX {
+            match rx_in.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
+        }
+        let (batch, stop) = take_batch(items, feeds, &mut seen)?;
+        let done = fold_batch(batch, cfg, feeds, jobs).await?;
+        if cfg.fanout {
+            publish_effects(publish, cfg, done.effects).await;
+        }
+        // Acknowledge only what is durable: one ack per stream acks all
+        // before it. A lost ack means a redelivery, which is skipped.
+        for source in [Source::Conv, Source::Rcpt] {
+            if let Some((_, _, msg)) = done.batch.iter().rev().find(|(s, _, _)| *s == source) {
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(error = %e, "ack failed; redelivery will be skipped");
+                }
+            }
+        }
+        if let Some(stop) = stop {
+            return Ok(stop);
+        }
+    }
+    Ok(Stop::Closed)
+}
+
+/// Has the fold thread fold and commit one batch, holding every
+/// projection's batch lock meanwhile (a rebuild's hand-over or a repair
+/// waiting on one sees its keyspace and position stand still).
+async fn fold_batch(
+    batch: Batch,
+    cfg: &RunnerConfig,
+    feeds: &Feeds,
+    jobs: &mpsc::Sender<FoldJob>,
+) -> Result<FoldDone, RunError> {
+    let mut held = Vec::with_capacity(feeds.states.len());
+    for state in &feeds.states {
+        held.push(state.batch_lock.lock().await);
+    }
+    let targets = feeds
+        .states
+        .iter()
+        .map(|s| (s.projection.clone(), s.ks(), *s.applied.borrow()))
+        .collect();
+    let (reply, answer) = oneshot::channel();
+    let job = FoldJob {
+        batch,
+        targets,
+        fanout: cfg.fanout,
+        reply,
+    };
+    jobs.send(job)
+        .await
+        .map_err(|_| RunError::JetStream("the fold thread is gone".into()))?;
+    let mut done = answer
+        .await
+        .map_err(|_| RunError::JetStream("the fold thread is gone".into()))?;
+    let outcome = std::mem::replace(&mut done.outcome, Ok(Vec::new()))?;
+    for ((state, applied), (at, folded, dead)) in
+        feeds.states.iter().zip(&feeds.applied).zip(outcome)
+    {
+        state.events_applied.fetch_add(folded, Relaxed);
+        state.dead_letters.fetch_add(dead, Relaxed);
+        let _ = applied.send(at);
+    }
+    drop(held);
+    Ok(done)
+}
