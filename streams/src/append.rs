@@ -134,6 +134,9 @@ pub enum ReceiptKind {
 
 struct Cached {
     state: ConvState,
+    /// (member + blacklist count, their bytes) when last measured: the
+    /// list is measured again only when it changed.
+    membership_bytes: (usize, usize),
     loaded: bool,
     /// The writer of the latest event folded in (`Im-Writer`).
     last_writer: String,
@@ -142,10 +145,16 @@ struct Cached {
 }
 
 impl Cached {
-    /// An upper bound of the memory this entry holds (see the parts').
-    fn approx_bytes(&self) -> usize {
+    /// The memory this entry holds, ids at their actual length. O(the
+    /// recent-message index), plus O(members) when the list changed.
+    fn approx_bytes(&mut self) -> usize {
+        let count = self.state.members.len() + self.state.blacklist.len();
+        if self.membership_bytes.0 != count {
+            self.membership_bytes = (count, self.state.membership_bytes());
+        }
         std::mem::size_of::<Self>()
-            + self.state.approx_bytes()
+            + self.membership_bytes.1
+            + self.state.index_bytes()
             + self.seen.approx_bytes()
             + self.last_writer.capacity()
     }
@@ -390,6 +399,7 @@ impl Appender {
     fn entry(&self, conv_id: &str) -> Arc<tokio::sync::Mutex<Cached>> {
         self.cache.entry(conv_id, || Cached {
             state: ConvState::empty(conv_id),
+            membership_bytes: (0, 0),
             loaded: false,
             last_writer: String::new(),
             seen: SeenCommands::new(),

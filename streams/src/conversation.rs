@@ -40,6 +40,9 @@ pub const META_VALUE_BYTES_MAX: usize = 512;
 /// entry); recall/edit of older messages is refused (`message_out_of_window`).
 pub const MESSAGE_INDEX_MAX: usize = 512;
 
+/// A B-tree entry's share of its node, for memory accounting.
+const NODE_BYTES: usize = 16;
+
 /// Ordered roles: Owner > Admin > Member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
@@ -148,18 +151,32 @@ impl ConvState {
             .map(|(seq, m)| (*seq, m))
     }
 
-    /// An upper bound of the memory this state holds, every id counted at
-    /// its longest, for caches bounded in bytes. O(1).
-    pub fn approx_bytes(&self) -> usize {
-        use std::mem::size_of;
-        // An id's String, and a B-tree entry's share of its node.
-        const ID: usize = crate::ids::ID_LEN_MAX + size_of::<String>();
-        const NODE: usize = 32;
-        size_of::<Self>()
-            + self.title.len()
-            + self.members.len() * (ID + size_of::<MemberState>() + NODE)
-            + self.blacklist.len() * (ID + NODE)
-            + self.messages.len() * (size_of::<u64>() + size_of::<MessageMeta>() + 2 * ID + NODE)
+    /// The memory its member list and blacklist hold, ids at their actual
+    /// length. O(members): callers redo it only when the list changed.
+    pub fn membership_bytes(&self) -> usize {
+        let id = |s: &String| s.capacity() + std::mem::size_of::<String>() + NODE_BYTES;
+        self.members
+            .keys()
+            .map(|u| id(u) + std::mem::size_of::<MemberState>())
+            .sum::<usize>()
+            + self.blacklist.iter().map(id).sum::<usize>()
+    }
+
+    /// The memory the rest holds (the recent-message index, bounded by
+    /// `MESSAGE_INDEX_MAX`). O(that index).
+    pub fn index_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.title.capacity()
+            + self
+                .messages
+                .values()
+                .map(|m| {
+                    std::mem::size_of::<(u64, MessageMeta)>()
+                        + NODE_BYTES
+                        + m.sender.capacity()
+                        + m.client_msg_id.capacity()
+                })
+                .sum::<usize>()
     }
 
     /// Records where the last applied event landed (the adapter's part).

@@ -90,6 +90,14 @@ pub struct SeenCommands {
     /// Whether every id up to `evicted_upto` is in `older`: false once the
     /// filter is full, or when a part of the log was never folded here.
     older_complete: bool,
+    /// Heap bytes the recent ids hold (kept as they come and go).
+    recent_bytes: usize,
+}
+
+/// One recent id's memory: the key twice (map and order), the positions,
+/// and the containers' share.
+fn recent_entry_bytes(msg_id: &str) -> usize {
+    2 * (msg_id.len() + std::mem::size_of::<String>()) + 3 * std::mem::size_of::<u64>() + 16
 }
 
 impl SeenCommands {
@@ -118,10 +126,12 @@ impl SeenCommands {
             .is_none()
         {
             self.order.push_back((msg_id.to_string(), stream_seq));
+            self.recent_bytes += recent_entry_bytes(msg_id);
         }
         while self.order.len() > RECENT_COMMANDS_MAX {
             if let Some((old, seq)) = self.order.pop_front() {
                 self.recent.remove(&old);
+                self.recent_bytes -= recent_entry_bytes(&old);
                 self.forget(Some(&old), seq);
             }
         }
@@ -156,13 +166,10 @@ impl SeenCommands {
         self.older.bytes
     }
 
-    /// An upper bound of the memory held, every id at its longest (a msg id
-    /// is `<user>:<client_msg_id>`, twice: in the map and the order). O(1).
+    /// The memory held: the recent ids at their actual length, and the
+    /// filter. O(1).
     pub fn approx_bytes(&self) -> usize {
-        use std::mem::size_of;
-        const MSG_ID: usize = 2 * crate::ids::ID_LEN_MAX + 1 + size_of::<String>();
-        const PER_ID: usize = 2 * MSG_ID + 3 * size_of::<u64>() + 16;
-        size_of::<Self>() + self.order.len() * PER_ID + self.older.bytes
+        std::mem::size_of::<Self>() + self.recent_bytes + self.older.bytes
     }
 }
 

@@ -1,6 +1,6 @@
 //! The conversations a writer keeps, bounded twice: by count
 //! (`CONV_CACHE_MAX`) and by bytes (`WRITER_CACHE_BYTES_MAX`, from each
-//! entry's upper-bound size, accounted whenever a command lets go of it).
+//! entry's size, accounted whenever a command lets go of it).
 //! The least recently used go first; one evicted while a command holds it
 //! lives on for that command only (CAS keeps two copies honest).
 
@@ -13,10 +13,12 @@ use lru::LruCache;
 pub const CONV_CACHE_MAX: usize = 2_048;
 
 /// Bytes of cached conversation state a writer keeps, all conversations
-/// together (upper bounds: every id counted at its longest). 64 MiB holds
-/// ~300 busy conversations with full indexes, or thousands of small ones,
-/// and keeps a gateway's writer well inside a modest container.
-pub const WRITER_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// together (ids at their actual length). A busy conversation with full
+/// indexes (512 recent ids, 512 recent messages) holds ~100-150 KB, so
+/// 128 MiB keeps ~1,000 of them (or the 2,048 the count allows of smaller
+/// ones) hot: evicting a conversation that is still written to costs a
+/// reload of its log, so the bound must hold the working set.
+pub const WRITER_CACHE_BYTES_MAX: usize = 128 * 1024 * 1024;
 
 struct Slot<T> {
     entry: Arc<tokio::sync::Mutex<T>>,

@@ -700,7 +700,7 @@ async fn media_in_a_message_must_be_the_senders_recorded_upload() {
 
 #[tokio::test]
 async fn the_writer_cache_stays_under_its_byte_bound() {
-    const BOUND: usize = 1024 * 1024;
+    const BOUND: usize = 512 * 1024;
     const GROUPS: usize = 40;
     let server = NatsServer::start().await.unwrap();
     let (_js, topo) = setup(&server.url(), &StreamSettings::default()).await;
@@ -712,8 +712,7 @@ async fn the_writer_cache_stays_under_its_byte_bound() {
     let app = im_streams::Appender::with_options(client, topo, options)
         .await
         .unwrap();
-    // 40 groups of 400 members: each state is ~55 KB at its upper bound,
-    // twice the bound in all.
+    // 40 groups of 400 members: ~30 KB each, twice the bound in all.
     let members: Vec<String> = (0..400).map(|i| format!("member-{i}")).collect();
     let refs: Vec<(&str, Role)> = members.iter().map(|m| (m.as_str(), Role::Member)).collect();
     for g in 0..GROUPS {
@@ -739,4 +738,35 @@ async fn the_writer_cache_stays_under_its_byte_bound() {
         "{sent:?}"
     );
     assert!(app.cache_usage().1 <= BOUND);
+}
+
+#[tokio::test]
+async fn a_working_set_of_conversations_stays_cached_under_the_default_bound() {
+    // Evicting a conversation still being written to costs a reload of its
+    // log on its next command: the default bound must hold a realistic
+    // working set (here 300 conversations with full recent indexes).
+    const CONVERSATIONS: usize = 300;
+    let server = NatsServer::start().await.unwrap();
+    let (_js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let app = appender(&server.url(), topo).await;
+    for c in 0..CONVERSATIONS {
+        create_group(&app, &format!("w{c}"), &[("alice", Role::Member)]).await;
+    }
+    let (_, small) = app.cache_usage();
+    // Each index full: more messages than it keeps, in one conversation (the
+    // size of one is what matters).
+    let full = im_streams::seen::RECENT_COMMANDS_MAX + 10;
+    for i in 0..full {
+        app.execute("w0", &cmd("alice", &format!("m{i}"), text("x")), "")
+            .await
+            .unwrap();
+    }
+    let (_, after) = app.cache_usage();
+    let one_full = after - small + small / CONVERSATIONS;
+    println!("a conversation with full indexes: about {one_full} bytes");
+    assert!(
+        CONVERSATIONS * one_full <= im_streams::writer_cache::WRITER_CACHE_BYTES_MAX,
+        "{CONVERSATIONS} full conversations would not fit: {one_full} bytes"
+    );
+    assert_eq!(app.cache_usage().0, CONVERSATIONS);
 }
