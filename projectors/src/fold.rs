@@ -64,17 +64,37 @@ impl<'a> Target<'a> {
         })
     }
 
-    /// Whether this projection still has to fold the message.
-    fn needs(&self, msg: &Delivered) -> bool {
-        let reads = msg.source == Source::Conv || self.projection.reads_receipts();
-        reads && msg.stream_seq > msg.source.of(self.at)
+    /// Whether this projection still has to fold a message.
+    fn needs(&self, source: Source, stream_seq: u64) -> bool {
+        let reads = source == Source::Conv || self.projection.reads_receipts();
+        reads && stream_seq > source.of(self.at)
     }
 }
 
-/// A decoded event, or why it is poison.
-enum Decoded {
+/// A decoded event.
+pub enum Decoded {
     Conv(Box<StoredEvent>),
     Rcpt(v1::ReceiptEvent),
+}
+
+/// A message decoded once for any number of folds: its position, its
+/// subject (for a dead letter), and its event or why it is poison.
+pub struct Item {
+    pub source: Source,
+    pub stream_seq: u64,
+    pub subject: String,
+    pub decoded: Result<Decoded, String>,
+}
+
+impl Item {
+    pub fn decode(msg: &Delivered) -> Item {
+        Item {
+            source: msg.source,
+            stream_seq: msg.stream_seq,
+            subject: msg.subject.to_string(),
+            decoded: decode(msg),
+        }
+    }
 }
 
 fn decode(msg: &Delivered) -> Result<Decoded, String> {
@@ -126,13 +146,26 @@ pub fn fold_one(
     ctx: &mut FoldCtx,
     effects: &mut Vec<Effect>,
 ) -> Result<bool, StoreError> {
+    if !targets.iter().any(|t| t.needs(msg.source, msg.stream_seq)) {
+        return Ok(false);
+    }
+    fold_item(targets, &Item::decode(msg), ctx, effects)
+}
+
+/// Folds a decoded message into every target that needs it. Returns
+/// whether it was dead-lettered.
+pub fn fold_item(
+    targets: &mut [Target],
+    item: &Item,
+    ctx: &mut FoldCtx,
+    effects: &mut Vec<Effect>,
+) -> Result<bool, StoreError> {
     let needing: Vec<usize> = (0..targets.len())
-        .filter(|i| targets[*i].needs(msg))
+        .filter(|i| targets[*i].needs(item.source, item.stream_seq))
         .collect();
     let Some(&first) = needing.first() else {
         return Ok(false);
     };
-    let decoded = decode(msg);
     // Every target that needs the event has applied exactly the events
     // before it, so one of them answers for all that start their chains
     // the same way.
@@ -140,7 +173,7 @@ pub fn fold_one(
     let mut dead = false;
     for i in needing {
         let t = &mut targets[i];
-        let outcome = match &decoded {
+        let outcome = match &item.decoded {
             Ok(Decoded::Conv(stored)) => {
                 let checked = match verdicts.iter().find(|(g, _)| *g == t.genesis) {
                     Some((_, v)) => v.clone(),
@@ -159,7 +192,7 @@ pub fn fold_one(
             Ok(Decoded::Rcpt(event)) => Ok(t.projection.apply(
                 &mut t.tx,
                 &Input::Rcpt {
-                    stream_seq: msg.stream_seq,
+                    stream_seq: item.stream_seq,
                     event,
                 },
                 ctx,
@@ -171,18 +204,18 @@ pub fn fold_one(
             Err(reason) => {
                 if i == first {
                     tracing::error!(
-                        stream = msg.source.stream(),
-                        stream_seq = msg.stream_seq,
+                        stream = item.source.stream(),
+                        stream_seq = item.stream_seq,
                         %reason,
                         "event dead-lettered"
                     );
                 }
                 t.tx.put_msg(
-                    dead_letter_key(msg.source, msg.stream_seq),
+                    dead_letter_key(item.source, item.stream_seq),
                     &v1::DeadLetter {
-                        stream: msg.source.stream().to_string(),
-                        stream_seq: msg.stream_seq,
-                        subject: msg.subject.to_string(),
+                        stream: item.source.stream().to_string(),
+                        stream_seq: item.stream_seq,
+                        subject: item.subject.clone(),
                         reason,
                     },
                 );
@@ -190,9 +223,9 @@ pub fn fold_one(
                 dead = true;
             }
         }
-        match msg.source {
-            Source::Conv => t.at.conv = msg.stream_seq,
-            Source::Rcpt => t.at.rcpt = msg.stream_seq,
+        match item.source {
+            Source::Conv => t.at.conv = item.stream_seq,
+            Source::Rcpt => t.at.rcpt = item.stream_seq,
         }
         t.folded += 1;
     }

@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::Deliv
 use futures::StreamExt;
 use im_schema::v1;
 
-use crate::fold::{fold_one, Delivered, Target};
+use crate::fold::{fold_item, Delivered, Item, Target};
 use crate::members_cache::MembersCache;
 use crate::projections::FoldCtx;
 use crate::projections::Projection;
@@ -191,8 +191,8 @@ impl Rebuilds {
         self.jobs().values().map(|j| j.progress()).collect()
     }
 
-    /// Starts rebuilding every state in `targets`; none starts if one of
-    /// them is already rebuilding.
+    /// Starts rebuilding every state in `targets` (one read of the streams
+    /// for all of them); none starts if one of them is already rebuilding.
     pub fn start(
         self: &Arc<Self>,
         targets: Vec<Arc<ProjectionState>>,
@@ -205,7 +205,7 @@ impl Rebuilds {
         {
             return Err(RebuildError::Running(busy.projection.name().into()));
         }
-        let mut started = Vec::new();
+        let mut work = Vec::new();
         for state in targets {
             let name = state.projection.name();
             let job = Arc::new(Job {
@@ -220,29 +220,63 @@ impl Rebuilds {
                 end: Mutex::new(None),
             });
             jobs.insert(name, job.clone());
-            started.push(job.progress());
-            let this = self.clone();
-            let task = tokio::spawn(async move {
-                let outcome = this.run(&job, &state, from_seq).await;
-                let (phase, error) = match outcome {
-                    Ok(true) => (v1::RebuildPhase::Swapped, String::new()),
-                    Ok(false) => (v1::RebuildPhase::Cancelled, String::new()),
-                    Err(e) => (v1::RebuildPhase::Failed, e.to_string()),
-                };
-                if phase != v1::RebuildPhase::Swapped {
-                    let name = keyspace_name(name, job.generation);
-                    if let Err(e) = this.store.drop_keyspace(&name) {
-                        tracing::warn!(keyspace = %name, error = %e, "could not drop an unfinished keyspace");
-                    }
-                }
-                tracing::info!(projection = name, generation = job.generation, ?phase, %error, "rebuild ended");
-                job.finish(phase, error);
-            });
-            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            tasks.retain(|t| !t.is_finished());
-            tasks.push(task.abort_handle());
+            work.push((job, state));
         }
+        drop(jobs);
+        let started = work.iter().map(|(j, _)| j.progress()).collect();
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let outcome = this.run(&work, from_seq).await;
+            this.finish(&work, outcome).await;
+        });
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task.abort_handle());
         Ok(started)
+    }
+
+    /// Ends every job of a run: the swapped ones drop their old keyspaces
+    /// (after the outcome is reported, outside the rebuild's time), the
+    /// others their unfinished new ones.
+    async fn finish(&self, work: &Work, outcome: Result<Option<Vec<Old>>, RunError>) {
+        let (phase, error) = match &outcome {
+            Ok(Some(_)) => (v1::RebuildPhase::Swapped, String::new()),
+            Ok(None) => (v1::RebuildPhase::Cancelled, String::new()),
+            Err(e) => (v1::RebuildPhase::Failed, e.to_string()),
+        };
+        for (job, _) in work {
+            if phase != v1::RebuildPhase::Swapped {
+                let name = keyspace_name(job.projection, job.generation);
+                if let Err(e) = self.store.drop_keyspace(&name) {
+                    tracing::warn!(keyspace = %name, error = %e, "could not drop an unfinished keyspace");
+                }
+            }
+            tracing::info!(projection = job.projection, generation = job.generation, ?phase, %error, "rebuild ended");
+            job.finish(phase, error.clone());
+        }
+        if let Ok(Some(old)) = outcome {
+            for old in old {
+                self.drop_when_unused(old).await;
+            }
+        }
+    }
+
+    /// Drops a swapped-out keyspace once no query holds it (queries that
+    /// took it before the swap finish on it), or leaves it to the next start.
+    async fn drop_when_unused(&self, (name, old): Old) {
+        for _ in 0..OLD_KEYSPACE_WAITS_MAX {
+            if Arc::strong_count(&old) == 1 {
+                drop(old);
+                // The new generation serves already: a failure here only
+                // leaves a leftover for the next start.
+                if let Err(e) = self.store.drop_keyspace(&name) {
+                    tracing::warn!(keyspace = %name, error = %e, "old keyspace not dropped; dropped at the next start");
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::warn!(keyspace = %name, "old keyspace still in use; dropped at the next start");
     }
 
     /// Asks the named rebuilds (all when empty) to stop before their swap.
@@ -257,89 +291,106 @@ impl Rebuilds {
             .collect()
     }
 
-    /// Folds a new generation and swaps it in; false when cancelled.
-    async fn run(
-        &self,
-        job: &Job,
-        state: &ProjectionState,
-        from_seq: u64,
-    ) -> Result<bool, RunError> {
-        let projection = state.projection.as_ref();
-        let name = keyspace_name(projection.name(), job.generation);
-        // A keyspace of this name can only be an earlier attempt's.
-        self.store.drop_keyspace(&name)?;
-        let ks = self.store.keyspace(&name)?;
-        // Events before `from_seq` are left out: chains start where it does.
-        ks.commit(vec![crate::chain::chain_from_write(from_seq)])?;
+    /// Folds new generations of every target and swaps them in; the old
+    /// keyspaces to drop, or None when cancelled.
+    async fn run(&self, work: &Work, from_seq: u64) -> Result<Option<Vec<Old>>, RunError> {
+        let mut gens = Vec::with_capacity(work.len());
+        for (job, state) in work {
+            let name = keyspace_name(job.projection, job.generation);
+            // A keyspace of this name can only be an earlier attempt's.
+            self.store.drop_keyspace(&name)?;
+            let ks = self.store.keyspace(&name)?;
+            // Events before `from_seq` are left out: chains start there.
+            ks.commit(vec![crate::chain::chain_from_write(from_seq)])?;
+            gens.push(Generation {
+                projection: state.projection.clone(),
+                ks,
+                at: Applied::default(),
+            });
+        }
         let js = jetstream::new(self.client.clone());
-        let mut readers = Vec::new();
-        readers.push(Reader::open(&js, &self.cfg, Source::Conv, from_seq).await?);
-        if projection.reads_receipts() {
+        let mut readers = vec![Reader::open(&js, &self.cfg, Source::Conv, from_seq).await?];
+        if gens.iter().any(|g| g.projection.reads_receipts()) {
             readers.push(Reader::open(&js, &self.cfg, Source::Rcpt, from_seq).await?);
         }
         for r in &readers {
-            job.remaining[r.source as usize].store(r.pending_at_open, Relaxed);
-        }
-        let mut at = Applied::default();
-        for round in 0.. {
-            if job.cancel.load(Relaxed) {
-                return Ok(false);
+            for (job, _) in work {
+                job.remaining[r.source as usize].store(r.pending_at_open, Relaxed);
             }
-            let target = *state.applied.borrow();
-            let gap: u64 = readers
+        }
+        let cancelled = || work.iter().any(|(j, _)| j.cancel.load(Relaxed));
+        let live = || -> Vec<Applied> { work.iter().map(|(_, s)| *s.applied.borrow()).collect() };
+        for round in 0.. {
+            if cancelled() {
+                return Ok(None);
+            }
+            let limits = live();
+            let gap: u64 = gens
                 .iter()
-                .map(|r| r.source.of(target).saturating_sub(r.source.of(at)))
-                .sum();
+                .zip(&limits)
+                .flat_map(|(g, l)| readers.iter().map(|r| r.source.of(*l).saturating_sub(r.source.of(g.at))))
+                .max()
+                .unwrap_or(0);
             if gap <= HANDOFF_GAP_MAX || round >= CATCHUP_ROUNDS_MAX {
                 break;
             }
-            at = fold_to(projection, &ks, &mut readers, at, target, job).await?;
+            fold_to(&mut gens, &mut readers, &limits, work).await?;
         }
-        let held = state.batch_lock.lock().await;
-        let target = *state.applied.borrow();
-        let at = fold_to(projection, &ks, &mut readers, at, target, job).await?;
-        if job.cancel.load(Relaxed) {
-            return Ok(false);
+        // The live pipeline waits while the last events are folded and the
+        // generations swapped: it holds every projection's lock per batch.
+        let mut held = Vec::with_capacity(work.len());
+        for (_, state) in work {
+            held.push(state.batch_lock.lock().await);
         }
-        if crate::runner::checkpoint(ks.as_ref(), Source::Conv)? != at.conv
-            || crate::runner::checkpoint(ks.as_ref(), Source::Rcpt)? != at.rcpt
-        {
-            // Nothing matched between the last event and the target (a
-            // `from_seq` past it): the checkpoints still say where it stands.
-            commit_blocking(ks.clone(), Vec::new(), at).await?;
+        let limits = live();
+        fold_to(&mut gens, &mut readers, &limits, work).await?;
+        if cancelled() {
+            return Ok(None);
         }
-        // The order makes a crash at any point safe: until the generation is
-        // durable the old keyspace serves after a restart and the new one is
-        // a leftover; after it, the new one serves.
-        self.meta.commit(vec![(
-            generation_key(projection.name()),
-            Some(job.generation.to_be_bytes().to_vec()),
-        )])?;
-        self.meta.flush()?;
-        let (old, old_generation) = state.swap(ks, job.generation);
-        drop(held);
-        // Queries that took the old keyspace before the swap finish on it;
-        // it is dropped once nobody holds it (or at the next start).
-        for _ in 0..OLD_KEYSPACE_WAITS_MAX {
-            if Arc::strong_count(&old) == 1 {
-                drop(old);
-                // The new generation serves already: a failure here only
-                // leaves a leftover for the next start, never an error that
-                // would drop the serving keyspace.
-                let old_name = keyspace_name(projection.name(), old_generation);
-                if let Err(e) = self.store.drop_keyspace(&old_name) {
-                    tracing::warn!(keyspace = %old_name, error = %e, "old keyspace not dropped; dropped at the next start");
-                }
-                return Ok(true);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tracing::warn!(
-            projection = projection.name(),
-            "old keyspace still in use; dropped at the next start"
-        );
-        Ok(true)
+        self.swap(work, gens, &limits).await.map(Some)
     }
+
+    /// Records each new generation (durably, before any swap: a crash
+    /// before the record leaves the old one serving and the new one a
+    /// leftover; after it, the new one serves), then swaps each in.
+    async fn swap(
+        &self,
+        work: &Work,
+        gens: Vec<Generation>,
+        limits: &[Applied],
+    ) -> Result<Vec<Old>, RunError> {
+        let mut records = Vec::new();
+        for ((job, _), (g, limit)) in work.iter().zip(gens.iter().zip(limits)) {
+            // Nothing matched between the last event and the live position
+            // (a `from_seq` past it): the checkpoints still say where it is.
+            commit_blocking(g.ks.clone(), Vec::new(), *limit).await?;
+            records.push((
+                generation_key(job.projection),
+                Some(job.generation.to_be_bytes().to_vec()),
+            ));
+        }
+        self.meta.commit(records)?;
+        self.meta.flush()?;
+        let mut old = Vec::new();
+        for ((job, state), g) in work.iter().zip(gens) {
+            let (ks, generation) = state.swap(g.ks, job.generation);
+            old.push((keyspace_name(job.projection, generation), ks));
+        }
+        Ok(old)
+    }
+}
+
+/// A run's projections: each job with the state it rebuilds.
+type Work = [(Arc<Job>, Arc<ProjectionState>)];
+
+/// A swapped-out keyspace, by name.
+type Old = (String, Arc<dyn Keyspace>);
+
+/// A new generation being folded.
+struct Generation {
+    projection: Arc<dyn Projection>,
+    ks: Arc<dyn Keyspace>,
+    at: Applied,
 }
 
 /// An ordered read of one stream (the instance's partitions) that can
@@ -431,67 +482,170 @@ async fn commit_blocking(
         .map_err(RunError::Store)
 }
 
-/// Folds every reader's events up to `target` into `ks`, committing each
-/// batch with the positions reached.
+/// Events a rebuild folds per round: large, to amortize the commits and
+/// the threads' start; bounded, since a round's decoded events are held in
+/// memory (~1 KB each: ~16 MB).
+pub const REBUILD_BATCH_MAX: usize = 16_384;
+
+/// Folds every reader's events up to each generation's limit (its
+/// projection's live position), a round at a time: each round's messages
+/// are decoded once, in parallel, then every generation folds them on its
+/// own thread (as many threads as cores) and commits with its position.
 async fn fold_to(
-    projection: &dyn Projection,
-    ks: &Arc<dyn Keyspace>,
+    gens: &mut [Generation],
     readers: &mut [Reader],
-    mut at: Applied,
-    target_at: Applied,
-    job: &Job,
-) -> Result<Applied, RunError> {
-    let mut members = MembersCache::default();
+    limits: &[Applied],
+    work: &Work,
+) -> Result<(), RunError> {
     for reader in readers.iter_mut() {
         let source = reader.source;
+        let reads = |g: &Generation| source == Source::Conv || g.projection.reads_receipts();
+        let upto = gens
+            .iter()
+            .zip(limits)
+            .filter(|(g, _)| reads(g))
+            .map(|(_, l)| source.of(*l))
+            .max()
+            .unwrap_or(0);
         loop {
-            let mut target = Target::new(projection, ks.as_ref(), at)?;
-            let mut ctx = FoldCtx {
-                members: &mut members,
-                effects: false,
-            };
-            let mut effects = Vec::new();
-            let mut folded = 0u64;
-            while folded < BATCH_MAX as u64 {
-                let pos = source.of(target.at);
-                let Some((seq, remaining, msg)) =
-                    reader.next_upto(pos, source.of(target_at)).await?
-                else {
+            let at = gens
+                .iter()
+                .filter(|g| reads(g))
+                .map(|g| source.of(g.at))
+                .min()
+                .unwrap_or(upto);
+            let mut batch = Vec::new();
+            let mut remaining = 0;
+            while batch.len() < REBUILD_BATCH_MAX {
+                let from = batch.last().map_or(at, |(seq, _)| *seq);
+                let Some((seq, left, msg)) = reader.next_upto(from, upto).await? else {
                     break;
                 };
-                // Effects are the live runner's business; the new keyspace
-                // only needs the writes.
-                fold_one(
-                    std::slice::from_mut(&mut target),
-                    &Delivered::of(source, seq, &msg),
-                    &mut ctx,
-                    &mut effects,
-                )?;
-                folded += 1;
-                job.remaining[source as usize].store(remaining, Relaxed);
+                remaining = left;
+                batch.push((seq, msg));
             }
-            let next = target.at;
-            if folded == 0 {
+            if batch.is_empty() {
                 break;
             }
-            let writes = target.tx.into_writes();
-            commit_blocking(ks.clone(), writes, next).await?;
-            at = next;
-            job.folded.fetch_add(folded, Relaxed);
-            job.conv_position.store(at.conv, Relaxed);
-            job.rcpt_position.store(at.rcpt, Relaxed);
-            if job.cancel.load(Relaxed) {
-                return Ok(at);
+            let folded = fold_round(gens, source, batch, limits).await?;
+            for ((job, _), (g, n)) in work.iter().zip(gens.iter().zip(folded)) {
+                job.folded.fetch_add(n, Relaxed);
+                job.remaining[source as usize].store(remaining, Relaxed);
+                job.conv_position.store(g.at.conv, Relaxed);
+                job.rcpt_position.store(g.at.rcpt, Relaxed);
+            }
+            if work.iter().any(|(j, _)| j.cancel.load(Relaxed)) {
+                return Ok(());
             }
         }
-        // Reached the target for this source (possibly with nothing in
-        // between matching the filters).
-        match source {
-            Source::Conv => at.conv = at.conv.max(target_at.conv),
-            Source::Rcpt => at.rcpt = at.rcpt.max(target_at.rcpt),
+    }
+    // Reached the limits (possibly with nothing in between matching).
+    for (g, l) in gens.iter_mut().zip(limits) {
+        g.at.conv = g.at.conv.max(l.conv);
+        if g.projection.reads_receipts() {
+            g.at.rcpt = g.at.rcpt.max(l.rcpt);
         }
     }
-    Ok(at)
+    Ok(())
+}
+
+/// One round, off the async threads: decodes in parallel, then folds each
+/// generation (only the events at or below its limit) on its own thread
+/// and commits it. Returns the events each folded.
+async fn fold_round(
+    gens: &mut [Generation],
+    source: Source,
+    batch: Vec<(u64, jetstream::Message)>,
+    limits: &[Applied],
+) -> Result<Vec<u64>, RunError> {
+    let work: Vec<(Arc<dyn Projection>, Arc<dyn Keyspace>, Applied, u64)> = gens
+        .iter()
+        .zip(limits)
+        .map(|(g, l)| (g.projection.clone(), g.ks.clone(), g.at, source.of(*l)))
+        .collect();
+    let done = tokio::task::spawn_blocking(move || fold_round_blocking(source, &batch, &work))
+        .await
+        .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))?
+        .map_err(RunError::Store)?;
+    let mut folded = Vec::with_capacity(gens.len());
+    for (g, (at, n)) in gens.iter_mut().zip(done) {
+        g.at = at;
+        folded.push(n);
+    }
+    Ok(folded)
+}
+
+type RoundWork = (Arc<dyn Projection>, Arc<dyn Keyspace>, Applied, u64);
+
+fn fold_round_blocking(
+    source: Source,
+    batch: &[(u64, jetstream::Message)],
+    work: &[RoundWork],
+) -> Result<Vec<(Applied, u64)>, StoreError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = batch.len().div_ceil(threads).max(1);
+    let items: Vec<Item> = std::thread::scope(|scope| {
+        let parts: Vec<_> = batch
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(seq, msg)| Item::decode(&Delivered::of(source, *seq, msg)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("decoding does not panic"))
+            .collect()
+    });
+    let items = &items;
+    let groups = work.len().min(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..groups)
+            .map(|g| {
+                scope.spawn(move || {
+                    work.iter()
+                        .skip(g)
+                        .step_by(groups)
+                        .map(|(p, ks, at, limit)| fold_generation(p.as_ref(), ks.as_ref(), *at, *limit, items))
+                        .collect::<Result<Vec<_>, StoreError>>()
+                })
+            })
+            .collect();
+        let mut out = vec![(Applied::default(), 0); work.len()];
+        for (g, h) in handles.into_iter().enumerate() {
+            let results = h.join().expect("folding does not panic")?;
+            for (k, r) in results.into_iter().enumerate() {
+                out[g + k * groups] = r;
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Folds the items at or below `limit` into one generation and commits
+/// them with its new position (no flush: see `commit_at`).
+fn fold_generation(
+    projection: &dyn Projection,
+    ks: &dyn Keyspace,
+    at: Applied,
+    limit: u64,
+    items: &[Item],
+) -> Result<(Applied, u64), StoreError> {
+    let mut target = Target::new(projection, ks, at)?;
+    let mut members = MembersCache::default();
+    let mut ctx = FoldCtx {
+        members: &mut members,
+        effects: false,
+    };
+    for item in items.iter().take_while(|i| i.stream_seq <= limit) {
+        fold_item(std::slice::from_mut(&mut target), item, &mut ctx, &mut Vec::new())?;
+    }
+    let (at, folded) = (target.at, target.folded);
+    commit_at(ks, target.tx.into_writes(), at)?;
+    Ok((at, folded))
 }
 
 #[cfg(test)]

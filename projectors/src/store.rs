@@ -56,6 +56,12 @@ fn engine(e: sled::Error) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
+/// Bytes of pages sled keeps in memory, all keyspaces together: a rebuild
+/// writes a whole new generation while the serving one is read, and with
+/// its working set in memory a million-event rebuild never waits on the
+/// disk for a page it just wrote.
+pub const STORE_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// A sled database; each projection gets its own tree.
 #[derive(Clone)]
 pub struct SledStore {
@@ -66,6 +72,7 @@ impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(STORE_CACHE_BYTES)
             // The checkpoint makes replays exact; flushes are explicit after
             // each batch, so the background flusher is only a backstop.
             .flush_every_ms(Some(1_000))
