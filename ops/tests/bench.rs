@@ -8,7 +8,7 @@ use std::process::Command;
 #[test]
 fn every_sub_benchmark_completes_with_positive_figures() {
     let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
-        .args(["bench", "all", "--quick"])
+        .args(["bench", "all", "--quick", "--json"])
         .output()
         .expect("running imctl bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -16,24 +16,32 @@ fn every_sub_benchmark_completes_with_positive_figures() {
     eprintln!("{stderr}");
     println!("{stdout}");
     assert!(out.status.success(), "imctl bench failed: {}", out.status);
-    let mut figures = BTreeMap::new();
-    for line in stdout.lines() {
-        let (name, value) = line
-            .split_once(' ')
-            .unwrap_or_else(|| panic!("not a `name value` line: {line:?}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}: {value:?}: {e}"));
-        assert!(value.is_finite() && value > 0.0, "{name} is {value}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    assert!(report["commit"].is_string(), "{report}");
+    let figures: BTreeMap<String, f64> = report["figures"]
+        .as_object()
+        .expect("figures")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    for (name, value) in &figures {
+        let zero_ok = name.ends_with("_events") && name.contains("backlog");
         assert!(
-            figures.insert(name.to_string(), value).is_none(),
-            "{name} twice"
+            value.is_finite() && (*value > 0.0 || (zero_ok && *value == 0.0)),
+            "{name} is {value}"
         );
     }
     for name in [
         "ingest_acks_per_s",
         "ingest_ack_p99_ms",
         "ingest_ratio",
+        "ingest_projected_per_s",
+        "ingest_backlog_events",
+        "pipeline_raw_per_s",
+        "ingest_pipeline_ratio",
+        "ingest_cpu_us_per_msg_nats",
+        "ingest_cpu_us_per_msg_stack",
+        "paced_server_cpu_us_per_msg",
         "deliveries_per_s",
         "fanout_ratio",
         "rebuild_events_per_s",

@@ -328,7 +328,11 @@ impl Rebuilds {
             let gap: u64 = gens
                 .iter()
                 .zip(&limits)
-                .flat_map(|(g, l)| readers.iter().map(|r| r.source.of(*l).saturating_sub(r.source.of(g.at))))
+                .flat_map(|(g, l)| {
+                    readers
+                        .iter()
+                        .map(|r| r.source.of(*l).saturating_sub(r.source.of(g.at)))
+                })
                 .max()
                 .unwrap_or(0);
             if gap <= HANDOFF_GAP_MAX || round >= CATCHUP_ROUNDS_MAX {
@@ -609,7 +613,9 @@ fn fold_round_blocking(
                     work.iter()
                         .skip(g)
                         .step_by(groups)
-                        .map(|(p, ks, at, limit)| fold_generation(p.as_ref(), ks.as_ref(), *at, *limit, items))
+                        .map(|(p, ks, at, limit)| {
+                            fold_generation(p.as_ref(), ks.as_ref(), *at, *limit, items)
+                        })
                         .collect::<Result<Vec<_>, StoreError>>()
                 })
             })
@@ -641,7 +647,12 @@ fn fold_generation(
         effects: false,
     };
     for item in items.iter().take_while(|i| i.stream_seq <= limit) {
-        fold_item(std::slice::from_mut(&mut target), item, &mut ctx, &mut Vec::new())?;
+        fold_item(
+            std::slice::from_mut(&mut target),
+            item,
+            &mut ctx,
+            &mut Vec::new(),
+        )?;
     }
     let (at, folded) = (target.at, target.folded);
     commit_at(ks, target.tx.into_writes(), at)?;

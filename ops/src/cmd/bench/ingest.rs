@@ -17,7 +17,7 @@ use futures::StreamExt;
 use im_schema::v1::{self, envelope::Payload};
 
 use super::stack::{self, Stack, Ws};
-use super::{bench_limits, create_group, ms, percentile, Figures, Size, StackOptions};
+use super::{bench_limits, create_group, ms, percentile, probe, Figures, Size, StackOptions};
 
 /// Conversations each sender rotates over: many conversations, as the
 /// issue asks, so that no single subject's CAS serialises the load.
@@ -204,7 +204,7 @@ async fn senders_with_history(
 /// Ingest into conversations with a history past the recent index.
 async fn measure_history(stack: &Stack, size: &Size, clients: usize) -> anyhow::Result<Ingest> {
     let senders = senders_with_history(stack, clients, "hist").await?;
-    measure_senders(senders, size, "hist").await
+    Ok(measure_senders(stack, senders, size, "hist", None).await?.0)
 }
 
 /// (p50, p99) µs of asking the `dedupe` projection about an id: what a send
@@ -258,6 +258,49 @@ pub struct Ingest {
     pub p99_us: f64,
 }
 
+impl Ingest {
+    pub fn of(sent: &mut Sent, size: &Size) -> Ingest {
+        Ingest {
+            acks_per_s: sent.acks as f64 / size.measure.as_secs_f64(),
+            p50_us: percentile(&mut sent.ack_us, 50.0),
+            p99_us: percentile(&mut sent.ack_us, 99.0),
+        }
+    }
+}
+
+/// What the stack did in a measured window.
+pub struct Window {
+    /// CPU µs per acknowledged send: nats-server, the stack, this load
+    /// generator.
+    pub cpu_us: (f64, f64, f64),
+    /// Events the projector folded per second in the window.
+    pub projected_per_s: f64,
+    /// Events in IM_CONV the projector had not folded at the window's end.
+    pub backlog: u64,
+}
+
+/// Samples CPU and the projector's progress at the window's edges.
+async fn sample_window(
+    stack: &Stack,
+    client: async_nats::Client,
+    measure_from: Instant,
+    until: Instant,
+) -> anyhow::Result<(probe::Cpu, probe::Cpu, u64, u64, u64)> {
+    tokio::time::sleep_until(measure_from.into()).await;
+    let (cpu0, (folded0, _)) = (probe::Cpu::sample(stack)?, probe::projected(&client).await?);
+    tokio::time::sleep_until(until.into()).await;
+    let (cpu1, (folded1, checkpoint)) =
+        (probe::Cpu::sample(stack)?, probe::projected(&client).await?);
+    let last = probe::conv_last_seq(&client).await?;
+    Ok((
+        cpu0,
+        cpu1,
+        folded1.saturating_sub(folded0),
+        checkpoint,
+        last,
+    ))
+}
+
 /// Our side: `clients` senders as fast as their acks come.
 pub async fn measure(
     stack: &Stack,
@@ -266,51 +309,67 @@ pub async fn measure(
     run: &str,
 ) -> anyhow::Result<Ingest> {
     let senders = senders(stack, clients, run).await?;
-    measure_senders(senders, size, run).await
+    Ok(measure_senders(stack, senders, size, run, None).await?.0)
 }
 
-/// Runs the senders as fast as their acks come, warm-up first.
+/// Runs the senders (as fast as their acks come, or one send per `pace`
+/// each), warm-up first, sampling the stack over the measured window.
 async fn measure_senders(
+    stack: &Stack,
     senders: Vec<(Ws, Vec<String>)>,
     size: &Size,
     tag: &str,
-) -> anyhow::Result<Ingest> {
+    pace: Option<Duration>,
+) -> anyhow::Result<(Ingest, Window)> {
+    let client = stack.nats().await?;
     let start = Instant::now();
     let plan = Plan {
         measure_from: start + size.warmup,
         until: start + size.warmup + size.measure,
-        pace: None,
+        pace,
         epoch: start,
     };
-    let mut sent = drive(senders, tag, plan).await?;
-    Ok(Ingest {
-        acks_per_s: sent.acks as f64 / size.measure.as_secs_f64(),
-        p50_us: percentile(&mut sent.ack_us, 50.0),
-        p99_us: percentile(&mut sent.ack_us, 99.0),
-    })
+    let (sent, window) = tokio::join!(
+        drive(senders, tag, plan),
+        sample_window(stack, client, plan.measure_from, plan.until)
+    );
+    let mut sent = sent?;
+    let (cpu0, cpu1, folded, checkpoint, last) = window?;
+    let window = Window {
+        cpu_us: cpu0.per_message(&cpu1, sent.acks),
+        projected_per_s: folded as f64 / size.measure.as_secs_f64(),
+        backlog: last.saturating_sub(checkpoint),
+    };
+    Ok((Ingest::of(&mut sent, size), window))
 }
 
-/// The raw baseline: `writers` tasks on one connection (as the gateway has
-/// one), each publishing into its own subjects with CAS and a msg id.
-pub async fn measure_raw(stack: &Stack, size: &Size, writers: usize) -> anyhow::Result<Ingest> {
-    let client = stack.nats().await?;
-    let js = async_nats::jetstream::new(client);
-    let mut conv_config = js
+/// A scratch stream configured like IM_CONV on other subjects, for the
+/// baselines (deleted after).
+pub async fn scratch_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    subjects: &str,
+) -> anyhow::Result<()> {
+    let mut config = js
         .get_stream(im_streams::definitions::CONV_STREAM)
         .await?
         .info()
         .await?
         .config
         .clone();
-    conv_config.name = RAW_STREAM.into();
-    conv_config.subjects = vec!["bench.raw.>".into()];
-    conv_config.deny_delete = false;
-    conv_config.deny_purge = false;
-    conv_config.metadata = Default::default();
-    js.create_stream(conv_config)
+    config.name = name.into();
+    config.subjects = vec![subjects.into()];
+    config.deny_delete = false;
+    config.deny_purge = false;
+    config.metadata = Default::default();
+    js.create_stream(config)
         .await
-        .context("creating the raw stream")?;
-    // A stored event as the append path makes it: the same bytes and headers.
+        .with_context(|| format!("creating the scratch stream {name}"))?;
+    Ok(())
+}
+
+/// A stored event as the append path makes it: the same bytes and headers.
+pub fn raw_event() -> (Bytes, async_nats::HeaderMap) {
     let event = v1::ConvEvent {
         conversation_id: "raw-0-0".into(),
         conv_seq: 1,
@@ -326,15 +385,27 @@ pub async fn measure_raw(stack: &Stack, size: &Size, writers: usize) -> anyhow::
     };
     let payload = Bytes::from(im_schema::encode(&event));
     let headers = im_streams::codec::conv_headers(&event, "bench", "raw-writer");
-    let start = Instant::now();
-    let (measure_from, until) = (start + size.warmup, start + size.warmup + size.measure);
+    (payload, headers)
+}
+
+/// `writers` tasks on one connection (as the gateway has one), each
+/// publishing into its own `prefix.<w>.<k>` subjects with CAS and a msg id,
+/// one publish in flight each, until `until`; acks after `measure_from`.
+pub async fn cas_writers(
+    js: &async_nats::jetstream::Context,
+    prefix: &str,
+    writers: usize,
+    measure_from: Instant,
+    until: Instant,
+) -> anyhow::Result<Sent> {
+    let (payload, headers) = raw_event();
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
             let (js, payload, headers) = (js.clone(), payload.clone(), headers.clone());
+            let subjects: Vec<String> = (0..CONVS_PER_SENDER)
+                .map(|k| format!("{prefix}.{w}.{k}"))
+                .collect();
             tokio::spawn(async move {
-                let subjects: Vec<String> = (0..CONVS_PER_SENDER)
-                    .map(|k| format!("bench.raw.{w}.{k}"))
-                    .collect();
                 let mut last = vec![0u64; subjects.len()];
                 let mut sent = Sent::default();
                 for n in 0u64.. {
@@ -359,21 +430,56 @@ pub async fn measure_raw(stack: &Stack, size: &Size, writers: usize) -> anyhow::
             })
         })
         .collect();
-    let mut all = gather(tasks).await?;
+    gather(tasks).await
+}
+
+/// The raw baseline: CAS publishes only, into a scratch stream.
+pub async fn measure_raw(stack: &Stack, size: &Size, writers: usize) -> anyhow::Result<Ingest> {
+    let js = async_nats::jetstream::new(stack.nats().await?);
+    scratch_stream(&js, RAW_STREAM, "bench.raw.>").await?;
+    let start = Instant::now();
+    let (measure_from, until) = (start + size.warmup, start + size.warmup + size.measure);
+    let mut all = cas_writers(&js, "bench.raw", writers, measure_from, until).await?;
     js.delete_stream(RAW_STREAM).await?;
-    Ok(Ingest {
-        acks_per_s: all.acks as f64 / size.measure.as_secs_f64(),
-        p50_us: percentile(&mut all.ack_us, 50.0),
-        p99_us: percentile(&mut all.ack_us, 99.0),
-    })
+    Ok(Ingest::of(&mut all, size))
+}
+
+/// Senders `d<i>`, each connected, each in a direct conversation with
+/// `e<i>` (created by a first message through the append path).
+async fn direct_senders(stack: &Stack, count: usize) -> anyhow::Result<Vec<(Ws, Vec<String>)>> {
+    let appender = super::appender(&stack.nats().await?).await?;
+    let mut out = Vec::new();
+    for i in 0..count {
+        let (sender, peer) = (format!("d{i}"), format!("e{i}"));
+        let conv = im_streams::subjects::direct_conversation_id(&sender, &peer)?;
+        let first = im_streams::Command {
+            actor: sender.clone(),
+            client_msg_id: "hello".into(),
+            action: im_streams::Action::Send {
+                peer: Some(peer),
+                body: im_streams::MessageBody::Text("hello".into()),
+                meta: Default::default(),
+            },
+        };
+        appender.execute(&conv, &first, "bench").await?;
+        out.push((stack.connect(&sender, "bench").await?, vec![conv]));
+    }
+    Ok(out)
+}
+
+/// Senders of the paced phase: enough that each sends at most 10/s, as a
+/// person might.
+fn paced_senders(rate: u64) -> usize {
+    rate.div_ceil(10).max(1) as usize
 }
 
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let stack = Stack::start(StackOptions {
-        limits: bench_limits(size.clients),
+        limits: bench_limits(size.clients + paced_senders(size.rate)),
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
     })
     .await?;
+    let mut f = Figures::default();
     let raw = measure_raw(&stack, size, size.clients).await?;
     eprintln!(
         "ingest: raw {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} writers)",
@@ -382,15 +488,47 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
         ms(raw.p99_us),
         size.clients
     );
-    let ours = measure(&stack, size, size.clients, "ing").await?;
+    let pipeline = super::pipeline::measure(&stack, size, size.clients).await?;
+    eprintln!("ingest: pipeline baseline {pipeline:.0}/s");
+    probe::wait_caught_up(&stack.nats().await?).await?;
+    let senders = senders(&stack, size.clients, "ing").await?;
+    let (ours, window) = measure_senders(&stack, senders, size, "ing", None).await?;
     eprintln!(
-        "ingest: ours {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} websocket clients)",
+        "ingest: ours {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} websocket clients); projected {:.0}/s, backlog {} at the end; CPU µs/msg nats {:.0} stack {:.0} load {:.0}",
         ours.acks_per_s,
         ms(ours.p50_us),
         ms(ours.p99_us),
-        size.clients
+        size.clients,
+        window.projected_per_s,
+        window.backlog,
+        window.cpu_us.0,
+        window.cpu_us.1,
+        window.cpu_us.2,
     );
-    let history = measure_history(&stack, size, size.clients).await?;
+    f.add("ingest_acks_per_s", ours.acks_per_s);
+    f.add("ingest_ack_p50_ms", ms(ours.p50_us));
+    f.add("ingest_ack_p99_ms", ms(ours.p99_us));
+    f.add("ingest_projected_per_s", window.projected_per_s);
+    f.add_count("ingest_backlog_events", window.backlog as f64);
+    f.add("ingest_cpu_us_per_msg_nats", window.cpu_us.0);
+    f.add("ingest_cpu_us_per_msg_stack", window.cpu_us.1);
+    f.add("ingest_cpu_us_per_msg_load", window.cpu_us.2);
+    f.add("ingest_raw_per_s", raw.acks_per_s);
+    f.add("ingest_raw_p99_ms", ms(raw.p99_us));
+    f.add("ingest_ratio", ours.acks_per_s / raw.acks_per_s);
+    f.add("pipeline_raw_per_s", pipeline);
+    f.add("ingest_pipeline_ratio", ours.acks_per_s / pipeline);
+    history_phase(&stack, size, &mut f).await?;
+    paced_phase(&stack, size, &mut f).await?;
+    stack.stop().await;
+    Ok(f)
+}
+
+/// Ingest into conversations with history past the recent index, and what
+/// an index lookup costs.
+async fn history_phase(stack: &Stack, size: &Size, f: &mut Figures) -> anyhow::Result<()> {
+    probe::wait_caught_up(&stack.nats().await?).await?;
+    let history = measure_history(stack, size, size.clients).await?;
     let lookups = stack
         .gateway_counter("im_gateway_index_lookups_total")
         .await?;
@@ -400,24 +538,40 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
         ms(history.p50_us),
         ms(history.p99_us),
     );
-    let (lookup_p50, lookup_p99) = index_lookup_us(&stack).await?;
+    let (lookup_p50, lookup_p99) = index_lookup_us(stack).await?;
     eprintln!(
         "ingest: a dedupe index lookup p50 {:.3} ms p99 {:.3} ms",
         ms(lookup_p50),
         ms(lookup_p99)
     );
-    stack.stop().await;
-    let mut f = Figures::default();
-    f.add("ingest_acks_per_s", ours.acks_per_s);
     f.add("ingest_history_acks_per_s", history.acks_per_s);
     f.add("ingest_history_ack_p50_ms", ms(history.p50_us));
     f.add("ingest_history_ack_p99_ms", ms(history.p99_us));
     f.add("index_lookup_p50_ms", ms(lookup_p50));
     f.add("index_lookup_p99_ms", ms(lookup_p99));
-    f.add("ingest_ack_p50_ms", ms(ours.p50_us));
-    f.add("ingest_ack_p99_ms", ms(ours.p99_us));
-    f.add("ingest_raw_per_s", raw.acks_per_s);
-    f.add("ingest_raw_p99_ms", ms(raw.p99_us));
-    f.add("ingest_ratio", ours.acks_per_s / raw.acks_per_s);
-    Ok(f)
+    Ok(())
+}
+
+/// A fixed, everyday rate into direct chats: what the servers spend per
+/// message when they are not saturated.
+async fn paced_phase(stack: &Stack, size: &Size, f: &mut Figures) -> anyhow::Result<()> {
+    probe::wait_caught_up(&stack.nats().await?).await?;
+    let count = paced_senders(size.rate);
+    let senders = direct_senders(stack, count).await?;
+    let pace = Duration::from_secs_f64(count as f64 / size.rate as f64);
+    let (paced, window) = measure_senders(stack, senders, size, "paced", Some(pace)).await?;
+    let server = window.cpu_us.0 + window.cpu_us.1;
+    eprintln!(
+        "ingest: paced {:.0}/s into direct chats ({count} senders): server CPU {server:.0} µs/msg (nats {:.0}, stack {:.0}), ack p99 {:.2} ms",
+        paced.acks_per_s,
+        window.cpu_us.0,
+        window.cpu_us.1,
+        ms(paced.p99_us),
+    );
+    f.add("paced_rate_per_s", paced.acks_per_s);
+    f.add("paced_server_cpu_us_per_msg", server);
+    f.add("paced_cpu_us_per_msg_nats", window.cpu_us.0);
+    f.add("paced_cpu_us_per_msg_stack", window.cpu_us.1);
+    f.add("paced_ack_p99_ms", ms(paced.p99_us));
+    Ok(())
 }

@@ -49,6 +49,8 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
         max.acks_per_s
     );
     let senders = ingest::senders(&stack, size.clients, "lat").await?;
+    // The probe's backlog would otherwise be in the measured window.
+    super::probe::wait_caught_up(&stack.nats().await?).await?;
     let mut receivers = Vec::new();
     for i in 0..size.clients {
         receivers.push(stack.connect(&format!("r{i}"), "bench").await?);

@@ -12,6 +12,8 @@ pub mod connections;
 pub mod fanout;
 pub mod ingest;
 pub mod latency;
+pub mod pipeline;
+pub mod probe;
 pub mod rebuild;
 pub mod stack;
 
@@ -58,6 +60,13 @@ pub struct BenchArgs {
     /// Idle WebSocket connections [default: 20000, quick 500].
     #[arg(long)]
     pub connections: Option<usize>,
+    /// Messages per second of ingest's paced phase (direct chats).
+    #[arg(long, default_value_t = 100)]
+    pub rate: u64,
+    /// Prints every figure as one JSON object (with the commit measured)
+    /// instead of `name value` lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The sizes of one run, from the flags.
@@ -70,6 +79,7 @@ pub struct Size {
     pub fanout_rate: u64,
     pub events: u64,
     pub connections: usize,
+    pub rate: u64,
 }
 
 impl Size {
@@ -83,33 +93,58 @@ impl Size {
             fanout_rate: a.fanout_rate.unwrap_or(if q { 20 } else { 250 }),
             events: a.events.unwrap_or(if q { 20_000 } else { 1_000_000 }),
             connections: a.connections.unwrap_or(if q { 500 } else { 20_000 }),
+            rate: a.rate.max(1),
         }
     }
 }
 
-/// A sub-benchmark's figures, in the order they are printed.
+/// A sub-benchmark's figures, in the order they are printed: (name, value,
+/// whether zero is a valid value).
 #[derive(Default)]
-pub struct Figures(Vec<(&'static str, f64)>);
+pub struct Figures(Vec<(&'static str, f64, bool)>);
 
 impl Figures {
+    /// A figure that must be positive (a rate, a latency, a size).
     pub fn add(&mut self, name: &'static str, value: f64) {
-        self.0.push((name, value));
+        self.0.push((name, value, false));
     }
 
-    /// Prints them (`name value`), and names the first that is not positive.
-    fn print(&self) -> Result<(), String> {
-        for (name, value) in &self.0 {
+    /// A count that may be zero (a backlog).
+    pub fn add_count(&mut self, name: &'static str, value: f64) {
+        self.0.push((name, value, true));
+    }
+
+    fn print(&self) {
+        for (name, value, _) in &self.0 {
             if value.fract() == 0.0 && value.abs() >= 1.0 {
                 println!("{name} {value:.0}");
             } else {
                 println!("{name} {value:.3}");
             }
         }
-        match self.0.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
-            Some((name, v)) => Err(format!("{name} is {v}, not a positive figure")),
+    }
+
+    /// The first figure that is not what it must be.
+    fn check(&self) -> Result<(), String> {
+        let bad = |(_, v, zero_ok): &&(&str, f64, bool)| {
+            !(v.is_finite() && (*v > 0.0 || (*zero_ok && *v == 0.0)))
+        };
+        match self.0.iter().find(bad) {
+            Some((name, v, _)) => Err(format!("{name} is {v}, not a valid figure")),
             None => Ok(()),
         }
     }
+}
+
+/// The commit measured, when run from a checkout.
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -125,6 +160,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         one => vec![one],
     };
     let mut failures = Vec::new();
+    let mut all = serde_json::Map::new();
     for w in which {
         let started = std::time::Instant::now();
         eprintln!("bench: {w:?} starting ({size:?})");
@@ -141,9 +177,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "bench: {w:?} done in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        if let Err(e) = figures.print() {
+        if args.json {
+            for (name, value, _) in &figures.0 {
+                all.insert(name.to_string(), serde_json::json!(value));
+            }
+        } else {
+            figures.print();
+        }
+        if let Err(e) = figures.check() {
             failures.push(format!("{w:?}: {e}"));
         }
+    }
+    if args.json {
+        let out = serde_json::json!({
+            "commit": commit(),
+            "quick": args.quick,
+            "size": format!("{size:?}"),
+            "figures": all,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
     Ok(())

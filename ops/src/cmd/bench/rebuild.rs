@@ -72,7 +72,9 @@ pub async fn seed(js: &jetstream::Context, events: u64) -> anyhow::Result<()> {
                 },
             }
         };
-        let decided = decide(state, &cmd, now_ms).map_err(|r| anyhow::anyhow!("{conv}: {r}"))?;
+        // Times advance as a real log's do (a second per 100 events).
+        let at_ms = now_ms + (n as i64) * 10;
+        let decided = decide(state, &cmd, at_ms).map_err(|r| anyhow::anyhow!("{conv}: {r}"))?;
         let subject = topology.conv_subject(&conv)?;
         for mut event in decided {
             event.conv_seq = state.conv_seq + 1;

@@ -40,6 +40,8 @@ pub struct StackOptions {
 pub struct Stack {
     child: tokio::process::Child,
     pub nats_url: String,
+    /// The stack's own nats-server (a child of `imctl up`).
+    pub nats_pid: u32,
     pub gateway: SocketAddr,
     secret: String,
     _dir: tempfile::TempDir,
@@ -79,9 +81,16 @@ impl Stack {
             .context("starting imctl up")?;
         let stdout = child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut gateway, mut nats_url) = (None, None);
+        let (mut gateway, mut nats_url, mut nats_pid) = (None, None, None);
         let ready = async {
             while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.strip_prefix("imctl: nats-server ") {
+                    nats_pid = rest
+                        .split_whitespace()
+                        .skip_while(|w| *w != "pid")
+                        .nth(1)
+                        .and_then(|p| p.parse::<u32>().ok());
+                }
                 if let Some(rest) = line.strip_prefix("imctl: gateway http://") {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
                     gateway = Some(addr.parse::<SocketAddr>()?);
@@ -101,6 +110,7 @@ impl Stack {
         Ok(Stack {
             child,
             nats_url: nats_url.context("no nats url")?,
+            nats_pid: nats_pid.context("no nats-server pid")?,
             gateway: gateway.context("no gateway address")?,
             secret,
             _dir: dir,
