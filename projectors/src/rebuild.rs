@@ -562,7 +562,7 @@ async fn fold_round(
     batch: Vec<(u64, jetstream::Message)>,
     limits: &[Applied],
 ) -> Result<Vec<u64>, RunError> {
-    let work: Vec<(Arc<dyn Projection>, Arc<dyn Keyspace>, Applied, u64)> = gens
+    let work: Vec<RoundWork> = gens
         .iter()
         .zip(limits)
         .map(|(g, l)| (g.projection.clone(), g.ks.clone(), g.at, source.of(*l)))
