@@ -74,6 +74,7 @@ async fn everything_is_r3_and_starts_with_a_node_down() {
             data_dir: dir.path().to_path_buf(),
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: true,
+            store_faults: None,
         },
     )
     .await

@@ -41,6 +41,7 @@ async fn stack() -> (
             data_dir: dir.path().to_path_buf(),
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: false,
+            store_faults: None,
         },
     )
     .await

@@ -42,6 +42,16 @@ pub fn chain_from_write(from_seq: u64) -> crate::store::Write {
     )
 }
 
+/// Records where the keyspace's chains start if it does not say yet: heads
+/// are kept from here on, so a store written before they were trusts the
+/// chains it already holds (from its checkpoint on).
+pub fn ensure_chain_from(ks: &dyn Keyspace, at: crate::runner::Applied) -> Result<(), StoreError> {
+    if chain_from(ks)?.is_none() {
+        ks.commit(vec![chain_from_write(at.conv + 1)])?;
+    }
+    Ok(())
+}
+
 /// The last applied event of a conversation: (conv_seq, payload hash).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {

@@ -18,6 +18,7 @@ pub mod rebuild;
 pub mod repair;
 pub mod runner;
 pub mod store;
+pub mod supervisor;
 pub mod tx;
 
 pub use projector::{

@@ -19,8 +19,16 @@ const SCRAPES_INFLIGHT_MAX: usize = 8;
 /// A scraper that sends nothing for this long is dropped.
 const SCRAPE_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the process itself counts, whichever instance runs.
+fn render_process() -> String {
+    format!(
+        "# TYPE im_projector_storage_errors_total counter\nim_projector_storage_errors_total {}\n",
+        crate::projector::STORAGE_ERRORS.load(Relaxed)
+    )
+}
+
 pub fn render(ctx: &QueryContext, conv_last: u64, rcpt_last: u64) -> String {
-    let mut out = String::new();
+    let mut out = render_process();
     let _ = writeln!(out, "# TYPE im_projection_checkpoint gauge");
     let _ = writeln!(out, "# TYPE im_projection_lag gauge");
     let _ = writeln!(out, "# TYPE im_projection_events_applied_total counter");
@@ -66,10 +74,12 @@ async fn last_seq(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
     }
 }
 
-/// Answers every HTTP request on the listener with the metrics text.
+/// Answers every HTTP request on the listener with the metrics text of the
+/// instance running now (`current`: it changes when a supervised instance
+/// starts again).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    ctx: Arc<QueryContext>,
+    current: tokio::sync::watch::Receiver<Option<Arc<QueryContext>>>,
     js: async_nats::jetstream::Context,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(SCRAPES_INFLIGHT_MAX));
@@ -80,7 +90,7 @@ pub async fn serve(
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
-        let (ctx, js) = (ctx.clone(), js.clone());
+        let (ctx, js) = (current.borrow().clone(), js.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let mut buf = [0u8; 1024];
@@ -91,11 +101,15 @@ pub async fn serve(
             {
                 return;
             }
-            let body = render(
-                &ctx,
-                last_seq(&js, CONV_STREAM).await,
-                last_seq(&js, RCPT_STREAM).await,
-            );
+            let body = match ctx {
+                Some(ctx) => render(
+                    &ctx,
+                    last_seq(&js, CONV_STREAM).await,
+                    last_seq(&js, RCPT_STREAM).await,
+                ),
+                // Between a storage error and the restart.
+                None => render_process(),
+            };
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()

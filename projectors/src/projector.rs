@@ -24,6 +24,8 @@ pub struct ProjectorConfig {
     pub data_dir: PathBuf,
     pub fanout_threshold: usize,
     pub fanout: bool,
+    /// Makes the store's writes fail as a full disk does (tests).
+    pub store_faults: Option<Arc<crate::store::StoreFaults>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,14 +45,17 @@ pub struct Projector {
     pub health: Arc<crate::heartbeat::Health>,
     tasks: tokio::task::JoinSet<Result<(), RunError>>,
     query_task: tokio::task::JoinHandle<()>,
-    heartbeat_task: tokio::task::JoinHandle<()>,
+    /// Its own heartbeat, unless a supervisor beats for it.
+    heartbeat_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Projector {
     fn drop(&mut self) {
         self.tasks.abort_all();
         self.query_task.abort();
-        self.heartbeat_task.abort();
+        if let Some(t) = &self.heartbeat_task {
+            t.abort();
+        }
         self.context.rebuilds.abort_all();
     }
 }
@@ -90,6 +95,77 @@ pub struct Clients {
     pub publish: async_nats::Client,
 }
 
+/// How often a projector whose disk refused a write tries again.
+pub const WRITABLE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Storage errors since the process started (every instance), for metrics.
+pub static STORAGE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Opens the store; one whose files cannot be trusted is moved aside
+/// (`<dir>.quarantined-<unix seconds>`) and a fresh one is opened, which
+/// the pipeline folds from the log's start: never a crash loop on a store
+/// that will not open.
+fn open_or_quarantine(config: &ProjectorConfig) -> Result<SledStore, ProjectorError> {
+    match SledStore::open_with(&config.data_dir, config.store_faults.clone()) {
+        Err(e) if e.is_corruption() => {
+            let aside = quarantine(&config.data_dir)?;
+            tracing::error!(store = %config.data_dir.display(), quarantined = %aside.display(), error = %e, "store will not open: quarantined, rebuilding from the log");
+            Ok(SledStore::open_with(
+                &config.data_dir,
+                config.store_faults.clone(),
+            )?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Moves a store's directory aside; returns where to.
+pub fn quarantine(dir: &std::path::Path) -> Result<std::path::PathBuf, ProjectorError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = dir.as_os_str().to_owned();
+    aside.push(format!(".quarantined-{secs}"));
+    let aside = std::path::PathBuf::from(aside);
+    std::fs::rename(dir, &aside).map_err(|e| ProjectorError::Store(StoreError::Io(e)))?;
+    Ok(aside)
+}
+
+/// Returns once a write and a flush succeed, reporting the disk's refusal
+/// (log, metric, heartbeat) meanwhile. Corruption is not waited out.
+async fn wait_until_writable(
+    meta: &dyn crate::store::Keyspace,
+    health: &crate::heartbeat::Health,
+) -> Result<(), StoreError> {
+    loop {
+        let probe = meta
+            .commit(vec![(b"probe".to_vec(), Some(b"ok".to_vec()))])
+            .and_then(|()| meta.flush());
+        match probe {
+            Ok(()) => {
+                health.clear();
+                return Ok(());
+            }
+            Err(e) if e.is_corruption() => return Err(e),
+            Err(e) => {
+                STORAGE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "the store refuses writes: waiting");
+                health.set_problem(format!("storage: {e}: {}", source_text(&e)));
+                tokio::time::sleep(WRITABLE_PROBE_INTERVAL).await;
+            }
+        }
+    }
+}
+
+/// The innermost cause of an error, as text.
+fn source_text(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 impl Projector {
     /// A projector on one connection (tests, tools).
     pub async fn start(
@@ -103,9 +179,21 @@ impl Projector {
         Self::start_with(clients, config).await
     }
 
+    /// A projector that beats for itself.
     pub async fn start_with(
         clients: Clients,
         config: ProjectorConfig,
+    ) -> Result<Self, ProjectorError> {
+        Self::start_reporting(clients, config, None).await
+    }
+
+    /// A projector whose problems go to `health`, whose owner beats for it
+    /// (a supervisor, whose heartbeat outlives the restarts); None: it
+    /// beats for itself.
+    pub async fn start_reporting(
+        clients: Clients,
+        config: ProjectorConfig,
+        health: Option<Arc<crate::heartbeat::Health>>,
     ) -> Result<Self, ProjectorError> {
         let client = clients.publish.clone();
         im_streams::ids::validate_id(im_streams::ids::IdKind::Device, &config.instance)
@@ -122,12 +210,12 @@ impl Projector {
                 topology.partitions
             )));
         }
-        let store = SledStore::open(&config.data_dir)?;
+        let store = open_or_quarantine(&config)?;
         // A store belongs to one partition set: its checkpoints mean nothing
-        // for another.
+        // for another. (Read now; recorded once the disk takes writes.)
         let meta = store.keyspace("meta")?;
         let parts_text = format!("{partitions:?}");
-        match meta.get(b"partitions")? {
+        let record_partitions = match meta.get(b"partitions")? {
             Some(v) if v != parts_text.as_bytes() => {
                 return Err(ProjectorError::Config(format!(
                     "{} holds partitions {}, not {parts_text}",
@@ -135,15 +223,9 @@ impl Projector {
                     String::from_utf8_lossy(&v)
                 )))
             }
-            Some(_) => {}
-            None => {
-                meta.commit(vec![(
-                    b"partitions".to_vec(),
-                    Some(parts_text.into_bytes()),
-                )])?;
-                meta.flush()?;
-            }
-        }
+            Some(_) => false,
+            None => true,
+        };
         let cfg = Arc::new(RunnerConfig {
             instance: config.instance.clone(),
             topology,
@@ -157,22 +239,12 @@ impl Projector {
         };
         for projection in projections::all() {
             let generation = rebuild::generation(meta.as_ref(), projection.name())?;
-            rebuild::drop_leftovers(&store, projection.name(), generation)?;
             let ks = store.keyspace(&rebuild::keyspace_name(projection.name(), generation))?;
             let (state, applied) = ProjectionState::new(projection, ks, generation)?;
             feeds.states.push(state);
             feeds.applied.push(applied);
         }
         let states = feeds.states.clone();
-        let mut tasks = tokio::task::JoinSet::new();
-        let pipeline = pipeline::start(
-            clients.consume.clone(),
-            clients.publish.clone(),
-            cfg.clone(),
-            feeds,
-        )
-        .await?;
-        tasks.spawn(async move { pipeline.await.unwrap_or(Ok(())) });
         let context = Arc::new(QueryContext {
             topology,
             instance: config.instance.clone(),
@@ -185,13 +257,48 @@ impl Projector {
             .await
             .map_err(|e| ProjectorError::Config(format!("query subjects: {e}")))?;
         let query_task = tokio::spawn(query::serve(client.clone(), context.clone(), subs));
-        let health = Arc::new(crate::heartbeat::Health::default());
-        let heartbeat_task = tokio::spawn(crate::heartbeat::run(
-            client.clone(),
-            config.instance.clone(),
-            context.partitions.clone(),
-            health.clone(),
-        ));
+        let (health, heartbeat_task) = match health {
+            Some(h) => (h, None),
+            None => {
+                let h = Arc::new(crate::heartbeat::Health::default());
+                let beat = tokio::spawn(crate::heartbeat::run(
+                    client.clone(),
+                    config.instance.clone(),
+                    context.partitions.clone(),
+                    h.clone(),
+                ));
+                (h, Some(beat))
+            }
+        };
+        // Queries are answered (from what is committed) and the heartbeat
+        // says what is wrong while the disk refuses writes; nothing is
+        // consumed, so nothing is acknowledged, until it takes them again.
+        let meta = context.rebuilds.meta();
+        wait_until_writable(meta.as_ref(), &health).await?;
+        if record_partitions {
+            meta.commit(vec![(
+                b"partitions".to_vec(),
+                Some(parts_text.into_bytes()),
+            )])?;
+            meta.flush()?;
+        }
+        for state in &context.projections {
+            crate::chain::ensure_chain_from(state.ks().as_ref(), *state.applied.borrow())?;
+            rebuild::drop_leftovers(
+                context.rebuilds.store(),
+                state.projection.name(),
+                state.generation(),
+            )?;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        let pipeline = pipeline::start(
+            clients.consume.clone(),
+            clients.publish.clone(),
+            context.rebuilds.runner_config(),
+            feeds,
+        )
+        .await?;
+        tasks.spawn(async move { pipeline.await.unwrap_or(Ok(())) });
         Ok(Projector {
             context,
             health,

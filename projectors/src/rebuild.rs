@@ -169,6 +169,21 @@ impl Rebuilds {
         }
     }
 
+    /// The instance's store.
+    pub fn store(&self) -> &SledStore {
+        &self.store
+    }
+
+    /// The store's meta keyspace (generations, partition set, probes).
+    pub fn meta(&self) -> Arc<dyn Keyspace> {
+        self.meta.clone()
+    }
+
+    /// The instance's runner configuration.
+    pub fn runner_config(&self) -> Arc<RunnerConfig> {
+        self.cfg.clone()
+    }
+
     /// Stops every rebuild where it stands (the projector is going away; its
     /// next start drops what they left).
     pub fn abort_all(&self) {

@@ -146,11 +146,6 @@ impl ProjectionState {
             conv: checkpoint(ks.as_ref(), Source::Conv)?,
             rcpt: checkpoint(ks.as_ref(), Source::Rcpt)?,
         };
-        if chain::chain_from(ks.as_ref())?.is_none() {
-            // Heads are kept from here on: a store written before they were
-            // trusts the chains it already holds.
-            ks.commit(vec![chain::chain_from_write(applied.conv + 1)])?;
-        }
         let (tx, rx) = watch::channel(applied);
         let state = Arc::new(ProjectionState {
             projection,

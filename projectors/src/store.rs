@@ -9,10 +9,27 @@ use std::sync::Arc;
 /// same event would fail again only if the disk keeps failing).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The disk refused (full, read-only, gone): may pass.
+    #[error("storage i/o")]
+    Io(#[source] std::io::Error),
+    /// The store's files are not what it wrote: it will not pass.
+    #[error("corrupt store: {0}")]
+    CorruptStore(String),
     #[error("storage: {0}")]
     Engine(String),
     #[error("corrupt value at {key}: {detail}")]
     Corrupt { key: String, detail: String },
+}
+
+impl StoreError {
+    /// Whether the store itself cannot be trusted any more (quarantine and
+    /// rebuild), as opposed to the disk refusing for now (wait).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            StoreError::CorruptStore(_) | StoreError::Corrupt { .. }
+        )
+    }
 }
 
 /// Decodes a stored protobuf value; a failure names the key.
@@ -52,8 +69,73 @@ pub trait Keyspace: Send + Sync {
     fn visit(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError>;
 }
 
+/// sled's errors: the disk's refusals may pass; anything else (corrupt or
+/// unreadable files, an internal inconsistency) means the store cannot be
+/// trusted.
 fn engine(e: sled::Error) -> StoreError {
-    StoreError::Engine(e.to_string())
+    match e {
+        sled::Error::Io(io) => StoreError::Io(io),
+        other => StoreError::CorruptStore(other.to_string()),
+    }
+}
+
+/// A switch that makes a store's writes fail as a full disk does: for
+/// tests of what a projector does when its disk fills (and empties).
+#[derive(Debug, Default)]
+pub struct StoreFaults {
+    full: std::sync::atomic::AtomicBool,
+}
+
+impl StoreFaults {
+    pub fn set_full(&self, full: bool) {
+        self.full.store(full, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device (injected)",
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A keyspace whose writes fail while its faults say the disk is full.
+struct FaultyKeyspace {
+    inner: Arc<dyn Keyspace>,
+    faults: Arc<StoreFaults>,
+}
+
+impl Keyspace for FaultyKeyspace {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.inner.range(start, end, descending, limit)
+    }
+
+    fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.commit(writes)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.faults.check()?;
+        self.inner.flush()
+    }
+
+    fn visit(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        self.inner.visit(f)
+    }
 }
 
 /// Bytes of pages sled keeps in memory, all keyspaces together: a rebuild
@@ -66,9 +148,17 @@ pub const STORE_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
+    faults: Option<Arc<StoreFaults>>,
 }
 
 impl SledStore {
+    /// Opens the store, its writes failing while `faults` says so (tests).
+    pub fn open_with(path: &Path, faults: Option<Arc<StoreFaults>>) -> Result<Self, StoreError> {
+        let mut store = Self::open(path)?;
+        store.faults = faults;
+        Ok(store)
+    }
+
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
@@ -81,13 +171,20 @@ impl SledStore {
             .flush_every_ms(Some(1_000))
             .open()
             .map_err(engine)?;
-        Ok(SledStore { db })
+        Ok(SledStore { db, faults: None })
     }
 
     pub fn keyspace(&self, name: &str) -> Result<Arc<dyn Keyspace>, StoreError> {
-        Ok(Arc::new(SledKeyspace {
+        let ks: Arc<dyn Keyspace> = Arc::new(SledKeyspace {
             tree: self.db.open_tree(name).map_err(engine)?,
-        }))
+        });
+        Ok(match &self.faults {
+            Some(faults) => Arc::new(FaultyKeyspace {
+                inner: ks,
+                faults: faults.clone(),
+            }),
+            None => ks,
+        })
     }
 
     /// Every keyspace in the store, by name.

@@ -457,11 +457,8 @@ async fn metrics_show_checkpoint_lag_applied_and_dead_letters() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let js = async_nats::jetstream::new(s.client.clone());
-    tokio::spawn(im_projectors::metrics::serve(
-        listener,
-        p.context.clone(),
-        js,
-    ));
+    let (_current, watching) = tokio::sync::watch::channel(Some(p.context.clone()));
+    tokio::spawn(im_projectors::metrics::serve(listener, watching, js));
     s.create("g1", &[("bob", Role::Member)]).await;
     let (pos, _) = s.send("g1", "bob", "count me").await;
     let R::Role(_) = s

@@ -103,6 +103,7 @@ async fn the_auditor_tools_on_a_real_history() {
             data_dir: dir.path().to_path_buf(),
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: false,
+            store_faults: None,
         },
     )
     .await
@@ -526,6 +527,7 @@ async fn state_counts_members_as_the_live_projection_after_removals_leaves_and_b
             data_dir: dir.path().to_path_buf(),
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: false,
+            store_faults: None,
         },
     )
     .await

@@ -44,6 +44,7 @@ impl Stack {
                 data_dir: dir.path().to_path_buf(),
                 fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
                 fanout: true,
+                store_faults: None,
             },
         )
         .await

@@ -112,6 +112,7 @@ async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::
         data_dir: args.data_dir.join("projector"),
         fanout_threshold: args.fanout_threshold,
         fanout: true,
+        store_faults: None,
     };
     // The projector's consumers and its publishing (deliveries, answers)
     // on connections of their own, as in production.
@@ -119,9 +120,18 @@ async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::
         consume: js.client(),
         publish: nats.connect("imctl-up-projector-publish").await?,
     };
-    let mut projector = im_projectors::Projector::start_with(clients, projector_config)
-        .await
-        .context("starting the projector")?;
+    // Supervised: a storage error stops the projector, is reported, and it
+    // starts again (waiting for the disk, or rebuilding a quarantined store).
+    let (current, mut started) = tokio::sync::watch::channel(None);
+    let mut projector = tokio::spawn(im_projectors::supervisor::run(
+        clients,
+        projector_config,
+        current,
+    ));
+    tokio::select! {
+        r = started.wait_for(Option::is_some) => { r.context("the projector stopped before it started")?; }
+        r = &mut projector => r?.context("starting the projector")?,
+    }
     println!(
         "imctl: projector instance=local queries on im.q.<partition> (store {})",
         args.data_dir.join("projector").display()
@@ -166,7 +176,7 @@ async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::
     );
     tokio::select! {
         r = wait_for_shutdown() => r?,
-        r = projector.wait() => r.context("a projection stopped")?,
+        r = &mut projector => r?.context("the projector stopped")?,
     }
     gateway.abort();
     println!("imctl: shutting down");

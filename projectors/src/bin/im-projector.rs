@@ -4,9 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use im_projectors::{
-    projector::parse_partitions, Projector, ProjectorConfig, DEFAULT_FANOUT_THRESHOLD,
-};
+use im_projectors::{projector::parse_partitions, ProjectorConfig, DEFAULT_FANOUT_THRESHOLD};
 
 /// Every setting is a flag and an environment variable.
 #[derive(Parser)]
@@ -57,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         fanout_threshold: args.fanout_threshold,
         fanout: !args.no_fanout,
+        store_faults: None,
     };
     // Consumers and publishing (deliveries, answers) on separate
     // connections: neither queues behind the other.
@@ -64,21 +63,26 @@ async fn main() -> anyhow::Result<()> {
         consume: client,
         publish: args.nats.connect("im-projector-publish").await?,
     };
-    let mut projector = Projector::start_with(clients, config).await?;
+    // Supervised: a storage error stops the instance, is reported, and it
+    // starts again (waiting for the disk, or rebuilding a quarantined store).
+    let (current, mut started) = tokio::sync::watch::channel(None);
+    let supervised = tokio::spawn(im_projectors::supervisor::run(clients, config, current));
     if let Some(port) = args.metrics_port {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-        tokio::spawn(im_projectors::metrics::serve(
-            listener,
-            projector.context.clone(),
-            js,
-        ));
+        tokio::spawn(im_projectors::metrics::serve(listener, started.clone(), js));
     }
+    let context = started
+        .wait_for(Option::is_some)
+        .await
+        .context("the projector stopped before it started")?
+        .clone()
+        .expect("waited for it");
     println!(
         "im-projector: ready instance={} partitions={:?}",
-        projector.context.instance, projector.context.partitions
+        context.instance, context.partitions
     );
     tokio::select! {
-        r = projector.wait() => r.context("a projection stopped")?,
+        r = supervised => r?.context("the projector stopped")?,
         r = tokio::signal::ctrl_c() => r?,
     }
     Ok(())

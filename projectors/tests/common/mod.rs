@@ -51,6 +51,7 @@ impl Stack {
             data_dir: dir.path().to_path_buf(),
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: true,
+            store_faults: None,
         };
         self.dirs.push(dir);
         Projector::start(self.client.clone(), config).await.unwrap()
@@ -148,10 +149,19 @@ pub async fn query_at(
     resp.result.expect("a result")
 }
 
-/// Status of one instance, by projection name.
+/// Status of one instance with every digest, by projection name.
 pub async fn status(
     client: &async_nats::Client,
     instance: &str,
+) -> BTreeMap<String, v1::ProjectionStatus> {
+    status_of(client, instance, true).await
+}
+
+/// Status of one instance, by projection name; digests read every entry.
+pub async fn status_of(
+    client: &async_nats::Client,
+    instance: &str,
+    digests: bool,
 ) -> BTreeMap<String, v1::ProjectionStatus> {
     let subject = im_projectors::query::instance_subject(instance);
     match query_at(
@@ -159,7 +169,7 @@ pub async fn status(
         subject,
         (0, 0),
         Query::Status(v1::StatusQuery {
-            digests: true,
+            digests,
             ..Default::default()
         }),
     )
@@ -184,7 +194,7 @@ pub async fn wait_caught_up(
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let st = status(client, instance).await;
+        let st = status_of(client, instance, false).await;
         let done = st.values().all(|p| {
             p.conv_checkpoint >= conv_last
                 && (!(p.name == "unread" || p.name == "receipts") || p.rcpt_checkpoint >= rcpt_last)

@@ -90,6 +90,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             data_dir: dir.path().to_path_buf(),
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: false,
+            store_faults: None,
         },
     )
     .await?;

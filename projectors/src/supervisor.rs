@@ -1,0 +1,123 @@
+//! Keeps a projector running through storage trouble. A storage error
+//! stops the instance where it stands (nothing acknowledged that was not
+//! committed), is reported (log, `im_projector_storage_errors_total`, the
+//! heartbeat's problem, so `/readyz` says so), and the instance starts
+//! again: it waits, reporting, until the disk takes writes, and a store
+//! that cannot be trusted is quarantined and rebuilt from the log. Only an
+//! error no restart can mend (configuration, NATS) ends it.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::projector::{
+    quarantine, Clients, Projector, ProjectorConfig, ProjectorError, STORAGE_ERRORS,
+};
+use crate::heartbeat::Health;
+use crate::query::QueryContext;
+use crate::runner::RunError;
+use crate::store::StoreError;
+
+/// The first wait before a restart, doubled after each failed run up to
+/// `RESTART_BACKOFF_MAX`: a disk that keeps failing is not hammered.
+pub const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(500);
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// A run this long counts as healthy: the next failure waits the minimum.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Stores quarantined in a row without a healthy run in between: a fresh
+/// store that cannot be trusted either means something else is wrong (the
+/// disk, a bug), which another rebuild would not mend.
+pub const QUARANTINES_MAX: u32 = 3;
+
+/// The storage error behind a projector's error, if that is what it is.
+fn storage_error(e: &ProjectorError) -> Option<&StoreError> {
+    match e {
+        ProjectorError::Store(s) | ProjectorError::Run(RunError::Store(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Runs the projector until an error no restart mends; `current` follows
+/// the running instance (for metrics and callers that wait for it).
+pub async fn run(
+    clients: Clients,
+    config: ProjectorConfig,
+    current: watch::Sender<Option<Arc<QueryContext>>>,
+) -> Result<(), ProjectorError> {
+    // One heartbeat for every run, so a projector that cannot even start
+    // (its disk full) still says why.
+    let health = Arc::new(Health::default());
+    let partitions = match &config.partitions {
+        Some(p) => p.clone(),
+        None => {
+            let js = async_nats::jetstream::new(clients.publish.clone());
+            let topology = im_streams::definitions::read_topology(&js).await?;
+            (0..topology.partitions).collect()
+        }
+    };
+    let _beat = AbortOnDrop(tokio::spawn(crate::heartbeat::run(
+        clients.publish.clone(),
+        config.instance.clone(),
+        partitions,
+        health.clone(),
+    )));
+    let mut backoff = RESTART_BACKOFF_MIN;
+    let mut quarantines = 0;
+    loop {
+        let started = Instant::now();
+        let start = Projector::start_reporting(clients.clone(), config.clone(), Some(health.clone()));
+        let outcome = match start.await {
+            Ok(mut projector) => {
+                current.send_replace(Some(projector.context.clone()));
+                projector.wait().await.map_err(ProjectorError::Run)
+            }
+            Err(e) => Err(e),
+        };
+        current.send_replace(None);
+        let error = match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let Some(store_error) = storage_error(&error) else {
+            return Err(error);
+        };
+        STORAGE_ERRORS.fetch_add(1, Relaxed);
+        health.set_problem(format!("storage: {error}: {}", innermost(&error)));
+        if started.elapsed() >= HEALTHY_RUN {
+            (backoff, quarantines) = (RESTART_BACKOFF_MIN, 0);
+        }
+        if store_error.is_corruption() {
+            quarantines += 1;
+            if quarantines > QUARANTINES_MAX {
+                return Err(error);
+            }
+            let aside = quarantine(&config.data_dir)?;
+            tracing::error!(error = %error, quarantined = %aside.display(), "the store cannot be trusted: quarantined, rebuilding from the log");
+            continue;
+        }
+        tracing::error!(error = %error, source = ?std::error::Error::source(&error), wait_ms = backoff.as_millis() as u64, "storage error: the projector stopped (nothing acknowledged past its last commit) and starts again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+    }
+}
+
+/// The innermost cause of an error, as text.
+fn innermost(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

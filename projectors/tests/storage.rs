@@ -1,0 +1,173 @@
+//! When the disk refuses writes: the projector stops acknowledging at the
+//! first storage error, says so (heartbeat, so `/readyz`; log; metric),
+//! answers queries from what it committed, and recovers by itself when the
+//! disk takes writes again; a store whose files cannot be trusted is
+//! quarantined and rebuilt from the log. Each ends equal to a fresh fold.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use im_projectors::store::StoreFaults;
+use im_projectors::{supervisor, Clients, ProjectorConfig};
+use im_schema::v1;
+use im_streams::Role;
+
+fn config(dir: &std::path::Path, faults: Option<Arc<StoreFaults>>) -> ProjectorConfig {
+    ProjectorConfig {
+        instance: "main".into(),
+        partitions: None,
+        data_dir: dir.to_path_buf(),
+        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+        fanout: true,
+        store_faults: faults,
+    }
+}
+
+/// Starts a supervised projector; returns its task once it runs.
+async fn supervised(
+    s: &Stack,
+    config: ProjectorConfig,
+) -> tokio::task::JoinHandle<Result<(), im_projectors::ProjectorError>> {
+    let clients = Clients {
+        consume: s.client.clone(),
+        publish: s.client.clone(),
+    };
+    let (current, mut started) = tokio::sync::watch::channel(None);
+    let task = tokio::spawn(supervisor::run(clients, config, current));
+    tokio::time::timeout(Duration::from_secs(30), started.wait_for(Option::is_some))
+        .await
+        .expect("started in time")
+        .expect("running");
+    task
+}
+
+/// Every projection's digest of instance `main` equals that of a fresh
+/// instance folding the whole log.
+async fn assert_equal_to_a_fresh_fold(s: &mut Stack, last: u64) {
+    let _fresh = s.projector("fresh", None).await;
+    wait_caught_up(&s.client, "fresh", last, 0).await;
+    let (live, fresh) = (
+        status(&s.client, "main").await,
+        status(&s.client, "fresh").await,
+    );
+    for name in im_projectors::projections::NAMES {
+        assert_eq!(live[name].digest, fresh[name].digest, "{name}");
+        assert!(live[name].keys > 0, "{name}");
+    }
+}
+
+/// The next heartbeat of `main` whose problem satisfies `pick`.
+async fn heartbeat_until(
+    beats: &mut async_nats::Subscriber,
+    pick: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, beats.next())
+            .await
+            .expect("a heartbeat in time")
+            .unwrap();
+        let beat: v1::ProjectorHeartbeat = im_schema::decode(&msg.payload).unwrap();
+        if pick(&beat.problem) {
+            return beat.problem;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_stops_acks_is_reported_and_passes_by_itself() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("im_projectors=info")
+        .try_init();
+    let mut s = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(StoreFaults::default());
+    let _p = supervised(&s, config(dir.path(), Some(faults.clone()))).await;
+    s.create("g1", &[("bob", Role::Member)]).await;
+    let mut before = 0;
+    for i in 0..20 {
+        before = s.send("g1", "bob", &format!("before {i}")).await.0;
+    }
+    wait_caught_up(&s.client, "main", before, 0).await;
+    let mut beats = s.client.subscribe("im.projector.main.alive").await.unwrap();
+
+    faults.set_full(true);
+    let mut last = 0;
+    for i in 0..30 {
+        last = s.send("g1", "bob", &format!("while full {i}")).await.0;
+    }
+    let problem = heartbeat_until(&mut beats, |p| !p.is_empty()).await;
+    assert!(
+        problem.contains("storage") && problem.contains("no space"),
+        "{problem}"
+    );
+    // Queries are answered from what was committed; nothing past it is
+    // acknowledged, so the server still holds the rest for it.
+    let st = status_of(&s.client, "main", false).await;
+    assert!(st.values().all(|p| p.conv_checkpoint < last), "{st:?}");
+    let js = async_nats::jetstream::new(s.client.clone());
+    let stream = js.get_stream("IM_CONV").await.unwrap();
+    let consumer = stream.consumer_info("main_conv").await.unwrap().clone();
+    assert!(
+        consumer.ack_floor.stream_sequence <= st["history"].conv_checkpoint,
+        "acked past the commit: {consumer:?}"
+    );
+
+    faults.set_full(false);
+    wait_caught_up(&s.client, "main", last, 0).await;
+    heartbeat_until(&mut beats, str::is_empty).await;
+    assert!(
+        im_projectors::projector::STORAGE_ERRORS.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "counted"
+    );
+    assert_equal_to_a_fresh_fold(&mut s, last).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_will_not_open_is_quarantined_and_rebuilt_from_the_log() {
+    let mut s = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let first = supervised(&s, config(&store, None)).await;
+    s.create("g1", &[("bob", Role::Member)]).await;
+    let mut last = 0;
+    for i in 0..20 {
+        last = s.send("g1", "bob", &format!("m{i}")).await.0;
+    }
+    wait_caught_up(&s.client, "main", last, 0).await;
+    first.abort();
+    let _ = first.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its files are garbage now, as a crash on a full disk left them.
+    for entry in walk(&store) {
+        let len = std::fs::metadata(&entry).unwrap().len() as usize;
+        std::fs::write(&entry, vec![0xA5; len.max(64)]).unwrap();
+    }
+    let _p = supervised(&s, config(&store, None)).await;
+    wait_caught_up(&s.client, "main", last, 0).await;
+    let quarantined: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("store.quarantined-"))
+        .collect();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_equal_to_a_fresh_fold(&mut s, last).await;
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
