@@ -24,6 +24,9 @@ enum Command {
     /// Load generator: ingest, fanout, rebuild, connections, latency, each
     /// beside its raw baseline; prints `name value` figures.
     Bench(im_ops::cmd::bench::BenchArgs),
+    /// A Jepsen-style check: many clients over two gateways, membership
+    /// churn and faults; then the log is checked (exit 1 on any finding).
+    Check(im_ops::cmd::check::CheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -63,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The bench's stderr is its report: connection chatter stays out of it.
     let default_filter = match cli.command {
-        Command::Bench(_) => "warn",
+        Command::Bench(_) | Command::Check(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -79,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Streams(StreamsCommand::Apply(args)) => im_ops::cmd::streams::apply(args).await,
         Command::Streams(StreamsCommand::Status(args)) => im_ops::cmd::streams::status(args).await,
         Command::Bench(args) => im_ops::cmd::bench::run(args).await,
+        Command::Check(args) => im_ops::cmd::check::run(args).await,
         Command::Projections(ProjectionsCommand::Status(args)) => {
             im_ops::cmd::projections::status(args).await
         }

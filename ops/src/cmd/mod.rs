@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod check;
 pub mod projections;
 pub mod streams;
 pub mod token;

@@ -55,9 +55,14 @@ impl Cpu {
     }
 }
 
-/// Events the stack's projector has folded so far (its `history`
-/// projection's count since it started) and its checkpoint.
+/// Events the stack's projector (instance `local`) has folded so far (its
+/// `history` projection's count since it started) and its checkpoint.
 pub async fn projected(client: &async_nats::Client) -> anyhow::Result<(u64, u64)> {
+    projected_by(client, "local").await
+}
+
+/// `projected` of any instance.
+pub async fn projected_by(client: &async_nats::Client, instance: &str) -> anyhow::Result<(u64, u64)> {
     let req = v1::QueryRequest {
         query: Some(Query::Status(v1::StatusQuery::default())),
         ..Default::default()
@@ -65,7 +70,7 @@ pub async fn projected(client: &async_nats::Client) -> anyhow::Result<(u64, u64)
     let reply = tokio::time::timeout(
         Duration::from_secs(5),
         client.request(
-            im_projectors::query::instance_subject("local"),
+            im_projectors::query::instance_subject(instance),
             im_schema::encode(&req).into(),
         ),
     )
@@ -91,12 +96,18 @@ pub async fn conv_last_seq(client: &async_nats::Client) -> anyhow::Result<u64> {
     Ok(stream.info().await?.state.last_sequence)
 }
 
-/// Waits until the projector has folded everything in IM_CONV.
+/// Waits until the stack's projector has folded everything in IM_CONV.
 pub async fn wait_caught_up(client: &async_nats::Client) -> anyhow::Result<()> {
+    wait_caught_up_by(client, "local").await
+}
+
+/// `wait_caught_up` of any instance (one that does not answer yet is waited
+/// for too).
+pub async fn wait_caught_up_by(client: &async_nats::Client, instance: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + CATCH_UP_MAX;
     loop {
         let last = conv_last_seq(client).await?;
-        if projected(client).await?.1 >= last {
+        if projected_by(client, instance).await.is_ok_and(|(_, cp)| cp >= last) {
             return Ok(());
         }
         anyhow::ensure!(Instant::now() < deadline, "the projector did not catch up");

@@ -1,0 +1,152 @@
+//! `imctl check`: a Jepsen-style check of the whole system. Members send
+//! into groups over two gateways (retrying with the same id across
+//! reconnects and after JetStream's duplicate window) while the owner
+//! removes and re-adds members and faults are inflicted on a schedule;
+//! then the log is read independently of the read models and checked (see
+//! `analysis.rs`), and `imctl projections verify` and `im-replay verify`
+//! run. Exit 1 on any finding.
+
+mod analysis;
+mod faults;
+mod http;
+mod procs;
+mod workload;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use analysis::Findings;
+use workload::{Outcome, Records};
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Seconds of workload (faults included).
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Seconds between two faults.
+    #[arg(long, default_value_t = 8)]
+    pub fault_interval: u64,
+    /// A 3-node cluster with R3 streams (faults: the leader killed, a node
+    /// stopped) instead of one node.
+    #[arg(long)]
+    pub cluster: bool,
+    /// The report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How long members keep retrying their unanswered sends after the workload.
+const DRAIN: Duration = Duration::from_secs(30);
+
+pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
+    let system = procs::System::start(args.cluster).await?;
+    let gateways: Vec<_> = system.gateways.iter().map(|(_, a)| *a).collect();
+    let urls = system.nats.urls();
+    workload::setup(&gateways).await?;
+    let records = Arc::new(Records::default());
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.duration);
+    let drain = until + DRAIN;
+    let mut tasks = Vec::new();
+    for m in 0..workload::MEMBERS {
+        let r = records.clone();
+        tasks.push(tokio::spawn(workload::member_loop(workload::member(m), gateways.clone(), r, until, drain)));
+    }
+    tasks.push(tokio::spawn(workload::churn_loop(gateways.clone(), records.clone(), until, drain)));
+    let system = Arc::new(tokio::sync::Mutex::new(system));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let every = Duration::from_secs(args.fault_interval.max(1));
+    faults::run(system.clone(), every, started, until, log.clone()).await?;
+    for t in tasks {
+        t.await?;
+    }
+    let client = im_streams::connect::NatsArgs::new(&urls).connect("imctl-check").await?;
+    crate::cmd::bench::probe::wait_caught_up_by(&client, procs::INSTANCE).await?;
+    let mut findings = Findings::default();
+    let events = im_streams::log::read_conv_events(&client, "IM_CONV", "im.conv.>", 1, usize::MAX).await?;
+    let folded = analysis::fold_log(events, &mut findings);
+    analysis::check_acks(&records, &folded, &mut findings);
+    analysis::check_rejections(&records, &mut findings);
+    analysis::check_read_models(&client, &folded, &mut findings).await?;
+    verifiers(&urls, &mut findings)?;
+    let faults = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    report(&args, &records, &folded, &faults, &findings, started)?;
+    drop(system);
+    anyhow::ensure!(findings.total() == 0, "{} findings", findings.total());
+    Ok(())
+}
+
+/// `imctl projections verify --all` and `im-replay verify`, as an operator
+/// and an auditor would run them.
+fn verifiers(urls: &str, f: &mut Findings) -> anyhow::Result<()> {
+    let me = std::env::current_exe()?;
+    let replay = me.parent().context("imctl's directory")?.join("im-replay");
+    let runs = [
+        (me.clone(), vec!["projections", "verify", "--all", "--instance", procs::INSTANCE, "--nats-url", urls]),
+        (replay, vec!["verify", "--nats-url", urls]),
+    ];
+    for (bin, args) in runs {
+        let out = std::process::Command::new(&bin).args(&args).output()?;
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let last = text.lines().last().unwrap_or_default();
+            f.verifiers.push(format!("{} {}: {last}", bin.display(), args[0]));
+        }
+    }
+    Ok(())
+}
+
+fn report(
+    args: &CheckArgs,
+    records: &Records,
+    folded: &analysis::Folded,
+    faults: &[String],
+    findings: &Findings,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let attempts = records.attempts.lock().unwrap_or_else(|e| e.into_inner());
+    let count = |pick: fn(&Outcome) -> bool| attempts.iter().filter(|a| pick(&a.outcome)).count();
+    let stored = count(|o| matches!(o, Outcome::Stored { .. }));
+    let duplicate = count(|o| matches!(o, Outcome::Duplicate { .. }));
+    let rejected = count(|o| matches!(o, Outcome::Rejected { .. }));
+    let unknown = count(|o| matches!(o, Outcome::Unknown));
+    let churn = records.churn.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let summary = serde_json::json!({
+        "mode": if args.cluster { "3-node cluster, R3" } else { "single node" },
+        "seconds": started.elapsed().as_secs(),
+        "attempts": attempts.len(),
+        "stored": stored,
+        "answered_duplicate": duplicate,
+        "rejected": rejected,
+        "unanswered_then_retried": unknown,
+        "membership_changes": churn,
+        "log_events": folded.events.len(),
+        "faults": faults,
+        "findings": findings,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("check: {} s, {} sends attempted: {stored} stored, {duplicate} answered DUPLICATE, {rejected} rejected, {unknown} unanswered then retried; {churn} membership changes; {} events in the log", started.elapsed().as_secs(), attempts.len(), folded.events.len());
+        println!("check: {} faults: {}", faults.len(), faults.join("; "));
+        println!("check: {} findings", findings.total());
+        for (kind, list) in [
+            ("acked but lost", &findings.acked_but_lost),
+            ("duplicates", &findings.duplicates),
+            ("chain breaks", &findings.chain_breaks),
+            ("messages from non-members", &findings.messages_from_non_members),
+            ("stale rejections", &findings.stale_rejections),
+            ("history vs log", &findings.history_vs_log),
+            ("members vs log", &findings.members_vs_log),
+            ("verifiers", &findings.verifiers),
+        ] {
+            println!("  {kind}: {}", list.len());
+            for item in list.iter().take(10) {
+                println!("    {item}");
+            }
+        }
+    }
+    Ok(())
+}
