@@ -24,6 +24,7 @@ pub struct Findings {
     pub stale_rejections: Vec<String>,
     pub history_vs_log: Vec<String>,
     pub members_vs_log: Vec<String>,
+    pub receipts_vs_log: Vec<String>,
     pub verifiers: Vec<String>,
 }
 
@@ -36,6 +37,7 @@ impl Findings {
             + self.stale_rejections.len()
             + self.history_vs_log.len()
             + self.members_vs_log.len()
+            + self.receipts_vs_log.len()
             + self.verifiers.len()
     }
 }
@@ -138,11 +140,19 @@ pub fn check_rejections(records: &Records, f: &mut Findings) {
     }
 }
 
-async fn ask(client: &async_nats::Client, conv: &str, pos: u64, query: Query) -> anyhow::Result<R> {
+/// Positions a query waits for: IM_CONV's and IM_RCPT's last sequences.
+#[derive(Clone, Copy)]
+pub struct At {
+    pub conv: u64,
+    pub rcpt: u64,
+}
+
+async fn ask(client: &async_nats::Client, conv: &str, at: At, query: Query) -> anyhow::Result<R> {
     let js = async_nats::jetstream::new(client.clone());
     let topology = im_streams::definitions::read_topology(&js).await?;
     let req = v1::QueryRequest {
-        min_position: pos,
+        min_position: at.conv,
+        min_rcpt_position: at.rcpt,
         query: Some(query),
         ..Default::default()
     };
@@ -159,7 +169,7 @@ async fn ask(client: &async_nats::Client, conv: &str, pos: u64, query: Query) ->
 }
 
 /// History and members served by the projector equal the log's.
-pub async fn check_read_models(client: &async_nats::Client, log: &Folded, f: &mut Findings) -> anyhow::Result<()> {
+pub async fn check_read_models(client: &async_nats::Client, log: &Folded, at: At, f: &mut Findings) -> anyhow::Result<()> {
     let mut by_conv: BTreeMap<&str, Vec<(u64, String)>> = BTreeMap::new();
     let mut seqs: Vec<&u64> = log.events.keys().collect();
     seqs.sort();
@@ -177,7 +187,7 @@ pub async fn check_read_models(client: &async_nats::Client, log: &Folded, f: &mu
                 limit: 200,
                 ..Default::default()
             });
-            let R::History(page) = ask(client, conv, log.last_seq, q).await? else {
+            let R::History(page) = ask(client, conv, at, q).await? else {
                 anyhow::bail!("history of {conv}: another answer")
             };
             got.extend(page.entries.iter().filter_map(|e| e.event.as_ref()).map(|e| (e.conv_seq, e.client_msg_id.clone())));
@@ -190,13 +200,92 @@ pub async fn check_read_models(client: &async_nats::Client, log: &Folded, f: &mu
             conversation_id: conv.into(),
             user_id: String::new(),
         });
-        let R::Members(m) = ask(client, conv, log.last_seq, q).await? else {
+        let R::Members(m) = ask(client, conv, at, q).await? else {
             anyhow::bail!("members of {conv}: another answer")
         };
         let got: Vec<String> = m.members.iter().map(|r| r.user_id.clone()).collect();
         let want: Vec<String> = log.states[conv].members.keys().cloned().collect();
         if got != want {
             f.members_vs_log.push(format!("{conv}: members {got:?}, the log {want:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Per (conversation, user): the highest delivered (a read counts as
+/// delivered) and read cursors in IM_RCPT.
+pub type Cursors = BTreeMap<(String, String), (u64, u64)>;
+
+/// Reads IM_RCPT up to `last` and folds its receipts into cursors.
+pub async fn read_receipts(client: &async_nats::Client, last: u64) -> anyhow::Result<Vec<v1::ReceiptEvent>> {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    if last == 0 {
+        return Ok(out);
+    }
+    let js = async_nats::jetstream::new(client.clone());
+    let consumer = js
+        .get_stream("IM_RCPT")
+        .await?
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg?;
+        out.push(im_schema::decode::<v1::ReceiptEvent>(&msg.payload)?);
+        let seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Receipts fold into cursors, and none points past its conversation's end.
+pub fn fold_receipts(receipts: &[v1::ReceiptEvent], log: &Folded, f: &mut Findings) -> Cursors {
+    use v1::receipt_event::Kind;
+    let mut cursors = Cursors::new();
+    for r in receipts {
+        let (up_to, read) = match &r.kind {
+            Some(Kind::Delivered(d)) => (d.up_to_seq, false),
+            Some(Kind::Read(x)) => (x.up_to_seq, true),
+            None => continue,
+        };
+        let end = log.states.get(&r.conversation_id).map_or(0, |s| s.conv_seq);
+        if up_to == 0 || up_to > end {
+            f.receipts_vs_log.push(format!("{} by {}: up to {up_to}, the conversation ends at {end}", r.conversation_id, r.user_id));
+        }
+        let c = cursors.entry((r.conversation_id.clone(), r.user_id.clone())).or_default();
+        c.0 = c.0.max(up_to);
+        if read {
+            c.1 = c.1.max(up_to);
+        }
+    }
+    cursors
+}
+
+/// The cursors the projector serves for each member equal the log's.
+pub async fn check_receipts(client: &async_nats::Client, log: &Folded, cursors: &Cursors, at: At, f: &mut Findings) -> anyhow::Result<()> {
+    for conv in log.states.keys() {
+        let q = Query::Receipts(v1::ReceiptsQuery {
+            conversation_id: conv.clone(),
+            ..Default::default()
+        });
+        let R::Receipts(got) = ask(client, conv, at, q).await? else {
+            anyhow::bail!("receipts of {conv}: another answer")
+        };
+        for m in got.members {
+            let want = cursors.get(&(conv.clone(), m.user_id.clone())).copied().unwrap_or_default();
+            if (m.delivered_seq, m.read_seq) != want {
+                f.receipts_vs_log.push(format!(
+                    "{conv} {}: served delivered {} read {}, the log {want:?}",
+                    m.user_id, m.delivered_seq, m.read_seq
+                ));
+            }
         }
     }
     Ok(())
@@ -322,6 +411,29 @@ mod tests {
         let mut f = Findings::default();
         fold_log(log.events, &mut f);
         assert_eq!(f.chain_breaks.len(), 2, "{f:?}");
+    }
+
+    #[test]
+    fn receipts_fold_into_maxima_and_one_past_the_end_is_found() {
+        let mut log = group();
+        log.push("g0", "m0", "a", sent());
+        let mut f = Findings::default();
+        let folded = fold_log(log.events, &mut f);
+        let receipt = |read, up_to_seq| v1::ReceiptEvent {
+            conversation_id: "g0".into(),
+            user_id: "m0".into(),
+            kind: Some(if read {
+                v1::receipt_event::Kind::Read(v1::Read { up_to_seq })
+            } else {
+                v1::receipt_event::Kind::Delivered(v1::Delivered { up_to_seq })
+            }),
+            ..Default::default()
+        };
+        let cursors = fold_receipts(&[receipt(false, 2), receipt(true, 1)], &folded, &mut f);
+        assert_eq!(cursors[&("g0".to_string(), "m0".to_string())], (2, 1));
+        assert_eq!(f.total(), 0, "{f:?}");
+        fold_receipts(&[receipt(true, 3)], &folded, &mut f);
+        assert_eq!(f.receipts_vs_log.len(), 1, "{f:?}");
     }
 
     fn attempt(id: &str, outcome: Outcome, sent: Instant, answered: Instant) -> super::super::workload::Attempt {

@@ -67,12 +67,21 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let mut findings = Findings::default();
     let events = im_streams::log::read_conv_events(&client, "IM_CONV", "im.conv.>", 1, usize::MAX).await?;
     let folded = analysis::fold_log(events, &mut findings);
+    let js = async_nats::jetstream::new(client.clone());
+    let rcpt_last = js.get_stream("IM_RCPT").await?.info().await?.state.last_sequence;
+    let at = analysis::At {
+        conv: folded.last_seq,
+        rcpt: rcpt_last,
+    };
+    let receipts = analysis::read_receipts(&client, rcpt_last).await?;
+    let cursors = analysis::fold_receipts(&receipts, &folded, &mut findings);
     analysis::check_acks(&records, &folded, &mut findings);
     analysis::check_rejections(&records, &mut findings);
-    analysis::check_read_models(&client, &folded, &mut findings).await?;
+    analysis::check_read_models(&client, &folded, at, &mut findings).await?;
+    analysis::check_receipts(&client, &folded, &cursors, at, &mut findings).await?;
     verifiers(&urls, &mut findings)?;
     let faults = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    report(&args, &records, &folded, &faults, &findings, started)?;
+    report(&args, &records, (&folded, receipts.len()), &faults, &findings, started)?;
     drop(system);
     anyhow::ensure!(findings.total() == 0, "{} findings", findings.total());
     Ok(())
@@ -101,7 +110,7 @@ fn verifiers(urls: &str, f: &mut Findings) -> anyhow::Result<()> {
 fn report(
     args: &CheckArgs,
     records: &Records,
-    folded: &analysis::Folded,
+    (folded, receipts): (&analysis::Folded, usize),
     faults: &[String],
     findings: &Findings,
     started: Instant,
@@ -123,13 +132,15 @@ fn report(
         "unanswered_then_retried": unknown,
         "membership_changes": churn,
         "log_events": folded.events.len(),
+        "receipts_sent": records.receipts.load(std::sync::atomic::Ordering::Relaxed),
+        "log_receipts": receipts,
         "faults": faults,
         "findings": findings,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!("check: {} s, {} sends attempted: {stored} stored, {duplicate} answered DUPLICATE, {rejected} rejected, {unknown} unanswered then retried; {churn} membership changes; {} events in the log", started.elapsed().as_secs(), attempts.len(), folded.events.len());
+        println!("check: {} s, {} sends attempted: {stored} stored, {duplicate} answered DUPLICATE, {rejected} rejected, {unknown} unanswered then retried; {churn} membership changes; {} events and {receipts} receipts in the log", started.elapsed().as_secs(), attempts.len(), folded.events.len());
         println!("check: {} faults: {}", faults.len(), faults.join("; "));
         println!("check: {} findings", findings.total());
         for (kind, list) in [
@@ -140,6 +151,7 @@ fn report(
             ("stale rejections", &findings.stale_rejections),
             ("history vs log", &findings.history_vs_log),
             ("members vs log", &findings.members_vs_log),
+            ("receipts vs log", &findings.receipts_vs_log),
             ("verifiers", &findings.verifiers),
         ] {
             println!("  {kind}: {}", list.len());

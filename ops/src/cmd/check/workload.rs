@@ -74,6 +74,8 @@ pub struct Churn {
 pub struct Records {
     pub attempts: Mutex<Vec<Attempt>>,
     pub churn: Mutex<Vec<Churn>>,
+    /// Delivery and read receipts written to a connection.
+    pub receipts: std::sync::atomic::AtomicU64,
 }
 
 impl Records {
@@ -146,6 +148,25 @@ async fn send_one(ws: &mut Ws, conv: &str, id: &str) -> Option<Outcome> {
     }
 }
 
+/// Now and then a delivery or read receipt up to a message just stored
+/// (answered only when refused, so nothing is awaited); whether one was sent.
+async fn send_receipt(ws: &mut Ws, conv: &str, up_to_seq: u64) -> bool {
+    let conversation_id = conv.to_string();
+    let payload = match rand::rng().random_range(0..4) {
+        0 => Payload::DeliveryAck(v1::DeliveryAck {
+            conversation_id,
+            up_to_seq,
+            ..Default::default()
+        }),
+        1 => Payload::Read(v1::ReadAck {
+            conversation_id,
+            up_to_seq,
+        }),
+        _ => return false,
+    };
+    ws.send(frame(payload)).await.is_ok()
+}
+
 /// A member's sends until `until`, then its unanswered ones until `drain`.
 pub async fn member_loop(
     user: String,
@@ -193,6 +214,13 @@ pub async fn member_loop(
                 Duration::from_millis(200)
             };
             retries.push_back((conv.clone(), id.clone(), Instant::now() + wait));
+        }
+        if let (Some(ws), Outcome::Stored { conv_seq, .. } | Outcome::Duplicate { conv_seq, .. }) =
+            (conn.as_mut(), &outcome)
+        {
+            if send_receipt(ws, &conv, *conv_seq).await {
+                records.receipts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         records.attempt(Attempt {
             user: user.clone(),
