@@ -46,6 +46,7 @@ fn every_sub_benchmark_completes_with_positive_figures() {
         "fanout_ratio",
         "rebuild_events_per_s",
         "rebuild_ratio",
+        "status_ms",
         "bytes_per_idle_conn",
         "deliver_p99_ms",
     ] {

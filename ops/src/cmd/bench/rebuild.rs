@@ -124,6 +124,23 @@ async fn caught_up(js: &jetstream::Context) -> anyhow::Result<()> {
     }
 }
 
+/// Runs `imctl <args>` against the stack as an operator would; its seconds.
+async fn timed_imctl(nats_url: &str, args: &[&str]) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let status = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .arg("--nats-url")
+        .arg(nats_url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .with_context(|| format!("running imctl {}", args.join(" ")))?;
+    anyhow::ensure!(status.success(), "imctl {}: {status}", args.join(" "));
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// Reads the whole stream with an ordered consumer; the messages read.
 async fn raw_read(js: &jetstream::Context, last: u64) -> anyhow::Result<u64> {
     let stream = js.get_stream(CONV_STREAM).await?;
@@ -176,28 +193,21 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let live_secs = started.elapsed().as_secs_f64();
     eprintln!("rebuild: live projector caught up in {live_secs:.1} s");
 
+    let status_secs = timed_imctl(&stack.nats_url, &["projections", "status", "--instance", "local"]).await?;
+    let streams_secs = timed_imctl(&stack.nats_url, &["streams", "status"]).await?;
+    eprintln!(
+        "rebuild: imctl projections status on {last} events in {:.0} ms (imctl streams status: {:.0} ms)",
+        status_secs * 1e3,
+        streams_secs * 1e3
+    );
+
     let started = Instant::now();
     let read = raw_read(&js, last).await?;
     let raw_secs = started.elapsed().as_secs_f64();
     anyhow::ensure!(read == last, "the raw read saw {read} of {last} events");
     eprintln!("rebuild: raw ordered read {read} in {raw_secs:.2} s");
 
-    let started = Instant::now();
-    let status = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["projections", "rebuild", "--all", "--instance", "local"])
-        .arg("--nats-url")
-        .arg(&stack.nats_url)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .context("running imctl projections rebuild")?;
-    let rebuild_secs = started.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        status.success(),
-        "imctl projections rebuild --all: {status}"
-    );
+    let rebuild_secs = timed_imctl(&stack.nats_url, &["projections", "rebuild", "--all", "--instance", "local"]).await?;
     eprintln!("rebuild: imctl projections rebuild --all over {last} events in {rebuild_secs:.2} s");
     stack.stop().await;
     let mut f = Figures::default();
@@ -207,5 +217,7 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     f.add("rebuild_events_per_s", ours);
     f.add("rebuild_raw_per_s", raw);
     f.add("rebuild_ratio", ours / raw);
+    f.add("status_ms", status_secs * 1e3);
+    f.add("status_baseline_streams_status_ms", streams_secs * 1e3);
     Ok(f)
 }
