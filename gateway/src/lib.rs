@@ -39,14 +39,20 @@ pub struct AppState {
 pub enum GatewayError {
     #[error("configuration: {0}")]
     Config(String),
-    #[error("nats: {0}")]
-    Nats(String),
     #[error(transparent)]
     Streams(#[from] im_streams::StreamsError),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl GatewayError {
+    /// JetStream not answering yet (a leader election, a node restarting):
+    /// worth another try while the gateway starts.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, GatewayError::Streams(e) if im_streams::connect::is_unavailable(e))
+    }
 }
 
 impl AppState {

@@ -66,8 +66,15 @@ async fn everything_is_r3_and_starts_with_a_node_down() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let _projector = im_projectors::Projector::start(
-        client,
+    // As `im-projector` runs it: supervised, so the election that follows
+    // the kill (JetStream not answering for a few seconds) is waited out.
+    let (current, mut started) = tokio::sync::watch::channel(None);
+    let clients = im_projectors::Clients {
+        consume: client.clone(),
+        publish: client,
+    };
+    let _projector = AbortOnDrop(tokio::spawn(im_projectors::supervisor::run(
+        clients,
         im_projectors::ProjectorConfig {
             instance: "main".into(),
             partitions: None,
@@ -76,8 +83,14 @@ async fn everything_is_r3_and_starts_with_a_node_down() {
             fanout: true,
             store_faults: None,
         },
+        current,
+    )));
+    tokio::time::timeout(
+        im_streams::connect::STARTUP_WAIT,
+        started.wait_for(Option::is_some),
     )
     .await
+    .expect("the projector started within the startup wait")
     .unwrap();
     let media = tempfile::tempdir().unwrap();
     let media_dir = media.path().to_str().unwrap();
@@ -94,4 +107,12 @@ async fn everything_is_r3_and_starts_with_a_node_down() {
     );
     let (status, body) = upload(gw.1, "alice", "image/png", &png(4, 4, false)).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

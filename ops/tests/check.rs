@@ -6,7 +6,14 @@ use std::process::Command;
 
 fn check(extra: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
-        .args(["check", "--duration", "45", "--fault-interval", "6", "--json"])
+        .args([
+            "check",
+            "--duration",
+            "45",
+            "--fault-interval",
+            "6",
+            "--json",
+        ])
         .args(extra)
         .output()
         .expect("running imctl check");
@@ -14,7 +21,11 @@ fn check(extra: &[&str]) -> serde_json::Value {
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     println!("{stdout}");
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON report");
-    assert!(out.status.success(), "imctl check {extra:?}: {}", report["findings"]);
+    assert!(
+        out.status.success(),
+        "imctl check {extra:?}: {}",
+        report["findings"]
+    );
     report
 }
 
@@ -22,7 +33,10 @@ fn assert_exercised(report: &serde_json::Value) {
     let n = |k: &str| report[k].as_u64().unwrap_or(0);
     assert!(n("stored") > 1_000, "{report}");
     assert!(n("membership_changes") > 10, "{report}");
-    assert!(report["faults"].as_array().map_or(0, Vec::len) >= 4, "{report}");
+    assert!(
+        report["faults"].as_array().map_or(0, Vec::len) >= 4,
+        "{report}"
+    );
 }
 
 #[test]

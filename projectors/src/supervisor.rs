@@ -3,8 +3,10 @@
 //! committed), is reported (log, `im_projector_storage_errors_total`, the
 //! heartbeat's problem, so `/readyz` says so), and the instance starts
 //! again: it waits, reporting, until the disk takes writes, and a store
-//! that cannot be trusted is quarantined and rebuilt from the log. Only an
-//! error no restart can mend (configuration, NATS) ends it.
+//! that cannot be trusted is quarantined and rebuilt from the log. JetStream
+//! not answering (an election, a node down) restarts it the same way, for
+//! at most `STARTUP_WAIT` in a row. Only an error no restart can mend
+//! (configuration) ends it.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -12,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::heartbeat::Health;
 use crate::projector::{
     quarantine, Clients, Projector, ProjectorConfig, ProjectorError, STORAGE_ERRORS,
 };
-use crate::heartbeat::Health;
 use crate::query::QueryContext;
 use crate::runner::RunError;
 use crate::store::StoreError;
+use im_streams::connect::{is_unavailable, until_available, STARTUP_WAIT};
 
 /// The first wait before a restart, doubled after each failed run up to
 /// `RESTART_BACKOFF_MAX`: a disk that keeps failing is not hammered.
@@ -32,6 +35,16 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// store that cannot be trusted either means something else is wrong (the
 /// disk, a bug), which another rebuild would not mend.
 pub const QUARANTINES_MAX: u32 = 3;
+
+/// JetStream not answering (a leader election, a node or the network
+/// down): the instance starts again from its checkpoints once it does.
+fn jetstream_unavailable(e: &ProjectorError) -> bool {
+    match e {
+        ProjectorError::Streams(s) => im_streams::connect::is_unavailable(s),
+        ProjectorError::Run(RunError::JetStream(_)) => true,
+        _ => false,
+    }
+}
 
 /// The storage error behind a projector's error, if that is what it is.
 fn storage_error(e: &ProjectorError) -> Option<&StoreError> {
@@ -55,7 +68,8 @@ pub async fn run(
         Some(p) => p.clone(),
         None => {
             let js = async_nats::jetstream::new(clients.publish.clone());
-            let topology = im_streams::definitions::read_topology(&js).await?;
+            let read = || im_streams::definitions::read_topology(&js);
+            let topology = until_available("topology", is_unavailable, read).await?;
             (0..topology.partitions).collect()
         }
     };
@@ -67,9 +81,12 @@ pub async fn run(
     )));
     let mut backoff = RESTART_BACKOFF_MIN;
     let mut quarantines = 0;
+    // Since when JetStream has not let a run last (None: it has).
+    let mut outage: Option<Instant> = None;
     loop {
         let started = Instant::now();
-        let start = Projector::start_reporting(clients.clone(), config.clone(), Some(health.clone()));
+        let start =
+            Projector::start_reporting(clients.clone(), config.clone(), Some(health.clone()));
         let outcome = match start.await {
             Ok(mut projector) => {
                 current.send_replace(Some(projector.context.clone()));
@@ -82,14 +99,25 @@ pub async fn run(
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        if started.elapsed() >= HEALTHY_RUN {
+            (backoff, quarantines, outage) = (RESTART_BACKOFF_MIN, 0, None);
+        }
+        if jetstream_unavailable(&error) {
+            let since = *outage.get_or_insert(started);
+            if since.elapsed() >= STARTUP_WAIT {
+                return Err(error);
+            }
+            health.set_problem(format!("jetstream: {error}"));
+            tracing::warn!(error = %error, wait_ms = backoff.as_millis() as u64, "jetstream unavailable: the projector starts again from its checkpoints once it answers");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+            continue;
+        }
         let Some(store_error) = storage_error(&error) else {
             return Err(error);
         };
         STORAGE_ERRORS.fetch_add(1, Relaxed);
         health.set_problem(format!("storage: {error}: {}", innermost(&error)));
-        if started.elapsed() >= HEALTHY_RUN {
-            (backoff, quarantines) = (RESTART_BACKOFF_MIN, 0);
-        }
         if store_error.is_corruption() {
             quarantines += 1;
             if quarantines > QUARANTINES_MAX {

@@ -16,6 +16,46 @@ pub const DEFAULT_SERVERS: &str = "nats://127.0.0.1:4222";
 /// server is tried in turn.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a process keeps trying while JetStream does not answer as it
+/// starts: a cluster elects a new leader within seconds and a rolling
+/// restart takes well under a minute; past this the process exits, so the
+/// outage is seen by whatever supervises it.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(60);
+
+/// The first pause between two tries, doubled up to `RETRY_PAUSE_MAX`.
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(250);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(4);
+
+/// Runs `attempt` until it succeeds, fails for a reason `is_transient`
+/// does not accept, or `STARTUP_WAIT` has passed since the first try.
+pub async fn until_available<T, E, Fut>(
+    what: &str,
+    is_transient: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+    let mut pause = RETRY_PAUSE_MIN;
+    loop {
+        match attempt().await {
+            Err(e) if is_transient(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(what, error = %e, retry_in_ms = pause.as_millis() as u64, "jetstream not available yet: trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether an error is JetStream not answering (yet), worth a retry.
+pub fn is_unavailable(e: &StreamsError) -> bool {
+    matches!(e, StreamsError::Unavailable(_))
+}
+
 /// The NATS settings every binary takes (flag and environment variable).
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
@@ -90,5 +130,41 @@ mod tests {
             .to_string();
         assert!(err.contains("nats://b:x"), "{err}");
         assert!(parse_servers("").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_transient_errors_are_retried_and_only_for_the_startup_wait() {
+        let mut tries = 0;
+        let r: Result<(), StreamsError> = until_available("t", is_unavailable, || {
+            tries += 1;
+            let n = tries;
+            async move {
+                match n {
+                    1..=3 => Err(StreamsError::Unavailable("electing".into())),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(tries, 4);
+
+        let mut tries = 0;
+        let r: Result<(), StreamsError> = until_available("t", is_unavailable, || {
+            tries += 1;
+            async { Err(StreamsError::Config("bad".into())) }
+        })
+        .await;
+        assert!(matches!(r, Err(StreamsError::Config(_))));
+        assert_eq!(tries, 1);
+
+        let started = tokio::time::Instant::now();
+        let r: Result<(), StreamsError> = until_available("t", is_unavailable, || async {
+            Err(StreamsError::Unavailable("down".into()))
+        })
+        .await;
+        assert!(r.is_err());
+        assert!(started.elapsed() <= STARTUP_WAIT, "{:?}", started.elapsed());
+        assert!(started.elapsed() >= STARTUP_WAIT - RETRY_PAUSE_MAX);
     }
 }

@@ -19,7 +19,14 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let state = im_gateway::AppState::new(config, client).await?;
+    // Started during a leader election (or with a node down), it waits for
+    // JetStream to answer rather than exit at once.
+    let state = im_streams::connect::until_available(
+        "gateway start",
+        im_gateway::GatewayError::is_transient,
+        || im_gateway::AppState::new(config.clone(), client.clone()),
+    )
+    .await?;
     println!("im-gateway: ready http://{addr} ws://{addr}/v1/ws");
     im_gateway::serve(listener, state).await?;
     Ok(())

@@ -170,9 +170,8 @@ impl Media {
             ),
         };
         let js = jetstream::new(client.clone());
-        let nats = |e: im_streams::StreamsError| crate::GatewayError::Nats(e.to_string());
-        let quota = open_bucket(&js, MEDIA_QUOTA_BUCKET).await.map_err(nats)?;
-        let pending = open_bucket(&js, MEDIA_PENDING_BUCKET).await.map_err(nats)?;
+        let quota = open_bucket(&js, MEDIA_QUOTA_BUCKET).await?;
+        let pending = open_bucket(&js, MEDIA_PENDING_BUCKET).await?;
         Ok(Media {
             store,
             proxied,

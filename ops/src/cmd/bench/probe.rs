@@ -62,7 +62,10 @@ pub async fn projected(client: &async_nats::Client) -> anyhow::Result<(u64, u64)
 }
 
 /// `projected` of any instance.
-pub async fn projected_by(client: &async_nats::Client, instance: &str) -> anyhow::Result<(u64, u64)> {
+pub async fn projected_by(
+    client: &async_nats::Client,
+    instance: &str,
+) -> anyhow::Result<(u64, u64)> {
     let req = v1::QueryRequest {
         query: Some(Query::Status(v1::StatusQuery::default())),
         ..Default::default()
@@ -107,7 +110,10 @@ pub async fn wait_caught_up_by(client: &async_nats::Client, instance: &str) -> a
     let deadline = Instant::now() + CATCH_UP_MAX;
     loop {
         let last = conv_last_seq(client).await?;
-        if projected_by(client, instance).await.is_ok_and(|(_, cp)| cp >= last) {
+        if projected_by(client, instance)
+            .await
+            .is_ok_and(|(_, cp)| cp >= last)
+        {
             return Ok(());
         }
         anyhow::ensure!(Instant::now() < deadline, "the projector did not catch up");

@@ -193,7 +193,11 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let live_secs = started.elapsed().as_secs_f64();
     eprintln!("rebuild: live projector caught up in {live_secs:.1} s");
 
-    let status_secs = timed_imctl(&stack.nats_url, &["projections", "status", "--instance", "local"]).await?;
+    let status_secs = timed_imctl(
+        &stack.nats_url,
+        &["projections", "status", "--instance", "local"],
+    )
+    .await?;
     let streams_secs = timed_imctl(&stack.nats_url, &["streams", "status"]).await?;
     eprintln!(
         "rebuild: imctl projections status on {last} events in {:.0} ms (imctl streams status: {:.0} ms)",
@@ -207,7 +211,11 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     anyhow::ensure!(read == last, "the raw read saw {read} of {last} events");
     eprintln!("rebuild: raw ordered read {read} in {raw_secs:.2} s");
 
-    let rebuild_secs = timed_imctl(&stack.nats_url, &["projections", "rebuild", "--all", "--instance", "local"]).await?;
+    let rebuild_secs = timed_imctl(
+        &stack.nats_url,
+        &["projections", "rebuild", "--all", "--instance", "local"],
+    )
+    .await?;
     eprintln!("rebuild: imctl projections rebuild --all over {last} events in {rebuild_secs:.2} s");
     stack.stop().await;
     let mut f = Figures::default();

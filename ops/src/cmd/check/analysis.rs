@@ -58,21 +58,31 @@ pub fn fold_log(log: Vec<StoredEvent>, f: &mut Findings) -> Folded {
     let last_seq = log.last().map_or(0, |e| e.stream_seq);
     for e in log {
         let conv = e.event.conversation_id.clone();
-        let state = states.entry(conv.clone()).or_insert_with(|| ConvState::empty(&conv));
+        let state = states
+            .entry(conv.clone())
+            .or_insert_with(|| ConvState::empty(&conv));
         if let Err(why) = check_link(state.conv_seq, &state.last_hash, &e.event) {
-            f.chain_breaks.push(format!("{conv} at stream seq {}: {why}", e.stream_seq));
+            f.chain_breaks
+                .push(format!("{conv} at stream seq {}: {why}", e.stream_seq));
             continue;
         }
         let ev = &e.event;
         if event_type(ev) == "message_sent" {
             if let Err(r) = check_may_send(state, &ev.actor, ev.at_ms) {
-                f.messages_from_non_members
-                    .push(format!("{conv} conv_seq {} from {}: {r}", ev.conv_seq, ev.actor));
+                f.messages_from_non_members.push(format!(
+                    "{conv} conv_seq {} from {}: {r}",
+                    ev.conv_seq, ev.actor
+                ));
             }
         }
         let primary = format!("{}:{}", ev.actor, ev.client_msg_id);
-        if (e.msg_id.is_empty() || e.msg_id == primary) && !finals.insert((conv.clone(), primary.clone())) {
-            f.duplicates.push(format!("{conv}: {primary} stored again at conv_seq {}", ev.conv_seq));
+        if (e.msg_id.is_empty() || e.msg_id == primary)
+            && !finals.insert((conv.clone(), primary.clone()))
+        {
+            f.duplicates.push(format!(
+                "{conv}: {primary} stored again at conv_seq {}",
+                ev.conv_seq
+            ));
         }
         apply(state, ev);
         state.record_position(e.stream_seq, e.hash);
@@ -91,21 +101,38 @@ pub fn check_acks(records: &Records, log: &Folded, f: &mut Findings) {
     let attempts = records.attempts.lock().unwrap_or_else(|e| e.into_inner());
     let mut positions: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
     for a in attempts.iter() {
-        let (Outcome::Stored { stream_seq, conv_seq } | Outcome::Duplicate { stream_seq, conv_seq }) =
-            a.outcome
+        let (Outcome::Stored {
+            stream_seq,
+            conv_seq,
+        }
+        | Outcome::Duplicate {
+            stream_seq,
+            conv_seq,
+        }) = a.outcome
         else {
             continue;
         };
         let found = log.events.get(&stream_seq).map(|e| &e.event);
         let here = found.is_some_and(|ev| {
-            ev.conversation_id == a.conv && ev.conv_seq == conv_seq && ev.client_msg_id == a.id && ev.actor == a.user
+            ev.conversation_id == a.conv
+                && ev.conv_seq == conv_seq
+                && ev.client_msg_id == a.id
+                && ev.actor == a.user
         });
         if !here {
-            f.acked_but_lost.push(format!("{} {} acked at {stream_seq}/{conv_seq}, log has {found:?}", a.conv, a.id));
+            f.acked_but_lost.push(format!(
+                "{} {} acked at {stream_seq}/{conv_seq}, log has {found:?}",
+                a.conv, a.id
+            ));
         }
-        let first = *positions.entry((&a.conv, &a.id)).or_insert((stream_seq, conv_seq));
+        let first = *positions
+            .entry((&a.conv, &a.id))
+            .or_insert((stream_seq, conv_seq));
         if first != (stream_seq, conv_seq) {
-            f.duplicates.push(format!("{} {} acked at {first:?} and at {stream_seq}/{conv_seq}", a.conv, a.id));
+            f.duplicates.push(format!(
+                "{} {} acked at {first:?} and at {stream_seq}/{conv_seq}",
+                a.conv, a.id
+            ));
         }
     }
 }
@@ -115,15 +142,21 @@ pub fn check_acks(records: &Records, log: &Folded, f: &mut Findings) {
 /// (if any: members start in) made it one, and no change was under way
 /// between that and `to`.
 fn provably_member(churn: &[Churn], conv: &str, user: &str, from: Instant, to: Instant) -> bool {
-    let mine: Vec<&Churn> = churn.iter().filter(|c| c.ok && c.conv == conv && c.user == user).collect();
-    let last_done = mine.iter().filter(|c| c.answered <= from).max_by_key(|c| c.answered);
+    let mine: Vec<&Churn> = churn
+        .iter()
+        .filter(|c| c.ok && c.conv == conv && c.user == user)
+        .collect();
+    let last_done = mine
+        .iter()
+        .filter(|c| c.answered <= from)
+        .max_by_key(|c| c.answered);
     if last_done.is_some_and(|c| !c.add) {
         return false;
     }
     let since = last_done.map(|c| c.answered);
-    !mine
-        .iter()
-        .any(|c| c.first_sent < to && since.is_none_or(|s| c.answered > s) && Some(c.answered) != since)
+    !mine.iter().any(|c| {
+        c.first_sent < to && since.is_none_or(|s| c.answered > s) && Some(c.answered) != since
+    })
 }
 
 /// A `not_member` refusal while the sender provably was one is stale.
@@ -134,8 +167,11 @@ pub fn check_rejections(records: &Records, f: &mut Findings) {
         let Outcome::Rejected { reason } = &a.outcome else {
             continue;
         };
-        if reason.starts_with("not_member") && provably_member(&churn, &a.conv, &a.user, a.sent, a.answered) {
-            f.stale_rejections.push(format!("{} {} from {}: {reason}", a.conv, a.id, a.user));
+        if reason.starts_with("not_member")
+            && provably_member(&churn, &a.conv, &a.user, a.sent, a.answered)
+        {
+            f.stale_rejections
+                .push(format!("{} {} from {}: {reason}", a.conv, a.id, a.user));
         }
     }
 }
@@ -169,13 +205,21 @@ async fn ask(client: &async_nats::Client, conv: &str, at: At, query: Query) -> a
 }
 
 /// History and members served by the projector equal the log's.
-pub async fn check_read_models(client: &async_nats::Client, log: &Folded, at: At, f: &mut Findings) -> anyhow::Result<()> {
+pub async fn check_read_models(
+    client: &async_nats::Client,
+    log: &Folded,
+    at: At,
+    f: &mut Findings,
+) -> anyhow::Result<()> {
     let mut by_conv: BTreeMap<&str, Vec<(u64, String)>> = BTreeMap::new();
     let mut seqs: Vec<&u64> = log.events.keys().collect();
     seqs.sort();
     for s in seqs {
         let ev = &log.events[s].event;
-        by_conv.entry(&ev.conversation_id).or_default().push((ev.conv_seq, ev.client_msg_id.clone()));
+        by_conv
+            .entry(&ev.conversation_id)
+            .or_default()
+            .push((ev.conv_seq, ev.client_msg_id.clone()));
     }
     for (conv, want) in by_conv {
         let mut got = Vec::new();
@@ -190,11 +234,20 @@ pub async fn check_read_models(client: &async_nats::Client, log: &Folded, at: At
             let R::History(page) = ask(client, conv, at, q).await? else {
                 anyhow::bail!("history of {conv}: another answer")
             };
-            got.extend(page.entries.iter().filter_map(|e| e.event.as_ref()).map(|e| (e.conv_seq, e.client_msg_id.clone())));
+            got.extend(
+                page.entries
+                    .iter()
+                    .filter_map(|e| e.event.as_ref())
+                    .map(|e| (e.conv_seq, e.client_msg_id.clone())),
+            );
             from = page.next_seq;
         }
         if got != want {
-            f.history_vs_log.push(format!("{conv}: history has {} events, the log {}", got.len(), want.len()));
+            f.history_vs_log.push(format!(
+                "{conv}: history has {} events, the log {}",
+                got.len(),
+                want.len()
+            ));
         }
         let q = Query::Members(v1::MembersQuery {
             conversation_id: conv.into(),
@@ -206,7 +259,8 @@ pub async fn check_read_models(client: &async_nats::Client, log: &Folded, at: At
         let got: Vec<String> = m.members.iter().map(|r| r.user_id.clone()).collect();
         let want: Vec<String> = log.states[conv].members.keys().cloned().collect();
         if got != want {
-            f.members_vs_log.push(format!("{conv}: members {got:?}, the log {want:?}"));
+            f.members_vs_log
+                .push(format!("{conv}: members {got:?}, the log {want:?}"));
         }
     }
     Ok(())
@@ -217,7 +271,10 @@ pub async fn check_read_models(client: &async_nats::Client, log: &Folded, at: At
 pub type Cursors = BTreeMap<(String, String), (u64, u64)>;
 
 /// Reads IM_RCPT up to `last` and folds its receipts into cursors.
-pub async fn read_receipts(client: &async_nats::Client, last: u64) -> anyhow::Result<Vec<v1::ReceiptEvent>> {
+pub async fn read_receipts(
+    client: &async_nats::Client,
+    last: u64,
+) -> anyhow::Result<Vec<v1::ReceiptEvent>> {
     use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
     use futures::StreamExt;
     let mut out = Vec::new();
@@ -237,7 +294,10 @@ pub async fn read_receipts(client: &async_nats::Client, last: u64) -> anyhow::Re
     while let Some(msg) = messages.next().await {
         let msg = msg?;
         out.push(im_schema::decode::<v1::ReceiptEvent>(&msg.payload)?);
-        let seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+        let seq = msg
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
         if seq >= last {
             break;
         }
@@ -257,9 +317,14 @@ pub fn fold_receipts(receipts: &[v1::ReceiptEvent], log: &Folded, f: &mut Findin
         };
         let end = log.states.get(&r.conversation_id).map_or(0, |s| s.conv_seq);
         if up_to == 0 || up_to > end {
-            f.receipts_vs_log.push(format!("{} by {}: up to {up_to}, the conversation ends at {end}", r.conversation_id, r.user_id));
+            f.receipts_vs_log.push(format!(
+                "{} by {}: up to {up_to}, the conversation ends at {end}",
+                r.conversation_id, r.user_id
+            ));
         }
-        let c = cursors.entry((r.conversation_id.clone(), r.user_id.clone())).or_default();
+        let c = cursors
+            .entry((r.conversation_id.clone(), r.user_id.clone()))
+            .or_default();
         c.0 = c.0.max(up_to);
         if read {
             c.1 = c.1.max(up_to);
@@ -269,7 +334,13 @@ pub fn fold_receipts(receipts: &[v1::ReceiptEvent], log: &Folded, f: &mut Findin
 }
 
 /// The cursors the projector serves for each member equal the log's.
-pub async fn check_receipts(client: &async_nats::Client, log: &Folded, cursors: &Cursors, at: At, f: &mut Findings) -> anyhow::Result<()> {
+pub async fn check_receipts(
+    client: &async_nats::Client,
+    log: &Folded,
+    cursors: &Cursors,
+    at: At,
+    f: &mut Findings,
+) -> anyhow::Result<()> {
     for conv in log.states.keys() {
         let q = Query::Receipts(v1::ReceiptsQuery {
             conversation_id: conv.clone(),
@@ -279,7 +350,10 @@ pub async fn check_receipts(client: &async_nats::Client, log: &Folded, cursors: 
             anyhow::bail!("receipts of {conv}: another answer")
         };
         for m in got.members {
-            let want = cursors.get(&(conv.clone(), m.user_id.clone())).copied().unwrap_or_default();
+            let want = cursors
+                .get(&(conv.clone(), m.user_id.clone()))
+                .copied()
+                .unwrap_or_default();
             if (m.delivered_seq, m.read_seq) != want {
                 f.receipts_vs_log.push(format!(
                     "{conv} {}: served delivered {} read {}, the log {want:?}",
@@ -309,7 +383,10 @@ mod tests {
 
     impl Log {
         fn new() -> Log {
-            Log { events: Vec::new(), heads: HashMap::new() }
+            Log {
+                events: Vec::new(),
+                heads: HashMap::new(),
+            }
         }
 
         fn push(&mut self, conv: &str, actor: &str, id: &str, kind: Kind) -> &mut Log {
@@ -317,7 +394,15 @@ mod tests {
             self.raw(conv, last + 1, hash, actor, id, kind)
         }
 
-        fn raw(&mut self, conv: &str, conv_seq: u64, prev: [u8; 32], actor: &str, id: &str, kind: Kind) -> &mut Log {
+        fn raw(
+            &mut self,
+            conv: &str,
+            conv_seq: u64,
+            prev: [u8; 32],
+            actor: &str,
+            id: &str,
+            kind: Kind,
+        ) -> &mut Log {
             let stream_seq = self.events.len() as u64 + 1;
             let hash = [stream_seq as u8; 32];
             let event = v1::ConvEvent {
@@ -354,7 +439,11 @@ mod tests {
                 .iter()
                 .map(|u| v1::InitialMember {
                     user_id: u.to_string(),
-                    role: if *u == "owner" { v1::Role::Owner } else { v1::Role::Member } as i32,
+                    role: if *u == "owner" {
+                        v1::Role::Owner
+                    } else {
+                        v1::Role::Member
+                    } as i32,
                 })
                 .collect(),
         })
@@ -376,7 +465,8 @@ mod tests {
     #[test]
     fn a_clean_log_has_no_findings() {
         let mut log = group();
-        log.push("g0", "m0", "a", sent()).push("g0", "m0", "b", sent());
+        log.push("g0", "m0", "a", sent())
+            .push("g0", "m0", "b", sent());
         let mut f = Findings::default();
         let folded = fold_log(log.events, &mut f);
         assert_eq!(f.total(), 0, "{f:?}");
@@ -386,7 +476,8 @@ mod tests {
     #[test]
     fn the_same_id_stored_twice_is_a_duplicate() {
         let mut log = group();
-        log.push("g0", "m0", "a", sent()).push("g0", "m0", "a", sent());
+        log.push("g0", "m0", "a", sent())
+            .push("g0", "m0", "a", sent());
         let mut f = Findings::default();
         fold_log(log.events, &mut f);
         assert_eq!(f.duplicates.len(), 1, "{f:?}");
@@ -436,7 +527,12 @@ mod tests {
         assert_eq!(f.receipts_vs_log.len(), 1, "{f:?}");
     }
 
-    fn attempt(id: &str, outcome: Outcome, sent: Instant, answered: Instant) -> super::super::workload::Attempt {
+    fn attempt(
+        id: &str,
+        outcome: Outcome,
+        sent: Instant,
+        answered: Instant,
+    ) -> super::super::workload::Attempt {
         super::super::workload::Attempt {
             user: "m0".into(),
             conv: "g0".into(),
@@ -455,10 +551,21 @@ mod tests {
         let folded = fold_log(log.events, &mut f);
         let now = Instant::now();
         let records = Records::default();
-        let at = |stream_seq, conv_seq| Outcome::Stored { stream_seq, conv_seq };
+        let at = |stream_seq, conv_seq| Outcome::Stored {
+            stream_seq,
+            conv_seq,
+        };
         for a in [
             attempt("a", at(2, 2), now, now),
-            attempt("a", Outcome::Duplicate { stream_seq: 2, conv_seq: 2 }, now, now),
+            attempt(
+                "a",
+                Outcome::Duplicate {
+                    stream_seq: 2,
+                    conv_seq: 2,
+                },
+                now,
+                now,
+            ),
             attempt("b", at(7, 3), now, now),
             attempt("a", at(3, 3), now, now),
         ] {
@@ -484,11 +591,23 @@ mod tests {
         // Member from the start, nothing under way: a refusal is stale.
         assert!(provably_member(&[], "g0", "m0", t0, t1));
         // Removed before the send: not a member.
-        assert!(!provably_member(&[churn(false, t0, t1)], "g0", "m0", t2, t3));
+        assert!(!provably_member(
+            &[churn(false, t0, t1)],
+            "g0",
+            "m0",
+            t2,
+            t3
+        ));
         // Re-added before the send: a member again.
         let both = [churn(false, t0, t1), churn(true, t1, t2)];
         assert!(provably_member(&both, "g0", "m0", t3, t4));
         // A removal under way while the send was: either order is fine.
-        assert!(!provably_member(&[churn(false, t1, t3)], "g0", "m0", t2, t4));
+        assert!(!provably_member(
+            &[churn(false, t1, t3)],
+            "g0",
+            "m0",
+            t2,
+            t4
+        ));
     }
 }

@@ -36,7 +36,9 @@ fn pick(system: &System) -> Fault {
 
 /// The node leading IM_CONV (its index), on a cluster.
 async fn leader(system: &System) -> Option<usize> {
-    let client = async_nats::connect(system.nats.urls().split(',').next()?).await.ok()?;
+    let client = async_nats::connect(system.nats.urls().split(',').next()?)
+        .await
+        .ok()?;
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream("IM_CONV").await.ok()?;
     let name = stream.info().await.ok()?.cluster.as_ref()?.leader.clone()?;

@@ -33,7 +33,9 @@ pub async fn get(
     path: &str,
     bearer: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let auth = bearer.map(|b| format!("Authorization: Bearer {b}\r\n")).unwrap_or_default();
+    let auth = bearer
+        .map(|b| format!("Authorization: Bearer {b}\r\n"))
+        .unwrap_or_default();
     exchange(
         addr,
         format!("GET {path} HTTP/1.1\r\nHost: check\r\n{auth}Connection: close\r\n\r\n"),
@@ -49,7 +51,9 @@ pub async fn post(
     key: Option<&str>,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
-    let key = key.map(|k| format!("Idempotency-Key: {k}\r\n")).unwrap_or_default();
+    let key = key
+        .map(|k| format!("Idempotency-Key: {k}\r\n"))
+        .unwrap_or_default();
     exchange(
         addr,
         format!(

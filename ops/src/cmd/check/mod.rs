@@ -52,9 +52,20 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for m in 0..workload::MEMBERS {
         let r = records.clone();
-        tasks.push(tokio::spawn(workload::member_loop(workload::member(m), gateways.clone(), r, until, drain)));
+        tasks.push(tokio::spawn(workload::member_loop(
+            workload::member(m),
+            gateways.clone(),
+            r,
+            until,
+            drain,
+        )));
     }
-    tasks.push(tokio::spawn(workload::churn_loop(gateways.clone(), records.clone(), until, drain)));
+    tasks.push(tokio::spawn(workload::churn_loop(
+        gateways.clone(),
+        records.clone(),
+        until,
+        drain,
+    )));
     let system = Arc::new(tokio::sync::Mutex::new(system));
     let log = Arc::new(Mutex::new(Vec::new()));
     let every = Duration::from_secs(args.fault_interval.max(1));
@@ -62,13 +73,22 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     for t in tasks {
         t.await?;
     }
-    let client = im_streams::connect::NatsArgs::new(&urls).connect("imctl-check").await?;
+    let client = im_streams::connect::NatsArgs::new(&urls)
+        .connect("imctl-check")
+        .await?;
     crate::cmd::bench::probe::wait_caught_up_by(&client, procs::INSTANCE).await?;
     let mut findings = Findings::default();
-    let events = im_streams::log::read_conv_events(&client, "IM_CONV", "im.conv.>", 1, usize::MAX).await?;
+    let events =
+        im_streams::log::read_conv_events(&client, "IM_CONV", "im.conv.>", 1, usize::MAX).await?;
     let folded = analysis::fold_log(events, &mut findings);
     let js = async_nats::jetstream::new(client.clone());
-    let rcpt_last = js.get_stream("IM_RCPT").await?.info().await?.state.last_sequence;
+    let rcpt_last = js
+        .get_stream("IM_RCPT")
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
     let at = analysis::At {
         conv: folded.last_seq,
         rcpt: rcpt_last,
@@ -81,7 +101,14 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     analysis::check_receipts(&client, &folded, &cursors, at, &mut findings).await?;
     verifiers(&urls, &mut findings)?;
     let faults = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    report(&args, &records, (&folded, receipts.len()), &faults, &findings, started)?;
+    report(
+        &args,
+        &records,
+        (&folded, receipts.len()),
+        &faults,
+        &findings,
+        started,
+    )?;
     drop(system);
     anyhow::ensure!(findings.total() == 0, "{} findings", findings.total());
     Ok(())
@@ -93,7 +120,18 @@ fn verifiers(urls: &str, f: &mut Findings) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     let replay = me.parent().context("imctl's directory")?.join("im-replay");
     let runs = [
-        (me.clone(), vec!["projections", "verify", "--all", "--instance", procs::INSTANCE, "--nats-url", urls]),
+        (
+            me.clone(),
+            vec![
+                "projections",
+                "verify",
+                "--all",
+                "--instance",
+                procs::INSTANCE,
+                "--nats-url",
+                urls,
+            ],
+        ),
         (replay, vec!["verify", "--nats-url", urls]),
     ];
     for (bin, args) in runs {
@@ -101,7 +139,8 @@ fn verifiers(urls: &str, f: &mut Findings) -> anyhow::Result<()> {
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
             let last = text.lines().last().unwrap_or_default();
-            f.verifiers.push(format!("{} {}: {last}", bin.display(), args[0]));
+            f.verifiers
+                .push(format!("{} {}: {last}", bin.display(), args[0]));
         }
     }
     Ok(())
@@ -121,7 +160,11 @@ fn report(
     let duplicate = count(|o| matches!(o, Outcome::Duplicate { .. }));
     let rejected = count(|o| matches!(o, Outcome::Rejected { .. }));
     let unknown = count(|o| matches!(o, Outcome::Unknown));
-    let churn = records.churn.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let churn = records
+        .churn
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len();
     let summary = serde_json::json!({
         "mode": if args.cluster { "3-node cluster, R3" } else { "single node" },
         "seconds": started.elapsed().as_secs(),
@@ -147,7 +190,10 @@ fn report(
             ("acked but lost", &findings.acked_but_lost),
             ("duplicates", &findings.duplicates),
             ("chain breaks", &findings.chain_breaks),
-            ("messages from non-members", &findings.messages_from_non_members),
+            (
+                "messages from non-members",
+                &findings.messages_from_non_members,
+            ),
             ("stale rejections", &findings.stale_rejections),
             ("history vs log", &findings.history_vs_log),
             ("members vs log", &findings.members_vs_log),

@@ -114,7 +114,9 @@ impl System {
             Nats::Single(im_testkit::NatsServer::start().await?)
         };
         let urls = nats.urls();
-        let client = im_streams::connect::NatsArgs::new(&urls).connect("imctl-check").await?;
+        let client = im_streams::connect::NatsArgs::new(&urls)
+            .connect("imctl-check")
+            .await?;
         let settings = im_streams::StreamSettings {
             replicas: nats.replicas(),
             duplicate_window_ms: DUPLICATE_WINDOW_MS,
@@ -137,7 +139,8 @@ impl System {
         projector.start()?;
         let mut gateways = Vec::new();
         for i in 0..2 {
-            let addr: std::net::SocketAddr = format!("127.0.0.1:{}", im_testkit::free_port()).parse()?;
+            let addr: std::net::SocketAddr =
+                format!("127.0.0.1:{}", im_testkit::free_port()).parse()?;
             let limits = r#"{"sends_per_sec": 100000, "send_burst": 100000}"#;
             let mut gw = Proc {
                 name: format!("gateway{i}"),
@@ -171,7 +174,10 @@ impl System {
                 if let Ok((200, _)) = super::http::get(*addr, "/readyz", None).await {
                     break;
                 }
-                anyhow::ensure!(tokio::time::Instant::now() < deadline, "{addr} never became ready");
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "{addr} never became ready"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }

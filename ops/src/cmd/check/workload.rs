@@ -41,9 +41,17 @@ pub fn member(i: usize) -> String {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Stored { stream_seq: u64, conv_seq: u64 },
-    Duplicate { stream_seq: u64, conv_seq: u64 },
-    Rejected { reason: String },
+    Stored {
+        stream_seq: u64,
+        conv_seq: u64,
+    },
+    Duplicate {
+        stream_seq: u64,
+        conv_seq: u64,
+    },
+    Rejected {
+        reason: String,
+    },
     /// No definite answer (an error, a timeout, a connection lost).
     Unknown,
 }
@@ -87,7 +95,8 @@ impl Records {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(addr: std::net::SocketAddr, user: &str) -> anyhow::Result<Ws> {
     let token = im_gateway::auth::issue_hs256(SECRET, user, 24 * 3600);
@@ -122,7 +131,10 @@ async fn send_one(ws: &mut Ws, conv: &str, id: &str) -> Option<Outcome> {
     ws.send(send).await.ok()?;
     let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
     loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??.ok()?;
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .ok()??
+            .ok()?;
         if matches!(msg, Message::Close(_)) {
             return None;
         }
@@ -219,7 +231,9 @@ pub async fn member_loop(
             (conn.as_mut(), &outcome)
         {
             if send_receipt(ws, &conv, *conv_seq).await {
-                records.receipts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                records
+                    .receipts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         records.attempt(Attempt {
@@ -276,14 +290,18 @@ pub async fn churn_loop(
             else {
                 return;
             };
-            records.churn.lock().unwrap_or_else(|e| e.into_inner()).push(Churn {
-                conv: conv.clone(),
-                user: user.clone(),
-                add,
-                first_sent,
-                answered,
-                ok,
-            });
+            records
+                .churn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Churn {
+                    conv: conv.clone(),
+                    user: user.clone(),
+                    add,
+                    first_sent,
+                    answered,
+                    ok,
+                });
             let pause = rand::rng().random_range(20..300);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
@@ -302,7 +320,8 @@ pub async fn setup(gateways: &[std::net::SocketAddr]) -> anyhow::Result<()> {
             group(g),
             members.join(",")
         );
-        let (status, answer) = http::post(gateways[0], "/v1/conversations", &token, None, &body).await?;
+        let (status, answer) =
+            http::post(gateways[0], "/v1/conversations", &token, None, &body).await?;
         anyhow::ensure!(status == 200, "creating {}: {status} {answer}", group(g));
     }
     Ok(())
