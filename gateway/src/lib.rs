@@ -6,12 +6,13 @@
 pub mod auth;
 pub mod cmd;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod frames;
 pub mod http;
 pub mod http_commands;
-pub mod hub;
 pub mod media;
+pub mod outbox;
 pub mod query;
 pub mod readiness;
 pub mod ws;
@@ -29,7 +30,7 @@ pub struct AppState {
     pub client: async_nats::Client,
     pub appender: Arc<im_streams::Appender>,
     pub verifier: auth::Verifier,
-    pub hub: Arc<hub::Hub>,
+    pub dispatcher: Arc<dispatch::Dispatcher>,
     pub connections: AtomicUsize,
     pub media: Option<Arc<media::Media>>,
     pub readiness: Arc<readiness::Readiness>,
@@ -43,6 +44,8 @@ pub enum GatewayError {
     Streams(#[from] im_streams::StreamsError),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    #[error("deliveries: {0}")]
+    Dispatch(#[from] dispatch::StartError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -72,12 +75,13 @@ impl AppState {
             Some(backend) => Some(Arc::new(media::Media::open(backend, &client).await?)),
             None => None,
         };
+        let dispatcher = dispatch::Dispatcher::start(&config.nats_url)?;
         let readiness = Arc::new(readiness::Readiness::default());
         tokio::spawn(readiness::listen(client.clone(), readiness.clone()));
         Ok(Arc::new(AppState {
             readiness,
             media,
-            hub: hub::Hub::new(client.clone()),
+            dispatcher,
             config,
             client,
             appender,

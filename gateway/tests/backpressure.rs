@@ -20,7 +20,7 @@ async fn a_client_that_never_reads_is_closed_once_its_queue_is_full() {
     let gw = s.gateways[0];
     let mut slow = connect(gw, "slow", Wire::Proto).await;
     let mut fine = connect(gw, "fine", Wire::Json).await;
-    assert_eq!(s.states[0].hub.device_count("slow"), 1);
+    assert_eq!(s.states[0].dispatcher.device_count("slow"), 1);
 
     // Deliveries to the slow user, as a busy group's fan-out would send them
     // (4 KiB each, 80 MB in all), while it reads nothing.
@@ -48,7 +48,7 @@ async fn a_client_that_never_reads_is_closed_once_its_queue_is_full() {
 
     // The gateway lets go of it: its device and queue are gone...
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while s.states[0].hub.device_count("slow") > 0 {
+    while s.states[0].dispatcher.device_count("slow") > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the slow client was never cut off"

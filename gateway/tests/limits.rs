@@ -36,7 +36,7 @@ async fn a_silent_connection_is_closed_after_the_heartbeat_window() {
     let idle = silent.recv_until(error_of).await;
     assert!(idle.message.contains("heartbeat"), "{}", idle.message);
     assert!(silent.recv().await.is_none(), "closed");
-    assert_eq!(s.states[0].hub.device_count("silent"), 0);
+    assert_eq!(s.states[0].dispatcher.device_count("silent"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -47,7 +47,7 @@ async fn one_subscription_per_user_shared_by_devices_and_dropped_with_the_last()
     };
     let s = Stack::start(limits).await;
     let gw = s.gateways[0];
-    let hub = &s.states[0].hub;
+    let hub = &s.states[0].dispatcher;
     let mut phone = try_connect(gw, Some(&token("ann")), Wire::Proto, "phone")
         .await
         .unwrap();

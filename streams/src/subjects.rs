@@ -72,6 +72,13 @@ pub fn deliver_subject(user_id: &str) -> Result<String, IdError> {
     Ok(format!("im.deliver.{user_id}"))
 }
 
+/// The user a delivery subject is for (the inverse of `deliver_subject`).
+pub fn user_of_deliver_subject(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix("im.deliver.")
+        .filter(|u| validate_id(IdKind::User, u).is_ok())
+}
+
 /// `im.q.<partition>`: the projectors' queries about that partition's
 /// conversations (request/reply, queue group `im-projectors`).
 pub fn query_subject(partition: u32) -> String {
@@ -143,6 +150,9 @@ mod tests {
         assert!(t.conv_subject("a.b").is_err());
         assert!(t.rcpt_subject(">").is_err());
         assert!(deliver_subject("*").is_err());
+        let d = deliver_subject("alice").unwrap();
+        assert_eq!(user_of_deliver_subject(&d), Some("alice"));
+        assert_eq!(user_of_deliver_subject("im.deliver.a.b"), None);
         let s = t.conv_subject("general").unwrap();
         assert!(s.starts_with("im.conv.") && s.ends_with(".general"));
         assert_eq!(conv_id_of_subject(&s), Some("general"));

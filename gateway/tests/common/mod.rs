@@ -127,6 +127,8 @@ pub struct Client {
     pub wire: Wire,
     /// Frames `recv_until` passed over, handed out by later reads first.
     skipped: std::collections::VecDeque<v1::Envelope>,
+    /// The rest of a frame that carried several envelopes, in order.
+    unread: std::collections::VecDeque<v1::Envelope>,
     ws: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
@@ -157,25 +159,20 @@ pub async fn try_connect(
             let mut client = Client {
                 wire,
                 skipped: Default::default(),
+                unread: Default::default(),
                 ws,
             };
             // Live only once the server says so; a close instead is a refusal.
             match tokio::time::timeout(Duration::from_secs(10), client.ws.next()).await {
                 Ok(Some(Ok(Message::Close(frame)))) => Err(frame.map_or(0, |f| u16::from(f.code))),
                 Ok(Some(Ok(msg))) => {
-                    let env = match msg {
-                        Message::Binary(b) if wire == Wire::Proto => {
-                            v1::Envelope::decode_length_delimited(b.as_ref()).unwrap()
-                        }
-                        Message::Text(t) if wire == Wire::Json => {
-                            im_schema::from_json(t.as_str()).unwrap()
-                        }
-                        other => panic!("first frame {other:?}"),
-                    };
+                    let mut envs = decode_frame(wire, msg).into_iter();
+                    let env = envs.next().expect("an envelope");
                     assert!(
                         matches!(env.payload, Some(Payload::Connected(_))),
                         "{env:?}"
                     );
+                    client.skipped.extend(envs);
                     Ok(client)
                 }
                 other => panic!("no first frame: {other:?}"),
@@ -183,6 +180,28 @@ pub async fn try_connect(
         }
         Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("connect: {e}"),
+    }
+}
+
+/// Every envelope of a frame: a binary frame may carry several (protobuf
+/// clients), a text frame one (JSON clients); each client gets frames in
+/// the form it asked for.
+pub fn decode_frame(wire: Wire, msg: Message) -> Vec<v1::Envelope> {
+    match msg {
+        Message::Binary(b) => {
+            assert_eq!(wire, Wire::Proto, "binary frame to a JSON client");
+            let mut buf = b.as_ref();
+            let mut out = Vec::new();
+            while !buf.is_empty() {
+                out.push(v1::Envelope::decode_length_delimited(&mut buf).unwrap());
+            }
+            out
+        }
+        Message::Text(t) => {
+            assert_eq!(wire, Wire::Json, "text frame to a protobuf client");
+            vec![im_schema::from_json(t.as_str()).unwrap()]
+        }
+        other => panic!("not a data frame: {other:?}"),
     }
 }
 
@@ -230,22 +249,22 @@ impl Client {
     }
 
     async fn recv_wire(&mut self) -> Option<v1::Envelope> {
+        if let Some(env) = self.unread.pop_front() {
+            return Some(env);
+        }
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
                 .await
                 .ok()??
                 .ok()?;
             match msg {
-                // Each client gets frames in the form it asked for.
-                Message::Binary(b) => {
-                    assert_eq!(self.wire, Wire::Proto, "binary frame to a JSON client");
-                    return Some(v1::Envelope::decode_length_delimited(b.as_ref()).unwrap());
-                }
-                Message::Text(t) => {
-                    assert_eq!(self.wire, Wire::Json, "text frame to a protobuf client");
-                    return Some(im_schema::from_json(t.as_str()).unwrap());
-                }
                 Message::Close(_) => return None,
+                Message::Binary(_) | Message::Text(_) => {
+                    let mut envs = decode_frame(self.wire, msg).into_iter();
+                    let first = envs.next();
+                    self.unread.extend(envs);
+                    return first;
+                }
                 _ => continue,
             }
         }

@@ -1,0 +1,212 @@
+//! The dispatcher's own NATS connection: connects to any server of the
+//! list, subscribes what the routes hold, routes what arrives, and starts
+//! over (every subscription again) when the connection is lost.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::ServerAddr;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::wire::{self, Credentials, ServerOp};
+use super::{Command, Routes};
+
+/// How long connecting plus the CONNECT/PING/PONG handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause between two rounds of the server list, doubled up to the max: a
+/// gateway whose NATS is gone retries for as long as it runs (it can
+/// deliver nothing else), without hammering.
+const RECONNECT_PAUSE_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// A PING every this long; two unanswered ones mean the connection is dead
+/// (a half-open TCP connection would otherwise go unnoticed).
+const KEEPALIVE: Duration = Duration::from_secs(10);
+const KEEPALIVE_UNANSWERED_MAX: u32 = 2;
+
+/// Largest delivery taken (nats-server's default `max_payload` is 1 MiB;
+/// a delivery is at most one event, far below).
+pub const PAYLOAD_MAX: usize = 1024 * 1024;
+
+/// Read chunk: one read takes many deliveries at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Commands written in one go (one write for a burst of joins).
+const COMMANDS_PER_WRITE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    #[error("server error: {0}")]
+    Server(String),
+    #[error("no PONG to {KEEPALIVE_UNANSWERED_MAX} PINGs")]
+    Stale,
+    #[error("the handshake took over {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout,
+}
+
+/// Who waits for the answer to a PING.
+enum Pong {
+    /// A connect, for its user's subscription to be live.
+    Join(oneshot::Sender<()>),
+    /// The connection's keepalive.
+    Keepalive,
+    /// Every subscription made again after a reconnect: the devices are
+    /// told that deliveries may have been missed meanwhile.
+    Resubscribed,
+}
+
+/// PINGs sent and not yet answered, in order.
+type Pongs = VecDeque<Pong>;
+
+pub(super) async fn run(
+    servers: Vec<ServerAddr>,
+    routes: Arc<Routes>,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut pongs = Pongs::new();
+    let mut pause = RECONNECT_PAUSE_MIN;
+    loop {
+        for server in &servers {
+            let session = Session {
+                routes: &routes,
+                commands: &mut commands,
+                pongs: &mut pongs,
+            };
+            match session.run(server).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(server = %server.host(), port = server.port(), error = %e, "delivery connection lost: reconnecting");
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RECONNECT_PAUSE_MAX);
+    }
+}
+
+struct Session<'a> {
+    routes: &'a Routes,
+    commands: &'a mut mpsc::Receiver<Command>,
+    pongs: &'a mut Pongs,
+}
+
+impl Session<'_> {
+    /// One connection's life; Ok when the dispatcher is gone.
+    async fn run(mut self, server: &ServerAddr) -> Result<(), SessionError> {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(server, &mut buf))
+            .await
+            .map_err(|_| SessionError::HandshakeTimeout)??;
+        tracing::info!(server = %server.host(), port = server.port(), "delivery connection up");
+        // Every subscription again, then a PING again for each join still
+        // waiting (its PING went to the old connection), then one whose
+        // PONG tells the devices to sync.
+        let mut out = self.routes.subscriptions();
+        self.pongs.retain(|p| matches!(p, Pong::Join(_)));
+        for _ in 0..self.pongs.len() {
+            out.extend_from_slice(wire::PING);
+        }
+        self.pongs.push_back(Pong::Resubscribed);
+        out.extend_from_slice(wire::PING);
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.reset();
+        let mut unanswered = 0;
+        loop {
+            if !out.is_empty() {
+                stream.write_all(&out).await?;
+                out.clear();
+            }
+            tokio::select! {
+                read = stream.read_buf(&mut buf) => {
+                    if read? == 0 {
+                        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                    }
+                    while let Some(op) = wire::parse(&mut buf, PAYLOAD_MAX)? {
+                        match op {
+                            ServerOp::Msg { subject, payload } => self.routes.route(&subject, payload),
+                            ServerOp::Ping => out.extend_from_slice(wire::PONG),
+                            ServerOp::Pong => {
+                                unanswered = 0;
+                                match self.pongs.pop_front() {
+                                    Some(Pong::Join(waiter)) => drop(waiter.send(())),
+                                    Some(Pong::Resubscribed) => self.routes.resubscribed(),
+                                    Some(Pong::Keepalive) | None => {}
+                                }
+                            }
+                            ServerOp::Err(e) => return Err(SessionError::Server(e)),
+                            ServerOp::Info | ServerOp::Ok => {}
+                        }
+                    }
+                    buf.reserve(READ_CHUNK.saturating_sub(buf.capacity() - buf.len()));
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return Ok(()) };
+                    self.write(command, &mut out);
+                    while out.len() < COMMANDS_PER_WRITE * 32 {
+                        let Ok(command) = self.commands.try_recv() else { break };
+                        self.write(command, &mut out);
+                    }
+                }
+                _ = keepalive.tick() => {
+                    if unanswered >= KEEPALIVE_UNANSWERED_MAX {
+                        return Err(SessionError::Stale);
+                    }
+                    unanswered += 1;
+                    self.pongs.push_back(Pong::Keepalive);
+                    out.extend_from_slice(wire::PING);
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, command: Command, out: &mut Vec<u8>) {
+        match command {
+            Command::Sub { subject, sid } => wire::sub_line(out, &subject, sid),
+            Command::Unsub(sid) => wire::unsub_line(out, sid),
+            Command::Ping(waiter) => {
+                self.pongs.push_back(Pong::Join(waiter));
+                out.extend_from_slice(wire::PING);
+            }
+        }
+    }
+}
+
+/// Connects, reads INFO, sends CONNECT and a PING, and waits for its PONG
+/// (an authorization error arrives before it).
+async fn handshake(server: &ServerAddr, buf: &mut BytesMut) -> Result<TcpStream, SessionError> {
+    let mut stream = TcpStream::connect((server.host(), server.port())).await?;
+    stream.set_nodelay(true)?;
+    let credentials = Credentials {
+        user: server.username().map(str::to_string),
+        pass: server.password().map(str::to_string),
+    };
+    let mut sent = false;
+    loop {
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        while let Some(op) = wire::parse(buf, PAYLOAD_MAX)? {
+            match op {
+                ServerOp::Info if !sent => {
+                    let mut hello = wire::connect_line("im-gateway-deliveries", &credentials);
+                    hello.extend_from_slice(wire::PING);
+                    stream.write_all(&hello).await?;
+                    sent = true;
+                }
+                ServerOp::Pong if sent => return Ok(stream),
+                ServerOp::Ping => stream.write_all(wire::PONG).await?,
+                ServerOp::Err(e) => return Err(SessionError::Server(e)),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Deliveries to this gateway's devices. One NATS connection of its own
+//! holds one subscription to `im.deliver.<user>` per user connected here
+//! (so the server sends a gateway only its users' deliveries), and routes
+//! each message by subject through one map to the user's devices' outboxes:
+//! an idle user costs a map entry, not a subscription channel and a task.
+//! The bytes on the subject are the encoded envelope the projector made
+//! once; they go to every device as they are.
+
+mod conn;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use im_schema::v1::{self, envelope::Payload};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::outbox::{Delivery, Outbound, Outbox};
+
+/// Subscription changes and PINGs waiting to be written: a burst of
+/// connects (20,000 at a gateway's start) fits; past it a connect is
+/// refused (`Busy`) rather than queued without end.
+const COMMANDS_QUEUED_MAX: usize = 32 * 1024;
+
+/// How long a connect waits for its subscription to be live on the server.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) enum Command {
+    Sub { subject: String, sid: u64 },
+    Unsub(u64),
+    Ping(oneshot::Sender<()>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("too many connections for this user ({0})")]
+    TooManyDevices(usize),
+    #[error("the gateway is busy subscribing: try again")]
+    Busy,
+    #[error("no subscription within {SUBSCRIBE_TIMEOUT:?}: NATS is unavailable")]
+    Unavailable,
+    #[error("{0}")]
+    BadUser(#[from] im_streams::ids::IdError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Servers(#[from] im_streams::StreamsError),
+    #[error("{0}: the delivery connection does not speak TLS yet")]
+    Tls(String),
+}
+
+/// A device connected here: its connection id, its device id, its outbox.
+type Device = (u64, Box<str>, Arc<Outbox>);
+
+struct Route {
+    sid: u64,
+    devices: Vec<Device>,
+    /// Connects waiting for the subscription to be live: the route stays
+    /// (and subscribed) while any does.
+    joining: u32,
+}
+
+/// Who is connected here, by user.
+#[derive(Default)]
+pub(crate) struct Routes {
+    inner: Mutex<RouteMap>,
+}
+
+#[derive(Default)]
+struct RouteMap {
+    users: HashMap<Box<str>, Route>,
+    next_sid: u64,
+}
+
+impl Routes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RouteMap> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A delivery to everyone of its user connected here.
+    fn route(&self, subject: &str, payload: Bytes) {
+        let Some(user) = im_streams::subjects::user_of_deliver_subject(subject) else {
+            return;
+        };
+        let map = self.lock();
+        if let Some(route) = map.users.get(user) {
+            let delivery = Arc::new(Delivery::new(payload));
+            for (_, _, outbox) in &route.devices {
+                outbox.push(Outbound::Delivery(delivery.clone()));
+            }
+        }
+    }
+
+    /// After a reconnect, with every subscription live again: deliveries
+    /// published meanwhile reached no one here, so every device gets a new
+    /// `Connected` ("sync now", as after connecting).
+    fn resubscribed(&self) {
+        let map = self.lock();
+        let now = crate::cmd::heartbeat::now_ms();
+        for (user, route) in &map.users {
+            for (_, device, outbox) in &route.devices {
+                let connected = v1::Connected {
+                    user_id: user.to_string(),
+                    device_id: device.to_string(),
+                    server_time_ms: now,
+                };
+                outbox.push(Outbound::reply(crate::cmd::reply(Payload::Connected(
+                    connected,
+                ))));
+            }
+        }
+        tracing::info!(
+            users = map.users.len(),
+            "deliveries resumed: devices told to sync"
+        );
+    }
+
+    /// Every subscription, as the lines that make them (after a reconnect).
+    fn subscriptions(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (user, route) in &self.lock().users {
+            if let Ok(subject) = im_streams::subjects::deliver_subject(user) {
+                wire::sub_line(&mut out, &subject, route.sid);
+            }
+        }
+        out
+    }
+}
+
+pub struct Dispatcher {
+    routes: Arc<Routes>,
+    commands: mpsc::Sender<Command>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Dispatcher {
+    /// Starts the connection (to any server of the comma-separated list;
+    /// connecting goes on in the background).
+    pub fn start(servers: &str) -> Result<Arc<Self>, StartError> {
+        let servers = im_streams::connect::parse_servers(servers)?;
+        if let Some(s) = servers.iter().find(|s| s.tls_required()) {
+            return Err(StartError::Tls(s.host().to_string()));
+        }
+        let routes = Arc::new(Routes::default());
+        let (commands, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
+        let task = tokio::spawn(conn::run(servers, routes.clone(), rx)).abort_handle();
+        Ok(Arc::new(Dispatcher {
+            routes,
+            commands,
+            task,
+        }))
+    }
+
+    pub fn device_count(&self, user: &str) -> usize {
+        self.routes
+            .lock()
+            .users
+            .get(user)
+            .map_or(0, |r| r.devices.len())
+    }
+
+    /// Adds a device once its user's subscription is live on the server;
+    /// `first` is queued to it before any delivery.
+    pub async fn join(
+        &self,
+        user: &str,
+        (conn_id, device): (u64, &str),
+        outbox: Arc<Outbox>,
+        per_user_max: usize,
+        first: Outbound,
+    ) -> Result<(), JoinError> {
+        let subject = im_streams::subjects::deliver_subject(user)?;
+        {
+            let mut map = self.routes.lock();
+            let sid = map.next_sid + 1;
+            match map.users.get_mut(user) {
+                Some(r) if r.devices.len() + r.joining as usize >= per_user_max => {
+                    return Err(JoinError::TooManyDevices(per_user_max))
+                }
+                Some(r) => r.joining += 1,
+                None => {
+                    // Under the lock, so SUB and UNSUB reach the server in
+                    // the order the map changed.
+                    self.commands
+                        .try_send(Command::Sub { subject, sid })
+                        .map_err(|_| JoinError::Busy)?;
+                    map.next_sid = sid;
+                    let route = Route {
+                        sid,
+                        devices: Vec::new(),
+                        joining: 1,
+                    };
+                    map.users.insert(user.into(), route);
+                }
+            }
+        }
+        // The PONG to a PING sent after the SUB: the server has it.
+        let (tx, rx) = oneshot::channel();
+        let live = match self.commands.try_send(Command::Ping(tx)) {
+            Ok(()) => matches!(
+                tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx).await,
+                Ok(Ok(()))
+            ),
+            Err(_) => false,
+        };
+        let mut map = self.routes.lock();
+        let route = map.users.get_mut(user).expect("a joining route stays");
+        route.joining -= 1;
+        if live {
+            outbox.push(first);
+            route.devices.push((conn_id, device.into(), outbox));
+            return Ok(());
+        }
+        self.drop_if_unused(&mut map, user);
+        Err(JoinError::Unavailable)
+    }
+
+    /// Removes a device; the user's subscription goes with their last one.
+    pub fn leave(&self, user: &str, conn_id: u64) {
+        let mut map = self.routes.lock();
+        if let Some(route) = map.users.get_mut(user) {
+            route.devices.retain(|(id, _, _)| *id != conn_id);
+            self.drop_if_unused(&mut map, user);
+        }
+    }
+
+    fn drop_if_unused(&self, map: &mut RouteMap, user: &str) {
+        let unused = map
+            .users
+            .get(user)
+            .is_some_and(|r| r.devices.is_empty() && r.joining == 0);
+        if unused {
+            let route = map.users.remove(user).expect("checked");
+            // A full queue leaves the interest on the server until the
+            // next reconnect: deliveries to nobody, dropped here.
+            let _ = self.commands.try_send(Command::Unsub(route.sid));
+        }
+    }
+}

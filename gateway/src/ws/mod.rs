@@ -1,0 +1,178 @@
+//! `/v1/ws`: authenticate at the upgrade, then one task per connection: a
+//! loop that reads frames and runs commands (`conn`) and writes what the
+//! connection's outbox holds (`writer`); deliveries reach the outbox
+//! through the gateway's dispatcher.
+
+mod conn;
+mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use im_schema::v1::{self, envelope::Payload};
+
+use crate::cmd;
+use crate::dispatch::JoinError;
+use crate::frames::{Codec, CLOSE_RESYNC, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL};
+use crate::outbox::{Outbound, Outbox};
+use crate::AppState;
+pub use conn::timed_out;
+use conn::{Conn, End};
+use writer::{Stop, Writer};
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How long closing may wait on a client that does not read.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// RFC 6455's "try again later", for a connect the gateway cannot serve now.
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+#[derive(serde::Deserialize)]
+pub struct WsQuery {
+    access_token: Option<String>,
+    device_id: Option<String>,
+}
+
+fn bearer(headers: &HeaderMap, query: &WsQuery) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+        .or_else(|| query.access_token.clone())
+}
+
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // Refused before the upgrade: nothing is allocated for a bad token.
+    let Some(token) = bearer(&headers, &query) else {
+        return (StatusCode::UNAUTHORIZED, "missing bearer token").into_response();
+    };
+    let user = match state.verifier.verify(&token) {
+        Ok(user) => user,
+        Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+    };
+    let device = query.device_id.clone().unwrap_or_else(|| "default".into());
+    if let Err(e) = im_streams::ids::validate_id(im_streams::ids::IdKind::Device, &device) {
+        return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+    }
+    let limits = &state.config.limits;
+    if state.connections.load(Ordering::SeqCst) >= limits.connections_max {
+        return (StatusCode::SERVICE_UNAVAILABLE, "gateway full").into_response();
+    }
+    // The subprotocol is chosen by `protocols` (the first the client offered
+    // that we speak); none offered means protobuf.
+    let ws = ws.protocols([PROTO_SUBPROTOCOL, JSON_SUBPROTOCOL]);
+    let codec = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some(JSON_SUBPROTOCOL) => Codec::Json,
+        _ => Codec::Proto,
+    };
+    ws.read_buffer_size(limits.ws_read_buffer_bytes)
+        .write_buffer_size(limits.ws_write_buffer_bytes)
+        .max_message_size(limits.frame_bytes_max)
+        .max_frame_size(limits.frame_bytes_max)
+        .on_upgrade(move |socket| run(state, socket, user, device, codec))
+}
+
+struct ConnGuard<'a>(&'a AppState, &'a str, u64);
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dispatcher.leave(self.1, self.2);
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: String, codec: Codec) {
+    let limits = &state.config.limits;
+    let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    state.connections.fetch_add(1, Ordering::SeqCst);
+    let outbox = Arc::new(Outbox::new(limits.outbound_queue_max));
+    let (mut sink, mut stream) = socket.split();
+    let _guard = ConnGuard(&state, &user, conn_id);
+    // The first frame: deliveries are subscribed when the client gets it,
+    // and none comes before it.
+    let connected = Outbound::reply(cmd::reply(Payload::Connected(v1::Connected {
+        user_id: user.clone(),
+        device_id: device.clone(),
+        server_time_ms: cmd::heartbeat::now_ms(),
+    })));
+    let joined = state.dispatcher.join(
+        &user,
+        (conn_id, &device),
+        outbox.clone(),
+        limits.connections_per_user_max,
+        connected,
+    );
+    if let Err(e) = joined.await {
+        let code = match e {
+            JoinError::TooManyDevices(_) | JoinError::BadUser(_) => 1008,
+            JoinError::Busy | JoinError::Unavailable => CLOSE_TRY_AGAIN_LATER,
+        };
+        close(&mut sink, code, e.to_string()).await;
+        return;
+    }
+    tracing::debug!(user, device, conn_id, "connected");
+    let mut writer = Writer::new(
+        codec,
+        limits.envelopes_per_frame_max,
+        limits.frame_bytes_max,
+    );
+    let mut conn = Conn::new(&state, &user, &device, &outbox);
+    let end = conn
+        .serve(&mut stream, &mut sink, &mut writer, conn_id)
+        .await;
+    state.dispatcher.leave(&user, conn_id);
+    match end {
+        End::Overflowed => {
+            // Too slow to drain its queue: close and let it resync (bounded:
+            // a client that reads nothing will not take the close either).
+            tracing::info!(conn_id, "outbound queue full: closing with 4008 (resync)");
+            close(
+                &mut sink,
+                CLOSE_RESYNC,
+                "outbound queue full: resync".into(),
+            )
+            .await;
+        }
+        End::Gone => {}
+        End::Closed(frame) => {
+            // What is queued goes out first, then the reason, if any.
+            let flush = async {
+                let drained = std::future::poll_fn(|cx| writer.poll(cx, &mut sink, &outbox, true));
+                if drained.await != Stop::Drained {
+                    return;
+                }
+                match frame {
+                    Some(frame) => drop(sink.send(Message::Close(Some(frame))).await),
+                    None => drop(sink.flush().await),
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, flush).await;
+        }
+    }
+}
+
+fn close_frame(code: u16, reason: String) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
+
+async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: String) {
+    let frame = Message::Close(Some(close_frame(code, reason)));
+    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(frame)).await;
+}
