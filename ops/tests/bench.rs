@@ -44,10 +44,12 @@ fn every_sub_benchmark_completes_with_positive_figures() {
         "paced_server_cpu_us_per_msg",
         "deliveries_per_s",
         "fanout_ratio",
+        "fanout_bare_per_s",
         "rebuild_events_per_s",
         "rebuild_ratio",
         "status_ms",
         "bytes_per_idle_conn",
+        "gateway_bytes_per_idle_conn",
         "deliver_p99_ms",
     ] {
         assert!(

@@ -1,86 +1,84 @@
-//! `fanout`: one group of `members` connected members, a sender sending at a
-//! steady rate → deliveries/s at the members' WebSockets and the p99 of
-//! send→deliver. The stack runs with the fan-out threshold at the group's
-//! size, so that every member gets the whole event, not a notification.
+//! `fanout`: the capacity of delivery into one group of `members`
+//! connected members. A sender sends `fanout_messages` messages as fast as
+//! the members drain them (at most `WINDOW` messages ahead of what all of
+//! them received, so no member's queue overflows) → deliveries/s at the
+//! members' WebSockets, and the p99 of send→deliver under that load. The
+//! stack runs with the fan-out threshold at the group's size, so that every
+//! member gets the whole event, not a notification.
 //!
-//! Baseline: core NATS fan-out of the same payloads (the projector's
-//! `Deliver` envelope, same size) at the same rate from one publisher to
-//! `members` plain subscriptions of one subject on one connection (as the
-//! gateway holds one NATS connection), on the same server.
+//! Baseline, same run, same clients: a bare WebSocket broadcast — a
+//! minimal tokio-tungstenite server in this process pushing the same bytes
+//! (the projector's `Deliver` envelope, one per binary frame, several
+//! frames per write) to as many connections, with the same window.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
 use im_schema::v1::{self, conv_event::Kind, envelope::Payload, message_sent::Body};
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::{protocol::WebSocketConfig, Message};
 
 use super::ingest::{stamp_of_deliver, stamped_text};
 use super::stack::{self, Stack, Ws};
 use super::{bench_limits, bounded, create_group, ms, percentile, Figures, Size, StackOptions};
 
 /// A receiver that hears nothing for this long has all it will get.
-const IDLE: Duration = Duration::from_secs(5);
+const IDLE: Duration = Duration::from_secs(10);
 
 /// Handshakes in flight while connecting the members.
 const CONNECTS_INFLIGHT_MAX: usize = 64;
 
-const RAW_SUBJECT: &str = "bench.fanout";
+/// Messages the sender may be ahead of what every member received: enough
+/// to keep the pipe full, far below the gateway's outbound queue (256).
+const WINDOW: u64 = 32;
+
+/// What every member heard, together.
+#[derive(Default)]
+struct Heard {
+    delivered: AtomicU64,
+    closed: AtomicU64,
+}
 
 /// What one member saw.
 #[derive(Default)]
-struct Heard {
-    count: u64,
+struct Seen {
     latency_us: Vec<u64>,
     last: Option<Instant>,
-    closed: bool,
 }
 
-#[derive(Default)]
-struct Totals {
-    count: u64,
-    latency_us: Vec<u64>,
-    last: Option<Instant>,
-    closed: u64,
-}
-
-impl Totals {
-    fn add(&mut self, h: Heard) {
-        self.count += h.count;
-        self.latency_us.extend(h.latency_us);
-        self.last = self.last.max(h.last);
-        self.closed += u64::from(h.closed);
-    }
-}
-
-fn heard(h: &mut Heard, epoch: Instant, sent_us: Option<u64>) {
-    if let Some(sent_us) = sent_us {
-        let now = Instant::now();
-        h.count += 1;
-        h.latency_us
-            .push((now.duration_since(epoch).as_micros() as u64).saturating_sub(sent_us));
-        h.last = Some(now);
-    }
-}
-
-async fn member(ws: Ws, epoch: Instant, expected: u64) -> Heard {
+async fn member(ws: Ws, epoch: Instant, expected: u64, heard: Arc<Heard>) -> Seen {
     let (_sink, mut stream) = ws.split();
-    let mut h = Heard::default();
-    while h.count < expected {
+    let mut seen = Seen::default();
+    let mut count = 0;
+    while count < expected {
         match tokio::time::timeout(IDLE, stream.next()).await {
             Ok(Some(Ok(msg))) => {
                 for env in stack::decode(&msg) {
-                    if let Some(Payload::Deliver(d)) = env.payload {
-                        heard(&mut h, epoch, stamp_of_deliver(d));
-                    }
+                    let Some(Payload::Deliver(d)) = env.payload else {
+                        continue;
+                    };
+                    let Some(sent_us) = stamp_of_deliver(d) else {
+                        continue;
+                    };
+                    let now = Instant::now();
+                    let at = now.duration_since(epoch).as_micros() as u64;
+                    seen.latency_us.push(at.saturating_sub(sent_us));
+                    seen.last = Some(now);
+                    count += 1;
+                    heard.delivered.fetch_add(1, Relaxed);
                 }
             }
             Ok(Some(Err(_)) | None) => {
-                h.closed = true;
+                heard.closed.fetch_add(1, Relaxed);
                 break;
             }
             Err(_) => break,
         }
     }
-    h
+    seen
 }
 
 /// The figures of one side.
@@ -91,23 +89,52 @@ struct Side {
     closed: u64,
 }
 
-fn side(mut t: Totals, start: Instant) -> Side {
-    let secs = t
-        .last
-        .map_or(0.0, |l| l.duration_since(start).as_secs_f64());
-    Side {
-        deliveries_per_s: if secs > 0.0 {
-            t.count as f64 / secs
-        } else {
-            0.0
-        },
-        p99_us: percentile(&mut t.latency_us, 99.0),
-        delivered: t.count,
-        closed: t.closed,
+/// Starts the members' readers; returns what they will report.
+fn listen(
+    conns: Vec<Ws>,
+    epoch: Instant,
+    messages: u64,
+    heard: &Arc<Heard>,
+) -> Vec<tokio::task::JoinHandle<Seen>> {
+    conns
+        .into_iter()
+        .map(|ws| tokio::spawn(member(ws, epoch, messages, heard.clone())))
+        .collect()
+}
+
+/// Waits until sending message `n` keeps the sender within `WINDOW` of
+/// what every member received.
+async fn within_window(heard: &Heard, n: u64, members: u64) {
+    let needed = n.saturating_sub(WINDOW) * members;
+    while heard.delivered.load(Relaxed) < needed && heard.closed.load(Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
-async fn ours(stack: &Stack, size: &Size, messages: u64) -> anyhow::Result<Side> {
+async fn collect(
+    listening: Vec<tokio::task::JoinHandle<Seen>>,
+    heard: &Heard,
+    start: Instant,
+) -> anyhow::Result<Side> {
+    let mut latency = Vec::new();
+    let mut last = None;
+    for l in listening {
+        let seen = l.await?;
+        latency.extend(seen.latency_us);
+        last = last.max(seen.last);
+    }
+    let secs = last.map_or(0.0, |l: Instant| l.duration_since(start).as_secs_f64());
+    let delivered = heard.delivered.load(Relaxed);
+    Ok(Side {
+        deliveries_per_s: if secs > 0.0 { delivered as f64 / secs } else { 0.0 },
+        p99_us: percentile(&mut latency, 99.0),
+        delivered,
+        closed: heard.closed.load(Relaxed),
+    })
+}
+
+async fn ours(stack: &Stack, size: &Size) -> anyhow::Result<Side> {
+    let messages = size.fanout_messages;
     let client = stack.nats().await?;
     let appender = super::appender(&client).await?;
     let members: Vec<String> = (0..size.members).map(|i| format!("f{i}")).collect();
@@ -119,12 +146,9 @@ async fn ours(stack: &Stack, size: &Size, messages: u64) -> anyhow::Result<Side>
         .collect::<anyhow::Result<_>>()?;
     let sender = stack.connect(&members[0], "sender").await?;
     let epoch = Instant::now();
-    let listening: Vec<_> = conns
-        .into_iter()
-        .map(|ws| tokio::spawn(member(ws, epoch, messages)))
-        .collect();
+    let heard = Arc::new(Heard::default());
+    let listening = listen(conns, epoch, messages, &heard);
     let (mut sink, mut acks) = sender.split();
-    // Acks are drained, not waited for: the rate is the sender's schedule.
     let draining = tokio::spawn(async move {
         let mut stored = 0u64;
         while stored < messages {
@@ -139,113 +163,130 @@ async fn ours(stack: &Stack, size: &Size, messages: u64) -> anyhow::Result<Side>
         }
         stored
     });
-    let pace = Duration::from_secs_f64(1.0 / size.fanout_rate as f64);
     let start = Instant::now();
     for n in 0..messages {
-        tokio::time::sleep_until((start + pace * n as u32).into()).await;
+        within_window(&heard, n, size.members as u64).await;
         let stamp = stamped_text(epoch.elapsed().as_micros());
         stack::send_on(&mut sink, stack::send("fan", format!("m{n}"), stamp)).await?;
     }
     let stored = draining.await?;
     anyhow::ensure!(stored == messages, "{stored} of {messages} sends stored");
-    let mut totals = Totals::default();
-    for l in listening {
-        totals.add(l.await?);
-    }
-    Ok(side(totals, start))
+    collect(listening, &heard, start).await
 }
 
-async fn raw(stack: &Stack, size: &Size, messages: u64) -> anyhow::Result<Side> {
-    let subscriber = stack.nats().await?;
-    let publisher = stack.nats().await?;
-    let epoch = Instant::now();
-    let mut listening = Vec::new();
-    for _ in 0..size.members {
-        let mut sub = subscriber.subscribe(RAW_SUBJECT).await?;
-        listening.push(tokio::spawn(async move {
-            let mut h = Heard::default();
-            while h.count < messages {
-                match tokio::time::timeout(IDLE, sub.next()).await {
-                    Ok(Some(msg)) => {
-                        let sent = im_schema::decode::<v1::Envelope>(&msg.payload)
-                            .ok()
-                            .and_then(|e| match e.payload {
-                                Some(Payload::Deliver(d)) => stamp_of_deliver(d),
-                                _ => None,
-                            });
-                        heard(&mut h, epoch, sent);
-                    }
-                    Ok(None) => {
-                        h.closed = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            h
-        }));
-    }
-    subscriber.flush().await?;
-    let pace = Duration::from_secs_f64(1.0 / size.fanout_rate as f64);
-    let start = Instant::now();
-    for n in 0..messages {
-        tokio::time::sleep_until((start + pace * n as u32).into()).await;
-        // What the projector publishes for a stored message.
-        let env = v1::Envelope {
-            header: None,
-            payload: Some(Payload::Deliver(v1::Deliver {
+/// The projector's envelope for message `n` (the bytes our members get).
+fn deliver_bytes(n: u64, stamp: String) -> Bytes {
+    let env = v1::Envelope {
+        header: None,
+        payload: Some(Payload::Deliver(v1::Deliver {
+            conversation_id: "fan".into(),
+            conv_seq: n + 2,
+            stream_seq: n + 2,
+            event_type: "message_sent".into(),
+            event: Some(v1::ConvEvent {
                 conversation_id: "fan".into(),
                 conv_seq: n + 2,
-                stream_seq: n + 2,
-                event_type: "message_sent".into(),
-                event: Some(v1::ConvEvent {
-                    conversation_id: "fan".into(),
-                    conv_seq: n + 2,
-                    actor: "f0".into(),
-                    at_ms: 1_700_000_000_000,
-                    prev_hash: vec![7; 32],
-                    client_msg_id: format!("m{n}"),
-                    schema_version: im_schema::SCHEMA_VERSION,
-                    kind: Some(Kind::MessageSent(v1::MessageSent {
-                        body: Some(Body::Text(stamped_text(epoch.elapsed().as_micros()))),
-                        meta: Default::default(),
-                    })),
-                }),
-            })),
-        };
-        publisher
-            .publish(RAW_SUBJECT, im_schema::encode(&env).into())
-            .await?;
+                actor: "f0".into(),
+                at_ms: 1_700_000_000_000,
+                prev_hash: vec![7; 32],
+                client_msg_id: format!("m{n}"),
+                schema_version: im_schema::SCHEMA_VERSION,
+                kind: Some(Kind::MessageSent(v1::MessageSent {
+                    body: Some(Body::Text(stamp)),
+                    meta: Default::default(),
+                })),
+            }),
+        })),
+    };
+    env.encode_length_delimited_to_vec().into()
+}
+
+/// One connection of the bare broadcast: every message as a frame, what is
+/// queued written together.
+async fn bare_conn(tcp: tokio::net::TcpStream, mut rx: tokio::sync::broadcast::Receiver<Bytes>) {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(4096);
+    let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await else {
+        return;
+    };
+    while let Ok(bytes) = rx.recv().await {
+        if ws.feed(Message::Binary(bytes)).await.is_err() {
+            return;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if ws.feed(Message::Binary(more)).await.is_err() {
+                return;
+            }
+        }
+        if ws.flush().await.is_err() {
+            return;
+        }
     }
-    publisher.flush().await?;
-    let mut totals = Totals::default();
-    for l in listening {
-        totals.add(l.await?);
+}
+
+async fn bare(size: &Size) -> anyhow::Result<Side> {
+    let messages = size.fanout_messages;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, _) = tokio::sync::broadcast::channel::<Bytes>(2 * WINDOW as usize);
+    let subscribe = tx.clone();
+    let members = size.members;
+    let server = tokio::spawn(async move {
+        for _ in 0..members {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            tokio::spawn(bare_conn(tcp, subscribe.subscribe()));
+        }
+    });
+    let connects = (0..members)
+        .map(|_| async move {
+            let config = WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(4096);
+            let url = format!("ws://{addr}/");
+            let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+            anyhow::Ok(ws)
+        })
+        .collect();
+    let conns: Vec<Ws> = bounded(connects, CONNECTS_INFLIGHT_MAX)
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    server.await?;
+    while tx.receiver_count() < members {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(side(totals, start))
+    let epoch = Instant::now();
+    let heard = Arc::new(Heard::default());
+    let listening = listen(conns, epoch, messages, &heard);
+    let start = Instant::now();
+    for n in 0..messages {
+        within_window(&heard, n, members as u64).await;
+        let _ = tx.send(deliver_bytes(n, stamped_text(epoch.elapsed().as_micros())));
+    }
+    collect(listening, &heard, start).await
 }
 
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
-    let fit = super::raise_fd_limit(size.members + 1)?;
+    let fit = super::raise_fd_limit(2 * size.members + 1)?;
     anyhow::ensure!(
-        fit > size.members,
-        "the open-file limit leaves room for {fit} members"
+        fit > 2 * size.members,
+        "the open-file limit leaves room for {fit} connections"
+    );
+    let expected = size.fanout_messages * size.members as u64;
+    let bare = bare(size).await?;
+    eprintln!(
+        "fanout: bare broadcast {:.0} deliveries/s, p99 {:.2} ms, {} of {expected} delivered",
+        bare.deliveries_per_s,
+        ms(bare.p99_us),
+        bare.delivered
     );
     let stack = Stack::start(StackOptions {
         limits: bench_limits(size.members + 1),
         fanout_threshold: size.members,
     })
     .await?;
-    let messages = size.fanout_rate * size.measure.as_secs();
-    let expected = messages * size.members as u64;
-    let raw = raw(&stack, size, messages).await?;
-    eprintln!(
-        "fanout: raw {:.0} deliveries/s, p99 {:.2} ms, {} of {expected} delivered",
-        raw.deliveries_per_s,
-        ms(raw.p99_us),
-        raw.delivered
-    );
-    let ours = ours(&stack, size, messages).await?;
+    let ours = ours(&stack, size).await?;
     eprintln!(
         "fanout: ours {:.0} deliveries/s, p99 {:.2} ms, {} of {expected} delivered, {} members closed as too slow",
         ours.deliveries_per_s,
@@ -254,15 +295,17 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
         ours.closed
     );
     stack.stop().await;
-    let mut f = Figures::default();
-    f.add(
-        "fanout_offered_per_s",
-        (size.fanout_rate * size.members as u64) as f64,
+    anyhow::ensure!(
+        ours.delivered == expected && bare.delivered == expected,
+        "delivered {} (ours) and {} (bare) of {expected}",
+        ours.delivered,
+        bare.delivered
     );
+    let mut f = Figures::default();
     f.add("deliveries_per_s", ours.deliveries_per_s);
     f.add("fanout_p99_ms", ms(ours.p99_us));
-    f.add("fanout_raw_per_s", raw.deliveries_per_s);
-    f.add("fanout_raw_p99_ms", ms(raw.p99_us));
-    f.add("fanout_ratio", ours.deliveries_per_s / raw.deliveries_per_s);
+    f.add("fanout_bare_per_s", bare.deliveries_per_s);
+    f.add("fanout_bare_p99_ms", ms(bare.p99_us));
+    f.add("fanout_ratio", ours.deliveries_per_s / bare.deliveries_per_s);
     Ok(f)
 }

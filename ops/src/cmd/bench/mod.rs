@@ -51,9 +51,10 @@ pub struct BenchArgs {
     /// Members of the fan-out group [default: 1000, quick 100].
     #[arg(long)]
     pub members: Option<usize>,
-    /// Messages per second into the fan-out group [default: 250, quick 20].
+    /// Messages sent into the fan-out group, as fast as its members drain
+    /// them [default: 2000, quick 50].
     #[arg(long)]
-    pub fanout_rate: Option<u64>,
+    pub fanout_messages: Option<u64>,
     /// Events in the log the rebuild folds [default: 1000000, quick 20000].
     #[arg(long)]
     pub events: Option<u64>,
@@ -76,7 +77,7 @@ pub struct Size {
     pub measure: Duration,
     pub warmup: Duration,
     pub members: usize,
-    pub fanout_rate: u64,
+    pub fanout_messages: u64,
     pub events: u64,
     pub connections: usize,
     pub rate: u64,
@@ -90,7 +91,7 @@ impl Size {
             measure: Duration::from_secs(a.seconds.unwrap_or(if q { 2 } else { 10 })),
             warmup: Duration::from_millis(if q { 500 } else { 2000 }),
             members: a.members.unwrap_or(if q { 100 } else { 1000 }),
-            fanout_rate: a.fanout_rate.unwrap_or(if q { 20 } else { 250 }),
+            fanout_messages: a.fanout_messages.unwrap_or(if q { 50 } else { 2000 }),
             events: a.events.unwrap_or(if q { 20_000 } else { 1_000_000 }),
             connections: a.connections.unwrap_or(if q { 500 } else { 20_000 }),
             rate: a.rate.max(1),

@@ -123,15 +123,7 @@ impl Stack {
 
     /// Resident memory of the stack process (gateway and projector).
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .context("reading the stack's /proc status")?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .context("no VmRSS")?
-            .parse()?;
-        Ok(kb * 1024)
+        rss_bytes(self.pid())
     }
 
     pub fn token(&self, user: &str) -> String {
@@ -160,7 +152,12 @@ impl Stack {
 
     /// A protobuf WebSocket client of `user`, past its `Connected` frame.
     pub async fn connect(&self, user: &str, device: &str) -> anyhow::Result<Ws> {
-        let url = format!("ws://{}/v1/ws?device_id={device}", self.gateway);
+        self.connect_at(self.gateway, user, device).await
+    }
+
+    /// The same, to the gateway at `gateway` (one started beside the stack).
+    pub async fn connect_at(&self, gateway: SocketAddr, user: &str, device: &str) -> anyhow::Result<Ws> {
+        let url = format!("ws://{gateway}/v1/ws?device_id={device}");
         let mut req = url.into_client_request()?;
         req.headers_mut().insert(
             "authorization",
@@ -189,6 +186,39 @@ impl Stack {
             .with_context(|| format!("connecting {user}"))?
     }
 
+    /// An `im-gateway` process of its own on the stack's NATS (its memory
+    /// is the gateway's alone): the binary beside this `imctl`.
+    pub async fn spawn_gateway(&self, limits: &serde_json::Value) -> anyhow::Result<Gateway> {
+        let exe = crate::cmd::check::procs::sibling("im-gateway")?;
+        let mut child = tokio::process::Command::new(exe)
+            .env("IM_GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("IM_NATS_URL", &self.nats_url)
+            .env("IM_JWT_HS256_SECRET", &self.secret)
+            .env("IM_GATEWAY_LIMITS_JSON", limits.to_string())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting im-gateway")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = async {
+            let line = lines.next_line().await?.context("im-gateway exited")?;
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("http://"))
+                .with_context(|| format!("no address in {line:?}"))?;
+            anyhow::Ok(addr.parse::<SocketAddr>()?)
+        };
+        let addr = tokio::time::timeout(START_TIMEOUT, ready)
+            .await
+            .context("im-gateway did not become ready")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Gateway { child, addr })
+    }
+
     /// Stops the stack (SIGTERM, so that it stops its nats-server too).
     pub async fn stop(mut self) {
         terminate(self.pid());
@@ -209,6 +239,31 @@ impl Drop for Stack {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+/// A gateway process beside the stack; killed on drop.
+pub struct Gateway {
+    child: tokio::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        rss_bytes(self.child.id().unwrap_or_default())
+    }
+}
+
+/// Resident memory of a process.
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no VmRSS")?
+        .parse()?;
+    Ok(kb * 1024)
 }
 
 fn terminate(pid: u32) {

@@ -9,7 +9,7 @@
 mod analysis;
 mod faults;
 mod http;
-mod procs;
+pub(crate) mod procs;
 mod workload;
 
 use std::sync::{Arc, Mutex};

@@ -20,7 +20,7 @@ pub const SECRET: &str = "check-secret-that-is-long-enough-for-hs256";
 pub const DUPLICATE_WINDOW_MS: u64 = 2_000;
 
 /// A sibling binary of this `imctl` (built by the same cargo invocation).
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?
         .parent()
         .context("imctl's directory")?
