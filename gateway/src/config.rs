@@ -66,8 +66,13 @@ pub struct Limits {
     pub heartbeat_window_ms: u64,
     pub connections_max: usize,
     pub connections_per_user_max: usize,
-    /// tungstenite buffers: small, since memory per idle connection is a goal.
+    /// tungstenite's read buffer, resident for the connection's life: a
+    /// client frame is a few hundred bytes (a send, an ack, a heartbeat),
+    /// and a larger one grows the buffer for itself only, so 1 KiB keeps an
+    /// idle connection small without a syscall per few bytes.
     pub ws_read_buffer_bytes: usize,
+    /// Bytes tungstenite gathers before it writes (the writer flushes each
+    /// batch anyway): not allocated up front.
     pub ws_write_buffer_bytes: usize,
     /// Largest upload through the gateway (streamed to a temp file).
     pub media_upload_bytes_max: u64,
@@ -92,7 +97,7 @@ impl Default for Limits {
             heartbeat_window_ms: 45_000,
             connections_max: 20_000,
             connections_per_user_max: 16,
-            ws_read_buffer_bytes: 4 * 1024,
+            ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 4 * 1024,
             media_upload_bytes_max: 16 * 1024 * 1024,
             media_large_bytes_max: 1024 * 1024 * 1024,
