@@ -74,6 +74,10 @@ pub(crate) struct Routes {
 struct RouteMap {
     users: HashMap<Box<str>, Route>,
     next_sid: u64,
+    /// The last delivery routed. The projector publishes one event's bytes
+    /// to each member in a row, so an equal payload reuses it: one JSON
+    /// rendering per event per gateway, not per member.
+    last: Option<Arc<Delivery>>,
 }
 
 impl Routes {
@@ -86,9 +90,13 @@ impl Routes {
         let Some(user) = im_streams::subjects::user_of_deliver_subject(subject) else {
             return;
         };
-        let map = self.lock();
+        let mut map = self.lock();
+        let map = &mut *map;
         if let Some(route) = map.users.get(user) {
-            let delivery = Arc::new(Delivery::new(payload));
+            let delivery = match &map.last {
+                Some(last) if last.proto == payload => last.clone(),
+                _ => map.last.insert(Arc::new(Delivery::new(payload))).clone(),
+            };
             for (_, _, outbox) in &route.devices {
                 outbox.push(Outbound::Delivery(delivery.clone()));
             }
@@ -245,5 +253,59 @@ impl Dispatcher {
             // next reconnect: deliveries to nobody, dropped here.
             let _ = self.commands.try_send(Command::Unsub(route.sid));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes_of(users: &[&str]) -> (Routes, Vec<Arc<Outbox>>) {
+        let routes = Routes::default();
+        let mut outboxes = Vec::new();
+        {
+            let mut map = routes.lock();
+            for (i, u) in users.iter().enumerate() {
+                let outbox = Arc::new(Outbox::new(8));
+                outboxes.push(outbox.clone());
+                let route = Route {
+                    sid: i as u64,
+                    devices: vec![(i as u64, "d".into(), outbox)],
+                    joining: 0,
+                };
+                map.users.insert((*u).into(), route);
+            }
+        }
+        (routes, outboxes)
+    }
+
+    fn drained(o: &Outbox) -> Vec<Arc<Delivery>> {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut items = std::collections::VecDeque::new();
+        let _ = o.poll_drain(&mut cx, &mut items, 64);
+        items
+            .into_iter()
+            .map(|i| match i {
+                Outbound::Delivery(d) => d,
+                Outbound::Reply(_) => panic!("a reply"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_event_to_many_members_is_one_shared_delivery_and_others_go_nowhere() {
+        let (routes, outboxes) = routes_of(&["a", "b"]);
+        let event = Bytes::from_static(b"event-1");
+        routes.route("im.deliver.a", event.clone());
+        routes.route("im.deliver.b", event.clone());
+        routes.route("im.deliver.c", event.clone());
+        routes.route("im.deliver.b", Bytes::from_static(b"event-2"));
+        routes.route("not.a.delivery", event);
+        let (a, b) = (drained(&outboxes[0]), drained(&outboxes[1]));
+        assert_eq!(a.len(), 1);
+        assert_eq!(b.len(), 2);
+        assert!(Arc::ptr_eq(&a[0], &b[0]), "the same bytes, one rendering");
+        assert_eq!(b[1].proto, Bytes::from_static(b"event-2"));
     }
 }

@@ -57,7 +57,9 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let rss = || stack.rss_bytes();
     let (per_conn, connect_secs) = measure(&stack, stack.gateway, n, rss).await?;
     eprintln!("connections: {n} open in {connect_secs:.1} s; stack {per_conn:.0} bytes each");
-    let gateway = stack.spawn_gateway(&bench_limits(n + WARMUP_CONNECTIONS)).await?;
+    let gateway = stack
+        .spawn_gateway(&bench_limits(n + WARMUP_CONNECTIONS))
+        .await?;
     let (alone, _) = measure(&stack, gateway.addr, n, || gateway.rss_bytes()).await?;
     eprintln!("connections: the gateway alone {alone:.0} bytes each");
     drop(gateway);

@@ -126,7 +126,11 @@ async fn collect(
     let secs = last.map_or(0.0, |l: Instant| l.duration_since(start).as_secs_f64());
     let delivered = heard.delivered.load(Relaxed);
     Ok(Side {
-        deliveries_per_s: if secs > 0.0 { delivered as f64 / secs } else { 0.0 },
+        deliveries_per_s: if secs > 0.0 {
+            delivered as f64 / secs
+        } else {
+            0.0
+        },
         p99_us: percentile(&mut latency, 99.0),
         delivered,
         closed: heard.closed.load(Relaxed),
@@ -234,7 +238,9 @@ async fn bare(size: &Size) -> anyhow::Result<Side> {
     let members = size.members;
     let server = tokio::spawn(async move {
         for _ in 0..members {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(bare_conn(tcp, subscribe.subscribe()));
         }
     });
@@ -244,7 +250,8 @@ async fn bare(size: &Size) -> anyhow::Result<Side> {
                 .read_buffer_size(4096)
                 .write_buffer_size(4096);
             let url = format!("ws://{addr}/");
-            let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+            let (ws, _) =
+                tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
             anyhow::Ok(ws)
         })
         .collect();
@@ -306,6 +313,9 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     f.add("fanout_p99_ms", ms(ours.p99_us));
     f.add("fanout_bare_per_s", bare.deliveries_per_s);
     f.add("fanout_bare_p99_ms", ms(bare.p99_us));
-    f.add("fanout_ratio", ours.deliveries_per_s / bare.deliveries_per_s);
+    f.add(
+        "fanout_ratio",
+        ours.deliveries_per_s / bare.deliveries_per_s,
+    );
     Ok(f)
 }

@@ -156,7 +156,12 @@ impl Stack {
     }
 
     /// The same, to the gateway at `gateway` (one started beside the stack).
-    pub async fn connect_at(&self, gateway: SocketAddr, user: &str, device: &str) -> anyhow::Result<Ws> {
+    pub async fn connect_at(
+        &self,
+        gateway: SocketAddr,
+        user: &str,
+        device: &str,
+    ) -> anyhow::Result<Ws> {
         let url = format!("ws://{gateway}/v1/ws?device_id={device}");
         let mut req = url.into_client_request()?;
         req.headers_mut().insert(
