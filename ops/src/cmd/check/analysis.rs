@@ -190,7 +190,6 @@ async fn ask(client: &async_nats::Client, conv: &str, at: At, query: Query) -> a
         min_position: at.conv,
         min_rcpt_position: at.rcpt,
         query: Some(query),
-        ..Default::default()
     };
     let subject = im_streams::subjects::query_subject(topology.partition_of(conv));
     let request = async_nats::Request::new()
