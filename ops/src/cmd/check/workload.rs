@@ -31,6 +31,11 @@ const ANSWER_WAIT: Duration = Duration::from_secs(12);
 /// Attempts recorded at most (a 30-minute run makes ~100k).
 const ATTEMPTS_MAX: usize = 2_000_000;
 
+/// Share of stored sends sent again, as by a client whose ack was lost:
+/// the answer must be DUPLICATE with the first answer's positions (faults
+/// alone rarely cut a connection between the store and the ack).
+const RESEND_SHARE: f64 = 0.01;
+
 pub fn group(i: usize) -> String {
     format!("g{i}")
 }
@@ -218,7 +223,9 @@ pub async fn member_loop(
             conn = None;
             Outcome::Unknown
         });
-        if outcome == Outcome::Unknown {
+        let resend =
+            matches!(outcome, Outcome::Stored { .. }) && rand::rng().random_bool(RESEND_SHARE);
+        if outcome == Outcome::Unknown || resend {
             // Mostly at once, sometimes past JetStream's duplicate window.
             let wait = if rand::rng().random_bool(0.3) {
                 Duration::from_millis(DUPLICATE_WINDOW_MS + 500)
