@@ -195,7 +195,8 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
 
     let status_secs = timed_imctl(
         &stack.nats_url,
-        &["projections", "status", "--instance", "local"],
+        // Without the apply-rate sample (a 1 s wait by default, not work).
+        &["projections", "status", "--interval-ms", "0"],
     )
     .await?;
     let streams_secs = timed_imctl(&stack.nats_url, &["streams", "status"]).await?;
