@@ -74,12 +74,15 @@ pub(super) async fn run(
 ) {
     let mut pongs = Pongs::new();
     let mut pause = RECONNECT_PAUSE_MIN;
+    let mut first = true;
     loop {
         for server in &servers {
             let session = Session {
                 routes: &routes,
                 commands: &mut commands,
                 pongs: &mut pongs,
+                // Devices to tell to sync: none before the first connection.
+                again: !std::mem::take(&mut first),
             };
             match session.run(server).await {
                 Ok(()) => return,
@@ -97,6 +100,8 @@ struct Session<'a> {
     routes: &'a Routes,
     commands: &'a mut mpsc::Receiver<Command>,
     pongs: &'a mut Pongs,
+    /// Not the first connection: deliveries may have been missed.
+    again: bool,
 }
 
 impl Session<'_> {
@@ -115,8 +120,10 @@ impl Session<'_> {
         for _ in 0..self.pongs.len() {
             out.extend_from_slice(wire::PING);
         }
-        self.pongs.push_back(Pong::Resubscribed);
-        out.extend_from_slice(wire::PING);
+        if self.again {
+            self.pongs.push_back(Pong::Resubscribed);
+            out.extend_from_slice(wire::PING);
+        }
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.reset();
         let mut unanswered = 0;
