@@ -19,7 +19,7 @@ pub async fn ask(
         min_rcpt_position: pos.1,
         query: Some(query),
     };
-    let subject = format!("im.q.{partition}");
+    let subject = im_streams::subjects::query_subject(partition);
     let reply = tokio::time::timeout(
         QUERY_TIMEOUT,
         client.request(subject, im_schema::encode(&req).into()),

@@ -28,13 +28,9 @@ pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
 /// Queries answered at once; more are refused with an error right away.
 pub const QUERY_INFLIGHT_MAX: usize = 256;
 
-pub fn partition_subject(partition: u32) -> String {
-    format!("im.q.{partition}")
-}
-
-pub fn instance_subject(instance: &str) -> String {
-    format!("im.projector.{instance}.q")
-}
+pub use im_streams::subjects::{
+    projector_query_subject as instance_subject, query_subject as partition_subject,
+};
 
 pub struct QueryContext {
     pub topology: im_streams::Topology,
@@ -462,11 +458,7 @@ pub async fn serve(
         let Some(reply) = msg.reply.clone() else {
             continue;
         };
-        let scope = msg
-            .subject
-            .as_str()
-            .strip_prefix("im.q.")
-            .and_then(|p| p.parse::<u32>().ok());
+        let scope = im_streams::subjects::partition_of_query_subject(msg.subject.as_str());
         let client = client.clone();
         let Ok(permit) = inflight.clone().try_acquire_owned() else {
             let busy = response(R::Error(error(

@@ -75,7 +75,11 @@ impl Source {
 
     pub fn filters(self, topology: Topology, partitions: &[u32]) -> Vec<String> {
         if partitions.len() == topology.partitions as usize {
-            return vec![format!("im.{}.>", self.tag())];
+            return vec![match self {
+                Source::Conv => im_streams::subjects::CONV_ALL,
+                Source::Rcpt => im_streams::subjects::RCPT_ALL,
+            }
+            .to_string()];
         }
         partitions
             .iter()

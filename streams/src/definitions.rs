@@ -112,17 +112,17 @@ impl StreamSettings {
         vec![
             self.config(
                 CONV_STREAM,
-                "im.conv.>",
+                crate::subjects::CONV_ALL,
                 "conversation events, one subject per conversation",
             ),
             self.config(
                 RCPT_STREAM,
-                "im.rcpt.>",
+                crate::subjects::RCPT_ALL,
                 "delivery and read cursors, one subject per conversation",
             ),
             self.config(
                 MEDIA_STREAM,
-                "im.media.>",
+                crate::subjects::MEDIA_ALL,
                 "media uploads and where they were sent",
             ),
         ]

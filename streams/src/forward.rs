@@ -18,10 +18,7 @@ use im_schema::v1::{self, write_reply, write_request};
 use crate::append::AppendOutcome;
 use crate::conversation::{invalid, Action, Command, MessageBody, Rejection, Role};
 
-/// `im.writer.<writer_id>`: where a writer takes forwarded commands.
-pub fn writer_subject(writer_id: &str) -> String {
-    format!("im.writer.{writer_id}")
-}
+pub use crate::subjects::writer_subject;
 
 impl From<&Rejection> for v1::RejectionDetail {
     fn from(r: &Rejection) -> Self {

@@ -9,7 +9,6 @@ use futures::StreamExt;
 use im_schema::v1;
 
 use crate::error::StreamsError;
-use crate::ids::{validate_id, IdKind};
 
 /// `MediaSent` records read for one id at most: a download check stops
 /// there (a media item re-sent into more conversations than this is found
@@ -17,13 +16,12 @@ use crate::ids::{validate_id, IdKind};
 pub const MEDIA_SENT_SCAN_MAX: usize = 1_000;
 
 pub fn uploaded_subject(media_id: &str) -> Result<String, StreamsError> {
-    validate_id(IdKind::ClientMsg, media_id).map_err(|e| StreamsError::Config(e.to_string()))?;
-    Ok(format!("im.media.up.{media_id}"))
+    crate::subjects::media_uploaded_subject(media_id)
+        .map_err(|e| StreamsError::Config(e.to_string()))
 }
 
 pub fn sent_subject(media_id: &str) -> Result<String, StreamsError> {
-    validate_id(IdKind::ClientMsg, media_id).map_err(|e| StreamsError::Config(e.to_string()))?;
-    Ok(format!("im.media.sent.{media_id}"))
+    crate::subjects::media_sent_subject(media_id).map_err(|e| StreamsError::Config(e.to_string()))
 }
 
 /// Records an upload; an id is recorded once (a second record is refused

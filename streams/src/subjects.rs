@@ -85,6 +85,40 @@ pub fn query_subject(partition: u32) -> String {
     format!("im.q.{partition}")
 }
 
+/// The partition a query subject is about (the inverse of `query_subject`).
+pub fn partition_of_query_subject(subject: &str) -> Option<u32> {
+    subject.strip_prefix("im.q.")?.parse().ok()
+}
+
+/// `im.projector.<instance>.q`: queries for one projector instance (status,
+/// digests, rebuilds, repairs).
+pub fn projector_query_subject(instance: &str) -> String {
+    format!("im.projector.{instance}.q")
+}
+
+/// `im.writer.<writer_id>`: where a writer takes forwarded commands.
+pub fn writer_subject(writer_id: &str) -> String {
+    format!("im.writer.{writer_id}")
+}
+
+/// `im.media.up.<media_id>`: the one record of an upload.
+pub fn media_uploaded_subject(media_id: &str) -> Result<String, IdError> {
+    validate_id(IdKind::ClientMsg, media_id)?;
+    Ok(format!("im.media.up.{media_id}"))
+}
+
+/// `im.media.sent.<media_id>`: a message that carries the media.
+pub fn media_sent_subject(media_id: &str) -> Result<String, IdError> {
+    validate_id(IdKind::ClientMsg, media_id)?;
+    Ok(format!("im.media.sent.{media_id}"))
+}
+
+/// Every conversation event (`im.conv.<p>.<conv>`), every receipt, every
+/// media record: the streams' subjects.
+pub const CONV_ALL: &str = "im.conv.>";
+pub const RCPT_ALL: &str = "im.rcpt.>";
+pub const MEDIA_ALL: &str = "im.media.>";
+
 /// `im.projector.<instance>.alive`: a projector instance's heartbeat.
 pub fn projector_alive_subject(instance: &str) -> Result<String, IdError> {
     validate_id(IdKind::Device, instance)?;
@@ -156,6 +190,35 @@ mod tests {
         let s = t.conv_subject("general").unwrap();
         assert!(s.starts_with("im.conv.") && s.ends_with(".general"));
         assert_eq!(conv_id_of_subject(&s), Some("general"));
+    }
+
+    /// The subjects are a wire contract (clients of NATS, permissions):
+    /// every one the system uses, as it is spelled.
+    #[test]
+    fn every_subject_golden() {
+        let t = Topology::new(16);
+        assert_eq!(t.conv_subject("general").unwrap(), "im.conv.0.general");
+        assert_eq!(t.rcpt_subject("general").unwrap(), "im.rcpt.0.general");
+        assert_eq!(t.conv_partition_filter(3), "im.conv.3.*");
+        assert_eq!(t.rcpt_partition_filter(3), "im.rcpt.3.*");
+        assert_eq!(deliver_subject("ann").unwrap(), "im.deliver.ann");
+        assert_eq!(query_subject(7), "im.q.7");
+        assert_eq!(partition_of_query_subject("im.q.7"), Some(7));
+        assert_eq!(partition_of_query_subject("im.q.x"), None);
+        assert_eq!(projector_query_subject("main"), "im.projector.main.q");
+        assert_eq!(
+            projector_alive_subject("main").unwrap(),
+            "im.projector.main.alive"
+        );
+        assert_eq!(PROJECTOR_ALIVE_ALL, "im.projector.*.alive");
+        assert_eq!(writer_subject("w1"), "im.writer.w1");
+        assert_eq!(media_uploaded_subject("m1").unwrap(), "im.media.up.m1");
+        assert_eq!(media_sent_subject("m1").unwrap(), "im.media.sent.m1");
+        assert!(media_sent_subject("m.1").is_err());
+        assert_eq!(
+            (CONV_ALL, RCPT_ALL, MEDIA_ALL),
+            ("im.conv.>", "im.rcpt.>", "im.media.>")
+        );
     }
 
     #[test]

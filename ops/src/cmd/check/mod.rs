@@ -78,8 +78,14 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         .await?;
     crate::cmd::bench::probe::wait_caught_up_by(&client, procs::INSTANCE).await?;
     let mut findings = Findings::default();
-    let events =
-        im_streams::log::read_conv_events(&client, "IM_CONV", "im.conv.>", 1, usize::MAX).await?;
+    let events = im_streams::log::read_conv_events(
+        &client,
+        "IM_CONV",
+        im_streams::subjects::CONV_ALL,
+        1,
+        usize::MAX,
+    )
+    .await?;
     let folded = analysis::fold_log(events, &mut findings);
     let js = async_nats::jetstream::new(client.clone());
     let rcpt_last = js
