@@ -19,20 +19,7 @@ use crate::AppState;
 
 /// The HTTP status of a rule's refusal.
 pub fn rejection_status(r: &Rejection) -> StatusCode {
-    match r.code() {
-        "not_member"
-        | "forbidden"
-        | "blacklisted"
-        | "muted"
-        | "not_sender"
-        | "owner_must_transfer" => StatusCode::FORBIDDEN,
-        "conversation_not_found" | "message_not_found" => StatusCode::NOT_FOUND,
-        "conversation_exists" | "already_member" | "already_blacklisted" | "already_recalled" => {
-            StatusCode::CONFLICT
-        }
-        "too_large" | "group_full" => StatusCode::PAYLOAD_TOO_LARGE,
-        _ => StatusCode::BAD_REQUEST,
-    }
+    crate::error::http_status(crate::error::rejection_code(r))
 }
 
 fn idempotency_key(headers: &HeaderMap, body_key: Option<String>) -> String {

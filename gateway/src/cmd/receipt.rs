@@ -5,7 +5,7 @@
 use im_schema::v1;
 use im_streams::{ReceiptKind, ReceiptOutcome};
 
-use crate::error::{error_frame, streams_code};
+use crate::error::{error_frame, rejection_frame, streams_code};
 use crate::AppState;
 
 pub async fn run(
@@ -23,15 +23,7 @@ pub async fn run(
         .await
     {
         Ok(ReceiptOutcome::Stored { .. }) => None,
-        Ok(ReceiptOutcome::Rejected(r)) => Some(error_frame(
-            if r.code() == "not_member" {
-                v1::ErrorCode::Forbidden
-            } else {
-                v1::ErrorCode::BadRequest
-            },
-            format!("{}: {r}", r.code()),
-            "",
-        )),
+        Ok(ReceiptOutcome::Rejected(r)) => Some(rejection_frame(&r, "")),
         Err(e) => Some(error_frame(streams_code(&e), e.to_string(), "")),
     }
 }

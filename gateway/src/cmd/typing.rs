@@ -3,7 +3,7 @@
 use im_schema::v1::{self, envelope::Payload};
 
 use super::reply;
-use crate::error::error_frame;
+use crate::error::{error_frame, rejection_frame};
 use crate::AppState;
 
 pub async fn run(state: &AppState, user: &str, typing: v1::Typing) -> Option<v1::Envelope> {
@@ -12,7 +12,7 @@ pub async fn run(state: &AppState, user: &str, typing: v1::Typing) -> Option<v1:
         Err(e) => return Some(error_frame(v1::ErrorCode::BadRequest, e.to_string(), "")),
     };
     if !conv_state.is_member(user) {
-        return Some(error_frame(v1::ErrorCode::Forbidden, "not_member", ""));
+        return Some(rejection_frame(&im_streams::Rejection::NotMember, ""));
     }
     let notice = im_schema::encode(&reply(Payload::TypingNotice(v1::TypingNotice {
         conversation_id: typing.conversation_id.clone(),
