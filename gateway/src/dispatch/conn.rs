@@ -39,6 +39,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Commands written in one go (one write for a burst of joins).
 const COMMANDS_PER_WRITE: usize = 1024;
 
+/// Bytes the write buffer keeps between writes (a burst's worth).
+const WRITE_BUFFER_KEPT: usize = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error("io: {0}")]
@@ -116,7 +119,11 @@ impl Session<'_> {
         // waiting (its PING went to the old connection), then one whose
         // PONG tells the devices to sync.
         let mut out = self.routes.subscriptions();
-        self.pongs.retain(|p| matches!(p, Pong::Join(_)));
+        // Only joins still waiting: one that gave up (its bound passed) has
+        // closed its end, and keeping it would grow the queue with every
+        // reconnect to a server that never answers.
+        self.pongs
+            .retain(|p| matches!(p, Pong::Join(waiter) if !waiter.is_closed()));
         for _ in 0..self.pongs.len() {
             out.extend_from_slice(wire::PING);
         }
@@ -131,6 +138,8 @@ impl Session<'_> {
             if !out.is_empty() {
                 stream.write_all(&out).await?;
                 out.clear();
+                // After a reconnect's every-SUB burst: back to a small buffer.
+                out.shrink_to(WRITE_BUFFER_KEPT);
             }
             tokio::select! {
                 read = stream.read_buf(&mut buf) => {
