@@ -35,7 +35,7 @@ pub const ENV_VARS: [(&str, &str); 11] = [
     ),
 ];
 
-/// Per-connection and per-gateway limits (invariant 7).
+/// Per-connection and per-gateway limits (I18).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {

@@ -1,5 +1,5 @@
-//! Invariant 4 at any delay and through any gateway, and REJECTED only on
-//! the latest state (invariant 3's other half), against real `im-gateway`
+//! I3 (the design brief's invariant 4) at any delay and through any gateway, and REJECTED only on
+//! the latest state (I4), against real `im-gateway`
 //! processes sharing one nats-server and one projector.
 
 mod common;

@@ -6,7 +6,7 @@
 //! every projection folds it into its own overlay and keeps its own
 //! checkpoint, then every projection's writes are committed (one atomic
 //! batch per keyspace, with its checkpoint) and flushed ONCE; then the
-//! effects are published (invariant 6), then one ack per stream and batch
+//! effects are published (I12), then one ack per stream and batch
 //! (AckPolicy::All). A crash anywhere loses at most unacknowledged
 //! batches, which the consumer redelivers and each checkpoint skips.
 

@@ -299,9 +299,9 @@ pub(crate) fn from_genesis(ks: &dyn Keyspace) -> Result<bool, StoreError> {
 }
 
 /// Commits a fold's writes with the checkpoints they advance, atomically
-/// (one batch of one keyspace: invariant 5). Not flushed here: the live
+/// (one batch of one keyspace: I13). Not flushed here: the live
 /// pipeline flushes once for every keyspace before its acks and deliveries
-/// (invariant 6); a rebuild lets the flush of its generation record cover
+/// (I12); a rebuild lets the flush of its generation record cover
 /// its batches (sled recovers a prefix of its log, and a crash before the
 /// record drops the unfinished generation anyway).
 pub(crate) fn commit_at(

@@ -1,4 +1,4 @@
-//! Fan-out (invariant 6), poison events, and min_position, against a real
+//! Fan-out (I12), poison events, and min_position, against a real
 //! nats-server and an in-process projector.
 
 mod common;
@@ -50,7 +50,7 @@ async fn each_member_gets_each_event_once_in_order_and_history_already_has_it() 
             panic!("{env:?}")
         };
         assert!(d.event.is_some(), "small groups get full events");
-        // Invariant 6: whoever sees seq N can already fetch it.
+        // I12: whoever sees seq N can already fetch it.
         let R::History(page) = s
             .query(
                 &d.conversation_id,

@@ -1,5 +1,5 @@
 //! The append path against a real nats-server: stored events, headers,
-//! idempotent stream setup, duplicates (invariant 4), receipts, bad input.
+//! idempotent stream setup, duplicates (I3), receipts, bad input.
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! `history`: (conv, conv_seq) -> event, paged both ways. Recalled messages
 //! keep their slot (body dropped, `recalled` set); edits keep the latest text
 //! and set `edited`. Its commits trigger the fan-out: a delivery leaves only
-//! once the event is in history (invariant 6).
+//! once the event is in history (I12).
 
 use im_schema::v1::{self, conv_event::Kind, message_sent::Body};
 
