@@ -28,7 +28,7 @@ use crate::codec::{
 };
 use crate::conversation::{apply, check_receipt, decide, Command, ConvState, Rejection};
 use crate::dedupe_index;
-use crate::definitions::{CONV_STREAM, RCPT_STREAM};
+use crate::definitions::CONV_STREAM;
 use crate::error::StreamsError;
 use crate::forward;
 use crate::ids::{validate_id, IdKind};
@@ -1085,9 +1085,6 @@ async fn serve_forwarded(
         });
     }
 }
-
-/// The receipts stream name, for readers.
-pub const RECEIPTS_STREAM: &str = RCPT_STREAM;
 
 #[cfg(test)]
 mod tests {

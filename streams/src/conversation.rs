@@ -89,8 +89,6 @@ pub struct MessageMeta {
     pub client_msg_id: String,
     pub sent_at_ms: i64,
     pub recalled: bool,
-    /// Stream sequence of the event, once the adapter knows it.
-    pub stream_seq: u64,
 }
 
 /// What a writer validates against: the conversation as of `version`.
@@ -183,11 +181,6 @@ impl ConvState {
     pub fn record_position(&mut self, stream_seq: u64, payload_hash: [u8; 32]) {
         self.version = stream_seq;
         self.last_hash = payload_hash;
-        if let Some(m) = self.messages.get_mut(&self.conv_seq) {
-            if m.stream_seq == 0 {
-                m.stream_seq = stream_seq;
-            }
-        }
     }
 }
 
@@ -868,7 +861,6 @@ pub fn apply(state: &mut ConvState, event: &v1::ConvEvent) {
                     client_msg_id: event.client_msg_id.clone(),
                     sent_at_ms: event.at_ms,
                     recalled: false,
-                    stream_seq: 0,
                 },
             );
             while state.messages.len() > MESSAGE_INDEX_MAX {
