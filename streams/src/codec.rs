@@ -12,7 +12,7 @@ pub const HDR_EVENT_TYPE: &str = "Im-Event-Type";
 pub const HDR_CONV_SEQ: &str = "Im-Conv-Seq";
 pub const HDR_SCHEMA_VERSION: &str = "Im-Schema-Version";
 pub const HDR_TRACE_ID: &str = "Im-Trace-Id";
-/// The id of the writer that appended the event (see `forward.rs`).
+/// The id of the writer that appended the event (see `append/forwarding.rs`).
 pub const HDR_WRITER: &str = "Im-Writer";
 
 /// sha256 of an event's stored payload: the link the next event carries.

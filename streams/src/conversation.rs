@@ -1,6 +1,6 @@
 //! The conversation aggregate as a pure core: `decide(state, command, now)`
 //! turns a command into events or a typed rejection, `apply(state, event)`
-//! folds an event into the state. No IO here: the append path (`append.rs`)
+//! folds an event into the state. No IO here: the append path (`append/`)
 //! loads state, calls `decide`, and publishes with compare-and-set.
 //!
 //! Replaying `decide` over the log is deterministic: every event records the

@@ -9,7 +9,6 @@ pub mod conversation;
 pub mod dedupe_index;
 pub mod definitions;
 pub mod error;
-pub mod forward;
 pub mod ids;
 pub mod log;
 pub mod media;

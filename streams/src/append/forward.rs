@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use im_schema::v1::{self, write_reply, write_request};
 
-use crate::append::AppendOutcome;
+use super::AppendOutcome;
 use crate::conversation::{invalid, Action, Command, MessageBody, Rejection, Role};
 
 pub use crate::subjects::writer_subject;

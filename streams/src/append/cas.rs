@@ -1,0 +1,151 @@
+//! Publishing a command's events with compare-and-set on the subject's
+//! last sequence, and reading a conflict's actual sequence.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use bytes::Bytes;
+use im_schema::v1;
+
+use crate::codec::{conv_headers, payload_hash};
+use crate::conversation::apply;
+use crate::error::StreamsError;
+
+use super::cache::Cached;
+use super::{AppendOutcome, Appender, Published};
+
+/// 10071 (standalone; the text carries the actual sequence) or 10164 (the
+/// clustered variant, whose text does not) both mean another writer won.
+pub(super) fn is_conflict(e: &jetstream::context::PublishError) -> bool {
+    if e.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|je| {
+            je.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+        })
+}
+
+/// The actual last subject sequence a conflict reports (0 when it does not:
+/// the refresh then asks for the subject's last sequence). The number is in
+/// the server's description, which only the error's source carries.
+pub(super) fn conflict_actual_seq(e: &jetstream::context::PublishError) -> u64 {
+    std::error::Error::source(e)
+        .map(|s| actual_seq_from(&s))
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| actual_seq_from(e))
+}
+
+/// The number after "wrong last sequence: " in a text, or 0.
+pub(super) fn actual_seq_from(err: &impl std::fmt::Display) -> u64 {
+    let text = err.to_string();
+    text.split_once("wrong last sequence: ")
+        .and_then(|(_, rest)| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+impl Appender {
+    /// Publishes a command's events in order at the cached version, each
+    /// chained to the one before; folds each into the cache once acked.
+    pub(super) async fn publish_command(
+        &self,
+        conv_id: &str,
+        subject: &str,
+        cached: &mut Cached,
+        events: Vec<v1::ConvEvent>,
+        primary_msg_id: &str,
+        trace_id: &str,
+    ) -> Result<Published, StreamsError> {
+        let count = events.len();
+        for (i, mut event) in events.into_iter().enumerate() {
+            let state = &mut cached.state;
+            // Chain each event to the one before it, including earlier
+            // events of this same command.
+            event.conv_seq = state.conv_seq + 1;
+            event.prev_hash = state.last_hash.to_vec();
+            let payload = Bytes::from(im_schema::encode(&event));
+            let last = i + 1 == count;
+            let msg_id = if last {
+                primary_msg_id.to_string()
+            } else {
+                format!("{primary_msg_id}:{i}")
+            };
+            let publish = PublishMessage::build()
+                .payload(payload.clone())
+                .headers(conv_headers(&event, trace_id, &self.writer_id))
+                .message_id(&msg_id)
+                .expected_last_subject_sequence(state.version);
+            let ack = match self.js.send_publish(subject.to_string(), publish).await {
+                Ok(fut) => fut.await,
+                Err(e) => Err(e),
+            };
+            match ack {
+                Ok(ack) if ack.duplicate => {
+                    // Stored before (a retry whose first ack was lost).
+                    self.refresh(subject, cached, None).await?;
+                    if last {
+                        let original = self.original(conv_id, subject, ack.sequence).await?;
+                        return Ok(Published::Done(original));
+                    }
+                    // An earlier event of this command was stored before:
+                    // re-decide from the state that includes it.
+                    return Ok(Published::Conflict {
+                        actual: cached.state.version,
+                    });
+                }
+                Ok(ack) => {
+                    #[cfg(feature = "fault-injection")]
+                    if self
+                        .drop_next_ack
+                        .swap(false, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        return Err(StreamsError::Unavailable(
+                            "publish ack lost (injected fault)".into(),
+                        ));
+                    }
+                    apply(state, &event);
+                    state.record_position(ack.sequence, payload_hash(&payload));
+                    self.counters.stored.fetch_add(1, Relaxed);
+                    cached.last_writer.clone_from(&self.writer_id);
+                    let conv_seq = cached.state.conv_seq;
+                    cached.seen.record(&msg_id, ack.sequence, conv_seq);
+                    if last {
+                        return Ok(Published::Done(AppendOutcome::Stored {
+                            conv_id: conv_id.to_string(),
+                            stream_seq: ack.sequence,
+                            conv_seq,
+                        }));
+                    }
+                }
+                Err(e) if is_conflict(&e) => {
+                    self.counters.conflicts.fetch_add(1, Relaxed);
+                    return Ok(Published::Conflict {
+                        actual: conflict_actual_seq(&e),
+                    });
+                }
+                Err(e) => return Err(StreamsError::unavailable(e)),
+            }
+        }
+        unreachable!("decide returns at least one event")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actual_sequence_is_read_from_the_error_text() {
+        assert_eq!(actual_seq_from(&"wrong last sequence: 42"), 42);
+        assert_eq!(
+            actual_seq_from(&"publish failed: wrong last sequence: 7"),
+            7
+        );
+        assert_eq!(actual_seq_from(&"no digits"), 0);
+    }
+}
