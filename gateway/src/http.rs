@@ -225,13 +225,17 @@ pub async fn my_role(
     }
 }
 
-/// Ready when NATS is connected and every partition has a projector whose
+/// Ready when NATS is connected (the gateway's client and its delivery
+/// dispatcher's connection) and every partition has a projector whose
 /// heartbeat is recent and reports nothing wrong (cheap state only: a
 /// probe asks no one). The streams were there at start, or the gateway
 /// would not be.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let partitions = state.appender.topology().partitions;
-    let problems = state.readiness.problems(&state.client, partitions);
+    let mut problems = state.readiness.problems(&state.client, partitions);
+    if !state.dispatcher.is_connected() {
+        problems.push("the delivery connection to NATS is down".to_string());
+    }
     if problems.is_empty() {
         return (StatusCode::OK, "ready").into_response();
     }

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::wire::{self, Credentials, ServerOp};
-use super::{Command, Routes};
+use super::{Command, Routed, Routes};
 
 /// How long connecting plus the CONNECT/PING/PONG handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,6 +39,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Commands written in one go (one write for a burst of joins).
 const COMMANDS_PER_WRITE: usize = 1024;
 
+/// How long one write may take: a server that reads nothing for this long
+/// (a half-open connection, a full buffer) is given up on.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Bytes the write buffer keeps between writes (a burst's worth).
 const WRITE_BUFFER_KEPT: usize = 64 * 1024;
 
@@ -54,6 +58,8 @@ enum SessionError {
     Stale,
     #[error("the handshake took over {HANDSHAKE_TIMEOUT:?}")]
     HandshakeTimeout,
+    #[error("a write took over {WRITE_TIMEOUT:?}")]
+    WriteTimeout,
 }
 
 /// Who waits for the answer to a PING.
@@ -87,7 +93,12 @@ pub(super) async fn run(
                 // Devices to tell to sync: none before the first connection.
                 again: !std::mem::take(&mut first),
             };
-            match session.run(server).await {
+            let outcome = session.run(server).await;
+            if routes.set_connected(false) {
+                // It was up: the next round starts with the shortest pause.
+                pause = RECONNECT_PAUSE_MIN;
+            }
+            match outcome {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(server = %server.host(), port = server.port(), error = %e, "delivery connection lost: reconnecting");
@@ -131,12 +142,17 @@ impl Session<'_> {
             self.pongs.push_back(Pong::Resubscribed);
             out.extend_from_slice(wire::PING);
         }
+        self.routes.set_connected(true);
         let mut keepalive = tokio::time::interval(KEEPALIVE);
+        // A late tick (a slow write, a busy box) is not two missed PONGs.
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.reset();
         let mut unanswered = 0;
         loop {
             if !out.is_empty() {
-                stream.write_all(&out).await?;
+                tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out))
+                    .await
+                    .map_err(|_| SessionError::WriteTimeout)??;
                 out.clear();
                 // After a reconnect's every-SUB burst: back to a small buffer.
                 out.shrink_to(WRITE_BUFFER_KEPT);
@@ -147,20 +163,7 @@ impl Session<'_> {
                         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                     }
                     while let Some(op) = wire::parse(&mut buf, PAYLOAD_MAX)? {
-                        match op {
-                            ServerOp::Msg { subject, payload } => self.routes.route(&subject, payload),
-                            ServerOp::Ping => out.extend_from_slice(wire::PONG),
-                            ServerOp::Pong => {
-                                unanswered = 0;
-                                match self.pongs.pop_front() {
-                                    Some(Pong::Join(waiter)) => drop(waiter.send(())),
-                                    Some(Pong::Resubscribed) => self.routes.resubscribed(),
-                                    Some(Pong::Keepalive) | None => {}
-                                }
-                            }
-                            ServerOp::Err(e) => return Err(SessionError::Server(e)),
-                            ServerOp::Info | ServerOp::Ok => {}
-                        }
+                        self.on_op(op, &mut out, &mut unanswered)?;
                     }
                     buf.reserve(READ_CHUNK.saturating_sub(buf.capacity() - buf.len()));
                 }
@@ -182,6 +185,44 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// One operation from the server; an error ends the session.
+    fn on_op(
+        &mut self,
+        op: ServerOp,
+        out: &mut Vec<u8>,
+        unanswered: &mut u32,
+    ) -> Result<(), SessionError> {
+        match op {
+            ServerOp::Msg {
+                subject,
+                sid,
+                payload,
+            } => {
+                if self.routes.route(&subject, sid, payload) == Routed::Stale {
+                    // A subscription no route owns (its UNSUB was lost in a
+                    // full queue, or overtaken): ended on first sight, so a
+                    // device never gets a delivery twice.
+                    wire::unsub_line(out, sid);
+                }
+            }
+            ServerOp::Ping => out.extend_from_slice(wire::PONG),
+            ServerOp::Pong => {
+                *unanswered = 0;
+                match self.pongs.pop_front() {
+                    Some(Pong::Join(waiter)) => drop(waiter.send(())),
+                    Some(Pong::Resubscribed) => self.routes.resubscribed(),
+                    Some(Pong::Keepalive) | None => {}
+                }
+            }
+            ServerOp::Err(e) if wire::closes_connection(&e) => return Err(SessionError::Server(e)),
+            ServerOp::Err(e) => {
+                tracing::warn!(error = %e, "the delivery connection's server refused something")
+            }
+            ServerOp::Info | ServerOp::Ok => {}
+        }
+        Ok(())
     }
 
     fn write(&mut self, command: Command, out: &mut Vec<u8>) {

@@ -10,6 +10,7 @@ mod conn;
 pub mod wire;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,6 +69,17 @@ struct Route {
 #[derive(Default)]
 pub(crate) struct Routes {
     inner: Mutex<RouteMap>,
+    /// Whether the dispatcher's connection is up (for `/readyz`).
+    connected: AtomicBool,
+}
+
+/// What became of a message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Routed {
+    /// To the devices of its user here (maybe none right now).
+    Routed,
+    /// Its subscription is no route's: to be ended.
+    Stale,
 }
 
 #[derive(Default)]
@@ -85,14 +97,23 @@ impl Routes {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A delivery to everyone of its user connected here.
-    fn route(&self, subject: &str, payload: Bytes) {
+    /// Records whether the connection is up; whether it was.
+    fn set_connected(&self, up: bool) -> bool {
+        self.connected.swap(up, Relaxed)
+    }
+
+    /// A delivery to everyone of its user connected here, if it came on
+    /// that user's current subscription.
+    fn route(&self, subject: &str, sid: u64, payload: Bytes) -> Routed {
         let Some(user) = im_streams::subjects::user_of_deliver_subject(subject) else {
-            return;
+            return Routed::Stale;
         };
         let mut map = self.lock();
         let map = &mut *map;
-        if let Some(route) = map.users.get(user) {
+        let Some(route) = map.users.get(user).filter(|r| r.sid == sid) else {
+            return Routed::Stale;
+        };
+        {
             let delivery = match &map.last {
                 Some(last) if last.proto == payload => last.clone(),
                 _ => map.last.insert(Arc::new(Delivery::new(payload))).clone(),
@@ -101,6 +122,7 @@ impl Routes {
                 outbox.push(Outbound::Delivery(delivery.clone()));
             }
         }
+        Routed::Routed
     }
 
     /// After a reconnect, with every subscription live again: deliveries
@@ -139,6 +161,23 @@ impl Routes {
     }
 }
 
+/// A join waiting for its subscription; dropped before it ends (its future
+/// cancelled), it stops counting and lets an unused route go.
+struct Joining<'a> {
+    dispatcher: &'a Dispatcher,
+    user: &'a str,
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        let mut map = self.dispatcher.routes.lock();
+        if let Some(route) = map.users.get_mut(self.user) {
+            route.joining -= 1;
+        }
+        self.dispatcher.drop_if_unused(&mut map, self.user);
+    }
+}
+
 pub struct Dispatcher {
     routes: Arc<Routes>,
     commands: mpsc::Sender<Command>,
@@ -167,6 +206,11 @@ impl Dispatcher {
             commands,
             task,
         }))
+    }
+
+    /// Whether its connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.routes.connected.load(Relaxed)
     }
 
     pub fn device_count(&self, user: &str) -> usize {
@@ -212,6 +256,12 @@ impl Dispatcher {
                 }
             }
         }
+        // Counted as joining until it ends, even if this future is dropped
+        // while it waits.
+        let joining = Joining {
+            dispatcher: self,
+            user,
+        };
         // The PONG to a PING sent after the SUB: the server has it.
         let (tx, rx) = oneshot::channel();
         let live = match self.commands.try_send(Command::Ping(tx)) {
@@ -222,6 +272,7 @@ impl Dispatcher {
             Err(_) => false,
         };
         let mut map = self.routes.lock();
+        std::mem::forget(joining);
         let route = map.users.get_mut(user).expect("a joining route stays");
         route.joining -= 1;
         if live {
@@ -297,11 +348,26 @@ mod tests {
     fn one_event_to_many_members_is_one_shared_delivery_and_others_go_nowhere() {
         let (routes, outboxes) = routes_of(&["a", "b"]);
         let event = Bytes::from_static(b"event-1");
-        routes.route("im.deliver.a", event.clone());
-        routes.route("im.deliver.b", event.clone());
-        routes.route("im.deliver.c", event.clone());
-        routes.route("im.deliver.b", Bytes::from_static(b"event-2"));
-        routes.route("not.a.delivery", event);
+        assert_eq!(
+            routes.route("im.deliver.a", 0, event.clone()),
+            Routed::Routed
+        );
+        assert_eq!(
+            routes.route("im.deliver.b", 1, event.clone()),
+            Routed::Routed
+        );
+        // No route, or a subscription no route owns (sid 0 is a's): ended,
+        // never delivered twice.
+        assert_eq!(
+            routes.route("im.deliver.c", 2, event.clone()),
+            Routed::Stale
+        );
+        assert_eq!(
+            routes.route("im.deliver.b", 0, event.clone()),
+            Routed::Stale
+        );
+        routes.route("im.deliver.b", 1, Bytes::from_static(b"event-2"));
+        assert_eq!(routes.route("not.a.delivery", 1, event), Routed::Stale);
         let (a, b) = (drained(&outboxes[0]), drained(&outboxes[1]));
         assert_eq!(a.len(), 1);
         assert_eq!(b.len(), 2);

@@ -14,7 +14,11 @@ pub const CONTROL_LINE_MAX: usize = 64 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub enum ServerOp {
     Info,
-    Msg { subject: String, payload: Bytes },
+    Msg {
+        subject: String,
+        sid: u64,
+        payload: Bytes,
+    },
     Ping,
     Pong,
     Ok,
@@ -87,13 +91,18 @@ pub fn parse(buf: &mut BytesMut, payload_max: usize) -> Result<Option<ServerOp>,
         return Ok(None);
     }
     let subject = args[0].to_string();
+    let sid = args[1].parse::<u64>().map_err(|_| malformed())?;
     buf.advance(end + 2);
     let payload = Bytes::copy_from_slice(&buf[header..total]);
     if &buf[total..total + 2] != b"\r\n" {
         return Err(malformed());
     }
     buf.advance(total + 2);
-    Ok(Some(ServerOp::Msg { subject, payload }))
+    Ok(Some(ServerOp::Msg {
+        subject,
+        sid,
+        payload,
+    }))
 }
 
 /// Credentials a server URL carries (`nats://user:pass@host`).
@@ -132,6 +141,16 @@ pub fn unsub_line(out: &mut Vec<u8>, sid: u64) {
     out.extend_from_slice(format!("UNSUB {sid}\r\n").as_bytes());
 }
 
+/// Whether the server ends the connection after this `-ERR`. It does not
+/// for a refused subscription (permissions, a bad subject, too many): the
+/// session goes on and the refusal is logged.
+pub fn closes_connection(err: &str) -> bool {
+    let err = err.to_ascii_lowercase();
+    !(err.starts_with("permissions violation")
+        || err.starts_with("invalid subject")
+        || err.starts_with("maximum subscriptions exceeded"))
+}
+
 pub const PING: &[u8] = b"PING\r\n";
 pub const PONG: &[u8] = b"PONG\r\n";
 
@@ -148,9 +167,10 @@ mod tests {
         (ops, buf)
     }
 
-    fn msg(subject: &str, payload: &[u8]) -> ServerOp {
+    fn msg(subject: &str, sid: u64, payload: &[u8]) -> ServerOp {
         ServerOp::Msg {
             subject: subject.into(),
+            sid,
             payload: Bytes::copy_from_slice(payload),
         }
     }
@@ -170,9 +190,9 @@ mod tests {
                 ServerOp::Ping,
                 ServerOp::Pong,
                 ServerOp::Ok,
-                msg("im.deliver.a", b"hello"),
-                msg("im.deliver.b", b""),
-                msg("im.deliver.c", b"abc"),
+                msg("im.deliver.a", 1, b"hello"),
+                msg("im.deliver.b", 2, b""),
+                msg("im.deliver.c", 3, b"abc"),
                 ServerOp::Err("Permissions Violation".into()),
             ]
         );
@@ -194,7 +214,7 @@ mod tests {
             }
             assert_eq!(
                 ops,
-                vec![msg("im.deliver.a", b"hello"), ServerOp::Ping],
+                vec![msg("im.deliver.a", 1, b"hello"), ServerOp::Ping],
                 "cut at {cut}"
             );
         }
@@ -209,6 +229,10 @@ mod tests {
             Err(WireError::Malformed(_))
         ));
         assert!(matches!(bad(b"MSG a\r\n"), Err(WireError::Malformed(_))));
+        assert!(matches!(
+            bad(b"MSG a x 3\r\nabc\r\n"),
+            Err(WireError::Malformed(_))
+        ));
         assert!(matches!(
             bad(b"HMSG a 1 9 3\r\n"),
             Err(WireError::Malformed(_))
@@ -226,6 +250,16 @@ mod tests {
         );
         let long = vec![b'x'; CONTROL_LINE_MAX + 1];
         assert_eq!(bad(&long), Err(WireError::LineTooLong));
+    }
+
+    #[test]
+    fn only_errors_the_server_closes_on_end_a_session() {
+        assert!(!closes_connection(
+            "Permissions Violation for Subscription to \"im.deliver.x\""
+        ));
+        assert!(!closes_connection("Maximum Subscriptions Exceeded"));
+        assert!(closes_connection("Authorization Violation"));
+        assert!(closes_connection("Slow Consumer"));
     }
 
     #[test]

@@ -152,9 +152,14 @@ async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: Stri
             // What is queued goes out first, then the reason, if any.
             let flush = async {
                 let drained = std::future::poll_fn(|cx| writer.poll(cx, &mut sink, &outbox, true));
-                if drained.await != Stop::Drained {
-                    return;
-                }
+                let frame = match drained.await {
+                    Stop::Drained => frame,
+                    Stop::Overflowed => Some(close_frame(
+                        CLOSE_RESYNC,
+                        "outbound queue full: resync".into(),
+                    )),
+                    Stop::Gone => return,
+                };
                 match frame {
                     Some(frame) => drop(sink.send(Message::Close(Some(frame))).await),
                     None => drop(sink.flush().await),
