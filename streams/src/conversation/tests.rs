@@ -1,6 +1,8 @@
 //! Given/when/then tests of every rule, without IO.
 
 use super::*;
+use crate::subjects::direct_conversation_id;
+use im_schema::v1::message_sent::Body;
 
 const T0: i64 = 1_700_000_000_000;
 

@@ -1,0 +1,371 @@
+//! `decide`: a command against the state at a known version, answered with
+//! the events it appends or the rule that refuses it. The top checks the
+//! ids, hands the action to its own function, and positions the events.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use im_schema::v1::{self, conv_event::Kind, message_sent::Body};
+
+use super::checks::{
+    check_body, check_id, check_may_send, check_meta, check_text, invalid, message_target,
+    require_above, require_group, require_role,
+};
+use super::{
+    Action, Command, ConvKind, ConvState, MessageBody, Rejection, Role, GROUP_MEMBERS_MAX,
+    RECALL_WINDOW_MS, TITLE_BYTES_MAX,
+};
+use crate::ids::IdKind;
+use crate::subjects::{direct_conversation_id, DIRECT_PREFIX};
+
+/// What an action appends, not yet positioned.
+type Kinds = Result<Vec<Kind>, Rejection>;
+
+/// Decides a command against the state at a known version. The events come
+/// back without position: `conv_seq`, `prev_hash` and `at_ms` are filled in
+/// from `state` and `now_ms` here; the adapter only encodes and publishes.
+pub fn decide(
+    state: &ConvState,
+    cmd: &Command,
+    now_ms: i64,
+) -> Result<Vec<v1::ConvEvent>, Rejection> {
+    check_id(IdKind::User, "actor", &cmd.actor)?;
+    check_id(IdKind::ClientMsg, "client_msg_id", &cmd.client_msg_id)?;
+    check_id(IdKind::Conversation, "conversation_id", &state.conv_id)?;
+    let actor = cmd.actor.as_str();
+    let kinds = match &cmd.action {
+        Action::CreateGroup { title, members } => create_group(state, actor, title, members),
+        Action::Send { peer, body, meta } => {
+            send(state, actor, peer.as_deref(), body, meta, now_ms)
+        }
+        Action::AddMember { user, role } => add_member(state, actor, user, *role),
+        Action::RemoveMember { user } => remove_member(state, actor, user),
+        Action::Leave => leave(state, actor),
+        Action::ChangeRole { user, role } => change_role(state, actor, user, *role),
+        Action::TransferOwnership { user } => transfer_ownership(state, actor, user),
+        Action::Mute { user, until_ms } => mute(state, actor, user, *until_ms, now_ms),
+        Action::Unmute { user } => unmute(state, actor, user, now_ms),
+        Action::Blacklist { user } => blacklist(state, actor, user),
+        Action::Unblacklist { user } => unblacklist(state, actor, user),
+        Action::Recall { conv_seq } => recall(state, actor, *conv_seq, now_ms),
+        Action::Edit { conv_seq, text } => edit(state, actor, *conv_seq, text),
+    }?;
+    Ok(position(state, cmd, now_ms, kinds))
+}
+
+/// The decided events at their places after `state`.
+fn position(state: &ConvState, cmd: &Command, now_ms: i64, kinds: Vec<Kind>) -> Vec<v1::ConvEvent> {
+    kinds
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| v1::ConvEvent {
+            conversation_id: state.conv_id.clone(),
+            conv_seq: state.conv_seq + 1 + i as u64,
+            actor: cmd.actor.clone(),
+            at_ms: now_ms,
+            // Only the first event's predecessor is known here; the adapter
+            // chains the later ones as it encodes them.
+            prev_hash: if i == 0 {
+                state.last_hash.to_vec()
+            } else {
+                Vec::new()
+            },
+            client_msg_id: cmd.client_msg_id.clone(),
+            schema_version: im_schema::SCHEMA_VERSION,
+            kind: Some(kind),
+        })
+        .collect()
+}
+
+fn create_group(state: &ConvState, actor: &str, title: &str, members: &[(String, Role)]) -> Kinds {
+    if state.exists() {
+        return Err(Rejection::ConversationExists);
+    }
+    if state.conv_id.starts_with(DIRECT_PREFIX) {
+        return Err(invalid(
+            "conversation_id",
+            format!("the {DIRECT_PREFIX} prefix is reserved for direct conversations"),
+        ));
+    }
+    if title.len() > TITLE_BYTES_MAX {
+        return Err(Rejection::TooLarge {
+            what: Cow::Borrowed("title"),
+            len: title.len(),
+            max: TITLE_BYTES_MAX,
+        });
+    }
+    let mut initial = BTreeMap::new();
+    initial.insert(actor.to_string(), Role::Owner);
+    for (user, role) in members {
+        check_id(IdKind::User, "member", user)?;
+        if *role == Role::Owner && user != actor {
+            return Err(invalid("role", "a group has one owner: the creator"));
+        }
+        initial.entry(user.clone()).or_insert(*role);
+    }
+    if initial.len() > GROUP_MEMBERS_MAX {
+        return Err(Rejection::GroupFull {
+            max: GROUP_MEMBERS_MAX,
+        });
+    }
+    Ok(vec![Kind::Created(v1::ConversationCreated {
+        kind: v1::ConversationKind::Group as i32,
+        title: title.to_string(),
+        members: initial
+            .into_iter()
+            .map(|(user_id, role)| v1::InitialMember {
+                user_id,
+                role: role.to_wire() as i32,
+            })
+            .collect(),
+    })])
+}
+
+fn send(
+    state: &ConvState,
+    actor: &str,
+    peer: Option<&str>,
+    body: &MessageBody,
+    meta: &BTreeMap<String, String>,
+    now_ms: i64,
+) -> Kinds {
+    check_body(body)?;
+    check_meta(meta)?;
+    let sent = Kind::MessageSent(v1::MessageSent {
+        body: Some(match body {
+            MessageBody::Text(t) => Body::Text(t.clone()),
+            MessageBody::Media(m) => Body::Media(m.clone()),
+        }),
+        meta: meta.clone(),
+    });
+    if state.exists() {
+        check_may_send(state, actor, now_ms)?;
+        return Ok(vec![sent]);
+    }
+    // Only a direct conversation is created by a send, and only under the
+    // id derived from its two members.
+    let peer = peer.ok_or(Rejection::ConversationNotFound)?;
+    check_id(IdKind::User, "to_user_id", peer)?;
+    if peer == actor {
+        return Err(Rejection::SelfTarget);
+    }
+    let expected = direct_conversation_id(actor, peer).map_err(|e| invalid("to_user_id", e))?;
+    if expected != state.conv_id {
+        return Err(Rejection::ConversationNotFound);
+    }
+    let mut pair = [actor.to_string(), peer.to_string()];
+    pair.sort();
+    let created = Kind::Created(v1::ConversationCreated {
+        kind: v1::ConversationKind::Direct as i32,
+        title: String::new(),
+        members: pair
+            .into_iter()
+            .map(|user_id| v1::InitialMember {
+                user_id,
+                role: v1::Role::Member as i32,
+            })
+            .collect(),
+    });
+    Ok(vec![created, sent])
+}
+
+fn add_member(state: &ConvState, actor: &str, user: &str, role: Role) -> Kinds {
+    require_group(state)?;
+    check_id(IdKind::User, "user_id", user)?;
+    let actor_role = require_role(state, actor, Role::Admin)?;
+    if state.is_member(user) {
+        return Err(Rejection::AlreadyMember);
+    }
+    if state.blacklist.contains(user) {
+        return Err(Rejection::Blacklisted);
+    }
+    // Granting admin is a role change, which is the owner's alone.
+    if role == Role::Owner || (role == Role::Admin && actor_role != Role::Owner) {
+        return Err(Rejection::Forbidden);
+    }
+    if state.members.len() >= GROUP_MEMBERS_MAX {
+        return Err(Rejection::GroupFull {
+            max: GROUP_MEMBERS_MAX,
+        });
+    }
+    Ok(vec![Kind::MemberAdded(v1::MemberAdded {
+        user_id: user.to_string(),
+        role: role.to_wire() as i32,
+    })])
+}
+
+/// The checks removing, muting and role changes share: a group, a valid
+/// target who is a member and not the actor, an actor of at least `min`.
+fn acting_on_member(
+    state: &ConvState,
+    actor: &str,
+    user: &str,
+    min: Role,
+) -> Result<Role, Rejection> {
+    require_group(state)?;
+    check_id(IdKind::User, "user_id", user)?;
+    let actor_role = require_role(state, actor, min)?;
+    if user == actor {
+        return Err(Rejection::SelfTarget);
+    }
+    if !state.is_member(user) {
+        return Err(Rejection::NotMember);
+    }
+    Ok(actor_role)
+}
+
+fn remove_member(state: &ConvState, actor: &str, user: &str) -> Kinds {
+    let actor_role = acting_on_member(state, actor, user, Role::Admin)?;
+    require_above(actor_role, state, user)?;
+    Ok(vec![Kind::MemberRemoved(v1::MemberRemoved {
+        user_id: user.to_string(),
+    })])
+}
+
+fn leave(state: &ConvState, actor: &str) -> Kinds {
+    require_group(state)?;
+    match state.role_of(actor) {
+        None => Err(Rejection::NotMember),
+        Some(Role::Owner) => Err(Rejection::OwnerMustTransfer),
+        Some(_) => Ok(vec![Kind::MemberLeft(v1::MemberLeft {})]),
+    }
+}
+
+fn change_role(state: &ConvState, actor: &str, user: &str, role: Role) -> Kinds {
+    acting_on_member(state, actor, user, Role::Owner)?;
+    if role == Role::Owner {
+        return Err(invalid("role", "use an ownership transfer"));
+    }
+    Ok(vec![Kind::RoleChanged(v1::RoleChanged {
+        user_id: user.to_string(),
+        role: role.to_wire() as i32,
+    })])
+}
+
+fn transfer_ownership(state: &ConvState, actor: &str, user: &str) -> Kinds {
+    acting_on_member(state, actor, user, Role::Owner)?;
+    Ok(vec![Kind::OwnershipTransferred(v1::OwnershipTransferred {
+        user_id: user.to_string(),
+    })])
+}
+
+fn mute(state: &ConvState, actor: &str, user: &str, until_ms: i64, now_ms: i64) -> Kinds {
+    let actor_role = acting_on_member(state, actor, user, Role::Admin)?;
+    require_above(actor_role, state, user)?;
+    if until_ms <= now_ms {
+        return Err(invalid("until_ms", "must be in the future"));
+    }
+    Ok(vec![Kind::Muted(v1::MemberMuted {
+        user_id: user.to_string(),
+        until_ms,
+    })])
+}
+
+fn unmute(state: &ConvState, actor: &str, user: &str, now_ms: i64) -> Kinds {
+    require_group(state)?;
+    check_id(IdKind::User, "user_id", user)?;
+    let actor_role = require_role(state, actor, Role::Admin)?;
+    let member = state.members.get(user).ok_or(Rejection::NotMember)?;
+    require_above(actor_role, state, user)?;
+    if member.muted_until_ms <= now_ms {
+        return Err(Rejection::NotMuted);
+    }
+    Ok(vec![Kind::Unmuted(v1::MemberUnmuted {
+        user_id: user.to_string(),
+    })])
+}
+
+fn blacklist(state: &ConvState, actor: &str, user: &str) -> Kinds {
+    check_id(IdKind::User, "user_id", user)?;
+    match state.kind {
+        None => return Err(Rejection::ConversationNotFound),
+        // A block: either member may block the other.
+        Some(ConvKind::Direct) => {
+            if !state.is_member(actor) {
+                return Err(Rejection::NotMember);
+            }
+            if user == actor {
+                return Err(Rejection::SelfTarget);
+            }
+            if !state.is_member(user) {
+                return Err(Rejection::NotMember);
+            }
+        }
+        Some(ConvKind::Group) => {
+            let actor_role = require_role(state, actor, Role::Admin)?;
+            if user == actor {
+                return Err(Rejection::SelfTarget);
+            }
+            require_above(actor_role, state, user)?;
+        }
+    }
+    if state.blacklist.contains(user) {
+        return Err(Rejection::AlreadyBlacklisted);
+    }
+    Ok(vec![Kind::Blacklisted(v1::MemberBlacklisted {
+        user_id: user.to_string(),
+    })])
+}
+
+fn unblacklist(state: &ConvState, actor: &str, user: &str) -> Kinds {
+    check_id(IdKind::User, "user_id", user)?;
+    match state.kind {
+        None => return Err(Rejection::ConversationNotFound),
+        Some(ConvKind::Direct) => {
+            if !state.is_member(actor) {
+                return Err(Rejection::NotMember);
+            }
+            // Only the blocker lifts a block, never the blocked.
+            if user == actor {
+                return Err(Rejection::SelfTarget);
+            }
+        }
+        Some(ConvKind::Group) => {
+            require_role(state, actor, Role::Admin)?;
+        }
+    }
+    if !state.blacklist.contains(user) {
+        return Err(Rejection::NotBlacklisted);
+    }
+    Ok(vec![Kind::Unblacklisted(v1::MemberUnblacklisted {
+        user_id: user.to_string(),
+    })])
+}
+
+fn recall(state: &ConvState, actor: &str, conv_seq: u64, now_ms: i64) -> Kinds {
+    if !state.exists() {
+        return Err(Rejection::ConversationNotFound);
+    }
+    let role = state.role_of(actor).ok_or(Rejection::NotMember)?;
+    let target = message_target(state, conv_seq)?;
+    let is_group_admin = state.kind == Some(ConvKind::Group) && role >= Role::Admin;
+    if !is_group_admin {
+        if target.sender != actor {
+            return Err(Rejection::NotSender);
+        }
+        if now_ms - target.sent_at_ms > RECALL_WINDOW_MS {
+            return Err(Rejection::RecallWindowPassed);
+        }
+    }
+    Ok(vec![Kind::MessageRecalled(v1::MessageRecalled {
+        target_conv_seq: conv_seq,
+    })])
+}
+
+fn edit(state: &ConvState, actor: &str, conv_seq: u64, text: &str) -> Kinds {
+    if !state.exists() {
+        return Err(Rejection::ConversationNotFound);
+    }
+    check_text(text)?;
+    if !state.is_member(actor) {
+        return Err(Rejection::NotMember);
+    }
+    let target = message_target(state, conv_seq)?;
+    if target.sender != actor {
+        return Err(Rejection::NotSender);
+    }
+    Ok(vec![Kind::MessageEdited(v1::MessageEdited {
+        target_conv_seq: conv_seq,
+        text: text.to_string(),
+    })])
+}

@@ -1,0 +1,455 @@
+//! The conversation aggregate as a pure core: `decide(state, command, now)`
+//! turns a command into events or a typed rejection, `apply(state, event)`
+//! folds an event into the state. No IO here: the append path (`append/`)
+//! loads state, calls `decide`, and publishes with compare-and-set.
+//!
+//! Replaying `decide` over the log is deterministic: every event records the
+//! time its decision used (`at_ms`), and the state is a function of the
+//! events alone.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+
+use im_schema::v1::{self, conv_event::Kind};
+
+mod checks;
+mod decide;
+
+pub use checks::{check_may_send, check_receipt, invalid};
+pub use decide::decide;
+
+/// A sender may recall their own message for this long; admins any time.
+pub const RECALL_WINDOW_MS: i64 = 2 * 60 * 1000;
+
+/// Longest message text, in bytes. Long enough for any chat message, short
+/// enough that one send cannot make a frame, an event or a fan-out large.
+pub const TEXT_BYTES_MAX: usize = 16 * 1024;
+
+/// Longest group title, in bytes.
+pub const TITLE_BYTES_MAX: usize = 256;
+
+/// Most members a group may have. Bounds the state every writer caches and
+/// the fan-out of one event.
+pub const GROUP_MEMBERS_MAX: usize = 5_000;
+
+/// Message metadata entries, and their key/value sizes: metadata is for small
+/// client hints (reply-to, mentions), not payloads.
+pub const META_ENTRIES_MAX: usize = 16;
+pub const META_KEY_BYTES_MAX: usize = 64;
+pub const META_VALUE_BYTES_MAX: usize = 512;
+
+/// Recent messages whose sender, time and client id the state keeps, for
+/// recall, edit and duplicate detection. Bounds each cached state (~100 B an
+/// entry); recall/edit of older messages is refused (`message_out_of_window`).
+pub const MESSAGE_INDEX_MAX: usize = 512;
+
+/// A B-tree entry's share of its node, for memory accounting.
+const NODE_BYTES: usize = 16;
+
+/// Ordered roles: Owner > Admin > Member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    /// Unknown or unspecified wire values read as the lowest privilege.
+    pub fn from_wire(v: i32) -> Role {
+        match v1::Role::try_from(v) {
+            Ok(v1::Role::Owner) => Role::Owner,
+            Ok(v1::Role::Admin) => Role::Admin,
+            _ => Role::Member,
+        }
+    }
+
+    pub fn to_wire(self) -> v1::Role {
+        match self {
+            Role::Member => v1::Role::Member,
+            Role::Admin => v1::Role::Admin,
+            Role::Owner => v1::Role::Owner,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKind {
+    Direct,
+    Group,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberState {
+    pub role: Role,
+    /// Muted while a command's `now` is before this (Unix ms); 0 = not muted.
+    pub muted_until_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageMeta {
+    pub sender: String,
+    pub client_msg_id: String,
+    pub sent_at_ms: i64,
+    pub recalled: bool,
+}
+
+/// What a writer validates against: the conversation as of `version`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvState {
+    pub conv_id: String,
+    /// None until the conversation is created.
+    pub kind: Option<ConvKind>,
+    pub title: String,
+    pub members: BTreeMap<String, MemberState>,
+    /// Group: users who may not be (re-)added. Direct: users the other
+    /// member has blocked.
+    pub blacklist: BTreeSet<String>,
+    /// conv_seq of the last event; the next event gets `conv_seq + 1`.
+    pub conv_seq: u64,
+    /// Stream sequence of the last event on the subject (the CAS version).
+    pub version: u64,
+    /// sha256 of the last event's stored payload; zeros before the first.
+    pub last_hash: [u8; 32],
+    /// The `MESSAGE_INDEX_MAX` most recent messages by conv_seq.
+    pub messages: BTreeMap<u64, MessageMeta>,
+}
+
+impl ConvState {
+    /// The state of a conversation with no events yet.
+    pub fn empty(conv_id: impl Into<String>) -> Self {
+        ConvState {
+            conv_id: conv_id.into(),
+            kind: None,
+            title: String::new(),
+            members: BTreeMap::new(),
+            blacklist: BTreeSet::new(),
+            conv_seq: 0,
+            version: 0,
+            last_hash: [0; 32],
+            messages: BTreeMap::new(),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.kind.is_some()
+    }
+
+    pub fn role_of(&self, user: &str) -> Option<Role> {
+        self.members.get(user).map(|m| m.role)
+    }
+
+    pub fn is_member(&self, user: &str) -> bool {
+        self.members.contains_key(user)
+    }
+
+    /// The earlier message a sender sent with this client_msg_id, if recent.
+    pub fn find_sent(&self, sender: &str, client_msg_id: &str) -> Option<(u64, &MessageMeta)> {
+        self.messages
+            .iter()
+            .rev()
+            .find(|(_, m)| m.sender == sender && m.client_msg_id == client_msg_id)
+            .map(|(seq, m)| (*seq, m))
+    }
+
+    /// The memory its member list and blacklist hold, ids at their actual
+    /// length. O(members): callers redo it only when the list changed.
+    pub fn membership_bytes(&self) -> usize {
+        let id = |s: &String| s.capacity() + std::mem::size_of::<String>() + NODE_BYTES;
+        self.members
+            .keys()
+            .map(|u| id(u) + std::mem::size_of::<MemberState>())
+            .sum::<usize>()
+            + self.blacklist.iter().map(id).sum::<usize>()
+    }
+
+    /// The memory the rest holds (the recent-message index, bounded by
+    /// `MESSAGE_INDEX_MAX`). O(that index).
+    pub fn index_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.title.capacity()
+            + self
+                .messages
+                .values()
+                .map(|m| {
+                    std::mem::size_of::<(u64, MessageMeta)>()
+                        + NODE_BYTES
+                        + m.sender.capacity()
+                        + m.client_msg_id.capacity()
+                })
+                .sum::<usize>()
+    }
+
+    /// Records where the last applied event landed (the adapter's part).
+    pub fn record_position(&mut self, stream_seq: u64, payload_hash: [u8; 32]) {
+        self.version = stream_seq;
+        self.last_hash = payload_hash;
+    }
+}
+
+/// What a message carries.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MessageBody {
+    Text(String),
+    Media(v1::MediaRef),
+}
+
+/// A user's intent, with the identity from their token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command {
+    pub actor: String,
+    pub client_msg_id: String,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create a group; the actor becomes its owner.
+    CreateGroup {
+        title: String,
+        members: Vec<(String, Role)>,
+    },
+    /// Send a message. `peer` names the other user of a direct conversation:
+    /// the first send creates it.
+    Send {
+        peer: Option<String>,
+        body: MessageBody,
+        meta: BTreeMap<String, String>,
+    },
+    AddMember {
+        user: String,
+        role: Role,
+    },
+    RemoveMember {
+        user: String,
+    },
+    Leave,
+    ChangeRole {
+        user: String,
+        role: Role,
+    },
+    TransferOwnership {
+        user: String,
+    },
+    Mute {
+        user: String,
+        until_ms: i64,
+    },
+    Unmute {
+        user: String,
+    },
+    Blacklist {
+        user: String,
+    },
+    Unblacklist {
+        user: String,
+    },
+    Recall {
+        conv_seq: u64,
+    },
+    Edit {
+        conv_seq: u64,
+        text: String,
+    },
+}
+
+/// Why a command was refused. `code()` is the stable reason code clients see.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("invalid {field}: {detail}")]
+    Invalid {
+        field: Cow<'static, str>,
+        detail: String,
+    },
+    #[error("{what} is too large ({len} > {max})")]
+    TooLarge {
+        what: Cow<'static, str>,
+        len: usize,
+        max: usize,
+    },
+    #[error("conversation not found")]
+    ConversationNotFound,
+    #[error("conversation already exists")]
+    ConversationExists,
+    #[error("not a member of this conversation")]
+    NotMember,
+    #[error("muted until {until_ms}")]
+    Muted { until_ms: i64 },
+    #[error("blacklisted")]
+    Blacklisted,
+    #[error("your role does not allow this")]
+    Forbidden,
+    #[error("not allowed in a direct conversation")]
+    NotInDirect,
+    #[error("the owner must transfer ownership first")]
+    OwnerMustTransfer,
+    #[error("cannot do this to yourself")]
+    SelfTarget,
+    #[error("already a member")]
+    AlreadyMember,
+    #[error("not muted")]
+    NotMuted,
+    #[error("already blacklisted")]
+    AlreadyBlacklisted,
+    #[error("not blacklisted")]
+    NotBlacklisted,
+    #[error("the group is full ({max} members)")]
+    GroupFull { max: usize },
+    #[error("no message at conv_seq {conv_seq}")]
+    MessageNotFound { conv_seq: u64 },
+    #[error("message {conv_seq} is older than the recall/edit window of recent messages")]
+    MessageOutOfWindow { conv_seq: u64 },
+    #[error("message already recalled")]
+    AlreadyRecalled,
+    #[error("only the sender may do this")]
+    NotSender,
+    #[error("the recall window has passed")]
+    RecallWindowPassed,
+    #[error("cursor {up_to_seq} is beyond the conversation's last seq {last_seq}")]
+    CursorBeyondEnd { up_to_seq: u64, last_seq: u64 },
+}
+
+impl Rejection {
+    /// The stable reason code (snake_case) carried in acks and error frames.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Invalid { .. } => "invalid_argument",
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::ConversationNotFound => "conversation_not_found",
+            Rejection::ConversationExists => "conversation_exists",
+            Rejection::NotMember => "not_member",
+            Rejection::Muted { .. } => "muted",
+            Rejection::Blacklisted => "blacklisted",
+            Rejection::Forbidden => "forbidden",
+            Rejection::NotInDirect => "not_in_direct",
+            Rejection::OwnerMustTransfer => "owner_must_transfer",
+            Rejection::SelfTarget => "self_target",
+            Rejection::AlreadyMember => "already_member",
+            Rejection::NotMuted => "not_muted",
+            Rejection::AlreadyBlacklisted => "already_blacklisted",
+            Rejection::NotBlacklisted => "not_blacklisted",
+            Rejection::GroupFull { .. } => "group_full",
+            Rejection::MessageNotFound { .. } => "message_not_found",
+            Rejection::MessageOutOfWindow { .. } => "message_out_of_window",
+            Rejection::AlreadyRecalled => "already_recalled",
+            Rejection::NotSender => "not_sender",
+            Rejection::RecallWindowPassed => "recall_window_passed",
+            Rejection::CursorBeyondEnd { .. } => "cursor_beyond_end",
+        }
+    }
+}
+
+/// Folds one event into the state. Unknown event kinds (from a newer writer)
+/// still advance `conv_seq`, so positions stay right.
+pub fn apply(state: &mut ConvState, event: &v1::ConvEvent) {
+    state.conv_seq = event.conv_seq;
+    let Some(kind) = &event.kind else { return };
+    match kind {
+        Kind::Created(c) => {
+            state.kind = Some(match v1::ConversationKind::try_from(c.kind) {
+                Ok(v1::ConversationKind::Direct) => ConvKind::Direct,
+                _ => ConvKind::Group,
+            });
+            state.title = c.title.clone();
+            for m in &c.members {
+                state.members.insert(
+                    m.user_id.clone(),
+                    MemberState {
+                        role: Role::from_wire(m.role),
+                        muted_until_ms: 0,
+                    },
+                );
+            }
+        }
+        Kind::MemberAdded(a) => {
+            state.members.insert(
+                a.user_id.clone(),
+                MemberState {
+                    role: Role::from_wire(a.role),
+                    muted_until_ms: 0,
+                },
+            );
+        }
+        Kind::MemberRemoved(r) => {
+            state.members.remove(&r.user_id);
+        }
+        Kind::MemberLeft(_) => {
+            state.members.remove(&event.actor);
+        }
+        Kind::RoleChanged(r) => {
+            if let Some(m) = state.members.get_mut(&r.user_id) {
+                m.role = Role::from_wire(r.role);
+            }
+        }
+        Kind::OwnershipTransferred(t) => {
+            if let Some(m) = state.members.get_mut(&event.actor) {
+                m.role = Role::Admin;
+            }
+            if let Some(m) = state.members.get_mut(&t.user_id) {
+                m.role = Role::Owner;
+            }
+        }
+        Kind::Muted(m) => {
+            if let Some(s) = state.members.get_mut(&m.user_id) {
+                s.muted_until_ms = m.until_ms;
+            }
+        }
+        Kind::Unmuted(u) => {
+            if let Some(s) = state.members.get_mut(&u.user_id) {
+                s.muted_until_ms = 0;
+            }
+        }
+        Kind::Blacklisted(b) => {
+            state.blacklist.insert(b.user_id.clone());
+            if state.kind == Some(ConvKind::Group) {
+                state.members.remove(&b.user_id);
+            }
+        }
+        Kind::Unblacklisted(u) => {
+            state.blacklist.remove(&u.user_id);
+        }
+        Kind::MessageSent(_) => {
+            state.messages.insert(
+                event.conv_seq,
+                MessageMeta {
+                    sender: event.actor.clone(),
+                    client_msg_id: event.client_msg_id.clone(),
+                    sent_at_ms: event.at_ms,
+                    recalled: false,
+                },
+            );
+            while state.messages.len() > MESSAGE_INDEX_MAX {
+                state.messages.pop_first();
+            }
+        }
+        Kind::MessageRecalled(r) => {
+            if let Some(m) = state.messages.get_mut(&r.target_conv_seq) {
+                m.recalled = true;
+            }
+        }
+        Kind::MessageEdited(_) => {}
+    }
+}
+
+/// The short name of an event's kind, carried in the `Im-Event-Type` header.
+pub fn event_type(event: &v1::ConvEvent) -> &'static str {
+    match &event.kind {
+        None => "unknown",
+        Some(Kind::Created(_)) => "conversation_created",
+        Some(Kind::MemberAdded(_)) => "member_added",
+        Some(Kind::MemberRemoved(_)) => "member_removed",
+        Some(Kind::MemberLeft(_)) => "member_left",
+        Some(Kind::RoleChanged(_)) => "role_changed",
+        Some(Kind::OwnershipTransferred(_)) => "ownership_transferred",
+        Some(Kind::Muted(_)) => "member_muted",
+        Some(Kind::Unmuted(_)) => "member_unmuted",
+        Some(Kind::Blacklisted(_)) => "member_blacklisted",
+        Some(Kind::Unblacklisted(_)) => "member_unblacklisted",
+        Some(Kind::MessageSent(_)) => "message_sent",
+        Some(Kind::MessageRecalled(_)) => "message_recalled",
+        Some(Kind::MessageEdited(_)) => "message_edited",
+    }
+}
+
+#[cfg(test)]
+mod tests;
