@@ -32,6 +32,25 @@ pub use im_streams::subjects::{
     projector_query_subject as instance_subject, query_subject as partition_subject,
 };
 
+/// The positions a query must see: (IM_CONV, IM_RCPT) stream sequences.
+type Position = (u64, u64);
+
+/// Every id of a query checked, or a bad request naming the first bad one.
+fn check_ids(pairs: &[(IdKind, &str)]) -> Result<(), v1::QueryError> {
+    for (kind, id) in pairs {
+        validate_id(*kind, id).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// A user id that may be absent (an operator's query asks for no one).
+fn check_optional_user(user: &str) -> Result<(), v1::QueryError> {
+    if user.is_empty() {
+        return Ok(());
+    }
+    check_ids(&[(IdKind::User, user)])
+}
+
 pub struct QueryContext {
     pub topology: im_streams::Topology,
     pub instance: String,
@@ -202,151 +221,24 @@ impl QueryContext {
         req: v1::QueryRequest,
         scope: Option<u32>,
     ) -> Result<R, v1::QueryError> {
-        let topology = self.topology;
-        let in_scope = move |conv: &str| scope.is_none_or(|p| topology.partition_of(conv) == p);
-        let ids = |pairs: &[(IdKind, &str)]| -> Result<(), v1::QueryError> {
-            for (kind, id) in pairs {
-                validate_id(*kind, id).map_err(|e| bad(e.to_string()))?;
-            }
-            Ok(())
-        };
-        let ok = Ok;
         let pos = (req.min_position, req.min_rcpt_position);
         match req.query.ok_or_else(|| bad("no query"))? {
-            Query::History(q) => {
-                ids(&[(IdKind::Conversation, &q.conversation_id)])?;
-                if !q.user_id.is_empty() {
-                    ids(&[(IdKind::User, &q.user_id)])?;
-                }
-                self.wait_for(&["history"], pos).await?;
-                self.require_member("history", &q.conversation_id, &q.user_id)?;
-                let backward = q.direction == v1::Direction::Backward as i32;
-                let page = history::page(
-                    &*self.ks("history"),
-                    &q.conversation_id,
-                    q.from_seq,
-                    q.limit,
-                    backward,
-                )
-                .map_err(store_error)?;
-                ok(R::History(page))
-            }
-            Query::Members(q) => {
-                ids(&[(IdKind::Conversation, &q.conversation_id)])?;
-                if !q.user_id.is_empty() {
-                    ids(&[(IdKind::User, &q.user_id)])?;
-                }
-                self.wait_for(&["members"], pos).await?;
-                self.require_member("members", &q.conversation_id, &q.user_id)?;
-                match members::members_of(&*self.ks("members"), &q.conversation_id)
-                    .map_err(store_error)?
-                {
-                    Some(m) => ok(R::Members(m)),
-                    None => Err(error(v1::QueryErrorCode::NotFound, "no such conversation")),
-                }
-            }
-            Query::Role(q) => {
-                ids(&[
-                    (IdKind::Conversation, &q.conversation_id),
-                    (IdKind::User, &q.user_id),
-                ])?;
-                self.wait_for(&["members"], pos).await?;
-                let rec = members::role_of(&*self.ks("members"), &q.conversation_id, &q.user_id)
-                    .map_err(store_error)?;
-                ok(R::Role(match rec {
-                    Some(m) => v1::RoleResult {
-                        member: true,
-                        role: m.role,
-                        muted_until_ms: m.muted_until_ms,
-                    },
-                    None => v1::RoleResult::default(),
-                }))
-            }
-            Query::Unread(q) => {
-                ids(&[(IdKind::User, &q.user_id)])?;
-                let conv = (!q.conversation_id.is_empty()).then_some(q.conversation_id.as_str());
-                if let Some(c) = conv {
-                    ids(&[(IdKind::Conversation, c)])?;
-                }
-                self.wait_for(&["unread"], pos).await?;
-                // Rows exist only for members: nothing else is revealed.
-                ok(R::Unread(
-                    unread::for_user(&*self.ks("unread"), &q.user_id, conv).map_err(store_error)?,
-                ))
-            }
-            Query::ConvList(q) => {
-                ids(&[(IdKind::User, &q.user_id)])?;
-                let before = if q.before_conversation_id.is_empty() {
-                    None
-                } else {
-                    ids(&[(IdKind::Conversation, &q.before_conversation_id)])?;
-                    Some((q.before_activity_ms, q.before_conversation_id.as_str()))
-                };
-                self.wait_for(&["convlist", "unread"], pos).await?;
-                let (entries, has_more) = convlist::page(
-                    &*self.ks("convlist"),
-                    &q.user_id,
-                    q.limit,
-                    before,
-                    &in_scope,
-                )
-                .map_err(store_error)?;
-                let mut items = Vec::with_capacity(entries.len());
-                for entry in entries {
-                    let counts = unread::for_user(
-                        &*self.ks("unread"),
-                        &q.user_id,
-                        Some(&entry.conversation_id),
-                    )
-                    .map_err(store_error)?;
-                    items.push(v1::ConvListItem {
-                        entry: Some(entry),
-                        unread: counts.total,
-                        unread_capped: counts.total_capped,
-                    });
-                }
-                ok(R::ConvList(v1::ConvListPage { items, has_more }))
-            }
-            Query::Receipts(q) => {
-                ids(&[(IdKind::Conversation, &q.conversation_id)])?;
-                if !q.user_id.is_empty() {
-                    ids(&[(IdKind::User, &q.user_id)])?;
-                }
-                self.wait_for(&["receipts"], pos).await?;
-                self.require_member("receipts", &q.conversation_id, &q.user_id)?;
-                ok(R::Receipts(
-                    receipts::for_seq(&*self.ks("receipts"), &q.conversation_id, q.seq)
-                        .map_err(store_error)?,
-                ))
-            }
-            Query::Dedupe(q) => {
-                ids(&[
-                    (IdKind::User, &q.sender),
-                    (IdKind::ClientMsg, &q.client_msg_id),
-                    (IdKind::Conversation, &q.conversation_id),
-                ])?;
-                self.wait_for(&["dedupe"], pos).await?;
-                let rec = dedupe::lookup(
-                    &*self.ks("dedupe"),
-                    &q.sender,
-                    &q.client_msg_id,
-                    &q.conversation_id,
-                )
-                .map_err(store_error)?;
-                ok(R::Dedupe(v1::DedupeResult {
-                    found: rec.is_some(),
-                    record: rec,
-                }))
-            }
+            Query::History(q) => self.history(q, pos).await,
+            Query::Members(q) => self.members(q, pos).await,
+            Query::Role(q) => self.role(q, pos).await,
+            Query::Unread(q) => self.unread(q, pos).await,
+            Query::ConvList(q) => self.conv_list(q, pos, scope).await,
+            Query::Receipts(q) => self.receipts(q, pos).await,
+            Query::Dedupe(q) => self.dedupe(q, pos).await,
             Query::Status(q) => {
                 let digests = q.digests.then(|| self.named(&q.projections)).transpose()?;
-                ok(R::Status(self.status(digests).map_err(store_error)?))
+                Ok(R::Status(self.status(digests).map_err(store_error)?))
             }
             Query::Keys(q) => {
                 let state = self
                     .projection(&q.projection)
                     .ok_or_else(|| bad(format!("no projection {:?}", q.projection)))?;
-                ok(R::Keys(
+                Ok(R::Keys(
                     key_hashes(state.ks().as_ref(), &q.after, q.limit).map_err(store_error)?,
                 ))
             }
@@ -355,6 +247,127 @@ impl QueryContext {
             | Query::RebuildStatus(_)
             | Query::Repair(_)) => self.control(q, scope).await,
         }
+    }
+
+    async fn history(&self, q: v1::HistoryQuery, pos: Position) -> Result<R, v1::QueryError> {
+        check_ids(&[(IdKind::Conversation, &q.conversation_id)])?;
+        check_optional_user(&q.user_id)?;
+        self.wait_for(&["history"], pos).await?;
+        self.require_member("history", &q.conversation_id, &q.user_id)?;
+        let backward = q.direction == v1::Direction::Backward as i32;
+        let ks = self.ks("history");
+        let page = history::page(&*ks, &q.conversation_id, q.from_seq, q.limit, backward)
+            .map_err(store_error)?;
+        Ok(R::History(page))
+    }
+
+    async fn members(&self, q: v1::MembersQuery, pos: Position) -> Result<R, v1::QueryError> {
+        check_ids(&[(IdKind::Conversation, &q.conversation_id)])?;
+        check_optional_user(&q.user_id)?;
+        self.wait_for(&["members"], pos).await?;
+        self.require_member("members", &q.conversation_id, &q.user_id)?;
+        match members::members_of(&*self.ks("members"), &q.conversation_id).map_err(store_error)? {
+            Some(m) => Ok(R::Members(m)),
+            None => Err(error(v1::QueryErrorCode::NotFound, "no such conversation")),
+        }
+    }
+
+    async fn role(&self, q: v1::RoleQuery, pos: Position) -> Result<R, v1::QueryError> {
+        check_ids(&[
+            (IdKind::Conversation, &q.conversation_id),
+            (IdKind::User, &q.user_id),
+        ])?;
+        self.wait_for(&["members"], pos).await?;
+        let rec = members::role_of(&*self.ks("members"), &q.conversation_id, &q.user_id)
+            .map_err(store_error)?;
+        Ok(R::Role(match rec {
+            Some(m) => v1::RoleResult {
+                member: true,
+                role: m.role,
+                muted_until_ms: m.muted_until_ms,
+            },
+            None => v1::RoleResult::default(),
+        }))
+    }
+
+    async fn unread(&self, q: v1::UnreadQuery, pos: Position) -> Result<R, v1::QueryError> {
+        check_ids(&[(IdKind::User, &q.user_id)])?;
+        let conv = (!q.conversation_id.is_empty()).then_some(q.conversation_id.as_str());
+        if let Some(c) = conv {
+            check_ids(&[(IdKind::Conversation, c)])?;
+        }
+        self.wait_for(&["unread"], pos).await?;
+        // Rows exist only for members: nothing else is revealed.
+        Ok(R::Unread(
+            unread::for_user(&*self.ks("unread"), &q.user_id, conv).map_err(store_error)?,
+        ))
+    }
+
+    /// A page of the user's conversations by activity, each with its unread
+    /// count; `scope` keeps it to the partition asked.
+    async fn conv_list(
+        &self,
+        q: v1::ConvListQuery,
+        pos: Position,
+        scope: Option<u32>,
+    ) -> Result<R, v1::QueryError> {
+        check_ids(&[(IdKind::User, &q.user_id)])?;
+        let before = if q.before_conversation_id.is_empty() {
+            None
+        } else {
+            check_ids(&[(IdKind::Conversation, &q.before_conversation_id)])?;
+            Some((q.before_activity_ms, q.before_conversation_id.as_str()))
+        };
+        self.wait_for(&["convlist", "unread"], pos).await?;
+        let topology = self.topology;
+        let in_scope = move |conv: &str| scope.is_none_or(|p| topology.partition_of(conv) == p);
+        let (entries, has_more) = convlist::page(
+            &*self.ks("convlist"),
+            &q.user_id,
+            q.limit,
+            before,
+            &in_scope,
+        )
+        .map_err(store_error)?;
+        let unread_ks = self.ks("unread");
+        let mut items = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let counts = unread::for_user(&*unread_ks, &q.user_id, Some(&entry.conversation_id))
+                .map_err(store_error)?;
+            items.push(v1::ConvListItem {
+                entry: Some(entry),
+                unread: counts.total,
+                unread_capped: counts.total_capped,
+            });
+        }
+        Ok(R::ConvList(v1::ConvListPage { items, has_more }))
+    }
+
+    async fn receipts(&self, q: v1::ReceiptsQuery, pos: Position) -> Result<R, v1::QueryError> {
+        check_ids(&[(IdKind::Conversation, &q.conversation_id)])?;
+        check_optional_user(&q.user_id)?;
+        self.wait_for(&["receipts"], pos).await?;
+        self.require_member("receipts", &q.conversation_id, &q.user_id)?;
+        Ok(R::Receipts(
+            receipts::for_seq(&*self.ks("receipts"), &q.conversation_id, q.seq)
+                .map_err(store_error)?,
+        ))
+    }
+
+    async fn dedupe(&self, q: v1::DedupeQuery, pos: Position) -> Result<R, v1::QueryError> {
+        check_ids(&[
+            (IdKind::User, &q.sender),
+            (IdKind::ClientMsg, &q.client_msg_id),
+            (IdKind::Conversation, &q.conversation_id),
+        ])?;
+        self.wait_for(&["dedupe"], pos).await?;
+        let ks = self.ks("dedupe");
+        let rec = dedupe::lookup(&*ks, &q.sender, &q.client_msg_id, &q.conversation_id)
+            .map_err(store_error)?;
+        Ok(R::Dedupe(v1::DedupeResult {
+            found: rec.is_some(),
+            record: rec,
+        }))
     }
 
     /// Every projection's state with every digest (reads every entry).
