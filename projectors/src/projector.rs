@@ -131,6 +131,82 @@ pub fn quarantine(dir: &std::path::Path) -> Result<std::path::PathBuf, Projector
     Ok(aside)
 }
 
+/// The partitions an instance serves: the configured ones, all of them by
+/// default; each within the topology.
+fn partitions_of(
+    config: &ProjectorConfig,
+    topology: im_streams::Topology,
+) -> Result<Vec<u32>, ProjectorError> {
+    let partitions = config
+        .partitions
+        .clone()
+        .unwrap_or_else(|| (0..topology.partitions).collect());
+    if partitions.is_empty() || partitions.iter().any(|p| *p >= topology.partitions) {
+        return Err(ProjectorError::Config(format!(
+            "partitions {partitions:?} outside 0..{}",
+            topology.partitions
+        )));
+    }
+    Ok(partitions)
+}
+
+/// A store belongs to one partition set: its checkpoints mean nothing for
+/// another. Whether the set is still to be recorded (a new store; written
+/// once the disk takes writes).
+fn store_partitions_fit(
+    meta: &dyn crate::store::Keyspace,
+    config: &ProjectorConfig,
+    parts_text: &str,
+) -> Result<bool, ProjectorError> {
+    match meta.get(b"partitions")? {
+        Some(v) if v != parts_text.as_bytes() => Err(ProjectorError::Config(format!(
+            "{} holds partitions {}, not {parts_text}",
+            config.data_dir.display(),
+            String::from_utf8_lossy(&v)
+        ))),
+        Some(_) => Ok(false),
+        None => Ok(true),
+    }
+}
+
+/// Every projection's current generation, opened, with its checkpoints.
+fn open_feeds(
+    store: &SledStore,
+    meta: &dyn crate::store::Keyspace,
+) -> Result<Feeds, ProjectorError> {
+    let mut feeds = Feeds {
+        states: Vec::new(),
+        applied: Vec::new(),
+    };
+    for projection in projections::all() {
+        let generation = rebuild::generation(meta, projection.name())?;
+        let ks = store.keyspace(&rebuild::keyspace_name(projection.name(), generation))?;
+        let (state, applied) = ProjectionState::new(projection, ks, generation)?;
+        feeds.states.push(state);
+        feeds.applied.push(applied);
+    }
+    Ok(feeds)
+}
+
+/// Once the disk takes writes: the partition set recorded (a new store),
+/// chain starts recorded, a crashed rebuild's leftovers dropped.
+fn prepare_store(context: &QueryContext, partitions: Option<String>) -> Result<(), ProjectorError> {
+    let meta = context.rebuilds.meta();
+    if let Some(text) = partitions {
+        meta.commit(vec![(b"partitions".to_vec(), Some(text.into_bytes()))])?;
+        meta.flush()?;
+    }
+    for state in &context.projections {
+        crate::chain::ensure_chain_from(state.ks().as_ref(), *state.applied.borrow())?;
+        rebuild::drop_leftovers(
+            context.rebuilds.store(),
+            state.projection.name(),
+            state.generation(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Returns once a write and a flush succeed, reporting the disk's refusal
 /// (log, metric, heartbeat) meanwhile. Corruption is not waited out.
 async fn wait_until_writable(
@@ -200,32 +276,11 @@ impl Projector {
             .map_err(|e| ProjectorError::Config(format!("instance: {e}")))?;
         let js = async_nats::jetstream::new(client.clone());
         let topology = im_streams::definitions::read_topology(&js).await?;
-        let partitions = config
-            .partitions
-            .clone()
-            .unwrap_or_else(|| (0..topology.partitions).collect());
-        if partitions.is_empty() || partitions.iter().any(|p| *p >= topology.partitions) {
-            return Err(ProjectorError::Config(format!(
-                "partitions {partitions:?} outside 0..{}",
-                topology.partitions
-            )));
-        }
+        let partitions = partitions_of(&config, topology)?;
         let store = open_or_quarantine(&config)?;
-        // A store belongs to one partition set: its checkpoints mean nothing
-        // for another. (Read now; recorded once the disk takes writes.)
         let meta = store.keyspace("meta")?;
         let parts_text = format!("{partitions:?}");
-        let record_partitions = match meta.get(b"partitions")? {
-            Some(v) if v != parts_text.as_bytes() => {
-                return Err(ProjectorError::Config(format!(
-                    "{} holds partitions {}, not {parts_text}",
-                    config.data_dir.display(),
-                    String::from_utf8_lossy(&v)
-                )))
-            }
-            Some(_) => false,
-            None => true,
-        };
+        let record_partitions = store_partitions_fit(meta.as_ref(), &config, &parts_text)?;
         let cfg = Arc::new(RunnerConfig {
             instance: config.instance.clone(),
             topology,
@@ -233,17 +288,7 @@ impl Projector {
             fanout_threshold: config.fanout_threshold,
             fanout: config.fanout,
         });
-        let mut feeds = Feeds {
-            states: Vec::new(),
-            applied: Vec::new(),
-        };
-        for projection in projections::all() {
-            let generation = rebuild::generation(meta.as_ref(), projection.name())?;
-            let ks = store.keyspace(&rebuild::keyspace_name(projection.name(), generation))?;
-            let (state, applied) = ProjectionState::new(projection, ks, generation)?;
-            feeds.states.push(state);
-            feeds.applied.push(applied);
-        }
+        let feeds = open_feeds(&store, meta.as_ref())?;
         let states = feeds.states.clone();
         let context = Arc::new(QueryContext {
             topology,
@@ -273,23 +318,9 @@ impl Projector {
         // Queries are answered (from what is committed) and the heartbeat
         // says what is wrong while the disk refuses writes; nothing is
         // consumed, so nothing is acknowledged, until it takes them again.
-        let meta = context.rebuilds.meta();
-        wait_until_writable(meta.as_ref(), &health).await?;
-        if record_partitions {
-            meta.commit(vec![(
-                b"partitions".to_vec(),
-                Some(parts_text.into_bytes()),
-            )])?;
-            meta.flush()?;
-        }
-        for state in &context.projections {
-            crate::chain::ensure_chain_from(state.ks().as_ref(), *state.applied.borrow())?;
-            rebuild::drop_leftovers(
-                context.rebuilds.store(),
-                state.projection.name(),
-                state.generation(),
-            )?;
-        }
+        wait_until_writable(context.rebuilds.meta().as_ref(), &health).await?;
+        let record = record_partitions.then_some(parts_text);
+        prepare_store(&context, record)?;
         let mut tasks = tokio::task::JoinSet::new();
         let pipeline = pipeline::start(
             clients.consume.clone(),
