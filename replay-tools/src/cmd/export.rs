@@ -113,6 +113,86 @@ fn decode(raw: &Raw) -> Result<(Row, Option<v1::ConvEvent>), String> {
     }
 }
 
+/// Where rows go: JSON lines or CSV, on stdout, buffered.
+enum Output {
+    Json(std::io::BufWriter<std::io::Stdout>),
+    Csv(csv::Writer<std::io::Stdout>),
+}
+
+impl Output {
+    fn new(format: Format) -> anyhow::Result<Self> {
+        if format != Format::Csv {
+            return Ok(Output::Json(std::io::BufWriter::new(std::io::stdout())));
+        }
+        let mut w = csv::Writer::from_writer(std::io::stdout());
+        w.write_record([
+            "stream",
+            "seq",
+            "time",
+            "subject",
+            "conversation_id",
+            "conv_seq",
+            "actor",
+            "event_type",
+            "client_msg_id",
+            "event",
+        ])?;
+        Ok(Output::Csv(w))
+    }
+
+    fn write(&mut self, raw: &Raw, row: Row) -> anyhow::Result<()> {
+        match self {
+            Output::Csv(w) => w.write_record([
+                raw.stream.clone(),
+                raw.seq.to_string(),
+                super::format_time(raw.time),
+                raw.subject.clone(),
+                row.conversation_id,
+                row.conv_seq.map(|s| s.to_string()).unwrap_or_default(),
+                row.actor,
+                row.event_type,
+                row.client_msg_id,
+                row.event.to_string(),
+            ])?,
+            Output::Json(out) => {
+                let headers: serde_json::Map<String, serde_json::Value> = raw
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect();
+                let line = json!({
+                    "stream": raw.stream,
+                    "seq": raw.seq,
+                    "time": super::format_time(raw.time),
+                    "subject": raw.subject,
+                    "headers": headers,
+                    "event": row.event,
+                });
+                writeln!(out, "{line}")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        match self {
+            Output::Csv(w) => w.flush()?,
+            Output::Json(out) => out.flush()?,
+        }
+        Ok(())
+    }
+}
+
+/// Whether a decoded row is about `user` (when the export is limited to
+/// one): an event naming them, or a receipt of theirs.
+fn about(user: Option<&String>, row: &Row, event: Option<&v1::ConvEvent>) -> bool {
+    let Some(user) = user else { return true };
+    match event {
+        Some(ev) => conv_event_names(ev, user),
+        None => row.actor == *user,
+    }
+}
+
 pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.stream != StreamChoice::All || (args.from_seq.is_none() && args.to_seq.is_none()),
@@ -140,23 +220,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
         to_seq: args.to_seq.unwrap_or(0),
         since,
     };
-    // One of the two writes stdout, each buffered.
-    let mut out = std::io::BufWriter::new(std::io::stdout());
-    let mut csv = (args.format == Format::Csv).then(|| csv::Writer::from_writer(std::io::stdout()));
-    if let Some(w) = csv.as_mut() {
-        w.write_record([
-            "stream",
-            "seq",
-            "time",
-            "subject",
-            "conversation_id",
-            "conv_seq",
-            "actor",
-            "event_type",
-            "client_msg_id",
-            "event",
-        ])?;
-    }
+    let mut out = Output::new(args.format)?;
     let bar = super::progress_bar("export");
     let (mut read, mut written) = (0u64, 0u64);
     for stream in streams {
@@ -184,54 +248,13 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
                     continue;
                 }
             };
-            if let Some(user) = &args.user {
-                let about = match &conv_event {
-                    Some(ev) => conv_event_names(ev, user),
-                    None => row.actor == *user,
-                };
-                if !about {
-                    continue;
-                }
-            }
-            written += 1;
-            match csv.as_mut() {
-                Some(w) => {
-                    w.write_record([
-                        raw.stream.clone(),
-                        raw.seq.to_string(),
-                        super::format_time(raw.time),
-                        raw.subject.clone(),
-                        row.conversation_id,
-                        row.conv_seq.map(|s| s.to_string()).unwrap_or_default(),
-                        row.actor,
-                        row.event_type,
-                        row.client_msg_id,
-                        row.event.to_string(),
-                    ])?;
-                }
-                None => {
-                    let headers: serde_json::Map<String, serde_json::Value> = raw
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), json!(v)))
-                        .collect();
-                    let line = json!({
-                        "stream": raw.stream,
-                        "seq": raw.seq,
-                        "time": super::format_time(raw.time),
-                        "subject": raw.subject,
-                        "headers": headers,
-                        "event": row.event,
-                    });
-                    writeln!(out, "{line}")?;
-                }
+            if about(args.user.as_ref(), &row, conv_event.as_ref()) {
+                written += 1;
+                out.write(&raw, row)?;
             }
         }
     }
-    if let Some(w) = csv.as_mut() {
-        w.flush()?;
-    }
-    out.flush()?;
+    out.finish()?;
     bar.finish_and_clear();
     eprintln!("export: {written} of {read} events read");
     Ok(())
