@@ -116,7 +116,7 @@ fn decode(raw: &Raw) -> Result<(Row, Option<v1::ConvEvent>), String> {
 /// Where rows go: JSON lines or CSV, on stdout, buffered.
 enum Output {
     Json(std::io::BufWriter<std::io::Stdout>),
-    Csv(csv::Writer<std::io::Stdout>),
+    Csv(Box<csv::Writer<std::io::Stdout>>),
 }
 
 impl Output {
@@ -137,7 +137,7 @@ impl Output {
             "client_msg_id",
             "event",
         ])?;
-        Ok(Output::Csv(w))
+        Ok(Output::Csv(Box::new(w)))
     }
 
     fn write(&mut self, raw: &Raw, row: Row) -> anyhow::Result<()> {
