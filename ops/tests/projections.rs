@@ -184,6 +184,21 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
         6,
         "{out}"
     );
+    // The scratch instance's consumers went with it: only "main"'s remain.
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    for stream in ["IM_CONV", "IM_RCPT"] {
+        let mut s = js.get_stream(stream).await.unwrap();
+        let mut names = s.consumer_names();
+        let mut left = Vec::new();
+        while let Some(n) = futures::StreamExt::next(&mut names).await {
+            left.push(n.unwrap());
+        }
+        assert!(
+            left.iter().all(|n| n.starts_with("main_")),
+            "{stream}: {left:?}"
+        );
+        let _ = s.info().await;
+    }
 
     // One read-model entry goes bad behind the projector's back.
     let history = projector

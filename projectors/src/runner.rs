@@ -205,6 +205,11 @@ pub struct RunnerConfig {
     pub fanout: bool,
 }
 
+/// The durable consumer an instance reads `source` with: `<instance>_<tag>`.
+pub fn consumer_name(instance: &str, source: Source) -> String {
+    format!("{instance}_{}", source.tag())
+}
+
 /// (Re)creates the instance's durable consumer of `source` to start right
 /// after `from_checkpoint` (the lowest checkpoint of the projections that
 /// read it).
@@ -215,7 +220,7 @@ pub(crate) async fn ensure_consumer(
     from_checkpoint: u64,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, RunError> {
     let stream = js.get_stream(source.stream()).await.map_err(js_err)?;
-    let consumer_name = format!("{}_{}", cfg.instance, source.tag());
+    let consumer_name = consumer_name(&cfg.instance, source);
     // One consumer per projection was the layout before one pipeline: those
     // would keep their pending messages on the server for good.
     for projection in crate::projections::NAMES {

@@ -95,34 +95,51 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     )
     .await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(args.timeout_secs);
-    // Compare when both stand at the same checkpoints (a live store that
-    // keeps moving is caught at a quiet moment, or the timeout says so).
-    // Digests are read once the checkpoints agree (a plain status costs
-    // nothing; a digest reads every entry).
+    let outcome = async {
+        at_live_checkpoints(&client, &args.instance, &projector, &names, deadline).await?;
+        compare(&client, &args.instance, &projector, &names).await
+    }
+    .await;
+    drop(projector);
+    drop_scratch_consumers(&client, &scratch_name).await;
+    let mismatches = outcome?;
+    anyhow::ensure!(
+        mismatches == 0,
+        "{mismatches} projection(s) differ from a fresh rebuild"
+    );
+    Ok(())
+}
+
+/// Waits until the scratch rebuild and the live instance stand at the same
+/// checkpoints (a live store that keeps moving is caught at a quiet moment,
+/// or the deadline says so). Digests are read only after this: a plain
+/// status costs nothing, a digest reads every entry.
+async fn at_live_checkpoints(
+    client: &async_nats::Client,
+    instance: &str,
+    projector: &im_projectors::Projector,
+    names: &[String],
+    deadline: std::time::Instant,
+) -> anyhow::Result<()> {
+    let at = |s: &v1::StatusResult, n: &str| {
+        s.projections
+            .iter()
+            .find(|p| p.name == n)
+            .map(|p| (p.conv_checkpoint, p.rcpt_checkpoint))
+    };
     loop {
-        let live = match super::ask_instance(
-            &client,
-            &args.instance,
-            Query::Status(v1::StatusQuery::default()),
-            super::ANSWER_TIMEOUT,
-        )
-        .await?
+        let query = Query::Status(v1::StatusQuery::default());
+        let live = match super::ask_instance(client, instance, query, super::ANSWER_TIMEOUT).await?
         {
             R::Status(s) => s,
-            other => anyhow::bail!("instance {}: {other:?}", args.instance),
+            other => anyhow::bail!("instance {instance}: {other:?}"),
         };
         let scratch = projector.context.status(None)?;
-        let at = |s: &v1::StatusResult, n: &str| {
-            s.projections
-                .iter()
-                .find(|p| p.name == n)
-                .map(|p| (p.conv_checkpoint, p.rcpt_checkpoint))
-        };
         if names
             .iter()
             .all(|n| at(&live, n).is_some() && at(&live, n) == at(&scratch, n))
         {
-            break;
+            return Ok(());
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
@@ -130,7 +147,17 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let live = instance_status(&client, &args.instance, &names).await?;
+}
+
+/// Compares each projection's digest with the scratch rebuild's, printing a
+/// line per projection; the number that differ.
+async fn compare(
+    client: &async_nats::Client,
+    instance: &str,
+    projector: &im_projectors::Projector,
+    names: &[String],
+) -> anyhow::Result<usize> {
+    let live = instance_status(client, instance, names).await?;
     let scratch_states = projector
         .context
         .projections
@@ -140,7 +167,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         .collect();
     let scratch = projector.context.status(Some(scratch_states))?;
     let mut mismatches = 0;
-    for name in &names {
+    for name in names {
         let digest = |s: &v1::StatusResult| {
             s.projections
                 .iter()
@@ -153,7 +180,6 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             println!("{name}: ok {a}");
             continue;
         }
-        mismatches += 1;
         let ks = projector
             .context
             .projections
@@ -161,40 +187,32 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             .find(|p| p.projection.name() == name)
             .map(|p| p.ks())
             .expect("every projection runs");
-        match first_difference(&client, &args.instance, name, ks.as_ref()).await? {
-            Some(key) => println!(
-                "{name}: MISMATCH live {a} rebuild {b}; first differing key: {}",
-                printable_key(&key)
-            ),
+        match first_difference(client, instance, name, ks.as_ref()).await? {
+            Some(key) => {
+                mismatches += 1;
+                println!(
+                    "{name}: MISMATCH live {a} rebuild {b}; first differing key: {}",
+                    printable_key(&key)
+                );
+            }
             // Every key's hash matches: the stores are equal, and a digest
             // was read in the middle of a commit (status reads the digest
             // and the checkpoints one after the other).
-            None => {
-                mismatches -= 1;
-                println!("{name}: ok {a} (every key equal; the digests were read mid-commit)");
-            }
+            None => println!("{name}: ok {a} (every key equal; the digests were read mid-commit)"),
         }
     }
-    drop(projector);
-    // The scratch consumers go with the scratch store.
-    let js = async_nats::jetstream::new(client);
-    for stream in [
-        im_streams::definitions::CONV_STREAM,
-        im_streams::definitions::RCPT_STREAM,
-    ] {
-        if let Ok(s) = js.get_stream(stream).await {
-            for name in im_projectors::projections::NAMES {
-                for tag in ["conv", "rcpt"] {
-                    let _ = s
-                        .delete_consumer(&format!("{scratch_name}_{name}_{tag}"))
-                        .await;
-                }
-            }
+    Ok(mismatches)
+}
+
+/// The scratch instance's durable consumers go with its store.
+async fn drop_scratch_consumers(client: &async_nats::Client, scratch_name: &str) {
+    use im_projectors::runner::{consumer_name, Source};
+    let js = async_nats::jetstream::new(client.clone());
+    for source in [Source::Conv, Source::Rcpt] {
+        if let Ok(s) = js.get_stream(source.stream()).await {
+            let _ = s
+                .delete_consumer(&consumer_name(scratch_name, source))
+                .await;
         }
     }
-    anyhow::ensure!(
-        mismatches == 0,
-        "{mismatches} projection(s) differ from a fresh rebuild"
-    );
-    Ok(())
 }
