@@ -223,113 +223,146 @@ fn same_event(stored: &v1::ConvEvent, produced: &v1::ConvEvent) -> Result<(), St
     }
 }
 
+/// The event of an IM_CONV message, whose header and subject agree with
+/// its payload.
+fn decode_event(raw: &Raw) -> Result<v1::ConvEvent, Violation> {
+    let conv_of_subject =
+        im_streams::subjects::conv_id_of_subject(&raw.subject).unwrap_or_default();
+    let violation = |conv: &str, conv_seq: u64, kind| Violation {
+        stream_seq: raw.seq,
+        subject: raw.subject.clone(),
+        conversation_id: conv.to_string(),
+        conv_seq,
+        kind,
+    };
+    let ev: v1::ConvEvent = im_schema::decode(&raw.payload).map_err(|e| {
+        violation(
+            conv_of_subject,
+            0,
+            ViolationKind::Undecodable(e.to_string()),
+        )
+    })?;
+    if raw.header(HDR_CONV_SEQ) != Some(ev.conv_seq.to_string().as_str()) {
+        let detail = format!(
+            "header {HDR_CONV_SEQ} {:?} disagrees with the payload",
+            raw.header(HDR_CONV_SEQ)
+        );
+        return Err(violation(
+            &ev.conversation_id,
+            ev.conv_seq,
+            ViolationKind::Undecodable(detail),
+        ));
+    }
+    if ev.conversation_id != conv_of_subject {
+        return Err(violation(
+            &ev.conversation_id,
+            ev.conv_seq,
+            ViolationKind::SubjectMismatch,
+        ));
+    }
+    Ok(ev)
+}
+
+/// The event is the conversation's next: the following `conv_seq`, chained
+/// onto the last event's hash.
+fn extends(state: &ConvState, ev: &v1::ConvEvent) -> Result<(), ViolationKind> {
+    if ev.conv_seq != state.conv_seq + 1 {
+        return Err(ViolationKind::Gap {
+            expected: state.conv_seq + 1,
+        });
+    }
+    if ev.prev_hash != state.last_hash {
+        return Err(ViolationKind::BadChain {
+            expected: hex::encode(state.last_hash),
+            found: hex::encode(&ev.prev_hash),
+        });
+    }
+    Ok(())
+}
+
+impl ConvAudit {
+    /// The event is what the rules produce for its command on the state
+    /// before it, and the command is new. A direct conversation's creation
+    /// waits for the send it came with (one command, two events).
+    fn check_command(&mut self, ev: &v1::ConvEvent) -> Result<(), ViolationKind> {
+        let state = self.state.as_ref().expect("set by the caller");
+        let is_direct_creation = matches!(&ev.kind, Some(Kind::Created(c))
+            if c.kind == v1::ConversationKind::Direct as i32);
+        if is_direct_creation && self.direct_created.is_none() {
+            self.direct_created = Some((state.clone(), ev.clone()));
+            return Ok(());
+        }
+        // The command's first event, and the state it was decided on.
+        let (before, first, sent_with) = match self.direct_created.take() {
+            Some((before, created)) => match &ev.kind {
+                Some(Kind::MessageSent(s))
+                    if ev.actor == created.actor && ev.client_msg_id == created.client_msg_id =>
+                {
+                    (before, created, Some(s))
+                }
+                _ => return Err(ViolationKind::IncompleteCommand),
+            },
+            None => (state.clone(), ev.clone(), None),
+        };
+        let cmd =
+            command_of(&first, sent_with).ok_or_else(|| ViolationKind::NotWhatTheRulesProduce {
+                detail: "no command produces this event".into(),
+            })?;
+        if !self
+            .commands
+            .insert((cmd.actor.clone(), cmd.client_msg_id.clone()))
+        {
+            return Err(ViolationKind::DuplicateClientMsgId {
+                client_msg_id: cmd.client_msg_id,
+            });
+        }
+        let produced =
+            decide(&before, &cmd, first.at_ms).map_err(|r| ViolationKind::NotAllowed {
+                code: r.code(),
+                reason: r.to_string(),
+            })?;
+        let stored: Vec<&v1::ConvEvent> = match sent_with {
+            Some(_) => vec![&first, ev],
+            None => vec![ev],
+        };
+        if produced.len() != stored.len() {
+            return Err(ViolationKind::NotWhatTheRulesProduce {
+                detail: format!(
+                    "the rules give {} event(s) for this command",
+                    produced.len()
+                ),
+            });
+        }
+        for (s, p) in stored.into_iter().zip(&produced) {
+            // An older writer's events carry their own schema version.
+            let p = v1::ConvEvent {
+                schema_version: s.schema_version,
+                ..p.clone()
+            };
+            same_event(s, &p).map_err(|detail| ViolationKind::NotWhatTheRulesProduce { detail })?;
+        }
+        Ok(())
+    }
+}
+
 impl Auditor {
     /// Checks the next IM_CONV message (stream order).
     pub fn check(&mut self, raw: &Raw) -> Result<(), Violation> {
-        let conv_of_subject = im_streams::subjects::conv_id_of_subject(&raw.subject)
-            .unwrap_or_default()
-            .to_string();
-        let violation = |conv: &str, conv_seq: u64, kind| Violation {
+        let ev = decode_event(raw)?;
+        let v = |kind| Violation {
             stream_seq: raw.seq,
             subject: raw.subject.clone(),
-            conversation_id: conv.to_string(),
-            conv_seq,
+            conversation_id: ev.conversation_id.clone(),
+            conv_seq: ev.conv_seq,
             kind,
         };
-        let ev: v1::ConvEvent = im_schema::decode(&raw.payload).map_err(|e| {
-            violation(
-                &conv_of_subject,
-                0,
-                ViolationKind::Undecodable(e.to_string()),
-            )
-        })?;
-        let v = |kind| violation(&ev.conversation_id, ev.conv_seq, kind);
-        if raw.header(HDR_CONV_SEQ) != Some(ev.conv_seq.to_string().as_str()) {
-            return Err(v(ViolationKind::Undecodable(format!(
-                "header {HDR_CONV_SEQ} {:?} disagrees with the payload",
-                raw.header(HDR_CONV_SEQ)
-            ))));
-        }
-        if ev.conversation_id != conv_of_subject {
-            return Err(v(ViolationKind::SubjectMismatch));
-        }
         let audit = self.convs.entry(ev.conversation_id.clone()).or_default();
         let state = audit
             .state
             .get_or_insert_with(|| ConvState::empty(ev.conversation_id.clone()));
-        if ev.conv_seq != state.conv_seq + 1 {
-            return Err(v(ViolationKind::Gap {
-                expected: state.conv_seq + 1,
-            }));
-        }
-        if ev.prev_hash != state.last_hash {
-            return Err(v(ViolationKind::BadChain {
-                expected: hex::encode(state.last_hash),
-                found: hex::encode(&ev.prev_hash),
-            }));
-        }
-        let is_direct_creation = matches!(&ev.kind, Some(Kind::Created(c))
-            if c.kind == v1::ConversationKind::Direct as i32);
-        if is_direct_creation && audit.direct_created.is_none() {
-            audit.direct_created = Some((state.clone(), ev.clone()));
-        } else {
-            // The command's first event, and the state it was decided on.
-            let (before, first, sent_with) = match audit.direct_created.take() {
-                Some((before, created)) => {
-                    let sent = match &ev.kind {
-                        Some(Kind::MessageSent(s))
-                            if ev.actor == created.actor
-                                && ev.client_msg_id == created.client_msg_id =>
-                        {
-                            s
-                        }
-                        _ => return Err(v(ViolationKind::IncompleteCommand)),
-                    };
-                    (before, created, Some(sent))
-                }
-                None => (state.clone(), ev.clone(), None),
-            };
-            let cmd = command_of(&first, sent_with).ok_or_else(|| {
-                v(ViolationKind::NotWhatTheRulesProduce {
-                    detail: "no command produces this event".into(),
-                })
-            })?;
-            if !audit
-                .commands
-                .insert((cmd.actor.clone(), cmd.client_msg_id.clone()))
-            {
-                return Err(v(ViolationKind::DuplicateClientMsgId {
-                    client_msg_id: cmd.client_msg_id,
-                }));
-            }
-            let produced = decide(&before, &cmd, first.at_ms).map_err(|r| {
-                v(ViolationKind::NotAllowed {
-                    code: r.code(),
-                    reason: r.to_string(),
-                })
-            })?;
-            let stored: Vec<&v1::ConvEvent> = match sent_with {
-                Some(_) => vec![&first, &ev],
-                None => vec![&ev],
-            };
-            if produced.len() != stored.len() {
-                return Err(v(ViolationKind::NotWhatTheRulesProduce {
-                    detail: format!(
-                        "the rules give {} event(s) for this command",
-                        produced.len()
-                    ),
-                }));
-            }
-            for (s, p) in stored.into_iter().zip(&produced) {
-                // An older writer's events carry their own schema version.
-                let p = v1::ConvEvent {
-                    schema_version: s.schema_version,
-                    ..p.clone()
-                };
-                same_event(s, &p)
-                    .map_err(|detail| v(ViolationKind::NotWhatTheRulesProduce { detail }))?;
-            }
-        }
+        extends(state, &ev).map_err(v)?;
+        audit.check_command(&ev).map_err(v)?;
+        let state = audit.state.as_mut().expect("set above");
         apply(state, &ev);
         state.record_position(raw.seq, payload_hash(&raw.payload));
         audit.events += 1;
