@@ -85,13 +85,7 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         args.instance,
         started.rebuilds.first().map_or(0, |r| r.generation)
     );
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] [{bar:40}] {human_pos}/{human_len} events, {per_sec}, eta {eta}",
-        )?
-        .progress_chars("=> "),
-    );
+    let bar = progress_bar()?;
     let plain = !std::io::stderr().is_terminal();
     let began = Instant::now();
     let mut last_plain = Instant::now();
@@ -126,8 +120,31 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     let secs = began.elapsed().as_secs_f64().max(0.001);
     let rebuilt: Vec<String> = last.iter().map(|r| r.projection.clone()).collect();
     let status = instance_status(&client, &args.instance, &rebuilt).await?;
+    let failed = report(&last, &status, secs);
+    if interrupted {
+        // The shell's convention for a run ended by SIGINT.
+        std::process::exit(130);
+    }
+    anyhow::ensure!(failed == 0, "{failed} rebuild(s) did not complete");
+    Ok(())
+}
+
+fn progress_bar() -> anyhow::Result<indicatif::ProgressBar> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] [{bar:40}] {human_pos}/{human_len} events, {per_sec}, eta {eta}",
+        )?
+        .progress_chars("=> "),
+    );
+    Ok(bar)
+}
+
+/// One line per rebuild: swapped (with its digest and rate) or how it
+/// ended; how many did not complete.
+fn report(last: &[v1::RebuildProgress], status: &v1::StatusResult, secs: f64) -> usize {
     let mut failed = 0;
-    for r in &last {
+    for r in last {
         match r.phase() {
             RebuildPhase::Swapped => {
                 let digest = status
@@ -160,10 +177,5 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if interrupted {
-        // The shell's convention for a run ended by SIGINT.
-        std::process::exit(130);
-    }
-    anyhow::ensure!(failed == 0, "{failed} rebuild(s) did not complete");
-    Ok(())
+    failed
 }
