@@ -44,12 +44,13 @@ pub async fn repair(
     let _held = state.batch_lock.lock().await;
     let at = *state.applied.borrow();
     let live = state.ks();
-    let scratch = MemKeyspace::default();
-    let genesis = from_genesis(live.as_ref())?;
-    let mut members = MembersCache::default();
-    // Where the scratch fold stands (it reads one conversation's subjects).
-    let mut folded_at = Applied::default();
-    let mut events = 0u64;
+    let mut scratch = Scratch {
+        ks: MemKeyspace::default(),
+        genesis: from_genesis(live.as_ref())?,
+        members: MembersCache::default(),
+        folded_at: Applied::default(),
+        events: 0,
+    };
     let mut sources = vec![(Source::Conv, at.conv)];
     if projection.reads_receipts() {
         sources.push((Source::Rcpt, at.rcpt));
@@ -60,6 +61,58 @@ pub async fn repair(
             Source::Rcpt => topology.rcpt_subject(conv),
         }
         .map_err(|e| RunError::JetStream(e.to_string()))?;
+        let read = (source, subject, upto);
+        scratch.fold_subject(&js, projection, read, conv).await?;
+    }
+    let writes = conversation_diff(live.as_ref(), &scratch.ks, conv.as_bytes())?;
+    let written = writes.iter().filter(|(_, v)| v.is_some()).count() as u64;
+    let deleted = writes.len() as u64 - written;
+    if !writes.is_empty() {
+        let ks: Arc<dyn Keyspace> = live;
+        tokio::task::spawn_blocking(move || {
+            ks.commit(writes)?;
+            ks.flush()
+        })
+        .await
+        .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))??;
+    }
+    let events = scratch.events;
+    tracing::info!(
+        projection = projection.name(),
+        conv,
+        events,
+        written,
+        deleted,
+        "conversation repaired"
+    );
+    Ok(v1::RepairedProjection {
+        name: projection.name().to_string(),
+        events,
+        written,
+        deleted,
+    })
+}
+
+/// One conversation folded from scratch, in memory.
+struct Scratch {
+    ks: MemKeyspace,
+    genesis: bool,
+    members: MembersCache,
+    /// Where the fold stands (it reads one conversation's subjects).
+    folded_at: Applied,
+    events: u64,
+}
+
+impl Scratch {
+    /// Folds `subject`'s events of `source` up to `upto` (what the live
+    /// store has applied; the runner folds the rest when it resumes).
+    async fn fold_subject(
+        &mut self,
+        js: &jetstream::Context,
+        projection: &dyn crate::projections::Projection,
+        (source, subject, upto): (Source, String, u64),
+        conv: &str,
+    ) -> Result<(), RunError> {
         let stream = js.get_stream(source.stream()).await.map_err(js_err)?;
         let mut consumer = stream
             .create_consumer(OrderedConfig {
@@ -79,20 +132,18 @@ pub async fn repair(
             let info = msg.info().map_err(js_err)?;
             pending = info.pending;
             if info.stream_sequence > upto {
-                // Beyond what the live store has applied: the runner folds
-                // it when it resumes.
                 break;
             }
-            events += 1;
-            if events > REPAIR_EVENTS_MAX {
+            self.events += 1;
+            if self.events > REPAIR_EVENTS_MAX {
                 return Err(RunError::JetStream(format!(
                     "{conv} has more than {REPAIR_EVENTS_MAX} events: rebuild instead"
                 )));
             }
-            let mut target = Target::new(projection, &scratch, folded_at)?;
-            target.genesis = genesis;
+            let mut target = Target::new(projection, &self.ks, self.folded_at)?;
+            target.genesis = self.genesis;
             let mut ctx = FoldCtx {
-                members: &mut members,
+                members: &mut self.members,
                 effects: false,
             };
             fold_one(
@@ -101,37 +152,12 @@ pub async fn repair(
                 &mut ctx,
                 &mut Vec::new(),
             )?;
-            folded_at = target.at;
+            self.folded_at = target.at;
             let writes = target.tx.into_writes();
-            scratch.commit(writes)?;
+            self.ks.commit(writes)?;
         }
+        Ok(())
     }
-    let writes = conversation_diff(live.as_ref(), &scratch, conv.as_bytes())?;
-    let written = writes.iter().filter(|(_, v)| v.is_some()).count() as u64;
-    let deleted = writes.len() as u64 - written;
-    if !writes.is_empty() {
-        let ks: Arc<dyn Keyspace> = live;
-        tokio::task::spawn_blocking(move || {
-            ks.commit(writes)?;
-            ks.flush()
-        })
-        .await
-        .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))??;
-    }
-    tracing::info!(
-        projection = projection.name(),
-        conv,
-        events,
-        written,
-        deleted,
-        "conversation repaired"
-    );
-    Ok(v1::RepairedProjection {
-        name: projection.name().to_string(),
-        events,
-        written,
-        deleted,
-    })
 }
 
 /// The writes that make `live`'s entries of `conv` equal `want`'s.
