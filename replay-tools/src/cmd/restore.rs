@@ -49,38 +49,12 @@ fn decode_segment(mut bytes: bytes::Bytes) -> anyhow::Result<Vec<im_schema::v1::
 }
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
-    use sha2::Digest as _;
     let at: Location = args.from.parse()?;
     let js = args.nats.connect().await?;
     let objects = Objects::open(&args.s3, &at.bucket).await?;
     let mut restored_any = false;
     for stream in super::archive::Streams::All.names() {
-        // Each segment's manifest names where the next one starts.
-        let mut manifests = Vec::new();
-        let mut next = args.from_seq;
-        loop {
-            let (_, key) = super::archive::segment_keys(&at, stream, next);
-            let Some(text) = objects.get_if_present(&key).await? else {
-                break;
-            };
-            let m: im_schema::v1::ArchiveManifest =
-                im_schema::from_json(std::str::from_utf8(&text)?)
-                    .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
-            anyhow::ensure!(
-                m.format <= super::archive::ARCHIVE_FORMAT,
-                "{key}: archive format {} is newer than this tool's",
-                m.format
-            );
-            anyhow::ensure!(
-                m.stream == stream && m.first_seq == next && m.last_seq >= next,
-                "{key}: the manifest describes {} {}-{}",
-                m.stream,
-                m.first_seq,
-                m.last_seq
-            );
-            next = m.last_seq + 1;
-            manifests.push(m);
-        }
+        let manifests = manifests_of(&objects, &at, stream, args.from_seq).await?;
         let Some(first) = manifests.first() else {
             continue;
         };
@@ -100,46 +74,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         config.first_sequence = Some(first.first_seq);
         js.create_stream(config).await?;
         for m in &manifests {
-            let bytes = objects.get(&m.segment_key).await?;
-            anyhow::ensure!(
-                hex::encode(sha2::Sha256::digest(&bytes)) == m.segment_sha256,
-                "{}: the segment's sha256 differs from its manifest's",
-                m.segment_key
-            );
-            let messages = decode_segment(bytes)?;
-            let mut digest = RangeDigest::default();
-            for (i, msg) in messages.iter().enumerate() {
-                anyhow::ensure!(
-                    msg.stream_seq == m.first_seq + i as u64,
-                    "{}: sequence {} is not {}: the range has a gap a restore cannot reproduce",
-                    m.segment_key,
-                    msg.stream_seq,
-                    m.first_seq + i as u64
-                );
-                digest.add(msg.stream_seq, &msg.subject, &msg.payload);
-            }
-            anyhow::ensure!(
-                messages.len() as u64 == m.messages && digest.hex() == m.range_digest,
-                "{}: its messages do not match the manifest's count and digest",
-                m.segment_key
-            );
-            let mut inflight = VecDeque::new();
-            for msg in messages {
-                let mut headers = async_nats::HeaderMap::new();
-                for h in msg.headers.iter().filter(|h| replayable(&h.name)) {
-                    headers.append(h.name.as_str(), h.value.as_str());
-                }
-                let ack = js
-                    .publish_with_headers(msg.subject, headers, msg.payload.into())
-                    .await?;
-                inflight.push_back((msg.stream_seq, ack));
-                if inflight.len() >= RESTORE_INFLIGHT_MAX {
-                    check_ack(stream, inflight.pop_front()).await?;
-                }
-            }
-            while !inflight.is_empty() {
-                check_ack(stream, inflight.pop_front()).await?;
-            }
+            let messages = checked_segment(&objects, m).await?;
+            publish_in_order(&js, stream, messages).await?;
             println!(
                 "restored {stream} {}-{}: {} messages, digest {}",
                 m.first_seq, m.last_seq, m.messages, m.range_digest
@@ -148,6 +84,100 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         restored_any = true;
     }
     anyhow::ensure!(restored_any, "no archive under {}", args.from);
+    Ok(())
+}
+
+/// A stream's segment manifests from `from_seq` on, in order: each names
+/// where the next one starts.
+async fn manifests_of(
+    objects: &Objects,
+    at: &Location,
+    stream: &str,
+    from_seq: u64,
+) -> anyhow::Result<Vec<im_schema::v1::ArchiveManifest>> {
+    let mut manifests = Vec::new();
+    let mut next = from_seq;
+    loop {
+        let (_, key) = super::archive::segment_keys(at, stream, next);
+        let Some(text) = objects.get_if_present(&key).await? else {
+            return Ok(manifests);
+        };
+        let m: im_schema::v1::ArchiveManifest = im_schema::from_json(std::str::from_utf8(&text)?)
+            .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        anyhow::ensure!(
+            m.format <= super::archive::ARCHIVE_FORMAT,
+            "{key}: archive format {} is newer than this tool's",
+            m.format
+        );
+        anyhow::ensure!(
+            m.stream == stream && m.first_seq == next && m.last_seq >= next,
+            "{key}: the manifest describes {} {}-{}",
+            m.stream,
+            m.first_seq,
+            m.last_seq
+        );
+        next = m.last_seq + 1;
+        manifests.push(m);
+    }
+}
+
+/// A segment's messages, once its bytes, sequences and digest match its
+/// manifest.
+async fn checked_segment(
+    objects: &Objects,
+    m: &im_schema::v1::ArchiveManifest,
+) -> anyhow::Result<Vec<im_schema::v1::ArchivedMessage>> {
+    use sha2::Digest as _;
+    let bytes = objects.get(&m.segment_key).await?;
+    anyhow::ensure!(
+        hex::encode(sha2::Sha256::digest(&bytes)) == m.segment_sha256,
+        "{}: the segment's sha256 differs from its manifest's",
+        m.segment_key
+    );
+    let messages = decode_segment(bytes)?;
+    let mut digest = RangeDigest::default();
+    for (i, msg) in messages.iter().enumerate() {
+        anyhow::ensure!(
+            msg.stream_seq == m.first_seq + i as u64,
+            "{}: sequence {} is not {}: the range has a gap a restore cannot reproduce",
+            m.segment_key,
+            msg.stream_seq,
+            m.first_seq + i as u64
+        );
+        digest.add(msg.stream_seq, &msg.subject, &msg.payload);
+    }
+    anyhow::ensure!(
+        messages.len() as u64 == m.messages && digest.hex() == m.range_digest,
+        "{}: its messages do not match the manifest's count and digest",
+        m.segment_key
+    );
+    Ok(messages)
+}
+
+/// Publishes a segment's messages in order, `RESTORE_INFLIGHT_MAX` acks
+/// outstanding at most, each landing at its archived sequence.
+async fn publish_in_order(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    messages: Vec<im_schema::v1::ArchivedMessage>,
+) -> anyhow::Result<()> {
+    let mut inflight = VecDeque::new();
+    for msg in messages {
+        let mut headers = async_nats::HeaderMap::new();
+        for h in msg.headers.iter().filter(|h| replayable(&h.name)) {
+            headers.append(h.name.as_str(), h.value.as_str());
+        }
+        let ack = js
+            .publish_with_headers(msg.subject, headers, msg.payload.into())
+            .await?;
+        inflight.push_back((msg.stream_seq, ack));
+        if inflight.len() >= RESTORE_INFLIGHT_MAX {
+            check_ack(stream, inflight.pop_front()).await?;
+        }
+    }
+    while !inflight.is_empty() {
+        check_ack(stream, inflight.pop_front()).await?;
+    }
     Ok(())
 }
 
