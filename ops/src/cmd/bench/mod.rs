@@ -8,6 +8,7 @@
 //! Every figure is expected to be positive: a zero or non-finite one fails
 //! the run (which is what `--quick` in CI checks).
 
+pub mod cas;
 pub mod connections;
 pub mod fanout;
 pub mod ingest;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use async_nats::jetstream::consumer::{pull, AckPolicy};
 use futures::{FutureExt, StreamExt};
 
-use super::ingest::{cas_writers, scratch_stream};
+use super::cas::{cas_writers, scratch_stream};
 use super::stack::Stack;
 use super::Size;
 
