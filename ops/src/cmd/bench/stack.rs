@@ -59,7 +59,8 @@ impl Stack {
                 .collect()
         };
         let exe = std::env::current_exe().context("locating imctl")?;
-        let mut child = tokio::process::Command::new(exe)
+        let mut command = tokio::process::Command::new(exe);
+        let command = command
             .arg("up")
             .arg("--data-dir")
             .arg(dir.path())
@@ -71,16 +72,8 @@ impl Stack {
             .arg(options.limits.to_string())
             .arg("--fanout-threshold")
             .arg(options.fanout_threshold.to_string())
-            .env("IM_JWT_HS256_SECRET", &secret)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting imctl up")?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(stdout).lines();
+            .env("IM_JWT_HS256_SECRET", &secret);
+        let (child, mut lines) = spawn_quiet(command, "imctl up")?;
         let (mut gateway, mut nats_url, mut nats_pid) = (None, None, None);
         let ready = async {
             while let Some(line) = lines.next_line().await? {
@@ -195,20 +188,13 @@ impl Stack {
     /// is the gateway's alone): the binary beside this `imctl`.
     pub async fn spawn_gateway(&self, limits: &serde_json::Value) -> anyhow::Result<Gateway> {
         let exe = crate::cmd::check::procs::sibling("im-gateway")?;
-        let mut child = tokio::process::Command::new(exe)
+        let mut command = tokio::process::Command::new(exe);
+        let command = command
             .env("IM_GATEWAY_LISTEN", "127.0.0.1:0")
             .env("IM_NATS_URL", &self.nats_url)
             .env("IM_JWT_HS256_SECRET", &self.secret)
-            .env("IM_GATEWAY_LIMITS_JSON", limits.to_string())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting im-gateway")?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(stdout).lines();
+            .env("IM_GATEWAY_LIMITS_JSON", limits.to_string());
+        let (child, mut lines) = spawn_quiet(command, "im-gateway")?;
         let ready = async {
             let line = lines.next_line().await?.context("im-gateway exited")?;
             let addr = line
@@ -244,6 +230,26 @@ impl Drop for Stack {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Starts a child that logs warnings only and says on stdout when it is
+/// ready (its lines, to read); killed on drop.
+fn spawn_quiet(
+    command: &mut tokio::process::Command,
+    what: &str,
+) -> anyhow::Result<(tokio::process::Child, Lines)> {
+    let mut child = command
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    Ok((child, BufReader::new(stdout).lines()))
 }
 
 /// A gateway process beside the stack; killed on drop.
