@@ -16,6 +16,15 @@ use crate::AppState;
 /// An error as the HTTP API returns it.
 pub struct ApiError(pub v1::ErrorCode, pub String);
 
+impl From<crate::media::MediaError> for ApiError {
+    fn from(e: crate::media::MediaError) -> Self {
+        if let crate::media::MediaError::Backend(source) = &e {
+            tracing::warn!(error = %source, "media bookkeeping failed");
+        }
+        ApiError(e.code(), e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({

@@ -46,6 +46,8 @@ pub enum GatewayError {
     Auth(#[from] auth::AuthError),
     #[error("deliveries: {0}")]
     Dispatch(#[from] dispatch::StartError),
+    #[error("media storage: {0}")]
+    MediaStore(#[from] media::store::StoreError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -122,7 +122,7 @@ async fn finish(media: &Arc<Media>, user: &str, c: Checked) -> Result<v1::MediaR
     if let Some(d) = dims {
         media.thumbnail_later(&media_id, local, d);
     }
-    recorded
+    Ok(recorded?)
 }
 
 pub async fn upload(
@@ -309,7 +309,7 @@ pub async fn complete(
         return Err(internal(e));
     }
     if let Err(e) = check_sniffed(&pending.mime, &digest.head) {
-        return refuse(e).await;
+        return refuse(e.into()).await;
     }
     let checksum = digest.hex();
     if checksum != req.checksum.to_ascii_lowercase() {
@@ -321,7 +321,7 @@ pub async fn complete(
     }
     let limit = state.config.limits.media_quota_bytes_per_day;
     if let Err(e) = media.charge(&user, req.size, limit).await {
-        return refuse(e).await;
+        return refuse(e.into()).await;
     }
     media.forget_pending(&id).await;
     let checked = Checked {
@@ -350,7 +350,9 @@ pub async fn download(
     Query(p): Query<DownloadParams>,
 ) -> Result<Response, ApiError> {
     let media = media(&state)?;
-    let up = media.may_read(&state, &user, &id).await?;
+    let up = media
+        .may_read((&state.client, state.appender.topology()), &user, &id)
+        .await?;
     let (key, mime) = if p.thumbnail {
         (super::thumbnail_key(&id), "image/png".to_string())
     } else {

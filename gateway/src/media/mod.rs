@@ -15,7 +15,6 @@ use im_streams::definitions::{open_bucket, MEDIA_PENDING_BUCKET, MEDIA_QUOTA_BUC
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::http::ApiError;
 use store::MediaStore;
 
 /// Declared types accepted, each checked against the bytes.
@@ -64,12 +63,44 @@ pub struct Media {
     thumbnails: Arc<tokio::sync::Semaphore>,
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError(v1::ErrorCode::Internal, e.to_string())
+/// What a media operation refuses or fails with; the HTTP layer turns it
+/// into a status (`MediaError::code`).
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such media")]
+    NotFound,
+    #[error("not the uploader, nor a member of a conversation this media was sent into")]
+    Forbidden,
+    #[error("quota exceeded: {used} of {limit} bytes used today, this upload is {bytes}")]
+    QuotaExceeded { used: u64, limit: u64, bytes: u64 },
+    #[error("quota counter busy; retry")]
+    QuotaBusy,
+    /// The buckets or the media trail did not answer as they should.
+    #[error("media bookkeeping: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError(v1::ErrorCode::BadRequest, message.into())
+impl MediaError {
+    pub fn code(&self) -> v1::ErrorCode {
+        match self {
+            MediaError::BadRequest(_) => v1::ErrorCode::BadRequest,
+            MediaError::NotFound => v1::ErrorCode::NotFound,
+            MediaError::Forbidden => v1::ErrorCode::Forbidden,
+            MediaError::QuotaExceeded { .. } => v1::ErrorCode::RateLimited,
+            MediaError::QuotaBusy => v1::ErrorCode::Unavailable,
+            MediaError::Backend(_) => v1::ErrorCode::Internal,
+        }
+    }
+}
+
+fn internal(e: impl std::error::Error + Send + Sync + 'static) -> MediaError {
+    MediaError::Backend(Box::new(e))
+}
+
+fn bad(message: impl Into<String>) -> MediaError {
+    MediaError::BadRequest(message.into())
 }
 
 pub fn now_ms() -> i64 {
@@ -88,7 +119,7 @@ pub fn new_media_id() -> String {
 }
 
 /// The declared type, refused unless allowed.
-pub fn declared_mime(content_type: Option<&str>) -> Result<String, ApiError> {
+pub fn declared_mime(content_type: Option<&str>) -> Result<String, MediaError> {
     let mime = content_type
         .unwrap_or_default()
         .split(';')
@@ -107,7 +138,7 @@ pub fn declared_mime(content_type: Option<&str>) -> Result<String, ApiError> {
 }
 
 /// Refuses bytes whose sniffed type is not the declared one.
-pub fn check_sniffed(declared: &str, head: &[u8]) -> Result<(), ApiError> {
+pub fn check_sniffed(declared: &str, head: &[u8]) -> Result<(), MediaError> {
     match infer::get(head) {
         Some(t) if t.mime_type() == declared => Ok(()),
         Some(t) => Err(bad(format!(
@@ -153,21 +184,8 @@ impl Media {
         client: &async_nats::Client,
     ) -> Result<Self, crate::GatewayError> {
         let (store, proxied): (Arc<dyn MediaStore>, bool) = match backend {
-            MediaBackend::Disk(dir) => (
-                Arc::new(
-                    store::DiskStore::new(dir)
-                        .map_err(|e| crate::GatewayError::Config(e.to_string()))?,
-                ),
-                true,
-            ),
-            MediaBackend::S3(s) => (
-                Arc::new(
-                    store::S3Store::open(s)
-                        .await
-                        .map_err(|e| crate::GatewayError::Config(e.to_string()))?,
-                ),
-                false,
-            ),
+            MediaBackend::Disk(dir) => (Arc::new(store::DiskStore::new(dir)?), true),
+            MediaBackend::S3(s) => (Arc::new(store::S3Store::open(s).await?), false),
         };
         let js = jetstream::new(client.clone());
         let quota = open_bucket(&js, MEDIA_QUOTA_BUCKET).await?;
@@ -183,7 +201,7 @@ impl Media {
     }
 
     /// Bytes the user has had accepted today (UTC).
-    pub async fn used_today(&self, user: &str) -> Result<u64, ApiError> {
+    pub async fn used_today(&self, user: &str) -> Result<u64, MediaError> {
         let key = format!("{user}.{}", utc_day(now_ms()));
         Ok(self
             .quota
@@ -195,7 +213,7 @@ impl Media {
     }
 
     /// Adds `bytes` to the user's day, refusing past `limit`.
-    pub async fn charge(&self, user: &str, bytes: u64, limit: u64) -> Result<(), ApiError> {
+    pub async fn charge(&self, user: &str, bytes: u64, limit: u64) -> Result<(), MediaError> {
         let key = format!("{user}.{}", utc_day(now_ms()));
         for _ in 0..QUOTA_CAS_RETRIES_MAX {
             let entry = self.quota.entry(&key).await.map_err(internal)?;
@@ -210,12 +228,7 @@ impl Media {
                 _ => (0, None),
             };
             if used + bytes > limit {
-                return Err(ApiError(
-                    v1::ErrorCode::RateLimited,
-                    format!(
-                        "quota exceeded: {used} of {limit} bytes used today, this upload is {bytes}"
-                    ),
-                ));
+                return Err(MediaError::QuotaExceeded { used, limit, bytes });
             }
             let value = (used + bytes).to_string().into_bytes().into();
             let done = match revision {
@@ -226,10 +239,7 @@ impl Media {
                 return Ok(());
             }
         }
-        Err(ApiError(
-            v1::ErrorCode::Unavailable,
-            "quota counter busy; retry".into(),
-        ))
+        Err(MediaError::QuotaBusy)
     }
 
     /// Width and height of an image file, when it is one we read.
@@ -301,7 +311,7 @@ impl Media {
         &self,
         uploader: &str,
         media: v1::MediaRef,
-    ) -> Result<v1::MediaRef, ApiError> {
+    ) -> Result<v1::MediaRef, MediaError> {
         im_streams::media::record_upload(
             &self.js,
             &v1::MediaUploaded {
@@ -320,17 +330,16 @@ impl Media {
     /// conversation it was sent into.
     pub async fn may_read(
         &self,
-        state: &crate::AppState,
+        (client, topology): (&async_nats::Client, im_streams::Topology),
         user: &str,
         media_id: &str,
-    ) -> Result<v1::MediaUploaded, ApiError> {
-        let not_found = || ApiError(v1::ErrorCode::NotFound, "no such media".into());
+    ) -> Result<v1::MediaUploaded, MediaError> {
         im_streams::ids::validate_id(im_streams::ids::IdKind::ClientMsg, media_id)
             .map_err(|e| bad(e.to_string()))?;
         let up = im_streams::media::uploaded(&self.js, media_id)
             .await
             .map_err(internal)?
-            .ok_or_else(not_found)?;
+            .ok_or(MediaError::NotFound)?;
         if up.uploader == user {
             return Ok(up);
         }
@@ -338,26 +347,27 @@ impl Media {
             .await
             .map_err(internal)?;
         for conv in convs {
-            let p = state.appender.topology().partition_of(&conv);
+            let p = topology.partition_of(&conv);
             let q = im_schema::v1::query_request::Query::Role(v1::RoleQuery {
                 conversation_id: conv,
                 user_id: user.to_string(),
             });
             if let Ok(im_schema::v1::query_response::Result::Role(r)) =
-                crate::query::ask(&state.client, p, (0, 0), q).await
+                crate::query::ask(client, p, (0, 0), q).await
             {
                 if r.member {
                     return Ok(up);
                 }
             }
         }
-        Err(ApiError(
-            v1::ErrorCode::Forbidden,
-            "not the uploader, nor a member of a conversation this media was sent into".into(),
-        ))
+        Err(MediaError::Forbidden)
     }
 
-    pub async fn put_pending(&self, media_id: &str, p: &v1::PendingUpload) -> Result<(), ApiError> {
+    pub async fn put_pending(
+        &self,
+        media_id: &str,
+        p: &v1::PendingUpload,
+    ) -> Result<(), MediaError> {
         self.pending
             .put(media_id, im_schema::encode(p).into())
             .await
@@ -368,7 +378,7 @@ impl Media {
     pub async fn take_pending(
         &self,
         media_id: &str,
-    ) -> Result<Option<v1::PendingUpload>, ApiError> {
+    ) -> Result<Option<v1::PendingUpload>, MediaError> {
         let Some(v) = self.pending.get(media_id).await.map_err(internal)? else {
             return Ok(None);
         };
