@@ -192,16 +192,33 @@ async fn ask(client: &async_nats::Client, conv: &str, at: At, query: Query) -> a
         query: Some(query),
     };
     let subject = im_streams::subjects::query_subject(topology.partition_of(conv));
-    let request = async_nats::Request::new()
-        .payload(im_schema::encode(&req).into())
-        .timeout(Some(Duration::from_secs(30)));
-    let reply = client.send_request(subject, request).await?;
-    match im_schema::decode::<v1::QueryResponse>(&reply.payload)?.result {
-        Some(R::Error(e)) => anyhow::bail!("{conv}: {}", e.message),
-        Some(r) => Ok(r),
-        None => anyhow::bail!("{conv}: an empty answer"),
+    let payload: bytes::Bytes = im_schema::encode(&req).into();
+    // A projector restarted by the last fault may still be folding the
+    // tail: "not yet" is asked again, for a bounded time.
+    let deadline = tokio::time::Instant::now() + NOT_YET_WAIT;
+    loop {
+        let request = async_nats::Request::new()
+            .payload(payload.clone())
+            .timeout(Some(Duration::from_secs(30)));
+        let reply = client.send_request(subject.clone(), request).await?;
+        match im_schema::decode::<v1::QueryResponse>(&reply.payload)?.result {
+            Some(R::Error(e))
+                if e.code == v1::QueryErrorCode::NotYet as i32
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Some(R::Error(e)) => anyhow::bail!("{conv}: {}", e.message),
+            Some(r) => return Ok(r),
+            None => anyhow::bail!("{conv}: an empty answer"),
+        }
     }
 }
+
+/// How long the checker waits for the projector to reach the log's end
+/// before it compares: a restart replays from its checkpoints, seconds on a
+/// check's log.
+const NOT_YET_WAIT: Duration = Duration::from_secs(120);
 
 /// History and members served by the projector equal the log's.
 pub async fn check_read_models(
