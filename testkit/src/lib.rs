@@ -125,6 +125,19 @@ pub fn version_is_acceptable(version_output: &str) -> bool {
     parse_version(version_output).is_some_and(|v| v >= MIN_NATS_SERVER)
 }
 
+/// Messages `stream` holds now (panics when the server cannot say: a test
+/// helper).
+pub async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("stream {stream}: {e}"))
+        .info()
+        .await
+        .unwrap_or_else(|e| panic!("stream {stream} info: {e}"))
+        .state
+        .messages
+}
+
 /// A free TCP port on the loopback interface.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

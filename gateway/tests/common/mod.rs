@@ -102,14 +102,7 @@ impl Stack {
 
     pub async fn conv_messages(&self) -> u64 {
         let js = async_nats::jetstream::new(self.client.clone());
-        js.get_stream("IM_CONV")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages
+        im_testkit::stream_messages(&js, "IM_CONV").await
     }
 }
 

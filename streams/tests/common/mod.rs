@@ -69,14 +69,7 @@ pub async fn create_group(app: &Appender, conv: &str, members: &[(&str, Role)]) 
 
 /// Messages in IM_CONV.
 pub async fn conv_message_count(js: &jetstream::Context) -> u64 {
-    js.get_stream(CONV_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
+    im_testkit::stream_messages(js, CONV_STREAM).await
 }
 
 pub async fn conv_stream(js: &jetstream::Context) -> jetstream::stream::Stream {
