@@ -4,6 +4,8 @@
 //! is wrong while it is full, nothing is lost, and once there is room the
 //! projector catches up by itself and `imctl projections verify` passes.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,18 +72,7 @@ fn up(url: &str, data: &std::path::Path) -> (std::process::Child, std::net::Sock
 }
 
 async fn readyz(gw: std::net::SocketAddr) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(gw).await.unwrap();
-    sock.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    sock.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
+    common::http_get(gw, "/readyz").await
 }
 
 /// Polls `/readyz` until `want` holds of its answer.

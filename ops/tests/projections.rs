@@ -1,24 +1,13 @@
 //! `imctl projections status` as a process, against a real projector.
 
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use im_streams::{Action, Appender, Command as Cmd, MessageBody};
+use common::imctl;
+use std::process::Command;
 
-/// (success, stdout); stderr (logs) is shown on failure only.
-fn imctl(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
-        .args(args)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    }
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
+use im_streams::{Action, Appender, Command as Cmd, MessageBody};
 
 /// `imctl projections verify --all` of instance "main".
 fn verify_all(url: &str) -> (bool, String) {

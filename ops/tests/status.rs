@@ -2,23 +2,11 @@
 //! counters (no digest, no scan) unless a digest is asked for. Its own
 //! test binary, so nothing else competes with the 200k-event fold.
 
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
-/// (success, stdout); stderr (logs) is shown on failure only.
-fn imctl(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
-        .args(args)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    }
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
+use common::imctl;
 
 /// A real server with the streams and a projector instance "main".
 async fn stack() -> (

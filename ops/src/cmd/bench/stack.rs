@@ -167,17 +167,9 @@ impl Stack {
             .read_buffer_size(CLIENT_WS_BUFFER_BYTES)
             .write_buffer_size(CLIENT_WS_BUFFER_BYTES);
         let connect = async {
-            let (mut ws, _) =
+            let (ws, _) =
                 tokio_tungstenite::connect_async_with_config(req, Some(config), true).await?;
-            loop {
-                let msg = ws.next().await.context("closed before Connected")??;
-                if decode(&msg)
-                    .iter()
-                    .any(|e| matches!(e.payload, Some(Payload::Connected(_))))
-                {
-                    return anyhow::Ok(ws);
-                }
-            }
+            past_connected(ws).await
         };
         tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
@@ -283,6 +275,20 @@ fn terminate(pid: u32) {
             .arg("-TERM")
             .arg(pid.to_string())
             .status();
+    }
+}
+
+/// Reads up to the server's `Connected` frame: from then on the
+/// connection gets its user's deliveries.
+pub async fn past_connected(mut ws: Ws) -> anyhow::Result<Ws> {
+    loop {
+        let msg = ws.next().await.context("closed before Connected")??;
+        if decode(&msg)
+            .iter()
+            .any(|e| matches!(e.payload, Some(Payload::Connected(_))))
+        {
+            return Ok(ws);
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 use super::http;
 use super::procs::{DUPLICATE_WINDOW_MS, SECRET};
-use crate::cmd::bench::stack::{decode, frame};
+use crate::cmd::bench::stack::{decode, frame, past_connected, Ws};
 
 pub const GROUPS: usize = 3;
 /// Members of every group: `m0`..; the first `CHURNED` are removed and
@@ -100,25 +100,14 @@ impl Records {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect(addr: std::net::SocketAddr, user: &str) -> anyhow::Result<Ws> {
     let token = im_gateway::auth::issue_hs256(SECRET, user, 24 * 3600);
     let mut req = format!("ws://{addr}/v1/ws?device_id=check").into_client_request()?;
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
     let connect = async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
-        loop {
-            let msg = ws.next().await.context("closed before Connected")??;
-            if decode(&msg)
-                .iter()
-                .any(|e| matches!(e.payload, Some(Payload::Connected(_))))
-            {
-                return anyhow::Ok(ws);
-            }
-        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        past_connected(ws).await
     };
     tokio::time::timeout(Duration::from_secs(10), connect)
         .await
