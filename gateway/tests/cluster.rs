@@ -32,6 +32,11 @@ async fn send_stored(c: &mut Client, to: &str, cmid: &str) -> v1::SendAck {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn everything_is_r3_and_starts_with_a_node_down() {
+    // What the supervised projector says is shown when this fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,im_projectors=info,im_streams=info")
+        .with_test_writer()
+        .try_init();
     let mut cluster = im_testkit::NatsCluster::start(3).await.unwrap();
     let urls = cluster.urls();
     let settings = StreamSettings {
@@ -102,9 +107,21 @@ async fn everything_is_r3_and_starts_with_a_node_down() {
     let mut alice = connect(gw.1, "alice", Wire::Proto).await;
     let mut bob = connect(gw.1, "bob", Wire::Json).await;
     let ack = send_stored(&mut alice, "bob", "over-r3").await;
-    let got = bob
-        .recv_until(|p| deliver_of(p).filter(|d| d.event_type == "message_sent"))
-        .await;
+    // The projector's consumers may be between leaders for a while after
+    // the kill (their pipeline waits and reads on): a bounded wait.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let got = loop {
+        let found = bob.recv().await.and_then(|env| {
+            env.payload
+                .as_ref()
+                .and_then(deliver_of)
+                .filter(|d| d.event_type == "message_sent")
+        });
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "no delivery within 90 s");
+    };
     assert_eq!(
         (got.conv_seq, got.stream_seq),
         (ack.conv_seq, ack.stream_seq)

@@ -315,13 +315,22 @@ impl Projector {
                 (h, Some(beat))
             }
         };
+        // From here an error drops `projector`, whose Drop stops the tasks
+        // above: they hold the store, and a restart must be able to open it.
+        let mut projector = Projector {
+            context,
+            health,
+            tasks: tokio::task::JoinSet::new(),
+            query_task,
+            heartbeat_task,
+        };
         // Queries are answered (from what is committed) and the heartbeat
         // says what is wrong while the disk refuses writes; nothing is
         // consumed, so nothing is acknowledged, until it takes them again.
-        wait_until_writable(context.rebuilds.meta().as_ref(), &health).await?;
+        let context = projector.context.clone();
+        wait_until_writable(context.rebuilds.meta().as_ref(), &projector.health).await?;
         let record = record_partitions.then_some(parts_text);
         prepare_store(&context, record)?;
-        let mut tasks = tokio::task::JoinSet::new();
         let pipeline = pipeline::start(
             clients.consume.clone(),
             clients.publish.clone(),
@@ -329,14 +338,10 @@ impl Projector {
             feeds,
         )
         .await?;
-        tasks.spawn(async move { pipeline.await.unwrap_or(Ok(())) });
-        Ok(Projector {
-            context,
-            health,
-            tasks,
-            query_task,
-            heartbeat_task,
-        })
+        projector
+            .tasks
+            .spawn(async move { pipeline.await.unwrap_or(Ok(())) });
+        Ok(projector)
     }
 
     /// Returns when a projection stops (an error: they run until aborted).
