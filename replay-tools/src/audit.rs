@@ -16,9 +16,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use im_schema::v1::{self, conv_event::Kind, message_sent::Body};
+use im_schema::v1::{self, conv_event::Kind};
+use im_streams::chain::{check_link, LinkError};
 use im_streams::codec::{payload_hash, HDR_CONV_SEQ};
-use im_streams::conversation::{apply, decide, Action, Command, ConvState, MessageBody, Role};
+use im_streams::conversation::{decide, ConvState};
+use im_streams::mapping::command_of;
+use im_streams::seal::seal;
 use sha2::{Digest as _, Sha256};
 
 use crate::read::Raw;
@@ -129,82 +132,6 @@ pub struct Auditor {
     events: u64,
 }
 
-/// The command an event records; a direct conversation's creation needs
-/// the message sent with it.
-fn command_of(ev: &v1::ConvEvent, sent_with: Option<&v1::MessageSent>) -> Option<Command> {
-    let body = |s: &v1::MessageSent| match &s.body {
-        Some(Body::Text(t)) => MessageBody::Text(t.clone()),
-        Some(Body::Media(m)) => MessageBody::Media(m.clone()),
-        None => MessageBody::Text(String::new()),
-    };
-    let action = match ev.kind.as_ref()? {
-        Kind::Created(c) if c.kind == v1::ConversationKind::Direct as i32 => {
-            // Made by the first send, together with its message.
-            let sent = sent_with?;
-            let peer = c.members.iter().find(|m| m.user_id != ev.actor)?;
-            Action::Send {
-                peer: Some(peer.user_id.clone()),
-                body: body(sent),
-                meta: sent.meta.clone(),
-            }
-        }
-        Kind::Created(c) => Action::CreateGroup {
-            title: c.title.clone(),
-            members: c
-                .members
-                .iter()
-                .filter(|m| m.user_id != ev.actor)
-                .map(|m| (m.user_id.clone(), Role::from_wire(m.role)))
-                .collect(),
-        },
-        Kind::MessageSent(s) => Action::Send {
-            peer: None,
-            body: body(s),
-            meta: s.meta.clone(),
-        },
-        Kind::MemberAdded(a) => Action::AddMember {
-            user: a.user_id.clone(),
-            role: Role::from_wire(a.role),
-        },
-        Kind::MemberRemoved(r) => Action::RemoveMember {
-            user: r.user_id.clone(),
-        },
-        Kind::MemberLeft(_) => Action::Leave,
-        Kind::RoleChanged(r) => Action::ChangeRole {
-            user: r.user_id.clone(),
-            role: Role::from_wire(r.role),
-        },
-        Kind::OwnershipTransferred(t) => Action::TransferOwnership {
-            user: t.user_id.clone(),
-        },
-        Kind::Muted(m) => Action::Mute {
-            user: m.user_id.clone(),
-            until_ms: m.until_ms,
-        },
-        Kind::Unmuted(m) => Action::Unmute {
-            user: m.user_id.clone(),
-        },
-        Kind::Blacklisted(b) => Action::Blacklist {
-            user: b.user_id.clone(),
-        },
-        Kind::Unblacklisted(b) => Action::Unblacklist {
-            user: b.user_id.clone(),
-        },
-        Kind::MessageRecalled(r) => Action::Recall {
-            conv_seq: r.target_conv_seq,
-        },
-        Kind::MessageEdited(e) => Action::Edit {
-            conv_seq: e.target_conv_seq,
-            text: e.text.clone(),
-        },
-    };
-    Some(Command {
-        actor: ev.actor.clone(),
-        client_msg_id: ev.client_msg_id.clone(),
-        action,
-    })
-}
-
 /// Compares a stored event with the one the rules produced, chain links
 /// aside (checked on their own).
 fn same_event(stored: &v1::ConvEvent, produced: &v1::ConvEvent) -> Result<(), String> {
@@ -265,19 +192,18 @@ fn decode_event(raw: &Raw) -> Result<v1::ConvEvent, Violation> {
 
 /// The event is the conversation's next: the following `conv_seq`, chained
 /// onto the last event's hash.
+/// A creation out of place is the rules' to refuse (`check_command`).
 fn extends(state: &ConvState, ev: &v1::ConvEvent) -> Result<(), ViolationKind> {
-    if ev.conv_seq != state.conv_seq + 1 {
-        return Err(ViolationKind::Gap {
+    match check_link(state.conv_seq, &state.last_hash, ev) {
+        Ok(()) | Err(LinkError::Creation) => Ok(()),
+        Err(LinkError::Position { .. }) => Err(ViolationKind::Gap {
             expected: state.conv_seq + 1,
-        });
-    }
-    if ev.prev_hash != state.last_hash {
-        return Err(ViolationKind::BadChain {
+        }),
+        Err(LinkError::Hash { .. }) => Err(ViolationKind::BadChain {
             expected: hex::encode(state.last_hash),
             found: hex::encode(&ev.prev_hash),
-        });
+        }),
     }
-    Ok(())
 }
 
 impl ConvAudit {
@@ -316,7 +242,7 @@ impl ConvAudit {
                 client_msg_id: cmd.client_msg_id,
             });
         }
-        let produced =
+        let decided =
             decide(&before, &cmd, first.at_ms).map_err(|r| ViolationKind::NotAllowed {
                 code: r.code(),
                 reason: r.to_string(),
@@ -325,21 +251,23 @@ impl ConvAudit {
             Some(_) => vec![&first, ev],
             None => vec![ev],
         };
-        if produced.len() != stored.len() {
+        if decided.len() != stored.len() {
             return Err(ViolationKind::NotWhatTheRulesProduce {
-                detail: format!(
-                    "the rules give {} event(s) for this command",
-                    produced.len()
-                ),
+                detail: format!("the rules give {} event(s) for this command", decided.len()),
             });
         }
-        for (s, p) in stored.into_iter().zip(&produced) {
-            // An older writer's events carry their own schema version.
-            let p = v1::ConvEvent {
+        // An older writer's events carry their own schema version.
+        let decided = decided
+            .into_iter()
+            .zip(&stored)
+            .map(|(p, s)| v1::ConvEvent {
                 schema_version: s.schema_version,
-                ..p.clone()
-            };
-            same_event(s, &p).map_err(|detail| ViolationKind::NotWhatTheRulesProduce { detail })?;
+                ..p
+            })
+            .collect();
+        for (s, p) in stored.into_iter().zip(seal(&before, decided)) {
+            same_event(s, &p.event)
+                .map_err(|detail| ViolationKind::NotWhatTheRulesProduce { detail })?;
         }
         Ok(())
     }
@@ -363,7 +291,7 @@ impl Auditor {
         extends(state, &ev).map_err(v)?;
         audit.check_command(&ev).map_err(v)?;
         let state = audit.state.as_mut().expect("set above");
-        apply(state, &ev);
+        im_streams::conversation::apply(state, &ev);
         state.record_position(raw.seq, payload_hash(&raw.payload));
         audit.events += 1;
         self.events += 1;

@@ -1,6 +1,8 @@
 //! Given a log made by the real rules, when it is audited, then...
 
-use im_streams::conversation::MessageBody;
+use im_schema::v1::message_sent::Body;
+use im_streams::conversation::{apply, decide, Action, Command, ConvState, MessageBody, Role};
+use im_streams::seal::seal;
 use im_streams::Topology;
 
 use super::*;
@@ -36,9 +38,8 @@ impl Log {
             client_msg_id: id.into(),
             action,
         };
-        for mut ev in decide(&state, &cmd, 1_000).unwrap() {
-            ev.prev_hash = self.states[conv].last_hash.to_vec();
-            self.append(ev);
+        for sealed in seal(&state, decide(&state, &cmd, 1_000).unwrap()) {
+            self.append(sealed.event);
         }
     }
 
@@ -56,17 +57,16 @@ impl Log {
 
     /// The next event of `conv` as a writer would chain it.
     fn next_event(&self, conv: &str, actor: &str, id: &str, kind: Kind) -> v1::ConvEvent {
-        let state = &self.states[conv];
-        v1::ConvEvent {
+        let event = v1::ConvEvent {
             conversation_id: conv.into(),
-            conv_seq: state.conv_seq + 1,
             actor: actor.into(),
             at_ms: 1_000,
-            prev_hash: state.last_hash.to_vec(),
             client_msg_id: id.into(),
             schema_version: im_schema::SCHEMA_VERSION,
             kind: Some(kind),
-        }
+            ..Default::default()
+        };
+        seal(&self.states[conv], vec![event]).remove(0).event
     }
 
     fn audit(&self) -> Result<Report, Violation> {

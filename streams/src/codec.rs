@@ -1,12 +1,12 @@
 //! Events on the wire: protobuf payloads with their position and type in
 //! headers, so tools can filter without decoding.
 
+use crate::error::StreamsError;
 use async_nats::{jetstream::message::StreamMessage, HeaderMap};
 use bytes::Bytes;
 use im_schema::v1;
-use sha2::{Digest, Sha256};
 
-use crate::error::StreamsError;
+pub use im_rules::payload_hash;
 
 pub const HDR_EVENT_TYPE: &str = "Im-Event-Type";
 pub const HDR_CONV_SEQ: &str = "Im-Conv-Seq";
@@ -14,11 +14,6 @@ pub const HDR_SCHEMA_VERSION: &str = "Im-Schema-Version";
 pub const HDR_TRACE_ID: &str = "Im-Trace-Id";
 /// The id of the writer that appended the event (see `append/forwarding.rs`).
 pub const HDR_WRITER: &str = "Im-Writer";
-
-/// sha256 of an event's stored payload: the link the next event carries.
-pub fn payload_hash(payload: &[u8]) -> [u8; 32] {
-    Sha256::digest(payload).into()
-}
 
 /// Headers of a conversation event.
 pub fn conv_headers(event: &v1::ConvEvent, trace_id: &str, writer_id: &str) -> HeaderMap {

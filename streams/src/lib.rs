@@ -1,20 +1,20 @@
-//! The event log: subjects and partitions, stream definitions, the
-//! conversation aggregate (pure core) and the append path.
+//! The event log: subjects and partitions, stream definitions and the
+//! append path. The rules it applies are `im-rules` (pure, no IO),
+//! re-exported here.
 
 pub mod append;
-pub mod chain;
 pub mod codec;
 pub mod connect;
-pub mod conversation;
 pub mod dedupe_index;
 pub mod definitions;
 pub mod error;
-pub mod ids;
 pub mod log;
 pub mod media;
 pub mod seen;
 pub mod subjects;
 pub mod writer_cache;
+
+pub use im_rules::{chain, conversation, ids, mapping, seal};
 
 pub use append::{
     AppendOutcome, Appender, AppenderOptions, AppenderStats, ReceiptKind, ReceiptOutcome,

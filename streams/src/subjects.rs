@@ -5,9 +5,9 @@
 //! every replay agrees. P is fixed when IM_CONV is created and recorded in its
 //! metadata (`im.partitions`); processes read it from there.
 
-use sha2::{Digest, Sha256};
-
 use crate::ids::{validate_id, IdError, IdKind};
+
+pub use im_rules::ids::{direct_conversation_id, DIRECT_PREFIX};
 
 /// Seed of the partition hash. Changing it moves every conversation: never.
 pub const PARTITION_HASH_SEED: u64 = 0x1A5E_ED00_C0DE_0001;
@@ -18,9 +18,6 @@ pub const DEFAULT_PARTITIONS: u32 = 16;
 
 /// Upper bound on P: partitions are a subject token and a consumer each.
 pub const PARTITIONS_MAX: u32 = 1024;
-
-/// Prefix reserved for direct conversations; group ids may not use it.
-pub const DIRECT_PREFIX: &str = "dm_";
 
 /// The partition layout in force, as read from the stream's metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,21 +125,6 @@ pub fn projector_alive_subject(instance: &str) -> Result<String, IdError> {
 /// Every projector instance's heartbeat.
 pub const PROJECTOR_ALIVE_ALL: &str = "im.projector.*.alive";
 
-/// The conversation id of the direct conversation between two users: derived
-/// from the sorted pair, so A-B and B-A are one conversation. A hash keeps it
-/// within the id bound and unambiguous whatever `_`/`-` the user ids contain.
-pub fn direct_conversation_id(a: &str, b: &str) -> Result<String, IdError> {
-    validate_id(IdKind::User, a)?;
-    validate_id(IdKind::User, b)?;
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    let mut h = Sha256::new();
-    h.update(lo.as_bytes());
-    h.update([0u8]);
-    h.update(hi.as_bytes());
-    let digest = h.finalize();
-    Ok(format!("{DIRECT_PREFIX}{}", hex::encode(&digest[..16])))
-}
-
 /// The conversation id named by a subject `im.conv.<p>.<conv_id>` (or rcpt).
 pub fn conv_id_of_subject(subject: &str) -> Option<&str> {
     let mut parts = subject.splitn(4, '.');
@@ -219,18 +201,5 @@ mod tests {
             (CONV_ALL, RCPT_ALL, MEDIA_ALL),
             ("im.conv.>", "im.rcpt.>", "im.media.>")
         );
-    }
-
-    #[test]
-    fn direct_id_is_symmetric_and_unambiguous() {
-        let ab = direct_conversation_id("alice", "bob").unwrap();
-        assert_eq!(ab, direct_conversation_id("bob", "alice").unwrap());
-        assert!(ab.starts_with(DIRECT_PREFIX));
-        assert!(validate_id(IdKind::Conversation, &ab).is_ok());
-        assert_ne!(
-            direct_conversation_id("a_b", "c").unwrap(),
-            direct_conversation_id("a", "b_c").unwrap()
-        );
-        assert!(direct_conversation_id("a.b", "c").is_err());
     }
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use im_schema::v1;
 use im_streams::codec::StoredEvent;
-use im_streams::conversation::{apply, decide, Action, Command, ConvState, MessageBody, Role};
+use im_streams::conversation::{decide, Action, Command, ConvState, MessageBody, Role};
+use im_streams::seal::seal;
 
 use super::*;
 use crate::digest::{digest_of, Digest};
@@ -45,19 +46,17 @@ impl Sim {
         };
         let events = decide(state, &cmd, 1_700_000_000_000 + self.clock)
             .unwrap_or_else(|r| panic!("{cmd:?}: {r}"));
-        for mut ev in events {
-            ev.conv_seq = state.conv_seq + 1;
-            apply(state, &ev);
+        for sealed in seal(state, events) {
             self.conv_seq_next += 1;
-            let payload = bytes::Bytes::from(im_schema::encode(&ev));
+            state.extend(&sealed, self.conv_seq_next);
             self.log.push(Logged::Conv(StoredEvent {
                 stream_seq: self.conv_seq_next,
                 subject: format!("im.conv.0.{conv}"),
-                hash: [0; 32],
-                payload,
+                hash: sealed.hash,
+                payload: sealed.payload,
                 writer: String::new(),
                 msg_id: String::new(),
-                event: ev,
+                event: sealed.event,
             }));
         }
         state.conv_seq

@@ -4,12 +4,10 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
-use bytes::Bytes;
-use im_schema::v1;
 
-use crate::codec::{conv_headers, payload_hash};
-use crate::conversation::apply;
+use crate::codec::conv_headers;
 use crate::error::StreamsError;
+use crate::seal::Sealed;
 
 use super::cache::Cached;
 use super::{AppendOutcome, Appender, Published};
@@ -50,25 +48,20 @@ pub(super) fn actual_seq_from(err: &impl std::fmt::Display) -> u64 {
 }
 
 impl Appender {
-    /// Publishes a command's events in order at the cached version, each
-    /// chained to the one before; folds each into the cache once acked.
+    /// Publishes a command's sealed events in order at the cached version;
+    /// folds each into the cache once acked.
     pub(super) async fn publish_command(
         &self,
         conv_id: &str,
         subject: &str,
         cached: &mut Cached,
-        events: Vec<v1::ConvEvent>,
+        sealed: Vec<Sealed>,
         primary_msg_id: &str,
         trace_id: &str,
     ) -> Result<Published, StreamsError> {
-        let count = events.len();
-        for (i, mut event) in events.into_iter().enumerate() {
+        let count = sealed.len();
+        for (i, sealed) in sealed.iter().enumerate() {
             let state = &mut cached.state;
-            // Chain each event to the one before it, including earlier
-            // events of this same command.
-            event.conv_seq = state.conv_seq + 1;
-            event.prev_hash = state.last_hash.to_vec();
-            let payload = Bytes::from(im_schema::encode(&event));
             let last = i + 1 == count;
             let msg_id = if last {
                 primary_msg_id.to_string()
@@ -76,8 +69,8 @@ impl Appender {
                 format!("{primary_msg_id}:{i}")
             };
             let publish = PublishMessage::build()
-                .payload(payload.clone())
-                .headers(conv_headers(&event, trace_id, &self.writer_id))
+                .payload(sealed.payload.clone())
+                .headers(conv_headers(&sealed.event, trace_id, &self.writer_id))
                 .message_id(&msg_id)
                 .expected_last_subject_sequence(state.version);
             let ack = match self.js.send_publish(subject.to_string(), publish).await {
@@ -108,8 +101,7 @@ impl Appender {
                             "publish ack lost (injected fault)".into(),
                         ));
                     }
-                    apply(state, &event);
-                    state.record_position(ack.sequence, payload_hash(&payload));
+                    state.extend(sealed, ack.sequence);
                     self.counters.stored.fetch_add(1, Relaxed);
                     cached.last_writer.clone_from(&self.writer_id);
                     let conv_seq = cached.state.conv_seq;

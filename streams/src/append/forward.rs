@@ -10,161 +10,65 @@
 //! is gone, busy or slow, the forwarder carries on by itself: CAS still
 //! decides, forwarding only changes who tries.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-
-use im_schema::v1::{self, write_reply, write_request};
+use im_schema::v1::{self, conv_event::Kind, message_sent::Body, write_reply};
+use v1::write_request::Action as W;
 
 use super::AppendOutcome;
-use crate::conversation::{invalid, Action, Command, MessageBody, Rejection, Role};
+use crate::conversation::{invalid, Action, Command, Rejection};
+use crate::mapping::{action_of, kind_of, rejection_from_detail};
 
 pub use crate::subjects::writer_subject;
 
-impl From<&Rejection> for v1::RejectionDetail {
-    fn from(r: &Rejection) -> Self {
-        let mut d = v1::RejectionDetail {
-            code: r.code().to_string(),
-            detail: r.to_string(),
-            ..Default::default()
-        };
-        match r {
-            Rejection::Invalid { field, detail } => {
-                d.field = field.to_string();
-                d.detail = detail.clone();
+/// Pairs each forwarded action with the event kind carrying the same
+/// message: every action but a send (which carries its own `SendMessage`).
+macro_rules! same_message {
+    ($($w:ident <=> $k:ident),* $(,)?) => {
+        fn request_action(kind: Kind) -> Option<W> {
+            match kind {
+                $(Kind::$k(m) => Some(W::$w(m)),)*
+                Kind::MessageSent(_) => None,
             }
-            Rejection::TooLarge { what, len, max } => {
-                d.field = what.to_string();
-                d.len = *len as u64;
-                d.max = *max as u64;
-            }
-            Rejection::Muted { until_ms } => d.until_ms = *until_ms,
-            Rejection::GroupFull { max } => d.max = *max as u64,
-            Rejection::MessageNotFound { conv_seq }
-            | Rejection::MessageOutOfWindow { conv_seq } => d.seq = *conv_seq,
-            Rejection::CursorBeyondEnd {
-                up_to_seq,
-                last_seq,
-            } => {
-                d.seq = *up_to_seq;
-                d.last_seq = *last_seq;
-            }
-            _ => {}
         }
-        d
-    }
+
+        fn request_kind(action: &W) -> Option<Kind> {
+            match action {
+                $(W::$w(m) => Some(Kind::$k(m.clone())),)*
+                W::Send(_) => None,
+            }
+        }
+    };
 }
 
-/// Rebuilds a typed rejection from its wire form. An unknown code (from a
-/// newer writer) is reported as an invalid request with its text.
-pub fn rejection_from_detail(d: &v1::RejectionDetail) -> Rejection {
-    match d.code.as_str() {
-        "invalid_argument" => Rejection::Invalid {
-            field: Cow::Owned(d.field.clone()),
-            detail: d.detail.clone(),
-        },
-        "too_large" => Rejection::TooLarge {
-            what: Cow::Owned(d.field.clone()),
-            len: d.len as usize,
-            max: d.max as usize,
-        },
-        "conversation_not_found" => Rejection::ConversationNotFound,
-        "conversation_exists" => Rejection::ConversationExists,
-        "not_member" => Rejection::NotMember,
-        "muted" => Rejection::Muted {
-            until_ms: d.until_ms,
-        },
-        "blacklisted" => Rejection::Blacklisted,
-        "forbidden" => Rejection::Forbidden,
-        "not_in_direct" => Rejection::NotInDirect,
-        "owner_must_transfer" => Rejection::OwnerMustTransfer,
-        "self_target" => Rejection::SelfTarget,
-        "already_member" => Rejection::AlreadyMember,
-        "not_muted" => Rejection::NotMuted,
-        "already_blacklisted" => Rejection::AlreadyBlacklisted,
-        "not_blacklisted" => Rejection::NotBlacklisted,
-        "group_full" => Rejection::GroupFull {
-            max: d.max as usize,
-        },
-        "message_not_found" => Rejection::MessageNotFound { conv_seq: d.seq },
-        "message_out_of_window" => Rejection::MessageOutOfWindow { conv_seq: d.seq },
-        "already_recalled" => Rejection::AlreadyRecalled,
-        "not_sender" => Rejection::NotSender,
-        "recall_window_passed" => Rejection::RecallWindowPassed,
-        "cursor_beyond_end" => Rejection::CursorBeyondEnd {
-            up_to_seq: d.seq,
-            last_seq: d.last_seq,
-        },
-        other => Rejection::Invalid {
-            field: Cow::Owned("command".into()),
-            detail: format!("{other}: {}", d.detail),
-        },
-    }
-}
+same_message!(
+    CreateGroup <=> Created,
+    AddMember <=> MemberAdded,
+    RemoveMember <=> MemberRemoved,
+    Leave <=> MemberLeft,
+    ChangeRole <=> RoleChanged,
+    TransferOwnership <=> OwnershipTransferred,
+    Mute <=> Muted,
+    Unmute <=> Unmuted,
+    Blacklist <=> Blacklisted,
+    Unblacklist <=> Unblacklisted,
+    Recall <=> MessageRecalled,
+    Edit <=> MessageEdited,
+);
 
-fn user_role(user_id: &str, role: i32) -> (String, Role) {
-    (user_id.to_string(), Role::from_wire(role))
-}
-
-/// A command as a forwarded request.
+/// A command as a forwarded request: the event its action asks for
+/// (`mapping::kind_of`), a send as its client message.
 pub fn to_request(conv_id: &str, cmd: &Command, trace_id: &str) -> v1::WriteRequest {
-    use write_request::Action as W;
-    let action = match &cmd.action {
-        Action::CreateGroup { title, members } => W::CreateGroup(v1::ConversationCreated {
-            kind: v1::ConversationKind::Group as i32,
-            title: title.clone(),
-            members: members
-                .iter()
-                .map(|(u, r)| v1::InitialMember {
-                    user_id: u.clone(),
-                    role: r.to_wire() as i32,
-                })
-                .collect(),
-        }),
-        Action::Send { peer, body, meta } => W::Send(v1::SendMessage {
+    let action = match (&cmd.action, kind_of(&cmd.action)) {
+        (Action::Send { peer, .. }, Kind::MessageSent(sent)) => W::Send(v1::SendMessage {
             conversation_id: conv_id.to_string(),
             to_user_id: peer.clone().unwrap_or_default(),
             client_msg_id: cmd.client_msg_id.clone(),
-            body: Some(match body {
-                MessageBody::Text(t) => v1::send_message::Body::Text(t.clone()),
-                MessageBody::Media(m) => v1::send_message::Body::Media(m.clone()),
+            body: sent.body.map(|b| match b {
+                Body::Text(t) => v1::send_message::Body::Text(t),
+                Body::Media(m) => v1::send_message::Body::Media(m),
             }),
-            meta: meta.clone(),
+            meta: sent.meta,
         }),
-        Action::AddMember { user, role } => W::AddMember(v1::MemberAdded {
-            user_id: user.clone(),
-            role: role.to_wire() as i32,
-        }),
-        Action::RemoveMember { user } => W::RemoveMember(v1::MemberRemoved {
-            user_id: user.clone(),
-        }),
-        Action::Leave => W::Leave(v1::MemberLeft {}),
-        Action::ChangeRole { user, role } => W::ChangeRole(v1::RoleChanged {
-            user_id: user.clone(),
-            role: role.to_wire() as i32,
-        }),
-        Action::TransferOwnership { user } => W::TransferOwnership(v1::OwnershipTransferred {
-            user_id: user.clone(),
-        }),
-        Action::Mute { user, until_ms } => W::Mute(v1::MemberMuted {
-            user_id: user.clone(),
-            until_ms: *until_ms,
-        }),
-        Action::Unmute { user } => W::Unmute(v1::MemberUnmuted {
-            user_id: user.clone(),
-        }),
-        Action::Blacklist { user } => W::Blacklist(v1::MemberBlacklisted {
-            user_id: user.clone(),
-        }),
-        Action::Unblacklist { user } => W::Unblacklist(v1::MemberUnblacklisted {
-            user_id: user.clone(),
-        }),
-        Action::Recall { conv_seq } => W::Recall(v1::MessageRecalled {
-            target_conv_seq: *conv_seq,
-        }),
-        Action::Edit { conv_seq, text } => W::Edit(v1::MessageEdited {
-            target_conv_seq: *conv_seq,
-            text: text.clone(),
-        }),
+        (_, kind) => request_action(kind).expect("only a send asks for a message"),
     };
     v1::WriteRequest {
         conversation_id: conv_id.to_string(),
@@ -175,67 +79,29 @@ pub fn to_request(conv_id: &str, cmd: &Command, trace_id: &str) -> v1::WriteRequ
     }
 }
 
-/// A forwarded request as a command; `Err` for one that names no action.
+/// A forwarded request as a command (`mapping::action_of`); `Err` for one
+/// that names no action or a send without a body.
 pub fn from_request(req: &v1::WriteRequest) -> Result<Command, Rejection> {
-    use write_request::Action as W;
-    let action = match req
+    let action = req
         .action
         .as_ref()
-        .ok_or_else(|| invalid("action", "missing"))?
-    {
-        W::CreateGroup(c) => Action::CreateGroup {
-            title: c.title.clone(),
-            members: c
-                .members
-                .iter()
-                .map(|m| user_role(&m.user_id, m.role))
-                .collect(),
-        },
-        W::Send(s) => Action::Send {
-            peer: (!s.to_user_id.is_empty()).then(|| s.to_user_id.clone()),
-            body: match &s.body {
-                Some(v1::send_message::Body::Text(t)) => MessageBody::Text(t.clone()),
-                Some(v1::send_message::Body::Media(m)) => MessageBody::Media(m.clone()),
-                None => return Err(invalid("body", "missing")),
-            },
-            meta: s.meta.clone().into_iter().collect::<BTreeMap<_, _>>(),
-        },
-        W::AddMember(a) => {
-            let (user, role) = user_role(&a.user_id, a.role);
-            Action::AddMember { user, role }
+        .ok_or_else(|| invalid("action", "missing"))?;
+    let (kind, peer) = match action {
+        W::Send(s) => {
+            let body = match s.body.clone().ok_or_else(|| invalid("body", "missing"))? {
+                v1::send_message::Body::Text(t) => Body::Text(t),
+                v1::send_message::Body::Media(m) => Body::Media(m),
+            };
+            let sent = v1::MessageSent {
+                body: Some(body),
+                meta: s.meta.clone().into_iter().collect(),
+            };
+            (Kind::MessageSent(sent), Some(s.to_user_id.as_str()))
         }
-        W::RemoveMember(r) => Action::RemoveMember {
-            user: r.user_id.clone(),
-        },
-        W::Leave(_) => Action::Leave,
-        W::ChangeRole(r) => {
-            let (user, role) = user_role(&r.user_id, r.role);
-            Action::ChangeRole { user, role }
-        }
-        W::TransferOwnership(t) => Action::TransferOwnership {
-            user: t.user_id.clone(),
-        },
-        W::Mute(m) => Action::Mute {
-            user: m.user_id.clone(),
-            until_ms: m.until_ms,
-        },
-        W::Unmute(u) => Action::Unmute {
-            user: u.user_id.clone(),
-        },
-        W::Blacklist(b) => Action::Blacklist {
-            user: b.user_id.clone(),
-        },
-        W::Unblacklist(u) => Action::Unblacklist {
-            user: u.user_id.clone(),
-        },
-        W::Recall(r) => Action::Recall {
-            conv_seq: r.target_conv_seq,
-        },
-        W::Edit(e) => Action::Edit {
-            conv_seq: e.target_conv_seq,
-            text: e.text.clone(),
-        },
+        other => (request_kind(other).expect("not a send"), None),
     };
+    let peer = peer.filter(|p| !p.is_empty());
+    let action = action_of(&kind, peer).ok_or_else(|| invalid("action", "not a command"))?;
     Ok(Command {
         actor: req.actor.clone(),
         client_msg_id: req.client_msg_id.clone(),
@@ -296,7 +162,11 @@ pub fn from_reply(conv_id: &str, reply: &v1::WriteReply) -> Option<AppendOutcome
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::conversation::{MessageBody, Role};
 
     fn all_actions() -> Vec<Action> {
         let mut meta = BTreeMap::new();

@@ -26,6 +26,7 @@ use crate::conversation::{apply, decide, Command, ConvState, Rejection};
 use crate::definitions::CONV_STREAM;
 use crate::error::StreamsError;
 use crate::ids::{validate_id, IdKind};
+use crate::seal::seal;
 use crate::seen::Known;
 use crate::subjects::Topology;
 use crate::writer_cache::{WriterCache, WRITER_CACHE_BYTES_MAX};
@@ -438,8 +439,8 @@ impl Appender {
             {
                 return Ok(original);
             }
-            let events = match decide(&cached.state, cmd, (self.clock)()) {
-                Ok(events) => events,
+            let sealed = match decide(&cached.state, cmd, (self.clock)()) {
+                Ok(events) => seal(&cached.state, events),
                 Err(rejection) => {
                     let latest = (&mut confirmed, attempts);
                     match self
@@ -452,7 +453,7 @@ impl Appender {
                 }
             };
             let actual = match self
-                .publish_command(conv_id, &subject, &mut cached, events, &msg_id, trace_id)
+                .publish_command(conv_id, &subject, &mut cached, sealed, &msg_id, trace_id)
                 .await?
             {
                 Published::Done(outcome) => return Ok(outcome),

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
-use bytes::Bytes;
 use futures::StreamExt;
-use im_streams::codec::{conv_headers, payload_hash};
-use im_streams::conversation::{apply, decide};
+use im_streams::codec::conv_headers;
+use im_streams::conversation::decide;
 use im_streams::definitions::CONV_STREAM;
+use im_streams::seal::seal;
 use im_streams::{Action, Command, ConvState, MessageBody, Role};
 
 use super::ingest::stamped_text;
@@ -37,7 +37,7 @@ const SEED_INFLIGHT_MAX: usize = 4_096;
 const CATCH_UP_MAX: Duration = Duration::from_secs(1_800);
 
 /// Writes `events` events round-robin over conversations, as the append
-/// path would (conv_seq, prev_hash chain, headers), pipelined.
+/// path would (sealed by the rules, with its headers), pipelined.
 pub async fn seed(js: &jetstream::Context, events: u64) -> anyhow::Result<()> {
     let topology = im_streams::definitions::read_topology(js).await?;
     let conversations = events.div_ceil(EVENTS_PER_CONV).max(1);
@@ -76,19 +76,15 @@ pub async fn seed(js: &jetstream::Context, events: u64) -> anyhow::Result<()> {
         let at_ms = now_ms + (n as i64) * 10;
         let decided = decide(state, &cmd, at_ms).map_err(|r| anyhow::anyhow!("{conv}: {r}"))?;
         let subject = topology.conv_subject(&conv)?;
-        for mut event in decided {
-            event.conv_seq = state.conv_seq + 1;
-            event.prev_hash = state.last_hash.to_vec();
-            let payload = Bytes::from(im_schema::encode(&event));
+        for sealed in seal(state, decided) {
             let publish = jetstream::message::PublishMessage::build()
-                .payload(payload.clone())
-                .headers(conv_headers(&event, "bench", "bench-seed"));
+                .payload(sealed.payload.clone())
+                .headers(conv_headers(&sealed.event, "bench", "bench-seed"));
             // Sent in order on one connection: each subject's events are
             // stored in the order they were made.
             let ack = js.send_publish(subject.clone(), publish).await?;
             acks.push(async move { ack.await });
-            apply(state, &event);
-            state.record_position(0, payload_hash(&payload));
+            state.extend(&sealed, 0);
         }
         while acks.len() >= SEED_INFLIGHT_MAX {
             acks.next().await.expect("not empty")?;

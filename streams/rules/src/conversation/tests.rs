@@ -1,7 +1,8 @@
 //! Given/when/then tests of every rule, without IO.
 
 use super::*;
-use crate::subjects::direct_conversation_id;
+use crate::ids::direct_conversation_id;
+use crate::seal::seal;
 use im_schema::v1::message_sent::Body;
 
 const T0: i64 = 1_700_000_000_000;
@@ -42,7 +43,11 @@ fn text(t: &str) -> Action {
 }
 
 fn created_group(members: &[(&str, Role)]) -> Kind {
-    Kind::Created(v1::ConversationCreated {
+    Kind::Created(group_created(members))
+}
+
+fn group_created(members: &[(&str, Role)]) -> v1::ConversationCreated {
+    v1::ConversationCreated {
         kind: v1::ConversationKind::Group as i32,
         title: "g".into(),
         members: members
@@ -52,7 +57,7 @@ fn created_group(members: &[(&str, Role)]) -> Kind {
                 role: r.to_wire() as i32,
             })
             .collect(),
-    })
+    }
 }
 
 fn sent(t: &str) -> Kind {
@@ -79,14 +84,56 @@ fn group() -> ConvState {
     )
 }
 
+/// The decision time of every `then_*`.
+const NOW: i64 = T0 + 1_000;
+
+/// When `c` is decided on `state`, then it is allowed, and each event it
+/// appends carries the command, the decision time, the next position and
+/// the hash of the one before it.
 fn then_ok(state: &ConvState, c: Command) -> Vec<v1::ConvEvent> {
-    let events = decide(state, &c, T0 + 1_000).unwrap_or_else(|r| panic!("{c:?} refused: {r}"));
-    assert!(!events.is_empty());
+    let decided = decide(state, &c, NOW).unwrap_or_else(|r| panic!("{c:?} refused: {r}"));
+    assert!(!decided.is_empty());
+    let sealed = seal(state, decided);
+    let mut prev = state.last_hash;
+    for (i, s) in sealed.iter().enumerate() {
+        let e = &s.event;
+        assert_eq!(
+            (e.conversation_id.as_str(), e.conv_seq, e.actor.as_str()),
+            (
+                state.conv_id.as_str(),
+                state.conv_seq + 1 + i as u64,
+                c.actor.as_str()
+            )
+        );
+        assert_eq!(
+            (e.at_ms, e.client_msg_id.as_str(), e.schema_version),
+            (NOW, c.client_msg_id.as_str(), im_schema::SCHEMA_VERSION)
+        );
+        assert_eq!(e.prev_hash, prev.to_vec());
+        prev = s.hash;
+    }
+    sealed.into_iter().map(|s| s.event).collect()
+}
+
+/// When `c`, then exactly these events (their envelopes as `then_ok`).
+fn then_events(state: &ConvState, c: Command, kinds: Vec<Kind>) -> Vec<v1::ConvEvent> {
+    let events = then_ok(state, c);
+    let got: Vec<Kind> = events.iter().filter_map(|e| e.kind.clone()).collect();
+    assert_eq!(got, kinds);
     events
 }
 
+/// The state after exactly these events.
+fn after_exactly(state: &ConvState, c: Command, kinds: Vec<Kind>) -> ConvState {
+    let mut s = state.clone();
+    for ev in then_events(state, c, kinds) {
+        apply(&mut s, &ev);
+    }
+    s
+}
+
 fn then_refused(state: &ConvState, c: Command, code: &str) {
-    match decide(state, &c, T0 + 1_000) {
+    match decide(state, &c, NOW) {
         Err(r) => assert_eq!(r.code(), code, "{c:?}: {r}"),
         Ok(ev) => panic!("{c:?} allowed: {ev:?}"),
     }
@@ -105,7 +152,7 @@ fn after(state: &ConvState, c: Command) -> ConvState {
 #[test]
 fn create_group_makes_creator_owner_and_positions_the_event() {
     let s = ConvState::empty("g9");
-    let ev = then_ok(
+    let ev = then_events(
         &s,
         cmd(
             "o",
@@ -114,11 +161,19 @@ fn create_group_makes_creator_owner_and_positions_the_event() {
                 members: vec![("m1".into(), Role::Member), ("a1".into(), Role::Admin)],
             },
         ),
+        vec![Kind::Created(v1::ConversationCreated {
+            title: "team".into(),
+            ..group_created(&[
+                ("a1", Role::Admin),
+                ("m1", Role::Member),
+                ("o", Role::Owner),
+            ])
+        })],
     );
-    assert_eq!(ev.len(), 1);
-    assert_eq!(ev[0].conv_seq, 1);
-    assert_eq!(ev[0].at_ms, T0 + 1_000);
-    assert_eq!(ev[0].prev_hash, vec![0u8; 32]);
+    assert_eq!(
+        (ev[0].conv_seq, ev[0].prev_hash.as_slice()),
+        (1, &[0u8; 32][..])
+    );
     let mut s2 = s.clone();
     apply(&mut s2, &ev[0]);
     assert_eq!(s2.role_of("o"), Some(Role::Owner));
@@ -170,16 +225,28 @@ fn first_send_to_a_user_creates_the_direct_conversation() {
         body: MessageBody::Text("hi".into()),
         meta: BTreeMap::new(),
     };
-    let ev = then_ok(&s, cmd("alice", send.clone()));
-    assert_eq!(ev.len(), 2);
-    assert_eq!(event_type(&ev[0]), "conversation_created");
-    assert_eq!(event_type(&ev[1]), "message_sent");
-    assert_eq!((ev[0].conv_seq, ev[1].conv_seq), (1, 2));
+    let direct = |members: &[&str]| {
+        Kind::Created(v1::ConversationCreated {
+            kind: v1::ConversationKind::Direct as i32,
+            title: String::new(),
+            ..group_created(
+                &members
+                    .iter()
+                    .map(|m| (*m, Role::Member))
+                    .collect::<Vec<_>>(),
+            )
+        })
+    };
+    then_events(
+        &s,
+        cmd("alice", send.clone()),
+        vec![direct(&["alice", "bob"]), sent("hi")],
+    );
     let s2 = after(&s, cmd("alice", send.clone()));
     assert_eq!(s2.members.len(), 2);
     assert_eq!(s2.kind, Some(ConvKind::Direct));
     // Later sends by either side are plain messages.
-    assert_eq!(then_ok(&s2, cmd("bob", text("yo"))).len(), 1);
+    then_events(&s2, cmd("bob", text("yo")), vec![sent("yo")]);
     // A mismatched id, a send to self, or no peer at all create nothing.
     then_refused(
         &ConvState::empty("dm_other"),
@@ -251,7 +318,7 @@ fn direct_block_stops_both_sides_until_the_blocker_lifts_it() {
 #[test]
 fn send_requires_membership_no_mute_no_blacklist() {
     let g = group();
-    then_ok(&g, cmd("m1", text("hello")));
+    then_events(&g, cmd("m1", text("hello")), vec![sent("hello")]);
     then_refused(&g, cmd("stranger", text("hello")), "not_member");
     let muted = after(
         &g,
@@ -347,7 +414,7 @@ fn bad_actor_and_client_msg_ids_are_refused() {
 #[test]
 fn add_member_admin_or_owner_not_blacklisted() {
     let g = group();
-    then_ok(
+    then_events(
         &g,
         cmd(
             "a1",
@@ -356,6 +423,10 @@ fn add_member_admin_or_owner_not_blacklisted() {
                 role: Role::Member,
             },
         ),
+        vec![Kind::MemberAdded(v1::MemberAdded {
+            user_id: "n".into(),
+            role: v1::Role::Member as i32,
+        })],
     );
     then_ok(
         &g,
@@ -450,7 +521,13 @@ fn add_member_admin_or_owner_not_blacklisted() {
 #[test]
 fn remove_only_lower_roles_and_never_the_owner() {
     let g = group();
-    let s = after(&g, cmd("a1", Action::RemoveMember { user: "m1".into() }));
+    let s = after_exactly(
+        &g,
+        cmd("a1", Action::RemoveMember { user: "m1".into() }),
+        vec![Kind::MemberRemoved(v1::MemberRemoved {
+            user_id: "m1".into(),
+        })],
+    );
     assert!(!s.is_member("m1"));
     then_ok(&g, cmd("o", Action::RemoveMember { user: "a1".into() }));
     then_refused(
@@ -488,15 +565,22 @@ fn remove_only_lower_roles_and_never_the_owner() {
 #[test]
 fn leave_any_member_but_the_owner() {
     let g = group();
-    let s = after(&g, cmd("m1", Action::Leave));
+    let s = after_exactly(
+        &g,
+        cmd("m1", Action::Leave),
+        vec![Kind::MemberLeft(v1::MemberLeft {})],
+    );
     assert!(!s.is_member("m1"));
     then_ok(&g, cmd("a1", Action::Leave));
     then_refused(&g, cmd("o", Action::Leave), "owner_must_transfer");
     then_refused(&g, cmd("stranger", Action::Leave), "not_member");
     // After a transfer the old owner may leave.
-    let t = after(
+    let t = after_exactly(
         &g,
         cmd("o", Action::TransferOwnership { user: "m1".into() }),
+        vec![Kind::OwnershipTransferred(v1::OwnershipTransferred {
+            user_id: "m1".into(),
+        })],
     );
     assert_eq!(t.role_of("m1"), Some(Role::Owner));
     assert_eq!(t.role_of("o"), Some(Role::Admin));
@@ -506,7 +590,7 @@ fn leave_any_member_but_the_owner() {
 #[test]
 fn role_change_and_transfer_owner_only() {
     let g = group();
-    let s = after(
+    let s = after_exactly(
         &g,
         cmd(
             "o",
@@ -515,6 +599,10 @@ fn role_change_and_transfer_owner_only() {
                 role: Role::Admin,
             },
         ),
+        vec![Kind::RoleChanged(v1::RoleChanged {
+            user_id: "m1".into(),
+            role: v1::Role::Admin as i32,
+        })],
     );
     assert_eq!(s.role_of("m1"), Some(Role::Admin));
     then_refused(
@@ -582,7 +670,7 @@ fn role_change_and_transfer_owner_only() {
 fn mute_and_unmute_over_lower_roles() {
     let g = group();
     let until = T0 + 10_000;
-    let s = after(
+    let s = after_exactly(
         &g,
         cmd(
             "a1",
@@ -591,6 +679,10 @@ fn mute_and_unmute_over_lower_roles() {
                 until_ms: until,
             },
         ),
+        vec![Kind::Muted(v1::MemberMuted {
+            user_id: "m1".into(),
+            until_ms: until,
+        })],
     );
     assert_eq!(s.members["m1"].muted_until_ms, until);
     then_ok(
@@ -647,7 +739,13 @@ fn mute_and_unmute_over_lower_roles() {
         ),
         "invalid_argument",
     );
-    let u = after(&s, cmd("a2", Action::Unmute { user: "m1".into() }));
+    let u = after_exactly(
+        &s,
+        cmd("a2", Action::Unmute { user: "m1".into() }),
+        vec![Kind::Unmuted(v1::MemberUnmuted {
+            user_id: "m1".into(),
+        })],
+    );
     assert_eq!(u.members["m1"].muted_until_ms, 0);
     then_ok(&u, cmd("m1", text("free")));
     then_refused(
@@ -665,7 +763,13 @@ fn mute_and_unmute_over_lower_roles() {
 #[test]
 fn blacklist_removes_membership_and_unblacklist_allows_readding() {
     let g = group();
-    let s = after(&g, cmd("a1", Action::Blacklist { user: "m1".into() }));
+    let s = after_exactly(
+        &g,
+        cmd("a1", Action::Blacklist { user: "m1".into() }),
+        vec![Kind::Blacklisted(v1::MemberBlacklisted {
+            user_id: "m1".into(),
+        })],
+    );
     assert!(!s.is_member("m1"));
     assert!(s.blacklist.contains("m1"));
     then_refused(
@@ -698,7 +802,13 @@ fn blacklist_removes_membership_and_unblacklist_allows_readding() {
             },
         ),
     );
-    let u = after(&s, cmd("o", Action::Unblacklist { user: "m1".into() }));
+    let u = after_exactly(
+        &s,
+        cmd("o", Action::Unblacklist { user: "m1".into() }),
+        vec![Kind::Unblacklisted(v1::MemberUnblacklisted {
+            user_id: "m1".into(),
+        })],
+    );
     assert!(!u.blacklist.contains("m1"));
     assert!(!u.is_member("m1"), "unblacklisting does not re-add");
     then_ok(
@@ -749,7 +859,13 @@ fn recall_by_sender_within_window_or_admin_any_time() {
     assert!(decide(&s, &recall("o"), at + 10 * RECALL_WINDOW_MS).is_ok());
     then_refused(&s, recall("m2"), "not_sender");
     then_refused(&s, recall("stranger"), "not_member");
-    let r = after(&s, recall("m1"));
+    let r = after_exactly(
+        &s,
+        recall("m1"),
+        vec![Kind::MessageRecalled(v1::MessageRecalled {
+            target_conv_seq: seq,
+        })],
+    );
     then_refused(&r, recall("a1"), "already_recalled");
     then_refused(
         &s,
@@ -767,7 +883,7 @@ fn recall_by_sender_within_window_or_admin_any_time() {
 fn edit_by_sender_only() {
     let s = group_with_message();
     let seq = s.conv_seq;
-    then_ok(
+    then_events(
         &s,
         cmd(
             "m1",
@@ -776,6 +892,10 @@ fn edit_by_sender_only() {
                 text: "fixed".into(),
             },
         ),
+        vec![Kind::MessageEdited(v1::MessageEdited {
+            target_conv_seq: seq,
+            text: "fixed".into(),
+        })],
     );
     then_refused(
         &s,
@@ -881,7 +1001,7 @@ fn receipts_members_only_and_not_past_the_end() {
 #[test]
 fn events_continue_the_sequence_and_chain_from_the_last_hash() {
     let s = group_with_message();
-    let ev = then_ok(&s, cmd("m2", text("next")));
+    let ev = then_events(&s, cmd("m2", text("next")), vec![sent("next")]);
     assert_eq!(ev[0].conv_seq, s.conv_seq + 1);
     assert_eq!(ev[0].prev_hash, s.last_hash.to_vec());
     assert_eq!(ev[0].client_msg_id, "c1");

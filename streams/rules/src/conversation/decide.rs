@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use im_schema::v1::{self, conv_event::Kind, message_sent::Body};
+use im_schema::v1::{self, conv_event::Kind};
 
 use super::checks::{
     check_body, check_id, check_may_send, check_meta, check_text, invalid, message_target,
@@ -15,15 +15,14 @@ use super::{
     Action, Command, ConvKind, ConvState, MessageBody, Rejection, Role, GROUP_MEMBERS_MAX,
     RECALL_WINDOW_MS, TITLE_BYTES_MAX,
 };
-use crate::ids::IdKind;
-use crate::subjects::{direct_conversation_id, DIRECT_PREFIX};
+use crate::ids::{direct_conversation_id, IdKind, DIRECT_PREFIX};
 
 /// What an action appends, not yet positioned.
 type Kinds = Result<Vec<Kind>, Rejection>;
 
 /// Decides a command against the state at a known version. The events come
-/// back without position: `conv_seq`, `prev_hash` and `at_ms` are filled in
-/// from `state` and `now_ms` here; the adapter only encodes and publishes.
+/// back stamped with `now_ms` but not yet positioned: `seal` gives them
+/// their `conv_seq` and `prev_hash`.
 pub fn decide(
     state: &ConvState,
     cmd: &Command,
@@ -50,29 +49,21 @@ pub fn decide(
         Action::Recall { conv_seq } => recall(state, actor, *conv_seq, now_ms),
         Action::Edit { conv_seq, text } => edit(state, actor, *conv_seq, text),
     }?;
-    Ok(position(state, cmd, now_ms, kinds))
+    Ok(stamp(state, cmd, now_ms, kinds))
 }
 
-/// The decided events at their places after `state`.
-fn position(state: &ConvState, cmd: &Command, now_ms: i64, kinds: Vec<Kind>) -> Vec<v1::ConvEvent> {
+/// The decided events, stamped; `seal` positions them.
+fn stamp(state: &ConvState, cmd: &Command, now_ms: i64, kinds: Vec<Kind>) -> Vec<v1::ConvEvent> {
     kinds
         .into_iter()
-        .enumerate()
-        .map(|(i, kind)| v1::ConvEvent {
+        .map(|kind| v1::ConvEvent {
             conversation_id: state.conv_id.clone(),
-            conv_seq: state.conv_seq + 1 + i as u64,
             actor: cmd.actor.clone(),
             at_ms: now_ms,
-            // Only the first event's predecessor is known here; the adapter
-            // chains the later ones as it encodes them.
-            prev_hash: if i == 0 {
-                state.last_hash.to_vec()
-            } else {
-                Vec::new()
-            },
             client_msg_id: cmd.client_msg_id.clone(),
             schema_version: im_schema::SCHEMA_VERSION,
             kind: Some(kind),
+            ..Default::default()
         })
         .collect()
 }
@@ -132,10 +123,7 @@ fn send(
     check_body(body)?;
     check_meta(meta)?;
     let sent = Kind::MessageSent(v1::MessageSent {
-        body: Some(match body {
-            MessageBody::Text(t) => Body::Text(t.clone()),
-            MessageBody::Media(m) => Body::Media(m.clone()),
-        }),
+        body: Some(body.to_wire()),
         meta: meta.clone(),
     });
     if state.exists() {

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
+
 /// Longest id accepted. Subjects stay short (they are stored with every
 /// message) and ids fit comfortably in a header and a log line.
 pub const ID_LEN_MAX: usize = 64;
@@ -60,6 +62,24 @@ pub fn validate_id(kind: IdKind, id: &str) -> Result<(), IdError> {
     }
 }
 
+/// Prefix reserved for direct conversations; group ids may not use it.
+pub const DIRECT_PREFIX: &str = "dm_";
+
+/// The conversation id of the direct conversation between two users: derived
+/// from the sorted pair, so A-B and B-A are one conversation. A hash keeps it
+/// within the id bound and unambiguous whatever `_`/`-` the user ids contain.
+pub fn direct_conversation_id(a: &str, b: &str) -> Result<String, IdError> {
+    validate_id(IdKind::User, a)?;
+    validate_id(IdKind::User, b)?;
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut h = Sha256::new();
+    h.update(lo.as_bytes());
+    h.update([0u8]);
+    h.update(hi.as_bytes());
+    let digest = h.finalize();
+    Ok(format!("{DIRECT_PREFIX}{}", hex::encode(&digest[..16])))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +110,18 @@ mod tests {
             validate_id(IdKind::User, &"x".repeat(ID_LEN_MAX + 1)),
             Err(IdError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn direct_id_is_symmetric_and_unambiguous() {
+        let ab = direct_conversation_id("alice", "bob").unwrap();
+        assert_eq!(ab, direct_conversation_id("bob", "alice").unwrap());
+        assert!(ab.starts_with(DIRECT_PREFIX));
+        assert!(validate_id(IdKind::Conversation, &ab).is_ok());
+        assert_ne!(
+            direct_conversation_id("a_b", "c").unwrap(),
+            direct_conversation_id("a", "b_c").unwrap()
+        );
+        assert!(direct_conversation_id("a.b", "c").is_err());
     }
 }
