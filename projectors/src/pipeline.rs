@@ -155,7 +155,7 @@ pub async fn start(
     std::thread::Builder::new()
         .name(format!("fold-{}", cfg.instance))
         .spawn(move || fold_thread(rx))
-        .map_err(|e| RunError::JetStream(format!("fold thread: {e}")))?;
+        .map_err(|e| RunError::Task(e.into()))?;
     Ok(tokio::spawn(async move {
         let mut pumps = Some(first);
         // Bounded by what can go wrong on the wire; each round first commits
@@ -323,10 +323,10 @@ async fn fold_batch(
     };
     jobs.send(job)
         .await
-        .map_err(|_| RunError::JetStream("the fold thread is gone".into()))?;
+        .map_err(|_| RunError::Task("the fold thread is gone".into()))?;
     let mut done = answer
         .await
-        .map_err(|_| RunError::JetStream("the fold thread is gone".into()))?;
+        .map_err(|_| RunError::Task("the fold thread is gone".into()))?;
     let outcome = std::mem::replace(&mut done.outcome, Ok(Vec::new()))?;
     for ((state, applied), (at, folded, dead)) in
         feeds.states.iter().zip(&feeds.applied).zip(outcome)

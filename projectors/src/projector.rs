@@ -32,6 +32,10 @@ pub struct ProjectorConfig {
 pub enum ProjectorError {
     #[error("configuration: {0}")]
     Config(String),
+    #[error("instance name: {0}")]
+    Instance(#[source] im_streams::ids::IdError),
+    #[error("subscribing to the query subjects: {0}")]
+    Subscribe(#[source] im_streams::error::BoxError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -273,7 +277,7 @@ impl Projector {
     ) -> Result<Self, ProjectorError> {
         let client = clients.publish.clone();
         im_streams::ids::validate_id(im_streams::ids::IdKind::Device, &config.instance)
-            .map_err(|e| ProjectorError::Config(format!("instance: {e}")))?;
+            .map_err(ProjectorError::Instance)?;
         let js = async_nats::jetstream::new(client.clone());
         let topology = im_streams::definitions::read_topology(&js).await?;
         let partitions = partitions_of(&config, topology)?;
@@ -300,7 +304,7 @@ impl Projector {
         });
         let subs = query::subscribe(&client, &context)
             .await
-            .map_err(|e| ProjectorError::Config(format!("query subjects: {e}")))?;
+            .map_err(ProjectorError::Subscribe)?;
         let query_task = tokio::spawn(query::serve(client.clone(), context.clone(), subs));
         let (health, heartbeat_task) = match health {
             Some(h) => (h, None),
@@ -348,7 +352,7 @@ impl Projector {
     pub async fn wait(&mut self) -> Result<(), RunError> {
         match self.tasks.join_next().await {
             Some(Ok(r)) => r,
-            Some(Err(e)) => Err(RunError::JetStream(e.to_string())),
+            Some(Err(e)) => Err(RunError::Task(e.into())),
             None => Ok(()),
         }
     }

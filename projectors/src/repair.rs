@@ -59,8 +59,7 @@ pub async fn repair(
         let subject = match source {
             Source::Conv => topology.conv_subject(conv),
             Source::Rcpt => topology.rcpt_subject(conv),
-        }
-        .map_err(|e| RunError::JetStream(e.to_string()))?;
+        }?;
         let read = (source, subject, upto);
         scratch.fold_subject(&js, projection, read, conv).await?;
     }
@@ -74,7 +73,7 @@ pub async fn repair(
             ks.flush()
         })
         .await
-        .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))??;
+        .map_err(|e| RunError::Task(e.into()))??;
     }
     let events = scratch.events;
     tracing::info!(
@@ -136,9 +135,10 @@ impl Scratch {
             }
             self.events += 1;
             if self.events > REPAIR_EVENTS_MAX {
-                return Err(RunError::JetStream(format!(
-                    "{conv} has more than {REPAIR_EVENTS_MAX} events: rebuild instead"
-                )));
+                return Err(RunError::TooLargeToRepair {
+                    conv: conv.to_string(),
+                    max: REPAIR_EVENTS_MAX,
+                });
             }
             let mut target = Target::new(projection, &self.ks, self.folded_at)?;
             target.genesis = self.genesis;

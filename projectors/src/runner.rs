@@ -13,6 +13,7 @@ use async_nats::jetstream::{
     consumer::{pull, AckPolicy, DeliverPolicy},
 };
 use im_schema::v1;
+use im_streams::error::BoxError;
 use im_streams::{
     definitions::{CONV_STREAM, RCPT_STREAM},
     Topology,
@@ -187,11 +188,18 @@ pub enum RunError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("jetstream: {0}")]
-    JetStream(String),
+    JetStream(#[source] BoxError),
+    /// A projection's task or the fold thread ended or could not start.
+    #[error("projection task: {0}")]
+    Task(#[source] BoxError),
+    #[error(transparent)]
+    Id(#[from] im_streams::ids::IdError),
+    #[error("{conv} has more than {max} events: rebuild instead")]
+    TooLargeToRepair { conv: String, max: u64 },
 }
 
-pub(crate) fn js_err(e: impl std::fmt::Display) -> RunError {
-    RunError::JetStream(e.to_string())
+pub(crate) fn js_err(e: impl Into<BoxError>) -> RunError {
+    RunError::JetStream(e.into())
 }
 
 pub struct RunnerConfig {

@@ -14,9 +14,7 @@ pub enum StoreError {
     Io(#[source] std::io::Error),
     /// The store's files are not what it wrote: it will not pass.
     #[error("corrupt store: {0}")]
-    CorruptStore(String),
-    #[error("storage: {0}")]
-    Engine(String),
+    CorruptStore(#[source] sled::Error),
     #[error("corrupt value at {key}: {detail}")]
     Corrupt { key: String, detail: String },
 }
@@ -75,7 +73,7 @@ pub trait Keyspace: Send + Sync {
 fn engine(e: sled::Error) -> StoreError {
     match e {
         sled::Error::Io(io) => StoreError::Io(io),
-        other => StoreError::CorruptStore(other.to_string()),
+        other => StoreError::CorruptStore(other),
     }
 }
 

@@ -37,11 +37,12 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 pub const QUARANTINES_MAX: u32 = 3;
 
 /// JetStream not answering (a leader election, a node or the network
-/// down): the instance starts again from its checkpoints once it does.
+/// down), or a task that ended with it: the instance starts again from its
+/// checkpoints once it answers.
 fn jetstream_unavailable(e: &ProjectorError) -> bool {
     match e {
         ProjectorError::Streams(s) => im_streams::connect::is_unavailable(s),
-        ProjectorError::Run(RunError::JetStream(_)) => true,
+        ProjectorError::Run(RunError::JetStream(_) | RunError::Task(_)) => true,
         _ => false,
     }
 }

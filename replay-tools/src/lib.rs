@@ -7,13 +7,17 @@ pub mod cmd;
 pub mod objects;
 pub mod read;
 
+use im_streams::error::BoxError;
+
 /// Why a replay tool failed (not a violation: those are reports).
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("jetstream: {0}")]
-    JetStream(String),
+    JetStream(#[source] BoxError),
     #[error("object storage: {0}")]
-    Storage(String),
+    Storage(#[source] BoxError),
+    #[error("no object {key}")]
+    NoObject { key: String },
     #[error("{0}")]
     Invalid(String),
 }

@@ -56,8 +56,8 @@ pub struct S3Args {
     pub s3_secret_key: String,
 }
 
-fn storage(e: impl std::fmt::Display) -> ReplayError {
-    ReplayError::Storage(e.to_string())
+fn storage(e: impl Into<im_streams::error::BoxError>) -> ReplayError {
+    ReplayError::Storage(e.into())
 }
 
 pub struct Objects {
@@ -117,7 +117,9 @@ impl Objects {
     pub async fn get(&self, key: &str) -> Result<bytes::Bytes, ReplayError> {
         self.get_if_present(key)
             .await?
-            .ok_or_else(|| ReplayError::Storage(format!("no object {key}")))
+            .ok_or_else(|| ReplayError::NoObject {
+                key: key.to_string(),
+            })
     }
 
     /// The object, or None when there is no such key (other failures are

@@ -57,8 +57,8 @@ pub struct Reader {
     pub remaining: u64,
 }
 
-fn js(e: impl std::fmt::Display) -> ReplayError {
-    ReplayError::JetStream(e.to_string())
+fn js(e: impl Into<im_streams::error::BoxError>) -> ReplayError {
+    ReplayError::JetStream(e.into())
 }
 
 impl Reader {

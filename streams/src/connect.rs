@@ -53,7 +53,10 @@ where
 
 /// Whether an error is JetStream not answering (yet), worth a retry.
 pub fn is_unavailable(e: &StreamsError) -> bool {
-    matches!(e, StreamsError::Unavailable(_))
+    matches!(
+        e,
+        StreamsError::Unavailable { .. } | StreamsError::Connect { .. }
+    )
 }
 
 /// The NATS settings every binary takes (flag and environment variable).
@@ -92,7 +95,10 @@ impl NatsArgs {
             .connection_timeout(CONNECT_TIMEOUT)
             .connect(servers)
             .await
-            .map_err(|e| StreamsError::Unavailable(format!("connecting to {}: {e}", self.nats_url)))
+            .map_err(|source| StreamsError::Connect {
+                servers: self.nats_url.clone(),
+                source,
+            })
     }
 }
 
@@ -140,7 +146,7 @@ mod tests {
             let n = tries;
             async move {
                 match n {
-                    1..=3 => Err(StreamsError::Unavailable("electing".into())),
+                    1..=3 => Err(StreamsError::unavailable("startup", "electing")),
                     _ => Ok(()),
                 }
             }
@@ -160,7 +166,7 @@ mod tests {
 
         let started = tokio::time::Instant::now();
         let r: Result<(), StreamsError> = until_available("t", is_unavailable, || async {
-            Err(StreamsError::Unavailable("down".into()))
+            Err(StreamsError::unavailable("startup", "down"))
         })
         .await;
         assert!(r.is_err());

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 
-use crate::error::StreamsError;
+use crate::error::{BoxError, StreamsError};
 use crate::log::{read_batch, DIRECT_BATCH_MAX};
 use crate::subjects::{query_subject, Topology};
 
@@ -37,23 +37,23 @@ pub async fn lookup(
         })),
     };
     let subject = query_subject(topology.partition_of(conv_id));
-    let unavailable = |why: String| StreamsError::Unavailable(format!("idempotency index: {why}"));
+    let unavailable = |why: BoxError| StreamsError::unavailable("idempotency index", why);
     let reply = tokio::time::timeout(
         DEDUPE_LOOKUP_TIMEOUT,
         client.request(subject, im_schema::encode(&request).into()),
     )
     .await
     .map_err(|_| unavailable("no answer in time".into()))?
-    .map_err(|e| unavailable(e.to_string()))?;
+    .map_err(|e| unavailable(e.into()))?;
     let response: v1::QueryResponse =
-        im_schema::decode(&reply.payload).map_err(|e| unavailable(e.to_string()))?;
+        im_schema::decode(&reply.payload).map_err(|e| unavailable(e.into()))?;
     match response.result {
         Some(R::Dedupe(found)) => Ok(found
             .record
             .filter(|r| found.found && r.conversation_id == conv_id)
             .map(|r| (r.stream_seq, r.conv_seq))),
-        Some(R::Error(e)) => Err(unavailable(e.message)),
-        other => Err(unavailable(format!("unexpected answer {other:?}"))),
+        Some(R::Error(e)) => Err(unavailable(e.message.into())),
+        other => Err(unavailable(format!("unexpected answer {other:?}").into())),
     }
 }
 
@@ -99,7 +99,7 @@ pub async fn scan(
         }
         scanned += batch.events.len() as u64;
         if scanned > SCAN_EVENTS_MAX {
-            return Err(StreamsError::Unavailable(format!(
+            return Err(StreamsError::unavailable("idempotency index", format!(
                 "idempotency index unavailable and the conversation has more than {SCAN_EVENTS_MAX} events to scan"
             )));
         }

@@ -9,7 +9,7 @@ use async_nats::jetstream::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::error::StreamsError;
+use crate::error::{OrUnavailable, StreamsError};
 use crate::subjects::{Topology, DEFAULT_PARTITIONS, PARTITIONS_MAX};
 
 pub const CONV_STREAM: &str = "IM_CONV";
@@ -160,7 +160,7 @@ async fn apply_bucket(
     let stream_name = format!("KV_{}", desired.bucket);
     match js.get_stream(&stream_name).await {
         Ok(mut stream) => {
-            let info = stream.info().await.map_err(StreamsError::unavailable)?;
+            let info = stream.info().await.or_unavailable("stream setup")?;
             let mut changes = Vec::new();
             if info.config.num_replicas != desired.num_replicas {
                 changes.push(format!(
@@ -171,7 +171,7 @@ async fn apply_bucket(
                 next.num_replicas = desired.num_replicas;
                 js.update_stream(&next)
                     .await
-                    .map_err(StreamsError::unavailable)?;
+                    .or_unavailable("stream setup")?;
             }
             Ok(StreamReport {
                 name: stream_name,
@@ -182,14 +182,14 @@ async fn apply_bucket(
         Err(e) if is_not_found(&e) => {
             js.create_key_value(desired)
                 .await
-                .map_err(StreamsError::unavailable)?;
+                .or_unavailable("stream setup")?;
             Ok(StreamReport {
                 name: stream_name,
                 created: true,
                 changes: Vec::new(),
             })
         }
-        Err(e) => Err(StreamsError::unavailable(e)),
+        Err(e) => Err(StreamsError::unavailable("stream setup", e)),
     }
 }
 
@@ -205,11 +205,11 @@ pub async fn open_bucket(
     let mut conv = js
         .get_stream(CONV_STREAM)
         .await
-        .map_err(StreamsError::unavailable)?;
+        .or_unavailable("stream setup")?;
     let replicas = conv
         .info()
         .await
-        .map_err(StreamsError::unavailable)?
+        .or_unavailable("stream setup")?
         .config
         .num_replicas;
     let desired = bucket_definitions(replicas)
@@ -217,9 +217,7 @@ pub async fn open_bucket(
         .find(|b| b.bucket == name)
         .ok_or_else(|| StreamsError::Config(format!("no bucket {name} is defined")))?;
     apply_bucket(js, desired).await?;
-    js.get_key_value(name)
-        .await
-        .map_err(StreamsError::unavailable)
+    js.get_key_value(name).await.or_unavailable("stream setup")
 }
 
 /// What applying one stream definition did.
@@ -333,7 +331,7 @@ pub async fn apply_streams(
     for desired in settings.definitions() {
         let (config, report) = match js.get_stream(&desired.name).await {
             Ok(mut stream) => {
-                let info = stream.info().await.map_err(StreamsError::unavailable)?;
+                let info = stream.info().await.or_unavailable("stream setup")?;
                 let (next, changes) = diff(&info.config, &desired)?;
                 let config = if changes.is_empty() {
                     info.config.clone()
@@ -358,8 +356,8 @@ pub async fn apply_streams(
                 let mut stream = js
                     .create_stream(desired.clone())
                     .await
-                    .map_err(StreamsError::unavailable)?;
-                let info = stream.info().await.map_err(StreamsError::unavailable)?;
+                    .or_unavailable("stream setup")?;
+                let info = stream.info().await.or_unavailable("stream setup")?;
                 let report = StreamReport {
                     name: desired.name.clone(),
                     created: true,
@@ -367,7 +365,7 @@ pub async fn apply_streams(
                 };
                 (info.config.clone(), report)
             }
-            Err(e) => return Err(StreamsError::unavailable(e)),
+            Err(e) => return Err(StreamsError::unavailable("stream setup", e)),
         };
         if config.name == CONV_STREAM {
             topology = Some(topology_of(&config)?);
@@ -388,8 +386,8 @@ pub async fn read_topology(js: &jetstream::Context) -> Result<Topology, StreamsE
     let mut stream = js
         .get_stream(CONV_STREAM)
         .await
-        .map_err(StreamsError::unavailable)?;
-    let info = stream.info().await.map_err(StreamsError::unavailable)?;
+        .or_unavailable("stream setup")?;
+    let info = stream.info().await.or_unavailable("stream setup")?;
     topology_of(&info.config)
 }
 

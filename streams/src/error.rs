@@ -14,8 +14,20 @@ pub enum StreamsError {
     /// JetStream did not answer, or answered with an error we cannot act on.
     /// The command may or may not have been stored: retry with the same
     /// client_msg_id, which is safe.
-    #[error("jetstream unavailable: {0}")]
-    Unavailable(String),
+    #[error("jetstream unavailable ({context}): {source}")]
+    Unavailable {
+        /// What the caller was doing.
+        context: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// No server of the list answered.
+    #[error("connecting to {servers}: {source}")]
+    Connect {
+        servers: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
     /// The log holds something the writer cannot trust (undecodable event, a
     /// conv_seq gap). Never silently skipped by a writer.
     #[error("corrupt log at stream seq {stream_seq}: {detail}")]
@@ -28,10 +40,30 @@ pub enum StreamsError {
     },
     #[error("configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    InvalidId(#[from] crate::ids::IdError),
 }
 
+/// An underlying error kept as a source, whatever its type (the NATS
+/// client's errors differ per call; a server's reply may be only text).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl StreamsError {
-    pub(crate) fn unavailable(e: impl std::fmt::Display) -> Self {
-        StreamsError::Unavailable(e.to_string())
+    pub(crate) fn unavailable(context: &'static str, source: impl Into<BoxError>) -> Self {
+        StreamsError::Unavailable {
+            context,
+            source: source.into(),
+        }
+    }
+}
+
+/// `.or_unavailable("what the caller was doing")` on a JetStream result.
+pub(crate) trait OrUnavailable<T> {
+    fn or_unavailable(self, context: &'static str) -> Result<T, StreamsError>;
+}
+
+impl<T, E: Into<BoxError>> OrUnavailable<T> for Result<T, E> {
+    fn or_unavailable(self, context: &'static str) -> Result<T, StreamsError> {
+        self.map_err(|e| StreamsError::unavailable(context, e))
     }
 }

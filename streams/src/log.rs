@@ -12,7 +12,7 @@ use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
 
 use crate::codec::{decode_conv_parts, StoredEvent};
-use crate::error::StreamsError;
+use crate::error::{OrUnavailable, StreamsError};
 
 /// Messages per batched get. Bounds one response's memory (at most this many
 /// events of at most the stream's max message size).
@@ -57,7 +57,7 @@ pub async fn read_batch(
     let mut sub = client
         .subscribe(inbox.clone())
         .await
-        .map_err(StreamsError::unavailable)?;
+        .or_unavailable("reading the log")?;
     let request = serde_json::json!({
         "seq": from_seq.max(1),
         "next_by_subj": filter,
@@ -70,18 +70,24 @@ pub async fn read_batch(
             request.to_string().into(),
         )
         .await
-        .map_err(StreamsError::unavailable)?;
+        .or_unavailable("reading the log")?;
     let (mut events, mut undecodable) = (Vec::new(), Vec::new());
     let deadline = tokio::time::Instant::now() + DIRECT_BATCH_TIMEOUT;
     // At most `batch` messages and one end marker arrive.
     for _ in 0..=batch {
         let msg = match tokio::time::timeout_at(deadline, sub.next()).await {
             Ok(Some(msg)) => msg,
-            Ok(None) => return Err(StreamsError::Unavailable("connection closed".into())),
+            Ok(None) => {
+                return Err(StreamsError::unavailable(
+                    "reading the log",
+                    "connection closed",
+                ))
+            }
             Err(_) => {
-                return Err(StreamsError::Unavailable(format!(
-                    "batched get on {stream} timed out"
-                )))
+                return Err(StreamsError::unavailable(
+                    "reading the log",
+                    format!("batched get on {stream} timed out"),
+                ))
             }
         };
         let empty = HeaderMap::new();
@@ -104,14 +110,20 @@ pub async fn read_batch(
                 })
             }
             Some(code) => {
-                return Err(StreamsError::Unavailable(format!(
-                    "batched get on {stream}: status {code} {:?}",
-                    msg.description
-                )))
+                return Err(StreamsError::unavailable(
+                    "reading the log",
+                    format!(
+                        "batched get on {stream}: status {code} {:?}",
+                        msg.description
+                    ),
+                ))
             }
             None => {
                 let seq = header_u64(headers, "Nats-Sequence").ok_or_else(|| {
-                    StreamsError::Unavailable("batched get reply without Nats-Sequence".into())
+                    StreamsError::unavailable(
+                        "reading the log",
+                        "batched get reply without Nats-Sequence",
+                    )
                 })?;
                 let subject = headers
                     .get("Nats-Subject")
@@ -124,8 +136,9 @@ pub async fn read_batch(
             }
         }
     }
-    Err(StreamsError::Unavailable(
-        "batched get sent more than it was asked for".into(),
+    Err(StreamsError::unavailable(
+        "reading the log",
+        "batched get sent more than it was asked for",
     ))
 }
 

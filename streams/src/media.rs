@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
 use im_schema::v1;
 
-use crate::error::StreamsError;
+use crate::error::{OrUnavailable, StreamsError};
 
 /// `MediaSent` records read for one id at most: a download check stops
 /// there (a media item re-sent into more conversations than this is found
@@ -16,12 +16,11 @@ use crate::error::StreamsError;
 pub const MEDIA_SENT_SCAN_MAX: usize = 1_000;
 
 pub fn uploaded_subject(media_id: &str) -> Result<String, StreamsError> {
-    crate::subjects::media_uploaded_subject(media_id)
-        .map_err(|e| StreamsError::Config(e.to_string()))
+    Ok(crate::subjects::media_uploaded_subject(media_id)?)
 }
 
 pub fn sent_subject(media_id: &str) -> Result<String, StreamsError> {
-    crate::subjects::media_sent_subject(media_id).map_err(|e| StreamsError::Config(e.to_string()))
+    Ok(crate::subjects::media_sent_subject(media_id)?)
 }
 
 /// Records an upload; an id is recorded once (a second record is refused
@@ -41,9 +40,9 @@ pub async fn record_upload(
     let ack = js
         .send_publish(uploaded_subject(id)?, publish)
         .await
-        .map_err(StreamsError::unavailable)?
+        .or_unavailable("media trail")?
         .await
-        .map_err(StreamsError::unavailable)?;
+        .or_unavailable("media trail")?;
     Ok(ack.sequence)
 }
 
@@ -56,7 +55,7 @@ pub async fn uploaded(
     let stream = js
         .get_stream(crate::definitions::MEDIA_STREAM)
         .await
-        .map_err(StreamsError::unavailable)?;
+        .or_unavailable("media trail")?;
     match stream.direct_get_last_for_subject(subject).await {
         Ok(msg) => Ok(Some(im_schema::decode(&msg.payload).map_err(|e| {
             StreamsError::Corrupt {
@@ -65,7 +64,7 @@ pub async fn uploaded(
             }
         })?)),
         Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StreamsError::unavailable(e)),
+        Err(e) => Err(StreamsError::unavailable("media trail", e)),
     }
 }
 
@@ -78,9 +77,9 @@ pub async fn record_sent(
         im_schema::encode(sent).into(),
     )
     .await
-    .map_err(StreamsError::unavailable)?
+    .or_unavailable("media trail")?
     .await
-    .map_err(StreamsError::unavailable)?;
+    .or_unavailable("media trail")?;
     Ok(())
 }
 
@@ -93,33 +92,30 @@ pub async fn sent_conversations(
     let stream = js
         .get_stream(crate::definitions::MEDIA_STREAM)
         .await
-        .map_err(StreamsError::unavailable)?;
+        .or_unavailable("media trail")?;
     let mut consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subject: sent_subject(media_id)?,
             ..Default::default()
         })
         .await
-        .map_err(StreamsError::unavailable)?;
+        .or_unavailable("media trail")?;
     let mut pending = consumer
         .info()
         .await
-        .map_err(StreamsError::unavailable)?
+        .or_unavailable("media trail")?
         .num_pending;
     let mut convs = Vec::new();
     if pending == 0 {
         return Ok(convs);
     }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(StreamsError::unavailable)?;
+    let mut messages = consumer.messages().await.or_unavailable("media trail")?;
     while pending > 0 && convs.len() < MEDIA_SENT_SCAN_MAX {
         let Some(msg) = messages.next().await else {
             break;
         };
-        let msg = msg.map_err(StreamsError::unavailable)?;
-        pending = msg.info().map_err(StreamsError::unavailable)?.pending;
+        let msg = msg.or_unavailable("media trail")?;
+        pending = msg.info().or_unavailable("media trail")?.pending;
         if let Ok(sent) = im_schema::decode::<v1::MediaSent>(&msg.payload) {
             if !convs.contains(&sent.conversation_id) {
                 convs.push(sent.conversation_id);

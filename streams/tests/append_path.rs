@@ -215,7 +215,7 @@ async fn invariant_4_a_retried_send_is_stored_once_with_the_original_ids() {
     app.drop_next_ack();
     let err = app.execute("g1", &lost, "").await.unwrap_err();
     assert!(
-        matches!(err, im_streams::StreamsError::Unavailable(_)),
+        matches!(err, im_streams::StreamsError::Unavailable { .. }),
         "{err}"
     );
     let retried = app.execute("g1", &lost, "").await.unwrap();

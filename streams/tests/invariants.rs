@@ -348,7 +348,7 @@ async fn send_until(
                     break;
                 }
                 Ok(AppendOutcome::Rejected(r)) => panic!("{r}"),
-                Err(StreamsError::Unavailable(_) | StreamsError::Conflict { .. }) => {
+                Err(StreamsError::Unavailable { .. } | StreamsError::Conflict { .. }) => {
                     assert!(Instant::now() < give_up, "{id} never acked");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

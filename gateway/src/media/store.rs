@@ -17,13 +17,13 @@ use tokio::io::AsyncReadExt;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("object storage: {0}")]
-    Backend(String),
+    Backend(#[source] im_streams::error::BoxError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl Into<im_streams::error::BoxError>) -> StoreError {
+    StoreError::Backend(e.into())
 }
 
 /// Chunks read at a time from a local file.

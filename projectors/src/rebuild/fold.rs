@@ -24,7 +24,7 @@ pub(super) async fn commit_blocking(
 ) -> Result<(), RunError> {
     tokio::task::spawn_blocking(move || commit_at(ks.as_ref(), writes, at))
         .await
-        .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))?
+        .map_err(|e| RunError::Task(e.into()))?
         .map_err(RunError::Store)
 }
 
@@ -111,7 +111,7 @@ pub(super) async fn fold_round(
         .collect();
     let done = tokio::task::spawn_blocking(move || fold_round_blocking(source, &batch, &work))
         .await
-        .map_err(|e| RunError::Store(StoreError::Engine(e.to_string())))?
+        .map_err(|e| RunError::Task(e.into()))?
         .map_err(RunError::Store)?;
     let mut folded = Vec::with_capacity(gens.len());
     for (g, (at, n)) in gens.iter_mut().zip(done) {

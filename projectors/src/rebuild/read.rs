@@ -66,7 +66,7 @@ impl Reader {
                 let messages = self
                     .messages
                     .as_mut()
-                    .ok_or_else(|| RunError::JetStream("reader closed".into()))?;
+                    .ok_or_else(|| js_err("reader closed"))?;
                 let msg = tokio::time::timeout(READ_STALL_MAX, messages.next())
                     .await
                     .map_err(|_| js_err("the stream read stalled"))?

@@ -140,7 +140,7 @@ impl Appender {
                 }))
             }
             Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => Ok(None),
-            Err(e) => Err(StreamsError::unavailable(e)),
+            Err(e) => Err(StreamsError::unavailable("reading the tail", e)),
         }
     }
 
@@ -155,7 +155,7 @@ impl Appender {
         {
             Ok(msg) => Ok(msg.sequence),
             Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => Ok(0),
-            Err(e) => Err(StreamsError::unavailable(e)),
+            Err(e) => Err(StreamsError::unavailable("reading the tail", e)),
         }
     }
 

@@ -97,8 +97,9 @@ impl Appender {
                         .drop_next_ack
                         .swap(false, std::sync::atomic::Ordering::SeqCst)
                     {
-                        return Err(StreamsError::Unavailable(
-                            "publish ack lost (injected fault)".into(),
+                        return Err(StreamsError::unavailable(
+                            "publishing",
+                            "publish ack lost (injected fault)",
                         ));
                     }
                     state.extend(sealed, ack.sequence);
@@ -120,7 +121,7 @@ impl Appender {
                         actual: conflict_actual_seq(&e),
                     });
                 }
-                Err(e) => return Err(StreamsError::unavailable(e)),
+                Err(e) => return Err(StreamsError::unavailable("publishing", e)),
             }
         }
         unreachable!("decide returns at least one event")

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::codec::decode_conv;
 use crate::conversation::Command;
 use crate::dedupe_index;
-use crate::error::StreamsError;
+use crate::error::{OrUnavailable, StreamsError};
 use crate::seen::{Known, SeenCommands};
 
 use super::{rejected_id, AppendOutcome, Appender};
@@ -90,7 +90,7 @@ impl Appender {
             .conv_stream
             .get_raw_message(stream_seq)
             .await
-            .map_err(StreamsError::unavailable)?;
+            .or_unavailable("checking for a duplicate")?;
         if msg.subject.as_str() != subject {
             // The same client_msg_id was used for another conversation.
             return Ok(AppendOutcome::Rejected(rejected_id(

@@ -24,7 +24,7 @@ use crate::chain::{check_link, LinkError};
 use crate::codec::StoredEvent;
 use crate::conversation::{apply, decide, Command, ConvState, Rejection};
 use crate::definitions::CONV_STREAM;
-use crate::error::StreamsError;
+use crate::error::{OrUnavailable, StreamsError};
 use crate::ids::{validate_id, IdKind};
 use crate::seal::seal;
 use crate::seen::Known;
@@ -246,12 +246,12 @@ impl Appender {
         let conv_stream = js
             .get_stream_no_info(CONV_STREAM)
             .await
-            .map_err(StreamsError::unavailable)?;
+            .or_unavailable("writer subscription")?;
         let writer_id = new_writer_id();
         let requests = client
             .subscribe(forward::writer_subject(&writer_id))
             .await
-            .map_err(StreamsError::unavailable)?;
+            .or_unavailable("writer subscription")?;
         Ok(Arc::new_cyclic(|me: &Weak<Appender>| {
             let serve_task = tokio::spawn(serve_forwarded(me.clone(), client.clone(), requests));
             Appender {
@@ -311,9 +311,7 @@ impl Appender {
 
     /// The conversation's state as of the log's current tail.
     pub async fn current_state(&self, conv_id: &str) -> Result<ConvState, StreamsError> {
-        validate_id(IdKind::Conversation, conv_id)
-            .map_err(|e| StreamsError::Config(e.to_string()))?;
-        let subject = self.topology.conv_subject(conv_id).expect("validated");
+        let subject = self.topology.conv_subject(conv_id)?;
         let entry = self.entry(conv_id);
         let mut cached = self.hold(&entry, conv_id).await;
         self.refresh(&subject, &mut cached, None).await?;
@@ -324,10 +322,7 @@ impl Appender {
     /// The stream sequence of the conversation's latest event in the log (0
     /// when it has none), read from the stream's leader.
     pub async fn log_position(&self, conv_id: &str) -> Result<u64, StreamsError> {
-        let subject = self
-            .topology
-            .conv_subject(conv_id)
-            .map_err(|e| StreamsError::Config(e.to_string()))?;
+        let subject = self.topology.conv_subject(conv_id)?;
         self.last_seq_of(&subject).await
     }
 

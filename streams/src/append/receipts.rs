@@ -6,7 +6,7 @@ use im_schema::v1;
 
 use crate::codec::{HDR_SCHEMA_VERSION, HDR_TRACE_ID};
 use crate::conversation::check_receipt;
-use crate::error::StreamsError;
+use crate::error::{OrUnavailable, StreamsError};
 use crate::ids::{validate_id, IdKind};
 
 use super::{rejected_id, Appender, ReceiptKind, ReceiptOutcome};
@@ -78,9 +78,9 @@ impl Appender {
             .js
             .send_publish(subject, publish)
             .await
-            .map_err(StreamsError::unavailable)?
+            .or_unavailable("appending a receipt")?
             .await
-            .map_err(StreamsError::unavailable)?;
+            .or_unavailable("appending a receipt")?;
         Ok(ReceiptOutcome::Stored {
             stream_seq: ack.sequence,
             duplicate: ack.duplicate,
