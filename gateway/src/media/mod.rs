@@ -3,7 +3,6 @@
 //! the uploader and the members of conversations the media was sent into,
 //! per-user daily quotas, and the IM_MEDIA trail (`im_streams::media`).
 
-pub mod http;
 pub mod store;
 
 use std::path::{Path, PathBuf};

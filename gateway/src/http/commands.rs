@@ -13,8 +13,8 @@ use im_schema::v1;
 use im_streams::{conversation::Rejection, Action, AppendOutcome, Command, Role};
 use serde::Deserialize;
 
+use super::{ApiError, AuthUser};
 use crate::error::streams_code;
-use crate::http::{ApiError, AuthUser};
 use crate::AppState;
 
 /// The HTTP status of a rule's refusal.

@@ -22,8 +22,8 @@ use im_schema::v1;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use super::{check_sniffed, declared_mime, Digesting, Media};
-use crate::http::{ApiError, AuthUser, ProtoJson};
+use super::{ApiError, AuthUser, ProtoJson};
+use crate::media::{self as media_mod, check_sniffed, declared_mime, Digesting, Media};
 use crate::AppState;
 
 fn media(state: &AppState) -> Result<Arc<Media>, ApiError> {
@@ -151,7 +151,7 @@ pub async fn upload(
         .charge(&user, digest.size, limits.media_quota_bytes_per_day)
         .await?;
     let size = digest.size;
-    let id = super::new_media_id();
+    let id = media_mod::new_media_id();
     let checked = Checked {
         media_id: id,
         mime,
@@ -193,9 +193,9 @@ pub async fn sts(
             ),
         ));
     }
-    let id = super::new_media_id();
+    let id = media_mod::new_media_id();
     let ttl = Duration::from_secs(limits.media_url_ttl_secs);
-    let expires_ms = super::now_ms() + ttl.as_millis() as i64;
+    let expires_ms = media_mod::now_ms() + ttl.as_millis() as i64;
     let url = match media.store.presign_put(&id, ttl).await.map_err(internal)? {
         Some(url) => url,
         None => format!("/v1/media/{id}/content"),
@@ -225,7 +225,7 @@ async fn pending_for(media: &Media, user: &str, id: &str) -> Result<v1::PendingU
     im_streams::ids::validate_id(im_streams::ids::IdKind::ClientMsg, id)
         .map_err(|e| ApiError(v1::ErrorCode::BadRequest, e.to_string()))?;
     match media.take_pending(id).await? {
-        Some(p) if p.uploader == user && p.expires_ms > super::now_ms() => Ok(p),
+        Some(p) if p.uploader == user && p.expires_ms > media_mod::now_ms() => Ok(p),
         _ => Err(ApiError(
             v1::ErrorCode::NotFound,
             "no pending upload with this id for you".into(),
@@ -354,7 +354,7 @@ pub async fn download(
         .may_read((&state.client, state.appender.topology()), &user, &id)
         .await?;
     let (key, mime) = if p.thumbnail {
-        (super::thumbnail_key(&id), "image/png".to_string())
+        (media_mod::thumbnail_key(&id), "image/png".to_string())
     } else {
         (id.clone(), up.media.unwrap_or_default().mime)
     };
@@ -362,7 +362,7 @@ pub async fn download(
     if let Some(url) = media.store.presign_get(&key, ttl).await.map_err(internal)? {
         return Ok(axum::Json(serde_json::json!({
             "url": url,
-            "expiresAtMs": super::now_ms() + ttl.as_millis() as i64,
+            "expiresAtMs": media_mod::now_ms() + ttl.as_millis() as i64,
         }))
         .into_response());
     }

@@ -1,0 +1,51 @@
+//! What every request and connection shares. Built once at start; the
+//! handlers (`http/`, `ws/`, `cmd/`) read it, it imports none of them.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use crate::{auth, dispatch, media, readiness, GatewayConfig, GatewayError};
+
+pub struct AppState {
+    pub config: GatewayConfig,
+    pub client: async_nats::Client,
+    pub appender: Arc<im_streams::Appender>,
+    pub verifier: auth::Verifier,
+    pub dispatcher: Arc<dispatch::Dispatcher>,
+    pub connections: AtomicUsize,
+    pub media: Option<Arc<media::Media>>,
+    pub readiness: Arc<readiness::Readiness>,
+}
+
+impl AppState {
+    pub async fn new(
+        config: GatewayConfig,
+        client: async_nats::Client,
+    ) -> Result<Arc<Self>, GatewayError> {
+        config.validate().map_err(GatewayError::Config)?;
+        let js = async_nats::jetstream::new(client.clone());
+        let topology = im_streams::definitions::read_topology(&js).await?;
+        let appender = im_streams::Appender::new(client.clone(), topology).await?;
+        let verifier = auth::Verifier::new(
+            config.hs256_secret.as_deref(),
+            config.rs256_public_pem.as_deref(),
+        )?;
+        let media = match &config.media {
+            Some(backend) => Some(Arc::new(media::Media::open(backend, &client).await?)),
+            None => None,
+        };
+        let dispatcher = dispatch::Dispatcher::start(&config.nats_url)?;
+        let readiness = Arc::new(readiness::Readiness::default());
+        tokio::spawn(readiness::listen(client.clone(), readiness.clone()));
+        Ok(Arc::new(AppState {
+            readiness,
+            media,
+            dispatcher,
+            config,
+            client,
+            appender,
+            verifier,
+            connections: AtomicUsize::new(0),
+        }))
+    }
+}
