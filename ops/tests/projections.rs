@@ -25,37 +25,10 @@ fn verify_all(url: &str) -> (bool, String) {
 /// A real server with the streams, a projector instance "main" and a
 /// writer; `sends` messages between ann and ben. Returns the stack and the
 /// last stream seq.
-async fn stack(
-    sends: usize,
-) -> (
-    im_testkit::NatsServer,
-    im_projectors::Projector,
-    tempfile::TempDir,
-    String,
-    u64,
-) {
-    let server = im_testkit::NatsServer::start().await.unwrap();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let topo = im_streams::apply_streams(&js, &Default::default())
-        .await
-        .unwrap()
-        .topology;
-    let dir = tempfile::tempdir().unwrap();
-    let projector = im_projectors::Projector::start(
-        client.clone(),
-        im_projectors::ProjectorConfig {
-            instance: "main".into(),
-            partitions: None,
-            data_dir: dir.path().to_path_buf(),
-            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-            fanout: true,
-            store_faults: None,
-        },
-    )
-    .await
-    .unwrap();
-    let app = Appender::new(client, topo).await.unwrap();
+async fn stack(sends: usize) -> (im_testkit::Stack, im_projectors::Projector, String, u64) {
+    let mut kit = im_testkit::Stack::start().await;
+    let projector = kit.main_projector().await;
+    let app = kit.appender().await;
     let conv = im_streams::subjects::direct_conversation_id("ann", "ben").unwrap();
     let mut last = 0;
     for i in 0..sends {
@@ -79,12 +52,13 @@ async fn stack(
             last = stream_seq;
         }
     }
-    (server, projector, dir, conv, last)
+    (kit, projector, conv, last)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_every_projection_caught_up_with_its_digest() {
-    let (server, _projector, _dir, _conv, _) = stack(10).await;
+    let (kit, _projector, _conv, _) = stack(10).await;
+    let server = &kit.server;
     let url = server.url();
     let deadline = Instant::now() + Duration::from_secs(30);
     let rows = loop {
@@ -151,7 +125,8 @@ async fn status_shows_every_projection_caught_up_with_its_digest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
-    let (server, projector, _dir, conv, last) = stack(20).await;
+    let (kit, projector, conv, last) = stack(20).await;
+    let server = &kit.server;
     let url = server.url();
     let deadline = Instant::now() + Duration::from_secs(30);
     while projector
@@ -363,7 +338,8 @@ fn generations(projector: &im_projectors::Projector) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rebuild_all_under_load_never_answers_older_state_and_matches_verify() {
-    let (server, projector, _dir, conv, _) = stack(2_000).await;
+    let (kit, projector, conv, _) = stack(2_000).await;
+    let server = &kit.server;
     let url = server.url();
     let client = async_nats::connect(&url).await.unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -416,7 +392,8 @@ async fn rebuild_all_under_load_never_answers_older_state_and_matches_verify() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_interrupted_rebuild_leaves_the_serving_keyspaces_alone() {
     use std::io::BufRead;
-    let (server, projector, _dir, _conv, _) = stack(3_000).await;
+    let (kit, projector, _conv, _) = stack(3_000).await;
+    let server = &kit.server;
     let url = server.url();
     let mut child = Command::new(env!("CARGO_BIN_EXE_imctl"))
         .args([
@@ -473,7 +450,8 @@ async fn an_interrupted_rebuild_leaves_the_serving_keyspaces_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_rewrites_one_conversation_from_its_subject() {
     use im_projectors::keys::{key, seq};
-    let (server, projector, _dir, conv, last) = stack(20).await;
+    let (kit, projector, conv, last) = stack(20).await;
+    let server = &kit.server;
     let url = server.url();
     let client = async_nats::connect(&url).await.unwrap();
     // Caught up, then two entries go bad behind the projector's back: one

@@ -8,39 +8,21 @@ use std::time::{Duration, Instant};
 
 use common::imctl;
 
-/// A real server with the streams and a projector instance "main".
-async fn stack() -> (
-    im_testkit::NatsServer,
-    im_projectors::Projector,
-    tempfile::TempDir,
-) {
-    let server = im_testkit::NatsServer::start().await.unwrap();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    im_streams::apply_streams(&js, &Default::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let projector = im_projectors::Projector::start(
-        client,
-        im_projectors::ProjectorConfig {
-            instance: "main".into(),
-            partitions: None,
-            data_dir: dir.path().to_path_buf(),
-            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-            fanout: false,
-            store_faults: None,
-        },
-    )
-    .await
-    .unwrap();
-    (server, projector, dir)
+/// A real server with the streams and a projector instance "main" that
+/// publishes no deliveries.
+async fn stack() -> (im_testkit::Stack, im_projectors::Projector) {
+    let mut kit = im_testkit::Stack::start().await;
+    let mut config = kit.projector_config("main");
+    config.fanout = false;
+    let projector = kit.projector(config).await;
+    (kit, projector)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_answers_from_counters_on_a_200k_event_store() {
     const EVENTS: u64 = 200_000;
-    let (server, _projector, _dir) = stack().await;
+    let (kit, _projector) = stack().await;
+    let server = &kit.server;
     let url = server.url();
     let client = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(client);

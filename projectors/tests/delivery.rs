@@ -143,7 +143,7 @@ async fn poison_events_are_dead_lettered_and_later_events_applied() {
     let js = async_nats::jetstream::new(s.client.clone());
     // Around the append path: bytes that are not an event, and an event from
     // a newer schema.
-    let garbage_subject = s.topo.conv_subject("junk").unwrap();
+    let garbage_subject = s.topology.conv_subject("junk").unwrap();
     js.publish(garbage_subject, "not protobuf \u{1}\u{2}".into())
         .await
         .unwrap()
@@ -158,7 +158,7 @@ async fn poison_events_are_dead_lettered_and_later_events_applied() {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(im_streams::codec::HDR_CONV_SEQ, "1");
     js.publish_with_headers(
-        s.topo.conv_subject("future").unwrap(),
+        s.topology.conv_subject("future").unwrap(),
         headers,
         im_schema::encode(&newer).into(),
     )
@@ -201,7 +201,7 @@ async fn forge(s: &Stack, conv: &str, ev: &v1::ConvEvent) -> u64 {
     let js = async_nats::jetstream::new(s.client.clone());
     let headers = im_streams::codec::conv_headers(ev, "forged", "forger");
     js.publish_with_headers(
-        s.topo.conv_subject(conv).unwrap(),
+        s.topology.conv_subject(conv).unwrap(),
         headers,
         im_schema::encode(ev).into(),
     )
@@ -225,7 +225,7 @@ async fn events_that_do_not_extend_the_log_are_dead_lettered_never_shown_or_deli
     let log = im_streams::log::read_conv_events(
         &s.client,
         "IM_CONV",
-        &s.topo.conv_subject("g1").unwrap(),
+        &s.topology.conv_subject("g1").unwrap(),
         1,
         10,
     )

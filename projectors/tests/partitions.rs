@@ -13,7 +13,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_splitting_partitions_equal_one_instance() {
     let mut s = Stack::start().await;
-    let p = s.topo.partitions;
+    let p = s.topology.partitions;
     let left: Vec<u32> = (0..p / 2).collect();
     let right: Vec<u32> = (p / 2..p).collect();
     let _all = s.projector("all", None).await;
@@ -38,11 +38,11 @@ async fn two_instances_splitting_partitions_equal_one_instance() {
                 ],
             )
             .await;
-        conv_last.insert(s.topo.partition_of(c), seq);
+        conv_last.insert(s.topology.partition_of(c), seq);
     }
     for i in 0..300 {
         let c = &convs[rng.random_range(0..convs.len())];
-        let part = s.topo.partition_of(c);
+        let part = s.topology.partition_of(c);
         let who = users[rng.random_range(0..users.len())];
         let (seq, conv_seq) = s.send(c, who, &format!("m{i}")).await;
         conv_last.insert(part, seq);

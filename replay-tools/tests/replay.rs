@@ -86,29 +86,12 @@ async fn forge(client: &async_nats::Client, ev: &v1::ConvEvent) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_auditor_tools_on_a_real_history() {
-    let server = im_testkit::NatsServer::start().await.unwrap();
-    let url = server.url();
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let topo = im_streams::apply_streams(&js, &Default::default())
-        .await
-        .unwrap()
-        .topology;
-    let dir = tempfile::tempdir().unwrap();
-    let projector = im_projectors::Projector::start(
-        client.clone(),
-        im_projectors::ProjectorConfig {
-            instance: "audit".into(),
-            partitions: None,
-            data_dir: dir.path().to_path_buf(),
-            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-            fanout: false,
-            store_faults: None,
-        },
-    )
-    .await
-    .unwrap();
-    let app = Appender::new(client.clone(), topo).await.unwrap();
+    let mut stack = im_testkit::Stack::start().await;
+    let (url, client, topo) = (stack.url(), stack.client.clone(), stack.topology);
+    let mut config = stack.projector_config("audit");
+    config.fanout = false;
+    let projector = stack.projector(config).await;
+    let app = stack.appender().await;
 
     // Phase A: a group, a direct conversation, messages, an edit, receipts.
     let create = Action::CreateGroup {
@@ -510,29 +493,12 @@ async fn the_auditor_tools_on_a_real_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_counts_members_as_the_live_projection_after_removals_leaves_and_blacklists() {
-    let server = im_testkit::NatsServer::start().await.unwrap();
-    let url = server.url();
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let topo = im_streams::apply_streams(&js, &Default::default())
-        .await
-        .unwrap()
-        .topology;
-    let dir = tempfile::tempdir().unwrap();
-    let _projector = im_projectors::Projector::start(
-        client.clone(),
-        im_projectors::ProjectorConfig {
-            instance: "audit".into(),
-            partitions: None,
-            data_dir: dir.path().to_path_buf(),
-            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-            fanout: false,
-            store_faults: None,
-        },
-    )
-    .await
-    .unwrap();
-    let app = Appender::new(client.clone(), topo).await.unwrap();
+    let mut stack = im_testkit::Stack::start().await;
+    let (url, client, topo) = (stack.url(), stack.client.clone(), stack.topology);
+    let mut config = stack.projector_config("audit");
+    config.fanout = false;
+    let _projector = stack.projector(config).await;
+    let app = stack.appender().await;
     let members = ["amy", "bo", "cy", "dee", "eve"]
         .map(|u| (u.to_string(), Role::Member))
         .to_vec();

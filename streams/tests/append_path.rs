@@ -11,7 +11,7 @@ use im_streams::{
     subjects::direct_conversation_id,
     Action, AppendOutcome, MessageBody, ReceiptKind, ReceiptOutcome, Role,
 };
-use im_testkit::NatsServer;
+use im_testkit::{NatsServer, Stack};
 
 #[tokio::test]
 async fn streams_apply_idempotently_and_record_partitions() {
@@ -80,8 +80,9 @@ async fn streams_apply_idempotently_and_record_partitions() {
 
 #[tokio::test]
 async fn events_carry_conv_seq_type_schema_and_trace_headers_and_chain() {
-    let server = NatsServer::start().await.unwrap();
-    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
+    let js = stack.js.clone();
     let app = appender(&server.url(), topo).await;
     create_group(&app, "g1", &[("alice", Role::Member)]).await;
     let out = app
@@ -126,8 +127,9 @@ async fn events_carry_conv_seq_type_schema_and_trace_headers_and_chain() {
 
 #[tokio::test]
 async fn first_direct_send_creates_the_conversation_once() {
-    let server = NatsServer::start().await.unwrap();
-    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
+    let js = stack.js.clone();
     let app = appender(&server.url(), topo).await;
     let other = appender(&server.url(), topo).await;
     let conv = direct_conversation_id("alice", "bob").unwrap();
@@ -162,8 +164,9 @@ async fn first_direct_send_creates_the_conversation_once() {
 
 #[tokio::test]
 async fn invariant_4_a_retried_send_is_stored_once_with_the_original_ids() {
-    let server = NatsServer::start().await.unwrap();
-    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
+    let js = stack.js.clone();
     let app = appender(&server.url(), topo).await;
     create_group(
         &app,
@@ -263,8 +266,9 @@ async fn invariant_4_a_retried_send_is_stored_once_with_the_original_ids() {
 
 #[tokio::test]
 async fn bad_input_is_refused_with_a_reason_and_appends_nothing() {
-    let server = NatsServer::start().await.unwrap();
-    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
+    let js = stack.js.clone();
     let app = appender(&server.url(), topo).await;
     create_group(
         &app,
@@ -387,8 +391,9 @@ async fn bad_input_is_refused_with_a_reason_and_appends_nothing() {
 
 #[tokio::test]
 async fn receipts_are_appended_without_cas_and_deduplicated() {
-    let server = NatsServer::start().await.unwrap();
-    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
+    let js = stack.js.clone();
     let app = appender(&server.url(), topo).await;
     create_group(&app, "g1", &[("bob", Role::Member)]).await;
     app.execute("g1", &cmd("owner", "m1", text("hi")), "")
@@ -471,8 +476,9 @@ async fn receipts_are_appended_without_cas_and_deduplicated() {
 #[tokio::test]
 async fn server_checks_expected_sequence_before_dedupe() {
     use async_nats::jetstream::{context::PublishErrorKind, message::PublishMessage};
-    let server = NatsServer::start().await.unwrap();
-    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let topo = stack.topology;
+    let js = stack.js.clone();
     let subject = topo.conv_subject("raw").unwrap();
     let publish = |expected: u64, id: &str| {
         PublishMessage::build()
@@ -521,8 +527,9 @@ async fn server_checks_expected_sequence_before_dedupe() {
 
 #[tokio::test]
 async fn a_writer_out_of_retries_reports_the_conflict_it_lost() {
-    let server = NatsServer::start().await.unwrap();
-    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
+    let js = stack.js.clone();
     let fresh = appender(&server.url(), topo).await;
     let options = im_streams::AppenderOptions {
         no_forwarding: true,
@@ -607,8 +614,9 @@ async fn an_incompatible_existing_stream_is_refused_not_changed() {
 /// recorded; a stored one leaves a `MediaSent` record.
 #[tokio::test]
 async fn media_in_a_message_must_be_the_senders_recorded_upload() {
-    let server = NatsServer::start().await.unwrap();
-    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
+    let js = stack.js.clone();
     let app = appender(&server.url(), topo).await;
     create_group(&app, "g1", &[("bob", Role::Member)]).await;
     let media = v1::MediaRef {
@@ -702,8 +710,9 @@ async fn media_in_a_message_must_be_the_senders_recorded_upload() {
 async fn the_writer_cache_stays_under_its_byte_bound() {
     const BOUND: usize = 512 * 1024;
     const GROUPS: usize = 40;
-    let server = NatsServer::start().await.unwrap();
-    let (_js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
+    let _js = stack.js.clone();
     let client = async_nats::connect(server.url()).await.unwrap();
     let options = im_streams::AppenderOptions {
         cache_bytes_max: Some(BOUND),
@@ -746,8 +755,9 @@ async fn a_working_set_of_conversations_stays_cached_under_the_default_bound() {
     // log on its next command: the default bound must hold a realistic
     // working set (here 300 conversations with full recent indexes).
     const CONVERSATIONS: usize = 300;
-    let server = NatsServer::start().await.unwrap();
-    let (_js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
+    let _js = stack.js.clone();
     let app = appender(&server.url(), topo).await;
     for c in 0..CONVERSATIONS {
         create_group(&app, &format!("w{c}"), &[("alice", Role::Member)]).await;

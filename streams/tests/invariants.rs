@@ -16,7 +16,7 @@ use im_streams::{
     definitions::StreamSettings,
     Action, AppendOutcome, Appender, Role, StreamsError, Topology,
 };
-use im_testkit::{NatsCluster, NatsServer};
+use im_testkit::{NatsCluster, Stack};
 
 const TASKS: usize = 32;
 const SENDS_PER_TASK: usize = 100;
@@ -134,8 +134,8 @@ async fn hammer_one_conversation(url_a: &str, url_b: &str, topo: Topology, pause
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invariant_2_gapless_conv_seq_under_two_writers_single_server() {
-    let server = NatsServer::start().await.unwrap();
-    let (_, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
     hammer_one_conversation(&server.url(), &server.url(), topo, CLIENT_PAUSE_MAX_US).await;
 }
 
@@ -143,8 +143,8 @@ async fn invariant_2_gapless_conv_seq_under_two_writers_single_server() {
 /// forwarding the writer that wins first starves the other until it is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invariant_2_gapless_and_fair_with_saturating_writers() {
-    let server = NatsServer::start().await.unwrap();
-    let (_, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
     hammer_one_conversation(&server.url(), &server.url(), topo, 0).await;
 }
 
@@ -192,8 +192,9 @@ fn check_senders_were_allowed(conv: &str, events: &[StoredEvent]) {
 async fn invariant_3_no_message_from_a_removed_member_after_removal() {
     const ROUNDS: usize = 200;
     const SENDS_PER_ROUND: usize = 3;
-    let server = NatsServer::start().await.unwrap();
-    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
+    let js = stack.js.clone();
     let admin_side = appender(&server.url(), topo).await;
     let member_side = appender(&server.url(), topo).await;
     let (mut removed_first, mut sent_before) = (0, 0);
@@ -265,8 +266,9 @@ async fn invariant_3_no_message_from_a_removed_member_after_removal() {
 
 #[tokio::test]
 async fn invariant_4_retry_past_the_recent_index_is_answered_from_the_log_without_a_projector() {
-    let server = NatsServer::start().await.unwrap();
-    let (js, topo) = setup(&server.url(), &StreamSettings::default()).await;
+    let stack = Stack::start_with(&StreamSettings::default()).await;
+    let (server, topo) = (&stack.server, stack.topology);
+    let js = stack.js.clone();
     let app = appender(&server.url(), topo).await;
     create_group(
         &app,
@@ -363,9 +365,9 @@ async fn send_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_pub_acked_event_survives_a_sigkill_in_order() {
     const WRITERS: usize = 8;
-    let mut server = NatsServer::start().await.unwrap();
-    let url = server.url();
-    let (js, topo) = setup(&url, &StreamSettings::default()).await;
+    let mut stack = Stack::start().await;
+    let url = stack.url();
+    let (js, topo) = (stack.js.clone(), stack.topology);
     let a = appender(&url, topo).await;
     let b = appender(&url, topo).await;
     let members: Vec<(String, Role)> = (0..WRITERS)
@@ -382,9 +384,9 @@ async fn every_pub_acked_event_survives_a_sigkill_in_order() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    server.kill();
+    stack.server.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    server.restart().await.unwrap();
+    stack.server.restart().await.unwrap();
 
     let mut acked = BTreeMap::new();
     for w in writers {

@@ -14,7 +14,9 @@ use std::{
 };
 
 pub mod s3;
+pub mod stack;
 pub use s3::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+pub use stack::Stack;
 
 const VERSIONS_ENV: &str = include_str!("../../tools/versions.env");
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use im_gateway::{AppState, GatewayConfig, Limits};
 use im_schema::v1::{self, envelope::Payload};
-use im_testkit::NatsServer;
 use prost::Message as _;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
 
@@ -15,13 +14,26 @@ pub const SECRET: &str = "test-secret-that-is-long-enough-32b";
 pub const RS256_PRIVATE: &str = include_str!("../keys/rs256-test-private.pem");
 pub const RS256_PUBLIC: &str = include_str!("../keys/rs256-test-public.pem");
 
+/// The testkit's stack (server, streams, projector `main`) with gateways
+/// in-process.
 pub struct Stack {
-    pub server: NatsServer,
-    pub client: async_nats::Client,
+    pub kit: im_testkit::Stack,
     pub _projector: im_projectors::Projector,
     pub gateways: Vec<std::net::SocketAddr>,
     pub states: Vec<std::sync::Arc<AppState>>,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = im_testkit::Stack;
+    fn deref(&self) -> &im_testkit::Stack {
+        &self.kit
+    }
+}
+
+impl std::ops::DerefMut for Stack {
+    fn deref_mut(&mut self) -> &mut im_testkit::Stack {
+        &mut self.kit
+    }
 }
 
 impl Stack {
@@ -31,31 +43,13 @@ impl Stack {
 
     /// A stack whose streams have `settings` (a short duplicate window).
     pub async fn start_with(limits: Limits, settings: &im_streams::StreamSettings) -> Stack {
-        let server = NatsServer::start().await.unwrap();
-        let client = async_nats::connect(server.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client.clone());
-        im_streams::apply_streams(&js, settings).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let projector = im_projectors::Projector::start(
-            client.clone(),
-            im_projectors::ProjectorConfig {
-                instance: "main".into(),
-                partitions: None,
-                data_dir: dir.path().to_path_buf(),
-                fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-                fanout: true,
-                store_faults: None,
-            },
-        )
-        .await
-        .unwrap();
+        let mut kit = im_testkit::Stack::start_with(settings).await;
+        let projector = kit.main_projector().await;
         let mut stack = Stack {
-            server,
-            client,
+            kit,
             _projector: projector,
             gateways: Vec::new(),
             states: Vec::new(),
-            _dir: dir,
         };
         stack.add_gateway(limits).await;
         stack
@@ -92,17 +86,14 @@ impl Stack {
 
     /// Every event of `conv` in the log, read from IM_CONV itself.
     pub async fn log_of(&self, conv: &str) -> Vec<im_streams::codec::StoredEvent> {
-        let js = async_nats::jetstream::new(self.client.clone());
-        let topo = im_streams::definitions::read_topology(&js).await.unwrap();
-        let subject = topo.conv_subject(conv).unwrap();
+        let subject = self.topology.conv_subject(conv).unwrap();
         im_streams::log::read_conv_events(&self.client, "IM_CONV", &subject, 1, usize::MAX)
             .await
             .unwrap()
     }
 
     pub async fn conv_messages(&self) -> u64 {
-        let js = async_nats::jetstream::new(self.client.clone());
-        im_testkit::stream_messages(&js, "IM_CONV").await
+        im_testkit::stream_messages(&self.js, "IM_CONV").await
     }
 }
 
@@ -362,11 +353,7 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str, bearer: &str) -> (
 
 /// A writer of the tests' own, for setup the HTTP API does not cover yet.
 pub async fn appender(stack: &Stack) -> std::sync::Arc<im_streams::Appender> {
-    let js = async_nats::jetstream::new(stack.client.clone());
-    let topo = im_streams::definitions::read_topology(&js).await.unwrap();
-    im_streams::Appender::new(stack.client.clone(), topo)
-        .await
-        .unwrap()
+    stack.kit.appender().await
 }
 
 /// `POST path` with a JSON body over plain HTTP/1.1; returns (status, body).

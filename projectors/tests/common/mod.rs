@@ -6,55 +6,43 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use im_projectors::{Projector, ProjectorConfig};
+use im_projectors::Projector;
 use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 use im_streams::{
-    definitions::StreamSettings, Action, AppendOutcome, Appender, Command, MessageBody,
-    ReceiptKind, ReceiptOutcome, Role, Topology,
+    Action, AppendOutcome, Appender, Command, MessageBody, ReceiptKind, ReceiptOutcome, Role,
 };
-use im_testkit::NatsServer;
 
+/// The testkit's stack, with a writer and the commands these tests run.
 pub struct Stack {
-    pub server: NatsServer,
-    pub client: async_nats::Client,
-    pub topo: Topology,
+    pub kit: im_testkit::Stack,
     pub app: Arc<Appender>,
-    pub dirs: Vec<tempfile::TempDir>,
     next_id: std::sync::atomic::AtomicU64,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = im_testkit::Stack;
+    fn deref(&self) -> &im_testkit::Stack {
+        &self.kit
+    }
 }
 
 impl Stack {
     pub async fn start() -> Stack {
-        let server = NatsServer::start().await.unwrap();
-        let client = async_nats::connect(server.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client.clone());
-        let topo = im_streams::apply_streams(&js, &StreamSettings::default())
+        let kit = im_testkit::Stack::start().await;
+        let app = Appender::new(kit.client.clone(), kit.topology)
             .await
-            .unwrap()
-            .topology;
-        let app = Appender::new(client.clone(), topo).await.unwrap();
+            .unwrap();
         Stack {
-            server,
-            client,
-            topo,
+            kit,
             app,
-            dirs: Vec::new(),
             next_id: Default::default(),
         }
     }
 
     pub async fn projector(&mut self, instance: &str, partitions: Option<Vec<u32>>) -> Projector {
-        let dir = tempfile::tempdir().unwrap();
-        let config = ProjectorConfig {
-            instance: instance.into(),
-            partitions,
-            data_dir: dir.path().to_path_buf(),
-            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-            fanout: true,
-            store_faults: None,
-        };
-        self.dirs.push(dir);
-        Projector::start(self.client.clone(), config).await.unwrap()
+        let mut config = self.kit.projector_config(instance);
+        config.partitions = partitions;
+        self.kit.projector(config).await
     }
 
     fn id(&self) -> String {
@@ -122,7 +110,7 @@ impl Stack {
     }
 
     pub async fn query(&self, conv: &str, pos: (u64, u64), query: Query) -> R {
-        let subject = im_projectors::query::partition_subject(self.topo.partition_of(conv));
+        let subject = im_projectors::query::partition_subject(self.topology.partition_of(conv));
         query_at(&self.client, subject, pos, query).await
     }
 }
