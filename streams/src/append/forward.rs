@@ -13,7 +13,7 @@
 use im_schema::v1::{self, conv_event::Kind, message_sent::Body, write_reply};
 use v1::write_request::Action as W;
 
-use super::AppendOutcome;
+use super::outcome::AppendOutcome;
 use crate::conversation::{invalid, Action, Command, Rejection};
 use crate::mapping::{action_of, kind_of, rejection_from_detail};
 

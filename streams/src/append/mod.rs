@@ -37,7 +37,10 @@ mod dedupe;
 mod forward;
 mod forwarding;
 mod media_check;
+mod outcome;
 mod receipts;
+
+pub use outcome::AppendOutcome;
 
 use cache::Cached;
 use forwarding::serve_forwarded;
@@ -77,26 +80,6 @@ fn fold_stored(state: &mut ConvState, stored: &StoredEvent) -> Result<(), LinkEr
     apply(state, &stored.event);
     state.record_position(stored.stream_seq, stored.hash);
     Ok(())
-}
-
-/// What happened to a command.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AppendOutcome {
-    /// Durably stored (JetStream's PubAck received). Positions are those of
-    /// the command's last event.
-    Stored {
-        conv_id: String,
-        stream_seq: u64,
-        conv_seq: u64,
-    },
-    /// The same (sender, client_msg_id) was stored before; the original ids.
-    Duplicate {
-        conv_id: String,
-        stream_seq: u64,
-        conv_seq: u64,
-    },
-    /// Refused by the rules; nothing was appended.
-    Rejected(Rejection),
 }
 
 /// How publishing a command's events ended.
