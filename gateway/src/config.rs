@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 /// Every environment variable the gateway reads.
-pub const ENV_VARS: [(&str, &str); 11] = [
+pub const ENV_VARS: [(&str, &str); 16] = [
     ("IM_MEDIA_DIR", "keep media on disk in this directory"),
     (
         "IM_S3_ENDPOINT",
@@ -23,6 +23,17 @@ pub const ENV_VARS: [(&str, &str); 11] = [
     (
         "IM_NATS_URL",
         "NATS servers, comma-separated (default nats://127.0.0.1:4222)",
+    ),
+    ("IM_NATS_USER", "NATS user name (with IM_NATS_PASSWORD)"),
+    ("IM_NATS_PASSWORD", "NATS password"),
+    (
+        "IM_NATS_CREDS",
+        "NATS credentials file (user JWT and nkey seed)",
+    ),
+    ("IM_NATS_NKEY", "file holding an NATS nkey seed"),
+    (
+        "IM_NATS_TLS_CA",
+        "CA certificate (PEM) for the NATS servers; TLS is then required",
     ),
     ("IM_JWT_HS256_SECRET", "HS256 secret for bearer tokens"),
     (
@@ -111,6 +122,9 @@ impl Default for Limits {
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub nats_url: String,
+    /// Who the gateway is to NATS (`identities::Component::Gateway`), for
+    /// both its connections.
+    pub nats_auth: im_streams::connect::NatsAuth,
     pub hs256_secret: Option<String>,
     pub rs256_public_pem: Option<String>,
     pub limits: Limits,
@@ -126,6 +140,7 @@ impl GatewayConfig {
         if self.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
             return Err("the HS256 secret must be at least 32 bytes".into());
         }
+        self.nats_auth.identity().map_err(|e| e.to_string())?;
         let l = &self.limits;
         if l.frame_bytes_max < 1024
             || l.outbound_queue_max == 0
@@ -158,6 +173,13 @@ impl GatewayConfig {
                 .parse()
                 .map_err(|e| format!("IM_GATEWAY_LISTEN: {e}"))?,
             nats_url: var("IM_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            nats_auth: im_streams::connect::NatsAuth {
+                user: var("IM_NATS_USER"),
+                password: var("IM_NATS_PASSWORD"),
+                creds: var("IM_NATS_CREDS").map(Into::into),
+                nkey: var("IM_NATS_NKEY").map(Into::into),
+                tls_ca: var("IM_NATS_TLS_CA").map(Into::into),
+            },
             hs256_secret: var("IM_JWT_HS256_SECRET"),
             rs256_public_pem,
             limits,

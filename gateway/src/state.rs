@@ -34,7 +34,7 @@ impl AppState {
             Some(backend) => Some(Arc::new(media::Media::open(backend, &client).await?)),
             None => None,
         };
-        let dispatcher = dispatch::Dispatcher::start(&config.nats_url)?;
+        let dispatcher = dispatch::Dispatcher::start(&config.nats_url, &config.nats_auth)?;
         let readiness = Arc::new(readiness::Readiness::default());
         tokio::spawn(readiness::listen(client.clone(), readiness.clone()));
         Ok(Arc::new(AppState {

@@ -40,7 +40,7 @@ async fn a_client_that_never_reads_is_closed_once_its_queue_is_full() {
     let payload: bytes::Bytes = im_schema::encode(&big).into();
     for _ in 0..FLOOD {
         s.client
-            .publish("im.deliver.slow", payload.clone())
+            .publish("im.deliver.slow.e", payload.clone())
             .await
             .unwrap();
     }
@@ -108,7 +108,7 @@ async fn the_gateway_process_memory_stays_bounded_while_a_client_does_not_read()
     let payload: bytes::Bytes = im_schema::encode(&big).into();
     for _ in 0..FLOOD {
         s.client
-            .publish("im.deliver.slow", payload.clone())
+            .publish("im.deliver.slow.e", payload.clone())
             .await
             .unwrap();
     }

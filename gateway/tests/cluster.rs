@@ -87,6 +87,7 @@ async fn everything_is_r3_and_starts_with_a_node_down() {
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: true,
             store_faults: None,
+            serves: im_projectors::Serves::Clients,
         },
         current,
     )));

@@ -22,5 +22,5 @@ pub mod supervisor;
 pub mod tx;
 
 pub use projector::{
-    Clients, Projector, ProjectorConfig, ProjectorError, DEFAULT_FANOUT_THRESHOLD,
+    Clients, Projector, ProjectorConfig, ProjectorError, Serves, DEFAULT_FANOUT_THRESHOLD,
 };

@@ -26,6 +26,19 @@ pub struct ProjectorConfig {
     pub fanout: bool,
     /// Makes the store's writes fail as a full disk does (tests).
     pub store_faults: Option<Arc<crate::store::StoreFaults>>,
+    pub serves: Serves,
+}
+
+/// Whose questions an instance answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serves {
+    /// Clients' partition queries (`im.q.<p>`, in the queue group) and its
+    /// own control subject: a live instance.
+    Clients,
+    /// Its own control subject only: a scratch instance (`imctl
+    /// projections verify`) must never answer a client from a store it is
+    /// still building.
+    OwnerOnly,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,6 +311,7 @@ impl Projector {
             topology,
             instance: config.instance.clone(),
             partitions,
+            serves: config.serves,
             projections: states,
             client: client.clone(),
             rebuilds: Arc::new(Rebuilds::new(client.clone(), store, meta, cfg)),

@@ -55,6 +55,7 @@ pub struct QueryContext {
     pub topology: im_streams::Topology,
     pub instance: String,
     pub partitions: Vec<u32>,
+    pub serves: crate::Serves,
     pub projections: Vec<Arc<ProjectionState>>,
     pub client: async_nats::Client,
     pub rebuilds: Arc<crate::rebuild::Rebuilds>,
@@ -447,7 +448,11 @@ pub async fn subscribe(
     ctx: &QueryContext,
 ) -> Result<Vec<async_nats::Subscriber>, async_nats::Error> {
     let mut subs = Vec::new();
-    for p in &ctx.partitions {
+    let partitions = match ctx.serves {
+        crate::Serves::Clients => ctx.partitions.as_slice(),
+        crate::Serves::OwnerOnly => &[],
+    };
+    for p in partitions {
         subs.push(
             client
                 .queue_subscribe(partition_subject(*p), QUEUE_GROUP.into())

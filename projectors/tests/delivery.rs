@@ -18,7 +18,7 @@ async fn each_member_gets_each_event_once_in_order_and_history_already_has_it() 
     let mut s = Stack::start().await;
     let _p = s.projector("main", None).await;
     let listener = async_nats::connect(s.server.url()).await.unwrap();
-    let mut deliveries = listener.subscribe("im.deliver.*").await.unwrap();
+    let mut deliveries = listener.subscribe("im.deliver.*.e").await.unwrap();
     listener.flush().await.unwrap();
 
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("u{i}")).collect();
@@ -44,6 +44,7 @@ async fn each_member_gets_each_event_once_in_order_and_history_already_has_it() 
             .subject
             .as_str()
             .trim_start_matches("im.deliver.")
+            .trim_end_matches(".e")
             .to_string();
         let env: v1::Envelope = im_schema::decode(&msg.payload).unwrap();
         let Some(v1::envelope::Payload::Deliver(d)) = env.payload else {
@@ -109,7 +110,7 @@ async fn a_group_above_the_threshold_gets_notifications_not_events() {
     let mut s = Stack::start().await;
     let _p = s.projector("main", None).await;
     let listener = async_nats::connect(s.server.url()).await.unwrap();
-    let mut deliveries = listener.subscribe("im.deliver.*").await.unwrap();
+    let mut deliveries = listener.subscribe("im.deliver.*.e").await.unwrap();
     listener.flush().await.unwrap();
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("u{i}")).collect();
     let members: Vec<(&str, Role)> = users.iter().map(|u| (u.as_str(), Role::Member)).collect();
@@ -220,7 +221,7 @@ async fn events_that_do_not_extend_the_log_are_dead_lettered_never_shown_or_deli
     let (original, _) = s.send("g1", "bob", "original").await;
     // Deliveries of what came before are out of the way.
     wait_caught_up(&s.client, "main", original, 0).await;
-    let mut bob = s.client.subscribe("im.deliver.bob").await.unwrap();
+    let mut bob = s.client.subscribe("im.deliver.bob.e").await.unwrap();
     s.client.flush().await.unwrap();
     let log = im_streams::log::read_conv_events(
         &s.client,
@@ -428,8 +429,8 @@ async fn read_cursors_reach_the_other_members_as_receipt_updates() {
     let mut s = Stack::start().await;
     let _p = s.projector("main", None).await;
     let listener = async_nats::connect(s.server.url()).await.unwrap();
-    let mut to_bob = listener.subscribe("im.deliver.bob").await.unwrap();
-    let mut to_alice = listener.subscribe("im.deliver.alice").await.unwrap();
+    let mut to_bob = listener.subscribe("im.deliver.bob.e").await.unwrap();
+    let mut to_alice = listener.subscribe("im.deliver.alice.e").await.unwrap();
     listener.flush().await.unwrap();
     s.create("g1", &[("alice", Role::Member), ("bob", Role::Member)])
         .await;

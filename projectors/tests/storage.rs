@@ -24,6 +24,7 @@ fn config(dir: &std::path::Path, faults: Option<Arc<StoreFaults>>) -> ProjectorC
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
         fanout: true,
         store_faults: faults,
+        serves: im_projectors::Serves::Clients,
     }
 }
 

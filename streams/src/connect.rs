@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::ServerAddr;
 
 use crate::error::StreamsError;
+pub use crate::nats_auth::NatsAuth;
 
 /// Where a local stack's server listens.
 pub const DEFAULT_SERVERS: &str = "nats://127.0.0.1:4222";
@@ -70,13 +71,13 @@ pub struct NatsArgs {
         arg(long = "nats-url", env = "IM_NATS_URL", default_value = DEFAULT_SERVERS)
     )]
     pub nats_url: String,
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub auth: NatsAuth,
 }
 
 impl Default for NatsArgs {
     fn default() -> Self {
-        NatsArgs {
-            nats_url: DEFAULT_SERVERS.to_string(),
-        }
+        NatsArgs::new(DEFAULT_SERVERS)
     }
 }
 
@@ -84,13 +85,21 @@ impl NatsArgs {
     pub fn new(servers: impl Into<String>) -> Self {
         NatsArgs {
             nats_url: servers.into(),
+            auth: NatsAuth::default(),
         }
+    }
+
+    pub fn with_auth(mut self, auth: NatsAuth) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Connects as `name` (shown in the server's connection list).
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, StreamsError> {
         let servers = parse_servers(&self.nats_url)?;
-        async_nats::ConnectOptions::new()
+        self.auth
+            .options()
+            .await?
             .name(name)
             .connection_timeout(CONNECT_TIMEOUT)
             .connect(servers)

@@ -63,17 +63,59 @@ impl Topology {
     }
 }
 
-/// `im.deliver.<user_id>`: per-user fan-out (core NATS).
-pub fn deliver_subject(user_id: &str) -> Result<String, IdError> {
-    validate_id(IdKind::User, user_id)?;
-    Ok(format!("im.deliver.{user_id}"))
+/// What reaches a user through `im.deliver.<user_id>.<kind>` (core NATS):
+/// one subscription per user (`deliveries_of`) takes both kinds, and each
+/// kind has its own publisher, so NATS permissions keep them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// `e`: a committed event, from the projector (I12).
+    Event,
+    /// `t`: an ephemeral notice (typing), from a gateway; never in the log.
+    Notice,
 }
 
-/// The user a delivery subject is for (the inverse of `deliver_subject`).
-pub fn user_of_deliver_subject(subject: &str) -> Option<&str> {
-    subject
-        .strip_prefix("im.deliver.")
-        .filter(|u| validate_id(IdKind::User, u).is_ok())
+impl DeliveryKind {
+    fn token(self) -> &'static str {
+        match self {
+            DeliveryKind::Event => "e",
+            DeliveryKind::Notice => "t",
+        }
+    }
+}
+
+/// `im.deliver.<user_id>.e`: an event for the user.
+pub fn deliver_subject(user_id: &str) -> Result<String, IdError> {
+    kind_subject(user_id, DeliveryKind::Event)
+}
+
+/// `im.deliver.<user_id>.t`: an ephemeral notice for the user.
+pub fn notice_subject(user_id: &str) -> Result<String, IdError> {
+    kind_subject(user_id, DeliveryKind::Notice)
+}
+
+fn kind_subject(user_id: &str, kind: DeliveryKind) -> Result<String, IdError> {
+    validate_id(IdKind::User, user_id)?;
+    Ok(format!("im.deliver.{user_id}.{}", kind.token()))
+}
+
+/// `im.deliver.<user_id>.*`: everything for the user (a gateway's
+/// subscription).
+pub fn deliveries_of(user_id: &str) -> Result<String, IdError> {
+    validate_id(IdKind::User, user_id)?;
+    Ok(format!("im.deliver.{user_id}.*"))
+}
+
+/// The user and kind of a delivery subject (the inverse of
+/// `deliver_subject` and `notice_subject`).
+pub fn user_of_deliver_subject(subject: &str) -> Option<(&str, DeliveryKind)> {
+    let (user, kind) = subject.strip_prefix("im.deliver.")?.rsplit_once('.')?;
+    let kind = match kind {
+        "e" => DeliveryKind::Event,
+        "t" => DeliveryKind::Notice,
+        _ => return None,
+    };
+    validate_id(IdKind::User, user).ok()?;
+    Some((user, kind))
 }
 
 /// `im.q.<partition>`: the projectors' queries about that partition's
@@ -167,8 +209,18 @@ mod tests {
         assert!(t.rcpt_subject(">").is_err());
         assert!(deliver_subject("*").is_err());
         let d = deliver_subject("alice").unwrap();
-        assert_eq!(user_of_deliver_subject(&d), Some("alice"));
+        assert_eq!(
+            user_of_deliver_subject(&d),
+            Some(("alice", DeliveryKind::Event))
+        );
+        let n = notice_subject("alice").unwrap();
+        assert_eq!(
+            user_of_deliver_subject(&n),
+            Some(("alice", DeliveryKind::Notice))
+        );
         assert_eq!(user_of_deliver_subject("im.deliver.a.b"), None);
+        assert_eq!(user_of_deliver_subject("im.deliver.a"), None);
+        assert_eq!(user_of_deliver_subject("im.deliver.a.b.e"), None);
         let s = t.conv_subject("general").unwrap();
         assert!(s.starts_with("im.conv.") && s.ends_with(".general"));
         assert_eq!(conv_id_of_subject(&s), Some("general"));
@@ -183,7 +235,9 @@ mod tests {
         assert_eq!(t.rcpt_subject("general").unwrap(), "im.rcpt.0.general");
         assert_eq!(t.conv_partition_filter(3), "im.conv.3.*");
         assert_eq!(t.rcpt_partition_filter(3), "im.rcpt.3.*");
-        assert_eq!(deliver_subject("ann").unwrap(), "im.deliver.ann");
+        assert_eq!(deliver_subject("ann").unwrap(), "im.deliver.ann.e");
+        assert_eq!(notice_subject("ann").unwrap(), "im.deliver.ann.t");
+        assert_eq!(deliveries_of("ann").unwrap(), "im.deliver.ann.*");
         assert_eq!(query_subject(7), "im.q.7");
         assert_eq!(partition_of_query_subject("im.q.7"), Some(7));
         assert_eq!(partition_of_query_subject("im.q.x"), None);

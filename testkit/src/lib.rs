@@ -155,6 +155,25 @@ struct NodeConfig {
     client_port: u16,
     cluster: Option<ClusterConfig>,
     sync_always: bool,
+    auth: Option<ServerAuth>,
+}
+
+/// A server that refuses connections without a user: its `authorization`
+/// block (`im_streams::identities::authorization_block`), and the user the
+/// harness itself connects as to see it ready.
+#[derive(Clone, Debug)]
+pub struct ServerAuth {
+    pub authorization: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl ServerAuth {
+    async fn connect(&self, url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+        async_nats::ConnectOptions::with_user_and_password(self.user.clone(), self.password.clone())
+            .connect(url)
+            .await
+    }
 }
 
 /// Where and how a long-lived server runs (`imctl up`).
@@ -167,6 +186,8 @@ pub struct ServerOptions {
     /// power loss, at a large throughput cost; the default (the server's
     /// periodic sync) survives process crashes, not machine crashes.
     pub sync_always: bool,
+    /// Authorization on (`imctl up`'s default).
+    pub auth: Option<ServerAuth>,
 }
 
 /// How long a graceful stop may take before the server is killed.
@@ -192,6 +213,9 @@ fn render_config(node: &NodeConfig, store_dir: &Path) -> String {
         port = node.client_port,
         dir = store_dir.display(),
     );
+    if let Some(auth) = &node.auth {
+        cfg.push_str(&auth.authorization);
+    }
     if let Some(c) = &node.cluster {
         let routes: Vec<String> = c
             .routes
@@ -222,12 +246,22 @@ impl NatsServer {
     /// Starts a single node with JetStream on a free port and waits until it
     /// answers JetStream API requests.
     pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_with(None).await
+    }
+
+    /// As `start`, with authorization on.
+    pub async fn start_secured(auth: ServerAuth) -> Result<Self, HarnessError> {
+        Self::start_with(Some(auth)).await
+    }
+
+    async fn start_with(auth: Option<ServerAuth>) -> Result<Self, HarnessError> {
         let binary = nats_server_binary()?;
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS_MAX {
             let node = NodeConfig {
                 name: "n1".into(),
                 client_port: free_port(),
+                auth: auth.clone(),
                 ..Default::default()
             };
             let mut server = Self::spawn(binary.clone(), node, tempfile::tempdir()?)?;
@@ -252,6 +286,7 @@ impl NatsServer {
             client_port: options.port,
             cluster: None,
             sync_always: options.sync_always,
+            auth: options.auth.clone(),
         };
         let mut server = NatsServer {
             binary,
@@ -319,7 +354,11 @@ impl NatsServer {
                     )));
                 }
             }
-            if let Ok(client) = async_nats::connect(self.url()).await {
+            let client = match &self.node.auth {
+                Some(auth) => auth.connect(&self.url()).await,
+                None => async_nats::connect(self.url()).await,
+            };
+            if let Ok(client) = client {
                 if clustered {
                     return Ok(());
                 }
@@ -350,9 +389,11 @@ impl NatsServer {
 
     /// A new client connection.
     pub async fn connect(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
-            .await
-            .expect("connect to the test nats-server")
+        match &self.node.auth {
+            Some(auth) => auth.connect(&self.url()).await,
+            None => async_nats::connect(self.url()).await,
+        }
+        .expect("connect to the test nats-server")
     }
 
     /// SIGKILL: no shutdown, no flush, as a crash would.
@@ -442,6 +483,7 @@ impl NatsCluster {
                     routes: cluster_ports.clone(),
                 }),
                 sync_always: false,
+                auth: None,
             };
             nodes.push(NatsServer::spawn(
                 binary.clone(),

@@ -2,14 +2,17 @@
 //! through the production path, and projector instances in-process, each
 //! on its own temporary store. Every crate's tests start from here.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_nats::jetstream;
 use im_projectors::{Projector, ProjectorConfig};
+use im_streams::connect::{NatsArgs, NatsAuth};
+use im_streams::identities::{authorization_block, Component, Secret};
 use im_streams::{Appender, StreamSettings, Topology};
 
-use crate::NatsServer;
+use crate::{NatsServer, ServerAuth};
 
 pub struct Stack {
     pub server: NatsServer,
@@ -18,6 +21,8 @@ pub struct Stack {
     pub topology: Topology,
     /// The projectors' stores, removed when the stack is dropped.
     dirs: Vec<tempfile::TempDir>,
+    /// Each component's password, when the server runs with authorization.
+    passwords: Option<BTreeMap<Component, String>>,
 }
 
 impl Stack {
@@ -42,7 +47,60 @@ impl Stack {
             js,
             topology,
             dirs: Vec::new(),
+            passwords: None,
         }
+    }
+
+    /// A server with authorization on: every component its own user with
+    /// its own permissions (`im_streams::identities`). `client` is the
+    /// operator's, which applied the streams; projectors and writers
+    /// started here connect as theirs.
+    pub async fn start_secured() -> Stack {
+        let passwords: BTreeMap<Component, String> = Component::ALL
+            .into_iter()
+            .map(|c| (c, format!("{}-{}", c.user(), crate::free_port())))
+            .collect();
+        let users: Vec<(Component, Secret)> = passwords
+            .iter()
+            .map(|(c, p)| (*c, Secret::Inline(p.clone())))
+            .collect();
+        let auth = ServerAuth {
+            authorization: authorization_block(&users),
+            user: Component::Operator.user().into(),
+            password: passwords[&Component::Operator].clone(),
+        };
+        let server = NatsServer::start_secured(auth).await.expect("nats-server");
+        let mut stack = Stack {
+            client: server.connect().await,
+            js: jetstream::new(server.connect().await),
+            server,
+            topology: Topology::new(1),
+            dirs: Vec::new(),
+            passwords: Some(passwords),
+        };
+        stack.topology = im_streams::apply_streams(&stack.js, &StreamSettings::default())
+            .await
+            .expect("apply streams")
+            .topology;
+        stack
+    }
+
+    /// How `component` connects: its own identity on a secured stack,
+    /// anonymously otherwise.
+    pub fn auth(&self, component: Component) -> NatsAuth {
+        match &self.passwords {
+            Some(p) => NatsAuth::password(component.user(), p[&component].clone()),
+            None => NatsAuth::default(),
+        }
+    }
+
+    /// A new connection as `component`.
+    pub async fn connect_as(&self, component: Component) -> async_nats::Client {
+        NatsArgs::new(self.url())
+            .with_auth(self.auth(component))
+            .connect(component.user())
+            .await
+            .expect("connect")
     }
 
     pub fn url(&self) -> String {
@@ -62,12 +120,14 @@ impl Stack {
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: true,
             store_faults: None,
+            serves: im_projectors::Serves::Clients,
         }
     }
 
-    /// A projector in-process on the stack's connection.
+    /// A projector in-process, connected as the projector.
     pub async fn projector(&mut self, config: ProjectorConfig) -> Projector {
-        Projector::start(self.client.clone(), config)
+        let client = self.connect_as(Component::Projector).await;
+        Projector::start(client, config)
             .await
             .expect("projector starts")
     }
@@ -78,9 +138,10 @@ impl Stack {
         self.projector(config).await
     }
 
-    /// A writer with its own connection and cache, as a gateway holds.
+    /// A writer with its own connection and cache, as a gateway holds
+    /// (connected as the gateway).
     pub async fn appender(&self) -> Arc<Appender> {
-        let client = async_nats::connect(self.url()).await.expect("connect");
+        let client = self.connect_as(Component::Gateway).await;
         Appender::new(client, self.topology)
             .await
             .expect("appender")

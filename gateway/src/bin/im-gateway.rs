@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = im_gateway::GatewayConfig::from_env().map_err(anyhow::Error::msg)?;
     let client = im_streams::connect::NatsArgs::new(&config.nats_url)
+        .with_auth(config.nats_auth.clone())
         .connect("im-gateway")
         .await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;

@@ -21,7 +21,7 @@ pub async fn run(state: &AppState, user: &str, typing: v1::Typing) -> Option<v1:
     })));
     let notice = bytes::Bytes::from(notice);
     for member in conv_state.members.keys().filter(|m| *m != user) {
-        if let Ok(subject) = im_streams::subjects::deliver_subject(member) {
+        if let Ok(subject) = im_streams::subjects::notice_subject(member) {
             let _ = state.client.publish(subject, notice.clone()).await;
         }
     }

@@ -78,6 +78,7 @@ type Pongs = VecDeque<Pong>;
 
 pub(super) async fn run(
     servers: Vec<ServerAddr>,
+    credentials: Credentials,
     routes: Arc<Routes>,
     mut commands: mpsc::Receiver<Command>,
 ) {
@@ -93,7 +94,7 @@ pub(super) async fn run(
                 // Devices to tell to sync: none before the first connection.
                 again: !std::mem::take(&mut first),
             };
-            let outcome = session.run(server).await;
+            let outcome = session.run(server, &credentials).await;
             if routes.set_connected(false) {
                 // It was up: the next round starts with the shortest pause.
                 pause = RECONNECT_PAUSE_MIN;
@@ -120,11 +121,16 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// One connection's life; Ok when the dispatcher is gone.
-    async fn run(mut self, server: &ServerAddr) -> Result<(), SessionError> {
+    async fn run(
+        mut self,
+        server: &ServerAddr,
+        credentials: &Credentials,
+    ) -> Result<(), SessionError> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(server, &mut buf))
-            .await
-            .map_err(|_| SessionError::HandshakeTimeout)??;
+        let mut stream =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(server, credentials, &mut buf))
+                .await
+                .map_err(|_| SessionError::HandshakeTimeout)??;
         tracing::info!(server = %server.host(), port = server.port(), "delivery connection up");
         // Every subscription again, then a PING again for each join still
         // waiting (its PING went to the old connection), then one whose
@@ -239,12 +245,22 @@ impl Session<'_> {
 
 /// Connects, reads INFO, sends CONNECT and a PING, and waits for its PONG
 /// (an authorization error arrives before it).
-async fn handshake(server: &ServerAddr, buf: &mut BytesMut) -> Result<TcpStream, SessionError> {
+async fn handshake(
+    server: &ServerAddr,
+    credentials: &Credentials,
+    buf: &mut BytesMut,
+) -> Result<TcpStream, SessionError> {
     let mut stream = TcpStream::connect((server.host(), server.port())).await?;
     stream.set_nodelay(true)?;
-    let credentials = Credentials {
+    // A user and password in the server's URL, when none is configured.
+    let from_url = Credentials {
         user: server.username().map(str::to_string),
         pass: server.password().map(str::to_string),
+    };
+    let credentials = if credentials.user.is_some() {
+        credentials
+    } else {
+        &from_url
     };
     let mut sent = false;
     loop {
@@ -254,7 +270,7 @@ async fn handshake(server: &ServerAddr, buf: &mut BytesMut) -> Result<TcpStream,
         while let Some(op) = wire::parse(buf, PAYLOAD_MAX)? {
             match op {
                 ServerOp::Info if !sent => {
-                    let mut hello = wire::connect_line("im-gateway-deliveries", &credentials);
+                    let mut hello = wire::connect_line("im-gateway-deliveries", credentials);
                     hello.extend_from_slice(wire::PING);
                     stream.write_all(&hello).await?;
                     sent = true;

@@ -18,7 +18,11 @@ use bytes::Bytes;
 use im_schema::v1::{self, envelope::Payload};
 use tokio::sync::{mpsc, oneshot};
 
+use im_streams::connect::NatsAuth;
+use im_streams::subjects::DeliveryKind;
+
 use crate::outbox::{Delivery, Outbound, Outbox};
+use wire::Credentials;
 
 /// Subscription changes and PINGs waiting to be written: a burst of
 /// connects (20,000 at a gateway's start) fits; past it a connect is
@@ -52,6 +56,17 @@ pub enum StartError {
     Servers(#[from] im_streams::StreamsError),
     #[error("{0}: the delivery connection does not speak TLS yet")]
     Tls(String),
+    #[error("the delivery connection does not authenticate with {0} yet")]
+    Unsupported(&'static str),
+}
+
+/// Whether an ephemeral notice is one (a typing notice), not an event a
+/// gateway's identity could otherwise pass off as the projector's.
+fn is_notice(payload: &[u8]) -> bool {
+    matches!(
+        im_schema::decode::<v1::Envelope>(payload).map(|e| e.payload),
+        Ok(Some(Payload::TypingNotice(_)))
+    )
 }
 
 /// A device connected here: its connection id, its device id, its outbox.
@@ -105,9 +120,14 @@ impl Routes {
     /// A delivery to everyone of its user connected here, if it came on
     /// that user's current subscription.
     fn route(&self, subject: &str, sid: u64, payload: Bytes) -> Routed {
-        let Some(user) = im_streams::subjects::user_of_deliver_subject(subject) else {
+        let Some((user, kind)) = im_streams::subjects::user_of_deliver_subject(subject) else {
             return Routed::Stale;
         };
+        if kind == DeliveryKind::Notice && !is_notice(&payload) {
+            // Gateways publish notices; only the projector publishes events.
+            tracing::warn!(subject, "dropped a notice that is not one");
+            return Routed::Routed;
+        }
         let mut map = self.lock();
         let map = &mut *map;
         let Some(route) = map.users.get(user).filter(|r| r.sid == sid) else {
@@ -153,7 +173,7 @@ impl Routes {
     fn subscriptions(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for (user, route) in &self.lock().users {
-            if let Ok(subject) = im_streams::subjects::deliver_subject(user) {
+            if let Ok(subject) = im_streams::subjects::deliveries_of(user) {
                 wire::sub_line(&mut out, &subject, route.sid);
             }
         }
@@ -193,14 +213,15 @@ impl Drop for Dispatcher {
 impl Dispatcher {
     /// Starts the connection (to any server of the comma-separated list;
     /// connecting goes on in the background).
-    pub fn start(servers: &str) -> Result<Arc<Self>, StartError> {
+    pub fn start(servers: &str, auth: &NatsAuth) -> Result<Arc<Self>, StartError> {
         let servers = im_streams::connect::parse_servers(servers)?;
+        let credentials = Credentials::of(auth)?;
         if let Some(s) = servers.iter().find(|s| s.tls_required()) {
             return Err(StartError::Tls(s.host().to_string()));
         }
         let routes = Arc::new(Routes::default());
         let (commands, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
-        let task = tokio::spawn(conn::run(servers, routes.clone(), rx)).abort_handle();
+        let task = tokio::spawn(conn::run(servers, credentials, routes.clone(), rx)).abort_handle();
         Ok(Arc::new(Dispatcher {
             routes,
             commands,
@@ -231,7 +252,7 @@ impl Dispatcher {
         per_user_max: usize,
         first: Outbound,
     ) -> Result<(), JoinError> {
-        let subject = im_streams::subjects::deliver_subject(user)?;
+        let subject = im_streams::subjects::deliveries_of(user)?;
         {
             let mut map = self.routes.lock();
             let sid = map.next_sid + 1;
@@ -349,24 +370,24 @@ mod tests {
         let (routes, outboxes) = routes_of(&["a", "b"]);
         let event = Bytes::from_static(b"event-1");
         assert_eq!(
-            routes.route("im.deliver.a", 0, event.clone()),
+            routes.route("im.deliver.a.e", 0, event.clone()),
             Routed::Routed
         );
         assert_eq!(
-            routes.route("im.deliver.b", 1, event.clone()),
+            routes.route("im.deliver.b.e", 1, event.clone()),
             Routed::Routed
         );
         // No route, or a subscription no route owns (sid 0 is a's): ended,
         // never delivered twice.
         assert_eq!(
-            routes.route("im.deliver.c", 2, event.clone()),
+            routes.route("im.deliver.c.e", 2, event.clone()),
             Routed::Stale
         );
         assert_eq!(
-            routes.route("im.deliver.b", 0, event.clone()),
+            routes.route("im.deliver.b.e", 0, event.clone()),
             Routed::Stale
         );
-        routes.route("im.deliver.b", 1, Bytes::from_static(b"event-2"));
+        routes.route("im.deliver.b.e", 1, Bytes::from_static(b"event-2"));
         assert_eq!(routes.route("not.a.delivery", 1, event), Routed::Stale);
         let (a, b) = (drained(&outboxes[0]), drained(&outboxes[1]));
         assert_eq!(a.len(), 1);

@@ -4,6 +4,10 @@
 //! operations out, so every case is tested without a server.
 
 use bytes::{Buf, Bytes, BytesMut};
+use im_streams::connect::NatsAuth;
+use im_streams::nats_auth::Identity;
+
+use super::StartError;
 
 /// Longest control line accepted (`MSG <subject> <sid> <size>`, or an
 /// `INFO` with its JSON): nats-server's own default `max_control_line`
@@ -105,11 +109,30 @@ pub fn parse(buf: &mut BytesMut, payload_max: usize) -> Result<Option<ServerOp>,
     }))
 }
 
-/// Credentials a server URL carries (`nats://user:pass@host`).
+/// Who the connection says it is: a user and password (configured, or in
+/// a server's URL as `nats://user:pass@host`).
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
     pub user: Option<String>,
     pub pass: Option<String>,
+}
+
+impl Credentials {
+    /// The configured identity, if this connection speaks it yet.
+    pub fn of(auth: &NatsAuth) -> Result<Self, StartError> {
+        if auth.tls_ca.is_some() {
+            return Err(StartError::Unsupported("TLS"));
+        }
+        match auth.identity()? {
+            Identity::Anonymous => Ok(Credentials::default()),
+            Identity::Password { user, password } => Ok(Credentials {
+                user: Some(user),
+                pass: Some(password),
+            }),
+            Identity::Creds(_) => Err(StartError::Unsupported("a credentials file")),
+            Identity::Nkey(_) => Err(StartError::Unsupported("an nkey")),
+        }
+    }
 }
 
 /// The CONNECT line: no echo of our own publishes (we publish nothing

@@ -69,6 +69,7 @@ impl Stack {
         let config = GatewayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             nats_url: self.server.url(),
+            nats_auth: Default::default(),
             hs256_secret: Some(SECRET.into()),
             rs256_public_pem: Some(RS256_PUBLIC.into()),
             limits,

@@ -97,3 +97,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every flag and environment variable is one argument: a name used
+    /// twice (a command's own and the shared NATS flags) fails here.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
 /// The file under the data dir holding the local stack's HS256 secret.
 pub const SECRET_FILE: &str = "dev-jwt-secret";
 
@@ -35,19 +33,8 @@ pub fn local_secret(data_dir: &Path) -> anyhow::Result<String> {
     if let Ok(s) = std::fs::read_to_string(&path) {
         return Ok(s.trim().to_string());
     }
-    std::fs::create_dir_all(data_dir)?;
-    use rand::Rng;
-    let secret: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(SECRET_LEN)
-        .map(char::from)
-        .collect();
-    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    let secret = crate::cmd::secrets::random(SECRET_LEN);
+    crate::cmd::secrets::write_private(&path, &secret)?;
     Ok(secret)
 }
 

@@ -5,12 +5,23 @@
 //! (tokens signed with a secret kept in the data dir), prints where
 //! everything is and how to get a token, and stops cleanly on Ctrl-C or
 //! SIGTERM. Running it again keeps the data.
+//!
+//! The managed server runs with authorization on: each component connects
+//! as its own NATS user with its own permissions
+//! (`im_streams::identities`), passwords generated into the data dir
+//! (`nats_identities`). `--no-auth` turns that off.
 
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+
 use anyhow::Context;
+use im_streams::connect::{NatsArgs, NatsAuth};
+use im_streams::identities::Component;
 use im_streams::StreamSettings;
 use im_testkit::{NatsServer, ServerOptions};
+
+use crate::cmd::nats_identities;
 
 /// Environment variables `up` reads (each also a flag).
 pub const ENV_DATA_DIR: &str = "IM_DATA_DIR";
@@ -30,6 +41,13 @@ pub struct UpArgs {
     /// comma-separated).
     #[arg(long, env = ENV_NATS_URL)]
     pub nats_url: Option<String>,
+    /// How every component connects to the NATS of `--nats-url`.
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
+    /// Run the managed server without authorization (every connection may
+    /// do anything).
+    #[arg(long, env = "IM_NO_AUTH")]
+    pub no_auth: bool,
     /// fsync every write before acking it (`sync_interval: always`):
     /// survives power loss, at a large throughput cost.
     #[arg(long, env = ENV_DURABLE)]
@@ -56,6 +74,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         None => im_gateway::Limits::default(),
     };
     let mut managed = None;
+    let identities = match (&args.nats_url, args.no_auth) {
+        (None, false) => Some(nats_identities::passwords(&args.data_dir)?),
+        _ => None,
+    };
     let url = match &args.nats_url {
         Some(url) => url.clone(),
         None => {
@@ -63,6 +85,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 dir: args.data_dir.join("nats"),
                 port: args.nats_port,
                 sync_always: args.durable,
+                auth: identities.as_ref().map(nats_identities::server_auth),
             };
             let server = NatsServer::start_persistent(&options)
                 .await
@@ -79,7 +102,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             url
         }
     };
-    let result = serve(&url, &args, limits).await;
+    let result = serve(&url, &args, limits, identities.as_ref()).await;
     if let Some(mut server) = managed {
         println!("imctl: stopping nats-server");
         server.stop();
@@ -87,10 +110,33 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::Result<()> {
-    let nats = im_streams::connect::NatsArgs::new(url);
-    let client = nats.connect("imctl-up-projector-consume").await?;
-    let js = async_nats::jetstream::new(client);
+/// Each component's NATS settings: its own identity on the managed
+/// server, the given one on an external NATS.
+fn nats_of(
+    url: &str,
+    args: &UpArgs,
+    identities: Option<&BTreeMap<Component, String>>,
+) -> impl Fn(Component) -> NatsArgs {
+    let (url, given) = (url.to_string(), args.nats_auth.clone());
+    let identities = identities.cloned();
+    move |c| {
+        let auth = match &identities {
+            Some(p) => NatsAuth::password(c.user(), p[&c].clone()),
+            None => given.clone(),
+        };
+        NatsArgs::new(&url).with_auth(auth)
+    }
+}
+
+async fn serve(
+    url: &str,
+    args: &UpArgs,
+    limits: im_gateway::Limits,
+    identities: Option<&BTreeMap<Component, String>>,
+) -> anyhow::Result<()> {
+    let nats = nats_of(url, args, identities);
+    let operator = nats(Component::Operator).connect("imctl-up").await?;
+    let js = async_nats::jetstream::new(operator);
     let settings = StreamSettings {
         replicas: args.replicas,
         ..Default::default()
@@ -113,12 +159,14 @@ async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::
         fanout_threshold: args.fanout_threshold,
         fanout: true,
         store_faults: None,
+        serves: im_projectors::Serves::Clients,
     };
     // The projector's consumers and its publishing (deliveries, answers)
     // on connections of their own, as in production.
+    let projector_nats = nats(Component::Projector);
     let clients = im_projectors::Clients {
-        consume: js.client(),
-        publish: nats.connect("imctl-up-projector-publish").await?,
+        consume: projector_nats.connect("imctl-up-projector-consume").await?,
+        publish: projector_nats.connect("imctl-up-projector-publish").await?,
     };
     // Supervised: a storage error stops the projector, is reported, and it
     // starts again (waiting for the disk, or rebuilding a quarantined store).
@@ -140,6 +188,7 @@ async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::
     let gateway_config = im_gateway::GatewayConfig {
         listen: args.gateway_listen,
         nats_url: url.to_string(),
+        nats_auth: nats(Component::Gateway).auth,
         hs256_secret: Some(secret),
         rs256_public_pem: None,
         limits,
@@ -150,7 +199,7 @@ async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::
     };
     // Its own connection, as in production: its PubAcks and deliveries
     // never queue behind the projector's consumer traffic.
-    let gateway_client = nats.connect("imctl-up-gateway").await?;
+    let gateway_client = nats(Component::Gateway).connect("imctl-up-gateway").await?;
     let state = im_gateway::AppState::new(gateway_config, gateway_client)
         .await
         .context("starting the gateway")?;
@@ -165,11 +214,29 @@ async fn serve(url: &str, args: &UpArgs, limits: im_gateway::Limits) -> anyhow::
         .unwrap_or_else(|_| "imctl".into());
     let data = args.data_dir.display();
     println!("imctl: tokens: {me} token issue --user alice --data-dir {data}");
+    let load = |c: Component| match identities {
+        Some(_) => format!(
+            "set -a; . {}; set +a; ",
+            nats_identities::env_file(&args.data_dir, c).display()
+        ),
+        None => String::new(),
+    };
     println!(
-        "imctl: a second gateway: IM_NATS_URL={url} IM_GATEWAY_LISTEN=127.0.0.1:8081 \
+        "imctl: a second gateway: {}IM_NATS_URL={url} IM_GATEWAY_LISTEN=127.0.0.1:8081 \
          IM_JWT_HS256_SECRET=$(cat {data}/{}) cargo run --release -p im-gateway",
+        load(Component::Gateway),
         crate::cmd::token::SECRET_FILE
     );
+    if identities.is_some() {
+        println!(
+            "imctl: NATS authorization on: imctl's commands as the operator: {}",
+            load(Component::Operator)
+        );
+        println!(
+            "imctl: im-replay as the auditor (reads only): {}",
+            load(Component::Auditor)
+        );
+    }
     println!(
         "imctl: ready nats={url} partitions={} (Ctrl-C to stop)",
         applied.topology.partitions

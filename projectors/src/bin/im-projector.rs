@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         fanout_threshold: args.fanout_threshold,
         fanout: !args.no_fanout,
         store_faults: None,
+        serves: im_projectors::Serves::Clients,
     };
     // Consumers and publishing (deliveries, answers) on separate
     // connections: neither queues behind the other.
@@ -86,4 +87,15 @@ async fn main() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => r?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every flag and environment variable is one argument: a name used
+    /// twice (a command's own and the shared NATS flags) fails here.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
 }

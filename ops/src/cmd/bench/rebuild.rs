@@ -120,13 +120,17 @@ async fn caught_up(js: &jetstream::Context) -> anyhow::Result<()> {
     }
 }
 
-/// Runs `imctl <args>` against the stack as an operator would; its seconds.
-async fn timed_imctl(nats_url: &str, args: &[&str]) -> anyhow::Result<f64> {
+/// Runs `imctl <args>` against the stack as its operator would; its
+/// seconds.
+async fn timed_imctl(stack: &Stack, args: &[&str]) -> anyhow::Result<f64> {
+    let operator = stack.operator()?;
     let started = Instant::now();
     let status = tokio::process::Command::new(std::env::current_exe()?)
         .args(args)
         .arg("--nats-url")
-        .arg(nats_url)
+        .arg(&stack.nats_url)
+        .env("IM_NATS_USER", operator.user.unwrap_or_default())
+        .env("IM_NATS_PASSWORD", operator.password.unwrap_or_default())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -190,12 +194,12 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     eprintln!("rebuild: live projector caught up in {live_secs:.1} s");
 
     let status_secs = timed_imctl(
-        &stack.nats_url,
+        &stack,
         // Without the apply-rate sample (a 1 s wait by default, not work).
         &["projections", "status", "--interval-ms", "0"],
     )
     .await?;
-    let streams_secs = timed_imctl(&stack.nats_url, &["streams", "status"]).await?;
+    let streams_secs = timed_imctl(&stack, &["streams", "status"]).await?;
     eprintln!(
         "rebuild: imctl projections status on {last} events in {:.0} ms (imctl streams status: {:.0} ms)",
         status_secs * 1e3,
@@ -209,7 +213,7 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     eprintln!("rebuild: raw ordered read {read} in {raw_secs:.2} s");
 
     let rebuild_secs = timed_imctl(
-        &stack.nats_url,
+        &stack,
         &["projections", "rebuild", "--all", "--instance", "local"],
     )
     .await?;

@@ -44,7 +44,7 @@ pub struct Stack {
     pub nats_pid: u32,
     pub gateway: SocketAddr,
     secret: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Stack {
@@ -106,7 +106,7 @@ impl Stack {
             nats_pid: nats_pid.context("no nats-server pid")?,
             gateway: gateway.context("no gateway address")?,
             secret,
-            _dir: dir,
+            dir,
         })
     }
 
@@ -137,10 +137,18 @@ impl Stack {
             .unwrap_or(0))
     }
 
+    /// The operator's identity (the stack runs with authorization).
+    pub fn operator(&self) -> anyhow::Result<im_streams::connect::NatsAuth> {
+        let operator = im_streams::identities::Component::Operator;
+        crate::cmd::nats_identities::auth(self.dir.path(), operator)
+    }
+
+    /// A connection as the operator.
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
-        async_nats::connect(&self.nats_url)
-            .await
-            .with_context(|| format!("connecting to {}", self.nats_url))
+        Ok(im_streams::connect::NatsArgs::new(&self.nats_url)
+            .with_auth(self.operator()?)
+            .connect("imctl-bench")
+            .await?)
     }
 
     /// A protobuf WebSocket client of `user`, past its `Connected` frame.

@@ -77,7 +77,7 @@ impl Drop for Proc {
 
 /// nats-server: one node or a cluster.
 pub enum Nats {
-    Single(im_testkit::NatsServer),
+    Single(Box<im_testkit::NatsServer>),
     Cluster(im_testkit::NatsCluster),
 }
 
@@ -111,7 +111,7 @@ impl System {
         let nats = if cluster {
             Nats::Cluster(im_testkit::NatsCluster::start(3).await?)
         } else {
-            Nats::Single(im_testkit::NatsServer::start().await?)
+            Nats::Single(Box::new(im_testkit::NatsServer::start().await?))
         };
         let urls = nats.urls();
         let client = im_streams::connect::NatsArgs::new(&urls)

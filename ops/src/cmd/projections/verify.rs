@@ -91,6 +91,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: false,
             store_faults: None,
+            serves: im_projectors::Serves::OwnerOnly,
         },
     )
     .await?;

@@ -1,0 +1,301 @@
+//! One NATS identity per component, each allowed the subjects its code
+//! uses and nothing more (ARCHITECTURE.md, "Trust boundaries"). The server's
+//! `authorization` block is rendered from here (`imctl nats-config`, `imctl
+//! up`, the tests' secured stacks), so the permissions follow the subject
+//! registry (`subjects.rs`) instead of drifting from it.
+//!
+//! What no identity may do: delete or purge a stream (I10). What only the
+//! operator may do: create or change streams, create durable consumers
+//! other than the projector's, write into the streams around the writers
+//! (`im-replay restore`, I24).
+
+use crate::definitions::{
+    CONV_STREAM, MEDIA_PENDING_BUCKET, MEDIA_QUOTA_BUCKET, MEDIA_STREAM, RCPT_STREAM,
+};
+
+/// The components that connect to NATS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    /// Validates and appends commands, reads the log, fans out deliveries.
+    Gateway,
+    /// Folds the streams into read models, answers queries, publishes
+    /// deliveries.
+    Projector,
+    /// `imctl`: sets up the streams, asks projectors for status, rebuilds,
+    /// restores.
+    Operator,
+    /// `im-replay`: reads the streams, writes nothing.
+    Auditor,
+}
+
+impl Component {
+    pub const ALL: [Component; 4] = [
+        Component::Gateway,
+        Component::Projector,
+        Component::Operator,
+        Component::Auditor,
+    ];
+
+    /// The user name the server knows the component by.
+    pub fn user(self) -> &'static str {
+        match self {
+            Component::Gateway => "im-gateway",
+            Component::Projector => "im-projector",
+            Component::Operator => "im-operator",
+            Component::Auditor => "im-auditor",
+        }
+    }
+
+    /// The environment variable the shipped server config reads the
+    /// component's password from.
+    pub fn password_env(self) -> &'static str {
+        match self {
+            Component::Gateway => "IM_NATS_GATEWAY_PASSWORD",
+            Component::Projector => "IM_NATS_PROJECTOR_PASSWORD",
+            Component::Operator => "IM_NATS_OPERATOR_PASSWORD",
+            Component::Auditor => "IM_NATS_AUDITOR_PASSWORD",
+        }
+    }
+
+    pub fn permissions(self) -> Permissions {
+        match self {
+            Component::Gateway => gateway(),
+            Component::Projector => projector(),
+            Component::Operator => operator(),
+            Component::Auditor => auditor(),
+        }
+    }
+}
+
+/// Subject permissions as nats-server takes them; a deny wins over an
+/// allow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub publish_deny: Vec<String>,
+    pub subscribe: Vec<String>,
+    pub subscribe_deny: Vec<String>,
+    /// May answer the requests it receives (their reply subjects only).
+    pub allow_responses: bool,
+}
+
+fn list(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Reading a stream by message: its info, a stored message, direct gets.
+fn reads(stream: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+    ]
+}
+
+/// An ephemeral ordered consumer of a stream, read by pull (no name in the
+/// subject: the server refuses a durable name on it).
+fn ephemeral_reads(stream: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.*"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
+    ]
+}
+
+/// A key-value bucket's reads and writes.
+fn bucket(name: &str) -> Vec<String> {
+    let mut v = reads(&format!("KV_{name}"));
+    v.push(format!("$KV.{name}.>"));
+    v
+}
+
+/// No one deletes or purges stream data (I10).
+fn never() -> Vec<String> {
+    list(&[
+        "$JS.API.STREAM.DELETE.>",
+        "$JS.API.STREAM.PURGE.>",
+        "$JS.API.STREAM.MSG.DELETE.>",
+    ])
+}
+
+fn gateway() -> Permissions {
+    let mut publish = list(&[
+        "im.conv.>",
+        "im.rcpt.>",
+        "im.media.>",
+        "im.q.*",
+        "im.writer.*",
+        // Ephemeral notices (typing); events come from the projector only.
+        "im.deliver.*.t",
+        "$JS.API.INFO",
+    ]);
+    for stream in [CONV_STREAM, RCPT_STREAM, MEDIA_STREAM] {
+        publish.extend(reads(stream));
+    }
+    publish.extend(ephemeral_reads(MEDIA_STREAM));
+    publish.extend(bucket(MEDIA_QUOTA_BUCKET));
+    publish.extend(bucket(MEDIA_PENDING_BUCKET));
+    let mut publish_deny = list(&["im.deliver.*.e", "im.projector.>"]);
+    publish_deny.extend(never());
+    Permissions {
+        publish,
+        publish_deny,
+        subscribe: list(&[
+            "im.deliver.*.*",
+            "im.writer.*",
+            "im.projector.*.alive",
+            "_INBOX.>",
+        ]),
+        subscribe_deny: Vec::new(),
+        allow_responses: true,
+    }
+}
+
+fn projector() -> Permissions {
+    let mut publish = list(&["im.deliver.*.e", "im.projector.*.alive", "$JS.API.INFO"]);
+    for stream in [CONV_STREAM, RCPT_STREAM] {
+        publish.extend(reads(stream));
+        publish.extend(ephemeral_reads(stream));
+        publish.extend([
+            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+            format!("$JS.ACK.{stream}.>"),
+        ]);
+    }
+    let mut publish_deny = list(&["im.conv.>", "im.rcpt.>", "im.media.>", "im.writer.>"]);
+    publish_deny.extend(never());
+    Permissions {
+        publish,
+        publish_deny,
+        subscribe: list(&["im.q.*", "im.projector.*.q", "_INBOX.>"]),
+        subscribe_deny: Vec::new(),
+        allow_responses: true,
+    }
+}
+
+fn operator() -> Permissions {
+    Permissions {
+        publish: list(&[
+            "$JS.API.>",
+            "$KV.>",
+            "im.q.*",
+            "im.projector.*.q",
+            // `imctl projections verify` runs a scratch projector (its own
+            // control subject only: `Serves::OwnerOnly`).
+            "im.projector.*.alive",
+            "$JS.ACK.>",
+            // `im-replay restore`, into streams it creates (I24).
+            "im.conv.>",
+            "im.rcpt.>",
+            "im.media.>",
+        ]),
+        publish_deny: never(),
+        subscribe: list(&["_INBOX.>", "im.projector.*.alive", "im.projector.*.q"]),
+        subscribe_deny: list(&["im.q.*"]),
+        allow_responses: true,
+    }
+}
+
+fn auditor() -> Permissions {
+    let mut publish = list(&[
+        "$JS.API.INFO",
+        "$JS.API.STREAM.NAMES",
+        "$JS.API.STREAM.LIST",
+    ]);
+    for stream in [CONV_STREAM, RCPT_STREAM, MEDIA_STREAM] {
+        publish.extend(reads(stream));
+        publish.extend(ephemeral_reads(stream));
+    }
+    let mut publish_deny = list(&["im.>", "$KV.>", "$JS.API.CONSUMER.DURABLE.>"]);
+    publish_deny.extend(never());
+    Permissions {
+        publish,
+        publish_deny,
+        subscribe: list(&["_INBOX.>"]),
+        subscribe_deny: Vec::new(),
+        allow_responses: false,
+    }
+}
+
+/// How a user's password appears in the server config.
+#[derive(Clone, Debug)]
+pub enum Secret {
+    /// Written into the file (a generated config in a private data dir).
+    Inline(String),
+    /// Read by the server from this environment variable.
+    Env(&'static str),
+}
+
+fn quoted(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The server's `authorization` block: every component as a user with
+/// its permissions. Connections without a user are refused.
+pub fn authorization_block(users: &[(Component, Secret)]) -> String {
+    let mut out = String::from("authorization {\n  users = [\n");
+    for (component, secret) in users {
+        let p = component.permissions();
+        let password = match secret {
+            Secret::Inline(s) => format!("\"{s}\""),
+            Secret::Env(var) => format!("${var}"),
+        };
+        out.push_str(&format!(
+            "    {{\n      user: \"{user}\"\n      password: {password}\n      permissions: {{\n        \
+             publish: {{ allow: [{pa}], deny: [{pd}] }}\n        \
+             subscribe: {{ allow: [{sa}], deny: [{sd}] }}\n        \
+             allow_responses: {ar}\n      }}\n    }}\n",
+            user = component.user(),
+            pa = quoted(&p.publish),
+            pd = quoted(&p.publish_deny),
+            sa = quoted(&p.subscribe),
+            sd = quoted(&p.subscribe_deny),
+            ar = p.allow_responses,
+        ));
+    }
+    out.push_str("  ]\n}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_identity_may_delete_or_purge_and_only_writers_append() {
+        for c in Component::ALL {
+            let p = c.permissions();
+            for d in never() {
+                assert!(p.publish_deny.contains(&d), "{c:?} {d}");
+            }
+            let appends = p.publish.iter().any(|s| s == "im.conv.>");
+            assert_eq!(
+                appends,
+                matches!(c, Component::Gateway | Component::Operator),
+                "{c:?}"
+            );
+        }
+        let auditor = Component::Auditor.permissions();
+        assert!(auditor.publish.iter().all(|s| s.starts_with("$JS.API.")));
+        assert!(!auditor
+            .publish
+            .iter()
+            .any(|s| s.contains("CREATE.IM_CONV.") || s.contains("DURABLE")));
+    }
+
+    #[test]
+    fn the_block_names_every_user_and_reads_env_secrets() {
+        let block = authorization_block(&[
+            (Component::Gateway, Secret::Inline("pw".into())),
+            (Component::Auditor, Secret::Env("IM_NATS_AUDITOR_PASSWORD")),
+        ]);
+        assert!(block.contains("user: \"im-gateway\"\n      password: \"pw\""));
+        assert!(block.contains("password: $IM_NATS_AUDITOR_PASSWORD"));
+        assert!(block.contains("allow_responses: true"));
+    }
+}

@@ -1,0 +1,207 @@
+//! Each component's NATS identity against a real server configured from
+//! `im_streams::identities`: every boundary below is refused by the server
+//! (which says so), and the same action by the identity meant to do it
+//! goes through.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use im_streams::connect::NatsArgs;
+use im_streams::definitions::CONV_STREAM;
+use im_streams::identities::Component;
+use im_testkit::Stack;
+
+/// A connection as `component` that records the errors the server sends it.
+struct Watched {
+    client: async_nats::Client,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watched {
+    async fn connect(stack: &Stack, component: Component) -> Watched {
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let seen = errors.clone();
+        let client = stack
+            .auth(component)
+            .options()
+            .await
+            .unwrap()
+            .event_callback(move |event| {
+                let seen = seen.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        seen.lock().unwrap().push(e.to_string());
+                    }
+                }
+            })
+            .connect(stack.url())
+            .await
+            .unwrap();
+        Watched { client, errors }
+    }
+
+    /// Waits for the server to refuse `what` on `subject`.
+    async fn refused(&self, what: &str, subject: &str) {
+        let wanted = format!("permissions violation for {what} to \"{subject}\"");
+        for _ in 0..100 {
+            let errors = self.errors.lock().unwrap().clone();
+            if errors
+                .iter()
+                .any(|e| e.to_lowercase().contains(&wanted.to_lowercase()))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no {wanted:?}; the server said {:?}",
+            self.errors.lock().unwrap()
+        );
+    }
+}
+
+async fn nothing_arrives(sub: &mut async_nats::Subscriber) {
+    let got = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
+    assert!(got.is_err(), "a message arrived: {got:?}");
+}
+
+#[tokio::test]
+async fn a_connection_without_an_identity_is_refused() {
+    let stack = Stack::start_secured().await;
+    let err = NatsArgs::new(stack.url())
+        .connect("anonymous")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").to_lowercase().contains("authorization"),
+        "{err:?}"
+    );
+    let mut wrong = stack.auth(Component::Gateway);
+    wrong.password = Some("not-the-password".into());
+    assert!(NatsArgs::new(stack.url())
+        .with_auth(wrong)
+        .connect("wrong")
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn only_the_projector_publishes_deliveries_and_only_the_operator_controls_it() {
+    let stack = Stack::start_secured().await;
+    let listener = stack.connect_as(Component::Gateway).await;
+    let mut deliveries = listener.subscribe("im.deliver.bob.e").await.unwrap();
+    listener.flush().await.unwrap();
+
+    let gateway = Watched::connect(&stack, Component::Gateway).await;
+    gateway
+        .client
+        .publish("im.deliver.bob.e", "forged".into())
+        .await
+        .unwrap();
+    gateway.client.flush().await.unwrap();
+    gateway.refused("publish", "im.deliver.bob.e").await;
+    nothing_arrives(&mut deliveries).await;
+    gateway
+        .client
+        .publish("im.projector.main.q", "rebuild".into())
+        .await
+        .unwrap();
+    gateway.refused("publish", "im.projector.main.q").await;
+
+    let projector = stack.connect_as(Component::Projector).await;
+    projector
+        .publish("im.deliver.bob.e", "real".into())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), deliveries.next())
+        .await
+        .expect("the projector's delivery arrives")
+        .unwrap();
+    assert_eq!(&got.payload[..], b"real");
+}
+
+#[tokio::test]
+async fn the_projector_cannot_append_to_the_log_or_the_receipts() {
+    let stack = Stack::start_secured().await;
+    let projector = Watched::connect(&stack, Component::Projector).await;
+    let conv = stack.topology.conv_subject("g1").unwrap();
+    let rcpt = stack.topology.rcpt_subject("g1").unwrap();
+    for subject in [&conv, &rcpt] {
+        projector
+            .client
+            .publish(subject.clone(), "forged".into())
+            .await
+            .unwrap();
+        projector.client.flush().await.unwrap();
+        projector.refused("publish", subject).await;
+    }
+    assert_eq!(im_testkit::stream_messages(&stack.js, CONV_STREAM).await, 0);
+    assert_eq!(im_testkit::stream_messages(&stack.js, "IM_RCPT").await, 0);
+    // The writer's identity appends.
+    let gateway = jetstream::new(stack.connect_as(Component::Gateway).await);
+    gateway
+        .publish(conv, "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(im_testkit::stream_messages(&stack.js, CONV_STREAM).await, 1);
+}
+
+#[tokio::test]
+async fn the_auditor_reads_and_changes_nothing() {
+    let stack = Stack::start_secured().await;
+    let conv = stack.topology.conv_subject("g1").unwrap();
+    let writer = jetstream::new(stack.connect_as(Component::Gateway).await);
+    writer
+        .publish(conv.clone(), "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let auditor = Watched::connect(&stack, Component::Auditor).await;
+    let js = jetstream::new(auditor.client.clone());
+    // Reads: the stream's info and an ordered (ephemeral) consumer.
+    let mut stream = js.get_stream(CONV_STREAM).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    let ordered = stream
+        .create_consumer(pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let first = ordered
+        .messages()
+        .await
+        .unwrap()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first.payload[..], b"x");
+
+    auditor
+        .client
+        .publish(conv.clone(), "forged".into())
+        .await
+        .unwrap();
+    auditor.refused("publish", &conv).await;
+    assert!(js.delete_stream(CONV_STREAM).await.is_err());
+    auditor
+        .refused("publish", "$JS.API.STREAM.DELETE.IM_CONV")
+        .await;
+    assert!(stream.purge().await.is_err());
+    auditor
+        .refused("publish", "$JS.API.STREAM.PURGE.IM_CONV")
+        .await;
+    let durable = pull::Config {
+        durable_name: Some("mine".into()),
+        ..Default::default()
+    };
+    assert!(stream.create_consumer(durable).await.is_err());
+    auditor
+        .refused("publish", "$JS.API.CONSUMER.CREATE.IM_CONV.mine")
+        .await;
+    assert_eq!(im_testkit::stream_messages(&stack.js, CONV_STREAM).await, 1);
+}
