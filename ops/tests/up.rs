@@ -9,7 +9,19 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use im_ops::cmd::nats_identities;
+use im_streams::connect::NatsArgs;
+use im_streams::identities::Component;
 use im_streams::{Action, AppendOutcome, Appender, Command as Cmd, MessageBody};
+
+/// A connection to `up`'s server as `component` (authorization is on).
+async fn connect_as(url: &str, data: &std::path::Path, c: Component) -> async_nats::Client {
+    NatsArgs::new(url)
+        .with_auth(nats_identities::auth(data, c).unwrap())
+        .connect(c.user())
+        .await
+        .unwrap()
+}
 
 fn start(data: &std::path::Path, port: u16) -> (Child, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_imctl"))
@@ -64,9 +76,9 @@ fn interrupt_and_wait(mut child: Child) {
 }
 
 /// The conversation's history as the projector serves it, waiting for `pos`.
-async fn history_texts(url: &str, pos: u64) -> Vec<String> {
+async fn history_texts(url: &str, data: &std::path::Path, pos: u64) -> Vec<String> {
     use im_schema::v1::{self, query_request::Query, query_response::Result as R};
-    let client = async_nats::connect(url).await.unwrap();
+    let client = connect_as(url, data, Component::Gateway).await;
     let topo = im_streams::definitions::read_topology(&async_nats::jetstream::new(client.clone()))
         .await
         .unwrap();
@@ -102,8 +114,8 @@ async fn history_texts(url: &str, pos: u64) -> Vec<String> {
         .collect()
 }
 
-async fn send_one(url: &str, id: &str) -> AppendOutcome {
-    let client = async_nats::connect(url).await.unwrap();
+async fn send_one(url: &str, data: &std::path::Path, id: &str) -> AppendOutcome {
+    let client = connect_as(url, data, Component::Gateway).await;
     let topo = im_streams::definitions::read_topology(&async_nats::jetstream::new(client.clone()))
         .await
         .unwrap();
@@ -132,7 +144,7 @@ async fn up_serves_stops_on_sigint_and_keeps_data() {
         lines.iter().any(|l| l.contains("stream IM_CONV created")),
         "{lines:?}"
     );
-    let first = send_one(&url, "m1").await;
+    let first = send_one(&url, data.path(), "m1").await;
     let AppendOutcome::Stored {
         conv_seq: 2,
         stream_seq,
@@ -142,7 +154,10 @@ async fn up_serves_stops_on_sigint_and_keeps_data() {
         panic!("{first:?}")
     };
     // The projector serves what was appended.
-    assert_eq!(history_texts(&url, stream_seq).await, ["hello m1"]);
+    assert_eq!(
+        history_texts(&url, data.path(), stream_seq).await,
+        ["hello m1"]
+    );
     interrupt_and_wait(child);
     assert!(
         async_nats::connect(&url).await.is_err(),
@@ -156,12 +171,12 @@ async fn up_serves_stops_on_sigint_and_keeps_data() {
     );
     // The earlier history is there: the same send is a duplicate, the next
     // one continues the sequence.
-    let again = send_one(&url, "m1").await;
+    let again = send_one(&url, data.path(), "m1").await;
     assert!(
         matches!(again, AppendOutcome::Duplicate { conv_seq: 2, .. }),
         "{again:?}"
     );
-    let next = send_one(&url, "m2").await;
+    let next = send_one(&url, data.path(), "m2").await;
     let AppendOutcome::Stored {
         conv_seq: 3,
         stream_seq,
@@ -172,7 +187,7 @@ async fn up_serves_stops_on_sigint_and_keeps_data() {
     };
     // Its store kept the earlier history and goes on from there.
     assert_eq!(
-        history_texts(&url, stream_seq).await,
+        history_texts(&url, data.path(), stream_seq).await,
         ["hello m1", "hello m2"]
     );
     interrupt_and_wait(child);
@@ -235,23 +250,54 @@ async fn next_with(ws: &mut Ws, needle: &str) -> String {
     }
 }
 
-#[tokio::test]
-async fn up_runs_a_gateway_that_is_ready_and_carries_a_chat() {
+/// `imctl`'s output as the operator of `data`'s stack: (success, stdout).
+fn imctl_as_operator(data: &std::path::Path, url: &str, args: &[&str]) -> (bool, String) {
+    let auth = nats_identities::auth(data, Component::Operator).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args(args)
+        .args(["--nats-url", url])
+        .env("IM_NATS_USER", auth.user.unwrap())
+        .env("IM_NATS_PASSWORD", auth.password.unwrap())
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Every component on its own NATS identity (`up`'s default): a chat with
+/// typing, history over HTTP, the operator's verify and rebuild, the
+/// auditor's verify and export; and no connection without an identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
     use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
     let data = tempfile::tempdir().unwrap();
     let port = im_testkit::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
     let (child, lines) = start(data.path(), port);
     let gw = gateway_addr(&lines);
-    assert!(
-        lines.iter().any(|l| l.contains("imctl token issue")),
-        "{lines:?}"
-    );
+    for wanted in [
+        "imctl token issue",
+        "NATS authorization on",
+        "im-auditor.env",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(wanted)),
+            "{wanted}: {lines:?}"
+        );
+    }
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("a second gateway") && l.contains("IM_NATS_URL=")),
+            .any(|l| l.contains("a second gateway") && l.contains("im-gateway.env")),
         "{lines:?}"
     );
+    assert!(NatsArgs::new(&url).connect("anonymous").await.is_err());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = http_get(gw, "/readyz").await;
@@ -268,15 +314,77 @@ async fn up_runs_a_gateway_that_is_ready_and_carries_a_chat() {
     next_with(&mut bob, "connected").await;
     let send =
         r#"{"send": {"toUserId": "bob", "clientMsgId": "hello-1", "text": "hi from imctl up"}}"#;
-    alice
-        .send(tokio_tungstenite::tungstenite::Message::Text(send.into()))
-        .await
-        .unwrap();
-    assert!(next_with(&mut alice, "sendAck")
-        .await
-        .contains("ACK_STATUS_STORED"));
-    assert!(next_with(&mut bob, "hi from imctl up")
-        .await
-        .contains("deliver"));
+    alice.send(Message::Text(send.into())).await.unwrap();
+    let ack = next_with(&mut alice, "sendAck").await;
+    assert!(ack.contains("ACK_STATUS_STORED"), "{ack}");
+    let delivered = next_with(&mut bob, "hi from imctl up").await;
+    assert!(delivered.contains("deliver"), "{delivered}");
+    let conv = im_streams::subjects::direct_conversation_id("alice", "bob").unwrap();
+    let typing = format!(r#"{{"typing": {{"conversationId": "{conv}", "typing": true}}}}"#);
+    alice.send(Message::Text(typing.into())).await.unwrap();
+    assert!(next_with(&mut bob, "typingNotice").await.contains("alice"));
+    let (status, body) = http_get_as(
+        gw,
+        &format!("/v1/history?conversationId={conv}&minPosition=2"),
+        &token(data.path(), "bob"),
+    )
+    .await;
+    assert!(
+        status == 200 && body.contains("hi from imctl up"),
+        "{status} {body}"
+    );
+
+    for args in [
+        &["projections", "verify", "--all", "--instance", "local"][..],
+        &["projections", "rebuild", "--all", "--instance", "local"][..],
+    ] {
+        let (ok, out) = imctl_as_operator(data.path(), &url, args);
+        assert!(ok, "imctl {args:?}: {out}");
+    }
+    let auditor = im_streams::connect::NatsArgs::new(&url)
+        .with_auth(nats_identities::auth(data.path(), Component::Auditor).unwrap());
+    let connection = || im_replay::cmd::Connection {
+        nats: auditor.clone(),
+    };
+    im_replay::cmd::verify::run(im_replay::cmd::verify::VerifyArgs {
+        conv: None,
+        nats: connection(),
+    })
+    .await
+    .expect("the auditor verifies the log");
+    im_replay::cmd::export::run(im_replay::cmd::export::ExportArgs {
+        stream: im_replay::cmd::export::StreamChoice::All,
+        conv: Some(conv.clone()),
+        user: None,
+        since: None,
+        until: None,
+        from_seq: None,
+        to_seq: None,
+        format: im_replay::cmd::export::Format::Jsonl,
+        nats: connection(),
+    })
+    .await
+    .expect("the auditor exports");
     interrupt_and_wait(child);
+    // No component tried anything its identity may not do.
+    let log = std::fs::read_to_string(data.path().join("nats").join("nats.log")).unwrap();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+}
+
+/// A GET with a bearer token: (status, body).
+async fn http_get_as(addr: std::net::SocketAddr, path: &str, bearer: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n"
+    );
+    sock.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    sock.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
 }

@@ -12,6 +12,9 @@ struct Cli {
 enum Command {
     /// Run the local stack (nats-server, streams, projector, gateway) until Ctrl-C.
     Up(im_ops::cmd::up::UpArgs),
+    /// Print the production nats-server configuration: a user per
+    /// component with least-privilege permissions (ops/deploy/nats-server.conf).
+    NatsConfig(im_ops::cmd::nats_config::NatsConfigArgs),
     /// Development tokens for the local stack.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Up(args) => im_ops::cmd::up::run(args).await,
+        Command::NatsConfig(args) => im_ops::cmd::nats_config::run(args),
         Command::Token(TokenCommand::Issue(args)) => im_ops::cmd::token::issue(args),
         Command::Streams(StreamsCommand::Apply(args)) => im_ops::cmd::streams::apply(args).await,
         Command::Streams(StreamsCommand::Status(args)) => im_ops::cmd::streams::status(args).await,

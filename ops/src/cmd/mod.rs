@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod check;
+pub mod nats_config;
 pub mod nats_identities;
 pub mod projections;
 pub mod secrets;
