@@ -87,10 +87,66 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// How long a shutdown waits for HTTP requests in flight and WebSocket
+/// connections to finish their command and close: longer than a command's
+/// bound (`Limits::command_timeout_ms`, 10 s by default), short enough for
+/// an orchestrator's grace period (30 s by default in Kubernetes).
+pub const SHUTDOWN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Serves until the listener fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+) -> Result<(), GatewayError> {
+    serve_until(listener, state, std::future::pending()).await
+}
+
+/// Serves until `stop` completes, then shuts down gracefully: accepts no
+/// more connections, answers `/readyz` 503, lets each WebSocket finish its
+/// running command and closes it with 1001, drains HTTP requests in
+/// flight; all within `SHUTDOWN_DRAIN_MAX`.
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let signalled = state.clone();
+    let stop = async move {
+        stop.await;
+        tracing::info!("shutting down: closing connections");
+        signalled.shutdown.send_replace(true);
+    };
+    let drained = state.clone();
+    let drain = async move {
+        let http = serve_inner(listener, drained.clone(), stop);
+        http.await?;
+        // Upgraded connections are not the server's to wait for.
+        while drained
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok::<_, GatewayError>(())
+    };
+    let mut shutdown = state.shutdown.subscribe();
+    tokio::select! {
+        r = drain => r,
+        _ = async {
+            let _ = shutdown.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_DRAIN_MAX).await;
+        } => {
+            tracing::warn!(bound_s = SHUTDOWN_DRAIN_MAX.as_secs(), "shutdown: connections still open past the bound");
+            Ok(())
+        }
+    }
+}
+
+async fn serve_inner(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     use axum::serve::ListenerExt;
     // Nagle would hold a small frame (an ack) while an earlier one (a
@@ -100,6 +156,8 @@ pub async fn serve(
             tracing::debug!(error = %e, "tcp_nodelay not set");
         }
     });
-    axum::serve(listener, router(state)).await?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(stop)
+        .await?;
     Ok(())
 }

@@ -15,6 +15,9 @@ pub struct AppState {
     pub connections: AtomicUsize,
     pub media: Option<Arc<media::Media>>,
     pub readiness: Arc<readiness::Readiness>,
+    /// True once the gateway is shutting down: connections finish their
+    /// command and close with 1001, `/readyz` answers 503.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -46,6 +49,11 @@ impl AppState {
             appender,
             verifier,
             connections: AtomicUsize::new(0),
+            shutdown: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
     }
 }

@@ -90,6 +90,7 @@ async fn everything_is_r3_and_starts_with_a_node_down() {
             serves: im_projectors::Serves::Clients,
         },
         current,
+        tokio::sync::watch::channel(false).1,
     )));
     // The supervisor gives up after `STARTUP_WAIT` of JetStream not
     // answering (twice: its topology read, then its runs); on a loaded box

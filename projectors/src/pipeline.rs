@@ -147,6 +147,7 @@ pub async fn start(
     publish: async_nats::Client,
     cfg: Arc<RunnerConfig>,
     feeds: Feeds,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<(), RunError>>, RunError> {
     let js = jetstream::new(consume);
     // Opened here so a misconfiguration fails `start`, not a task later.
@@ -165,7 +166,7 @@ pub async fn start(
                 Some(p) => p,
                 None => open_pumps(&js, &cfg, &feeds).await?,
             };
-            let stop = run_batches(rx, &publish, &cfg, &feeds, &jobs).await?;
+            let stop = run_batches(rx, &publish, &cfg, &feeds, &jobs, &mut stop).await?;
             drop(guard);
             match stop {
                 Stop::Closed => return Ok(()),
@@ -263,11 +264,20 @@ async fn run_batches(
     cfg: &RunnerConfig,
     feeds: &Feeds,
     jobs: &mpsc::Sender<FoldJob>,
+    stop: &mut watch::Receiver<bool>,
 ) -> Result<Stop, RunError> {
     // Consumer sequences of fresh consumers are numbered 1, 2, 3...; a jump
     // means a delivery never arrived.
     let mut seen = [0u64; 2];
-    while let Some(first) = rx_in.recv().await {
+    loop {
+        // Asked to stop: only between batches, so the last one is
+        // committed, published and acknowledged whole.
+        let first = tokio::select! {
+            biased;
+            _ = stopped(stop) => return Ok(Stop::Closed),
+            first = rx_in.recv() => first,
+        };
+        let Some(first) = first else { break };
         let mut items = vec![first];
         while items.len() < BATCH_MAX {
             match rx_in.try_recv() {
@@ -294,6 +304,13 @@ async fn run_batches(
         }
     }
     Ok(Stop::Closed)
+}
+
+/// Returns once `stop` says so; never when no one can say it any more.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Has the fold thread fold and commit one batch, holding every

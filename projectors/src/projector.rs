@@ -64,7 +64,15 @@ pub struct Projector {
     query_task: tokio::task::JoinHandle<()>,
     /// Its own heartbeat, unless a supervisor beats for it.
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
+    /// Tells the pipeline to stop after the batch it is on.
+    stop: tokio::sync::watch::Sender<bool>,
 }
+
+/// How long a graceful stop waits for the batch in hand to be committed,
+/// published and acknowledged: a batch takes milliseconds, a full disk or
+/// a NATS that does not answer can hold it; past this it is abandoned
+/// (nothing of it acknowledged, so it is delivered again).
+pub const STOP_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Drop for Projector {
     fn drop(&mut self) {
@@ -341,6 +349,7 @@ impl Projector {
             tasks: tokio::task::JoinSet::new(),
             query_task,
             heartbeat_task,
+            stop: tokio::sync::watch::Sender::new(false),
         };
         // Queries are answered (from what is committed) and the heartbeat
         // says what is wrong while the disk refuses writes; nothing is
@@ -354,12 +363,35 @@ impl Projector {
             clients.publish.clone(),
             context.rebuilds.runner_config(),
             feeds,
+            projector.stop.subscribe(),
         )
         .await?;
         projector
             .tasks
             .spawn(async move { pipeline.await.unwrap_or(Ok(())) });
         Ok(projector)
+    }
+
+    /// Stops gracefully: the pipeline finishes the batch it is on (or
+    /// abandons it past `STOP_MAX`); then everything is dropped.
+    pub async fn finish(mut self) -> Result<(), RunError> {
+        self.stop.send_replace(true);
+        let finished = async {
+            while let Some(done) = self.tasks.join_next().await {
+                done.map_err(|e| RunError::Task(e.into()))??;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(STOP_MAX, finished).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    bound_s = STOP_MAX.as_secs(),
+                    "stop: the batch in hand is abandoned (not acknowledged)"
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Returns when a projection stops (an error: they run until aborted).

@@ -57,10 +57,12 @@ fn storage_error(e: &ProjectorError) -> Option<&StoreError> {
 
 /// Runs the projector until an error no restart mends; `current` follows
 /// the running instance (for metrics and callers that wait for it).
+/// `stop` set to true stops it gracefully (`Projector::finish`).
 pub async fn run(
     clients: Clients,
     config: ProjectorConfig,
     current: watch::Sender<Option<Arc<QueryContext>>>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(), ProjectorError> {
     // One heartbeat for every run, so a projector that cannot even start
     // (its disk full) still says why.
@@ -85,13 +87,24 @@ pub async fn run(
     // Since when JetStream has not let a run last (None: it has).
     let mut outage: Option<Instant> = None;
     loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
         let started = Instant::now();
         let start =
             Projector::start_reporting(clients.clone(), config.clone(), Some(health.clone()));
         let outcome = match start.await {
             Ok(mut projector) => {
                 current.send_replace(Some(projector.context.clone()));
-                projector.wait().await.map_err(ProjectorError::Run)
+                tokio::select! {
+                    r = projector.wait() => r.map_err(ProjectorError::Run),
+                    _ = crate::pipeline::stopped(&mut stop) => {
+                        let r = projector.finish().await;
+                        current.send_replace(None);
+                        tracing::info!("stopped: the last batch committed and acknowledged");
+                        return r.map_err(ProjectorError::Run);
+                    }
+                }
             }
             Err(e) => Err(e),
         };
@@ -110,7 +123,7 @@ pub async fn run(
             }
             health.set_problem(format!("jetstream: {error}"));
             tracing::warn!(error = %error, wait_ms = backoff.as_millis() as u64, "jetstream unavailable: the projector starts again from its checkpoints once it answers");
-            tokio::time::sleep(backoff).await;
+            pause(backoff, &mut stop).await;
             backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
             continue;
         }
@@ -129,8 +142,16 @@ pub async fn run(
             continue;
         }
         tracing::error!(error = %error, source = ?std::error::Error::source(&error), wait_ms = backoff.as_millis() as u64, "storage error: the projector stopped (nothing acknowledged past its last commit) and starts again");
-        tokio::time::sleep(backoff).await;
+        pause(backoff, &mut stop).await;
         backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+    }
+}
+
+/// A pause before the next start, cut short by a stop.
+async fn pause(backoff: Duration, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(backoff) => {}
+        _ = crate::pipeline::stopped(stop) => {}
     }
 }
 

@@ -38,7 +38,12 @@ async fn supervised(
         publish: s.client.clone(),
     };
     let (current, mut started) = tokio::sync::watch::channel(None);
-    let task = tokio::spawn(supervisor::run(clients, config, current));
+    let task = tokio::spawn(supervisor::run(
+        clients,
+        config,
+        current,
+        tokio::sync::watch::channel(false).1,
+    ));
     tokio::time::timeout(Duration::from_secs(30), started.wait_for(Option::is_some))
         .await
         .expect("started in time")

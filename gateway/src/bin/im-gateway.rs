@@ -29,6 +29,17 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     println!("im-gateway: ready http://{addr} ws://{addr}/v1/ws");
-    im_gateway::serve(listener, state).await?;
+    im_gateway::serve_until(listener, state, stop_signal()).await?;
+    println!("im-gateway: stopped");
     Ok(())
+}
+
+/// SIGTERM (an orchestrator) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

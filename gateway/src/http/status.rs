@@ -22,6 +22,9 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let partitions = state.appender.topology().partitions;
     let mut problems = state.readiness.problems(&state.client, partitions);
+    if state.is_shutting_down() {
+        problems.push("shutting down".to_string());
+    }
     if !state.dispatcher.is_connected() {
         problems.push("the delivery connection to NATS is down".to_string());
     }

@@ -83,6 +83,18 @@ pub fn timed_out(bound: Duration, client_msg_id: &str) -> v1::Envelope {
     )
 }
 
+/// RFC 6455's "going away": the server is shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// The answer to a command still waiting when the gateway shuts down.
+fn shutting_down(client_msg_id: &str) -> v1::Envelope {
+    error_frame(
+        v1::ErrorCode::Unavailable,
+        "the gateway is shutting down: retry with the same client_msg_id",
+        client_msg_id,
+    )
+}
+
 /// A command read from the connection, waiting for its turn.
 struct Queued {
     arrived: Instant,
@@ -142,12 +154,29 @@ impl<'a> Conn<'a> {
         let window = Duration::from_millis(self.limits.heartbeat_window_ms);
         let mut idle_at = tokio::time::Instant::now() + window;
         let mut running: Option<Running<'a>> = None;
+        let mut shutdown = self.state.shutdown.subscribe();
+        let mut closing = false;
         loop {
             if running.is_none() {
                 running = self.queue.pop_front().map(|q| self.start(q));
             }
+            if closing && running.is_none() {
+                return End::Closed(Some(close_frame(
+                    CLOSE_GOING_AWAY,
+                    "the gateway is shutting down: reconnect".into(),
+                )));
+            }
             let outbox = self.outbox;
             tokio::select! {
+                _ = shutdown.wait_for(|s| *s), if !closing => {
+                    // The running command finishes and is answered; those
+                    // still waiting are told to retry (with their ids).
+                    closing = true;
+                    for q in self.queue.drain(..) {
+                        let id = client_msg_id_of(&q.env);
+                        self.outbox.push(Outbound::reply(shutting_down(&id)));
+                    }
+                }
                 stop = std::future::poll_fn(|cx| writer.poll(cx, sink, outbox, false)) => {
                     return match stop {
                         Stop::Overflowed => End::Overflowed,
@@ -161,7 +190,7 @@ impl<'a> Conn<'a> {
                         self.outbox.push(Outbound::reply(reply));
                     }
                 }
-                frame = stream.next() => {
+                frame = stream.next(), if !closing => {
                     idle_at = tokio::time::Instant::now() + window;
                     let envelopes = match frame {
                         Some(Err(e)) if is_too_large(&e) => {

@@ -171,10 +171,12 @@ async fn serve(
     // Supervised: a storage error stops the projector, is reported, and it
     // starts again (waiting for the disk, or rebuilding a quarantined store).
     let (current, mut started) = tokio::sync::watch::channel(None);
+    let (stop_projector, projector_stopping) = tokio::sync::watch::channel(false);
     let mut projector = tokio::spawn(im_projectors::supervisor::run(
         clients,
         projector_config,
         current,
+        projector_stopping,
     ));
     tokio::select! {
         r = started.wait_for(Option::is_some) => { r.context("the projector stopped before it started")?; }
@@ -207,7 +209,10 @@ async fn serve(
         .await
         .with_context(|| format!("binding {}", args.gateway_listen))?;
     let addr = listener.local_addr()?;
-    let gateway = tokio::spawn(im_gateway::serve(listener, state));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut gateway = tokio::spawn(im_gateway::serve_until(listener, state, async {
+        let _ = stopped.await;
+    }));
     println!("imctl: gateway http://{addr} ws://{addr}/v1/ws");
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
@@ -245,8 +250,13 @@ async fn serve(
         r = wait_for_shutdown() => r?,
         r = &mut projector => r?.context("the projector stopped")?,
     }
-    gateway.abort();
     println!("imctl: shutting down");
+    // The gateway closes its connections (1001) and drains HTTP, bounded.
+    let _ = stop.send(());
+    let _ = (&mut gateway).await;
+    // Then the projector, after the batch in hand.
+    stop_projector.send_replace(true);
+    let _ = (&mut projector).await;
     Ok(())
 }
 

@@ -67,7 +67,10 @@ async fn main() -> anyhow::Result<()> {
     // Supervised: a storage error stops the instance, is reported, and it
     // starts again (waiting for the disk, or rebuilding a quarantined store).
     let (current, mut started) = tokio::sync::watch::channel(None);
-    let supervised = tokio::spawn(im_projectors::supervisor::run(clients, config, current));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut supervised = tokio::spawn(im_projectors::supervisor::run(
+        clients, config, current, stopping,
+    ));
     if let Some(port) = args.metrics_port {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         tokio::spawn(im_projectors::metrics::serve(listener, started.clone(), js));
@@ -83,10 +86,26 @@ async fn main() -> anyhow::Result<()> {
         context.instance, context.partitions
     );
     tokio::select! {
-        r = supervised => r?.context("the projector stopped")?,
-        r = tokio::signal::ctrl_c() => r?,
+        r = &mut supervised => r?.context("the projector stopped")?,
+        _ = stop_signal() => {
+            // The batch in hand is committed and acknowledged whole, or
+            // abandoned past its bound: nothing acknowledged uncommitted.
+            stop.send_replace(true);
+            supervised.await?.context("stopping")?;
+            println!("im-projector: stopped");
+        }
     }
     Ok(())
+}
+
+/// SIGTERM (an orchestrator) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 #[cfg(test)]
