@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 /// Every environment variable the gateway reads.
-pub const ENV_VARS: [(&str, &str); 16] = [
+pub const ENV_VARS: [(&str, &str); 17] = [
     ("IM_MEDIA_DIR", "keep media on disk in this directory"),
     (
         "IM_S3_ENDPOINT",
@@ -19,6 +19,10 @@ pub const ENV_VARS: [(&str, &str); 16] = [
     (
         "IM_GATEWAY_LISTEN",
         "address to listen on (default 127.0.0.1:8080)",
+    ),
+    (
+        "IM_GATEWAY_METRICS_LISTEN",
+        "address of the /metrics listener (default: none; never the public one)",
     ),
     (
         "IM_NATS_URL",
@@ -58,6 +62,13 @@ pub struct Limits {
     /// Sends per second per connection (token bucket refill) and burst.
     pub sends_per_sec: u32,
     pub send_burst: u32,
+    /// Sends per second per user across all their devices and HTTP on this
+    /// gateway, and burst: twice one connection's, so two devices in use
+    /// at once are not cut short, while a user with sixteen devices cannot
+    /// send sixteen times as fast. (Per gateway: a user spread over N
+    /// gateways gets N times this.)
+    pub user_sends_per_sec: u32,
+    pub user_send_burst: u32,
     /// Frames waiting to be written to one client; a client that lets it
     /// fill is closed with `CLOSE_RESYNC` and must resync.
     pub outbound_queue_max: usize,
@@ -77,6 +88,10 @@ pub struct Limits {
     pub heartbeat_window_ms: u64,
     pub connections_max: usize,
     pub connections_per_user_max: usize,
+    /// WebSocket connections from one client address: a NAT'd office or
+    /// campus shares one, so generous; past it a flood must come from
+    /// many addresses.
+    pub connections_per_ip_max: usize,
     /// tungstenite's read buffer, resident for the connection's life: a
     /// client frame is a few hundred bytes (a send, an ack, a heartbeat),
     /// and a larger one grows the buffer for itself only, so 1 KiB keeps an
@@ -102,12 +117,15 @@ impl Default for Limits {
             envelopes_per_frame_max: 64,
             sends_per_sec: 20,
             send_burst: 40,
+            user_sends_per_sec: 40,
+            user_send_burst: 80,
             outbound_queue_max: 256,
             command_timeout_ms: 10_000,
             commands_queued_max: 128,
             heartbeat_window_ms: 45_000,
             connections_max: 20_000,
             connections_per_user_max: 16,
+            connections_per_ip_max: 1_000,
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 4 * 1024,
             media_upload_bytes_max: 16 * 1024 * 1024,
@@ -121,6 +139,8 @@ impl Default for Limits {
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub nats_url: String,
     /// Who the gateway is to NATS (`identities::Component::Gateway`), for
     /// both its connections.
@@ -146,6 +166,9 @@ impl GatewayConfig {
             || l.outbound_queue_max == 0
             || l.send_burst == 0
             || l.sends_per_sec == 0
+            || l.user_sends_per_sec == 0
+            || l.user_send_burst == 0
+            || l.connections_per_ip_max == 0
             || l.command_timeout_ms == 0
             || l.commands_queued_max == 0
         {
@@ -172,6 +195,10 @@ impl GatewayConfig {
                 .unwrap_or_else(|| "127.0.0.1:8080".into())
                 .parse()
                 .map_err(|e| format!("IM_GATEWAY_LISTEN: {e}"))?,
+            metrics_listen: var("IM_GATEWAY_METRICS_LISTEN")
+                .map(|a| a.parse())
+                .transpose()
+                .map_err(|e| format!("IM_GATEWAY_METRICS_LISTEN: {e}"))?,
             nats_url: var("IM_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
             nats_auth: im_streams::connect::NatsAuth {
                 user: var("IM_NATS_USER"),

@@ -13,6 +13,7 @@ pub mod http;
 pub mod media;
 pub mod outbox;
 pub mod query;
+pub mod rate;
 pub mod readiness;
 pub mod state;
 pub mod ws;
@@ -83,7 +84,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/healthz", get(http::status::healthz))
         .route("/readyz", get(http::status::readyz))
-        .route("/metrics", get(http::status::metrics))
         .with_state(state)
 }
 
@@ -92,6 +92,19 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// bound (`Limits::command_timeout_ms`, 10 s by default), short enough for
 /// an orchestrator's grace period (30 s by default in Kubernetes).
 pub const SHUTDOWN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `/metrics` on a listener of its own (`IM_GATEWAY_METRICS_LISTEN`), never
+/// the public one: what the gateway counts is for operators.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+) -> Result<(), GatewayError> {
+    let app = Router::new()
+        .route("/metrics", get(http::status::metrics))
+        .with_state(state);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
 
 /// Serves until the listener fails.
 pub async fn serve(
@@ -156,7 +169,8 @@ async fn serve_inner(
             tracing::debug!(error = %e, "tcp_nodelay not set");
         }
     });
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await?;
     Ok(())

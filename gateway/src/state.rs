@@ -18,6 +18,10 @@ pub struct AppState {
     /// True once the gateway is shutting down: connections finish their
     /// command and close with 1001, `/readyz` answers 503.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Each user's sends across devices (`Limits::user_sends_per_sec`).
+    pub user_rates: crate::rate::UserRates,
+    /// WebSocket connections per client address.
+    pub addresses: crate::rate::AddressCounts,
 }
 
 impl AppState {
@@ -40,6 +44,10 @@ impl AppState {
         let dispatcher = dispatch::Dispatcher::start(&config.nats_url, &config.nats_auth)?;
         let readiness = Arc::new(readiness::Readiness::default());
         tokio::spawn(readiness::listen(client.clone(), readiness.clone()));
+        let user_rates = crate::rate::UserRates::new(
+            config.limits.user_sends_per_sec,
+            config.limits.user_send_burst,
+        );
         Ok(Arc::new(AppState {
             readiness,
             media,
@@ -50,6 +58,8 @@ impl AppState {
             verifier,
             connections: AtomicUsize::new(0),
             shutdown: tokio::sync::watch::Sender::new(false),
+            user_rates,
+            addresses: Default::default(),
         }))
     }
 

@@ -115,7 +115,7 @@ async fn the_gateway_process_memory_stays_bounded_while_a_client_does_not_read()
     s.client.flush().await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, metrics) = http_get(gw.1, "/metrics", "").await;
+        let (_, metrics) = http_get(gw.2, "/metrics", "").await;
         if metrics.contains("im_gateway_connections 0") {
             break;
         }

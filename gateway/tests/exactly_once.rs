@@ -13,7 +13,7 @@ use im_schema::v1;
 use im_streams::{Action, Role, StreamSettings};
 
 /// Gateways that let a test client send as fast as it likes.
-const FAST: &str = r#"{"sends_per_sec": 100000, "send_burst": 100000}"#;
+const FAST: &str = r#"{"sends_per_sec": 100000, "send_burst": 100000, "user_sends_per_sec": 100000, "user_send_burst": 100000}"#;
 
 /// JetStream's duplicate window in these tests: retries come after it.
 const WINDOW_MS: u64 = 1_000;

@@ -123,7 +123,10 @@ async fn admin_over_http_and_refused_senders_over_websocket() {
         assert!(std::time::Instant::now() < deadline, "{status} {body}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let (_, metrics) = http_get(gw, "/metrics", "").await;
+    // Metrics are on their own listener, not the public one.
+    let (status, _) = http_get(gw, "/metrics", "").await;
+    assert_eq!(status, 404);
+    let (_, metrics) = http_get(s.metrics[0], "/metrics", "").await;
     // The three refused clients were dropped; the admin is still connected.
     assert!(metrics.contains("im_gateway_connections 1"), "{metrics}");
     assert!(

@@ -84,3 +84,79 @@ async fn one_subscription_per_user_shared_by_devices_and_dropped_with_the_last()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A user's sends share one rate across their devices: two devices of one
+/// user exhaust one burst, another user's is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_send_rate_is_shared_by_their_devices() {
+    let limits = Limits {
+        sends_per_sec: 1_000,
+        send_burst: 1_000,
+        user_sends_per_sec: 1,
+        user_send_burst: 4,
+        ..Limits::default()
+    };
+    let s = Stack::start(limits).await;
+    let gw = s.gateways[0];
+    let phone = try_connect(gw, Some(&token("ann")), Wire::Json, "phone")
+        .await
+        .unwrap();
+    let laptop = try_connect(gw, Some(&token("ann")), Wire::Json, "laptop")
+        .await
+        .unwrap();
+    let mut refused = 0;
+    for (i, mut device) in [phone, laptop].into_iter().enumerate() {
+        for j in 0..3 {
+            device
+                .send(text_send_to("ben", &format!("m{i}{j}"), "hi"))
+                .await;
+            let answer = device
+                .recv_until(|p| match p {
+                    Payload::SendAck(_) => Some(None),
+                    Payload::Error(e) => Some(Some(e.clone())),
+                    _ => None,
+                })
+                .await;
+            if let Some(e) = answer {
+                assert_eq!(e.code, v1::ErrorCode::RateLimited as i32, "{e:?}");
+                assert!(e.message.contains("this user"), "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    // Six sends against one burst of four (and a token a second).
+    assert!((1..=2).contains(&refused), "{refused} refused");
+    let mut ben = connect(gw, "ben", Wire::Json).await;
+    ben.send(text_send_to("ann", "b1", "yo")).await;
+    assert_eq!(
+        ben.recv_until(ack_of).await.status,
+        v1::AckStatus::Stored as i32
+    );
+}
+
+/// At most `connections_per_ip_max` WebSockets from one address; one more
+/// is refused with 429 until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_one_address_are_capped() {
+    let limits = Limits {
+        connections_per_ip_max: 2,
+        ..Limits::default()
+    };
+    let s = Stack::start(limits).await;
+    let gw = s.gateways[0];
+    let first = connect(gw, "u1", Wire::Json).await;
+    let _second = connect(gw, "u2", Wire::Json).await;
+    let third = try_connect(gw, Some(&token("u3")), Wire::Json, "d").await;
+    assert_eq!(third.err(), Some(429));
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match try_connect(gw, Some(&token("u3")), Wire::Json, "d").await {
+            Ok(_) => break,
+            Err(429) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+}

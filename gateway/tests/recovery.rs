@@ -13,6 +13,8 @@ fn fast() -> Limits {
     Limits {
         sends_per_sec: 100_000,
         send_burst: 100_000,
+        user_sends_per_sec: 100_000,
+        user_send_burst: 100_000,
         ..Limits::default()
     }
 }

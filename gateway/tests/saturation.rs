@@ -112,7 +112,7 @@ async fn every_send_is_answered_under_saturating_load() {
     let s = Stack::start(Limits::default()).await;
     let url = s.server.url();
     let limits = format!(
-        r#"{{"sends_per_sec": 100000, "send_burst": 100000, "commands_queued_max": {QUEUED_MAX}, "command_timeout_ms": {TIMEOUT_MS}, "outbound_queue_max": 100000}}"#
+        r#"{{"sends_per_sec": 100000, "send_burst": 100000, "user_sends_per_sec": 100000, "user_send_burst": 100000, "commands_queued_max": {QUEUED_MAX}, "command_timeout_ms": {TIMEOUT_MS}, "outbound_queue_max": 100000}}"#
     );
     let gateways = [spawn_gateway(&url, &limits), spawn_gateway(&url, &limits)];
     let members: Vec<(String, Role)> = (0..SENDERS)

@@ -28,7 +28,16 @@ async fn main() -> anyhow::Result<()> {
         || im_gateway::AppState::new(config.clone(), client.clone()),
     )
     .await?;
-    println!("im-gateway: ready http://{addr} ws://{addr}/v1/ws");
+    let metrics = match config.metrics_listen {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at).await?;
+            let metrics = listener.local_addr()?;
+            tokio::spawn(im_gateway::serve_metrics(listener, state.clone()));
+            format!(" metrics http://{metrics}/metrics")
+        }
+        None => String::new(),
+    };
+    println!("im-gateway: ready http://{addr} ws://{addr}/v1/ws{metrics}");
     im_gateway::serve_until(listener, state, stop_signal()).await?;
     println!("im-gateway: stopped");
     Ok(())

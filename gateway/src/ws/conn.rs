@@ -20,6 +20,7 @@ use crate::cmd;
 use crate::error::error_frame;
 use crate::frames::{self, CLOSE_IDLE, CLOSE_TOO_LARGE};
 use crate::outbox::{Outbound, Outbox};
+use crate::rate::TokenBucket;
 use crate::{AppState, Limits};
 
 /// How a connection's loop ended.
@@ -31,29 +32,6 @@ pub enum End {
     /// The client left, or is told why it must (the frame, sent after what
     /// is queued).
     Closed(Option<CloseFrame>),
-}
-
-/// Send rate per connection.
-struct TokenBucket {
-    tokens: f64,
-    last: Instant,
-    rate: f64,
-    burst: f64,
-}
-
-impl TokenBucket {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// Whether a read failed on a message or frame over the size limit.
@@ -131,12 +109,7 @@ impl<'a> Conn<'a> {
             user,
             device,
             outbox,
-            bucket: TokenBucket {
-                tokens: f64::from(limits.send_burst),
-                last: Instant::now(),
-                rate: f64::from(limits.sends_per_sec),
-                burst: f64::from(limits.send_burst),
-            },
+            bucket: TokenBucket::new(limits.sends_per_sec, limits.send_burst),
             queue: VecDeque::new(),
             limits,
         }
@@ -255,6 +228,13 @@ impl<'a> Conn<'a> {
                 return Some(error_frame(
                     v1::ErrorCode::RateLimited,
                     "send rate exceeded",
+                    &cmid,
+                ))
+            }
+            Some(Payload::Send(_)) if !self.state.user_rates.take(self.user) => {
+                return Some(error_frame(
+                    v1::ErrorCode::RateLimited,
+                    "send rate exceeded for this user (all devices)",
                     &cmid,
                 ))
             }

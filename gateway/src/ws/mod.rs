@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
@@ -52,6 +52,7 @@ fn bearer(headers: &HeaderMap, query: &WsQuery) -> Option<String> {
 
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -72,6 +73,17 @@ pub async fn upgrade(
     if state.connections.load(Ordering::SeqCst) >= limits.connections_max {
         return (StatusCode::SERVICE_UNAVAILABLE, "gateway full").into_response();
     }
+    // Counted from here to the connection's end (`ConnGuard`); a refused
+    // or failed upgrade gives it back at once.
+    let ip = peer.ip();
+    if !state.addresses.try_add(ip, limits.connections_per_ip_max) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address",
+        )
+            .into_response();
+    }
+    let address = AddressGuard(state.clone(), ip);
     // The subprotocol is chosen by `protocols` (the first the client offered
     // that we speak); none offered means protobuf.
     let ws = ws.protocols([PROTO_SUBPROTOCOL, JSON_SUBPROTOCOL]);
@@ -83,7 +95,20 @@ pub async fn upgrade(
         .write_buffer_size(limits.ws_write_buffer_bytes)
         .max_message_size(limits.frame_bytes_max)
         .max_frame_size(limits.frame_bytes_max)
-        .on_upgrade(move |socket| run(state, socket, user, device, codec))
+        .on_upgrade(move |socket| async move {
+            let _address = address;
+            run(state, socket, user, device, codec).await
+        })
+}
+
+/// Gives an address's connection back when the connection (or the upgrade
+/// that would have made it) ends.
+struct AddressGuard(Arc<AppState>, std::net::IpAddr);
+
+impl Drop for AddressGuard {
+    fn drop(&mut self) {
+        self.0.addresses.remove(self.1);
+    }
 }
 
 struct ConnGuard<'a>(&'a AppState, &'a str, u64);

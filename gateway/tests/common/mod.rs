@@ -20,6 +20,8 @@ pub struct Stack {
     pub kit: im_testkit::Stack,
     pub _projector: im_projectors::Projector,
     pub gateways: Vec<std::net::SocketAddr>,
+    /// Each gateway's `/metrics` address.
+    pub metrics: Vec<std::net::SocketAddr>,
     pub states: Vec<std::sync::Arc<AppState>>,
 }
 
@@ -49,6 +51,7 @@ impl Stack {
             kit,
             _projector: projector,
             gateways: Vec::new(),
+            metrics: Vec::new(),
             states: Vec::new(),
         };
         stack.add_gateway(limits).await;
@@ -68,6 +71,7 @@ impl Stack {
     ) -> std::net::SocketAddr {
         let config = GatewayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
             nats_url: self.server.url(),
             nats_auth: Default::default(),
             hs256_secret: Some(SECRET.into()),
@@ -80,6 +84,9 @@ impl Stack {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(im_gateway::serve(listener, state.clone()));
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.metrics.push(metrics.local_addr().unwrap());
+        tokio::spawn(im_gateway::serve_metrics(metrics, state.clone()));
         self.gateways.push(addr);
         self.states.push(state);
         addr
@@ -403,8 +410,13 @@ async fn http_post_as(
     )
 }
 
-/// A gateway process (the real binary); SIGKILLed on drop.
-pub struct Gateway(pub std::process::Child, pub std::net::SocketAddr);
+/// A gateway process (the real binary): the process, its public address,
+/// its `/metrics` address. SIGKILLed on drop.
+pub struct Gateway(
+    pub std::process::Child,
+    pub std::net::SocketAddr,
+    pub std::net::SocketAddr,
+);
 
 impl Drop for Gateway {
     fn drop(&mut self) {
@@ -436,6 +448,7 @@ pub fn spawn_gateway_env(nats_url: &str, limits_json: &str, env: &[(&str, &str)]
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_im-gateway"))
         .env("IM_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("IM_GATEWAY_METRICS_LISTEN", "127.0.0.1:0")
         .env("IM_NATS_URL", nats_url)
         .env("IM_JWT_HS256_SECRET", SECRET)
         .env("IM_GATEWAY_LIMITS_JSON", limits_json)
@@ -453,8 +466,14 @@ pub fn spawn_gateway_env(nats_url: &str, limits_json: &str, env: &[(&str, &str)]
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .parse()
         .unwrap();
+    let metrics = line
+        .split_once(" metrics http://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+        .parse()
+        .unwrap();
     std::thread::spawn(move || for _ in lines {});
-    Gateway(child, addr)
+    Gateway(child, addr, metrics)
 }
 
 /// Waits until the projector has applied `stream_seq` of `conv` in every

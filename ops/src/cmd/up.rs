@@ -58,6 +58,10 @@ pub struct UpArgs {
     /// Address of the gateway (HTTP + WebSocket); port 0 picks a free one.
     #[arg(long, env = "IM_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub gateway_listen: std::net::SocketAddr,
+    /// Address of the gateway's `/metrics` (never on the public listener);
+    /// port 0 picks a free one.
+    #[arg(long, env = "IM_GATEWAY_METRICS_LISTEN", default_value = "127.0.0.1:0")]
+    pub gateway_metrics_listen: std::net::SocketAddr,
     /// JSON object overriding the gateway's `Limits` fields (the same
     /// variable the gateway binary reads).
     #[arg(long, env = "IM_GATEWAY_LIMITS_JSON")]
@@ -189,6 +193,7 @@ async fn serve(
     let secret = crate::cmd::token::local_secret(&args.data_dir)?;
     let gateway_config = im_gateway::GatewayConfig {
         listen: args.gateway_listen,
+        metrics_listen: Some(args.gateway_metrics_listen),
         nats_url: url.to_string(),
         nats_auth: nats(Component::Gateway).auth,
         hs256_secret: Some(secret),
@@ -209,11 +214,17 @@ async fn serve(
         .await
         .with_context(|| format!("binding {}", args.gateway_listen))?;
     let addr = listener.local_addr()?;
+    let metrics = tokio::net::TcpListener::bind(args.gateway_metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", args.gateway_metrics_listen))?;
+    let metrics_addr = metrics.local_addr()?;
+    tokio::spawn(im_gateway::serve_metrics(metrics, state.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut gateway = tokio::spawn(im_gateway::serve_until(listener, state, async {
         let _ = stopped.await;
     }));
     println!("imctl: gateway http://{addr} ws://{addr}/v1/ws");
+    println!("imctl: gateway metrics http://{metrics_addr}/metrics");
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "imctl".into());

@@ -211,6 +211,8 @@ pub fn bench_limits(connections: usize) -> serde_json::Value {
     serde_json::json!({
         "sends_per_sec": 1_000_000,
         "send_burst": 1_000_000,
+        "user_sends_per_sec": 1_000_000,
+        "user_send_burst": 1_000_000,
         // An open-loop sender may run ahead of its acks (the fan-out's).
         "commands_queued_max": 1_000_000,
         // Headroom over the measured connections for the senders.

@@ -43,6 +43,8 @@ pub struct Stack {
     /// The stack's own nats-server (a child of `imctl up`).
     pub nats_pid: u32,
     pub gateway: SocketAddr,
+    /// The gateway's `/metrics` listener.
+    metrics: SocketAddr,
     secret: String,
     dir: tempfile::TempDir,
 }
@@ -75,6 +77,7 @@ impl Stack {
             .env("IM_JWT_HS256_SECRET", &secret);
         let (child, mut lines) = spawn_quiet(command, "imctl up")?;
         let (mut gateway, mut nats_url, mut nats_pid) = (None, None, None);
+        let mut metrics = None;
         let ready = async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(rest) = line.strip_prefix("imctl: nats-server ") {
@@ -83,6 +86,10 @@ impl Stack {
                         .skip_while(|w| *w != "pid")
                         .nth(1)
                         .and_then(|p| p.parse::<u32>().ok());
+                }
+                if let Some(rest) = line.strip_prefix("imctl: gateway metrics http://") {
+                    let addr = rest.split('/').next().unwrap_or_default();
+                    metrics = Some(addr.parse::<SocketAddr>()?);
                 }
                 if let Some(rest) = line.strip_prefix("imctl: gateway http://") {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
@@ -105,6 +112,7 @@ impl Stack {
             nats_url: nats_url.context("no nats url")?,
             nats_pid: nats_pid.context("no nats-server pid")?,
             gateway: gateway.context("no gateway address")?,
+            metrics: metrics.context("no metrics address")?,
             secret,
             dir,
         })
@@ -126,7 +134,7 @@ impl Stack {
     /// A counter from the gateway's `/metrics` (0 when absent).
     pub async fn gateway_counter(&self, name: &str) -> anyhow::Result<u64> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut sock = tokio::net::TcpStream::connect(self.gateway).await?;
+        let mut sock = tokio::net::TcpStream::connect(self.metrics).await?;
         sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
             .await?;
         let mut body = String::new();

@@ -141,7 +141,7 @@ impl System {
         for i in 0..2 {
             let addr: std::net::SocketAddr =
                 format!("127.0.0.1:{}", im_testkit::free_port()).parse()?;
-            let limits = r#"{"sends_per_sec": 100000, "send_burst": 100000}"#;
+            let limits = r#"{"sends_per_sec": 100000, "send_burst": 100000, "user_sends_per_sec": 100000, "user_send_burst": 100000}"#;
             let mut gw = Proc {
                 name: format!("gateway{i}"),
                 command: vec![sibling("im-gateway")?.display().to_string()],
