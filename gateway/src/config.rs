@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 /// Every environment variable the gateway reads.
-pub const ENV_VARS: [(&str, &str); 17] = [
+pub const ENV_VARS: [(&str, &str); 24] = [
     ("IM_MEDIA_DIR", "keep media on disk in this directory"),
     (
         "IM_S3_ENDPOINT",
@@ -43,6 +43,28 @@ pub const ENV_VARS: [(&str, &str); 17] = [
     (
         "IM_JWT_RS256_PUBLIC_KEY_FILE",
         "PEM file of the RS256 public key",
+    ),
+    (
+        "IM_JWT_ES256_PUBLIC_KEY_FILE",
+        "PEM file of the ES256 (P-256) public key",
+    ),
+    (
+        "IM_JWT_EDDSA_PUBLIC_KEY_FILE",
+        "PEM file of the EdDSA (Ed25519) public key",
+    ),
+    (
+        "IM_JWT_JWKS_URL",
+        "an identity provider's JWKS URL (keys by kid, rotated)",
+    ),
+    ("IM_JWT_ISSUER", "the required `iss`, if set"),
+    ("IM_JWT_AUDIENCE", "the required `aud`, if set"),
+    (
+        "IM_JWT_USER_CLAIM",
+        "the claim holding the user id (default sub)",
+    ),
+    (
+        "IM_JWT_USER_IDS",
+        "strict (refuse ids outside [A-Za-z0-9_-]) or hashed (map them to x_<sha256>)",
     ),
     (
         "IM_GATEWAY_LIMITS_JSON",
@@ -145,8 +167,8 @@ pub struct GatewayConfig {
     /// Who the gateway is to NATS (`identities::Component::Gateway`), for
     /// both its connections.
     pub nats_auth: im_streams::connect::NatsAuth,
-    pub hs256_secret: Option<String>,
-    pub rs256_public_pem: Option<String>,
+    /// Which bearer tokens are accepted.
+    pub tokens: crate::auth::TokenConfig,
     pub limits: Limits,
     /// None: the media endpoints answer `unavailable`.
     pub media: Option<crate::media::MediaBackend>,
@@ -154,12 +176,7 @@ pub struct GatewayConfig {
 
 impl GatewayConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.hs256_secret.is_none() && self.rs256_public_pem.is_none() {
-            return Err("set IM_JWT_HS256_SECRET or IM_JWT_RS256_PUBLIC_KEY_FILE".into());
-        }
-        if self.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
-            return Err("the HS256 secret must be at least 32 bytes".into());
-        }
+        self.tokens.validate()?;
         self.nats_auth.identity().map_err(|e| e.to_string())?;
         let l = &self.limits;
         if l.frame_bytes_max < 1024
@@ -180,10 +197,7 @@ impl GatewayConfig {
     /// Reads the environment (see `ENV_VARS`).
     pub fn from_env() -> Result<Self, String> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let rs256_public_pem = match var("IM_JWT_RS256_PUBLIC_KEY_FILE") {
-            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?),
-            None => None,
-        };
+
         let limits = match var("IM_GATEWAY_LIMITS_JSON") {
             Some(json) => {
                 serde_json::from_str(&json).map_err(|e| format!("IM_GATEWAY_LIMITS_JSON: {e}"))?
@@ -207,14 +221,40 @@ impl GatewayConfig {
                 nkey: var("IM_NATS_NKEY").map(Into::into),
                 tls_ca: var("IM_NATS_TLS_CA").map(Into::into),
             },
-            hs256_secret: var("IM_JWT_HS256_SECRET"),
-            rs256_public_pem,
+            tokens: tokens_from_env(&var)?,
             limits,
             media: media_from_env(&var)?,
         };
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The token settings (`IM_JWT_*`).
+pub fn tokens_from_env(
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::auth::TokenConfig, String> {
+    let file = |name: &str| -> Result<Option<String>, String> {
+        var(name)
+            .map(|path| std::fs::read_to_string(&path).map_err(|e| format!("{name} {path}: {e}")))
+            .transpose()
+    };
+    let defaults = crate::auth::TokenConfig::default();
+    Ok(crate::auth::TokenConfig {
+        hs256_secret: var("IM_JWT_HS256_SECRET"),
+        rs256_public_pem: file("IM_JWT_RS256_PUBLIC_KEY_FILE")?,
+        es256_public_pem: file("IM_JWT_ES256_PUBLIC_KEY_FILE")?,
+        eddsa_public_pem: file("IM_JWT_EDDSA_PUBLIC_KEY_FILE")?,
+        jwks_url: var("IM_JWT_JWKS_URL"),
+        issuer: var("IM_JWT_ISSUER"),
+        audience: var("IM_JWT_AUDIENCE"),
+        user_claim: var("IM_JWT_USER_CLAIM").unwrap_or(defaults.user_claim),
+        user_ids: match var("IM_JWT_USER_IDS") {
+            Some(v) => v.parse().map_err(|e| format!("IM_JWT_USER_IDS: {e}"))?,
+            None => defaults.user_ids,
+        },
+        jwks_refresh_min: defaults.jwks_refresh_min,
+    })
 }
 
 fn media_from_env(

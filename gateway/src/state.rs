@@ -33,10 +33,7 @@ impl AppState {
         let js = async_nats::jetstream::new(client.clone());
         let topology = im_streams::definitions::read_topology(&js).await?;
         let appender = im_streams::Appender::new(client.clone(), topology).await?;
-        let verifier = auth::Verifier::new(
-            config.hs256_secret.as_deref(),
-            config.rs256_public_pem.as_deref(),
-        )?;
+        let verifier = auth::Verifier::new(&config.tokens)?;
         let media = match &config.media {
             Some(backend) => Some(Arc::new(media::Media::open(backend, &client).await?)),
             None => None,

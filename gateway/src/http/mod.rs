@@ -78,6 +78,7 @@ impl FromRequestParts<Arc<AppState>> for AuthUser {
         state
             .verifier
             .verify(&token)
+            .await
             .map(AuthUser)
             .map_err(|e| ApiError(v1::ErrorCode::Unauthorized, e.to_string()))
     }

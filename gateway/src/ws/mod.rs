@@ -61,7 +61,7 @@ pub async fn upgrade(
     let Some(token) = bearer(&headers, &query) else {
         return (StatusCode::UNAUTHORIZED, "missing bearer token").into_response();
     };
-    let user = match state.verifier.verify(&token) {
+    let user = match state.verifier.verify(&token).await {
         Ok(user) => user,
         Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
     };

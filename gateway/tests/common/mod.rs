@@ -74,8 +74,11 @@ impl Stack {
             metrics_listen: None,
             nats_url: self.server.url(),
             nats_auth: Default::default(),
-            hs256_secret: Some(SECRET.into()),
-            rs256_public_pem: Some(RS256_PUBLIC.into()),
+            tokens: im_gateway::auth::TokenConfig {
+                hs256_secret: Some(SECRET.into()),
+                rs256_public_pem: Some(RS256_PUBLIC.into()),
+                ..Default::default()
+            },
             limits,
             media,
         };

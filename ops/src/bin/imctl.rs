@@ -58,6 +58,9 @@ enum StreamsCommand {
 enum TokenCommand {
     /// Print a JWT for a user, signed with the local stack's secret.
     Issue(im_ops::cmd::token::IssueArgs),
+    /// Whether the gateway would take a token (configured as IM_JWT_* say),
+    /// and why not.
+    Check(im_ops::cmd::token::CheckArgs),
 }
 
 // See the workspace manifest for why.
@@ -83,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Up(args) => im_ops::cmd::up::run(args).await,
         Command::NatsConfig(args) => im_ops::cmd::nats_config::run(args),
         Command::Token(TokenCommand::Issue(args)) => im_ops::cmd::token::issue(args),
+        Command::Token(TokenCommand::Check(args)) => im_ops::cmd::token::check(args).await,
         Command::Streams(StreamsCommand::Apply(args)) => im_ops::cmd::streams::apply(args).await,
         Command::Streams(StreamsCommand::Status(args)) => im_ops::cmd::streams::status(args).await,
         Command::Bench(args) => im_ops::cmd::bench::run(args).await,

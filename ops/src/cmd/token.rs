@@ -1,5 +1,8 @@
 //! `imctl token issue --user U [--ttl SECS]`: a development JWT (HS256)
 //! signed with the local stack's secret, for clients of `imctl up`.
+//! `imctl token check JWT`: whether a gateway configured as this
+//! environment says (`IM_JWT_*`, the local stack's secret otherwise) takes
+//! the token, and if not, why.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +39,34 @@ pub fn local_secret(data_dir: &Path) -> anyhow::Result<String> {
     let secret = crate::cmd::secrets::random(SECRET_LEN);
     crate::cmd::secrets::write_private(&path, &secret)?;
     Ok(secret)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The token (a JWT).
+    pub token: String,
+    /// The data dir of `imctl up`, whose secret is used when no
+    /// `IM_JWT_*` key is set.
+    #[arg(long, env = crate::cmd::up::ENV_DATA_DIR, default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+/// Prints the user the token proves, or fails with the reason it is
+/// refused (exit 1).
+pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut config = im_gateway::config::tokens_from_env(&var).map_err(anyhow::Error::msg)?;
+    if config.validate().is_err() {
+        config.hs256_secret = Some(local_secret(&args.data_dir)?);
+    }
+    let verifier = im_gateway::auth::Verifier::new(&config)?;
+    match verifier.verify(args.token.trim()).await {
+        Ok(user) => {
+            println!("ok: user {user}");
+            Ok(())
+        }
+        Err(why) => anyhow::bail!("refused: {why}"),
+    }
 }
 
 pub fn issue(args: IssueArgs) -> anyhow::Result<()> {

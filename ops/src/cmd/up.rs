@@ -196,8 +196,10 @@ async fn serve(
         metrics_listen: Some(args.gateway_metrics_listen),
         nats_url: url.to_string(),
         nats_auth: nats(Component::Gateway).auth,
-        hs256_secret: Some(secret),
-        rs256_public_pem: None,
+        tokens: im_gateway::auth::TokenConfig {
+            hs256_secret: Some(secret),
+            ..Default::default()
+        },
         limits,
         // The embedded stack keeps media on disk: nothing else to run.
         media: Some(im_gateway::media::MediaBackend::Disk(

@@ -123,14 +123,11 @@ async fn caught_up(js: &jetstream::Context) -> anyhow::Result<()> {
 /// Runs `imctl <args>` against the stack as its operator would; its
 /// seconds.
 async fn timed_imctl(stack: &Stack, args: &[&str]) -> anyhow::Result<f64> {
-    let operator = stack.operator()?;
     let started = Instant::now();
     let status = tokio::process::Command::new(std::env::current_exe()?)
         .args(args)
         .arg("--nats-url")
         .arg(&stack.nats_url)
-        .env("IM_NATS_USER", operator.user.unwrap_or_default())
-        .env("IM_NATS_PASSWORD", operator.password.unwrap_or_default())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -46,7 +46,7 @@ pub struct Stack {
     /// The gateway's `/metrics` listener.
     metrics: SocketAddr,
     secret: String,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Stack {
@@ -64,6 +64,10 @@ impl Stack {
         let mut command = tokio::process::Command::new(exe);
         let command = command
             .arg("up")
+            // Its raw baselines publish on scratch subjects and a bare
+            // broadcast, which no component identity may: the bench's
+            // throwaway server runs without authorization (BENCHMARKS.md).
+            .arg("--no-auth")
             .arg("--data-dir")
             .arg(dir.path())
             .arg("--nats-port")
@@ -114,7 +118,7 @@ impl Stack {
             gateway: gateway.context("no gateway address")?,
             metrics: metrics.context("no metrics address")?,
             secret,
-            dir,
+            _dir: dir,
         })
     }
 
@@ -145,16 +149,9 @@ impl Stack {
             .unwrap_or(0))
     }
 
-    /// The operator's identity (the stack runs with authorization).
-    pub fn operator(&self) -> anyhow::Result<im_streams::connect::NatsAuth> {
-        let operator = im_streams::identities::Component::Operator;
-        crate::cmd::nats_identities::auth(self.dir.path(), operator)
-    }
-
-    /// A connection as the operator.
+    /// A connection to the stack's server (no authorization).
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
         Ok(im_streams::connect::NatsArgs::new(&self.nats_url)
-            .with_auth(self.operator()?)
             .connect("imctl-bench")
             .await?)
     }

@@ -1,0 +1,142 @@
+//! Keys from an identity provider's JWKS URL: fetched at start, cached by
+//! key id, fetched again when stale or when a token names a key not in the
+//! cache (a rotation), at most once per `refresh_min` so that tokens with
+//! made-up key ids cannot make the gateway hammer the provider.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use super::AuthError;
+
+/// Keys kept from one document: providers publish a handful (current and
+/// next); more is a misconfiguration, not a reason to grow without bound.
+pub const JWKS_KEYS_MAX: usize = 64;
+
+/// Largest JWKS document read.
+pub const JWKS_BYTES_MAX: usize = 256 * 1024;
+
+/// How long one fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Cached keys are fetched again after this even if no token asks: a key
+/// the provider withdrew stops being accepted within it.
+pub const JWKS_TTL: Duration = Duration::from_secs(600);
+
+type Keys = HashMap<String, (Algorithm, DecodingKey)>;
+
+pub struct Jwks {
+    url: String,
+    client: reqwest::Client,
+    refresh_min: Duration,
+    cache: Mutex<(Keys, Option<Instant>)>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl Jwks {
+    pub fn new(url: String, refresh_min: Duration) -> Self {
+        Jwks {
+            url,
+            client: reqwest::Client::builder()
+                .timeout(FETCH_TIMEOUT)
+                .build()
+                .expect("an HTTP client"),
+            refresh_min,
+            cache: Mutex::new((HashMap::new(), None)),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn cached(&self, kid: &str) -> (Option<(Algorithm, DecodingKey)>, Option<Instant>) {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        (cache.0.get(kid).cloned(), cache.1)
+    }
+
+    /// The key `kid` names (the only key, when the token names none).
+    pub async fn key(&self, kid: Option<&str>) -> Result<(Algorithm, DecodingKey), AuthError> {
+        let kid = match kid {
+            Some(k) => k.to_string(),
+            None => self.only_kid().await?,
+        };
+        let (found, fetched) = self.cached(&kid);
+        let stale = fetched.is_none_or(|at| at.elapsed() >= JWKS_TTL);
+        if let (Some(key), false) = (&found, stale) {
+            return Ok(key.clone());
+        }
+        let _one = self.fetching.lock().await;
+        let (found, fetched) = self.cached(&kid);
+        let may_fetch = fetched.is_none_or(|at| at.elapsed() >= self.refresh_min);
+        if may_fetch && (found.is_none() || stale) {
+            let keys = self.fetch().await?;
+            *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = (keys, Some(Instant::now()));
+        }
+        self.cached(&kid).0.ok_or(AuthError::UnknownKey(kid))
+    }
+
+    async fn only_kid(&self) -> Result<String, AuthError> {
+        if self.cached("").1.is_none() {
+            let keys = self.fetch().await?;
+            *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = (keys, Some(Instant::now()));
+        }
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.0.keys().collect::<Vec<_>>()[..] {
+            [only] => Ok(only.clone()),
+            _ => Err(AuthError::Malformed(
+                "no kid, and the JWKS has several keys".into(),
+            )),
+        }
+    }
+
+    async fn fetch(&self) -> Result<Keys, AuthError> {
+        let fail = |e: &dyn std::fmt::Display| AuthError::Keys(format!("{}: {e}", self.url));
+        let response = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| fail(&e))?;
+        let response = response.error_for_status().map_err(|e| fail(&e))?;
+        if response
+            .content_length()
+            .is_some_and(|n| n as usize > JWKS_BYTES_MAX)
+        {
+            return Err(fail(&"the document is too large"));
+        }
+        let body = response.bytes().await.map_err(|e| fail(&e))?;
+        if body.len() > JWKS_BYTES_MAX {
+            return Err(fail(&"the document is too large"));
+        }
+        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| fail(&e))?;
+        let mut keys = HashMap::new();
+        for jwk in set.keys.iter().take(JWKS_KEYS_MAX) {
+            let (Some(kid), Some(alg)) = (jwk.common.key_id.clone(), algorithm_of(jwk)) else {
+                continue;
+            };
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(kid, (alg, key));
+            }
+        }
+        tracing::info!(url = %self.url, keys = keys.len(), "token keys fetched");
+        Ok(keys)
+    }
+}
+
+/// The algorithm a key is for: its `alg`, else what its type implies.
+fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
+    if let Some(alg) = jwk.common.key_algorithm {
+        return alg.to_string().parse().ok();
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+            Some(Algorithm::ES256)
+        }
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Some(Algorithm::EdDSA)
+        }
+        _ => None,
+    }
+}
