@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 /// Every environment variable the gateway reads.
-pub const ENV_VARS: [(&str, &str); 24] = [
+pub const ENV_VARS: [(&str, &str); 25] = [
     ("IM_MEDIA_DIR", "keep media on disk in this directory"),
     (
         "IM_S3_ENDPOINT",
@@ -38,6 +38,10 @@ pub const ENV_VARS: [(&str, &str); 24] = [
     (
         "IM_NATS_TLS_CA",
         "CA certificate (PEM) for the NATS servers; TLS is then required",
+    ),
+    (
+        "IM_EVENT_SIGNING_KEY_FILE",
+        "the writer's ed25519 seed (base64url; created if missing): it signs every event it appends",
     ),
     ("IM_JWT_HS256_SECRET", "HS256 secret for bearer tokens"),
     (
@@ -169,6 +173,8 @@ pub struct GatewayConfig {
     pub nats_auth: im_streams::connect::NatsAuth,
     /// Which bearer tokens are accepted.
     pub tokens: crate::auth::TokenConfig,
+    /// The seed the gateway signs its events with; none: unsigned.
+    pub signing_key_file: Option<std::path::PathBuf>,
     pub limits: Limits,
     /// None: the media endpoints answer `unavailable`.
     pub media: Option<crate::media::MediaBackend>,
@@ -222,6 +228,7 @@ impl GatewayConfig {
                 tls_ca: var("IM_NATS_TLS_CA").map(Into::into),
             },
             tokens: tokens_from_env(&var)?,
+            signing_key_file: var("IM_EVENT_SIGNING_KEY_FILE").map(Into::into),
             limits,
             media: media_from_env(&var)?,
         };

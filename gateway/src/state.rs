@@ -32,7 +32,18 @@ impl AppState {
         config.validate().map_err(GatewayError::Config)?;
         let js = async_nats::jetstream::new(client.clone());
         let topology = im_streams::definitions::read_topology(&js).await?;
-        let appender = im_streams::Appender::new(client.clone(), topology).await?;
+        let signer = match &config.signing_key_file {
+            Some(path) => Some(Arc::new(im_streams::signing::EventSigner::load_or_create(
+                path,
+            )?)),
+            None => None,
+        };
+        let options = im_streams::AppenderOptions {
+            signer,
+            ..Default::default()
+        };
+        let appender =
+            im_streams::Appender::with_options(client.clone(), topology, options).await?;
         let verifier = auth::Verifier::new(&config.tokens)?;
         let media = match &config.media {
             Some(backend) => Some(Arc::new(media::Media::open(backend, &client).await?)),

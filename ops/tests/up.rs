@@ -346,6 +346,10 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
     let connection = || im_replay::cmd::Connection {
         nats: auditor.clone(),
     };
+    // `up` registered the gateway's signing key: verify checks every event.
+    let js = async_nats::jetstream::new(auditor.connect("auditor").await.unwrap());
+    let keys = im_streams::signing::registered(&js).await.unwrap();
+    assert_eq!(keys.in_force_from(), Some(1));
     im_replay::cmd::verify::run(im_replay::cmd::verify::VerifyArgs {
         conv: None,
         nats: connection(),

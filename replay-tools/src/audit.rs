@@ -33,6 +33,7 @@ pub enum ViolationKind {
     Gap { expected: u64 },
     BadChain { expected: String, found: String },
     NotAllowed { code: &'static str, reason: String },
+    Signature(im_streams::signing::SignatureError),
     NotWhatTheRulesProduce { detail: String },
     DuplicateClientMsgId { client_msg_id: String },
     IncompleteCommand,
@@ -50,6 +51,7 @@ impl std::fmt::Display for ViolationKind {
                 f,
                 "broken hash chain: prev_hash {found}, the previous event hashes to {expected}"
             ),
+            ViolationKind::Signature(e) => write!(f, "signature: {e}"),
             ViolationKind::NotAllowed { code, reason } => {
                 write!(f, "not allowed by the rules: {code} ({reason})")
             }
@@ -130,6 +132,32 @@ pub struct Auditor {
     convs: BTreeMap<String, ConvAudit>,
     range: RangeDigest,
     events: u64,
+    /// The writers' registered keys: from the first registration on,
+    /// every event must carry a valid signature by one of them.
+    keys: im_streams::signing::WriterKeys,
+}
+
+/// The `Im-Sig` header of a stored event.
+pub fn signature_of(raw: &Raw) -> Option<&str> {
+    raw.headers
+        .iter()
+        .find(|(k, _)| k == im_streams::signing::HDR_SIGNATURE)
+        .map(|(_, v)| v.as_str())
+}
+
+impl Auditor {
+    /// An auditor that checks signatures against `keys`.
+    pub fn with_keys(keys: im_streams::signing::WriterKeys) -> Self {
+        Auditor {
+            keys,
+            ..Default::default()
+        }
+    }
+
+    /// The keys, to learn one an event names before it is checked.
+    pub fn keys_mut(&mut self) -> &mut im_streams::signing::WriterKeys {
+        &mut self.keys
+    }
 }
 
 /// Compares a stored event with the one the rules produced, chain links
@@ -284,6 +312,15 @@ impl Auditor {
             conv_seq: ev.conv_seq,
             kind,
         };
+        if self
+            .keys
+            .in_force_from()
+            .is_some_and(|from| raw.seq >= from)
+        {
+            self.keys
+                .check(signature_of(raw), &raw.payload)
+                .map_err(|e| v(ViolationKind::Signature(e)))?;
+        }
         let audit = self.convs.entry(ev.conversation_id.clone()).or_default();
         let state = audit
             .state

@@ -316,3 +316,50 @@ fn a_direct_creation_without_its_message_is_incomplete() {
         ViolationKind::IncompleteCommand
     );
 }
+
+#[test]
+fn from_the_first_registration_every_event_carries_a_registered_signature() {
+    use im_streams::signing::{EventSigner, SignatureError, WriterKeys, HDR_SIGNATURE};
+    let mut log = Log::default();
+    log.run(
+        "g",
+        "o",
+        "c1",
+        Action::CreateGroup {
+            title: "t".into(),
+            members: vec![("m".into(), Role::Member)],
+        },
+    );
+    log.run("g", "m", "c2", text("before keys"));
+    log.run("g", "m", "c3", text("signed"));
+    let writer = EventSigner::from_seed([1; 32]);
+    let stranger = EventSigner::from_seed([2; 32]);
+    let audit_with = |sig: Option<String>| {
+        let mut keys = WriterKeys::default();
+        keys.insert(writer.public(), 3);
+        let mut a = Auditor::with_keys(keys);
+        for r in &log.raws {
+            let mut r = r.clone();
+            if let (3, Some(sig)) = (r.seq, &sig) {
+                r.headers.push((HDR_SIGNATURE.to_string(), sig.clone()));
+            }
+            a.check(&r)?;
+        }
+        a.finish()
+    };
+    let signed = &log.raws[2].payload;
+    assert!(audit_with(Some(writer.sign(signed))).is_ok());
+    let kind = |r: Result<Report, Violation>| r.unwrap_err().kind;
+    assert_eq!(
+        kind(audit_with(None)),
+        ViolationKind::Signature(SignatureError::Unsigned)
+    );
+    assert_eq!(
+        kind(audit_with(Some(stranger.sign(signed)))),
+        ViolationKind::Signature(SignatureError::UnknownKey(stranger.key_id().into()))
+    );
+    assert_eq!(
+        kind(audit_with(Some(writer.sign(b"other bytes")))),
+        ViolationKind::Signature(SignatureError::Bad(writer.key_id().into()))
+    );
+}

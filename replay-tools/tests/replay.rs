@@ -4,6 +4,7 @@
 //! append path.
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use im_schema::v1::{self, query_request::Query, query_response::Result as R};
@@ -562,4 +563,73 @@ async fn state_counts_members_as_the_live_projection_after_removals_leaves_and_b
     ]))
     .unwrap();
     assert_eq!(state["members"], json_of(&live));
+}
+
+/// Signed events: once a writer key is registered, the writer's signed
+/// events verify and `verify` names an event published around the writers
+/// (the chain is right, the signature is missing). Unknown keys and
+/// changed bytes: `audit_tests.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_unsigned_and_unknown_signers() {
+    use im_streams::signing::{register, EventSigner};
+    let stack = im_testkit::Stack::start().await;
+    let url = stack.url();
+    let plain = stack.appender().await;
+    // Before any key: unsigned events are what every writer wrote.
+    run(
+        &plain,
+        "club",
+        "olga",
+        "k0",
+        Action::CreateGroup {
+            title: "club".into(),
+            members: vec![("amy".into(), Role::Member)],
+        },
+    )
+    .await;
+    let signer = Arc::new(EventSigner::from_seed([3; 32]));
+    register(&stack.js, &signer.public()).await.unwrap();
+    let client = async_nats::connect(&url).await.unwrap();
+    let topology = stack.topology;
+    let options = im_streams::AppenderOptions {
+        signer: Some(signer.clone()),
+        ..Default::default()
+    };
+    let app = Appender::with_options(client.clone(), topology, options)
+        .await
+        .unwrap();
+    run(&app, "club", "amy", "k1", text("signed")).await;
+    let (_, out, err) = replay(&["verify", "--nats-url", &url]);
+    assert!(out.contains("range IM_CONV 1-2"), "{out}");
+    assert!(
+        err.contains("signatures required from IM_CONV seq 2"),
+        "{err}"
+    );
+
+    // Around the writers: the right link, no signature.
+    let next = |state: &im_streams::ConvState, id: &str| {
+        let event = v1::ConvEvent {
+            conversation_id: "club".into(),
+            actor: "amy".into(),
+            at_ms: 1,
+            client_msg_id: id.into(),
+            schema_version: im_schema::SCHEMA_VERSION,
+            kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+                body: Some(v1::message_sent::Body::Text("forged".into())),
+                meta: Default::default(),
+            })),
+            ..Default::default()
+        };
+        im_streams::seal::seal(state, vec![event]).remove(0)
+    };
+    let state = app.current_state("club").await.unwrap();
+    let forged = next(&state, "f1");
+    let seq = forge(&client, &forged.event).await;
+    let (passed, out, _) = replay(&["verify", "--nats-url", &url]);
+    assert!(!passed);
+    assert!(
+        out.contains(&format!("VIOLATION event at IM_CONV seq {seq} "))
+            && out.contains("signature: unsigned"),
+        "{out}"
+    );
 }

@@ -135,6 +135,10 @@ pub const MEDIA_QUOTA_BUCKET: &str = "im_media_quota";
 /// Presigned uploads waiting for their completion.
 pub const MEDIA_PENDING_BUCKET: &str = "im_media_pending";
 
+/// The writers' public keys (`signing.rs`): kept for good, every event
+/// from a key's registration on is checked against it.
+pub const WRITER_KEYS_BUCKET: &str = crate::signing::WRITER_KEYS_BUCKET;
+
 /// The key-value buckets the system uses, with the same replicas as the
 /// streams: a bucket on one node would make uploads fail (and a gateway
 /// starting then stall) while that node is down.
@@ -149,6 +153,12 @@ pub fn bucket_definitions(replicas: usize) -> Vec<jetstream::kv::Config> {
             num_replicas: replicas,
             ..Default::default()
         })
+        .chain(std::iter::once(jetstream::kv::Config {
+            bucket: WRITER_KEYS_BUCKET.to_string(),
+            history: 1,
+            num_replicas: replicas,
+            ..Default::default()
+        }))
         .collect()
 }
 

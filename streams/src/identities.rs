@@ -203,6 +203,9 @@ fn auditor() -> Permissions {
         "$JS.API.STREAM.NAMES",
         "$JS.API.STREAM.LIST",
     ]);
+    // The writers' public keys, read to check signatures.
+    let keys = format!("KV_{}", crate::signing::WRITER_KEYS_BUCKET);
+    publish.extend(reads(&keys));
     for stream in [CONV_STREAM, RCPT_STREAM, MEDIA_STREAM] {
         publish.extend(reads(stream));
         publish.extend(ephemeral_reads(stream));

@@ -13,6 +13,7 @@ pub mod log;
 pub mod media;
 pub mod nats_auth;
 pub mod seen;
+pub mod signing;
 pub mod subjects;
 pub mod writer_cache;
 

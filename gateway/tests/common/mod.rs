@@ -72,6 +72,7 @@ impl Stack {
         let config = GatewayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             metrics_listen: None,
+            signing_key_file: None,
             nats_url: self.server.url(),
             nats_auth: Default::default(),
             tokens: im_gateway::auth::TokenConfig {

@@ -15,6 +15,9 @@ enum Command {
     /// Print the production nats-server configuration: a user per
     /// component with least-privilege permissions (ops/deploy/nats-server.conf).
     NatsConfig(im_ops::cmd::nats_config::NatsConfigArgs),
+    /// Event signing keys of the writers.
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
     /// Development tokens for the local stack.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -55,6 +58,12 @@ enum StreamsCommand {
 }
 
 #[derive(Subcommand)]
+enum SigningKeyCommand {
+    /// Register a gateway's signing key (created in the file if missing).
+    Register(im_ops::cmd::signing_key::RegisterArgs),
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Print a JWT for a user, signed with the local stack's secret.
     Issue(im_ops::cmd::token::IssueArgs),
@@ -85,6 +94,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => im_ops::cmd::up::run(args).await,
         Command::NatsConfig(args) => im_ops::cmd::nats_config::run(args),
+        Command::SigningKey(SigningKeyCommand::Register(args)) => {
+            im_ops::cmd::signing_key::register(args).await
+        }
         Command::Token(TokenCommand::Issue(args)) => im_ops::cmd::token::issue(args),
         Command::Token(TokenCommand::Check(args)) => im_ops::cmd::token::check(args).await,
         Command::Streams(StreamsCommand::Apply(args)) => im_ops::cmd::streams::apply(args).await,

@@ -4,6 +4,7 @@ pub mod nats_config;
 pub mod nats_identities;
 pub mod projections;
 pub mod secrets;
+pub mod signing_key;
 pub mod streams;
 pub mod token;
 pub mod up;

@@ -191,9 +191,20 @@ async fn serve(
         args.data_dir.join("projector").display()
     );
     let secret = crate::cmd::token::local_secret(&args.data_dir)?;
+    // The gateway signs what it appends; the operator (this process)
+    // registers its public key, where the auditor reads it.
+    let signing_key = args.data_dir.join("event-signing-key");
+    let signer = im_streams::signing::EventSigner::load_or_create(&signing_key)?;
+    let from = im_streams::signing::register(&js, &signer.public()).await?;
+    println!(
+        "imctl: events signed by key {} (registered in {}, from IM_CONV seq {from})",
+        signer.key_id(),
+        im_streams::signing::WRITER_KEYS_BUCKET
+    );
     let gateway_config = im_gateway::GatewayConfig {
         listen: args.gateway_listen,
         metrics_listen: Some(args.gateway_metrics_listen),
+        signing_key_file: Some(signing_key.clone()),
         nats_url: url.to_string(),
         nats_auth: nats(Component::Gateway).auth,
         tokens: im_gateway::auth::TokenConfig {

@@ -2,7 +2,7 @@
 //! (see `audit`), printing a chain head per conversation and a digest of
 //! the range; exits non-zero at the first violation, naming the event.
 
-use crate::audit::Auditor;
+use crate::audit::{self, Auditor};
 use crate::read::{Bounds, Reader};
 
 #[derive(Debug, clap::Args)]
@@ -25,9 +25,17 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let mut reader = Reader::open(&js, stream, filters, &Bounds::default()).await?;
     let bar = super::progress_bar("verify");
     bar.set_length(reader.remaining);
-    let mut auditor = Auditor::default();
+    let keys = im_streams::signing::registered(&js).await?;
+    match keys.in_force_from() {
+        Some(from) => eprintln!("verify: signatures required from IM_CONV seq {from}"),
+        None => eprintln!("verify: no writer key is registered: signatures are not checked"),
+    }
+    let mut auditor = Auditor::with_keys(keys);
     let (mut first, mut last) = (0, 0);
     while let Some(raw) = reader.next().await? {
+        if let Some(signer) = audit::signature_of(&raw).and_then(im_streams::signing::signer_of) {
+            auditor.keys_mut().learn(&js, signer).await?;
+        }
         if first == 0 {
             first = raw.seq;
         }

@@ -68,9 +68,14 @@ impl Appender {
             } else {
                 format!("{primary_msg_id}:{i}")
             };
+            let mut headers = conv_headers(&sealed.event, trace_id, &self.writer_id);
+            if let Some(signer) = &self.signer {
+                let signature = signer.sign(&sealed.payload);
+                headers.insert(crate::signing::HDR_SIGNATURE, signature.as_str());
+            }
             let publish = PublishMessage::build()
                 .payload(sealed.payload.clone())
-                .headers(conv_headers(&sealed.event, trace_id, &self.writer_id))
+                .headers(headers)
                 .message_id(&msg_id)
                 .expected_last_subject_sequence(state.version);
             let ack = match self.js.send_publish(subject.to_string(), publish).await {

@@ -135,6 +135,7 @@ fn system_clock_ms() -> i64 {
 /// for fairness).
 pub struct Appender {
     writer_id: String,
+    signer: Option<Arc<crate::signing::EventSigner>>,
     serve_task: tokio::task::AbortHandle,
     client: async_nats::Client,
     js: jetstream::Context,
@@ -194,6 +195,8 @@ pub struct AppenderOptions {
     pub conflict_retries_max: Option<u32>,
     /// Overrides `WRITER_CACHE_BYTES_MAX`.
     pub cache_bytes_max: Option<usize>,
+    /// Signs every event appended (`signing.rs`).
+    pub signer: Option<Arc<crate::signing::EventSigner>>,
 }
 
 fn new_writer_id() -> String {
@@ -248,6 +251,7 @@ impl Appender {
                 clock: options.clock.unwrap_or_else(|| Arc::new(system_clock_ms)),
                 conflict_retries_max: options.conflict_retries_max.unwrap_or(CONFLICT_RETRIES_MAX),
                 forwarding: !options.no_forwarding,
+                signer: options.signer,
                 counters: Counters::default(),
                 #[cfg(feature = "fault-injection")]
                 drop_next_ack: std::sync::atomic::AtomicBool::new(false),

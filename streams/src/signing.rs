@@ -1,0 +1,275 @@
+//! Signed events: tamper evidence beyond the hash chain, which anyone who
+//! may publish to a conversation's subject could extend. A writer signs the
+//! stored bytes of each event it appends (ed25519) and puts the signature
+//! in the `Im-Sig` header as `<key id>.<base64url signature>`. The public
+//! keys are registered by the operator in the `im_writer_keys` bucket (a
+//! gateway may read nothing there and write nothing), each with the first
+//! IM_CONV sequence it signs from; the auditor checks every event from the
+//! first registration on (`im-replay verify`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use async_nats::jetstream;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{OrUnavailable, StreamsError};
+
+/// The header carrying an event's signature.
+pub const HDR_SIGNATURE: &str = "Im-Sig";
+
+/// Where the writers' public keys are registered.
+pub const WRITER_KEYS_BUCKET: &str = "im_writer_keys";
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// A writer's signing key (its 32-byte seed, kept in a private file).
+pub struct EventSigner {
+    key_id: String,
+    key: SigningKey,
+}
+
+/// The id of a public key: the first 16 hex digits of its sha256.
+pub fn key_id(public: &VerifyingKey) -> String {
+    hex::encode(&Sha256::digest(public.as_bytes())[..8])
+}
+
+impl EventSigner {
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        let key = SigningKey::from_bytes(&seed);
+        EventSigner {
+            key_id: key_id(&key.verifying_key()),
+            key,
+        }
+    }
+
+    /// The seed in `path` (base64url), or a new one written there (owner
+    /// only) when the file does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Self, StreamsError> {
+        let config = |e: &dyn std::fmt::Display| {
+            StreamsError::Config(format!("signing key {}: {e}", path.display()))
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let bytes = B64.decode(text.trim()).map_err(|e| config(&e))?;
+                let seed: [u8; 32] = bytes.try_into().map_err(|_| config(&"not 32 bytes"))?;
+                Ok(Self::from_seed(seed))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let seed: [u8; 32] = rand::random();
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| config(&e))?;
+                }
+                std::fs::write(path, B64.encode(seed)).map_err(|e| config(&e))?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let private = std::fs::Permissions::from_mode(0o600);
+                    std::fs::set_permissions(path, private).map_err(|e| config(&e))?;
+                }
+                Ok(Self::from_seed(seed))
+            }
+            Err(e) => Err(config(&e)),
+        }
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    pub fn public(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// The `Im-Sig` value for an event's stored bytes.
+    pub fn sign(&self, payload: &[u8]) -> String {
+        let signature = self.key.sign(payload);
+        format!("{}.{}", self.key_id, B64.encode(signature.to_bytes()))
+    }
+}
+
+/// A registered key: the public half and the first IM_CONV sequence it
+/// signs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Registration {
+    pub public_key: String,
+    pub from_seq: u64,
+}
+
+/// Why an event's signature does not hold.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("unsigned (no {HDR_SIGNATURE} header)")]
+    Unsigned,
+    #[error("signed by key {0:?}, which is not registered")]
+    UnknownKey(String),
+    #[error("the signature by key {0:?} does not match the event")]
+    Bad(String),
+}
+
+/// The registered keys met so far, by id, and from which IM_CONV sequence
+/// events must be signed (none: no key is registered, signatures are not
+/// in force).
+#[derive(Clone, Debug, Default)]
+pub struct WriterKeys {
+    known: HashMap<String, (VerifyingKey, u64)>,
+    unknown: std::collections::HashSet<String>,
+    in_force_from: Option<u64>,
+}
+
+impl WriterKeys {
+    pub fn insert(&mut self, public: VerifyingKey, from_seq: u64) {
+        self.known.insert(key_id(&public), (public, from_seq));
+        self.in_force_from = Some(self.in_force_from.map_or(from_seq, |f| f.min(from_seq)));
+    }
+
+    pub fn in_force_from(&self) -> Option<u64> {
+        self.in_force_from
+    }
+
+    /// Checks one event's signature header against its stored bytes.
+    pub fn check(&self, header: Option<&str>, payload: &[u8]) -> Result<(), SignatureError> {
+        let value = header.ok_or(SignatureError::Unsigned)?;
+        let (id, sig) = value
+            .split_once('.')
+            .ok_or_else(|| SignatureError::Bad(value.to_string()))?;
+        let (public, _) = self
+            .known
+            .get(id)
+            .ok_or_else(|| SignatureError::UnknownKey(id.to_string()))?;
+        let bad = || SignatureError::Bad(id.to_string());
+        let bytes: [u8; 64] = B64
+            .decode(sig)
+            .map_err(|_| bad())?
+            .try_into()
+            .map_err(|_| bad())?;
+        public
+            .verify(payload, &Signature::from_bytes(&bytes))
+            .map_err(|_| bad())
+    }
+}
+
+async fn bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, StreamsError> {
+    js.get_key_value(WRITER_KEYS_BUCKET)
+        .await
+        .or_unavailable("writer keys")
+}
+
+/// Registers a writer's public key (the operator's to do), signing from
+/// the next IM_CONV sequence on; a key registered before keeps its
+/// sequence. Returns that sequence.
+pub async fn register(js: &jetstream::Context, public: &VerifyingKey) -> Result<u64, StreamsError> {
+    let kv = bucket(js).await?;
+    if let Some(existing) = kv.get(key_id(public)).await.or_unavailable("writer keys")? {
+        if let Ok(r) = serde_json::from_slice::<Registration>(&existing) {
+            return Ok(r.from_seq);
+        }
+    }
+    let mut conv = js
+        .get_stream(crate::definitions::CONV_STREAM)
+        .await
+        .or_unavailable("writer keys")?;
+    let from_seq = conv
+        .info()
+        .await
+        .or_unavailable("writer keys")?
+        .state
+        .last_sequence
+        + 1;
+    let registration = Registration {
+        public_key: B64.encode(public.as_bytes()),
+        from_seq,
+    };
+    let value = serde_json::to_vec(&registration).expect("serializable");
+    kv.put(key_id(public), value.into())
+        .await
+        .or_unavailable("writer keys")?;
+    // The first registration puts signatures in force (create fails when
+    // the key exists: the earliest one stays).
+    let _ = kv.create(IN_FORCE_KEY, from_seq.to_string().into()).await;
+    Ok(from_seq)
+}
+
+/// The key holding the first sequence any key signs from.
+const IN_FORCE_KEY: &str = "_in_force_from";
+
+/// Whether signatures are in force, and from which IM_CONV sequence (the
+/// auditor asks once; the keys themselves come as events name them).
+pub async fn registered(js: &jetstream::Context) -> Result<WriterKeys, StreamsError> {
+    let mut keys = WriterKeys::default();
+    let Ok(kv) = bucket(js).await else {
+        return Ok(keys);
+    };
+    if let Some(value) = kv.get(IN_FORCE_KEY).await.or_unavailable("writer keys")? {
+        let text = String::from_utf8_lossy(&value);
+        keys.in_force_from = text.trim().parse().ok();
+    }
+    Ok(keys)
+}
+
+impl WriterKeys {
+    /// Fetches key `id`'s registration once, if there is one.
+    pub async fn learn(&mut self, js: &jetstream::Context, id: &str) -> Result<(), StreamsError> {
+        if self.known.contains_key(id) || self.unknown.contains(id) {
+            return Ok(());
+        }
+        let kv = bucket(js).await?;
+        let Some(value) = kv.get(id).await.or_unavailable("writer keys")? else {
+            self.unknown.insert(id.to_string());
+            return Ok(());
+        };
+        let bad = |e: &dyn std::fmt::Display| StreamsError::Config(format!("writer key {id}: {e}"));
+        let r: Registration = serde_json::from_slice(&value).map_err(|e| bad(&e))?;
+        let bytes: [u8; 32] = B64
+            .decode(&r.public_key)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad(&"not 32 bytes"))?;
+        let public = VerifyingKey::from_bytes(&bytes).map_err(|e| bad(&e))?;
+        self.known.insert(key_id(&public), (public, r.from_seq));
+        Ok(())
+    }
+}
+
+/// The key id an `Im-Sig` value names.
+pub fn signer_of(header: &str) -> Option<&str> {
+    header.split_once('.').map(|(id, _)| id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_holds_for_its_bytes_and_key_only() {
+        let signer = EventSigner::from_seed([7; 32]);
+        let mut keys = WriterKeys::default();
+        keys.insert(signer.public(), 10);
+        assert_eq!(keys.in_force_from(), Some(10));
+        let sig = signer.sign(b"event");
+        assert_eq!(keys.check(Some(&sig), b"event"), Ok(()));
+        assert_eq!(
+            keys.check(Some(&sig), b"other"),
+            Err(SignatureError::Bad(signer.key_id().into()))
+        );
+        assert_eq!(keys.check(None, b"event"), Err(SignatureError::Unsigned));
+        let stranger = EventSigner::from_seed([8; 32]);
+        assert_eq!(
+            keys.check(Some(&stranger.sign(b"event")), b"event"),
+            Err(SignatureError::UnknownKey(stranger.key_id().into()))
+        );
+        assert!(WriterKeys::default().in_force_from().is_none());
+    }
+
+    #[test]
+    fn a_seed_file_is_made_once_and_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let first = EventSigner::load_or_create(&path).unwrap();
+        let again = EventSigner::load_or_create(&path).unwrap();
+        assert_eq!(first.key_id(), again.key_id());
+    }
+}
