@@ -163,16 +163,26 @@ struct NodeConfig {
 /// harness itself connects as to see it ready.
 #[derive(Clone, Debug)]
 pub struct ServerAuth {
+    /// Config text: the `authorization` block (and a `tls` one, if any).
     pub authorization: String,
     pub user: String,
     pub password: String,
+    /// The CA of the server's TLS certificate, when it requires TLS.
+    pub ca: Option<PathBuf>,
 }
 
 impl ServerAuth {
     async fn connect(&self, url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-        async_nats::ConnectOptions::with_user_and_password(self.user.clone(), self.password.clone())
-            .connect(url)
-            .await
+        let options = async_nats::ConnectOptions::with_user_and_password(
+            self.user.clone(),
+            self.password.clone(),
+        );
+        match &self.ca {
+            Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
+            None => options,
+        }
+        .connect(url)
+        .await
     }
 }
 

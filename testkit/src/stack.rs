@@ -68,6 +68,7 @@ impl Stack {
             authorization: authorization_block(&users),
             user: Component::Operator.user().into(),
             password: passwords[&Component::Operator].clone(),
+            ca: None,
         };
         let server = NatsServer::start_secured(auth).await.expect("nats-server");
         let mut stack = Stack {

@@ -9,10 +9,10 @@ use std::time::Duration;
 use async_nats::ServerAddr;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::wire::{self, Credentials, ServerOp};
+use super::handshake::{handshake, Credentials};
+use super::wire::{self, ServerOp};
 use super::{Command, Routed, Routes};
 
 /// How long connecting plus the CONNECT/PING/PONG handshake may take.
@@ -47,13 +47,15 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_BUFFER_KEPT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(super) enum SessionError {
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Wire(#[from] wire::WireError),
     #[error("server error: {0}")]
     Server(String),
+    #[error("handshake: {0}")]
+    Handshake(String),
     #[error("no PONG to {KEEPALIVE_UNANSWERED_MAX} PINGs")]
     Stale,
     #[error("the handshake took over {HANDSHAKE_TIMEOUT:?}")]
@@ -226,7 +228,7 @@ impl Session<'_> {
             ServerOp::Err(e) => {
                 tracing::warn!(error = %e, "the delivery connection's server refused something")
             }
-            ServerOp::Info | ServerOp::Ok => {}
+            ServerOp::Info(_) | ServerOp::Ok => {}
         }
         Ok(())
     }
@@ -238,47 +240,6 @@ impl Session<'_> {
             Command::Ping(waiter) => {
                 self.pongs.push_back(Pong::Join(waiter));
                 out.extend_from_slice(wire::PING);
-            }
-        }
-    }
-}
-
-/// Connects, reads INFO, sends CONNECT and a PING, and waits for its PONG
-/// (an authorization error arrives before it).
-async fn handshake(
-    server: &ServerAddr,
-    credentials: &Credentials,
-    buf: &mut BytesMut,
-) -> Result<TcpStream, SessionError> {
-    let mut stream = TcpStream::connect((server.host(), server.port())).await?;
-    stream.set_nodelay(true)?;
-    // A user and password in the server's URL, when none is configured.
-    let from_url = Credentials {
-        user: server.username().map(str::to_string),
-        pass: server.password().map(str::to_string),
-    };
-    let credentials = if credentials.user.is_some() {
-        credentials
-    } else {
-        &from_url
-    };
-    let mut sent = false;
-    loop {
-        if stream.read_buf(buf).await? == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-        }
-        while let Some(op) = wire::parse(buf, PAYLOAD_MAX)? {
-            match op {
-                ServerOp::Info if !sent => {
-                    let mut hello = wire::connect_line("im-gateway-deliveries", credentials);
-                    hello.extend_from_slice(wire::PING);
-                    stream.write_all(&hello).await?;
-                    sent = true;
-                }
-                ServerOp::Pong if sent => return Ok(stream),
-                ServerOp::Ping => stream.write_all(wire::PONG).await?,
-                ServerOp::Err(e) => return Err(SessionError::Server(e)),
-                _ => {}
             }
         }
     }

@@ -7,6 +7,7 @@
 //! once; they go to every device as they are.
 
 mod conn;
+mod handshake;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use im_streams::connect::NatsAuth;
 use im_streams::subjects::DeliveryKind;
 
 use crate::outbox::{Delivery, Outbound, Outbox};
-use wire::Credentials;
+use handshake::Credentials;
 
 /// Subscription changes and PINGs waiting to be written: a burst of
 /// connects (20,000 at a gateway's start) fits; past it a connect is
@@ -54,10 +55,8 @@ pub enum JoinError {
 pub enum StartError {
     #[error(transparent)]
     Servers(#[from] im_streams::StreamsError),
-    #[error("{0}: the delivery connection does not speak TLS yet")]
-    Tls(String),
-    #[error("the delivery connection does not authenticate with {0} yet")]
-    Unsupported(&'static str),
+    #[error("the delivery connection's credentials: {0}")]
+    Credentials(String),
 }
 
 /// Whether an ephemeral notice is one (a typing notice), not an event a
@@ -216,9 +215,6 @@ impl Dispatcher {
     pub fn start(servers: &str, auth: &NatsAuth) -> Result<Arc<Self>, StartError> {
         let servers = im_streams::connect::parse_servers(servers)?;
         let credentials = Credentials::of(auth)?;
-        if let Some(s) = servers.iter().find(|s| s.tls_required()) {
-            return Err(StartError::Tls(s.host().to_string()));
-        }
         let routes = Arc::new(Routes::default());
         let (commands, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
         let task = tokio::spawn(conn::run(servers, credentials, routes.clone(), rx)).abort_handle();

@@ -4,10 +4,6 @@
 //! operations out, so every case is tested without a server.
 
 use bytes::{Buf, Bytes, BytesMut};
-use im_streams::connect::NatsAuth;
-use im_streams::nats_auth::Identity;
-
-use super::StartError;
 
 /// Longest control line accepted (`MSG <subject> <sid> <size>`, or an
 /// `INFO` with its JSON): nats-server's own default `max_control_line`
@@ -17,7 +13,7 @@ pub const CONTROL_LINE_MAX: usize = 64 * 1024;
 /// What the server said.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ServerOp {
-    Info,
+    Info(ServerInfo),
     Msg {
         subject: String,
         sid: u64,
@@ -58,7 +54,9 @@ pub fn parse(buf: &mut BytesMut, payload_max: usize) -> Result<Option<ServerOp>,
         "PING" => Some(ServerOp::Ping),
         "PONG" => Some(ServerOp::Pong),
         "+OK" => Some(ServerOp::Ok),
-        "INFO" => Some(ServerOp::Info),
+        "INFO" => Some(ServerOp::Info(
+            serde_json::from_str(line[4..].trim()).unwrap_or_default(),
+        )),
         "-ERR" => Some(ServerOp::Err(
             line[4..].trim().trim_matches('\'').to_string(),
         )),
@@ -109,35 +107,24 @@ pub fn parse(buf: &mut BytesMut, payload_max: usize) -> Result<Option<ServerOp>,
     }))
 }
 
-/// Who the connection says it is: a user and password (configured, or in
-/// a server's URL as `nats://user:pass@host`).
-#[derive(Clone, Debug, Default)]
-pub struct Credentials {
-    pub user: Option<String>,
-    pub pass: Option<String>,
-}
-
-impl Credentials {
-    /// The configured identity, if this connection speaks it yet.
-    pub fn of(auth: &NatsAuth) -> Result<Self, StartError> {
-        if auth.tls_ca.is_some() {
-            return Err(StartError::Unsupported("TLS"));
-        }
-        match auth.identity()? {
-            Identity::Anonymous => Ok(Credentials::default()),
-            Identity::Password { user, password } => Ok(Credentials {
-                user: Some(user),
-                pass: Some(password),
-            }),
-            Identity::Creds(_) => Err(StartError::Unsupported("a credentials file")),
-            Identity::Nkey(_) => Err(StartError::Unsupported("an nkey")),
-        }
-    }
+/// What a server's INFO says that the handshake needs.
+#[derive(Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct ServerInfo {
+    /// Signed by an nkey or credentials identity.
+    #[serde(default)]
+    pub nonce: Option<String>,
+    #[serde(default)]
+    pub tls_required: bool,
 }
 
 /// The CONNECT line: no echo of our own publishes (we publish nothing
-/// here), headers accepted, errors only (verbose off).
-pub fn connect_line(name: &str, credentials: &Credentials) -> Vec<u8> {
+/// here), headers accepted, errors only (verbose off); `proof` says who we
+/// are (`handshake.rs`).
+pub fn connect_line(
+    name: &str,
+    proof: serde_json::Map<String, serde_json::Value>,
+    tls: bool,
+) -> Vec<u8> {
     let mut options = serde_json::json!({
         "verbose": false,
         "pedantic": false,
@@ -148,10 +135,10 @@ pub fn connect_line(name: &str, credentials: &Credentials) -> Vec<u8> {
         "no_responders": false,
         "echo": false,
         "name": name,
+        "tls_required": tls,
     });
-    if let (Some(user), Some(pass)) = (&credentials.user, &credentials.pass) {
-        options["user"] = user.clone().into();
-        options["pass"] = pass.clone().into();
+    for (k, v) in proof {
+        options[k] = v;
     }
     format!("CONNECT {options}\r\n").into_bytes()
 }
@@ -209,7 +196,7 @@ mod tests {
         assert_eq!(
             ops,
             vec![
-                ServerOp::Info,
+                ServerOp::Info(ServerInfo::default()),
                 ServerOp::Ping,
                 ServerOp::Pong,
                 ServerOp::Ok,
@@ -291,11 +278,9 @@ mod tests {
         sub_line(&mut out, "im.deliver.a", 7);
         unsub_line(&mut out, 7);
         assert_eq!(out, b"SUB im.deliver.a 7\r\nUNSUB 7\r\n");
-        let creds = Credentials {
-            user: Some("gw".into()),
-            pass: Some("pw".into()),
-        };
-        let line = String::from_utf8(connect_line("g", &creds)).unwrap();
+        let mut proof = serde_json::Map::new();
+        proof.insert("user".into(), "gw".into());
+        let line = String::from_utf8(connect_line("g", proof, false)).unwrap();
         assert!(
             line.starts_with("CONNECT {") && line.ends_with("}\r\n"),
             "{line}"

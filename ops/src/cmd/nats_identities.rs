@@ -71,5 +71,6 @@ pub fn server_auth(passwords: &BTreeMap<Component, String>) -> im_testkit::Serve
         authorization: authorization_block(&users),
         user: Component::Operator.user().to_string(),
         password: passwords[&Component::Operator].clone(),
+        ca: None,
     }
 }
