@@ -252,9 +252,11 @@ async fn serve(
     };
     println!(
         "imctl: a second gateway: {}IM_NATS_URL={url} IM_GATEWAY_LISTEN=127.0.0.1:8081 \
-         IM_JWT_HS256_SECRET=$(cat {data}/{}) cargo run --release -p im-gateway",
+         IM_JWT_HS256_SECRET=$(cat {data}/{}) IM_EVENT_SIGNING_KEY_FILE={} \
+         cargo run --release -p im-gateway",
         load(Component::Gateway),
-        crate::cmd::token::SECRET_FILE
+        crate::cmd::token::SECRET_FILE,
+        signing_key.display()
     );
     if identities.is_some() {
         println!(
