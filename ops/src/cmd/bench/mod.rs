@@ -215,8 +215,10 @@ pub fn bench_limits(connections: usize) -> serde_json::Value {
         "user_send_burst": 1_000_000,
         // An open-loop sender may run ahead of its acks (the fan-out's).
         "commands_queued_max": 1_000_000,
-        // Headroom over the measured connections for the senders.
+        // Headroom over the measured connections for the senders; all of
+        // them come from this one address.
         "connections_max": connections + 1_000,
+        "connections_per_ip_max": connections + 1_000,
     })
 }
 
