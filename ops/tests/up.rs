@@ -253,20 +253,13 @@ async fn next_with(ws: &mut Ws, needle: &str) -> String {
 /// `imctl`'s output as the operator of `data`'s stack: (success, stdout).
 fn imctl_as_operator(data: &std::path::Path, url: &str, args: &[&str]) -> (bool, String) {
     let auth = nats_identities::auth(data, Component::Operator).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
-        .args(args)
-        .args(["--nats-url", url])
-        .env("IM_NATS_USER", auth.user.unwrap())
-        .env("IM_NATS_PASSWORD", auth.password.unwrap())
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    }
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (user, password) = (auth.user.unwrap(), auth.password.unwrap());
+    let args: Vec<&str> = args.iter().copied().chain(["--nats-url", url]).collect();
+    let env = [
+        ("IM_NATS_USER", user.as_str()),
+        ("IM_NATS_PASSWORD", password.as_str()),
+    ];
+    common::imctl_with_env(&args, &env)
 }
 
 /// Every component on its own NATS identity (`up`'s default): a chat with
@@ -323,12 +316,9 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
     let typing = format!(r#"{{"typing": {{"conversationId": "{conv}", "typing": true}}}}"#);
     alice.send(Message::Text(typing.into())).await.unwrap();
     assert!(next_with(&mut bob, "typingNotice").await.contains("alice"));
-    let (status, body) = http_get_as(
-        gw,
-        &format!("/v1/history?conversationId={conv}&minPosition=2"),
-        &token(data.path(), "bob"),
-    )
-    .await;
+    let bob = token(data.path(), "bob");
+    let history = format!("/v1/history?conversationId={conv}&minPosition=2");
+    let (status, body) = common::http_get_as(gw, &history, Some(&bob)).await;
     assert!(
         status == 200 && body.contains("hi from imctl up"),
         "{status} {body}"
@@ -374,21 +364,4 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
     let log = std::fs::read_to_string(data.path().join("nats").join("nats.log")).unwrap();
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
     assert!(refused.is_empty(), "{refused:#?}");
-}
-
-/// A GET with a bearer token: (status, body).
-async fn http_get_as(addr: std::net::SocketAddr, path: &str, bearer: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n"
-    );
-    sock.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    sock.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
 }
