@@ -75,6 +75,33 @@ pub fn digest_of(ks: &dyn Keyspace) -> Result<Digest, StoreError> {
     Ok(d)
 }
 
+/// Keys per `KeysQuery` page, at most.
+pub const KEYS_PAGE_MAX: u32 = 1_000;
+
+/// A page of model keys after `after` with a hash of each value.
+pub fn key_hashes(
+    ks: &dyn crate::store::Keyspace,
+    after: &[u8],
+    limit: u32,
+) -> Result<im_schema::v1::KeysResult, crate::store::StoreError> {
+    use sha2::{Digest as _, Sha256};
+    let mut start = after.to_vec();
+    if !start.is_empty() {
+        start.push(0);
+    }
+    let end = [crate::keys::META];
+    let rows = ks.range(&start, &end, false, limit.clamp(1, KEYS_PAGE_MAX) as usize)?;
+    Ok(im_schema::v1::KeysResult {
+        entries: rows
+            .into_iter()
+            .map(|(key, value)| im_schema::v1::KeyHash {
+                key,
+                value_hash: Sha256::digest(&value)[..16].to_vec(),
+            })
+            .collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,8 @@ use crate::runner::{checkpoint, ProjectionState, Source};
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
 
+pub use crate::digest::{key_hashes, KEYS_PAGE_MAX};
+
 /// Queue group of every projector instance.
 pub const QUEUE_GROUP: &str = "im-projectors";
 
@@ -412,33 +414,6 @@ impl QueryContext {
             projections,
         })
     }
-}
-
-/// Keys per `KeysQuery` page, at most.
-pub const KEYS_PAGE_MAX: u32 = 1_000;
-
-/// A page of model keys after `after` with a hash of each value.
-pub fn key_hashes(
-    ks: &dyn Keyspace,
-    after: &[u8],
-    limit: u32,
-) -> Result<v1::KeysResult, StoreError> {
-    use sha2::{Digest as _, Sha256};
-    let mut start = after.to_vec();
-    if !start.is_empty() {
-        start.push(0);
-    }
-    let end = [crate::keys::META];
-    let rows = ks.range(&start, &end, false, limit.clamp(1, KEYS_PAGE_MAX) as usize)?;
-    Ok(v1::KeysResult {
-        entries: rows
-            .into_iter()
-            .map(|(key, value)| v1::KeyHash {
-                key,
-                value_hash: Sha256::digest(&value)[..16].to_vec(),
-            })
-            .collect(),
-    })
 }
 
 /// Subscribes to the query subjects; `serve` answers on them. Separate so a

@@ -13,8 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod cluster;
 pub mod s3;
 pub mod stack;
+pub use cluster::NatsCluster;
 pub use s3::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 pub use stack::Stack;
 
@@ -150,12 +152,12 @@ pub fn free_port() -> u16 {
 
 /// Options a node is started with.
 #[derive(Clone, Debug, Default)]
-struct NodeConfig {
-    name: String,
-    client_port: u16,
-    cluster: Option<ClusterConfig>,
-    sync_always: bool,
-    auth: Option<ServerAuth>,
+pub(crate) struct NodeConfig {
+    pub(crate) name: String,
+    pub(crate) client_port: u16,
+    pub(crate) cluster: Option<ClusterConfig>,
+    pub(crate) sync_always: bool,
+    pub(crate) auth: Option<ServerAuth>,
 }
 
 /// A server that refuses connections without a user: its `authorization`
@@ -204,10 +206,10 @@ pub struct ServerOptions {
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
-struct ClusterConfig {
-    name: String,
-    port: u16,
-    routes: Vec<u16>,
+pub(crate) struct ClusterConfig {
+    pub(crate) name: String,
+    pub(crate) port: u16,
+    pub(crate) routes: Vec<u16>,
 }
 
 fn render_config(node: &NodeConfig, store_dir: &Path) -> String {
@@ -313,7 +315,7 @@ impl NatsServer {
         Ok(server)
     }
 
-    fn spawn(
+    pub(crate) fn spawn(
         binary: PathBuf,
         node: NodeConfig,
         dir: tempfile::TempDir,
@@ -353,7 +355,7 @@ impl NatsServer {
         self.dir.join("nats.log")
     }
 
-    async fn wait_ready(&mut self, clustered: bool) -> Result<(), HarnessError> {
+    pub(crate) async fn wait_ready(&mut self, clustered: bool) -> Result<(), HarnessError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -468,78 +470,6 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A 3-node (or n-node) JetStream cluster on loopback.
-pub struct NatsCluster {
-    pub nodes: Vec<NatsServer>,
-}
-
-impl NatsCluster {
-    /// Starts `size` nodes routed to each other and waits until JetStream has
-    /// a meta leader (an R3 stream can be created).
-    pub async fn start(size: usize) -> Result<Self, HarnessError> {
-        let binary = nats_server_binary()?;
-        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let mut nodes = Vec::with_capacity(size);
-        for (i, port) in cluster_ports.iter().enumerate() {
-            let node = NodeConfig {
-                name: format!("n{}", i + 1),
-                client_port: free_port(),
-                cluster: Some(ClusterConfig {
-                    name: "im-test".into(),
-                    port: *port,
-                    routes: cluster_ports.clone(),
-                }),
-                sync_always: false,
-                auth: None,
-            };
-            nodes.push(NatsServer::spawn(
-                binary.clone(),
-                node,
-                tempfile::tempdir()?,
-            )?);
-        }
-        for n in nodes.iter_mut() {
-            n.wait_ready(true).await?;
-        }
-        let cluster = NatsCluster { nodes };
-        cluster.wait_meta_leader().await?;
-        Ok(cluster)
-    }
-
-    async fn wait_meta_leader(&self) -> Result<(), HarnessError> {
-        let client = self.connect().await;
-        let js = async_nats::jetstream::new(client);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(info) = js.query_account().await {
-                let _ = info;
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(HarnessError::NotReady("no JetStream meta leader".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Comma-separated URLs of every node, for clients that fail over.
-    pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.url()).collect()
-    }
-
-    /// A client that knows every node.
-    pub async fn connect(&self) -> async_nats::Client {
-        let addrs: Vec<async_nats::ServerAddr> = self
-            .urls()
-            .iter()
-            .map(|u| u.parse().expect("valid url"))
-            .collect();
-        async_nats::connect(addrs)
-            .await
-            .expect("connect to the test cluster")
     }
 }
 

@@ -132,6 +132,9 @@ fn nats_of(
     }
 }
 
+type Supervised = tokio::task::JoinHandle<Result<(), im_projectors::ProjectorError>>;
+type Serving = tokio::task::JoinHandle<Result<(), im_gateway::GatewayError>>;
+
 async fn serve(
     url: &str,
     args: &UpArgs,
@@ -141,11 +144,53 @@ async fn serve(
     let nats = nats_of(url, args, identities);
     let operator = nats(Component::Operator).connect("imctl-up").await?;
     let js = async_nats::jetstream::new(operator);
+    let partitions = apply_streams(&js, args.replicas).await?;
+    let (mut projector, stop_projector) =
+        start_projector(&nats(Component::Projector), args).await?;
+    let signing_key = register_signing_key(&js, &args.data_dir).await?;
+    let gateway_config = im_gateway::GatewayConfig {
+        listen: args.gateway_listen,
+        metrics_listen: Some(args.gateway_metrics_listen),
+        signing_key_file: Some(signing_key.clone()),
+        nats_url: url.to_string(),
+        nats_auth: nats(Component::Gateway).auth,
+        tokens: im_gateway::auth::TokenConfig {
+            hs256_secret: Some(crate::cmd::token::local_secret(&args.data_dir)?),
+            ..Default::default()
+        },
+        limits,
+        // The embedded stack keeps media on disk: nothing else to run.
+        media: Some(im_gateway::media::MediaBackend::Disk(
+            args.data_dir.join("media"),
+        )),
+    };
+    let (mut gateway, stop) = start_gateway(&nats(Component::Gateway), gateway_config).await?;
+    print_hints(url, args, identities, &signing_key);
+    println!("imctl: ready nats={url} partitions={partitions} (Ctrl-C to stop)");
+    tokio::select! {
+        r = wait_for_shutdown() => r?,
+        r = &mut projector => r?.context("the projector stopped")?,
+    }
+    println!("imctl: shutting down");
+    // The gateway closes its connections (1001) and drains HTTP, bounded.
+    let _ = stop.send(());
+    let _ = (&mut gateway).await;
+    // Then the projector, after the batch in hand.
+    stop_projector.send_replace(true);
+    let _ = (&mut projector).await;
+    Ok(())
+}
+
+/// Applies the streams and buckets, printing what changed; the partitions.
+async fn apply_streams(
+    js: &async_nats::jetstream::Context,
+    replicas: usize,
+) -> anyhow::Result<u32> {
     let settings = StreamSettings {
-        replicas: args.replicas,
+        replicas,
         ..Default::default()
     };
-    let applied = im_streams::apply_streams(&js, &settings).await?;
+    let applied = im_streams::apply_streams(js, &settings).await?;
     for report in &applied.reports {
         let what = if report.created {
             "created".to_string()
@@ -156,7 +201,16 @@ async fn serve(
         };
         println!("imctl: stream {} {what}", report.name);
     }
-    let projector_config = im_projectors::ProjectorConfig {
+    Ok(applied.topology.partitions)
+}
+
+/// The projector, supervised (a storage error stops it, is reported, and it
+/// starts again), once it has started; and the switch that stops it.
+async fn start_projector(
+    nats: &NatsArgs,
+    args: &UpArgs,
+) -> anyhow::Result<(Supervised, tokio::sync::watch::Sender<bool>)> {
+    let config = im_projectors::ProjectorConfig {
         instance: "local".into(),
         partitions: None,
         data_dir: args.data_dir.join("projector"),
@@ -165,22 +219,16 @@ async fn serve(
         store_faults: None,
         serves: im_projectors::Serves::Clients,
     };
-    // The projector's consumers and its publishing (deliveries, answers)
-    // on connections of their own, as in production.
-    let projector_nats = nats(Component::Projector);
+    // Its consumers and its publishing (deliveries, answers) on connections
+    // of their own, as in production.
     let clients = im_projectors::Clients {
-        consume: projector_nats.connect("imctl-up-projector-consume").await?,
-        publish: projector_nats.connect("imctl-up-projector-publish").await?,
+        consume: nats.connect("imctl-up-projector-consume").await?,
+        publish: nats.connect("imctl-up-projector-publish").await?,
     };
-    // Supervised: a storage error stops the projector, is reported, and it
-    // starts again (waiting for the disk, or rebuilding a quarantined store).
     let (current, mut started) = tokio::sync::watch::channel(None);
-    let (stop_projector, projector_stopping) = tokio::sync::watch::channel(false);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut projector = tokio::spawn(im_projectors::supervisor::run(
-        clients,
-        projector_config,
-        current,
-        projector_stopping,
+        clients, config, current, stopping,
     ));
     tokio::select! {
         r = started.wait_for(Option::is_some) => { r.context("the projector stopped before it started")?; }
@@ -190,54 +238,67 @@ async fn serve(
         "imctl: projector instance=local queries on im.q.<partition> (store {})",
         args.data_dir.join("projector").display()
     );
-    let secret = crate::cmd::token::local_secret(&args.data_dir)?;
-    // The gateway signs what it appends; the operator (this process)
-    // registers its public key, where the auditor reads it.
-    let signing_key = args.data_dir.join("event-signing-key");
-    let signer = im_streams::signing::EventSigner::load_or_create(&signing_key)?;
-    let from = im_streams::signing::register(&js, &signer.public()).await?;
+    Ok((projector, stop))
+}
+
+/// The gateway's signing key, made in the data dir if missing and
+/// registered (by this process, the operator) where the auditor reads it.
+async fn register_signing_key(
+    js: &async_nats::jetstream::Context,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = data_dir.join("event-signing-key");
+    let signer = im_streams::signing::EventSigner::load_or_create(&path)?;
+    let from = im_streams::signing::register(js, &signer.public()).await?;
     println!(
         "imctl: events signed by key {} (registered in {}, from IM_CONV seq {from})",
         signer.key_id(),
         im_streams::signing::WRITER_KEYS_BUCKET
     );
-    let gateway_config = im_gateway::GatewayConfig {
-        listen: args.gateway_listen,
-        metrics_listen: Some(args.gateway_metrics_listen),
-        signing_key_file: Some(signing_key.clone()),
-        nats_url: url.to_string(),
-        nats_auth: nats(Component::Gateway).auth,
-        tokens: im_gateway::auth::TokenConfig {
-            hs256_secret: Some(secret),
-            ..Default::default()
-        },
-        limits,
-        // The embedded stack keeps media on disk: nothing else to run.
-        media: Some(im_gateway::media::MediaBackend::Disk(
-            args.data_dir.join("media"),
-        )),
-    };
+    Ok(path)
+}
+
+/// The gateway on its listener (and `/metrics` on its own), serving until
+/// the sender is used or dropped.
+async fn start_gateway(
+    nats: &NatsArgs,
+    config: im_gateway::GatewayConfig,
+) -> anyhow::Result<(Serving, tokio::sync::oneshot::Sender<()>)> {
+    let (listen, metrics_listen) = (config.listen, config.metrics_listen);
     // Its own connection, as in production: its PubAcks and deliveries
     // never queue behind the projector's consumer traffic.
-    let gateway_client = nats(Component::Gateway).connect("imctl-up-gateway").await?;
-    let state = im_gateway::AppState::new(gateway_config, gateway_client)
+    let client = nats.connect("imctl-up-gateway").await?;
+    let state = im_gateway::AppState::new(config, client)
         .await
         .context("starting the gateway")?;
-    let listener = tokio::net::TcpListener::bind(args.gateway_listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", args.gateway_listen))?;
+        .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
-    let metrics = tokio::net::TcpListener::bind(args.gateway_metrics_listen)
-        .await
-        .with_context(|| format!("binding {}", args.gateway_metrics_listen))?;
-    let metrics_addr = metrics.local_addr()?;
-    tokio::spawn(im_gateway::serve_metrics(metrics, state.clone()));
+    if let Some(at) = metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("binding {at}"))?;
+        let metrics_addr = metrics.local_addr()?;
+        tokio::spawn(im_gateway::serve_metrics(metrics, state.clone()));
+        println!("imctl: gateway metrics http://{metrics_addr}/metrics");
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut gateway = tokio::spawn(im_gateway::serve_until(listener, state, async {
+    let gateway = tokio::spawn(im_gateway::serve_until(listener, state, async {
         let _ = stopped.await;
     }));
     println!("imctl: gateway http://{addr} ws://{addr}/v1/ws");
-    println!("imctl: gateway metrics http://{metrics_addr}/metrics");
+    Ok((gateway, stop))
+}
+
+/// How to get a token, start a second gateway, and act as the operator or
+/// the auditor.
+fn print_hints(
+    url: &str,
+    args: &UpArgs,
+    identities: Option<&BTreeMap<Component, String>>,
+    signing_key: &std::path::Path,
+) {
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "imctl".into());
@@ -268,22 +329,6 @@ async fn serve(
             load(Component::Auditor)
         );
     }
-    println!(
-        "imctl: ready nats={url} partitions={} (Ctrl-C to stop)",
-        applied.topology.partitions
-    );
-    tokio::select! {
-        r = wait_for_shutdown() => r?,
-        r = &mut projector => r?.context("the projector stopped")?,
-    }
-    println!("imctl: shutting down");
-    // The gateway closes its connections (1001) and drains HTTP, bounded.
-    let _ = stop.send(());
-    let _ = (&mut gateway).await;
-    // Then the projector, after the batch in hand.
-    stop_projector.send_replace(true);
-    let _ = (&mut projector).await;
-    Ok(())
 }
 
 async fn wait_for_shutdown() -> anyhow::Result<()> {
