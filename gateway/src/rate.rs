@@ -77,6 +77,19 @@ impl UserRates {
     }
 }
 
+/// The address a connection counts against: an IPv4 address, or an IPv6
+/// /64 (what one subscriber usually gets; counting /128s would let one
+/// host take any number of addresses).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 /// Open WebSocket connections per client address; an entry lives while
 /// its address has one (so the map is bounded by `connections_max`).
 #[derive(Default)]
@@ -115,6 +128,17 @@ mod tests {
         assert!((0..3).all(|_| rates.take("ann")));
         assert!(!rates.take("ann"), "the burst is shared");
         assert!(rates.take("ben"), "another user has their own");
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(other));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -100,6 +100,18 @@ async fn keys_from_a_jwks_rotate_and_every_claim_is_checked() {
         .verify(&sign(Algorithm::ES256, "es-1", wrong))
         .await;
     assert_eq!(refused, Err(AuthError::Expired));
+    for claim in ["aud", "iss"] {
+        let mut wrong = claims("alice@example.com");
+        wrong.as_object_mut().unwrap().remove(claim);
+        let refused = verifier
+            .verify(&sign(Algorithm::ES256, "es-1", wrong))
+            .await;
+        assert_eq!(
+            refused,
+            Err(AuthError::MissingClaim(claim.into())),
+            "{claim}"
+        );
+    }
     let mut wrong = claims("x");
     wrong.as_object_mut().unwrap().remove("email");
     let refused = verifier

@@ -76,6 +76,10 @@ pub struct Permissions {
     pub subscribe: Vec<String>,
     pub subscribe_deny: Vec<String>,
     /// May answer the requests it receives (their reply subjects only).
+    /// Never set: nats-server lets a client publish to the reply subject
+    /// of any message it received, including one it sent itself with a
+    /// reply of its choosing, which walks around every deny (a gateway
+    /// could delete a stream). Answers go to `_INBOX.>` instead.
     pub allow_responses: bool,
 }
 
@@ -127,6 +131,8 @@ fn gateway() -> Permissions {
         "im.media.>",
         "im.q.*",
         "im.writer.*",
+        // Answers to forwarded commands.
+        "_INBOX.>",
         // Ephemeral notices (typing); events come from the projector only.
         "im.deliver.*.t",
         "$JS.API.INFO",
@@ -149,12 +155,18 @@ fn gateway() -> Permissions {
             "_INBOX.>",
         ]),
         subscribe_deny: Vec::new(),
-        allow_responses: true,
+        allow_responses: false,
     }
 }
 
 fn projector() -> Permissions {
-    let mut publish = list(&["im.deliver.*.e", "im.projector.*.alive", "$JS.API.INFO"]);
+    // Answers to queries go to the asker's inbox.
+    let mut publish = list(&[
+        "im.deliver.*.e",
+        "im.projector.*.alive",
+        "$JS.API.INFO",
+        "_INBOX.>",
+    ]);
     for stream in [CONV_STREAM, RCPT_STREAM] {
         publish.extend(reads(stream));
         publish.extend(ephemeral_reads(stream));
@@ -170,7 +182,7 @@ fn projector() -> Permissions {
         publish_deny,
         subscribe: list(&["im.q.*", "im.projector.*.q", "_INBOX.>"]),
         subscribe_deny: Vec::new(),
-        allow_responses: true,
+        allow_responses: false,
     }
 }
 
@@ -185,6 +197,7 @@ fn operator() -> Permissions {
             // control subject only: `Serves::OwnerOnly`).
             "im.projector.*.alive",
             "$JS.ACK.>",
+            "_INBOX.>",
             // `im-replay restore`, into streams it creates (I24).
             "im.conv.>",
             "im.rcpt.>",
@@ -193,7 +206,7 @@ fn operator() -> Permissions {
         publish_deny: never(),
         subscribe: list(&["_INBOX.>", "im.projector.*.alive", "im.projector.*.q"]),
         subscribe_deny: list(&["im.q.*"]),
-        allow_responses: true,
+        allow_responses: false,
     }
 }
 
@@ -273,6 +286,10 @@ mod tests {
     fn no_identity_may_delete_or_purge_and_only_writers_append() {
         for c in Component::ALL {
             let p = c.permissions();
+            assert!(
+                !p.allow_responses,
+                "{c:?}: a reply subject walks around denies"
+            );
             for d in never() {
                 assert!(p.publish_deny.contains(&d), "{c:?} {d}");
             }
@@ -299,6 +316,6 @@ mod tests {
         ]);
         assert!(block.contains("user: \"im-gateway\"\n      password: \"pw\""));
         assert!(block.contains("password: $IM_NATS_AUDITOR_PASSWORD"));
-        assert!(block.contains("allow_responses: true"));
+        assert!(block.contains("allow_responses: false"));
     }
 }

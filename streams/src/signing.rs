@@ -165,6 +165,7 @@ pub async fn register(js: &jetstream::Context, public: &VerifyingKey) -> Result<
     let kv = bucket(js).await?;
     if let Some(existing) = kv.get(key_id(public)).await.or_unavailable("writer keys")? {
         if let Ok(r) = serde_json::from_slice::<Registration>(&existing) {
+            put_in_force(&kv, r.from_seq).await?;
             return Ok(r.from_seq);
         }
     }
@@ -187,10 +188,27 @@ pub async fn register(js: &jetstream::Context, public: &VerifyingKey) -> Result<
     kv.put(key_id(public), value.into())
         .await
         .or_unavailable("writer keys")?;
-    // The first registration puts signatures in force (create fails when
-    // the key exists: the earliest one stays).
-    let _ = kv.create(IN_FORCE_KEY, from_seq.to_string().into()).await;
+    put_in_force(&kv, from_seq).await?;
     Ok(from_seq)
+}
+
+/// The first registration puts signatures in force; a later one leaves the
+/// earliest sequence (a create fails when the key exists).
+async fn put_in_force(kv: &jetstream::kv::Store, from_seq: u64) -> Result<(), StreamsError> {
+    if kv
+        .create(IN_FORCE_KEY, from_seq.to_string().into())
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    match kv.get(IN_FORCE_KEY).await.or_unavailable("writer keys")? {
+        Some(_) => Ok(()),
+        None => Err(StreamsError::unavailable(
+            "writer keys",
+            "could not record when signatures start",
+        )),
+    }
 }
 
 /// The key holding the first sequence any key signs from.
@@ -198,14 +216,17 @@ const IN_FORCE_KEY: &str = "_in_force_from";
 
 /// Whether signatures are in force, and from which IM_CONV sequence (the
 /// auditor asks once; the keys themselves come as events name them).
+/// Fails when the bucket cannot be read: an auditor that cannot tell
+/// whether signatures are in force does not pass the log.
 pub async fn registered(js: &jetstream::Context) -> Result<WriterKeys, StreamsError> {
     let mut keys = WriterKeys::default();
-    let Ok(kv) = bucket(js).await else {
-        return Ok(keys);
-    };
+    let kv = bucket(js).await?;
     if let Some(value) = kv.get(IN_FORCE_KEY).await.or_unavailable("writer keys")? {
         let text = String::from_utf8_lossy(&value);
-        keys.in_force_from = text.trim().parse().ok();
+        let from = text.trim().parse().map_err(|_| {
+            StreamsError::Config(format!("{WRITER_KEYS_BUCKET}.{IN_FORCE_KEY} is {text:?}"))
+        })?;
+        keys.in_force_from = Some(from);
     }
     Ok(keys)
 }

@@ -205,3 +205,28 @@ async fn the_auditor_reads_and_changes_nothing() {
         .await;
     assert_eq!(im_testkit::stream_messages(&stack.js, CONV_STREAM).await, 1);
 }
+
+/// A reply subject is no way around a deny: the gateway sends itself a
+/// message whose reply is the stream-delete API, and answers it.
+#[tokio::test]
+async fn a_reply_subject_is_no_way_around_a_deny() {
+    let stack = Stack::start_secured().await;
+    let gateway = Watched::connect(&stack, Component::Gateway).await;
+    let mut own = gateway.client.subscribe("im.writer.me").await.unwrap();
+    gateway.client.flush().await.unwrap();
+    let delete = "$JS.API.STREAM.DELETE.IM_CONV";
+    gateway
+        .client
+        .publish_with_reply("im.writer.me", delete, "x".into())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), own.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = got.reply.expect("the reply subject");
+    gateway.client.publish(reply, "{}".into()).await.unwrap();
+    gateway.client.flush().await.unwrap();
+    gateway.refused("publish", delete).await;
+    assert!(stack.js.get_stream(CONV_STREAM).await.is_ok());
+}

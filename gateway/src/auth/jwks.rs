@@ -32,7 +32,11 @@ pub struct Jwks {
     url: String,
     client: reqwest::Client,
     refresh_min: Duration,
+    /// The keys, when they were fetched, and when a fetch was last tried
+    /// (a failed one too: an identity provider that is down is not asked
+    /// more than once per `refresh_min`).
     cache: Mutex<(Keys, Option<Instant>)>,
+    tried: Mutex<Option<Instant>>,
     fetching: tokio::sync::Mutex<()>,
 }
 
@@ -46,6 +50,7 @@ impl Jwks {
                 .expect("an HTTP client"),
             refresh_min,
             cache: Mutex::new((HashMap::new(), None)),
+            tried: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
         }
     }
@@ -67,11 +72,22 @@ impl Jwks {
             return Ok(key.clone());
         }
         let _one = self.fetching.lock().await;
-        let (found, fetched) = self.cached(&kid);
-        let may_fetch = fetched.is_none_or(|at| at.elapsed() >= self.refresh_min);
+        let (found, _) = self.cached(&kid);
+        let tried = *self.tried.lock().unwrap_or_else(|e| e.into_inner());
+        let may_fetch = tried.is_none_or(|at| at.elapsed() >= self.refresh_min);
         if may_fetch && (found.is_none() || stale) {
-            let keys = self.fetch().await?;
-            *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = (keys, Some(Instant::now()));
+            *self.tried.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            match self.fetch().await {
+                Ok(keys) => {
+                    *self.cache.lock().unwrap_or_else(|e| e.into_inner()) =
+                        (keys, Some(Instant::now()));
+                }
+                // Keys fetched before still serve while the provider is down.
+                Err(e) if found.is_some() => {
+                    tracing::warn!(error = %e, "token keys not refreshed: using the cached ones");
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.cached(&kid).0.ok_or(AuthError::UnknownKey(kid))
     }

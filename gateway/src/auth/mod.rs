@@ -223,7 +223,12 @@ impl Verifier {
         let mut validation = Validation::new(alg);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be in the token: one that
+        // leaves the claim out is not for us.
+        let mut required = vec!["exp"];
+        required.extend(self.config.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.config.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match &self.config.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,

@@ -3,7 +3,8 @@
 //! providers often use other ids (an email, a URL, a UUID with braces):
 //! `Hashed` maps those to `x_` and the first 40 hex digits of their sha256,
 //! the same every time and for every gateway; an id already in the charset
-//! stays as it is.
+//! stays as it is, unless it starts with `x_` (hashed too, so no one can
+//! claim another's mapped id by choosing it as their own).
 
 use sha2::{Digest, Sha256};
 
@@ -32,14 +33,18 @@ impl std::str::FromStr for UserIds {
     }
 }
 
+fn hashed(value: &str) -> String {
+    let digest = Sha256::digest(value.as_bytes());
+    format!("x_{}", &hex::encode(digest)[..40])
+}
+
 /// The user id for `value` of `claim`.
 pub fn user_id(claim: &str, value: &str, ids: UserIds) -> Result<String, AuthError> {
+    let mapped_form = ids == UserIds::Hashed && value.starts_with("x_");
     match (validate_id(IdKind::User, value), ids) {
-        (Ok(()), _) => Ok(value.to_string()),
-        (Err(_), UserIds::Hashed) if !value.is_empty() => {
-            let digest = Sha256::digest(value.as_bytes());
-            Ok(format!("x_{}", &hex::encode(digest)[..40]))
-        }
+        (Ok(()), _) if !mapped_form => Ok(value.to_string()),
+        (Ok(()), _) => Ok(hashed(value)),
+        (Err(_), UserIds::Hashed) if !value.is_empty() => Ok(hashed(value)),
         (Err(e), _) => Err(AuthError::BadUserId {
             claim: claim.to_string(),
             reason: e.to_string(),
@@ -65,5 +70,9 @@ mod tests {
         assert_eq!(mapped, user_id("email", email, UserIds::Hashed).unwrap());
         assert!(validate_id(IdKind::User, &mapped).is_ok());
         assert!(user_id("sub", "", UserIds::Hashed).is_err());
+        // Choosing someone's mapped id as one's own gets a different one.
+        let forged = user_id("preferred_username", &mapped, UserIds::Hashed).unwrap();
+        assert_ne!(forged, mapped);
+        assert_eq!(user_id("sub", "x_1", UserIds::Strict).unwrap(), "x_1");
     }
 }

@@ -75,7 +75,7 @@ pub async fn upgrade(
     }
     // Counted from here to the connection's end (`ConnGuard`); a refused
     // or failed upgrade gives it back at once.
-    let ip = peer.ip();
+    let ip = crate::rate::client_key(peer.ip());
     if !state.addresses.try_add(ip, limits.connections_per_ip_max) {
         return (
             StatusCode::TOO_MANY_REQUESTS,

@@ -91,7 +91,13 @@ async fn main() -> anyhow::Result<()> {
             // The batch in hand is committed and acknowledged whole, or
             // abandoned past its bound: nothing acknowledged uncommitted.
             stop.send_replace(true);
-            supervised.await?.context("stopping")?;
+            // Bounded: a start still waiting (for JetStream, or a disk that
+            // refuses writes) is not waited for past this.
+            let bound = im_projectors::projector::STOP_MAX + std::time::Duration::from_secs(5);
+            match tokio::time::timeout(bound, supervised).await {
+                Ok(r) => r?.context("stopping")?,
+                Err(_) => anyhow::bail!("not stopped within {bound:?}: exiting"),
+            }
             println!("im-projector: stopped");
         }
     }
