@@ -401,7 +401,7 @@ pub async fn read_topology(js: &jetstream::Context) -> Result<Topology, StreamsE
     topology_of(&info.config)
 }
 
-fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+pub(crate) fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(
         e.kind(),
         jetstream::context::GetStreamErrorKind::JetStream(err)

@@ -217,9 +217,16 @@ const IN_FORCE_KEY: &str = "_in_force_from";
 /// Whether signatures are in force, and from which IM_CONV sequence (the
 /// auditor asks once; the keys themselves come as events name them).
 /// Fails when the bucket cannot be read: an auditor that cannot tell
-/// whether signatures are in force does not pass the log.
+/// whether signatures are in force does not pass the log. A deployment
+/// with no bucket at all (older, or streams restored alone) has never
+/// registered a key.
 pub async fn registered(js: &jetstream::Context) -> Result<WriterKeys, StreamsError> {
     let mut keys = WriterKeys::default();
+    match js.get_stream(format!("KV_{WRITER_KEYS_BUCKET}")).await {
+        Err(e) if crate::definitions::is_not_found(&e) => return Ok(keys),
+        Err(e) => return Err(StreamsError::unavailable("writer keys", e)),
+        Ok(_) => {}
+    }
     let kv = bucket(js).await?;
     if let Some(value) = kv.get(IN_FORCE_KEY).await.or_unavailable("writer keys")? {
         let text = String::from_utf8_lossy(&value);
