@@ -73,29 +73,39 @@ impl Jwks {
         }
         let _one = self.fetching.lock().await;
         let (found, _) = self.cached(&kid);
-        let tried = *self.tried.lock().unwrap_or_else(|e| e.into_inner());
-        let may_fetch = tried.is_none_or(|at| at.elapsed() >= self.refresh_min);
-        if may_fetch && (found.is_none() || stale) {
-            *self.tried.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-            match self.fetch().await {
-                Ok(keys) => {
-                    *self.cache.lock().unwrap_or_else(|e| e.into_inner()) =
-                        (keys, Some(Instant::now()));
-                }
+        if found.is_none() || stale {
+            match self.refresh().await {
                 // Keys fetched before still serve while the provider is down.
                 Err(e) if found.is_some() => {
                     tracing::warn!(error = %e, "token keys not refreshed: using the cached ones");
                 }
-                Err(e) => return Err(e),
+                other => other?,
             }
         }
         self.cached(&kid).0.ok_or(AuthError::UnknownKey(kid))
     }
 
+    /// Fetches the document again unless the last try (failed or not) was
+    /// within `refresh_min`. The caller holds `fetching`.
+    async fn refresh(&self) -> Result<(), AuthError> {
+        {
+            let mut tried = self.tried.lock().unwrap_or_else(|e| e.into_inner());
+            if tried.is_some_and(|at| at.elapsed() < self.refresh_min) {
+                return Ok(());
+            }
+            *tried = Some(Instant::now());
+        }
+        let keys = self.fetch().await?;
+        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = (keys, Some(Instant::now()));
+        Ok(())
+    }
+
     async fn only_kid(&self) -> Result<String, AuthError> {
-        if self.cached("").1.is_none() {
-            let keys = self.fetch().await?;
-            *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = (keys, Some(Instant::now()));
+        {
+            let _one = self.fetching.lock().await;
+            if self.cached("").1.is_none() {
+                self.refresh().await?;
+            }
         }
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         match cache.0.keys().collect::<Vec<_>>()[..] {
