@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's second command: installs the pinned tools, then runs every
 # test of the workspace (each test starts its own nats-server processes) and
-# ends with one total line: "tests: N passed, N failed".
+# the clients' tests (scripts/clients.sh), and ends with one total line: "tests: N passed, N failed".
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -10,6 +10,9 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --locked --workspace --no-fail-fast -- --nocapture "$@" 2>&1 | tee "$log" || status=$?
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+# The clients' tests (SDK unit and integration against the imctl just built).
+cargo build --locked -p im-ops --bin imctl
+bash scripts/clients.sh test 2>&1 | tee -a "$log" || status=$?
+awk '{ gsub(/\033\[[0-9;]*m/, "") } /^test result:/ || /^ *Tests +[0-9]+ (passed|failed)/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -6,7 +6,12 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 /// Every environment variable the gateway reads.
-pub const ENV_VARS: [(&str, &str); 25] = [
+pub const ENV_VARS: [(&str, &str); 27] = [
+    ("IM_WEB_DIR", "serve the built web app (clients/web/dist) at /"),
+    (
+        "IM_DEV_LOGIN",
+        "1: POST /v1/dev/token signs anyone in (local development only; needs IM_JWT_HS256_SECRET)",
+    ),
     ("IM_MEDIA_DIR", "keep media on disk in this directory"),
     (
         "IM_S3_ENDPOINT",
@@ -178,11 +183,16 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// None: the media endpoints answer `unavailable`.
     pub media: Option<crate::media::MediaBackend>,
+    /// The web app at `/` and development sign-in.
+    pub web: crate::http::web::WebConfig,
 }
 
 impl GatewayConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.tokens.validate()?;
+        if self.web.dev_login && self.tokens.hs256_secret.is_none() {
+            return Err("IM_DEV_LOGIN needs IM_JWT_HS256_SECRET to sign tokens with".into());
+        }
         self.nats_auth.identity().map_err(|e| e.to_string())?;
         let l = &self.limits;
         if l.frame_bytes_max < 1024
@@ -231,6 +241,10 @@ impl GatewayConfig {
             signing_key_file: var("IM_EVENT_SIGNING_KEY_FILE").map(Into::into),
             limits,
             media: media_from_env(&var)?,
+            web: crate::http::web::WebConfig {
+                dir: var("IM_WEB_DIR").map(Into::into),
+                dev_login: var("IM_DEV_LOGIN").is_some_and(|v| v == "1" || v == "true"),
+            },
         };
         config.validate()?;
         Ok(config)

@@ -51,7 +51,8 @@ impl GatewayError {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let web = state.config.web.clone();
+    let api = Router::new()
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/history", get(http::queries::history))
         .route(
@@ -61,6 +62,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/conversations/{id}/members",
             get(http::queries::members),
+        )
+        .route(
+            "/v1/conversations/{id}/receipts",
+            get(http::queries::receipts),
         )
         .route(
             "/v1/conversations/{id}/role/me",
@@ -84,7 +89,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/healthz", get(http::status::healthz))
         .route("/readyz", get(http::status::readyz))
-        .with_state(state)
+        .route("/v1/dev/token", post(http::web::dev_token))
+        .with_state(state);
+    http::web::with_app(api, &web)
 }
 
 /// How long a shutdown waits for HTTP requests in flight and WebSocket

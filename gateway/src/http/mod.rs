@@ -6,6 +6,7 @@ pub mod commands;
 pub mod media;
 pub mod queries;
 pub mod status;
+pub mod web;
 
 use std::sync::Arc;
 

@@ -152,3 +152,39 @@ pub async fn my_role(
         _ => Err(unexpected()),
     }
 }
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReceiptsParams {
+    /// The message asked about: `deliveredTo`/`readBy` list who reached it.
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    min_position: u64,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+/// `GET /v1/conversations/{id}/receipts?seq`: every member's delivered and
+/// read cursors, and who has received and read `seq` ("read by" in groups).
+/// Members only.
+pub async fn receipts(
+    State(state): State<Arc<AppState>>,
+    AuthUser(user): AuthUser,
+    Path(conv): Path<String>,
+    Query(p): Query<ReceiptsParams>,
+) -> Result<ProtoJson<v1::ReceiptsResult>, ApiError> {
+    let q = Q::Receipts(v1::ReceiptsQuery {
+        conversation_id: conv.clone(),
+        user_id: user,
+        seq: p.seq,
+    });
+    let read = ReadParams {
+        min_position: p.min_position,
+        access_token: p.access_token,
+    };
+    match ask_about(&state, &conv, read, q).await? {
+        R::Receipts(r) => Ok(ProtoJson(r)),
+        _ => Err(unexpected()),
+    }
+}

@@ -82,6 +82,10 @@ impl Stack {
             },
             limits,
             media,
+            web: im_gateway::http::web::WebConfig {
+                dir: None,
+                dev_login: true,
+            },
         };
         let client = async_nats::connect(self.server.url()).await.unwrap();
         let state = AppState::new(config, client).await.unwrap();

@@ -69,6 +69,14 @@ pub struct UpArgs {
     /// Groups with more members than this get notifications, not events.
     #[arg(long, env = "IM_FANOUT_THRESHOLD", default_value_t = im_projectors::DEFAULT_FANOUT_THRESHOLD)]
     pub fanout_threshold: usize,
+    /// The built web app the gateway serves at `/` (`scripts/up.sh` builds
+    /// it); nothing is served there when the directory does not exist.
+    #[arg(long, env = "IM_WEB_DIR", default_value = "clients/web/dist")]
+    pub web_dir: PathBuf,
+    /// Turn off the development sign-in (`POST /v1/dev/token`: a token for
+    /// any user, which the web app's sign-in form asks for).
+    #[arg(long, env = "IM_NO_DEV_LOGIN")]
+    pub no_dev_login: bool,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -163,6 +171,14 @@ async fn serve(
         media: Some(im_gateway::media::MediaBackend::Disk(
             args.data_dir.join("media"),
         )),
+        web: im_gateway::http::web::WebConfig {
+            dir: args
+                .web_dir
+                .join("index.html")
+                .is_file()
+                .then(|| args.web_dir.clone()),
+            dev_login: !args.no_dev_login,
+        },
     };
     let (mut gateway, stop) = start_gateway(&nats(Component::Gateway), gateway_config).await?;
     print_hints(url, args, identities, &signing_key);
@@ -265,6 +281,7 @@ async fn start_gateway(
     config: im_gateway::GatewayConfig,
 ) -> anyhow::Result<(Serving, tokio::sync::oneshot::Sender<()>)> {
     let (listen, metrics_listen) = (config.listen, config.metrics_listen);
+    let web = config.web.clone();
     // Its own connection, as in production: its PubAcks and deliveries
     // never queue behind the projector's consumer traffic.
     let client = nats.connect("imctl-up-gateway").await?;
@@ -288,6 +305,13 @@ async fn start_gateway(
         let _ = stopped.await;
     }));
     println!("imctl: gateway http://{addr} ws://{addr}/v1/ws");
+    match (&web.dir, web.dev_login) {
+        (Some(_), true) => {
+            println!("imctl: chat in a browser: http://{addr}/ (sign in with any user id)")
+        }
+        (Some(_), false) => println!("imctl: web app http://{addr}/ (sign in with a token)"),
+        (None, _) => println!("imctl: no web app built (scripts/up.sh builds clients/web)"),
+    }
     Ok((gateway, stop))
 }
 

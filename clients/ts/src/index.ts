@@ -1,0 +1,19 @@
+export { ImClient, HEARTBEAT_MS, ACK_DEBOUNCE_MS } from "./client.js";
+export type { ClientOptions, ClientEvents, SendOptions, WebSocketLike } from "./client.js";
+export { ConversationLog, PENDING_MAX } from "./conversation.js";
+export type { LogEvent } from "./conversation.js";
+export { HttpApi, ImHttpError, NOT_YET_RETRIES } from "./http.js";
+export type { CommandResult, FetchLike } from "./http.js";
+export { OUTBOX_MAX, TRACKED_MAX } from "./outbox.js";
+export type { OutgoingMessage, SendStatus } from "./outbox.js";
+export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
+export type { Backoff } from "./backoff.js";
+export { decodeFrame, encodeFrame, subprotocol } from "./wire.js";
+export type { Wire } from "./wire.js";
+export { FILL_PAGE } from "./recovery.js";
+// The generated messages, for apps that read events' fields.
+export * from "./gen/im/v1/client_pb.js";
+export * from "./gen/im/v1/events_pb.js";
+export * from "./gen/im/v1/common_pb.js";
+export * from "./gen/im/v1/readmodel_pb.js";
+export * from "./gen/im/v1/query_pb.js";

@@ -1,0 +1,76 @@
+import { useRef, useState } from "preact/hooks";
+import type { Conv, Store } from "./store.js";
+
+/** A typing notice is repeated this often while typing (receivers show one for 6 s). */
+const TYPING_REPEAT_MS = 3_000;
+/** Idle this long and the others see typing stop. */
+const TYPING_IDLE_MS = 4_000;
+
+export function Composer({ store, conv }: { store: Store; conv: Conv }) {
+  const [text, setText] = useState("");
+  const [uploading, setUploading] = useState(false);
+  const lastTyping = useRef(0);
+  const idle = useRef<ReturnType<typeof setTimeout>>();
+  const file = useRef<HTMLInputElement>(null);
+
+  function typed(value: string) {
+    setText(value);
+    const now = Date.now();
+    if (now - lastTyping.current > TYPING_REPEAT_MS) {
+      lastTyping.current = now;
+      store.client.setTyping(conv.id, true);
+    }
+    clearTimeout(idle.current);
+    idle.current = setTimeout(() => stopTyping(), TYPING_IDLE_MS);
+  }
+
+  function stopTyping() {
+    if (lastTyping.current) store.client.setTyping(conv.id, false);
+    lastTyping.current = 0;
+  }
+
+  function send(e: Event) {
+    e.preventDefault();
+    const t = text.trim();
+    if (!t) return;
+    store.client.send({ conversationId: conv.id, text: t });
+    setText("");
+    clearTimeout(idle.current);
+    stopTyping();
+  }
+
+  async function attach() {
+    const f = file.current?.files?.[0];
+    if (!f) return;
+    setUploading(true);
+    try {
+      const media = await store.client.http.upload(f, f.type);
+      store.client.send({ conversationId: conv.id, media });
+    } catch (err) {
+      store.error = `upload failed: ${err instanceof Error ? err.message : String(err)}`;
+      store.changed();
+    } finally {
+      setUploading(false);
+      if (file.current) file.current.value = "";
+    }
+  }
+
+  return (
+    <form class="composer" onSubmit={send}>
+      <input ref={file} type="file" accept="image/png,image/jpeg,image/gif,image/webp" hidden onChange={attach} data-testid="attach" />
+      <button type="button" class="icon" title="Send an image" disabled={uploading} onClick={() => file.current?.click()}>
+        {uploading ? "…" : "🖼"}
+      </button>
+      <input
+        name="message"
+        autoComplete="off"
+        placeholder="Write a message"
+        value={text}
+        onInput={(e) => typed((e.target as HTMLInputElement).value)}
+      />
+      <button type="submit" disabled={!text.trim()}>
+        Send
+      </button>
+    </form>
+  );
+}

@@ -1,0 +1,298 @@
+// The app's model over the SDK: conversations with their messages, members,
+// read cursors and typing, rebuilt from the log's events. Views subscribe
+// and re-render on any change.
+import {
+  ImClient,
+  ConversationKind,
+  Role,
+  ReceiptKind,
+  type LogEvent,
+  type MediaRef,
+  type OutgoingMessage,
+  type ConvListItem,
+} from "@im/sdk";
+
+export interface Msg {
+  seq: number;
+  sender: string;
+  atMs: number;
+  text: string;
+  media?: MediaRef;
+  edited: boolean;
+  recalled: boolean;
+  clientMsgId: string;
+  /** Membership changes and the like: shown as a line, not a bubble. */
+  notice?: string;
+}
+
+export interface Conv {
+  id: string;
+  kind: "direct" | "group";
+  title: string;
+  lastActivityMs: number;
+  preview: string;
+  unread: number;
+  members: Map<string, Role>;
+  membersLoaded: boolean;
+  messages: Msg[];
+  /** Per member: highest seq delivered to and read by them. */
+  cursors: Map<string, { delivered: number; read: number }>;
+  typing: Map<string, number>;
+  /** Scroll-back reached the first event. */
+  atStart: boolean;
+}
+
+/** How long a typing notice shows without a refresh: the sender repeats it every 3 s. */
+const TYPING_SHOW_MS = 6_000;
+/** Messages kept per conversation in memory; scroll-back beyond pages again. */
+const MESSAGES_MAX = 5_000;
+
+export class Store {
+  readonly client: ImClient;
+  readonly convs = new Map<string, Conv>();
+  /** Own sends not yet in the log, by client_msg_id. */
+  readonly outgoing = new Map<string, OutgoingMessage>();
+  openId: string | null = null;
+  error = "";
+  private listeners = new Set<() => void>();
+
+  constructor(
+    url: string,
+    token: string,
+    readonly me: string,
+  ) {
+    this.client = new ImClient({ url, token, deviceId: `web-${Math.random().toString(36).slice(2, 8)}` });
+    this.client.on("event", (e) => this.onEvent(e));
+    this.client.on("status", (m) => this.onStatus(m));
+    this.client.on("receipt", (r) => {
+      const c = this.conv(r.conversationId);
+      const cur = c.cursors.get(r.userId) ?? { delivered: 0, read: 0 };
+      const seq = Number(r.upToSeq);
+      if (r.kind === ReceiptKind.READ) cur.read = Math.max(cur.read, seq);
+      cur.delivered = Math.max(cur.delivered, seq);
+      c.cursors.set(r.userId, cur);
+      this.changed();
+    });
+    this.client.on("typing", (t) => {
+      if (t.userId === this.me) return;
+      const c = this.conv(t.conversationId);
+      if (t.typing) c.typing.set(t.userId, Date.now() + TYPING_SHOW_MS);
+      else c.typing.delete(t.userId);
+      this.changed();
+      setTimeout(() => this.changed(), TYPING_SHOW_MS + 100);
+    });
+    this.client.on("sync", () => void this.refreshList());
+    this.client.on("connected", () => this.changed());
+    this.client.on("disconnected", () => this.changed());
+    this.client.on("error", (e) => {
+      this.error = e.message;
+      this.changed();
+    });
+  }
+
+  subscribe(fn: () => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  changed(): void {
+    for (const fn of this.listeners) fn();
+  }
+
+  start(): void {
+    this.client.start();
+    void this.refreshList();
+  }
+
+  stop(): void {
+    this.client.stop();
+  }
+
+  /** Conversations, most recent activity first. */
+  list(): Conv[] {
+    return [...this.convs.values()].sort((a, b) => b.lastActivityMs - a.lastActivityMs || a.id.localeCompare(b.id));
+  }
+
+  conv(id: string): Conv {
+    let c = this.convs.get(id);
+    if (!c) {
+      c = {
+        id,
+        kind: id.startsWith("dm_") ? "direct" : "group",
+        title: "",
+        lastActivityMs: 0,
+        preview: "",
+        unread: 0,
+        members: new Map(),
+        membersLoaded: false,
+        messages: [],
+        cursors: new Map(),
+        typing: new Map(),
+        atStart: false,
+      };
+      this.convs.set(id, c);
+    }
+    return c;
+  }
+
+  /** The name a conversation shows: a group's title, the other person of a direct one. */
+  name(c: Conv): string {
+    if (c.kind === "group") return c.title || c.id;
+    const other = [...c.members.keys()].find((u) => u !== this.me);
+    return other ?? c.title ?? c.id;
+  }
+
+  typingIn(c: Conv): string[] {
+    const now = Date.now();
+    return [...c.typing].filter(([, until]) => until > now).map(([u]) => u);
+  }
+
+  async refreshList(): Promise<void> {
+    try {
+      const page = await this.client.http.conversations();
+      for (const item of page.items) this.fromListItem(item);
+      this.changed();
+      for (const c of this.convs.values()) if (c.kind === "direct" && !c.membersLoaded) void this.loadMembers(c.id);
+    } catch (e) {
+      this.error = String(e);
+      this.changed();
+    }
+  }
+
+  private fromListItem(item: ConvListItem): void {
+    const e = item.entry;
+    if (!e) return;
+    const c = this.conv(e.conversationId);
+    c.kind = e.kind === ConversationKind.DIRECT ? "direct" : "group";
+    c.title = e.title;
+    c.lastActivityMs = Math.max(c.lastActivityMs, Number(e.lastActivityMs));
+    if (e.preview) c.preview = e.previewSender ? `${e.previewSender}: ${e.preview}` : e.preview;
+    c.unread = this.openId === c.id ? 0 : Number(item.unread);
+  }
+
+  async open(id: string): Promise<void> {
+    this.openId = id;
+    const c = this.conv(id);
+    c.unread = 0;
+    this.changed();
+    await this.client.open(id);
+    await Promise.all([this.loadMembers(id), this.loadCursors(id)]);
+    this.client.markRead(id);
+    this.changed();
+  }
+
+  async loadMembers(id: string): Promise<void> {
+    try {
+      const r = await this.client.http.members(id);
+      const c = this.conv(id);
+      c.members = new Map(r.members.map((m) => [m.userId, m.role]));
+      c.membersLoaded = true;
+      if (r.conversation) c.title = r.conversation.title;
+      this.changed();
+    } catch {
+      // Not a member (any more): the view says so from the events.
+    }
+  }
+
+  private async loadCursors(id: string): Promise<void> {
+    try {
+      const r = await this.client.http.receipts(id, 0);
+      const c = this.conv(id);
+      for (const m of r.members) {
+        c.cursors.set(m.userId, { delivered: Number(m.deliveredSeq), read: Number(m.readSeq) });
+      }
+    } catch {
+      // Receipts are decoration: the ticks fill in as updates arrive.
+    }
+  }
+
+  async loadOlder(id: string): Promise<number> {
+    const older = await this.client.loadOlder(id, 50);
+    const c = this.conv(id);
+    if (older.length === 0) c.atStart = true;
+    const msgs = older.map((e) => this.toMsg(c, e)).filter((m): m is Msg => m !== null);
+    c.messages = [...msgs, ...c.messages];
+    this.changed();
+    return msgs.length;
+  }
+
+  /** Who has read `seq` (groups: "read by"), the sender excluded. */
+  readBy(c: Conv, m: Msg): string[] {
+    return [...c.cursors].filter(([u, cur]) => u !== m.sender && cur.read >= m.seq).map(([u]) => u);
+  }
+
+  deliveredTo(c: Conv, m: Msg): string[] {
+    return [...c.cursors].filter(([u, cur]) => u !== m.sender && cur.delivered >= m.seq).map(([u]) => u);
+  }
+
+  private onStatus(m: OutgoingMessage): void {
+    if (m.status === "stored" || m.status === "delivered" || m.status === "read") {
+      this.outgoing.delete(m.clientMsgId);
+    } else {
+      this.outgoing.set(m.clientMsgId, m);
+    }
+    if (m.status === "rejected" || m.status === "failed") this.error = `not sent: ${m.reason}`;
+    this.changed();
+  }
+
+  private onEvent(e: LogEvent): void {
+    const c = this.conv(e.conversationId);
+    const msg = this.toMsg(c, e);
+    const ev = e.event;
+    c.lastActivityMs = Math.max(c.lastActivityMs, Number(ev.atMs));
+    if (msg) {
+      c.messages.push(msg);
+      if (c.messages.length > MESSAGES_MAX) c.messages.splice(0, c.messages.length - MESSAGES_MAX);
+      if (!msg.notice) {
+        c.preview = `${msg.sender}: ${msg.media ? "[image]" : msg.text}`;
+        if (msg.sender !== this.me && this.openId !== c.id) c.unread++;
+      }
+    }
+    if (this.openId === c.id && document.visibilityState === "visible") this.client.markRead(c.id);
+    this.changed();
+  }
+
+  /** Applies an event to the conversation; returns the line it shows, if any. */
+  private toMsg(c: Conv, e: LogEvent): Msg | null {
+    const ev = e.event;
+    const base = { seq: e.seq, sender: ev.actor, atMs: Number(ev.atMs), text: "", edited: !!e.edited, recalled: !!e.recalled, clientMsgId: ev.clientMsgId };
+    const k = ev.kind;
+    const note = (notice: string): Msg => ({ ...base, notice });
+    switch (k.case) {
+      case "created":
+        c.kind = k.value.kind === ConversationKind.DIRECT ? "direct" : "group";
+        c.title = k.value.title;
+        for (const m of k.value.members) c.members.set(m.userId, m.role);
+        c.members.set(ev.actor, c.kind === "group" ? Role.OWNER : Role.MEMBER);
+        return c.kind === "group" ? note(`${ev.actor} created "${k.value.title}"`) : null;
+      case "memberAdded":
+        c.members.set(k.value.userId, k.value.role);
+        return note(`${ev.actor} added ${k.value.userId}`);
+      case "memberRemoved":
+        c.members.delete(k.value.userId);
+        return note(`${ev.actor} removed ${k.value.userId}`);
+      case "memberLeft":
+        c.members.delete(ev.actor);
+        return note(`${ev.actor} left`);
+      case "blacklisted":
+        c.members.delete(k.value.userId);
+        return note(`${ev.actor} blocked ${k.value.userId}`);
+      case "messageSent": {
+        const body = k.value.body;
+        return { ...base, text: body.case === "text" ? body.value : "", media: body.case === "media" ? body.value : undefined };
+      }
+      case "messageEdited": {
+        const target = c.messages.find((m) => m.seq === Number(k.value.targetConvSeq));
+        if (target) Object.assign(target, { text: k.value.text, edited: true });
+        return null;
+      }
+      case "messageRecalled": {
+        const target = c.messages.find((m) => m.seq === Number(k.value.targetConvSeq));
+        if (target) Object.assign(target, { text: "", media: undefined, recalled: true });
+        return null;
+      }
+      default:
+        return null;
+    }
+  }
+}

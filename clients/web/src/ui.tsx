@@ -1,0 +1,21 @@
+// Small shared pieces: avatars and time labels.
+const COLORS = ["#5b8def", "#e5734a", "#3fb68b", "#b65bd6", "#d6a23f", "#4ab3c7", "#e05a8a"];
+
+export function Avatar({ name, group = false }: { name: string; group?: boolean }) {
+  let h = 0;
+  for (const ch of name) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
+  const initials = name.replace(/^dm_/, "").slice(0, 2).toUpperCase();
+  return (
+    <span class={group ? "avatar group" : "avatar"} style={{ background: COLORS[h % COLORS.length] }}>
+      {initials}
+    </span>
+  );
+}
+
+export function timeLabel(ms: number): string {
+  const d = new Date(ms);
+  const today = new Date();
+  return d.toDateString() === today.toDateString()
+    ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+    : d.toLocaleDateString([], { month: "short", day: "numeric" });
+}

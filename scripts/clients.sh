@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The clients (clients/: the TypeScript SDK, the web app, the browser tests)
+# with the machine's Node.js and npm:
+#
+#   scripts/clients.sh install   npm ci, again only when the lockfile changed
+#   scripts/clients.sh build     install, then build the web app (clients/web/dist)
+#   scripts/clients.sh test      install, build, then the SDK's unit tests and its
+#                                integration tests against a real stack (imctl up;
+#                                IM_IMCTL names the binary, default target/debug/imctl)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root/clients"
+what="${1:-test}"
+
+need_node() {
+  command -v node >/dev/null && command -v npm >/dev/null || {
+    echo "clients: Node.js 20.19+ with npm is needed for the clients" >&2
+    return 1
+  }
+  node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' || {
+    echo "clients: Node.js $(node --version) is too old: 20.19 or newer" >&2
+    return 1
+  }
+}
+
+install() {
+  need_node
+  local stamp=node_modules/.im-lock
+  local want
+  want="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "clients: npm ci" >&2
+    npm ci --no-audit --no-fund --loglevel=error
+    echo "$want" >"$stamp"
+  fi
+}
+
+build() {
+  install
+  npm run --silent build -w @im/web
+}
+
+case "$what" in
+  install) install ;;
+  build) build ;;
+  test)
+    build
+    NO_COLOR=1 npm test --silent -w @im/sdk
+    NO_COLOR=1 npm run --silent test:integration -w @im/sdk
+    ;;
+  *) echo "usage: scripts/clients.sh install|build|test" >&2; exit 2 ;;
+esac
