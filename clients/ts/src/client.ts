@@ -50,6 +50,12 @@ export interface ClientOptions {
   /** Events a conversation new to this client starts with (its latest). */
   tailSize?: number;
   webSocket?: (url: string, protocols: string[]) => WebSocketLike;
+  /**
+   * Where `online`/`offline` events come from (the browser's `window` by
+   * default): offline closes the connection and stops retrying, online
+   * reconnects at once and syncs. None outside a browser.
+   */
+  network?: EventTarget;
   fetch?: FetchLike;
   random?: () => number;
 }
@@ -93,6 +99,10 @@ export class ImClient extends Emitter<ClientEvents> {
   private ws: WebSocketLike | undefined;
   private live = false;
   private stopped = true;
+  /** The device is offline: no attempts until it is back. */
+  private offline = false;
+  private readonly onOffline = () => this.goOffline();
+  private readonly onOnline = () => this.goOnline();
   private attempt = 0;
   private lastFrameAt = 0;
   private timers = new Set<ReturnType<typeof setTimeout>>();
@@ -117,15 +127,41 @@ export class ImClient extends Emitter<ClientEvents> {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
+    this.network()?.addEventListener("offline", this.onOffline);
+    this.network()?.addEventListener("online", this.onOnline);
     void this.connect();
   }
 
   /** Closes for good: no reconnect. Unanswered sends stay in the outbox. */
   stop(): void {
     this.stopped = true;
+    this.network()?.removeEventListener("offline", this.onOffline);
+    this.network()?.removeEventListener("online", this.onOnline);
+    this.cancelTimers();
+    this.ws?.close(1000, "client stopped");
+  }
+
+  private network(): EventTarget | undefined {
+    return this.opts.network ?? (typeof window === "undefined" ? undefined : window);
+  }
+
+  private goOffline(): void {
+    this.offline = true;
+    this.cancelTimers();
+    this.ws?.close(4001, "device offline");
+  }
+
+  private goOnline(): void {
+    if (!this.offline) return;
+    this.offline = false;
+    this.attempt = 0;
+    this.cancelTimers();
+    if (!this.ws && !this.stopped) void this.connect();
+  }
+
+  private cancelTimers(): void {
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
-    this.ws?.close(1000, "client stopped");
   }
 
   get connected(): boolean {
@@ -190,7 +226,7 @@ export class ImClient extends Emitter<ClientEvents> {
   }
 
   private async connect(): Promise<void> {
-    if (this.stopped) return;
+    if (this.stopped || this.offline || this.ws) return;
     let token: string;
     try {
       token = await this.token();
@@ -198,6 +234,7 @@ export class ImClient extends Emitter<ClientEvents> {
       this.emit("error", { code: "token", message: String(e) });
       return this.reconnectLater(0, "no token");
     }
+    if (this.stopped || this.offline || this.ws) return;
     const base = this.opts.url.replace(/^http/, "ws").replace(/\/$/, "");
     const url = `${base}/v1/ws?device_id=${encodeURIComponent(this.deviceId)}&access_token=${encodeURIComponent(token)}`;
     const make = this.opts.webSocket ?? ((u: string, p: string[]) => new WebSocket(u, p) as unknown as WebSocketLike);
@@ -229,6 +266,7 @@ export class ImClient extends Emitter<ClientEvents> {
   }
 
   private reconnectLater(code: number, reason: string): void {
+    if (this.offline) return this.emit("disconnected", { code, reason, retryInMs: -1 });
     const delay = backoffDelay(this.attempt++, this.opts.backoff, this.opts.random);
     this.emit("disconnected", { code, reason, retryInMs: delay });
     this.later(delay, () => void this.connect());

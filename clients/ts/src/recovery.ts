@@ -105,9 +105,14 @@ export class Recovery {
       if (this.logs.has(conv)) return;
       const page = await this.http.history(conv, { limit: this.tailSize, backward: true, minPosition });
       const events = ascending(conv, page.entries);
-      const log = this.create(conv);
-      if (events.length > 0) log.startAt(events[0]!.seq);
+      // A brand-new conversation may have started from its first delivery meanwhile: join it.
+      let log = this.logs.get(conv);
+      if (!log) {
+        log = this.create(conv);
+        if (events.length > 0) log.startAt(events[0]!.seq);
+      }
       for (const e of events) this.offer(log, e);
+      if (log.hasGap()) void this.fill(conv, 0);
     }, undefined);
   }
 

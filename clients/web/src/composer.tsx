@@ -59,7 +59,7 @@ export function Composer({ store, conv }: { store: Store; conv: Conv }) {
     <form class="composer" onSubmit={send}>
       <input ref={file} type="file" accept="image/png,image/jpeg,image/gif,image/webp" hidden onChange={attach} data-testid="attach" />
       <button type="button" class="icon" title="Send an image" disabled={uploading} onClick={() => file.current?.click()}>
-        {uploading ? "…" : "🖼"}
+        {uploading ? "…" : <ImageIcon />}
       </button>
       <input
         name="message"
@@ -72,5 +72,16 @@ export function Composer({ store, conv }: { store: Store; conv: Conv }) {
         Send
       </button>
     </form>
+  );
+}
+
+/** A picture glyph drawn inline: no emoji font needed. */
+function ImageIcon() {
+  return (
+    <svg width="22" height="22" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="1.8" aria-hidden="true">
+      <rect x="3" y="4" width="18" height="16" rx="2" />
+      <circle cx="9" cy="10" r="2" />
+      <path d="M21 17l-5-5-8 8" />
+    </svg>
   );
 }

@@ -67,6 +67,27 @@ describe("connecting", () => {
     expect(delays[6]).toBeLessThanOrEqual(100);
   });
 
+  it("goes quiet while the device is offline and reconnects at once when it is back", async () => {
+    const network = new EventTarget();
+    const { client, gw } = setup({ network });
+    client.start();
+    await settle();
+    gw.last.accept();
+    network.dispatchEvent(new Event("offline"));
+    expect(gw.last.readyState).toBe(3);
+    await settle(120_000);
+    expect(gw.sockets).toHaveLength(1); // no attempts while offline
+    network.dispatchEvent(new Event("online"));
+    await settle();
+    expect(gw.sockets).toHaveLength(2);
+    gw.last.accept();
+    expect(gw.last.sentOf("sync")).toHaveLength(1);
+    client.stop();
+    network.dispatchEvent(new Event("online"));
+    await settle();
+    expect(gw.sockets).toHaveLength(2); // stopped: the events are no longer heard
+  });
+
   it("speaks JSON when asked", async () => {
     const gw = new FakeGateway("json");
     const { client, texts } = setup({ wire: "json" }, gw);
@@ -151,6 +172,24 @@ describe("recovery", () => {
     expect(older.map((e) => e.seq)).toEqual(Array.from({ length: 20 }, (_, i) => i + 6));
     expect((await client.loadOlder("old", 20)).map((e) => e.seq)).toEqual([1, 2, 3, 4, 5]);
     expect(await client.loadOlder("old", 20)).toEqual([]);
+  });
+
+  it("hands a new conversation's events out once when its first deliveries overtake the page opening it", async () => {
+    const { client, gw, texts } = setup();
+    client.start();
+    await settle();
+    gw.last.accept();
+    const created = gw.append("dm_x", "created");
+    const first = gw.append("dm_x", "hi");
+    let open!: () => void;
+    gw.gate = new Promise((r) => (open = r));
+    const opened = client.open("dm_x"); // its page is in flight...
+    await settle();
+    gw.last.push(gw.deliverOf(created), gw.deliverOf(first)); // ...when the deliveries come
+    open();
+    await opened;
+    await settle();
+    expect(texts()).toEqual(["dm_x#1", "dm_x#2"]);
   });
 
   it("acknowledges deliveries cumulatively, once per window", async () => {

@@ -81,6 +81,8 @@ export class FakeGateway {
   private streamSeqs = new Map<ConvEvent, number>();
   private nextStreamSeq = 1000;
   readonly historyCalls: URLSearchParams[] = [];
+  /** While set, history answers wait for it: a page in flight. */
+  gate: Promise<void> | undefined;
 
   constructor(readonly wire: Wire = "proto") {}
 
@@ -131,6 +133,7 @@ export class FakeGateway {
     expect(url.pathname).toBe("/v1/history");
     const q = url.searchParams;
     this.historyCalls.push(q);
+    await this.gate;
     const log = this.logs.get(q.get("conversationId")!) ?? [];
     const limit = Number(q.get("limit") ?? 50);
     let from = Number(q.get("fromSeq") ?? 0);

@@ -1,0 +1,81 @@
+// The web app as two (and three) people use it, in real Chromium against
+// the real stack.
+import { expect, test } from "@playwright/test";
+import { openConversation, screenshot, send, signIn, startChat, texts, users } from "./helpers.js";
+
+test("two people chat: each sees the other's messages, read status and typing", async ({ browser }) => {
+  const [alice, bob] = users("alice", "bob");
+  const a = await signIn(browser, alice);
+  const b = await signIn(browser, bob);
+  await startChat(a, bob, "hi bob");
+  // Bob's list shows the new conversation with its preview and an unread badge.
+  const item = b.locator(".conv", { hasText: alice });
+  await expect(item.getByTestId("unread")).toHaveText("1");
+  await expect(item.locator(".preview")).toContainText("hi bob");
+  await openConversation(b, alice);
+  await expect.poll(() => texts(b)).toEqual(["hi bob"]);
+  // Opening it read it: Alice's tick turns to read.
+  await expect(a.locator('[data-testid="message"] .ticks')).toHaveAttribute("data-status", "read");
+  await b.getByPlaceholder("Write a message").pressSequentially("hello al");
+  await expect(a.getByTestId("typing")).toHaveText(`${bob} is typing…`);
+  await send(b, "hello alice");
+  await expect.poll(() => texts(a)).toEqual(["hi bob", "hello alice"]);
+  await expect(a.getByTestId("typing")).toHaveText("", { timeout: 10_000 });
+  await screenshot(a, "chat");
+});
+
+test("offline while 50 messages are sent: back online, all 50 once and in order", async ({ browser }) => {
+  const [carol, dave] = users("carol", "dave");
+  const c = await signIn(browser, carol);
+  const d = await signIn(browser, dave);
+  await startChat(c, dave, "m0");
+  await openConversation(d, carol);
+  await expect.poll(() => texts(d)).toEqual(["m0"]);
+  await d.context().setOffline(true);
+  await expect(d.locator(".me .offline")).toBeVisible();
+  const want = Array.from({ length: 50 }, (_, i) => `m${i + 1}`);
+  for (const t of want) await send(c, t);
+  await expect.poll(() => texts(c), { timeout: 60_000 }).toEqual(["m0", ...want]);
+  await expect(c.locator(".pending")).toHaveCount(0);
+  expect(await texts(d)).toEqual(["m0"]); // nothing reached the offline tab
+  await d.context().setOffline(false);
+  await expect.poll(() => texts(d), { timeout: 60_000 }).toEqual(["m0", ...want]);
+  await d.waitForTimeout(1_000); // a late duplicate would show now
+  expect(await texts(d)).toEqual(["m0", ...want]);
+});
+
+test("a reload keeps the conversations and their history", async ({ browser }) => {
+  const [erin, frank] = users("erin", "frank");
+  const e = await signIn(browser, erin);
+  await startChat(e, frank, "one");
+  await send(e, "two");
+  await send(e, "three");
+  await expect.poll(() => texts(e)).toEqual(["one", "two", "three"]);
+  await e.reload();
+  await expect(e.locator(".me .online")).toHaveText("online");
+  await openConversation(e, frank);
+  await expect.poll(() => texts(e)).toEqual(["one", "two", "three"]);
+});
+
+test("a group of three: everyone sees a member removed, and the removed one can no longer write", async ({ browser }) => {
+  const [gina, hank, ivan] = users("gina", "hank", "ivan");
+  const g = await signIn(browser, gina);
+  const h = await signIn(browser, hank);
+  const i = await signIn(browser, ivan);
+  await g.getByRole("button", { name: "New group" }).click();
+  await g.getByPlaceholder("group name").fill("Trio");
+  await g.getByPlaceholder("members: bob, carol").fill(`${hank}, ${ivan}`);
+  await g.getByRole("button", { name: "Create" }).click();
+  await expect(g.getByTestId("conv-title")).toHaveText("Trio");
+  await send(g, "welcome");
+  for (const p of [h, i]) {
+    await openConversation(p, "Trio");
+    await expect.poll(() => texts(p)).toEqual(["welcome"]);
+  }
+  await g.getByRole("button", { name: "Members" }).click();
+  await g.getByTestId("members").locator("li", { hasText: ivan }).getByRole("button", { name: "Remove" }).click();
+  for (const p of [g, h, i]) await expect(p.locator(".notice", { hasText: `${gina} removed ${ivan}` })).toBeVisible();
+  await expect(i.getByText("You are not a member of this conversation.")).toBeVisible();
+  await expect(g.getByTestId("members").locator("li")).toHaveCount(2);
+  await screenshot(g, "group");
+});
