@@ -6,7 +6,9 @@
 #   scripts/clients.sh build     install, then build the web app (clients/web/dist)
 #   scripts/clients.sh test      install, build, then the SDK's unit tests and its
 #                                integration tests against a real stack (imctl up;
-#                                IM_IMCTL names the binary, default target/debug/imctl)
+#                                IM_IMCTL names the binary, default target/debug/imctl),
+#                                then the web app in headless Chromium (IM_CHROMIUM,
+#                                default /usr/bin/chromium; screenshots in target/e2e/)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root/clients"
@@ -47,6 +49,7 @@ case "$what" in
     build
     NO_COLOR=1 npm test --silent -w @im/sdk
     NO_COLOR=1 npm run --silent test:integration -w @im/sdk
+    NO_COLOR=1 npm test --silent -w @im/e2e
     ;;
   *) echo "usage: scripts/clients.sh install|build|test" >&2; exit 2 ;;
 esac

@@ -13,6 +13,6 @@ cargo test --locked --workspace --no-fail-fast -- --nocapture "$@" 2>&1 | tee "$
 # The clients' tests (SDK unit and integration against the imctl just built).
 cargo build --locked -p im-ops --bin imctl
 bash scripts/clients.sh test 2>&1 | tee -a "$log" || status=$?
-awk '{ gsub(/\033\[[0-9;]*m/, "") } /^test result:/ || /^ *Tests +[0-9]+ (passed|failed)/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+awk '{ gsub(/\033\[[0-9;]*m/, "") } /^test result:/ || /^ *Tests +[0-9]+ (passed|failed)/ || /^ +[0-9]+ (passed|failed)( |$)/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

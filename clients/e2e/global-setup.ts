@@ -6,6 +6,7 @@ export default async function globalSetup(): Promise<() => Promise<void>> {
   const web = new URL("../web/dist", import.meta.url).pathname;
   const stack = await Stack.start(["--web-dir", web]);
   process.env.IM_E2E_URL = stack.url;
-  process.env.IM_E2E_DATA = stack.dataDir;
+  process.env.IM_E2E_ADMIN = stack.adminUrl;
+  process.env.IM_E2E_OPERATOR_TOKEN = stack.operatorToken();
   return () => stack.stop();
 }

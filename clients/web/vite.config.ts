@@ -10,9 +10,16 @@ export default defineConfig({
     rollupOptions: {
       input: {
         main: fileURLToPath(new URL("index.html", import.meta.url)),
+        // The ops page: served by `imctl admin` (and `imctl up`) beside its API.
+        ops: fileURLToPath(new URL("ops.html", import.meta.url)),
       },
     },
   },
   // `npm run dev` talks to `imctl up`'s gateway.
-  server: { proxy: { "/v1": { target: "http://127.0.0.1:8080", ws: true } } },
+  server: {
+    proxy: {
+      "/v1": { target: "http://127.0.0.1:8080", ws: true },
+      "/admin": { target: "http://127.0.0.1:8090" },
+    },
+  },
 });

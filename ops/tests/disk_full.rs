@@ -49,6 +49,8 @@ fn up(url: &str, data: &std::path::Path) -> (std::process::Child, std::net::Sock
             url,
             "--gateway-listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data)

@@ -29,6 +29,7 @@ fn start(data: &std::path::Path, port: u16) -> (Child, Vec<String>) {
         .arg(data)
         .args(["--nats-port", &port.to_string()])
         .args(["--gateway-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -194,13 +195,52 @@ async fn up_serves_stops_on_sigint_and_keeps_data() {
 }
 
 fn gateway_addr(lines: &[String]) -> std::net::SocketAddr {
+    addr_after(lines, "imctl: gateway http://")
+}
+
+fn addr_after(lines: &[String], prefix: &str) -> std::net::SocketAddr {
     lines
         .iter()
-        .find_map(|l| l.strip_prefix("imctl: gateway http://"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("a gateway line")
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split(['/', ' ']).next())
+        .unwrap_or_else(|| panic!("a line {prefix}: {lines:?}"))
         .parse()
         .unwrap()
+}
+
+/// The admin API answers the operator token only, from the same code as
+/// `imctl streams status` and `imctl projections status`.
+async fn admin_answers_the_operator_only(
+    lines: &[String],
+    data: &std::path::Path,
+    user_token: &str,
+) {
+    let admin = addr_after(lines, "imctl: ops page http://");
+    let operator = std::fs::read_to_string(data.join("operator-token")).unwrap();
+    for bearer in [None, Some(user_token), Some("x".repeat(43).as_str())] {
+        let (status, body) = common::http_get_as(admin, "/admin/v1/status", bearer).await;
+        assert_eq!(status, 401, "{bearer:?}: {body}");
+        assert!(body.contains(r#""code":"unauthorized""#), "{body}");
+    }
+    let (status, body) =
+        common::http_get_as(admin, "/admin/v1/status", Some(operator.trim())).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let streams: Vec<&str> = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(streams, ["IM_CONV", "IM_RCPT"]);
+    let history = v["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["projection"] == "history")
+        .expect("history");
+    assert_eq!(history["instance"], "local");
+    assert!(history["checkpoint"].as_u64().unwrap() >= 2, "{history}");
 }
 
 fn token(data: &std::path::Path, user: &str) -> String {
@@ -324,6 +364,7 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
         "{status} {body}"
     );
 
+    admin_answers_the_operator_only(&lines, data.path(), &bob).await;
     for args in [
         &["projections", "verify", "--all", "--instance", "local"][..],
         &["projections", "rebuild", "--all", "--instance", "local"][..],

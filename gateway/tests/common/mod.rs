@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use im_gateway::{AppState, GatewayConfig, Limits};
 use im_schema::v1::{self, envelope::Payload};
-use prost::Message as _;
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 pub const SECRET: &str = "test-secret-that-is-long-enough-32b";
 pub const RS256_PRIVATE: &str = include_str!("../keys/rs256-test-private.pem");
@@ -117,91 +115,41 @@ pub fn token(user: &str) -> String {
     im_gateway::auth::issue_hs256(SECRET, user, 3600)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Wire {
-    Proto,
-    Json,
-}
+pub use im_client::Wire;
 
+/// A test's WebSocket client: `im_client::Connection`, failing the test on
+/// any error, with a queue of envelopes `recv_until` passed over.
 pub struct Client {
     pub wire: Wire,
     /// Frames `recv_until` passed over, handed out by later reads first.
     skipped: std::collections::VecDeque<v1::Envelope>,
-    /// The rest of a frame that carried several envelopes, in order.
-    unread: std::collections::VecDeque<v1::Envelope>,
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    conn: im_client::Connection,
 }
 
-/// Opens a WebSocket; `Err` carries the HTTP status of a refused upgrade.
+/// Opens a WebSocket; `Err` carries the HTTP status of a refused upgrade
+/// (or the close code of a close instead of `Connected`).
 pub async fn try_connect(
     addr: std::net::SocketAddr,
     bearer: Option<&str>,
     wire: Wire,
     device: &str,
 ) -> Result<Client, u16> {
-    let mut req = format!("ws://{addr}/v1/ws?device_id={device}")
-        .into_client_request()
-        .unwrap();
-    let proto = match wire {
-        Wire::Proto => "im.v1.proto",
-        Wire::Json => "im.v1.json",
+    let opts = im_client::ConnectOptions {
+        url: format!("ws://{addr}"),
+        token: bearer.map(Into::into),
+        device_id: device.into(),
+        wire,
+        buffer_bytes: None,
+        timeout: im_client::CONNECT_TIMEOUT,
     };
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", proto.parse().unwrap());
-    if let Some(t) = bearer {
-        req.headers_mut()
-            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => {
-            let mut client = Client {
-                wire,
-                skipped: Default::default(),
-                unread: Default::default(),
-                ws,
-            };
-            // Live only once the server says so; a close instead is a refusal.
-            match tokio::time::timeout(Duration::from_secs(10), client.ws.next()).await {
-                Ok(Some(Ok(Message::Close(frame)))) => Err(frame.map_or(0, |f| u16::from(f.code))),
-                Ok(Some(Ok(msg))) => {
-                    let mut envs = decode_frame(wire, msg).into_iter();
-                    let env = envs.next().expect("an envelope");
-                    assert!(
-                        matches!(env.payload, Some(Payload::Connected(_))),
-                        "{env:?}"
-                    );
-                    client.skipped.extend(envs);
-                    Ok(client)
-                }
-                other => panic!("no first frame: {other:?}"),
-            }
-        }
-        Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+    match im_client::Connection::connect(&opts).await {
+        Ok(conn) => Ok(Client {
+            wire,
+            skipped: Default::default(),
+            conn,
+        }),
+        Err(im_client::ClientError::Refused(code)) => Err(code),
         Err(e) => panic!("connect: {e}"),
-    }
-}
-
-/// Every envelope of a frame: a binary frame may carry several (protobuf
-/// clients), a text frame one (JSON clients); each client gets frames in
-/// the form it asked for.
-pub fn decode_frame(wire: Wire, msg: Message) -> Vec<v1::Envelope> {
-    match msg {
-        Message::Binary(b) => {
-            assert_eq!(wire, Wire::Proto, "binary frame to a JSON client");
-            let mut buf = b.as_ref();
-            let mut out = Vec::new();
-            while !buf.is_empty() {
-                out.push(v1::Envelope::decode_length_delimited(&mut buf).unwrap());
-            }
-            out
-        }
-        Message::Text(t) => {
-            assert_eq!(wire, Wire::Json, "text frame to a protobuf client");
-            vec![im_schema::from_json(t.as_str()).unwrap()]
-        }
-        other => panic!("not a data frame: {other:?}"),
     }
 }
 
@@ -213,31 +161,16 @@ pub async fn connect(addr: std::net::SocketAddr, user: &str, wire: Wire) -> Clie
 
 impl Client {
     pub async fn send(&mut self, payload: Payload) {
-        let env = v1::Envelope {
-            header: None,
-            payload: Some(payload),
-        };
-        let msg = match self.wire {
-            Wire::Proto => Message::Binary(env.encode_length_delimited_to_vec().into()),
-            Wire::Json => Message::Text(im_schema::to_json(&env).into()),
-        };
-        self.ws.send(msg).await.unwrap();
+        self.conn.send(payload).await.unwrap();
     }
 
     /// Reads raw frames until the connection ends: (frames read, close code).
     pub async fn drain(&mut self) -> (usize, Option<u16>) {
-        let mut frames = 0;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(30), self.ws.next()).await {
-                Ok(Some(Ok(Message::Close(f)))) => return (frames, f.map(|f| u16::from(f.code))),
-                Ok(Some(Ok(_))) => frames += 1,
-                _ => return (frames, None),
-            }
-        }
+        self.conn.drain(Duration::from_secs(30)).await
     }
 
     pub async fn send_raw(&mut self, msg: Message) {
-        self.ws.send(msg).await.unwrap();
+        self.conn.send_raw(msg).await.unwrap();
     }
 
     /// The next envelope, or `None` on close/timeout.
@@ -249,24 +182,10 @@ impl Client {
     }
 
     async fn recv_wire(&mut self) -> Option<v1::Envelope> {
-        if let Some(env) = self.unread.pop_front() {
-            return Some(env);
-        }
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .ok()??
-                .ok()?;
-            match msg {
-                Message::Close(_) => return None,
-                Message::Binary(_) | Message::Text(_) => {
-                    let mut envs = decode_frame(self.wire, msg).into_iter();
-                    let first = envs.next();
-                    self.unread.extend(envs);
-                    return first;
-                }
-                _ => continue,
-            }
+        match self.conn.recv(Duration::from_secs(10)).await {
+            Ok(env) => env,
+            Err(im_client::ClientError::Protocol(p)) => panic!("{p}"),
+            Err(_) => None,
         }
     }
 
@@ -296,12 +215,10 @@ impl Client {
     /// The close frame's code, once the server closes.
     pub async fn close_code(&mut self) -> Option<u16> {
         loop {
-            match tokio::time::timeout(Duration::from_secs(20), self.ws.next())
-                .await
-                .ok()??
-            {
-                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
-                Ok(_) => continue,
+            match self.conn.recv(Duration::from_secs(20)).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(im_client::ClientError::Closed(code)) => return code,
                 Err(_) => return None,
             }
         }

@@ -27,6 +27,9 @@ enum Command {
     /// Read models: status, verify, rebuild, repair.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// The operators' HTTP API and the ops page.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Load generator: ingest, fanout, rebuild, connections, latency, each
     /// beside its raw baseline; prints `name value` figures.
     Bench(im_ops::cmd::bench::BenchArgs),
@@ -47,6 +50,12 @@ enum ProjectionsCommand {
     Rebuild(im_ops::cmd::projections::RebuildArgs),
     /// Replay one conversation's subjects into the live store.
     Repair(im_ops::cmd::projections::RepairArgs),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Serve the admin API and the ops page (behind the operator token).
+    Serve(im_ops::cmd::admin::AdminArgs),
 }
 
 #[derive(Subcommand)]
@@ -101,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(TokenCommand::Check(args)) => im_ops::cmd::token::check(args).await,
         Command::Streams(StreamsCommand::Apply(args)) => im_ops::cmd::streams::apply(args).await,
         Command::Streams(StreamsCommand::Status(args)) => im_ops::cmd::streams::status(args).await,
+        Command::Admin(AdminCommand::Serve(args)) => im_ops::cmd::admin::serve(args).await,
         Command::Bench(args) => im_ops::cmd::bench::run(args).await,
         Command::Check(args) => im_ops::cmd::check::run(args).await,
         Command::Projections(ProjectionsCommand::Status(args)) => {

@@ -1,3 +1,4 @@
+pub mod admin;
 pub mod bench;
 pub mod check;
 pub mod nats_config;

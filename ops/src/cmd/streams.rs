@@ -55,21 +55,21 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Serialize)]
-struct ConsumerStatus {
-    name: String,
-    pending: u64,
-    ack_pending: usize,
-    delivered_stream_seq: u64,
+pub struct ConsumerStatus {
+    pub name: String,
+    pub pending: u64,
+    pub ack_pending: usize,
+    pub delivered_stream_seq: u64,
 }
 
 #[derive(Serialize)]
-struct StreamStatus {
-    name: String,
-    messages: u64,
-    bytes: u64,
-    first_seq: u64,
-    last_seq: u64,
-    consumers: Vec<ConsumerStatus>,
+pub struct StreamStatus {
+    pub name: String,
+    pub messages: u64,
+    pub bytes: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub consumers: Vec<ConsumerStatus>,
 }
 
 /// Consumers listed per stream, at most: a status stays readable.
@@ -77,6 +77,31 @@ const CONSUMERS_LISTED_MAX: usize = 1_000;
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(args.nats.connect("imctl").await?);
+    let out = collect_status(&js).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for s in &out {
+        println!(
+            "{:<8} messages={} bytes={} seq={}..{}",
+            s.name, s.messages, s.bytes, s.first_seq, s.last_seq
+        );
+        for c in &s.consumers {
+            println!(
+                "  {:<40} pending={} ack_pending={} delivered={}",
+                c.name, c.pending, c.ack_pending, c.delivered_stream_seq
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Each stream's state and consumers: what `status` prints and the admin
+/// API answers.
+pub async fn collect_status(
+    js: &async_nats::jetstream::Context,
+) -> anyhow::Result<Vec<StreamStatus>> {
     let mut out = Vec::new();
     for name in [
         im_streams::definitions::CONV_STREAM,
@@ -111,21 +136,5 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             consumers,
         });
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    for s in &out {
-        println!(
-            "{:<8} messages={} bytes={} seq={}..{}",
-            s.name, s.messages, s.bytes, s.first_seq, s.last_seq
-        );
-        for c in &s.consumers {
-            println!(
-                "  {:<40} pending={} ack_pending={} delivered={}",
-                c.name, c.pending, c.ack_pending, c.delivered_stream_seq
-            );
-        }
-    }
-    Ok(())
+    Ok(out)
 }

@@ -77,6 +77,10 @@ pub struct UpArgs {
     /// any user, which the web app's sign-in form asks for).
     #[arg(long, env = "IM_NO_DEV_LOGIN")]
     pub no_dev_login: bool,
+    /// Address of the admin API and the ops page (operator token in
+    /// `<data-dir>/operator-token`); port 0 picks a free one.
+    #[arg(long, env = "IM_ADMIN_LISTEN", default_value = "127.0.0.1:8090")]
+    pub admin_listen: std::net::SocketAddr,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -181,6 +185,7 @@ async fn serve(
         },
     };
     let (mut gateway, stop) = start_gateway(&nats(Component::Gateway), gateway_config).await?;
+    start_admin(&nats(Component::Operator), args).await?;
     print_hints(url, args, identities, &signing_key);
     println!("imctl: ready nats={url} partitions={partitions} (Ctrl-C to stop)");
     tokio::select! {
@@ -313,6 +318,30 @@ async fn start_gateway(
         (None, _) => println!("imctl: no web app built (scripts/up.sh builds clients/web)"),
     }
     Ok((gateway, stop))
+}
+
+/// The admin API and the ops page, on the operator's identity.
+async fn start_admin(nats: &NatsArgs, args: &UpArgs) -> anyhow::Result<()> {
+    let token_file = args.data_dir.join("operator-token");
+    let admin = std::sync::Arc::new(crate::cmd::admin::Admin {
+        client: nats.connect("imctl-admin").await?,
+        token: crate::cmd::admin::token(&token_file)?,
+        web_dir: crate::cmd::admin::web_dir(&args.web_dir),
+    });
+    let listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", args.admin_listen))?;
+    println!(
+        "imctl: ops page http://{}/ (operator token: cat {})",
+        listener.local_addr()?,
+        token_file.display()
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, crate::cmd::admin::router(admin)).await {
+            tracing::error!(error = %e, "admin api stopped");
+        }
+    });
+    Ok(())
 }
 
 /// How to get a token, start a second gateway, and act as the operator or

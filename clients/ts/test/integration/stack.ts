@@ -1,7 +1,7 @@
 // The real local stack for integration tests: `imctl up` (nats-server,
 // streams, projector, gateway) on free ports in a temp dir, as a user runs it.
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -27,6 +27,8 @@ export async function freePort(): Promise<number> {
 export class Stack {
   private constructor(
     readonly url: string,
+    /** The admin API and the ops page. */
+    readonly adminUrl: string,
     readonly dataDir: string,
     private readonly proc: ChildProcess,
     readonly output: string[],
@@ -35,12 +37,13 @@ export class Stack {
   static async start(extra: string[] = []): Promise<Stack> {
     const dataDir = mkdtempSync(join(tmpdir(), "im-sdk-"));
     const gateway = `127.0.0.1:${await freePort()}`;
-    const args = ["up", "--data-dir", dataDir, "--nats-port", String(await freePort()), "--gateway-listen", gateway, ...extra];
+    const admin = `127.0.0.1:${await freePort()}`;
+    const args = ["up", "--data-dir", dataDir, "--nats-port", String(await freePort()), "--gateway-listen", gateway, "--admin-listen", admin, ...extra];
     const proc = spawn(IMCTL, args, { stdio: ["ignore", "pipe", "pipe"] });
     const output: string[] = [];
     proc.stdout!.on("data", (d: Buffer) => output.push(d.toString()));
     proc.stderr!.on("data", (d: Buffer) => output.push(d.toString()));
-    const stack = new Stack(`http://${gateway}`, dataDir, proc, output);
+    const stack = new Stack(`http://${gateway}`, `http://${admin}`, dataDir, proc, output);
     await stack.waitReady();
     return stack;
   }
@@ -57,6 +60,11 @@ export class Stack {
       await new Promise((r) => setTimeout(r, 200));
     }
     throw new Error(`stack not ready in ${READY_MAX_MS} ms:\n${this.output.join("")}`);
+  }
+
+  /** The operator token `imctl up` keeps in its data dir. */
+  operatorToken(): string {
+    return readFileSync(join(this.dataDir, "operator-token"), "utf8").trim();
   }
 
   /** A development token, issued the way the README says. */

@@ -8,11 +8,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use im_schema::v1::{self, envelope::Payload};
-use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, protocol::WebSocketConfig};
+use tokio_tungstenite::tungstenite;
 
 /// How long the child may take to say it is ready (it starts nats-server,
 /// applies streams, opens sled and binds the gateway).
@@ -28,8 +27,7 @@ const CLIENT_WS_BUFFER_BYTES: usize = 4 * 1024;
 /// How long a WebSocket handshake (and the `Connected` frame) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub use im_client::Ws;
 
 pub struct StackOptions {
     /// Gateway `Limits` overrides, as `imctl up --limits-json` takes them.
@@ -73,6 +71,8 @@ impl Stack {
             .arg("--nats-port")
             .arg(im_testkit::free_port().to_string())
             .arg("--gateway-listen")
+            .arg("127.0.0.1:0")
+            .arg("--admin-listen")
             .arg("127.0.0.1:0")
             .arg("--limits-json")
             .arg(options.limits.to_string())
@@ -168,25 +168,18 @@ impl Stack {
         user: &str,
         device: &str,
     ) -> anyhow::Result<Ws> {
-        let url = format!("ws://{gateway}/v1/ws?device_id={device}");
-        let mut req = url.into_client_request()?;
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token(user)).parse()?,
-        );
-        req.headers_mut()
-            .insert("sec-websocket-protocol", "im.v1.proto".parse()?);
-        let config = WebSocketConfig::default()
-            .read_buffer_size(CLIENT_WS_BUFFER_BYTES)
-            .write_buffer_size(CLIENT_WS_BUFFER_BYTES);
-        let connect = async {
-            let (ws, _) =
-                tokio_tungstenite::connect_async_with_config(req, Some(config), true).await?;
-            past_connected(ws).await
+        let opts = im_client::ConnectOptions {
+            url: format!("ws://{gateway}"),
+            token: Some(self.token(user)),
+            device_id: device.into(),
+            wire: im_client::Wire::Proto,
+            buffer_bytes: Some(CLIENT_WS_BUFFER_BYTES),
+            timeout: CONNECT_TIMEOUT,
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        let conn = im_client::Connection::connect(&opts)
             .await
-            .with_context(|| format!("connecting {user}"))?
+            .with_context(|| format!("connecting {user}"))?;
+        Ok(conn.into_parts().0)
     }
 
     /// An `im-gateway` process of its own on the stack's NATS (its memory
@@ -291,43 +284,14 @@ fn terminate(pid: u32) {
     }
 }
 
-/// Reads up to the server's `Connected` frame: from then on the
-/// connection gets its user's deliveries.
-pub async fn past_connected(mut ws: Ws) -> anyhow::Result<Ws> {
-    loop {
-        let msg = ws.next().await.context("closed before Connected")??;
-        if decode(&msg)
-            .iter()
-            .any(|e| matches!(e.payload, Some(Payload::Connected(_))))
-        {
-            return Ok(ws);
-        }
-    }
-}
-
 /// One envelope in a binary frame.
 pub fn frame(payload: Payload) -> tungstenite::Message {
-    let env = v1::Envelope {
-        header: None,
-        payload: Some(payload),
-    };
-    tungstenite::Message::Binary(env.encode_length_delimited_to_vec().into())
+    im_client::encode_frame(im_client::Wire::Proto, payload)
 }
 
 /// The envelopes of a frame (none for control or malformed frames).
 pub fn decode(msg: &tungstenite::Message) -> Vec<v1::Envelope> {
-    let tungstenite::Message::Binary(bytes) = msg else {
-        return Vec::new();
-    };
-    let mut buf: &[u8] = bytes;
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        match v1::Envelope::decode_length_delimited(&mut buf) {
-            Ok(env) => out.push(env),
-            Err(_) => break,
-        }
-    }
-    out
+    im_client::decode_frame(msg).unwrap_or_default()
 }
 
 /// A text send into a conversation.

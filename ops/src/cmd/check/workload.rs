@@ -7,15 +7,14 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures::{SinkExt, StreamExt};
 use im_schema::v1::{self, envelope::Payload};
 use rand::Rng;
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::http;
 use super::procs::{DUPLICATE_WINDOW_MS, SECRET};
-use crate::cmd::bench::stack::{decode, frame, past_connected, Ws};
+use crate::cmd::bench::stack::{decode, frame, Ws};
 
 pub const GROUPS: usize = 3;
 /// Members of every group: `m0`..; the first `CHURNED` are removed and
@@ -102,16 +101,8 @@ impl Records {
 
 async fn connect(addr: std::net::SocketAddr, user: &str) -> anyhow::Result<Ws> {
     let token = im_gateway::auth::issue_hs256(SECRET, user, 24 * 3600);
-    let mut req = format!("ws://{addr}/v1/ws?device_id=check").into_client_request()?;
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let connect = async {
-        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
-        past_connected(ws).await
-    };
-    tokio::time::timeout(Duration::from_secs(10), connect)
-        .await
-        .context("connect timed out")?
+    let opts = im_client::ConnectOptions::new(format!("ws://{addr}"), token).device("check");
+    Ok(im_client::Connection::connect(&opts).await?.into_parts().0)
 }
 
 /// Sends one command and waits for its answer (deliveries are skipped).

@@ -40,15 +40,41 @@ async fn poll(
     instance: &str,
     ours: &[(String, u64)],
 ) -> anyhow::Result<Vec<v1::RebuildProgress>> {
+    Ok(progress(client, instance)
+        .await?
+        .into_iter()
+        .filter(|r| ours.contains(&(r.projection.clone(), r.generation)))
+        .collect())
+}
+
+/// Every rebuild the instance reports (running, and recently ended).
+pub async fn progress(
+    client: &async_nats::Client,
+    instance: &str,
+) -> anyhow::Result<Vec<v1::RebuildProgress>> {
     let query = Query::RebuildStatus(v1::RebuildStatusQuery {});
     let R::RebuildStatus(st) = ask_instance(client, instance, query, ANSWER_TIMEOUT).await? else {
         anyhow::bail!("instance {instance}: not a rebuild status");
     };
-    Ok(st
-        .rebuilds
-        .into_iter()
-        .filter(|r| ours.contains(&(r.projection.clone(), r.generation)))
-        .collect())
+    Ok(st.rebuilds)
+}
+
+/// Asks `instance` to rebuild `names` from `from_seq`; returns the rebuilds started.
+pub async fn start(
+    client: &async_nats::Client,
+    instance: &str,
+    names: Vec<String>,
+    from_seq: u64,
+) -> anyhow::Result<Vec<v1::RebuildProgress>> {
+    let start = Query::Rebuild(v1::RebuildRequest {
+        projections: names,
+        from_seq,
+    });
+    let R::RebuildStatus(started) = ask_instance(client, instance, start, ANSWER_TIMEOUT).await?
+    else {
+        anyhow::bail!("instance {instance}: not a rebuild status");
+    };
+    Ok(started.rebuilds)
 }
 
 fn ended(r: &v1::RebuildProgress) -> bool {
@@ -65,17 +91,8 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     // Registered before the rebuild starts (and before "rebuilding" is
     // printed), so a Ctrl-C at any moment cancels rather than kills.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let start = Query::Rebuild(v1::RebuildRequest {
-        projections: names.clone(),
-        from_seq: args.from_seq,
-    });
-    let R::RebuildStatus(started) =
-        ask_instance(&client, &args.instance, start, ANSWER_TIMEOUT).await?
-    else {
-        anyhow::bail!("instance {}: not a rebuild status", args.instance);
-    };
+    let started = start(&client, &args.instance, names.clone(), args.from_seq).await?;
     let ours: Vec<(String, u64)> = started
-        .rebuilds
         .iter()
         .map(|r| (r.projection.clone(), r.generation))
         .collect();
@@ -83,7 +100,7 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         "rebuilding {} on instance {} (generation {})",
         names.join(", "),
         args.instance,
-        started.rebuilds.first().map_or(0, |r| r.generation)
+        started.first().map_or(0, |r| r.generation)
     );
     let bar = progress_bar()?;
     let plain = !std::io::stderr().is_terminal();

@@ -26,17 +26,18 @@ pub struct StatusArgs {
     pub digest: bool,
 }
 
+/// One projection of one instance.
 #[derive(Serialize)]
-struct Row {
-    instance: String,
-    projection: String,
-    checkpoint: u64,
-    stream_last_seq: u64,
-    lag: u64,
-    events_per_s: f64,
-    digest: String,
-    keys: u64,
-    dead_letters: u64,
+pub struct Row {
+    pub instance: String,
+    pub projection: String,
+    pub checkpoint: u64,
+    pub stream_last_seq: u64,
+    pub lag: u64,
+    pub events_per_s: f64,
+    pub digest: String,
+    pub keys: u64,
+    pub dead_letters: u64,
 }
 
 /// instance -> its status, from every partition's answer (asked at once).
@@ -97,13 +98,25 @@ async fn digests(
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let client = args.nats.connect("imctl").await?;
+    let rows = collect(&client, args.interval_ms, args.digest).await?;
+    print(&rows, args.json)
+}
+
+/// Every instance's projections: two samples `interval_ms` apart (the
+/// apply rate), with digests if asked. What `status` prints and the admin
+/// API answers.
+pub async fn collect(
+    client: &async_nats::Client,
+    interval_ms: u64,
+    with_digests: bool,
+) -> anyhow::Result<Vec<Row>> {
     let js = async_nats::jetstream::new(client.clone());
     let topology = im_streams::definitions::read_topology(&js).await?;
-    let first = sample(&client, topology.partitions).await?;
-    tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
-    let second = sample(&client, topology.partitions).await?;
-    let digests = if args.digest {
-        digests(&client, &second).await?
+    let first = sample(client, topology.partitions).await?;
+    tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    let second = sample(client, topology.partitions).await?;
+    let digests = if with_digests {
+        digests(client, &second).await?
     } else {
         BTreeMap::new()
     };
@@ -114,7 +127,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         .await?
         .state
         .last_sequence;
-    let secs = args.interval_ms.max(1) as f64 / 1000.0;
+    let secs = interval_ms.max(1) as f64 / 1000.0;
     let mut rows = Vec::new();
     for (instance, st) in &second {
         for p in &st.projections {
@@ -140,8 +153,12 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             });
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+    Ok(rows)
+}
+
+fn print(rows: &[Row], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
         return Ok(());
     }
     println!(

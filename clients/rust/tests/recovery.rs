@@ -1,0 +1,183 @@
+//! The client's recovery against the real parts: nats-server, streams, a
+//! projector and a gateway in-process.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use im_client::{Client, ClientConfig, ConnectOptions, Connection, LogEvent};
+use im_schema::v1::{self, envelope::Payload};
+use im_streams::conversation::{Action, Role};
+
+const SECRET: &str = "client-test-secret-long-enough-32b";
+
+struct Stack {
+    kit: im_testkit::Stack,
+    _projector: im_projectors::Projector,
+    url: String,
+}
+
+/// The stack; groups larger than `fanout_threshold` get notifications.
+async fn stack(fanout_threshold: usize) -> Stack {
+    let mut kit = im_testkit::Stack::start().await;
+    let mut config = kit.projector_config("main");
+    config.fanout_threshold = fanout_threshold;
+    let projector = kit.projector(config).await;
+    let gateway = im_gateway::GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
+        nats_url: kit.url(),
+        nats_auth: Default::default(),
+        tokens: im_gateway::auth::TokenConfig {
+            hs256_secret: Some(SECRET.into()),
+            ..Default::default()
+        },
+        signing_key_file: None,
+        limits: Default::default(),
+        media: None,
+        web: Default::default(),
+    };
+    let nats = async_nats::connect(kit.url()).await.unwrap();
+    let state = im_gateway::AppState::new(gateway, nats).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(im_gateway::serve(listener, state));
+    Stack {
+        kit,
+        _projector: projector,
+        url,
+    }
+}
+
+impl Stack {
+    fn client(&self, user: &str, known: BTreeMap<String, u64>) -> Client {
+        let cfg = ClientConfig {
+            url: self.url.clone(),
+            token: im_gateway::auth::issue_hs256(SECRET, user, 3600),
+            device_id: "rust".into(),
+            wire: Default::default(),
+            backoff: Default::default(),
+        };
+        Client::new(cfg, known)
+    }
+}
+
+fn text(conv: &str, to: &str, id: &str, text: &str) -> v1::SendMessage {
+    v1::SendMessage {
+        conversation_id: conv.into(),
+        to_user_id: to.into(),
+        client_msg_id: id.into(),
+        body: Some(v1::send_message::Body::Text(text.into())),
+        ..Default::default()
+    }
+}
+
+/// The texts of messages among `events`.
+fn texts(events: &[LogEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event.kind {
+            Some(v1::conv_event::Kind::MessageSent(m)) => match &m.body {
+                Some(v1::message_sent::Body::Text(t)) => Some(t.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Events until `n` messages came, then a second more (late duplicates).
+async fn events_until(client: &mut Client, n: usize) -> Vec<LogEvent> {
+    let mut out = Vec::new();
+    while texts(&out).len() < n {
+        let e = client.next_event(Duration::from_secs(20)).await.unwrap();
+        out.push(e.expect("an event within 20 s"));
+    }
+    while let Some(e) = client.next_event(Duration::from_secs(1)).await.unwrap() {
+        out.push(e);
+    }
+    out
+}
+
+#[tokio::test]
+async fn back_from_offline_a_client_has_every_message_once_and_in_order() {
+    let s = stack(im_projectors::DEFAULT_FANOUT_THRESHOLD).await;
+    let mut alice = s.client("alice", BTreeMap::new());
+    let mut bob = s.client("bob", BTreeMap::new());
+    let first = alice.send(text("", "bob", "m0", "m0")).await.unwrap();
+    assert_eq!(first.status(), v1::AckStatus::Stored);
+    let conv = first.conversation_id;
+    let seen = events_until(&mut bob, 1).await;
+    assert_eq!(seen.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    let known = bob.known();
+    drop(bob);
+    // 50 at once is past the gateway's per-connection rate: the client
+    // retries the refused ones with their ids, in order.
+    for i in 1..=50 {
+        let id = format!("m{i}");
+        let ack = alice.send(text(&conv, "", &id, &id)).await.unwrap();
+        assert_eq!(ack.status(), v1::AckStatus::Stored, "{ack:?}");
+    }
+    let mut bob = s.client("bob", known);
+    let back = events_until(&mut bob, 50).await;
+    let want: Vec<String> = (1..=50).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts(&back), want);
+    assert_eq!(
+        back.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (3..=52).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn notifications_without_events_are_filled_from_history() {
+    let s = stack(1).await;
+    let owner = s.kit.appender().await;
+    let create = im_streams::Command {
+        actor: "carol".into(),
+        client_msg_id: "create".into(),
+        action: Action::CreateGroup {
+            title: "big".into(),
+            members: vec![("dave".into(), Role::Member), ("erin".into(), Role::Member)],
+        },
+    };
+    owner.execute("big", &create, "").await.unwrap();
+    let mut carol = s.client("carol", BTreeMap::new());
+    let mut dave = s.client("dave", BTreeMap::new());
+    assert_eq!(
+        events_until(&mut dave, 0).await.len(),
+        1,
+        "the creation, from sync"
+    );
+    for i in 0..5 {
+        carol
+            .send(text("big", "", &format!("n{i}"), &format!("n{i}")))
+            .await
+            .unwrap();
+    }
+    let got = events_until(&mut dave, 5).await;
+    assert_eq!(texts(&got), ["n0", "n1", "n2", "n3", "n4"]);
+}
+
+#[tokio::test]
+async fn a_send_whose_answer_was_lost_is_stored_once_when_sent_again() {
+    let s = stack(im_projectors::DEFAULT_FANOUT_THRESHOLD).await;
+    let token = im_gateway::auth::issue_hs256(SECRET, "frank", 3600);
+    let mut raw = Connection::connect(&ConnectOptions::new(&s.url, token))
+        .await
+        .unwrap();
+    raw.send(Payload::Send(text("", "gina", "lost", "once")))
+        .await
+        .unwrap();
+    raw.close().await; // before reading the answer
+    let mut frank = s.client("frank", BTreeMap::new());
+    let ack = frank.send(text("", "gina", "lost", "once")).await.unwrap();
+    assert!(
+        matches!(
+            ack.status(),
+            v1::AckStatus::Duplicate | v1::AckStatus::Stored
+        ),
+        "{ack:?}"
+    );
+    let mut gina = s.client("gina", BTreeMap::new());
+    let got = events_until(&mut gina, 1).await;
+    assert_eq!(texts(&got), ["once"]);
+}

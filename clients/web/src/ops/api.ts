@@ -1,0 +1,68 @@
+// The admin API of `imctl admin` / `imctl up` (ops/src/cmd/admin).
+
+export interface StreamStatus {
+  name: string;
+  messages: number;
+  bytes: number;
+  first_seq: number;
+  last_seq: number;
+  consumers: { name: string; pending: number; ack_pending: number; delivered_stream_seq: number }[];
+}
+
+export interface ProjectionRow {
+  instance: string;
+  projection: string;
+  checkpoint: number;
+  stream_last_seq: number;
+  lag: number;
+  events_per_s: number;
+  dead_letters: number;
+}
+
+export interface Rebuild {
+  instance: string;
+  projection: string;
+  generation: number;
+  phase: string;
+  folded: number;
+  remaining: number;
+  startedMs: number;
+  finishedMs: number;
+}
+
+export interface Status {
+  streams: StreamStatus[];
+  projections: ProjectionRow[];
+  rebuilds: Rebuild[];
+}
+
+export class AdminError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+async function call<T>(token: string, path: string, init: RequestInit = {}): Promise<T> {
+  const res = await fetch(path, {
+    ...init,
+    headers: { ...(init.headers as Record<string, string>), authorization: `Bearer ${token}` },
+  });
+  const body = (await res.json().catch(() => ({}))) as { message?: string };
+  if (!res.ok) throw new AdminError(res.status, body.message ?? `HTTP ${res.status}`);
+  return body as T;
+}
+
+export function status(token: string): Promise<Status> {
+  return call(token, "/admin/v1/status");
+}
+
+export function rebuild(token: string, instance: string, projection: string): Promise<{ rebuilds: Rebuild[] }> {
+  return call(token, "/admin/v1/rebuild", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ instance, projections: [projection] }),
+  });
+}

@@ -1,0 +1,180 @@
+//! The admin API's routes, its bearer check and its one error shape
+//! (`{"code", "message"}`, as the gateway's).
+
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use im_schema::v1;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::Admin;
+use crate::cmd::projections::{rebuild, status};
+
+/// The longest apply-rate sample a status call may ask for: the page polls,
+/// and a slow answer holds a connection.
+const INTERVAL_MAX_MS: u64 = 5_000;
+
+pub fn router(admin: Arc<Admin>) -> Router {
+    let api = Router::new()
+        .route("/admin/v1/status", get(status_of_all))
+        .route("/admin/v1/rebuild", post(start_rebuild))
+        .layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            operator_only,
+        ))
+        .route("/", get(|| async { Redirect::to("/ops.html") }))
+        .route("/healthz", get(|| async { "ok" }));
+    let api = match &admin.web_dir {
+        Some(dir) => api.fallback_service(tower_http::services::ServeDir::new(dir)),
+        None => api,
+    };
+    api.with_state(admin)
+}
+
+/// An admin API failure: 401 for a missing or wrong token, 400 for a bad
+/// request, 503 when NATS or a projector does not answer.
+struct AdminError(StatusCode, &'static str, String);
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.0, Json(json!({"code": self.1, "message": self.2}))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer realm=\"imctl admin\"".parse().unwrap(),
+            );
+        }
+        resp
+    }
+}
+
+fn unavailable(e: anyhow::Error) -> AdminError {
+    AdminError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("{e:#}"),
+    )
+}
+
+async fn operator_only(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same(given.as_bytes(), admin.token.as_bytes()) {
+        let why = if given.is_empty() {
+            "an operator token is required"
+        } else {
+            "not the operator token"
+        };
+        return AdminError(StatusCode::UNAUTHORIZED, "unauthorized", why.into()).into_response();
+    }
+    next.run(req).await
+}
+
+/// Equal, in time independent of where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StatusParams {
+    #[serde(default = "default_interval")]
+    interval_ms: u64,
+}
+
+fn default_interval() -> u64 {
+    500
+}
+
+/// `GET /admin/v1/status`: streams, every instance's projections (checkpoint,
+/// lag, apply rate, dead letters) and every rebuild the instances report.
+async fn status_of_all(
+    State(admin): State<Arc<Admin>>,
+    Query(p): Query<StatusParams>,
+) -> Result<Json<Value>, AdminError> {
+    let js = async_nats::jetstream::new(admin.client.clone());
+    let streams = crate::cmd::streams::collect_status(&js)
+        .await
+        .map_err(unavailable)?;
+    let interval = p.interval_ms.min(INTERVAL_MAX_MS);
+    let projections = status::collect(&admin.client, interval, false)
+        .await
+        .map_err(unavailable)?;
+    let mut instances: Vec<&str> = projections.iter().map(|r| r.instance.as_str()).collect();
+    instances.dedup();
+    let mut rebuilds = Vec::new();
+    for instance in instances {
+        for r in rebuild::progress(&admin.client, instance)
+            .await
+            .map_err(unavailable)?
+        {
+            rebuilds.push(progress_json(instance, &r));
+        }
+    }
+    Ok(Json(json!({
+        "streams": streams,
+        "projections": projections,
+        "rebuilds": rebuilds,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RebuildBody {
+    instance: String,
+    projections: Vec<String>,
+    #[serde(default)]
+    from_seq: u64,
+}
+
+/// `POST /admin/v1/rebuild {"instance", "projections", "fromSeq"}`: starts
+/// rebuilds as `imctl projections rebuild` does; their progress shows in
+/// the status.
+async fn start_rebuild(
+    State(admin): State<Arc<Admin>>,
+    Json(body): Json<RebuildBody>,
+) -> Result<Json<Value>, AdminError> {
+    if body.projections.is_empty() {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "name a projection".into(),
+        ));
+    }
+    let started = rebuild::start(
+        &admin.client,
+        &body.instance,
+        body.projections,
+        body.from_seq,
+    )
+    .await
+    .map_err(unavailable)?;
+    let rebuilds: Vec<Value> = started
+        .iter()
+        .map(|r| progress_json(&body.instance, r))
+        .collect();
+    Ok(Json(json!({ "rebuilds": rebuilds })))
+}
+
+fn progress_json(instance: &str, r: &v1::RebuildProgress) -> Value {
+    json!({
+        "instance": instance,
+        "projection": r.projection,
+        "generation": r.generation,
+        "phase": r.phase().as_str_name().trim_start_matches("REBUILD_PHASE_").to_lowercase(),
+        "folded": r.folded,
+        "remaining": r.remaining,
+        "startedMs": r.started_ms,
+        "finishedMs": r.finished_ms,
+    })
+}
