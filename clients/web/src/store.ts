@@ -44,6 +44,8 @@ export interface Conv {
 
 /** How long a typing notice shows without a refresh: the sender repeats it every 3 s. */
 const TYPING_SHOW_MS = 6_000;
+/** Reading a burst of messages sends one receipt, this long after the last. */
+const READ_DEBOUNCE_MS = 300;
 /** Messages kept per conversation in memory; scroll-back beyond pages again. */
 const MESSAGES_MAX = 5_000;
 
@@ -54,6 +56,7 @@ export class Store {
   readonly outgoing = new Map<string, OutgoingMessage>();
   openId: string | null = null;
   error = "";
+  private readTimer: ReturnType<typeof setTimeout> | undefined;
   private listeners = new Set<() => void>();
 
   constructor(
@@ -176,6 +179,7 @@ export class Store {
     c.unread = 0;
     this.changed();
     await this.client.open(id);
+    c.atStart = this.reachedStart(id);
     await Promise.all([this.loadMembers(id), this.loadCursors(id)]);
     this.client.markRead(id);
     this.changed();
@@ -209,11 +213,16 @@ export class Store {
   async loadOlder(id: string): Promise<number> {
     const older = await this.client.loadOlder(id, 50);
     const c = this.conv(id);
-    if (older.length === 0) c.atStart = true;
+    c.atStart = this.reachedStart(id);
     const msgs = older.map((e) => this.toMsg(c, e)).filter((m): m is Msg => m !== null);
     c.messages = [...msgs, ...c.messages];
     this.changed();
     return msgs.length;
+  }
+
+  /** The conversation's first event is loaded: there is nothing older. */
+  private reachedStart(id: string): boolean {
+    return (this.client.conversation(id)?.oldest ?? 0) <= 1;
   }
 
   /** Who has read `seq` (groups: "read by"), the sender excluded. */
@@ -248,8 +257,17 @@ export class Store {
         if (msg.sender !== this.me && this.openId !== c.id) c.unread++;
       }
     }
-    if (this.openId === c.id && document.visibilityState === "visible") this.client.markRead(c.id);
+    if (this.openId === c.id && document.visibilityState === "visible") this.readSoon(c.id);
     this.changed();
+  }
+
+  /** One read receipt per burst of messages: receipts are cumulative. */
+  private readSoon(id: string): void {
+    if (this.readTimer) return;
+    this.readTimer = setTimeout(() => {
+      this.readTimer = undefined;
+      if (this.openId === id) this.client.markRead(id);
+    }, READ_DEBOUNCE_MS);
   }
 
   /** Applies an event to the conversation; returns the line it shows, if any. */
