@@ -37,6 +37,23 @@ install() {
   fi
 }
 
+# The browser tests' Chromium: the system's (IM_CHROMIUM, default
+# /usr/bin/chromium), installed from Debian's package when missing and root.
+need_chromium() {
+  local chromium="${IM_CHROMIUM:-/usr/bin/chromium}"
+  if [ ! -x "$chromium" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "clients: installing Debian's chromium for the browser tests" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  fi
+  [ -x "$chromium" ] || {
+    echo "clients: no Chromium at $chromium: install Debian's chromium package, or set IM_CHROMIUM" >&2
+    return 1
+  }
+  echo "clients: $("$chromium" --version 2>/dev/null | head -1)" >&2
+}
+
 build() {
   install
   npm run --silent build -w @im/web
@@ -49,6 +66,7 @@ case "$what" in
     build
     NO_COLOR=1 npm test --silent -w @im/sdk
     NO_COLOR=1 npm run --silent test:integration -w @im/sdk
+    need_chromium
     NO_COLOR=1 npm test --silent -w @im/e2e
     ;;
   *) echo "usage: scripts/clients.sh install|build|test" >&2; exit 2 ;;

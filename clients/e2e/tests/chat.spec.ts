@@ -44,21 +44,28 @@ test("offline while 50 messages are sent: back online, all 50 once and in order"
   expect(await texts(d)).toEqual(["m0", ...want]);
 });
 
-test("a reload keeps the conversations and their history", async ({ browser }) => {
-  const [erin, frank] = users("erin", "frank");
+test("the list is ordered by activity, and a reload keeps conversations and history", async ({ browser }) => {
+  const [erin, frank, gus] = users("erin", "frank", "gus");
   const e = await signIn(browser, erin);
   await startChat(e, frank, "one");
   await send(e, "two");
   await send(e, "three");
   await expect.poll(() => texts(e)).toEqual(["one", "two", "three"]);
+  await startChat(e, gus, "hi gus");
+  const order = () => e.locator(".conv .name").allTextContents();
+  await expect.poll(order).toEqual([gus, frank]);
+  await openConversation(e, frank);
+  await send(e, "four");
+  await expect.poll(order).toEqual([frank, gus]);
   await e.reload();
   await expect(e.locator(".me .online")).toHaveText("online");
+  await expect.poll(order).toEqual([frank, gus]);
   await openConversation(e, frank);
-  await expect.poll(() => texts(e)).toEqual(["one", "two", "three"]);
+  await expect.poll(() => texts(e)).toEqual(["one", "two", "three", "four"]);
 });
 
-test("a group of three: everyone sees a member removed, and the removed one can no longer write", async ({ browser }) => {
-  const [gina, hank, ivan] = users("gina", "hank", "ivan");
+test("a group of three: read by each, a member added, one removed who can no longer write", async ({ browser }) => {
+  const [gina, hank, ivan, jay] = users("gina", "hank", "ivan", "jay");
   const g = await signIn(browser, gina);
   const h = await signIn(browser, hank);
   const i = await signIn(browser, ivan);
@@ -72,10 +79,18 @@ test("a group of three: everyone sees a member removed, and the removed one can 
     await openConversation(p, "Trio");
     await expect.poll(() => texts(p)).toEqual(["welcome"]);
   }
+  // "Read by" names each member who has read it.
+  const ticks = g.locator('[data-testid="message"] .ticks');
+  await expect.poll(async () => ((await ticks.getAttribute("data-read-by")) ?? "").split(",").sort()).toEqual([hank, ivan].sort());
+  await expect(ticks).toContainText(`read by`);
   await g.getByRole("button", { name: "Members" }).click();
+  await g.getByPlaceholder("add by user id").fill(jay);
+  await g.getByRole("button", { name: "Add", exact: true }).click();
+  for (const p of [g, h, i]) await expect(p.locator(".notice", { hasText: `${gina} added ${jay}` })).toBeVisible();
+  await expect(g.getByTestId("members").locator("li")).toHaveCount(4);
   await g.getByTestId("members").locator("li", { hasText: ivan }).getByRole("button", { name: "Remove" }).click();
   for (const p of [g, h, i]) await expect(p.locator(".notice", { hasText: `${gina} removed ${ivan}` })).toBeVisible();
   await expect(i.getByText("You are not a member of this conversation.")).toBeVisible();
-  await expect(g.getByTestId("members").locator("li")).toHaveCount(2);
+  await expect(g.getByTestId("members").locator("li")).toHaveCount(3);
   await screenshot(g, "group");
 });

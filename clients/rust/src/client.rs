@@ -70,6 +70,21 @@ const ANSWER_WAIT: Duration = Duration::from_secs(15);
 const NOT_YET_RETRIES: u32 = 20;
 /// Answers to other sends read while waiting for one: kept for their callers.
 const ANSWERS_KEPT_MAX: usize = 1_000;
+/// Events paged in and not yet taken by `next_event`: a fill stops here and
+/// goes on once the caller has taken them (a long history is not buffered
+/// whole).
+pub const READY_MAX: usize = 10_000;
+
+/// What the client did to recover, for callers and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Connections opened after the first.
+    pub reconnects: u64,
+    /// Sends sent again after a retryable error or a lost connection.
+    pub resends: u64,
+    /// History pages read.
+    pub pages: u64,
+}
 
 pub struct Client {
     cfg: ClientConfig,
@@ -78,6 +93,10 @@ pub struct Client {
     logs: BTreeMap<String, ConversationLog>,
     ready: VecDeque<LogEvent>,
     answers: BTreeMap<String, Result<v1::SendAck, (v1::ErrorCode, String)>>,
+    /// Conversations whose fill stopped at `READY_MAX`: continued later.
+    behind: std::collections::BTreeSet<String>,
+    connected_once: bool,
+    stats: ClientStats,
 }
 
 impl Client {
@@ -94,7 +113,14 @@ impl Client {
                 .collect(),
             ready: VecDeque::new(),
             answers: BTreeMap::new(),
+            behind: Default::default(),
+            connected_once: false,
+            stats: ClientStats::default(),
         }
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        self.stats
     }
 
     /// Last conv_seq held per conversation: persist it, pass it to `new`.
@@ -118,6 +144,9 @@ impl Client {
         let id = msg.client_msg_id.clone();
         assert!(!id.is_empty(), "a send needs its client_msg_id");
         for attempt in 0..SEND_ATTEMPTS_MAX {
+            if attempt > 0 {
+                self.stats.resends += 1;
+            }
             let conn = self.connected().await?;
             if conn.send(Payload::Send(msg.clone())).await.is_err() {
                 self.conn = None;
@@ -143,6 +172,10 @@ impl Client {
         loop {
             if let Some(e) = self.ready.pop_front() {
                 return Ok(Some(e));
+            }
+            if let Some(conv) = self.behind.pop_first() {
+                self.fill(&conv, 0).await?;
+                continue;
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
@@ -192,6 +225,10 @@ impl Client {
                 }
             };
             self.conn = Some(conn);
+            if self.connected_once {
+                self.stats.reconnects += 1;
+            }
+            self.connected_once = true;
             self.sync().await?;
         }
         Ok(self.conn.as_mut().expect("connected"))
@@ -264,6 +301,7 @@ impl Client {
             let log = self.logs.entry(conv.to_string()).or_default();
             let (from, position) = (log.known + 1, min_position.max(log.held_position()));
             let page = self.history(conv, from, position).await?;
+            self.stats.pages += 1;
             let log = self.logs.get_mut(conv).expect("just made");
             for h in &page.entries {
                 let Some(event) = h.event.clone() else {
@@ -279,6 +317,10 @@ impl Client {
                 self.ready.extend(ready);
             }
             if page.next_seq == 0 || page.entries.is_empty() {
+                return Ok(());
+            }
+            if self.ready.len() >= READY_MAX {
+                self.behind.insert(conv.to_string());
                 return Ok(());
             }
         }

@@ -15,7 +15,9 @@ mod error;
 mod frames;
 mod log;
 
-pub use client::{Backoff, Client, ClientConfig, LogEvent, FILL_PAGE, SEND_ATTEMPTS_MAX};
+pub use client::{
+    Backoff, Client, ClientConfig, ClientStats, LogEvent, FILL_PAGE, READY_MAX, SEND_ATTEMPTS_MAX,
+};
 pub use connection::{ConnectOptions, Connection, Ws, CONNECT_TIMEOUT};
 pub use error::ClientError;
 pub use frames::{decode_frame, encode_frame, Wire};

@@ -18,6 +18,10 @@ struct Stack {
 
 /// The stack; groups larger than `fanout_threshold` get notifications.
 async fn stack(fanout_threshold: usize) -> Stack {
+    stack_with(fanout_threshold, Default::default()).await
+}
+
+async fn stack_with(fanout_threshold: usize, limits: im_gateway::Limits) -> Stack {
     let mut kit = im_testkit::Stack::start().await;
     let mut config = kit.projector_config("main");
     config.fanout_threshold = fanout_threshold;
@@ -32,7 +36,7 @@ async fn stack(fanout_threshold: usize) -> Stack {
             ..Default::default()
         },
         signing_key_file: None,
-        limits: Default::default(),
+        limits,
         media: None,
         web: Default::default(),
     };
@@ -100,7 +104,13 @@ async fn events_until(client: &mut Client, n: usize) -> Vec<LogEvent> {
 
 #[tokio::test]
 async fn back_from_offline_a_client_has_every_message_once_and_in_order() {
-    let s = stack(im_projectors::DEFAULT_FANOUT_THRESHOLD).await;
+    // A tight send rate: the client must retry refused sends, in order.
+    let limits = im_gateway::Limits {
+        sends_per_sec: 20,
+        send_burst: 5,
+        ..Default::default()
+    };
+    let s = stack_with(im_projectors::DEFAULT_FANOUT_THRESHOLD, limits).await;
     let mut alice = s.client("alice", BTreeMap::new());
     let mut bob = s.client("bob", BTreeMap::new());
     let first = alice.send(text("", "bob", "m0", "m0")).await.unwrap();
@@ -110,13 +120,12 @@ async fn back_from_offline_a_client_has_every_message_once_and_in_order() {
     assert_eq!(seen.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
     let known = bob.known();
     drop(bob);
-    // 50 at once is past the gateway's per-connection rate: the client
-    // retries the refused ones with their ids, in order.
     for i in 1..=50 {
         let id = format!("m{i}");
         let ack = alice.send(text(&conv, "", &id, &id)).await.unwrap();
         assert_eq!(ack.status(), v1::AckStatus::Stored, "{ack:?}");
     }
+    assert!(alice.stats().resends > 0, "{:?}", alice.stats());
     let mut bob = s.client("bob", known);
     let back = events_until(&mut bob, 50).await;
     let want: Vec<String> = (1..=50).map(|i| format!("m{i}")).collect();

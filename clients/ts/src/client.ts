@@ -88,6 +88,10 @@ export interface SendOptions {
 export const HEARTBEAT_MS = 15_000;
 /** Deliveries acknowledged together: one cumulative ack per conversation per window. */
 export const ACK_DEBOUNCE_MS = 250;
+/** The gateway closes a connection on a larger frame (1009): refused here instead. */
+export const FRAME_BYTES_MAX = 64 * 1024;
+/** Sends of one message before it is reported failed: a gateway that keeps refusing it for minutes. */
+export const SEND_ATTEMPTS_MAX = 20;
 /** Error codes after which a send is retried with its id: the outcome is unknown or was not reached. */
 const RETRYABLE = new Set([ErrorCode.UNAVAILABLE, ErrorCode.CONFLICT, ErrorCode.TIMEOUT, ErrorCode.RATE_LIMITED]);
 
@@ -127,6 +131,7 @@ export class ImClient extends Emitter<ClientEvents> {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
+    this.recovery.pause(false);
     this.network()?.addEventListener("offline", this.onOffline);
     this.network()?.addEventListener("online", this.onOnline);
     void this.connect();
@@ -135,10 +140,29 @@ export class ImClient extends Emitter<ClientEvents> {
   /** Closes for good: no reconnect. Unanswered sends stay in the outbox. */
   stop(): void {
     this.stopped = true;
+    this.recovery.pause(true);
     this.network()?.removeEventListener("offline", this.onOffline);
     this.network()?.removeEventListener("online", this.onOnline);
     this.cancelTimers();
-    this.ws?.close(1000, "client stopped");
+    for (const t of this.acks.values()) clearTimeout(t);
+    this.acks.clear();
+    this.drop(1000, "client stopped");
+  }
+
+  /**
+   * Closes the socket and treats it as closed at once: a browser's close on
+   * a dead link waits for a handshake that may take tens of seconds.
+   */
+  private drop(code: number, reason: string): void {
+    const ws = this.ws;
+    if (!ws) return;
+    ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(code, reason);
+    } catch {
+      // already closing
+    }
+    this.onClosed(code, reason);
   }
 
   private network(): EventTarget | undefined {
@@ -148,7 +172,7 @@ export class ImClient extends Emitter<ClientEvents> {
   private goOffline(): void {
     this.offline = true;
     this.cancelTimers();
-    this.ws?.close(4001, "device offline");
+    this.drop(4001, "device offline");
   }
 
   private goOnline(): void {
@@ -184,15 +208,20 @@ export class ImClient extends Emitter<ClientEvents> {
       ? { case: "media", value: o.media }
       : { case: "text", value: o.text ?? "" };
     const clientMsgId = o.clientMsgId ?? newId(this.opts.random);
+    const send = { conversationId: o.conversationId ?? "", toUserId: o.toUserId ?? "", clientMsgId, body };
+    const bytes = encodeFrame(this.opts.wire, { case: "send", value: send });
+    const size = typeof bytes === "string" ? new TextEncoder().encode(bytes).length : bytes.length;
+    if (size > FRAME_BYTES_MAX) throw new Error(`message too large: ${size} bytes, at most ${FRAME_BYTES_MAX}`);
     const msg: OutgoingMessage = {
       clientMsgId,
-      send: { conversationId: o.conversationId ?? "", toUserId: o.toUserId ?? "", clientMsgId, body },
+      send,
       status: "queued",
       conversationId: o.conversationId ?? "",
       convSeq: 0,
       streamSeq: 0,
       reason: "",
       attempts: 0,
+      retryAt: 0,
     };
     this.outbox.add(msg);
     this.emit("status", msg);
@@ -239,6 +268,7 @@ export class ImClient extends Emitter<ClientEvents> {
     const url = `${base}/v1/ws?device_id=${encodeURIComponent(this.deviceId)}&access_token=${encodeURIComponent(token)}`;
     const make = this.opts.webSocket ?? ((u: string, p: string[]) => new WebSocket(u, p) as unknown as WebSocketLike);
     const ws = make(url, [subprotocol(this.opts.wire)]);
+    if (this.stopped || this.offline) return ws.close(1000, "client stopped");
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     let first = true;
@@ -313,7 +343,7 @@ export class ImClient extends Emitter<ClientEvents> {
   private beat(): void {
     // Three periods without a frame (acks included): the link is dead though TCP has not said so.
     if (Date.now() - this.lastFrameAt > 3 * this.opts.heartbeatMs) {
-      this.ws?.close(4000, "no answer to heartbeats");
+      this.drop(4000, "no answer to heartbeats");
       return;
     }
     this.write({ case: "heartbeat", value: { clientTimeMs: BigInt(Date.now()) } });
@@ -340,7 +370,7 @@ export class ImClient extends Emitter<ClientEvents> {
   /** Sends the head of `msg`'s lane if it waits and the connection is live. */
   private next(msg: OutgoingMessage): void {
     const head = this.outbox.headOf(msg);
-    if (this.live && head?.status === "queued") this.transmit(head);
+    if (this.live && head?.status === "queued" && head.retryAt <= Date.now()) this.transmit(head);
   }
 
   private onReceipt(r: ReceiptUpdate): void {
@@ -359,9 +389,15 @@ export class ImClient extends Emitter<ClientEvents> {
     if (!msg || msg.status !== "sent") {
       return this.emit("error", { code: ErrorCode[code] ?? String(code), message });
     }
-    if (RETRYABLE.has(code)) {
+    if (RETRYABLE.has(code) && msg.attempts < SEND_ATTEMPTS_MAX) {
+      const delay = backoffDelay(msg.attempts, this.opts.backoff, this.opts.random);
       msg.status = "queued";
-      this.later(backoffDelay(msg.attempts, this.opts.backoff, this.opts.random), () => this.next(msg));
+      msg.retryAt = Date.now() + delay;
+      // The timer may fire a hair before the clock reads retryAt: it ends the wait itself.
+      this.later(delay, () => {
+        msg.retryAt = 0;
+        this.next(msg);
+      });
       return;
     }
     msg.status = "failed";

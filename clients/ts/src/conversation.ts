@@ -14,6 +14,8 @@ export interface LogEvent {
   recalled?: boolean;
   /** From history only: the text is the latest edit's. */
   edited?: boolean;
+  /** Came as a live delivery (new to everyone), not from a history page. */
+  live?: boolean;
 }
 
 /**

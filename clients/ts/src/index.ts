@@ -1,4 +1,4 @@
-export { ImClient, HEARTBEAT_MS, ACK_DEBOUNCE_MS } from "./client.js";
+export { ImClient, HEARTBEAT_MS, ACK_DEBOUNCE_MS, FRAME_BYTES_MAX, SEND_ATTEMPTS_MAX } from "./client.js";
 export type { ClientOptions, ClientEvents, SendOptions, WebSocketLike } from "./client.js";
 export { ConversationLog, PENDING_MAX } from "./conversation.js";
 export type { LogEvent } from "./conversation.js";
@@ -10,7 +10,7 @@ export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
 export type { Backoff } from "./backoff.js";
 export { decodeFrame, encodeFrame, subprotocol } from "./wire.js";
 export type { Wire } from "./wire.js";
-export { FILL_PAGE } from "./recovery.js";
+export { FILL_PAGE, FILL_STALE_RETRIES } from "./recovery.js";
 // The generated messages, for apps that read events' fields.
 export * from "./gen/im/v1/client_pb.js";
 export * from "./gen/im/v1/events_pb.js";

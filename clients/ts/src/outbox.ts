@@ -16,6 +16,8 @@ export interface OutgoingMessage {
   reason: string;
   /** Attempts so far (resends after a retryable error or a reconnect). */
   attempts: number;
+  /** Not sent again before this time (ms): a retry's backoff. */
+  retryAt: number;
 }
 
 /**

@@ -9,17 +9,34 @@ import type { HttpApi } from "./http.js";
 
 /** A history page's size while filling: the gateway's cap on one page. */
 export const FILL_PAGE = 100;
+/**
+ * Pages that end short of what the conversation is known to hold (history
+ * is projected apart from the conversation list, and may lag it): asked
+ * again this many times, `FILL_STALE_WAIT_MS` apart, then reported.
+ */
+export const FILL_STALE_RETRIES = 20;
+export const FILL_STALE_WAIT_MS = 500;
 
 export interface RecoverySink {
   deliver(e: LogEvent): void;
   error(message: string): void;
 }
 
+/** What a conversation is known to hold: a page must reach both. */
+interface Want {
+  /** A stream position (`minPosition`) the history must have applied. */
+  position: number;
+  /** A conv_seq that exists. */
+  seq: number;
+}
+
 export class Recovery {
   private logs = new Map<string, ConversationLog>();
   private chains = new Map<string, Promise<unknown>>();
-  /** Fills asked for and not started yet: asking again adds nothing. */
-  private queued = new Set<string>();
+  /** Fills asked for and not started yet; asking again raises what they must reach. */
+  private queued = new Map<string, Want>();
+  /** The client stopped: pages in flight land nowhere. */
+  private paused = false;
 
   constructor(
     private readonly http: HttpApi,
@@ -28,6 +45,10 @@ export class Recovery {
     private readonly sink: RecoverySink,
   ) {
     for (const [conv, seq] of Object.entries(known)) this.logs.set(conv, new ConversationLog(seq));
+  }
+
+  pause(paused: boolean): void {
+    this.paused = paused;
   }
 
   known(): Record<string, number> {
@@ -42,9 +63,10 @@ export class Recovery {
 
   onSync(changes: ConversationChange[]): void {
     for (const c of changes) {
+      const want = { position: 0, seq: Number(c.lastSeq) };
       const log = this.logs.get(c.conversationId);
-      if (!log) void this.tail(c.conversationId, 0);
-      else if (Number(c.lastSeq) > log.known) void this.fill(c.conversationId, 0);
+      if (!log) void this.tail(c.conversationId, want);
+      else if (want.seq > log.known) void this.fill(c.conversationId, want);
     }
   }
 
@@ -55,65 +77,93 @@ export class Recovery {
     let log = this.logs.get(conv);
     if (!log) {
       // New to this client: a brand-new conversation starts here; an older one at its tail.
-      if (seq > 1 || !d.event) return void this.tail(conv, streamSeq);
-      log = new ConversationLog();
-      this.logs.set(conv, log);
+      if (seq > 1 || !d.event) return void this.tail(conv, { position: streamSeq, seq });
+      log = this.create(conv);
     }
     // A notification (a large group) carries no event: page it (step 3).
-    if (!d.event) return void this.fill(conv, streamSeq);
-    this.offer(log, { conversationId: conv, seq, streamSeq, event: d.event });
-    if (log.hasGap()) void this.fill(conv, 0);
+    if (!d.event) return void this.fill(conv, { position: streamSeq, seq });
+    this.offer(log, { conversationId: conv, seq, streamSeq, event: d.event, live: true });
+    if (log.hasGap()) void this.fill(conv, { position: streamSeq, seq });
   }
 
+  /** The conversation's log once its latest events are loaded (unregistered and empty if they could not be). */
   async open(conv: string): Promise<ConversationLog> {
-    if (!this.logs.has(conv)) await this.tail(conv, 0);
+    if (!this.logs.has(conv)) await this.tail(conv, { position: 0, seq: 0 });
     await this.chains.get(conv);
-    return this.logs.get(conv) ?? this.create(conv);
+    return this.logs.get(conv) ?? new ConversationLog();
   }
 
   older(conv: string, limit: number): Promise<LogEvent[]> {
-    return this.serial(conv, async () => {
-      const log = this.logs.get(conv);
-      if (!log || log.oldest <= 1) return [];
-      const page = await this.http.history(conv, { fromSeq: log.oldest - 1, limit, backward: true });
-      const events = ascending(conv, page.entries);
-      if (events.length > 0) log.reachedBack(events[0]!.seq);
-      return events;
-    }, []);
+    return this.serial(
+      conv,
+      async () => {
+        const log = this.logs.get(conv);
+        if (!log || log.oldest <= 1) return [];
+        const page = await this.http.history(conv, { fromSeq: log.oldest - 1, limit, backward: true });
+        const events = ascending(conv, page.entries);
+        if (events.length > 0) log.reachedBack(events[0]!.seq);
+        return events;
+      },
+      [],
+    );
   }
 
-  /** Pages forward from the first missing seq until the log's end (`minPosition` reached). */
-  private fill(conv: string, minPosition: number): Promise<void> {
-    if (this.queued.has(conv)) return Promise.resolve();
-    this.queued.add(conv);
-    return this.serial(conv, async () => {
-      this.queued.delete(conv);
-      const log = this.logs.get(conv) ?? this.create(conv);
-      for (;;) {
-        const position = Math.max(minPosition, log.heldPosition());
-        const page = await this.http.history(conv, { fromSeq: log.known + 1, limit: FILL_PAGE, minPosition: position });
-        for (const e of ascending(conv, page.entries)) this.offer(log, e);
-        if (page.nextSeq === 0n || page.entries.length === 0) return;
-      }
-    }, undefined);
+  private fill(conv: string, want: Want): Promise<void> {
+    const queued = this.queued.get(conv);
+    if (queued) {
+      queued.position = Math.max(queued.position, want.position);
+      queued.seq = Math.max(queued.seq, want.seq);
+      return Promise.resolve();
+    }
+    this.queued.set(conv, { ...want });
+    return this.serial(conv, () => this.page(conv, this.take(conv, want)), undefined);
   }
 
   /** A conversation new to this client: its latest events, then whatever follows. */
-  private tail(conv: string, minPosition: number): Promise<void> {
-    if (this.logs.has(conv)) return this.fill(conv, minPosition);
-    return this.serial(conv, async () => {
-      if (this.logs.has(conv)) return;
-      const page = await this.http.history(conv, { limit: this.tailSize, backward: true, minPosition });
-      const events = ascending(conv, page.entries);
-      // A brand-new conversation may have started from its first delivery meanwhile: join it.
-      let log = this.logs.get(conv);
-      if (!log) {
-        log = this.create(conv);
-        if (events.length > 0) log.startAt(events[0]!.seq);
+  private tail(conv: string, want: Want): Promise<void> {
+    return this.serial(
+      conv,
+      async () => {
+        if (this.logs.has(conv)) return this.page(conv, want); // loaded meanwhile: fill forward
+        const page = await this.http.history(conv, { limit: this.tailSize, backward: true, minPosition: want.position });
+        if (this.paused) return;
+        const events = ascending(conv, page.entries);
+        // A brand-new conversation may have started from its first delivery meanwhile: join it.
+        let log = this.logs.get(conv);
+        if (!log) {
+          log = this.create(conv);
+          if (events.length > 0) log.startAt(events[0]!.seq);
+        }
+        for (const e of events) this.offer(log, e);
+        if (log.known < want.seq || log.hasGap()) await this.page(conv, want);
+      },
+      undefined,
+    );
+  }
+
+  /** Pages forward from the first missing seq until `want` is reached (bounded when history lags). */
+  private async page(conv: string, want: Want): Promise<void> {
+    const log = this.logs.get(conv) ?? this.create(conv);
+    for (let stale = 0; ; ) {
+      const before = log.known;
+      const position = Math.max(want.position, log.heldPosition());
+      const page = await this.http.history(conv, { fromSeq: log.known + 1, limit: FILL_PAGE, minPosition: position });
+      if (this.paused) return;
+      for (const e of ascending(conv, page.entries)) this.offer(log, e);
+      const more = page.nextSeq !== 0n && page.entries.length > 0;
+      if (more && log.known > before) continue;
+      if (log.known >= want.seq && !log.hasGap()) return;
+      if (++stale > FILL_STALE_RETRIES) {
+        throw new Error(`history stops at ${log.known}, the conversation has ${Math.max(want.seq, log.known + 1)}`);
       }
-      for (const e of events) this.offer(log, e);
-      if (log.hasGap()) void this.fill(conv, 0);
-    }, undefined);
+      await new Promise((r) => setTimeout(r, FILL_STALE_WAIT_MS));
+    }
+  }
+
+  private take(conv: string, fallback: Want): Want {
+    const want = this.queued.get(conv) ?? fallback;
+    this.queued.delete(conv);
+    return want;
   }
 
   private create(conv: string): ConversationLog {
@@ -123,6 +173,7 @@ export class Recovery {
   }
 
   private offer(log: ConversationLog, e: LogEvent): void {
+    if (this.paused) return;
     for (const ready of log.offer(e)) this.sink.deliver(ready);
   }
 

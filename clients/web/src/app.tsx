@@ -1,6 +1,6 @@
 import { useEffect, useMemo, useReducer, useState } from "preact/hooks";
 import { Store } from "./store.js";
-import { loadSession, saveSession, type Session } from "./session.js";
+import { loadSession, saveSession, tokenSource, type Session } from "./session.js";
 import { Login } from "./login.js";
 import { Sidebar } from "./sidebar.js";
 import { ConversationView } from "./conversation.js";
@@ -29,7 +29,7 @@ export function App() {
 }
 
 function Chat({ session, onSignOut }: { session: Session; onSignOut: () => void }) {
-  const store = useMemo(() => new Store(location.origin, session.token, session.userId), [session]);
+  const store = useMemo(() => new Store(location.origin, tokenSource(session, onSignOut), session.userId), [session]);
   const [, bump] = useReducer((n: number) => n + 1, 0);
   const rerender = () => bump(undefined);
   useEffect(() => {

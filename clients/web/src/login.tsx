@@ -17,7 +17,7 @@ export function Login({ onSignedIn }: { onSignedIn: (s: Session) => void }) {
         if (!userId) throw new Error("that does not look like a token (no user id in it)");
         onSignedIn({ userId, token: token.trim() });
       } else {
-        onSignedIn({ userId: user.trim(), token: await devToken(user.trim()) });
+        onSignedIn({ userId: user.trim(), token: await devToken(user.trim()), dev: true });
       }
     } catch (err) {
       setError(err instanceof Error ? err.message : String(err));

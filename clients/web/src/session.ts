@@ -2,6 +2,8 @@
 export interface Session {
   userId: string;
   token: string;
+  /** Signed in through the local stack's development sign-in: renewable. */
+  dev?: boolean;
 }
 
 const KEY = "im.session";
@@ -20,15 +22,39 @@ export function saveSession(s: Session | null): void {
   else sessionStorage.removeItem(KEY);
 }
 
-/** The user id inside a JWT (its `sub`), without checking it: the gateway does. */
-export function userOfToken(token: string): string {
+function claims(token: string): { sub?: string; exp?: number } {
   try {
     const part = token.split(".")[1] ?? "";
-    const json = atob(part.replace(/-/g, "+").replace(/_/g, "/"));
-    return String((JSON.parse(json) as { sub?: string }).sub ?? "");
+    return JSON.parse(atob(part.replace(/-/g, "+").replace(/_/g, "/"))) as { sub?: string; exp?: number };
   } catch {
-    return "";
+    return {};
   }
+}
+
+/** The user id inside a JWT (its `sub`), without checking it: the gateway does. */
+export function userOfToken(token: string): string {
+  return String(claims(token).sub ?? "");
+}
+
+/** Renew this long before expiry: a reconnect never presents a token about to lapse. */
+const RENEW_MARGIN_S = 60;
+
+/**
+ * The session's token for each (re)connect: a development token is renewed
+ * near its expiry; an expired pasted one throws (`onExpired` signs out).
+ */
+export function tokenSource(session: Session, onExpired: () => void): () => Promise<string> {
+  return async () => {
+    const exp = claims(session.token).exp ?? Infinity;
+    if (exp - RENEW_MARGIN_S > Date.now() / 1000) return session.token;
+    if (!session.dev) {
+      onExpired();
+      throw new Error("the token has expired: sign in again");
+    }
+    session.token = await devToken(session.userId);
+    saveSession(session);
+    return session.token;
+  };
 }
 
 /** A development token from the local stack (`imctl up`); null when it has none to give. */

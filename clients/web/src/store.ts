@@ -61,7 +61,7 @@ export class Store {
 
   constructor(
     url: string,
-    token: string,
+    token: () => Promise<string>,
     readonly me: string,
   ) {
     this.client = new ImClient({ url, token, deviceId: `web-${Math.random().toString(36).slice(2, 8)}` });
@@ -254,7 +254,8 @@ export class Store {
       if (c.messages.length > MESSAGES_MAX) c.messages.splice(0, c.messages.length - MESSAGES_MAX);
       if (!msg.notice) {
         c.preview = `${msg.sender}: ${msg.media ? "[image]" : msg.text}`;
-        if (msg.sender !== this.me && this.openId !== c.id) c.unread++;
+        // History pages bring what was read before; only news counts.
+        if (e.live && msg.sender !== this.me && this.openId !== c.id) c.unread++;
       }
     }
     if (this.openId === c.id && document.visibilityState === "visible") this.readSoon(c.id);

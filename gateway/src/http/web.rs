@@ -37,6 +37,7 @@ pub struct DevTokenRequest {
 /// unless the gateway runs with `dev_login`.
 pub async fn dev_token(
     State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     Json(req): Json<DevTokenRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let web = &state.config.web;
@@ -49,6 +50,18 @@ pub async fn dev_token(
             ))
         }
     };
+    // A page of another site resolving its name to 127.0.0.1 (DNS
+    // rebinding) names its own host: only local pages get tokens.
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !is_loopback_host(host) {
+        return Err(ApiError(
+            v1::ErrorCode::Forbidden,
+            "development sign-in answers pages of this machine only".into(),
+        ));
+    }
     im_streams::ids::validate_id(im_streams::ids::IdKind::User, &req.user_id)
         .map_err(|e| ApiError(v1::ErrorCode::BadRequest, e.to_string()))?;
     let token = crate::auth::issue_hs256(secret, &req.user_id, DEV_TOKEN_TTL_SECS);
@@ -56,6 +69,45 @@ pub async fn dev_token(
         "token": token,
         "expiresInSecs": DEV_TOKEN_TTL_SECS,
     })))
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_this_machines_names_are_loopback_hosts() {
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "[::1]:80",
+            "[::1]",
+        ] {
+            assert!(super::is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "evil.example:8080",
+            "10.0.0.1:8080",
+            "localhost.evil.example",
+            "[::2]:80",
+        ] {
+            assert!(!super::is_loopback_host(host), "{host}");
+        }
+    }
 }
 
 /// The router with the web app's files as its fallback: API routes first,

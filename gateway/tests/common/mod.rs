@@ -67,6 +67,28 @@ impl Stack {
         limits: Limits,
         media: Option<im_gateway::media::MediaBackend>,
     ) -> std::net::SocketAddr {
+        let web = im_gateway::http::web::WebConfig {
+            dir: None,
+            dev_login: true,
+        };
+        self.add_gateway_configured(limits, media, web).await
+    }
+
+    /// Another gateway serving `web` (the app's files, development sign-in).
+    pub async fn add_gateway_with_web(
+        &mut self,
+        limits: Limits,
+        web: im_gateway::http::web::WebConfig,
+    ) -> std::net::SocketAddr {
+        self.add_gateway_configured(limits, None, web).await
+    }
+
+    async fn add_gateway_configured(
+        &mut self,
+        limits: Limits,
+        media: Option<im_gateway::media::MediaBackend>,
+        web: im_gateway::http::web::WebConfig,
+    ) -> std::net::SocketAddr {
         let config = GatewayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             metrics_listen: None,
@@ -80,10 +102,7 @@ impl Stack {
             },
             limits,
             media,
-            web: im_gateway::http::web::WebConfig {
-                dir: None,
-                dev_login: true,
-            },
+            web,
         };
         let client = async_nats::connect(self.server.url()).await.unwrap();
         let state = AppState::new(config, client).await.unwrap();
@@ -273,15 +292,8 @@ pub fn error_of(p: &Payload) -> Option<v1::Error> {
 
 /// `GET path` over plain HTTP/1.1; returns (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str, bearer: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n");
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    sock.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
+    http_raw(addr, &req).await
 }
 
 /// A writer of the tests' own, for setup the HTTP API does not cover yet.
@@ -316,8 +328,6 @@ async fn http_post_as(
     json: &str,
     key: Option<&str>,
 ) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     let key = key
         .map(|k| format!("Idempotency-Key: {k}\r\n"))
         .unwrap_or_default();
@@ -325,7 +335,14 @@ async fn http_post_as(
         "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {bearer}\r\n{key}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
         json.len()
     );
-    sock.write_all(req.as_bytes()).await.unwrap();
+    http_raw(addr, &req).await
+}
+
+/// One raw HTTP/1.1 request (with `Connection: close`): (status, body).
+pub async fn http_raw(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
     sock.read_to_string(&mut raw).await.unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();

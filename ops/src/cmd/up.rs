@@ -320,6 +320,22 @@ async fn start_gateway(
     Ok((gateway, stop))
 }
 
+/// Development sign-in (anyone signs in as anyone) on a gateway only this
+/// machine reaches; off, with a note, when it listens beyond loopback.
+fn dev_login(args: &UpArgs) -> bool {
+    if args.no_dev_login {
+        return false;
+    }
+    let local = args.gateway_listen.ip().is_loopback();
+    if !local {
+        println!(
+            "imctl: development sign-in off: the gateway listens on {} (sign in with tokens)",
+            args.gateway_listen
+        );
+    }
+    local
+}
+
 /// The admin API and the ops page, on the operator's identity.
 async fn start_admin(nats: &NatsArgs, args: &UpArgs) -> anyhow::Result<()> {
     let token_file = args.data_dir.join("operator-token");
@@ -328,9 +344,17 @@ async fn start_admin(nats: &NatsArgs, args: &UpArgs) -> anyhow::Result<()> {
         token: crate::cmd::admin::token(&token_file)?,
         web_dir: crate::cmd::admin::web_dir(&args.web_dir),
     });
-    let listener = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("binding {}", args.admin_listen))?;
+    // The chat stack is useful without it: a taken port is a note, not a failure.
+    let listener = match tokio::net::TcpListener::bind(args.admin_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            println!(
+                "imctl: no ops page: binding {}: {e} (pick another with --admin-listen)",
+                args.admin_listen
+            );
+            return Ok(());
+        }
+    };
     println!(
         "imctl: ops page http://{}/ (operator token: cat {})",
         listener.local_addr()?,

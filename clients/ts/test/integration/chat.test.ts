@@ -63,6 +63,22 @@ describe("two users on the real stack", () => {
     expect(texts(back.events, conv)).toEqual(Array.from({ length: 50 }, (_, i) => `m${i + 1}`));
   }, 60_000);
 
+  it("120 sends at once, past the gateway's send rate: each stored once, in the order sent", async () => {
+    const mona = stack.client("mona");
+    clients.push(mona);
+    mona.start();
+    const sent = Array.from({ length: 120 }, (_, i) => mona.send({ toUserId: "ned", text: `r${i}` }));
+    await until("all stored", () => sent.every((m) => m.status === "stored"), 60_000);
+    expect(sent.some((m) => m.attempts > 1)).toBe(true); // the rate limit was hit and waited out
+    const conv = sent[0]!.conversationId;
+    const seqs = sent.map((m) => m.convSeq);
+    expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+    expect(new Set(seqs).size).toBe(120);
+    const page = await mona.http.history(conv, { limit: 200, minPosition: sent[119]!.streamSeq });
+    const texts = page.entries.flatMap((h) => (h.event?.kind.case === "messageSent" && h.event.kind.value.body.case === "text" ? [h.event.kind.value.body.value] : []));
+    expect(texts).toEqual(sent.map((_, i) => `r${i}`));
+  }, 90_000);
+
   it("a send queued offline is stored exactly once, though the connection is cut before its answer", async () => {
     const erin = stack.client("erin");
     clients.push(erin);

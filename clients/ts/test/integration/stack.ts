@@ -36,20 +36,32 @@ export class Stack {
 
   static async start(extra: string[] = []): Promise<Stack> {
     const dataDir = mkdtempSync(join(tmpdir(), "im-sdk-"));
-    const gateway = `127.0.0.1:${await freePort()}`;
-    const admin = `127.0.0.1:${await freePort()}`;
-    const args = ["up", "--data-dir", dataDir, "--nats-port", String(await freePort()), "--gateway-listen", gateway, "--admin-listen", admin, ...extra];
+    // The gateway and the admin API bind port 0; their addresses are read
+    // from what imctl prints (nats-server takes a port number only).
+    const args = ["up", "--data-dir", dataDir, "--nats-port", String(await freePort()), "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", ...extra];
     const proc = spawn(IMCTL, args, { stdio: ["ignore", "pipe", "pipe"] });
     const output: string[] = [];
     proc.stdout!.on("data", (d: Buffer) => output.push(d.toString()));
     proc.stderr!.on("data", (d: Buffer) => output.push(d.toString()));
+    const printed = (prefix: string) => output.join("").match(new RegExp(`${prefix}(\\S+?)/?(\\s|$)`))?.[1];
+    const until = Date.now() + READY_MAX_MS;
+    let gateway: string | undefined;
+    let admin: string | undefined;
+    while (!(gateway && admin)) {
+      if (proc.exitCode !== null || Date.now() > until) {
+        proc.kill("SIGKILL");
+        throw new Error(`imctl up did not start:\n${output.join("")}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      gateway = printed("imctl: gateway http://");
+      admin = printed("imctl: ops page http://");
+    }
     const stack = new Stack(`http://${gateway}`, `http://${admin}`, dataDir, proc, output);
-    await stack.waitReady();
+    await stack.waitReady(until);
     return stack;
   }
 
-  private async waitReady(): Promise<void> {
-    const until = Date.now() + READY_MAX_MS;
+  private async waitReady(until: number): Promise<void> {
     while (Date.now() < until) {
       if (this.proc.exitCode !== null) throw new Error(`imctl up exited:\n${this.output.join("")}`);
       try {

@@ -1,6 +1,6 @@
 // The recovery algorithm of docs/protocol.md, against a scripted gateway.
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { ImClient, type ClientOptions } from "../../src/client.js";
+import { ImClient, SEND_ATTEMPTS_MAX, type ClientOptions } from "../../src/client.js";
 import type { LogEvent } from "../../src/conversation.js";
 import type { OutgoingMessage, SendStatus } from "../../src/outbox.js";
 import { AckStatus, ErrorCode, ReceiptKind } from "../../src/gen/im/v1/client_pb.js";
@@ -192,6 +192,87 @@ describe("recovery", () => {
     expect(texts()).toEqual(["dm_x#1", "dm_x#2"]);
   });
 
+  it("joins deliveries that come while an unknown conversation's first page is in flight", async () => {
+    const { client, gw, texts } = setup({ tailSize: 5 });
+    client.start();
+    await settle();
+    gw.last.accept();
+    const all = Array.from({ length: 11 }, (_, i) => gw.append("grp", `m${i + 1}`));
+    gw.historyAt = all[9]!.streamSeq; // history has applied up to seq 10
+    let open!: () => void;
+    gw.gate = new Promise((r) => (open = r));
+    gw.last.push(gw.deliverOf(all[9]!)); // added to a group at seq 10: its tail is asked for...
+    await settle();
+    gw.last.push(gw.deliverOf(all[10]!)); // ...and seq 11 comes before the page
+    await settle();
+    open(); // the page ends at 10: history has not applied 11 yet
+    await settle();
+    expect(texts()).toEqual(["grp#6", "grp#7", "grp#8", "grp#9", "grp#10"]);
+    gw.historyAt = Infinity;
+    await settle(2_000);
+    expect(texts()).toEqual(["grp#6", "grp#7", "grp#8", "grp#9", "grp#10", "grp#11"]);
+  });
+
+  it("keeps paging while history lags what sync reported, and reports it if it never catches up", async () => {
+    const errors: string[] = [];
+    const { client, gw, texts } = setup();
+    client.on("error", (e) => errors.push(e.message));
+    client.start();
+    await settle();
+    gw.last.accept();
+    gw.last.push(gw.deliverOf(gw.append("c1", "m1")));
+    const later = [2, 3, 4, 5].map((i) => gw.append("c1", `m${i}`));
+    gw.historyAt = later[1]!.streamSeq; // up to seq 3
+    gw.last.push({ case: "syncResponse", value: { changed: [{ conversationId: "c1", lastSeq: 5n }] } });
+    await settle(1_200);
+    expect(texts()).toEqual(["c1#1", "c1#2", "c1#3"]);
+    gw.historyAt = Infinity;
+    await settle(1_000);
+    expect(texts()).toEqual(["c1#1", "c1#2", "c1#3", "c1#4", "c1#5"]);
+    gw.append("c1", "m6");
+    gw.historyAt = 0;
+    gw.last.push({ case: "syncResponse", value: { changed: [{ conversationId: "c1", lastSeq: 6n }] } });
+    await settle(30_000);
+    expect(errors).toEqual([expect.stringContaining("history stops at 5")]);
+  });
+
+  it("merges a burst of notifications into one fill that reaches the last", async () => {
+    const { client, gw, texts } = setup();
+    client.start();
+    await settle();
+    gw.last.accept();
+    gw.last.push(gw.deliverOf(gw.append("big", "m1")));
+    const burst = [2, 3, 4].map((i) => gw.append("big", `m${i}`));
+    let open!: () => void;
+    gw.gate = new Promise((r) => (open = r));
+    gw.last.push(gw.deliverOf(burst[0]!, false)); // its fill starts, page in flight
+    await settle();
+    gw.last.push(gw.deliverOf(burst[1]!, false), gw.deliverOf(burst[2]!, false)); // queued, merged
+    open();
+    await settle(1_000);
+    expect(texts()).toEqual(["big#1", "big#2", "big#3", "big#4"]);
+    const positions = gw.historyCalls.map((q) => Number(q.get("minPosition")));
+    expect(positions.at(-1)).toBe(burst[2]!.streamSeq);
+  });
+
+  it("hands nothing out after stop, though a page was in flight, and leaves no timer running", async () => {
+    const { client, gw, texts } = setup();
+    client.start();
+    await settle();
+    gw.last.accept();
+    gw.append("c1", "m1");
+    let open!: () => void;
+    gw.gate = new Promise((r) => (open = r));
+    gw.last.push({ case: "syncResponse", value: { changed: [{ conversationId: "c1", lastSeq: 1n }] } });
+    await settle();
+    client.stop();
+    open();
+    await settle(60_000);
+    expect(texts()).toEqual([]);
+    expect(gw.sockets).toHaveLength(1);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
   it("acknowledges deliveries cumulatively, once per window", async () => {
     const { client, gw } = setup();
     client.start();
@@ -300,6 +381,38 @@ describe("sending", () => {
     await settle(60_000);
     gw.last.accept();
     expect(sent()).toEqual(["3", "o"]);
+  });
+
+  it("waits out a retry's backoff though new sends arrive, and gives up after SEND_ATTEMPTS_MAX", async () => {
+    const { client, gw, statuses } = setup({ backoff: { initialMs: 1_000, maxMs: 1_000 } });
+    client.start();
+    await settle();
+    gw.last.accept();
+    client.send({ conversationId: "c1", text: "a", clientMsgId: "a" });
+    const limited = { case: "error", value: { code: ErrorCode.RATE_LIMITED, clientMsgId: "a", message: "slow down" } } as const;
+    gw.last.push(limited);
+    client.send({ conversationId: "c1", text: "b", clientMsgId: "b" });
+    const sent = () => gw.last.sentOf("send").map((s) => s.clientMsgId);
+    expect(sent()).toEqual(["a"]); // neither a nor b jumps the backoff
+    await settle(1_000);
+    expect(sent()).toEqual(["a", "a"]);
+    for (let i = 2; i < SEND_ATTEMPTS_MAX; i++) {
+      gw.last.push(limited);
+      await settle(1_000);
+    }
+    expect(sent().filter((id) => id === "a")).toHaveLength(SEND_ATTEMPTS_MAX);
+    gw.last.push(limited);
+    expect(statuses).toContainEqual(["a", "failed"]);
+    expect(sent().at(-1)).toBe("b"); // the lane moves on
+  });
+
+  it("refuses a message larger than a frame may be, before sending anything", async () => {
+    const { client, gw } = setup();
+    client.start();
+    await settle();
+    gw.last.accept();
+    expect(() => client.send({ conversationId: "c1", text: "x".repeat(70_000) })).toThrow(/too large/);
+    expect(gw.last.sentOf("send")).toEqual([]);
   });
 
   it("refuses a reused id and reports a rejection with its reason", async () => {

@@ -83,6 +83,11 @@ export class FakeGateway {
   readonly historyCalls: URLSearchParams[] = [];
   /** While set, history answers wait for it: a page in flight. */
   gate: Promise<void> | undefined;
+  /**
+   * The history projection's applied position: events past it are not in
+   * pages yet, and a `minPosition` past it is answered 503 (not yet).
+   */
+  historyAt = Infinity;
 
   constructor(readonly wire: Wire = "proto") {}
 
@@ -134,7 +139,10 @@ export class FakeGateway {
     const q = url.searchParams;
     this.historyCalls.push(q);
     await this.gate;
-    const log = this.logs.get(q.get("conversationId")!) ?? [];
+    if (Number(q.get("minPosition") ?? 0) > this.historyAt) {
+      return new Response('{"code":"ERROR_CODE_UNAVAILABLE"}', { status: 503, headers: { "retry-after": "1" } });
+    }
+    const log = (this.logs.get(q.get("conversationId")!) ?? []).filter((e) => this.streamSeqs.get(e)! <= this.historyAt);
     const limit = Number(q.get("limit") ?? 50);
     let from = Number(q.get("fromSeq") ?? 0);
     let entries: ConvEvent[];
