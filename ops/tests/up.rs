@@ -24,11 +24,15 @@ async fn connect_as(url: &str, data: &std::path::Path, c: Component) -> async_na
 }
 
 fn start(data: &std::path::Path, port: u16) -> (Child, Vec<String>) {
+    start_listening(data, port, "127.0.0.1:0")
+}
+
+fn start_listening(data: &std::path::Path, port: u16, gateway: &str) -> (Child, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_imctl"))
         .args(["up", "--data-dir"])
         .arg(data)
         .args(["--nats-port", &port.to_string()])
-        .args(["--gateway-listen", "127.0.0.1:0"])
+        .args(["--gateway-listen", gateway])
         .args(["--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -132,6 +136,34 @@ async fn send_one(url: &str, data: &std::path::Path, id: &str) -> AppendOutcome 
         },
     };
     app.execute(&conv, &cmd, "").await.unwrap()
+}
+
+/// Anyone may sign in as anyone through development sign-in: `up` offers
+/// it only while its gateway listens on loopback.
+#[tokio::test]
+async fn up_turns_development_sign_in_off_beyond_loopback() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = tempfile::tempdir().unwrap();
+    let (child, lines) = start_listening(data.path(), im_testkit::free_port(), "0.0.0.0:0");
+    let port = gateway_addr(&lines).port();
+    let body = r#"{"userId": "mallory"}"#;
+    let request = format!(
+        "POST /v1/dev/token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    sock.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    sock.read_to_string(&mut answer).await.unwrap();
+    // Stopped before asserting: a failed assertion must not leave the stack running.
+    interrupt_and_wait(child);
+    assert!(
+        lines.iter().any(|l| l.contains("development sign-in off")),
+        "{lines:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 }
 
 #[tokio::test]

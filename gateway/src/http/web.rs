@@ -83,6 +83,15 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The router with the web app's files as its fallback: API routes first,
+/// then `dir`'s files (`/` is `index.html`), else 404.
+pub fn with_app(router: axum::Router, web: &WebConfig) -> axum::Router {
+    match &web.dir {
+        Some(dir) => router.fallback_service(tower_http::services::ServeDir::new(dir)),
+        None => router,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -107,14 +116,5 @@ mod tests {
         ] {
             assert!(!super::is_loopback_host(host), "{host}");
         }
-    }
-}
-
-/// The router with the web app's files as its fallback: API routes first,
-/// then `dir`'s files (`/` is `index.html`), else 404.
-pub fn with_app(router: axum::Router, web: &WebConfig) -> axum::Router {
-    match &web.dir {
-        Some(dir) => router.fallback_service(tower_http::services::ServeDir::new(dir)),
-        None => router,
     }
 }

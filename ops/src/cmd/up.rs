@@ -181,7 +181,7 @@ async fn serve(
                 .join("index.html")
                 .is_file()
                 .then(|| args.web_dir.clone()),
-            dev_login: !args.no_dev_login,
+            dev_login: dev_login(args),
         },
     };
     let (mut gateway, stop) = start_gateway(&nats(Component::Gateway), gateway_config).await?;
