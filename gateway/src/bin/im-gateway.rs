@@ -1,5 +1,7 @@
-//! `im-gateway`: reads its configuration from the environment (see
-//! `im_gateway::config::ENV_VARS`) and serves.
+//! `im-gateway`: its configuration from flags and the environment
+//! (`im-gateway --help` lists every one), then serves until SIGTERM/SIGINT.
+
+use clap::Parser;
 
 // See the workspace manifest for why.
 #[global_allocator]
@@ -13,7 +15,19 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = im_gateway::GatewayConfig::from_env().map_err(anyhow::Error::msg)?;
+    let args = im_gateway::config::GatewayArgs::parse();
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(e) => {
+            // The same exit code as a bad flag: the gateway could not run.
+            eprintln!("im-gateway: configuration: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.check_config {
+        println!("{}", im_gateway::config::summary(&config));
+        return Ok(());
+    }
     let client = im_streams::connect::NatsArgs::new(&config.nats_url)
         .with_auth(config.nats_auth.clone())
         .connect("im-gateway")
@@ -50,5 +64,15 @@ async fn stop_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every flag and environment variable is one argument.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        im_gateway::config::GatewayArgs::command().debug_assert();
     }
 }

@@ -380,6 +380,13 @@ impl Gateway {
     }
 }
 
+/// Limits as a JSON object of `Limits` fields, as the environment an
+/// `im-gateway` process reads them from.
+pub fn limits_env(limits_json: &str) -> Vec<(&'static str, String)> {
+    let limits: Limits = serde_json::from_str(limits_json).expect("limits JSON");
+    limits.to_env()
+}
+
 pub fn spawn_gateway(nats_url: &str, limits_json: &str) -> Gateway {
     spawn_gateway_env(nats_url, limits_json, &[])
 }
@@ -393,7 +400,7 @@ pub fn spawn_gateway_env(nats_url: &str, limits_json: &str, env: &[(&str, &str)]
         .env("IM_GATEWAY_METRICS_LISTEN", "127.0.0.1:0")
         .env("IM_NATS_URL", nats_url)
         .env("IM_JWT_HS256_SECRET", SECRET)
-        .env("IM_GATEWAY_LIMITS_JSON", limits_json)
+        .envs(limits_env(limits_json))
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())

@@ -49,13 +49,15 @@ pub struct CheckArgs {
     /// `IM_JWT_*` key is set.
     #[arg(long, env = crate::cmd::up::ENV_DATA_DIR, default_value = "data")]
     pub data_dir: PathBuf,
+    /// The keys and rules the gateway would check the token with.
+    #[command(flatten)]
+    pub tokens: im_gateway::config::TokenArgs,
 }
 
 /// Prints the user the token proves, or fails with the reason it is
 /// refused (exit 1).
 pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let mut config = im_gateway::config::tokens_from_env(&var).map_err(anyhow::Error::msg)?;
+    let mut config = args.tokens.config().map_err(anyhow::Error::msg)?;
     if config.validate().is_err() {
         config.hs256_secret = Some(local_secret(&args.data_dir)?);
     }

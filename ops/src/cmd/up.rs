@@ -62,10 +62,9 @@ pub struct UpArgs {
     /// port 0 picks a free one.
     #[arg(long, env = "IM_GATEWAY_METRICS_LISTEN", default_value = "127.0.0.1:0")]
     pub gateway_metrics_listen: std::net::SocketAddr,
-    /// JSON object overriding the gateway's `Limits` fields (the same
-    /// variable the gateway binary reads).
-    #[arg(long, env = "IM_GATEWAY_LIMITS_JSON")]
-    pub limits_json: Option<String>,
+    /// The gateway's limits: the same flags and variables as `im-gateway`'s.
+    #[command(flatten)]
+    pub limits: im_gateway::Limits,
     /// Groups with more members than this get notifications, not events.
     #[arg(long, env = "IM_FANOUT_THRESHOLD", default_value_t = im_projectors::DEFAULT_FANOUT_THRESHOLD)]
     pub fanout_threshold: usize,
@@ -84,11 +83,7 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    // Checked before anything starts: a typo is an error, not a default.
-    let limits: im_gateway::Limits = match &args.limits_json {
-        Some(json) => serde_json::from_str(json).context("IM_GATEWAY_LIMITS_JSON")?,
-        None => im_gateway::Limits::default(),
-    };
+    let limits = args.limits.clone();
     let mut managed = None;
     let identities = match (&args.nats_url, args.no_auth) {
         (None, false) => Some(nats_identities::passwords(&args.data_dir)?),

@@ -30,7 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub use im_client::Ws;
 
 pub struct StackOptions {
-    /// Gateway `Limits` overrides, as `imctl up --limits-json` takes them.
+    /// Gateway `Limits` overrides: a JSON object of its fields.
     pub limits: serde_json::Value,
     pub fanout_threshold: usize,
 }
@@ -74,8 +74,7 @@ impl Stack {
             .arg("127.0.0.1:0")
             .arg("--admin-listen")
             .arg("127.0.0.1:0")
-            .arg("--limits-json")
-            .arg(options.limits.to_string())
+            .envs(limits_env(&options.limits)?)
             .arg("--fanout-threshold")
             .arg(options.fanout_threshold.to_string())
             .env("IM_JWT_HS256_SECRET", &secret);
@@ -191,7 +190,7 @@ impl Stack {
             .env("IM_GATEWAY_LISTEN", "127.0.0.1:0")
             .env("IM_NATS_URL", &self.nats_url)
             .env("IM_JWT_HS256_SECRET", &self.secret)
-            .env("IM_GATEWAY_LIMITS_JSON", limits.to_string());
+            .envs(limits_env(limits)?);
         let (child, mut lines) = spawn_quiet(command, "im-gateway")?;
         let ready = async {
             let line = lines.next_line().await?.context("im-gateway exited")?;
@@ -282,6 +281,14 @@ fn terminate(pid: u32) {
             .arg(pid.to_string())
             .status();
     }
+}
+
+/// Gateway limits given as a JSON object of `Limits` fields, as the
+/// environment a gateway (or `imctl up`) reads them from.
+pub fn limits_env(json: &serde_json::Value) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let limits: im_gateway::Limits =
+        serde_json::from_value(json.clone()).context("gateway limits")?;
+    Ok(limits.to_env())
 }
 
 /// One envelope in a binary frame.

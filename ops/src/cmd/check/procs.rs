@@ -141,16 +141,24 @@ impl System {
         for i in 0..2 {
             let addr: std::net::SocketAddr =
                 format!("127.0.0.1:{}", im_testkit::free_port()).parse()?;
-            let limits = r#"{"sends_per_sec": 100000, "send_burst": 100000, "user_sends_per_sec": 100000, "user_send_burst": 100000}"#;
+            // The workload sends as fast as it likes: its rate is the check's, not a limit's.
+            let limits = im_gateway::Limits {
+                sends_per_sec: 100_000,
+                send_burst: 100_000,
+                user_sends_per_sec: 100_000,
+                user_send_burst: 100_000,
+                ..Default::default()
+            };
+            let mut env: Vec<(String, String)> = vec![
+                ("IM_NATS_URL".into(), urls.clone()),
+                ("IM_GATEWAY_LISTEN".into(), addr.to_string()),
+                ("IM_JWT_HS256_SECRET".into(), SECRET.into()),
+            ];
+            env.extend(limits.to_env().into_iter().map(|(k, v)| (k.to_string(), v)));
             let mut gw = Proc {
                 name: format!("gateway{i}"),
                 command: vec![sibling("im-gateway")?.display().to_string()],
-                env: vec![
-                    ("IM_NATS_URL".into(), urls.clone()),
-                    ("IM_GATEWAY_LISTEN".into(), addr.to_string()),
-                    ("IM_JWT_HS256_SECRET".into(), SECRET.into()),
-                    ("IM_GATEWAY_LIMITS_JSON".into(), limits.into()),
-                ],
+                env,
                 child: None,
             };
             gw.start()?;
