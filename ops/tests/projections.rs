@@ -9,9 +9,9 @@ use std::process::Command;
 
 use im_streams::{Action, Appender, Command as Cmd, MessageBody};
 
-/// `imctl projections verify --all` of instance "main".
-fn verify_all(url: &str) -> (bool, String) {
-    imctl(&[
+/// `imctl projections verify --all` of instance "main": (exit code, stdout).
+fn verify_all_code(url: &str) -> (i32, String) {
+    let args = [
         "projections",
         "verify",
         "--all",
@@ -19,7 +19,19 @@ fn verify_all(url: &str) -> (bool, String) {
         "main",
         "--nats-url",
         url,
-    ])
+    ];
+    common::imctl_code(&args, &[])
+}
+
+fn verify_all(url: &str) -> (bool, String) {
+    let (code, out) = verify_all_code(url);
+    (code == 0, out)
+}
+
+/// 2 when it could not run: no server to ask.
+#[test]
+fn verify_that_cannot_run_exits_two() {
+    assert_eq!(verify_all_code("nats://127.0.0.1:1").0, 2);
 }
 
 /// A real server with the streams, a projector instance "main" and a
@@ -176,8 +188,8 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
         .ks()
         .commit(vec![(bad_key.clone(), Some(b"garbage".to_vec()))])
         .unwrap();
-    let (ok, out) = verify_all(&url);
-    assert!(!ok, "verify passed on a corrupted store: {out}");
+    let (code, out) = verify_all_code(&url);
+    assert_eq!(code, 1, "a problem found: {out}");
     let line = out
         .lines()
         .find(|l| l.starts_with("history: MISMATCH"))

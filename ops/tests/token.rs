@@ -4,6 +4,12 @@
 use std::process::Command;
 
 fn imctl(args: &[&str], data: &std::path::Path) -> (bool, String, String) {
+    let (code, out, err) = imctl_code(args, data);
+    (code == 0, out, err)
+}
+
+/// (exit code, stdout, stderr): 1 a refused token, 2 could not check.
+fn imctl_code(args: &[&str], data: &std::path::Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
         .args(args)
         .arg("--data-dir")
@@ -12,7 +18,7 @@ fn imctl(args: &[&str], data: &std::path::Path) -> (bool, String, String) {
         .output()
         .unwrap();
     (
-        out.status.success(),
+        out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
@@ -35,6 +41,17 @@ fn check_says_whose_a_token_is_or_why_it_is_refused() {
         "{err}"
     );
 
+    let (code, _, err) = imctl_code(&["token", "check", "not.a.jwt"], data.path());
+    assert_eq!(code, 1, "a refusal is a problem found: {err}");
+    let missing = [
+        "token",
+        "check",
+        "not.a.jwt",
+        "--jwt-rs256-public-key-file",
+        "/no/key.pem",
+    ];
+    let (code, _, err) = imctl_code(&missing, data.path());
+    assert_eq!(code, 2, "an unreadable key file: could not check: {err}");
     let (ok, _, err) = imctl(&["token", "check", "not.a.jwt"], data.path());
     assert!(!ok);
     assert!(err.contains("refused: not a JWT"), "{err}");

@@ -12,15 +12,42 @@ use im_streams::{Action, AppendOutcome, Appender, Command as Cmd, MessageBody, R
 
 /// (success, stdout, stderr).
 fn replay(args: &[&str]) -> (bool, String, String) {
+    let (code, out, err) = replay_code(args);
+    (code == 0, out, err)
+}
+
+/// (exit code, stdout, stderr).
+fn replay_code(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_im-replay"))
         .args(args)
         .output()
         .unwrap();
     (
-        out.status.success(),
+        out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+#[test]
+fn completions_for_each_shell_name_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = replay_code(&["completions", shell]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("who-could-read") && out.contains("restore"),
+            "{shell}"
+        );
+    }
+}
+
+/// 2 when it could not run: bad arguments, or no server to read.
+#[test]
+fn could_not_run_is_exit_code_two() {
+    let (code, _, err) = replay_code(&["verify", "--nats-url", "nats://127.0.0.1:1"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = replay_code(&["verify", "--no-such-flag"]);
+    assert_eq!(code, 2, "{err}");
 }
 
 fn ok(args: &[&str]) -> String {
@@ -440,8 +467,8 @@ async fn the_auditor_tools_on_a_real_history() {
         })),
     };
     let forged_seq = forge(&client, &forged).await;
-    let (passed, out, _) = replay(&["verify", "--conv", "team", "--nats-url", &url]);
-    assert!(!passed, "{out}");
+    let (code, out, _) = replay_code(&["verify", "--conv", "team", "--nats-url", &url]);
+    assert_eq!(code, 1, "a problem found: {out}");
     assert!(
         out.contains(&format!("VIOLATION event at IM_CONV seq {forged_seq} "))
             && out.contains("conv_seq 7")

@@ -8,6 +8,7 @@ pub mod connect;
 pub mod dedupe_index;
 pub mod definitions;
 pub mod error;
+pub mod exit;
 pub mod identities;
 pub mod log;
 pub mod media;

@@ -30,6 +30,9 @@ enum Command {
     /// The operators' HTTP API and the ops page.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Print a shell's completion script, e.g. `imctl completions bash >
+    /// /etc/bash_completion.d/imctl`.
+    Completions { shell: clap_complete::Shell },
     /// Load generator: ingest, fanout, rebuild, connections, latency, each
     /// beside its raw baseline; prints `name value` figures.
     Bench(im_ops::cmd::bench::BenchArgs),
@@ -85,9 +88,19 @@ enum TokenCommand {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// 0 ok, 1 a problem found, 2 could not run (`im_streams::exit`).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::from(im_streams::exit::code(e.as_ref()))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     // The bench's stderr is its report: connection chatter stays out of it.
     let default_filter = match cli.command {
         Command::Bench(_) | Command::Check(_) => "warn",
@@ -102,6 +115,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Up(args) => im_ops::cmd::up::run(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "imctl", &mut std::io::stdout());
+            Ok(())
+        }
         Command::NatsConfig(args) => im_ops::cmd::nats_config::run(args),
         Command::SigningKey(SigningKeyCommand::Register(args)) => {
             im_ops::cmd::signing_key::register(args).await

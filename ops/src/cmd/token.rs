@@ -67,7 +67,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
             println!("ok: user {user}");
             Ok(())
         }
-        Err(why) => anyhow::bail!("refused: {why}"),
+        Err(why) => Err(im_streams::exit::Found(format!("refused: {why}")).into()),
     }
 }
 

@@ -11,6 +11,12 @@ pub fn imctl(args: &[&str]) -> (bool, String) {
 
 /// `imctl` with more environment (an identity, say).
 pub fn imctl_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let (code, out) = imctl_code(args, env);
+    (code == 0, out)
+}
+
+/// `imctl`: (exit code, stdout): 0 ok, 1 a problem found, 2 could not run.
+pub fn imctl_code(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
         .args(args)
         .envs(env.iter().copied())
@@ -20,7 +26,7 @@ pub fn imctl_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     }
     (
-        out.status.success(),
+        out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }

@@ -14,7 +14,8 @@ enum Command {
     /// Decoded events as JSON lines or CSV, filtered.
     Export(cmd::export::ExportArgs),
     /// Check the hash chain, gapless conv_seq, the rules and client_msg_id
-    /// uniqueness; print digests. Exit 1 at the first violation.
+    /// uniqueness; print digests. Exit 1 at the first violation, 2 if it
+    /// could not read the log.
     Verify(cmd::verify::VerifyArgs),
     /// Members and history of a conversation as of a sequence or time.
     State(cmd::state::StateArgs),
@@ -24,10 +25,23 @@ enum Command {
     Archive(cmd::archive::ArchiveArgs),
     /// Load an archive into fresh streams.
     Restore(cmd::restore::RestoreArgs),
+    /// Print a shell's completion script (bash, zsh, fish, ...).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::from(im_streams::exit::code(e.as_ref()))
+        }
+    }
+}
+
+/// 0 ok, 1 a problem found (verify), 2 could not run (`im_streams::exit`).
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -41,6 +55,12 @@ async fn main() -> anyhow::Result<()> {
         Command::WhoCouldRead(args) => cmd::who_could_read::run(args).await,
         Command::Archive(args) => cmd::archive::run(args).await,
         Command::Restore(args) => cmd::restore::run(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "im-replay", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

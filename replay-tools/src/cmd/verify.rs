@@ -43,10 +43,11 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         if let Err(v) = auditor.check(&raw) {
             bar.finish_and_clear();
             println!("VIOLATION {v}");
-            anyhow::bail!(
+            let found = format!(
                 "the log failed verification at IM_CONV seq {}",
                 v.stream_seq
             );
+            return Err(im_streams::exit::Found(found).into());
         }
         bar.inc(1);
         bar.set_length(bar.position() + reader.remaining);
@@ -56,7 +57,8 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         Ok(r) => r,
         Err(v) => {
             println!("VIOLATION {v}");
-            anyhow::bail!("the log failed verification");
+            let found = "the log failed verification".to_string();
+            return Err(im_streams::exit::Found(found).into());
         }
     };
     for (conv, d) in &report.conversations {

@@ -116,7 +116,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         started,
     )?;
     drop(system);
-    anyhow::ensure!(findings.total() == 0, "{} findings", findings.total());
+    if findings.total() > 0 {
+        let found = format!("{} findings", findings.total());
+        return Err(im_streams::exit::Found(found).into());
+    }
     Ok(())
 }
 

@@ -104,10 +104,10 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     drop(projector);
     drop_scratch_consumers(&client, &scratch_name).await;
     let mismatches = outcome?;
-    anyhow::ensure!(
-        mismatches == 0,
-        "{mismatches} projection(s) differ from a fresh rebuild"
-    );
+    if mismatches > 0 {
+        let found = format!("{mismatches} projection(s) differ from a fresh rebuild");
+        return Err(im_streams::exit::Found(found).into());
+    }
     Ok(())
 }
 
