@@ -124,7 +124,7 @@ async fn a_full_disk_is_reported_and_recovered_from_without_losing_anything() {
             "verify",
             "--all",
             "--instance",
-            "local",
+            "main",
             "--nats-url",
             &url,
         ])

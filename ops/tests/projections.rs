@@ -28,6 +28,37 @@ fn verify_all(url: &str) -> (bool, String) {
     (code == 0, out)
 }
 
+/// One default instance name everywhere: `imctl` finds the usual projector
+/// without `--instance`; a name no one answers to is told who does (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_default_instance_is_found_and_a_wrong_name_is_told_who_answers() {
+    let (kit, _projector, _, _) = stack(3).await;
+    let url = kit.url();
+    let (code, out) = common::imctl_code(
+        &["projections", "rebuild", "members", "--nats-url", &url],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args([
+            "projections",
+            "rebuild",
+            "members",
+            "--instance",
+            "nope",
+            "--nats-url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("instance nope did not answer (instances answering: main)"),
+        "{err}"
+    );
+}
+
 /// 2 when it could not run: no server to ask.
 #[test]
 fn verify_that_cannot_run_exits_two() {

@@ -271,7 +271,7 @@ async fn admin_answers_the_operator_only(
         .iter()
         .find(|p| p["projection"] == "history")
         .expect("history");
-    assert_eq!(history["instance"], "local");
+    assert_eq!(history["instance"], "main");
     assert!(history["checkpoint"].as_u64().unwrap() >= 2, "{history}");
 }
 
@@ -398,8 +398,8 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
 
     admin_answers_the_operator_only(&lines, data.path(), &bob).await;
     for args in [
-        &["projections", "verify", "--all", "--instance", "local"][..],
-        &["projections", "rebuild", "--all", "--instance", "local"][..],
+        &["projections", "verify", "--all"][..],
+        &["projections", "rebuild", "--all"][..],
     ] {
         let (ok, out) = imctl_as_operator(data.path(), &url, args);
         assert!(ok, "imctl {args:?}: {out}");

@@ -23,4 +23,5 @@ pub mod tx;
 
 pub use projector::{
     Clients, Projector, ProjectorConfig, ProjectorError, Serves, DEFAULT_FANOUT_THRESHOLD,
+    DEFAULT_INSTANCE,
 };

@@ -11,6 +11,11 @@ use crate::rebuild::{self, Rebuilds};
 use crate::runner::{ProjectionState, RunError, RunnerConfig};
 use crate::store::{SledStore, StoreError};
 
+/// The instance name every tool assumes unless told (`--instance`,
+/// `IM_PROJECTOR_INSTANCE`): `im-projector`, `imctl up`'s projector and
+/// `imctl projections`.
+pub const DEFAULT_INSTANCE: &str = "main";
+
 /// Default member count above which a group gets notifications instead of
 /// full events: fan-out cost grows with members × event size.
 pub const DEFAULT_FANOUT_THRESHOLD: usize = 500;

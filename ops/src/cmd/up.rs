@@ -227,7 +227,7 @@ async fn start_projector(
     args: &UpArgs,
 ) -> anyhow::Result<(Supervised, tokio::sync::watch::Sender<bool>)> {
     let config = im_projectors::ProjectorConfig {
-        instance: "local".into(),
+        instance: im_projectors::DEFAULT_INSTANCE.into(),
         partitions: None,
         data_dir: args.data_dir.join("projector"),
         fanout_threshold: args.fanout_threshold,

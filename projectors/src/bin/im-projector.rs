@@ -16,7 +16,7 @@ struct Args {
     #[arg(long, env = "IM_PROJECTOR_DATA_DIR", default_value = "data/projector")]
     data_dir: PathBuf,
     /// Unique per store: names its consumers and query subject.
-    #[arg(long, env = "IM_PROJECTOR_INSTANCE", default_value = "main")]
+    #[arg(long, env = "IM_PROJECTOR_INSTANCE", default_value = im_projectors::DEFAULT_INSTANCE)]
     instance: String,
     /// "all", or e.g. "0-7" or "0,3,8-15".
     #[arg(long, env = "IM_PROJECTOR_PARTITIONS", default_value = "all")]

@@ -58,7 +58,7 @@ impl Cpu {
 /// Events the stack's projector (instance `local`) has folded so far (its
 /// `history` projection's count since it started) and its checkpoint.
 pub async fn projected(client: &async_nats::Client) -> anyhow::Result<(u64, u64)> {
-    projected_by(client, "local").await
+    projected_by(client, im_projectors::DEFAULT_INSTANCE).await
 }
 
 /// `projected` of any instance.
@@ -101,7 +101,7 @@ pub async fn conv_last_seq(client: &async_nats::Client) -> anyhow::Result<u64> {
 
 /// Waits until the stack's projector has folded everything in IM_CONV.
 pub async fn wait_caught_up(client: &async_nats::Client) -> anyhow::Result<()> {
-    wait_caught_up_by(client, "local").await
+    wait_caught_up_by(client, im_projectors::DEFAULT_INSTANCE).await
 }
 
 /// `wait_caught_up` of any instance (one that does not answer yet is waited

@@ -211,7 +211,13 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
 
     let rebuild_secs = timed_imctl(
         &stack,
-        &["projections", "rebuild", "--all", "--instance", "local"],
+        &[
+            "projections",
+            "rebuild",
+            "--all",
+            "--instance",
+            im_projectors::DEFAULT_INSTANCE,
+        ],
     )
     .await?;
     eprintln!("rebuild: imctl projections rebuild --all over {last} events in {rebuild_secs:.2} s");

@@ -38,10 +38,21 @@ pub(crate) async fn ask_instance(
     let request = async_nats::Request::new()
         .payload(im_schema::encode(&req).into())
         .timeout(Some(timeout));
-    let reply = client
+    let reply = match client
         .send_request(im_projectors::query::instance_subject(instance), request)
         .await
-        .with_context(|| format!("instance {instance} did not answer"))?;
+    {
+        Ok(reply) => reply,
+        Err(e) => {
+            let answering = match status::answering(client).await {
+                Ok(names) if names.is_empty() => "no instance answers".to_string(),
+                Ok(names) => format!("instances answering: {}", names.join(", ")),
+                Err(_) => "no partition answers".to_string(),
+            };
+            return Err(e)
+                .with_context(|| format!("instance {instance} did not answer ({answering})"));
+        }
+    };
     match im_schema::decode::<v1::QueryResponse>(&reply.payload)?.result {
         Some(R::Error(e)) => anyhow::bail!("instance {instance}: {}", e.message),
         Some(r) => Ok(r),

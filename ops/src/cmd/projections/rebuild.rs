@@ -23,7 +23,7 @@ pub struct RebuildArgs {
     #[command(flatten)]
     pub nats: im_streams::connect::NatsArgs,
     /// The projector instance whose store is rebuilt.
-    #[arg(long, default_value = "local")]
+    #[arg(long, env = "IM_PROJECTOR_INSTANCE", default_value = im_projectors::DEFAULT_INSTANCE)]
     pub instance: String,
 }
 

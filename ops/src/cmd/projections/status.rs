@@ -71,6 +71,16 @@ async fn sample(
     Ok(out)
 }
 
+/// The names of the instances answering now, from one status round.
+pub(crate) async fn answering(client: &async_nats::Client) -> anyhow::Result<Vec<String>> {
+    let js = async_nats::jetstream::new(client.clone());
+    let topology = im_streams::definitions::read_topology(&js).await?;
+    Ok(sample(client, topology.partitions)
+        .await?
+        .into_keys()
+        .collect())
+}
+
 /// (instance, projection) -> (digest, keys), one projection at a time.
 async fn digests(
     client: &async_nats::Client,

@@ -16,7 +16,7 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub nats: im_streams::connect::NatsArgs,
     /// The live projector instance to check.
-    #[arg(long, default_value = "local")]
+    #[arg(long, env = "IM_PROJECTOR_INSTANCE", default_value = im_projectors::DEFAULT_INSTANCE)]
     pub instance: String,
     /// How long the scratch rebuild may take to reach the live checkpoints.
     #[arg(long, default_value_t = 600)]
