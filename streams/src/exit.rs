@@ -27,6 +27,21 @@ pub fn code(error: &(dyn std::error::Error + 'static)) -> u8 {
     COULD_NOT_RUN
 }
 
+/// A tool's `main` ends here: the error printed (with its causes), then
+/// the code its outcome calls for.
+pub fn report<E>(outcome: Result<(), E>) -> std::process::ExitCode
+where
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static> + std::fmt::Debug,
+{
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::from(code(e.as_ref()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

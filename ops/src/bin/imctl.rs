@@ -91,13 +91,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// 0 ok, 1 a problem found, 2 could not run (`im_streams::exit`).
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run(Cli::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:?}");
-            std::process::ExitCode::from(im_streams::exit::code(e.as_ref()))
-        }
-    }
+    im_streams::exit::report(run(Cli::parse()).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -31,13 +31,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:?}");
-            std::process::ExitCode::from(im_streams::exit::code(e.as_ref()))
-        }
-    }
+    im_streams::exit::report(run().await)
 }
 
 /// 0 ok, 1 a problem found (verify), 2 could not run (`im_streams::exit`).
