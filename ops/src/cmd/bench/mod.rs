@@ -207,19 +207,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// per-connection policies: the send rate limit is a product rule (20/s per
 /// connection), not a cost of the path, and a load generator's few
 /// connections send far more than any one phone.
-pub fn bench_limits(connections: usize) -> serde_json::Value {
-    serde_json::json!({
-        "sends_per_sec": 1_000_000,
-        "send_burst": 1_000_000,
-        "user_sends_per_sec": 1_000_000,
-        "user_send_burst": 1_000_000,
+pub fn bench_limits(connections: usize) -> im_gateway::Limits {
+    im_gateway::Limits {
+        sends_per_sec: 1_000_000,
+        send_burst: 1_000_000,
+        user_sends_per_sec: 1_000_000,
+        user_send_burst: 1_000_000,
         // An open-loop sender may run ahead of its acks (the fan-out's).
-        "commands_queued_max": 1_000_000,
+        commands_queued_max: 1_000_000,
         // Headroom over the measured connections for the senders; all of
         // them come from this one address.
-        "connections_max": connections + 1_000,
-        "connections_per_ip_max": connections + 1_000,
-    })
+        connections_max: connections + 1_000,
+        connections_per_ip_max: connections + 1_000,
+        ..Default::default()
+    }
 }
 
 /// Descriptors each process keeps besides the measured connections: nats

@@ -30,8 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub use im_client::Ws;
 
 pub struct StackOptions {
-    /// Gateway `Limits` overrides: a JSON object of its fields.
-    pub limits: serde_json::Value,
+    /// The gateway's limits, handed over as its variables.
+    pub limits: im_gateway::Limits,
     pub fanout_threshold: usize,
 }
 
@@ -74,7 +74,7 @@ impl Stack {
             .arg("127.0.0.1:0")
             .arg("--admin-listen")
             .arg("127.0.0.1:0")
-            .envs(limits_env(&options.limits)?)
+            .envs(options.limits.to_env())
             .arg("--fanout-threshold")
             .arg(options.fanout_threshold.to_string())
             .env("IM_JWT_HS256_SECRET", &secret);
@@ -183,14 +183,14 @@ impl Stack {
 
     /// An `im-gateway` process of its own on the stack's NATS (its memory
     /// is the gateway's alone): the binary beside this `imctl`.
-    pub async fn spawn_gateway(&self, limits: &serde_json::Value) -> anyhow::Result<Gateway> {
+    pub async fn spawn_gateway(&self, limits: &im_gateway::Limits) -> anyhow::Result<Gateway> {
         let exe = crate::cmd::check::procs::sibling("im-gateway")?;
         let mut command = tokio::process::Command::new(exe);
         let command = command
             .env("IM_GATEWAY_LISTEN", "127.0.0.1:0")
             .env("IM_NATS_URL", &self.nats_url)
             .env("IM_JWT_HS256_SECRET", &self.secret)
-            .envs(limits_env(limits)?);
+            .envs(limits.to_env());
         let (child, mut lines) = spawn_quiet(command, "im-gateway")?;
         let ready = async {
             let line = lines.next_line().await?.context("im-gateway exited")?;
@@ -281,14 +281,6 @@ fn terminate(pid: u32) {
             .arg(pid.to_string())
             .status();
     }
-}
-
-/// Gateway limits given as a JSON object of `Limits` fields, as the
-/// environment a gateway (or `imctl up`) reads them from.
-pub fn limits_env(json: &serde_json::Value) -> anyhow::Result<Vec<(&'static str, String)>> {
-    let limits: im_gateway::Limits =
-        serde_json::from_value(json.clone()).context("gateway limits")?;
-    Ok(limits.to_env())
 }
 
 /// One envelope in a binary frame.
