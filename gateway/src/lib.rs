@@ -91,7 +91,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(http::status::readyz))
         .route("/v1/dev/token", post(http::web::dev_token))
         .with_state(state);
-    http::web::with_app(api, &web)
+    // After the app's files, so that a path neither serves is answered in
+    // the API's error shape too.
+    http::web::with_app(api, &web).layer(axum::middleware::map_response(http::errors::uniform))
 }
 
 /// How long a shutdown waits for HTTP requests in flight and WebSocket

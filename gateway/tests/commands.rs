@@ -256,7 +256,7 @@ async fn http_commands_change_what_everyone_sees() {
 
     // Read our own writes: wait for the last command's position.
     let last: serde_json::Value = serde_json::from_str(&first.1).unwrap();
-    let pos = last["streamSeq"].as_u64().unwrap();
+    let pos: u64 = last["streamSeq"].as_str().unwrap().parse().unwrap();
     let (_, body) = http_get(
         gw,
         &format!("/v1/history?conversationId=club&minPosition={pos}"),

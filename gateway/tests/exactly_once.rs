@@ -78,7 +78,7 @@ fn http_outcome(status: u16, body: &str) -> (u16, u64, bool) {
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
     (
         status,
-        v["convSeq"].as_u64().unwrap_or(0),
+        v["convSeq"].as_str().map_or(0, |s| s.parse().unwrap()),
         v["duplicate"].as_bool().unwrap_or(false),
     )
 }

@@ -367,7 +367,7 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
     loop {
         let (status, body) = http_get(gw, "/readyz").await;
         if status == 200 {
-            assert_eq!(body, "ready");
+            assert_eq!(body, r#"{"status":"ready"}"#);
             break;
         }
         assert!(Instant::now() < deadline, "never ready: {status} {body}");

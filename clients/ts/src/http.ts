@@ -11,12 +11,17 @@ import {
 } from "./gen/im/v1/query_pb.js";
 import { MediaRefSchema, type MediaRef } from "./gen/im/v1/common_pb.js";
 
-/** A refused or failed HTTP call: `code` is the server's (`not_member`, `ERROR_CODE_...`). */
+/**
+ * A refused or failed HTTP call, in the API's one error shape: `code` is the
+ * protocol's `ErrorCode` name (`ERROR_CODE_FORBIDDEN`), `reason` a rule's
+ * refusal (`not_member`) when the rules refused.
+ */
 export class ImHttpError extends Error {
   constructor(
     readonly status: number,
     readonly code: string,
     message: string,
+    readonly reason?: string,
   ) {
     super(message);
     this.name = "ImHttpError";
@@ -147,8 +152,8 @@ export class HttpApi {
 async function httpError(res: Response): Promise<ImHttpError> {
   const text = await res.text();
   try {
-    const body = JSON.parse(text) as { code?: string; message?: string };
-    return new ImHttpError(res.status, body.code ?? `http_${res.status}`, body.message ?? text);
+    const body = JSON.parse(text) as { code?: string; message?: string; reason?: string };
+    return new ImHttpError(res.status, body.code ?? `http_${res.status}`, body.message ?? text, body.reason);
   } catch {
     return new ImHttpError(res.status, `http_${res.status}`, text);
   }

@@ -10,17 +10,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use im_schema::v1;
-use im_streams::{conversation::Rejection, Action, AppendOutcome, Command, Role};
+use im_streams::{Action, AppendOutcome, Command, Role};
 use serde::Deserialize;
 
 use super::{ApiError, AuthUser};
 use crate::error::streams_code;
 use crate::AppState;
-
-/// The HTTP status of a rule's refusal.
-pub fn rejection_status(r: &Rejection) -> StatusCode {
-    crate::error::http_status(crate::error::rejection_code(r))
-}
 
 fn idempotency_key(headers: &HeaderMap, body_key: Option<String>) -> String {
     headers
@@ -72,21 +67,18 @@ async fn execute(
             conv_seq,
             ..
         }) => positions(conv, stream_seq, conv_seq, true),
-        Ok(AppendOutcome::Rejected(r)) => (
-            rejection_status(&r),
-            Json(serde_json::json!({"code": r.code(), "message": r.to_string()})),
-        )
-            .into_response(),
+        Ok(AppendOutcome::Rejected(r)) => super::errors::refused(&r),
         Err(e) => ApiError(streams_code(&e), e.to_string()).into_response(),
     }
 }
 
 /// A stored command's answer; `duplicate` when a retry found the original.
+/// Positions are 64-bit, so strings, as everywhere in the API (proto3 JSON).
 fn positions(conv: &str, stream_seq: u64, conv_seq: u64, duplicate: bool) -> Response {
     let body = serde_json::json!({
         "conversationId": conv,
-        "convSeq": conv_seq,
-        "streamSeq": stream_seq,
+        "convSeq": conv_seq.to_string(),
+        "streamSeq": stream_seq.to_string(),
         "duplicate": duplicate,
     });
     (StatusCode::OK, Json(body)).into_response()

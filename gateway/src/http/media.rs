@@ -215,7 +215,7 @@ pub async fn sts(
         "mediaId": id,
         "uploadUrl": url,
         "method": "PUT",
-        "expiresAtMs": expires_ms,
+        "expiresAtMs": expires_ms.to_string(),
     }))
     .into_response())
 }
@@ -362,7 +362,7 @@ pub async fn download(
     if let Some(url) = media.store.presign_get(&key, ttl).await.map_err(internal)? {
         return Ok(axum::Json(serde_json::json!({
             "url": url,
-            "expiresAtMs": media_mod::now_ms() + ttl.as_millis() as i64,
+            "expiresAtMs": (media_mod::now_ms() + ttl.as_millis() as i64).to_string(),
         }))
         .into_response());
     }

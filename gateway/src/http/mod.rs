@@ -3,6 +3,7 @@
 //! one status per `ErrorCode` and a JSON body `{code, message}`.
 
 pub mod commands;
+pub mod errors;
 pub mod media;
 pub mod queries;
 pub mod status;
@@ -16,41 +17,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use im_schema::v1;
 
-use crate::error::http_status;
 use crate::AppState;
 
-/// An error as the HTTP API returns it.
-pub struct ApiError(pub v1::ErrorCode, pub String);
-
-impl From<crate::media::MediaError> for ApiError {
-    fn from(e: crate::media::MediaError) -> Self {
-        if let crate::media::MediaError::Backend(source) = &e {
-            tracing::warn!(error = %source, "media bookkeeping failed");
-        }
-        ApiError(e.code(), e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "code": v1::ErrorCode::try_from(self.0 as i32).map(|c| c.as_str_name()).unwrap_or("ERROR_CODE_INTERNAL"),
-            "message": self.1,
-        });
-        let mut resp = (http_status(self.0), axum::Json(body)).into_response();
-        if matches!(
-            self.0,
-            v1::ErrorCode::Unavailable | v1::ErrorCode::RateLimited
-        ) {
-            // Not yet projected, no projector, overload: all pass shortly.
-            resp.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("1"),
-            );
-        }
-        resp
-    }
-}
+pub use errors::ApiError;
 
 /// The authenticated user of a request.
 pub struct AuthUser(pub String);

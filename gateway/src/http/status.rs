@@ -5,13 +5,15 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use im_schema::v1;
 
 use super::ApiError;
 use crate::AppState;
 
-pub async fn healthz() -> &'static str {
-    "ok"
+/// Alive: the process answers (`{"status": "ok"}`).
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
 }
 
 /// Ready when NATS is connected (the gateway's client and its delivery
@@ -29,7 +31,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         problems.push("the delivery connection to NATS is down".to_string());
     }
     if problems.is_empty() {
-        return (StatusCode::OK, "ready").into_response();
+        return Json(serde_json::json!({"status": "ready"})).into_response();
     }
     ApiError(v1::ErrorCode::Unavailable, problems.join("; ")).into_response()
 }

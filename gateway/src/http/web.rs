@@ -88,7 +88,7 @@ fn is_loopback_host(host: &str) -> bool {
 pub fn with_app(router: axum::Router, web: &WebConfig) -> axum::Router {
     match &web.dir {
         Some(dir) => router.fallback_service(tower_http::services::ServeDir::new(dir)),
-        None => router,
+        None => router.fallback(super::errors::not_found),
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
@@ -21,10 +21,12 @@ use im_schema::v1::{self, envelope::Payload};
 use crate::cmd;
 use crate::dispatch::JoinError;
 use crate::frames::{Codec, CLOSE_RESYNC, JSON_SUBPROTOCOL, PROTO_SUBPROTOCOL};
+use crate::http::ApiError;
 use crate::outbox::{Outbound, Outbox};
 use crate::AppState;
 pub use conn::timed_out;
 use conn::{Conn, End};
+use v1::ErrorCode as C;
 use writer::{Stop, Writer};
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -35,7 +37,10 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// RFC 6455's "try again later", for a connect the gateway cannot serve now.
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
+/// `device_id` and `access_token`; anything else is refused, so that a
+/// misspelt name is an error rather than the default device.
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WsQuery {
     access_token: Option<String>,
     device_id: Option<String>,
@@ -59,29 +64,26 @@ pub async fn upgrade(
 ) -> Response {
     // Refused before the upgrade: nothing is allocated for a bad token.
     let Some(token) = bearer(&headers, &query) else {
-        return (StatusCode::UNAUTHORIZED, "missing bearer token").into_response();
+        return ApiError(C::Unauthorized, "missing bearer token".into()).into_response();
     };
     let user = match state.verifier.verify(&token).await {
         Ok(user) => user,
-        Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+        Err(e) => return ApiError(C::Unauthorized, e.to_string()).into_response(),
     };
     let device = query.device_id.clone().unwrap_or_else(|| "default".into());
     if let Err(e) = im_streams::ids::validate_id(im_streams::ids::IdKind::Device, &device) {
-        return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+        return ApiError(C::BadRequest, e.to_string()).into_response();
     }
     let limits = &state.config.limits;
     if state.connections.load(Ordering::SeqCst) >= limits.connections_max {
-        return (StatusCode::SERVICE_UNAVAILABLE, "gateway full").into_response();
+        return ApiError(C::Unavailable, "gateway full".into()).into_response();
     }
     // Counted from here to the connection's end (`ConnGuard`); a refused
     // or failed upgrade gives it back at once.
     let ip = crate::rate::client_key(peer.ip());
     if !state.addresses.try_add(ip, limits.connections_per_ip_max) {
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many connections from this address",
-        )
-            .into_response();
+        let message = "too many connections from this address".into();
+        return ApiError(C::RateLimited, message).into_response();
     }
     let address = AddressGuard(state.clone(), ip);
     // The subprotocol is chosen by `protocols` (the first the client offered

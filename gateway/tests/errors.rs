@@ -1,0 +1,216 @@
+//! One error shape on every route and for every failure, the framework's
+//! own rejections included; 64-bit numbers as strings everywhere.
+
+mod common;
+
+use common::*;
+use im_gateway::Limits;
+
+/// (status, lower-cased head, body) of one raw request.
+async fn exchange_raw(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    sock.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// What a WebSocket upgrade carries (RFC 6455's sample key).
+const UPGRADE: &str = "Connection: upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+fn request(method: &str, path: &str, headers: &str, body: &str) -> String {
+    let close = match headers.contains("Connection:") {
+        true => "",
+        false => "Connection: close\r\n",
+    };
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{headers}Content-Length: {}\r\n{close}\r\n{body}",
+        body.len()
+    )
+}
+
+/// Asserts the shape: JSON with a known code and a message; returns it.
+fn shaped(what: &str, head: &str, body: &str) -> serde_json::Value {
+    assert!(
+        head.contains("content-type: application/json"),
+        "{what}: {head}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+    let code = v["code"].as_str().unwrap_or_else(|| panic!("{what}: {v}"));
+    assert!(
+        im_schema::v1::ErrorCode::from_str_name(code).is_some(),
+        "{what}: {code}"
+    );
+    assert!(!v["message"].as_str().unwrap().is_empty(), "{what}: {v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_failure_has_one_shape() {
+    let s = Stack::start(Limits::default()).await;
+    let gw = s.gateways[0];
+    let auth = format!("Authorization: Bearer {}\r\n", token("owner"));
+    let json = format!("{auth}Content-Type: application/json\r\n");
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "unknown route",
+            request("GET", "/v1/nope", &auth, ""),
+            404,
+            "ERROR_CODE_NOT_FOUND",
+        ),
+        (
+            "wrong method",
+            request("DELETE", "/v1/history", &auth, ""),
+            405,
+            "ERROR_CODE_BAD_REQUEST",
+        ),
+        (
+            "no token",
+            request("GET", "/v1/conversations", "", ""),
+            401,
+            "ERROR_CODE_UNAUTHORIZED",
+        ),
+        (
+            "bad token",
+            request(
+                "GET",
+                "/v1/conversations",
+                "Authorization: Bearer x\r\n",
+                "",
+            ),
+            401,
+            "ERROR_CODE_UNAUTHORIZED",
+        ),
+        (
+            "bad query number",
+            request("GET", "/v1/history?conversationId=a&fromSeq=x", &auth, ""),
+            400,
+            "ERROR_CODE_BAD_REQUEST",
+        ),
+        (
+            "unknown query field",
+            request("GET", "/v1/history?conversationId=a&bogus=1", &auth, ""),
+            400,
+            "ERROR_CODE_BAD_REQUEST",
+        ),
+        (
+            "malformed json",
+            request("POST", "/v1/conversations", &json, "{"),
+            400,
+            "ERROR_CODE_BAD_REQUEST",
+        ),
+        (
+            "json of the wrong shape",
+            request("POST", "/v1/conversations", &json, r#"{"title": 1}"#),
+            422,
+            "ERROR_CODE_BAD_REQUEST",
+        ),
+        (
+            "no content type",
+            request("POST", "/v1/conversations", &auth, "{}"),
+            415,
+            "ERROR_CODE_BAD_REQUEST",
+        ),
+        (
+            "websocket without a token",
+            request("GET", "/v1/ws", UPGRADE, ""),
+            401,
+            "ERROR_CODE_UNAUTHORIZED",
+        ),
+        (
+            "websocket without an upgrade",
+            request("GET", "/v1/ws", &auth, ""),
+            400,
+            "ERROR_CODE_BAD_REQUEST",
+        ),
+        (
+            "websocket bad device",
+            request(
+                "GET",
+                "/v1/ws?device_id=a%20b",
+                &format!("{auth}{UPGRADE}"),
+                "",
+            ),
+            400,
+            "ERROR_CODE_BAD_REQUEST",
+        ),
+        (
+            "unknown command",
+            request("POST", "/v1/conversations/c/fly", &json, "{}"),
+            404,
+            "ERROR_CODE_NOT_FOUND",
+        ),
+        (
+            "websocket misspelt parameter",
+            request("GET", "/v1/ws?deviceId=a", &format!("{auth}{UPGRADE}"), ""),
+            400,
+            "ERROR_CODE_BAD_REQUEST",
+        ),
+    ];
+    for (what, req, status, code) in cases {
+        let (got, head, body) = exchange_raw(gw, &req).await;
+        assert_eq!(got, status, "{what}: {body}");
+        let v = shaped(what, &head, &body);
+        assert_eq!(v["code"], code, "{what}");
+        if status == 401 {
+            assert!(head.contains("www-authenticate: bearer"), "{what}: {head}");
+        }
+    }
+
+    // A rule's refusal: the protocol's code, and the rule by name.
+    let create = r#"{"conversationId": "club", "members": [{"userId": "mia"}]}"#;
+    let (status, body) = http_post(gw, "/v1/conversations", &token("owner"), create).await;
+    assert_eq!(status, 200, "{body}");
+    let (got, head, body) = exchange_raw(
+        gw,
+        &request(
+            "POST",
+            "/v1/conversations/club/remove-member/mia",
+            &format!(
+                "Authorization: Bearer {}\r\nContent-Type: application/json\r\n",
+                token("stranger")
+            ),
+            "{}",
+        ),
+    )
+    .await;
+    assert_eq!(got, 403, "{body}");
+    let v = shaped("refusal", &head, &body);
+    assert_eq!(
+        (v["code"].as_str(), v["reason"].as_str()),
+        (Some("ERROR_CODE_FORBIDDEN"), Some("not_member"))
+    );
+
+    // 64-bit numbers are strings, in a command's answer as in a read's.
+    let v: serde_json::Value = serde_json::from_str(
+        &http_post(
+            gw,
+            "/v1/conversations/club/add-member/zed",
+            &token("owner"),
+            "{}",
+        )
+        .await
+        .1,
+    )
+    .unwrap();
+    assert!(
+        v["convSeq"].is_string() && v["streamSeq"].is_string(),
+        "{v}"
+    );
+    let pos = v["streamSeq"].as_str().unwrap();
+    let (status, body) = http_get(
+        gw,
+        &format!("/v1/history?conversationId=club&minPosition={pos}"),
+        &token("owner"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let first = &page["entries"][0];
+    assert!(first["streamSeq"].is_string(), "{first}");
+}
