@@ -20,7 +20,7 @@ pub mod ws;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 
 pub use config::{GatewayConfig, Limits};
@@ -50,51 +50,7 @@ impl GatewayError {
     }
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
-    let web = state.config.web.clone();
-    let api = Router::new()
-        .route("/v1/ws", get(ws::upgrade))
-        .route("/v1/history", get(http::queries::history))
-        .route(
-            "/v1/conversations",
-            get(http::queries::conversations).post(http::commands::create_group),
-        )
-        .route(
-            "/v1/conversations/{id}/members",
-            get(http::queries::members),
-        )
-        .route(
-            "/v1/conversations/{id}/receipts",
-            get(http::queries::receipts),
-        )
-        .route(
-            "/v1/conversations/{id}/role/me",
-            get(http::queries::my_role),
-        )
-        .route(
-            "/v1/conversations/{id}/{verb}",
-            post(http::commands::command),
-        )
-        .route(
-            "/v1/conversations/{id}/{verb}/{target}",
-            post(http::commands::command),
-        )
-        .route("/v1/media/upload", post(http::media::upload))
-        .route("/v1/media/sts", post(http::media::sts))
-        .route("/v1/media/{id}", get(http::media::download))
-        .route("/v1/media/{id}/complete", post(http::media::complete))
-        .route(
-            "/v1/media/{id}/content",
-            axum::routing::put(http::media::put_content),
-        )
-        .route("/healthz", get(http::status::healthz))
-        .route("/readyz", get(http::status::readyz))
-        .route("/v1/dev/token", post(http::web::dev_token))
-        .with_state(state);
-    // After the app's files, so that a path neither serves is answered in
-    // the API's error shape too.
-    http::web::with_app(api, &web).layer(axum::middleware::map_response(http::errors::uniform))
-}
+pub use http::routes::router;
 
 /// How long a shutdown waits for HTTP requests in flight and WebSocket
 /// connections to finish their command and close: longer than a command's

@@ -54,7 +54,8 @@ pub async fn ask_conv(
     query: Query,
 ) -> Result<R, v1::ErrorCode> {
     let partition = state.appender.topology().partition_of(conv);
-    match ask(&state.client, partition, (pos, 0), query.clone()).await {
+    let answer = ask(&state.client, partition, (pos, 0), query.clone()).await;
+    match past_end(state, pos, answer).await {
         Err(v1::ErrorCode::Forbidden | v1::ErrorCode::NotFound) => {
             let latest = state
                 .appender
@@ -64,6 +65,23 @@ pub async fn ask_conv(
             ask(&state.client, partition, (latest.max(pos), 0), query).await
         }
         other => other,
+    }
+}
+
+/// "Not yet" for a position the log has not reached is a position no write
+/// produced (positions come from acks and answers of stored writes): the
+/// client's mistake, `BadRequest`, rather than a 503 it would retry in vain.
+async fn past_end(
+    state: &crate::AppState,
+    pos: u64,
+    answer: Result<R, v1::ErrorCode>,
+) -> Result<R, v1::ErrorCode> {
+    if pos == 0 || answer != Err(v1::ErrorCode::Unavailable) {
+        return answer;
+    }
+    match state.appender.log_end().await {
+        Ok(end) if pos > end => Err(v1::ErrorCode::BadRequest),
+        _ => answer,
     }
 }
 
@@ -87,7 +105,7 @@ pub async fn conversations(
     });
     let mut items = Vec::new();
     for answer in futures::future::join_all(asks).await {
-        match answer? {
+        match past_end(state, pos, answer).await? {
             R::ConvList(page) => items.extend(page.items),
             _ => return Err(v1::ErrorCode::Internal),
         }

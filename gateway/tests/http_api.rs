@@ -214,12 +214,14 @@ async fn not_projected_yet_is_never_forbidden_and_reads_take_min_position() {
     let (status, _, _) =
         get_with_retry_after(gw, "/v1/conversations/fresh0/members", &token("stranger")).await;
     assert_eq!(status, 403);
-    // A position the log has not reached: 503 with Retry-After.
-    let (status, retry, _) = get_with_retry_after(
-        gw,
+    // A position the log has not reached is no write's: 400, not a 503 to
+    // retry for ever.
+    for path in [
         "/v1/conversations/fresh0/members?minPosition=99999999",
-        &owner,
-    )
-    .await;
-    assert_eq!((status, retry.as_deref()), (503, Some("1")));
+        "/v1/conversations?minPosition=99999999",
+    ] {
+        let (status, retry, body) = get_with_retry_after(gw, path, &owner).await;
+        assert_eq!((status, retry), (400, None), "{path}: {body}");
+        assert!(body.contains("past the log's end"), "{body}");
+    }
 }

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod errors;
 pub mod media;
 pub mod queries;
+pub mod routes;
 pub mod status;
 pub mod web;
 

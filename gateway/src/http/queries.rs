@@ -83,6 +83,9 @@ fn query_error(code: v1::ErrorCode, what: &str) -> ApiError {
             format!("{what}: not yet projected, or no projector answering: retry")
         }
         v1::ErrorCode::Forbidden => format!("{what}: not a member of this conversation"),
+        v1::ErrorCode::BadRequest => {
+            format!("{what}: minPosition is past the log's end: no write has that position")
+        }
         v1::ErrorCode::NotFound => format!("{what}: no such conversation"),
         _ => format!("{what} unavailable"),
     };

@@ -67,7 +67,7 @@ pub async fn dev_token(
     let token = crate::auth::issue_hs256(secret, &req.user_id, DEV_TOKEN_TTL_SECS);
     Ok(Json(serde_json::json!({
         "token": token,
-        "expiresInSecs": DEV_TOKEN_TTL_SECS,
+        "expiresInSecs": DEV_TOKEN_TTL_SECS.to_string(),
     })))
 }
 

@@ -251,7 +251,8 @@ async fn start_projector(
         r = &mut projector => r?.context("starting the projector")?,
     }
     println!(
-        "imctl: projector instance=local queries on im.q.<partition> (store {})",
+        "imctl: projector instance={} queries on im.q.<partition> (store {})",
+        im_projectors::DEFAULT_INSTANCE,
         args.data_dir.join("projector").display()
     );
     Ok((projector, stop))

@@ -313,6 +313,17 @@ impl Appender {
         self.last_seq_of(&subject).await
     }
 
+    /// The stream sequence of IM_CONV's latest event: a position no write
+    /// has reached yet is past it.
+    pub async fn log_end(&self) -> Result<u64, StreamsError> {
+        let info = self
+            .conv_stream
+            .get_info()
+            .await
+            .map_err(|e| StreamsError::unavailable("reading the log's end", e))?;
+        Ok(info.state.last_sequence)
+    }
+
     /// Decides and appends one command to a conversation.
     pub async fn execute(
         &self,
