@@ -12,6 +12,7 @@ pub mod frames;
 pub mod http;
 pub mod media;
 pub mod outbox;
+pub mod presence;
 pub mod query;
 pub mod rate;
 pub mod readiness;

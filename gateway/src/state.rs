@@ -22,6 +22,8 @@ pub struct AppState {
     pub user_rates: crate::rate::UserRates,
     /// WebSocket connections per client address.
     pub addresses: crate::rate::AddressCounts,
+    /// Who is online (`presence/`).
+    pub presence: crate::presence::Presence,
 }
 
 impl AppState {
@@ -56,7 +58,8 @@ impl AppState {
             config.limits.user_sends_per_sec,
             config.limits.user_send_burst,
         );
-        Ok(Arc::new(AppState {
+        let presence = crate::presence::Presence::open(&client).await?;
+        let state = Arc::new(AppState {
             readiness,
             media,
             dispatcher,
@@ -68,7 +71,10 @@ impl AppState {
             shutdown: tokio::sync::watch::Sender::new(false),
             user_rates,
             addresses: Default::default(),
-        }))
+            presence,
+        });
+        tokio::spawn(crate::presence::maintain(Arc::downgrade(&state)));
+        Ok(state)
     }
 
     pub fn is_shutting_down(&self) -> bool {

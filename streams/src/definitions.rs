@@ -139,6 +139,18 @@ pub const MEDIA_PENDING_BUCKET: &str = "im_media_pending";
 /// from a key's registration on is checked against it.
 pub const WRITER_KEYS_BUCKET: &str = crate::signing::WRITER_KEYS_BUCKET;
 
+/// Who is online: a key per user, `{gateway id: last refresh ms}`, kept by
+/// the gateways the user is connected to. Never in the log (ephemeral).
+pub const PRESENCE_BUCKET: &str = "im_presence";
+/// When each user was last connected, kept past the presence entry.
+pub const LAST_SEEN_BUCKET: &str = "im_last_seen";
+/// How long a presence entry lives unrefreshed: a gateway refreshes its
+/// users every third of it, so a crashed gateway's users are offline
+/// within this (the server's expiry writes a marker that every gateway's
+/// watch sees, and they push "offline"). Short enough for a chat's "online"
+/// dot; three refreshes per window ride out one late one.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+
 /// The key-value buckets the system uses, with the same replicas as the
 /// streams: a bucket on one node would make uploads fail (and a gateway
 /// starting then stall) while that node is down.
@@ -156,6 +168,25 @@ pub fn bucket_definitions(replicas: usize) -> Vec<jetstream::kv::Config> {
         .chain(std::iter::once(jetstream::kv::Config {
             bucket: WRITER_KEYS_BUCKET.to_string(),
             history: 1,
+            num_replicas: replicas,
+            ..Default::default()
+        }))
+        .chain(std::iter::once(jetstream::kv::Config {
+            bucket: PRESENCE_BUCKET.to_string(),
+            history: 1,
+            max_age: PRESENCE_TTL,
+            // An entry aging out leaves a delete marker (for this long), so
+            // watchers learn of a crashed gateway's users going offline.
+            limit_markers: Some(PRESENCE_TTL),
+            num_replicas: replicas,
+            ..Default::default()
+        }))
+        .chain(std::iter::once(jetstream::kv::Config {
+            bucket: LAST_SEEN_BUCKET.to_string(),
+            history: 1,
+            // "Last seen" older than a year says little; the bucket stays
+            // bounded by the users active within it.
+            max_age: Duration::from_secs(365 * 86_400),
             num_replicas: replicas,
             ..Default::default()
         }))

@@ -10,7 +10,8 @@
 //! (`im-replay restore`, I24).
 
 use crate::definitions::{
-    CONV_STREAM, MEDIA_PENDING_BUCKET, MEDIA_QUOTA_BUCKET, MEDIA_STREAM, RCPT_STREAM,
+    CONV_STREAM, LAST_SEEN_BUCKET, MEDIA_PENDING_BUCKET, MEDIA_QUOTA_BUCKET, MEDIA_STREAM,
+    PRESENCE_BUCKET, RCPT_STREAM,
 };
 
 /// The components that connect to NATS.
@@ -143,6 +144,12 @@ fn gateway() -> Permissions {
     publish.extend(ephemeral_reads(MEDIA_STREAM));
     publish.extend(bucket(MEDIA_QUOTA_BUCKET));
     publish.extend(bucket(MEDIA_PENDING_BUCKET));
+    publish.extend(bucket(PRESENCE_BUCKET));
+    publish.extend(bucket(LAST_SEEN_BUCKET));
+    // Watching presence: an ordered consumer, with its flow control.
+    let presence = format!("KV_{PRESENCE_BUCKET}");
+    publish.extend(ephemeral_reads(&presence));
+    publish.push(format!("$JS.FC.{presence}.>"));
     let mut publish_deny = list(&["im.deliver.*.e", "im.projector.>"]);
     publish_deny.extend(never());
     Permissions {

@@ -21,7 +21,11 @@ test("two people chat: each sees the other's messages, read status and typing", 
   await send(b, "hello alice");
   await expect.poll(() => texts(a)).toEqual(["hi bob", "hello alice"]);
   await expect(a.getByTestId("typing")).toHaveText("", { timeout: 10_000 });
+  // Presence: Bob is online in Alice's header; when his tab closes, "last seen".
+  await expect(a.getByTestId("conv-status")).toHaveText("online", { timeout: 20_000 });
   await screenshot(a, "chat");
+  await b.context().close();
+  await expect(a.getByTestId("conv-status")).toContainText("last seen", { timeout: 20_000 });
 });
 
 test("offline while 50 messages are sent: back online, all 50 once and in order", async ({ browser }) => {

@@ -13,6 +13,7 @@ import {
   type ReceiptUpdate,
   type SendMessageSchema,
   type TypingNotice,
+  type PresenceUpdate,
 } from "./gen/im/v1/client_pb.js";
 import type { MediaRef } from "./gen/im/v1/common_pb.js";
 import { backoffDelay, DEFAULT_BACKOFF, type Backoff } from "./backoff.js";
@@ -69,6 +70,8 @@ export interface ClientEvents {
   status: OutgoingMessage;
   receipt: ReceiptUpdate;
   typing: TypingNotice;
+  /** A contact (someone sharing a conversation) came online or went offline. */
+  presence: PresenceUpdate;
   /** Conversations changed since last known, with the server's unread counts. */
   sync: ConversationChange[];
   /** An error not tied to one send (a failed history page, a bad frame). */
@@ -318,6 +321,8 @@ export class ImClient extends Emitter<ClientEvents> {
         return this.onReceipt(p.value);
       case "typingNotice":
         return this.emit("typing", p.value);
+      case "presence":
+        return this.emit("presence", p.value);
       case "error":
         return this.onError(p.value.clientMsgId, p.value.code, p.value.message);
       default:

@@ -10,6 +10,7 @@ import {
   type HistoryPage,
 } from "./gen/im/v1/query_pb.js";
 import { MediaRefSchema, type MediaRef } from "./gen/im/v1/common_pb.js";
+import { PresenceListSchema } from "./gen/im/v1/client_pb.js";
 
 /**
  * A refused or failed HTTP call, in the API's one error shape: `code` is the
@@ -74,6 +75,11 @@ export class HttpApi {
   /** Who has received and read `seq` (every member's cursors). */
   receipts(conversationId: string, seq: number) {
     return this.read(ReceiptsResultSchema, `/v1/conversations/${enc(conversationId)}/receipts?seq=${seq}`);
+  }
+
+  /** Online and last seen of those of `users` who share a conversation with the caller. */
+  presence(users: string[]) {
+    return this.read(PresenceListSchema, `/v1/presence?users=${users.map(enc).join(",")}`);
   }
 
   createGroup(conversationId: string, title: string, members: string[], key?: string): Promise<CommandResult> {

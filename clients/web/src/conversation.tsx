@@ -38,7 +38,9 @@ export function ConversationView({ store, conv }: { store: Store; conv: Conv }) 
         <Avatar name={store.name(conv)} group={conv.kind === "group"} />
         <div class="title">
           <strong data-testid="conv-title">{store.name(conv)}</strong>
-          <span class="muted small">{conv.kind === "group" ? `${conv.members.size} members` : "direct"}</span>
+          <span class="muted small" data-testid="conv-status">
+            {conv.kind === "group" ? `${conv.members.size} members` : store.presenceOf(conv) || "direct"}
+          </span>
         </div>
         {conv.kind === "group" && (
           <button class="link" onClick={() => setShowMembers(!showMembers)}>

@@ -54,6 +54,8 @@ export class Store {
   readonly convs = new Map<string, Conv>();
   /** Own sends not yet in the log, by client_msg_id. */
   readonly outgoing = new Map<string, OutgoingMessage>();
+  /** Contacts' presence as pushed by the gateway: online, or when last seen. */
+  readonly presence = new Map<string, { online: boolean; lastSeenMs: number }>();
   openId: string | null = null;
   error = "";
   private readTimer: ReturnType<typeof setTimeout> | undefined;
@@ -83,6 +85,10 @@ export class Store {
       else c.typing.delete(t.userId);
       this.changed();
       setTimeout(() => this.changed(), TYPING_SHOW_MS + 100);
+    });
+    this.client.on("presence", (p) => {
+      this.presence.set(p.userId, { online: p.online, lastSeenMs: Number(p.lastSeenMs) });
+      this.changed();
     });
     this.client.on("sync", () => void this.refreshList());
     this.client.on("connected", () => this.changed());
@@ -143,6 +149,16 @@ export class Store {
     if (c.kind === "group") return c.title || c.id;
     const other = [...c.members.keys()].find((u) => u !== this.me);
     return other ?? c.title ?? c.id;
+  }
+
+  /** "online", "last seen …" or "" for the other person of a direct conversation. */
+  presenceOf(c: Conv): string {
+    if (c.kind !== "direct") return "";
+    const other = [...c.members.keys()].find((m) => m !== this.me);
+    const p = other ? this.presence.get(other) : undefined;
+    if (!p) return "";
+    if (p.online) return "online";
+    return p.lastSeenMs ? `last seen ${new Date(p.lastSeenMs).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}` : "offline";
   }
 
   typingIn(c: Conv): string[] {

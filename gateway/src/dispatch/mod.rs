@@ -59,12 +59,12 @@ pub enum StartError {
     Credentials(String),
 }
 
-/// Whether an ephemeral notice is one (a typing notice), not an event a
+/// Whether an ephemeral notice is one (typing, presence), not an event a
 /// gateway's identity could otherwise pass off as the projector's.
 fn is_notice(payload: &[u8]) -> bool {
     matches!(
         im_schema::decode::<v1::Envelope>(payload).map(|e| e.payload),
-        Ok(Some(Payload::TypingNotice(_)))
+        Ok(Some(Payload::TypingNotice(_) | Payload::Presence(_)))
     )
 }
 

@@ -55,6 +55,7 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> 
             "/v1/conversations/{id}/{verb}/{target}",
             post(commands::command),
         ),
+        (Method::GET, "/v1/presence", get(http::presence::presence)),
         (Method::POST, "/v1/media/upload", post(media::upload)),
         (Method::POST, "/v1/media/sts", post(media::sts)),
         (Method::GET, "/v1/media/{id}", get(media::download)),

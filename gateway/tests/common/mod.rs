@@ -200,6 +200,18 @@ impl Client {
         self.recv_wire().await
     }
 
+    /// The next envelope read within `wait` (earlier skipped ones first).
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<v1::Envelope> {
+        if let Some(env) = self.skipped.pop_front() {
+            return Some(env);
+        }
+        match self.conn.recv(wait).await {
+            Ok(env) => env,
+            Err(im_client::ClientError::Protocol(p)) => panic!("{p}"),
+            Err(_) => None,
+        }
+    }
+
     async fn recv_wire(&mut self) -> Option<v1::Envelope> {
         match self.conn.recv(Duration::from_secs(10)).await {
             Ok(env) => env,

@@ -92,4 +92,22 @@ describe("two users on the real stack", () => {
     const mine = page.entries.filter((h) => h.event?.clientMsgId === msg.clientMsgId && h.event.kind.case === "messageSent");
     expect(mine).toHaveLength(1);
   }, 60_000);
+
+  it("presence: a contact going offline and coming back is pushed; the API answers for contacts only", async () => {
+    const gus = open("gus");
+    const hal = open("hal");
+    const pushes: string[] = [];
+    hal.client.on("presence", (p) => p.userId === "gus" && pushes.push(p.online ? "online" : "offline"));
+    await until("both connected", () => gus.client.connected && hal.client.connected);
+    const msg = gus.client.send({ toUserId: "hal", text: "hi hal" });
+    await until("hal has it", () => texts(hal.events, msg.conversationId).length === 1);
+    const asked = await hal.client.http.presence(["gus", "nobody"]);
+    expect(asked.users.map((u) => [u.userId, u.online])).toEqual([["gus", true]]);
+    gus.client.stop();
+    await until("gus offline pushed", () => pushes.includes("offline"));
+    const back = open("gus");
+    await until("gus online again", () => back.client.connected && pushes.lastIndexOf("online") > pushes.indexOf("offline"));
+    const after = await hal.client.http.presence(["gus"]);
+    expect(after.users[0]?.online).toBe(true);
+  }, 60_000);
 });

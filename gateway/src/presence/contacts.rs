@@ -1,0 +1,94 @@
+//! Whose presence a user may see: everyone sharing a conversation with
+//! them, asked of the projectors (their conversation list, then each one's
+//! members) and cached for a while.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use im_schema::v1::{self, query_request::Query as Q, query_response::Result as R};
+
+use crate::AppState;
+
+/// The conversations looked at, most recent first: a user in more sees
+/// the presence of the members of their latest ones.
+pub const CONVERSATIONS_MAX: usize = 200;
+/// Contacts kept per user: a user in huge groups sees presence of this
+/// many of their members (a large group's members are not all shown
+/// online anyway).
+pub const CONTACTS_MAX: usize = 10_000;
+/// Member lists asked at once per lookup.
+const LOOKUPS_IN_FLIGHT: usize = 8;
+/// How long a user's contacts are reused: a conversation joined since
+/// shows its members' presence after at most this.
+pub const CONTACTS_TTL: Duration = Duration::from_secs(60);
+/// Users whose contacts are cached: with `CONTACTS_MAX` ids each this
+/// bounds the cache by entries; most users have tens of contacts.
+pub const CACHED_USERS_MAX: usize = 4_096;
+
+pub type Contacts = Arc<HashSet<String>>;
+
+pub struct ContactCache {
+    cache: Mutex<lru::LruCache<String, (Instant, Contacts)>>,
+}
+
+impl Default for ContactCache {
+    fn default() -> Self {
+        let cap = std::num::NonZeroUsize::new(CACHED_USERS_MAX).expect("non-zero");
+        ContactCache {
+            cache: Mutex::new(lru::LruCache::new(cap)),
+        }
+    }
+}
+
+impl ContactCache {
+    fn cached(&self, user: &str) -> Option<Contacts> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.get(user) {
+            Some((at, contacts)) if at.elapsed() < CONTACTS_TTL => Some(contacts.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, user: &str, contacts: Contacts) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.put(user.to_string(), (Instant::now(), contacts));
+    }
+}
+
+/// `user`'s contacts (never including `user`).
+pub async fn of(state: &AppState, user: &str) -> Result<Contacts, v1::ErrorCode> {
+    if let Some(c) = state.presence.contacts.cached(user) {
+        return Ok(c);
+    }
+    let list = crate::query::conversations(state, user, 0).await?;
+    let convs = list
+        .into_iter()
+        .filter_map(|i| i.entry.map(|e| e.conversation_id))
+        .take(CONVERSATIONS_MAX);
+    let asks = convs.map(|conv| async move {
+        let q = Q::Members(v1::MembersQuery {
+            conversation_id: conv.clone(),
+            user_id: user.to_string(),
+        });
+        crate::query::ask_conv(state, &conv, 0, q).await
+    });
+    let mut answers = futures::stream::iter(asks).buffer_unordered(LOOKUPS_IN_FLIGHT);
+    let mut contacts = HashSet::new();
+    while let Some(answer) = answers.next().await {
+        // A conversation left since the list was read is no one's contact.
+        let Ok(R::Members(m)) = answer else { continue };
+        let ids = m.members.into_iter().map(|m| m.user_id);
+        contacts.extend(
+            ids.filter(|id| id != user)
+                .take(CONTACTS_MAX - contacts.len().min(CONTACTS_MAX)),
+        );
+    }
+    let contacts = Arc::new(contacts);
+    // None yet may be a conversation not projected yet: asked again next time.
+    if !contacts.is_empty() {
+        state.presence.contacts.keep(user, contacts.clone());
+    }
+    Ok(contacts)
+}

@@ -1,0 +1,119 @@
+//! Presence across gateways: a user's contacts are told when they come
+//! online and go offline, on whichever gateway each is connected to; a
+//! killed gateway's users go offline by expiry; `GET /v1/presence` answers
+//! for contacts only. Never in the log.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use im_gateway::Limits;
+use im_schema::v1::{self, envelope::Payload};
+
+/// Waits for a presence push about `who` with `online`, heartbeating so the
+/// connection stays open; other frames are passed over.
+async fn pushed(c: &mut Client, who: &str, online: bool, within: Duration) -> v1::PresenceUpdate {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        c.send(Payload::Heartbeat(v1::Heartbeat { client_time_ms: 1 }))
+            .await;
+        let Some(env) = c.recv_within(Duration::from_secs(2)).await else {
+            continue;
+        };
+        if let Some(Payload::Presence(p)) = env.payload {
+            if p.user_id == who && p.online == online {
+                return p;
+            }
+        }
+    }
+    panic!("no presence push {who} online={online} within {within:?}");
+}
+
+async fn presence(gw: std::net::SocketAddr, caller: &str, users: &str) -> v1::PresenceList {
+    let (status, body) = http_get(gw, &format!("/v1/presence?users={users}"), &token(caller)).await;
+    assert_eq!(status, 200, "{body}");
+    im_schema::from_json(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contacts_see_online_and_offline_across_gateways_and_a_killed_gateway() {
+    let s = Stack::start(Limits::default()).await;
+    let gw0 = s.gateways[0];
+    let create = r#"{"conversationId": "crew", "members": [{"userId": "bob"}]}"#;
+    let (status, body) = http_post(gw0, "/v1/conversations", &token("alice"), create).await;
+    assert_eq!(status, 200, "{body}");
+    let pos: serde_json::Value = serde_json::from_str(&body).unwrap();
+    wait_projected(
+        &s,
+        "crew",
+        pos["streamSeq"].as_str().unwrap().parse().unwrap(),
+    )
+    .await;
+    let events_before = s.conv_messages().await;
+
+    // bob on gateway 0; alice on gateway 1 (a process of its own).
+    let mut bob = connect(gw0, "bob", Wire::Proto).await;
+    let gw1 = spawn_gateway(&s.server.url(), "{}");
+    let mut alice = connect(gw1.1, "alice", Wire::Json).await;
+    let online = pushed(&mut bob, "alice", true, Duration::from_secs(20)).await;
+    assert!(online.last_seen_ms > 0, "{online:?}");
+    let list = presence(gw0, "bob", "alice,carol").await;
+    let seen: Vec<(&str, bool)> = list
+        .users
+        .iter()
+        .map(|u| (u.user_id.as_str(), u.online))
+        .collect();
+    assert_eq!(
+        seen,
+        [("alice", true)],
+        "carol shares nothing with bob: left out"
+    );
+    assert!(
+        presence(gw0, "carol", "alice").await.users.is_empty(),
+        "a stranger learns nothing"
+    );
+    // alice hears of bob too, on the other gateway.
+    pushed(&mut alice, "bob", true, Duration::from_secs(20)).await;
+
+    // A clean close: offline at once, with when.
+    drop(alice);
+    let offline = pushed(&mut bob, "alice", false, Duration::from_secs(10)).await;
+    assert!(offline.last_seen_ms > 0, "{offline:?}");
+
+    // Back on gateway 1, which is then killed: offline by expiry.
+    let mut alice = connect(gw1.1, "alice", Wire::Json).await;
+    pushed(&mut bob, "alice", true, Duration::from_secs(20)).await;
+    alice
+        .send(Payload::Heartbeat(v1::Heartbeat { client_time_ms: 1 }))
+        .await;
+    let killed_at = Instant::now();
+    drop(gw1); // SIGKILL
+    let ttl = im_streams::definitions::PRESENCE_TTL;
+    let offline = pushed(&mut bob, "alice", false, ttl + Duration::from_secs(20)).await;
+    assert!(offline.last_seen_ms > 0, "{offline:?}");
+    tracing::info!(after_s = killed_at.elapsed().as_secs(), "offline by expiry");
+    let list = presence(gw0, "bob", "alice").await;
+    assert!(
+        !list.users[0].online && list.users[0].last_seen_ms > 0,
+        "{list:?}"
+    );
+    assert_eq!(
+        s.conv_messages().await,
+        events_before,
+        "presence is never in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_requests_are_bounded_and_checked() {
+    let s = Stack::start(Limits::default()).await;
+    let gw = s.gateways[0];
+    let many = vec!["u"; 101].join(",");
+    let (status, body) = http_get(gw, &format!("/v1/presence?users={many}"), &token("bob")).await;
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = http_get(gw, "/v1/presence?users=a.b", &token("bob")).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = http_get(gw, "/v1/presence?users=a", "forged").await;
+    assert_eq!(status, 401);
+}
