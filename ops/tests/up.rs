@@ -28,16 +28,27 @@ fn start(data: &std::path::Path, port: u16) -> (Child, Vec<String>) {
 }
 
 fn start_listening(data: &std::path::Path, port: u16, gateway: &str) -> (Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imctl"))
-        .args(["up", "--data-dir"])
+    start_as(data, port, gateway, |_| {})
+}
+
+/// `imctl up`, with `configure` applied to its command (environment,
+/// stderr), until it prints that it is ready: (process, stdout lines).
+fn start_as(
+    data: &std::path::Path,
+    port: u16,
+    gateway: &str,
+    configure: impl FnOnce(&mut Command),
+) -> (Child, Vec<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imctl"));
+    cmd.args(["up", "--data-dir"])
         .arg(data)
         .args(["--nats-port", &port.to_string()])
         .args(["--gateway-listen", gateway])
         .args(["--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn imctl");
+        .stderr(Stdio::inherit());
+    configure(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn imctl");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -437,4 +448,57 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
     let log = std::fs::read_to_string(data.path().join("nats").join("nats.log")).unwrap();
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
     assert!(refused.is_empty(), "{refused:#?}");
+}
+
+/// `IM_LOG_FORMAT=json`: every log line is a JSON object, and one send's
+/// trace id is on the gateway's, the writer's and the projector's lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_one_trace_id_from_gateway_to_projector() {
+    let data = tempfile::tempdir().unwrap();
+    let port = im_testkit::free_port();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let (child, lines) = start_as(data.path(), port, "127.0.0.1:0", |cmd| {
+        cmd.env("IM_LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                "warn,im_gateway=debug,im_streams=debug,im_projectors=debug",
+            )
+            .stderr(Stdio::piped());
+    });
+    let mut child = child;
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let gw = gateway_addr(&lines);
+    let mut ws = ws_connect(gw, &token(data.path(), "alice")).await;
+    let send = r#"{"header": {"traceId": "trace-e2e-1"}, "send": {"toUserId": "bob", "clientMsgId": "c1", "text": "hi"}}"#;
+    futures::SinkExt::send(&mut ws, send.into()).await.unwrap();
+    next_with(&mut ws, "sendAck").await;
+    let want = [
+        "im_gateway::cmd::send",
+        "im_streams::append::cas",
+        "im_projectors::fold",
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < want.len() && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v["trace_id"] == "trace-e2e-1" {
+            seen.insert(v["target"].as_str().unwrap_or("").to_string());
+        }
+    }
+    interrupt_and_wait(child);
+    for target in want {
+        assert!(
+            seen.contains(target),
+            "no line of {target} with the trace id: {seen:?}"
+        );
+    }
 }

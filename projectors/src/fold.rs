@@ -117,6 +117,17 @@ fn decode(msg: &Delivered) -> Result<Decoded, String> {
             if subject_conv != Some(stored.event.conversation_id.as_str()) {
                 return Err("conversation id differs from the subject's".into());
             }
+            let trace = msg
+                .headers
+                .and_then(|h| h.get(im_streams::codec::HDR_TRACE_ID));
+            if let Some(trace_id) = trace {
+                let seq = msg.stream_seq;
+                tracing::debug!(
+                    trace_id = trace_id.as_str(),
+                    stream_seq = seq,
+                    "event folded"
+                );
+            }
             Ok(Decoded::Conv(Box::new(stored)))
         }
         Source::Rcpt => {

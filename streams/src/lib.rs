@@ -11,6 +11,8 @@ pub mod error;
 pub mod exit;
 pub mod identities;
 pub mod log;
+#[cfg(feature = "cli")]
+pub mod logging;
 pub mod media;
 pub mod nats_auth;
 pub mod seen;

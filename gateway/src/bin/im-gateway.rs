@@ -9,12 +9,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = im_streams::logging::init("info") {
+        eprintln!("im-gateway: {e}");
+        std::process::exit(2);
+    }
     let args = im_gateway::config::GatewayArgs::parse();
     let config = match args.config() {
         Ok(config) => config,

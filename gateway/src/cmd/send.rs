@@ -67,6 +67,7 @@ pub async fn run(
             meta: send.meta.into_iter().collect(),
         },
     };
+    tracing::debug!(trace_id, user, conv, client_msg_id = cmid, "send");
     match state.appender.execute(&conv, &cmd, trace_id).await {
         Ok(AppendOutcome::Stored {
             stream_seq,

@@ -35,11 +35,18 @@ fn uuid_like() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
+/// `X-Trace-Id` of a request, if it has one.
+fn trace_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 async fn execute(
     state: &AppState,
     conv: &str,
-    user: String,
-    key: String,
+    (user, key, trace): (String, String, Option<String>),
     action: Action,
 ) -> Response {
     let cmd = Command {
@@ -48,7 +55,9 @@ async fn execute(
         action,
     };
     let bound = std::time::Duration::from_millis(state.config.limits.command_timeout_ms);
-    let Ok(outcome) = tokio::time::timeout(bound, state.appender.execute(conv, &cmd, "")).await
+    let trace = crate::cmd::trace_id(trace.as_deref());
+    tracing::debug!(trace_id = trace, user = cmd.actor, conv, "command");
+    let Ok(outcome) = tokio::time::timeout(bound, state.appender.execute(conv, &cmd, &trace)).await
     else {
         let message = format!(
             "no outcome within {} ms; it may or may not be stored: retry with the same Idempotency-Key",
@@ -139,7 +148,8 @@ pub async fn create_group(
         title: body.title,
         members,
     };
-    Ok(execute(&state, &body.conversation_id, user, key, action).await)
+    let who = (user, key, trace_header(&headers));
+    Ok(execute(&state, &body.conversation_id, who, action).await)
 }
 
 #[derive(Deserialize, Default)]
@@ -225,5 +235,6 @@ pub async fn command(
             ))
         }
     };
-    Ok(execute(&state, &conv, user, key, action).await)
+    let who = (user, key, trace_header(&headers));
+    Ok(execute(&state, &conv, who, action).await)
 }

@@ -286,11 +286,7 @@ async fn handle(
     device: &str,
     env: v1::Envelope,
 ) -> Option<v1::Envelope> {
-    let trace_id = env
-        .header
-        .as_ref()
-        .map(|h| h.trace_id.clone())
-        .unwrap_or_default();
+    let trace_id = crate::cmd::trace_id(env.header.as_ref().map(|h| h.trace_id.as_str()));
     match env.payload {
         Some(Payload::Send(send)) => Some(cmd::send::run(state, user, send, &trace_id).await),
         Some(Payload::DeliveryAck(a)) => {

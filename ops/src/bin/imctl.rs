@@ -100,13 +100,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(_) | Command::Check(_) => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = im_streams::logging::init(default_filter) {
+        eprintln!("imctl: {e}");
+        std::process::exit(2);
+    }
     match cli.command {
         Command::Up(args) => im_ops::cmd::up::run(args).await,
         Command::Completions { shell } => {

@@ -36,12 +36,10 @@ async fn main() -> std::process::ExitCode {
 
 /// 0 ok, 1 a problem found (verify), 2 could not run (`im_streams::exit`).
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = im_streams::logging::init("warn") {
+        eprintln!("im-replay: {e}");
+        std::process::exit(2);
+    }
     match Cli::parse().command {
         Command::Export(args) => cmd::export::run(args).await,
         Command::Verify(args) => cmd::verify::run(args).await,

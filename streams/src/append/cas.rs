@@ -108,6 +108,12 @@ impl Appender {
                         ));
                     }
                     state.extend(sealed, ack.sequence);
+                    tracing::debug!(
+                        trace_id,
+                        conv = conv_id,
+                        stream_seq = ack.sequence,
+                        "event stored"
+                    );
                     self.counters.stored.fetch_add(1, Relaxed);
                     cached.last_writer.clone_from(&self.writer_id);
                     let conv_seq = cached.state.conv_seq;
