@@ -11,6 +11,7 @@ pub mod error;
 pub mod frames;
 pub mod http;
 pub mod media;
+pub mod metrics;
 pub mod outbox;
 pub mod presence;
 pub mod query;

@@ -18,6 +18,8 @@ use im_schema::v1;
 pub struct Delivery {
     pub proto: Bytes,
     json: OnceLock<Option<Utf8Bytes>>,
+    /// When it reached the gateway (`im_gateway_delivery_queue_seconds`).
+    pub received: std::time::Instant,
 }
 
 impl Delivery {
@@ -25,6 +27,7 @@ impl Delivery {
         Delivery {
             proto,
             json: OnceLock::new(),
+            received: std::time::Instant::now(),
         }
     }
 

@@ -42,6 +42,19 @@ pub async fn ask(
     }
 }
 
+/// A query's kind, as its latency is labelled.
+fn kind_of(query: &Query) -> &'static str {
+    match query {
+        Query::History(_) => "history",
+        Query::Members(_) => "members",
+        Query::Role(_) => "role",
+        Query::Receipts(_) => "receipts",
+        Query::ConvList(_) => "conv_list",
+        Query::Unread(_) => "unread",
+        _ => "other",
+    }
+}
+
 /// A query about one conversation, at `pos` or later. A refusal (forbidden,
 /// not found) is confirmed against the log: when the projector has not yet
 /// applied the conversation's latest event, the answer is "not yet"
@@ -54,7 +67,16 @@ pub async fn ask_conv(
     query: Query,
 ) -> Result<R, v1::ErrorCode> {
     let partition = state.appender.topology().partition_of(conv);
+    let started = std::time::Instant::now();
+    let kind = crate::metrics::QueryKind {
+        kind: kind_of(&query),
+    };
     let answer = ask(&state.client, partition, (pos, 0), query.clone()).await;
+    state
+        .metrics
+        .query
+        .get_or_create(&kind)
+        .observe(started.elapsed().as_secs_f64());
     match past_end(state, pos, answer).await {
         Err(v1::ErrorCode::Forbidden | v1::ErrorCode::NotFound) => {
             let latest = state
@@ -103,8 +125,16 @@ pub async fn conversations(
         });
         ask(&state.client, p, (pos, 0), query)
     });
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all(asks).await;
+    let kind = crate::metrics::QueryKind { kind: "conv_list" };
+    state
+        .metrics
+        .query
+        .get_or_create(&kind)
+        .observe(started.elapsed().as_secs_f64());
     let mut items = Vec::new();
-    for answer in futures::future::join_all(asks).await {
+    for answer in answers {
         match past_end(state, pos, answer).await? {
             R::ConvList(page) => items.extend(page.items),
             _ => return Err(v1::ErrorCode::Internal),

@@ -12,7 +12,7 @@ pub struct AppState {
     pub appender: Arc<im_streams::Appender>,
     pub verifier: auth::Verifier,
     pub dispatcher: Arc<dispatch::Dispatcher>,
-    pub connections: AtomicUsize,
+    pub connections: Arc<AtomicUsize>,
     pub media: Option<Arc<media::Media>>,
     pub readiness: Arc<readiness::Readiness>,
     /// True once the gateway is shutting down: connections finish their
@@ -24,6 +24,7 @@ pub struct AppState {
     pub addresses: crate::rate::AddressCounts,
     /// Who is online (`presence/`).
     pub presence: crate::presence::Presence,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl AppState {
@@ -59,15 +60,18 @@ impl AppState {
             config.limits.user_send_burst,
         );
         let presence = crate::presence::Presence::open(&client).await?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let metrics = crate::metrics::Metrics::new(appender.clone(), connections.clone());
         let state = Arc::new(AppState {
             readiness,
             media,
             dispatcher,
             config,
             client,
-            appender,
+            appender: appender.clone(),
             verifier,
-            connections: AtomicUsize::new(0),
+            metrics,
+            connections,
             shutdown: tokio::sync::watch::Sender::new(false),
             user_rates,
             addresses: Default::default(),

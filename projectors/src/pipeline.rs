@@ -82,6 +82,7 @@ fn fold_and_commit(
     ctx: &mut FoldCtx,
     effects: &mut Vec<Effect>,
 ) -> Result<Vec<(Applied, u64, u64)>, StoreError> {
+    let started = std::time::Instant::now();
     let mut targets = job
         .targets
         .iter()
@@ -109,6 +110,8 @@ fn fold_and_commit(
     if let Some(ks) = flush {
         ks.flush()?;
     }
+    crate::metrics::BATCH_EVENTS.observe(job.batch.len() as f64);
+    crate::metrics::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
     Ok(out)
 }
 

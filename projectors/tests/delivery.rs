@@ -484,7 +484,7 @@ async fn metrics_show_checkpoint_lag_applied_and_dead_letters() {
         }
     }
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut text = String::new();

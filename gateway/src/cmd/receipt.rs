@@ -17,11 +17,18 @@ pub async fn run(
     up_to_seq: u64,
     trace_id: &str,
 ) -> Option<v1::Envelope> {
-    match state
+    let started = std::time::Instant::now();
+    let outcome = state
         .appender
         .append_receipt(conv, user, device, kind, up_to_seq, trace_id)
-        .await
-    {
+        .await;
+    let via = crate::metrics::Via { via: "receipt" };
+    state
+        .metrics
+        .append
+        .get_or_create(&via)
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
         Ok(ReceiptOutcome::Stored { .. }) => None,
         Ok(ReceiptOutcome::Rejected(r)) => Some(rejection_frame(&r, "")),
         Err(e) => Some(error_frame(streams_code(&e), e.to_string(), "")),

@@ -68,7 +68,15 @@ pub async fn run(
         },
     };
     tracing::debug!(trace_id, user, conv, client_msg_id = cmid, "send");
-    match state.appender.execute(&conv, &cmd, trace_id).await {
+    let started = std::time::Instant::now();
+    let outcome = state.appender.execute(&conv, &cmd, trace_id).await;
+    let via = crate::metrics::Via { via: "ws" };
+    state
+        .metrics
+        .append
+        .get_or_create(&via)
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
         Ok(AppendOutcome::Stored {
             stream_seq,
             conv_seq,

@@ -57,8 +57,15 @@ async fn execute(
     let bound = std::time::Duration::from_millis(state.config.limits.command_timeout_ms);
     let trace = crate::cmd::trace_id(trace.as_deref());
     tracing::debug!(trace_id = trace, user = cmd.actor, conv, "command");
-    let Ok(outcome) = tokio::time::timeout(bound, state.appender.execute(conv, &cmd, &trace)).await
-    else {
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(bound, state.appender.execute(conv, &cmd, &trace)).await;
+    let via = crate::metrics::Via { via: "http" };
+    state
+        .metrics
+        .append
+        .get_or_create(&via)
+        .observe(started.elapsed().as_secs_f64());
+    let Ok(outcome) = outcome else {
         let message = format!(
             "no outcome within {} ms; it may or may not be stored: retry with the same Idempotency-Key",
             bound.as_millis()

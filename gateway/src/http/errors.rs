@@ -32,6 +32,11 @@ impl From<crate::media::MediaError> for ApiError {
     }
 }
 
+/// What a failed response is counted as (`im_gateway_rejections`): the
+/// rule's name, else the code's.
+#[derive(Clone)]
+pub struct Refusal(pub String);
+
 /// A command the rules refused: its code, and the rule's name as `reason`.
 pub fn refused(r: &Rejection) -> Response {
     let code = rejection_code(r);
@@ -52,6 +57,8 @@ pub fn error_response(
         body["reason"] = reason.into();
     }
     let mut resp = (status, axum::Json(body)).into_response();
+    let counted = reason.unwrap_or(code.as_str_name()).to_string();
+    resp.extensions_mut().insert(Refusal(counted));
     let headers = resp.headers_mut();
     if matches!(
         status,

@@ -83,10 +83,44 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fold(Router::new(), |r, (_, path, handler)| {
             r.route(path, handler)
         })
-        .with_state(state);
+        .with_state(state.clone());
     // After the app's files, so that a path neither serves is answered in
-    // the API's error shape too.
-    http::web::with_app(api, &web).layer(axum::middleware::map_response(http::errors::uniform))
+    // the API's error shape too; measured as answered.
+    http::web::with_app(api, &web)
+        .layer(axum::middleware::map_response(http::errors::uniform))
+        .layer(axum::middleware::from_fn_with_state(state, track))
+}
+
+/// Times each request by its route's pattern and status, and counts its
+/// refusal, if any.
+async fn track(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    if let Some(http::errors::Refusal(code)) = resp.extensions().get() {
+        state.metrics.rejected(code);
+    }
+    let status = resp.status().as_u16();
+    let labels = crate::metrics::Route {
+        method,
+        route,
+        status,
+    };
+    state
+        .metrics
+        .http
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 /// The spec as JSON: parsed once, at the first request (a spec that does

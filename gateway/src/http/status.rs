@@ -36,39 +36,10 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     ApiError(v1::ErrorCode::Unavailable, problems.join("; ")).into_response()
 }
 
-/// Prometheus text: connections and the writer's counters.
+/// The gateway's metrics (`crate::metrics`), in the OpenMetrics text
+/// format Prometheus scrapes.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let w = state.appender.stats();
-    let cache = state.appender.cache_usage();
-    let body = format!(
-        "# TYPE im_gateway_connections gauge\nim_gateway_connections {}\n\
-         # TYPE im_gateway_events_stored_total counter\nim_gateway_events_stored_total {}\n\
-         # TYPE im_gateway_append_conflicts_total counter\nim_gateway_append_conflicts_total {}\n\
-         # TYPE im_gateway_forwarded_out_total counter\nim_gateway_forwarded_out_total {}\n\
-         # TYPE im_gateway_forwarded_in_total counter\nim_gateway_forwarded_in_total {}\n\
-         # TYPE im_gateway_index_lookups_total counter\nim_gateway_index_lookups_total {}\n\
-         # TYPE im_gateway_index_scans_total counter\nim_gateway_index_scans_total {}\n\
-         # TYPE im_gateway_stepped_over_total counter\nim_gateway_stepped_over_total {}\n\
-         # TYPE im_gateway_writer_cache_conversations gauge\nim_gateway_writer_cache_conversations {}\n\
-         # TYPE im_gateway_writer_cache_bytes gauge\nim_gateway_writer_cache_bytes {}\n",
-        state.connections.load(std::sync::atomic::Ordering::Relaxed),
-        w.stored,
-        w.conflicts,
-        w.forwarded_out,
-        w.forwarded_in,
-        w.index_lookups,
-        w.index_scans,
-        w.stepped_over,
-        cache.0,
-        cache.1,
-    );
-    (
-        StatusCode::OK,
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        body,
-    )
-        .into_response()
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    let headers = [(axum::http::header::CONTENT_TYPE, content_type)];
+    (StatusCode::OK, headers, state.metrics.render()).into_response()
 }

@@ -363,6 +363,7 @@ async fn push(state: &AppState, update: v1::PresenceUpdate, to: impl Iterator<It
     let bytes = bytes::Bytes::from(im_schema::encode(&envelope));
     for w in to {
         if let Ok(subject) = im_streams::subjects::notice_subject(&w) {
+            state.metrics.presence_pushes.inc();
             let _ = state.client.publish(subject, bytes.clone()).await;
         }
     }

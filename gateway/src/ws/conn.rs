@@ -271,11 +271,29 @@ impl<'a> Conn<'a> {
                     .await
                     .map_err(|_| ())
             };
-            outcome.unwrap_or_else(|()| {
+            let reply = outcome.unwrap_or_else(|()| {
                 tracing::warn!(user, client_msg_id = cmid, "command timed out");
                 Some(timed_out(bound, &cmid))
-            })
+            });
+            if let Some(code) = reply.as_ref().and_then(refusal_code) {
+                state.metrics.rejected(code);
+            }
+            reply
         })
+    }
+}
+
+/// A reply's refusal, as counted: an Error frame's code, a refused send's
+/// rule (the reason's stable name, before its colon).
+fn refusal_code(reply: &v1::Envelope) -> Option<&str> {
+    match reply.payload.as_ref()? {
+        Payload::Error(e) => Some(
+            v1::ErrorCode::try_from(e.code).map_or("ERROR_CODE_UNSPECIFIED", |c| c.as_str_name()),
+        ),
+        Payload::SendAck(a) if a.status == v1::AckStatus::Rejected as i32 => {
+            Some(a.reason.split(':').next().unwrap_or(""))
+        }
+        _ => None,
     }
 }
 

@@ -164,6 +164,7 @@ async fn run(
         codec,
         limits.envelopes_per_frame_max,
         limits.frame_bytes_max,
+        state.metrics.delivery.clone(),
     );
     let mut conn = Conn::new(&state, &user, &device, &outbox);
     let end = conn
@@ -173,6 +174,7 @@ async fn run(
     crate::presence::disconnected(&state, &user).await;
     match end {
         End::Overflowed => {
+            state.metrics.queue_drops.inc();
             // Too slow to drain its queue: close and let it resync (bounded:
             // a client that reads nothing will not take the close either).
             tracing::info!(conn_id, "outbound queue full: closing with 4008 (resync)");

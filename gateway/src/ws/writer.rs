@@ -26,6 +26,8 @@ pub enum Stop {
 
 pub struct Writer {
     codec: Codec,
+    /// `Metrics::delivery`.
+    waited: prometheus_client::metrics::histogram::Histogram,
     /// Taken from the outbox, not yet in a frame.
     staged: VecDeque<Outbound>,
     /// Frames were handed to the socket and want a flush.
@@ -36,13 +38,28 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(codec: Codec, batch_max: usize, frame_bytes_max: usize) -> Self {
+    pub fn new(
+        codec: Codec,
+        batch_max: usize,
+        frame_bytes_max: usize,
+        waited: prometheus_client::metrics::histogram::Histogram,
+    ) -> Self {
         Writer {
+            waited,
             codec,
             staged: VecDeque::new(),
             flushing: false,
             batch_max,
             frame_bytes_max,
+        }
+    }
+
+    /// Each delivery just taken: how long it waited in the gateway.
+    fn measure(&self) {
+        for item in &self.staged {
+            if let Outbound::Delivery(d) = item {
+                self.waited.observe(d.received.elapsed().as_secs_f64());
+            }
         }
     }
 
@@ -70,7 +87,7 @@ impl Writer {
             }
             if self.staged.is_empty() {
                 match outbox.poll_drain(cx, &mut self.staged, self.batch_max) {
-                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Ok(())) => self.measure(),
                     Poll::Ready(Err(Overflowed)) => return Poll::Ready(Stop::Overflowed),
                     Poll::Pending if drain => return Poll::Ready(Stop::Drained),
                     Poll::Pending => return Poll::Pending,

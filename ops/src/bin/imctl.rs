@@ -11,7 +11,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the local stack (nats-server, streams, projector, gateway) until Ctrl-C.
-    Up(im_ops::cmd::up::UpArgs),
+    Up(Box<im_ops::cmd::up::UpArgs>),
     /// Print the production nats-server configuration: a user per
     /// component with least-privilege permissions (ops/deploy/nats-server.conf).
     NatsConfig(im_ops::cmd::nats_config::NatsConfigArgs),
@@ -105,7 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         std::process::exit(2);
     }
     match cli.command {
-        Command::Up(args) => im_ops::cmd::up::run(args).await,
+        Command::Up(args) => im_ops::cmd::up::run(*args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "imctl", &mut std::io::stdout());

@@ -62,6 +62,13 @@ pub struct UpArgs {
     /// port 0 picks a free one.
     #[arg(long, env = "IM_GATEWAY_METRICS_LISTEN", default_value = "127.0.0.1:0")]
     pub gateway_metrics_listen: std::net::SocketAddr,
+    /// Address of the projector's `/metrics`, `/healthz` and `/readyz`.
+    #[arg(
+        long,
+        env = "IM_PROJECTOR_METRICS_LISTEN",
+        default_value = "127.0.0.1:0"
+    )]
+    pub projector_metrics_listen: std::net::SocketAddr,
     /// The gateway's limits: the same flags and variables as `im-gateway`'s.
     #[command(flatten)]
     pub limits: im_gateway::Limits,
@@ -241,6 +248,7 @@ async fn start_projector(
         consume: nats.connect("imctl-up-projector-consume").await?,
         publish: nats.connect("imctl-up-projector-publish").await?,
     };
+    let js = async_nats::jetstream::new(clients.consume.clone());
     let (current, mut started) = tokio::sync::watch::channel(None);
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut projector = tokio::spawn(im_projectors::supervisor::run(
@@ -250,6 +258,12 @@ async fn start_projector(
         r = started.wait_for(Option::is_some) => { r.context("the projector stopped before it started")?; }
         r = &mut projector => r?.context("starting the projector")?,
     }
+    let listener = tokio::net::TcpListener::bind(args.projector_metrics_listen)
+        .await
+        .context("the projector's metrics listener")?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(im_projectors::metrics::serve(listener, started, js));
+    println!("imctl: projector metrics http://{addr}/metrics (and /healthz, /readyz)");
     println!(
         "imctl: projector instance={} queries on im.q.<partition> (store {})",
         im_projectors::DEFAULT_INSTANCE,

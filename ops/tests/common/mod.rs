@@ -1,6 +1,8 @@
 //! Helpers the ops tests share. Each test binary uses some of them.
 #![allow(dead_code)]
 
+pub mod up;
+
 use std::process::Command;
 
 /// Runs this build's `imctl`: (success, stdout); stderr (logs) is shown on

@@ -26,9 +26,10 @@ struct Args {
     /// Do not publish deliveries (a replica beside another that does).
     #[arg(long, env = "IM_PROJECTOR_NO_FANOUT")]
     no_fanout: bool,
-    /// Serve Prometheus metrics on this port.
-    #[arg(long, env = "IM_PROJECTOR_METRICS_PORT")]
-    metrics_port: Option<u16>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (e.g.
+    /// 0.0.0.0:9101 for a scraper on another host); none: not served.
+    #[arg(long, env = "IM_PROJECTOR_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 // See the workspace manifest for why.
@@ -69,9 +70,11 @@ async fn main() -> anyhow::Result<()> {
     let mut supervised = tokio::spawn(im_projectors::supervisor::run(
         clients, config, current, stopping,
     ));
-    if let Some(port) = args.metrics_port {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    if let Some(at) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(at).await?;
+        let addr = listener.local_addr()?;
         tokio::spawn(im_projectors::metrics::serve(listener, started.clone(), js));
+        println!("im-projector: metrics http://{addr}/metrics (and /healthz, /readyz)");
     }
     let context = started
         .wait_for(Option::is_some)

@@ -131,13 +131,18 @@ async fn status_of_all(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RebuildBody {
+    #[serde(default = "default_instance")]
     instance: String,
     projections: Vec<String>,
     #[serde(default)]
     from_seq: u64,
 }
 
-/// `POST /admin/v1/rebuild {"instance", "projections", "fromSeq"}`: starts
+fn default_instance() -> String {
+    im_projectors::DEFAULT_INSTANCE.into()
+}
+
+/// `POST /admin/v1/rebuild {"instance"?, "projections", "fromSeq"?}`: starts
 /// rebuilds as `imctl projections rebuild` does; their progress shows in
 /// the status.
 async fn start_rebuild(

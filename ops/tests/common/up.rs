@@ -1,0 +1,139 @@
+//! `imctl up` as a real process, for the tests that drive a whole stack.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// `imctl up`, with `configure` applied to its command (environment,
+/// stderr), until it prints that it is ready: (process, stdout lines).
+pub fn start_as(
+    data: &std::path::Path,
+    port: u16,
+    gateway: &str,
+    configure: impl FnOnce(&mut Command),
+) -> (Child, Vec<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imctl"));
+    cmd.args(["up", "--data-dir"])
+        .arg(data)
+        .args(["--nats-port", &port.to_string()])
+        .args(["--gateway-listen", gateway])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    configure(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn imctl");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let ready = line.contains("imctl: ready");
+            lines.push(line);
+            if ready {
+                return (child, lines);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("imctl up never became ready: {lines:?}");
+}
+
+pub fn interrupt_and_wait(mut child: Child) {
+    Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "imctl exited with {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("imctl did not stop on SIGINT");
+}
+
+pub fn gateway_addr(lines: &[String]) -> std::net::SocketAddr {
+    addr_after(lines, "imctl: gateway http://")
+}
+
+pub fn addr_after(lines: &[String], prefix: &str) -> std::net::SocketAddr {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split(['/', ' ']).next())
+        .unwrap_or_else(|| panic!("a line {prefix}: {lines:?}"))
+        .parse()
+        .unwrap()
+}
+
+pub fn token(data: &std::path::Path, user: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args(["token", "issue", "--user", user, "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub async fn ws_connect(addr: std::net::SocketAddr, token: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/v1/ws?access_token={token}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "im.v1.json".parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket")
+        .0
+}
+
+/// The next JSON envelope containing `needle`.
+pub async fn next_with(ws: &mut Ws, needle: &str) -> String {
+    use futures::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame")
+            .unwrap()
+            .unwrap();
+        if let Ok(text) = msg.to_text() {
+            if text.contains(needle) {
+                return text.to_string();
+            }
+        }
+    }
+}
+
+/// Kills `imctl up` (by pid) when dropped: a test that fails before it
+/// stops the stack does not leave it running (and its test hanging).
+pub struct Reaper(pub u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
