@@ -235,6 +235,29 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
         5,
         "{out}"
     );
+    // The same as one JSON object, for scripts.
+    let args = [
+        "projections",
+        "verify",
+        "--all",
+        "--json",
+        "--nats-url",
+        &url,
+    ];
+    let (code, out) = common::imctl_code(&args, &[]);
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["mismatches"], 1);
+    let bad = v["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["ok"] == false)
+        .unwrap();
+    assert_eq!(
+        (bad["projection"].as_str(), bad["first_difference"].as_str()),
+        (Some("history"), Some(expected.as_str()))
+    );
 }
 
 /// Asks the partition of `conv`, waiting for `min_position`; any error is
@@ -562,4 +585,155 @@ async fn repair_rewrites_one_conversation_from_its_subject() {
     });
     let refused = ask(&client, &conv, (0, 0), repair).await.unwrap_err();
     assert!(refused.contains("instance subject"), "{refused}");
+}
+
+/// `imctl projections dead-letters`: listed per projection (exit 1 while
+/// any remains); `--replay` removes those whose events fold now and keeps
+/// the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_are_listed_and_replayed() {
+    let (kit, projector, conv, last) = stack(3).await;
+    let url = kit.url();
+    // Bytes that are no event: a dead letter for good.
+    let js = async_nats::jetstream::new(kit.client.clone());
+    let junk = kit.topology.conv_subject("junk").unwrap();
+    let junk_seq = js
+        .publish(junk, "not protobuf".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    // A good event an older build could not read: recorded as a letter.
+    let history = projector
+        .context
+        .projections
+        .iter()
+        .find(|p| p.projection.name() == "history")
+        .unwrap();
+    let letter = im_schema::v1::DeadLetter {
+        stream: "IM_CONV".into(),
+        stream_seq: last,
+        subject: kit.topology.conv_subject(&conv).unwrap(),
+        reason: "schema version 2 is newer than 1".into(),
+    };
+    let key = im_projectors::runner::dead_letter_key(im_projectors::runner::Source::Conv, last);
+    history
+        .ks()
+        .commit(vec![(key, Some(im_schema::encode(&letter)))])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let list = |args: &[&str]| {
+        let mut all = vec!["projections", "dead-letters", "--json", "--nats-url", &url];
+        all.extend_from_slice(args);
+        let (code, out) = common::imctl_code(&all, &[]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        (code, v)
+    };
+    let letters_of = |v: &serde_json::Value, name: &str| -> Vec<String> {
+        let p = v["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap();
+        p["letters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| l["streamSeq"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (code, v) = loop {
+        let (code, v) = list(&[]);
+        if letters_of(&v, "members").contains(&junk_seq.to_string()) || Instant::now() > deadline {
+            break (code, v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(code, 1, "letters left: a problem found");
+    assert_eq!(
+        letters_of(&v, "history"),
+        [last.to_string(), junk_seq.to_string()]
+    );
+    assert_eq!(letters_of(&v, "members"), [junk_seq.to_string()]);
+    let (code, v) = list(&["history", "--replay"]);
+    assert_eq!(code, 1, "the junk stays: {v}");
+    let history_now = &v["projections"][0];
+    assert_eq!(
+        (
+            history_now["name"].as_str(),
+            history_now["replayed"].as_u64()
+        ),
+        (Some("history"), Some(1))
+    );
+    assert_eq!(letters_of(&v, "history"), [junk_seq.to_string()]);
+    let (code, _) = common::imctl_code(
+        &["projections", "dead-letters", "nope", "--nats-url", &url],
+        &[],
+    );
+    assert_eq!(code, 2, "no such projection: could not run");
+}
+
+/// `imctl projections rebuild --attach` follows a rebuild already running
+/// (here one started from the ops page's API, the instance's query), to
+/// its swap; with none running it says so and exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_rebuild_can_be_followed_from_another_terminal() {
+    let (kit, projector, _conv, _) = stack(300).await;
+    let url = kit.url();
+    let attach = [
+        "projections",
+        "rebuild",
+        "--all",
+        "--attach",
+        "--nats-url",
+        &url,
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args(attach)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no rebuild of"), "{err}");
+    // Started elsewhere; followed from here. Its swap waits for the
+    // projection's batch lock, held here until the follower is attached.
+    let history = projector
+        .context
+        .projections
+        .iter()
+        .find(|p| p.projection.name() == "history")
+        .unwrap();
+    let held = history.batch_lock.lock().await;
+    let client = kit.client.clone();
+    let started =
+        im_ops::cmd::projections::rebuild::start(&client, "main", vec!["history".into()], 0)
+            .await
+            .unwrap();
+    assert_eq!(started.len(), 1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args([
+            "projections",
+            "rebuild",
+            "history",
+            "--attach",
+            "--nats-url",
+            &url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let attached = std::io::BufRead::lines(stderr)
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("following the rebuild of history"));
+    assert!(attached.is_some(), "never attached");
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("history: rebuilt generation 1"), "{stdout}");
 }

@@ -306,6 +306,7 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
     assert_eq!(keys.in_force_from(), Some(1));
     im_replay::cmd::verify::run(im_replay::cmd::verify::VerifyArgs {
         conv: None,
+        json: false,
         nats: connection(),
     })
     .await

@@ -4,6 +4,7 @@
 //! `im.deliver.<user_id>` only after the event is applied.
 
 pub mod chain;
+pub mod dead_letters;
 pub mod digest;
 pub mod fold;
 pub mod heartbeat;

@@ -185,6 +185,10 @@ impl QueryContext {
                 }
                 Ok(R::Repair(v1::RepairResult { projections }))
             }
+            Query::DeadLetters(q) => crate::dead_letters::answer(self, &q)
+                .await
+                .map(R::DeadLetters)
+                .map_err(|(code, message)| error(code, message)),
             _ => Err(bad("not a control query")),
         }
     }
@@ -248,7 +252,8 @@ impl QueryContext {
             q @ (Query::Rebuild(_)
             | Query::RebuildCancel(_)
             | Query::RebuildStatus(_)
-            | Query::Repair(_)) => self.control(q, scope).await,
+            | Query::Repair(_)
+            | Query::DeadLetters(_)) => self.control(q, scope).await,
         }
     }
 

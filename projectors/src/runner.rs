@@ -96,7 +96,7 @@ pub fn checkpoint_key(source: Source) -> Vec<u8> {
     key(META, &[b"cp", source.tag().as_bytes()])
 }
 
-pub(crate) fn dead_letter_key(source: Source, stream_seq: u64) -> Vec<u8> {
+pub fn dead_letter_key(source: Source, stream_seq: u64) -> Vec<u8> {
     key(META, &[b"dl", source.tag().as_bytes(), &seq(stream_seq)])
 }
 

@@ -233,6 +233,15 @@ async fn the_auditor_tools_on_a_real_history() {
         "{verified}"
     );
     let digest = verify_digest(&verified);
+    // The same as one JSON object, for scripts.
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["verify", "--json", "--nats-url", &url])).unwrap();
+    assert_eq!(
+        (json["ok"].as_bool(), json["events"].as_u64()),
+        (Some(true), Some(9))
+    );
+    assert_eq!(json["conversations"]["team"]["events"], 6);
+    assert_eq!(json["range_digest"].as_str(), Some(digest.as_str()));
 
     // --- export: each filter returns exactly the expected events.
     let all = lines(&ok(&["export", "--nats-url", &url]));
@@ -475,6 +484,11 @@ async fn the_auditor_tools_on_a_real_history() {
             && out.contains("broken hash chain"),
         "{out}"
     );
+    let args = ["verify", "--conv", "team", "--json", "--nats-url", &url];
+    let (code, out, _) = replay_code(&args);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((code, json["ok"].as_bool()), (1, Some(false)), "{out}");
+    assert_eq!(json["violation"]["stream_seq"], forged_seq);
     // A message from a non-member with a correct link, in the dm's place
     // of a group: bo, removed from team, writes into a fresh group.
     run(

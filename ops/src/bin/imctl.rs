@@ -53,6 +53,9 @@ enum ProjectionsCommand {
     Rebuild(im_ops::cmd::projections::RebuildArgs),
     /// Replay one conversation's subjects into the live store.
     Repair(im_ops::cmd::projections::RepairArgs),
+    /// List the events each projection set aside; --replay folds them
+    /// again (exit 1 while any remains).
+    DeadLetters(im_ops::cmd::projections::DeadLettersArgs),
 }
 
 #[derive(Subcommand)]
@@ -133,6 +136,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Projections(ProjectionsCommand::Repair(args)) => {
             im_ops::cmd::projections::repair(args).await
+        }
+        Command::Projections(ProjectionsCommand::DeadLetters(args)) => {
+            im_ops::cmd::projections::dead_letters(args).await
         }
     }
 }

@@ -10,8 +10,26 @@ pub struct VerifyArgs {
     /// One conversation only.
     #[arg(long)]
     pub conv: Option<String>,
+    /// One JSON object (`ok`, the range and its digest, each
+    /// conversation's head, or the violation) instead of lines.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub nats: super::Connection,
+}
+
+/// A violation as `--json` prints it.
+fn violation_json(v: &audit::Violation) -> serde_json::Value {
+    serde_json::json!({
+        "ok": false,
+        "violation": {
+            "stream_seq": v.stream_seq,
+            "subject": v.subject,
+            "conversation_id": v.conversation_id,
+            "conv_seq": v.conv_seq,
+            "message": v.to_string(),
+        }
+    })
 }
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
@@ -42,7 +60,10 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         last = raw.seq;
         if let Err(v) = auditor.check(&raw) {
             bar.finish_and_clear();
-            println!("VIOLATION {v}");
+            match args.json {
+                true => println!("{}", violation_json(&v)),
+                false => println!("VIOLATION {v}"),
+            }
             let found = format!(
                 "the log failed verification at IM_CONV seq {}",
                 v.stream_seq
@@ -56,11 +77,37 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let report = match auditor.finish() {
         Ok(r) => r,
         Err(v) => {
-            println!("VIOLATION {v}");
+            match args.json {
+                true => println!("{}", violation_json(&v)),
+                false => println!("VIOLATION {v}"),
+            }
             let found = "the log failed verification".to_string();
             return Err(im_streams::exit::Found(found).into());
         }
     };
+    if args.json {
+        let conversations: serde_json::Map<String, serde_json::Value> = report
+            .conversations
+            .iter()
+            .map(|(c, d)| {
+                (
+                    c.clone(),
+                    serde_json::json!({"events": d.events, "head": d.head}),
+                )
+            })
+            .collect();
+        let all = serde_json::json!({
+            "ok": true,
+            "stream": stream,
+            "first": first,
+            "last": last,
+            "events": report.events,
+            "range_digest": report.range_digest,
+            "conversations": conversations,
+        });
+        println!("{all}");
+        return Ok(());
+    }
     for (conv, d) in &report.conversations {
         println!("conversation {conv}: {} events, head {}", d.events, d.head);
     }

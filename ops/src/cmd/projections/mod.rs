@@ -6,11 +6,13 @@ use std::time::Duration;
 use anyhow::Context;
 use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 
+pub mod dead_letters;
 pub mod rebuild;
 pub mod repair;
 pub mod status;
 pub mod verify;
 
+pub use dead_letters::{dead_letters, DeadLettersArgs};
 pub use rebuild::{rebuild, RebuildArgs};
 pub use repair::{repair, RepairArgs};
 pub use status::{status, StatusArgs};

@@ -6,6 +6,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use im_schema::v1::{self, query_request::Query, query_response::Result as R, RebuildPhase};
 
 use super::{ask_instance, instance_status, ANSWER_TIMEOUT};
@@ -25,6 +26,11 @@ pub struct RebuildArgs {
     /// The projector instance whose store is rebuilt.
     #[arg(long, env = "IM_PROJECTOR_INSTANCE", default_value = im_projectors::DEFAULT_INSTANCE)]
     pub instance: String,
+    /// Follow rebuilds already running (started by another `imctl`, the
+    /// ops page, or a run whose terminal went away) instead of starting
+    /// one; Ctrl-C then leaves them running.
+    #[arg(long, conflicts_with = "from_seq")]
+    pub attach: bool,
 }
 
 /// How often progress is polled.
@@ -59,6 +65,25 @@ pub async fn progress(
     Ok(st.rebuilds)
 }
 
+/// The rebuilds of `names` running on `instance`, to follow.
+async fn running(
+    client: &async_nats::Client,
+    instance: &str,
+    names: &[String],
+) -> anyhow::Result<Vec<v1::RebuildProgress>> {
+    let now: Vec<_> = progress(client, instance)
+        .await?
+        .into_iter()
+        .filter(|r| !ended(r) && names.contains(&r.projection))
+        .collect();
+    anyhow::ensure!(
+        !now.is_empty(),
+        "no rebuild of {} is running on instance {instance}",
+        names.join(", ")
+    );
+    Ok(now)
+}
+
 /// Asks `instance` to rebuild `names` from `from_seq`; returns the rebuilds started.
 pub async fn start(
     client: &async_nats::Client,
@@ -91,13 +116,24 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     // Registered before the rebuild starts (and before "rebuilding" is
     // printed), so a Ctrl-C at any moment cancels rather than kills.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let started = start(&client, &args.instance, names.clone(), args.from_seq).await?;
+    let started = match args.attach {
+        true => running(&client, &args.instance, &names).await?,
+        false => start(&client, &args.instance, names.clone(), args.from_seq)
+            .await
+            .context("starting the rebuild (one already running? follow it with --attach)")?,
+    };
     let ours: Vec<(String, u64)> = started
         .iter()
         .map(|r| (r.projection.clone(), r.generation))
         .collect();
+    let names: Vec<String> = started.iter().map(|r| r.projection.clone()).collect();
     eprintln!(
-        "rebuilding {} on instance {} (generation {})",
+        "{} {} on instance {} (generation {})",
+        if args.attach {
+            "following the rebuild of"
+        } else {
+            "rebuilding"
+        },
         names.join(", "),
         args.instance,
         started.first().map_or(0, |r| r.generation)
@@ -112,6 +148,10 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     let last = loop {
         tokio::select! {
             _ = interrupt.recv(), if !interrupted => {
+                if args.attach {
+                    bar.suspend(|| eprintln!("detached: the rebuild goes on (follow it again with --attach)"));
+                    std::process::exit(130);
+                }
                 interrupted = true;
                 bar.suspend(|| eprintln!("interrupted: cancelling; the serving keyspaces stay"));
                 let cancel = Query::RebuildCancel(v1::RebuildCancel { projections: names.clone() });

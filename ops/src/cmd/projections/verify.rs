@@ -18,6 +18,9 @@ pub struct VerifyArgs {
     /// The live projector instance to check.
     #[arg(long, env = "IM_PROJECTOR_INSTANCE", default_value = im_projectors::DEFAULT_INSTANCE)]
     pub instance: String,
+    /// One JSON object (`projections`, `mismatches`) instead of lines.
+    #[arg(long)]
+    pub json: bool,
     /// How long the scratch rebuild may take to reach the live checkpoints.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
@@ -103,7 +106,15 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     .await;
     drop(projector);
     drop_scratch_consumers(&client, &scratch_name).await;
-    let mismatches = outcome?;
+    let verdicts = outcome?;
+    let mismatches = verdicts.iter().filter(|v| !v.ok).count();
+    match args.json {
+        true => {
+            let all = serde_json::json!({"instance": args.instance, "mismatches": mismatches, "projections": verdicts});
+            println!("{all}");
+        }
+        false => verdicts.iter().for_each(|v| println!("{}", v.line())),
+    }
     if mismatches > 0 {
         let found = format!("{mismatches} projection(s) differ from a fresh rebuild");
         return Err(im_streams::exit::Found(found).into());
@@ -150,14 +161,48 @@ async fn at_live_checkpoints(
     }
 }
 
-/// Compares each projection's digest with the scratch rebuild's, printing a
-/// line per projection; the number that differ.
+/// One projection's comparison.
+#[derive(serde::Serialize)]
+struct Verdict {
+    projection: String,
+    ok: bool,
+    live_digest: String,
+    rebuild_digest: String,
+    /// The first key whose value differs, when the stores differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_difference: Option<String>,
+}
+
+impl Verdict {
+    fn line(&self) -> String {
+        let name = &self.projection;
+        match (
+            &self.first_difference,
+            self.live_digest == self.rebuild_digest,
+        ) {
+            (Some(key), _) => format!(
+                "{name}: MISMATCH live {} rebuild {}; first differing key: {key}",
+                self.live_digest, self.rebuild_digest
+            ),
+            (None, true) => format!("{name}: ok {}", self.live_digest),
+            // Every key's hash matches: the stores are equal, and a digest
+            // was read in the middle of a commit.
+            (None, false) => format!(
+                "{name}: ok {} (every key equal; the digests were read mid-commit)",
+                self.live_digest
+            ),
+        }
+    }
+}
+
+/// Compares each projection's digest with the scratch rebuild's, key by
+/// key where they differ.
 async fn compare(
     client: &async_nats::Client,
     instance: &str,
     projector: &im_projectors::Projector,
     names: &[String],
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Vec<Verdict>> {
     let live = instance_status(client, instance, names).await?;
     let scratch_states = projector
         .context
@@ -167,7 +212,7 @@ async fn compare(
         .cloned()
         .collect();
     let scratch = projector.context.status(Some(scratch_states))?;
-    let mut mismatches = 0;
+    let mut verdicts = Vec::new();
     for name in names {
         let digest = |s: &v1::StatusResult| {
             s.projections
@@ -176,33 +221,31 @@ async fn compare(
                 .map(|p| p.digest.clone())
                 .unwrap_or_default()
         };
-        let (a, b) = (digest(&live), digest(&scratch));
-        if a == b {
-            println!("{name}: ok {a}");
-            continue;
-        }
-        let ks = projector
-            .context
-            .projections
-            .iter()
-            .find(|p| p.projection.name() == name)
-            .map(|p| p.ks())
-            .expect("every projection runs");
-        match first_difference(client, instance, name, ks.as_ref()).await? {
-            Some(key) => {
-                mismatches += 1;
-                println!(
-                    "{name}: MISMATCH live {a} rebuild {b}; first differing key: {}",
-                    printable_key(&key)
-                );
+        let (live_digest, rebuild_digest) = (digest(&live), digest(&scratch));
+        let first_difference = match live_digest == rebuild_digest {
+            true => None,
+            false => {
+                let ks = projector
+                    .context
+                    .projections
+                    .iter()
+                    .find(|p| p.projection.name() == name)
+                    .map(|p| p.ks())
+                    .expect("every projection runs");
+                first_difference(client, instance, name, ks.as_ref())
+                    .await?
+                    .map(|key| printable_key(&key))
             }
-            // Every key's hash matches: the stores are equal, and a digest
-            // was read in the middle of a commit (status reads the digest
-            // and the checkpoints one after the other).
-            None => println!("{name}: ok {a} (every key equal; the digests were read mid-commit)"),
-        }
+        };
+        verdicts.push(Verdict {
+            projection: name.clone(),
+            ok: first_difference.is_none(),
+            live_digest,
+            rebuild_digest,
+            first_difference,
+        });
     }
-    Ok(mismatches)
+    Ok(verdicts)
 }
 
 /// The scratch instance's durable consumers go with its store.
