@@ -37,13 +37,18 @@ pub fn router(admin: Arc<Admin>) -> Router {
     api.with_state(admin)
 }
 
-/// An admin API failure: 401 for a missing or wrong token, 400 for a bad
+/// An admin API failure, in the gateway API's error shape (`code` an
+/// `ErrorCode` name): 401 for a missing or wrong token, 400 for a bad
 /// request, 503 when NATS or a projector does not answer.
 struct AdminError(StatusCode, &'static str, String);
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let mut resp = (self.0, Json(json!({"code": self.1, "message": self.2}))).into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, "1".parse().unwrap());
+        }
         if self.0 == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -57,7 +62,7 @@ impl IntoResponse for AdminError {
 fn unavailable(e: anyhow::Error) -> AdminError {
     AdminError(
         StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
+        "ERROR_CODE_UNAVAILABLE",
         format!("{e:#}"),
     )
 }
@@ -75,7 +80,7 @@ async fn operator_only(State(admin): State<Arc<Admin>>, req: Request, next: Next
         } else {
             "not the operator token"
         };
-        return AdminError(StatusCode::UNAUTHORIZED, "unauthorized", why.into()).into_response();
+        return AdminError(StatusCode::UNAUTHORIZED, "ERROR_CODE_UNAUTHORIZED", why.into()).into_response();
     }
     next.run(req).await
 }
@@ -152,7 +157,7 @@ async fn start_rebuild(
     if body.projections.is_empty() {
         return Err(AdminError(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            "ERROR_CODE_BAD_REQUEST",
             "name a projection".into(),
         ));
     }
