@@ -190,7 +190,10 @@ async fn admin_answers_the_operator_only(
     for bearer in [None, Some(user_token), Some("x".repeat(43).as_str())] {
         let (status, body) = common::http_get_as(admin, "/admin/v1/status", bearer).await;
         assert_eq!(status, 401, "{bearer:?}: {body}");
-        assert!(body.contains(r#""code":"ERROR_CODE_UNAUTHORIZED""#), "{body}");
+        assert!(
+            body.contains(r#""code":"ERROR_CODE_UNAUTHORIZED""#),
+            "{body}"
+        );
     }
     let (status, body) =
         common::http_get_as(admin, "/admin/v1/status", Some(operator.trim())).await;

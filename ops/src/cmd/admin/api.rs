@@ -80,7 +80,12 @@ async fn operator_only(State(admin): State<Arc<Admin>>, req: Request, next: Next
         } else {
             "not the operator token"
         };
-        return AdminError(StatusCode::UNAUTHORIZED, "ERROR_CODE_UNAUTHORIZED", why.into()).into_response();
+        return AdminError(
+            StatusCode::UNAUTHORIZED,
+            "ERROR_CODE_UNAUTHORIZED",
+            why.into(),
+        )
+        .into_response();
     }
     next.run(req).await
 }
