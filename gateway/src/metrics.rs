@@ -64,8 +64,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(appender: Arc<im_streams::Appender>, connections: Arc<AtomicUsize>) -> Self {
-        let mut registry = Registry::default();
-        let m = Metrics {
+        let mut m = Metrics {
             append: Family::new_with_constructor(latency),
             query: Family::new_with_constructor(latency),
             delivery: latency(),
@@ -75,7 +74,7 @@ impl Metrics {
             presence_pushes: Counter::default(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        let r = &mut m.registry;
         r.register(
             "im_gateway_append_seconds",
             "Appending a command's events, by way in",
@@ -115,7 +114,7 @@ impl Metrics {
             appender,
             connections,
         }));
-        Metrics { registry, ..m }
+        m
     }
 
     /// The OpenMetrics text of everything registered.
@@ -124,6 +123,18 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
         out
+    }
+
+    /// An append that began at `started`, by way in (`ws`, `http`, `receipt`).
+    pub fn append_took(&self, via: &'static str, started: std::time::Instant) {
+        let h = self.append.get_or_create(&Via { via });
+        h.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// A query of `kind` that began at `started`.
+    pub fn query_took(&self, kind: &'static str, started: std::time::Instant) {
+        let h = self.query.get_or_create(&QueryKind { kind });
+        h.observe(started.elapsed().as_secs_f64());
     }
 
     pub fn rejected(&self, code: &str) {

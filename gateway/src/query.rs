@@ -68,15 +68,9 @@ pub async fn ask_conv(
 ) -> Result<R, v1::ErrorCode> {
     let partition = state.appender.topology().partition_of(conv);
     let started = std::time::Instant::now();
-    let kind = crate::metrics::QueryKind {
-        kind: kind_of(&query),
-    };
+    let kind = kind_of(&query);
     let answer = ask(&state.client, partition, (pos, 0), query.clone()).await;
-    state
-        .metrics
-        .query
-        .get_or_create(&kind)
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.query_took(kind, started);
     match past_end(state, pos, answer).await {
         Err(v1::ErrorCode::Forbidden | v1::ErrorCode::NotFound) => {
             let latest = state
@@ -127,12 +121,7 @@ pub async fn conversations(
     });
     let started = std::time::Instant::now();
     let answers = futures::future::join_all(asks).await;
-    let kind = crate::metrics::QueryKind { kind: "conv_list" };
-    state
-        .metrics
-        .query
-        .get_or_create(&kind)
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.query_took("conv_list", started);
     let mut items = Vec::new();
     for answer in answers {
         match past_end(state, pos, answer).await? {

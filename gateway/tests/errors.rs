@@ -160,7 +160,21 @@ async fn every_failure_has_one_shape() {
         if status == 401 {
             assert!(head.contains("www-authenticate: bearer"), "{what}: {head}");
         }
+        if status == 405 {
+            assert!(head.contains("allow: get"), "{what} keeps Allow: {head}");
+        }
     }
+
+    // Any method token is answered, and measured as OTHER, not by name:
+    // a client chooses no label of the gateway's metrics.
+    let (got, head, body) = exchange_raw(gw, &request("FROB", "/v1/history", &auth, "")).await;
+    assert_eq!(got, 405, "{body}");
+    shaped("an unknown method", &head, &body);
+    let (_, metrics) = http_get(s.metrics[0], "/metrics", "").await;
+    assert!(
+        metrics.contains("method=\"OTHER\"") && !metrics.contains("FROB"),
+        "{metrics}"
+    );
 
     // A rule's refusal: the protocol's code, and the rule by name.
     let create = r#"{"conversationId": "club", "members": [{"userId": "mia"}]}"#;

@@ -52,8 +52,10 @@ async fn contacts_see_online_and_offline_across_gateways_and_a_killed_gateway() 
     .await;
     let events_before = s.conv_messages().await;
 
-    // bob on gateway 0; alice on gateway 1 (a process of its own).
+    // bob on gateway 0; alice on gateway 1 (a process of its own); carol,
+    // who shares nothing with alice, beside bob.
     let mut bob = connect(gw0, "bob", Wire::Proto).await;
+    let mut carol = connect(gw0, "carol", Wire::Proto).await;
     let gw1 = spawn_gateway(&s.server.url(), "{}");
     let mut alice = connect(gw1.1, "alice", Wire::Json).await;
     let online = pushed(&mut bob, "alice", true, Duration::from_secs(20)).await;
@@ -73,8 +75,26 @@ async fn contacts_see_online_and_offline_across_gateways_and_a_killed_gateway() 
         presence(gw0, "carol", "alice").await.users.is_empty(),
         "a stranger learns nothing"
     );
-    // alice hears of bob too, on the other gateway.
+    // alice hears of bob too, on the other gateway; bob's second device is
+    // told where alice stands when it connects.
     pushed(&mut alice, "bob", true, Duration::from_secs(20)).await;
+    let mut bob2 = try_connect(gw0, Some(&token("bob")), Wire::Json, "d2")
+        .await
+        .unwrap();
+    pushed(&mut bob2, "alice", true, Duration::from_secs(10)).await;
+    drop(bob2);
+    // A reload (close, connect again at once) ends online, whatever order
+    // the two bucket writes land in.
+    drop(alice);
+    let mut alice = connect(gw1.1, "alice", Wire::Json).await;
+    alice
+        .send(Payload::Heartbeat(v1::Heartbeat { client_time_ms: 1 }))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        presence(gw0, "bob", "alice").await.users[0].online,
+        "online after a reload"
+    );
 
     // A clean close: offline at once, with when.
     drop(alice);
@@ -103,15 +123,22 @@ async fn contacts_see_online_and_offline_across_gateways_and_a_killed_gateway() 
         events_before,
         "presence is never in the log"
     );
+    // carol, no contact of alice's, was told nothing of her.
+    while let Some(env) = carol.recv_within(Duration::from_millis(300)).await {
+        if let Some(Payload::Presence(p)) = env.payload {
+            assert_ne!(p.user_id, "alice", "a stranger was told: {p:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_requests_are_bounded_and_checked() {
     let s = Stack::start(Limits::default()).await;
     let gw = s.gateways[0];
-    let many = vec!["u"; 101].join(",");
+    let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let many = many.join(",");
     let (status, body) = http_get(gw, &format!("/v1/presence?users={many}"), &token("bob")).await;
-    assert_eq!(status, 413, "{body}");
+    assert_eq!(status, 400, "{body}");
     let (status, body) = http_get(gw, "/v1/presence?users=a.b", &token("bob")).await;
     assert_eq!(status, 400, "{body}");
     let (status, _) = http_get(gw, "/v1/presence?users=a", "forged").await;

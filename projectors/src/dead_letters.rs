@@ -70,7 +70,8 @@ async fn replay(ctx: &QueryContext, state: &ProjectionState) -> Result<u32, Fail
             s if s == Source::Rcpt.stream() => Source::Rcpt,
             _ => Source::Conv,
         };
-        if decodes_now(&js, source, letter).await? {
+        // One that cannot be read again stays, as one that fails still.
+        if decodes_now(&js, source, letter).await.unwrap_or(false) {
             let key = dead_letter_key(source, letter.stream_seq);
             state.ks().commit(vec![(key, None)]).map_err(internal)?;
             removed += 1;

@@ -84,7 +84,7 @@ async fn metrics(State(s): State<Served>) -> Response {
             last_seq(&s.js, CONV_STREAM).await,
             last_seq(&s.js, RCPT_STREAM).await,
         ),
-        None => (0, 0),
+        None => (None, None),
     };
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], render(ctx, last)).into_response()
@@ -92,7 +92,7 @@ async fn metrics(State(s): State<Served>) -> Response {
 
 /// The OpenMetrics text of the running instance (`None`: the process's
 /// own metrics only).
-pub fn render(ctx: Option<Arc<QueryContext>>, last: (u64, u64)) -> String {
+pub fn render(ctx: Option<Arc<QueryContext>>, last: (Option<u64>, Option<u64>)) -> String {
     let mut registry = Registry::default();
     registry.register(
         "im_projector_batch_events",
@@ -110,11 +110,11 @@ pub fn render(ctx: Option<Arc<QueryContext>>, last: (u64, u64)) -> String {
     out
 }
 
-async fn last_seq(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
-    match js.get_stream(stream).await {
-        Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
-        Err(_) => 0,
-    }
+/// The stream's last sequence; `None` when NATS does not say (then no lag
+/// is reported rather than a lag of 0).
+async fn last_seq(js: &async_nats::jetstream::Context, stream: &str) -> Option<u64> {
+    let mut s = js.get_stream(stream).await.ok()?;
+    s.info().await.ok().map(|i| i.state.last_sequence)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,7 +132,7 @@ struct Named {
 
 struct Projections {
     ctx: Option<Arc<QueryContext>>,
-    last: (u64, u64),
+    last: (Option<u64>, Option<u64>),
 }
 
 impl std::fmt::Debug for Projections {
@@ -182,7 +182,9 @@ impl prometheus_client::collector::Collector for Projections {
                     instance: ctx.instance.clone(),
                 };
                 checkpoints.push((labels.clone(), ConstGauge::new(cp as i64)));
-                lags.push((labels, ConstGauge::new(last.saturating_sub(cp) as i64)));
+                if let Some(last) = last {
+                    lags.push((labels, ConstGauge::new(last.saturating_sub(cp) as i64)));
+                }
             }
             let labels = Named {
                 projection,

@@ -22,12 +22,7 @@ pub async fn run(
         .appender
         .append_receipt(conv, user, device, kind, up_to_seq, trace_id)
         .await;
-    let via = crate::metrics::Via { via: "receipt" };
-    state
-        .metrics
-        .append
-        .get_or_create(&via)
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.append_took("receipt", started);
     match outcome {
         Ok(ReceiptOutcome::Stored { .. }) => None,
         Ok(ReceiptOutcome::Rejected(r)) => Some(rejection_frame(&r, "")),

@@ -70,25 +70,23 @@ pub async fn run(
     tracing::debug!(trace_id, user, conv, client_msg_id = cmid, "send");
     let started = std::time::Instant::now();
     let outcome = state.appender.execute(&conv, &cmd, trace_id).await;
-    let via = crate::metrics::Via { via: "ws" };
-    state
-        .metrics
-        .append
-        .get_or_create(&via)
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.append_took("ws", started);
     match outcome {
         Ok(AppendOutcome::Stored {
             stream_seq,
             conv_seq,
             ..
-        }) => ack(
-            &cmid,
-            &conv,
-            v1::AckStatus::Stored,
-            stream_seq,
-            conv_seq,
-            "",
-        ),
+        }) => {
+            state.presence.wrote(user);
+            ack(
+                &cmid,
+                &conv,
+                v1::AckStatus::Stored,
+                stream_seq,
+                conv_seq,
+                "",
+            )
+        }
         Ok(AppendOutcome::Duplicate {
             stream_seq,
             conv_seq,

@@ -59,12 +59,7 @@ async fn execute(
     tracing::debug!(trace_id = trace, user = cmd.actor, conv, "command");
     let started = std::time::Instant::now();
     let outcome = tokio::time::timeout(bound, state.appender.execute(conv, &cmd, &trace)).await;
-    let via = crate::metrics::Via { via: "http" };
-    state
-        .metrics
-        .append
-        .get_or_create(&via)
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.append_took("http", started);
     let Ok(outcome) = outcome else {
         let message = format!(
             "no outcome within {} ms; it may or may not be stored: retry with the same Idempotency-Key",
@@ -77,7 +72,10 @@ async fn execute(
             stream_seq,
             conv_seq,
             ..
-        }) => positions(conv, stream_seq, conv_seq, false),
+        }) => {
+            state.presence.wrote(&cmd.actor);
+            positions(conv, stream_seq, conv_seq, false)
+        }
         Ok(AppendOutcome::Duplicate {
             stream_seq,
             conv_seq,

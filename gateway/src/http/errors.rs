@@ -109,11 +109,20 @@ pub async fn uniform(resp: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }
-    let text = match axum::body::to_bytes(resp.into_body(), FRAMEWORK_MESSAGE_BYTES_MAX).await {
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, FRAMEWORK_MESSAGE_BYTES_MAX).await {
         Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_string(),
         _ => status.canonical_reason().unwrap_or("error").to_string(),
     };
-    error_response(status, code_for_status(status), &text, None)
+    // Its headers stay (405's Allow, an upgrade's Sec-WebSocket-Version),
+    // but for the body's own.
+    let mut shaped = error_response(status, code_for_status(status), &text, None);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            shaped.headers_mut().entry(name).or_insert(value.clone());
+        }
+    }
+    shaped
 }
 
 /// The API's answer to a path it does not serve.

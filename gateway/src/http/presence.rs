@@ -27,10 +27,11 @@ pub async fn presence(
     Query(p): Query<PresenceParams>,
 ) -> Result<ProtoJson<v1::PresenceList>, ApiError> {
     let _ = p.access_token;
-    let asked: Vec<&str> = p.users.split(',').filter(|u| !u.is_empty()).collect();
+    let asked: std::collections::BTreeSet<&str> =
+        p.users.split(',').filter(|u| !u.is_empty()).collect();
     if asked.len() > QUERY_USERS_MAX {
         let message = format!("at most {QUERY_USERS_MAX} users per request");
-        return Err(ApiError(v1::ErrorCode::TooLarge, message));
+        return Err(ApiError(v1::ErrorCode::BadRequest, message));
     }
     for u in &asked {
         im_streams::ids::validate_id(im_streams::ids::IdKind::User, u)

@@ -98,7 +98,14 @@ async fn track(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let method = req.method().to_string();
+    // A fixed set: a client can send any method token.
+    let method = match *req.method() {
+        Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::HEAD => {
+            req.method().as_str()
+        }
+        _ => "OTHER",
+    }
+    .to_string();
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()

@@ -16,21 +16,26 @@ use crate::AppState;
 pub const CONVERSATIONS_MAX: usize = 200;
 /// Contacts kept per user: a user in huge groups sees presence of this
 /// many of their members (a large group's members are not all shown
-/// online anyway).
-pub const CONTACTS_MAX: usize = 10_000;
+/// online anyway). About 40 bytes each: 80 KB at most per user.
+pub const CONTACTS_MAX: usize = 2_000;
 /// Member lists asked at once per lookup.
+const MEMBER_ASKS_IN_FLIGHT: usize = 8;
+/// Lookups running at once on this gateway (connects, refreshes and
+/// `GET /v1/presence` together): each is a fan-out of queries, and a
+/// reconnect storm must not turn into a query storm on the projectors.
 const LOOKUPS_IN_FLIGHT: usize = 8;
 /// How long a user's contacts are reused: a conversation joined since
 /// shows its members' presence after at most this.
 pub const CONTACTS_TTL: Duration = Duration::from_secs(60);
-/// Users whose contacts are cached: with `CONTACTS_MAX` ids each this
-/// bounds the cache by entries; most users have tens of contacts.
-pub const CACHED_USERS_MAX: usize = 4_096;
+/// Users whose contacts are cached: with `CONTACTS_MAX` ids each, 80 MB
+/// at the very worst; most users have tens of contacts.
+pub const CACHED_USERS_MAX: usize = 1_024;
 
 pub type Contacts = Arc<HashSet<String>>;
 
 pub struct ContactCache {
     cache: Mutex<lru::LruCache<String, (Instant, Contacts)>>,
+    lookups: tokio::sync::Semaphore,
 }
 
 impl Default for ContactCache {
@@ -38,6 +43,7 @@ impl Default for ContactCache {
         let cap = std::num::NonZeroUsize::new(CACHED_USERS_MAX).expect("non-zero");
         ContactCache {
             cache: Mutex::new(lru::LruCache::new(cap)),
+            lookups: tokio::sync::Semaphore::new(LOOKUPS_IN_FLIGHT),
         }
     }
 }
@@ -62,6 +68,13 @@ pub async fn of(state: &AppState, user: &str) -> Result<Contacts, v1::ErrorCode>
     if let Some(c) = state.presence.contacts.cached(user) {
         return Ok(c);
     }
+    let _turn = state
+        .presence
+        .contacts
+        .lookups
+        .acquire()
+        .await
+        .map_err(|_| v1::ErrorCode::Unavailable)?;
     let list = crate::query::conversations(state, user, 0).await?;
     let convs = list
         .into_iter()
@@ -74,7 +87,7 @@ pub async fn of(state: &AppState, user: &str) -> Result<Contacts, v1::ErrorCode>
         });
         crate::query::ask_conv(state, &conv, 0, q).await
     });
-    let mut answers = futures::stream::iter(asks).buffer_unordered(LOOKUPS_IN_FLIGHT);
+    let mut answers = futures::stream::iter(asks).buffer_unordered(MEMBER_ASKS_IN_FLIGHT);
     let mut contacts = HashSet::new();
     while let Some(answer) = answers.next().await {
         // A conversation left since the list was read is no one's contact.

@@ -1,22 +1,26 @@
 //! Presence: who is online, and when they were last. Ephemeral, never in
-//! the log. Each gateway keeps the lines of its own connected users in the
-//! `im_presence` bucket (`entry.rs`), refreshed every third of the TTL, so
-//! a crashed gateway's users age out; "last seen" goes to `im_last_seen`.
-//! Every gateway watches the bucket and pushes a change of a user to its
-//! own connected users who share a conversation with them (`contacts.rs`).
-//! `GET /v1/presence` reads the buckets for the caller's contacts.
+//! the log (I29). Each gateway keeps the lines of its own connected users
+//! in the `im_presence` bucket (`entry.rs`), refreshed every third of the
+//! TTL, so a crashed gateway's users age out; "last seen" goes to
+//! `im_last_seen`. Every gateway watches the bucket and pushes a change of
+//! a user to its own connected users who share a conversation with them
+//! (`contacts.rs`, `watch.rs`). `GET /v1/presence` reads the buckets for
+//! the caller's contacts.
 
 pub mod contacts;
 pub mod entry;
+mod watch;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::{Operation, Store};
 use futures::StreamExt;
-use im_schema::v1::{self, envelope::Payload};
+use im_schema::v1;
 use im_streams::definitions::{LAST_SEEN_BUCKET, PRESENCE_BUCKET, PRESENCE_TTL};
+
+pub use watch::maintain;
 
 use crate::cmd::heartbeat::now_ms;
 use crate::AppState;
@@ -28,15 +32,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Tries of one compare-and-set write when other gateways write the same
 /// user's entry at the same moment (a user on several gateways).
 const CAS_TRIES_MAX: usize = 5;
-/// Refresh writes in flight at once.
-const REFRESHES_IN_FLIGHT: usize = 32;
-/// Users whose contacts are looked up at once per refresh: each lookup is
-/// a fan-out of queries to the projectors.
-const CONTACT_LOOKUPS_IN_FLIGHT: usize = 4;
-/// New contacts whose current state a user is told of when they start
-/// being watched (on connect, or in a new conversation); beyond it, a
-/// client asks `GET /v1/presence`.
-const NEW_CONTACTS_TOLD_MAX: usize = 100;
+/// How long a user whose last device left stays online: long enough for a
+/// page reload or a quick reconnect, short next to the refresh period.
+const OFFLINE_GRACE: Duration = Duration::from_secs(2);
 /// Users one `GET /v1/presence` may ask about.
 pub const QUERY_USERS_MAX: usize = 100;
 
@@ -81,34 +79,21 @@ impl Presence {
         })
     }
 
-    /// Sets (or removes) this gateway's line in `user`'s entry; removing
-    /// the last line deletes the entry, which watchers see as offline.
-    async fn write_line(&self, user: &str, present: bool) {
+    /// Makes this gateway's line in `user`'s entry say what is true when
+    /// it is written: present while the user has a device here, else gone
+    /// (the last line gone deletes the entry, which watchers see as
+    /// offline). Reading the truth at each attempt, not from the caller,
+    /// makes racing writes (a connect and a disconnect, a refresh) end in
+    /// the current state whatever their order.
+    async fn write_line(&self, user: &str) {
         let write = async {
             for _ in 0..CAS_TRIES_MAX {
-                let current = self.entries.entry(user).await?;
-                let (old, revision) = match &current {
-                    Some(e) if e.operation == Operation::Put => {
-                        (entry::decode(&e.value), e.revision)
-                    }
-                    Some(e) => (entry::Entry::new(), e.revision),
-                    None => (entry::Entry::new(), 0),
-                };
-                let new = entry::with_line(old, &self.gateway, present, now_ms(), TTL_MS);
-                let done = match (new.is_empty(), revision) {
-                    (true, 0) => return Ok(()),
-                    (true, rev) => self
-                        .entries
-                        .delete_expect_revision(user, Some(rev))
-                        .await
-                        .is_ok(),
-                    (false, rev) => self
-                        .entries
-                        .update(user, entry::encode(&new), rev)
-                        .await
-                        .is_ok(),
-                };
-                if done {
+                let present = self.is_local(user);
+                if !present {
+                    // Last seen first: a watcher told "offline" reads it.
+                    self.write_last_seen(user).await;
+                }
+                if self.cas_line(user, present).await? {
                     return Ok(());
                 }
             }
@@ -119,11 +104,46 @@ impl Presence {
             Ok(Err(e)) => tracing::warn!(user, error = %e, "presence not written"),
             Err(_) => tracing::warn!(user, "presence write timed out"),
         }
-        if !present || self.is_local(user) {
-            let seen = now_ms().to_string().into_bytes().into();
-            let put = self.last_seen.put(user, seen);
-            if let Ok(Err(e)) = tokio::time::timeout(WRITE_TIMEOUT, put).await {
-                tracing::warn!(user, error = %e, "last seen not written");
+    }
+
+    /// One compare-and-set of the line; whether it took.
+    async fn cas_line(&self, user: &str, present: bool) -> Result<bool, async_nats::Error> {
+        let (old, revision) = match self.entries.entry(user).await? {
+            Some(e) if e.operation == Operation::Put => (entry::decode(&e.value), e.revision),
+            Some(e) => (entry::Entry::new(), e.revision),
+            None => (entry::Entry::new(), 0),
+        };
+        let new = entry::with_line(old, &self.gateway, present, now_ms(), TTL_MS);
+        Ok(match (new.is_empty(), revision) {
+            (true, 0) => true,
+            (true, rev) => self
+                .entries
+                .delete_expect_revision(user, Some(rev))
+                .await
+                .is_ok(),
+            (false, rev) => self
+                .entries
+                .update(user, entry::encode(&new), rev)
+                .await
+                .is_ok(),
+        })
+    }
+
+    async fn write_last_seen(&self, user: &str) {
+        let seen = now_ms().to_string().into_bytes().into();
+        if let Err(e) = self.last_seen.put(user, seen).await {
+            tracing::warn!(user, error = %e, "last seen not written");
+        }
+    }
+
+    /// `user` wrote into a conversation: with no contacts known yet (their
+    /// first conversation), they are looked up at the next refresh rather
+    /// than after the wait for users who have none.
+    pub fn wrote(&self, user: &str) {
+        let mut local = lock(&self.local);
+        if let Some(l) = local.get_mut(user) {
+            if l.contacts.as_ref().is_some_and(|(_, c)| c.is_empty()) {
+                l.contacts = None;
             }
         }
     }
@@ -165,12 +185,30 @@ impl Presence {
     }
 }
 
-/// A device of `user` connected here: the first one puts the user's line
-/// and starts telling them of their contacts' changes.
-pub async fn connected(state: &Arc<AppState>, user: &str) {
-    let p = &state.presence;
+/// A device of `user` connected here, until dropped: however its
+/// connection ends (closed, failed, its task cancelled), the device is
+/// counted off.
+pub struct Device {
+    state: Arc<AppState>,
+    user: String,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let (state, user) = (self.state.clone(), std::mem::take(&mut self.user));
+        // No runtime: the process is ending, and its lines age out.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { disconnected(&state, &user).await });
+        }
+    }
+}
+
+/// A device of `user` connected here: the first one puts the user's line;
+/// every one is told where the user's contacts stand (`watch.rs`). The
+/// bucket work runs apart: the connection does not wait for it.
+pub fn connected(state: &Arc<AppState>, user: &str) -> Device {
     let first = {
-        let mut local = lock(&p.local);
+        let mut local = lock(&state.presence.local);
         let l = local.entry(user.to_string()).or_insert(Local {
             devices: 0,
             contacts: None,
@@ -178,77 +216,22 @@ pub async fn connected(state: &Arc<AppState>, user: &str) {
         l.devices += 1;
         l.devices == 1
     };
-    if !first {
-        return;
-    }
-    p.write_line(user, true).await;
-    let (state, user) = (state.clone(), user.to_string());
-    tokio::spawn(async move { watch_contacts(&state, &user).await });
-}
-
-async fn watch_contacts(state: &AppState, user: &str) {
-    let contacts = match contacts::of(state, user).await {
-        Ok(c) => c,
-        Err(code) => {
-            tracing::debug!(user, ?code, "contacts not known: no presence pushes");
-            return;
+    let (s, u) = (state.clone(), user.to_string());
+    tokio::spawn(async move {
+        if first {
+            s.presence.write_line(&u).await;
         }
-    };
-    let p = &state.presence;
-    let added: Vec<String> = {
-        let mut local = lock(&p.local);
-        let Some(l) = local.get_mut(user) else { return };
-        let old = l.contacts.replace((Instant::now(), contacts.clone()));
-        let mut watchers = lock(&p.watchers);
-        if let Some((_, old)) = &old {
-            unwatch(
-                &mut watchers,
-                &mut lock(&p.known),
-                user,
-                old.difference(&contacts),
-            );
-        }
-        for c in contacts.iter() {
-            watchers
-                .entry(c.clone())
-                .or_default()
-                .insert(user.to_string());
-        }
-        let is_new = |c: &&String| old.as_ref().is_none_or(|(_, o)| !o.contains(*c));
-        contacts
-            .iter()
-            .filter(is_new)
-            .take(NEW_CONTACTS_TOLD_MAX)
-            .cloned()
-            .collect()
-    };
-    // Where new contacts stand now; their changes are pushed from here on.
-    for update in p.lookup(added).await {
-        push(state, update, std::iter::once(user.to_string())).await;
+        watch::watch_contacts(&s, &u, true).await;
+    });
+    Device {
+        state: state.clone(),
+        user: user.to_string(),
     }
 }
 
-/// `user` stops being told of `contacts`.
-fn unwatch<'a>(
-    watchers: &mut HashMap<String, HashSet<String>>,
-    known: &mut HashMap<String, bool>,
-    user: &str,
-    contacts: impl Iterator<Item = &'a String>,
-) {
-    for c in contacts {
-        if let Some(w) = watchers.get_mut(c) {
-            w.remove(user);
-            if w.is_empty() {
-                watchers.remove(c);
-                known.remove(c);
-            }
-        }
-    }
-}
-
-/// A device of `user` left: the last one removes the user's line (its
-/// contacts are told "offline") and stops the user's pushes.
-pub async fn disconnected(state: &AppState, user: &str) {
+/// The last device of `user` here left: the line goes (its contacts are
+/// told "offline") and the user's pushes stop.
+async fn disconnected(state: &AppState, user: &str) {
     let p = &state.presence;
     let gone = {
         let mut local = lock(&p.local);
@@ -261,110 +244,15 @@ pub async fn disconnected(state: &AppState, user: &str) {
     };
     let Some(gone) = gone else { return };
     if let Some((_, contacts)) = gone.contacts {
-        unwatch(
+        watch::unwatch(
             &mut lock(&p.watchers),
             &mut lock(&p.known),
             user,
             contacts.iter(),
         );
     }
-    p.write_line(user, false).await;
-}
-
-/// Refreshes this gateway's lines and watches the bucket, for as long as
-/// the gateway lives.
-pub async fn maintain(state: Weak<AppState>) {
-    let Some(entries) = state.upgrade().map(|s| s.presence.entries.clone()) else {
-        return;
-    };
-    tokio::spawn(refresh(state.clone()));
-    loop {
-        match entries.watch_all().await {
-            Ok(mut changes) => {
-                while let Some(change) = changes.next().await {
-                    let Some(state) = state.upgrade() else { return };
-                    match change {
-                        Ok(e) => changed(&state, &e.key, e.operation, &e.value).await,
-                        Err(e) => tracing::warn!(error = %e, "presence watch"),
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "presence watch not started"),
-        }
-        if state.strong_count() == 0 {
-            return;
-        }
-        // Retried once a second while NATS is away: one attempt at a time.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-async fn refresh(state: Weak<AppState>) {
-    let mut every = tokio::time::interval(REFRESH_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let Some(state) = state.upgrade() else { return };
-        let (users, stale) = local_users(&state.presence);
-        futures::stream::iter(stale)
-            .for_each_concurrent(CONTACT_LOOKUPS_IN_FLIGHT, |user| {
-                let state = state.clone();
-                async move { watch_contacts(&state, &user).await }
-            })
-            .await;
-        futures::stream::iter(users)
-            .for_each_concurrent(REFRESHES_IN_FLIGHT, |user| {
-                let state = state.clone();
-                async move { state.presence.write_line(&user, true).await }
-            })
-            .await;
-    }
-}
-
-/// The users connected here, and those whose contacts are due a lookup.
-fn local_users(p: &Presence) -> (Vec<String>, Vec<String>) {
-    let local = lock(&p.local);
-    let due = |l: &Local| {
-        l.contacts
-            .as_ref()
-            .is_none_or(|(at, c)| c.is_empty() || at.elapsed() >= contacts::CONTACTS_TTL)
-    };
-    let stale = local.iter().filter(|(_, l)| due(l)).map(|(u, _)| u.clone());
-    (local.keys().cloned().collect(), stale.collect())
-}
-
-/// A change of `user`'s entry: pushed to the users here who watch them,
-/// when it changes what they were last told.
-async fn changed(state: &AppState, user: &str, op: Operation, value: &[u8]) {
-    let p = &state.presence;
-    let online = op == Operation::Put && entry::is_online(&entry::decode(value), now_ms(), TTL_MS);
-    let watchers: Vec<String> = match lock(&p.watchers).get(user) {
-        Some(w) => w.iter().cloned().collect(),
-        None => return,
-    };
-    if lock(&p.known).insert(user.to_string(), online) == Some(online) {
-        return;
-    }
-    let last_seen_ms = match online {
-        true => now_ms(),
-        false => p.last_seen_ms(user).await,
-    };
-    let update = v1::PresenceUpdate {
-        user_id: user.to_string(),
-        online,
-        last_seen_ms,
-    };
-    push(state, update, watchers.into_iter()).await;
-}
-
-/// Publishes `update` to each of `to` as a notice (ephemeral).
-async fn push(state: &AppState, update: v1::PresenceUpdate, to: impl Iterator<Item = String>) {
-    let envelope = crate::cmd::reply(Payload::Presence(update));
-    let bytes = bytes::Bytes::from(im_schema::encode(&envelope));
-    for w in to {
-        if let Ok(subject) = im_streams::subjects::notice_subject(&w) {
-            state.metrics.presence_pushes.inc();
-            let _ = state.client.publish(subject, bytes.clone()).await;
-        }
-    }
+    // A reload or a reconnect comes back within this: the line then never
+    // goes, and no one sees the user blink offline.
+    tokio::time::sleep(OFFLINE_GRACE).await;
+    p.write_line(user).await;
 }

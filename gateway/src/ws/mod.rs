@@ -159,7 +159,7 @@ async fn run(
         return;
     }
     tracing::debug!(user, device, conn_id, "connected");
-    crate::presence::connected(&state, &user).await;
+    let _presence = crate::presence::connected(&state, &user);
     let mut writer = Writer::new(
         codec,
         limits.envelopes_per_frame_max,
@@ -171,7 +171,6 @@ async fn run(
         .serve(&mut stream, &mut sink, &mut writer, conn_id)
         .await;
     state.dispatcher.leave(&user, conn_id);
-    crate::presence::disconnected(&state, &user).await;
     match end {
         End::Overflowed => {
             state.metrics.queue_drops.inc();

@@ -104,10 +104,12 @@ describe("two users on the real stack", () => {
     const asked = await hal.client.http.presence(["gus", "nobody"]);
     expect(asked.users.map((u) => [u.userId, u.online])).toEqual([["gus", true]]);
     gus.client.stop();
-    await until("gus offline pushed", () => pushes.includes("offline"));
+    // hal connected before his first conversation: his contacts are looked
+    // up again within the gateway's wait for users who have none (20-30 s).
+    await until("gus offline pushed", () => pushes.includes("offline"), 45_000);
     const back = open("gus");
     await until("gus online again", () => back.client.connected && pushes.lastIndexOf("online") > pushes.indexOf("offline"));
     const after = await hal.client.http.presence(["gus"]);
     expect(after.users[0]?.online).toBe(true);
-  }, 60_000);
+  }, 90_000);
 });
