@@ -52,8 +52,8 @@ pub struct Metrics {
     registry: Registry,
     pub append: Latencies<Via>,
     pub query: Latencies<QueryKind>,
-    /// From the delivery reaching the gateway to its connection's writer
-    /// taking it: the time a delivery waits here.
+    /// From a delivery reaching the gateway to its connection's writer
+    /// taking it, for the oldest delivery of each batch a writer takes.
     pub delivery: Histogram,
     pub http: Latencies<Route>,
     pub rejections: Family<Code, Counter>,

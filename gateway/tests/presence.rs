@@ -144,3 +144,40 @@ async fn presence_requests_are_bounded_and_checked() {
     let (status, _) = http_get(gw, "/v1/presence?users=a", "forged").await;
     assert_eq!(status, 401);
 }
+
+/// A large group gives no contacts: presence there would cost every member
+/// a notice for every other member's comings and goings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_large_groups_are_not_contacts() {
+    let s = Stack::start(Limits::default()).await;
+    let gw = s.gateways[0];
+    let size = im_gateway::presence::contacts::GROUP_MEMBERS_MAX;
+    let members: Vec<String> = (0..size)
+        .map(|i| format!(r#"{{"userId": "m{i}"}}"#))
+        .collect();
+    let create = format!(
+        r#"{{"conversationId": "big", "members": [{}]}}"#,
+        members.join(",")
+    );
+    let (status, body) = http_post(gw, "/v1/conversations", &token("owner"), &create).await;
+    assert_eq!(status, 200, "{body}");
+    let pos: serde_json::Value = serde_json::from_str(&body).unwrap();
+    wait_projected(
+        &s,
+        "big",
+        pos["streamSeq"].as_str().unwrap().parse().unwrap(),
+    )
+    .await;
+    let _owner = connect(gw, "owner", Wire::Proto).await;
+    let mut m0 = connect(gw, "m0", Wire::Proto).await;
+    assert!(
+        presence(gw, "m0", "owner").await.users.is_empty(),
+        "a large group's member is no contact"
+    );
+    while let Some(env) = m0.recv_within(Duration::from_millis(500)).await {
+        assert!(
+            !matches!(env.payload, Some(Payload::Presence(_))),
+            "{env:?}"
+        );
+    }
+}

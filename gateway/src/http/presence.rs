@@ -1,5 +1,5 @@
 //! `GET /v1/presence?users=a,b`: online and last seen of the users asked
-//! about who share a conversation with the caller; the others are left
+//! about who are the caller's contacts (`contacts.rs`); the others are left
 //! out, so the answer says nothing of strangers.
 
 use std::sync::Arc;

@@ -1,6 +1,7 @@
-//! Whose presence a user may see: everyone sharing a conversation with
-//! them, asked of the projectors (their conversation list, then each one's
-//! members) and cached for a while.
+//! Whose presence a user may see: everyone sharing a conversation of at
+//! most `GROUP_MEMBERS_MAX` members with them, asked of the projectors
+//! (their conversation list, then each one's members) and cached for a
+//! while.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,11 @@ use crate::AppState;
 /// The conversations looked at, most recent first: a user in more sees
 /// the presence of the members of their latest ones.
 pub const CONVERSATIONS_MAX: usize = 200;
+/// Conversations larger than this give no contacts: presence in a group of
+/// N costs N × N pushes as its members come and go (a 1,000-member group
+/// connecting is a million notices), and a large group shows no "online"
+/// dots anyway. Direct conversations and small groups do.
+pub const GROUP_MEMBERS_MAX: usize = 64;
 /// Contacts kept per user: a user in huge groups sees presence of this
 /// many of their members (a large group's members are not all shown
 /// online anyway). About 40 bytes each: 80 KB at most per user.
@@ -92,6 +98,9 @@ pub async fn of(state: &AppState, user: &str) -> Result<Contacts, v1::ErrorCode>
     while let Some(answer) = answers.next().await {
         // A conversation left since the list was read is no one's contact.
         let Ok(R::Members(m)) = answer else { continue };
+        if m.members.len() > GROUP_MEMBERS_MAX {
+            continue;
+        }
         let ids = m.members.into_iter().map(|m| m.user_id);
         contacts.extend(
             ids.filter(|id| id != user)

@@ -4,7 +4,8 @@
 //! TTL, so a crashed gateway's users age out; "last seen" goes to
 //! `im_last_seen`. Every gateway watches the bucket and pushes a change of
 //! a user to its own connected users who share a conversation with them
-//! (`contacts.rs`, `watch.rs`). `GET /v1/presence` reads the buckets for
+//! (a direct one, or a group of at most `contacts::GROUP_MEMBERS_MAX`:
+//! `contacts.rs`, `watch.rs`). `GET /v1/presence` reads the buckets for
 //! the caller's contacts.
 
 pub mod contacts;

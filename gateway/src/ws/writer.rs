@@ -54,12 +54,16 @@ impl Writer {
         }
     }
 
-    /// Each delivery just taken: how long it waited in the gateway.
+    /// How long the oldest delivery of the batch just taken waited in the
+    /// gateway: one observation per batch, not per delivery (a histogram
+    /// is a lock every writer shares, and a busy writer takes batches).
     fn measure(&self) {
-        for item in &self.staged {
-            if let Outbound::Delivery(d) = item {
-                self.waited.observe(d.received.elapsed().as_secs_f64());
-            }
+        let oldest = self.staged.iter().find_map(|item| match item {
+            Outbound::Delivery(d) => Some(d.received),
+            Outbound::Reply(_) => None,
+        });
+        if let Some(received) = oldest {
+            self.waited.observe(received.elapsed().as_secs_f64());
         }
     }
 

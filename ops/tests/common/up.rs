@@ -125,15 +125,28 @@ pub async fn next_with(ws: &mut Ws, needle: &str) -> String {
     }
 }
 
-/// Kills `imctl up` (by pid) when dropped: a test that fails before it
-/// stops the stack does not leave it running (and its test hanging).
+/// Stops `imctl up` (by pid) when dropped: a test that fails before it
+/// stops the stack leaves neither it nor its nats-server running (and its
+/// test hanging). SIGINT first, so that `up` stops its server; SIGKILL if
+/// it has not ended in 5 s.
 pub struct Reaper(pub u32);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .stderr(Stdio::null())
-            .status();
+        let signal = |sig: &str| {
+            Command::new("kill")
+                .args([sig, &self.0.to_string()])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !signal("-INT") {
+            return; // ended already
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && signal("-0") {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        signal("-KILL");
     }
 }
