@@ -85,7 +85,14 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
             return Err(im_streams::exit::Found(found).into());
         }
     };
-    if args.json {
+    print_report(args.json, (stream, first, last), &report);
+    Ok(())
+}
+
+/// The verified range: a head per conversation and the range's digest, as
+/// lines or (`json`) one object.
+fn print_report(json: bool, (stream, first, last): (&str, u64, u64), report: &audit::Report) {
+    if json {
         let conversations: serde_json::Map<String, serde_json::Value> = report
             .conversations
             .iter()
@@ -106,7 +113,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
             "conversations": conversations,
         });
         println!("{all}");
-        return Ok(());
+        return;
     }
     for (conv, d) in &report.conversations {
         println!("conversation {conv}: {} events, head {}", d.events, d.head);
@@ -116,5 +123,4 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         report.events, report.range_digest
     );
     println!("ok");
-    Ok(())
 }

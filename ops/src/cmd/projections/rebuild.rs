@@ -102,6 +102,21 @@ pub async fn start(
     Ok(started.rebuilds)
 }
 
+/// The rebuilds this run follows: those it starts, or (`--attach`) those
+/// already running.
+async fn begin(
+    client: &async_nats::Client,
+    args: &RebuildArgs,
+    names: Vec<String>,
+) -> anyhow::Result<Vec<v1::RebuildProgress>> {
+    match args.attach {
+        true => running(client, &args.instance, &names).await,
+        false => start(client, &args.instance, names, args.from_seq)
+            .await
+            .context("starting the rebuild (one already running? follow it with --attach)"),
+    }
+}
+
 fn ended(r: &v1::RebuildProgress) -> bool {
     r.phase() != RebuildPhase::Building
 }
@@ -116,12 +131,7 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     // Registered before the rebuild starts (and before "rebuilding" is
     // printed), so a Ctrl-C at any moment cancels rather than kills.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let started = match args.attach {
-        true => running(&client, &args.instance, &names).await?,
-        false => start(&client, &args.instance, names.clone(), args.from_seq)
-            .await
-            .context("starting the rebuild (one already running? follow it with --attach)")?,
-    };
+    let started = begin(&client, &args, names).await?;
     let ours: Vec<(String, u64)> = started
         .iter()
         .map(|r| (r.projection.clone(), r.generation))
