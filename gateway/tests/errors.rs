@@ -6,19 +6,6 @@ mod common;
 use common::*;
 use im_gateway::Limits;
 
-/// (status, lower-cased head, body) of one raw request.
-async fn exchange_raw(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    sock.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
 /// What a WebSocket upgrade carries (RFC 6455's sample key).
 const UPGRADE: &str = "Connection: upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
@@ -153,7 +140,7 @@ async fn every_failure_has_one_shape() {
         ),
     ];
     for (what, req, status, code) in cases {
-        let (got, head, body) = exchange_raw(gw, &req).await;
+        let (got, head, body) = http_exchange(gw, &req).await;
         assert_eq!(got, status, "{what}: {body}");
         let v = shaped(what, &head, &body);
         assert_eq!(v["code"], code, "{what}");
@@ -167,7 +154,7 @@ async fn every_failure_has_one_shape() {
 
     // Any method token is answered, and measured as OTHER, not by name:
     // a client chooses no label of the gateway's metrics.
-    let (got, head, body) = exchange_raw(gw, &request("FROB", "/v1/history", &auth, "")).await;
+    let (got, head, body) = http_exchange(gw, &request("FROB", "/v1/history", &auth, "")).await;
     assert_eq!(got, 405, "{body}");
     shaped("an unknown method", &head, &body);
     let (_, metrics) = http_get(s.metrics[0], "/metrics", "").await;
@@ -180,7 +167,7 @@ async fn every_failure_has_one_shape() {
     let create = r#"{"conversationId": "club", "members": [{"userId": "mia"}]}"#;
     let (status, body) = http_post(gw, "/v1/conversations", &token("owner"), create).await;
     assert_eq!(status, 200, "{body}");
-    let (got, head, body) = exchange_raw(
+    let (got, head, body) = http_exchange(
         gw,
         &request(
             "POST",

@@ -141,20 +141,12 @@ async fn get_with_retry_after(
     path: &str,
     bearer: &str,
 ) -> (u16, Option<String>, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n");
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    sock.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let retry = head.lines().find_map(|l| {
-        l.to_ascii_lowercase()
-            .strip_prefix("retry-after: ")
-            .map(str::to_string)
-    });
-    (status, retry, body.to_string())
+    let (status, head, body) = http_exchange(addr, &req).await;
+    let retry = head
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: ").map(str::to_string));
+    (status, retry, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -36,6 +36,8 @@ const CAS_TRIES_MAX: usize = 5;
 /// How long a user whose last device left stays online: long enough for a
 /// page reload or a quick reconnect, short next to the refresh period.
 const OFFLINE_GRACE: Duration = Duration::from_secs(2);
+/// Bucket reads in flight for one lookup (up to `QUERY_USERS_MAX` users).
+const READS_IN_FLIGHT: usize = 16;
 /// Users one `GET /v1/presence` may ask about.
 pub const QUERY_USERS_MAX: usize = 100;
 
@@ -172,7 +174,10 @@ impl Presence {
                 last_seen_ms,
             }
         });
-        futures::stream::iter(asks).buffered(16).collect().await
+        futures::stream::iter(asks)
+            .buffered(READS_IN_FLIGHT)
+            .collect()
+            .await
     }
 
     async fn last_seen_ms(&self, user: &str) -> i64 {

@@ -18,6 +18,9 @@ use crate::AppState;
 /// its user starts watching them, in a new conversation); beyond it, a
 /// client asks `GET /v1/presence`.
 const TOLD_ON_CONNECT_MAX: usize = 100;
+/// How long a failed or ended watch waits before it starts again: one
+/// attempt at a time while NATS is away.
+const WATCH_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Refresh writes in flight at once.
 const REFRESHES_IN_FLIGHT: usize = 32;
 /// Users whose contacts are looked up again at once (each lookup also
@@ -131,8 +134,7 @@ pub async fn maintain(state: Weak<AppState>) {
             }
             Err(e) => tracing::warn!(error = %e, "presence watch not started"),
         }
-        // Retried once a second while NATS is away: one attempt at a time.
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(WATCH_RETRY_AFTER).await;
     }
 }
 

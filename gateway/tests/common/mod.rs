@@ -352,16 +352,22 @@ async fn http_post_as(
 
 /// One raw HTTP/1.1 request (with `Connection: close`): (status, body).
 pub async fn http_raw(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    let (status, _, body) = http_exchange(addr, request).await;
+    (status, body)
+}
+
+/// One raw HTTP/1.1 request (with `Connection: close`): (status, the head
+/// lower-cased, body).
+pub async fn http_exchange(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     sock.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    sock.read_to_string(&mut raw).await.unwrap();
+    let mut raw = Vec::new();
+    sock.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8_lossy(&raw);
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
 }
 
 /// A gateway process (the real binary): the process, its public address,
