@@ -615,6 +615,7 @@ async fn dead_letters_are_listed_and_replayed() {
         stream: "IM_CONV".into(),
         stream_seq: last,
         subject: kit.topology.conv_subject(&conv).unwrap(),
+        code: "schema_too_new".into(),
         reason: "schema version 2 is newer than 1".into(),
     };
     let key = im_projectors::runner::dead_letter_key(im_projectors::runner::Source::Conv, last);

@@ -124,6 +124,7 @@ mod tests {
             payload,
             writer: String::new(),
             msg_id: String::new(),
+            signature: None,
             event: ev,
         }
     }

@@ -1,13 +1,13 @@
 //! Dead letters on demand (`imctl projections dead-letters`): listed per
 //! projection, and replayed: each letter's conversation is repaired (its
-//! events folded again by the running code, which may read what an older
-//! build could not), and a letter whose event now decodes is removed.
+//! events decoded and judged again by the running code, which may read
+//! what an older build could not), and a letter the replay no longer
+//! dead-letters is removed; a forgery stays.
 
 use std::collections::BTreeSet;
 
 use im_schema::v1;
 
-use crate::fold::{Delivered, Item};
 use crate::query::QueryContext;
 use crate::runner::{dead_letter_key, dead_letters, ProjectionState, Source};
 
@@ -49,8 +49,9 @@ fn internal(e: impl std::fmt::Display) -> Failed {
     (v1::QueryErrorCode::Internal, e.to_string())
 }
 
-/// Repairs the letters' conversations, then removes the letters whose
-/// events decode now; how many it removed.
+/// Repairs the letters' conversations (their events judged again by the
+/// running code, which may read what an older build could not), then
+/// removes the letters the replay no longer dead-letters; how many.
 async fn replay(ctx: &QueryContext, state: &ProjectionState) -> Result<u32, Failed> {
     let letters = dead_letters(state.ks().as_ref()).map_err(internal)?;
     let convs: BTreeSet<&str> = letters
@@ -58,45 +59,24 @@ async fn replay(ctx: &QueryContext, state: &ProjectionState) -> Result<u32, Fail
         .filter_map(|l| im_streams::subjects::conv_id_of_subject(&l.subject))
         .filter(|c| im_streams::ids::validate_id(im_streams::ids::IdKind::Conversation, c).is_ok())
         .collect();
-    for conv in convs {
-        crate::repair::repair(&ctx.client, ctx.topology, state, conv)
+    let mut still_dead = BTreeSet::new();
+    for conv in &convs {
+        let (_, dead) = crate::repair::repair_judged(&ctx.client, ctx.topology, state, conv)
             .await
             .map_err(internal)?;
+        still_dead.extend(dead);
     }
-    let js = async_nats::jetstream::new(ctx.client.clone());
     let mut removed = 0;
     for letter in &letters {
-        let source = match letter.stream.as_str() {
-            s if s == Source::Rcpt.stream() => Source::Rcpt,
-            _ => Source::Conv,
-        };
-        // One that cannot be read again stays, as one that fails still.
-        if decodes_now(&js, source, letter).await.unwrap_or(false) {
+        let source = Source::of_stream(&letter.stream);
+        let repaired = im_streams::subjects::conv_id_of_subject(&letter.subject)
+            .is_some_and(|c| convs.contains(c));
+        // One whose conversation could not be replayed stays.
+        if repaired && !still_dead.contains(&(source, letter.stream_seq)) {
             let key = dead_letter_key(source, letter.stream_seq);
             state.ks().commit(vec![(key, None)]).map_err(internal)?;
             removed += 1;
         }
     }
     Ok(removed)
-}
-
-/// Whether the letter's event, read again from its stream, decodes now.
-async fn decodes_now(
-    js: &async_nats::jetstream::Context,
-    source: Source,
-    letter: &v1::DeadLetter,
-) -> Result<bool, Failed> {
-    let stream = js.get_stream(source.stream()).await.map_err(internal)?;
-    let msg = stream
-        .get_raw_message(letter.stream_seq)
-        .await
-        .map_err(internal)?;
-    let delivered = Delivered {
-        source,
-        stream_seq: letter.stream_seq,
-        subject: msg.subject.as_str(),
-        headers: Some(&msg.headers),
-        payload: &msg.payload,
-    };
-    Ok(Item::decode(&delivered).decoded.is_ok())
 }

@@ -1,9 +1,9 @@
 //! Folding delivered events into the projections that have not applied
-//! them yet: each event is decoded and checked against its conversation's
-//! chain once, then each projection folds it into its own overlay (or
-//! records it as a dead letter). Synchronous and IO-free apart from the
-//! keyspaces read: the live pipeline runs it on its own thread, rebuilds
-//! and repairs on theirs.
+//! them yet: each event is decoded once, judged once (signature and rules,
+//! `judge.rs`) and checked against each chain once, then each projection
+//! folds it into its own overlay (or records it as a dead letter).
+//! Synchronous and IO-free apart from the keyspaces read: the live
+//! pipeline runs it on its own thread, rebuilds and repairs on theirs.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -11,7 +11,8 @@ use im_schema::v1;
 use im_streams::codec::{decode_conv_parts, StoredEvent};
 
 use crate::chain;
-use crate::projections::{Effect, FoldCtx, Input, Projection};
+use crate::judge::{self, Judge, Refusal, Rows};
+use crate::projections::{members, Effect, FoldCtx, Input, Projection};
 use crate::runner::{dead_letter_key, Applied, Source};
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
@@ -65,7 +66,7 @@ impl<'a> Target<'a> {
     }
 
     /// Whether this projection still has to fold a message.
-    fn needs(&self, source: Source, stream_seq: u64) -> bool {
+    pub fn needs(&self, source: Source, stream_seq: u64) -> bool {
         let reads = source == Source::Conv || self.projection.reads_receipts();
         reads && stream_seq > source.of(self.at)
     }
@@ -83,7 +84,7 @@ pub struct Item {
     pub source: Source,
     pub stream_seq: u64,
     pub subject: String,
-    pub decoded: Result<Decoded, String>,
+    pub decoded: Result<Decoded, Refusal>,
 }
 
 impl Item {
@@ -97,25 +98,34 @@ impl Item {
     }
 }
 
-fn decode(msg: &Delivered) -> Result<Decoded, String> {
+fn decode(msg: &Delivered) -> Result<Decoded, Refusal> {
     let too_new = |v: u32| {
         (v > im_schema::SCHEMA_VERSION).then(|| {
-            format!(
-                "schema version {v} is newer than {}",
-                im_schema::SCHEMA_VERSION
+            Refusal::new(
+                "schema_too_new",
+                format!(
+                    "schema version {v} is newer than {}",
+                    im_schema::SCHEMA_VERSION
+                ),
             )
         })
+    };
+    let mismatch = || {
+        Refusal::new(
+            "subject_mismatch",
+            "conversation id differs from the subject's",
+        )
     };
     let subject_conv = im_streams::subjects::conv_id_of_subject(msg.subject);
     match msg.source {
         Source::Conv => {
             let stored = decode_conv_parts(msg.stream_seq, msg.subject, msg.headers, msg.payload)
-                .map_err(|e| e.to_string())?;
-            if let Some(reason) = too_new(stored.event.schema_version) {
-                return Err(reason);
+                .map_err(|e| Refusal::new("undecodable", e))?;
+            if let Some(refusal) = too_new(stored.event.schema_version) {
+                return Err(refusal);
             }
             if subject_conv != Some(stored.event.conversation_id.as_str()) {
-                return Err("conversation id differs from the subject's".into());
+                return Err(mismatch());
             }
             let trace = msg
                 .headers
@@ -131,22 +141,64 @@ fn decode(msg: &Delivered) -> Result<Decoded, String> {
             Ok(Decoded::Conv(Box::new(stored)))
         }
         Source::Rcpt => {
-            let ev: v1::ReceiptEvent = im_schema::decode(msg.payload).map_err(|e| e.to_string())?;
-            if let Some(reason) = too_new(ev.schema_version) {
-                return Err(reason);
+            let ev: v1::ReceiptEvent =
+                im_schema::decode(msg.payload).map_err(|e| Refusal::new("undecodable", e))?;
+            if let Some(refusal) = too_new(ev.schema_version) {
+                return Err(refusal);
             }
             if subject_conv != Some(ev.conversation_id.as_str()) {
-                return Err("conversation id differs from the subject's".into());
+                return Err(mismatch());
             }
             Ok(Decoded::Rcpt(ev))
         }
     }
 }
 
+/// Where each conversation event's verdict (signature and rules) comes
+/// from.
+pub enum Verdicts<'a> {
+    /// Reached here, once per event (the live pipeline, a repair); from
+    /// the `members` target's rows when it is among the targets.
+    Judge(&'a mut Judge),
+    /// Recorded by the live `members` keyspace, which has applied every
+    /// event folded here (a rebuild: verdicts never change).
+    Recorded(&'a dyn Keyspace),
+}
+
+impl Verdicts<'_> {
+    /// The verdict on `stored`, which some of `targets` need.
+    fn on(&mut self, targets: &[Target], stored: &StoredEvent) -> Result<Verdict, StoreError> {
+        let seq = stored.stream_seq;
+        let members = targets
+            .iter()
+            .find(|t| t.projection.name() == members::NAME);
+        match (self, members) {
+            (Verdicts::Judge(judge), Some(m)) if m.needs(Source::Conv, seq) => {
+                judge.judge(Rows::Members(&m.tx), m.genesis, stored)
+            }
+            (Verdicts::Judge(_), Some(m)) => judge::recorded(&m.tx, seq),
+            (Verdicts::Judge(judge), None) => {
+                let genesis = targets.iter().any(|t| t.genesis);
+                judge.judge(Rows::Genesis, genesis, stored)
+            }
+            (Verdicts::Recorded(ks), _) => judge::recorded(&Tx::new(*ks), seq),
+        }
+    }
+
+    /// A conversation the judge moved on that `members` did not apply.
+    fn forget(&mut self, conv: &str) {
+        if let Verdicts::Judge(judge) = self {
+            judge.forget(conv);
+        }
+    }
+}
+
+type Verdict = Result<(), Refusal>;
+
 /// Whether a conversation event extends the chain as `t` holds it.
-fn verdict(t: &Target, stored: &StoredEvent) -> Result<(), String> {
-    let head = chain::head(&t.tx, &stored.event.conversation_id).map_err(|e| e.to_string())?;
-    chain::check(head, stored, t.genesis)
+fn chain_verdict(t: &Target, stored: &StoredEvent) -> Result<Verdict, StoreError> {
+    let head = chain::head(&t.tx, &stored.event.conversation_id)?;
+    Ok(chain::check(head, stored, t.genesis).map_err(|e| Refusal::new("chain", e)))
 }
 
 /// Folds one message into every target that needs it. Returns whether it
@@ -154,20 +206,23 @@ fn verdict(t: &Target, stored: &StoredEvent) -> Result<(), String> {
 pub fn fold_one(
     targets: &mut [Target],
     msg: &Delivered,
+    verdicts: &mut Verdicts,
     ctx: &mut FoldCtx,
     effects: &mut Vec<Effect>,
 ) -> Result<bool, StoreError> {
     if !targets.iter().any(|t| t.needs(msg.source, msg.stream_seq)) {
         return Ok(false);
     }
-    fold_item(targets, &Item::decode(msg), ctx, effects)
+    fold_item(targets, &Item::decode(msg), verdicts, ctx, effects)
 }
 
-/// Folds a decoded message into every target that needs it. Returns
-/// whether it was dead-lettered.
+/// Folds a decoded message into every target that needs it, or
+/// dead-letters it there. Returns whether it was dead-lettered. A storage
+/// error is never a verdict: it ends the fold.
 pub fn fold_item(
     targets: &mut [Target],
     item: &Item,
+    verdicts: &mut Verdicts,
     ctx: &mut FoldCtx,
     effects: &mut Vec<Effect>,
 ) -> Result<bool, StoreError> {
@@ -177,47 +232,61 @@ pub fn fold_item(
     let Some(&first) = needing.first() else {
         return Ok(false);
     };
+    // Signature and rules: once per event, for every target.
+    let judged = match &item.decoded {
+        Ok(Decoded::Conv(stored)) => Some(verdicts.on(targets, stored)?),
+        _ => None,
+    };
     // Every target that needs the event has applied exactly the events
     // before it, so one of them answers for all that start their chains
     // the same way.
-    let mut verdicts: Vec<(bool, Result<(), String>)> = Vec::new();
+    let mut chained: Vec<(bool, Verdict)> = Vec::new();
     let mut dead = false;
     for i in needing {
         let t = &mut targets[i];
         let outcome = match &item.decoded {
             Ok(Decoded::Conv(stored)) => {
-                let checked = match verdicts.iter().find(|(g, _)| *g == t.genesis) {
-                    Some((_, v)) => v.clone(),
-                    None => {
-                        let v = verdict(t, stored);
-                        verdicts.push((t.genesis, v.clone()));
-                        v
+                let mut checked = judged.clone().expect("judged above");
+                if checked.is_ok() {
+                    checked = match chained.iter().find(|(g, _)| *g == t.genesis) {
+                        Some((_, v)) => v.clone(),
+                        None => {
+                            let v = chain_verdict(t, stored)?;
+                            chained.push((t.genesis, v.clone()));
+                            v
+                        }
+                    };
+                }
+                if checked.is_err() && judged.as_ref().is_some_and(|j| j.is_ok()) {
+                    verdicts.forget(&stored.event.conversation_id);
+                }
+                match checked {
+                    Ok(()) => {
+                        let out = t.projection.apply(&mut t.tx, &Input::Conv(stored), ctx)?;
+                        chain::advance(&mut t.tx, stored);
+                        Ok(out)
                     }
-                };
-                checked.map(|()| {
-                    let out = t.projection.apply(&mut t.tx, &Input::Conv(stored), ctx);
-                    chain::advance(&mut t.tx, stored);
-                    out
-                })
+                    Err(refusal) => Err(refusal),
+                }
             }
-            Ok(Decoded::Rcpt(event)) => Ok(t.projection.apply(
-                &mut t.tx,
-                &Input::Rcpt {
+            Ok(Decoded::Rcpt(event)) => {
+                let input = Input::Rcpt {
                     stream_seq: item.stream_seq,
                     event,
-                },
-                ctx,
-            )),
-            Err(reason) => Err(reason.clone()),
+                };
+                Ok(t.projection.apply(&mut t.tx, &input, ctx)?)
+            }
+            Err(refusal) => Err(refusal.clone()),
         };
         match outcome {
-            Ok(folded) => effects.extend(folded?),
-            Err(reason) => {
+            Ok(folded) => effects.extend(folded),
+            Err(refusal) => {
                 if i == first {
                     tracing::error!(
                         stream = item.source.stream(),
                         stream_seq = item.stream_seq,
-                        %reason,
+                        code = refusal.code,
+                        reason = refusal.reason,
                         "event dead-lettered"
                     );
                 }
@@ -227,7 +296,8 @@ pub fn fold_item(
                         stream: item.source.stream().to_string(),
                         stream_seq: item.stream_seq,
                         subject: item.subject.clone(),
-                        reason,
+                        reason: refusal.reason,
+                        code: refusal.code,
                     },
                 );
                 t.dead += 1;

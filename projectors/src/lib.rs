@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod digest;
 pub mod fold;
 pub mod heartbeat;
+pub mod judge;
 pub mod keys;
 pub mod members_cache;
 pub mod metrics;

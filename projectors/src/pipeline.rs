@@ -16,9 +16,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use im_streams::signing::{KeyRing, WriterKeys, HDR_SIGNATURE};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::fold::{fold_one, Delivered, Target};
+use crate::fold::{fold_one, Delivered, Target, Verdicts};
+use crate::judge::Judge;
 use crate::members_cache::MembersCache;
 use crate::projections::{Effect, FoldCtx, Projection};
 use crate::runner::{
@@ -38,6 +40,11 @@ struct FoldJob {
     batch: Batch,
     targets: Vec<Feed>,
     fanout: bool,
+    /// The writers' keys, ready for this batch's events.
+    keys: Arc<WriterKeys>,
+    /// The projections' `rows_changed`, summed: when it moves, what the
+    /// fold thread keeps of their rows is stale.
+    rows_epoch: u64,
     reply: oneshot::Sender<FoldDone>,
 }
 
@@ -55,17 +62,27 @@ const FOLD_QUEUE_MAX: usize = 1;
 /// Folds and commits batches until the job channel closes.
 fn fold_thread(mut jobs: mpsc::Receiver<FoldJob>) {
     let mut members = MembersCache::default();
+    let mut judge = Judge::default();
+    let mut rows_epoch = 0;
     while let Some(job) = jobs.blocking_recv() {
+        if job.rows_epoch != rows_epoch {
+            rows_epoch = job.rows_epoch;
+            members.clear();
+            judge.clear();
+        }
+        judge.set_keys(job.keys.clone());
         let mut effects = Vec::new();
         let mut ctx = FoldCtx {
             members: &mut members,
             effects: job.fanout,
         };
-        let outcome = fold_and_commit(&job, &mut ctx, &mut effects).map_err(RunError::Store);
+        let outcome =
+            fold_and_commit(&job, &mut judge, &mut ctx, &mut effects).map_err(RunError::Store);
         if outcome.is_err() {
-            // The store and the cache may disagree now; the next start
+            // The store and the caches may disagree now; the next start
             // reloads whatever is needed.
             members.clear();
+            judge.clear();
         }
         let _ = job.reply.send(FoldDone {
             outcome,
@@ -79,6 +96,7 @@ fn fold_thread(mut jobs: mpsc::Receiver<FoldJob>) {
 /// checkpoints, flushes once. Returns (position, folded, dead) per target.
 fn fold_and_commit(
     job: &FoldJob,
+    judge: &mut Judge,
     ctx: &mut FoldCtx,
     effects: &mut Vec<Effect>,
 ) -> Result<Vec<(Applied, u64, u64)>, StoreError> {
@@ -88,10 +106,12 @@ fn fold_and_commit(
         .iter()
         .map(|(p, ks, at)| Target::new(p.as_ref(), ks.as_ref(), *at))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut verdicts = Verdicts::Judge(judge);
     for (source, stream_seq, msg) in &job.batch {
         fold_one(
             &mut targets,
             &Delivered::of(*source, *stream_seq, msg),
+            &mut verdicts,
             ctx,
             effects,
         )?;
@@ -272,6 +292,7 @@ async fn run_batches(
     // Consumer sequences of fresh consumers are numbered 1, 2, 3...; a jump
     // means a delivery never arrived.
     let mut seen = [0u64; 2];
+    let mut ring = KeyRing::new(jetstream::new(publish.clone()), Duration::ZERO);
     loop {
         // Asked to stop: only between batches, so the last one is
         // committed, published and acknowledged whole.
@@ -289,7 +310,8 @@ async fn run_batches(
             }
         }
         let (batch, stop) = take_batch(items, feeds, &mut seen)?;
-        let done = fold_batch(batch, cfg, feeds, jobs).await?;
+        let keys = prepare_keys(&mut ring, &batch).await?;
+        let done = fold_batch(batch, keys, cfg, feeds, jobs).await?;
         if cfg.fanout {
             publish_effects(publish, cfg, done.effects).await;
         }
@@ -309,6 +331,23 @@ async fn run_batches(
     Ok(Stop::Closed)
 }
 
+/// The writers' keys, ready for a batch's events: whether signatures are
+/// in force is asked again until they are, and every key an event names is
+/// looked up. A bucket that cannot be read stops the pipeline (the batch
+/// is delivered again), since nothing could be told from a forgery.
+async fn prepare_keys(ring: &mut KeyRing, batch: &Batch) -> Result<Arc<WriterKeys>, RunError> {
+    let named: Vec<(u64, Option<&str>)> = batch
+        .iter()
+        .filter(|(source, _, _)| *source == Source::Conv)
+        .map(|(_, seq, msg)| {
+            let sig = msg.headers.as_ref().and_then(|h| h.get(HDR_SIGNATURE));
+            (*seq, sig.map(|v| v.as_str()))
+        })
+        .collect();
+    let keys = ring.prepare(named).await.map_err(js_err)?;
+    Ok(Arc::new(keys.clone()))
+}
+
 /// Returns once `stop` says so; never when no one can say it any more.
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     if stop.wait_for(|s| *s).await.is_err() {
@@ -321,6 +360,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// waiting on one sees its keyspace and position stand still).
 async fn fold_batch(
     batch: Batch,
+    keys: Arc<WriterKeys>,
     cfg: &RunnerConfig,
     feeds: &Feeds,
     jobs: &mpsc::Sender<FoldJob>,
@@ -335,10 +375,17 @@ async fn fold_batch(
         .map(|s| (s.projection.clone(), s.ks(), *s.applied.borrow()))
         .collect();
     let (reply, answer) = oneshot::channel();
+    let rows_epoch = feeds
+        .states
+        .iter()
+        .map(|s| s.rows_changed.load(std::sync::atomic::Ordering::SeqCst))
+        .sum();
     let job = FoldJob {
         batch,
         targets,
         fanout: cfg.fanout,
+        keys,
+        rows_epoch,
         reply,
     };
     jobs.send(job)

@@ -136,6 +136,38 @@ pub static STORAGE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::Ato
 /// the pipeline folds from the log's start: never a crash loop on a store
 /// that will not open.
 fn open_or_quarantine(config: &ProjectorConfig) -> Result<SledStore, ProjectorError> {
+    let store = open_trusted(config)?;
+    if !outdated(&store)? {
+        return Ok(store);
+    }
+    // Its rows lack what this build keeps (the rules state the judge
+    // reads): the read models are folded again from the log.
+    drop(store);
+    let aside = quarantine(&config.data_dir)?;
+    tracing::warn!(store = %config.data_dir.display(), format = STORE_FORMAT, "store written by an older build: folding the read models again from the log");
+    let store = open_trusted(config)?;
+    std::fs::remove_dir_all(&aside).map_err(|e| ProjectorError::Store(StoreError::Io(e)))?;
+    Ok(store)
+}
+
+/// The layout of the read models this build writes; a store that records
+/// an older one (or none, with data in it) is folded again from the log.
+/// 2: the `members` rows hold the rules state (`members::rules_state`).
+pub const STORE_FORMAT: u32 = 2;
+
+const FORMAT_KEY: &[u8] = b"format";
+
+/// Whether the store holds read models of an older layout.
+fn outdated(store: &SledStore) -> Result<bool, ProjectorError> {
+    let meta = store.keyspace("meta")?;
+    Ok(match meta.get(FORMAT_KEY)? {
+        Some(v) => v.try_into().map_or(0, u32::from_be_bytes) < STORE_FORMAT,
+        None => meta.get(b"partitions")?.is_some(),
+    })
+}
+
+/// Opens the store; one whose files cannot be trusted is moved aside.
+fn open_trusted(config: &ProjectorConfig) -> Result<SledStore, ProjectorError> {
     match SledStore::open_with(&config.data_dir, config.store_faults.clone()) {
         Err(e) if e.is_corruption() => {
             let aside = quarantine(&config.data_dir)?;
@@ -223,7 +255,13 @@ fn open_feeds(
 fn prepare_store(context: &QueryContext, partitions: Option<String>) -> Result<(), ProjectorError> {
     let meta = context.rebuilds.meta();
     if let Some(text) = partitions {
-        meta.commit(vec![(b"partitions".to_vec(), Some(text.into_bytes()))])?;
+        meta.commit(vec![
+            (b"partitions".to_vec(), Some(text.into_bytes())),
+            (
+                FORMAT_KEY.to_vec(),
+                Some(STORE_FORMAT.to_be_bytes().to_vec()),
+            ),
+        ])?;
         meta.flush()?;
     }
     for state in &context.projections {

@@ -155,9 +155,13 @@ impl QueryContext {
         match query {
             Query::Rebuild(q) => {
                 let targets = self.named(&q.projections)?;
+                let verdicts = self
+                    .projection(crate::projections::members::NAME)
+                    .cloned()
+                    .ok_or_else(|| bad("no members projection"))?;
                 let rebuilds = self
                     .rebuilds
-                    .start(targets, q.from_seq)
+                    .start(targets, verdicts, q.from_seq)
                     .map_err(|e| error(v1::QueryErrorCode::BadRequest, e.to_string()))?;
                 Ok(R::RebuildStatus(v1::RebuildStatusResult { rebuilds }))
             }
@@ -237,6 +241,7 @@ impl QueryContext {
             Query::ConvList(q) => self.conv_list(q, pos, scope).await,
             Query::Receipts(q) => self.receipts(q, pos).await,
             Query::Dedupe(q) => self.dedupe(q, pos).await,
+            Query::RulesState(q) => self.rules_state(q).await,
             Query::Status(q) => {
                 let digests = q.digests.then(|| self.named(&q.projections)).transpose()?;
                 Ok(R::Status(self.status(digests).map_err(store_error)?))
@@ -278,6 +283,23 @@ impl QueryContext {
             Some(m) => Ok(R::Members(m)),
             None => Err(error(v1::QueryErrorCode::NotFound, "no such conversation")),
         }
+    }
+
+    /// A conversation's whole rules state, for a cold writer (never a
+    /// client: only the gateway's writer asks). Read under the `members`
+    /// batch lock, so every row is of the one version it names.
+    async fn rules_state(&self, q: v1::RulesStateQuery) -> Result<R, v1::QueryError> {
+        check_ids(&[(IdKind::Conversation, &q.conversation_id)])?;
+        let state = self
+            .projection(members::NAME)
+            .ok_or_else(|| bad("no members projection"))?;
+        let _held = state.batch_lock.lock().await;
+        let ks = state.ks();
+        let read = members::rules_state(&Tx::new(&*ks), &q.conversation_id).map_err(store_error)?;
+        Ok(R::RulesState(match read {
+            Some(rules) => im_streams::snapshot::to_wire(&rules),
+            None => v1::RulesStateResult::default(),
+        }))
     }
 
     async fn role(&self, q: v1::RoleQuery, pos: Position) -> Result<R, v1::QueryError> {

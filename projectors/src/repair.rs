@@ -12,9 +12,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
 use futures::StreamExt;
 use im_schema::v1;
+use im_streams::signing::{KeyRing, HDR_SIGNATURE};
 use im_streams::Topology;
 
-use crate::fold::{fold_one, Delivered, Target};
+use crate::fold::{fold_one, Delivered, Target, Verdicts};
+use crate::judge::Judge;
 use crate::keys::META;
 use crate::members_cache::MembersCache;
 use crate::projections::conv_of_key;
@@ -37,6 +39,17 @@ pub async fn repair(
     state: &ProjectionState,
     conv: &str,
 ) -> Result<v1::RepairedProjection, RunError> {
+    Ok(repair_judged(client, topology, state, conv).await?.0)
+}
+
+/// `repair`, and the stream positions of the conversation's events the
+/// replay dead-lettered (judged again by the running code).
+pub async fn repair_judged(
+    client: &async_nats::Client,
+    topology: Topology,
+    state: &ProjectionState,
+    conv: &str,
+) -> Result<(v1::RepairedProjection, Vec<(Source, u64)>), RunError> {
     let projection = state.projection.as_ref();
     let js = jetstream::new(client.clone());
     // The live runner waits while the conversation's entries are replaced,
@@ -48,6 +61,8 @@ pub async fn repair(
         ks: MemKeyspace::default(),
         genesis: from_genesis(live.as_ref())?,
         members: MembersCache::default(),
+        judge: Judge::default(),
+        keys: KeyRing::new(js.clone(), Duration::MAX),
         folded_at: Applied::default(),
         events: 0,
     };
@@ -74,8 +89,15 @@ pub async fn repair(
         })
         .await
         .map_err(|e| RunError::Task(e.into()))??;
+        state
+            .rows_changed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
     let events = scratch.events;
+    let dead = crate::runner::dead_letters(&scratch.ks)?
+        .into_iter()
+        .map(|l| (Source::of_stream(&l.stream), l.stream_seq))
+        .collect();
     tracing::info!(
         projection = projection.name(),
         conv,
@@ -84,19 +106,23 @@ pub async fn repair(
         deleted,
         "conversation repaired"
     );
-    Ok(v1::RepairedProjection {
+    let tally = v1::RepairedProjection {
         name: projection.name().to_string(),
         events,
         written,
         deleted,
-    })
+    };
+    Ok((tally, dead))
 }
 
-/// One conversation folded from scratch, in memory.
+/// One conversation folded from scratch, in memory, judged from its
+/// first event on (signatures and rules, as the live pipeline judges).
 struct Scratch {
     ks: MemKeyspace,
     genesis: bool,
     members: MembersCache,
+    judge: Judge,
+    keys: KeyRing,
     /// Where the fold stands (it reads one conversation's subjects).
     folded_at: Applied,
     events: u64,
@@ -140,6 +166,12 @@ impl Scratch {
                     max: REPAIR_EVENTS_MAX,
                 });
             }
+            if source == Source::Conv {
+                let signature = msg.headers.as_ref().and_then(|h| h.get(HDR_SIGNATURE));
+                let named = vec![(info.stream_sequence, signature.map(|v| v.as_str()))];
+                let keys = self.keys.prepare(named).await.map_err(js_err)?;
+                self.judge.set_keys(Arc::new(keys.clone()));
+            }
             let mut target = Target::new(projection, &self.ks, self.folded_at)?;
             target.genesis = self.genesis;
             let mut ctx = FoldCtx {
@@ -149,6 +181,7 @@ impl Scratch {
             fold_one(
                 std::slice::from_mut(&mut target),
                 &Delivered::of(source, info.stream_sequence, &msg),
+                &mut Verdicts::Judge(&mut self.judge),
                 &mut ctx,
                 &mut Vec::new(),
             )?;

@@ -45,7 +45,7 @@ pub const MAX_DELIVER: i64 = -1;
 /// pushes ahead of the commits.
 pub const MAX_ACK_PENDING: i64 = 4 * BATCH_MAX as i64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {
     Conv = 0,
     Rcpt = 1,
@@ -64,6 +64,14 @@ impl Source {
         match self {
             Source::Conv => "conv",
             Source::Rcpt => "rcpt",
+        }
+    }
+
+    /// The source a stream name stands for (IM_CONV for anything else).
+    pub fn of_stream(stream: &str) -> Source {
+        match stream {
+            s if s == RCPT_STREAM => Source::Rcpt,
+            _ => Source::Conv,
         }
     }
 
@@ -137,6 +145,10 @@ pub struct ProjectionState {
     /// the keyspace and `applied` standing still (a rebuild's hand-over, a
     /// repair).
     pub batch_lock: tokio::sync::Mutex<()>,
+    /// Counts changes to the keyspace's rows made outside the pipeline (a
+    /// swap, a repair): the fold thread drops what it keeps of them in
+    /// memory (member lists, rules states) when it moves.
+    pub rows_changed: AtomicU64,
 }
 
 impl ProjectionState {
@@ -159,6 +171,7 @@ impl ProjectionState {
             applied: rx,
             events_applied: AtomicU64::new(0),
             batch_lock: tokio::sync::Mutex::new(()),
+            rows_changed: AtomicU64::new(0),
         });
         Ok((state, tx))
     }
@@ -178,6 +191,8 @@ impl ProjectionState {
     /// Only under `batch_lock`, with `next` at exactly `applied`.
     pub fn swap(&self, next: Arc<dyn Keyspace>, generation: u64) -> (Arc<dyn Keyspace>, u64) {
         let mut ks = self.ks.write().unwrap_or_else(|e| e.into_inner());
+        self.rows_changed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::mem::replace(&mut *ks, (next, generation))
     }
 }

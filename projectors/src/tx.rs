@@ -74,6 +74,53 @@ impl<'a> Tx<'a> {
         Ok(merged.into_iter().collect())
     }
 
+    /// The first entry with `start <= key < end`, staged writes included.
+    /// Reads the keyspace a page at a time past keys deleted here, so it
+    /// costs one small read unless many of the first keys were deleted in
+    /// this batch.
+    pub fn first_in(
+        &self,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Option<crate::store::Entry>, StoreError> {
+        const PAGE: usize = 16;
+        if start >= end {
+            return Ok(None);
+        }
+        let staged = self
+            .staged
+            .range(start.to_vec()..end.to_vec())
+            .find_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())));
+        let mut from = start.to_vec();
+        let stored = loop {
+            let page = self.ks.range(&from, end, false, PAGE)?;
+            let full = page.len() == PAGE;
+            let next = page.last().map(|(k, _)| k.clone());
+            let live = page
+                .into_iter()
+                .find(|(k, _)| !matches!(self.staged.get(k), Some(None)));
+            match (live, next) {
+                (Some(e), _) => break Some(e),
+                (None, Some(mut last)) if full => {
+                    last.push(0);
+                    from = last;
+                }
+                _ => break None,
+            }
+        };
+        Ok(match (staged, stored) {
+            (Some(a), Some(b)) if b.0 < a.0 => Some(b),
+            (Some(a), _) => Some(a),
+            (None, b) => b.map(|(k, v)| {
+                let v = match self.staged.get(&k) {
+                    Some(Some(staged)) => staged.clone(),
+                    _ => v,
+                };
+                (k, v)
+            }),
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.staged.is_empty()
     }

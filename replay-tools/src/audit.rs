@@ -1,27 +1,32 @@
 //! The auditor's check of IM_CONV, pure: events go in in stream order, and
 //! each must
 //! - decode, and name the conversation of its subject;
-//! - follow its conversation's last event (`conv_seq` gapless from 1);
-//! - carry `prev_hash` = sha256 of that event's stored bytes (the chain: the
-//!   stored bytes include their own `prev_hash`, so each link commits to
-//!   the whole history before it);
-//! - be exactly what the rules (`decide`, the same code the writers run)
+//! - be part of its conversation as the writers and the projectors judge
+//!   it, by the same function (`im_streams::validity`): signed by a
+//!   registered key from the first registration on, the next `conv_seq`,
+//!   `prev_hash` = sha256 of the previous event's stored bytes (the chain:
+//!   the stored bytes include their own `prev_hash`, so each link commits
+//!   to the whole history before it), and exactly what the rules (`decide`)
 //!   produce for the command the event records, against the state folded
 //!   from the events before it: a non-member's message, a forged role
 //!   change or an edited body all fail here;
 //! - start a command whose (actor, client_msg_id) the conversation has not
-//!   seen before.
+//!   seen before, and a direct conversation's creation be followed by the
+//!   message that made it (whole-log checks only an auditor can afford).
 //!
-//! The first violation ends the audit, naming the event.
+//! Every violation is named. An event that is not part of its
+//! conversation is stepped over, as writers and projectors step over it,
+//! so what follows is judged against the same state they hold; one that
+//! only fails a whole-log check is still part of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use im_schema::v1::{self, conv_event::Kind};
-use im_streams::chain::{check_link, LinkError};
+use im_streams::chain::LinkError;
 use im_streams::codec::{payload_hash, HDR_CONV_SEQ};
-use im_streams::conversation::{decide, ConvState};
-use im_streams::mapping::command_of;
-use im_streams::seal::seal;
+use im_streams::conversation::{apply, ConvState};
+use im_streams::validity::{self, Candidate, Invalid};
+use im_streams::verdict::EventError;
 use sha2::{Digest as _, Sha256};
 
 use crate::read::Raw;
@@ -87,10 +92,9 @@ struct ConvAudit {
     state: Option<ConvState>,
     /// (actor, client_msg_id) of every command so far.
     commands: BTreeSet<(String, String)>,
-    /// A direct conversation's creation, with the state before it: the
-    /// send that made it is its next event, and the two are checked
-    /// together.
-    direct_created: Option<(ConvState, v1::ConvEvent)>,
+    /// A direct conversation's creation: the send that made it must be its
+    /// next event.
+    direct_created: Option<v1::ConvEvent>,
     events: u64,
 }
 
@@ -160,24 +164,6 @@ impl Auditor {
     }
 }
 
-/// Compares a stored event with the one the rules produced, chain links
-/// aside (checked on their own).
-fn same_event(stored: &v1::ConvEvent, produced: &v1::ConvEvent) -> Result<(), String> {
-    let strip = |e: &v1::ConvEvent| v1::ConvEvent {
-        prev_hash: Vec::new(),
-        ..e.clone()
-    };
-    if strip(stored) == strip(produced) {
-        Ok(())
-    } else {
-        Err(format!(
-            "stored {}, rules give {}",
-            im_schema::to_json(stored),
-            im_schema::to_json(produced)
-        ))
-    }
-}
-
 /// The event of an IM_CONV message, whose header and subject agree with
 /// its payload.
 fn decode_event(raw: &Raw) -> Result<v1::ConvEvent, Violation> {
@@ -218,92 +204,76 @@ fn decode_event(raw: &Raw) -> Result<v1::ConvEvent, Violation> {
     Ok(ev)
 }
 
-/// The event is the conversation's next: the following `conv_seq`, chained
-/// onto the last event's hash.
-/// A creation out of place is the rules' to refuse (`check_command`).
-fn extends(state: &ConvState, ev: &v1::ConvEvent) -> Result<(), ViolationKind> {
-    match check_link(state.conv_seq, &state.last_hash, ev) {
-        Ok(()) | Err(LinkError::Creation) => Ok(()),
-        Err(LinkError::Position { .. }) => Err(ViolationKind::Gap {
+/// What `validity` says of an event, as the auditor names it.
+fn kind_of(state: &ConvState, ev: &v1::ConvEvent, invalid: Invalid) -> ViolationKind {
+    match invalid {
+        Invalid::Signature(e) => ViolationKind::Signature(e),
+        Invalid::Rules(EventError::Link(LinkError::Position { .. })) => ViolationKind::Gap {
             expected: state.conv_seq + 1,
-        }),
-        Err(LinkError::Hash { .. }) => Err(ViolationKind::BadChain {
+        },
+        Invalid::Rules(EventError::Link(LinkError::Hash { .. })) => ViolationKind::BadChain {
             expected: hex::encode(state.last_hash),
             found: hex::encode(&ev.prev_hash),
-        }),
+        },
+        Invalid::Rules(EventError::NotAllowed(r)) => ViolationKind::NotAllowed {
+            code: r.code(),
+            reason: r.to_string(),
+        },
+        Invalid::Rules(e @ (EventError::Link(LinkError::Creation) | EventError::NoCommand)) => {
+            ViolationKind::NotWhatTheRulesProduce {
+                detail: e.to_string(),
+            }
+        }
+        Invalid::Rules(EventError::NotProduced { detail }) => {
+            ViolationKind::NotWhatTheRulesProduce { detail }
+        }
     }
 }
 
 impl ConvAudit {
-    /// The event is what the rules produce for its command on the state
-    /// before it, and the command is new. A direct conversation's creation
-    /// waits for the send it came with (one command, two events).
+    /// The whole-log checks of an event that is part of the conversation:
+    /// its command is new, and a direct conversation's creation is followed
+    /// by the message that made it (one command, two events).
     fn check_command(&mut self, ev: &v1::ConvEvent) -> Result<(), ViolationKind> {
-        let state = self.state.as_ref().expect("set by the caller");
-        let is_direct_creation = matches!(&ev.kind, Some(Kind::Created(c))
-            if c.kind == v1::ConversationKind::Direct as i32);
-        if is_direct_creation && self.direct_created.is_none() {
-            self.direct_created = Some((state.clone(), ev.clone()));
-            return Ok(());
+        if let Some(created) = self.direct_created.take() {
+            let completes = matches!(&ev.kind, Some(Kind::MessageSent(_)))
+                && ev.actor == created.actor
+                && ev.client_msg_id == created.client_msg_id;
+            if completes {
+                return Ok(());
+            }
+            self.note_command(ev)?;
+            return Err(ViolationKind::IncompleteCommand);
         }
-        // The command's first event, and the state it was decided on.
-        let (before, first, sent_with) = match self.direct_created.take() {
-            Some((before, created)) => match &ev.kind {
-                Some(Kind::MessageSent(s))
-                    if ev.actor == created.actor && ev.client_msg_id == created.client_msg_id =>
-                {
-                    (before, created, Some(s))
-                }
-                _ => return Err(ViolationKind::IncompleteCommand),
-            },
-            None => (state.clone(), ev.clone(), None),
-        };
-        let cmd =
-            command_of(&first, sent_with).ok_or_else(|| ViolationKind::NotWhatTheRulesProduce {
-                detail: "no command produces this event".into(),
-            })?;
-        if !self
-            .commands
-            .insert((cmd.actor.clone(), cmd.client_msg_id.clone()))
+        if matches!(&ev.kind, Some(Kind::Created(c))
+            if c.kind == v1::ConversationKind::Direct as i32)
         {
-            return Err(ViolationKind::DuplicateClientMsgId {
-                client_msg_id: cmd.client_msg_id,
-            });
+            self.direct_created = Some(ev.clone());
         }
-        let decided =
-            decide(&before, &cmd, first.at_ms).map_err(|r| ViolationKind::NotAllowed {
-                code: r.code(),
-                reason: r.to_string(),
-            })?;
-        let stored: Vec<&v1::ConvEvent> = match sent_with {
-            Some(_) => vec![&first, ev],
-            None => vec![ev],
-        };
-        if decided.len() != stored.len() {
-            return Err(ViolationKind::NotWhatTheRulesProduce {
-                detail: format!("the rules give {} event(s) for this command", decided.len()),
-            });
-        }
-        // An older writer's events carry their own schema version.
-        let decided = decided
-            .into_iter()
-            .zip(&stored)
-            .map(|(p, s)| v1::ConvEvent {
-                schema_version: s.schema_version,
-                ..p
+        self.note_command(ev)
+    }
+
+    fn note_command(&mut self, ev: &v1::ConvEvent) -> Result<(), ViolationKind> {
+        if self
+            .commands
+            .insert((ev.actor.clone(), ev.client_msg_id.clone()))
+        {
+            Ok(())
+        } else {
+            Err(ViolationKind::DuplicateClientMsgId {
+                client_msg_id: ev.client_msg_id.clone(),
             })
-            .collect();
-        for (s, p) in stored.into_iter().zip(seal(&before, decided)) {
-            same_event(s, &p.event)
-                .map_err(|detail| ViolationKind::NotWhatTheRulesProduce { detail })?;
         }
-        Ok(())
     }
 }
 
 impl Auditor {
-    /// Checks the next IM_CONV message (stream order).
+    /// Checks the next IM_CONV message (stream order). An event that is
+    /// not part of its conversation is stepped over; the audit goes on
+    /// either way.
     pub fn check(&mut self, raw: &Raw) -> Result<(), Violation> {
+        self.events += 1;
+        self.range.add(raw.seq, &raw.subject, &raw.payload);
         let ev = decode_event(raw)?;
         let v = |kind| Violation {
             stream_seq: raw.seq,
@@ -312,28 +282,23 @@ impl Auditor {
             conv_seq: ev.conv_seq,
             kind,
         };
-        if self
-            .keys
-            .in_force_from()
-            .is_some_and(|from| raw.seq >= from)
-        {
-            self.keys
-                .check(signature_of(raw), &raw.payload)
-                .map_err(|e| v(ViolationKind::Signature(e)))?;
-        }
         let audit = self.convs.entry(ev.conversation_id.clone()).or_default();
         let state = audit
             .state
             .get_or_insert_with(|| ConvState::empty(ev.conversation_id.clone()));
-        extends(state, &ev).map_err(v)?;
-        audit.check_command(&ev).map_err(v)?;
-        let state = audit.state.as_mut().expect("set above");
-        im_streams::conversation::apply(state, &ev);
+        let candidate = Candidate {
+            stream_seq: raw.seq,
+            signature: signature_of(raw),
+            payload: &raw.payload,
+            event: &ev,
+        };
+        if let Err(invalid) = validity::check(state, &self.keys, candidate) {
+            return Err(v(kind_of(state, &ev, invalid)));
+        }
+        apply(state, &ev);
         state.record_position(raw.seq, payload_hash(&raw.payload));
         audit.events += 1;
-        self.events += 1;
-        self.range.add(raw.seq, &raw.subject, &raw.payload);
-        Ok(())
+        audit.check_command(&ev).map_err(v)
     }
 
     /// The report, once every event is in; a command cut short is a
@@ -344,7 +309,7 @@ impl Auditor {
             let state = audit
                 .state
                 .unwrap_or_else(|| ConvState::empty(conv.clone()));
-            if let Some((_, created)) = audit.direct_created {
+            if let Some(created) = audit.direct_created {
                 return Err(Violation {
                     stream_seq: state.version,
                     subject: String::new(),

@@ -55,6 +55,14 @@ impl Log {
         self.raws.push(r);
     }
 
+    /// Publishes an event around the writers, who step over it: their
+    /// state stays as it was.
+    fn forge(&mut self, ev: v1::ConvEvent) -> u64 {
+        let r = raw(self.raws.len() as u64 + 1, &ev);
+        self.raws.push(r);
+        self.raws.len() as u64
+    }
+
     /// The next event of `conv` as a writer would chain it.
     fn next_event(&self, conv: &str, actor: &str, id: &str, kind: Kind) -> v1::ConvEvent {
         let event = v1::ConvEvent {
@@ -362,4 +370,35 @@ fn from_the_first_registration_every_event_carries_a_registered_signature() {
         kind(audit_with(Some(writer.sign(b"other bytes")))),
         ViolationKind::Signature(SignatureError::Bad(writer.key_id().into()))
     );
+}
+
+#[test]
+fn every_violation_is_named_and_what_follows_is_judged_as_writers_judge_it() {
+    let mut log = history();
+    let intruder = log.forge(log.next_event("team", "mallory", "x1", sent("let me in")));
+    let grab = Kind::RoleChanged(v1::RoleChanged {
+        user_id: "bo".into(),
+        role: v1::Role::Admin as i32,
+    });
+    let role_grab = log.forge(log.next_event("team", "bo", "x2", grab));
+    // The writers chained on past them: the honest events pass.
+    log.run("team", "amy", "m7", text("still here"));
+    log.run("team", "olga", "m8", text("and here"));
+    let mut a = Auditor::default();
+    let found: Vec<(u64, &'static str)> = log
+        .raws
+        .iter()
+        .filter_map(|r| a.check(r).err())
+        .map(|v| match v.kind {
+            ViolationKind::NotAllowed { code, .. } => (v.stream_seq, code),
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![(intruder, "not_member"), (role_grab, "forbidden")]
+    );
+    let report = a.finish().unwrap();
+    assert_eq!(report.events, log.raws.len() as u64);
+    assert_eq!(report.conversations["team"].events, 9);
 }

@@ -43,6 +43,8 @@ pub struct StoredEvent {
     pub writer: String,
     /// `Nats-Msg-Id`, empty when absent.
     pub msg_id: String,
+    /// `Im-Sig`, the writer's signature of `payload`.
+    pub signature: Option<String>,
 }
 
 /// Decodes a stored conversation event (from a get).
@@ -82,6 +84,9 @@ pub fn decode_conv_parts(
             .and_then(|h| h.get("Nats-Msg-Id"))
             .map(|v| v.as_str().to_string())
             .unwrap_or_default(),
+        signature: headers
+            .and_then(|h| h.get(crate::signing::HDR_SIGNATURE))
+            .map(|v| v.as_str().to_string()),
         event,
     })
 }

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 
+use crate::conversation::ConvState;
 use crate::error::{BoxError, StreamsError};
 use crate::log::{read_batch, DIRECT_BATCH_MAX};
+use crate::signing::KeyRing;
 use crate::subjects::{query_subject, Topology};
 
 /// How long a lookup may take: the projector's own bounded wait for the
@@ -65,14 +67,18 @@ pub const SCAN_EVENTS_MAX: u64 = 50_000;
 /// The original's (stream_seq, conv_seq), found by reading `subject` up to
 /// stream sequence `upto`. Only a command's last event carries its id
 /// unsuffixed; an event without a msg id (restored) is matched by payload.
+/// Only events that are part of the conversation count (`validity.rs`):
+/// a forged event carrying someone's command id answers nothing.
 pub async fn scan(
     client: &async_nats::Client,
     subject: &str,
-    sender: &str,
-    client_msg_id: &str,
+    keys: &tokio::sync::Mutex<KeyRing>,
+    (sender, client_msg_id): (&str, &str),
     upto: u64,
 ) -> Result<Option<(u64, u64)>, StreamsError> {
     let primary = format!("{sender}:{client_msg_id}");
+    let conv_id = crate::subjects::conv_id_of_subject(subject).unwrap_or_default();
+    let mut state = ConvState::empty(conv_id);
     let (mut next, mut scanned) = (1u64, 0u64);
     while next <= upto {
         let batch = read_batch(
@@ -87,7 +93,17 @@ pub async fn scan(
         if last == 0 {
             return Ok(None);
         }
+        let mut ring = keys.lock().await;
+        let named = batch
+            .events
+            .iter()
+            .map(|e| (e.stream_seq, e.signature.as_deref()))
+            .collect::<Vec<_>>();
+        let keys_now = ring.prepare(named).await?;
         for e in batch.events.iter().filter(|e| e.stream_seq <= upto) {
+            if crate::validity::fold(&mut state, keys_now, e).is_err() {
+                continue;
+            }
             let matches = if e.msg_id.is_empty() {
                 e.event.actor == sender && e.event.client_msg_id == client_msg_id
             } else {

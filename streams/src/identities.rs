@@ -13,6 +13,7 @@ use crate::definitions::{
     CONV_STREAM, LAST_SEEN_BUCKET, MEDIA_PENDING_BUCKET, MEDIA_QUOTA_BUCKET, MEDIA_STREAM,
     PRESENCE_BUCKET, RCPT_STREAM,
 };
+use crate::signing::WRITER_KEYS_BUCKET;
 
 /// The components that connect to NATS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -146,6 +147,9 @@ fn gateway() -> Permissions {
     publish.extend(bucket(MEDIA_PENDING_BUCKET));
     publish.extend(bucket(PRESENCE_BUCKET));
     publish.extend(bucket(LAST_SEEN_BUCKET));
+    // The writers' public keys, read only: a writer checks the events
+    // other writers appended (`validity.rs`).
+    publish.extend(reads(&format!("KV_{WRITER_KEYS_BUCKET}")));
     // Watching presence: an ordered consumer, with its flow control.
     let presence = format!("KV_{PRESENCE_BUCKET}");
     publish.extend(ephemeral_reads(&presence));
@@ -174,6 +178,8 @@ fn projector() -> Permissions {
         "$JS.API.INFO",
         "_INBOX.>",
     ]);
+    // The writers' public keys, read only: the judge checks signatures.
+    publish.extend(reads(&format!("KV_{WRITER_KEYS_BUCKET}")));
     for stream in [CONV_STREAM, RCPT_STREAM] {
         publish.extend(reads(stream));
         publish.extend(ephemeral_reads(stream));

@@ -17,10 +17,12 @@ pub mod media;
 pub mod nats_auth;
 pub mod seen;
 pub mod signing;
+pub mod snapshot;
 pub mod subjects;
+pub mod validity;
 pub mod writer_cache;
 
-pub use im_rules::{chain, conversation, ids, mapping, seal};
+pub use im_rules::{chain, conversation, ids, mapping, seal, verdict};
 
 pub use append::{
     AppendOutcome, Appender, AppenderOptions, AppenderStats, ReceiptKind, ReceiptOutcome,

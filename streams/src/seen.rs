@@ -110,6 +110,18 @@ impl SeenCommands {
         }
     }
 
+    /// A conversation the writer took up from a snapshot at stream
+    /// sequence `version` instead of folding its events: every id up to it
+    /// is asked of the `dedupe` projection (a retry of any age is still
+    /// found), later ones are known as they are folded.
+    pub fn after_snapshot(version: u64) -> Self {
+        SeenCommands {
+            older_complete: false,
+            evicted_upto: version,
+            ..Default::default()
+        }
+    }
+
     /// Records a folded event. `msg_id` is its `Nats-Msg-Id`: a command's
     /// last event carries `<actor>:<client_msg_id>`, earlier ones a `:<i>`
     /// suffix, so a half-stored command is never mistaken for a stored one.
@@ -225,6 +237,21 @@ mod tests {
         assert!(s.filter_bytes() <= OLDER_FILTER_BYTES_MAX);
         assert!(matches!(s.lookup("never:seen"), Known::Ask { .. }));
         assert!(matches!(s.lookup(&id(n - 1)), Known::Stored { .. }));
+    }
+
+    #[test]
+    fn after_a_snapshot_what_it_covers_is_asked_and_what_follows_is_known() {
+        let mut s = SeenCommands::after_snapshot(500);
+        assert_eq!(s.lookup("a:old"), Known::Ask { upto: 500 });
+        s.record("a:new", 501, 90);
+        assert_eq!(
+            s.lookup("a:new"),
+            Known::Stored {
+                stream_seq: 501,
+                conv_seq: 90
+            }
+        );
+        assert_eq!(s.lookup("a:other"), Known::Ask { upto: 500 });
     }
 
     #[test]

@@ -108,6 +108,12 @@ pub enum SignatureError {
     UnknownKey(String),
     #[error("the signature by key {0:?} does not match the event")]
     Bad(String),
+    #[error("signed by key {key:?}, registered from IM_CONV seq {from_seq}, at seq {at_seq}")]
+    NotYetRegistered {
+        key: String,
+        from_seq: u64,
+        at_seq: u64,
+    },
 }
 
 /// The registered keys met so far, by id, and from which IM_CONV sequence
@@ -116,7 +122,11 @@ pub enum SignatureError {
 #[derive(Clone, Debug, Default)]
 pub struct WriterKeys {
     known: HashMap<String, (VerifyingKey, u64)>,
-    unknown: std::collections::HashSet<String>,
+    /// Ids looked up and not registered, with the highest IM_CONV seq
+    /// asked for then: an event past it asks again (a key is registered
+    /// from a sequence after the log's end, so one registered since can
+    /// only sign later events).
+    unknown: HashMap<String, u64>,
     in_force_from: Option<u64>,
 }
 
@@ -128,6 +138,42 @@ impl WriterKeys {
 
     pub fn in_force_from(&self) -> Option<u64> {
         self.in_force_from
+    }
+
+    /// Whether the event at IM_CONV `stream_seq` must be signed.
+    pub fn required_at(&self, stream_seq: u64) -> bool {
+        self.in_force_from.is_some_and(|from| stream_seq >= from)
+    }
+
+    /// Checks the signature of the event at IM_CONV `stream_seq`, if one
+    /// is required there: by a key registered for that position, over its
+    /// stored bytes.
+    pub fn check_at(
+        &self,
+        stream_seq: u64,
+        header: Option<&str>,
+        payload: &[u8],
+    ) -> Result<(), SignatureError> {
+        if !self.required_at(stream_seq) {
+            return Ok(());
+        }
+        self.check(header, payload)?;
+        let id = header.and_then(signer_of).unwrap_or_default();
+        match self.known.get(id) {
+            Some((_, from_seq)) if *from_seq > stream_seq => {
+                Err(SignatureError::NotYetRegistered {
+                    key: id.to_string(),
+                    from_seq: *from_seq,
+                    at_seq: stream_seq,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether key `id` needs no look-up for an event at `stream_seq`.
+    fn settled(&self, id: &str, stream_seq: u64) -> bool {
+        self.known.contains_key(id) || self.unknown.get(id).is_some_and(|at| *at >= stream_seq)
     }
 
     /// Checks one event's signature header against its stored bytes.
@@ -228,25 +274,24 @@ pub async fn registered(js: &jetstream::Context) -> Result<WriterKeys, StreamsEr
         Ok(_) => {}
     }
     let kv = bucket(js).await?;
-    if let Some(value) = kv.get(IN_FORCE_KEY).await.or_unavailable("writer keys")? {
-        let text = String::from_utf8_lossy(&value);
-        let from = text.trim().parse().map_err(|_| {
-            StreamsError::Config(format!("{WRITER_KEYS_BUCKET}.{IN_FORCE_KEY} is {text:?}"))
-        })?;
-        keys.in_force_from = Some(from);
-    }
+    keys.in_force_from = read_in_force(&kv).await?;
     Ok(keys)
 }
 
 impl WriterKeys {
-    /// Fetches key `id`'s registration once, if there is one.
-    pub async fn learn(&mut self, js: &jetstream::Context, id: &str) -> Result<(), StreamsError> {
-        if self.known.contains_key(id) || self.unknown.contains(id) {
+    /// Fetches key `id`'s registration, unless it is known, or known not
+    /// to be registered for events up to `stream_seq`.
+    pub async fn learn(
+        &mut self,
+        kv: &jetstream::kv::Store,
+        id: &str,
+        stream_seq: u64,
+    ) -> Result<(), StreamsError> {
+        if self.settled(id, stream_seq) {
             return Ok(());
         }
-        let kv = bucket(js).await?;
         let Some(value) = kv.get(id).await.or_unavailable("writer keys")? else {
-            self.unknown.insert(id.to_string());
+            self.unknown.insert(id.to_string(), stream_seq);
             return Ok(());
         };
         let bad = |e: &dyn std::fmt::Display| StreamsError::Config(format!("writer key {id}: {e}"));
@@ -257,9 +302,111 @@ impl WriterKeys {
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| bad(&"not 32 bytes"))?;
         let public = VerifyingKey::from_bytes(&bytes).map_err(|e| bad(&e))?;
+        self.unknown.remove(id);
         self.known.insert(key_id(&public), (public, r.from_seq));
         Ok(())
     }
+}
+
+/// The registered keys as a process that checks events keeps them: asked
+/// again whether signatures are in force until they are, and every key an
+/// event names fetched once it is needed (`prepare`).
+pub struct KeyRing {
+    js: jetstream::Context,
+    kv: Option<jetstream::kv::Store>,
+    keys: WriterKeys,
+    /// While no key is registered, how long an answer stands.
+    recheck_every: std::time::Duration,
+    checked_at: Option<std::time::Instant>,
+}
+
+impl KeyRing {
+    /// `recheck_every`: how often, while no key is registered, the bucket
+    /// is asked again (zero: at every `prepare`).
+    pub fn new(js: jetstream::Context, recheck_every: std::time::Duration) -> Self {
+        KeyRing {
+            js,
+            kv: None,
+            keys: WriterKeys::default(),
+            recheck_every,
+            checked_at: None,
+        }
+    }
+
+    /// Whether it is time to ask again whether signatures are in force.
+    fn recheck_due(&self) -> bool {
+        self.keys.in_force_from.is_none()
+            && self
+                .checked_at
+                .is_none_or(|at| at.elapsed() >= self.recheck_every)
+    }
+
+    /// The keys as prepared so far.
+    pub fn keys(&self) -> &WriterKeys {
+        &self.keys
+    }
+
+    /// Readies the keys for events at these positions, naming these
+    /// signers: whether signatures are in force is asked again while they
+    /// are not (so a registration made since is never missed), and each
+    /// key named is looked up. Fails when the bucket cannot be read: a
+    /// process that cannot tell a forgery checks nothing.
+    pub async fn prepare<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = (u64, Option<&'a str>)>,
+    ) -> Result<&WriterKeys, StreamsError> {
+        let mut events = events.into_iter().peekable();
+        if events.peek().is_none() {
+            return Ok(&self.keys);
+        }
+        if self.recheck_due() {
+            self.checked_at = Some(std::time::Instant::now());
+            let Some(kv) = self.bucket().await? else {
+                return Ok(&self.keys);
+            };
+            self.keys.in_force_from = read_in_force(&kv).await?;
+        }
+        if self.keys.in_force_from.is_none() {
+            return Ok(&self.keys);
+        }
+        for (stream_seq, signature) in events {
+            let Some(id) = signature.and_then(signer_of) else {
+                continue;
+            };
+            if self.keys.settled(id, stream_seq) {
+                continue;
+            }
+            let kv = self.bucket().await?.ok_or_else(|| {
+                StreamsError::unavailable("writer keys", "the keys bucket is gone")
+            })?;
+            self.keys.learn(&kv, id, stream_seq).await?;
+        }
+        Ok(&self.keys)
+    }
+
+    /// The bucket, once it exists (None before any key is registered).
+    async fn bucket(&mut self) -> Result<Option<jetstream::kv::Store>, StreamsError> {
+        if self.kv.is_none() {
+            match self.js.get_stream(format!("KV_{WRITER_KEYS_BUCKET}")).await {
+                Err(e) if crate::definitions::is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(StreamsError::unavailable("writer keys", e)),
+                Ok(_) => self.kv = Some(bucket(&self.js).await?),
+            }
+        }
+        Ok(self.kv.clone())
+    }
+}
+
+/// The first sequence signatures are required from, if any key is
+/// registered.
+async fn read_in_force(kv: &jetstream::kv::Store) -> Result<Option<u64>, StreamsError> {
+    let Some(value) = kv.get(IN_FORCE_KEY).await.or_unavailable("writer keys")? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&value);
+    text.trim().parse().map(Some).map_err(|_| {
+        StreamsError::Config(format!("{WRITER_KEYS_BUCKET}.{IN_FORCE_KEY} is {text:?}"))
+    })
 }
 
 /// The key id an `Im-Sig` value names.

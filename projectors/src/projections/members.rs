@@ -1,15 +1,30 @@
 //! `members`: conv -> members (role, mute-until), blacklist, and the
-//! conversation record with its version; user -> conversations.
+//! conversation record with its version; user -> conversations. It also
+//! keeps what else the rules decide on — the recent-message index and the
+//! chain head — so a conversation's whole rules state (`ConvState`) can be
+//! read back at its version (`rules_state`): the projector's judge starts
+//! from it, and a cold writer asks for it instead of reading the history.
 
 use im_schema::v1::{self, conv_event::Kind};
+use im_streams::conversation::MESSAGE_INDEX_MAX;
+use im_streams::conversation::{ConvKind, ConvState, MemberState, MessageMeta, Role};
 
 use super::{membership, Effect, FoldCtx, Input, Projection};
-use crate::keys::{key, last_part, prefix, prefix_end};
+use crate::keys::{key, last_part, prefix, prefix_end, seq, seq_suffix};
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
 
+/// The projection's name, which the judge looks its rows up by.
+pub const NAME: &str = "members";
+
 pub const CONVERSATION: u8 = b'c';
 pub const USER_CONV: u8 = b'u';
+/// `i<conv>\0<conv_seq>` -> RecentMessage: the rules' index of the
+/// `MESSAGE_INDEX_MAX` most recent messages.
+pub const RECENT: u8 = b'i';
+/// `n<conv>` -> how many `RECENT` rows the conversation has (u32, BE) and
+/// the oldest one's conv_seq (u64, BE).
+pub const RECENT_COUNT: u8 = b'n';
 
 pub struct Members;
 
@@ -19,7 +34,7 @@ fn conv_key(conv: &str) -> Vec<u8> {
 
 impl Projection for Members {
     fn name(&self) -> &'static str {
-        "members"
+        NAME
     }
 
     fn apply(
@@ -56,8 +71,106 @@ impl Projection for Members {
         for u in &change.left {
             tx.delete(key(USER_CONV, &[u.as_bytes(), conv.as_bytes()]));
         }
+        fold_recent(tx, ev)?;
         Ok(Vec::new())
     }
+}
+
+fn recent_key(conv: &str, conv_seq: u64) -> Vec<u8> {
+    key(RECENT, &[conv.as_bytes(), &seq(conv_seq)])
+}
+
+fn recent_count_key(conv: &str) -> Vec<u8> {
+    key(RECENT_COUNT, &[conv.as_bytes()])
+}
+
+/// Keeps the recent-message index as `im_rules::conversation::apply` keeps
+/// it: a message is added (the oldest dropped past the bound), a recall
+/// marks its target. O(1) writes per event.
+fn fold_recent(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<(), StoreError> {
+    let conv = ev.conversation_id.as_str();
+    match &ev.kind {
+        Some(Kind::MessageSent(_)) => {
+            let row = v1::RecentMessage {
+                sender: ev.actor.clone(),
+                client_msg_id: ev.client_msg_id.clone(),
+                sent_at_ms: ev.at_ms,
+                recalled: false,
+            };
+            tx.put_msg(recent_key(conv, ev.conv_seq), &row);
+            let count_key = recent_count_key(conv);
+            let (count, oldest) = match tx.get(&count_key)? {
+                Some(v) if v.len() == 12 => (
+                    u32::from_be_bytes(v[..4].try_into().expect("4 bytes")),
+                    u64::from_be_bytes(v[4..].try_into().expect("8 bytes")),
+                ),
+                _ => (0, ev.conv_seq),
+            };
+            let (count, oldest) = if count as usize >= MESSAGE_INDEX_MAX {
+                let old = recent_key(conv, oldest);
+                tx.delete(old.clone());
+                let mut after = old;
+                after.push(0);
+                let end = prefix_end(&prefix(RECENT, &[conv.as_bytes()]));
+                let next = tx.first_in(&after, &end)?.map(|(k, _)| seq_suffix(&k));
+                (count, next.unwrap_or(ev.conv_seq))
+            } else {
+                (count + 1, oldest)
+            };
+            let mut v = count.to_be_bytes().to_vec();
+            v.extend_from_slice(&oldest.to_be_bytes());
+            tx.put(count_key, v);
+        }
+        Some(Kind::MessageRecalled(r)) => {
+            let k = recent_key(conv, r.target_conv_seq);
+            if let Some(mut row) = tx.get_msg::<v1::RecentMessage>(&k)? {
+                row.recalled = true;
+                tx.put_msg(k, &row);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The conversation's rules state at the version its rows reflect (None
+/// when it has no event here): what `decide` and the judge work from.
+pub fn rules_state(tx: &Tx, conv: &str) -> Result<Option<ConvState>, StoreError> {
+    let Some(rec) = tx.get_msg::<v1::ConversationRecord>(&conv_key(conv))? else {
+        return Ok(None);
+    };
+    let head = crate::chain::head(tx, conv)?.ok_or_else(|| StoreError::Corrupt {
+        key: format!("H{conv}"),
+        detail: "a conversation record without its chain head".into(),
+    })?;
+    let mut state = ConvState::empty(conv);
+    state.kind = Some(match v1::ConversationKind::try_from(rec.kind) {
+        Ok(v1::ConversationKind::Direct) => ConvKind::Direct,
+        _ => ConvKind::Group,
+    });
+    state.title = rec.title;
+    state.conv_seq = head.conv_seq;
+    state.version = rec.version;
+    state.last_hash = head.hash;
+    for m in membership::list(tx, conv)? {
+        let member = MemberState {
+            role: Role::from_wire(m.role),
+            muted_until_ms: m.muted_until_ms,
+        };
+        state.members.insert(m.user_id, member);
+    }
+    state.blacklist = membership::blacklist(tx, conv)?.into_iter().collect();
+    for (k, v) in tx.scan(&prefix(RECENT, &[conv.as_bytes()]))? {
+        let row: v1::RecentMessage = crate::store::decode_value(&k, &v)?;
+        let meta = MessageMeta {
+            sender: row.sender,
+            client_msg_id: row.client_msg_id,
+            sent_at_ms: row.sent_at_ms,
+            recalled: row.recalled,
+        };
+        state.messages.insert(seq_suffix(&k), meta);
+    }
+    Ok(Some(state))
 }
 
 /// The conversation record, members and blacklist.

@@ -93,6 +93,8 @@ pub fn conv_of_key(key: &[u8]) -> Option<&[u8]> {
         crate::chain::HEAD
         | history::ENTRY
         | members::CONVERSATION
+        | members::RECENT
+        | members::RECENT_COUNT
         | membership::MEMBER
         | membership::BLACKLIST
         | membership::KIND

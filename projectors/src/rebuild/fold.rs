@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 
-use crate::fold::{fold_item, Delivered, Item, Target};
+use crate::fold::{fold_item, Delivered, Item, Target, Verdicts};
 use crate::members_cache::MembersCache;
 use crate::projections::FoldCtx;
 use crate::projections::Projection;
-use crate::runner::{commit_at, Applied, RunError, Source};
+use crate::runner::{commit_at, Applied, ProjectionState, RunError, Source};
 use crate::store::{Keyspace, StoreError};
 
 use super::read::Reader;
@@ -41,7 +41,7 @@ pub(super) async fn fold_to(
     gens: &mut [Generation],
     readers: &mut [Reader],
     limits: &[Applied],
-    work: &Work,
+    (work, verdicts): (&Work, &ProjectionState),
 ) -> Result<(), RunError> {
     for reader in readers.iter_mut() {
         let source = reader.source;
@@ -73,7 +73,7 @@ pub(super) async fn fold_to(
             if batch.is_empty() {
                 break;
             }
-            let folded = fold_round(gens, source, batch, limits).await?;
+            let folded = fold_round(gens, source, batch, limits, verdicts.ks()).await?;
             for ((job, _), (g, n)) in work.iter().zip(gens.iter().zip(folded)) {
                 job.folded.fetch_add(n, Relaxed);
                 job.remaining[source as usize].store(remaining, Relaxed);
@@ -103,16 +103,19 @@ pub(super) async fn fold_round(
     source: Source,
     batch: Vec<(u64, jetstream::Message)>,
     limits: &[Applied],
+    verdicts: Arc<dyn Keyspace>,
 ) -> Result<Vec<u64>, RunError> {
     let work: Vec<RoundWork> = gens
         .iter()
         .zip(limits)
         .map(|(g, l)| (g.projection.clone(), g.ks.clone(), g.at, source.of(*l)))
         .collect();
-    let done = tokio::task::spawn_blocking(move || fold_round_blocking(source, &batch, &work))
-        .await
-        .map_err(|e| RunError::Task(e.into()))?
-        .map_err(RunError::Store)?;
+    let done = tokio::task::spawn_blocking(move || {
+        fold_round_blocking(source, &batch, &work, verdicts.as_ref())
+    })
+    .await
+    .map_err(|e| RunError::Task(e.into()))?
+    .map_err(RunError::Store)?;
     let mut folded = Vec::with_capacity(gens.len());
     for (g, (at, n)) in gens.iter_mut().zip(done) {
         g.at = at;
@@ -127,6 +130,7 @@ pub(super) fn fold_round_blocking(
     source: Source,
     batch: &[(u64, jetstream::Message)],
     work: &[RoundWork],
+    verdicts: &dyn Keyspace,
 ) -> Result<Vec<(Applied, u64)>, StoreError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = batch.len().div_ceil(threads).max(1);
@@ -156,7 +160,8 @@ pub(super) fn fold_round_blocking(
                         .skip(g)
                         .step_by(groups)
                         .map(|(p, ks, at, limit)| {
-                            fold_generation(p.as_ref(), ks.as_ref(), *at, *limit, items)
+                            let into = (p.as_ref(), ks.as_ref(), verdicts);
+                            fold_generation(into, *at, *limit, items)
                         })
                         .collect::<Result<Vec<_>, StoreError>>()
                 })
@@ -174,10 +179,11 @@ pub(super) fn fold_round_blocking(
 }
 
 /// Folds the items at or below `limit` into one generation and commits
-/// them with its new position (no flush: see `commit_at`).
+/// them with its new position (no flush: see `commit_at`). Verdicts are
+/// those the live `members` keyspace recorded: it has applied every event
+/// a rebuild folds, and a verdict never changes.
 pub(super) fn fold_generation(
-    projection: &dyn Projection,
-    ks: &dyn Keyspace,
+    (projection, ks, verdicts): (&dyn Projection, &dyn Keyspace, &dyn Keyspace),
     at: Applied,
     limit: u64,
     items: &[Item],
@@ -188,10 +194,12 @@ pub(super) fn fold_generation(
         members: &mut members,
         effects: false,
     };
+    let mut verdicts = Verdicts::Recorded(verdicts);
     for item in items.iter().take_while(|i| i.stream_seq <= limit) {
         fold_item(
             std::slice::from_mut(&mut target),
             item,
+            &mut verdicts,
             &mut ctx,
             &mut Vec::new(),
         )?;

@@ -208,9 +208,12 @@ impl Rebuilds {
 
     /// Starts rebuilding every state in `targets` (one read of the streams
     /// for all of them); none starts if one of them is already rebuilding.
+    /// `verdicts`: the live `members` projection, whose recorded verdicts
+    /// the new generations fold by (`rebuild/fold.rs`).
     pub fn start(
         self: &Arc<Self>,
         targets: Vec<Arc<ProjectionState>>,
+        verdicts: Arc<ProjectionState>,
         from_seq: u64,
     ) -> Result<Vec<v1::RebuildProgress>, RebuildError> {
         let mut jobs = self.jobs();
@@ -241,7 +244,7 @@ impl Rebuilds {
         let started = work.iter().map(|(j, _)| j.progress()).collect();
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let outcome = this.run(&work, from_seq).await;
+            let outcome = this.run(&work, &verdicts, from_seq).await;
             this.finish(&work, outcome).await;
         });
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,7 +311,12 @@ impl Rebuilds {
 
     /// Folds new generations of every target and swaps them in; the old
     /// keyspaces to drop, or None when cancelled.
-    async fn run(&self, work: &Work, from_seq: u64) -> Result<Option<Vec<Old>>, RunError> {
+    async fn run(
+        &self,
+        work: &Work,
+        verdicts: &ProjectionState,
+        from_seq: u64,
+    ) -> Result<Option<Vec<Old>>, RunError> {
         let mut gens = Vec::with_capacity(work.len());
         for (job, state) in work {
             let name = keyspace_name(job.projection, job.generation);
@@ -353,7 +361,7 @@ impl Rebuilds {
             if gap <= HANDOFF_GAP_MAX || round >= CATCHUP_ROUNDS_MAX {
                 break;
             }
-            fold_to(&mut gens, &mut readers, &limits, work).await?;
+            fold_to(&mut gens, &mut readers, &limits, (work, verdicts)).await?;
         }
         // The live pipeline waits while the last events are folded and the
         // generations swapped: it holds every projection's lock per batch.
@@ -362,7 +370,7 @@ impl Rebuilds {
             held.push(state.batch_lock.lock().await);
         }
         let limits = live();
-        fold_to(&mut gens, &mut readers, &limits, work).await?;
+        fold_to(&mut gens, &mut readers, &limits, (work, verdicts)).await?;
         if cancelled() {
             return Ok(None);
         }

@@ -3,11 +3,13 @@
 //! projections the projector runs, printed as JSON in the projector's own
 //! answer types, so they compare one to one with a query at that checkpoint.
 
-use im_projectors::fold::{fold_one, Delivered, Target};
+use im_projectors::fold::{fold_one, Delivered, Target, Verdicts};
+use im_projectors::judge::Judge;
 use im_projectors::members_cache::MembersCache;
 use im_projectors::projections::{history::History, members::Members, FoldCtx};
 use im_projectors::runner::{Applied, Source};
 use im_projectors::store::{Keyspace, MemKeyspace};
+use im_streams::signing::KeyRing;
 
 use crate::read::{Bounds, Reader};
 
@@ -50,11 +52,16 @@ pub async fn state_at(
     // change as already made (a removal not counted, say).
     let (history_ks, members_ks) = (MemKeyspace::default(), MemKeyspace::default());
     let mut last = 0;
-    // Folded as the projector folds: what does not extend the chain is left
-    // out, as it is of every read model.
+    // Folded as the projector folds: what is not part of the conversation
+    // is left out, as it is of every read model.
     let mut cache = MembersCache::default();
+    // Judged as the projector judges: signatures and the rules.
+    let mut judge = Judge::default();
+    let mut ring = KeyRing::new(js.clone(), std::time::Duration::MAX);
     let mut at = [Applied::default(); 2];
     while let Some(raw) = reader.next().await? {
+        let named = vec![(raw.seq, crate::audit::signature_of(&raw))];
+        judge.set_keys(std::sync::Arc::new(ring.prepare(named).await?.clone()));
         if at_time.is_some_and(|t| raw.time > t) {
             break;
         }
@@ -77,7 +84,14 @@ pub async fn state_at(
             members: &mut cache,
             effects: false,
         };
-        fold_one(&mut targets, &delivered, &mut ctx, &mut Vec::new())?;
+        let mut verdicts = Verdicts::Judge(&mut judge);
+        fold_one(
+            &mut targets,
+            &delivered,
+            &mut verdicts,
+            &mut ctx,
+            &mut Vec::new(),
+        )?;
         let [history, members] = targets;
         at = [history.at, members.at];
         let (h, m) = (history.tx.into_writes(), members.tx.into_writes());

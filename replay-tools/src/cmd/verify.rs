@@ -1,6 +1,7 @@
 //! `im-replay verify [--conv ID]`: audits IM_CONV from its first event
 //! (see `audit`), printing a chain head per conversation and a digest of
-//! the range; exits non-zero at the first violation, naming the event.
+//! the range; names every violation (each event), going on past them as
+//! writers and projectors do, and exits 1 if there was any.
 
 use crate::audit::{self, Auditor};
 use crate::read::{Bounds, Reader};
@@ -18,17 +19,14 @@ pub struct VerifyArgs {
     pub nats: super::Connection,
 }
 
-/// A violation as `--json` prints it.
+/// A violation as `--json` lists it.
 fn violation_json(v: &audit::Violation) -> serde_json::Value {
     serde_json::json!({
-        "ok": false,
-        "violation": {
-            "stream_seq": v.stream_seq,
-            "subject": v.subject,
-            "conversation_id": v.conversation_id,
-            "conv_seq": v.conv_seq,
-            "message": v.to_string(),
-        }
+        "stream_seq": v.stream_seq,
+        "subject": v.subject,
+        "conversation_id": v.conversation_id,
+        "conv_seq": v.conv_seq,
+        "message": v.to_string(),
     })
 }
 
@@ -44,49 +42,90 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let bar = super::progress_bar("verify");
     bar.set_length(reader.remaining);
     let keys = im_streams::signing::registered(&js).await?;
-    match keys.in_force_from() {
-        Some(from) => eprintln!("verify: signatures required from IM_CONV seq {from}"),
-        None => eprintln!("verify: no writer key is registered: signatures are not checked"),
-    }
+    let bucket = match keys.in_force_from() {
+        Some(from) => {
+            eprintln!("verify: signatures required from IM_CONV seq {from}");
+            let name = im_streams::signing::WRITER_KEYS_BUCKET;
+            Some(js.get_key_value(name).await?)
+        }
+        None => {
+            eprintln!("verify: no writer key is registered: signatures are not checked");
+            None
+        }
+    };
     let mut auditor = Auditor::with_keys(keys);
     let (mut first, mut last) = (0, 0);
+    let mut violations = Violations::default();
     while let Some(raw) = reader.next().await? {
-        if let Some(signer) = audit::signature_of(&raw).and_then(im_streams::signing::signer_of) {
-            auditor.keys_mut().learn(&js, signer).await?;
+        let signer = audit::signature_of(&raw).and_then(im_streams::signing::signer_of);
+        if let (Some(kv), Some(signer)) = (&bucket, signer) {
+            auditor.keys_mut().learn(kv, signer, raw.seq).await?;
         }
         if first == 0 {
             first = raw.seq;
         }
         last = raw.seq;
         if let Err(v) = auditor.check(&raw) {
-            bar.finish_and_clear();
-            match args.json {
-                true => println!("{}", violation_json(&v)),
-                false => println!("VIOLATION {v}"),
-            }
-            let found = format!(
-                "the log failed verification at IM_CONV seq {}",
-                v.stream_seq
-            );
-            return Err(im_streams::exit::Found(found).into());
+            bar.suspend(|| violations.add(v, args.json));
         }
         bar.inc(1);
         bar.set_length(bar.position() + reader.remaining);
     }
     bar.finish_and_clear();
-    let report = match auditor.finish() {
-        Ok(r) => r,
-        Err(v) => {
-            match args.json {
-                true => println!("{}", violation_json(&v)),
-                false => println!("VIOLATION {v}"),
-            }
-            let found = "the log failed verification".to_string();
-            return Err(im_streams::exit::Found(found).into());
+    match auditor.finish() {
+        Ok(report) if violations.count == 0 => {
+            print_report(args.json, (stream, first, last), &report);
+            Ok(())
         }
-    };
-    print_report(args.json, (stream, first, last), &report);
-    Ok(())
+        outcome => {
+            if let Err(v) = outcome {
+                violations.add(v, args.json);
+            }
+            violations.end(args.json)
+        }
+    }
+}
+
+/// Violations printed at most, one line each; past it they are counted.
+/// A forger can publish any number: the report must stay readable.
+pub const VIOLATIONS_PRINTED_MAX: u64 = 1_000;
+
+/// The violations found so far: the first ones printed as they come.
+#[derive(Default)]
+struct Violations {
+    count: u64,
+    listed: Vec<serde_json::Value>,
+}
+
+impl Violations {
+    fn add(&mut self, v: audit::Violation, json: bool) {
+        self.count += 1;
+        if self.count > VIOLATIONS_PRINTED_MAX {
+            return;
+        }
+        match json {
+            true => self.listed.push(violation_json(&v)),
+            false => println!("VIOLATION {v}"),
+        }
+    }
+
+    /// The summary, and the exit that says a problem was found.
+    fn end(self, json: bool) -> anyhow::Result<()> {
+        if json {
+            let first = self.listed.first().cloned();
+            let all = serde_json::json!({
+                "ok": false,
+                "violations_found": self.count,
+                "violation": first,
+                "violations": self.listed,
+            });
+            println!("{all}");
+        } else if self.count > VIOLATIONS_PRINTED_MAX {
+            println!("... {} more", self.count - VIOLATIONS_PRINTED_MAX);
+        }
+        let found = format!("the log failed verification: {} violation(s)", self.count);
+        Err(im_streams::exit::Found(found).into())
+    }
 }
 
 /// The verified range: a head per conversation and the range's digest, as

@@ -11,6 +11,7 @@ pub mod conversation;
 pub mod ids;
 pub mod mapping;
 pub mod seal;
+pub mod verdict;
 
 pub use conversation::{Action, Command, ConvState, MessageBody, Rejection, Role};
 pub use seal::{payload_hash, seal, Sealed};

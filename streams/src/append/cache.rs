@@ -13,7 +13,8 @@ use crate::log::{read_batch, Batch, DIRECT_BATCH_MAX};
 use crate::seen::SeenCommands;
 use crate::writer_cache::WriterCache;
 
-use super::{fold_stored, Appender};
+use super::{Appender, COLD_FOLD_EVENTS_MAX};
+use crate::signing::WriterKeys;
 
 pub(super) struct Cached {
     pub(super) state: ConvState,
@@ -106,10 +107,38 @@ impl Appender {
     ) -> Result<Held<'a>, StreamsError> {
         let mut cached = self.hold(entry, conv_id).await;
         if !cached.loaded {
-            self.refresh(subject, &mut cached, None).await?;
+            self.load(subject, conv_id, &mut cached).await?;
             cached.loaded = true;
         }
         Ok(cached)
+    }
+
+    /// Takes up a conversation this writer does not hold: a long one from
+    /// the `members` projection's snapshot and the tail after it (the
+    /// first command costs the tail, not the history), a short one — or
+    /// any when no projector answers — from its first event, which also
+    /// fills the exactly-once filter (`seen.rs`).
+    async fn load(
+        &self,
+        subject: &str,
+        conv_id: &str,
+        cached: &mut Cached,
+    ) -> Result<(), StreamsError> {
+        let (last, conv_seq) = self.last_of(subject).await?;
+        if self.snapshots && conv_seq > COLD_FOLD_EVENTS_MAX && cached.state.version == 0 {
+            match crate::snapshot::fetch(&self.client, self.topology, conv_id).await {
+                Ok(Some(state)) if state.version <= last => {
+                    self.counters.snapshots.fetch_add(1, Relaxed);
+                    cached.seen = SeenCommands::after_snapshot(state.version);
+                    cached.state = state;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(conv_id, error = %e, "no snapshot: reading the whole subject");
+                }
+            }
+        }
+        self.refresh(subject, cached, Some(last)).await
     }
 
     /// The subject's next message at or after `from_seq`, read from the
@@ -146,6 +175,12 @@ impl Appender {
 
     /// The stream sequence of the subject's last event (0 if none).
     pub(super) async fn last_seq_of(&self, subject: &str) -> Result<u64, StreamsError> {
+        Ok(self.last_of(subject).await?.0)
+    }
+
+    /// The stream sequence and the `Im-Conv-Seq` header of the subject's
+    /// last message ((0, 0) if none).
+    async fn last_of(&self, subject: &str) -> Result<(u64, u64), StreamsError> {
         match self
             .conv_stream
             .raw_message_builder()
@@ -153,8 +188,15 @@ impl Appender {
             .send()
             .await
         {
-            Ok(msg) => Ok(msg.sequence),
-            Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => Ok(0),
+            Ok(msg) => {
+                let conv_seq = msg
+                    .headers
+                    .get(crate::codec::HDR_CONV_SEQ)
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(0);
+                Ok((msg.sequence, conv_seq))
+            }
+            Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => Ok((0, 0)),
             Err(e) => Err(StreamsError::unavailable("reading the tail", e)),
         }
     }
@@ -187,9 +229,19 @@ impl Appender {
                 }
             }
             let last = batch.last_seq();
+            let read = (batch.events.len() + batch.undecodable.len()) as u64;
+            self.counters.events_read.fetch_add(read, Relaxed);
+            let mut ring = self.keys.lock().await;
+            let named = batch
+                .events
+                .iter()
+                .map(|e| (e.stream_seq, e.signature.as_deref()))
+                .collect::<Vec<_>>();
+            let keys = ring.prepare(named).await?;
             for stored in batch.events {
-                self.fold_into(cached, stored);
+                self.fold_into(cached, keys, stored);
             }
+            drop(ring);
             for (stream_seq, why) in batch.undecodable {
                 self.step_over(subject, stream_seq, &why);
             }
@@ -198,11 +250,11 @@ impl Appender {
         Ok(())
     }
 
-    /// Folds one stored event into the cache, or steps over it when it does
-    /// not extend the conversation (see `chain.rs`): it moves the CAS
+    /// Folds one stored event into the cache, or steps over it when it is
+    /// not part of the conversation (`validity.rs`): it moves the CAS
     /// version, never the chain.
-    pub(super) fn fold_into(&self, cached: &mut Cached, stored: StoredEvent) {
-        match fold_stored(&mut cached.state, &stored) {
+    pub(super) fn fold_into(&self, cached: &mut Cached, keys: &WriterKeys, stored: StoredEvent) {
+        match crate::validity::fold(&mut cached.state, keys, &stored) {
             Ok(()) => {
                 if !stored.writer.is_empty() {
                     cached.last_writer.clone_from(&stored.writer);

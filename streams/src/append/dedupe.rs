@@ -67,7 +67,7 @@ impl Appender {
                 tracing::debug!(conv_id, error = %e, "dedupe index unavailable: scanning the subject");
                 self.counters.index_scans.fetch_add(1, Relaxed);
                 let subject = self.topology.conv_subject(conv_id).expect("validated");
-                dedupe_index::scan(&self.client, &subject, sender, cmid, upto).await?
+                dedupe_index::scan(&self.client, &subject, &self.keys, (sender, cmid), upto).await?
             }
         };
         Ok(

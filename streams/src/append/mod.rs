@@ -20,9 +20,7 @@ use async_nats::jetstream::{self};
 use im_schema::v1;
 use rand::Rng;
 
-use crate::chain::{check_link, LinkError};
-use crate::codec::StoredEvent;
-use crate::conversation::{apply, decide, Command, ConvState, Rejection};
+use crate::conversation::{decide, Command, ConvState, Rejection};
 use crate::definitions::CONV_STREAM;
 use crate::error::{OrUnavailable, StreamsError};
 use crate::ids::{validate_id, IdKind};
@@ -73,14 +71,17 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// forwarder carries on by itself), so no writer queues without bound.
 pub const FORWARDED_INFLIGHT_MAX: usize = 256;
 
-/// Folds one stored event into a writer's state, or says why it does not
-/// extend the conversation: a writer never chains onto such an event.
-fn fold_stored(state: &mut ConvState, stored: &StoredEvent) -> Result<(), LinkError> {
-    check_link(state.conv_seq, &state.last_hash, &stored.event)?;
-    apply(state, &stored.event);
-    state.record_position(stored.stream_seq, stored.hash);
-    Ok(())
-}
+/// Events a cold writer folds from a conversation's start rather than ask
+/// a projector for its snapshot: four batched reads, and a conversation
+/// this short gets a complete exactly-once filter (`seen.rs`); a longer one
+/// starts from the snapshot and asks the `dedupe` projection about ids
+/// from before it.
+pub const COLD_FOLD_EVENTS_MAX: u64 = 1_024;
+
+/// While no writer key is registered, how long a writer trusts that answer
+/// before asking the bucket again: the first registration is then seen
+/// within this, without a round trip per tail read.
+pub const KEYS_RECHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// How publishing a command's events ended.
 enum Published {
@@ -136,6 +137,8 @@ fn system_clock_ms() -> i64 {
 pub struct Appender {
     writer_id: String,
     signer: Option<Arc<crate::signing::EventSigner>>,
+    /// The registered keys, to check the events other writers appended.
+    keys: tokio::sync::Mutex<crate::signing::KeyRing>,
     serve_task: tokio::task::AbortHandle,
     client: async_nats::Client,
     js: jetstream::Context,
@@ -145,6 +148,8 @@ pub struct Appender {
     clock: Clock,
     conflict_retries_max: u32,
     forwarding: bool,
+    /// Whether a cold writer starts long conversations from a snapshot.
+    snapshots: bool,
     counters: Counters,
     #[cfg(feature = "fault-injection")]
     drop_next_ack: std::sync::atomic::AtomicBool,
@@ -169,8 +174,12 @@ pub struct AppenderStats {
     pub index_lookups: u64,
     /// Lookups the projection could not answer, answered by scanning.
     pub index_scans: u64,
-    /// Messages on a conversation's subject that did not extend it.
+    /// Messages on a conversation's subject that were not part of it.
     pub stepped_over: u64,
+    /// Messages read from conversations' subjects (loads and refreshes).
+    pub events_read: u64,
+    /// Conversations taken up from a projector's snapshot.
+    pub snapshots: u64,
 }
 
 #[derive(Default)]
@@ -182,6 +191,8 @@ struct Counters {
     index_lookups: AtomicU64,
     index_scans: AtomicU64,
     stepped_over: AtomicU64,
+    events_read: AtomicU64,
+    snapshots: AtomicU64,
 }
 
 /// Options of a writer; the defaults are production's.
@@ -197,6 +208,9 @@ pub struct AppenderOptions {
     pub cache_bytes_max: Option<usize>,
     /// Signs every event appended (`signing.rs`).
     pub signer: Option<Arc<crate::signing::EventSigner>>,
+    /// Cold loads read every conversation from its first event (the
+    /// baseline `imctl bench` measures snapshots against).
+    pub no_snapshots: bool,
 }
 
 fn new_writer_id() -> String {
@@ -229,6 +243,7 @@ impl Appender {
         options: AppenderOptions,
     ) -> Result<Arc<Self>, StreamsError> {
         let js = jetstream::new(client.clone());
+        let keys_js = js.clone();
         let conv_stream = js
             .get_stream_no_info(CONV_STREAM)
             .await
@@ -251,7 +266,12 @@ impl Appender {
                 clock: options.clock.unwrap_or_else(|| Arc::new(system_clock_ms)),
                 conflict_retries_max: options.conflict_retries_max.unwrap_or(CONFLICT_RETRIES_MAX),
                 forwarding: !options.no_forwarding,
+                snapshots: !options.no_snapshots,
                 signer: options.signer,
+                keys: tokio::sync::Mutex::new(crate::signing::KeyRing::new(
+                    keys_js,
+                    KEYS_RECHECK_EVERY,
+                )),
                 counters: Counters::default(),
                 #[cfg(feature = "fault-injection")]
                 drop_next_ack: std::sync::atomic::AtomicBool::new(false),
@@ -270,6 +290,8 @@ impl Appender {
             index_lookups: c.index_lookups.load(Relaxed),
             index_scans: c.index_scans.load(Relaxed),
             stepped_over: c.stepped_over.load(Relaxed),
+            events_read: c.events_read.load(Relaxed),
+            snapshots: c.snapshots.load(Relaxed),
         }
     }
 

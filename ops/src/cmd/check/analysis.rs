@@ -442,6 +442,7 @@ mod tests {
                 payload: Default::default(),
                 writer: String::new(),
                 msg_id: String::new(),
+                signature: None,
             });
             self
         }

@@ -1,0 +1,241 @@
+//! The verdict on each conversation event, reached once per instance by
+//! the one function writers and auditors call too
+//! (`im_streams::validity`): signed by a key registered for its position,
+//! and exactly what the rules produce from the state before it. Every
+//! projection dead-letters what fails, so nothing unsigned, forged or
+//! against the rules is shown to anyone (I30).
+//!
+//! The state before an event comes from the `members` projection's rows
+//! (`members::rules_state`), kept here in memory while it is used
+//! (bounded in bytes) and moved on by each valid event. Where `members`
+//! has already applied an event, its dead letters are the verdict: a
+//! verdict is a function of the log before the event and never changes.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use im_schema::v1;
+use im_streams::codec::StoredEvent;
+use im_streams::conversation::ConvState;
+use im_streams::signing::WriterKeys;
+use im_streams::validity::{self, Invalid};
+use lru::LruCache;
+
+use crate::projections::members;
+use crate::runner::{dead_letter_key, Source};
+use crate::store::StoreError;
+use crate::tx::Tx;
+
+/// Bytes of conversation state the judge keeps, all conversations
+/// together. A 5,000-member group's state is ~500 KB, a small
+/// conversation's with a full message index ~60 KB: 64 MiB keeps the busy
+/// ones; a miss costs one read of the conversation's rows.
+pub const JUDGE_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Conversations kept, whatever their size.
+pub const JUDGE_CACHE_CONVERSATIONS_MAX: usize = 1 << 16;
+
+/// Why an event is refused, as its dead letter says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: String,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(code: &str, reason: impl std::fmt::Display) -> Self {
+        Refusal {
+            code: code.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn invalid(e: &Invalid) -> Self {
+        Refusal::new(e.code(), e)
+    }
+}
+
+/// What the judge knows of a conversation.
+enum Known {
+    State {
+        state: ConvState,
+        bytes: Measured,
+    },
+    /// Folded from a later stream sequence than its creation (a keyspace
+    /// rebuilt `--from-seq`): its rules state is not known, only
+    /// signatures are checked.
+    Unknown,
+}
+
+/// A state's memory, measured again only when its membership changed.
+#[derive(Clone, Copy, Default)]
+struct Measured {
+    members: usize,
+    bytes: usize,
+}
+
+impl Measured {
+    fn of(state: &ConvState, before: Measured) -> Measured {
+        let count = state.members.len() + state.blacklist.len();
+        let membership = if count == before.members && before.bytes > 0 {
+            before.bytes
+        } else {
+            state.membership_bytes()
+        };
+        Measured {
+            members: count,
+            bytes: membership,
+        }
+    }
+
+    fn total(&self, state: &ConvState) -> usize {
+        self.bytes + state.index_bytes()
+    }
+}
+
+pub struct Judge {
+    keys: Arc<WriterKeys>,
+    states: LruCache<String, Known>,
+    sizes: std::collections::HashMap<String, usize>,
+    bytes: usize,
+    bytes_max: usize,
+}
+
+impl Default for Judge {
+    fn default() -> Self {
+        Self::new(JUDGE_CACHE_BYTES_MAX)
+    }
+}
+
+/// Where the rules state of a conversation the judge does not hold comes
+/// from.
+#[derive(Clone, Copy)]
+pub enum Rows<'a, 't> {
+    /// The `members` rows of the keyspace being folded.
+    Members(&'a Tx<'t>),
+    /// Nowhere: the fold starts at the log's beginning (a repair of one
+    /// conversation into scratch), so a conversation starts empty.
+    Genesis,
+}
+
+impl Judge {
+    pub fn new(bytes_max: usize) -> Self {
+        Judge {
+            keys: Arc::default(),
+            states: LruCache::new(
+                NonZeroUsize::new(JUDGE_CACHE_CONVERSATIONS_MAX).expect("non-zero"),
+            ),
+            sizes: Default::default(),
+            bytes: 0,
+            bytes_max,
+        }
+    }
+
+    /// The keys the next events are checked against (prepared for them).
+    pub fn set_keys(&mut self, keys: Arc<WriterKeys>) {
+        self.keys = keys;
+    }
+
+    /// Forgets every state (the rows they came from changed underneath: a
+    /// failed commit, a repair, a swapped keyspace).
+    pub fn clear(&mut self) {
+        self.states.clear();
+        self.sizes.clear();
+        self.bytes = 0;
+    }
+
+    /// Forgets one conversation's state.
+    pub fn forget(&mut self, conv: &str) {
+        self.states.pop(conv);
+        self.bytes -= self.sizes.remove(conv).unwrap_or(0);
+    }
+
+    /// Whether `stored` is part of its conversation; a valid event moves
+    /// the conversation's state on. `genesis`: a conversation with no rows
+    /// must start at its creation.
+    pub fn judge(
+        &mut self,
+        rows: Rows,
+        genesis: bool,
+        stored: &StoredEvent,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        let conv = stored.event.conversation_id.as_str();
+        if !self.states.contains(conv) {
+            let known = load(rows, genesis, stored)?;
+            self.states.put(conv.to_string(), known);
+        }
+        let keys = self.keys.clone();
+        let verdict = match self.states.get_mut(conv).expect("put above") {
+            Known::Unknown => keys
+                .check_at(
+                    stored.stream_seq,
+                    stored.signature.as_deref(),
+                    &stored.payload,
+                )
+                .map_err(|e| Refusal::invalid(&Invalid::Signature(e))),
+            Known::State { state, bytes } => {
+                let verdict =
+                    validity::fold(state, &keys, stored).map_err(|e| Refusal::invalid(&e));
+                *bytes = Measured::of(state, *bytes);
+                verdict
+            }
+        };
+        self.account(conv);
+        Ok(verdict)
+    }
+
+    /// Keeps the byte total true after `conv` changed, evicting the least
+    /// recently used past the bound (never the one just used).
+    fn account(&mut self, conv: &str) {
+        let now = match self.states.peek(conv) {
+            Some(Known::State { state, bytes }) => bytes.total(state) + conv.len(),
+            _ => conv.len() + 64,
+        };
+        let before = self.sizes.insert(conv.to_string(), now).unwrap_or(0);
+        self.bytes = self.bytes + now - before;
+        while self.bytes > self.bytes_max && self.states.len() > 1 {
+            if let Some((c, _)) = self.states.pop_lru() {
+                self.bytes -= self.sizes.remove(&c).unwrap_or(0);
+            }
+        }
+    }
+
+    /// (conversations, bytes) kept.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.states.len(), self.bytes)
+    }
+}
+
+/// The state a conversation's next event is judged against.
+fn load(rows: Rows, genesis: bool, stored: &StoredEvent) -> Result<Known, StoreError> {
+    let conv = stored.event.conversation_id.as_str();
+    let loaded = match rows {
+        Rows::Members(tx) => members::rules_state(tx, conv)?,
+        Rows::Genesis => None,
+    };
+    Ok(match loaded {
+        Some(state) => Known::State {
+            bytes: Measured::of(&state, Measured::default()),
+            state,
+        },
+        None if genesis || stored.event.conv_seq == 1 => Known::State {
+            state: ConvState::empty(conv),
+            bytes: Measured::default(),
+        },
+        None => Known::Unknown,
+    })
+}
+
+/// The verdict `members` recorded for an event it has applied: its dead
+/// letter's, or valid.
+pub fn recorded(members_tx: &Tx, stream_seq: u64) -> Result<Result<(), Refusal>, StoreError> {
+    let letter: Option<v1::DeadLetter> =
+        members_tx.get_msg(&dead_letter_key(Source::Conv, stream_seq))?;
+    Ok(match letter {
+        Some(l) => Err(Refusal {
+            code: l.code,
+            reason: l.reason,
+        }),
+        None => Ok(()),
+    })
+}
