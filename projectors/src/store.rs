@@ -82,11 +82,29 @@ fn engine(e: sled::Error) -> StoreError {
 #[derive(Debug, Default)]
 pub struct StoreFaults {
     full: std::sync::atomic::AtomicBool,
+    /// Reads of keys under this prefix fail (None: all reads work).
+    unreadable: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl StoreFaults {
     pub fn set_full(&self, full: bool) {
         self.full.store(full, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes reads of the keys under `prefix` fail as a failing disk's do
+    /// (an I/O error); None makes every read work again.
+    pub fn set_unreadable(&self, prefix: Option<&[u8]>) {
+        *self.unreadable.lock().unwrap_or_else(|e| e.into_inner()) = prefix.map(<[u8]>::to_vec);
+    }
+
+    fn check_read(&self, key: &[u8]) -> Result<(), StoreError> {
+        let unreadable = self.unreadable.lock().unwrap_or_else(|e| e.into_inner());
+        if unreadable.as_ref().is_some_and(|p| key.starts_with(p)) {
+            return Err(StoreError::Io(std::io::Error::other(
+                "read failed (injected)",
+            )));
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -108,6 +126,7 @@ struct FaultyKeyspace {
 
 impl Keyspace for FaultyKeyspace {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.faults.check_read(key)?;
         self.inner.get(key)
     }
 
@@ -118,6 +137,7 @@ impl Keyspace for FaultyKeyspace {
         descending: bool,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
+        self.faults.check_read(start)?;
         self.inner.range(start, end, descending, limit)
     }
 

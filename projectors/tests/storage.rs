@@ -133,6 +133,43 @@ async fn a_full_disk_stops_acks_is_reported_and_passes_by_itself() {
     assert_equal_to_a_fresh_fold(&mut s, last).await;
 }
 
+/// A storage error is never a verdict: while reading the conversations'
+/// chain heads fails, no event is dead-lettered and no checkpoint moves;
+/// once they can be read again every event is applied, equal to a fresh
+/// fold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_read_dead_letters_nothing_and_moves_no_checkpoint() {
+    let mut s = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(StoreFaults::default());
+    let _p = supervised(&s, config(dir.path(), Some(faults.clone()))).await;
+    s.create("g1", &[("bob", Role::Member)]).await;
+    let (before, _) = s.send("g1", "bob", "before").await;
+    wait_caught_up(&s.client, "main", before, 0).await;
+    let mut beats = s.client.subscribe("im.projector.main.alive").await.unwrap();
+    faults.set_unreadable(Some(&[im_projectors::chain::HEAD]));
+    s.create("g2", &[("bob", Role::Member)]).await;
+    let mut last = 0;
+    for i in 0..10 {
+        last = s
+            .send("g1", "bob", &format!("while unreadable {i}"))
+            .await
+            .0;
+    }
+    let problem = heartbeat_until(&mut beats, |p| !p.is_empty()).await;
+    assert!(problem.contains("storage"), "{problem}");
+    // Nothing was judged: the store says so once it can be read (and the
+    // supervisor has started the instance again).
+    faults.set_unreadable(None);
+    heartbeat_until(&mut beats, str::is_empty).await;
+    wait_caught_up(&s.client, "main", last, 0).await;
+    let st = status(&s.client, "main").await;
+    for name in im_projectors::projections::NAMES {
+        assert_eq!(st[name].dead_letters, 0, "{name}");
+    }
+    assert_equal_to_a_fresh_fold(&mut s, last).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_that_will_not_open_is_quarantined_and_rebuilt_from_the_log() {
     let mut s = Stack::start().await;
