@@ -131,6 +131,41 @@ async fn contacts_see_online_and_offline_across_gateways_and_a_killed_gateway() 
     }
 }
 
+/// Under the shipped NATS authorization, pushes go on after nats-server
+/// restarts: the bucket watch is made again within the gateway's own
+/// permissions, and the server refuses nothing the gateway does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_pushes_survive_a_nats_restart_under_the_shipped_permissions() {
+    let mut s = Stack::start_secured(Limits::default()).await;
+    let gw = s.gateways[0];
+    let create = r#"{"conversationId": "pair", "members": [{"userId": "bob"}]}"#;
+    let (status, body) = http_post(gw, "/v1/conversations", &token("alice"), create).await;
+    assert_eq!(status, 200, "{body}");
+    let pos: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let seq = pos["streamSeq"].as_str().unwrap().parse().unwrap();
+    wait_projected(&s, "pair", seq).await;
+    let mut bob = connect(gw, "bob", Wire::Proto).await;
+    for restarts in 0..3 {
+        if restarts > 0 {
+            s.server.restart().await.unwrap();
+        }
+        // bob's connection stays (told to resync); alice comes and goes.
+        let alice = connect(gw, "alice", Wire::Json).await;
+        pushed(&mut bob, "alice", true, Duration::from_secs(30)).await;
+        drop(alice);
+        pushed(&mut bob, "alice", false, Duration::from_secs(30)).await;
+    }
+    let log = std::fs::read_to_string(s.server.log_path()).unwrap_or_default();
+    assert!(
+        !log.to_lowercase().contains("permissions violation"),
+        "the server refused something: {}",
+        log.lines()
+            .filter(|l| l.to_lowercase().contains("permissions violation"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_requests_are_bounded_and_checked() {
     let s = Stack::start(Limits::default()).await;

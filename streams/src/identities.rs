@@ -99,11 +99,17 @@ fn reads(stream: &str) -> Vec<String> {
     ]
 }
 
-/// An ephemeral ordered consumer of a stream, read by pull (no name in the
-/// subject: the server refuses a durable name on it).
+/// Ephemeral consumers of a stream, to read it: created with no name in
+/// the subject, or with one (`CONSUMER.CREATE.<stream>.<name>[.<filter>]`),
+/// which is how an ordered consumer is made again after a disruption (a
+/// reconnect, a leader change: the presence watch, async-nats) and how a
+/// standard client makes a pull consumer (nats-py). The server cannot tell
+/// a named ephemeral from a durable by its subject, so an identity with
+/// these may leave a consumer behind; it can read nothing more for it.
 fn ephemeral_reads(stream: &str) -> Vec<String> {
     vec![
         format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
         format!("$JS.API.CONSUMER.INFO.{stream}.*"),
         format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
         format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
@@ -183,10 +189,8 @@ fn projector() -> Permissions {
     for stream in [CONV_STREAM, RCPT_STREAM] {
         publish.extend(reads(stream));
         publish.extend(ephemeral_reads(stream));
-        publish.extend([
-            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-            format!("$JS.ACK.{stream}.>"),
-        ]);
+        // Its durable consumers (named `<instance>_<tag>`) and their acks.
+        publish.push(format!("$JS.ACK.{stream}.>"));
     }
     let mut publish_deny = list(&["im.conv.>", "im.rcpt.>", "im.media.>", "im.writer.>"]);
     publish_deny.extend(never());

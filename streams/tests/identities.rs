@@ -195,15 +195,54 @@ async fn the_auditor_reads_and_changes_nothing() {
     auditor
         .refused("publish", "$JS.API.STREAM.PURGE.IM_CONV")
         .await;
-    let durable = pull::Config {
-        durable_name: Some("mine".into()),
+    // The legacy durable API is refused.
+    let legacy = "$JS.API.CONSUMER.DURABLE.CREATE.IM_CONV.mine";
+    auditor.client.publish(legacy, "{}".into()).await.unwrap();
+    auditor.refused("publish", legacy).await;
+    assert_eq!(im_testkit::stream_messages(&stack.js, CONV_STREAM).await, 1);
+}
+
+/// The auditor reads with a standard client's pull consumer: nats-py's
+/// `pull_subscribe` creates it by name with the filter in the subject
+/// (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`), then fetches;
+/// async-nats does the same for a named consumer.
+#[tokio::test]
+async fn the_auditor_reads_with_a_standard_clients_pull_consumer() {
+    let stack = Stack::start_secured().await;
+    let conv = stack.topology.conv_subject("g1").unwrap();
+    let writer = jetstream::new(stack.connect_as(Component::Gateway).await);
+    for text in ["a", "b"] {
+        writer
+            .publish(conv.clone(), text.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let auditor = Watched::connect(&stack, Component::Auditor).await;
+    let js = jetstream::new(auditor.client.clone());
+    let stream = js.get_stream(CONV_STREAM).await.unwrap();
+    let named = pull::Config {
+        name: Some("AuditorReadsNatsPyStyle0".into()),
+        filter_subject: conv.clone(),
+        ack_policy: jetstream::consumer::AckPolicy::None,
         ..Default::default()
     };
-    assert!(stream.create_consumer(durable).await.is_err());
-    auditor
-        .refused("publish", "$JS.API.CONSUMER.CREATE.IM_CONV.mine")
+    let consumer = stream.create_consumer(named).await.unwrap();
+    let batch: Vec<_> = consumer
+        .fetch()
+        .max_messages(2)
+        .messages()
+        .await
+        .unwrap()
+        .collect()
         .await;
-    assert_eq!(im_testkit::stream_messages(&stack.js, CONV_STREAM).await, 1);
+    let texts: Vec<String> = batch
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m.unwrap().payload).into_owned())
+        .collect();
+    assert_eq!(texts, ["a", "b"]);
+    assert!(auditor.errors.lock().unwrap().is_empty());
 }
 
 /// A reply subject is no way around a deny: the gateway sends itself a

@@ -56,6 +56,22 @@ impl Stack {
         stack
     }
 
+    /// A stack with the shipped NATS authorization on: the projector and
+    /// the gateways connect as theirs (`im_streams::identities`).
+    pub async fn start_secured(limits: Limits) -> Stack {
+        let mut kit = im_testkit::Stack::start_secured().await;
+        let projector = kit.main_projector().await;
+        let mut stack = Stack {
+            kit,
+            _projector: projector,
+            gateways: Vec::new(),
+            metrics: Vec::new(),
+            states: Vec::new(),
+        };
+        stack.add_gateway(limits).await;
+        stack
+    }
+
     /// Another gateway, with its own NATS connection.
     pub async fn add_gateway(&mut self, limits: Limits) -> std::net::SocketAddr {
         self.add_gateway_with(limits, None).await
@@ -94,7 +110,7 @@ impl Stack {
             metrics_listen: None,
             signing_key_file: None,
             nats_url: self.server.url(),
-            nats_auth: Default::default(),
+            nats_auth: self.kit.auth(im_streams::identities::Component::Gateway),
             tokens: im_gateway::auth::TokenConfig {
                 hs256_secret: Some(SECRET.into()),
                 rs256_public_pem: Some(RS256_PUBLIC.into()),
@@ -104,7 +120,10 @@ impl Stack {
             media,
             web,
         };
-        let client = async_nats::connect(self.server.url()).await.unwrap();
+        let client = self
+            .kit
+            .connect_as(im_streams::identities::Component::Gateway)
+            .await;
         let state = AppState::new(config, client).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
