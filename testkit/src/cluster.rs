@@ -17,6 +17,15 @@ impl NatsCluster {
     /// Starts `size` nodes routed to each other and waits until JetStream has
     /// a meta leader (an R3 stream can be created).
     pub async fn start(size: usize) -> Result<Self, HarnessError> {
+        Self::start_with(size, None).await
+    }
+
+    /// As `start`, every node with authorization on (`auth`'s block), the
+    /// harness connecting as `auth`'s user.
+    pub async fn start_with(
+        size: usize,
+        auth: Option<crate::ServerAuth>,
+    ) -> Result<Self, HarnessError> {
         let binary = nats_server_binary()?;
         let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let mut nodes = Vec::with_capacity(size);
@@ -30,7 +39,7 @@ impl NatsCluster {
                     routes: cluster_ports.clone(),
                 }),
                 sync_always: false,
-                auth: None,
+                auth: auth.clone(),
             };
             nodes.push(NatsServer::spawn(
                 binary.clone(),
@@ -74,7 +83,15 @@ impl NatsCluster {
             .iter()
             .map(|u| u.parse().expect("valid url"))
             .collect();
-        async_nats::connect(addrs)
+        let options = match self.nodes.first().and_then(|n| n.node.auth.as_ref()) {
+            Some(a) => async_nats::ConnectOptions::with_user_and_password(
+                a.user.clone(),
+                a.password.clone(),
+            ),
+            None => async_nats::ConnectOptions::new(),
+        };
+        options
+            .connect(addrs)
             .await
             .expect("connect to the test cluster")
     }

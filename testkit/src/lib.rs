@@ -266,7 +266,8 @@ impl NatsServer {
         Self::start_with(Some(auth)).await
     }
 
-    async fn start_with(auth: Option<ServerAuth>) -> Result<Self, HarnessError> {
+    /// As `start`, with authorization on when `auth` says so.
+    pub async fn start_with(auth: Option<ServerAuth>) -> Result<Self, HarnessError> {
         let binary = nats_server_binary()?;
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS_MAX {

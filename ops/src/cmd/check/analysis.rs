@@ -26,6 +26,8 @@ pub struct Findings {
     pub members_vs_log: Vec<String>,
     pub receipts_vs_log: Vec<String>,
     pub verifiers: Vec<String>,
+    /// Presence pushes that did not arrive (before or after the faults).
+    pub presence: Vec<String>,
 }
 
 impl Findings {
@@ -39,6 +41,7 @@ impl Findings {
             + self.members_vs_log.len()
             + self.receipts_vs_log.len()
             + self.verifiers.len()
+            + self.presence.len()
     }
 }
 

@@ -36,7 +36,14 @@ fn pick(system: &System) -> Fault {
 
 /// The node leading IM_CONV (its index), on a cluster.
 async fn leader(system: &System) -> Option<usize> {
-    let client = async_nats::connect(system.nats.urls().split(',').next()?)
+    let url = system.nats.urls().split(',').next()?.to_string();
+    let client = system
+        .identities
+        .auth(im_streams::identities::Component::Operator)
+        .options()
+        .await
+        .ok()?
+        .connect(url)
         .await
         .ok()?;
     let js = async_nats::jetstream::new(client);

@@ -9,6 +9,7 @@
 mod analysis;
 mod faults;
 mod http;
+mod presence;
 pub(crate) mod procs;
 mod workload;
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use analysis::Findings;
+use im_streams::identities::Component;
 use workload::{Outcome, Records};
 
 #[derive(Debug, clap::Args)]
@@ -44,7 +46,15 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     let system = procs::System::start(args.cluster).await?;
     let gateways: Vec<_> = system.gateways.iter().map(|(_, a)| *a).collect();
     let urls = system.nats.urls();
+    let ids = &system.identities;
+    let operator = ids.auth(Component::Operator);
+    let verifier_env = [ids.env(Component::Operator), ids.env(Component::Auditor)];
     workload::setup(&gateways).await?;
+    presence::setup(gateways[0]).await?;
+    let mut findings = Findings::default();
+    findings
+        .presence
+        .extend(presence::probe(&gateways, "before the faults").await);
     let records = Arc::new(Records::default());
     let started = Instant::now();
     let until = started + Duration::from_secs(args.duration);
@@ -73,11 +83,14 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     for t in tasks {
         t.await?;
     }
+    findings
+        .presence
+        .extend(presence::probe(&gateways, "after the faults").await);
     let client = im_streams::connect::NatsArgs::new(&urls)
+        .with_auth(operator)
         .connect("imctl-check")
         .await?;
     crate::cmd::bench::probe::wait_caught_up_by(&client, procs::INSTANCE).await?;
-    let mut findings = Findings::default();
     let events = im_streams::log::read_conv_events(
         &client,
         "IM_CONV",
@@ -105,7 +118,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     analysis::check_rejections(&records, &mut findings);
     analysis::check_read_models(&client, &folded, at, &mut findings).await?;
     analysis::check_receipts(&client, &folded, &cursors, at, &mut findings).await?;
-    verifiers(&urls, &mut findings)?;
+    verifiers(&urls, &verifier_env, &mut findings)?;
     let faults = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
     report(
         &args,
@@ -124,8 +137,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
 }
 
 /// `imctl projections verify --all` and `im-replay verify`, as an operator
-/// and an auditor would run them.
-fn verifiers(urls: &str, f: &mut Findings) -> anyhow::Result<()> {
+/// and an auditor would run them (each on its own NATS identity: `env`).
+fn verifiers(urls: &str, env: &[Vec<(String, String)>; 2], f: &mut Findings) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     let replay = me.parent().context("imctl's directory")?.join("im-replay");
     let runs = [
@@ -143,8 +156,11 @@ fn verifiers(urls: &str, f: &mut Findings) -> anyhow::Result<()> {
         ),
         (replay, vec!["verify", "--nats-url", urls]),
     ];
-    for (bin, args) in runs {
-        let out = std::process::Command::new(&bin).args(&args).output()?;
+    for ((bin, args), env) in runs.into_iter().zip(env) {
+        let out = std::process::Command::new(&bin)
+            .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()?;
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
             let last = text.lines().last().unwrap_or_default();
@@ -208,6 +224,7 @@ fn report(
             ("members vs log", &findings.members_vs_log),
             ("receipts vs log", &findings.receipts_vs_log),
             ("verifiers", &findings.verifiers),
+            ("presence pushes", &findings.presence),
         ] {
             println!("  {kind}: {}", list.len());
             for item in list.iter().take(10) {

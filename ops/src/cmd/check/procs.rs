@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
+use im_streams::connect::{NatsArgs, NatsAuth};
+use im_streams::identities::{authorization_block, Component, Secret};
 
 /// The projector instance a check runs (and verifies).
 pub const INSTANCE: &str = "check";
@@ -98,9 +100,54 @@ impl Nats {
     }
 }
 
-/// Everything under test.
+/// Each component's NATS password in a check (made per run).
+pub struct Identities(std::collections::BTreeMap<Component, String>);
+
+impl Identities {
+    fn new() -> Identities {
+        let passwords = Component::ALL
+            .into_iter()
+            .map(|c| (c, format!("{}-{:032x}", c.user(), rand::random::<u128>())))
+            .collect();
+        Identities(passwords)
+    }
+
+    /// The server's side: the shipped `authorization` block with these
+    /// passwords, the harness connecting as the operator.
+    fn server_auth(&self) -> im_testkit::ServerAuth {
+        let users: Vec<(Component, Secret)> = self
+            .0
+            .iter()
+            .map(|(c, p)| (*c, Secret::Inline(p.clone())))
+            .collect();
+        im_testkit::ServerAuth {
+            authorization: authorization_block(&users),
+            user: Component::Operator.user().into(),
+            password: self.0[&Component::Operator].clone(),
+            ca: None,
+        }
+    }
+
+    /// The environment a component's process connects with.
+    pub fn env(&self, component: Component) -> Vec<(String, String)> {
+        vec![
+            ("IM_NATS_USER".into(), component.user().into()),
+            ("IM_NATS_PASSWORD".into(), self.0[&component].clone()),
+        ]
+    }
+
+    /// How the check itself connects, as `component`.
+    pub fn auth(&self, component: Component) -> NatsAuth {
+        NatsAuth::password(component.user(), self.0[&component].clone())
+    }
+}
+
+/// Everything under test, as deployed: the shipped NATS authorization with
+/// one identity per component, and gateways that sign what they append
+/// with keys the operator registered.
 pub struct System {
     pub nats: Nats,
+    pub identities: Identities,
     pub projector: Proc,
     pub gateways: Vec<(Proc, std::net::SocketAddr)>,
     _dir: tempfile::TempDir,
@@ -108,13 +155,16 @@ pub struct System {
 
 impl System {
     pub async fn start(cluster: bool) -> anyhow::Result<System> {
+        let identities = Identities::new();
+        let auth = Some(identities.server_auth());
         let nats = if cluster {
-            Nats::Cluster(im_testkit::NatsCluster::start(3).await?)
+            Nats::Cluster(im_testkit::NatsCluster::start_with(3, auth).await?)
         } else {
-            Nats::Single(Box::new(im_testkit::NatsServer::start().await?))
+            Nats::Single(Box::new(im_testkit::NatsServer::start_with(auth).await?))
         };
         let urls = nats.urls();
-        let client = im_streams::connect::NatsArgs::new(&urls)
+        let client = NatsArgs::new(&urls)
+            .with_auth(identities.auth(Component::Operator))
             .connect("imctl-check")
             .await?;
         let settings = im_streams::StreamSettings {
@@ -122,8 +172,11 @@ impl System {
             duplicate_window_ms: DUPLICATE_WINDOW_MS,
             ..Default::default()
         };
-        im_streams::apply_streams(&async_nats::jetstream::new(client), &settings).await?;
+        let js = async_nats::jetstream::new(client);
+        im_streams::apply_streams(&js, &settings).await?;
         let dir = tempfile::tempdir()?;
+        let mut env = vec![("IM_NATS_URL".into(), urls.clone())];
+        env.extend(identities.env(Component::Projector));
         let mut projector = Proc {
             name: "projector".into(),
             command: vec![
@@ -133,12 +186,16 @@ impl System {
                 "--data-dir".into(),
                 dir.path().join("projector").display().to_string(),
             ],
-            env: vec![("IM_NATS_URL".into(), urls.clone())],
+            env,
             child: None,
         };
         projector.start()?;
         let mut gateways = Vec::new();
         for i in 0..2 {
+            // Its own signing key, registered by the operator first.
+            let key_file = dir.path().join(format!("gateway{i}-signing-key"));
+            let signer = im_streams::signing::EventSigner::load_or_create(&key_file)?;
+            im_streams::signing::register(&js, &signer.public()).await?;
             let addr: std::net::SocketAddr =
                 format!("127.0.0.1:{}", im_testkit::free_port()).parse()?;
             // The workload sends as fast as it likes: its rate is the check's, not a limit's.
@@ -153,7 +210,12 @@ impl System {
                 ("IM_NATS_URL".into(), urls.clone()),
                 ("IM_GATEWAY_LISTEN".into(), addr.to_string()),
                 ("IM_JWT_HS256_SECRET".into(), SECRET.into()),
+                (
+                    "IM_EVENT_SIGNING_KEY_FILE".into(),
+                    key_file.display().to_string(),
+                ),
             ];
+            env.extend(identities.env(Component::Gateway));
             env.extend(limits.to_env().into_iter().map(|(k, v)| (k.to_string(), v)));
             let mut gw = Proc {
                 name: format!("gateway{i}"),
@@ -166,6 +228,7 @@ impl System {
         }
         let system = System {
             nats,
+            identities,
             projector,
             gateways,
             _dir: dir,
