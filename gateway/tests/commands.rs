@@ -293,3 +293,36 @@ async fn http_commands_change_what_everyone_sees() {
         ]
     );
 }
+
+/// Requests take 64-bit numbers as decimal strings too (proto3 JSON, what
+/// every answer uses): a mute until a time given as a string is stored
+/// with that time, and a string that is no integer is refused (422, as any
+/// body that does not read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_bit_numbers_are_taken_as_strings() {
+    let s = Stack::start(Limits::default()).await;
+    let gw = s.gateways[0];
+    let create = r#"{"conversationId": "n64", "members": [{"userId": "bob"}]}"#;
+    let (status, body) = http_post(gw, "/v1/conversations", &token("ann"), create).await;
+    assert_eq!(status, 200, "{body}");
+    let until = 4_102_444_800_000i64;
+    let path = "/v1/conversations/n64/mute/bob";
+    let json = format!(r#"{{"untilMs": "{until}"}}"#);
+    let (status, body) = http_post(gw, path, &token("ann"), &json).await;
+    assert_eq!(status, 200, "{body}");
+    let muted = s
+        .log_of("n64")
+        .await
+        .into_iter()
+        .find_map(|e| match e.event.kind {
+            Some(im_schema::v1::conv_event::Kind::Muted(m)) => Some(m.until_ms),
+            _ => None,
+        });
+    assert_eq!(muted, Some(until));
+    let (status, body) = http_post(gw, path, &token("ann"), r#"{"untilMs": "soon"}"#).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("untilMs") || body.contains("integer"),
+        "{body}"
+    );
+}

@@ -215,3 +215,40 @@ async fn every_failure_has_one_shape() {
     let first = &page["entries"][0];
     assert!(first["streamSeq"].is_string(), "{first}");
 }
+
+/// The `Bearer` scheme is case-insensitive (RFC 7235), and a refused
+/// token's answer names the rule, not a parser's internals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_is_case_insensitive_and_refusals_say_only_the_rule() {
+    let s = Stack::start(Limits::default()).await;
+    let gw = s.gateways[0];
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let req = format!(
+            "GET /v1/conversations HTTP/1.1\r\nHost: t\r\nAuthorization: {scheme} {}\r\nConnection: close\r\n\r\n",
+            token("ann")
+        );
+        let (status, body) = http_raw(gw, &req).await;
+        assert_eq!(status, 200, "{scheme}: {body}");
+    }
+    for (garbage, says) in [
+        ("not-a-jwt", "not a JWT"),
+        ("eyJ.e30.x", "not a JWT"),
+        ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOjF9.c2ln", "signature"),
+    ] {
+        let (status, body) = http_get(gw, "/v1/conversations", garbage).await;
+        assert_eq!(status, 401, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains(says), "{garbage}: {message}");
+        for internal in [
+            "Base64",
+            "Json",
+            "InvalidToken",
+            "Error(",
+            "line ",
+            "column",
+        ] {
+            assert!(!message.contains(internal), "{garbage}: {message}");
+        }
+    }
+}

@@ -160,3 +160,57 @@ async fn connections_from_one_address_are_capped() {
         }
     }
 }
+
+/// One rate for every way in: a user's HTTP commands (here mutes and
+/// unmutes from sixteen concurrent requests) draw on the same per-user
+/// bucket as their devices' sends; past it they are answered 429 with
+/// `Retry-After`, and nothing is appended for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_commands_share_the_users_rate_and_are_refused_429_past_it() {
+    let limits = Limits {
+        user_sends_per_sec: 2,
+        user_send_burst: 6,
+        ..Limits::default()
+    };
+    let s = Stack::start(limits).await;
+    let gw = s.gateways[0];
+    let create = r#"{"conversationId": "rl", "members": [{"userId": "bob"}]}"#;
+    let (status, body) = http_post(gw, "/v1/conversations", &token("ann"), create).await;
+    assert_eq!(status, 200, "{body}");
+    let before = s.conv_messages().await;
+    let started = std::time::Instant::now();
+    let requests = (0..48).map(|i| {
+        let verb = if i % 2 == 0 { "mute" } else { "unmute" };
+        let json = r#"{"untilMs": "4102444800000"}"#;
+        let req = format!(
+            "POST /v1/conversations/rl/{verb}/bob HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nIdempotency-Key: k{i}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            token("ann"),
+            json.len()
+        );
+        async move { http_exchange(gw, &req).await }
+    });
+    let answers = futures::future::join_all(requests).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = answers.iter().filter(|(s, _, _)| *s == 200).count();
+    let limited: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert!(
+        limited
+            .iter()
+            .all(|(_, head, body)| head.contains("retry-after:") && body.contains("RATE_LIMITED")),
+        "{limited:?}"
+    );
+    // Some mutes and unmutes may be refused by the rules (already muted):
+    // what counts is what the rate let through.
+    let allowed = 6.0 + 2.0 * elapsed + 1.0;
+    let let_through = answers.len() - limited.len();
+    assert!(
+        let_through as f64 <= allowed,
+        "{let_through} let through in {elapsed:.2} s"
+    );
+    assert_eq!(s.conv_messages().await - before, ok as u64);
+    // A device of the same user meets the same bucket.
+    let mut phone = connect(gw, "ann", Wire::Json).await;
+    phone.send(text_send_in("rl", "p1", "hi")).await;
+    let e = phone.recv_until(error_of).await;
+    assert_eq!(e.code, v1::ErrorCode::RateLimited as i32, "{e:?}");
+}

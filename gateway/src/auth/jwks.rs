@@ -110,32 +110,33 @@ impl Jwks {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         match cache.0.keys().collect::<Vec<_>>()[..] {
             [only] => Ok(only.clone()),
-            _ => Err(AuthError::Malformed(
-                "no kid, and the JWKS has several keys".into(),
-            )),
+            _ => Err(AuthError::NoKid),
         }
     }
 
     async fn fetch(&self) -> Result<Keys, AuthError> {
-        let fail = |e: &dyn std::fmt::Display| AuthError::Keys(format!("{}: {e}", self.url));
+        let fail = |e: im_streams::error::BoxError| AuthError::Keys {
+            url: self.url.clone(),
+            source: e,
+        };
         let response = self
             .client
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| fail(&e))?;
-        let response = response.error_for_status().map_err(|e| fail(&e))?;
+            .map_err(|e| fail(e.into()))?;
+        let response = response.error_for_status().map_err(|e| fail(e.into()))?;
         if response
             .content_length()
             .is_some_and(|n| n as usize > JWKS_BYTES_MAX)
         {
-            return Err(fail(&"the document is too large"));
+            return Err(fail("the document is too large".into()));
         }
-        let body = response.bytes().await.map_err(|e| fail(&e))?;
+        let body = response.bytes().await.map_err(|e| fail(e.into()))?;
         if body.len() > JWKS_BYTES_MAX {
-            return Err(fail(&"the document is too large"));
+            return Err(fail("the document is too large".into()));
         }
-        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| fail(&e))?;
+        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| fail(e.into()))?;
         let mut keys = HashMap::new();
         for jwk in set.keys.iter().take(JWKS_KEYS_MAX) {
             let (Some(kid), Some(alg)) = (jwk.common.key_id.clone(), algorithm_of(jwk)) else {

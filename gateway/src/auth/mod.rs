@@ -19,13 +19,17 @@ use serde::{Deserialize, Serialize};
 pub use jwks::{JWKS_BYTES_MAX, JWKS_KEYS_MAX, JWKS_TTL};
 pub use user_id::{user_id, UserIds};
 
-/// Why a token is refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a token is refused. What a client is told (the message) names the
+/// rule, never a parser's or a library's text; that stays the source, for
+/// the logs.
+#[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("missing bearer token")]
     Missing,
-    #[error("not a JWT: {0}")]
-    Malformed(String),
+    #[error("not a JWT")]
+    Malformed(#[source] jsonwebtoken::errors::Error),
+    #[error("the token names no key (kid), and the JWKS has several")]
+    NoKid,
     #[error("token algorithm {0} is not accepted")]
     WrongAlgorithm(String),
     #[error("no key {0:?} is known (not in the configured keys or the JWKS)")]
@@ -42,13 +46,38 @@ pub enum AuthError {
     WrongAudience,
     #[error("the token has no {0:?} claim")]
     MissingClaim(String),
-    #[error("claim {claim:?} is not a usable user id: {reason}")]
-    BadUserId { claim: String, reason: String },
-    #[error("token keys unavailable: {0}")]
-    Keys(String),
-    #[error("invalid token: {0}")]
-    Invalid(String),
+    #[error("claim {claim:?} is not a usable user id")]
+    BadUserId {
+        claim: String,
+        #[source]
+        reason: im_streams::ids::IdError,
+    },
+    #[error("token keys unavailable from {url}")]
+    Keys {
+        url: String,
+        #[source]
+        source: im_streams::error::BoxError,
+    },
+    #[error("the configured {alg:?} key does not parse")]
+    BadKey {
+        alg: Algorithm,
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error("invalid token")]
+    Invalid(#[source] jsonwebtoken::errors::Error),
 }
+
+/// Two refusals are the same when they are of one kind and say the same
+/// (sources aside: what they carry has no equality of its own).
+impl PartialEq for AuthError {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for AuthError {}
 
 impl From<jsonwebtoken::errors::Error> for AuthError {
     fn from(e: jsonwebtoken::errors::Error) -> Self {
@@ -61,9 +90,9 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
             ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
             ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm("for this key".into()),
             ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) => {
-                AuthError::Malformed(e.to_string())
+                AuthError::Malformed(e)
             }
-            _ => AuthError::Invalid(e.to_string()),
+            _ => AuthError::Invalid(e),
         }
     }
 }
@@ -155,7 +184,7 @@ fn pem_key(
         .map(|p| {
             parse(p.as_bytes())
                 .map(|k| (alg, k))
-                .map_err(|e| AuthError::Invalid(format!("{alg:?} key: {e}")))
+                .map_err(|source| AuthError::BadKey { alg, source })
         })
         .transpose()
 }

@@ -45,9 +45,9 @@ pub fn user_id(claim: &str, value: &str, ids: UserIds) -> Result<String, AuthErr
         (Ok(()), _) if !mapped_form => Ok(value.to_string()),
         (Ok(()), _) => Ok(hashed(value)),
         (Err(_), UserIds::Hashed) if !value.is_empty() => Ok(hashed(value)),
-        (Err(e), _) => Err(AuthError::BadUserId {
+        (Err(reason), _) => Err(AuthError::BadUserId {
             claim: claim.to_string(),
-            reason: e.to_string(),
+            reason,
         }),
     }
 }

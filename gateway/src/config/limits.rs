@@ -40,13 +40,15 @@ limits! {
     sends_per_sec: u32 = 20, "IM_GATEWAY_SENDS_PER_SEC";
     /// Sends one connection may make at once before the rate applies.
     send_burst: u32 = 40, "IM_GATEWAY_SEND_BURST";
-    /// Sends per second per user across all their devices and HTTP on this
-    /// gateway, and burst: twice one connection's, so two devices in use
-    /// at once are not cut short, while a user with sixteen devices cannot
-    /// send sixteen times as fast. (Per gateway: a user spread over N
-    /// gateways gets N times this.)
+    /// Commands per second per user on this gateway, whichever way they
+    /// come: every device's sends and every HTTP command (a group's
+    /// administration, edits, recalls) draw on one bucket. Twice one
+    /// connection's send rate, so two devices in use at once are not cut
+    /// short, while a user with sixteen devices or threads cannot append
+    /// sixteen times as fast. (Per gateway: a user spread over N gateways
+    /// gets N times this.)
     user_sends_per_sec: u32 = 40, "IM_GATEWAY_USER_SENDS_PER_SEC";
-    /// Sends one user may make at once, all devices together.
+    /// Commands one user may make at once, all ways together.
     user_send_burst: u32 = 80, "IM_GATEWAY_USER_SEND_BURST";
     /// Frames waiting to be written to one client; a client that lets it
     /// fill is closed with `CLOSE_RESYNC` and must resync.

@@ -49,6 +49,12 @@ async fn execute(
     (user, key, trace): (String, String, Option<String>),
     action: Action,
 ) -> Response {
+    // One rate for every way in: a user's HTTP commands draw on the same
+    // bucket as their devices' sends (`Limits::user_sends_per_sec`).
+    if !state.user_rates.take(&user) {
+        let message = "command rate exceeded for this user (all devices and HTTP): retry later with the same Idempotency-Key";
+        return ApiError(v1::ErrorCode::RateLimited, message.into()).into_response();
+    }
     let cmd = Command {
         actor: user,
         client_msg_id: key,
@@ -164,7 +170,7 @@ pub struct Options {
     client_msg_id: Option<String>,
     #[serde(default)]
     role: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::opt_int64")]
     until_ms: Option<i64>,
     #[serde(default)]
     text: Option<String>,

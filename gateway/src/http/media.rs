@@ -169,6 +169,7 @@ pub async fn upload(
 #[serde(deny_unknown_fields)]
 pub struct StsRequest {
     mime: String,
+    #[serde(deserialize_with = "super::int64")]
     size: u64,
 }
 
@@ -256,6 +257,7 @@ pub async fn put_content(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
+    #[serde(deserialize_with = "super::int64")]
     size: u64,
     checksum: String,
 }

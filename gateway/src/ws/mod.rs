@@ -50,7 +50,7 @@ fn bearer(headers: &HeaderMap, query: &WsQuery) -> Option<String> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::http::bearer_token)
         .map(str::to_string)
         .or_else(|| query.access_token.clone())
 }

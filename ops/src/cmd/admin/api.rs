@@ -72,7 +72,7 @@ async fn operator_only(State(admin): State<Arc<Admin>>, req: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(im_gateway::http::bearer_token)
         .unwrap_or("");
     if !same(given.as_bytes(), admin.token.as_bytes()) {
         let why = if given.is_empty() {
