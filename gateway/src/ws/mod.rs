@@ -34,6 +34,13 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 /// How long closing may wait on a client that does not read.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a client that fell behind has to read what was already on its
+/// way and then the 4008 that tells it to resync (the queue behind them is
+/// dropped): a client paused for a few seconds (a phone waking, a busy
+/// tab) still learns why. Bounded: the connection's socket and buffers are
+/// held meanwhile, under `connections_max`.
+const RESYNC_CLOSE_LINGER: Duration = Duration::from_secs(10);
+
 /// RFC 6455's "try again later", for a connect the gateway cannot serve now.
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
@@ -174,15 +181,9 @@ async fn run(
     match end {
         End::Overflowed => {
             state.metrics.queue_drops.inc();
-            // Too slow to drain its queue: close and let it resync (bounded:
-            // a client that reads nothing will not take the close either).
             tracing::info!(conn_id, "outbound queue full: closing with 4008 (resync)");
-            close(
-                &mut sink,
-                CLOSE_RESYNC,
-                "outbound queue full: resync".into(),
-            )
-            .await;
+            drop(outbox);
+            resync_close(&mut sink, &mut stream).await;
         }
         End::Gone => {}
         End::Closed(frame) => {
@@ -212,6 +213,33 @@ fn close_frame(code: u16, reason: String) -> CloseFrame {
         code,
         reason: reason.into(),
     }
+}
+
+/// Tells a client that fell behind to resync: the 4008 goes right after
+/// what the socket already holds (nothing queued behind it is sent), and
+/// the client's own close is awaited, its frames discarded, so the socket
+/// closes cleanly (a reset would make the client lose what it has not read
+/// yet, the 4008 included). All within `RESYNC_CLOSE_LINGER`.
+async fn resync_close(
+    sink: &mut SplitSink<WebSocket, Message>,
+    stream: &mut futures::stream::SplitStream<WebSocket>,
+) {
+    let frame = Message::Close(Some(close_frame(
+        CLOSE_RESYNC,
+        "outbound queue full: resync".into(),
+    )));
+    let linger = async {
+        if sink.send(frame).await.is_err() {
+            return;
+        }
+        // Bounded by the linger: each frame read is within the size limit.
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(RESYNC_CLOSE_LINGER, linger).await;
 }
 
 async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: String) {
