@@ -387,3 +387,131 @@ async fn json_logs_carry_one_trace_id_from_gateway_to_projector() {
         );
     }
 }
+
+/// A 1×1 PNG.
+const PNG: [u8; 67] = [
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44,
+    0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F,
+    0x15, 0xC4, 0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00,
+    0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49,
+    0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+];
+
+/// One raw HTTP/1.1 exchange: (status, body bytes).
+async fn exchange(addr: std::net::SocketAddr, head: String, body: &[u8]) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    sock.read_to_end(&mut raw).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = String::from_utf8_lossy(&raw[9..12]).parse().unwrap();
+    (status, raw[split + 4..].to_vec())
+}
+
+/// The second gateway `up` tells how to start runs as printed (the built
+/// binary, a free port), shares the first's media, and serves an image
+/// uploaded through the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_gateway_up_prints_runs_and_shares_media() {
+    let data = tempfile::tempdir().unwrap();
+    let (child, lines) = start(data.path(), im_testkit::free_port());
+    let gw = gateway_addr(&lines);
+    let command = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("imctl: a second gateway: "))
+        .expect("the second gateway's command")
+        .to_string();
+    let listen: std::net::SocketAddr = command
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("IM_GATEWAY_LISTEN="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut second = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let ok = tokio::net::TcpStream::connect(listen).await.is_ok()
+            && http_get(listen, "/readyz").await.0 == 200;
+        if ok || Instant::now() > deadline {
+            break ok;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let alice = token(data.path(), "alice");
+    let upload = format!(
+        "POST /v1/media/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        PNG.len()
+    );
+    let (status, body) = exchange(gw, upload, &PNG).await;
+    let reference: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let id = reference["mediaId"].as_str().unwrap_or_default().to_string();
+    let download = format!(
+        "GET /v1/media/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\nConnection: close\r\n\r\n"
+    );
+    let fetched = match ready {
+        true => Some(exchange(listen, download, b"").await),
+        false => None,
+    };
+    let _ = second.kill();
+    let _ = second.wait();
+    interrupt_and_wait(child);
+    assert!(!command.contains("cargo run"), "the built binary: {command}");
+    assert!(ready, "the second gateway never became ready: {command}");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, bytes) = fetched.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert!(
+        bytes.ends_with(&PNG) || bytes.windows(PNG.len()).any(|w| w == PNG),
+        "the same bytes"
+    );
+}
+
+/// Outside the checkout and without a data dir, `imctl token issue` makes
+/// no secret of its own (it would sign tokens no stack takes): it says
+/// where it looked and how to point it at the stack's data dir.
+#[test]
+fn a_token_is_never_signed_with_a_secret_made_on_the_spot() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args(["token", "issue", "--user", "alice", "--data-dir", "no-stack-here"])
+        .current_dir(elsewhere.path())
+        .env_remove("IM_JWT_HS256_SECRET")
+        .env_remove("IM_DATA_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("dev-jwt-secret") && stderr.contains("--data-dir"), "{stderr}");
+    assert!(!elsewhere.path().join("no-stack-here").exists(), "nothing made");
+}
+
+/// The admin port without a built ops page says so (404), instead of
+/// asking for the operator's token (401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_without_an_ops_page_says_it_is_not_built() {
+    let data = tempfile::tempdir().unwrap();
+    let (child, lines) = start_as(
+        data.path(),
+        im_testkit::free_port(),
+        "127.0.0.1:0",
+        |c| {
+            c.args(["--web-dir", "/nonexistent/web"]);
+        },
+    );
+    let admin = addr_after(&lines, "imctl: ops page http://");
+    let (status, body) = http_get(admin, "/ops.html").await;
+    interrupt_and_wait(child);
+    assert!(
+        lines.iter().any(|l| l.contains("no web app in /nonexistent/web")),
+        "{lines:?}"
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("not built"), "{body}");
+}

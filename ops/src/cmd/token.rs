@@ -20,7 +20,7 @@ pub struct IssueArgs {
     #[arg(long, default_value_t = 24 * 3600)]
     pub ttl: u64,
     /// The data dir of `imctl up` (where the secret is kept).
-    #[arg(long, env = crate::cmd::up::ENV_DATA_DIR, default_value = "data")]
+    #[arg(long, env = crate::cmd::up::ENV_DATA_DIR, default_value = "data", value_parser = crate::cmd::paths::checkout_path)]
     pub data_dir: PathBuf,
 }
 
@@ -47,7 +47,7 @@ pub struct CheckArgs {
     pub token: String,
     /// The data dir of `imctl up`, whose secret is used when no
     /// `IM_JWT_*` key is set.
-    #[arg(long, env = crate::cmd::up::ENV_DATA_DIR, default_value = "data")]
+    #[arg(long, env = crate::cmd::up::ENV_DATA_DIR, default_value = "data", value_parser = crate::cmd::paths::checkout_path)]
     pub data_dir: PathBuf,
     /// The keys and rules the gateway would check the token with.
     #[command(flatten)]
@@ -59,7 +59,7 @@ pub struct CheckArgs {
 pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
     let mut config = args.tokens.config().map_err(anyhow::Error::msg)?;
     if config.validate().is_err() {
-        config.hs256_secret = Some(local_secret(&args.data_dir)?);
+        config.hs256_secret = Some(stack_secret(&args.data_dir)?);
     }
     let verifier = im_gateway::auth::Verifier::new(&config)?;
     match verifier.verify(args.token.trim()).await {
@@ -71,9 +71,31 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The running stack's secret: `IM_JWT_HS256_SECRET` if set, else the
+/// one `imctl up` keeps in the data dir. Never made here: a new one would
+/// sign tokens no running stack takes.
+pub fn stack_secret(data_dir: &Path) -> anyhow::Result<String> {
+    if let Ok(s) = std::env::var("IM_JWT_HS256_SECRET") {
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let path = data_dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(s.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "no {SECRET_FILE} in {}: `imctl up` makes it in its data dir; pass that dir \
+             (--data-dir or {}) or set IM_JWT_HS256_SECRET",
+            data_dir.display(),
+            crate::cmd::up::ENV_DATA_DIR
+        ),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+}
+
 pub fn issue(args: IssueArgs) -> anyhow::Result<()> {
     im_streams::ids::validate_id(im_streams::ids::IdKind::User, &args.user)?;
-    let secret = local_secret(&args.data_dir)?;
+    let secret = stack_secret(&args.data_dir)?;
     println!(
         "{}",
         im_gateway::auth::issue_hs256(&secret, &args.user, args.ttl)

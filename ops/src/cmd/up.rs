@@ -32,7 +32,7 @@ pub const ENV_DURABLE: &str = "IM_DURABLE";
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
     /// Where the managed server keeps its JetStream store and log.
-    #[arg(long, env = ENV_DATA_DIR, default_value = "data")]
+    #[arg(long, env = ENV_DATA_DIR, default_value = "data", value_parser = crate::cmd::paths::checkout_path)]
     pub data_dir: PathBuf,
     /// Client port of the managed nats-server.
     #[arg(long, env = ENV_NATS_PORT, default_value_t = 4222)]
@@ -77,7 +77,7 @@ pub struct UpArgs {
     pub fanout_threshold: usize,
     /// The built web app the gateway serves at `/` (`scripts/up.sh` builds
     /// it); nothing is served there when the directory does not exist.
-    #[arg(long, env = "IM_WEB_DIR", default_value = "clients/web/dist")]
+    #[arg(long, env = "IM_WEB_DIR", default_value = "clients/web/dist", value_parser = crate::cmd::paths::checkout_path)]
     pub web_dir: PathBuf,
     /// Turn off the development sign-in (`POST /v1/dev/token`: a token for
     /// any user, which the web app's sign-in form asks for).
@@ -186,7 +186,8 @@ async fn serve(
             dev_login: dev_login(args),
         },
     };
-    let (mut gateway, stop) = start_gateway(&nats(Component::Gateway), gateway_config).await?;
+    let (mut gateway, stop) =
+        start_gateway(&nats(Component::Gateway), gateway_config, &args.web_dir).await?;
     start_admin(&nats(Component::Operator), args).await?;
     print_hints(url, args, identities, &signing_key);
     println!("imctl: ready nats={url} partitions={partitions} (Ctrl-C to stop)");
@@ -294,6 +295,7 @@ async fn register_signing_key(
 async fn start_gateway(
     nats: &NatsArgs,
     config: im_gateway::GatewayConfig,
+    web_dir: &std::path::Path,
 ) -> anyhow::Result<(Serving, tokio::sync::oneshot::Sender<()>)> {
     let (listen, metrics_listen) = (config.listen, config.metrics_listen);
     let web = config.web.clone();
@@ -325,7 +327,10 @@ async fn start_gateway(
             println!("imctl: chat in a browser: http://{addr}/ (sign in with any user id)")
         }
         (Some(_), false) => println!("imctl: web app http://{addr}/ (sign in with a token)"),
-        (None, _) => println!("imctl: no web app built (scripts/up.sh builds clients/web)"),
+        (None, _) => println!(
+            "imctl: no web app in {} (scripts/up.sh builds clients/web; or pass --web-dir)",
+            web_dir.display()
+        ),
     }
     Ok((gateway, stop))
 }
@@ -399,12 +404,15 @@ fn print_hints(
         None => String::new(),
     };
     println!(
-        "imctl: a second gateway: {}IM_NATS_URL={url} IM_GATEWAY_LISTEN=127.0.0.1:8081 \
+        "imctl: a second gateway: {}IM_NATS_URL={url} IM_GATEWAY_LISTEN={} \
          IM_JWT_HS256_SECRET=$(cat {data}/{}) IM_EVENT_SIGNING_KEY_FILE={} \
-         cargo run --release -p im-gateway",
+         IM_MEDIA_DIR={} {}",
         load(Component::Gateway),
+        second_listen(args.gateway_listen),
         crate::cmd::token::SECRET_FILE,
-        signing_key.display()
+        signing_key.display(),
+        args.data_dir.join("media").display(),
+        sibling_gateway()
     );
     if identities.is_some() {
         println!(
@@ -415,6 +423,33 @@ fn print_hints(
             "imctl: im-replay as the auditor (reads only): {}",
             load(Component::Auditor)
         );
+    }
+}
+
+/// Where a second gateway beside the first may listen: the port after the
+/// first's when it is free, else any free one (free when printed).
+fn second_listen(first: std::net::SocketAddr) -> std::net::SocketAddr {
+    let any = std::net::SocketAddr::new(first.ip(), 0);
+    let next = match first.port() {
+        0 | u16::MAX => any,
+        p => std::net::SocketAddr::new(first.ip(), p + 1),
+    };
+    [next, any]
+        .into_iter()
+        .find_map(|at| std::net::TcpListener::bind(at).ok()?.local_addr().ok())
+        .unwrap_or(next)
+}
+
+/// How to run `im-gateway`: the binary beside this `imctl` when built,
+/// else the command that builds and runs it.
+fn sibling_gateway() -> String {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|me| Some(me.parent()?.join("im-gateway")))
+        .filter(|p| p.is_file());
+    match beside {
+        Some(path) => path.display().to_string(),
+        None => "cargo run --release -p im-gateway".into(),
     }
 }
 

@@ -32,7 +32,15 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/healthz", get(|| async { "ok" }));
     let api = match &admin.web_dir {
         Some(dir) => api.fallback_service(tower_http::services::ServeDir::new(dir)),
-        None => api,
+        None => api.fallback(|| async {
+            AdminError(
+                StatusCode::NOT_FOUND,
+                "ERROR_CODE_NOT_FOUND",
+                "no ops page here: the web app is not built (scripts/up.sh builds clients/web; \
+                 or pass --web-dir)"
+                    .into(),
+            )
+        }),
     };
     api.with_state(admin)
 }

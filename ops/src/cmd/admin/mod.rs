@@ -31,7 +31,7 @@ pub struct AdminArgs {
     )]
     pub token_file: PathBuf,
     /// The built web app, whose `ops.html` is the ops page.
-    #[arg(long, env = "IM_WEB_DIR", default_value = "clients/web/dist")]
+    #[arg(long, env = "IM_WEB_DIR", default_value = "clients/web/dist", value_parser = crate::cmd::paths::checkout_path)]
     pub web_dir: PathBuf,
 }
 
