@@ -64,13 +64,15 @@ pub fn rejection_frame(r: &Rejection, client_msg_id: &str) -> v1::Envelope {
 pub fn streams_code(e: &StreamsError) -> v1::ErrorCode {
     match e {
         StreamsError::Conflict { .. } => v1::ErrorCode::Conflict,
-        StreamsError::Unavailable { .. } | StreamsError::Connect { .. } => {
-            v1::ErrorCode::Unavailable
-        }
+        StreamsError::Unavailable { .. }
+        | StreamsError::Connect { .. }
+        | StreamsError::IdentityRefused { .. } => v1::ErrorCode::Unavailable,
         StreamsError::InvalidId(_) => v1::ErrorCode::BadRequest,
         StreamsError::Corrupt { .. }
+        | StreamsError::Undecodable { .. }
         | StreamsError::IncompatibleStream { .. }
-        | StreamsError::Config(_) => v1::ErrorCode::Internal,
+        | StreamsError::Config(_)
+        | StreamsError::Setting { .. } => v1::ErrorCode::Internal,
     }
 }
 

@@ -390,11 +390,11 @@ async fn json_logs_carry_one_trace_id_from_gateway_to_projector() {
 
 /// A 1×1 PNG.
 const PNG: [u8; 67] = [
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44,
-    0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F,
-    0x15, 0xC4, 0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00,
-    0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49,
-    0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE,
+    0x42, 0x60, 0x82,
 ];
 
 /// One raw HTTP/1.1 exchange: (status, body bytes).
@@ -451,7 +451,10 @@ async fn the_second_gateway_up_prints_runs_and_shares_media() {
     );
     let (status, body) = exchange(gw, upload, &PNG).await;
     let reference: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let id = reference["mediaId"].as_str().unwrap_or_default().to_string();
+    let id = reference["mediaId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let download = format!(
         "GET /v1/media/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\nConnection: close\r\n\r\n"
     );
@@ -462,7 +465,10 @@ async fn the_second_gateway_up_prints_runs_and_shares_media() {
     let _ = second.kill();
     let _ = second.wait();
     interrupt_and_wait(child);
-    assert!(!command.contains("cargo run"), "the built binary: {command}");
+    assert!(
+        !command.contains("cargo run"),
+        "the built binary: {command}"
+    );
     assert!(ready, "the second gateway never became ready: {command}");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let (status, bytes) = fetched.unwrap();
@@ -480,7 +486,14 @@ async fn the_second_gateway_up_prints_runs_and_shares_media() {
 fn a_token_is_never_signed_with_a_secret_made_on_the_spot() {
     let elsewhere = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_imctl"))
-        .args(["token", "issue", "--user", "alice", "--data-dir", "no-stack-here"])
+        .args([
+            "token",
+            "issue",
+            "--user",
+            "alice",
+            "--data-dir",
+            "no-stack-here",
+        ])
         .current_dir(elsewhere.path())
         .env_remove("IM_JWT_HS256_SECRET")
         .env_remove("IM_DATA_DIR")
@@ -488,8 +501,14 @@ fn a_token_is_never_signed_with_a_secret_made_on_the_spot() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("dev-jwt-secret") && stderr.contains("--data-dir"), "{stderr}");
-    assert!(!elsewhere.path().join("no-stack-here").exists(), "nothing made");
+    assert!(
+        stderr.contains("dev-jwt-secret") && stderr.contains("--data-dir"),
+        "{stderr}"
+    );
+    assert!(
+        !elsewhere.path().join("no-stack-here").exists(),
+        "nothing made"
+    );
 }
 
 /// The admin port without a built ops page says so (404), instead of
@@ -497,19 +516,16 @@ fn a_token_is_never_signed_with_a_secret_made_on_the_spot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_without_an_ops_page_says_it_is_not_built() {
     let data = tempfile::tempdir().unwrap();
-    let (child, lines) = start_as(
-        data.path(),
-        im_testkit::free_port(),
-        "127.0.0.1:0",
-        |c| {
-            c.args(["--web-dir", "/nonexistent/web"]);
-        },
-    );
+    let (child, lines) = start_as(data.path(), im_testkit::free_port(), "127.0.0.1:0", |c| {
+        c.args(["--web-dir", "/nonexistent/web"]);
+    });
     let admin = addr_after(&lines, "imctl: ops page http://");
     let (status, body) = http_get(admin, "/ops.html").await;
     interrupt_and_wait(child);
     assert!(
-        lines.iter().any(|l| l.contains("no web app in /nonexistent/web")),
+        lines
+            .iter()
+            .any(|l| l.contains("no web app in /nonexistent/web")),
         "{lines:?}"
     );
     assert_eq!(status, 404, "{body}");

@@ -15,8 +15,16 @@ pub enum StoreError {
     /// The store's files are not what it wrote: it will not pass.
     #[error("corrupt store: {0}")]
     CorruptStore(#[source] sled::Error),
+    /// A value the store holds is not what this build wrote there.
     #[error("corrupt value at {key}: {detail}")]
     Corrupt { key: String, detail: String },
+    /// A value that does not decode as the message its key holds.
+    #[error("corrupt value at {key}: not a readable record")]
+    Undecodable {
+        key: String,
+        #[source]
+        source: prost::DecodeError,
+    },
 }
 
 impl StoreError {
@@ -25,7 +33,9 @@ impl StoreError {
     pub fn is_corruption(&self) -> bool {
         matches!(
             self,
-            StoreError::CorruptStore(_) | StoreError::Corrupt { .. }
+            StoreError::CorruptStore(_)
+                | StoreError::Corrupt { .. }
+                | StoreError::Undecodable { .. }
         )
     }
 }
@@ -35,9 +45,9 @@ pub fn decode_value<M: prost::Message + Default>(
     key: &[u8],
     bytes: &[u8],
 ) -> Result<M, StoreError> {
-    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+    M::decode(bytes).map_err(|source| StoreError::Undecodable {
         key: String::from_utf8_lossy(key).into_owned(),
-        detail: e.to_string(),
+        source,
     })
 }
 

@@ -61,7 +61,8 @@ pub fn decode_conv_parts(
     payload: &Bytes,
 ) -> Result<StoredEvent, StreamsError> {
     let corrupt = |detail: String| StreamsError::Corrupt { stream_seq, detail };
-    let event: v1::ConvEvent = im_schema::decode(payload).map_err(|e| corrupt(e.to_string()))?;
+    let event: v1::ConvEvent = im_schema::decode(payload)
+        .map_err(|source| StreamsError::Undecodable { stream_seq, source })?;
     let header_seq = headers
         .and_then(|h| h.get(HDR_CONV_SEQ))
         .and_then(|v| v.as_str().parse::<u64>().ok());

@@ -104,9 +104,24 @@ impl NatsArgs {
             .connection_timeout(CONNECT_TIMEOUT)
             .connect(servers)
             .await
-            .map_err(|source| StreamsError::Connect {
-                servers: self.nats_url.clone(),
-                source,
+            .map_err(|source| {
+                let servers = self.nats_url.clone();
+                match source.kind() {
+                    async_nats::ConnectErrorKind::AuthorizationViolation
+                    | async_nats::ConnectErrorKind::Authentication => {
+                        let who = self
+                            .auth
+                            .user
+                            .clone()
+                            .map_or_else(|| "no identity".to_string(), |u| format!("user {u:?}"));
+                        StreamsError::IdentityRefused {
+                            servers,
+                            who,
+                            source,
+                        }
+                    }
+                    _ => StreamsError::Connect { servers, source },
+                }
             })
     }
 }
@@ -123,7 +138,7 @@ pub fn parse_servers(list: &str) -> Result<Vec<ServerAddr>, StreamsError> {
             ))),
             s => s
                 .parse::<ServerAddr>()
-                .map_err(|e| StreamsError::Config(format!("NATS server {s:?}: {e}"))),
+                .map_err(|e| StreamsError::setting(format!("NATS server {s:?}"), e)),
         })
         .collect::<Result<_, _>>()?;
     if servers.is_empty() {

@@ -28,10 +28,30 @@ pub enum StreamsError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// A server answered and refused who this process says it is.
+    #[error(
+        "the NATS server at {servers} refused this connection's identity ({who}): connect as \
+         a component's NATS user (IM_NATS_USER and IM_NATS_PASSWORD, or --nats-creds / \
+         --nats-nkey); `imctl up` writes each one's into <data dir>/nats/identities/<user>.env \
+         (set -a; . data/nats/identities/im-operator.env; set +a)"
+    )]
+    IdentityRefused {
+        servers: String,
+        who: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
     /// The log holds something the writer cannot trust (undecodable event, a
     /// conv_seq gap). Never silently skipped by a writer.
     #[error("corrupt log at stream seq {stream_seq}: {detail}")]
     Corrupt { stream_seq: u64, detail: String },
+    /// A stored message that is not what it says it is.
+    #[error("corrupt log at stream seq {stream_seq}: not a readable event")]
+    Undecodable {
+        stream_seq: u64,
+        #[source]
+        source: im_schema::DecodeError,
+    },
     #[error("stream {stream} cannot change {field}: {detail}")]
     IncompatibleStream {
         stream: String,
@@ -40,6 +60,14 @@ pub enum StreamsError {
     },
     #[error("configuration: {0}")]
     Config(String),
+    /// A setting that could not be read or used (a key or credentials
+    /// file, a server address): what it was, and why.
+    #[error("configuration: {what}")]
+    Setting {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     #[error(transparent)]
     InvalidId(#[from] crate::ids::IdError),
 }
@@ -49,6 +77,14 @@ pub enum StreamsError {
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl StreamsError {
+    /// A setting `what` that could not be read or used, and why.
+    pub fn setting(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        StreamsError::Setting {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
     pub(crate) fn unavailable(context: &'static str, source: impl Into<BoxError>) -> Self {
         StreamsError::Unavailable {
             context,

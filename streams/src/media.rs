@@ -57,10 +57,10 @@ pub async fn uploaded(
         .await
         .or_unavailable("media trail")?;
     match stream.direct_get_last_for_subject(subject).await {
-        Ok(msg) => Ok(Some(im_schema::decode(&msg.payload).map_err(|e| {
-            StreamsError::Corrupt {
+        Ok(msg) => Ok(Some(im_schema::decode(&msg.payload).map_err(|source| {
+            StreamsError::Undecodable {
                 stream_seq: msg.sequence,
-                detail: e.to_string(),
+                source,
             }
         })?)),
         Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),

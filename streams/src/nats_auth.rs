@@ -102,7 +102,7 @@ impl NatsAuth {
         }
         if let Some(path) = &self.nkey {
             let seed = std::fs::read_to_string(path)
-                .map_err(|e| StreamsError::Config(format!("nkey seed {}: {e}", path.display())))?;
+                .map_err(|e| StreamsError::setting(format!("nkey seed {}", path.display()), e))?;
             return Ok(Identity::Nkey(seed.trim().to_string()));
         }
         Ok(Identity::Anonymous)
@@ -110,19 +110,16 @@ impl NatsAuth {
 
     /// The client options that carry this identity and trust.
     pub async fn options(&self) -> Result<ConnectOptions, StreamsError> {
-        let options =
-            match self.identity()? {
-                Identity::Anonymous => ConnectOptions::new(),
-                Identity::Password { user, password } => {
-                    ConnectOptions::with_user_and_password(user, password)
-                }
-                Identity::Creds(path) => ConnectOptions::with_credentials_file(&path)
-                    .await
-                    .map_err(|e| {
-                        StreamsError::Config(format!("credentials {}: {e}", path.display()))
-                    })?,
-                Identity::Nkey(seed) => ConnectOptions::with_nkey(seed),
-            };
+        let options = match self.identity()? {
+            Identity::Anonymous => ConnectOptions::new(),
+            Identity::Password { user, password } => {
+                ConnectOptions::with_user_and_password(user, password)
+            }
+            Identity::Creds(path) => ConnectOptions::with_credentials_file(&path)
+                .await
+                .map_err(|e| StreamsError::setting(format!("credentials {}", path.display()), e))?,
+            Identity::Nkey(seed) => ConnectOptions::with_nkey(seed),
+        };
         Ok(match &self.tls_ca {
             Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
             None => options,

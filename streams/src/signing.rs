@@ -16,7 +16,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{OrUnavailable, StreamsError};
+use crate::error::{BoxError, OrUnavailable, StreamsError};
 
 /// The header carrying an event's signature.
 pub const HDR_SIGNATURE: &str = "Im-Sig";
@@ -49,30 +49,31 @@ impl EventSigner {
     /// The seed in `path` (base64url), or a new one written there (owner
     /// only) when the file does not exist.
     pub fn load_or_create(path: &Path) -> Result<Self, StreamsError> {
-        let config = |e: &dyn std::fmt::Display| {
-            StreamsError::Config(format!("signing key {}: {e}", path.display()))
-        };
+        let config =
+            |e: BoxError| StreamsError::setting(format!("signing key {}", path.display()), e);
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let bytes = B64.decode(text.trim()).map_err(|e| config(&e))?;
-                let seed: [u8; 32] = bytes.try_into().map_err(|_| config(&"not 32 bytes"))?;
+                let bytes = B64.decode(text.trim()).map_err(|e| config(e.into()))?;
+                let seed: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| config("not 32 bytes".into()))?;
                 Ok(Self::from_seed(seed))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let seed: [u8; 32] = rand::random();
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| config(&e))?;
+                    std::fs::create_dir_all(dir).map_err(|e| config(e.into()))?;
                 }
-                std::fs::write(path, B64.encode(seed)).map_err(|e| config(&e))?;
+                std::fs::write(path, B64.encode(seed)).map_err(|e| config(e.into()))?;
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::PermissionsExt;
                     let private = std::fs::Permissions::from_mode(0o600);
-                    std::fs::set_permissions(path, private).map_err(|e| config(&e))?;
+                    std::fs::set_permissions(path, private).map_err(|e| config(e.into()))?;
                 }
                 Ok(Self::from_seed(seed))
             }
-            Err(e) => Err(config(&e)),
+            Err(e) => Err(config(e.into())),
         }
     }
 
@@ -294,14 +295,14 @@ impl WriterKeys {
             self.unknown.insert(id.to_string(), stream_seq);
             return Ok(());
         };
-        let bad = |e: &dyn std::fmt::Display| StreamsError::Config(format!("writer key {id}: {e}"));
-        let r: Registration = serde_json::from_slice(&value).map_err(|e| bad(&e))?;
+        let bad = |e: BoxError| StreamsError::setting(format!("writer key {id}"), e);
+        let r: Registration = serde_json::from_slice(&value).map_err(|e| bad(e.into()))?;
         let bytes: [u8; 32] = B64
             .decode(&r.public_key)
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| bad(&"not 32 bytes"))?;
-        let public = VerifyingKey::from_bytes(&bytes).map_err(|e| bad(&e))?;
+            .ok_or_else(|| bad("not 32 bytes".into()))?;
+        let public = VerifyingKey::from_bytes(&bytes).map_err(|e| bad(e.into()))?;
         self.unknown.remove(id);
         self.known.insert(key_id(&public), (public, r.from_seq));
         Ok(())

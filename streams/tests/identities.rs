@@ -78,13 +78,22 @@ async fn a_connection_without_an_identity_is_refused() {
         format!("{err:?}").to_lowercase().contains("authorization"),
         "{err:?}"
     );
+    // The message says what to do: which identity, and where `up` keeps them.
+    let told = err.to_string();
+    assert!(
+        told.contains("no identity")
+            && told.contains("IM_NATS_USER")
+            && told.contains("identities/"),
+        "{told}"
+    );
     let mut wrong = stack.auth(Component::Gateway);
     wrong.password = Some("not-the-password".into());
-    assert!(NatsArgs::new(stack.url())
+    let err = NatsArgs::new(stack.url())
         .with_auth(wrong)
         .connect("wrong")
         .await
-        .is_err());
+        .unwrap_err();
+    assert!(err.to_string().contains("user \"im-gateway\""), "{err}");
 }
 
 #[tokio::test]

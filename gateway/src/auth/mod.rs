@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 pub use jwks::{JWKS_BYTES_MAX, JWKS_KEYS_MAX, JWKS_TTL};
 pub use user_id::{user_id, UserIds};
 
+/// The token algorithms a gateway takes (any other is refused, `none`
+/// included).
+pub const ALGORITHMS: [&str; 4] = ["HS256", "RS256", "ES256", "EdDSA"];
+
 /// Why a token is refused. What a client is told (the message) names the
 /// rule, never a parser's or a library's text; that stays the source, for
 /// the logs.

@@ -54,8 +54,12 @@ pub(super) enum SessionError {
     Wire(#[from] wire::WireError),
     #[error("server error: {0}")]
     Server(String),
-    #[error("handshake: {0}")]
-    Handshake(String),
+    #[error("handshake: {what}")]
+    Handshake {
+        what: &'static str,
+        #[source]
+        source: Option<im_streams::error::BoxError>,
+    },
     #[error("no PONG to {KEEPALIVE_UNANSWERED_MAX} PINGs")]
     Stale,
     #[error("the handshake took over {HANDSHAKE_TIMEOUT:?}")]

@@ -59,7 +59,7 @@ impl Credentials {
             Identity::Creds(path) => creds_file(&path)?,
         };
         if let Proof::Signed { seed, .. } = &proof {
-            nkeys::KeyPair::from_seed(seed).map_err(|e| StartError::Credentials(e.to_string()))?;
+            nkeys::KeyPair::from_seed(seed).map_err(|e| StartError::credentials("nkey seed", e))?;
         }
         let tls = match &auth.tls_ca {
             Some(ca) => Some(Arc::new(tls_config(Some(ca))?)),
@@ -73,7 +73,7 @@ impl Credentials {
 /// BEGIN and END lines.
 fn creds_file(path: &Path) -> Result<Proof, StartError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| StartError::Credentials(format!("{}: {e}", path.display())))?;
+        .map_err(|e| StartError::credentials(path.display().to_string(), e))?;
     let after = |marker: &str| {
         let mut lines = text.lines().skip_while(|l| !l.contains(marker));
         lines.next()?;
@@ -87,22 +87,24 @@ fn creds_file(path: &Path) -> Result<Proof, StartError> {
             seed,
             jwt: Some(jwt),
         }),
-        _ => Err(StartError::Credentials(format!(
-            "{}: no user JWT and nkey seed",
-            path.display()
-        ))),
+        _ => Err(StartError::credentials(
+            path.display().to_string(),
+            "no user JWT and nkey seed",
+        )),
     }
 }
 
 /// Roots: the CA given, else the platform's.
 fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, StartError> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let bad = |e: &dyn std::fmt::Display| StartError::Credentials(format!("TLS: {e}"));
+    let bad = |e: im_streams::error::BoxError| StartError::credentials("TLS", e);
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
-                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.into()))? {
+                roots
+                    .add(cert.map_err(|e| bad(e.into()))?)
+                    .map_err(|e| bad(e.into()))?;
             }
         }
         None => {
@@ -114,7 +116,7 @@ fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, StartError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| bad(&e))?
+        .map_err(|e| bad(e.into()))?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
@@ -138,12 +140,16 @@ fn proof_fields(
             fields.insert("pass".into(), password.clone().into());
         }
         Proof::Signed { seed, jwt } => {
-            let pair = nkeys::KeyPair::from_seed(seed)
-                .map_err(|e| SessionError::Handshake(format!("nkey: {e}")))?;
-            let nonce = nonce.ok_or_else(|| SessionError::Handshake("no nonce to sign".into()))?;
-            let sig = pair
-                .sign(nonce.as_bytes())
-                .map_err(|e| SessionError::Handshake(format!("nkey: {e}")))?;
+            let nkey = |e: nkeys::error::Error| SessionError::Handshake {
+                what: "nkey",
+                source: Some(e.into()),
+            };
+            let pair = nkeys::KeyPair::from_seed(seed).map_err(nkey)?;
+            let nonce = nonce.ok_or(SessionError::Handshake {
+                what: "no nonce to sign",
+                source: None,
+            })?;
+            let sig = pair.sign(nonce.as_bytes()).map_err(nkey)?;
             let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
             fields.insert("sig".into(), sig.into());
             match jwt {
@@ -180,10 +186,18 @@ pub async fn handshake(
     let mut stream: Stream = if wants_tls {
         let config = match &credentials.tls {
             Some(c) => c.clone(),
-            None => Arc::new(tls_config(None).map_err(|e| SessionError::Handshake(e.to_string()))?),
+            None => Arc::new(tls_config(None).map_err(|e| SessionError::Handshake {
+                what: "TLS",
+                source: Some(e.into()),
+            })?),
         };
-        let name = rustls::pki_types::ServerName::try_from(server.host().to_string())
-            .map_err(|e| SessionError::Handshake(format!("TLS name: {e}")))?;
+        let name =
+            rustls::pki_types::ServerName::try_from(server.host().to_string()).map_err(|e| {
+                SessionError::Handshake {
+                    what: "TLS name",
+                    source: Some(e.into()),
+                }
+            })?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await?;

@@ -55,8 +55,25 @@ pub enum JoinError {
 pub enum StartError {
     #[error(transparent)]
     Servers(#[from] im_streams::StreamsError),
-    #[error("the delivery connection's credentials: {0}")]
-    Credentials(String),
+    #[error("the delivery connection's credentials: {what}")]
+    Credentials {
+        what: String,
+        #[source]
+        source: im_streams::error::BoxError,
+    },
+}
+
+impl StartError {
+    /// The credential `what` that could not be used, and why.
+    pub fn credentials(
+        what: impl Into<String>,
+        source: impl Into<im_streams::error::BoxError>,
+    ) -> Self {
+        StartError::Credentials {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// Whether an ephemeral notice is one (typing, presence), not an event a

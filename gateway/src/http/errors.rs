@@ -28,7 +28,12 @@ impl From<crate::media::MediaError> for ApiError {
         if let crate::media::MediaError::Backend(source) = &e {
             tracing::warn!(error = %source, "media bookkeeping failed");
         }
-        ApiError(e.code(), e.to_string())
+        let message = match &e {
+            // The id rule it breaks is ours to say (never a parser's text).
+            crate::media::MediaError::BadId(why) => format!("{e}: {why}"),
+            _ => e.to_string(),
+        };
+        ApiError(e.code(), message)
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use async_nats::jetstream::{self, kv};
 use im_schema::v1;
 use im_streams::definitions::{open_bucket, MEDIA_PENDING_BUCKET, MEDIA_QUOTA_BUCKET};
+use im_streams::error::BoxError;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -68,6 +69,8 @@ pub struct Media {
 pub enum MediaError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("not a media id")]
+    BadId(#[source] im_streams::ids::IdError),
     #[error("no such media")]
     NotFound,
     #[error("not the uploader, nor a member of a conversation this media was sent into")]
@@ -84,7 +87,7 @@ pub enum MediaError {
 impl MediaError {
     pub fn code(&self) -> v1::ErrorCode {
         match self {
-            MediaError::BadRequest(_) => v1::ErrorCode::BadRequest,
+            MediaError::BadRequest(_) | MediaError::BadId(_) => v1::ErrorCode::BadRequest,
             MediaError::NotFound => v1::ErrorCode::NotFound,
             MediaError::Forbidden => v1::ErrorCode::Forbidden,
             MediaError::QuotaExceeded { .. } => v1::ErrorCode::RateLimited,
@@ -276,20 +279,16 @@ impl Media {
         tokio::spawn(async move {
             let _permit = permit;
             let made =
-                tokio::task::spawn_blocking(move || -> Result<tempfile::TempPath, String> {
-                    let img = image::ImageReader::open(&source)
-                        .map_err(|e| e.to_string())?
-                        .with_guessed_format()
-                        .map_err(|e| e.to_string())?
-                        .decode()
-                        .map_err(|e| e.to_string())?;
+                tokio::task::spawn_blocking(move || -> Result<tempfile::TempPath, BoxError> {
+                    let img = image::ImageReader::open(&source)?
+                        .with_guessed_format()?
+                        .decode()?;
                     let thumb = img.thumbnail(THUMBNAIL_EDGE, THUMBNAIL_EDGE);
                     let out = tempfile::Builder::new()
                         .suffix(".png")
-                        .tempfile()
-                        .map_err(|e| e.to_string())?
+                        .tempfile()?
                         .into_temp_path();
-                    thumb.save(&out).map_err(|e| e.to_string())?;
+                    thumb.save(&out)?;
                     Ok(out)
                 })
                 .await;
@@ -334,7 +333,7 @@ impl Media {
         media_id: &str,
     ) -> Result<v1::MediaUploaded, MediaError> {
         im_streams::ids::validate_id(im_streams::ids::IdKind::ClientMsg, media_id)
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(MediaError::BadId)?;
         let up = im_streams::media::uploaded(&self.js, media_id)
             .await
             .map_err(internal)?

@@ -99,9 +99,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // The bench's stderr is its report: connection chatter stays out of it.
+    // A command's output is what it prints: the NATS client's connection
+    // chatter stays out of it unless asked for (RUST_LOG).
     let default_filter = match cli.command {
         Command::Bench(_) | Command::Check(_) => "warn",
-        _ => "info",
+        Command::Up(_) => "info",
+        _ => "info,async_nats=warn",
     };
     if let Err(e) = im_streams::logging::init(default_filter) {
         eprintln!("imctl: {e}");

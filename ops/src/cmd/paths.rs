@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 fn checkout_root() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let root = exe.parent()?.parent()?.parent()?;
-    root.join("Cargo.toml").is_file().then(|| root.to_path_buf())
+    root.join("Cargo.toml")
+        .is_file()
+        .then(|| root.to_path_buf())
 }
 
 /// `path` as given when absolute or present here; else the checkout's
