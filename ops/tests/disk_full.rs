@@ -60,9 +60,9 @@ fn up(url: &str, data: &std::path::Path) -> (std::process::Child, std::net::Sock
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut gateway = None;
-    for line in lines.map_while(Result::ok) {
+    for line in lines.by_ref().map_while(Result::ok) {
         if let Some(rest) = line.strip_prefix("imctl: gateway http://") {
             gateway = rest.split_whitespace().next().map(|a| a.parse().unwrap());
         }
@@ -70,6 +70,8 @@ fn up(url: &str, data: &std::path::Path) -> (std::process::Child, std::net::Sock
             break;
         }
     }
+    // What it prints later (its shutdown) still has a reader.
+    std::thread::spawn(move || lines.for_each(drop));
     (child, gateway.expect("a gateway address"))
 }
 
@@ -118,6 +120,13 @@ async fn a_full_disk_is_reported_and_recovered_from_without_losing_anything() {
 
     disk.resize("512m");
     readyz_until(gw, "ready again", |s, _| s == 200).await;
+    verify_all(&url);
+    let _ = stack.kill();
+    let _ = stack.wait();
+}
+
+/// `imctl projections verify --all` passes against `url`.
+fn verify_all(url: &str) {
     let verify = Command::new(env!("CARGO_BIN_EXE_imctl"))
         .args([
             "projections",
@@ -137,6 +146,70 @@ async fn a_full_disk_is_reported_and_recovered_from_without_losing_anything() {
         String::from_utf8_lossy(&verify.stderr)
     );
     assert_eq!(out.matches(": ok").count(), 6, "{out}");
+}
+
+/// Stopped (SIGTERM) while its disk is full, the projector leaves a store
+/// that opens: started again once there is room, it goes on from its last
+/// commit (nothing quarantined, nothing folded again) and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_on_a_full_disk_leaves_a_store_that_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(dir.path(), "4m") else {
+        eprintln!("disk_full: this machine does not let a test mount a tmpfs");
+        return;
+    };
+    let server = im_testkit::NatsServer::start().await.unwrap();
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    im_streams::apply_streams(&js, &Default::default())
+        .await
+        .unwrap();
+    let (mut stack, gw) = up(&url, dir.path());
+    readyz_until(gw, "ready", |s, _| s == 200).await;
+    im_ops::cmd::bench::rebuild::seed(&js, 30_000)
+        .await
+        .unwrap();
+    readyz_until(gw, "reporting the full disk", |s, b| {
+        s == 503 && b.contains("storage")
+    })
+    .await;
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(stack.id().to_string())
+        .status()
+        .unwrap();
+    let stopped = stack.wait().unwrap();
+    assert!(stopped.success(), "{stopped}");
+    // What sled leaves when its shutdown snapshot meets the full disk (seen
+    // with a stop under load): an empty, unfinished snapshot, which sled
+    // 0.34 takes for a corrupt store. Planted, so it is there every time.
+    let store = dir.path().join("projector");
+    std::fs::write(store.join("snap.0000000000FFFFFF.generating"), b"").unwrap_or(());
+    disk.resize("512m");
+    let (mut stack, gw) = up(&url, dir.path());
+    readyz_until(gw, "ready again", |s, _| s == 200).await;
+    let quarantined: Vec<String> = walk_names(dir.path())
+        .into_iter()
+        .filter(|n| n.contains("quarantined"))
+        .collect();
+    verify_all(&url);
     let _ = stack.kill();
     let _ = stack.wait();
+    assert!(quarantined.is_empty(), "folded again: {quarantined:?}");
+}
+
+/// The names of everything under `dir`.
+fn walk_names(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            out.push(e.file_name().to_string_lossy().into_owned());
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    out
 }

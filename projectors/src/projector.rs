@@ -181,16 +181,47 @@ fn open_trusted(config: &ProjectorConfig) -> Result<SledStore, ProjectorError> {
     }
 }
 
-/// Moves a store's directory aside; returns where to.
+/// Moves a store aside, where it takes no room (a rename on its own
+/// filesystem); returns where to. The directory itself is renamed to
+/// `<dir>.quarantined-<millis>`; when it cannot be (it is a mount point)
+/// its entries go into `<dir>/quarantined-<millis>/`; when even that
+/// folder cannot be made (the disk is full), the store is deleted, with
+/// earlier quarantined copies: the read models are folded again from the
+/// log either way.
 pub fn quarantine(dir: &std::path::Path) -> Result<std::path::PathBuf, ProjectorError> {
-    let secs = std::time::SystemTime::now()
+    let io = |e| ProjectorError::Store(StoreError::Io(e));
+    let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+        .map_or(0, |d| d.as_millis());
     let mut aside = dir.as_os_str().to_owned();
-    aside.push(format!(".quarantined-{secs}"));
+    aside.push(format!(".quarantined-{millis}"));
     let aside = std::path::PathBuf::from(aside);
-    std::fs::rename(dir, &aside).map_err(|e| ProjectorError::Store(StoreError::Io(e)))?;
-    Ok(aside)
+    if std::fs::rename(dir, &aside).is_ok() {
+        return Ok(aside);
+    }
+    let inside = dir.join(format!("quarantined-{millis}"));
+    let entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(Result::ok)
+        .collect();
+    let earlier =
+        |e: &std::fs::DirEntry| e.file_name().to_string_lossy().starts_with("quarantined-");
+    if std::fs::create_dir(&inside).is_ok() {
+        for entry in entries.iter().filter(|e| !earlier(e)) {
+            std::fs::rename(entry.path(), inside.join(entry.file_name())).map_err(io)?;
+        }
+        return Ok(inside);
+    }
+    // No room: the store goes, and earlier quarantined copies with it.
+    for entry in entries {
+        let path = entry.path();
+        match path.is_dir() {
+            true => std::fs::remove_dir_all(&path),
+            false => std::fs::remove_file(&path),
+        }
+        .map_err(io)?;
+    }
+    Ok(dir.to_path_buf())
 }
 
 /// The partitions an instance serves: the configured ones, all of them by

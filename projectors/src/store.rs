@@ -18,6 +18,10 @@ pub enum StoreError {
     /// A value the store holds is not what this build wrote there.
     #[error("corrupt value at {key}: {detail}")]
     Corrupt { key: String, detail: String },
+    /// Another handle holds the store's lock: another process, or this
+    /// one's previous instance whose last handles are not gone yet.
+    #[error("the store is held by another handle")]
+    Locked(#[source] std::io::Error),
     /// A value that does not decode as the message its key holds.
     #[error("corrupt value at {key}: not a readable record")]
     Undecodable {
@@ -188,6 +192,7 @@ impl SledStore {
     }
 
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        drop_unfinished_snapshots(path)?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(STORE_CACHE_BYTES)
@@ -198,7 +203,12 @@ impl SledStore {
             // each batch, so the background flusher is only a backstop.
             .flush_every_ms(Some(1_000))
             .open()
-            .map_err(engine)?;
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                    StoreError::Locked(io)
+                }
+                other => engine(other),
+            })?;
         Ok(SledStore { db, faults: None })
     }
 
@@ -228,6 +238,28 @@ impl SledStore {
     pub fn drop_keyspace(&self, name: &str) -> Result<(), StoreError> {
         self.db.drop_tree(name).map(|_| ()).map_err(engine)
     }
+}
+
+/// Removes the snapshots sled began and never finished (`snap.*.generating`:
+/// it renames one when it is complete). A stop on a full disk leaves an
+/// empty one, and sled 0.34 then refuses the whole store as corrupt,
+/// although its log, from which it recovers without a snapshot, is whole.
+fn drop_unfinished_snapshots(dir: &Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::Io(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(StoreError::Io)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %entry.path().display(), "an unfinished snapshot removed: the store recovers from its log");
+            std::fs::remove_file(entry.path()).map_err(StoreError::Io)?;
+        }
+    }
+    Ok(())
 }
 
 /// An in-memory keyspace: scratch space for folds whose result is compared

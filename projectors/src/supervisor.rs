@@ -36,6 +36,16 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// disk, a bug), which another rebuild would not mend.
 pub const QUARANTINES_MAX: u32 = 3;
 
+/// Restarts in a row that found the store still held by another handle.
+/// Right after an instance stops, its last handles (a query in flight,
+/// the fold thread's batch) go within moments; past a minute one is stuck,
+/// and only a new process lets go of it: the supervisor ends, and the
+/// process manager (systemd, Kubernetes) starts the process afresh.
+pub const LOCKED_RESTARTS_MAX: u32 = 60;
+
+/// How long a restart waits for a held store's lock.
+const LOCKED_WAIT: Duration = Duration::from_secs(1);
+
 /// JetStream not answering (a leader election, a node or the network
 /// down), or a task that ended with it: the instance starts again from its
 /// checkpoints once it answers.
@@ -84,6 +94,7 @@ pub async fn run(
     )));
     let mut backoff = RESTART_BACKOFF_MIN;
     let mut quarantines = 0;
+    let mut locked = 0;
     // Since when JetStream has not let a run last (None: it has).
     let mut outage: Option<Instant> = None;
     loop {
@@ -130,6 +141,20 @@ pub async fn run(
         let Some(store_error) = storage_error(&error) else {
             return Err(error);
         };
+        if matches!(store_error, StoreError::Locked(_)) {
+            locked += 1;
+            if locked > LOCKED_RESTARTS_MAX {
+                tracing::error!(error = %error, "the store is still held by this process's last instance: ending, for the process to be started afresh");
+                return Err(error);
+            }
+            tracing::info!(
+                attempt = locked,
+                "the store is still held: waiting for the last instance's handles to go"
+            );
+            pause(LOCKED_WAIT, &mut stop).await;
+            continue;
+        }
+        locked = 0;
         STORAGE_ERRORS.fetch_add(1, Relaxed);
         health.set_problem(format!("storage: {error}: {}", innermost(&error)));
         if store_error.is_corruption() {

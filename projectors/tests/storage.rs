@@ -214,3 +214,102 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A tmpfs mounted for the test (None where the machine does not allow
+/// it), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A store that is a mount point cannot be renamed aside: it is moved
+/// into a folder of its own, taking no room (a full disk too); where not
+/// even that folder can be made (no inode left) it is deleted. A fresh
+/// store opens there.
+#[test]
+fn a_quarantine_takes_no_room_even_on_a_mount_point_or_a_full_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let Some(_disk) = Tmpfs::mount(&store, "1m") else {
+        eprintln!("storage: this machine does not let a test mount a tmpfs");
+        return;
+    };
+    std::fs::write(store.join("db"), vec![0xA5; 200 * 1024]).unwrap();
+    let aside = im_projectors::projector::quarantine(&store).unwrap();
+    assert!(
+        aside.starts_with(&store),
+        "moved inside the mount: {aside:?}"
+    );
+    assert!(aside.join("db").is_file());
+    assert!(!store.join("db").exists());
+    // Full of data, a folder still takes no room.
+    let _ = std::fs::write(store.join("filler"), vec![0u8; 2 * 1024 * 1024]);
+    let again = im_projectors::projector::quarantine(&store).unwrap();
+    assert!(again.join("filler").is_file(), "{again:?}");
+    drop(_disk);
+    im_projectors::store::SledStore::open(&store).unwrap();
+    // Out of inodes: not even a folder can be made; the store goes.
+    let tight = dir.path().join("tight");
+    std::fs::create_dir(&tight).unwrap();
+    let Some(_tight) = Tmpfs::mount(&tight, "1m,nr_inodes=3") else {
+        return;
+    };
+    std::fs::write(tight.join("db"), b"x").unwrap();
+    std::fs::write(tight.join("conf"), b"x").unwrap();
+    let gone = im_projectors::projector::quarantine(&tight).unwrap();
+    assert_eq!(gone, tight);
+    let left: Vec<_> = std::fs::read_dir(&tight).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A store still held by another handle (the last instance's, on its way
+/// out) is waited for, not taken for a disk error: the instance starts as
+/// soon as the handle goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_still_held_is_waited_for_and_then_opened() {
+    let s = Stack::start().await;
+    s.create("g1", &[("bob", Role::Member)]).await;
+    let (last, _) = s.send("g1", "bob", "hi").await;
+    let dir = tempfile::tempdir().unwrap();
+    let held = im_projectors::store::SledStore::open(dir.path()).unwrap();
+    let clients = Clients {
+        consume: s.client.clone(),
+        publish: s.client.clone(),
+    };
+    let (current, mut started) = tokio::sync::watch::channel(None);
+    let task = tokio::spawn(supervisor::run(
+        clients,
+        config(dir.path(), None),
+        current,
+        tokio::sync::watch::channel(false).1,
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(started.borrow().is_none(), "started on a held store");
+    assert!(!task.is_finished(), "gave up at once");
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(30), started.wait_for(Option::is_some))
+        .await
+        .expect("started once the handle went")
+        .unwrap();
+    wait_caught_up(&s.client, "main", last, 0).await;
+    task.abort();
+}

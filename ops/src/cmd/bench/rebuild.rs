@@ -40,6 +40,10 @@ const CATCH_UP_MAX: Duration = Duration::from_secs(1_800);
 /// path would (sealed by the rules, with its headers), pipelined.
 pub async fn seed(js: &jetstream::Context, events: u64) -> anyhow::Result<()> {
     let topology = im_streams::definitions::read_topology(js).await?;
+    // Signed with a key of its own, registered first, as a writer's: an
+    // unsigned event is dead-lettered once any key is registered (I30).
+    let signer = im_streams::signing::EventSigner::from_seed(rand::random());
+    im_streams::signing::register(js, &signer.public()).await?;
     let conversations = events.div_ceil(EVENTS_PER_CONV).max(1);
     let mut states: BTreeMap<u64, ConvState> = BTreeMap::new();
     let mut acks = futures::stream::FuturesUnordered::new();
@@ -77,9 +81,12 @@ pub async fn seed(js: &jetstream::Context, events: u64) -> anyhow::Result<()> {
         let decided = decide(state, &cmd, at_ms).map_err(|r| anyhow::anyhow!("{conv}: {r}"))?;
         let subject = topology.conv_subject(&conv)?;
         for sealed in seal(state, decided) {
+            let mut headers = conv_headers(&sealed.event, "bench", "bench-seed");
+            let signature = signer.sign(&sealed.payload);
+            headers.insert(im_streams::signing::HDR_SIGNATURE, signature.as_str());
             let publish = jetstream::message::PublishMessage::build()
                 .payload(sealed.payload.clone())
-                .headers(conv_headers(&sealed.event, "bench", "bench-seed"));
+                .headers(headers);
             // Sent in order on one connection: each subject's events are
             // stored in the order they were made.
             let ack = js.send_publish(subject.clone(), publish).await?;

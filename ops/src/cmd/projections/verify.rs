@@ -104,7 +104,11 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         compare(&client, &args.instance, &projector, &names).await
     }
     .await;
-    drop(projector);
+    // Stopped first (its pumps gone), then its consumers deleted: deleted
+    // under a running pump, each would be reported as an error.
+    if let Err(e) = projector.finish().await {
+        tracing::debug!(error = %e, "the scratch projector stopped with an error");
+    }
     drop_scratch_consumers(&client, &scratch_name).await;
     let verdicts = outcome?;
     let mismatches = verdicts.iter().filter(|v| !v.ok).count();
