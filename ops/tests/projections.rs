@@ -743,3 +743,42 @@ async fn a_running_rebuild_can_be_followed_from_another_terminal() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("history: rebuilt generation 1"), "{stdout}");
 }
+
+/// A command's output is what it says: no connection chatter from the NATS
+/// client, and no warning from verify's own scratch projector going away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_print_their_answer_and_no_noise() {
+    let (kit, projector, _conv, last) = stack(5).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while projector
+        .context
+        .status_with_digests()
+        .unwrap()
+        .projections
+        .iter()
+        .any(|p| p.conv_checkpoint < last)
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = kit.url();
+    for args in [
+        &["projections", "verify", "--all", "--nats-url", &url][..],
+        &["projections", "status", "--nats-url", &url][..],
+        &["streams", "status", "--nats-url", &url][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imctl"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        for noise in ["INFO", "WARN", "async_nats", "consumer deleted"] {
+            assert!(
+                !stderr.contains(noise),
+                "{args:?} printed {noise:?}: {stderr}"
+            );
+        }
+    }
+}
