@@ -40,6 +40,19 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Kills a process when dropped: a failing test leaves no stack behind
+/// (which would also hold the test run's output open).
+struct Reaper(u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// `imctl up` on `url`, its data under `data`; returns it and its gateway.
 fn up(url: &str, data: &std::path::Path) -> (std::process::Child, std::net::SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_imctl"))
@@ -107,6 +120,7 @@ async fn a_full_disk_is_reported_and_recovered_from_without_losing_anything() {
         .await
         .unwrap();
     let (mut stack, gw) = up(&url, dir.path());
+    let _reaper = Reaper(stack.id());
     readyz_until(gw, "ready", |s, _| s == 200).await;
 
     // More log than 4 MiB of read models hold.
@@ -166,6 +180,7 @@ async fn a_stop_on_a_full_disk_leaves_a_store_that_opens() {
         .await
         .unwrap();
     let (mut stack, gw) = up(&url, dir.path());
+    let _reaper = Reaper(stack.id());
     readyz_until(gw, "ready", |s, _| s == 200).await;
     im_ops::cmd::bench::rebuild::seed(&js, 30_000)
         .await
@@ -188,6 +203,7 @@ async fn a_stop_on_a_full_disk_leaves_a_store_that_opens() {
     std::fs::write(store.join("snap.0000000000FFFFFF.generating"), b"").unwrap_or(());
     disk.resize("512m");
     let (mut stack, gw) = up(&url, dir.path());
+    let _reaper = Reaper(stack.id());
     readyz_until(gw, "ready again", |s, _| s == 200).await;
     let quarantined: Vec<String> = walk_names(dir.path())
         .into_iter()

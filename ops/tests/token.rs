@@ -27,6 +27,12 @@ fn imctl_code(args: &[&str], data: &std::path::Path) -> (i32, String, String) {
 #[test]
 fn check_says_whose_a_token_is_or_why_it_is_refused() {
     let data = tempfile::tempdir().unwrap();
+    // The secret `imctl up` keeps in its data dir.
+    std::fs::write(
+        data.path().join("dev-jwt-secret"),
+        "a-local-secret-that-is-long-enough-32b",
+    )
+    .unwrap();
     let (ok, token, err) = imctl(&["token", "issue", "--user", "alice"], data.path());
     assert!(ok, "{err}");
     let (ok, out, err) = imctl(&["token", "check", &token], data.path());

@@ -76,7 +76,14 @@ async fn send_one(url: &str, data: &std::path::Path, id: &str) -> AppendOutcome 
     let topo = im_streams::definitions::read_topology(&async_nats::jetstream::new(client.clone()))
         .await
         .unwrap();
-    let app = Appender::new(client, topo).await.unwrap();
+    // A writer beside the stack's gateway signs with the key `up` registered.
+    let signer =
+        im_streams::signing::EventSigner::load_or_create(&data.join("event-signing-key")).unwrap();
+    let options = im_streams::AppenderOptions {
+        signer: Some(std::sync::Arc::new(signer)),
+        ..Default::default()
+    };
+    let app = Appender::with_options(client, topo, options).await.unwrap();
     let conv = im_streams::subjects::direct_conversation_id("alice", "bob").unwrap();
     let cmd = Cmd {
         actor: "alice".into(),
@@ -97,6 +104,7 @@ async fn up_turns_development_sign_in_off_beyond_loopback() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let data = tempfile::tempdir().unwrap();
     let (child, lines) = start_listening(data.path(), im_testkit::free_port(), "0.0.0.0:0");
+    let _reaper = Reaper(child.id());
     let port = gateway_addr(&lines).port();
     let body = r#"{"userId": "mallory"}"#;
     let request = format!(
@@ -125,6 +133,7 @@ async fn up_serves_stops_on_sigint_and_keeps_data() {
     let url = format!("nats://127.0.0.1:{port}");
 
     let (child, lines) = start(data.path(), port);
+    let _reaper = Reaper(child.id());
     assert!(
         lines.iter().any(|l| l.contains("stream IM_CONV created")),
         "{lines:?}"
@@ -150,6 +159,7 @@ async fn up_serves_stops_on_sigint_and_keeps_data() {
     );
 
     let (child, lines) = start(data.path(), port);
+    let _reaper = Reaper(child.id());
     assert!(
         lines.iter().any(|l| l.contains("stream IM_CONV unchanged")),
         "{lines:?}"
@@ -239,6 +249,7 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
     let port = im_testkit::free_port();
     let url = format!("nats://127.0.0.1:{port}");
     let (child, lines) = start(data.path(), port);
+    let _reaper = Reaper(child.id());
     let gw = gateway_addr(&lines);
     for wanted in [
         "imctl token issue",
@@ -397,6 +408,17 @@ const PNG: [u8; 67] = [
     0x42, 0x60, 0x82,
 ];
 
+/// A process group, killed when dropped.
+struct Group(u32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.0)])
+            .status();
+    }
+}
+
 /// One raw HTTP/1.1 exchange: (status, body bytes).
 async fn exchange(addr: std::net::SocketAddr, head: String, body: &[u8]) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -417,6 +439,7 @@ async fn exchange(addr: std::net::SocketAddr, head: String, body: &[u8]) -> (u16
 async fn the_second_gateway_up_prints_runs_and_shares_media() {
     let data = tempfile::tempdir().unwrap();
     let (child, lines) = start(data.path(), im_testkit::free_port());
+    let _reaper = Reaper(child.id());
     let gw = gateway_addr(&lines);
     let command = lines
         .iter()
@@ -429,12 +452,19 @@ async fn the_second_gateway_up_prints_runs_and_shares_media() {
         .unwrap()
         .parse()
         .unwrap();
-    let mut second = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&command)
-        .env("RUST_LOG", "error")
-        .spawn()
-        .unwrap();
+    // Its own process group: the shell and the gateway it starts go
+    // together.
+    let second = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .env("RUST_LOG", "error")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    let group = Group(second.id());
     let deadline = Instant::now() + Duration::from_secs(30);
     let ready = loop {
         let ok = tokio::net::TcpStream::connect(listen).await.is_ok()
@@ -462,8 +492,7 @@ async fn the_second_gateway_up_prints_runs_and_shares_media() {
         true => Some(exchange(listen, download, b"").await),
         false => None,
     };
-    let _ = second.kill();
-    let _ = second.wait();
+    drop(group);
     interrupt_and_wait(child);
     assert!(
         !command.contains("cargo run"),

@@ -317,12 +317,15 @@ mod tests {
                 "{c:?}"
             );
         }
+        // The auditor reads through ephemeral consumers (named ones too, as
+        // standard clients make them), never the durable API.
         let auditor = Component::Auditor.permissions();
         assert!(auditor.publish.iter().all(|s| s.starts_with("$JS.API.")));
-        assert!(!auditor
-            .publish
+        assert!(!auditor.publish.iter().any(|s| s.contains("DURABLE")));
+        assert!(auditor
+            .publish_deny
             .iter()
-            .any(|s| s.contains("CREATE.IM_CONV.") || s.contains("DURABLE")));
+            .any(|s| s.contains("CONSUMER.DURABLE")));
     }
 
     #[test]

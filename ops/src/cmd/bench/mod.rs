@@ -1,4 +1,4 @@
-//! `imctl bench [ingest|fanout|rebuild|connections|latency|all] [--quick]`:
+//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|all] [--quick]`:
 //! the load generator. Each sub-benchmark starts its own stack (`imctl up`
 //! as a child process, see `stack.rs`), measures the system and, in the same
 //! run against the same nats-server, the raw baseline it is compared with.
@@ -9,6 +9,7 @@
 //! the run (which is what `--quick` in CI checks).
 
 pub mod cas;
+pub mod cold;
 pub mod connections;
 pub mod fanout;
 pub mod ingest;
@@ -32,6 +33,7 @@ pub enum Which {
     Rebuild,
     Connections,
     Latency,
+    Cold,
     All,
 }
 
@@ -59,6 +61,10 @@ pub struct BenchArgs {
     /// Events in the log the rebuild folds [default: 1000000, quick 20000].
     #[arg(long)]
     pub events: Option<u64>,
+    /// Events in the conversation a cold writer takes up [default: 200000,
+    /// quick 20000].
+    #[arg(long)]
+    pub cold_events: Option<u64>,
     /// Idle WebSocket connections [default: 20000, quick 500].
     #[arg(long)]
     pub connections: Option<usize>,
@@ -80,6 +86,7 @@ pub struct Size {
     pub members: usize,
     pub fanout_messages: u64,
     pub events: u64,
+    pub cold_events: u64,
     pub connections: usize,
     pub rate: u64,
 }
@@ -94,6 +101,7 @@ impl Size {
             members: a.members.unwrap_or(if q { 100 } else { 1000 }),
             fanout_messages: a.fanout_messages.unwrap_or(if q { 50 } else { 2000 }),
             events: a.events.unwrap_or(if q { 20_000 } else { 1_000_000 }),
+            cold_events: a.cold_events.unwrap_or(if q { 20_000 } else { 200_000 }),
             connections: a.connections.unwrap_or(if q { 500 } else { 20_000 }),
             rate: a.rate.max(1),
         }
@@ -158,6 +166,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Rebuild,
             Which::Connections,
             Which::Latency,
+            Which::Cold,
         ],
         one => vec![one],
     };
@@ -172,6 +181,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Rebuild => rebuild::run(&size).await,
             Which::Connections => connections::run(&size).await,
             Which::Latency => latency::run(&size).await,
+            Which::Cold => cold::run(&size).await,
             Which::All => unreachable!("expanded above"),
         }
         .with_context(|| format!("bench {w:?}"))?;
@@ -277,11 +287,27 @@ pub async fn create_group(
     }
 }
 
-/// An appender of the bench's own, on the stack's streams.
+/// An appender of the bench's own, on the stack's streams, signing with a
+/// key it registers (the bench runs as the operator): an unsigned event
+/// would be dead-lettered (I30).
 pub async fn appender(client: &async_nats::Client) -> anyhow::Result<std::sync::Arc<Appender>> {
+    appender_with(client, Default::default()).await
+}
+
+/// `appender`, with these options besides its signer.
+pub async fn appender_with(
+    client: &async_nats::Client,
+    options: im_streams::AppenderOptions,
+) -> anyhow::Result<std::sync::Arc<Appender>> {
     let js = async_nats::jetstream::new(client.clone());
     let topology = im_streams::definitions::read_topology(&js).await?;
-    Ok(Appender::new(client.clone(), topology).await?)
+    let signer = im_streams::signing::EventSigner::from_seed(rand::random());
+    im_streams::signing::register(&js, &signer.public()).await?;
+    let options = im_streams::AppenderOptions {
+        signer: Some(std::sync::Arc::new(signer)),
+        ..options
+    };
+    Ok(Appender::with_options(client.clone(), topology, options).await?)
 }
 
 /// The p-th percentile (0..=100) of unsorted samples, in the samples' unit.

@@ -39,12 +39,17 @@ const CATCH_UP_MAX: Duration = Duration::from_secs(1_800);
 /// Writes `events` events round-robin over conversations, as the append
 /// path would (sealed by the rules, with its headers), pipelined.
 pub async fn seed(js: &jetstream::Context, events: u64) -> anyhow::Result<()> {
+    seed_with(js, events, EVENTS_PER_CONV).await
+}
+
+/// `seed`, `per_conv` events in each conversation (`rb0`, `rb1`, ...).
+pub async fn seed_with(js: &jetstream::Context, events: u64, per_conv: u64) -> anyhow::Result<()> {
     let topology = im_streams::definitions::read_topology(js).await?;
     // Signed with a key of its own, registered first, as a writer's: an
     // unsigned event is dead-lettered once any key is registered (I30).
     let signer = im_streams::signing::EventSigner::from_seed(rand::random());
     im_streams::signing::register(js, &signer.public()).await?;
-    let conversations = events.div_ceil(EVENTS_PER_CONV).max(1);
+    let conversations = events.div_ceil(per_conv.max(1)).max(1);
     let mut states: BTreeMap<u64, ConvState> = BTreeMap::new();
     let mut acks = futures::stream::FuturesUnordered::new();
     let now_ms = 1_700_000_000_000;
@@ -105,7 +110,7 @@ pub async fn seed(js: &jetstream::Context, events: u64) -> anyhow::Result<()> {
 
 /// Waits until every durable consumer of the live projector has nothing
 /// pending and nothing unacknowledged (acks follow the sled commit).
-async fn caught_up(js: &jetstream::Context) -> anyhow::Result<()> {
+pub async fn caught_up(js: &jetstream::Context) -> anyhow::Result<()> {
     let deadline = Instant::now() + CATCH_UP_MAX;
     loop {
         let mut stream = js.get_stream(CONV_STREAM).await?;
@@ -171,6 +176,79 @@ async fn raw_read(js: &jetstream::Context, last: u64) -> anyhow::Result<u64> {
     Ok(read)
 }
 
+/// Events whose check is timed in-process (the log's first ones).
+const VALIDITY_SAMPLE_MAX: u64 = 100_000;
+
+/// What judging an event costs, per event, in microseconds: (decoding
+/// alone, the baseline; decoding and `validity::fold`: the signature for
+/// its position and the rules), over the log's first events, in order, on
+/// one thread, as the projector's judge runs it.
+async fn validity_cost(js: &jetstream::Context, upto: u64) -> anyhow::Result<(f64, f64)> {
+    let stream = js.get_stream(CONV_STREAM).await?;
+    let consumer = stream.create_consumer(OrderedConfig::default()).await?;
+    let mut messages = consumer.messages().await?;
+    let mut held = Vec::new();
+    while let Some(msg) = messages.next().await {
+        let msg = msg?;
+        let seq = msg
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        held.push((
+            seq,
+            msg.subject.to_string(),
+            msg.headers.clone(),
+            msg.payload.clone(),
+        ));
+        if seq >= upto {
+            break;
+        }
+    }
+    let mut keys = im_streams::signing::registered(js).await?;
+    let kv = js
+        .get_key_value(im_streams::signing::WRITER_KEYS_BUCKET)
+        .await?;
+    let decode = |(seq, subject, headers, payload): &(
+        u64,
+        String,
+        Option<async_nats::HeaderMap>,
+        bytes::Bytes,
+    )| {
+        im_streams::codec::decode_conv_parts(*seq, subject, headers.as_ref(), payload)
+    };
+    for e in held.iter().filter_map(|m| decode(m).ok()) {
+        if let Some(id) = e
+            .signature
+            .as_deref()
+            .and_then(im_streams::signing::signer_of)
+        {
+            keys.learn(&kv, id, e.stream_seq).await?;
+        }
+    }
+    let n = held.len().max(1) as f64;
+    let started = Instant::now();
+    let decoded: Vec<_> = held.iter().filter_map(|m| decode(m).ok()).collect();
+    let decode_us = started.elapsed().as_secs_f64() * 1e6 / n;
+    let started = Instant::now();
+    let mut states: BTreeMap<String, ConvState> = BTreeMap::new();
+    let mut invalid = 0;
+    for m in &held {
+        let Ok(e) = decode(m) else { continue };
+        let conv = e.event.conversation_id.clone();
+        let state = states
+            .entry(conv.clone())
+            .or_insert_with(|| ConvState::empty(conv));
+        invalid += usize::from(im_streams::validity::fold(state, &keys, &e).is_err());
+    }
+    let judged_us = started.elapsed().as_secs_f64() * 1e6 / n;
+    anyhow::ensure!(
+        invalid == 0,
+        "{invalid} of {} seeded events judged invalid",
+        decoded.len()
+    );
+    Ok((decode_us, judged_us))
+}
+
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let stack = Stack::start(StackOptions {
         limits: super::bench_limits(0),
@@ -197,6 +275,10 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let live_secs = started.elapsed().as_secs_f64();
     eprintln!("rebuild: live projector caught up in {live_secs:.1} s");
 
+    let (decode_us, judged_us) = validity_cost(&js, last.min(VALIDITY_SAMPLE_MAX)).await?;
+    eprintln!(
+        "rebuild: judging an event (signature and rules) {judged_us:.1} µs, decoding alone {decode_us:.1} µs"
+    );
     let status_secs = timed_imctl(
         &stack,
         // Without the apply-rate sample (a 1 s wait by default, not work).
@@ -236,6 +318,9 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     f.add("rebuild_events_per_s", ours);
     f.add("rebuild_raw_per_s", raw);
     f.add("rebuild_ratio", ours / raw);
+    f.add("live_fold_events_per_s", last as f64 / live_secs);
+    f.add("validity_us_per_event", judged_us);
+    f.add("validity_baseline_decode_us_per_event", decode_us);
     f.add("status_ms", status_secs * 1e3);
     f.add("status_baseline_streams_status_ms", streams_secs * 1e3);
     Ok(f)
