@@ -120,7 +120,7 @@ fn decode(msg: &Delivered) -> Result<Decoded, Refusal> {
     match msg.source {
         Source::Conv => {
             let stored = decode_conv_parts(msg.stream_seq, msg.subject, msg.headers, msg.payload)
-                .map_err(|e| Refusal::new("undecodable", e))?;
+                .map_err(|e| Refusal::of_error("undecodable", &e))?;
             if let Some(refusal) = too_new(stored.event.schema_version) {
                 return Err(refusal);
             }
@@ -142,7 +142,7 @@ fn decode(msg: &Delivered) -> Result<Decoded, Refusal> {
         }
         Source::Rcpt => {
             let ev: v1::ReceiptEvent =
-                im_schema::decode(msg.payload).map_err(|e| Refusal::new("undecodable", e))?;
+                im_schema::decode(msg.payload).map_err(|e| Refusal::of_error("undecodable", &e))?;
             if let Some(refusal) = too_new(ev.schema_version) {
                 return Err(refusal);
             }
@@ -257,7 +257,9 @@ pub fn fold_item(
                         }
                     };
                 }
-                if checked.is_err() && judged.as_ref().is_some_and(|j| j.is_ok()) {
+                // The judge moved its state on; `members` did not apply it.
+                let judged_ok = judged.as_ref().is_some_and(|j| j.is_ok());
+                if checked.is_err() && judged_ok && t.projection.name() == members::NAME {
                     verdicts.forget(&stored.event.conversation_id);
                 }
                 match checked {

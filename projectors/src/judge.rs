@@ -51,8 +51,28 @@ impl Refusal {
     }
 
     fn invalid(e: &Invalid) -> Self {
-        Refusal::new(e.code(), e)
+        Refusal::new(e.code(), with_causes(e))
     }
+
+    /// A refusal for an error, its causes in the reason (a dead letter keeps
+    /// what the decoder said).
+    pub fn of_error(code: &str, e: &dyn std::error::Error) -> Self {
+        Refusal::new(code, with_causes(e))
+    }
+}
+
+/// An error and its causes, as one line.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// What the judge knows of a conversation.
@@ -120,11 +140,13 @@ pub enum Rows<'a, 't> {
 
 impl Judge {
     pub fn new(bytes_max: usize) -> Self {
+        Self::with_bounds(bytes_max, JUDGE_CACHE_CONVERSATIONS_MAX)
+    }
+
+    fn with_bounds(bytes_max: usize, conversations_max: usize) -> Self {
         Judge {
             keys: Arc::default(),
-            states: LruCache::new(
-                NonZeroUsize::new(JUDGE_CACHE_CONVERSATIONS_MAX).expect("non-zero"),
-            ),
+            states: LruCache::new(NonZeroUsize::new(conversations_max.max(1)).expect("non-zero")),
             sizes: Default::default(),
             bytes: 0,
             bytes_max,
@@ -162,7 +184,12 @@ impl Judge {
         let conv = stored.event.conversation_id.as_str();
         if !self.states.contains(conv) {
             let known = load(rows, genesis, stored)?;
-            self.states.put(conv.to_string(), known);
+            // At the count bound the least recent goes: its bytes with it.
+            if let Some((gone, _)) = self.states.push(conv.to_string(), known) {
+                if gone != conv {
+                    self.bytes -= self.sizes.remove(&gone).unwrap_or(0);
+                }
+            }
         }
         let keys = self.keys.clone();
         let verdict = match self.states.get_mut(conv).expect("put above") {
@@ -238,4 +265,56 @@ pub fn recorded(members_tx: &Tx, stream_seq: u64) -> Result<Result<(), Refusal>,
         }),
         None => Ok(()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use im_streams::conversation::{decide, Action, Command, Role};
+    use im_streams::seal::seal;
+
+    /// A group's creation, as stored at `stream_seq`.
+    fn created(conv: &str, stream_seq: u64) -> StoredEvent {
+        let cmd = Command {
+            actor: "own".into(),
+            client_msg_id: "c".into(),
+            action: Action::CreateGroup {
+                title: conv.into(),
+                members: vec![("ann".into(), Role::Member)],
+            },
+        };
+        let state = ConvState::empty(conv);
+        let sealed = seal(&state, decide(&state, &cmd, 1_000).unwrap()).remove(0);
+        StoredEvent {
+            stream_seq,
+            subject: format!("im.conv.0.{conv}"),
+            event: sealed.event,
+            hash: sealed.hash,
+            payload: sealed.payload,
+            writer: String::new(),
+            msg_id: String::new(),
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn its_bytes_are_those_of_the_states_it_holds_at_either_bound() {
+        let mut judge = Judge::with_bounds(usize::MAX, 4);
+        for i in 0..50u64 {
+            let ev = created(&format!("c{i}"), i + 1);
+            assert_eq!(judge.judge(Rows::Genesis, true, &ev).unwrap(), Ok(()));
+        }
+        let (held, bytes) = judge.usage();
+        assert_eq!(held, 4);
+        assert_eq!(bytes, judge.sizes.values().sum::<usize>());
+        assert_eq!(judge.sizes.len(), 4, "sizes of evicted states are gone");
+        let one = bytes / 4;
+        let mut judge = Judge::with_bounds(2 * one, 1_000);
+        for i in 0..50u64 {
+            let ev = created(&format!("d{i}"), i + 1);
+            judge.judge(Rows::Genesis, true, &ev).unwrap().unwrap();
+        }
+        let (held, bytes) = judge.usage();
+        assert!(held <= 2 && bytes <= 2 * one, "{held} {bytes}");
+    }
 }

@@ -146,7 +146,10 @@ fn open_or_quarantine(config: &ProjectorConfig) -> Result<SledStore, ProjectorEr
     let aside = quarantine(&config.data_dir)?;
     tracing::warn!(store = %config.data_dir.display(), format = STORE_FORMAT, "store written by an older build: folding the read models again from the log");
     let store = open_trusted(config)?;
-    std::fs::remove_dir_all(&aside).map_err(|e| ProjectorError::Store(StoreError::Io(e)))?;
+    // (Deleted already when there was no room to set it aside.)
+    if aside != config.data_dir {
+        std::fs::remove_dir_all(&aside).map_err(|e| ProjectorError::Store(StoreError::Io(e)))?;
+    }
     Ok(store)
 }
 

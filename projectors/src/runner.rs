@@ -211,6 +211,9 @@ pub enum RunError {
     Id(#[from] im_streams::ids::IdError),
     #[error("{conv} has more than {max} events: rebuild instead")]
     TooLargeToRepair { conv: String, max: u64 },
+    /// A rebuild would fold events the live `members` has not judged.
+    #[error("no verdicts to rebuild by: {0}")]
+    Verdicts(String),
 }
 
 pub(crate) fn js_err(e: impl Into<BoxError>) -> RunError {

@@ -191,8 +191,20 @@ impl SledStore {
         Ok(store)
     }
 
+    /// Opens the store. One sled takes for corrupt only because a stop left
+    /// a snapshot unfinished (on a full disk) is opened again without it:
+    /// its log, from which sled recovers, is whole. (Removed only after a
+    /// refusal, never under a running instance's lock.)
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        drop_unfinished_snapshots(path)?;
+        match Self::open_once(path) {
+            Err(e) if e.is_corruption() && drop_unfinished_snapshots(path)? => {
+                Self::open_once(path)
+            }
+            other => other,
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(STORE_CACHE_BYTES)
@@ -244,12 +256,14 @@ impl SledStore {
 /// it renames one when it is complete). A stop on a full disk leaves an
 /// empty one, and sled 0.34 then refuses the whole store as corrupt,
 /// although its log, from which it recovers without a snapshot, is whole.
-fn drop_unfinished_snapshots(dir: &Path) -> Result<(), StoreError> {
+/// Whether there was one.
+fn drop_unfinished_snapshots(dir: &Path) -> Result<bool, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(StoreError::Io(e)),
     };
+    let mut dropped = false;
     for entry in entries {
         let entry = entry.map_err(StoreError::Io)?;
         let name = entry.file_name();
@@ -257,9 +271,10 @@ fn drop_unfinished_snapshots(dir: &Path) -> Result<(), StoreError> {
         if name.starts_with("snap.") && name.ends_with(".generating") {
             tracing::warn!(file = %entry.path().display(), "an unfinished snapshot removed: the store recovers from its log");
             std::fs::remove_file(entry.path()).map_err(StoreError::Io)?;
+            dropped = true;
         }
     }
-    Ok(())
+    Ok(dropped)
 }
 
 /// An in-memory keyspace: scratch space for folds whose result is compared

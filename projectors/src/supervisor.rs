@@ -106,6 +106,7 @@ pub async fn run(
             Projector::start_reporting(clients.clone(), config.clone(), Some(health.clone()));
         let outcome = match start.await {
             Ok(mut projector) => {
+                locked = 0;
                 current.send_replace(Some(projector.context.clone()));
                 tokio::select! {
                     r = projector.wait() => r.map_err(ProjectorError::Run),

@@ -275,3 +275,35 @@ async fn forged_events_are_dead_lettered_everywhere_never_shown_and_writers_chai
         assert_eq!(fresh[name].dead_letters, forged.len() as u64, "{name}");
     }
 }
+
+/// While signatures are in force, a writer whose own key is not registered
+/// (a mistyped key file makes a new one) appends nothing: every projector
+/// would refuse what it told its clients was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_without_a_registered_key_appends_nothing() {
+    let kit = im_testkit::Stack::start_secured().await;
+    let registered = Arc::new(EventSigner::from_seed([5; 32]));
+    im_streams::signing::register(&kit.js, &registered.public())
+        .await
+        .unwrap();
+    let stray = Arc::new(EventSigner::from_seed([9; 32]));
+    let app = writer(&kit, &stray).await;
+    let members = vec![("bob".to_string(), Role::Member)];
+    let cmd = Command {
+        actor: "owner".into(),
+        client_msg_id: "c1".into(),
+        action: Action::CreateGroup {
+            title: "g".into(),
+            members,
+        },
+    };
+    let err = app.execute("g9", &cmd, "").await.unwrap_err();
+    assert!(err.to_string().contains("not registered"), "{err}");
+    assert_eq!(im_testkit::stream_messages(&kit.js, "IM_CONV").await, 0);
+    // The registered one does.
+    let ok = writer(&kit, &registered).await;
+    assert!(matches!(
+        ok.execute("g9", &cmd, "").await.unwrap(),
+        AppendOutcome::Stored { .. }
+    ));
+}

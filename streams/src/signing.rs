@@ -117,16 +117,20 @@ pub enum SignatureError {
     },
 }
 
+/// Key ids known not to be registered that a checking process keeps: each
+/// is a look-up saved per forged event naming it; past this the oldest
+/// answers are forgotten (and asked again).
+pub const UNKNOWN_KEYS_MAX: usize = 1_024;
+
 /// The registered keys met so far, by id, and from which IM_CONV sequence
 /// events must be signed (none: no key is registered, signatures are not
 /// in force).
 #[derive(Clone, Debug, Default)]
 pub struct WriterKeys {
     known: HashMap<String, (VerifyingKey, u64)>,
-    /// Ids looked up and not registered, with the highest IM_CONV seq
-    /// asked for then: an event past it asks again (a key is registered
-    /// from a sequence after the log's end, so one registered since can
-    /// only sign later events).
+    /// Ids looked up and not registered, with the IM_CONV sequence up to
+    /// which that answer holds (the log's end when asked: a key registered
+    /// since signs only later events); at most `UNKNOWN_KEYS_MAX`.
     unknown: HashMap<String, u64>,
     in_force_from: Option<u64>,
 }
@@ -232,10 +236,12 @@ pub async fn register(js: &jetstream::Context, public: &VerifyingKey) -> Result<
         from_seq,
     };
     let value = serde_json::to_vec(&registration).expect("serializable");
+    // In force first, then the key: a reader that sees the key sees
+    // signatures required (register a writer's key before it writes).
+    put_in_force(&kv, from_seq).await?;
     kv.put(key_id(public), value.into())
         .await
         .or_unavailable("writer keys")?;
-    put_in_force(&kv, from_seq).await?;
     Ok(from_seq)
 }
 
@@ -292,6 +298,9 @@ impl WriterKeys {
             return Ok(());
         }
         let Some(value) = kv.get(id).await.or_unavailable("writer keys")? else {
+            if self.unknown.len() >= UNKNOWN_KEYS_MAX {
+                self.unknown.clear();
+            }
             self.unknown.insert(id.to_string(), stream_seq);
             return Ok(());
         };
@@ -349,40 +358,75 @@ impl KeyRing {
 
     /// Readies the keys for events at these positions, naming these
     /// signers: whether signatures are in force is asked again while they
-    /// are not (so a registration made since is never missed), and each
-    /// key named is looked up. Fails when the bucket cannot be read: a
-    /// process that cannot tell a forgery checks nothing.
+    /// are not (each call, or every `recheck_every`), and each key named
+    /// and not known is looked up once. Fails when the bucket cannot be
+    /// read: a process that cannot tell a forgery checks nothing.
     pub async fn prepare<'a>(
         &mut self,
         events: impl IntoIterator<Item = (u64, Option<&'a str>)>,
     ) -> Result<&WriterKeys, StreamsError> {
-        let mut events = events.into_iter().peekable();
-        if events.peek().is_none() {
+        let events: Vec<(u64, Option<&str>)> = events.into_iter().collect();
+        let Some(upto) = events.iter().map(|(seq, _)| *seq).max() else {
+            return Ok(&self.keys);
+        };
+        if !self.in_force().await? {
             return Ok(&self.keys);
         }
-        if self.recheck_due() {
-            self.checked_at = Some(std::time::Instant::now());
-            let Some(kv) = self.bucket().await? else {
-                return Ok(&self.keys);
-            };
-            self.keys.in_force_from = read_in_force(&kv).await?;
-        }
-        if self.keys.in_force_from.is_none() {
-            return Ok(&self.keys);
-        }
-        for (stream_seq, signature) in events {
-            let Some(id) = signature.and_then(signer_of) else {
-                continue;
-            };
-            if self.keys.settled(id, stream_seq) {
-                continue;
-            }
+        // Each id once per call, its answer good for every event given (a
+        // forger's flood of one unknown key costs one look-up a batch).
+        let named: std::collections::BTreeSet<&str> = events
+            .iter()
+            .filter_map(|(_, sig)| sig.and_then(signer_of))
+            .filter(|id| !self.keys.settled(id, upto))
+            .collect();
+        for id in named {
             let kv = self.bucket().await?.ok_or_else(|| {
                 StreamsError::unavailable("writer keys", "the keys bucket is gone")
             })?;
-            self.keys.learn(&kv, id, stream_seq).await?;
+            self.keys.learn(&kv, id, upto).await?;
         }
         Ok(&self.keys)
+    }
+
+    /// Whether signatures are in force, asked again when due.
+    async fn in_force(&mut self) -> Result<bool, StreamsError> {
+        if self.recheck_due() {
+            self.checked_at = Some(std::time::Instant::now());
+            if let Some(kv) = self.bucket().await? {
+                self.keys.in_force_from = read_in_force(&kv).await?;
+            }
+        }
+        Ok(self.keys.in_force_from.is_some())
+    }
+
+    /// Whether a writer may append now: while signatures are in force, only
+    /// with a key registered. Its events would otherwise be refused by every
+    /// projector and stepped over by every other writer, after it had told
+    /// its clients they were stored.
+    pub async fn allows(&mut self, signer: Option<&EventSigner>) -> Result<(), StreamsError> {
+        if !self.in_force().await? {
+            return Ok(());
+        }
+        let Some(signer) = signer else {
+            return Err(StreamsError::Config(
+                "signatures are required and this writer has no signing key \
+                 (IM_EVENT_SIGNING_KEY_FILE)"
+                    .into(),
+            ));
+        };
+        let id = signer.key_id();
+        if !self.keys.known.contains_key(id) {
+            if let Some(kv) = self.bucket().await? {
+                self.keys.learn(&kv, id, u64::MAX).await?;
+            }
+        }
+        match self.keys.known.contains_key(id) {
+            true => Ok(()),
+            false => Err(StreamsError::Config(format!(
+                "signatures are required and this writer's key {id} is not registered \
+                 (imctl signing-key register)"
+            ))),
+        }
     }
 
     /// The bucket, once it exists (None before any key is registered).

@@ -40,9 +40,11 @@ limits! {
     sends_per_sec: u32 = 20, "IM_GATEWAY_SENDS_PER_SEC";
     /// Sends one connection may make at once before the rate applies.
     send_burst: u32 = 40, "IM_GATEWAY_SEND_BURST";
-    /// Commands per second per user on this gateway, whichever way they
-    /// come: every device's sends and every HTTP command (a group's
-    /// administration, edits, recalls) draw on one bucket. Twice one
+    /// Conversation commands per second per user on this gateway, whichever
+    /// way they come: every device's sends and every HTTP command (a
+    /// group's administration, edits, recalls) draw on one bucket
+    /// (receipts and typing are cursors and notices, bounded per
+    /// connection by its command queue). Twice one
     /// connection's send rate, so two devices in use at once are not cut
     /// short, while a user with sixteen devices or threads cannot append
     /// sixteen times as fast. (Per gateway: a user spread over N gateways

@@ -133,12 +133,17 @@ fn fold_recent(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The conversation's rules state at the version its rows reflect (None
-/// when it has no event here): what `decide` and the judge work from.
+/// The conversation's rules state at the version its rows reflect: what
+/// `decide` and the judge work from. None when this keyspace did not apply
+/// its creation (no event of it, or a keyspace folded from a later
+/// sequence, whose rows hold only part of its state).
 pub fn rules_state(tx: &Tx, conv: &str) -> Result<Option<ConvState>, StoreError> {
     let Some(rec) = tx.get_msg::<v1::ConversationRecord>(&conv_key(conv))? else {
         return Ok(None);
     };
+    if rec.kind == v1::ConversationKind::Unspecified as i32 {
+        return Ok(None);
+    }
     let head = crate::chain::head(tx, conv)?.ok_or_else(|| StoreError::Corrupt {
         key: format!("H{conv}"),
         detail: "a conversation record without its chain head".into(),

@@ -317,6 +317,7 @@ impl Rebuilds {
         verdicts: &ProjectionState,
         from_seq: u64,
     ) -> Result<Option<Vec<Old>>, RunError> {
+        verdicts_cover(verdicts, from_seq)?;
         let mut gens = Vec::with_capacity(work.len());
         for (job, state) in work {
             let name = keyspace_name(job.projection, job.generation);
@@ -370,6 +371,14 @@ impl Rebuilds {
             held.push(state.batch_lock.lock().await);
         }
         let limits = live();
+        // Every event folded has a verdict: `members` has applied it (it
+        // moves with the others; only a failed commit leaves it behind).
+        let judged = verdicts.applied.borrow().conv;
+        if let Some(ahead) = limits.iter().map(|l| l.conv).find(|c| *c > judged) {
+            return Err(RunError::Verdicts(format!(
+                "the live members projection has judged up to IM_CONV seq {judged}, not {ahead}: try again once it has caught up"
+            )));
+        }
         fold_to(&mut gens, &mut readers, &limits, (work, verdicts)).await?;
         if cancelled() {
             return Ok(None);
@@ -405,6 +414,21 @@ impl Rebuilds {
         }
         Ok(old)
     }
+}
+
+/// Whether the live `members` keyspace's dead letters are the verdicts of
+/// every event a rebuild from `from_seq` folds: it must have judged from
+/// there on (a `members` folded from a later sequence has not).
+fn verdicts_cover(verdicts: &ProjectionState, from_seq: u64) -> Result<(), RunError> {
+    let starts = crate::chain::chain_from(verdicts.ks().as_ref())?.unwrap_or(1);
+    if starts > from_seq.max(1) {
+        return Err(RunError::Verdicts(format!(
+            "the live members projection judged events from IM_CONV seq {starts} only: \
+             rebuild members from {} first, or rebuild from {starts}",
+            from_seq.max(1)
+        )));
+    }
+    Ok(())
 }
 
 /// A run's projections: each job with the state it rebuilds.

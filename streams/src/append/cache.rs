@@ -231,17 +231,17 @@ impl Appender {
             let last = batch.last_seq();
             let read = (batch.events.len() + batch.undecodable.len()) as u64;
             self.counters.events_read.fetch_add(read, Relaxed);
-            let mut ring = self.keys.lock().await;
             let named = batch
                 .events
                 .iter()
                 .map(|e| (e.stream_seq, e.signature.as_deref()))
                 .collect::<Vec<_>>();
-            let keys = ring.prepare(named).await?;
+            // A copy (a few keys): the writer's other conversations do not
+            // wait on this batch's checks.
+            let keys = self.keys.lock().await.prepare(named).await?.clone();
             for stored in batch.events {
-                self.fold_into(cached, keys, stored);
+                self.fold_into(cached, &keys, stored);
             }
-            drop(ring);
             for (stream_seq, why) in batch.undecodable {
                 self.step_over(subject, stream_seq, &why);
             }

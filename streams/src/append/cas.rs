@@ -59,6 +59,11 @@ impl Appender {
         primary_msg_id: &str,
         trace_id: &str,
     ) -> Result<Published, StreamsError> {
+        self.keys
+            .lock()
+            .await
+            .allows(self.signer.as_deref())
+            .await?;
         let count = sealed.len();
         for (i, sealed) in sealed.iter().enumerate() {
             let state = &mut cached.state;
