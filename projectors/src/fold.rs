@@ -161,8 +161,9 @@ pub enum Verdicts<'a> {
     /// the `members` target's rows when it is among the targets.
     Judge(&'a mut Judge),
     /// Recorded by the live `members` keyspace, which has applied every
-    /// event folded here (a rebuild: verdicts never change).
-    Recorded(&'a dyn Keyspace),
+    /// event folded here (a rebuild: verdicts never change), read for the
+    /// range at hand (`judge::recorded_between`).
+    Recorded(&'a judge::Recorded),
 }
 
 impl Verdicts<'_> {
@@ -181,7 +182,10 @@ impl Verdicts<'_> {
                 let genesis = targets.iter().any(|t| t.genesis);
                 judge.judge(Rows::Genesis, genesis, stored)
             }
-            (Verdicts::Recorded(ks), _) => judge::recorded(&Tx::new(*ks), seq),
+            (Verdicts::Recorded(refused), _) => Ok(match refused.get(&seq) {
+                Some(refusal) => Err(refusal.clone()),
+                None => Ok(()),
+            }),
         }
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use im_schema::v1;
 use im_streams::codec::StoredEvent;
 use im_streams::conversation::ConvState;
-use im_streams::signing::WriterKeys;
+use im_streams::signing::{SignatureError, Signed, WriterKeys};
 use im_streams::validity::{self, Invalid};
 use lru::LruCache;
 
@@ -34,6 +34,32 @@ pub const JUDGE_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Conversations kept, whatever their size.
 pub const JUDGE_CACHE_CONVERSATIONS_MAX: usize = 1 << 16;
+
+/// Signature verdicts of a batch's events, by stream seq.
+pub type SignatureVerdicts = std::collections::HashMap<u64, Result<(), SignatureError>>;
+
+/// The signature verdicts of many events, reached in parallel (as many
+/// threads as cores), each part verified as one ed25519 batch.
+pub fn sign_verdicts(keys: &WriterKeys, events: &[Signed<'_>]) -> SignatureVerdicts {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = events.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = events
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || (part, keys.check_many(part))))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| {
+                let (part, verdicts) = h.join().expect("verifying does not panic");
+                part.iter()
+                    .map(|e| e.stream_seq)
+                    .zip(verdicts)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    })
+}
 
 /// Why an event is refused, as its dead letter says it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +141,9 @@ impl Measured {
 
 pub struct Judge {
     keys: Arc<WriterKeys>,
+    /// Signature verdicts reached for the batch at hand, by stream seq
+    /// (`WriterKeys::check_many`); an event without one is checked here.
+    signed: SignatureVerdicts,
     states: LruCache<String, Known>,
     sizes: std::collections::HashMap<String, usize>,
     bytes: usize,
@@ -146,6 +175,7 @@ impl Judge {
     fn with_bounds(bytes_max: usize, conversations_max: usize) -> Self {
         Judge {
             keys: Arc::default(),
+            signed: SignatureVerdicts::default(),
             states: LruCache::new(NonZeroUsize::new(conversations_max.max(1)).expect("non-zero")),
             sizes: Default::default(),
             bytes: 0,
@@ -153,9 +183,11 @@ impl Judge {
         }
     }
 
-    /// The keys the next events are checked against (prepared for them).
-    pub fn set_keys(&mut self, keys: Arc<WriterKeys>) {
+    /// The keys the next events are checked against (prepared for them),
+    /// and the signature verdicts reached for them already, if any.
+    pub fn set_keys(&mut self, keys: Arc<WriterKeys>, signed: SignatureVerdicts) {
         self.keys = keys;
+        self.signed = signed;
     }
 
     /// Forgets every state (the rows they came from changed underneath: a
@@ -191,18 +223,18 @@ impl Judge {
                 }
             }
         }
-        let keys = self.keys.clone();
+        let signed = match self.signed.remove(&stored.stream_seq) {
+            Some(signed) => signed,
+            None => {
+                let c = stored.candidate();
+                self.keys.check_at(c.stream_seq, c.signature, c.payload)
+            }
+        };
         let verdict = match self.states.get_mut(conv).expect("put above") {
-            Known::Unknown => keys
-                .check_at(
-                    stored.stream_seq,
-                    stored.signature.as_deref(),
-                    &stored.payload,
-                )
-                .map_err(|e| Refusal::invalid(&Invalid::Signature(e))),
+            Known::Unknown => signed.map_err(|e| Refusal::invalid(&Invalid::Signature(e))),
             Known::State { state, bytes } => {
                 let verdict =
-                    validity::fold(state, &keys, stored).map_err(|e| Refusal::invalid(&e));
+                    validity::fold_signed(state, signed, stored).map_err(|e| Refusal::invalid(&e));
                 *bytes = Measured::of(state, *bytes);
                 verdict
             }
@@ -252,6 +284,33 @@ fn load(rows: Rows, genesis: bool, stored: &StoredEvent) -> Result<Known, StoreE
         None => Known::Unknown,
     })
 }
+
+/// The verdicts `members` recorded for the IM_CONV events from `first` to
+/// `last` (a rebuild's round): its dead letters there, read at once; every
+/// other event of the range is valid.
+pub fn recorded_between(
+    members: &dyn crate::store::Keyspace,
+    first: u64,
+    last: u64,
+) -> Result<Recorded, StoreError> {
+    let from = dead_letter_key(Source::Conv, first);
+    let to = dead_letter_key(Source::Conv, last.saturating_add(1));
+    members
+        .range(&from, &to, false, usize::MAX)?
+        .into_iter()
+        .map(|(k, v)| {
+            let l: v1::DeadLetter = crate::store::decode_value(&k, &v)?;
+            let refusal = Refusal {
+                code: l.code,
+                reason: l.reason,
+            };
+            Ok((l.stream_seq, refusal))
+        })
+        .collect()
+}
+
+/// Recorded verdicts of a range: the refused events (the rest are valid).
+pub type Recorded = std::collections::BTreeMap<u64, Refusal>;
 
 /// The verdict `members` recorded for an event it has applied: its dead
 /// letter's, or valid.

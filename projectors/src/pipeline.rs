@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use im_streams::signing::{KeyRing, WriterKeys, HDR_SIGNATURE};
+use im_streams::signing::{KeyRing, Signed, WriterKeys, HDR_SIGNATURE};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::fold::{fold_one, Delivered, Target, Verdicts};
-use crate::judge::Judge;
+use crate::judge::{sign_verdicts, Judge, SignatureVerdicts};
 use crate::members_cache::MembersCache;
 use crate::projections::{Effect, FoldCtx, Projection};
 use crate::runner::{
@@ -40,8 +40,10 @@ struct FoldJob {
     batch: Batch,
     targets: Vec<Feed>,
     fanout: bool,
-    /// The writers' keys, ready for this batch's events.
+    /// The writers' keys, ready for this batch's events, and the verdicts
+    /// on their signatures (reached before, in parallel).
     keys: Arc<WriterKeys>,
+    signed: SignatureVerdicts,
     /// The projections' `rows_changed`, summed: when it moves, what the
     /// fold thread keeps of their rows is stale.
     rows_epoch: u64,
@@ -64,13 +66,13 @@ fn fold_thread(mut jobs: mpsc::Receiver<FoldJob>) {
     let mut members = MembersCache::default();
     let mut judge = Judge::default();
     let mut rows_epoch = 0;
-    while let Some(job) = jobs.blocking_recv() {
+    while let Some(mut job) = jobs.blocking_recv() {
         if job.rows_epoch != rows_epoch {
             rows_epoch = job.rows_epoch;
             members.clear();
             judge.clear();
         }
-        judge.set_keys(job.keys.clone());
+        judge.set_keys(job.keys.clone(), std::mem::take(&mut job.signed));
         let mut effects = Vec::new();
         let mut ctx = FoldCtx {
             members: &mut members,
@@ -311,7 +313,8 @@ async fn run_batches(
         }
         let (batch, stop) = take_batch(items, feeds, &mut seen)?;
         let keys = prepare_keys(&mut ring, &batch).await?;
-        let done = fold_batch(batch, keys, cfg, feeds, jobs).await?;
+        let signed = verify_signatures(keys.clone(), &batch).await?;
+        let done = fold_batch(batch, (keys, signed), cfg, feeds, jobs).await?;
         if cfg.fanout {
             publish_effects(publish, cfg, done.effects).await;
         }
@@ -348,6 +351,43 @@ async fn prepare_keys(ring: &mut KeyRing, batch: &Batch) -> Result<Arc<WriterKey
     Ok(Arc::new(keys.clone()))
 }
 
+/// The verdicts on a batch's signatures, reached off the async workers and
+/// in parallel (`judge::sign_verdicts`): verifying is most of what judging
+/// an event costs.
+async fn verify_signatures(
+    keys: Arc<WriterKeys>,
+    batch: &Batch,
+) -> Result<SignatureVerdicts, RunError> {
+    if keys.in_force_from().is_none() {
+        return Ok(SignatureVerdicts::default());
+    }
+    let owned: Vec<(u64, Option<String>, bytes::Bytes)> = batch
+        .iter()
+        .filter(|(source, _, _)| *source == Source::Conv)
+        .map(|(_, seq, msg)| {
+            let sig = msg.headers.as_ref().and_then(|h| h.get(HDR_SIGNATURE));
+            (
+                *seq,
+                sig.map(|v| v.as_str().to_string()),
+                msg.payload.clone(),
+            )
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let events: Vec<Signed> = owned
+            .iter()
+            .map(|(seq, header, payload)| Signed {
+                stream_seq: *seq,
+                header: header.as_deref(),
+                payload,
+            })
+            .collect();
+        sign_verdicts(&keys, &events)
+    })
+    .await
+    .map_err(|e| RunError::Task(e.into()))
+}
+
 /// Returns once `stop` says so; never when no one can say it any more.
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     if stop.wait_for(|s| *s).await.is_err() {
@@ -360,7 +400,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// waiting on one sees its keyspace and position stand still).
 async fn fold_batch(
     batch: Batch,
-    keys: Arc<WriterKeys>,
+    (keys, signed): (Arc<WriterKeys>, SignatureVerdicts),
     cfg: &RunnerConfig,
     feeds: &Feeds,
     jobs: &mpsc::Sender<FoldJob>,
@@ -385,6 +425,7 @@ async fn fold_batch(
         targets,
         fanout: cfg.fanout,
         keys,
+        signed,
         rows_epoch,
         reply,
     };

@@ -170,7 +170,8 @@ impl Scratch {
                 let signature = msg.headers.as_ref().and_then(|h| h.get(HDR_SIGNATURE));
                 let named = vec![(info.stream_sequence, signature.map(|v| v.as_str()))];
                 let keys = self.keys.prepare(named).await.map_err(js_err)?;
-                self.judge.set_keys(Arc::new(keys.clone()));
+                self.judge
+                    .set_keys(Arc::new(keys.clone()), Default::default());
             }
             let mut target = Target::new(projection, &self.ks, self.folded_at)?;
             target.genesis = self.genesis;

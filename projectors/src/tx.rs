@@ -83,20 +83,22 @@ impl<'a> Tx<'a> {
         start: &[u8],
         end: &[u8],
     ) -> Result<Option<crate::store::Entry>, StoreError> {
-        const PAGE: usize = 16;
         if start >= end {
             return Ok(None);
         }
+        // One entry first (the usual case: nothing before it deleted here),
+        // pages doubling past deleted ones.
+        let mut page = 1;
         let staged = self
             .staged
             .range(start.to_vec()..end.to_vec())
             .find_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())));
         let mut from = start.to_vec();
         let stored = loop {
-            let page = self.ks.range(&from, end, false, PAGE)?;
-            let full = page.len() == PAGE;
-            let next = page.last().map(|(k, _)| k.clone());
-            let live = page
+            let read = self.ks.range(&from, end, false, page)?;
+            let full = read.len() == page;
+            let next = read.last().map(|(k, _)| k.clone());
+            let live = read
                 .into_iter()
                 .find(|(k, _)| !matches!(self.staged.get(k), Some(None)));
             match (live, next) {
@@ -104,6 +106,7 @@ impl<'a> Tx<'a> {
                 (None, Some(mut last)) if full => {
                     last.push(0);
                     from = last;
+                    page = (page * 2).min(1024);
                 }
                 _ => break None,
             }

@@ -21,6 +21,16 @@ use crate::error::{BoxError, OrUnavailable, StreamsError};
 /// The header carrying an event's signature.
 pub const HDR_SIGNATURE: &str = "Im-Sig";
 
+/// An event's signature as `WriterKeys::check_many` takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Signed<'a> {
+    pub stream_seq: u64,
+    /// Its `Im-Sig` header.
+    pub header: Option<&'a str>,
+    /// The stored bytes the signature covers.
+    pub payload: &'a [u8],
+}
+
 /// Where the writers' public keys are registered.
 pub const WRITER_KEYS_BUCKET: &str = "im_writer_keys";
 
@@ -159,47 +169,85 @@ impl WriterKeys {
         header: Option<&str>,
         payload: &[u8],
     ) -> Result<(), SignatureError> {
-        if !self.required_at(stream_seq) {
+        let Some((signature, public)) = self.parsed_at(stream_seq, header)? else {
             return Ok(());
-        }
-        self.check(header, payload)?;
-        let id = header.and_then(signer_of).unwrap_or_default();
-        match self.known.get(id) {
-            Some((_, from_seq)) if *from_seq > stream_seq => {
-                Err(SignatureError::NotYetRegistered {
-                    key: id.to_string(),
-                    from_seq: *from_seq,
-                    at_seq: stream_seq,
-                })
+        };
+        public.verify(payload, &signature).map_err(|_| {
+            let id = header.and_then(signer_of).unwrap_or_default();
+            SignatureError::Bad(id.to_string())
+        })
+    }
+
+    /// `check_at` for many events at once: the signatures that are well
+    /// formed and by keys registered for their positions are verified
+    /// together (ed25519 batch verification, about 2.5 times cheaper a
+    /// signature); should the batch fail, each is verified alone, so every
+    /// event gets exactly `check_at`'s answer.
+    pub fn check_many(&self, events: &[Signed<'_>]) -> Vec<Result<(), SignatureError>> {
+        let mut answers: Vec<Result<(), SignatureError>> = Vec::with_capacity(events.len());
+        let mut batch: Vec<(usize, Signature, VerifyingKey)> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            match self.parsed_at(e.stream_seq, e.header) {
+                Ok(None) => answers.push(Ok(())),
+                Ok(Some((signature, public))) => {
+                    answers.push(Ok(()));
+                    batch.push((i, signature, public));
+                }
+                Err(refused) => answers.push(Err(refused)),
             }
-            _ => Ok(()),
         }
+        if batch.is_empty() {
+            return answers;
+        }
+        let messages: Vec<&[u8]> = batch.iter().map(|(i, _, _)| events[*i].payload).collect();
+        let signatures: Vec<Signature> = batch.iter().map(|(_, s, _)| *s).collect();
+        let keys: Vec<VerifyingKey> = batch.iter().map(|(_, _, k)| *k).collect();
+        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_err() {
+            for (i, _, _) in batch {
+                let e = &events[i];
+                answers[i] = self.check_at(e.stream_seq, e.header, e.payload);
+            }
+        }
+        answers
+    }
+
+    /// The signature and the key an event at `stream_seq` must be verified
+    /// with (None when none is required there), or why it is refused before
+    /// any verification.
+    fn parsed_at(
+        &self,
+        stream_seq: u64,
+        header: Option<&str>,
+    ) -> Result<Option<(Signature, VerifyingKey)>, SignatureError> {
+        if !self.required_at(stream_seq) {
+            return Ok(None);
+        }
+        let value = header.ok_or(SignatureError::Unsigned)?;
+        let (id, sig) = value
+            .split_once('.')
+            .ok_or_else(|| SignatureError::Bad(value.to_string()))?;
+        let (public, from_seq) = self
+            .known
+            .get(id)
+            .ok_or_else(|| SignatureError::UnknownKey(id.to_string()))?;
+        if *from_seq > stream_seq {
+            return Err(SignatureError::NotYetRegistered {
+                key: id.to_string(),
+                from_seq: *from_seq,
+                at_seq: stream_seq,
+            });
+        }
+        let bytes: [u8; 64] = B64
+            .decode(sig)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| SignatureError::Bad(id.to_string()))?;
+        Ok(Some((Signature::from_bytes(&bytes), *public)))
     }
 
     /// Whether key `id` needs no look-up for an event at `stream_seq`.
     fn settled(&self, id: &str, stream_seq: u64) -> bool {
         self.known.contains_key(id) || self.unknown.get(id).is_some_and(|at| *at >= stream_seq)
-    }
-
-    /// Checks one event's signature header against its stored bytes.
-    pub fn check(&self, header: Option<&str>, payload: &[u8]) -> Result<(), SignatureError> {
-        let value = header.ok_or(SignatureError::Unsigned)?;
-        let (id, sig) = value
-            .split_once('.')
-            .ok_or_else(|| SignatureError::Bad(value.to_string()))?;
-        let (public, _) = self
-            .known
-            .get(id)
-            .ok_or_else(|| SignatureError::UnknownKey(id.to_string()))?;
-        let bad = || SignatureError::Bad(id.to_string());
-        let bytes: [u8; 64] = B64
-            .decode(sig)
-            .map_err(|_| bad())?
-            .try_into()
-            .map_err(|_| bad())?;
-        public
-            .verify(payload, &Signature::from_bytes(&bytes))
-            .map_err(|_| bad())
     }
 }
 
@@ -464,24 +512,75 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_signature_holds_for_its_bytes_and_key_only() {
+    fn a_signature_holds_for_its_bytes_key_and_position_only() {
         let signer = EventSigner::from_seed([7; 32]);
         let mut keys = WriterKeys::default();
         keys.insert(signer.public(), 10);
         assert_eq!(keys.in_force_from(), Some(10));
         let sig = signer.sign(b"event");
-        assert_eq!(keys.check(Some(&sig), b"event"), Ok(()));
+        assert_eq!(keys.check_at(12, Some(&sig), b"event"), Ok(()));
         assert_eq!(
-            keys.check(Some(&sig), b"other"),
+            keys.check_at(12, Some(&sig), b"other"),
             Err(SignatureError::Bad(signer.key_id().into()))
         );
-        assert_eq!(keys.check(None, b"event"), Err(SignatureError::Unsigned));
+        assert_eq!(
+            keys.check_at(12, None, b"event"),
+            Err(SignatureError::Unsigned)
+        );
+        assert_eq!(keys.check_at(9, None, b"event"), Ok(()), "not in force yet");
         let stranger = EventSigner::from_seed([8; 32]);
         assert_eq!(
-            keys.check(Some(&stranger.sign(b"event")), b"event"),
+            keys.check_at(12, Some(&stranger.sign(b"event")), b"event"),
             Err(SignatureError::UnknownKey(stranger.key_id().into()))
         );
+        let late = EventSigner::from_seed([9; 32]);
+        keys.insert(late.public(), 20);
+        assert!(matches!(
+            keys.check_at(15, Some(&late.sign(b"event")), b"event"),
+            Err(SignatureError::NotYetRegistered { from_seq: 20, .. })
+        ));
         assert!(WriterKeys::default().in_force_from().is_none());
+    }
+
+    #[test]
+    fn many_at_once_answer_as_each_alone() {
+        let signer = EventSigner::from_seed([7; 32]);
+        let stranger = EventSigner::from_seed([8; 32]);
+        let mut keys = WriterKeys::default();
+        keys.insert(signer.public(), 10);
+        let payloads: Vec<Vec<u8>> = (0..40).map(|i| format!("event {i}").into_bytes()).collect();
+        let headers: Vec<Option<String>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match i % 10 {
+                3 => None,
+                5 => Some(stranger.sign(p)),
+                7 => Some(signer.sign(b"other bytes")),
+                _ => Some(signer.sign(p)),
+            })
+            .collect();
+        let events: Vec<Signed> = payloads
+            .iter()
+            .zip(&headers)
+            .enumerate()
+            .map(|(i, (p, h))| Signed {
+                stream_seq: 5 + i as u64,
+                header: h.as_deref(),
+                payload: p,
+            })
+            .collect();
+        let alone: Vec<_> = events
+            .iter()
+            .map(|e| keys.check_at(e.stream_seq, e.header, e.payload))
+            .collect();
+        assert_eq!(keys.check_many(&events), alone);
+        assert!(alone.iter().filter(|a| a.is_err()).count() > 5);
+        let good: Vec<Signed> = events
+            .iter()
+            .copied()
+            .filter(|e| keys.check_at(e.stream_seq, e.header, e.payload).is_ok())
+            .collect();
+        assert!(keys.check_many(&good).iter().all(Result::is_ok));
     }
 
     #[test]

@@ -63,16 +63,40 @@ impl StoredEvent {
 
 /// Whether the event is part of the conversation whose state is `state`.
 pub fn check(state: &ConvState, keys: &WriterKeys, event: Candidate) -> Result<(), Invalid> {
-    keys.check_at(event.stream_seq, event.signature, event.payload)
-        .map_err(Invalid::Signature)?;
-    check_event(state, event.event)?;
+    let signed = keys.check_at(event.stream_seq, event.signature, event.payload);
+    check_signed(state, signed, event.event)
+}
+
+/// `check`, the signature's verdict reached already (for a batch at once,
+/// `WriterKeys::check_many`): the signature first, then the rules.
+pub fn check_signed(
+    state: &ConvState,
+    signed: Result<(), SignatureError>,
+    event: &v1::ConvEvent,
+) -> Result<(), Invalid> {
+    signed.map_err(Invalid::Signature)?;
+    check_event(state, event)?;
     Ok(())
 }
 
 /// Checks the event and, when it is part of the conversation, folds it
 /// into `state` at its position; otherwise `state` is left as it was.
 pub fn fold(state: &mut ConvState, keys: &WriterKeys, stored: &StoredEvent) -> Result<(), Invalid> {
-    check(state, keys, stored.candidate())?;
+    let c = stored.candidate();
+    fold_signed(
+        state,
+        keys.check_at(c.stream_seq, c.signature, c.payload),
+        stored,
+    )
+}
+
+/// `fold`, the signature's verdict reached already.
+pub fn fold_signed(
+    state: &mut ConvState,
+    signed: Result<(), SignatureError>,
+    stored: &StoredEvent,
+) -> Result<(), Invalid> {
+    check_signed(state, signed, &stored.event)?;
     apply(state, &stored.event);
     state.record_position(stored.stream_seq, stored.hash);
     Ok(())

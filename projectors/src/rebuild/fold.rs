@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_nats::jetstream;
 
 use crate::fold::{fold_item, Delivered, Item, Target, Verdicts};
+use crate::judge;
 use crate::members_cache::MembersCache;
 use crate::projections::FoldCtx;
 use crate::projections::Projection;
@@ -151,6 +152,13 @@ pub(super) fn fold_round_blocking(
             .collect()
     });
     let items = &items;
+    let first = items.first().map_or(0, |i| i.stream_seq);
+    let last = items.last().map_or(0, |i| i.stream_seq);
+    let refused = match source {
+        Source::Conv => judge::recorded_between(verdicts, first, last)?,
+        Source::Rcpt => Default::default(),
+    };
+    let refused = &refused;
     let groups = work.len().min(threads).max(1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..groups)
@@ -160,7 +168,7 @@ pub(super) fn fold_round_blocking(
                         .skip(g)
                         .step_by(groups)
                         .map(|(p, ks, at, limit)| {
-                            let into = (p.as_ref(), ks.as_ref(), verdicts);
+                            let into = (p.as_ref(), ks.as_ref(), refused);
                             fold_generation(into, *at, *limit, items)
                         })
                         .collect::<Result<Vec<_>, StoreError>>()
@@ -183,7 +191,7 @@ pub(super) fn fold_round_blocking(
 /// those the live `members` keyspace recorded: it has applied every event
 /// a rebuild folds, and a verdict never changes.
 pub(super) fn fold_generation(
-    (projection, ks, verdicts): (&dyn Projection, &dyn Keyspace, &dyn Keyspace),
+    (projection, ks, refused): (&dyn Projection, &dyn Keyspace, &judge::Recorded),
     at: Applied,
     limit: u64,
     items: &[Item],
@@ -194,7 +202,7 @@ pub(super) fn fold_generation(
         members: &mut members,
         effects: false,
     };
-    let mut verdicts = Verdicts::Recorded(verdicts);
+    let mut verdicts = Verdicts::Recorded(refused);
     for item in items.iter().take_while(|i| i.stream_seq <= limit) {
         fold_item(
             std::slice::from_mut(&mut target),

@@ -61,7 +61,8 @@ pub async fn state_at(
     let mut at = [Applied::default(); 2];
     while let Some(raw) = reader.next().await? {
         let named = vec![(raw.seq, crate::audit::signature_of(&raw))];
-        judge.set_keys(std::sync::Arc::new(ring.prepare(named).await?.clone()));
+        let keys = std::sync::Arc::new(ring.prepare(named).await?.clone());
+        judge.set_keys(keys, Default::default());
         if at_time.is_some_and(|t| raw.time > t) {
             break;
         }
