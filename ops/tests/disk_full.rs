@@ -149,7 +149,7 @@ fn verify_all(url: &str) {
             "--instance",
             "main",
             "--nats-url",
-            &url,
+            url,
         ])
         .output()
         .unwrap();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use im_schema::v1;
 use im_streams::codec::StoredEvent;
-use im_streams::conversation::ConvState;
+use im_streams::conversation::{ConvState, MessageMeta};
 use im_streams::signing::{SignatureError, Signed, WriterKeys};
 use im_streams::validity::{self, Invalid};
 use lru::LruCache;
@@ -134,8 +134,16 @@ impl Measured {
         }
     }
 
+    /// An upper bound of the state's bytes, in O(1): the recent-message
+    /// index counted at its entries' longest (ids are bounded), not walked
+    /// per event.
     fn total(&self, state: &ConvState) -> usize {
-        self.bytes + state.index_bytes()
+        const INDEX_ENTRY_BYTES_MAX: usize =
+            std::mem::size_of::<(u64, MessageMeta)>() + 2 * im_streams::ids::ID_LEN_MAX + 16;
+        self.bytes
+            + std::mem::size_of::<ConvState>()
+            + state.title.capacity()
+            + state.messages.len() * INDEX_ENTRY_BYTES_MAX
     }
 }
 

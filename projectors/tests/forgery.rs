@@ -68,6 +68,14 @@ async fn writer(kit: &im_testkit::Stack, signer: &Arc<EventSigner>) -> Arc<Appen
         .unwrap()
 }
 
+/// A forgery: the code it must be refused with, the event and its bytes,
+/// and how it is signed.
+type Forgery<'a> = (
+    &'static str,
+    (v1::ConvEvent, Vec<u8>),
+    Box<dyn Fn(&[u8]) -> Option<String> + 'a>,
+);
+
 fn sent(t: &str) -> Kind {
     Kind::MessageSent(v1::MessageSent {
         body: Some(v1::message_sent::Body::Text(t.into())),
@@ -121,11 +129,7 @@ async fn forged_events_are_dead_lettered_everywhere_never_shown_and_writers_chai
         user_id: "owner".into(),
     });
     let copied = head.signature.clone().unwrap();
-    let forgeries: Vec<(
-        &str,
-        (v1::ConvEvent, Vec<u8>),
-        Box<dyn Fn(&[u8]) -> Option<String>>,
-    )> = vec![
+    let forgeries: Vec<Forgery> = vec![
         (
             "unsigned",
             next("bob", "f1", sent("unsigned")),
