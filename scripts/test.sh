@@ -9,12 +9,26 @@ bash scripts/setup.sh
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked --workspace --no-fail-fast -- --nocapture "$@" 2>&1 | tee "$log" || status=$?
+# Runs a command with its output appended to the log and shown as it comes.
+# Not `| tee`: a process a test leaves behind keeps a pipe open and the run
+# would wait for it forever; `tail --pid` ends with the command itself.
+logged() {
+  local from=$(($(stat -c %s "$log") + 1))
+  "$@" >>"$log" 2>&1 &
+  local pid=$!
+  tail -c "+$from" -f --pid="$pid" "$log" &
+  local shown=$!
+  local rc=0
+  wait "$pid" || rc=$?
+  wait "$shown" || true
+  return "$rc"
+}
+logged cargo test --locked --workspace --no-fail-fast -- --nocapture "$@" || status=$?
 # The clients' tests (SDK unit and integration against the imctl just built),
 # then the HTTP API against docs/openapi.yaml by schemathesis.
 if cargo build --locked -p im-ops --bin imctl; then
-  bash scripts/clients.sh test 2>&1 | tee -a "$log" || status=$?
-  bash scripts/api-fuzz.sh 2>&1 | tee -a "$log" || status=$?
+  logged bash scripts/clients.sh test || status=$?
+  logged bash scripts/api-fuzz.sh || status=$?
 else
   status=1
 fi

@@ -413,8 +413,11 @@ struct Group(u32);
 
 impl Drop for Group {
     fn drop(&mut self) {
+        // `-s KILL -- -PGID`: procps' kill takes `-KILL -PGID` for two
+        // options, answers 0 and kills nothing (a gateway left running held
+        // the test run's output open until CI's time ran out).
         let _ = std::process::Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.0)])
+            .args(["-s", "KILL", "--", &format!("-{}", self.0)])
             .status();
     }
 }
@@ -494,6 +497,16 @@ async fn the_second_gateway_up_prints_runs_and_shares_media() {
     };
     drop(group);
     interrupt_and_wait(child);
+    // The second gateway went with its group (a leftover keeps the test
+    // run's output open).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(listen).await.is_ok() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        tokio::net::TcpStream::connect(listen).await.is_err(),
+        "the second gateway outlived its process group"
+    );
     assert!(
         !command.contains("cargo run"),
         "the built binary: {command}"
