@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use im_schema::v1;
 use im_streams::codec::StoredEvent;
-use im_streams::conversation::{ConvState, MessageMeta};
+use im_streams::conversation::ConvState;
 use im_streams::signing::{SignatureError, Signed, WriterKeys};
 use im_streams::validity::{self, Invalid};
 use lru::LruCache;
@@ -113,37 +113,42 @@ enum Known {
     Unknown,
 }
 
-/// A state's memory, measured again only when its membership changed.
+/// A state's memory: its membership measured again only when the member
+/// count changed, its recent-message index as its length times an entry's
+/// bytes, measured on the entries at hand when the membership is (ids
+/// differ little within a conversation). O(1) per event; counting every
+/// entry at the longest an id may be overstated a state fivefold, and a
+/// working set that fits (1,000 busy conversations) thrashed.
 #[derive(Clone, Copy, Default)]
 struct Measured {
     members: usize,
     bytes: usize,
+    entry_bytes: usize,
 }
 
 impl Measured {
     fn of(state: &ConvState, before: Measured) -> Measured {
         let count = state.members.len() + state.blacklist.len();
-        let membership = if count == before.members && before.bytes > 0 {
-            before.bytes
-        } else {
-            state.membership_bytes()
-        };
+        let unchanged = count == before.members && before.bytes > 0;
+        if unchanged && (before.entry_bytes > 0 || state.messages.is_empty()) {
+            return before;
+        }
+        let entries = state.messages.len().max(1);
         Measured {
             members: count,
-            bytes: membership,
+            bytes: state.membership_bytes(),
+            entry_bytes: state
+                .index_bytes()
+                .saturating_sub(std::mem::size_of::<ConvState>() + state.title.capacity())
+                / entries,
         }
     }
 
-    /// An upper bound of the state's bytes, in O(1): the recent-message
-    /// index counted at its entries' longest (ids are bounded), not walked
-    /// per event.
     fn total(&self, state: &ConvState) -> usize {
-        const INDEX_ENTRY_BYTES_MAX: usize =
-            std::mem::size_of::<(u64, MessageMeta)>() + 2 * im_streams::ids::ID_LEN_MAX + 16;
         self.bytes
             + std::mem::size_of::<ConvState>()
             + state.title.capacity()
-            + state.messages.len() * INDEX_ENTRY_BYTES_MAX
+            + state.messages.len() * self.entry_bytes
     }
 }
 
@@ -362,6 +367,34 @@ mod tests {
             msg_id: String::new(),
             signature: None,
         }
+    }
+
+    /// A state's bytes as counted are its bytes as measured, within a
+    /// rounding, and a thousand busy conversations (a full recent index
+    /// each) fit the default bound: the working set of a busy instance.
+    #[test]
+    fn a_full_index_is_counted_at_its_size_and_a_thousand_fit() {
+        let mut state = ConvState::empty("c1");
+        for i in 0..3 {
+            let member = im_streams::conversation::MemberState {
+                role: Role::Member,
+                muted_until_ms: 0,
+            };
+            state.members.insert(format!("user{i}"), member);
+        }
+        for seq in 1..=im_streams::conversation::MESSAGE_INDEX_MAX as u64 {
+            let meta = im_streams::conversation::MessageMeta {
+                sender: format!("user{}", seq % 3),
+                client_msg_id: format!("m-{seq:08}"),
+                sent_at_ms: 0,
+                recalled: false,
+            };
+            state.messages.insert(seq, meta);
+        }
+        let counted = Measured::of(&state, Measured::default()).total(&state);
+        let measured = state.index_bytes() + state.membership_bytes();
+        assert!(counted <= measured && counted + state.messages.len() >= measured);
+        assert!(1_000 * counted < JUDGE_CACHE_BYTES_MAX, "{counted}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod fold;
 pub mod heartbeat;
 pub mod judge;
 pub mod keys;
+pub mod lease;
 pub mod members_cache;
 pub mod metrics;
 pub mod pipeline;

@@ -304,16 +304,28 @@ impl Auditor {
     /// The report, once every event is in; a command cut short is a
     /// violation.
     pub fn finish(self) -> Result<Report, Violation> {
+        let (report, mut unfinished) = self.finish_all();
+        match unfinished.is_empty() {
+            true => Ok(report),
+            false => Err(unfinished.remove(0)),
+        }
+    }
+
+    /// The report, and every command the log leaves unfinished (a direct
+    /// conversation created without the message that created it), in
+    /// conversation order: an auditor is told of each, not of the first.
+    pub fn finish_all(self) -> (Report, Vec<Violation>) {
         let mut conversations = BTreeMap::new();
+        let mut unfinished = Vec::new();
         for (conv, audit) in self.convs {
             let state = audit
                 .state
                 .unwrap_or_else(|| ConvState::empty(conv.clone()));
             if let Some(created) = audit.direct_created {
-                return Err(Violation {
+                unfinished.push(Violation {
                     stream_seq: state.version,
                     subject: String::new(),
-                    conversation_id: conv,
+                    conversation_id: conv.clone(),
                     conv_seq: created.conv_seq,
                     kind: ViolationKind::IncompleteCommand,
                 });
@@ -326,11 +338,12 @@ impl Auditor {
                 },
             );
         }
-        Ok(Report {
+        let report = Report {
             events: self.events,
             conversations,
             range_digest: self.range.hex(),
-        })
+        };
+        (report, unfinished)
     }
 }
 

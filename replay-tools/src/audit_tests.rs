@@ -326,6 +326,43 @@ fn a_direct_creation_without_its_message_is_incomplete() {
 }
 
 #[test]
+fn every_unfinished_command_is_named_not_only_the_first() {
+    let mut log = Log::default();
+    let mut convs = Vec::new();
+    for peer in ["bo", "cy"] {
+        let dm = im_streams::subjects::direct_conversation_id("amy", peer).unwrap();
+        log.run(
+            &dm,
+            "amy",
+            &format!("d-{peer}"),
+            Action::Send {
+                peer: Some(peer.into()),
+                body: MessageBody::Text("hi".into()),
+                meta: Default::default(),
+            },
+        );
+        log.raws.pop();
+        convs.push(dm);
+    }
+    let mut a = Auditor::default();
+    for r in &log.raws {
+        a.check(r).unwrap();
+    }
+    let (report, unfinished) = a.finish_all();
+    assert!(unfinished
+        .iter()
+        .all(|v| v.kind == ViolationKind::IncompleteCommand));
+    let mut named: Vec<_> = unfinished
+        .iter()
+        .map(|v| v.conversation_id.clone())
+        .collect();
+    named.sort();
+    convs.sort();
+    assert_eq!(named, convs);
+    assert_eq!(report.events, 2);
+}
+
+#[test]
 fn from_the_first_registration_every_event_carries_a_registered_signature() {
     use im_streams::signing::{EventSigner, SignatureError, WriterKeys, HDR_SIGNATURE};
     let mut log = Log::default();

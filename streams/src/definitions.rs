@@ -151,6 +151,12 @@ pub const LAST_SEEN_BUCKET: &str = "im_last_seen";
 /// dot; three refreshes per window ride out one late one.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
 
+/// Who owns each partition of the projectors' pool, and who is in the
+/// pool (`im-projectors`' `lease.rs`): every write a compare-and-set on
+/// the key's revision, liveness judged by whether revisions move, so no
+/// server-side expiry (which would lose the positions an owner claimed).
+pub const PARTITION_LEASES_BUCKET: &str = "im_partition_leases";
+
 /// The key-value buckets the system uses, with the same replicas as the
 /// streams: a bucket on one node would make uploads fail (and a gateway
 /// starting then stall) while that node is down.
@@ -178,6 +184,12 @@ pub fn bucket_definitions(replicas: usize) -> Vec<jetstream::kv::Config> {
             // An entry aging out leaves a delete marker (for this long), so
             // watchers learn of a crashed gateway's users going offline.
             limit_markers: Some(PRESENCE_TTL),
+            num_replicas: replicas,
+            ..Default::default()
+        }))
+        .chain(std::iter::once(jetstream::kv::Config {
+            bucket: PARTITION_LEASES_BUCKET.to_string(),
+            history: 1,
             num_replicas: replicas,
             ..Default::default()
         }))

@@ -11,7 +11,7 @@
 
 use crate::definitions::{
     CONV_STREAM, LAST_SEEN_BUCKET, MEDIA_PENDING_BUCKET, MEDIA_QUOTA_BUCKET, MEDIA_STREAM,
-    PRESENCE_BUCKET, RCPT_STREAM,
+    PARTITION_LEASES_BUCKET, PRESENCE_BUCKET, RCPT_STREAM,
 };
 use crate::signing::WRITER_KEYS_BUCKET;
 
@@ -186,6 +186,11 @@ fn projector() -> Permissions {
     ]);
     // The writers' public keys, read only: the judge checks signatures.
     publish.extend(reads(&format!("KV_{WRITER_KEYS_BUCKET}")));
+    // Partition leases: claimed, renewed and watched (`lease.rs`).
+    publish.extend(bucket(PARTITION_LEASES_BUCKET));
+    let leases = format!("KV_{PARTITION_LEASES_BUCKET}");
+    publish.extend(ephemeral_reads(&leases));
+    publish.push(format!("$JS.FC.{leases}.>"));
     for stream in [CONV_STREAM, RCPT_STREAM] {
         publish.extend(reads(stream));
         publish.extend(ephemeral_reads(stream));

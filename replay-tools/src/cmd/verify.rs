@@ -72,17 +72,16 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         bar.set_length(bar.position() + reader.remaining);
     }
     bar.finish_and_clear();
-    match auditor.finish() {
-        Ok(report) if violations.count == 0 => {
+    let (report, unfinished) = auditor.finish_all();
+    for v in unfinished {
+        violations.add(v, args.json);
+    }
+    match violations.count {
+        0 => {
             print_report(args.json, (stream, first, last), &report);
             Ok(())
         }
-        outcome => {
-            if let Err(v) = outcome {
-                violations.add(v, args.json);
-            }
-            violations.end(args.json)
-        }
+        _ => violations.end(args.json),
     }
 }
 

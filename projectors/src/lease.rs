@@ -1,0 +1,477 @@
+//! Partition leases: each partition has one owner at a time, the instance
+//! that fans out its deliveries and answers its queries. One key per
+//! partition (`p.<N>`) in the `im_partition_leases` bucket holds the owner,
+//! an epoch that grows with every change of owner, and how far the owner
+//! has claimed the partition's fan-out (IM_CONV and IM_RCPT positions).
+//! Each instance of the pool says it is alive under `m.<instance>`.
+//!
+//! Every write to a partition's key is a compare-and-set on its revision,
+//! so the key's history is the one order of who did what:
+//! - an owner *claims* each batch's fan-out before publishing it (a claim
+//!   renews the lease). A claim refused means the partition was taken:
+//!   the batch is not published (fencing);
+//! - an idle owner renews every `RENEW_EVERY` (a claim of the positions it
+//!   has);
+//! - an instance that has seen a key's revision stand still for
+//!   `LEASE_TTL` by its own clock takes it over: epoch + 1, the positions
+//!   kept, so the new owner publishes only what comes after them;
+//! - an owner that stops hands over: it writes its successor's name.
+//!
+//! So each position's fan-out is claimed by exactly one owner (claims are
+//! contiguous and ordered by revision), and published at most once: an
+//! owner that dies between a claim and its publish leaves those deliveries
+//! to the clients' sync.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use im_streams::definitions::PARTITION_LEASES_BUCKET;
+
+/// How long an observer waits, by its own clock, for a lease key's
+/// revision to move before it takes the partition over. A failover costs
+/// about this much; shorter makes a GC pause or a slow disk look like a
+/// death. Three renewals fit in it, so one late renewal is ridden out.
+pub const LEASE_TTL: Duration = Duration::from_secs(6);
+
+/// How often an owner with nothing to claim renews its leases.
+pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+
+/// An owner holds a lease until `LEASE_TTL - OWNER_MARGIN` after it sent
+/// its last successful claim; past that it stops serving before anyone
+/// else may start (the observers' clocks start later than its send, and
+/// clocks' rates differ by far less than this over a TTL).
+pub const OWNER_MARGIN: Duration = Duration::from_secs(2);
+
+/// What a partition's key holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    /// Grows by one with every change of owner.
+    pub epoch: u64,
+    /// The last IM_CONV / IM_RCPT positions whose fan-out was claimed.
+    pub conv: u64,
+    pub rcpt: u64,
+}
+
+/// What an instance of the pool says of itself under `m.<instance>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// (partition, IM_CONV position, IM_RCPT position) of every partition
+    /// it folds: a successor is ready when it has caught up to the claim.
+    pub applied: Vec<(u32, u64, u64)>,
+}
+
+pub fn lease_key(partition: u32) -> String {
+    format!("p.{partition}")
+}
+
+pub fn member_key(instance: &str) -> String {
+    format!("m.{instance}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The partition's key moved: someone else owns it now.
+    #[error(
+        "partition {partition}: the lease was taken (revision {revision} is no longer the latest)"
+    )]
+    Lost { partition: u32, revision: u64 },
+    #[error("partition {partition}: the lease has run out by this instance's clock")]
+    Expired { partition: u32 },
+    #[error("lease bucket: {0}")]
+    Kv(#[source] im_streams::error::BoxError),
+    #[error("lease entry {key}: {source}")]
+    Undecodable {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A lease this instance holds.
+#[derive(Clone, Debug)]
+pub struct Holding {
+    pub partition: u32,
+    pub lease: Lease,
+    revision: u64,
+    valid_until: Instant,
+}
+
+impl Holding {
+    /// Whether it is still this instance's by its own clock.
+    pub fn valid(&self, now: Instant) -> bool {
+        now < self.valid_until
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+/// One key as an observer saw it: its value, revision, and since when (its
+/// own clock) that revision has stood.
+#[derive(Clone, Debug)]
+struct Seen {
+    value: Bytes,
+    revision: u64,
+    since: Instant,
+}
+
+/// What one instance knows of the bucket, kept by its watch.
+#[derive(Clone, Debug, Default)]
+pub struct Board {
+    keys: BTreeMap<String, Seen>,
+}
+
+impl Board {
+    /// A put seen at `now`; a new revision restarts the key's clock.
+    pub fn observe(&mut self, key: &str, value: Bytes, revision: u64, now: Instant) {
+        match self.keys.get_mut(key) {
+            Some(seen) if seen.revision == revision => {}
+            Some(seen) if seen.revision > revision => {}
+            _ => {
+                self.keys.insert(
+                    key.to_string(),
+                    Seen {
+                        value,
+                        revision,
+                        since: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A delete or purge.
+    pub fn forget(&mut self, key: &str) {
+        self.keys.remove(key);
+    }
+
+    /// A partition's lease, its revision, and whether it has stood still
+    /// for `LEASE_TTL` (its owner is gone) at `now`.
+    pub fn lease(
+        &self,
+        partition: u32,
+        now: Instant,
+    ) -> Result<Option<(Lease, u64, bool)>, LeaseError> {
+        let key = lease_key(partition);
+        let Some(seen) = self.keys.get(&key) else {
+            return Ok(None);
+        };
+        let lease = decode(&key, &seen.value)?;
+        let stale = now.duration_since(seen.since) >= LEASE_TTL;
+        Ok(Some((lease, seen.revision, stale)))
+    }
+
+    /// The instances whose member key moved within `LEASE_TTL`, sorted.
+    pub fn live_members(&self, now: Instant) -> Vec<String> {
+        self.keys
+            .range("m.".to_string()..)
+            .take_while(|(k, _)| k.starts_with("m."))
+            .filter(|(_, s)| now.duration_since(s.since) < LEASE_TTL)
+            .map(|(k, _)| k["m.".len()..].to_string())
+            .collect()
+    }
+
+    /// A live member's report of itself.
+    pub fn member(&self, instance: &str) -> Result<Option<Member>, LeaseError> {
+        let key = member_key(instance);
+        self.keys
+            .get(&key)
+            .map(|s| decode(&key, &s.value))
+            .transpose()
+    }
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(key: &str, value: &[u8]) -> Result<T, LeaseError> {
+    serde_json::from_slice(value).map_err(|source| LeaseError::Undecodable {
+        key: key.to_string(),
+        source,
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("a lease encodes"))
+}
+
+/// Who should own and follow each partition: the live instances sorted,
+/// partition p owned by the (p mod n)th and followed by the next
+/// `followers` of them (fewer when fewer run). Every instance computes the
+/// same from the same members; shares differ by at most one partition.
+pub fn assign(partitions: u32, live: &[String], followers: usize) -> Vec<(String, Vec<String>)> {
+    let mut sorted = live.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let n = sorted.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    (0..partitions as usize)
+        .map(|p| {
+            let following = (1..=followers.min(n - 1))
+                .map(|k| sorted[(p + k) % n].clone())
+                .collect();
+            (sorted[p % n].clone(), following)
+        })
+        .collect()
+}
+
+/// The lease bucket as one instance uses it.
+#[derive(Clone)]
+pub struct Leases {
+    kv: kv::Store,
+    instance: String,
+}
+
+fn kv_err(e: impl std::error::Error + Send + Sync + 'static) -> LeaseError {
+    LeaseError::Kv(Box::new(e))
+}
+
+impl Leases {
+    /// The bucket (created with IM_CONV's replicas if missing).
+    pub async fn open(js: &jetstream::Context, instance: &str) -> Result<Self, LeaseError> {
+        let kv = im_streams::definitions::open_bucket(js, PARTITION_LEASES_BUCKET)
+            .await
+            .map_err(kv_err)?;
+        Ok(Leases {
+            kv,
+            instance: instance.to_string(),
+        })
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Every key as it stands, then every change: what a `Board` is kept by.
+    pub async fn watch(&self) -> Result<kv::Watch, LeaseError> {
+        self.kv.watch_with_history(">").await.map_err(kv_err)
+    }
+
+    /// Takes a partition: creates its key, or, given the revision seen
+    /// standing for `LEASE_TTL` (or its own, handed to it), moves it to a
+    /// new epoch owned by this instance with the same positions.
+    pub async fn take(
+        &self,
+        partition: u32,
+        seen: Option<(Lease, u64)>,
+    ) -> Result<Holding, LeaseError> {
+        let key = lease_key(partition);
+        let sent = Instant::now();
+        let (lease, revision) = match seen {
+            None => {
+                let lease = Lease {
+                    owner: self.instance.clone(),
+                    epoch: 1,
+                    ..Default::default()
+                };
+                let r = self.kv.create(&key, encode(&lease)).await;
+                let revision = r.map_err(|e| match e.kind() {
+                    kv::CreateErrorKind::AlreadyExists => LeaseError::Lost {
+                        partition,
+                        revision: 0,
+                    },
+                    _ => kv_err(e),
+                })?;
+                (lease, revision)
+            }
+            Some((before, revision)) => {
+                let lease = Lease {
+                    owner: self.instance.clone(),
+                    epoch: before.epoch + 1,
+                    ..before
+                };
+                let revision = self.cas(partition, &lease, revision).await?;
+                (lease, revision)
+            }
+        };
+        Ok(Holding {
+            partition,
+            lease,
+            revision,
+            valid_until: sent + LEASE_TTL - OWNER_MARGIN,
+        })
+    }
+
+    /// Takes up a lease handed to this instance (seen with `owner` = its
+    /// name at `revision`), renewing it: from here it is held.
+    pub async fn adopt(
+        &self,
+        partition: u32,
+        lease: Lease,
+        revision: u64,
+    ) -> Result<Holding, LeaseError> {
+        if lease.owner != self.instance {
+            return Err(LeaseError::Lost {
+                partition,
+                revision,
+            });
+        }
+        let sent = Instant::now();
+        let revision = self.cas(partition, &lease, revision).await?;
+        Ok(Holding {
+            partition,
+            lease,
+            revision,
+            valid_until: sent + LEASE_TTL - OWNER_MARGIN,
+        })
+    }
+
+    /// Claims the fan-out up to (conv, rcpt) and renews the lease; an error
+    /// means nothing may be published: `Lost` (taken), `Expired` (this
+    /// instance's clock ran past it: after a pause, say), or the bucket's.
+    pub async fn claim(&self, h: &mut Holding, conv: u64, rcpt: u64) -> Result<(), LeaseError> {
+        let sent = Instant::now();
+        if !h.valid(sent) {
+            return Err(LeaseError::Expired {
+                partition: h.partition,
+            });
+        }
+        let next = Lease {
+            conv: conv.max(h.lease.conv),
+            rcpt: rcpt.max(h.lease.rcpt),
+            ..h.lease.clone()
+        };
+        h.revision = self.cas(h.partition, &next, h.revision).await?;
+        h.lease = next;
+        h.valid_until = sent + LEASE_TTL - OWNER_MARGIN;
+        Ok(())
+    }
+
+    /// Gives a partition to `to` (a graceful stop, a rebalance, a move): it
+    /// is its owner from this write on, at the next epoch.
+    pub async fn hand_over(&self, h: Holding, to: &str) -> Result<Lease, LeaseError> {
+        let next = Lease {
+            owner: to.to_string(),
+            epoch: h.lease.epoch + 1,
+            ..h.lease
+        };
+        self.cas(h.partition, &next, h.revision).await?;
+        Ok(next)
+    }
+
+    /// Says this instance is alive, with the positions it has folded.
+    pub async fn announce(&self, member: &Member) -> Result<(), LeaseError> {
+        self.kv
+            .put(member_key(&self.instance), encode(member))
+            .await
+            .map(|_| ())
+            .map_err(kv_err)
+    }
+
+    /// Leaves the pool (a graceful stop): the others rebalance at once.
+    pub async fn leave(&self) -> Result<(), LeaseError> {
+        self.kv
+            .delete(member_key(&self.instance))
+            .await
+            .map_err(kv_err)
+    }
+
+    /// A compare-and-set of a partition's key. When the answer is lost (a
+    /// timeout), the key is read back: the write happened if it holds
+    /// exactly what was written.
+    async fn cas(&self, partition: u32, next: &Lease, revision: u64) -> Result<u64, LeaseError> {
+        let key = lease_key(partition);
+        match self.kv.update(&key, encode(next), revision).await {
+            Ok(r) => Ok(r),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(LeaseError::Lost {
+                partition,
+                revision,
+            }),
+            Err(e) => {
+                let entry = self.kv.entry(&key).await.map_err(kv_err)?;
+                match entry {
+                    Some(en) if en.value == encode(next) => Ok(en.revision),
+                    Some(_) => Err(LeaseError::Lost {
+                        partition,
+                        revision,
+                    }),
+                    None => Err(kv_err(e)),
+                }
+            }
+        }
+    }
+}
+
+/// Applies one watched entry to a board.
+pub fn apply_entry(board: &mut Board, entry: &kv::Entry, now: Instant) {
+    match entry.operation {
+        kv::Operation::Put => board.observe(&entry.key, entry.value.clone(), entry.revision, now),
+        kv::Operation::Delete | kv::Operation::Purge => board.forget(&entry.key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn shares_are_even_followers_are_others_and_order_does_not_matter() {
+        for n in 1..=5usize {
+            let live: Vec<String> = (0..n).map(|i| format!("i{i}")).collect();
+            let mut reversed = live.clone();
+            reversed.reverse();
+            let a = assign(16, &live, 1);
+            assert_eq!(a, assign(16, &reversed, 1));
+            let mut shares = BTreeMap::new();
+            for (owner, followers) in &a {
+                *shares.entry(owner.clone()).or_insert(0) += 1;
+                assert_eq!(followers.len(), usize::from(n > 1));
+                assert!(!followers.contains(owner));
+            }
+            let (lo, hi) = (shares.values().min(), shares.values().max());
+            assert!(hi.unwrap() - lo.unwrap() <= 1, "{shares:?}");
+            assert_eq!(shares.len(), n.min(16));
+        }
+        assert!(assign(16, &[], 1).is_empty());
+        let two = assign(4, &names(&["b", "a"]), 3);
+        assert_eq!(two[0], ("a".to_string(), names(&["b"])));
+        assert_eq!(two[1], ("b".to_string(), names(&["a"])));
+    }
+
+    #[test]
+    fn a_key_is_stale_only_after_its_revision_stood_for_the_ttl() {
+        let t0 = Instant::now();
+        let mut board = Board::default();
+        let lease = encode(&Lease {
+            owner: "a".into(),
+            epoch: 1,
+            conv: 5,
+            rcpt: 0,
+        });
+        board.observe("p.3", lease.clone(), 7, t0);
+        let at = |d: Duration| board.lease(3, t0 + d).unwrap().unwrap().2;
+        assert!(!at(LEASE_TTL - Duration::from_millis(1)));
+        assert!(at(LEASE_TTL));
+        // The same revision seen again does not restart its clock; a new
+        // one does; an older one (a late watch) is ignored.
+        board.observe("p.3", lease.clone(), 7, t0 + LEASE_TTL);
+        assert!(board.lease(3, t0 + LEASE_TTL).unwrap().unwrap().2);
+        board.observe("p.3", lease.clone(), 8, t0 + LEASE_TTL);
+        assert!(!board.lease(3, t0 + LEASE_TTL).unwrap().unwrap().2);
+        board.observe("p.3", lease, 6, t0 + 2 * LEASE_TTL);
+        assert_eq!(board.lease(3, t0 + LEASE_TTL).unwrap().unwrap().1, 8);
+        assert!(board.lease(4, t0).unwrap().is_none());
+    }
+
+    #[test]
+    fn members_live_while_they_announce() {
+        let t0 = Instant::now();
+        let mut board = Board::default();
+        board.observe("m.b", encode(&Member::default()), 1, t0);
+        board.observe("m.a", encode(&Member::default()), 2, t0 + LEASE_TTL);
+        board.observe("p.0", encode(&Lease::default()), 3, t0);
+        assert_eq!(board.live_members(t0), names(&["a", "b"]));
+        assert_eq!(board.live_members(t0 + LEASE_TTL), names(&["a"]));
+        board.forget("m.a");
+        assert!(board.live_members(t0 + LEASE_TTL).is_empty());
+    }
+}
