@@ -88,6 +88,7 @@ async fn everything_is_r3_and_starts_with_a_node_down() {
             fanout: true,
             store_faults: None,
             serves: im_projectors::Serves::Clients,
+            lease: None,
         },
         current,
         tokio::sync::watch::channel(false).1,

@@ -23,6 +23,7 @@
 //! to the clients' sync.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
@@ -394,6 +395,74 @@ impl Leases {
                 }
             }
         }
+    }
+}
+
+/// What a unit of the pool is to its partition.
+#[derive(Clone)]
+pub enum LeaseRole {
+    /// It owns the partition: each batch's fan-out is claimed before it is
+    /// published, and a refused claim stops the unit (`RunError::Lease`).
+    Owner(Arc<OwnerGate>),
+    /// It follows the owner: it folds nothing past the owner's claim, so
+    /// that, taking over, it publishes exactly what follows the claim.
+    Follower(tokio::sync::watch::Receiver<Claimed>),
+}
+
+impl std::fmt::Debug for LeaseRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeaseRole::Owner(_) => f.write_str("Owner"),
+            LeaseRole::Follower(limit) => write!(f, "Follower({:?})", *limit.borrow()),
+        }
+    }
+}
+
+/// Positions whose fan-out an owner claimed: (IM_CONV, IM_RCPT).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claimed {
+    pub conv: u64,
+    pub rcpt: u64,
+}
+
+impl Claimed {
+    pub fn of(lease: &Lease) -> Claimed {
+        Claimed {
+            conv: lease.conv,
+            rcpt: lease.rcpt,
+        }
+    }
+}
+
+/// An owner's lease, shared by its pipeline (claims per batch) and its
+/// renewals.
+pub struct OwnerGate {
+    leases: Leases,
+    holding: tokio::sync::Mutex<Holding>,
+}
+
+impl OwnerGate {
+    pub fn new(leases: Leases, holding: Holding) -> Arc<Self> {
+        Arc::new(OwnerGate {
+            leases,
+            holding: tokio::sync::Mutex::new(holding),
+        })
+    }
+
+    /// Claims a batch's fan-out (its last positions; 0 for a stream it has
+    /// none of) before it is published.
+    pub async fn claim(&self, conv: u64, rcpt: u64) -> Result<(), LeaseError> {
+        let mut h = self.holding.lock().await;
+        self.leases.claim(&mut h, conv, rcpt).await
+    }
+
+    /// Renews the lease at the positions claimed so far.
+    pub async fn renew(&self) -> Result<(), LeaseError> {
+        self.claim(0, 0).await
+    }
+
+    pub async fn holding(&self) -> Holding {
+        self.holding.lock().await.clone()
     }
 }
 

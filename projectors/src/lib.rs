@@ -28,3 +28,4 @@ pub use projector::{
     Clients, Projector, ProjectorConfig, ProjectorError, Serves, DEFAULT_FANOUT_THRESHOLD,
     DEFAULT_INSTANCE,
 };
+pub use runner::RunError;

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::fold::{fold_one, Delivered, Target, Verdicts};
 use crate::judge::{sign_verdicts, Judge, SignatureVerdicts};
+use crate::lease::{Claimed, LeaseRole};
 use crate::members_cache::MembersCache;
 use crate::projections::{Effect, FoldCtx, Projection};
 use crate::runner::{
@@ -295,43 +296,135 @@ async fn run_batches(
     // means a delivery never arrived.
     let mut seen = [0u64; 2];
     let mut ring = KeyRing::new(jetstream::new(publish.clone()), Duration::ZERO);
+    // A follower's events past the owner's claim, waiting for it (at most
+    // a batch: nothing more is read meanwhile).
+    let mut claim = match &cfg.lease {
+        Some(LeaseRole::Follower(limit)) => Some(limit.clone()),
+        _ => None,
+    };
+    let mut held: Batch = Vec::new();
     loop {
-        // Asked to stop: only between batches, so the last one is
-        // committed, published and acknowledged whole.
-        let first = tokio::select! {
-            biased;
-            _ = stopped(stop) => return Ok(Stop::Closed),
-            first = rx_in.recv() => first,
-        };
-        let Some(first) = first else { break };
-        let mut items = vec![first];
-        while items.len() < BATCH_MAX {
-            match rx_in.try_recv() {
-                Ok(item) => items.push(item),
-                Err(_) => break,
-            }
-        }
-        let (batch, stop) = take_batch(items, feeds, &mut seen)?;
-        let keys = prepare_keys(&mut ring, &batch).await?;
-        let signed = verify_signatures(keys.clone(), &batch).await?;
-        let done = fold_batch(batch, (keys, signed), cfg, feeds, jobs).await?;
-        if cfg.fanout {
-            publish_effects(publish, cfg, done.effects).await;
-        }
-        // Acknowledge only what is durable: one ack per stream acks all
-        // before it. A lost ack means a redelivery, which is skipped.
-        for source in [Source::Conv, Source::Rcpt] {
-            if let Some((_, _, msg)) = done.batch.iter().rev().find(|(s, _, _)| *s == source) {
-                if let Err(e) = msg.ack().await {
-                    tracing::warn!(error = %e, "ack failed; redelivery will be skipped");
+        let (batch, resync) = if held.is_empty() {
+            // Asked to stop: only between batches, so the last one is
+            // committed, published and acknowledged whole.
+            let first = tokio::select! {
+                biased;
+                _ = stopped(stop) => return Ok(Stop::Closed),
+                first = rx_in.recv() => first,
+            };
+            let Some(first) = first else { break };
+            let mut items = vec![first];
+            while items.len() < BATCH_MAX {
+                match rx_in.try_recv() {
+                    Ok(item) => items.push(item),
+                    Err(_) => break,
                 }
             }
+            take_batch(items, feeds, &mut seen)?
+        } else {
+            let limit = claim.as_mut().expect("only a follower holds events");
+            if !claimed_up_to(limit, &held[0], stop).await {
+                return Ok(Stop::Closed);
+            }
+            (std::mem::take(&mut held), None)
+        };
+        let batch = match claim.as_mut() {
+            Some(limit) => {
+                let (now, later) = within_claim(*limit.borrow_and_update(), batch);
+                held = later;
+                now
+            }
+            None => batch,
+        };
+        if !batch.is_empty() {
+            fold_publish_ack(batch, &mut ring, publish, cfg, feeds, jobs).await?;
         }
-        if let Some(stop) = stop {
+        if let Some(stop) = resync {
             return Ok(stop);
         }
     }
     Ok(Stop::Closed)
+}
+
+/// One batch folded and committed, its fan-out claimed (an owner) and
+/// published, then acknowledged: one ack per stream acknowledges all
+/// before it, and only what is durable is acknowledged. A lost ack means
+/// a redelivery, which is skipped.
+async fn fold_publish_ack(
+    batch: Batch,
+    ring: &mut KeyRing,
+    publish: &async_nats::Client,
+    cfg: &RunnerConfig,
+    feeds: &Feeds,
+    jobs: &mpsc::Sender<FoldJob>,
+) -> Result<(), RunError> {
+    let keys = prepare_keys(ring, &batch).await?;
+    let signed = verify_signatures(keys.clone(), &batch).await?;
+    let done = fold_batch(batch, (keys, signed), cfg, feeds, jobs).await?;
+    let last = |source| {
+        done.batch
+            .iter()
+            .rev()
+            .find(|(s, _, _)| *s == source)
+            .map(|(_, seq, msg)| (*seq, msg))
+    };
+    let claimed = match &cfg.lease {
+        Some(LeaseRole::Owner(gate)) => {
+            let at = |source| last(source).map_or(0, |(seq, _)| seq);
+            gate.claim(at(Source::Conv), at(Source::Rcpt)).await
+        }
+        _ => Ok(()),
+    };
+    if cfg.fanout && claimed.is_ok() {
+        publish_effects(publish, cfg, done.effects).await;
+    }
+    for source in [Source::Conv, Source::Rcpt] {
+        if let Some((_, msg)) = last(source) {
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "ack failed; redelivery will be skipped");
+            }
+        }
+    }
+    claimed.map_err(RunError::Lease)
+}
+
+/// Whether an event's fan-out is within what the owner claimed.
+fn is_claimed(claimed: Claimed, source: Source, stream_seq: u64) -> bool {
+    stream_seq
+        <= match source {
+            Source::Conv => claimed.conv,
+            Source::Rcpt => claimed.rcpt,
+        }
+}
+
+/// A batch cut at its first event past the owner's claim: (what a
+/// follower may fold now, what waits; order kept).
+fn within_claim(claimed: Claimed, mut batch: Batch) -> (Batch, Batch) {
+    let cut = batch
+        .iter()
+        .position(|(source, seq, _)| !is_claimed(claimed, *source, *seq))
+        .unwrap_or(batch.len());
+    let later = batch.split_off(cut);
+    (batch, later)
+}
+
+/// Waits until the owner's claim covers `next`; false when asked to stop
+/// (or no one can move the claim any more).
+async fn claimed_up_to(
+    limit: &mut watch::Receiver<Claimed>,
+    next: &(Source, u64, jetstream::Message),
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        if is_claimed(*limit.borrow_and_update(), next.0, next.1) {
+            return true;
+        }
+        tokio::select! {
+            biased;
+            _ = stopped(stop) => return false,
+            changed = limit.changed() => if changed.is_err() { return false },
+        }
+    }
 }
 
 /// The writers' keys, ready for a batch's events: whether signatures are

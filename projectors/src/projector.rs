@@ -32,6 +32,9 @@ pub struct ProjectorConfig {
     /// Makes the store's writes fail as a full disk does (tests).
     pub store_faults: Option<Arc<crate::store::StoreFaults>>,
     pub serves: Serves,
+    /// A unit of the pool (`lease.rs`): owner or follower of its one
+    /// partition; None for pinned partitions.
+    pub lease: Option<crate::lease::LeaseRole>,
 }
 
 /// Whose questions an instance answers.
@@ -389,6 +392,7 @@ impl Projector {
             partitions: partitions.clone(),
             fanout_threshold: config.fanout_threshold,
             fanout: config.fanout,
+            lease: config.lease.clone(),
         });
         let feeds = open_feeds(&store, meta.as_ref())?;
         let states = feeds.states.clone();

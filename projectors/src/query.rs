@@ -27,6 +27,10 @@ pub const QUEUE_GROUP: &str = "im-projectors";
 /// milliseconds, and a client must never hang on a lagging projector.
 pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
 
+/// While a query waits for a position, how often it asks whether the
+/// instance's consumers stand past it (two JetStream requests each time).
+pub const WATERMARK_RECHECK: Duration = Duration::from_millis(250);
+
 /// Queries answered at once; more are refused with an error right away.
 pub const QUERY_INFLIGHT_MAX: usize = 256;
 
@@ -91,7 +95,8 @@ impl QueryContext {
             .find(|p| p.projection.name() == name)
     }
 
-    /// Waits until every named projection has applied the positions.
+    /// Waits until every named projection has applied the positions, or
+    /// stands past them by the consumer's watermark (`caught_up_to`).
     async fn wait_for(&self, names: &[&str], pos: (u64, u64)) -> Result<(), v1::QueryError> {
         let deadline = tokio::time::Instant::now() + MIN_POSITION_WAIT;
         for name in names {
@@ -103,13 +108,25 @@ impl QueryContext {
             })?;
             let wants_rcpt = state.projection.reads_receipts();
             let mut rx = state.applied.clone();
+            let mut asked: Option<tokio::time::Instant> = None;
             loop {
                 let at = *rx.borrow_and_update();
-                if at.conv >= pos.0 && (!wants_rcpt || at.rcpt >= pos.1) {
+                let conv_ok = at.conv >= pos.0;
+                let rcpt_ok = !wants_rcpt || at.rcpt >= pos.1;
+                if conv_ok && rcpt_ok {
                     break;
                 }
-                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                let now = tokio::time::Instant::now();
+                if asked.is_none_or(|t| now >= t + WATERMARK_RECHECK) {
+                    asked = Some(now);
+                    if self.past_by_watermark(at, pos, conv_ok, rcpt_ok).await {
+                        break;
+                    }
+                }
+                let slice = deadline.min(now + WATERMARK_RECHECK);
+                match tokio::time::timeout_at(slice, rx.changed()).await {
                     Ok(Ok(())) => continue,
+                    Err(_) if tokio::time::Instant::now() < deadline => continue,
                     _ => {
                         return Err(error(
                             v1::QueryErrorCode::NotYet,
@@ -123,6 +140,50 @@ impl QueryContext {
             }
         }
         Ok(())
+    }
+
+    /// Whether the positions a projection lacks lie past everything of
+    /// this instance's partitions: a position written in a partition it
+    /// does not hold (a conversation list asked of every partition).
+    async fn past_by_watermark(
+        &self,
+        at: crate::runner::Applied,
+        pos: Position,
+        conv_ok: bool,
+        rcpt_ok: bool,
+    ) -> bool {
+        for (source, ok, want, have) in [
+            (Source::Conv, conv_ok, pos.0, at.conv),
+            (Source::Rcpt, rcpt_ok, pos.1, at.rcpt),
+        ] {
+            if ok {
+                continue;
+            }
+            match self.caught_up_to(source, have).await {
+                Some(end) if end >= want => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// The stream's end, if this instance's consumer of it had nothing
+    /// pending or unacknowledged just after it was read, and everything
+    /// the consumer acknowledged is applied (`have`): then no event of
+    /// its partitions lies between `have` and that end. Two requests; not
+    /// a position to resume from, only to answer at.
+    async fn caught_up_to(&self, source: Source, have: u64) -> Option<u64> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let stream = js.get_stream(source.stream()).await.ok()?;
+        let end = stream.cached_info().state.last_sequence;
+        let name = crate::runner::consumer_name(&self.instance, source);
+        let consumer = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+            .await
+            .ok()?;
+        let info = consumer.cached_info();
+        let drained = info.num_pending == 0 && info.num_ack_pending == 0;
+        (drained && info.ack_floor.stream_sequence <= have).then_some(end)
     }
 
     /// The serving keyspace of a projection, held for one answer.

@@ -214,6 +214,10 @@ pub enum RunError {
     /// A rebuild would fold events the live `members` has not judged.
     #[error("no verdicts to rebuild by: {0}")]
     Verdicts(String),
+    /// An owner's claim was refused: the partition is someone else's now
+    /// (the batch is committed, not published).
+    #[error("partition lease: {0}")]
+    Lease(#[source] crate::lease::LeaseError),
 }
 
 pub(crate) fn js_err(e: impl Into<BoxError>) -> RunError {
@@ -229,6 +233,9 @@ pub struct RunnerConfig {
     /// Whether this instance publishes deliveries (one replica per
     /// partition should).
     pub fanout: bool,
+    /// A unit of the pool: its claims as owner, or its limit as follower
+    /// (`lease.rs`); None for pinned partitions.
+    pub lease: Option<crate::lease::LeaseRole>,
 }
 
 /// The durable consumer an instance reads `source` with: `<instance>_<tag>`.

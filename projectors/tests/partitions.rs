@@ -199,3 +199,46 @@ async fn unread_is_exact_through_interleaved_sends_reads_recalls_and_after_a_reb
         assert_eq!(q("main").await, q("rebuild").await, "{u}");
     }
 }
+
+/// A position written in a partition an instance does not hold is one it
+/// stands past once its consumers are drained: a conversation list asked
+/// of every partition at the caller's last write is answered by each
+/// (not "not yet", which a gateway turns into a 503), and still waits
+/// where the instance has not applied it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_instance_answers_at_a_position_written_elsewhere() {
+    let mut s = Stack::start().await;
+    let p = s.topology.partitions;
+    let left: Vec<u32> = (0..p / 2).collect();
+    let right: Vec<u32> = (p / 2..p).collect();
+    let _left = s.projector("left", Some(left.clone())).await;
+    let _right = s.projector("right", Some(right.clone())).await;
+    let in_half = |half: &[u32]| {
+        (0..1000)
+            .map(|i| format!("w{i}"))
+            .find(|c| half.contains(&s.topology.partition_of(c)))
+            .unwrap()
+    };
+    let (here, there) = (in_half(&left), in_half(&right));
+    s.create(&here, &[("ann", Role::Admin), ("ben", Role::Member)])
+        .await;
+    s.create(&there, &[("ann", Role::Admin), ("ben", Role::Member)])
+        .await;
+    let (pos, _) = s.send(&there, "ann", "hi").await;
+    let list = Query::ConvList(v1::ConvListQuery {
+        user_id: "ann".into(),
+        limit: 10,
+        ..Default::default()
+    });
+    let subject = im_projectors::query::partition_subject(s.topology.partition_of(&here));
+    match query_at(&s.client, subject, (pos, 0), list.clone()).await {
+        R::ConvList(page) => assert_eq!(page.items.len(), 1, "{page:?}"),
+        other => panic!("the left instance at a position of the right: {other:?}"),
+    }
+    // A position past the stream's end is still "not yet".
+    let subject = im_projectors::query::partition_subject(s.topology.partition_of(&here));
+    match query_at(&s.client, subject, (pos + 100, 0), list).await {
+        R::Error(e) => assert_eq!(e.code, v1::QueryErrorCode::NotYet as i32),
+        other => panic!("a position no write produced: {other:?}"),
+    }
+}

@@ -25,6 +25,7 @@ fn config(dir: &std::path::Path, faults: Option<Arc<StoreFaults>>) -> ProjectorC
         fanout: true,
         store_faults: faults,
         serves: im_projectors::Serves::Clients,
+        lease: None,
     }
 }
 

@@ -122,6 +122,7 @@ impl Stack {
             fanout: true,
             store_faults: None,
             serves: im_projectors::Serves::Clients,
+            lease: None,
         }
     }
 

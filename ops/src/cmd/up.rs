@@ -242,6 +242,7 @@ async fn start_projector(
         fanout: true,
         store_faults: None,
         serves: im_projectors::Serves::Clients,
+        lease: None,
     };
     // Its consumers and its publishing (deliveries, answers) on connections
     // of their own, as in production.

@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         fanout: !args.no_fanout,
         store_faults: None,
         serves: im_projectors::Serves::Clients,
+        lease: None,
     };
     // Consumers and publishing (deliveries, answers) on separate
     // connections: neither queues behind the other.

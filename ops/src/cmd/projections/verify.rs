@@ -95,6 +95,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             fanout: false,
             store_faults: None,
             serves: im_projectors::Serves::OwnerOnly,
+            lease: None,
         },
     )
     .await?;
