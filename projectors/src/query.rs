@@ -167,23 +167,27 @@ impl QueryContext {
         true
     }
 
-    /// The stream's end, if this instance's consumer of it had nothing
-    /// pending or unacknowledged just after it was read, and everything
-    /// the consumer acknowledged is applied (`have`): then no event of
-    /// its partitions lies between `have` and that end. Two requests; not
-    /// a position to resume from, only to answer at.
+    /// The stream's end, if no event of this instance's partitions lies
+    /// between `have` (what the projection applied) and it: the end is
+    /// read first, then the last event of each partition's subjects, which
+    /// the store holds before any PubAck names it. (The consumer's pending
+    /// count is not used: the server updates it after the PubAck, so it
+    /// may still say 0 for an event just stored.) `1 + partitions`
+    /// requests; not a position to resume from, only to answer at.
     async fn caught_up_to(&self, source: Source, have: u64) -> Option<u64> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind as Kind;
         let js = async_nats::jetstream::new(self.client.clone());
         let stream = js.get_stream(source.stream()).await.ok()?;
         let end = stream.cached_info().state.last_sequence;
-        let name = crate::runner::consumer_name(&self.instance, source);
-        let consumer = stream
-            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
-            .await
-            .ok()?;
-        let info = consumer.cached_info();
-        let drained = info.num_pending == 0 && info.num_ack_pending == 0;
-        (drained && info.ack_floor.stream_sequence <= have).then_some(end)
+        for filter in source.filters(self.topology, &self.partitions) {
+            match stream.get_last_raw_message_by_subject(&filter).await {
+                Ok(last) if last.sequence > have => return None,
+                Ok(_) => {}
+                Err(e) if e.kind() == Kind::NoMessageFound => {}
+                Err(_) => return None,
+            }
+        }
+        Some(end)
     }
 
     /// The serving keyspace of a projection, held for one answer.

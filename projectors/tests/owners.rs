@@ -6,41 +6,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
 use im_projectors::lease::{lease_key, Claimed, LeaseRole, Leases, OwnerGate};
 use im_projectors::Serves;
-use im_schema::v1;
 use im_streams::Role;
-
-/// Deliveries seen on `im.deliver.*.e`: (user, conv_seq) -> count.
-type Seen = Arc<Mutex<BTreeMap<(String, u64), u32>>>;
-
-async fn count_deliveries(client: &async_nats::Client) -> Seen {
-    let seen: Seen = Default::default();
-    let mut sub = client.subscribe("im.deliver.*.e").await.unwrap();
-    client.flush().await.unwrap();
-    let into = seen.clone();
-    tokio::spawn(async move {
-        while let Some(msg) = sub.next().await {
-            let user = msg
-                .subject
-                .split('.')
-                .nth(2)
-                .unwrap_or_default()
-                .to_string();
-            let env: v1::Envelope = im_schema::decode(&msg.payload).unwrap();
-            if let Some(v1::envelope::Payload::Deliver(d)) = env.payload {
-                *into.lock().unwrap().entry((user, d.conv_seq)).or_insert(0) += 1;
-            }
-        }
-    });
-    seen
-}
 
 /// The claim on a partition as `leases` watches it.
 async fn watch_claim(leases: &Leases, partition: u32) -> tokio::sync::watch::Receiver<Claimed> {

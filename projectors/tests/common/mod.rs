@@ -210,3 +210,30 @@ pub async fn last_seq_in(client: &async_nats::Client, stream: &str, filters: &[S
     }
     last
 }
+
+/// Deliveries seen on `im.deliver.*.e`: (user, conv_seq) -> count.
+pub type Seen = Arc<std::sync::Mutex<BTreeMap<(String, u64), u32>>>;
+
+/// Counts every delivery of a conversation event from now on.
+pub async fn count_deliveries(client: &async_nats::Client) -> Seen {
+    use futures::StreamExt;
+    let seen: Seen = Default::default();
+    let mut sub = client.subscribe("im.deliver.*.e").await.unwrap();
+    client.flush().await.unwrap();
+    let into = seen.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let user = msg
+                .subject
+                .split('.')
+                .nth(2)
+                .unwrap_or_default()
+                .to_string();
+            let env: v1::Envelope = im_schema::decode(&msg.payload).unwrap();
+            if let Some(v1::envelope::Payload::Deliver(d)) = env.payload {
+                *into.lock().unwrap().entry((user, d.conv_seq)).or_insert(0) += 1;
+            }
+        }
+    });
+    seen
+}
