@@ -168,6 +168,13 @@ impl Board {
         Ok(Some((lease, seen.revision, stale)))
     }
 
+    /// How long a partition's lease revision has stood, by this clock.
+    pub fn standing(&self, partition: u32, now: Instant) -> Option<Duration> {
+        self.keys
+            .get(&lease_key(partition))
+            .map(|s| now.duration_since(s.since))
+    }
+
     /// The instances whose member key moved within `LEASE_TTL`, sorted.
     pub fn live_members(&self, now: Instant) -> Vec<String> {
         self.keys

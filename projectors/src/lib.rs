@@ -14,6 +14,7 @@ pub mod lease;
 pub mod members_cache;
 pub mod metrics;
 pub mod pipeline;
+pub mod pool;
 pub mod projections;
 pub mod projector;
 pub mod query;

@@ -82,6 +82,14 @@ pub struct Projector {
 /// (nothing of it acknowledged, so it is delivered again).
 pub const STOP_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Drop for Projector {
     fn drop(&mut self) {
         self.tasks.abort_all();
@@ -447,9 +455,13 @@ impl Projector {
             projector.stop.subscribe(),
         )
         .await?;
-        projector
-            .tasks
-            .spawn(async move { pipeline.await.unwrap_or(Ok(())) });
+        projector.tasks.spawn(async move {
+            // Aborting this task (a dropped projector) aborts the
+            // pipeline too: a dropped handle would leave it running,
+            // consuming, claiming and publishing.
+            let _pipeline = AbortOnDrop(pipeline.abort_handle());
+            pipeline.await.unwrap_or(Ok(()))
+        });
         Ok(projector)
     }
 

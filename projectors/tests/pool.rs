@@ -111,10 +111,18 @@ async fn a_killed_owner_is_replaced_within_the_lease_and_nothing_is_delivered_tw
         s.send(conv, "ann", &format!("m{i}")).await;
     }
     all_delivered_once(&seen, 6).await;
-    let (dead, alive) = match a.owned.borrow().contains(&p) {
+    let a_owns = a.owned.borrow().contains(&p);
+    let (dead, alive) = match a_owns {
         true => (a, b),
         false => (b, a),
     };
+    let leases = async_nats::jetstream::new(s.client.clone())
+        .get_key_value(im_projectors::lease::PARTITION_LEASES_BUCKET)
+        .await
+        .unwrap();
+    let key = im_projectors::lease::lease_key(p);
+    let before: im_projectors::lease::Lease =
+        serde_json::from_slice(&leases.get(&key).await.unwrap().unwrap()).unwrap();
     dead.task.abort();
     let killed = Instant::now();
     for i in 5..10 {
@@ -122,9 +130,14 @@ async fn a_killed_owner_is_replaced_within_the_lease_and_nothing_is_delivered_tw
     }
     all_delivered_once(&seen, 11).await;
     println!(
-        "failover: the first delivery after the kill within {:?}",
+        "failover: every delivery after the kill within {:?}",
         killed.elapsed()
     );
+    let after: im_projectors::lease::Lease =
+        serde_json::from_slice(&leases.get(&key).await.unwrap().unwrap()).unwrap();
+    println!("lease before {before:?} after {after:?}");
+    assert_ne!(before.owner, after.owner, "taken over");
+    assert_eq!(after.epoch, before.epoch + 1);
     shared(&[&alive], s.topology.partitions).await;
     drop(dead);
     alive.stop.send_replace(true);

@@ -26,6 +26,15 @@ struct Args {
     /// Do not publish deliveries (a replica beside another that does).
     #[arg(long, env = "IM_PROJECTOR_NO_FANOUT")]
     no_fanout: bool,
+    /// Join the pool of instances that share the partitions by leases
+    /// instead of serving fixed ones: each partition owned by one instance
+    /// and followed by `--followers` others, a unit per partition under
+    /// `<data dir>/p<N>`; a killed owner is replaced within the lease.
+    #[arg(long, env = "IM_PROJECTOR_POOL", conflicts_with_all = ["partitions", "no_fanout", "metrics_listen"])]
+    pool: bool,
+    /// Followers per partition in the pool (when enough instances run).
+    #[arg(long, env = "IM_PROJECTOR_FOLLOWERS", default_value_t = im_projectors::pool::DEFAULT_FOLLOWERS)]
+    followers: usize,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address (e.g.
     /// 0.0.0.0:9101 for a scraper on another host); none: not served.
     #[arg(long, env = "IM_PROJECTOR_METRICS_LISTEN")]
@@ -44,6 +53,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let args = Args::parse();
     let client = args.nats.connect("im-projector-consume").await?;
+    if args.pool {
+        return run_pool(args, client).await;
+    }
     let js = async_nats::jetstream::new(client.clone());
     let topology = im_streams::definitions::read_topology(&js).await?;
     let partitions =
@@ -101,6 +113,34 @@ async fn main() -> anyhow::Result<()> {
                 Err(_) => anyhow::bail!("not stopped within {bound:?}: exiting"),
             }
             println!("im-projector: stopped");
+        }
+    }
+    Ok(())
+}
+
+/// In the pool until SIGTERM or SIGINT, then every owned partition is
+/// handed over before the process ends.
+async fn run_pool(args: Args, client: async_nats::Client) -> anyhow::Result<()> {
+    let clients = im_projectors::Clients {
+        consume: client,
+        publish: args.nats.connect("im-projector-publish").await?,
+    };
+    let config = im_projectors::pool::PoolConfig {
+        instance: args.instance.clone(),
+        data_dir: args.data_dir,
+        fanout_threshold: args.fanout_threshold,
+        followers: args.followers,
+    };
+    let pool = im_projectors::pool::Pool::new(clients, config).await?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut running = tokio::spawn(pool.run(stopping));
+    println!("im-projector: in the pool as {}", args.instance);
+    tokio::select! {
+        r = &mut running => r?.context("the pool stopped")?,
+        _ = stop_signal() => {
+            stop.send_replace(true);
+            running.await?.context("stopping")?;
+            println!("im-projector: stopped (partitions handed over)");
         }
     }
     Ok(())

@@ -1,0 +1,472 @@
+//! A pool of projector instances sharing the partitions by leases
+//! (`lease.rs`, I32). Each instance runs a *unit* per partition it owns or
+//! follows: a supervised projector of that one partition on its own store
+//! (`<data dir>/p<N>`, instance `<instance>-p<N>`). Every `TICK` (and at
+//! each change of the lease bucket) it reconciles what runs with what the
+//! board says:
+//! - the live members (`m.<instance>`, announced every `RENEW_EVERY` with
+//!   the positions each unit has folded) and `assign` say who should own
+//!   and follow each partition;
+//! - a free partition is created by its assigned owner; a lease that stood
+//!   still for `LEASE_TTL` (its owner gone) is taken by the assigned owner
+//!   among the live, at the next epoch;
+//! - a lease that names this instance (taken, handed over, or its own from
+//!   before a restart) is served by a follower unit until it has folded up
+//!   to the claim, then adopted, and the unit started again as owner: the
+//!   new owner publishes exactly what follows the claim;
+//! - an owner whose partition is assigned elsewhere hands it over once the
+//!   successor reports it has caught up to the claim (no delivery gap
+//!   beyond the successor's restart), and on a graceful stop it hands every
+//!   partition to a live follower before it leaves.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::lease::{
+    apply_entry, assign, Board, Claimed, Lease, LeaseError, LeaseRole, Leases, Member, OwnerGate,
+    RENEW_EVERY,
+};
+use crate::projector::{Clients, ProjectorConfig, ProjectorError, STOP_MAX};
+use crate::query::QueryContext;
+use crate::Serves;
+
+/// How often an instance reconciles its units with the board when nothing
+/// changes: a lease's staleness is judged by the clock, not by an event.
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// How far (in stream positions) an assigned successor may trail the
+/// owner's claim when the owner starts handing over: it folds the rest
+/// (the partition's events among them) before it publishes. A successor
+/// that had to stand exactly at a claim that moves with every batch would
+/// never be handed anything under load.
+pub const HANDOVER_SLACK: u64 = 10_000;
+
+/// Followers per partition by default, when enough instances run: taking a
+/// partition over then costs catching up seconds of log, not a rebuild.
+pub const DEFAULT_FOLLOWERS: usize = 1;
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub instance: String,
+    /// Each unit's store is `<data_dir>/p<N>`.
+    pub data_dir: PathBuf,
+    pub fanout_threshold: usize,
+    pub followers: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error("streams: {0}")]
+    Streams(#[from] im_streams::StreamsError),
+    #[error("instance name: {0}")]
+    Instance(#[source] im_streams::ids::IdError),
+}
+
+/// One partition's unit: a supervised projector as owner or follower.
+struct Unit {
+    gate: Option<Arc<OwnerGate>>,
+    limit: Option<watch::Sender<Claimed>>,
+    current: watch::Receiver<Option<Arc<QueryContext>>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), ProjectorError>>,
+}
+
+impl Unit {
+    fn is_owner(&self) -> bool {
+        self.gate.is_some()
+    }
+
+    /// The positions every projection of the unit has applied (None while
+    /// it is starting).
+    fn applied(&self) -> Option<Claimed> {
+        let context = self.current.borrow().clone()?;
+        let mut at = Claimed {
+            conv: u64::MAX,
+            rcpt: u64::MAX,
+        };
+        for state in &context.projections {
+            let a = *state.applied.borrow();
+            at.conv = at.conv.min(a.conv);
+            if state.projection.reads_receipts() {
+                at.rcpt = at.rcpt.min(a.rcpt);
+            }
+        }
+        Some(at)
+    }
+
+    /// Whether it has folded everything up to the claim.
+    fn caught_up(&self, claimed: Claimed) -> bool {
+        self.applied()
+            .is_some_and(|a| a.conv >= claimed.conv && a.rcpt >= claimed.rcpt)
+    }
+
+    /// Stops it gracefully: its last batch committed (and, an owner,
+    /// claimed and published).
+    async fn finish(mut self) {
+        self.stop.send_replace(true);
+        let bound = STOP_MAX + Duration::from_secs(5);
+        if tokio::time::timeout(bound, &mut self.task).await.is_err() {
+            tracing::warn!("a unit did not stop within its bound");
+        }
+    }
+}
+
+/// A unit dropped without `finish` (its pool gone) stops at once, as a
+/// killed process would: it must not go on claiming and publishing.
+impl Drop for Unit {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The pool as one instance runs it.
+pub struct Pool {
+    clients: Clients,
+    config: PoolConfig,
+    leases: Leases,
+    partitions: u32,
+    board: Board,
+    units: BTreeMap<u32, Unit>,
+    /// Partitions this instance owns, for its heartbeat.
+    owned: watch::Sender<Vec<u32>>,
+}
+
+impl Pool {
+    pub async fn new(clients: Clients, config: PoolConfig) -> Result<Self, PoolError> {
+        im_streams::ids::validate_id(im_streams::ids::IdKind::Device, &config.instance)
+            .map_err(PoolError::Instance)?;
+        let js = async_nats::jetstream::new(clients.publish.clone());
+        let topology = im_streams::definitions::read_topology(&js).await?;
+        let leases = Leases::open(&js, &config.instance).await?;
+        Ok(Pool {
+            clients,
+            config,
+            leases,
+            partitions: topology.partitions,
+            board: Board::default(),
+            units: BTreeMap::new(),
+            owned: watch::Sender::new(Vec::new()),
+        })
+    }
+
+    /// The partitions owned, as they change.
+    pub fn owned(&self) -> watch::Receiver<Vec<u32>> {
+        self.owned.subscribe()
+    }
+
+    /// Runs until `stop`; then hands every owned partition over and leaves.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), PoolError> {
+        let mut watch = self.leases.watch().await?;
+        let mut tick = tokio::time::interval(TICK);
+        let mut announced = Instant::now() - RENEW_EVERY;
+        loop {
+            tokio::select! {
+                biased;
+                _ = crate::pipeline::stopped(&mut stop) => break,
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => apply_entry(&mut self.board, &entry, Instant::now()),
+                    Some(Err(e)) => tracing::warn!(error = %e, "lease watch"),
+                    None => watch = self.leases.watch().await?,
+                },
+                _ = tick.tick() => {}
+            }
+            if announced.elapsed() >= RENEW_EVERY {
+                announced = Instant::now();
+                self.announce().await;
+            }
+            self.reap().await;
+            for p in 0..self.partitions {
+                match self.reconcile(p).await {
+                    Ok(()) => {}
+                    // Another instance wrote first (a race to create or
+                    // take): the board shows it at the next reconcile.
+                    Err(e @ LeaseError::Lost { .. }) => {
+                        tracing::debug!(partition = p, error = %e, "partition lease")
+                    }
+                    Err(e) => tracing::warn!(partition = p, error = %e, "partition lease"),
+                }
+            }
+            self.owned.send_replace(self.owned_now());
+        }
+        self.leave().await;
+        Ok(())
+    }
+
+    fn owned_now(&self) -> Vec<u32> {
+        self.units
+            .iter()
+            .filter(|(_, u)| u.is_owner())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Says it is alive, with what each unit has folded; renews the owners'
+    /// leases (a refused renewal stops the unit: it is not the owner).
+    async fn announce(&mut self) {
+        let applied = self
+            .units
+            .iter()
+            .filter_map(|(p, u)| u.applied().map(|a| (*p, a.conv, a.rcpt)))
+            .collect();
+        if let Err(e) = self.leases.announce(&Member { applied }).await {
+            tracing::warn!(error = %e, "announcing this instance");
+        }
+        let mut lost = Vec::new();
+        for (p, unit) in &self.units {
+            if let Some(gate) = &unit.gate {
+                if let Err(e) = gate.renew().await {
+                    tracing::warn!(partition = p, error = %e, "lease lost");
+                    lost.push(*p);
+                }
+            }
+        }
+        for p in lost {
+            self.stop_unit(p).await;
+        }
+    }
+
+    /// Drops units whose projector ended (a refused claim, an error no
+    /// restart mends): the next reconcile starts what is wanted.
+    async fn reap(&mut self) {
+        let ended: Vec<u32> = self
+            .units
+            .iter()
+            .filter(|(_, u)| u.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in ended {
+            if let Some(mut unit) = self.units.remove(&p) {
+                match (&mut unit.task).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(partition = p, error = %e, "a unit ended"),
+                    Err(e) => tracing::warn!(partition = p, error = %e, "a unit's task failed"),
+                }
+            }
+        }
+    }
+
+    /// One partition: what this instance should run for it, made so.
+    async fn reconcile(&mut self, p: u32) -> Result<(), LeaseError> {
+        let now = Instant::now();
+        let me = self.config.instance.clone();
+        let mut live = self.board.live_members(now);
+        if !live.contains(&me) {
+            live.push(me.clone());
+        }
+        let assignment = assign(self.partitions, &live, self.config.followers);
+        let Some((owner, followers)) = assignment.get(p as usize).cloned() else {
+            return Ok(());
+        };
+        let wanted = owner == me || followers.contains(&me);
+        let Some((lease, revision, stale)) = self.board.lease(p, now)? else {
+            if owner == me {
+                let held = self.leases.take(p, None).await?;
+                self.start_owner(p, held).await;
+            } else if wanted {
+                self.follow(p, Claimed::default());
+            }
+            return Ok(());
+        };
+        let holding = self.units.get(&p).is_some_and(Unit::is_owner);
+        if holding && lease.owner == me {
+            return self.hand_over_if_ready(p, &owner, &lease).await;
+        }
+        if lease.owner == me {
+            return self.take_up(p, lease, revision).await;
+        }
+        let successor = owner == me || (owner == lease.owner && followers.first() == Some(&me));
+        if stale && successor {
+            // Taken at the next epoch; served from the next reconcile on,
+            // once the watch shows it (`take_up`).
+            let held = self.leases.take(p, Some((lease, revision))).await?;
+            tracing::info!(
+                partition = p,
+                epoch = held.lease.epoch,
+                "partition taken over"
+            );
+            return Ok(());
+        }
+        match wanted {
+            true => self.follow(p, Claimed::of(&lease)),
+            false => self.stop_unit(p).await,
+        }
+        Ok(())
+    }
+
+    /// A lease that names this instance: followed up to its claim, then
+    /// adopted and served by an owner unit.
+    async fn take_up(&mut self, p: u32, lease: Lease, revision: u64) -> Result<(), LeaseError> {
+        let claimed = Claimed::of(&lease);
+        self.follow(p, claimed);
+        if !self.units.get(&p).is_some_and(|u| u.caught_up(claimed)) {
+            // Renewed while it catches up, so no one takes it meanwhile.
+            let standing = self.board.standing(p, Instant::now());
+            if standing.is_some_and(|d| d >= RENEW_EVERY) {
+                self.leases.adopt(p, lease, revision).await?;
+            }
+            return Ok(());
+        }
+        let held = self.leases.adopt(p, lease, revision).await?;
+        self.stop_unit(p).await;
+        self.start_owner(p, held).await;
+        Ok(())
+    }
+
+    /// An owned partition assigned elsewhere goes to its assigned owner
+    /// once that one has folded up to the claim.
+    async fn hand_over_if_ready(
+        &mut self,
+        p: u32,
+        owner: &str,
+        lease: &Lease,
+    ) -> Result<(), LeaseError> {
+        if owner == self.config.instance {
+            return Ok(());
+        }
+        let ready = self.board.member(owner)?.is_some_and(|m| {
+            m.applied.iter().any(|(q, c, r)| {
+                *q == p && c + HANDOVER_SLACK >= lease.conv && r + HANDOVER_SLACK >= lease.rcpt
+            })
+        });
+        if ready {
+            self.hand_over(p, owner).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the owner unit (its last batch claimed and published), then
+    /// writes the successor's name; this instance follows on if wanted.
+    async fn hand_over(&mut self, p: u32, to: &str) -> Result<(), LeaseError> {
+        let Some(unit) = self.units.remove(&p) else {
+            return Ok(());
+        };
+        let gate = unit.gate.clone();
+        unit.finish().await;
+        if let Some(gate) = gate {
+            let given = self.leases.hand_over(gate.holding().await, to).await?;
+            tracing::info!(
+                partition = p,
+                to,
+                epoch = given.epoch,
+                "partition handed over"
+            );
+        }
+        Ok(())
+    }
+
+    /// Graceful stop: each owned partition to a live other member (its
+    /// assigned follower first), every unit stopped, the pool left.
+    async fn leave(&mut self) {
+        let now = Instant::now();
+        let me = self.config.instance.clone();
+        let others: Vec<String> = self
+            .board
+            .live_members(now)
+            .into_iter()
+            .filter(|m| *m != me)
+            .collect();
+        let assignment = assign(self.partitions, &others, self.config.followers);
+        for p in self.owned_now() {
+            let to = assignment.get(p as usize).map(|(o, _)| o.clone());
+            match to {
+                Some(to) => {
+                    if let Err(e) = self.hand_over(p, &to).await {
+                        tracing::warn!(partition = p, error = %e, "hand-over on stop");
+                    }
+                }
+                None => self.stop_unit(p).await,
+            }
+        }
+        let rest: Vec<u32> = self.units.keys().copied().collect();
+        for p in rest {
+            self.stop_unit(p).await;
+        }
+        if let Err(e) = self.leases.leave().await {
+            tracing::warn!(error = %e, "leaving the pool");
+        }
+    }
+
+    async fn stop_unit(&mut self, p: u32) {
+        if let Some(unit) = self.units.remove(&p) {
+            unit.finish().await;
+        }
+    }
+
+    /// Makes sure a follower unit runs for `p`, limited to `claimed`.
+    fn follow(&mut self, p: u32, claimed: Claimed) {
+        if let Some(unit) = self.units.get(&p) {
+            if let Some(limit) = &unit.limit {
+                limit.send_if_modified(|c| {
+                    let moved = claimed.conv > c.conv || claimed.rcpt > c.rcpt;
+                    *c = Claimed {
+                        conv: c.conv.max(claimed.conv),
+                        rcpt: c.rcpt.max(claimed.rcpt),
+                    };
+                    moved
+                });
+            }
+            return;
+        }
+        let (limit, rx) = watch::channel(claimed);
+        let unit = self.spawn(p, LeaseRole::Follower(rx), None, Some(limit));
+        self.units.insert(p, unit);
+    }
+
+    async fn start_owner(&mut self, p: u32, held: crate::lease::Holding) {
+        self.stop_unit(p).await;
+        let gate = OwnerGate::new(self.leases.clone(), held);
+        tracing::info!(partition = p, "owning the partition");
+        let unit = self.spawn(p, LeaseRole::Owner(gate.clone()), Some(gate), None);
+        self.units.insert(p, unit);
+    }
+
+    fn spawn(
+        &self,
+        p: u32,
+        role: LeaseRole,
+        gate: Option<Arc<OwnerGate>>,
+        limit: Option<watch::Sender<Claimed>>,
+    ) -> Unit {
+        let owner = gate.is_some();
+        let config = ProjectorConfig {
+            instance: unit_instance(&self.config.instance, p),
+            partitions: Some(vec![p]),
+            data_dir: self.config.data_dir.join(format!("p{p}")),
+            fanout_threshold: self.config.fanout_threshold,
+            fanout: owner,
+            store_faults: None,
+            serves: match owner {
+                true => Serves::Clients,
+                false => Serves::OwnerOnly,
+            },
+            lease: Some(role),
+        };
+        let (current, rx) = watch::channel(None);
+        let (stop, stopping) = watch::channel(false);
+        let task = tokio::spawn(crate::supervisor::run(
+            self.clients.clone(),
+            config,
+            current,
+            stopping,
+        ));
+        Unit {
+            gate,
+            limit,
+            current: rx,
+            stop,
+            task,
+        }
+    }
+}
+
+/// A unit's instance name: its consumers, control subject and heartbeat.
+pub fn unit_instance(instance: &str, partition: u32) -> String {
+    format!("{instance}-p{partition}")
+}
