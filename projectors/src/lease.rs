@@ -56,6 +56,21 @@ pub struct Lease {
     /// The last IM_CONV / IM_RCPT positions whose fan-out was claimed.
     pub conv: u64,
     pub rcpt: u64,
+    /// Grows with every write, so no two writes hold the same bytes: a
+    /// write whose answer was lost is known to have landed when its exact
+    /// value is read back.
+    #[serde(default)]
+    pub writes: u64,
+}
+
+impl Lease {
+    /// The next write of this lease.
+    fn next(&self) -> Lease {
+        Lease {
+            writes: self.writes + 1,
+            ..self.clone()
+        }
+    }
 }
 
 /// What an instance of the pool says of itself under `m.<instance>`.
@@ -268,6 +283,17 @@ impl Leases {
         partition: u32,
         seen: Option<(Lease, u64)>,
     ) -> Result<Holding, LeaseError> {
+        self.take_from(partition, seen, Claimed::default()).await
+    }
+
+    /// `take`; a key created claims `from` (the streams' ends when a pool
+    /// starts over an existing log: their events are not fanned out again).
+    pub async fn take_from(
+        &self,
+        partition: u32,
+        seen: Option<(Lease, u64)>,
+        from: Claimed,
+    ) -> Result<Holding, LeaseError> {
         let key = lease_key(partition);
         let sent = Instant::now();
         let (lease, revision) = match seen {
@@ -275,7 +301,9 @@ impl Leases {
                 let lease = Lease {
                     owner: self.instance.clone(),
                     epoch: 1,
-                    ..Default::default()
+                    conv: from.conv,
+                    rcpt: from.rcpt,
+                    writes: 1,
                 };
                 let r = self.kv.create(&key, encode(&lease)).await;
                 let revision = r.map_err(|e| match e.kind() {
@@ -291,7 +319,7 @@ impl Leases {
                 let lease = Lease {
                     owner: self.instance.clone(),
                     epoch: before.epoch + 1,
-                    ..before
+                    ..before.next()
                 };
                 let revision = self.cas(partition, &lease, revision).await?;
                 (lease, revision)
@@ -320,6 +348,7 @@ impl Leases {
             });
         }
         let sent = Instant::now();
+        let lease = lease.next();
         let revision = self.cas(partition, &lease, revision).await?;
         Ok(Holding {
             partition,
@@ -342,7 +371,7 @@ impl Leases {
         let next = Lease {
             conv: conv.max(h.lease.conv),
             rcpt: rcpt.max(h.lease.rcpt),
-            ..h.lease.clone()
+            ..h.lease.next()
         };
         h.revision = self.cas(h.partition, &next, h.revision).await?;
         h.lease = next;
@@ -356,7 +385,7 @@ impl Leases {
         let next = Lease {
             owner: to.to_string(),
             epoch: h.lease.epoch + 1,
-            ..h.lease
+            ..h.lease.next()
         };
         self.cas(h.partition, &next, h.revision).await?;
         Ok(next)
@@ -393,12 +422,15 @@ impl Leases {
             Err(e) => {
                 let entry = self.kv.entry(&key).await.map_err(kv_err)?;
                 match entry {
+                    // Every write's bytes differ (`writes`): this one landed.
                     Some(en) if en.value == encode(next) => Ok(en.revision),
-                    Some(_) => Err(LeaseError::Lost {
+                    Some(en) if en.revision != revision => Err(LeaseError::Lost {
                         partition,
                         revision,
                     }),
-                    None => Err(kv_err(e)),
+                    // Unchanged: it did not land (yet); the caller's next
+                    // attempt, at the same revision, decides.
+                    _ => Err(kv_err(e)),
                 }
             }
         }
@@ -446,6 +478,9 @@ impl Claimed {
 pub struct OwnerGate {
     leases: Leases,
     holding: tokio::sync::Mutex<Holding>,
+    /// Set when a claim or renewal was refused or the lease ran out: the
+    /// unit is not the owner any more.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 impl OwnerGate {
@@ -453,14 +488,35 @@ impl OwnerGate {
         Arc::new(OwnerGate {
             leases,
             holding: tokio::sync::Mutex::new(holding),
+            lost: Default::default(),
         })
+    }
+
+    /// Whether the lease was refused or ran out.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The positions claimed so far.
+    pub async fn claimed(&self) -> Claimed {
+        Claimed::of(&self.holding.lock().await.lease)
     }
 
     /// Claims a batch's fan-out (its last positions; 0 for a stream it has
     /// none of) before it is published.
     pub async fn claim(&self, conv: u64, rcpt: u64) -> Result<(), LeaseError> {
         let mut h = self.holding.lock().await;
-        self.leases.claim(&mut h, conv, rcpt).await
+        if self.is_lost() {
+            return Err(LeaseError::Lost {
+                partition: h.partition,
+                revision: h.revision,
+            });
+        }
+        let claimed = self.leases.claim(&mut h, conv, rcpt).await;
+        if let Err(LeaseError::Lost { .. } | LeaseError::Expired { .. }) = &claimed {
+            self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        claimed
     }
 
     /// Renews the lease at the positions claimed so far.
@@ -521,7 +577,7 @@ mod tests {
             owner: "a".into(),
             epoch: 1,
             conv: 5,
-            rcpt: 0,
+            ..Default::default()
         });
         board.observe("p.3", lease.clone(), 7, t0);
         let at = |d: Duration| board.lease(3, t0 + d).unwrap().unwrap().2;

@@ -26,7 +26,7 @@ use crate::members_cache::MembersCache;
 use crate::projections::{Effect, FoldCtx, Projection};
 use crate::runner::{
     commit_at, ensure_consumer, js_err, publish_effects, Applied, ProjectionState, RunError,
-    RunnerConfig, Source, BATCH_MAX, INPUT_QUEUE_MAX,
+    RunnerConfig, Source, BATCH_MAX, INPUT_QUEUE_MAX, MAX_ACK_PENDING,
 };
 use crate::store::{Keyspace, StoreError};
 
@@ -283,6 +283,12 @@ fn take_batch(
     Ok((batch, None))
 }
 
+/// Events a follower holds past the owner's claim, at most. A consumer has
+/// at most `MAX_ACK_PENDING` unacknowledged, so with room for both
+/// streams' the pipeline always reads on: the other stream's events
+/// within the claim are never stuck behind held ones.
+const HELD_MAX: usize = 2 * MAX_ACK_PENDING as usize;
+
 /// Folds batches until the channel closes or deliveries go out of order.
 async fn run_batches(
     mut rx_in: Input,
@@ -296,48 +302,62 @@ async fn run_batches(
     // means a delivery never arrived.
     let mut seen = [0u64; 2];
     let mut ring = KeyRing::new(jetstream::new(publish.clone()), Duration::ZERO);
-    // A follower's events past the owner's claim, waiting for it (at most
-    // a batch: nothing more is read meanwhile).
     let mut claim = match &cfg.lease {
         Some(LeaseRole::Follower(limit)) => Some(limit.clone()),
         _ => None,
     };
+    // An owner's floor: what was claimed before this run (published, or
+    // left to the clients' sync by a run that died): never published again.
+    let floor = match &cfg.lease {
+        Some(LeaseRole::Owner(gate)) => Some(gate.claimed().await),
+        _ => None,
+    };
+    let mut out = Out {
+        ring: &mut ring,
+        publish,
+        cfg,
+        feeds,
+        jobs,
+        floor,
+    };
+    // A follower's events past the owner's claim, waiting for it.
     let mut held: Batch = Vec::new();
     loop {
-        let (batch, resync) = if held.is_empty() {
-            // Asked to stop: only between batches, so the last one is
-            // committed, published and acknowledged whole.
-            let first = tokio::select! {
-                biased;
-                _ = stopped(stop) => return Ok(Stop::Closed),
-                first = rx_in.recv() => first,
-            };
-            let Some(first) = first else { break };
-            let mut items = vec![first];
-            while items.len() < BATCH_MAX {
-                match rx_in.try_recv() {
-                    Ok(item) => items.push(item),
-                    Err(_) => break,
-                }
+        if let Some(limit) = claim.as_mut() {
+            let (now, later) = within_claim(*limit.borrow_and_update(), std::mem::take(&mut held));
+            held = later;
+            if !now.is_empty() {
+                out.fold_publish_ack(now).await?;
+                continue;
             }
-            take_batch(items, feeds, &mut seen)?
-        } else {
-            let limit = claim.as_mut().expect("only a follower holds events");
-            if !claimed_up_to(limit, &held[0], stop).await {
-                return Ok(Stop::Closed);
-            }
-            (std::mem::take(&mut held), None)
+        }
+        // Asked to stop: only between batches, so the last one is
+        // committed, published and acknowledged whole.
+        let first = tokio::select! {
+            biased;
+            _ = stopped(stop) => return Ok(Stop::Closed),
+            _ = claim_moved(&mut claim), if !held.is_empty() => continue,
+            first = rx_in.recv(), if held.len() < HELD_MAX => first,
         };
+        let Some(first) = first else { break };
+        let mut items = vec![first];
+        while items.len() < BATCH_MAX {
+            match rx_in.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => break,
+            }
+        }
+        let (batch, resync) = take_batch(items, feeds, &mut seen)?;
         let batch = match claim.as_mut() {
             Some(limit) => {
-                let (now, later) = within_claim(*limit.borrow_and_update(), batch);
-                held = later;
+                let (now, later) = within_claim(*limit.borrow(), batch);
+                held.extend(later);
                 now
             }
             None => batch,
         };
         if !batch.is_empty() {
-            fold_publish_ack(batch, &mut ring, publish, cfg, feeds, jobs).await?;
+            out.fold_publish_ack(batch).await?;
         }
         if let Some(stop) = resync {
             return Ok(stop);
@@ -346,46 +366,74 @@ async fn run_batches(
     Ok(Stop::Closed)
 }
 
-/// One batch folded and committed, its fan-out claimed (an owner) and
-/// published, then acknowledged: one ack per stream acknowledges all
-/// before it, and only what is durable is acknowledged. A lost ack means
-/// a redelivery, which is skipped.
-async fn fold_publish_ack(
-    batch: Batch,
-    ring: &mut KeyRing,
-    publish: &async_nats::Client,
-    cfg: &RunnerConfig,
-    feeds: &Feeds,
-    jobs: &mpsc::Sender<FoldJob>,
-) -> Result<(), RunError> {
-    let keys = prepare_keys(ring, &batch).await?;
-    let signed = verify_signatures(keys.clone(), &batch).await?;
-    let done = fold_batch(batch, (keys, signed), cfg, feeds, jobs).await?;
-    let last = |source| {
-        done.batch
-            .iter()
-            .rev()
-            .find(|(s, _, _)| *s == source)
-            .map(|(_, seq, msg)| (*seq, msg))
+/// Returns when a follower's claim moves; never without one.
+async fn claim_moved(claim: &mut Option<watch::Receiver<Claimed>>) {
+    let moved = match claim {
+        Some(limit) => limit.changed().await.is_ok(),
+        None => false,
     };
-    let claimed = match &cfg.lease {
-        Some(LeaseRole::Owner(gate)) => {
-            let at = |source| last(source).map_or(0, |(seq, _)| seq);
-            gate.claim(at(Source::Conv), at(Source::Rcpt)).await
-        }
-        _ => Ok(()),
-    };
-    if cfg.fanout && claimed.is_ok() {
-        publish_effects(publish, cfg, done.effects).await;
+    if !moved {
+        std::future::pending::<()>().await;
     }
-    for source in [Source::Conv, Source::Rcpt] {
-        if let Some((_, msg)) = last(source) {
-            if let Err(e) = msg.ack().await {
-                tracing::warn!(error = %e, "ack failed; redelivery will be skipped");
+}
+
+/// Where a run's batches go, and what it needs for them.
+struct Out<'a> {
+    ring: &'a mut KeyRing,
+    publish: &'a async_nats::Client,
+    cfg: &'a RunnerConfig,
+    feeds: &'a Feeds,
+    jobs: &'a mpsc::Sender<FoldJob>,
+    floor: Option<Claimed>,
+}
+
+impl Out<'_> {
+    /// One batch: an owner's claim of its fan-out first (a refused claim
+    /// commits and acknowledges nothing, so a store never passes its
+    /// owner's claim), then folded and committed, published, and
+    /// acknowledged: one ack per stream acknowledges all before it, and
+    /// only what is durable is acknowledged (a lost ack means a
+    /// redelivery, which is skipped). What an owner's earlier run claimed
+    /// is folded without fan-out.
+    async fn fold_publish_ack(&mut self, batch: Batch) -> Result<(), RunError> {
+        if let Some(LeaseRole::Owner(gate)) = &self.cfg.lease {
+            let at = |source| last_of(&batch, source).map_or(0, |(seq, _)| seq);
+            let (conv, rcpt) = (at(Source::Conv), at(Source::Rcpt));
+            gate.claim(conv, rcpt).await.map_err(RunError::Lease)?;
+        }
+        let (claimed_before, fresh) = match self.floor {
+            Some(floor) => within_claim(floor, batch),
+            None => (Vec::new(), batch),
+        };
+        for (part, fanout) in [(claimed_before, false), (fresh, self.cfg.fanout)] {
+            if part.is_empty() {
+                continue;
+            }
+            let keys = prepare_keys(self.ring, &part).await?;
+            let signed = verify_signatures(keys.clone(), &part).await?;
+            let done = fold_batch(part, (keys, signed), fanout, self.feeds, self.jobs).await?;
+            if fanout {
+                publish_effects(self.publish, self.cfg, done.effects).await;
+            }
+            for source in [Source::Conv, Source::Rcpt] {
+                if let Some((_, msg)) = last_of(&done.batch, source) {
+                    if let Err(e) = msg.ack().await {
+                        tracing::warn!(error = %e, "ack failed; redelivery will be skipped");
+                    }
+                }
             }
         }
+        Ok(())
     }
-    claimed.map_err(RunError::Lease)
+}
+
+/// A batch's last event from `source`: its stream seq and message.
+fn last_of(batch: &Batch, source: Source) -> Option<(u64, &jetstream::Message)> {
+    batch
+        .iter()
+        .rev()
+        .find(|(s, _, _)| *s == source)
+        .map(|(_, seq, msg)| (*seq, msg))
 }
 
 /// Whether an event's fan-out is within what the owner claimed.
@@ -397,34 +445,14 @@ fn is_claimed(claimed: Claimed, source: Source, stream_seq: u64) -> bool {
         }
 }
 
-/// A batch cut at its first event past the owner's claim: (what a
-/// follower may fold now, what waits; order kept).
-fn within_claim(claimed: Claimed, mut batch: Batch) -> (Batch, Batch) {
-    let cut = batch
-        .iter()
-        .position(|(source, seq, _)| !is_claimed(claimed, *source, *seq))
-        .unwrap_or(batch.len());
-    let later = batch.split_off(cut);
-    (batch, later)
-}
-
-/// Waits until the owner's claim covers `next`; false when asked to stop
-/// (or no one can move the claim any more).
-async fn claimed_up_to(
-    limit: &mut watch::Receiver<Claimed>,
-    next: &(Source, u64, jetstream::Message),
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    loop {
-        if is_claimed(*limit.borrow_and_update(), next.0, next.1) {
-            return true;
-        }
-        tokio::select! {
-            biased;
-            _ = stopped(stop) => return false,
-            changed = limit.changed() => if changed.is_err() { return false },
-        }
-    }
+/// A batch split by the claim, each stream on its own: (the events within
+/// it, the events past it), each in delivery order. Per stream the events
+/// within a claim come first; the two streams fold alike in any
+/// interleaving.
+fn within_claim(claimed: Claimed, batch: Batch) -> (Batch, Batch) {
+    batch
+        .into_iter()
+        .partition(|(source, seq, _)| is_claimed(claimed, *source, *seq))
 }
 
 /// The writers' keys, ready for a batch's events: whether signatures are
@@ -494,7 +522,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn fold_batch(
     batch: Batch,
     (keys, signed): (Arc<WriterKeys>, SignatureVerdicts),
-    cfg: &RunnerConfig,
+    fanout: bool,
     feeds: &Feeds,
     jobs: &mpsc::Sender<FoldJob>,
 ) -> Result<FoldDone, RunError> {
@@ -516,7 +544,7 @@ async fn fold_batch(
     let job = FoldJob {
         batch,
         targets,
-        fanout: cfg.fanout,
+        fanout,
         keys,
         signed,
         rows_epoch,

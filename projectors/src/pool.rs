@@ -34,6 +34,7 @@ use crate::lease::{
 use crate::projector::{Clients, ProjectorConfig, ProjectorError, STOP_MAX};
 use crate::query::QueryContext;
 use crate::Serves;
+use im_streams::definitions::{CONV_STREAM, RCPT_STREAM};
 
 /// How often an instance reconciles its units with the board when nothing
 /// changes: a lease's staleness is judged by the clock, not by an event.
@@ -72,6 +73,8 @@ pub enum PoolError {
 /// One partition's unit: a supervised projector as owner or follower.
 struct Unit {
     gate: Option<Arc<OwnerGate>>,
+    /// An owner's renewals, which live exactly as long as the unit.
+    renewer: Option<tokio::task::JoinHandle<()>>,
     limit: Option<watch::Sender<Claimed>>,
     current: watch::Receiver<Option<Arc<QueryContext>>>,
     stop: watch::Sender<bool>,
@@ -123,6 +126,30 @@ impl Unit {
 impl Drop for Unit {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(r) = &self.renewer {
+            r.abort();
+        }
+    }
+}
+
+/// Renews an owner's lease every `RENEW_EVERY` while its projector runs
+/// (not while it starts, restarts or waits for its disk: a unit that
+/// cannot serve lets the lease go stale, and another instance takes it),
+/// until the lease is lost.
+async fn renew(gate: Arc<OwnerGate>, current: watch::Receiver<Option<Arc<QueryContext>>>) {
+    let mut tick = tokio::time::interval(RENEW_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if gate.is_lost() {
+            return;
+        }
+        if current.borrow().is_none() {
+            continue;
+        }
+        if let Err(e) = gate.renew().await {
+            tracing::warn!(error = %e, "lease not renewed");
+        }
     }
 }
 
@@ -207,8 +234,8 @@ impl Pool {
             .collect()
     }
 
-    /// Says it is alive, with what each unit has folded; renews the owners'
-    /// leases (a refused renewal stops the unit: it is not the owner).
+    /// Says it is alive, with what each unit has folded (owners renew
+    /// their leases from their gates' own tasks).
     async fn announce(&mut self) {
         let applied = self
             .units
@@ -218,31 +245,21 @@ impl Pool {
         if let Err(e) = self.leases.announce(&Member { applied }).await {
             tracing::warn!(error = %e, "announcing this instance");
         }
-        let mut lost = Vec::new();
-        for (p, unit) in &self.units {
-            if let Some(gate) = &unit.gate {
-                if let Err(e) = gate.renew().await {
-                    tracing::warn!(partition = p, error = %e, "lease lost");
-                    lost.push(*p);
-                }
-            }
-        }
-        for p in lost {
-            self.stop_unit(p).await;
-        }
     }
 
     /// Drops units whose projector ended (a refused claim, an error no
-    /// restart mends): the next reconcile starts what is wanted.
+    /// restart mends) or whose lease is lost: the next reconcile starts
+    /// what is wanted.
     async fn reap(&mut self) {
         let ended: Vec<u32> = self
             .units
             .iter()
-            .filter(|(_, u)| u.task.is_finished())
+            .filter(|(_, u)| u.task.is_finished() || u.gate.as_ref().is_some_and(|g| g.is_lost()))
             .map(|(p, _)| *p)
             .collect();
         for p in ended {
             if let Some(mut unit) = self.units.remove(&p) {
+                unit.stop.send_replace(true);
                 match (&mut unit.task).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!(partition = p, error = %e, "a unit ended"),
@@ -267,7 +284,10 @@ impl Pool {
         let wanted = owner == me || followers.contains(&me);
         let Some((lease, revision, stale)) = self.board.lease(p, now)? else {
             if owner == me {
-                let held = self.leases.take(p, None).await?;
+                // Claimed from the streams' ends: a pool started over an
+                // existing log fans none of it out again.
+                let ends = self.stream_ends().await?;
+                let held = self.leases.take_from(p, None, ends).await?;
                 self.start_owner(p, held).await;
             } else if wanted {
                 self.follow(p, Claimed::default());
@@ -361,8 +381,36 @@ impl Pool {
         Ok(())
     }
 
-    /// Graceful stop: each owned partition to a live other member (its
-    /// assigned follower first), every unit stopped, the pool left.
+    /// The streams' last positions now.
+    async fn stream_ends(&self) -> Result<Claimed, LeaseError> {
+        let js = async_nats::jetstream::new(self.clients.publish.clone());
+        let mut ends = [0; 2];
+        for (i, name) in [CONV_STREAM, RCPT_STREAM].into_iter().enumerate() {
+            let stream = js
+                .get_stream(name)
+                .await
+                .map_err(|e| LeaseError::Kv(Box::new(e)))?;
+            ends[i] = stream.cached_info().state.last_sequence;
+        }
+        Ok(Claimed {
+            conv: ends[0],
+            rcpt: ends[1],
+        })
+    }
+
+    /// The live other member that has folded most of `p` (a follower has
+    /// it all but the last moments): the successor that catches up soonest.
+    fn successor(&self, p: u32, others: &[String]) -> Option<String> {
+        let folded = |m: &String| {
+            let member = self.board.member(m).ok().flatten().unwrap_or_default();
+            let of_p = member.applied.iter().find(|(q, _, _)| *q == p);
+            of_p.map_or((0, 0), |(_, c, r)| (*c, *r))
+        };
+        others.iter().max_by_key(|m| folded(m)).cloned()
+    }
+
+    /// Graceful stop: each owned partition to the live other member that
+    /// has folded most of it, every unit stopped, the pool left.
     async fn leave(&mut self) {
         let now = Instant::now();
         let me = self.config.instance.clone();
@@ -372,9 +420,8 @@ impl Pool {
             .into_iter()
             .filter(|m| *m != me)
             .collect();
-        let assignment = assign(self.partitions, &others, self.config.followers);
         for p in self.owned_now() {
-            let to = assignment.get(p as usize).map(|(o, _)| o.clone());
+            let to = self.successor(p, &others);
             match to {
                 Some(to) => {
                     if let Err(e) = self.hand_over(p, &to).await {
@@ -456,8 +503,10 @@ impl Pool {
             current,
             stopping,
         ));
+        let renewer = gate.clone().map(|g| tokio::spawn(renew(g, rx.clone())));
         Unit {
             gate,
+            renewer,
             limit,
             current: rx,
             stop,

@@ -119,7 +119,8 @@ impl QueryContext {
                 let now = tokio::time::Instant::now();
                 if asked.is_none_or(|t| now >= t + WATERMARK_RECHECK) {
                     asked = Some(now);
-                    if self.past_by_watermark(at, pos, conv_ok, rcpt_ok).await {
+                    let past = self.past_by_watermark(at, pos, conv_ok, rcpt_ok);
+                    if tokio::time::timeout_at(deadline, past).await == Ok(true) {
                         break;
                     }
                 }
