@@ -179,7 +179,7 @@ impl Board {
             return Ok(None);
         };
         let lease = decode(&key, &seen.value)?;
-        let stale = now.duration_since(seen.since) >= LEASE_TTL;
+        let stale = self.standing(partition, now) >= Some(LEASE_TTL);
         Ok(Some((lease, seen.revision, stale)))
     }
 

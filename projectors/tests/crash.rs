@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,52 +22,14 @@ const CONVERSATIONS: usize = 256;
 /// `KILLS_MIN` kills land while it is still running.
 const WINDOW: u64 = EVENTS_MIN / (KILLS_MIN as u64 + 1);
 
-/// Killed (SIGKILL) on drop, so a failing test leaves no process behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn spawn_projector(url: &str, dir: &std::path::Path) -> Proc {
     let (url, dir) = (url.to_string(), dir.to_path_buf());
-    Proc(
-        tokio::task::spawn_blocking(move || spawn_blocking_child(&url, &dir))
-            .await
-            .unwrap(),
-    )
-}
-
-fn spawn_blocking_child(url: &str, dir: &std::path::Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_im-projector"))
-        .args(["--nats-url", url, "--instance", "crashy", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn im-projector");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("im-projector: ready") => break,
-            Some(Ok(_)) => {}
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("im-projector exited before ready");
-            }
-        }
-        assert!(Instant::now() < deadline, "im-projector never ready");
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    child
+    tokio::task::spawn_blocking(move || {
+        let args = ["--nats-url", &url, "--instance", "crashy"];
+        spawn_im_projector(&args, &dir, "im-projector: ready")
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

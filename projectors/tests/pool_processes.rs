@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,16 +15,6 @@ use common::*;
 use im_projectors::lease::{lease_key, Lease, LEASE_TTL, PARTITION_LEASES_BUCKET};
 use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 use im_streams::Role;
-
-/// Killed (SIGKILL) on drop, so a failing test leaves no process behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn signal(proc: &Proc, sig: &str) {
     let status = Command::new("kill")
@@ -36,29 +25,8 @@ fn signal(proc: &Proc, sig: &str) {
 }
 
 fn spawn_member(url: &str, name: &str, dir: &std::path::Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_im-projector"))
-        .args([
-            "--nats-url",
-            url,
-            "--pool",
-            "--instance",
-            name,
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn im-projector");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    match lines.next() {
-        Some(Ok(line)) if line.contains("in the pool as") => {}
-        other => panic!("im-projector --pool did not start: {other:?}"),
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Proc(child)
+    let args = ["--nats-url", url, "--pool", "--instance", name];
+    spawn_im_projector(&args, dir, "in the pool as")
 }
 
 async fn owner_of(kv: &async_nats::jetstream::kv::Store, p: u32) -> Option<Lease> {

@@ -237,3 +237,48 @@ pub async fn count_deliveries(client: &async_nats::Client) -> Seen {
     });
     seen
 }
+
+/// An `im-projector` process, killed (SIGKILL) on drop, so a failing test
+/// leaves no process behind.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `im-projector` with `args` and `--data-dir dir`; returns once it
+/// prints a line containing `ready` (within 60 s), its stdout drained
+/// from then on so it never blocks on a full pipe.
+pub fn spawn_im_projector(args: &[&str], dir: &std::path::Path, ready: &str) -> Proc {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_im-projector"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn im-projector");
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains(ready) => break,
+            Some(Ok(_)) => {}
+            _ => panic!("im-projector exited before {ready:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "im-projector never {ready:?}"
+        );
+    }
+    std::thread::spawn(move || for _ in lines {});
+    proc
+}
