@@ -36,6 +36,17 @@ impl Health {
     }
 }
 
+/// The partitions a heartbeat names: those whose clients it answers. A
+/// follower in the pool or a scratch instance beats with none, so that a
+/// gateway never counts a partition as served by a store that answers no
+/// one (a pool whose owner died is not ready until a successor serves).
+pub fn served(serves: crate::Serves, partitions: Vec<u32>) -> Vec<u32> {
+    match serves {
+        crate::Serves::Clients => partitions,
+        crate::Serves::OwnerOnly => Vec::new(),
+    }
+}
+
 /// Beats until aborted.
 pub async fn run(
     client: async_nats::Client,

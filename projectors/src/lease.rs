@@ -89,6 +89,17 @@ pub fn member_key(instance: &str) -> String {
     format!("m.{instance}")
 }
 
+/// Where an operator moved a partition (`imctl projections move`): its
+/// owner whenever that instance is live, whatever `assign` says.
+pub fn move_key(partition: u32) -> String {
+    format!("x.{partition}")
+}
+
+/// How long a member key may stand still before any instance deletes it: a
+/// killed instance's key would otherwise stay in the bucket for ever. Far
+/// past `LEASE_TTL`, so a paused instance is long out of every assignment.
+pub const MEMBER_FORGET: Duration = Duration::from_secs(600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     /// The partition's key moved: someone else owns it now.
@@ -192,11 +203,32 @@ impl Board {
 
     /// The instances whose member key moved within `LEASE_TTL`, sorted.
     pub fn live_members(&self, now: Instant) -> Vec<String> {
+        self.members(|standing| standing < LEASE_TTL, now)
+    }
+
+    /// Member keys that stood still for `MEMBER_FORGET` at `now`.
+    pub fn forgotten_members(&self, now: Instant) -> Vec<String> {
+        self.members(|standing| standing >= MEMBER_FORGET, now)
+    }
+
+    fn members(&self, keep: impl Fn(Duration) -> bool, now: Instant) -> Vec<String> {
         self.keys
             .range("m.".to_string()..)
             .take_while(|(k, _)| k.starts_with("m."))
-            .filter(|(_, s)| now.duration_since(s.since) < LEASE_TTL)
+            .filter(|(_, s)| keep(now.duration_since(s.since)))
             .map(|(k, _)| k["m.".len()..].to_string())
+            .collect()
+    }
+
+    /// Partitions an operator moved, and to whom.
+    pub fn moves(&self) -> BTreeMap<u32, String> {
+        self.keys
+            .range("x.".to_string()..)
+            .take_while(|(k, _)| k.starts_with("x."))
+            .filter_map(|(k, s)| {
+                let p = k["x.".len()..].parse().ok()?;
+                Some((p, String::from_utf8(s.value.to_vec()).ok()?))
+            })
             .collect()
     }
 
@@ -241,6 +273,55 @@ pub fn assign(partitions: u32, live: &[String], followers: usize) -> Vec<(String
             (sorted[p % n].clone(), following)
         })
         .collect()
+}
+
+/// `assign` with the operator's moves: a partition moved to a live
+/// instance is owned by it, the owner it displaced following in its place.
+pub fn with_moves(
+    mut assignment: Vec<(String, Vec<String>)>,
+    moves: &BTreeMap<u32, String>,
+    live: &[String],
+) -> Vec<(String, Vec<String>)> {
+    for (p, to) in moves {
+        let Some((owner, followers)) = assignment.get_mut(*p as usize) else {
+            continue;
+        };
+        if !live.contains(to) || owner == to {
+            continue;
+        }
+        let displaced = std::mem::replace(owner, to.clone());
+        let slot = followers.iter().position(|f| f == to);
+        match slot {
+            Some(i) => followers[i] = displaced,
+            // No followers wanted: the displaced owner just stops.
+            None if followers.is_empty() => {}
+            None => followers[0] = displaced,
+        }
+    }
+    assignment
+}
+
+/// Moves partition `p` to `to` (`None`: back to the even share), as
+/// `imctl projections move` does.
+pub async fn set_move(
+    js: &jetstream::Context,
+    partition: u32,
+    to: Option<&str>,
+) -> Result<(), LeaseError> {
+    let kv = js
+        .get_key_value(PARTITION_LEASES_BUCKET)
+        .await
+        .map_err(kv_err)?;
+    let key = move_key(partition);
+    match to {
+        Some(to) => {
+            kv.put(key, Bytes::from(to.to_string()))
+                .await
+                .map_err(kv_err)?;
+        }
+        None => kv.delete(key).await.map_err(kv_err)?,
+    }
+    Ok(())
 }
 
 /// The lease bucket as one instance uses it.
@@ -333,6 +414,18 @@ impl Leases {
         })
     }
 
+    /// A partition's lease and revision as the bucket holds it now (not as
+    /// a watch has shown it so far).
+    pub async fn read(&self, partition: u32) -> Result<Option<(Lease, u64)>, LeaseError> {
+        let key = lease_key(partition);
+        match self.kv.entry(&key).await.map_err(kv_err)? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                Ok(Some((decode(&key, &e.value)?, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Takes up a lease handed to this instance (seen with `owner` = its
     /// name at `revision`), renewing it: from here it is held.
     pub async fn adopt(
@@ -402,10 +495,12 @@ impl Leases {
 
     /// Leaves the pool (a graceful stop): the others rebalance at once.
     pub async fn leave(&self) -> Result<(), LeaseError> {
-        self.kv
-            .delete(member_key(&self.instance))
-            .await
-            .map_err(kv_err)
+        self.forget_member(&self.instance).await
+    }
+
+    /// Deletes a member's key (its own on leaving, or one long dead).
+    pub async fn forget_member(&self, instance: &str) -> Result<(), LeaseError> {
+        self.kv.delete(member_key(instance)).await.map_err(kv_err)
     }
 
     /// A compare-and-set of a partition's key. When the answer is lost (a
@@ -595,6 +690,28 @@ mod tests {
     }
 
     #[test]
+    fn a_move_to_a_live_instance_displaces_the_owner_into_its_place() {
+        let live = names(&["a", "b", "c"]);
+        let even = assign(3, &live, 1);
+        assert_eq!(even[0], ("a".to_string(), names(&["b"])));
+        let moves = BTreeMap::from([
+            (0, "b".to_string()),
+            (1, "a".to_string()),
+            (2, "gone".to_string()),
+            (9, "a".to_string()),
+        ]);
+        let moved = with_moves(even.clone(), &moves, &live);
+        // To its follower: the two swap.
+        assert_eq!(moved[0], ("b".to_string(), names(&["a"])));
+        // To an instance that did not follow it: the owner follows instead.
+        assert_eq!(moved[1], ("a".to_string(), names(&["b"])));
+        // To an instance not live, or a partition that does not exist: ignored.
+        assert_eq!(moved[2], even[2]);
+        let alone = with_moves(assign(1, &names(&["a", "b"]), 0), &moves, &live);
+        assert_eq!(alone[0], ("b".to_string(), vec![]));
+    }
+
+    #[test]
     fn members_live_while_they_announce() {
         let t0 = Instant::now();
         let mut board = Board::default();
@@ -603,6 +720,8 @@ mod tests {
         board.observe("p.0", encode(&Lease::default()), 3, t0);
         assert_eq!(board.live_members(t0), names(&["a", "b"]));
         assert_eq!(board.live_members(t0 + LEASE_TTL), names(&["a"]));
+        assert!(board.forgotten_members(t0).is_empty());
+        assert_eq!(board.forgotten_members(t0 + MEMBER_FORGET), names(&["b"]));
         board.forget("m.a");
         assert!(board.live_members(t0 + LEASE_TTL).is_empty());
     }

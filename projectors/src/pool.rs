@@ -28,9 +28,10 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::lease::{
-    apply_entry, assign, Board, Claimed, Lease, LeaseError, LeaseRole, Leases, Member, OwnerGate,
-    RENEW_EVERY,
+    apply_entry, assign, with_moves, Board, Claimed, Lease, LeaseError, LeaseRole, Leases, Member,
+    OwnerGate, RENEW_EVERY,
 };
+use crate::metrics::{View, Viewed, FAILOVER_SECONDS, LEASE_CHANGES};
 use crate::projector::{Clients, ProjectorConfig, ProjectorError, STOP_MAX};
 use crate::query::QueryContext;
 use crate::Serves;
@@ -46,6 +47,24 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// that had to stand exactly at a claim that moves with every batch would
 /// never be handed anything under load.
 pub const HANDOVER_SLACK: u64 = 10_000;
+
+/// How long a unit taking a partition over may fold nothing while it is
+/// still behind the claim before it is started again: renewing a lease it
+/// cannot serve would hold the partition without an owner for ever.
+pub const CATCH_UP_STALL: Duration = Duration::from_secs(30);
+
+/// How long a leaving instance waits for hand-overs to it that others
+/// decided before they saw it leave (they reconcile every `TICK`).
+const LEAVE_SETTLE: Duration = Duration::from_secs(1);
+
+/// How long an instance whose catching up stalled stops renewing the lease
+/// it was taking: long enough for it to go stale and a follower to take it.
+const STALL_LET_GO: Duration = Duration::from_secs(15);
+
+/// Watched entries applied before one reconcile: a burst of changes (a
+/// pool starting, every member announcing) is reconciled once, not once
+/// per entry, and a flood still yields to the tick.
+const ENTRIES_PER_ROUND: usize = 256;
 
 /// Followers per partition by default, when enough instances run: taking a
 /// partition over then costs catching up seconds of log, not a rebuild.
@@ -73,6 +92,8 @@ pub enum PoolError {
 /// One partition's unit: a supervised projector as owner or follower.
 struct Unit {
     gate: Option<Arc<OwnerGate>>,
+    /// What it had folded when last seen to move, and when.
+    progress: (Option<Claimed>, Instant),
     /// An owner's renewals, which live exactly as long as the unit.
     renewer: Option<tokio::task::JoinHandle<()>>,
     limit: Option<watch::Sender<Claimed>>,
@@ -102,6 +123,15 @@ impl Unit {
             }
         }
         Some(at)
+    }
+
+    /// Whether it has folded nothing for `CATCH_UP_STALL`.
+    fn stalled(&mut self, now: Instant) -> bool {
+        let applied = self.applied();
+        if applied != self.progress.0 {
+            self.progress = (applied, now);
+        }
+        now.duration_since(self.progress.1) >= CATCH_UP_STALL
     }
 
     /// Whether it has folded everything up to the claim.
@@ -163,6 +193,13 @@ pub struct Pool {
     units: BTreeMap<u32, Unit>,
     /// Partitions this instance owns, for its heartbeat.
     owned: watch::Sender<Vec<u32>>,
+    /// Its units' stores and readiness, for the metrics listener.
+    view: watch::Sender<View>,
+    /// Partitions taken from a stale lease: since when their last owner
+    /// was silent, until this instance serves them (failover time).
+    failing_over: BTreeMap<u32, Instant>,
+    /// Partitions whose catching up stalled here, and when.
+    stalled: BTreeMap<u32, Instant>,
 }
 
 impl Pool {
@@ -180,12 +217,23 @@ impl Pool {
             board: Board::default(),
             units: BTreeMap::new(),
             owned: watch::Sender::new(Vec::new()),
+            view: watch::Sender::new(View {
+                contexts: Vec::new(),
+                not_ready: Some("joining the pool".into()),
+            }),
+            failing_over: BTreeMap::new(),
+            stalled: BTreeMap::new(),
         })
     }
 
     /// The partitions owned, as they change.
     pub fn owned(&self) -> watch::Receiver<Vec<u32>> {
         self.owned.subscribe()
+    }
+
+    /// Its units' stores and readiness, as they change.
+    pub fn view(&self) -> Viewed {
+        self.view.subscribe()
     }
 
     /// Runs until `stop`; then hands every owned partition over and leaves.
@@ -198,8 +246,7 @@ impl Pool {
                 biased;
                 _ = crate::pipeline::stopped(&mut stop) => break,
                 entry = watch.next() => match entry {
-                    Some(Ok(entry)) => apply_entry(&mut self.board, &entry, Instant::now()),
-                    Some(Err(e)) => tracing::warn!(error = %e, "lease watch"),
+                    Some(entry) => self.observe(entry, &mut watch),
                     None => watch = self.leases.watch().await?,
                 },
                 _ = tick.tick() => {}
@@ -207,23 +254,98 @@ impl Pool {
             if announced.elapsed() >= RENEW_EVERY {
                 announced = Instant::now();
                 self.announce().await;
+                self.forget_dead_members().await;
             }
             self.reap().await;
-            for p in 0..self.partitions {
-                match self.reconcile(p).await {
-                    Ok(()) => {}
-                    // Another instance wrote first (a race to create or
-                    // take): the board shows it at the next reconcile.
-                    Err(e @ LeaseError::Lost { .. }) => {
-                        tracing::debug!(partition = p, error = %e, "partition lease")
-                    }
-                    Err(e) => tracing::warn!(partition = p, error = %e, "partition lease"),
-                }
-            }
-            self.owned.send_replace(self.owned_now());
+            self.reconcile_all().await;
+            self.report();
         }
         self.leave().await;
         Ok(())
+    }
+
+    /// A watched entry, and those already waiting behind it.
+    fn observe(
+        &mut self,
+        mut entry: Result<
+            async_nats::jetstream::kv::Entry,
+            async_nats::jetstream::kv::WatcherError,
+        >,
+        watch: &mut async_nats::jetstream::kv::Watch,
+    ) {
+        use futures::FutureExt;
+        for _ in 0..ENTRIES_PER_ROUND {
+            match entry {
+                Ok(e) => apply_entry(&mut self.board, &e, Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "lease watch"),
+            }
+            match watch.next().now_or_never() {
+                Some(Some(next)) => entry = next,
+                _ => return,
+            }
+        }
+    }
+
+    /// Every partition: what this instance should run for it, made so.
+    async fn reconcile_all(&mut self) {
+        let me = self.config.instance.clone();
+        let mut live = self.board.live_members(Instant::now());
+        if !live.contains(&me) {
+            live.push(me);
+        }
+        let assignment = assign(self.partitions, &live, self.config.followers);
+        let assignment = with_moves(assignment, &self.board.moves(), &live);
+        for (p, (owner, followers)) in (0..self.partitions).zip(assignment) {
+            match self.reconcile(p, &owner, &followers).await {
+                Ok(()) => {}
+                // Another instance wrote first (a race to create or
+                // take): the board shows it at the next reconcile.
+                Err(e @ LeaseError::Lost { .. }) => {
+                    tracing::debug!(partition = p, error = %e, "partition lease")
+                }
+                Err(e) => tracing::warn!(partition = p, error = %e, "partition lease"),
+            }
+        }
+    }
+
+    /// What it owns (the heartbeat), its stores and readiness (metrics),
+    /// and the failovers it has completed.
+    fn report(&mut self) {
+        self.owned.send_replace(self.owned_now());
+        let (me, now) = (&self.config.instance, Instant::now());
+        let mine = |board: &Board, p: u32| matches!(board.lease(p, now), Ok(Some((l, _, _))) if l.owner == *me);
+        self.failing_over.retain(|p, _| mine(&self.board, *p));
+        self.stalled.retain(|_, t| now - *t < STALL_LET_GO);
+        let mut view = View::default();
+        for (p, unit) in &self.units {
+            let context = unit.current.borrow().clone();
+            match (context, unit.is_owner()) {
+                (Some(c), owner) => {
+                    if owner {
+                        if let Some(since) = self.failing_over.remove(p) {
+                            FAILOVER_SECONDS.observe(since.elapsed().as_secs_f64());
+                        }
+                    }
+                    view.contexts.push(c);
+                }
+                (None, true) => {
+                    view.not_ready
+                        .get_or_insert_with(|| format!("partition {p}: its owner is starting"));
+                }
+                (None, false) => {}
+            }
+        }
+        self.view.send_replace(view);
+    }
+
+    /// Deletes the keys of members silent for `MEMBER_FORGET`.
+    async fn forget_dead_members(&mut self) {
+        for dead in self.board.forgotten_members(Instant::now()) {
+            match self.leases.forget_member(&dead).await {
+                Ok(()) => tracing::info!(member = %dead, "a long-silent member forgotten"),
+                Err(e) => tracing::debug!(member = %dead, error = %e, "forgetting a member"),
+            }
+        }
     }
 
     fn owned_now(&self) -> Vec<u32> {
@@ -259,6 +381,9 @@ impl Pool {
             .collect();
         for p in ended {
             if let Some(mut unit) = self.units.remove(&p) {
+                if unit.gate.as_ref().is_some_and(|g| g.is_lost()) {
+                    LEASE_CHANGES.get_or_create(&kind("lost")).inc();
+                }
                 unit.stop.send_replace(true);
                 match (&mut unit.task).await {
                     Ok(Ok(())) => {}
@@ -269,18 +394,15 @@ impl Pool {
         }
     }
 
-    /// One partition: what this instance should run for it, made so.
-    async fn reconcile(&mut self, p: u32) -> Result<(), LeaseError> {
+    /// One partition, given who should own and follow it.
+    async fn reconcile(
+        &mut self,
+        p: u32,
+        owner: &str,
+        followers: &[String],
+    ) -> Result<(), LeaseError> {
         let now = Instant::now();
         let me = self.config.instance.clone();
-        let mut live = self.board.live_members(now);
-        if !live.contains(&me) {
-            live.push(me.clone());
-        }
-        let assignment = assign(self.partitions, &live, self.config.followers);
-        let Some((owner, followers)) = assignment.get(p as usize).cloned() else {
-            return Ok(());
-        };
         let wanted = owner == me || followers.contains(&me);
         let Some((lease, revision, stale)) = self.board.lease(p, now)? else {
             if owner == me {
@@ -288,6 +410,7 @@ impl Pool {
                 // existing log fans none of it out again.
                 let ends = self.stream_ends().await?;
                 let held = self.leases.take_from(p, None, ends).await?;
+                LEASE_CHANGES.get_or_create(&kind("created")).inc();
                 self.start_owner(p, held).await;
             } else if wanted {
                 self.follow(p, Claimed::default());
@@ -296,7 +419,7 @@ impl Pool {
         };
         let holding = self.units.get(&p).is_some_and(Unit::is_owner);
         if holding && lease.owner == me {
-            return self.hand_over_if_ready(p, &owner, &lease).await;
+            return self.hand_over_if_ready(p, owner, &lease).await;
         }
         if lease.owner == me {
             return self.take_up(p, lease, revision).await;
@@ -305,7 +428,10 @@ impl Pool {
         if stale && successor {
             // Taken at the next epoch; served from the next reconcile on,
             // once the watch shows it (`take_up`).
+            let silent = self.board.standing(p, now).unwrap_or_default();
             let held = self.leases.take(p, Some((lease, revision))).await?;
+            LEASE_CHANGES.get_or_create(&kind("taken")).inc();
+            self.failing_over.insert(p, now - silent);
             tracing::info!(
                 partition = p,
                 epoch = held.lease.epoch,
@@ -325,15 +451,29 @@ impl Pool {
     async fn take_up(&mut self, p: u32, lease: Lease, revision: u64) -> Result<(), LeaseError> {
         let claimed = Claimed::of(&lease);
         self.follow(p, claimed);
+        let now = Instant::now();
         if !self.units.get(&p).is_some_and(|u| u.caught_up(claimed)) {
+            if self.units.get_mut(&p).is_some_and(|u| u.stalled(now)) {
+                // Let go: no more renewals for a while, so that a
+                // follower takes the lease; the unit starts afresh.
+                tracing::warn!(partition = p, "catching up stalled: the lease is let go");
+                self.stalled.insert(p, now);
+                self.stop_unit(p).await;
+                return Ok(());
+            }
             // Renewed while it catches up, so no one takes it meanwhile.
-            let standing = self.board.standing(p, Instant::now());
-            if standing.is_some_and(|d| d >= RENEW_EVERY) {
+            let let_go = self
+                .stalled
+                .get(&p)
+                .is_some_and(|t| now - *t < STALL_LET_GO);
+            let standing = self.board.standing(p, now);
+            if !let_go && standing.is_some_and(|d| d >= RENEW_EVERY) {
                 self.leases.adopt(p, lease, revision).await?;
             }
             return Ok(());
         }
         let held = self.leases.adopt(p, lease, revision).await?;
+        LEASE_CHANGES.get_or_create(&kind("adopted")).inc();
         self.stop_unit(p).await;
         self.start_owner(p, held).await;
         Ok(())
@@ -371,6 +511,7 @@ impl Pool {
         unit.finish().await;
         if let Some(gate) = gate {
             let given = self.leases.hand_over(gate.holding().await, to).await?;
+            LEASE_CHANGES.get_or_create(&kind("handed_over")).inc();
             tracing::info!(
                 partition = p,
                 to,
@@ -412,11 +553,14 @@ impl Pool {
     /// Graceful stop: each owned partition to the live other member that
     /// has folded most of it, every unit stopped, the pool left.
     async fn leave(&mut self) {
-        let now = Instant::now();
+        // Out of every assignment first, so no one hands it more meanwhile.
+        if let Err(e) = self.leases.leave().await {
+            tracing::warn!(error = %e, "leaving the pool");
+        }
         let me = self.config.instance.clone();
         let others: Vec<String> = self
             .board
-            .live_members(now)
+            .live_members(Instant::now())
             .into_iter()
             .filter(|m| *m != me)
             .collect();
@@ -435,8 +579,35 @@ impl Pool {
         for p in rest {
             self.stop_unit(p).await;
         }
-        if let Err(e) = self.leases.leave().await {
-            tracing::warn!(error = %e, "leaving the pool");
+        self.give_away(&others).await;
+        // A hand-over to it that another member decided before it saw this
+        // one leave lands within a reconcile or two: given on as well.
+        tokio::time::sleep(LEAVE_SETTLE).await;
+        self.give_away(&others).await;
+    }
+
+    /// Leases naming this instance that no owner unit serves (taken or
+    /// handed to it, still catching up): given on, their claims unchanged.
+    async fn give_away(&self, others: &[String]) {
+        for p in 0..self.partitions {
+            // Read afresh: renewals while catching up move the revision.
+            let Ok(Some((lease, revision))) = self.leases.read(p).await else {
+                continue;
+            };
+            let mine = lease.owner == self.config.instance;
+            let Some(to) = self.successor(p, others).filter(|_| mine) else {
+                continue;
+            };
+            let given = async {
+                let held = self.leases.adopt(p, lease, revision).await?;
+                self.leases.hand_over(held, &to).await
+            };
+            match given.await {
+                Ok(_) => {
+                    LEASE_CHANGES.get_or_create(&kind("handed_over")).inc();
+                }
+                Err(e) => tracing::warn!(partition = p, error = %e, "hand-over on stop"),
+            }
         }
     }
 
@@ -506,6 +677,7 @@ impl Pool {
         let renewer = gate.clone().map(|g| tokio::spawn(renew(g, rx.clone())));
         Unit {
             gate,
+            progress: (None, Instant::now()),
             renewer,
             limit,
             current: rx,
@@ -513,6 +685,10 @@ impl Pool {
             task,
         }
     }
+}
+
+fn kind(kind: &'static str) -> crate::metrics::LeaseChange {
+    crate::metrics::LeaseChange { kind }
 }
 
 /// A unit's instance name: its consumers, control subject and heartbeat.

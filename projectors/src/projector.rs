@@ -424,7 +424,7 @@ impl Projector {
                 let beat = tokio::spawn(crate::heartbeat::run(
                     client.clone(),
                     config.instance.clone(),
-                    context.partitions.clone(),
+                    crate::heartbeat::served(config.serves, context.partitions.clone()),
                     h.clone(),
                 ));
                 (h, Some(beat))

@@ -89,7 +89,7 @@ pub async fn run(
     let _beat = AbortOnDrop(tokio::spawn(crate::heartbeat::run(
         clients.publish.clone(),
         config.instance.clone(),
-        partitions,
+        crate::heartbeat::served(config.serves, partitions),
         health.clone(),
     )));
     let mut backoff = RESTART_BACKOFF_MIN;

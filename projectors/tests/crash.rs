@@ -25,7 +25,14 @@ const WINDOW: u64 = EVENTS_MIN / (KILLS_MIN as u64 + 1);
 async fn spawn_projector(url: &str, dir: &std::path::Path) -> Proc {
     let (url, dir) = (url.to_string(), dir.to_path_buf());
     tokio::task::spawn_blocking(move || {
-        let args = ["--nats-url", &url, "--instance", "crashy"];
+        let args = [
+            "--nats-url",
+            &url,
+            "--instance",
+            "crashy",
+            "--partitions",
+            "all",
+        ];
         spawn_im_projector(&args, &dir, "im-projector: ready")
     })
     .await

@@ -452,14 +452,14 @@ async fn read_cursors_reach_the_other_members_as_receipt_updates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_show_checkpoint_lag_applied_and_dead_letters() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = Stack::start().await;
     let p = s.projector("main", None).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let js = async_nats::jetstream::new(s.client.clone());
     let (_current, watching) = tokio::sync::watch::channel(Some(p.context.clone()));
-    tokio::spawn(im_projectors::metrics::serve(listener, watching, js));
+    let view = im_projectors::metrics::single(watching);
+    tokio::spawn(im_projectors::metrics::serve(listener, view, js));
     s.create("g1", &[("bob", Role::Member)]).await;
     let (pos, _) = s.send("g1", "bob", "count me").await;
     let R::Role(_) = s
@@ -483,13 +483,8 @@ async fn metrics_show_checkpoint_lag_applied_and_dead_letters() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    sock.read_to_string(&mut text).await.unwrap();
-    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    let (status, text) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
     for name in im_projectors::projections::NAMES {
         let cp = format!("im_projection_checkpoint{{projection=\"{name}\",stream=\"IM_CONV\",instance=\"main\"}} {pos}");
         let lag = format!(

@@ -51,6 +51,25 @@ pub struct NatsAuth {
     pub tls_ca: Option<PathBuf>,
 }
 
+impl NatsAuth {
+    /// The environment variables a child process reads these settings
+    /// from (the same as the flags').
+    pub fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let mut env = Vec::new();
+        let mut set = |name, value: Option<std::ffi::OsString>| {
+            if let Some(v) = value {
+                env.push((name, v));
+            }
+        };
+        set("IM_NATS_USER", self.user.clone().map(Into::into));
+        set("IM_NATS_PASSWORD", self.password.clone().map(Into::into));
+        set("IM_NATS_CREDS", self.creds.clone().map(Into::into));
+        set("IM_NATS_NKEY", self.nkey.clone().map(Into::into));
+        set("IM_NATS_TLS_CA", self.tls_ca.clone().map(Into::into));
+        env
+    }
+}
+
 /// One way of proving who a process is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identity {

@@ -1,4 +1,5 @@
-//! `im-projector`: runs every projection for a set of partitions.
+//! `im-projector`: runs every projection, for the partitions the pool gives
+//! it (the default) or for a pinned set (`--partitions`).
 
 use std::path::PathBuf;
 
@@ -18,22 +19,21 @@ struct Args {
     /// Unique per store: names its consumers and query subject.
     #[arg(long, env = "IM_PROJECTOR_INSTANCE", default_value = im_projectors::DEFAULT_INSTANCE)]
     instance: String,
-    /// "all", or e.g. "0-7" or "0,3,8-15".
-    #[arg(long, env = "IM_PROJECTOR_PARTITIONS", default_value = "all")]
-    partitions: String,
+    /// Pin this instance to fixed partitions ("all", or e.g. "0-7" or
+    /// "0,3,8-15"), outside the pool: nobody takes them over if it dies.
+    /// Without it the instance joins the pool of instances that share the
+    /// partitions by leases: each partition owned by one instance and
+    /// followed by `--followers` others, a unit per partition under
+    /// `<data dir>/p<N>`; a killed owner is replaced within the lease.
+    #[arg(long, env = "IM_PROJECTOR_PARTITIONS")]
+    partitions: Option<String>,
     #[arg(long, env = "IM_FANOUT_THRESHOLD", default_value_t = DEFAULT_FANOUT_THRESHOLD)]
     fanout_threshold: usize,
-    /// Do not publish deliveries (a replica beside another that does).
-    #[arg(long, env = "IM_PROJECTOR_NO_FANOUT")]
+    /// Do not publish deliveries (a pinned replica beside another that does).
+    #[arg(long, env = "IM_PROJECTOR_NO_FANOUT", requires = "partitions")]
     no_fanout: bool,
-    /// Join the pool of instances that share the partitions by leases
-    /// instead of serving fixed ones: each partition owned by one instance
-    /// and followed by `--followers` others, a unit per partition under
-    /// `<data dir>/p<N>`; a killed owner is replaced within the lease.
-    #[arg(long, env = "IM_PROJECTOR_POOL", conflicts_with_all = ["partitions", "no_fanout", "metrics_listen"])]
-    pool: bool,
     /// Followers per partition in the pool (when enough instances run).
-    #[arg(long, env = "IM_PROJECTOR_FOLLOWERS", default_value_t = im_projectors::pool::DEFAULT_FOLLOWERS)]
+    #[arg(long, env = "IM_PROJECTOR_FOLLOWERS", default_value_t = im_projectors::pool::DEFAULT_FOLLOWERS, conflicts_with = "partitions")]
     followers: usize,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address (e.g.
     /// 0.0.0.0:9101 for a scraper on another host); none: not served.
@@ -53,13 +53,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let args = Args::parse();
     let client = args.nats.connect("im-projector-consume").await?;
-    if args.pool {
+    let Some(pinned) = args.partitions.clone() else {
         return run_pool(args, client).await;
-    }
+    };
     let js = async_nats::jetstream::new(client.clone());
     let topology = im_streams::definitions::read_topology(&js).await?;
-    let partitions =
-        parse_partitions(&args.partitions, topology.partitions).map_err(anyhow::Error::msg)?;
+    let partitions = parse_partitions(&pinned, topology.partitions).map_err(anyhow::Error::msg)?;
     let config = ProjectorConfig {
         instance: args.instance,
         partitions,
@@ -86,8 +85,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(at) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(at).await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(im_projectors::metrics::serve(listener, started.clone(), js));
-        println!("im-projector: metrics http://{addr}/metrics (and /healthz, /readyz)");
+        let view = im_projectors::metrics::single(started.clone());
+        tokio::spawn(im_projectors::metrics::serve(listener, view, js));
+        print_metrics_address(addr);
     }
     let context = started
         .wait_for(Option::is_some)
@@ -131,7 +131,13 @@ async fn run_pool(args: Args, client: async_nats::Client) -> anyhow::Result<()> 
         fanout_threshold: args.fanout_threshold,
         followers: args.followers,
     };
+    let js = async_nats::jetstream::new(clients.consume.clone());
     let pool = im_projectors::pool::Pool::new(clients, config).await?;
+    if let Some(at) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(at).await?;
+        print_metrics_address(listener.local_addr()?);
+        tokio::spawn(im_projectors::metrics::serve(listener, pool.view(), js));
+    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut running = tokio::spawn(pool.run(stopping));
     println!("im-projector: in the pool as {}", args.instance);
@@ -144,6 +150,10 @@ async fn run_pool(args: Args, client: async_nats::Client) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+fn print_metrics_address(addr: std::net::SocketAddr) {
+    println!("im-projector: metrics http://{addr}/metrics (and /healthz, /readyz)");
 }
 
 /// SIGTERM (an orchestrator) or SIGINT (Ctrl-C).

@@ -282,3 +282,15 @@ pub fn spawn_im_projector(args: &[&str], dir: &std::path::Path, ready: &str) -> 
     std::thread::spawn(move || for _ in lines {});
     proc
 }
+
+/// `GET path` on a local listener: (status, whole response text).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    sock.read_to_string(&mut text).await.unwrap();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    (status.unwrap_or(0), text)
+}

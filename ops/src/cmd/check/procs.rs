@@ -183,6 +183,8 @@ impl System {
                 sibling("im-projector")?.display().to_string(),
                 "--instance".into(),
                 INSTANCE.into(),
+                "--partitions".into(),
+                "all".into(),
                 "--data-dir".into(),
                 dir.path().join("projector").display().to_string(),
             ],

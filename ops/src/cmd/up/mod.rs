@@ -1,7 +1,8 @@
 //! `imctl up`: the embedded default stack. Starts a managed nats-server (the
 //! pinned binary) with its JetStream store under the data dir, or uses an
 //! external NATS, applies the streams, runs the projector (every projection,
-//! every partition, its sled store under the data dir) and the gateway
+//! every partition, its sled store under the data dir; or a pool of
+//! `--projectors N` processes, `projectors.rs`) and the gateway
 //! (tokens signed with a secret kept in the data dir), prints where
 //! everything is and how to get a token, and stops cleanly on Ctrl-C or
 //! SIGTERM. Running it again keeps the data.
@@ -22,6 +23,9 @@ use im_streams::StreamSettings;
 use im_testkit::{NatsServer, ServerOptions};
 
 use crate::cmd::nats_identities;
+
+mod projectors;
+use projectors::Projectors;
 
 /// Environment variables `up` reads (each also a flag).
 pub const ENV_DATA_DIR: &str = "IM_DATA_DIR";
@@ -69,6 +73,12 @@ pub struct UpArgs {
         default_value = "127.0.0.1:0"
     )]
     pub projector_metrics_listen: std::net::SocketAddr,
+    /// Projector instances: 1 runs in this process and serves every
+    /// partition; 2 or more (at most 8) run as `im-projector` processes
+    /// (built beside imctl) in the pool, which takes a killed one's
+    /// partitions over within seconds.
+    #[arg(long, env = "IM_UP_PROJECTORS", default_value_t = 1)]
+    pub projectors: usize,
     /// The gateway's limits: the same flags and variables as `im-gateway`'s.
     #[command(flatten)]
     pub limits: im_gateway::Limits,
@@ -146,7 +156,6 @@ fn nats_of(
     }
 }
 
-type Supervised = tokio::task::JoinHandle<Result<(), im_projectors::ProjectorError>>;
 type Serving = tokio::task::JoinHandle<Result<(), im_gateway::GatewayError>>;
 
 async fn serve(
@@ -159,8 +168,7 @@ async fn serve(
     let operator = nats(Component::Operator).connect("imctl-up").await?;
     let js = async_nats::jetstream::new(operator);
     let partitions = apply_streams(&js, args.replicas).await?;
-    let (mut projector, stop_projector) =
-        start_projector(&nats(Component::Projector), args).await?;
+    let mut projectors = Projectors::start(&nats(Component::Projector), args).await?;
     let signing_key = register_signing_key(&js, &args.data_dir).await?;
     let gateway_config = im_gateway::GatewayConfig {
         listen: args.gateway_listen,
@@ -191,17 +199,18 @@ async fn serve(
     start_admin(&nats(Component::Operator), args).await?;
     print_hints(url, args, identities, &signing_key);
     println!("imctl: ready nats={url} partitions={partitions} (Ctrl-C to stop)");
-    tokio::select! {
-        r = wait_for_shutdown() => r?,
-        r = &mut projector => r?.context("the projector stopped")?,
+    loop {
+        tokio::select! {
+            r = wait_for_shutdown() => break r?,
+            r = projectors.ended() => r?,
+        }
     }
     println!("imctl: shutting down");
     // The gateway closes its connections (1001) and drains HTTP, bounded.
     let _ = stop.send(());
     let _ = (&mut gateway).await;
-    // Then the projector, after the batch in hand.
-    stop_projector.send_replace(true);
-    let _ = (&mut projector).await;
+    // Then the projectors, after the batch in hand.
+    projectors.stop().await;
     Ok(())
 }
 
@@ -226,52 +235,6 @@ async fn apply_streams(
         println!("imctl: stream {} {what}", report.name);
     }
     Ok(applied.topology.partitions)
-}
-
-/// The projector, supervised (a storage error stops it, is reported, and it
-/// starts again), once it has started; and the switch that stops it.
-async fn start_projector(
-    nats: &NatsArgs,
-    args: &UpArgs,
-) -> anyhow::Result<(Supervised, tokio::sync::watch::Sender<bool>)> {
-    let config = im_projectors::ProjectorConfig {
-        instance: im_projectors::DEFAULT_INSTANCE.into(),
-        partitions: None,
-        data_dir: args.data_dir.join("projector"),
-        fanout_threshold: args.fanout_threshold,
-        fanout: true,
-        store_faults: None,
-        serves: im_projectors::Serves::Clients,
-        lease: None,
-    };
-    // Its consumers and its publishing (deliveries, answers) on connections
-    // of their own, as in production.
-    let clients = im_projectors::Clients {
-        consume: nats.connect("imctl-up-projector-consume").await?,
-        publish: nats.connect("imctl-up-projector-publish").await?,
-    };
-    let js = async_nats::jetstream::new(clients.consume.clone());
-    let (current, mut started) = tokio::sync::watch::channel(None);
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let mut projector = tokio::spawn(im_projectors::supervisor::run(
-        clients, config, current, stopping,
-    ));
-    tokio::select! {
-        r = started.wait_for(Option::is_some) => { r.context("the projector stopped before it started")?; }
-        r = &mut projector => r?.context("starting the projector")?,
-    }
-    let listener = tokio::net::TcpListener::bind(args.projector_metrics_listen)
-        .await
-        .context("the projector's metrics listener")?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(im_projectors::metrics::serve(listener, started, js));
-    println!("imctl: projector metrics http://{addr}/metrics (and /healthz, /readyz)");
-    println!(
-        "imctl: projector instance={} queries on im.q.<partition> (store {})",
-        im_projectors::DEFAULT_INSTANCE,
-        args.data_dir.join("projector").display()
-    );
-    Ok((projector, stop))
 }
 
 /// The gateway's signing key, made in the data dir if missing and
