@@ -573,3 +573,166 @@ async fn the_admin_port_without_an_ops_page_says_it_is_not_built() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("not built"), "{body}");
 }
+
+/// The pid `up` printed for a pool member.
+fn member_pid(lines: &[String], name: &str) -> u32 {
+    let prefix = format!("imctl: projector {name} pid ");
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid for {name}: {lines:?}"))
+}
+
+/// The partitions as `imctl projections status --json` shows them.
+fn partitions(data: &std::path::Path, url: &str) -> Vec<serde_json::Value> {
+    let args = ["projections", "status", "--json", "--interval-ms", "0"];
+    // Exit 1 while a partition's owner is starting: the table is printed.
+    let (_, out) = imctl_as_operator(data, url, &args);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["partitions"].as_array().unwrap().clone()
+}
+
+async fn wait_ready(gw: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = http_get(gw, "/readyz").await;
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ready: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `up --projectors 2`: two `im-projector` processes share the partitions;
+/// the operator moves the chat's partition from one to the other, then the
+/// new owner is killed (kill -9): the other takes over, a message sent
+/// meanwhile reaches the reader, and history holds both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_two_projectors_moves_a_partition_and_survives_a_kill() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let data = tempfile::tempdir().unwrap();
+    let port = im_testkit::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let (child, lines) = start_as(data.path(), port, "127.0.0.1:0", |c| {
+        c.args(["--projectors", "2"]);
+    });
+    let _reaper = Reaper(child.id());
+    let gw = gateway_addr(&lines);
+    wait_ready(gw).await;
+    let owners: std::collections::BTreeSet<String> = partitions(data.path(), &url)
+        .iter()
+        .map(|p| p["owner"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(owners, ["up-1".to_string(), "up-2".to_string()].into());
+    let conv = im_streams::subjects::direct_conversation_id("alice", "bob").unwrap();
+    let p = im_streams::Topology { partitions: 16 }.partition_of(&conv);
+    let owner_of =
+        |rows: &[serde_json::Value]| rows[p as usize]["owner"].as_str().unwrap().to_string();
+    let before = owner_of(&partitions(data.path(), &url));
+    let other = if before == "up-1" { "up-2" } else { "up-1" };
+    let (ok, out) = imctl_as_operator(
+        data.path(),
+        &url,
+        &[
+            "projections",
+            "move",
+            "--partition",
+            &p.to_string(),
+            "--to",
+            other,
+        ],
+    );
+    assert!(ok && out.contains(&format!("owned by {other}")), "{out}");
+    let (ok, out) = imctl_as_operator(
+        data.path(),
+        &url,
+        &[
+            "projections",
+            "move",
+            "--partition",
+            &p.to_string(),
+            "--to",
+            "nobody",
+        ],
+    );
+    // Refused (not a live member: the reason is on stderr); nothing moved.
+    assert!(!ok, "{out}");
+    assert_eq!(owner_of(&partitions(data.path(), &url)), other);
+    wait_ready(gw).await;
+    let mut alice = ws_connect(gw, &token(data.path(), "alice")).await;
+    let mut bob = ws_connect(gw, &token(data.path(), "bob")).await;
+    next_with(&mut alice, "connected").await;
+    next_with(&mut bob, "connected").await;
+    let send = |id: &str| {
+        format!(r#"{{"send": {{"toUserId": "bob", "clientMsgId": "{id}", "text": "text {id}"}}}}"#)
+    };
+    alice.send(Message::Text(send("m1").into())).await.unwrap();
+    assert!(next_with(&mut alice, "sendAck")
+        .await
+        .contains("ACK_STATUS_STORED"));
+    next_with(&mut bob, "text m1").await;
+    // kill -9 the partition's owner: the other member takes it over.
+    let epochs: Vec<(String, u64)> = partitions(data.path(), &url)
+        .iter()
+        .map(|r| {
+            (
+                r["owner"].as_str().unwrap().into(),
+                r["epoch"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let killed = member_pid(&lines, other);
+    let status = std::process::Command::new("kill")
+        .args(["-s", "KILL", &killed.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    alice.send(Message::Text(send("m2").into())).await.unwrap();
+    assert!(next_with(&mut alice, "sendAck")
+        .await
+        .contains("ACK_STATUS_STORED"));
+    // Delivered by the successor once it serves (the lease, 6 s, and its
+    // catching up), or by sync: it is in history either way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let bob_token = token(data.path(), "bob");
+    let history = format!("/v1/history?conversationId={conv}");
+    loop {
+        let (status, body) = common::http_get_as(gw, &history, Some(&bob_token)).await;
+        if status == 200 && body.contains("text m1") && body.contains("text m2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "m2 never in history: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every partition ends with the survivor (the move named a dead member).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let after = partitions(data.path(), &url);
+        if after.iter().all(|r| r["owner"] == before) {
+            break after;
+        }
+        assert!(Instant::now() < deadline, "not all taken over: {after:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Each of the dead member's partitions taken once, never handed back
+    // to it (it looked live for a moment after its leases went stale).
+    for (r, (owner, epoch)) in after.iter().zip(&epochs) {
+        let taken = u64::from(owner == other);
+        assert_eq!(
+            r["epoch"].as_u64(),
+            Some(epoch + taken),
+            "{r} was {owner} {epoch}"
+        );
+    }
+    wait_ready(gw).await;
+    interrupt_and_wait(child);
+    let log = std::fs::read_to_string(data.path().join("nats").join("nats.log")).unwrap();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+}

@@ -232,6 +232,11 @@ impl Board {
             .collect()
     }
 
+    /// The revision of a member's key (it moves with each announcement).
+    pub fn member_revision(&self, instance: &str) -> Option<u64> {
+        self.keys.get(&member_key(instance)).map(|s| s.revision)
+    }
+
     /// A live member's report of itself.
     pub fn member(&self, instance: &str) -> Result<Option<Member>, LeaseError> {
         let key = member_key(instance);

@@ -200,6 +200,12 @@ pub struct Pool {
     failing_over: BTreeMap<u32, Instant>,
     /// Partitions whose catching up stalled here, and when.
     stalled: BTreeMap<u32, Instant>,
+    /// Members whose lease this instance found stale, with their member
+    /// key's revision then: nothing is handed to them until they announce
+    /// again. A dead member still looks live for a moment after its lease
+    /// goes stale (it announced after its last renewal), and handing its
+    /// partition straight back would cost another lease.
+    suspects: BTreeMap<String, Option<u64>>,
 }
 
 impl Pool {
@@ -223,6 +229,7 @@ impl Pool {
             }),
             failing_over: BTreeMap::new(),
             stalled: BTreeMap::new(),
+            suspects: BTreeMap::new(),
         })
     }
 
@@ -316,6 +323,9 @@ impl Pool {
         let mine = |board: &Board, p: u32| matches!(board.lease(p, now), Ok(Some((l, _, _))) if l.owner == *me);
         self.failing_over.retain(|p, _| mine(&self.board, *p));
         self.stalled.retain(|_, t| now - *t < STALL_LET_GO);
+        let board = &self.board;
+        self.suspects
+            .retain(|m, r| r.is_some() && *r == board.member_revision(m));
         let mut view = View::default();
         for (p, unit) in &self.units {
             let context = unit.current.borrow().clone();
@@ -429,6 +439,8 @@ impl Pool {
             // Taken at the next epoch; served from the next reconcile on,
             // once the watch shows it (`take_up`).
             let silent = self.board.standing(p, now).unwrap_or_default();
+            let suspect = self.board.member_revision(&lease.owner);
+            self.suspects.insert(lease.owner.clone(), suspect);
             let held = self.leases.take(p, Some((lease, revision))).await?;
             LEASE_CHANGES.get_or_create(&kind("taken")).inc();
             self.failing_over.insert(p, now - silent);
@@ -488,6 +500,13 @@ impl Pool {
         lease: &Lease,
     ) -> Result<(), LeaseError> {
         if owner == self.config.instance {
+            return Ok(());
+        }
+        if self
+            .suspects
+            .get(owner)
+            .is_some_and(|r| *r == self.board.member_revision(owner))
+        {
             return Ok(());
         }
         let ready = self.board.member(owner)?.is_some_and(|m| {

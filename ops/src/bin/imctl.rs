@@ -56,6 +56,9 @@ enum ProjectionsCommand {
     /// List the events each projection set aside; --replay folds them
     /// again (exit 1 while any remains).
     DeadLetters(im_ops::cmd::projections::DeadLettersArgs),
+    /// Hand a partition of the pool to another live instance (waits for
+    /// the hand-over); --auto gives it back to the even share.
+    Move(im_ops::cmd::projections::MoveArgs),
 }
 
 #[derive(Subcommand)]
@@ -139,6 +142,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Projections(ProjectionsCommand::Repair(args)) => {
             im_ops::cmd::projections::repair(args).await
+        }
+        Command::Projections(ProjectionsCommand::Move(args)) => {
+            im_ops::cmd::projections::move_partition(args).await
         }
         Command::Projections(ProjectionsCommand::DeadLetters(args)) => {
             im_ops::cmd::projections::dead_letters(args).await

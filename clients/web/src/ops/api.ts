@@ -30,9 +30,23 @@ export interface Rebuild {
   finishedMs: number;
 }
 
+/** A partition of the projector pool, from the lease bucket (none for pinned instances). */
+export interface PartitionRow {
+  partition: number;
+  owner: string;
+  epoch: number;
+  lease_age_ms: number;
+  stale: boolean;
+  claimed: number;
+  lag: number;
+  followers: { instance: string; applied: number }[];
+  moved_to: string | null;
+}
+
 export interface Status {
   streams: StreamStatus[];
   projections: ProjectionRow[];
+  partitions: PartitionRow[];
   rebuilds: Rebuild[];
 }
 

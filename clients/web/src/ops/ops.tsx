@@ -99,6 +99,7 @@ function Dashboard({ token, onUnauthorized }: { token: string; onUnauthorized: (
       {st && (
         <>
           <Projections st={st} onRebuild={startRebuild} />
+          <Partitions st={st} />
           <Rebuilds st={st} />
           <Streams st={st} />
         </>
@@ -141,6 +142,42 @@ function Projections({ st, onRebuild }: { st: Status; onRebuild: (i: string, p: 
                   Rebuild
                 </button>
               </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </section>
+  );
+}
+
+function Partitions({ st }: { st: Status }) {
+  if (st.partitions.length === 0) return null;
+  return (
+    <section>
+      <h2>Partitions</h2>
+      <table data-testid="partitions">
+        <thead>
+          <tr>
+            <th class="num">partition</th>
+            <th>owner</th>
+            <th class="num">epoch</th>
+            <th class="num">lease age</th>
+            <th class="num">lag</th>
+            <th>followers (behind the claim)</th>
+          </tr>
+        </thead>
+        <tbody>
+          {st.partitions.map((p) => (
+            <tr key={p.partition} data-partition={p.partition}>
+              <td class="num">{p.partition}</td>
+              <td class={p.stale ? "warn" : ""} data-testid="owner">
+                {p.owner}
+                {p.stale ? " (stale)" : p.moved_to && p.moved_to !== p.owner ? ` → ${p.moved_to}` : ""}
+              </td>
+              <td class="num">{p.epoch}</td>
+              <td class="num">{(p.lease_age_ms / 1000).toFixed(1)} s</td>
+              <td class={p.lag > 0 ? "num warn" : "num"}>{p.lag}</td>
+              <td>{p.followers.map((f) => `${f.instance} (${Math.max(0, p.claimed - f.applied)})`).join(", ")}</td>
             </tr>
           ))}
         </tbody>

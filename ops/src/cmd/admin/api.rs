@@ -115,7 +115,8 @@ fn default_interval() -> u64 {
 }
 
 /// `GET /admin/v1/status`: streams, every instance's projections (checkpoint,
-/// lag, apply rate, dead letters) and every rebuild the instances report.
+/// lag, apply rate, dead letters), the pool's partitions (owner, epoch,
+/// lease age, lag, followers) and every rebuild the instances report.
 async fn status_of_all(
     State(admin): State<Arc<Admin>>,
     Query(p): Query<StatusParams>,
@@ -128,7 +129,11 @@ async fn status_of_all(
     let projections = status::collect(&admin.client, interval, false)
         .await
         .map_err(unavailable)?;
-    let mut instances: Vec<&str> = projections.iter().map(|r| r.instance.as_str()).collect();
+    let mut instances: Vec<&str> = projections
+        .rows
+        .iter()
+        .map(|r| r.instance.as_str())
+        .collect();
     instances.dedup();
     let mut rebuilds = Vec::new();
     for instance in instances {
@@ -139,9 +144,14 @@ async fn status_of_all(
             rebuilds.push(progress_json(instance, &r));
         }
     }
+    let partitions = crate::cmd::projections::partitions::collect(&js)
+        .await
+        .map_err(unavailable)?;
     Ok(Json(json!({
         "streams": streams,
-        "projections": projections,
+        "projections": projections.rows,
+        "unanswered": projections.unanswered,
+        "partitions": partitions,
         "rebuilds": rebuilds,
     })))
 }

@@ -7,12 +7,15 @@ use anyhow::Context;
 use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 
 pub mod dead_letters;
+pub mod moving;
+pub mod partitions;
 pub mod rebuild;
 pub mod repair;
 pub mod status;
 pub mod verify;
 
 pub use dead_letters::{dead_letters, DeadLettersArgs};
+pub use moving::{move_partition, MoveArgs};
 pub use rebuild::{rebuild, RebuildArgs};
 pub use repair::{repair, RepairArgs};
 pub use status::{status, StatusArgs};

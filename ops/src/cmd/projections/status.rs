@@ -3,12 +3,13 @@
 //! lag, apply rate (two samples `--interval-ms` apart) and dead letters: all
 //! from counters, so it answers at once whatever the store's size. With
 //! `--digest`, each projection's digest too (a read of every entry), one
-//! projection at a time with a progress bar.
+//! projection at a time with a progress bar. Then, for a pool, each
+//! partition's owner, epoch, lease age, claim, lag and followers
+//! (`partitions.rs`). `--json`: `{"projections": [...], "partitions": [...]}`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 use serde::Serialize;
 
@@ -40,35 +41,47 @@ pub struct Row {
     pub dead_letters: u64,
 }
 
-/// instance -> its status, from every partition's answer (asked at once).
+/// instance -> its status, from every partition's answer (asked at once),
+/// and the partitions nobody answered for (an owner starting, a pool
+/// taking over, no instance at all).
 async fn sample(
     client: &async_nats::Client,
     partitions: u32,
-) -> anyhow::Result<BTreeMap<String, v1::StatusResult>> {
+) -> anyhow::Result<(BTreeMap<String, v1::StatusResult>, Vec<u32>)> {
     let asks = (0..partitions).map(|p| async move {
         let req = v1::QueryRequest {
             query: Some(Query::Status(v1::StatusQuery::default())),
             ..Default::default()
         };
-        let reply = tokio::time::timeout(
-            super::ANSWER_TIMEOUT,
-            client.request(
-                im_streams::subjects::query_subject(p),
-                im_schema::encode(&req).into(),
-            ),
-        )
-        .await
-        .with_context(|| format!("partition {p}: no projector answered"))?
-        .with_context(|| format!("partition {p}: no projector answered"))?;
-        anyhow::Ok(im_schema::decode::<v1::QueryResponse>(&reply.payload)?)
+        let subject = im_streams::subjects::query_subject(p);
+        let asked = client.request(subject, im_schema::encode(&req).into());
+        match tokio::time::timeout(super::ANSWER_TIMEOUT, asked).await {
+            Ok(Ok(reply)) => Ok((
+                p,
+                Some(im_schema::decode::<v1::QueryResponse>(&reply.payload)?),
+            )),
+            Ok(Err(e)) if e.kind() != async_nats::RequestErrorKind::NoResponders => {
+                Err(anyhow::Error::new(e).context(format!("partition {p}")))
+            }
+            _ => anyhow::Ok((p, None)),
+        }
     });
-    let mut out = BTreeMap::new();
+    let (mut out, mut unanswered) = (BTreeMap::new(), Vec::new());
     for answer in futures::future::join_all(asks).await {
-        if let Some(R::Status(s)) = answer?.result {
-            out.insert(s.instance.clone(), s);
+        match answer? {
+            (
+                _,
+                Some(v1::QueryResponse {
+                    result: Some(R::Status(s)),
+                    ..
+                }),
+            ) => {
+                out.insert(s.instance.clone(), s);
+            }
+            (p, _) => unanswered.push(p),
         }
     }
-    Ok(out)
+    Ok((out, unanswered))
 }
 
 /// The names of the instances answering now, from one status round.
@@ -77,6 +90,7 @@ pub(crate) async fn answering(client: &async_nats::Client) -> anyhow::Result<Vec
     let topology = im_streams::definitions::read_topology(&js).await?;
     Ok(sample(client, topology.partitions)
         .await?
+        .0
         .into_keys()
         .collect())
 }
@@ -106,10 +120,37 @@ async fn digests(
     Ok(out)
 }
 
+/// Exit 1 when a partition has no instance answering for it.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let client = args.nats.connect("imctl").await?;
-    let rows = collect(&client, args.interval_ms, args.digest).await?;
-    print(&rows, args.json)
+    let collected = collect(&client, args.interval_ms, args.digest).await?;
+    let js = async_nats::jetstream::new(client);
+    let partitions = super::partitions::collect(&js).await?;
+    if args.json {
+        let out = serde_json::json!({
+            "projections": collected.rows,
+            "unanswered": collected.unanswered,
+            "partitions": partitions,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print(&collected.rows);
+        super::partitions::print(&partitions);
+    }
+    if !collected.unanswered.is_empty() {
+        eprintln!(
+            "imctl: no projector answered for partitions {:?}",
+            collected.unanswered
+        );
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Every answering instance's rows, and the partitions nobody answered for.
+pub struct Collected {
+    pub rows: Vec<Row>,
+    pub unanswered: Vec<u32>,
 }
 
 /// Every instance's projections: two samples `interval_ms` apart (the
@@ -119,12 +160,12 @@ pub async fn collect(
     client: &async_nats::Client,
     interval_ms: u64,
     with_digests: bool,
-) -> anyhow::Result<Vec<Row>> {
+) -> anyhow::Result<Collected> {
     let js = async_nats::jetstream::new(client.clone());
     let topology = im_streams::definitions::read_topology(&js).await?;
-    let first = sample(client, topology.partitions).await?;
+    let (first, _) = sample(client, topology.partitions).await?;
     tokio::time::sleep(Duration::from_millis(interval_ms)).await;
-    let second = sample(client, topology.partitions).await?;
+    let (second, unanswered) = sample(client, topology.partitions).await?;
     let digests = if with_digests {
         digests(client, &second).await?
     } else {
@@ -163,14 +204,10 @@ pub async fn collect(
             });
         }
     }
-    Ok(rows)
+    Ok(Collected { rows, unanswered })
 }
 
-fn print(rows: &[Row], json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(rows)?);
-        return Ok(());
-    }
+fn print(rows: &[Row]) {
     println!(
         "{:<12} {:<10} {:>12} {:>12} {:>8} {:>10} {:>8} {:<16}",
         "INSTANCE", "PROJECTION", "CHECKPOINT", "STREAM_LAST", "LAG", "EVENTS/S", "DEAD", "DIGEST"
@@ -188,5 +225,4 @@ fn print(rows: &[Row], json: bool) -> anyhow::Result<()> {
             &r.digest[..16.min(r.digest.len())]
         );
     }
-    Ok(())
 }
