@@ -13,8 +13,11 @@
 //! - an idle owner renews every `RENEW_EVERY` (a claim of the positions it
 //!   has);
 //! - an instance that has seen a key's revision stand still for
-//!   `LEASE_TTL` by its own clock takes it over: epoch + 1, the positions
-//!   kept, so the new owner publishes only what comes after them;
+//!   `LEASE_TTL` by its own clock, while the bucket took its own writes
+//!   (`Trust`), takes it over: epoch + 1, the positions kept, so the new
+//!   owner publishes only what comes after them. An owner's claim after a
+//!   pause or an election lands if nobody did (the revision is unchanged);
+//!   no clock decides that an owner must stop;
 //! - an owner that stops hands over: it writes its successor's name.
 //!
 //! So each position's fan-out is claimed by exactly one owner (claims are
@@ -41,11 +44,12 @@ pub const LEASE_TTL: Duration = Duration::from_secs(6);
 /// How often an owner with nothing to claim renews its leases.
 pub const RENEW_EVERY: Duration = Duration::from_secs(2);
 
-/// An owner holds a lease until `LEASE_TTL - OWNER_MARGIN` after it sent
-/// its last successful claim; past that it stops serving before anyone
-/// else may start (the observers' clocks start later than its send, and
-/// clocks' rates differ by far less than this over a TTL).
-pub const OWNER_MARGIN: Duration = Duration::from_secs(2);
+/// The first and the longest pause between attempts of a claim the bucket
+/// did not answer: short, to resume within moments of the bucket coming
+/// back; at most a renewal period, so a waiting claim is never later than
+/// an idle owner's renewal would be.
+const CLAIM_RETRY_MIN: Duration = Duration::from_millis(100);
+const CLAIM_RETRY_MAX: Duration = RENEW_EVERY;
 
 /// What a partition's key holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,8 +111,6 @@ pub enum LeaseError {
         "partition {partition}: the lease was taken (revision {revision} is no longer the latest)"
     )]
     Lost { partition: u32, revision: u64 },
-    #[error("partition {partition}: the lease has run out by this instance's clock")]
-    Expired { partition: u32 },
     #[error("lease bucket: {0}")]
     Kv(#[source] im_streams::error::BoxError),
     #[error("lease entry {key}: {source}")]
@@ -119,21 +121,18 @@ pub enum LeaseError {
     },
 }
 
-/// A lease this instance holds.
+/// A lease this instance holds: the lease and the revision it wrote. Its
+/// next write is a compare-and-set on that revision, so it lands only if
+/// nobody wrote the key since (whatever the time: a claim after a pause or
+/// an election lands when nobody took the partition meanwhile).
 #[derive(Clone, Debug)]
 pub struct Holding {
     pub partition: u32,
     pub lease: Lease,
     revision: u64,
-    valid_until: Instant,
 }
 
 impl Holding {
-    /// Whether it is still this instance's by its own clock.
-    pub fn valid(&self, now: Instant) -> bool {
-        now < self.valid_until
-    }
-
     pub fn revision(&self) -> u64 {
         self.revision
     }
@@ -148,13 +147,55 @@ struct Seen {
     since: Instant,
 }
 
+/// Whether a board's clocks count: a key standing still says its writer
+/// is gone only while the bucket took writes and the watch showed them.
+/// A leader election of the bucket's stream (4-9 s in nats-server, longer
+/// than the lease) stops every writer at once; counting it would make
+/// every owner look dead when it comes back.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Trust {
+    /// Always counted (a board fed by hand, as in tests).
+    #[default]
+    Always,
+    /// Counted from this instant (the bucket came back, or the watch).
+    From(Instant),
+    /// Not counted: nothing is stale and every member is live.
+    Not,
+}
+
 /// What one instance knows of the bucket, kept by its watch.
 #[derive(Clone, Debug, Default)]
 pub struct Board {
     keys: BTreeMap<String, Seen>,
+    trust: Trust,
 }
 
 impl Board {
+    /// Stops counting until `trust_from`.
+    pub fn distrust(&mut self) {
+        self.trust = Trust::Not;
+    }
+
+    /// Counts from `now` (after `distrust`; a no-op while counting).
+    pub fn trust_from(&mut self, now: Instant) {
+        if matches!(self.trust, Trust::Not) {
+            self.trust = Trust::From(now);
+        }
+    }
+
+    pub fn is_trusted(&self) -> bool {
+        !matches!(self.trust, Trust::Not)
+    }
+
+    /// How long a key has stood still in counted time.
+    fn counted(&self, since: Instant, now: Instant) -> Duration {
+        match self.trust {
+            Trust::Always => now.saturating_duration_since(since),
+            Trust::From(t) => now.saturating_duration_since(since.max(t)),
+            Trust::Not => Duration::ZERO,
+        }
+    }
+
     /// A put seen at `now`; a new revision restarts the key's clock.
     pub fn observe(&mut self, key: &str, value: Bytes, revision: u64, now: Instant) {
         match self.keys.get_mut(key) {
@@ -190,7 +231,7 @@ impl Board {
             return Ok(None);
         };
         let lease = decode(&key, &seen.value)?;
-        let stale = self.standing(partition, now) >= Some(LEASE_TTL);
+        let stale = self.counted(seen.since, now) >= LEASE_TTL;
         Ok(Some((lease, seen.revision, stale)))
     }
 
@@ -215,7 +256,7 @@ impl Board {
         self.keys
             .range("m.".to_string()..)
             .take_while(|(k, _)| k.starts_with("m."))
-            .filter(|(_, s)| keep(now.duration_since(s.since)))
+            .filter(|(_, s)| keep(self.counted(s.since, now)))
             .map(|(k, _)| k["m.".len()..].to_string())
             .collect()
     }
@@ -381,7 +422,6 @@ impl Leases {
         from: Claimed,
     ) -> Result<Holding, LeaseError> {
         let key = lease_key(partition);
-        let sent = Instant::now();
         let (lease, revision) = match seen {
             None => {
                 let lease = Lease {
@@ -415,7 +455,6 @@ impl Leases {
             partition,
             lease,
             revision,
-            valid_until: sent + LEASE_TTL - OWNER_MARGIN,
         })
     }
 
@@ -445,27 +484,19 @@ impl Leases {
                 revision,
             });
         }
-        let sent = Instant::now();
         let lease = lease.next();
         let revision = self.cas(partition, &lease, revision).await?;
         Ok(Holding {
             partition,
             lease,
             revision,
-            valid_until: sent + LEASE_TTL - OWNER_MARGIN,
         })
     }
 
     /// Claims the fan-out up to (conv, rcpt) and renews the lease; an error
-    /// means nothing may be published: `Lost` (taken), `Expired` (this
-    /// instance's clock ran past it: after a pause, say), or the bucket's.
+    /// means nothing may be published: `Lost` (taken) for good, the
+    /// bucket's for now.
     pub async fn claim(&self, h: &mut Holding, conv: u64, rcpt: u64) -> Result<(), LeaseError> {
-        let sent = Instant::now();
-        if !h.valid(sent) {
-            return Err(LeaseError::Expired {
-                partition: h.partition,
-            });
-        }
         let next = Lease {
             conv: conv.max(h.lease.conv),
             rcpt: rcpt.max(h.lease.rcpt),
@@ -473,7 +504,6 @@ impl Leases {
         };
         h.revision = self.cas(h.partition, &next, h.revision).await?;
         h.lease = next;
-        h.valid_until = sent + LEASE_TTL - OWNER_MARGIN;
         Ok(())
     }
 
@@ -489,12 +519,12 @@ impl Leases {
         Ok(next)
     }
 
-    /// Says this instance is alive, with the positions it has folded.
-    pub async fn announce(&self, member: &Member) -> Result<(), LeaseError> {
+    /// Says this instance is alive, with the positions it has folded; the
+    /// key's new revision.
+    pub async fn announce(&self, member: &Member) -> Result<u64, LeaseError> {
         self.kv
             .put(member_key(&self.instance), encode(member))
             .await
-            .map(|_| ())
             .map_err(kv_err)
     }
 
@@ -578,7 +608,7 @@ impl Claimed {
 pub struct OwnerGate {
     leases: Leases,
     holding: tokio::sync::Mutex<Holding>,
-    /// Set when a claim or renewal was refused or the lease ran out: the
+    /// Set when a claim or renewal was refused (the partition taken): the
     /// unit is not the owner any more.
     lost: std::sync::atomic::AtomicBool,
 }
@@ -592,7 +622,7 @@ impl OwnerGate {
         })
     }
 
-    /// Whether the lease was refused or ran out.
+    /// Whether a claim was refused.
     pub fn is_lost(&self) -> bool {
         self.lost.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -603,20 +633,34 @@ impl OwnerGate {
     }
 
     /// Claims a batch's fan-out (its last positions; 0 for a stream it has
-    /// none of) before it is published.
+    /// none of) before it is published. The bucket not answering (a leader
+    /// election, a reconnect) is waited out, retrying every
+    /// `CLAIM_RETRY_MAX` at most: nothing is published meanwhile, and the
+    /// claim lands afterwards if nobody took the partition. Only `Lost` is
+    /// final (the caller's stop or the stop bound ends a longer wait).
     pub async fn claim(&self, conv: u64, rcpt: u64) -> Result<(), LeaseError> {
         let mut h = self.holding.lock().await;
-        if self.is_lost() {
-            return Err(LeaseError::Lost {
-                partition: h.partition,
-                revision: h.revision,
-            });
+        let mut pause = CLAIM_RETRY_MIN;
+        loop {
+            if self.is_lost() {
+                return Err(LeaseError::Lost {
+                    partition: h.partition,
+                    revision: h.revision,
+                });
+            }
+            match self.leases.claim(&mut h, conv, rcpt).await {
+                Err(e @ LeaseError::Lost { .. }) => {
+                    self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(partition = h.partition, error = %e, "claim not written: retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(CLAIM_RETRY_MAX);
+                }
+                ok => return ok,
+            }
         }
-        let claimed = self.leases.claim(&mut h, conv, rcpt).await;
-        if let Err(LeaseError::Lost { .. } | LeaseError::Expired { .. }) = &claimed {
-            self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-        claimed
     }
 
     /// Renews the lease at the positions claimed so far.
@@ -714,6 +758,27 @@ mod tests {
         assert_eq!(moved[2], even[2]);
         let alone = with_moves(assign(1, &names(&["a", "b"]), 0), &moves, &live);
         assert_eq!(alone[0], ("b".to_string(), vec![]));
+    }
+
+    #[test]
+    fn time_while_distrusted_does_not_count() {
+        let t0 = Instant::now();
+        let mut board = Board::default();
+        board.observe("p.1", encode(&Lease::default()), 1, t0);
+        board.observe("m.a", encode(&Member::default()), 2, t0);
+        board.distrust();
+        let late = t0 + 3 * LEASE_TTL;
+        assert!(!board.lease(1, late).unwrap().unwrap().2);
+        assert_eq!(board.live_members(late), names(&["a"]));
+        assert!(board.forgotten_members(t0 + 2 * MEMBER_FORGET).is_empty());
+        // Counted again from when the bucket came back.
+        board.trust_from(late);
+        assert!(!board.lease(1, late + LEASE_TTL / 2).unwrap().unwrap().2);
+        assert!(board.lease(1, late + LEASE_TTL).unwrap().unwrap().2);
+        assert!(board.live_members(late + LEASE_TTL).is_empty());
+        // Trusting again while trusted does not restart the clocks.
+        board.trust_from(late + LEASE_TTL);
+        assert!(board.lease(1, late + LEASE_TTL).unwrap().unwrap().2);
     }
 
     #[test]

@@ -61,6 +61,10 @@ const LEAVE_SETTLE: Duration = Duration::from_secs(1);
 /// it was taking: long enough for it to go stale and a follower to take it.
 const STALL_LET_GO: Duration = Duration::from_secs(15);
 
+/// How long after an announcement the watch may still not show it before
+/// the watch is taken as lagging (its consumer lost) and restarted.
+const WATCH_LAG_MAX: Duration = Duration::from_secs(3);
+
 /// Watched entries applied before one reconcile: a burst of changes (a
 /// pool starting, every member announcing) is reconciled once, not once
 /// per entry, and a flood still yields to the tick.
@@ -200,6 +204,9 @@ pub struct Pool {
     failing_over: BTreeMap<u32, Instant>,
     /// Partitions whose catching up stalled here, and when.
     stalled: BTreeMap<u32, Instant>,
+    /// Its last announcement's revision and when it was sent (None: it
+    /// failed): the board is trusted once the watch shows it.
+    announced: Option<(u64, Instant)>,
     /// Members whose lease this instance found stale, with their member
     /// key's revision then: nothing is handed to them until they announce
     /// again. A dead member still looks live for a moment after its lease
@@ -230,6 +237,7 @@ impl Pool {
             failing_over: BTreeMap::new(),
             stalled: BTreeMap::new(),
             suspects: BTreeMap::new(),
+            announced: None,
         })
     }
 
@@ -245,16 +253,16 @@ impl Pool {
 
     /// Runs until `stop`; then hands every owned partition over and leaves.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), PoolError> {
-        let mut watch = self.leases.watch().await?;
+        let mut watch = Some(self.leases.watch().await?);
         let mut tick = tokio::time::interval(TICK);
         let mut announced = Instant::now() - RENEW_EVERY;
         loop {
             tokio::select! {
                 biased;
                 _ = crate::pipeline::stopped(&mut stop) => break,
-                entry = watch.next() => match entry {
-                    Some(entry) => self.observe(entry, &mut watch),
-                    None => watch = self.leases.watch().await?,
+                entry = next_entry(&mut watch) => match (entry, watch.as_mut()) {
+                    (Some(entry), Some(w)) => self.observe(entry, w),
+                    _ => watch = None,
                 },
                 _ = tick.tick() => {}
             }
@@ -263,12 +271,48 @@ impl Pool {
                 self.announce().await;
                 self.forget_dead_members().await;
             }
+            if self.judge_trust() || watch.is_none() {
+                // Behind (its consumer lost with the bucket's leader, say)
+                // or ended: a new one replays the bucket from its start.
+                watch = match self.leases.watch().await {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease watch not restarted");
+                        None
+                    }
+                };
+            }
             self.reap().await;
             self.reconcile_all().await;
             self.report();
         }
         self.leave().await;
         Ok(())
+    }
+
+    /// Whether this instance's board may judge staleness now: its last
+    /// announcement landed and the watch has shown it. Distrusted while
+    /// not (nothing is stale: the bucket or the watch was down, not the
+    /// owners); true when the watch lags and must be restarted.
+    fn judge_trust(&mut self) -> bool {
+        let now = Instant::now();
+        let Some((revision, at)) = self.announced else {
+            self.board.distrust();
+            return false;
+        };
+        let me = &self.config.instance;
+        if self.board.member_revision(me) >= Some(revision) {
+            self.board.trust_from(now);
+            return false;
+        }
+        if now - at < WATCH_LAG_MAX {
+            return false;
+        }
+        if self.board.is_trusted() {
+            tracing::warn!("the lease watch lags: restarted, no lease judged meanwhile");
+        }
+        self.board.distrust();
+        true
     }
 
     /// A watched entry, and those already waiting behind it.
@@ -374,8 +418,20 @@ impl Pool {
             .iter()
             .filter_map(|(p, u)| u.applied().map(|a| (*p, a.conv, a.rcpt)))
             .collect();
-        if let Err(e) = self.leases.announce(&Member { applied }).await {
-            tracing::warn!(error = %e, "announcing this instance");
+        let member = Member { applied };
+        let sent = Instant::now();
+        match tokio::time::timeout(RENEW_EVERY, self.leases.announce(&member)).await {
+            Ok(Ok(revision)) => self.announced = Some((revision, sent)),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "announcing this instance");
+                self.announced = None;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "announcing this instance: no answer (the bucket electing a leader?)"
+                );
+                self.announced = None;
+            }
         }
     }
 
@@ -703,6 +759,16 @@ impl Pool {
             stop,
             task,
         }
+    }
+}
+
+/// The watch's next entry; never, while there is no watch.
+async fn next_entry(
+    watch: &mut Option<async_nats::jetstream::kv::Watch>,
+) -> Option<Result<async_nats::jetstream::kv::Entry, async_nats::jetstream::kv::WatcherError>> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,7 +3,8 @@
 //! would) is replaced within the lease, one that stops hands over, one
 //! that joins takes its share; through each, every message reaches every
 //! member exactly once (deliveries counted at `im.deliver.*.e`) and no
-//! partition has two owners.
+//! partition has two owners. On a 3-node R3 cluster, the lease bucket's
+//! leader is killed: no lease goes stale meanwhile.
 
 mod common;
 
@@ -24,8 +25,11 @@ struct Member {
 }
 
 async fn join(s: &Stack, name: &str) -> Member {
+    join_with(s.kit.connect_as(Component::Projector).await, name).await
+}
+
+async fn join_with(client: async_nats::Client, name: &str) -> Member {
     let dir = tempfile::tempdir().unwrap();
-    let client = s.kit.connect_as(Component::Projector).await;
     let clients = im_projectors::Clients {
         consume: client.clone(),
         publish: client,
@@ -198,4 +202,143 @@ async fn a_joining_instance_takes_its_share_and_a_stopping_one_hands_over() {
     all_delivered_once(&seen, last).await;
     b.stop.send_replace(true);
     b.task.await.unwrap().unwrap();
+}
+
+/// On a 3-node cluster with the lease bucket R3, kill -9 of the node that
+/// leads it: nobody can write the bucket until a new leader is elected
+/// (4-9 s, often longer than the lease), so no owner can renew; the
+/// members count none of that against the owners (`Trust`): no partition
+/// changes owner and every partition answers as soon as the bucket does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_lease_buckets_leader_leaves_no_partition_without_an_owner() {
+    use im_projectors::lease::{LEASE_TTL, PARTITION_LEASES_BUCKET};
+
+    let mut cluster = im_testkit::NatsCluster::start(3).await.unwrap();
+    let settings = im_streams::StreamSettings {
+        replicas: 3,
+        ..Default::default()
+    };
+    let admin = cluster.connect().await;
+    let js = async_nats::jetstream::new(admin.clone());
+    let topology = im_streams::apply_streams(&js, &settings)
+        .await
+        .unwrap()
+        .topology;
+    let list = cluster.urls().join(",");
+    let nats = im_streams::connect::NatsArgs::new(&list);
+    let client = || nats.connect("pool");
+    let (a, b) = (
+        join_with(client().await.unwrap(), "a").await,
+        join_with(client().await.unwrap(), "b").await,
+    );
+    shared(&[&a, &b], topology.partitions).await;
+    let bucket = format!("KV_{PARTITION_LEASES_BUCKET}");
+    let info = js
+        .get_stream(&bucket)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.config.num_replicas, 3);
+    let leader = info.cluster.unwrap().leader.unwrap();
+    let dead: usize = leader.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+    // The observer on a node that lives.
+    let alive = (dead + 1) % 3;
+    let observer = async_nats::connect(cluster.nodes[alive].url())
+        .await
+        .unwrap();
+    let kv = async_nats::jetstream::new(observer.clone())
+        .get_key_value(PARTITION_LEASES_BUCKET)
+        .await
+        .unwrap();
+    // Polled, not watched: a watch's consumer lives on the stream's leader
+    // and is recreated only after missed heartbeats.
+    let mut leases = Leases::new(topology.partitions);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Balanced (`assign`: a even, b odd) and settled before the kill.
+    while !leases.balanced() {
+        assert!(
+            Instant::now() < deadline,
+            "never balanced: {:?}",
+            leases.owners
+        );
+        leases.poll(&kv).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    leases.poll(&kv).await;
+    let before = leases.owners.clone();
+    cluster.nodes[dead].kill();
+    let killed = Instant::now();
+    while killed.elapsed() < 3 * LEASE_TTL {
+        leases.poll(&kv).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The election (4-9 s in nats-server) stops every write, renewals
+    // among them; the members do not count it against the owners.
+    println!(
+        "leader {leader} killed: leases stood still up to {:?} (partitions {:?} past the lease)",
+        leases.longest, leases.stale
+    );
+    assert_eq!(leases.owners, before, "a partition changed owner");
+    for p in 0..topology.partitions {
+        let query = im_schema::v1::query_request::Query::Status(Default::default());
+        let subject = im_streams::subjects::query_subject(p);
+        let answer = query_at(&observer, subject, (0, 0), query).await;
+        assert!(
+            matches!(answer, im_schema::v1::query_response::Result::Status(_)),
+            "{p}: {answer:?}"
+        );
+    }
+    drop((a, b));
+}
+
+/// What a poller of the lease bucket saw: each partition's owner and
+/// epoch, and how long its revision stood still.
+struct Leases {
+    seen: Vec<Option<(u64, Instant)>>,
+    owners: Vec<Option<(String, u64)>>,
+    stale: BTreeSet<usize>,
+    longest: Duration,
+}
+
+impl Leases {
+    fn new(partitions: u32) -> Leases {
+        Leases {
+            seen: vec![None; partitions as usize],
+            owners: vec![None; partitions as usize],
+            stale: BTreeSet::new(),
+            longest: Duration::ZERO,
+        }
+    }
+
+    async fn poll(&mut self, kv: &async_nats::jetstream::kv::Store) {
+        use im_projectors::lease::{lease_key, Lease, LEASE_TTL};
+        let now = Instant::now();
+        for p in 0..self.seen.len() {
+            let Ok(Some(e)) = kv.entry(lease_key(p as u32)).await else {
+                continue;
+            };
+            let lease: Lease = serde_json::from_slice(&e.value).unwrap();
+            self.owners[p] = Some((lease.owner, lease.epoch));
+            match self.seen[p] {
+                Some((r, since)) if r == e.revision => {
+                    self.longest = self.longest.max(now - since);
+                    if now - since >= LEASE_TTL {
+                        self.stale.insert(p);
+                    }
+                }
+                _ => self.seen[p] = Some((e.revision, now)),
+            }
+        }
+    }
+
+    fn balanced(&self) -> bool {
+        self.owners.iter().enumerate().all(|(p, o)| {
+            let want = if p % 2 == 0 { "a" } else { "b" };
+            o.as_ref().is_some_and(|(owner, _)| owner == want)
+        })
+    }
 }
