@@ -60,6 +60,11 @@ pub struct Lease {
     /// The last IM_CONV / IM_RCPT positions whose fan-out was claimed.
     pub conv: u64,
     pub rcpt: u64,
+    /// The IM_CONV claim before the last: (prev_conv, conv] is the last
+    /// batch claimed, which its owner may have died before publishing
+    /// (`notice.rs`).
+    #[serde(default)]
+    pub prev_conv: u64,
     /// Grows with every write, so no two writes hold the same bytes: a
     /// write whose answer was lost is known to have landed when its exact
     /// value is read back.
@@ -429,6 +434,7 @@ impl Leases {
                     epoch: 1,
                     conv: from.conv,
                     rcpt: from.rcpt,
+                    prev_conv: from.conv,
                     writes: 1,
                 };
                 let r = self.kv.create(&key, encode(&lease)).await;
@@ -497,9 +503,14 @@ impl Leases {
     /// means nothing may be published: `Lost` (taken) for good, the
     /// bucket's for now.
     pub async fn claim(&self, h: &mut Holding, conv: u64, rcpt: u64) -> Result<(), LeaseError> {
+        let prev_conv = match conv > h.lease.conv {
+            true => h.lease.conv,
+            false => h.lease.prev_conv,
+        };
         let next = Lease {
             conv: conv.max(h.lease.conv),
             rcpt: rcpt.max(h.lease.rcpt),
+            prev_conv,
             ..h.lease.next()
         };
         h.revision = self.cas(h.partition, &next, h.revision).await?;

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod lease;
 pub mod members_cache;
 pub mod metrics;
+pub mod notice;
 pub mod pipeline;
 pub mod pool;
 pub mod projections;

@@ -413,7 +413,7 @@ impl Out<'_> {
             let signed = verify_signatures(keys.clone(), &part).await?;
             let done = fold_batch(part, (keys, signed), fanout, self.feeds, self.jobs).await?;
             if fanout {
-                publish_effects(self.publish, self.cfg, done.effects).await;
+                publish_effects(self.publish, self.cfg.fanout_threshold, done.effects).await;
             }
             for source in [Source::Conv, Source::Rcpt] {
                 if let Some((_, msg)) = last_of(&done.batch, source) {

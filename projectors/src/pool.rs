@@ -204,6 +204,9 @@ pub struct Pool {
     failing_over: BTreeMap<u32, Instant>,
     /// Partitions whose catching up stalled here, and when.
     stalled: BTreeMap<u32, Instant>,
+    /// Owner units started on a lease this process did not hold: the last
+    /// claimed batch (prev_conv, conv] to notify of once they serve.
+    notices_due: BTreeMap<u32, (u64, u64)>,
     /// Its last announcement's revision and when it was sent (None: it
     /// failed): the board is trusted once the watch shows it.
     announced: Option<(u64, Instant)>,
@@ -238,6 +241,7 @@ impl Pool {
             stalled: BTreeMap::new(),
             suspects: BTreeMap::new(),
             announced: None,
+            notices_due: BTreeMap::new(),
         })
     }
 
@@ -378,6 +382,11 @@ impl Pool {
                     if owner {
                         if let Some(since) = self.failing_over.remove(p) {
                             FAILOVER_SECONDS.observe(since.elapsed().as_secs_f64());
+                        }
+                        if let Some(batch) = self.notices_due.remove(p) {
+                            let (ctx, publish) = (c.clone(), self.clients.publish.clone());
+                            let threshold = self.config.fanout_threshold;
+                            tokio::spawn(notify(ctx, publish, *p, batch, threshold));
                         }
                     }
                     view.contexts.push(c);
@@ -714,6 +723,8 @@ impl Pool {
 
     async fn start_owner(&mut self, p: u32, held: crate::lease::Holding) {
         self.stop_unit(p).await;
+        let batch = (held.lease.prev_conv, held.lease.conv);
+        self.notices_due.insert(p, batch);
         let gate = OwnerGate::new(self.leases.clone(), held);
         tracing::info!(partition = p, "owning the partition");
         let unit = self.spawn(p, LeaseRole::Owner(gate.clone()), Some(gate), None);
@@ -759,6 +770,28 @@ impl Pool {
             stop,
             task,
         }
+    }
+}
+
+/// Notifies the members of conversations in a claimed batch that may not
+/// have been published (`notice.rs`).
+async fn notify(
+    ctx: Arc<QueryContext>,
+    publish: async_nats::Client,
+    partition: u32,
+    batch: (u64, u64),
+    fanout_threshold: usize,
+) {
+    match crate::notice::notices(&ctx, partition, batch).await {
+        Ok(notices) => {
+            tracing::info!(
+                partition,
+                conversations = notices.len(),
+                "claimed batch notified"
+            );
+            crate::runner::publish_effects(&publish, fanout_threshold, notices).await;
+        }
+        Err(e) => tracing::warn!(partition, error = %e, "claimed batch not notified"),
     }
 }
 

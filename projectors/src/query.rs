@@ -89,7 +89,7 @@ fn response(result: R) -> v1::QueryResponse {
 }
 
 impl QueryContext {
-    fn projection(&self, name: &str) -> Option<&Arc<ProjectionState>> {
+    pub(crate) fn projection(&self, name: &str) -> Option<&Arc<ProjectionState>> {
         self.projections
             .iter()
             .find(|p| p.projection.name() == name)

@@ -300,13 +300,13 @@ pub(crate) async fn ensure_consumer(
 /// clients recover gaps from history.
 pub(crate) async fn publish_effects(
     client: &async_nats::Client,
-    cfg: &RunnerConfig,
+    fanout_threshold: usize,
     effects: Vec<Effect>,
 ) {
     for effect in effects {
         let (users, payload) = match effect {
             Effect::Deliver { users, mut deliver } => {
-                if users.len() > cfg.fanout_threshold {
+                if users.len() > fanout_threshold {
                     deliver.event = None;
                 }
                 (users, v1::envelope::Payload::Deliver(*deliver))

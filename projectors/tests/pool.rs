@@ -204,6 +204,66 @@ async fn a_joining_instance_takes_its_share_and_a_stopping_one_hands_over() {
     b.task.await.unwrap().unwrap();
 }
 
+/// An owner that claimed a batch and died before publishing it: its
+/// successor notifies the members of the batch's conversations (a
+/// `Deliver` without the event), so a client connected throughout reads
+/// the message from history instead of waiting for the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_claimed_but_never_published_is_notified_by_the_successor() {
+    use im_projectors::lease::{Claimed, Leases as Bucket};
+    let s = Stack::start().await;
+    let (seen, notices) = (
+        count_deliveries(&s.client).await,
+        count_notices(&s.client).await,
+    );
+    let conv = "g-ghost";
+    let p = s.topology.partition_of(conv);
+    let (created, _) = s
+        .create(conv, &[("ann", Role::Admin), ("ben", Role::Member)])
+        .await;
+    // A ghost owner takes the partition, claims the next message's
+    // fan-out, and is never heard of again.
+    let js = async_nats::jetstream::new(s.client.clone());
+    let ghost = Bucket::open(&js, "ghost").await.unwrap();
+    let from = Claimed {
+        conv: created,
+        rcpt: 0,
+    };
+    let mut held = ghost.take_from(p, None, from).await.unwrap();
+    let (pos, seq) = s.send(conv, "ann", "claimed, never published").await;
+    ghost.claim(&mut held, pos, 0).await.unwrap();
+    let a = join(&s, "a").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let want = [("ann".to_string(), seq), ("ben".to_string(), seq)];
+    while !want.iter().all(|k| notices.lock().unwrap().contains_key(k)) {
+        assert!(
+            Instant::now() < deadline,
+            "never notified: {:?}",
+            notices.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.owned.borrow().contains(&p));
+    assert!(
+        !seen.lock().unwrap().contains_key(&("ann".to_string(), seq)),
+        "the claimed event was published by the successor too"
+    );
+    // What comes after is delivered as usual.
+    let (_, next) = s.send(conv, "ann", "after").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen
+        .lock()
+        .unwrap()
+        .contains_key(&("ben".to_string(), next))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the next message never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// On a 3-node cluster with the lease bucket R3, kill -9 of the node that
 /// leads it: nobody can write the bucket until a new leader is elected
 /// (4-9 s, often longer than the lease), so no owner can renew; the

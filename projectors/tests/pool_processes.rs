@@ -85,6 +85,7 @@ async fn wait_owner(kv: &async_nats::jetstream::kv::Store, p: u32, who: Option<&
 async fn a_stopped_then_killed_owner_is_replaced_and_nothing_is_fanned_out_twice() {
     let s = Stack::start().await;
     let seen = count_deliveries(&s.client).await;
+    let notices = count_notices(&s.client).await;
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let url = s.url();
     let mut procs = [
@@ -185,12 +186,26 @@ async fn a_stopped_then_killed_owner_is_replaced_and_nothing_is_fanned_out_twice
     let seen = seen.lock().unwrap();
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "fanned out twice: {twice:?}");
-    let missing = ["ann", "ben"]
+    let missing: Vec<(String, u64)> = ["ann", "ben"]
         .iter()
         .flat_map(|u| (2..=last).map(move |q| (u.to_string(), q)))
         .filter(|k| !seen.contains_key(k))
-        .count();
-    println!("{last} messages; deliveries left to sync (claimed by an owner that died before publishing): {missing}");
+        .collect();
+    // Each one not delivered (claimed by an owner that died before
+    // publishing) is notified: a notification at or past it reached the
+    // member, which then reads history.
+    let notices = notices.lock().unwrap();
+    for (user, q) in &missing {
+        assert!(
+            notices.keys().any(|(u, n)| u == user && n >= q),
+            "{user} neither got {q} nor a notification of it: {notices:?}"
+        );
+    }
+    println!(
+        "{last} messages; {} deliveries left to the notifications (claimed by an owner that died before publishing); {} notifications",
+        missing.len(),
+        notices.len()
+    );
 }
 
 /// Every acked message of `conv` in its history, in order.

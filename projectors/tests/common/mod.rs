@@ -214,8 +214,18 @@ pub async fn last_seq_in(client: &async_nats::Client, stream: &str, filters: &[S
 /// Deliveries seen on `im.deliver.*.e`: (user, conv_seq) -> count.
 pub type Seen = Arc<std::sync::Mutex<BTreeMap<(String, u64), u32>>>;
 
-/// Counts every delivery of a conversation event from now on.
+/// Counts every delivery of a conversation event from now on (not the
+/// notifications without an event: `count_notices`).
 pub async fn count_deliveries(client: &async_nats::Client) -> Seen {
+    count_delivers(client, true).await
+}
+
+/// Counts every notification (a `Deliver` without its event) from now on.
+pub async fn count_notices(client: &async_nats::Client) -> Seen {
+    count_delivers(client, false).await
+}
+
+async fn count_delivers(client: &async_nats::Client, with_event: bool) -> Seen {
     use futures::StreamExt;
     let seen: Seen = Default::default();
     let mut sub = client.subscribe("im.deliver.*.e").await.unwrap();
@@ -231,7 +241,9 @@ pub async fn count_deliveries(client: &async_nats::Client) -> Seen {
                 .to_string();
             let env: v1::Envelope = im_schema::decode(&msg.payload).unwrap();
             if let Some(v1::envelope::Payload::Deliver(d)) = env.payload {
-                *into.lock().unwrap().entry((user, d.conv_seq)).or_insert(0) += 1;
+                if d.event.is_some() == with_event {
+                    *into.lock().unwrap().entry((user, d.conv_seq)).or_insert(0) += 1;
+                }
             }
         }
     });
