@@ -1,5 +1,6 @@
-//! `imctl check` as CI runs it, on one node and on a 3-node cluster: the
-//! workload runs through its faults and the checker finds nothing. (The
+//! `imctl check` as CI runs it, on one node, on a 3-node cluster and with a
+//! pool of three projectors: the workload runs through its faults and the
+//! checker finds nothing. (The
 //! checker's own tests, in `analysis.rs`, show each finding is findable.)
 
 use std::process::Command;
@@ -44,4 +45,18 @@ fn sends_membership_changes_and_faults_leave_a_log_the_checker_accepts() {
     // One after the other: each starts its own servers, and CI has 2 cores.
     assert_exercised(&check(&[]));
     assert_exercised(&check(&["--cluster"]));
+}
+
+/// Three projectors in the pool: an owner killed past the lease, one
+/// SIGTERMed, a partition moved, among the other faults; members
+/// connected throughout hold every event once, nothing is fanned out
+/// twice, and every partition's owner verifies against a rebuild.
+#[test]
+fn a_pool_of_three_survives_owner_kills_stops_and_moves() {
+    let report = check(&["--projectors", "3"]);
+    assert_exercised(&report);
+    let faults = report["faults"].to_string();
+    for fault in ["kill -9 check-", "SIGTERM check-", "move partition"] {
+        assert!(faults.contains(fault), "{fault}: {faults}");
+    }
 }

@@ -28,6 +28,14 @@ pub struct Findings {
     pub verifiers: Vec<String>,
     /// Presence pushes that did not arrive (before or after the faults).
     pub presence: Vec<String>,
+    /// Members connected through the run not holding every event of their
+    /// groups exactly once, in order (`deliveries.rs`).
+    pub readers: Vec<String>,
+    /// Event deliveries published more than once (I32).
+    pub fanned_out_twice: Vec<String>,
+    /// Faults the system did not take as it should (a pool member that did
+    /// not exit cleanly on SIGTERM).
+    pub fault_problems: Vec<String>,
 }
 
 impl Findings {
@@ -42,6 +50,9 @@ impl Findings {
             + self.receipts_vs_log.len()
             + self.verifiers.len()
             + self.presence.len()
+            + self.readers.len()
+            + self.fanned_out_twice.len()
+            + self.fault_problems.len()
     }
 }
 

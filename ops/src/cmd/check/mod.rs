@@ -7,6 +7,7 @@
 //! run. Exit 1 on any finding.
 
 mod analysis;
+mod deliveries;
 mod faults;
 mod http;
 mod presence;
@@ -34,6 +35,11 @@ pub struct CheckArgs {
     /// stopped) instead of one node.
     #[arg(long)]
     pub cluster: bool,
+    /// Projector processes: 1 pinned to every partition (faults: it is
+    /// killed); 2 or more in the pool (faults: owners killed past the
+    /// lease, SIGTERMed, partitions moved).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub projectors: u8,
     /// The report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -43,13 +49,20 @@ pub struct CheckArgs {
 const DRAIN: Duration = Duration::from_secs(30);
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
-    let system = procs::System::start(args.cluster).await?;
+    let system = procs::System::start(args.cluster, args.projectors.into()).await?;
     let gateways: Vec<_> = system.gateways.iter().map(|(_, a)| *a).collect();
     let urls = system.nats.urls();
     let ids = &system.identities;
     let operator = ids.auth(Component::Operator);
     let verifier_env = [ids.env(Component::Operator), ids.env(Component::Auditor)];
+    let pool = system.pool();
+    let fanout = im_streams::connect::NatsArgs::new(&urls)
+        .with_auth(ids.auth(Component::Gateway))
+        .connect("imctl-check-deliveries")
+        .await?;
+    let fanout = deliveries::count_fanout(fanout).await?;
     workload::setup(&gateways).await?;
+    let readers = deliveries::start_readers(&gateways);
     presence::setup(gateways[0]).await?;
     let mut findings = Findings::default();
     findings
@@ -77,7 +90,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         drain,
     )));
     let system = Arc::new(tokio::sync::Mutex::new(system));
-    let log = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::new(Mutex::new(faults::Log::default()));
     let every = Duration::from_secs(args.fault_interval.max(1));
     faults::run(system.clone(), every, started, until, log.clone()).await?;
     for t in tasks {
@@ -90,7 +103,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         .with_auth(operator)
         .connect("imctl-check")
         .await?;
-    crate::cmd::bench::probe::wait_caught_up_by(&client, procs::INSTANCE).await?;
+    match pool {
+        false => crate::cmd::bench::probe::wait_caught_up_by(&client, procs::INSTANCE).await?,
+        true => wait_groups_caught_up(&client).await?,
+    }
     let events = im_streams::log::read_conv_events(
         &client,
         "IM_CONV",
@@ -118,8 +134,24 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     analysis::check_rejections(&records, &mut findings);
     analysis::check_read_models(&client, &folded, at, &mut findings).await?;
     analysis::check_receipts(&client, &folded, &cursors, at, &mut findings).await?;
-    verifiers(&urls, &verifier_env, &mut findings)?;
-    let faults = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let last = folded
+        .states
+        .iter()
+        .map(|(conv, st)| (conv.clone(), st.conv_seq))
+        .filter(|(conv, _)| conv.starts_with('g'))
+        .collect();
+    findings.readers = readers.finish(&last).await;
+    findings.fanned_out_twice = deliveries::fanned_out_twice(&fanout);
+    let instances = match pool {
+        false => vec![procs::INSTANCE.to_string()],
+        true => owner_units(&js).await?,
+    };
+    verifiers(&urls, &verifier_env, &instances, &mut findings)?;
+    let (faults, problems) = {
+        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        (log.done.clone(), log.problems.clone())
+    };
+    findings.fault_problems = problems;
     report(
         &args,
         &records,
@@ -136,27 +168,77 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long the pool may take, after the workload, to serve every group
+/// at the log's end (a member restarted by the last fault catches up).
+const POOL_CATCH_UP_MAX: Duration = Duration::from_secs(120);
+
+/// Until each group's history is served at the log's end (by whichever
+/// member owns its partition now).
+async fn wait_groups_caught_up(client: &async_nats::Client) -> anyhow::Result<()> {
+    use im_schema::v1::{self, query_request::Query, query_response::Result as R};
+    let js = async_nats::jetstream::new(client.clone());
+    let topology = im_streams::definitions::read_topology(&js).await?;
+    let last = crate::cmd::bench::probe::conv_last_seq(client).await?;
+    let deadline = Instant::now() + POOL_CATCH_UP_MAX;
+    for g in 0..workload::GROUPS {
+        let conv = workload::group(g);
+        let req = v1::QueryRequest {
+            min_position: last,
+            query: Some(Query::History(v1::HistoryQuery {
+                conversation_id: conv.clone(),
+                limit: 1,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let subject = im_streams::subjects::query_subject(topology.partition_of(&conv));
+        loop {
+            let asked = client.request(subject.clone(), im_schema::encode(&req).into());
+            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), asked).await {
+                let answer = im_schema::decode::<v1::QueryResponse>(&reply.payload)?;
+                if matches!(answer.result, Some(R::History(_))) {
+                    break;
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{conv} not served at {last} within {POOL_CATCH_UP_MAX:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Every partition's owner unit (`<member>-p<N>`), from the lease bucket.
+async fn owner_units(js: &async_nats::jetstream::Context) -> anyhow::Result<Vec<String>> {
+    let rows = crate::cmd::projections::partitions::collect(js).await?;
+    Ok(rows
+        .iter()
+        .map(|r| im_projectors::pool::unit_instance(&r.owner, r.partition))
+        .collect())
+}
+
 /// `imctl projections verify --all` and `im-replay verify`, as an operator
 /// and an auditor would run them (each on its own NATS identity: `env`).
-fn verifiers(urls: &str, env: &[Vec<(String, String)>; 2], f: &mut Findings) -> anyhow::Result<()> {
+fn verifiers(
+    urls: &str,
+    env: &[Vec<(String, String)>; 2],
+    instances: &[String],
+    f: &mut Findings,
+) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     let replay = me.parent().context("imctl's directory")?.join("im-replay");
-    let runs = [
-        (
-            me.clone(),
-            vec![
-                "projections",
-                "verify",
-                "--all",
-                "--instance",
-                procs::INSTANCE,
-                "--nats-url",
-                urls,
-            ],
-        ),
-        (replay, vec!["verify", "--nats-url", urls]),
-    ];
-    for ((bin, args), env) in runs.into_iter().zip(env) {
+    let mut runs: Vec<_> = instances
+        .iter()
+        .map(|instance| {
+            let args = ["projections", "verify", "--all", "--instance", instance];
+            let args = args.into_iter().chain(["--nats-url", urls]);
+            ((me.clone(), args.collect::<Vec<_>>()), &env[0])
+        })
+        .collect();
+    runs.push(((replay, vec!["verify", "--nats-url", urls]), &env[1]));
+    for ((bin, args), env) in runs {
         let out = std::process::Command::new(&bin)
             .args(&args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -192,6 +274,7 @@ fn report(
         .len();
     let summary = serde_json::json!({
         "mode": if args.cluster { "3-node cluster, R3" } else { "single node" },
+        "projectors": args.projectors,
         "seconds": started.elapsed().as_secs(),
         "attempts": attempts.len(),
         "stored": stored,
@@ -225,6 +308,9 @@ fn report(
             ("receipts vs log", &findings.receipts_vs_log),
             ("verifiers", &findings.verifiers),
             ("presence pushes", &findings.presence),
+            ("readers' logs", &findings.readers),
+            ("fanned out twice", &findings.fanned_out_twice),
+            ("faults' problems", &findings.fault_problems),
         ] {
             println!("  {kind}: {}", list.len());
             for item in list.iter().take(10) {

@@ -1,7 +1,8 @@
 //! The system a check runs against, as separate processes it can kill:
 //! nats-server (one node, or a 3-node cluster with R3 streams), one
-//! projector (`im-projector`) and two gateways (`im-gateway`), each on a
-//! fixed port so that clients find a restarted one where it was.
+//! projector (`im-projector`, pinned to every partition) or a pool of them,
+//! and two gateways (`im-gateway`), each on a fixed port so that clients
+//! find a restarted one where it was.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -68,6 +69,27 @@ impl Proc {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.start()
+    }
+
+    /// SIGTERM, as an orchestrator stops it, and waits up to `bound` for it
+    /// to exit (then SIGKILL); whether it exited by itself, successfully.
+    pub async fn terminate(&mut self, bound: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &child.id().to_string()])
+            .status();
+        let deadline = tokio::time::Instant::now() + bound;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 }
 
@@ -142,19 +164,57 @@ impl Identities {
     }
 }
 
+/// The projector processes, started: one pinned to every partition
+/// (`INSTANCE`), or `n` members of the pool.
+fn projector_procs(
+    n: usize,
+    dir: &std::path::Path,
+    env: &[(String, String)],
+) -> anyhow::Result<Vec<Proc>> {
+    let exe = sibling("im-projector")?.display().to_string();
+    let mut procs = Vec::new();
+    for i in 1..=n.max(1) {
+        let (name, pinned) = match n {
+            0 | 1 => (INSTANCE.to_string(), true),
+            _ => (pool_member(i), false),
+        };
+        let mut command = vec![exe.clone(), "--instance".into(), name.clone()];
+        command.extend(["--data-dir".into(), dir.join(&name).display().to_string()]);
+        if pinned {
+            command.extend(["--partitions".into(), "all".into()]);
+        }
+        let mut proc = Proc {
+            name,
+            command,
+            env: env.to_vec(),
+            child: None,
+        };
+        proc.start()?;
+        procs.push(proc);
+    }
+    Ok(procs)
+}
+
+/// The name of the pool's `i`th member in a check.
+pub fn pool_member(i: usize) -> String {
+    format!("{INSTANCE}-{i}")
+}
+
 /// Everything under test, as deployed: the shipped NATS authorization with
 /// one identity per component, and gateways that sign what they append
 /// with keys the operator registered.
 pub struct System {
     pub nats: Nats,
     pub identities: Identities,
-    pub projector: Proc,
+    /// One pinned instance (`INSTANCE`), or the pool's members
+    /// (`check-1`..).
+    pub projectors: Vec<Proc>,
     pub gateways: Vec<(Proc, std::net::SocketAddr)>,
     _dir: tempfile::TempDir,
 }
 
 impl System {
-    pub async fn start(cluster: bool) -> anyhow::Result<System> {
+    pub async fn start(cluster: bool, projectors: usize) -> anyhow::Result<System> {
         let identities = Identities::new();
         let auth = Some(identities.server_auth());
         let nats = if cluster {
@@ -177,21 +237,7 @@ impl System {
         let dir = tempfile::tempdir()?;
         let mut env = vec![("IM_NATS_URL".into(), urls.clone())];
         env.extend(identities.env(Component::Projector));
-        let mut projector = Proc {
-            name: "projector".into(),
-            command: vec![
-                sibling("im-projector")?.display().to_string(),
-                "--instance".into(),
-                INSTANCE.into(),
-                "--partitions".into(),
-                "all".into(),
-                "--data-dir".into(),
-                dir.path().join("projector").display().to_string(),
-            ],
-            env,
-            child: None,
-        };
-        projector.start()?;
+        let projectors = projector_procs(projectors, dir.path(), &env)?;
         let mut gateways = Vec::new();
         for i in 0..2 {
             // Its own signing key, registered by the operator first.
@@ -231,7 +277,7 @@ impl System {
         let system = System {
             nats,
             identities,
-            projector,
+            projectors,
             gateways,
             _dir: dir,
         };
@@ -263,6 +309,11 @@ impl System {
             Nats::Single(s) => s,
             Nats::Cluster(c) => &mut c.nodes[i],
         }
+    }
+
+    /// Whether the projectors are a pool (else one pinned instance).
+    pub fn pool(&self) -> bool {
+        self.projectors.len() > 1
     }
 
     pub fn nodes(&self) -> usize {
