@@ -481,9 +481,9 @@ impl Pool {
         let wanted = owner == me || followers.contains(&me);
         let Some((lease, revision, stale)) = self.board.lease(p, now)? else {
             if owner == me {
-                // Claimed from the streams' ends: a pool started over an
-                // existing log fans none of it out again.
-                let ends = self.stream_ends().await?;
+                // Claimed up to the partition's last events: a pool started
+                // over an existing log fans none of it out again.
+                let ends = self.partition_ends(p).await?;
                 let held = self.leases.take_from(p, None, ends).await?;
                 LEASE_CHANGES.get_or_create(&kind("created")).inc();
                 self.start_owner(p, held).await;
@@ -606,16 +606,29 @@ impl Pool {
         Ok(())
     }
 
-    /// The streams' last positions now.
-    async fn stream_ends(&self) -> Result<Claimed, LeaseError> {
+    /// The last positions of partition `p`'s events in each stream now (0
+    /// for none): a new lease's claim. A position of the partition's own,
+    /// not the stream's end, which a follower of the partition could never
+    /// reach (its consumer sees only the partition's events).
+    async fn partition_ends(&self, p: u32) -> Result<Claimed, LeaseError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind as Kind;
         let js = async_nats::jetstream::new(self.clients.publish.clone());
+        let topology = im_streams::Topology::new(self.partitions);
+        let filters = [
+            (CONV_STREAM, topology.conv_partition_filter(p)),
+            (RCPT_STREAM, topology.rcpt_partition_filter(p)),
+        ];
         let mut ends = [0; 2];
-        for (i, name) in [CONV_STREAM, RCPT_STREAM].into_iter().enumerate() {
+        for (i, (name, filter)) in filters.into_iter().enumerate() {
             let stream = js
                 .get_stream(name)
                 .await
                 .map_err(|e| LeaseError::Kv(Box::new(e)))?;
-            ends[i] = stream.cached_info().state.last_sequence;
+            ends[i] = match stream.get_last_raw_message_by_subject(&filter).await {
+                Ok(last) => last.sequence,
+                Err(e) if e.kind() == Kind::NoMessageFound => 0,
+                Err(e) => return Err(LeaseError::Kv(Box::new(e))),
+            };
         }
         Ok(Claimed {
             conv: ends[0],

@@ -204,6 +204,94 @@ async fn a_joining_instance_takes_its_share_and_a_stopping_one_hands_over() {
     b.task.await.unwrap().unwrap();
 }
 
+/// Three members started over a log that already holds conversations in
+/// many partitions: each partition's claim starts at its own last event
+/// (not the stream's end, which its followers could never reach), so
+/// hand-overs to the assigned owners complete, every partition is served
+/// at the log's end, and nothing old is fanned out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_started_over_an_existing_log_settles_and_serves_it() {
+    let s = Stack::start().await;
+    let convs: Vec<String> = (0..12).map(|i| format!("old-{i}")).collect();
+    let mut last = 0;
+    for conv in &convs {
+        s.create(conv, &[("ann", Role::Admin), ("ben", Role::Member)])
+            .await;
+        last = s.send(conv, "ann", "before the pool").await.0;
+    }
+    let seen = count_deliveries(&s.client).await;
+    let members = [
+        join(&s, "a").await,
+        join(&s, "b").await,
+        join(&s, "c").await,
+    ];
+    let names = ["a", "b", "c"].map(String::from);
+    let kv = async_nats::jetstream::new(s.client.clone())
+        .get_key_value(im_projectors::lease::PARTITION_LEASES_BUCKET)
+        .await
+        .unwrap();
+    let assigned = im_projectors::lease::assign(s.topology.partitions, &names, 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut settled = true;
+        for (p, (owner, _)) in assigned.iter().enumerate() {
+            let raw = kv
+                .get(im_projectors::lease::lease_key(p as u32))
+                .await
+                .unwrap();
+            let lease: Option<im_projectors::lease::Lease> =
+                raw.and_then(|r| serde_json::from_slice(&r).ok());
+            settled &= lease.is_some_and(|l| l.owner == *owner);
+            settled &= members
+                .iter()
+                .map(|m| m.owned.borrow().contains(&(p as u32)))
+                .any(|o| o);
+        }
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool never settled on its assignment"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each served at the log's end (an owner unit may still be starting).
+    for conv in &convs {
+        let req = im_schema::v1::QueryRequest {
+            min_position: last,
+            query: Some(im_schema::v1::query_request::Query::History(
+                im_schema::v1::HistoryQuery {
+                    conversation_id: conv.clone(),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let subject = im_streams::subjects::query_subject(s.topology.partition_of(conv));
+        let page = loop {
+            let asked = s
+                .client
+                .request(subject.clone(), im_schema::encode(&req).into());
+            if let Ok(reply) = asked.await {
+                let answer: im_schema::v1::QueryResponse =
+                    im_schema::decode(&reply.payload).unwrap();
+                if let Some(im_schema::v1::query_response::Result::History(page)) = answer.result {
+                    break page;
+                }
+            }
+            assert!(Instant::now() < deadline, "{conv} never served");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(page.entries.len(), 2, "{conv}");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "old events fanned out again"
+    );
+}
+
 /// An owner that claimed a batch and died before publishing it: its
 /// successor notifies the members of the batch's conversations (a
 /// `Deliver` without the event), so a client connected throughout reads

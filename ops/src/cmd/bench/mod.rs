@@ -1,4 +1,4 @@
-//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|all] [--quick]`:
+//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|scale|all] [--quick]`:
 //! the load generator. Each sub-benchmark starts its own stack (`imctl up`
 //! as a child process, see `stack.rs`), measures the system and, in the same
 //! run against the same nats-server, the raw baseline it is compared with.
@@ -17,6 +17,7 @@ pub mod latency;
 pub mod pipeline;
 pub mod probe;
 pub mod rebuild;
+pub mod scale;
 pub mod stack;
 
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub enum Which {
     Connections,
     Latency,
     Cold,
+    Scale,
     All,
 }
 
@@ -167,6 +169,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Connections,
             Which::Latency,
             Which::Cold,
+            Which::Scale,
         ],
         one => vec![one],
     };
@@ -182,6 +185,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Connections => connections::run(&size).await,
             Which::Latency => latency::run(&size).await,
             Which::Cold => cold::run(&size).await,
+            Which::Scale => scale::run(&size).await,
             Which::All => unreachable!("expanded above"),
         }
         .with_context(|| format!("bench {w:?}"))?;

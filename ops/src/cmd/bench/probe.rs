@@ -120,3 +120,44 @@ pub async fn wait_caught_up_by(client: &async_nats::Client, instance: &str) -> a
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Until each of `convs` has its history served at `position` by whichever
+/// instance owns its partition (the query waits for its `minPosition`, so
+/// an answer means the owner has folded the partition to there).
+pub async fn wait_served_at(
+    client: &async_nats::Client,
+    convs: &[String],
+    position: u64,
+    bound: Duration,
+) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(client.clone());
+    let topology = im_streams::definitions::read_topology(&js).await?;
+    let deadline = Instant::now() + bound;
+    for conv in convs {
+        let req = v1::QueryRequest {
+            min_position: position,
+            query: Some(Query::History(v1::HistoryQuery {
+                conversation_id: conv.clone(),
+                limit: 1,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let subject = im_streams::subjects::query_subject(topology.partition_of(conv));
+        loop {
+            let asked = client.request(subject.clone(), im_schema::encode(&req).into());
+            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), asked).await {
+                let answer = im_schema::decode::<v1::QueryResponse>(&reply.payload)?;
+                if matches!(answer.result, Some(R::History(_))) {
+                    break;
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{conv} not served at {position} within {bound:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}

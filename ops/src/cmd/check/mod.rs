@@ -175,39 +175,9 @@ const POOL_CATCH_UP_MAX: Duration = Duration::from_secs(120);
 /// Until each group's history is served at the log's end (by whichever
 /// member owns its partition now).
 async fn wait_groups_caught_up(client: &async_nats::Client) -> anyhow::Result<()> {
-    use im_schema::v1::{self, query_request::Query, query_response::Result as R};
-    let js = async_nats::jetstream::new(client.clone());
-    let topology = im_streams::definitions::read_topology(&js).await?;
     let last = crate::cmd::bench::probe::conv_last_seq(client).await?;
-    let deadline = Instant::now() + POOL_CATCH_UP_MAX;
-    for g in 0..workload::GROUPS {
-        let conv = workload::group(g);
-        let req = v1::QueryRequest {
-            min_position: last,
-            query: Some(Query::History(v1::HistoryQuery {
-                conversation_id: conv.clone(),
-                limit: 1,
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
-        let subject = im_streams::subjects::query_subject(topology.partition_of(&conv));
-        loop {
-            let asked = client.request(subject.clone(), im_schema::encode(&req).into());
-            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), asked).await {
-                let answer = im_schema::decode::<v1::QueryResponse>(&reply.payload)?;
-                if matches!(answer.result, Some(R::History(_))) {
-                    break;
-                }
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{conv} not served at {last} within {POOL_CATCH_UP_MAX:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-    Ok(())
+    let groups: Vec<String> = (0..workload::GROUPS).map(workload::group).collect();
+    crate::cmd::bench::probe::wait_served_at(client, &groups, last, POOL_CATCH_UP_MAX).await
 }
 
 /// Every partition's owner unit (`<member>-p<N>`), from the lease bucket.
