@@ -244,8 +244,7 @@ async fn a_pool_started_over_an_existing_log_settles_and_serves_it() {
             settled &= lease.is_some_and(|l| l.owner == *owner);
             settled &= members
                 .iter()
-                .map(|m| m.owned.borrow().contains(&(p as u32)))
-                .any(|o| o);
+                .any(|m| m.owned.borrow().contains(&(p as u32)));
         }
         if settled {
             break;
