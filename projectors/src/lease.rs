@@ -51,6 +51,10 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(2);
 const CLAIM_RETRY_MIN: Duration = Duration::from_millis(100);
 const CLAIM_RETRY_MAX: Duration = RENEW_EVERY;
 
+/// How long a claim is retried in all: past a leader election of the
+/// bucket (4-9 s), short of a stop's bound.
+const CLAIM_WAIT_MAX: Duration = Duration::from_secs(12);
+
 /// What a partition's key holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -150,6 +154,10 @@ struct Seen {
     value: Bytes,
     revision: u64,
     since: Instant,
+    /// Whether this board saw the key's revision move (not only its first
+    /// sight, as a watch replays the bucket): a member whose key moved is
+    /// alive now, not merely not yet judged dead.
+    moved: bool,
 }
 
 /// Whether a board's clocks count: a key standing still says its writer
@@ -159,13 +167,12 @@ struct Seen {
 /// every owner look dead when it comes back.
 #[derive(Clone, Copy, Debug, Default)]
 pub enum Trust {
-    /// Always counted (a board fed by hand, as in tests).
+    /// Counted.
     #[default]
     Always,
-    /// Counted from this instant (the bucket came back, or the watch).
-    From(Instant),
-    /// Not counted: nothing is stale and every member is live.
-    Not,
+    /// Not counted since this instant: nothing is stale and every member
+    /// is live; when trusted again, the clocks resume where they paused.
+    Not(Instant),
 }
 
 /// What one instance knows of the bucket, kept by its watch.
@@ -177,46 +184,58 @@ pub struct Board {
 
 impl Board {
     /// Stops counting until `trust_from`.
-    pub fn distrust(&mut self) {
-        self.trust = Trust::Not;
+    pub fn distrust(&mut self, now: Instant) {
+        if !matches!(self.trust, Trust::Not(_)) {
+            self.trust = Trust::Not(now);
+        }
     }
 
-    /// Counts from `now` (after `distrust`; a no-op while counting).
+    /// Counts again from `now` (after `distrust`; a no-op while counting).
+    /// The clocks pause rather than restart: every key's standing moves on
+    /// by the time distrusted, so a member dead before it stays dead.
     pub fn trust_from(&mut self, now: Instant) {
-        if matches!(self.trust, Trust::Not) {
-            self.trust = Trust::From(now);
+        if let Trust::Not(since) = self.trust {
+            let paused = now.saturating_duration_since(since);
+            for seen in self.keys.values_mut() {
+                seen.since = (seen.since + paused).min(now);
+            }
+            self.trust = Trust::Always;
         }
     }
 
     pub fn is_trusted(&self) -> bool {
-        !matches!(self.trust, Trust::Not)
+        matches!(self.trust, Trust::Always)
     }
 
     /// How long a key has stood still in counted time.
     fn counted(&self, since: Instant, now: Instant) -> Duration {
         match self.trust {
             Trust::Always => now.saturating_duration_since(since),
-            Trust::From(t) => now.saturating_duration_since(since.max(t)),
-            Trust::Not => Duration::ZERO,
+            Trust::Not(_) => Duration::ZERO,
         }
     }
 
     /// A put seen at `now`; a new revision restarts the key's clock.
     pub fn observe(&mut self, key: &str, value: Bytes, revision: u64, now: Instant) {
-        match self.keys.get_mut(key) {
-            Some(seen) if seen.revision == revision => {}
-            Some(seen) if seen.revision > revision => {}
-            _ => {
-                self.keys.insert(
-                    key.to_string(),
-                    Seen {
-                        value,
-                        revision,
-                        since: now,
-                    },
-                );
-            }
-        }
+        let moved = match self.keys.get(key) {
+            Some(seen) if seen.revision >= revision => return,
+            Some(_) => true,
+            None => false,
+        };
+        let seen = Seen {
+            value,
+            revision,
+            since: now,
+            moved,
+        };
+        self.keys.insert(key.to_string(), seen);
+    }
+
+    /// Whether a member's key moved while this board watched it.
+    pub fn member_moved(&self, instance: &str) -> bool {
+        self.keys
+            .get(&member_key(instance))
+            .is_some_and(|s| s.moved)
     }
 
     /// A delete or purge.
@@ -556,10 +575,17 @@ impl Leases {
         let key = lease_key(partition);
         match self.kv.update(&key, encode(next), revision).await {
             Ok(r) => Ok(r),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(LeaseError::Lost {
-                partition,
-                revision,
-            }),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // This very write may have landed on an earlier attempt
+                // whose answer was lost: then the key holds its bytes.
+                match self.kv.entry(&key).await {
+                    Ok(Some(en)) if en.value == encode(next) => Ok(en.revision),
+                    _ => Err(LeaseError::Lost {
+                        partition,
+                        revision,
+                    }),
+                }
+            }
             Err(e) => {
                 let entry = self.kv.entry(&key).await.map_err(kv_err)?;
                 match entry {
@@ -645,13 +671,14 @@ impl OwnerGate {
 
     /// Claims a batch's fan-out (its last positions; 0 for a stream it has
     /// none of) before it is published. The bucket not answering (a leader
-    /// election, a reconnect) is waited out, retrying every
-    /// `CLAIM_RETRY_MAX` at most: nothing is published meanwhile, and the
-    /// claim lands afterwards if nobody took the partition. Only `Lost` is
-    /// final (the caller's stop or the stop bound ends a longer wait).
+    /// election, a reconnect) is waited out for `CLAIM_WAIT_MAX`, retrying
+    /// every `CLAIM_RETRY_MAX` at most: nothing is published meanwhile, and
+    /// the claim lands afterwards if nobody took the partition. `Lost` is
+    /// final at once.
     pub async fn claim(&self, conv: u64, rcpt: u64) -> Result<(), LeaseError> {
         let mut h = self.holding.lock().await;
         let mut pause = CLAIM_RETRY_MIN;
+        let give_up = Instant::now() + CLAIM_WAIT_MAX;
         loop {
             if self.is_lost() {
                 return Err(LeaseError::Lost {
@@ -664,6 +691,10 @@ impl OwnerGate {
                     self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
                     return Err(e);
                 }
+                // Bounded, so a stop or a hand-over never waits on it for
+                // long: the unit ends, and its lease, which nobody took, is
+                // adopted again once the bucket answers.
+                Err(e) if Instant::now() >= give_up => return Err(e),
                 Err(e) => {
                     tracing::warn!(partition = h.partition, error = %e, "claim not written: retrying");
                     tokio::time::sleep(pause).await;
@@ -777,19 +808,39 @@ mod tests {
         let mut board = Board::default();
         board.observe("p.1", encode(&Lease::default()), 1, t0);
         board.observe("m.a", encode(&Member::default()), 2, t0);
-        board.distrust();
+        let half = LEASE_TTL / 2;
+        board.distrust(t0 + half);
         let late = t0 + 3 * LEASE_TTL;
         assert!(!board.lease(1, late).unwrap().unwrap().2);
         assert_eq!(board.live_members(late), names(&["a"]));
         assert!(board.forgotten_members(t0 + 2 * MEMBER_FORGET).is_empty());
-        // Counted again from when the bucket came back.
+        // Counted again from where the clocks paused: half the lease had
+        // passed before, the other half is left.
         board.trust_from(late);
-        assert!(!board.lease(1, late + LEASE_TTL / 2).unwrap().unwrap().2);
-        assert!(board.lease(1, late + LEASE_TTL).unwrap().unwrap().2);
-        assert!(board.live_members(late + LEASE_TTL).is_empty());
-        // Trusting again while trusted does not restart the clocks.
-        board.trust_from(late + LEASE_TTL);
-        assert!(board.lease(1, late + LEASE_TTL).unwrap().unwrap().2);
+        assert!(
+            !board
+                .lease(1, late + half - Duration::from_millis(1))
+                .unwrap()
+                .unwrap()
+                .2
+        );
+        assert!(board.lease(1, late + half).unwrap().unwrap().2);
+        assert!(board.live_members(late + half).is_empty());
+        // Trusting again while trusted changes nothing.
+        board.trust_from(late + half);
+        assert!(board.lease(1, late + half).unwrap().unwrap().2);
+    }
+
+    #[test]
+    fn a_member_seen_only_in_a_replay_has_not_moved() {
+        let t0 = Instant::now();
+        let mut board = Board::default();
+        board.observe("m.a", encode(&Member::default()), 1, t0);
+        assert!(!board.member_moved("a"));
+        board.observe("m.a", encode(&Member::default()), 1, t0);
+        assert!(!board.member_moved("a"));
+        board.observe("m.a", encode(&Member::default()), 4, t0);
+        assert!(board.member_moved("a"));
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub const HANDOVER_SLACK: u64 = 10_000;
 /// cannot serve would hold the partition without an owner for ever.
 pub const CATCH_UP_STALL: Duration = Duration::from_secs(30);
 
+/// How long a take-over is tracked for the failover metric while its lease
+/// does not (yet) name this instance on its board.
+const FAILOVER_TRACKED_MAX: Duration = Duration::from_secs(60);
+
 /// How long a leaving instance waits for hand-overs to it that others
 /// decided before they saw it leave (they reconcile every `TICK`).
 const LEAVE_SETTLE: Duration = Duration::from_secs(1);
@@ -301,7 +305,7 @@ impl Pool {
     fn judge_trust(&mut self) -> bool {
         let now = Instant::now();
         let Some((revision, at)) = self.announced else {
-            self.board.distrust();
+            self.board.distrust(now);
             return false;
         };
         let me = &self.config.instance;
@@ -315,7 +319,10 @@ impl Pool {
         if self.board.is_trusted() {
             tracing::warn!("the lease watch lags: restarted, no lease judged meanwhile");
         }
-        self.board.distrust();
+        self.board.distrust(now);
+        // Judged again from the next announcement, which the new watch
+        // must show: not restarted at every pass meanwhile.
+        self.announced = None;
         true
     }
 
@@ -369,7 +376,10 @@ impl Pool {
         self.owned.send_replace(self.owned_now());
         let (me, now) = (&self.config.instance, Instant::now());
         let mine = |board: &Board, p: u32| matches!(board.lease(p, now), Ok(Some((l, _, _))) if l.owner == *me);
-        self.failing_over.retain(|p, _| mine(&self.board, *p));
+        // Kept until the owner unit serves (the board may show the take a
+        // moment later), or forgotten after a while.
+        self.failing_over
+            .retain(|p, since| mine(&self.board, *p) || since.elapsed() < FAILOVER_TRACKED_MAX);
         self.stalled.retain(|_, t| now - *t < STALL_LET_GO);
         let board = &self.board;
         self.suspects
@@ -459,12 +469,14 @@ impl Pool {
                 if unit.gate.as_ref().is_some_and(|g| g.is_lost()) {
                     LEASE_CHANGES.get_or_create(&kind("lost")).inc();
                 }
-                unit.stop.send_replace(true);
-                match (&mut unit.task).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(partition = p, error = %e, "a unit ended"),
-                    Err(e) => tracing::warn!(partition = p, error = %e, "a unit's task failed"),
+                if unit.task.is_finished() {
+                    match (&mut unit.task).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(partition = p, error = %e, "a unit ended"),
+                        Err(e) => tracing::warn!(partition = p, error = %e, "a unit's task failed"),
+                    }
                 }
+                unit.finish().await;
             }
         }
     }
@@ -495,6 +507,15 @@ impl Pool {
         let holding = self.units.get(&p).is_some_and(Unit::is_owner);
         if holding && lease.owner == me {
             return self.hand_over_if_ready(p, owner, &lease).await;
+        }
+        if holding {
+            // Taken from it (its claims would be refused): it must not go
+            // on answering the partition's queries.
+            tracing::info!(
+                partition = p,
+                "the partition was taken: its owner unit stops"
+            );
+            self.stop_unit(p).await;
         }
         if lease.owner == me {
             return self.take_up(p, lease, revision).await;
@@ -567,11 +588,13 @@ impl Pool {
         if owner == self.config.instance {
             return Ok(());
         }
-        if self
+        let suspect = self
             .suspects
             .get(owner)
-            .is_some_and(|r| *r == self.board.member_revision(owner))
-        {
+            .is_some_and(|r| *r == self.board.member_revision(owner));
+        // Only to a member seen announcing (not one the watch merely
+        // replayed), and not while this board's clocks are paused.
+        if suspect || !self.board.member_moved(owner) || !self.board.is_trusted() {
             return Ok(());
         }
         let ready = self.board.member(owner)?.is_some_and(|m| {

@@ -15,6 +15,9 @@ use im_streams::identities::{authorization_block, Component, Secret};
 /// The projector instance a check runs (and verifies).
 pub const INSTANCE: &str = "check";
 
+/// A directory to keep each process's log in (its stderr, `<name>.log`).
+pub const LOG_DIR_ENV: &str = "IM_CHECK_LOG_DIR";
+
 /// The secret the gateways check tokens with.
 pub const SECRET: &str = "check-secret-that-is-long-enough-for-hs256";
 
@@ -46,12 +49,25 @@ pub struct Proc {
 
 impl Proc {
     fn start(&mut self) -> anyhow::Result<()> {
+        // Each process's log, kept when asked (`IM_CHECK_LOG_DIR`): what a
+        // finding is read against.
+        let (filter, stderr) = match std::env::var_os(LOG_DIR_ENV) {
+            Some(dir) => {
+                let path = std::path::Path::new(&dir).join(format!("{}.log", self.name));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
+                ("warn,im_projectors::pool=info", Stdio::from(file))
+            }
+            None => ("error", Stdio::null()),
+        };
         let child = Command::new(&self.command[0])
             .args(&self.command[1..])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", self.name))?;
         self.child = Some(child);
