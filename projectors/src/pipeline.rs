@@ -349,11 +349,11 @@ async fn run_batches(
         }
         let (batch, resync) = take_batch(items, feeds, &mut seen)?;
         let batch = match claim.as_mut() {
-            Some(limit) => {
-                let (now, later) = within_claim(*limit.borrow(), batch);
-                held.extend(later);
-                now
-            }
+            // Held events first: the claim may have moved since the loop's
+            // top, and an event folded before an older held one of its
+            // conversation would not extend its chain (dead-lettered, and
+            // every later one with it).
+            Some(limit) => release(&mut held, batch, *limit.borrow_and_update()),
             None => batch,
         };
         if !batch.is_empty() {
@@ -449,10 +449,27 @@ fn is_claimed(claimed: Claimed, source: Source, stream_seq: u64) -> bool {
 /// it, the events past it), each in delivery order. Per stream the events
 /// within a claim come first; the two streams fold alike in any
 /// interleaving.
-fn within_claim(claimed: Claimed, batch: Batch) -> (Batch, Batch) {
+fn within_claim<T>(
+    claimed: Claimed,
+    batch: Vec<(Source, u64, T)>,
+) -> (Vec<(Source, u64, T)>, Vec<(Source, u64, T)>) {
     batch
         .into_iter()
         .partition(|(source, seq, _)| is_claimed(claimed, *source, *seq))
+}
+
+/// A follower's events to fold now: of those it held and a new batch, in
+/// that order, the ones within the claim; the rest stay held.
+fn release<T>(
+    held: &mut Vec<(Source, u64, T)>,
+    batch: Vec<(Source, u64, T)>,
+    claimed: Claimed,
+) -> Vec<(Source, u64, T)> {
+    let mut all = std::mem::take(held);
+    all.extend(batch);
+    let (now, later) = within_claim(claimed, all);
+    *held = later;
+    now
 }
 
 /// The writers' keys, ready for a batch's events: whether signatures are
@@ -566,4 +583,38 @@ async fn fold_batch(
     }
     drop(held);
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(seqs: &[u64]) -> Vec<(Source, u64, ())> {
+        seqs.iter().map(|s| (Source::Conv, *s, ())).collect()
+    }
+
+    fn seqs(batch: &[(Source, u64, ())]) -> Vec<u64> {
+        batch.iter().map(|(_, s, _)| *s).collect()
+    }
+
+    /// A follower folds what it held before a newer batch's events: the
+    /// claim may have moved past both at once, and a conversation's events
+    /// must be folded in stream order (an event folded before an older one
+    /// would not extend its chain).
+    #[test]
+    fn held_events_are_released_before_a_newer_batch() {
+        let claim = |conv| Claimed { conv, rcpt: 0 };
+        let mut held = conv(&[11, 12]);
+        let now = release(&mut held, conv(&[13, 14, 15]), claim(14));
+        assert_eq!(seqs(&now), [11, 12, 13, 14]);
+        assert_eq!(seqs(&held), [15]);
+        let now = release(&mut held, conv(&[16]), claim(14));
+        assert!(now.is_empty());
+        assert_eq!(seqs(&held), [15, 16]);
+        let receipts = vec![(Source::Rcpt, 3, ())];
+        let now = release(&mut held, receipts, claim(15));
+        // Each stream on its own: a receipt past its claim (0) is held.
+        assert_eq!(seqs(&now), [15]);
+        assert_eq!(seqs(&held), [16, 3]);
+    }
 }
