@@ -445,14 +445,15 @@ fn is_claimed(claimed: Claimed, source: Source, stream_seq: u64) -> bool {
         }
 }
 
+/// Items with their stream and position (a batch's messages; anything in
+/// tests).
+type Positioned<T> = Vec<(Source, u64, T)>;
+
 /// A batch split by the claim, each stream on its own: (the events within
 /// it, the events past it), each in delivery order. Per stream the events
 /// within a claim come first; the two streams fold alike in any
 /// interleaving.
-fn within_claim<T>(
-    claimed: Claimed,
-    batch: Vec<(Source, u64, T)>,
-) -> (Vec<(Source, u64, T)>, Vec<(Source, u64, T)>) {
+fn within_claim<T>(claimed: Claimed, batch: Positioned<T>) -> (Positioned<T>, Positioned<T>) {
     batch
         .into_iter()
         .partition(|(source, seq, _)| is_claimed(claimed, *source, *seq))
@@ -460,11 +461,7 @@ fn within_claim<T>(
 
 /// A follower's events to fold now: of those it held and a new batch, in
 /// that order, the ones within the claim; the rest stay held.
-fn release<T>(
-    held: &mut Vec<(Source, u64, T)>,
-    batch: Vec<(Source, u64, T)>,
-    claimed: Claimed,
-) -> Vec<(Source, u64, T)> {
+fn release<T>(held: &mut Positioned<T>, batch: Positioned<T>, claimed: Claimed) -> Positioned<T> {
     let mut all = std::mem::take(held);
     all.extend(batch);
     let (now, later) = within_claim(claimed, all);
