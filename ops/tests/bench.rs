@@ -57,6 +57,12 @@ fn every_sub_benchmark_completes_with_positive_figures() {
         "bytes_per_idle_conn",
         "gateway_bytes_per_idle_conn",
         "deliver_p99_ms",
+        "scale_pinned_events_per_s",
+        "scale_pool3_events_per_s",
+        "scale_pool3_cpu_us_per_event",
+        "scale_failover_p50_ms",
+        "scale_failover_p99_ms",
+        "scale_join_p50_ms",
     ] {
         assert!(
             figures.contains_key(name),
