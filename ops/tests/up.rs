@@ -661,6 +661,17 @@ async fn up_with_two_projectors_moves_a_partition_and_survives_a_kill() {
     // Refused (not a live member: the reason is on stderr); nothing moved.
     assert!(!ok, "{out}");
     assert_eq!(owner_of(&partitions(data.path(), &url)), other);
+    // The admin API (the ops page's source) shows the same table.
+    let admin = addr_after(&lines, "imctl: ops page http://");
+    let operator = std::fs::read_to_string(data.path().join("operator-token")).unwrap();
+    let (status, body) =
+        common::http_get_as(admin, "/admin/v1/status", Some(operator.trim())).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rows = v["partitions"].as_array().unwrap();
+    assert_eq!(rows.len(), 16, "{body}");
+    assert_eq!(rows[p as usize]["owner"], other, "{body}");
+    assert_eq!(rows[p as usize]["moved_to"], other, "{body}");
     wait_ready(gw).await;
     let mut alice = ws_connect(gw, &token(data.path(), "alice")).await;
     let mut bob = ws_connect(gw, &token(data.path(), "bob")).await;
