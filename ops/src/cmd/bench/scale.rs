@@ -296,10 +296,16 @@ async fn failover(
         Member::start(url, "fo-2", dir.path(), &[])?,
     ];
     let topology = im_streams::definitions::read_topology(&js).await?;
+    // The members create the bucket as they start.
+    let deadline = Instant::now() + FAILOVER_MAX;
     let kv = loop {
         if let Ok(kv) = js.get_key_value(PARTITION_LEASES_BUCKET).await {
             break kv;
         }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no lease bucket within {FAILOVER_MAX:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let app = super::appender(client).await?;
