@@ -633,31 +633,14 @@ async fn up_with_two_projectors_moves_a_partition_and_survives_a_kill() {
         |rows: &[serde_json::Value]| rows[p as usize]["owner"].as_str().unwrap().to_string();
     let before = owner_of(&partitions(data.path(), &url));
     let other = if before == "up-1" { "up-2" } else { "up-1" };
-    let (ok, out) = imctl_as_operator(
-        data.path(),
-        &url,
-        &[
-            "projections",
-            "move",
-            "--partition",
-            &p.to_string(),
-            "--to",
-            other,
-        ],
-    );
+    let partition = p.to_string();
+    let move_to = |to: &str| {
+        let args = ["projections", "move", "--partition", &partition, "--to", to];
+        imctl_as_operator(data.path(), &url, &args)
+    };
+    let (ok, out) = move_to(other);
     assert!(ok && out.contains(&format!("owned by {other}")), "{out}");
-    let (ok, out) = imctl_as_operator(
-        data.path(),
-        &url,
-        &[
-            "projections",
-            "move",
-            "--partition",
-            &p.to_string(),
-            "--to",
-            "nobody",
-        ],
-    );
+    let (ok, out) = move_to("nobody");
     // Refused (not a live member: the reason is on stderr); nothing moved.
     assert!(!ok, "{out}");
     assert_eq!(owner_of(&partitions(data.path(), &url)), other);

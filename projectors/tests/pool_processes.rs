@@ -153,23 +153,7 @@ async fn a_stopped_then_killed_owner_is_replaced_and_nothing_is_fanned_out_twice
     sender.await.unwrap();
     let last = last.load(Ordering::Relaxed);
     // Every acked message is in history, through the survivor.
-    let mut in_history: Vec<u64> = Vec::new();
-    let mut from = 1;
-    while from != 0 {
-        let query = Query::History(v1::HistoryQuery {
-            conversation_id: conv.into(),
-            from_seq: from,
-            limit: 200,
-            ..Default::default()
-        });
-        let R::History(page) = s.query(conv, (0, 0), query).await else {
-            panic!("history")
-        };
-        let seqs = page.entries.iter().filter_map(|e| e.event.as_ref());
-        in_history.extend(seqs.map(|e| e.conv_seq));
-        from = page.next_seq;
-    }
-    assert_eq!(in_history, (1..=last).collect::<Vec<_>>());
+    assert_eq!(history_of(&s, conv).await, (1..=last).collect::<Vec<_>>());
     // The new owner delivers what was sent after the kill, and no event
     // reached anyone twice.
     let deadline = Instant::now() + Duration::from_secs(30);
