@@ -68,6 +68,7 @@ pub fn streams_code(e: &StreamsError) -> v1::ErrorCode {
         | StreamsError::Connect { .. }
         | StreamsError::IdentityRefused { .. } => v1::ErrorCode::Unavailable,
         StreamsError::InvalidId(_) => v1::ErrorCode::BadRequest,
+        StreamsError::EventTooLarge { .. } => v1::ErrorCode::TooLarge,
         StreamsError::Corrupt { .. }
         | StreamsError::Undecodable { .. }
         | StreamsError::IncompatibleStream { .. }

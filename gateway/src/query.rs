@@ -14,10 +14,24 @@ pub async fn ask(
     pos: (u64, u64),
     query: Query,
 ) -> Result<R, v1::ErrorCode> {
+    ask_with(client, partition, pos, false, query).await
+}
+
+/// `ask`; with `after_delivered`, the answer also covers every event the
+/// partition's projector had delivered when the query reached it (a
+/// delivery may leave before its event is committed: I12).
+pub async fn ask_with(
+    client: &async_nats::Client,
+    partition: u32,
+    pos: (u64, u64),
+    after_delivered: bool,
+    query: Query,
+) -> Result<R, v1::ErrorCode> {
     let req = v1::QueryRequest {
         min_position: pos.0,
         min_rcpt_position: pos.1,
         query: Some(query),
+        after_delivered,
     };
     let subject = im_streams::subjects::query_subject(partition);
     let reply = tokio::time::timeout(
@@ -105,7 +119,8 @@ async fn past_end(
 pub const CONVERSATIONS_PER_PARTITION_MAX: u32 = 200;
 
 /// The user's conversations in every partition (asked at once), merged,
-/// most recent first.
+/// most recent first; every event delivered before the call included
+/// (a sync after `Connected` misses nothing: I12).
 pub async fn conversations(
     state: &crate::AppState,
     user: &str,
@@ -117,7 +132,7 @@ pub async fn conversations(
             limit: CONVERSATIONS_PER_PARTITION_MAX,
             ..Default::default()
         });
-        ask(&state.client, p, (pos, 0), query)
+        ask_with(&state.client, p, (pos, 0), true, query)
     });
     let started = std::time::Instant::now();
     let answers = futures::future::join_all(asks).await;

@@ -280,6 +280,7 @@ async fn ask(
         min_position,
         min_rcpt_position,
         query: Some(query),
+        after_delivered: false,
     };
     let reply = client
         .request(
@@ -387,6 +388,7 @@ async fn chat_and_check(
         let members = Query::Members(v1::MembersQuery {
             conversation_id: conv.clone(),
             user_id: "ann".into(),
+            ..Default::default()
         });
         match ask(&client, &conv, at, members).await {
             Ok(R::Members(m)) => assert_eq!(m.members.len(), 2),
@@ -530,7 +532,7 @@ async fn repair_rewrites_one_conversation_from_its_subject() {
     // overwritten, one stray.
     let members = im_schema::v1::query_request::Query::Members(im_schema::v1::MembersQuery {
         conversation_id: conv.clone(),
-        user_id: String::new(),
+        ..Default::default()
     });
     ask(&client, &conv, (last, 0), members).await.unwrap();
     let history = projector

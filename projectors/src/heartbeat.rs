@@ -17,6 +17,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct Health {
     problem: Mutex<Option<String>>,
+    /// What the instance's runs have published, across restarts.
+    pub published: Arc<crate::runner::DeliveryMark>,
 }
 
 impl Health {

@@ -62,11 +62,12 @@ pub async fn notices(
     let ks = state.ks();
     let mut out = Vec::new();
     for (conv, (conv_seq, stream_seq, event_type)) in last {
-        let Some(list) = members::members_of(&*ks, &conv)? else {
+        let users = members::user_ids_of(&*ks, &conv)?;
+        if users.is_empty() {
             continue;
-        };
+        }
         out.push(Effect::Deliver {
-            users: list.members.iter().map(|m| m.user_id.clone()).collect(),
+            users,
             deliver: Box::new(v1::Deliver {
                 conversation_id: conv,
                 conv_seq,

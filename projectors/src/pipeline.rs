@@ -4,11 +4,15 @@
 //! dedicated fold thread (the async workers, which may also run a gateway,
 //! never fold or commit): each event is decoded and chain-checked once,
 //! every projection folds it into its own overlay and keeps its own
-//! checkpoint, then every projection's writes are committed (one atomic
-//! batch per keyspace, with its checkpoint) and flushed ONCE; then the
-//! effects are published (I12), then one ack per stream and batch
-//! (AckPolicy::All). A crash anywhere loses at most unacknowledged
-//! batches, which the consumer redelivers and each checkpoint skips.
+//! checkpoint. As soon as the batch is folded (its events judged valid and
+//! their members known) its effects go back to be published (I12), while
+//! the thread commits every projection's writes (one atomic batch per
+//! keyspace, with its checkpoint); then one ack per stream and batch
+//! (AckPolicy::All). Commits are not flushed one by one: the store flushes
+//! on its own cadence and when the pipeline stops (I13). A crash loses at
+//! most the commits since the last flush; every start opens the consumers
+//! right after the recovered checkpoints, so those events are folded (and
+//! their deliveries published) again.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -25,8 +29,8 @@ use crate::lease::{Claimed, LeaseRole};
 use crate::members_cache::MembersCache;
 use crate::projections::{Effect, FoldCtx, Projection};
 use crate::runner::{
-    commit_at, ensure_consumer, js_err, publish_effects, Applied, ProjectionState, RunError,
-    RunnerConfig, Source, BATCH_MAX, INPUT_QUEUE_MAX, MAX_ACK_PENDING,
+    commit_at, ensure_consumer, js_err, publish_effects, Applied, DeliveryMark, ProjectionState,
+    RunError, RunnerConfig, Source, BATCH_MAX, INPUT_QUEUE_MAX, MAX_ACK_PENDING,
 };
 use crate::store::{Keyspace, StoreError};
 
@@ -48,6 +52,8 @@ struct FoldJob {
     /// The projections' `rows_changed`, summed: when it moves, what the
     /// fold thread keeps of their rows is stale.
     rows_epoch: u64,
+    /// The batch's effects, sent as soon as it is folded, before its commit.
+    folded: oneshot::Sender<Vec<Effect>>,
     reply: oneshot::Sender<FoldDone>,
 }
 
@@ -55,18 +61,19 @@ struct FoldJob {
 /// acknowledged.
 struct FoldDone {
     outcome: Result<Vec<(Applied, u64, u64)>, RunError>,
-    effects: Vec<Effect>,
     batch: Batch,
 }
 
 /// Batches a fold thread may have waiting: one folding, one queued.
 const FOLD_QUEUE_MAX: usize = 1;
 
-/// Folds and commits batches until the job channel closes.
+/// Folds and commits batches until the job channel closes; then flushes
+/// the store once (a clean stop leaves nothing to fold again).
 fn fold_thread(mut jobs: mpsc::Receiver<FoldJob>) {
     let mut members = MembersCache::default();
     let mut judge = Judge::default();
     let mut rows_epoch = 0;
+    let mut last_store = None;
     while let Some(mut job) = jobs.blocking_recv() {
         if job.rows_epoch != rows_epoch {
             rows_epoch = job.rows_epoch;
@@ -74,34 +81,37 @@ fn fold_thread(mut jobs: mpsc::Receiver<FoldJob>) {
             judge.clear();
         }
         judge.set_keys(job.keys.clone(), std::mem::take(&mut job.signed));
-        let mut effects = Vec::new();
         let mut ctx = FoldCtx {
             members: &mut members,
             effects: job.fanout,
         };
-        let outcome =
-            fold_and_commit(&job, &mut judge, &mut ctx, &mut effects).map_err(RunError::Store);
+        let outcome = fold_then_commit(&mut job, &mut judge, &mut ctx).map_err(RunError::Store);
         if outcome.is_err() {
             // The store and the caches may disagree now; the next start
             // reloads whatever is needed.
             members.clear();
             judge.clear();
         }
+        last_store = job.targets.first().map(|(_, ks, _)| ks.clone());
         let _ = job.reply.send(FoldDone {
             outcome,
-            effects,
             batch: job.batch,
         });
     }
+    if let Some(ks) = last_store {
+        if let Err(e) = ks.flush() {
+            tracing::warn!(error = %e, "flush at stop failed; the next start folds again");
+        }
+    }
 }
 
-/// Folds a batch into every target, commits each keyspace with its
-/// checkpoints, flushes once. Returns (position, folded, dead) per target.
-fn fold_and_commit(
-    job: &FoldJob,
+/// Folds a batch into every target and hands its effects over, then
+/// commits each keyspace with its checkpoints. Returns (position, folded,
+/// dead) per target.
+fn fold_then_commit(
+    job: &mut FoldJob,
     judge: &mut Judge,
     ctx: &mut FoldCtx,
-    effects: &mut Vec<Effect>,
 ) -> Result<Vec<(Applied, u64, u64)>, StoreError> {
     let started = std::time::Instant::now();
     let mut targets = job
@@ -110,28 +120,25 @@ fn fold_and_commit(
         .map(|(p, ks, at)| Target::new(p.as_ref(), ks.as_ref(), *at))
         .collect::<Result<Vec<_>, _>>()?;
     let mut verdicts = Verdicts::Judge(judge);
+    let mut effects = Vec::new();
     for (source, stream_seq, msg) in &job.batch {
         fold_one(
             &mut targets,
             &Delivered::of(*source, *stream_seq, msg),
             &mut verdicts,
             ctx,
-            effects,
+            &mut effects,
         )?;
     }
+    // Valid and with its members known: the deliveries may leave (I12).
+    let (folded, _) = oneshot::channel();
+    let _ = std::mem::replace(&mut job.folded, folded).send(effects);
     let mut out = Vec::with_capacity(targets.len());
-    let mut flush = None;
     for (t, (_, ks, before)) in targets.into_iter().zip(&job.targets) {
         out.push((t.at, t.folded, t.dead));
-        if t.at == *before {
-            continue;
+        if t.at != *before {
+            commit_at(ks.as_ref(), t.tx.into_writes(), t.at)?;
         }
-        commit_at(ks.as_ref(), t.tx.into_writes(), t.at)?;
-        flush = Some(ks.clone());
-    }
-    // Every keyspace is a tree of one store: one flush makes all durable.
-    if let Some(ks) = flush {
-        ks.flush()?;
     }
     crate::metrics::BATCH_EVENTS.observe(job.batch.len() as f64);
     crate::metrics::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -390,11 +397,12 @@ struct Out<'a> {
 impl Out<'_> {
     /// One batch: an owner's claim of its fan-out first (a refused claim
     /// commits and acknowledges nothing, so a store never passes its
-    /// owner's claim), then folded and committed, published, and
-    /// acknowledged: one ack per stream acknowledges all before it, and
-    /// only what is durable is acknowledged (a lost ack means a
-    /// redelivery, which is skipped). What an owner's earlier run claimed
-    /// is folded without fan-out.
+    /// owner's claim), then folded, published while it commits, and
+    /// acknowledged: one ack per stream acknowledges all before it (a lost
+    /// ack means a redelivery, which is skipped; an ack never skips
+    /// anything after a crash, since every start reopens the consumers at
+    /// the checkpoints). What an owner's earlier run claimed is folded
+    /// without fan-out.
     async fn fold_publish_ack(&mut self, batch: Batch) -> Result<(), RunError> {
         if let Some(LeaseRole::Owner(gate)) = &self.cfg.lease {
             let at = |source| last_of(&batch, source).map_or(0, |(seq, _)| seq);
@@ -411,10 +419,12 @@ impl Out<'_> {
             }
             let keys = prepare_keys(self.ring, &part).await?;
             let signed = verify_signatures(keys.clone(), &part).await?;
-            let done = fold_batch(part, (keys, signed), fanout, self.feeds, self.jobs).await?;
-            if fanout {
-                publish_effects(self.publish, self.cfg.fanout_threshold, done.effects).await;
-            }
+            let publish = fanout.then_some(Publish {
+                client: self.publish,
+                threshold: self.cfg.fanout_threshold,
+                published: &self.cfg.published,
+            });
+            let done = fold_batch(part, (keys, signed), publish, self.feeds, self.jobs).await?;
             for source in [Source::Conv, Source::Rcpt] {
                 if let Some((_, msg)) = last_of(&done.batch, source) {
                     if let Err(e) = msg.ack().await {
@@ -530,13 +540,29 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// Where a batch's effects are published.
+struct Publish<'a> {
+    client: &'a async_nats::Client,
+    threshold: usize,
+    published: &'a DeliveryMark,
+}
+
+/// Raises the mark to `to` and keeps the deliveries not published before.
+fn not_published_before(published: &DeliveryMark, to: Applied, effects: &mut Vec<Effect>) {
+    let before = published.raise(to).conv;
+    effects
+        .retain(|e| !matches!(e, Effect::Deliver { deliver, .. } if deliver.stream_seq <= before));
+}
+
 /// Has the fold thread fold and commit one batch, holding every
 /// projection's batch lock meanwhile (a rebuild's hand-over or a repair
-/// waiting on one sees its keyspace and position stand still).
+/// waiting on one sees its keyspace and position stand still). With
+/// `publish`, the batch's effects are published as soon as it is folded,
+/// while it commits (I12).
 async fn fold_batch(
     batch: Batch,
     (keys, signed): (Arc<WriterKeys>, SignatureVerdicts),
-    fanout: bool,
+    publish: Option<Publish<'_>>,
     feeds: &Feeds,
     jobs: &mpsc::Sender<FoldJob>,
 ) -> Result<FoldDone, RunError> {
@@ -550,26 +576,36 @@ async fn fold_batch(
         .map(|s| (s.projection.clone(), s.ks(), *s.applied.borrow()))
         .collect();
     let (reply, answer) = oneshot::channel();
+    let (folded, effects) = oneshot::channel();
     let rows_epoch = feeds
         .states
         .iter()
         .map(|s| s.rows_changed.load(std::sync::atomic::Ordering::SeqCst))
         .sum();
+    let reach = Applied {
+        conv: last_of(&batch, Source::Conv).map_or(0, |(seq, _)| seq),
+        rcpt: last_of(&batch, Source::Rcpt).map_or(0, |(seq, _)| seq),
+    };
     let job = FoldJob {
         batch,
         targets,
-        fanout,
+        fanout: publish.is_some(),
         keys,
         signed,
         rows_epoch,
+        folded,
         reply,
     };
-    jobs.send(job)
-        .await
-        .map_err(|_| RunError::Task("the fold thread is gone".into()))?;
-    let mut done = answer
-        .await
-        .map_err(|_| RunError::Task("the fold thread is gone".into()))?;
+    let gone = || RunError::Task("the fold thread is gone".into());
+    jobs.send(job).await.map_err(|_| gone())?;
+    // No effects when the fold failed: the answer says why.
+    if let (Some(to), Ok(mut effects)) = (publish, effects.await) {
+        // Raised first: a sync arriving once these may have been seen
+        // waits for their commit.
+        not_published_before(to.published, reach, &mut effects);
+        publish_effects(to.client, to.threshold, effects).await;
+    }
+    let mut done = answer.await.map_err(|_| gone())?;
     let outcome = std::mem::replace(&mut done.outcome, Ok(Vec::new()))?;
     for ((state, applied), (at, folded, dead)) in
         feeds.states.iter().zip(&feeds.applied).zip(outcome)

@@ -394,6 +394,9 @@ impl Projector {
         let meta = store.keyspace("meta")?;
         let parts_text = format!("{partitions:?}");
         let record_partitions = store_partitions_fit(meta.as_ref(), &config, &parts_text)?;
+        let published = health
+            .as_ref()
+            .map_or_else(Default::default, |h| h.published.clone());
         let cfg = Arc::new(RunnerConfig {
             instance: config.instance.clone(),
             topology,
@@ -401,6 +404,7 @@ impl Projector {
             fanout_threshold: config.fanout_threshold,
             fanout: config.fanout,
             lease: config.lease.clone(),
+            published: published.clone(),
         });
         let feeds = open_feeds(&store, meta.as_ref())?;
         let states = feeds.states.clone();
@@ -410,6 +414,7 @@ impl Projector {
             partitions,
             serves: config.serves,
             projections: states,
+            published,
             client: client.clone(),
             rebuilds: Arc::new(Rebuilds::new(client.clone(), store, meta, cfg)),
         });

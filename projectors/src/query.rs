@@ -63,6 +63,8 @@ pub struct QueryContext {
     pub partitions: Vec<u32>,
     pub serves: crate::Serves,
     pub projections: Vec<Arc<ProjectionState>>,
+    /// What the instance has delivered, committed or not (I12).
+    pub published: Arc<crate::runner::DeliveryMark>,
     pub client: async_nats::Client,
     pub rebuilds: Arc<crate::rebuild::Rebuilds>,
 }
@@ -93,6 +95,13 @@ impl QueryContext {
         self.projections
             .iter()
             .find(|p| p.projection.name() == name)
+    }
+
+    /// `pos`, raised to what this instance has delivered so far (I12: a
+    /// delivery may leave before its commit; a read after it waits).
+    fn past_deliveries(&self, pos: Position) -> Position {
+        let d = self.published.get();
+        (pos.0.max(d.conv), pos.1.max(d.rcpt))
     }
 
     /// Waits until every named projection has applied the positions, or
@@ -298,7 +307,10 @@ impl QueryContext {
         req: v1::QueryRequest,
         scope: Option<u32>,
     ) -> Result<R, v1::QueryError> {
-        let pos = (req.min_position, req.min_rcpt_position);
+        let mut pos = (req.min_position, req.min_rcpt_position);
+        if req.after_delivered {
+            pos = self.past_deliveries(pos);
+        }
         match req.query.ok_or_else(|| bad("no query"))? {
             Query::History(q) => self.history(q, pos).await,
             Query::Members(q) => self.members(q, pos).await,
@@ -345,7 +357,13 @@ impl QueryContext {
         check_optional_user(&q.user_id)?;
         self.wait_for(&["members"], pos).await?;
         self.require_member("members", &q.conversation_id, &q.user_id)?;
-        match members::members_of(&*self.ks("members"), &q.conversation_id).map_err(store_error)? {
+        let page = members::members_of(
+            &*self.ks("members"),
+            &q.conversation_id,
+            &q.after_user_id,
+            q.limit as usize,
+        );
+        match page.map_err(store_error)? {
             Some(m) => Ok(R::Members(m)),
             None => Err(error(v1::QueryErrorCode::NotFound, "no such conversation")),
         }

@@ -1,8 +1,6 @@
-//! Runs one projection: a durable pull consumer per stream it reads, events
-//! folded in batches, each batch committed in one atomic write together with
-//! the checkpoints it advances, flushed, then acknowledged, then its effects
-//! published. A crash anywhere loses at most an unacknowledged batch, which
-//! the consumer redelivers and the checkpoint makes a no-op if it had landed.
+//! What the pipeline (`pipeline.rs`) shares: the consumers it reads with,
+//! the checkpoints committed with each batch's writes, the positions it
+//! has applied and delivered, and the publishing of effects.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
@@ -133,6 +131,39 @@ pub struct Applied {
     pub rcpt: u64,
 }
 
+/// The positions whose deliveries an instance has published, kept across
+/// its supervised restarts (`Health`). Raised just before publishing, so
+/// a query arriving later waits for their commit (I12); and a run that
+/// folds the same events again after a failed commit (a full disk retried
+/// for minutes) does not deliver them again. A crash forgets it: the
+/// deliveries then come again and clients drop what they hold.
+#[derive(Debug, Default)]
+pub struct DeliveryMark {
+    conv: AtomicU64,
+    rcpt: AtomicU64,
+}
+
+impl DeliveryMark {
+    /// Raises the mark to `to`; returns where it stood.
+    pub fn raise(&self, to: Applied) -> Applied {
+        Applied {
+            conv: self
+                .conv
+                .fetch_max(to.conv, std::sync::atomic::Ordering::SeqCst),
+            rcpt: self
+                .rcpt
+                .fetch_max(to.rcpt, std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+
+    pub fn get(&self) -> Applied {
+        Applied {
+            conv: self.conv.load(std::sync::atomic::Ordering::SeqCst),
+            rcpt: self.rcpt.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+}
+
 /// What the query service and metrics see of a running projection.
 pub struct ProjectionState {
     pub projection: Arc<dyn Projection>,
@@ -236,6 +267,8 @@ pub struct RunnerConfig {
     /// A unit of the pool: its claims as owner, or its limit as follower
     /// (`lease.rs`); None for pinned partitions.
     pub lease: Option<crate::lease::LeaseRole>,
+    /// What this instance's runs have published.
+    pub published: Arc<DeliveryMark>,
 }
 
 /// The durable consumer an instance reads `source` with: `<instance>_<tag>`.
@@ -337,11 +370,11 @@ pub(crate) fn from_genesis(ks: &dyn Keyspace) -> Result<bool, StoreError> {
 }
 
 /// Commits a fold's writes with the checkpoints they advance, atomically
-/// (one batch of one keyspace: I13). Not flushed here: the live
-/// pipeline flushes once for every keyspace before its acks and deliveries
-/// (I12); a rebuild lets the flush of its generation record cover
-/// its batches (sled recovers a prefix of its log, and a crash before the
-/// record drops the unfinished generation anyway).
+/// (one batch of one keyspace: I13). Not flushed here: sled recovers a
+/// prefix of its log after a crash, so a lost commit is folded again from
+/// the checkpoint before it. The live pipeline leaves flushing to the
+/// store's cadence and its stop; a rebuild to the flush of its generation
+/// record (a crash before it drops the unfinished generation anyway).
 pub(crate) fn commit_at(
     ks: &dyn Keyspace,
     mut writes: Vec<crate::store::Write>,

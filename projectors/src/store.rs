@@ -211,8 +211,9 @@ impl SledStore {
             // Read models are rewritten by every batch and rebuilt whole:
             // fewer page rewrites matter more than the disk they save.
             .mode(sled::Mode::HighThroughput)
-            // The checkpoint makes replays exact; flushes are explicit after
-            // each batch, so the background flusher is only a backstop.
+            // The live pipeline's flush cadence: a crash loses at most this
+            // much of the commits, folded again from the checkpoint that
+            // rides in each batch (I13). Rebuilds flush explicitly.
             .flush_every_ms(Some(1_000))
             .open()
             .map_err(|e| match e {

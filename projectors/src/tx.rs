@@ -124,6 +124,20 @@ impl<'a> Tx<'a> {
         })
     }
 
+    /// Up to `limit` stored entries with `start <= key < end`, without
+    /// the staged writes (a read outside any fold).
+    pub fn ks_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<crate::store::Entry>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.ks.range(start, end, false, limit)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.staged.is_empty()
     }

@@ -51,11 +51,12 @@ async fn each_member_gets_each_event_once_in_order_and_history_already_has_it() 
             panic!("{env:?}")
         };
         assert!(d.event.is_some(), "small groups get full events");
-        // I12: whoever sees seq N can already fetch it.
+        // I12: whoever sees seq N fetches it with `min_position` N (the
+        // read may wait for the commit; it never answers without it).
         let R::History(page) = s
             .query(
                 &d.conversation_id,
-                (0, 0),
+                (d.stream_seq, 0),
                 Query::History(v1::HistoryQuery {
                     conversation_id: d.conversation_id.clone(),
                     user_id: user.clone(),

@@ -107,7 +107,7 @@ async fn check_views(
             pos,
             Query::Members(v1::MembersQuery {
                 conversation_id: conv.into(),
-                user_id: String::new(),
+                ..Default::default()
             }),
         )
         .await

@@ -13,7 +13,7 @@ use common::*;
 use futures::StreamExt;
 use im_projectors::store::StoreFaults;
 use im_projectors::{supervisor, Clients, ProjectorConfig};
-use im_schema::v1;
+use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 use im_streams::Role;
 
 fn config(dir: &std::path::Path, faults: Option<Arc<StoreFaults>>) -> ProjectorConfig {
@@ -67,6 +67,19 @@ async fn assert_equal_to_a_fresh_fold(s: &mut Stack, last: u64) {
     }
 }
 
+/// The conv seqs of the deliveries waiting on `sub`, until none comes for
+/// two seconds.
+async fn delivered_seqs(sub: &mut async_nats::Subscriber) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+        let env: v1::Envelope = im_schema::decode(&msg.payload).unwrap();
+        if let Some(v1::envelope::Payload::Deliver(d)) = env.payload {
+            seqs.push(d.conv_seq);
+        }
+    }
+    seqs
+}
+
 /// The next heartbeat of `main` whose problem satisfies `pick`.
 async fn heartbeat_until(
     beats: &mut async_nats::Subscriber,
@@ -101,6 +114,7 @@ async fn a_full_disk_stops_acks_is_reported_and_passes_by_itself() {
     }
     wait_caught_up(&s.client, "main", before, 0).await;
     let mut beats = s.client.subscribe("im.projector.main.alive").await.unwrap();
+    let mut to_bob = s.client.subscribe("im.deliver.bob.>").await.unwrap();
 
     faults.set_full(true);
     let mut last = 0;
@@ -112,6 +126,31 @@ async fn a_full_disk_stops_acks_is_reported_and_passes_by_itself() {
         problem.contains("storage") && problem.contains("no space"),
         "{problem}"
     );
+    // Deliveries leave before the commit (I12), once each however often
+    // the failed commit is tried again; a sync never answers without them.
+    let delivered = delivered_seqs(&mut to_bob).await;
+    assert!(!delivered.is_empty(), "delivered while full");
+    let mut unique = delivered.clone();
+    unique.dedup();
+    assert_eq!(unique, delivered, "delivered once each");
+    let sync = |after_delivered| v1::QueryRequest {
+        after_delivered,
+        query: Some(Query::ConvList(v1::ConvListQuery {
+            user_id: "bob".into(),
+            limit: 10,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let subject = im_projectors::query::partition_subject(s.topology.partition_of("g1"));
+    let R::Error(e) = request(&s.client, subject.clone(), sync(true)).await else {
+        panic!("a sync answered without what was delivered")
+    };
+    assert_eq!(e.code, v1::QueryErrorCode::NotYet as i32, "{e:?}");
+    assert!(matches!(
+        request(&s.client, subject.clone(), sync(false)).await,
+        R::ConvList(_)
+    ));
     // Queries are answered from what was committed; nothing past it is
     // acknowledged, so the server still holds the rest for it.
     let st = status_of(&s.client, "main", false).await;
@@ -127,6 +166,11 @@ async fn a_full_disk_stops_acks_is_reported_and_passes_by_itself() {
     faults.set_full(false);
     wait_caught_up(&s.client, "main", last, 0).await;
     heartbeat_until(&mut beats, str::is_empty).await;
+    let R::ConvList(list) = request(&s.client, subject, sync(true)).await else {
+        panic!("the sync is answered once committed")
+    };
+    let entry = list.items[0].entry.as_ref().unwrap();
+    assert!(entry.last_seq >= *delivered.last().unwrap(), "{entry:?}");
     assert!(
         im_projectors::projector::STORAGE_ERRORS.load(std::sync::atomic::Ordering::Relaxed) > 0,
         "counted"

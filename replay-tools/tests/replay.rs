@@ -168,7 +168,7 @@ async fn the_auditor_tools_on_a_real_history() {
     };
     let R::Members(members_a) = ask(at_a(Query::Members(v1::MembersQuery {
         conversation_id: "team".into(),
-        user_id: String::new(),
+        ..Default::default()
     })))
     .await
     else {
@@ -577,7 +577,7 @@ async fn state_counts_members_as_the_live_projection_after_removals_leaves_and_b
         min_position: last,
         query: Some(Query::Members(v1::MembersQuery {
             conversation_id: "churn".into(),
-            user_id: String::new(),
+            ..Default::default()
         })),
         ..Default::default()
     };

@@ -37,6 +37,7 @@ pub async fn lookup(
             client_msg_id: client_msg_id.to_string(),
             conversation_id: conv_id.to_string(),
         })),
+        after_delivered: false,
     };
     let subject = query_subject(topology.partition_of(conv_id));
     let unavailable = |why: BoxError| StreamsError::unavailable("idempotency index", why);

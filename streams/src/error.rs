@@ -21,6 +21,15 @@ pub enum StreamsError {
         #[source]
         source: BoxError,
     },
+    /// The stream refused an event as larger than its message limit
+    /// (`max_msg_bytes`). Not retryable: the same command makes the same
+    /// event. Nothing was stored.
+    #[error("an event of {bytes} bytes exceeds the stream's message limit: {source}")]
+    EventTooLarge {
+        bytes: usize,
+        #[source]
+        source: BoxError,
+    },
     /// No server of the list answered.
     #[error("connecting to {servers}: {source}")]
     Connect {

@@ -84,6 +84,9 @@ pub struct ClientStats {
     pub resends: u64,
     /// History pages read.
     pub pages: u64,
+    /// Deliveries of events already held, dropped (a projector that lost
+    /// a commit in a crash publishes its deliveries again).
+    pub duplicates: u64,
 }
 
 pub struct Client {
@@ -285,6 +288,9 @@ impl Client {
             event,
         };
         let log = self.logs.entry(conv.clone()).or_default();
+        if e.seq <= log.known {
+            self.stats.duplicates += 1;
+        }
         let ready = log.offer(e);
         let gap = log.has_gap();
         self.ready.extend(ready);

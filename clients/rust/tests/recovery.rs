@@ -26,6 +26,19 @@ async fn stack_with(fanout_threshold: usize, limits: im_gateway::Limits) -> Stac
     let mut config = kit.projector_config("main");
     config.fanout_threshold = fanout_threshold;
     let projector = kit.projector(config).await;
+    Stack {
+        url: gateway_with(&kit, limits).await,
+        kit,
+        _projector: projector,
+    }
+}
+
+/// A gateway in-process on `kit`'s NATS; returns its URL.
+async fn gateway_on(kit: &im_testkit::Stack) -> String {
+    gateway_with(kit, Default::default()).await
+}
+
+async fn gateway_with(kit: &im_testkit::Stack, limits: im_gateway::Limits) -> String {
     let gateway = im_gateway::GatewayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: None,
@@ -45,11 +58,7 @@ async fn stack_with(fanout_threshold: usize, limits: im_gateway::Limits) -> Stac
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(im_gateway::serve(listener, state));
-    Stack {
-        kit,
-        _projector: projector,
-        url,
-    }
+    url
 }
 
 impl Stack {
@@ -189,4 +198,66 @@ async fn a_send_whose_answer_was_lost_is_stored_once_when_sent_again() {
     let mut gina = s.client("gina", BTreeMap::new());
     let got = events_until(&mut gina, 1).await;
     assert_eq!(texts(&got), ["once"]);
+}
+
+/// Copies a directory tree (a stopped projector's store).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Deliveries leave before their batch is committed (I12), so a projector
+/// killed after publishing and before its commit reached the disk starts
+/// again from an older checkpoint and publishes those deliveries again.
+/// Here the store is put back to a copy taken before the messages, which
+/// is exactly what such a crash leaves: the client holds every message
+/// once, in order, and goes on.
+#[tokio::test]
+async fn deliveries_published_again_after_a_lost_commit_reach_the_client_once() {
+    let mut kit = im_testkit::Stack::start().await;
+    let config = kit.projector_config("main");
+    let dir = config.data_dir.clone();
+    let projector = kit.projector(config.clone()).await;
+    let s = Stack {
+        url: gateway_on(&kit).await,
+        kit,
+        _projector: projector,
+    };
+    let mut alice = s.client("alice", BTreeMap::new());
+    let mut bob = s.client("bob", BTreeMap::new());
+    let first = alice.send(text("", "bob", "m0", "m0")).await.unwrap();
+    let conv = first.conversation_id;
+    events_until(&mut bob, 1).await;
+    let Stack {
+        mut kit,
+        _projector: projector,
+        url,
+    } = s;
+    projector.finish().await.unwrap();
+    let before = tempfile::tempdir().unwrap();
+    copy_dir(&dir, before.path());
+    let projector = kit.projector(config.clone()).await;
+    for i in 1..=5 {
+        let id = format!("m{i}");
+        alice.send(text(&conv, "", &id, &id)).await.unwrap();
+    }
+    let got = events_until(&mut bob, 5).await;
+    assert_eq!(texts(&got), ["m1", "m2", "m3", "m4", "m5"]);
+    projector.finish().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    copy_dir(before.path(), &dir);
+    let projector = kit.projector(config).await;
+    alice.send(text(&conv, "", "m6", "m6")).await.unwrap();
+    let again = events_until(&mut bob, 1).await;
+    assert_eq!(texts(&again), ["m6"], "m1..m5 came again and were dropped");
+    assert_eq!(bob.stats().duplicates, 5, "{:?}", bob.stats());
+    drop((projector, url));
 }

@@ -303,6 +303,11 @@ export class Store {
       case "memberAdded":
         c.members.set(k.value.userId, k.value.role);
         return note(`${ev.actor} added ${k.value.userId}`);
+      case "membersAdded": {
+        for (const m of k.value.members) c.members.set(m.userId, m.role);
+        const n = k.value.members.length;
+        return note(`${ev.actor} added ${n === 1 ? k.value.members[0].userId : `${n} members`}`);
+      }
       case "memberRemoved":
         c.members.delete(k.value.userId);
         return note(`${ev.actor} removed ${k.value.userId}`);

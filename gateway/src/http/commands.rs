@@ -135,8 +135,25 @@ pub struct CreateGroup {
     client_msg_id: Option<String>,
 }
 
-/// Bounds a request body's member list before any work is done.
-const CREATE_MEMBERS_MAX: usize = im_streams::conversation::GROUP_MEMBERS_MAX;
+/// Bounds a request body's member list before any work is done: what one
+/// command may add (a larger group grows by `add-members`).
+const CREATE_MEMBERS_MAX: usize = im_streams::conversation::MEMBERS_PER_COMMAND_MAX;
+
+/// A body's members as (user, role), refused past `CREATE_MEMBERS_MAX`.
+fn members_of(members: Vec<NewMember>) -> Result<Vec<(String, Role)>, ApiError> {
+    if members.len() > CREATE_MEMBERS_MAX {
+        return Err(ApiError(
+            v1::ErrorCode::TooLarge,
+            format!(
+                "more than {CREATE_MEMBERS_MAX} members in one request: add the rest with add-members"
+            ),
+        ));
+    }
+    members
+        .into_iter()
+        .map(|m| Ok((m.user_id, role_of(m.role.as_deref().unwrap_or("member"))?)))
+        .collect()
+}
 
 pub async fn create_group(
     State(state): State<Arc<AppState>>,
@@ -144,16 +161,7 @@ pub async fn create_group(
     headers: HeaderMap,
     Json(body): Json<CreateGroup>,
 ) -> Result<Response, ApiError> {
-    if body.members.len() > CREATE_MEMBERS_MAX {
-        return Err(ApiError(
-            v1::ErrorCode::TooLarge,
-            format!("more than {CREATE_MEMBERS_MAX} members"),
-        ));
-    }
-    let mut members = Vec::with_capacity(body.members.len());
-    for m in body.members {
-        members.push((m.user_id, role_of(m.role.as_deref().unwrap_or("member"))?));
-    }
+    let members = members_of(body.members)?;
     let key = idempotency_key(&headers, body.client_msg_id);
     let action = Action::CreateGroup {
         title: body.title,
@@ -176,6 +184,9 @@ pub struct Options {
     text: Option<String>,
     #[serde(default)]
     user_id: Option<String>,
+    /// `add-members`: who, with their roles.
+    #[serde(default)]
+    members: Option<Vec<NewMember>>,
 }
 
 /// `POST /v1/conversations/{id}/{verb}` and `.../{verb}/{target}`: one
@@ -191,7 +202,7 @@ pub async fn command(
     let conv = get("id").unwrap_or_default();
     let verb = get("verb").unwrap_or_default();
     let target = get("target");
-    let opts = body.map(|Json(o)| o).unwrap_or_default();
+    let mut opts = body.map(|Json(o)| o).unwrap_or_default();
     let key = idempotency_key(&headers, opts.client_msg_id.clone());
     let who = || {
         target
@@ -214,6 +225,11 @@ pub async fn command(
         "add-member" => Action::AddMember {
             user: who()?,
             role: role_of(opts.role.as_deref().unwrap_or("member"))?,
+        },
+        "add-members" => Action::AddMembers {
+            users: members_of(opts.members.take().ok_or_else(|| {
+                ApiError(v1::ErrorCode::BadRequest, "members is required".into())
+            })?)?,
         },
         "remove-member" => Action::RemoveMember { user: who()? },
         "leave" => Action::Leave,

@@ -124,17 +124,38 @@ fn unexpected() -> ApiError {
     ApiError(v1::ErrorCode::Internal, "unexpected answer".into())
 }
 
+/// `GET .../members`: a page of members (`after`, `limit`; the answer's
+/// `nextAfter` names the next page, empty on the last).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MembersParams {
+    #[serde(default)]
+    min_position: u64,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    after: String,
+    #[serde(default)]
+    limit: u32,
+}
+
 pub async fn members(
     State(state): State<Arc<AppState>>,
     AuthUser(user): AuthUser,
     Path(conv): Path<String>,
-    Query(p): Query<ReadParams>,
+    Query(p): Query<MembersParams>,
 ) -> Result<ProtoJson<v1::MembersResult>, ApiError> {
     let q = Q::Members(v1::MembersQuery {
         conversation_id: conv.clone(),
         user_id: user,
+        after_user_id: p.after,
+        limit: p.limit,
     });
-    match ask_about(&state, &conv, p, q).await? {
+    let read = ReadParams {
+        min_position: p.min_position,
+        access_token: p.access_token,
+    };
+    match ask_about(&state, &conv, read, q).await? {
         R::Members(m) => Ok(ProtoJson(m)),
         _ => Err(unexpected()),
     }

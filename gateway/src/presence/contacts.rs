@@ -87,9 +87,12 @@ pub async fn of(state: &AppState, user: &str) -> Result<Contacts, v1::ErrorCode>
         .filter_map(|i| i.entry.map(|e| e.conversation_id))
         .take(CONVERSATIONS_MAX);
     let asks = convs.map(|conv| async move {
+        // One page past the limit: a larger group is skipped by its count.
         let q = Q::Members(v1::MembersQuery {
             conversation_id: conv.clone(),
             user_id: user.to_string(),
+            limit: GROUP_MEMBERS_MAX as u32 + 1,
+            ..Default::default()
         });
         crate::query::ask_conv(state, &conv, 0, q).await
     });

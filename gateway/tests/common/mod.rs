@@ -492,6 +492,7 @@ pub async fn wait_projected(stack: &Stack, conv: &str, stream_seq: u64) {
                 min_position: stream_seq,
                 min_rcpt_position: 0,
                 query: Some(q.clone()),
+                after_delivered: false,
             };
             let reply = stack
                 .client

@@ -179,16 +179,48 @@ pub fn rules_state(tx: &Tx, conv: &str) -> Result<Option<ConvState>, StoreError>
 }
 
 /// The conversation record, members and blacklist.
-pub fn members_of(ks: &dyn Keyspace, conv: &str) -> Result<Option<v1::MembersResult>, StoreError> {
+/// Members in one answer, at most: 1,000 records (~100 KB) stay far under
+/// a NATS message's limit whatever the group's size (100,000 members are
+/// 100 pages).
+pub const MEMBERS_PAGE_MAX: usize = 1_000;
+
+/// A page of a conversation's members, by user id after `after` (the
+/// blacklist with the first page only).
+pub fn members_of(
+    ks: &dyn Keyspace,
+    conv: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Option<v1::MembersResult>, StoreError> {
     let tx = Tx::new(ks);
     let Some(conversation) = tx.get_msg::<v1::ConversationRecord>(&conv_key(conv))? else {
         return Ok(None);
     };
+    let limit = if limit == 0 {
+        MEMBERS_PAGE_MAX
+    } else {
+        limit.min(MEMBERS_PAGE_MAX)
+    };
+    let (members, more) = membership::page(&tx, conv, after, limit)?;
+    let next_after = match (more, members.last()) {
+        (true, Some(last)) => last.user_id.clone(),
+        _ => String::new(),
+    };
     Ok(Some(v1::MembersResult {
         conversation: Some(conversation),
-        members: membership::list(&tx, conv)?,
-        blacklist: membership::blacklist(&tx, conv)?,
+        members,
+        blacklist: if after.is_empty() {
+            membership::blacklist(&tx, conv)?
+        } else {
+            Vec::new()
+        },
+        next_after,
     }))
+}
+
+/// Every member's id (none for an unknown conversation).
+pub fn user_ids_of(ks: &dyn Keyspace, conv: &str) -> Result<Vec<String>, StoreError> {
+    membership::user_ids(&Tx::new(ks), conv)
 }
 
 /// A user's membership record, if a member.

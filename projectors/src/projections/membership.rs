@@ -46,6 +46,32 @@ pub fn list(tx: &Tx, conv: &str) -> Result<Vec<v1::MemberRecord>, StoreError> {
         .collect()
 }
 
+/// Up to `limit` members after the user id `after` (empty: from the
+/// first), and whether more follow.
+pub fn page(
+    tx: &Tx,
+    conv: &str,
+    after: &str,
+    limit: usize,
+) -> Result<(Vec<v1::MemberRecord>, bool), StoreError> {
+    let all = prefix(MEMBER, &[conv.as_bytes()]);
+    let start = if after.is_empty() {
+        all.clone()
+    } else {
+        let mut k = member_key(conv, after);
+        k.push(0);
+        k
+    };
+    let rows = tx.ks_range(&start, &crate::keys::prefix_end(&all), limit + 1)?;
+    let more = rows.len() > limit;
+    let members = rows
+        .into_iter()
+        .take(limit)
+        .map(|(k, v)| crate::store::decode_value(&k, &v))
+        .collect::<Result<_, _>>()?;
+    Ok((members, more))
+}
+
 pub fn user_ids(tx: &Tx, conv: &str) -> Result<Vec<String>, StoreError> {
     Ok(list(tx, conv)?.into_iter().map(|m| m.user_id).collect())
 }
@@ -118,6 +144,11 @@ fn fold_rows(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<Change, StoreError> {
             }
         }
         Kind::MemberAdded(a) => join(tx, conv, &a.user_id, a.role, ev.conv_seq, &mut change),
+        Kind::MembersAdded(a) => {
+            for m in &a.members {
+                join(tx, conv, &m.user_id, m.role, ev.conv_seq, &mut change);
+            }
+        }
         Kind::MemberRemoved(r) => leave(tx, conv, &r.user_id, &mut change)?,
         Kind::MemberLeft(_) => leave(tx, conv, &ev.actor, &mut change)?,
         Kind::RoleChanged(r) => update(tx, conv, &r.user_id, |m| m.role = r.role)?,

@@ -121,11 +121,21 @@ pub async fn query_at(
     pos: (u64, u64),
     query: Query,
 ) -> R {
-    let req = v1::QueryRequest {
-        min_position: pos.0,
-        min_rcpt_position: pos.1,
-        query: Some(query),
-    };
+    request(
+        client,
+        subject,
+        v1::QueryRequest {
+            min_position: pos.0,
+            min_rcpt_position: pos.1,
+            query: Some(query),
+            after_delivered: false,
+        },
+    )
+    .await
+}
+
+/// A query's answer, whatever it is.
+pub async fn request(client: &async_nats::Client, subject: String, req: v1::QueryRequest) -> R {
     let reply = tokio::time::timeout(
         Duration::from_secs(10),
         client.request(subject, im_schema::encode(&req).into()),

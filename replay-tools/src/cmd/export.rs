@@ -60,6 +60,7 @@ fn conv_event_names(ev: &v1::ConvEvent, user: &str) -> bool {
     match &ev.kind {
         Some(Kind::Created(c)) => c.members.iter().any(|m| m.user_id == user),
         Some(Kind::MemberAdded(x)) => x.user_id == user,
+        Some(Kind::MembersAdded(x)) => x.members.iter().any(|m| m.user_id == user),
         Some(Kind::MemberRemoved(x)) => x.user_id == user,
         Some(Kind::RoleChanged(x)) => x.user_id == user,
         Some(Kind::OwnershipTransferred(x)) => x.user_id == user,

@@ -100,8 +100,7 @@ pub async fn state_at(
         members_ks.commit(m)?;
         last = raw.seq;
     }
-    let members = im_projectors::projections::members::members_of(&members_ks, conv)?
-        .ok_or_else(|| anyhow::anyhow!("conversation {conv} has no events by then"))?;
+    let members = all_members(&members_ks, conv)?;
     let mut history = Vec::new();
     let mut from = 0;
     // Bounded by the conversation's length: each page moves `from` on.
@@ -115,6 +114,20 @@ pub async fn state_at(
         from = page.next_seq;
     }
     Ok((members, history, last))
+}
+
+/// Every member of `conv`, page by page, in one answer.
+fn all_members(ks: &dyn Keyspace, conv: &str) -> anyhow::Result<im_schema::v1::MembersResult> {
+    use im_projectors::projections::members::{members_of, MEMBERS_PAGE_MAX};
+    let none = || anyhow::anyhow!("conversation {conv} has no events by then");
+    let mut all = members_of(ks, conv, "", MEMBERS_PAGE_MAX)?.ok_or_else(none)?;
+    // Bounded by the group's size: each page moves `after` on.
+    while !all.next_after.is_empty() {
+        let page = members_of(ks, conv, &all.next_after, MEMBERS_PAGE_MAX)?.ok_or_else(none)?;
+        all.members.extend(page.members);
+        all.next_after = page.next_after;
+    }
+    Ok(all)
 }
 
 pub async fn run(args: StateArgs) -> anyhow::Result<()> {

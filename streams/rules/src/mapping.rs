@@ -52,6 +52,9 @@ pub fn kind_of(action: &Action) -> Kind {
             user_id: user_id(user),
             role: role.to_wire() as i32,
         }),
+        Action::AddMembers { users } => Kind::MembersAdded(v1::MembersAdded {
+            members: users.iter().map(|(u, r)| initial_member(u, *r)).collect(),
+        }),
         Action::RemoveMember { user } => Kind::MemberRemoved(v1::MemberRemoved {
             user_id: user_id(user),
         }),
@@ -111,6 +114,13 @@ pub fn action_of(kind: &Kind, peer: Option<&str>) -> Option<Action> {
         Kind::MemberAdded(a) => Action::AddMember {
             user: user(&a.user_id),
             role: Role::from_wire(a.role),
+        },
+        Kind::MembersAdded(a) => Action::AddMembers {
+            users: a
+                .members
+                .iter()
+                .map(|m| (m.user_id.clone(), Role::from_wire(m.role)))
+                .collect(),
         },
         Kind::MemberRemoved(r) => Action::RemoveMember {
             user: user(&r.user_id),

@@ -25,6 +25,14 @@ pub(super) fn is_conflict(e: &jetstream::context::PublishError) -> bool {
         })
 }
 
+/// 10054: the stream's `max_msg_size` refused the message.
+pub(super) fn exceeds_message_limit(e: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|je| je.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
+        || e.to_string().contains("message size exceeds maximum")
+}
+
 /// The actual last subject sequence a conflict reports (0 when it does not:
 /// the refresh then asks for the subject's last sequence). The number is in
 /// the server's description, which only the error's source carries.
@@ -136,6 +144,12 @@ impl Appender {
                     return Ok(Published::Conflict {
                         actual: conflict_actual_seq(&e),
                     });
+                }
+                Err(e) if exceeds_message_limit(&e) => {
+                    return Err(StreamsError::EventTooLarge {
+                        bytes: sealed.payload.len(),
+                        source: e.into(),
+                    })
                 }
                 Err(e) => return Err(StreamsError::unavailable("publishing", e)),
             }

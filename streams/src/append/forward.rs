@@ -52,6 +52,7 @@ same_message!(
     Unblacklist <=> Unblacklisted,
     Recall <=> MessageRecalled,
     Edit <=> MessageEdited,
+    AddMembers <=> MembersAdded,
 );
 
 /// A command as a forwarded request: the event its action asks for

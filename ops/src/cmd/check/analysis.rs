@@ -204,6 +204,7 @@ async fn ask(client: &async_nats::Client, conv: &str, at: At, query: Query) -> a
         min_position: at.conv,
         min_rcpt_position: at.rcpt,
         query: Some(query),
+        after_delivered: false,
     };
     let subject = im_streams::subjects::query_subject(topology.partition_of(conv));
     let payload: bytes::Bytes = im_schema::encode(&req).into();
@@ -279,14 +280,21 @@ pub async fn check_read_models(
                 want.len()
             ));
         }
-        let q = Query::Members(v1::MembersQuery {
-            conversation_id: conv.into(),
-            user_id: String::new(),
-        });
-        let R::Members(m) = ask(client, conv, at, q).await? else {
-            anyhow::bail!("members of {conv}: another answer")
-        };
-        let got: Vec<String> = m.members.iter().map(|r| r.user_id.clone()).collect();
+        let mut got: Vec<String> = Vec::new();
+        loop {
+            let q = Query::Members(v1::MembersQuery {
+                conversation_id: conv.into(),
+                after_user_id: got.last().cloned().unwrap_or_default(),
+                ..Default::default()
+            });
+            let R::Members(m) = ask(client, conv, at, q).await? else {
+                anyhow::bail!("members of {conv}: another answer")
+            };
+            got.extend(m.members.iter().map(|r| r.user_id.clone()));
+            if m.next_after.is_empty() {
+                break;
+            }
+        }
         let want: Vec<String> = log.states[conv].members.keys().cloned().collect();
         if got != want {
             f.members_vs_log

@@ -13,7 +13,7 @@ use super::checks::{
 };
 use super::{
     Action, Command, ConvKind, ConvState, MessageBody, Rejection, Role, GROUP_MEMBERS_MAX,
-    RECALL_WINDOW_MS, TITLE_BYTES_MAX,
+    MEMBERS_PER_COMMAND_MAX, MEMBERS_PER_EVENT_MAX, RECALL_WINDOW_MS, TITLE_BYTES_MAX,
 };
 use crate::ids::{direct_conversation_id, IdKind, DIRECT_PREFIX};
 
@@ -38,6 +38,7 @@ pub fn decide(
             send(state, actor, peer.as_deref(), body, meta, now_ms)
         }
         Action::AddMember { user, role } => add_member(state, actor, user, *role),
+        Action::AddMembers { users } => add_members(state, actor, users),
         Action::RemoveMember { user } => remove_member(state, actor, user),
         Action::Leave => leave(state, actor),
         Action::ChangeRole { user, role } => change_role(state, actor, user, *role),
@@ -94,22 +95,87 @@ fn create_group(state: &ConvState, actor: &str, title: &str, members: &[(String,
         }
         initial.entry(user.clone()).or_insert(*role);
     }
-    if initial.len() > GROUP_MEMBERS_MAX {
+    if initial.len() > MEMBERS_PER_COMMAND_MAX {
+        return Err(Rejection::TooLarge {
+            what: Cow::Borrowed("members of one command"),
+            len: initial.len(),
+            max: MEMBERS_PER_COMMAND_MAX,
+        });
+    }
+    // The creation names the owner and the first others; the rest follow
+    // in events of their own, so no event outgrows the stream's limit.
+    // (Each event, replayed alone as its own command, decides to itself.)
+    initial.remove(actor);
+    let mut rest = initial.into_iter();
+    let mut first: BTreeMap<String, Role> = rest.by_ref().take(MEMBERS_PER_EVENT_MAX - 1).collect();
+    first.insert(actor.to_string(), Role::Owner);
+    let mut kinds = vec![Kind::Created(v1::ConversationCreated {
+        kind: v1::ConversationKind::Group as i32,
+        title: title.to_string(),
+        members: wire_members(first),
+    })];
+    kinds.extend(in_events(rest.collect()));
+    Ok(kinds)
+}
+
+fn wire_members(members: impl IntoIterator<Item = (String, Role)>) -> Vec<v1::InitialMember> {
+    members
+        .into_iter()
+        .map(|(user_id, role)| v1::InitialMember {
+            user_id,
+            role: role.to_wire() as i32,
+        })
+        .collect()
+}
+
+/// Members to add (sorted by id) as events of at most
+/// `MEMBERS_PER_EVENT_MAX` each.
+fn in_events(members: Vec<(String, Role)>) -> Vec<Kind> {
+    members
+        .chunks(MEMBERS_PER_EVENT_MAX)
+        .map(|chunk| {
+            Kind::MembersAdded(v1::MembersAdded {
+                members: wire_members(chunk.iter().cloned()),
+            })
+        })
+        .collect()
+}
+
+/// A bulk add: every id checked, the same permissions as one add, those
+/// already members skipped (a retried bulk add completes what a failed one
+/// began); refused when none is left to add or the group would be full.
+fn add_members(state: &ConvState, actor: &str, users: &[(String, Role)]) -> Kinds {
+    require_group(state)?;
+    let actor_role = require_role(state, actor, Role::Admin)?;
+    if users.len() > MEMBERS_PER_COMMAND_MAX {
+        return Err(Rejection::TooLarge {
+            what: Cow::Borrowed("members of one command"),
+            len: users.len(),
+            max: MEMBERS_PER_COMMAND_MAX,
+        });
+    }
+    let mut new = BTreeMap::new();
+    for (user, role) in users {
+        check_id(IdKind::User, "user_id", user)?;
+        if state.blacklist.contains(user.as_str()) {
+            return Err(Rejection::Blacklisted);
+        }
+        if *role == Role::Owner || (*role == Role::Admin && actor_role != Role::Owner) {
+            return Err(Rejection::Forbidden);
+        }
+        if !state.is_member(user) {
+            new.entry(user.clone()).or_insert(*role);
+        }
+    }
+    if new.is_empty() {
+        return Err(Rejection::AlreadyMember);
+    }
+    if state.members.len() + new.len() > GROUP_MEMBERS_MAX {
         return Err(Rejection::GroupFull {
             max: GROUP_MEMBERS_MAX,
         });
     }
-    Ok(vec![Kind::Created(v1::ConversationCreated {
-        kind: v1::ConversationKind::Group as i32,
-        title: title.to_string(),
-        members: initial
-            .into_iter()
-            .map(|(user_id, role)| v1::InitialMember {
-                user_id,
-                role: role.to_wire() as i32,
-            })
-            .collect(),
-    })])
+    Ok(in_events(new.into_iter().collect()))
 }
 
 fn send(

@@ -28,9 +28,19 @@ pub const TEXT_BYTES_MAX: usize = 16 * 1024;
 /// Longest group title, in bytes.
 pub const TITLE_BYTES_MAX: usize = 256;
 
-/// Most members a group may have. Bounds the state every writer caches and
-/// the fan-out of one event.
-pub const GROUP_MEMBERS_MAX: usize = 5_000;
+/// Most members a group may have (a large group or channel). Bounds the
+/// state every writer caches (~100 B a member: 10 MB at most) and the
+/// member rows of one conversation; a message to it costs per connected
+/// member, not per member (ARCHITECTURE.md, large groups).
+pub const GROUP_MEMBERS_MAX: usize = 100_000;
+
+/// Members one event names. 500 ids of `ID_LEN_MAX` bytes encode to ~35 KiB,
+/// under the streams' 64 KiB message limit with the title and headers.
+pub const MEMBERS_PER_EVENT_MAX: usize = 500;
+
+/// Members one command adds (a creation or a bulk add): at most 10
+/// events, appended in one request within its time bound.
+pub const MEMBERS_PER_COMMAND_MAX: usize = 5_000;
 
 /// Message metadata entries, and their key/value sizes: metadata is for small
 /// client hints (reply-to, mentions), not payloads.
@@ -220,6 +230,12 @@ pub enum Action {
         user: String,
         role: Role,
     },
+    /// Add several members at once (at most `MEMBERS_PER_COMMAND_MAX`):
+    /// those already members are skipped; events of at most
+    /// `MEMBERS_PER_EVENT_MAX` each.
+    AddMembers {
+        users: Vec<(String, Role)>,
+    },
     RemoveMember {
         user: String,
     },
@@ -370,6 +386,17 @@ pub fn apply(state: &mut ConvState, event: &v1::ConvEvent) {
                 },
             );
         }
+        Kind::MembersAdded(a) => {
+            for m in &a.members {
+                state.members.insert(
+                    m.user_id.clone(),
+                    MemberState {
+                        role: Role::from_wire(m.role),
+                        muted_until_ms: 0,
+                    },
+                );
+            }
+        }
         Kind::MemberRemoved(r) => {
             state.members.remove(&r.user_id);
         }
@@ -437,6 +464,7 @@ pub fn event_type(event: &v1::ConvEvent) -> &'static str {
         None => "unknown",
         Some(Kind::Created(_)) => "conversation_created",
         Some(Kind::MemberAdded(_)) => "member_added",
+        Some(Kind::MembersAdded(_)) => "members_added",
         Some(Kind::MemberRemoved(_)) => "member_removed",
         Some(Kind::MemberLeft(_)) => "member_left",
         Some(Kind::RoleChanged(_)) => "role_changed",

@@ -1033,3 +1033,140 @@ fn replaying_decide_is_deterministic() {
     let c = cmd("m1", text("same"));
     assert_eq!(decide(&s, &c, T0 + 5), decide(&s, &c, T0 + 5));
 }
+
+fn users(prefix: &str, n: usize) -> Vec<(String, Role)> {
+    (0..n)
+        .map(|i| (format!("{prefix}{i:06}"), Role::Member))
+        .collect()
+}
+
+fn members_added(users: &[(String, Role)]) -> Kind {
+    Kind::MembersAdded(v1::MembersAdded {
+        members: users
+            .iter()
+            .map(|(u, r)| v1::InitialMember {
+                user_id: u.clone(),
+                role: r.to_wire() as i32,
+            })
+            .collect(),
+    })
+}
+
+#[test]
+fn a_large_creation_is_split_into_events_the_stream_takes() {
+    let empty = ConvState::empty("big");
+    let others = users("u", 1_200);
+    let create = Action::CreateGroup {
+        title: "big".into(),
+        members: others.clone(),
+    };
+    let mut first: Vec<(&str, Role)> = vec![("o", Role::Owner)];
+    first.extend(
+        others[..MEMBERS_PER_EVENT_MAX - 1]
+            .iter()
+            .map(|(u, r)| (u.as_str(), *r)),
+    );
+    first.sort();
+    let mut created = group_created(&first);
+    created.title = "big".into();
+    let events = then_events(
+        &empty,
+        cmd("o", create),
+        vec![
+            Kind::Created(created),
+            members_added(&others[MEMBERS_PER_EVENT_MAX - 1..2 * MEMBERS_PER_EVENT_MAX - 1]),
+            members_added(&others[2 * MEMBERS_PER_EVENT_MAX - 1..]),
+        ],
+    );
+    // The largest event, with every id at its longest, fits the stream.
+    let longest: Vec<(String, Role)> = (0..MEMBERS_PER_EVENT_MAX)
+        .map(|i| (format!("{i:0>64}"), Role::Admin))
+        .collect();
+    let mut big = events[1].clone();
+    big.kind = Some(members_added(&longest));
+    let bytes = im_schema::encode(&big).len();
+    assert!(bytes < 60 * 1024, "{bytes} bytes");
+}
+
+#[test]
+fn a_bulk_add_skips_members_and_is_refused_past_its_limits() {
+    let g = group();
+    let new = users("n", 3);
+    let mut asked = new.clone();
+    asked.push(("m1".into(), Role::Member));
+    then_events(
+        &g,
+        cmd("a1", Action::AddMembers { users: asked }),
+        vec![members_added(&new)],
+    );
+    then_refused(
+        &g,
+        cmd(
+            "a1",
+            Action::AddMembers {
+                users: vec![("m1".into(), Role::Member)],
+            },
+        ),
+        "already_member",
+    );
+    then_refused(
+        &g,
+        cmd("m1", Action::AddMembers { users: new.clone() }),
+        "forbidden",
+    );
+    then_refused(
+        &g,
+        cmd(
+            "a1",
+            Action::AddMembers {
+                users: vec![("n1".into(), Role::Admin)],
+            },
+        ),
+        "forbidden",
+    );
+    then_refused(
+        &g,
+        cmd(
+            "a1",
+            Action::AddMembers {
+                users: users("x", MEMBERS_PER_COMMAND_MAX + 1),
+            },
+        ),
+        "too_large",
+    );
+    then_refused(
+        &g,
+        cmd(
+            "a1",
+            Action::AddMembers {
+                users: vec![("bad id".into(), Role::Member)],
+            },
+        ),
+        "invalid_argument",
+    );
+}
+
+#[test]
+fn a_group_is_full_at_its_limit() {
+    let mut g = group();
+    for chunk in users("f", GROUP_MEMBERS_MAX - g.members.len()).chunks(MEMBERS_PER_EVENT_MAX) {
+        let ev = v1::ConvEvent {
+            conversation_id: "g1".into(),
+            conv_seq: g.conv_seq + 1,
+            kind: Some(members_added(chunk)),
+            ..Default::default()
+        };
+        apply(&mut g, &ev);
+    }
+    assert_eq!(g.members.len(), GROUP_MEMBERS_MAX);
+    then_refused(
+        &g,
+        cmd(
+            "o",
+            Action::AddMembers {
+                users: users("z", 1),
+            },
+        ),
+        "group_full",
+    );
+}
