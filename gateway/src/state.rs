@@ -52,7 +52,12 @@ impl AppState {
             Some(backend) => Some(Arc::new(media::Media::open(backend, &client).await?)),
             None => None,
         };
-        let dispatcher = dispatch::Dispatcher::start(&config.nats_url, &config.nats_auth)?;
+        let queries = dispatch::GroupQueries {
+            client: client.clone(),
+            topology,
+        };
+        let dispatcher =
+            dispatch::Dispatcher::start(&config.nats_url, &config.nats_auth, Some(queries))?;
         let readiness = Arc::new(readiness::Readiness::default());
         tokio::spawn(readiness::listen(client.clone(), readiness.clone()));
         let user_rates = crate::rate::UserRates::new(

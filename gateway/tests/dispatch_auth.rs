@@ -94,7 +94,8 @@ async fn over_tls_with_a_password_and_with_an_nkey() {
     let server = server(&pair.public_key()).await;
     let url = server.url();
 
-    let by_password = Dispatcher::start(&url, &tls(NatsAuth::password("gw", "gwpw"))).unwrap();
+    let by_password =
+        Dispatcher::start(&url, &tls(NatsAuth::password("gw", "gwpw")), None).unwrap();
     assert_eq!(delivered(&server, &by_password).await.len(), 1);
 
     let seed_file = tempfile::NamedTempFile::new().unwrap();
@@ -103,10 +104,10 @@ async fn over_tls_with_a_password_and_with_an_nkey() {
         nkey: Some(seed_file.path().to_path_buf()),
         ..Default::default()
     };
-    let by_nkey = Dispatcher::start(&url, &tls(by_nkey)).unwrap();
+    let by_nkey = Dispatcher::start(&url, &tls(by_nkey), None).unwrap();
     assert_eq!(delivered(&server, &by_nkey).await.len(), 1);
 
-    let wrong = Dispatcher::start(&url, &tls(NatsAuth::password("gw", "nope"))).unwrap();
+    let wrong = Dispatcher::start(&url, &tls(NatsAuth::password("gw", "nope")), None).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!wrong.is_connected());
 }

@@ -74,6 +74,7 @@ pub async fn notices(
                 stream_seq,
                 event: None,
                 event_type,
+                ..Default::default()
             }),
         });
     }

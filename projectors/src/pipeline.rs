@@ -45,6 +45,8 @@ struct FoldJob {
     batch: Batch,
     targets: Vec<Feed>,
     fanout: bool,
+    /// Groups above this many members are delivered on their group subject.
+    large_above: usize,
     /// The writers' keys, ready for this batch's events, and the verdicts
     /// on their signatures (reached before, in parallel).
     keys: Arc<WriterKeys>,
@@ -84,6 +86,7 @@ fn fold_thread(mut jobs: mpsc::Receiver<FoldJob>) {
         let mut ctx = FoldCtx {
             members: &mut members,
             effects: job.fanout,
+            large_above: job.large_above,
         };
         let outcome = fold_then_commit(&mut job, &mut judge, &mut ctx).map_err(RunError::Store);
         if outcome.is_err() {
@@ -590,6 +593,7 @@ async fn fold_batch(
         batch,
         targets,
         fanout: publish.is_some(),
+        large_above: publish.as_ref().map_or(usize::MAX, |p| p.threshold),
         keys,
         signed,
         rows_epoch,
@@ -603,7 +607,7 @@ async fn fold_batch(
         // Raised first: a sync arriving once these may have been seen
         // waits for their commit.
         not_published_before(to.published, reach, &mut effects);
-        publish_effects(to.client, to.threshold, effects).await;
+        publish_effects(to.client, effects).await;
     }
     let mut done = answer.await.map_err(|_| gone())?;
     let outcome = std::mem::replace(&mut done.outcome, Ok(Vec::new()))?;

@@ -395,8 +395,7 @@ impl Pool {
                         }
                         if let Some(batch) = self.notices_due.remove(p) {
                             let (ctx, publish) = (c.clone(), self.clients.publish.clone());
-                            let threshold = self.config.fanout_threshold;
-                            tokio::spawn(notify(ctx, publish, *p, batch, threshold));
+                            tokio::spawn(notify(ctx, publish, *p, batch));
                         }
                     }
                     view.contexts.push(c);
@@ -816,7 +815,6 @@ async fn notify(
     publish: async_nats::Client,
     partition: u32,
     batch: (u64, u64),
-    fanout_threshold: usize,
 ) {
     match crate::notice::notices(&ctx, partition, batch).await {
         Ok(notices) => {
@@ -825,7 +823,7 @@ async fn notify(
                 conversations = notices.len(),
                 "claimed batch notified"
             );
-            crate::runner::publish_effects(&publish, fanout_threshold, notices).await;
+            crate::runner::publish_effects(&publish, notices).await;
         }
         Err(e) => tracing::warn!(partition, error = %e, "claimed batch not notified"),
     }

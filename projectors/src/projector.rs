@@ -414,6 +414,7 @@ impl Projector {
             partitions,
             serves: config.serves,
             projections: states,
+            large_above: config.fanout_threshold,
             published,
             client: client.clone(),
             rebuilds: Arc::new(Rebuilds::new(client.clone(), store, meta, cfg)),

@@ -22,6 +22,10 @@ pub use crate::digest::{key_hashes, KEYS_PAGE_MAX};
 /// Queue group of every projector instance.
 pub const QUEUE_GROUP: &str = "im-projectors";
 
+/// Users one group-state query asks about: a gateway's connected members
+/// of one group, asked in pieces of this size (~70 B each: 350 KB).
+pub const GROUP_STATE_USERS_MAX: usize = 5_000;
+
 /// How long a query waits for its `min_position` before answering NOT_YET.
 /// Short: the caller usually asks right after an append that lands within
 /// milliseconds, and a client must never hang on a lagging projector.
@@ -63,6 +67,8 @@ pub struct QueryContext {
     pub partitions: Vec<u32>,
     pub serves: crate::Serves,
     pub projections: Vec<Arc<ProjectionState>>,
+    /// The fan-out threshold: groups above it are large.
+    pub large_above: usize,
     /// What the instance has delivered, committed or not (I12).
     pub published: Arc<crate::runner::DeliveryMark>,
     pub client: async_nats::Client,
@@ -320,6 +326,8 @@ impl QueryContext {
             Query::Receipts(q) => self.receipts(q, pos).await,
             Query::Dedupe(q) => self.dedupe(q, pos).await,
             Query::RulesState(q) => self.rules_state(q).await,
+            Query::GroupsOf(q) => self.groups_of(q, pos, scope).await,
+            Query::GroupState(q) => self.group_state(q, pos).await,
             Query::Status(q) => {
                 let digests = q.digests.then(|| self.named(&q.projections)).transpose()?;
                 Ok(R::Status(self.status(digests).map_err(store_error)?))
@@ -367,6 +375,57 @@ impl QueryContext {
             Some(m) => Ok(R::Members(m)),
             None => Err(error(v1::QueryErrorCode::NotFound, "no such conversation")),
         }
+    }
+
+    /// The user's large groups (a gateway joins their group subjects).
+    async fn groups_of(
+        &self,
+        q: v1::GroupsOfQuery,
+        pos: Position,
+        scope: Option<u32>,
+    ) -> Result<R, v1::QueryError> {
+        check_ids(&[(IdKind::User, &q.user_id)])?;
+        self.wait_for(&[members::NAME], pos).await?;
+        let (ks, at) = self.served(members::NAME);
+        let topology = self.topology;
+        let in_scope = move |conv: &str| scope.is_none_or(|p| topology.partition_of(conv) == p);
+        let mut groups = members::groups_of(&*ks, &q.user_id, self.large_above, &in_scope)
+            .map_err(store_error)?;
+        for g in &mut groups {
+            g.position = at;
+        }
+        Ok(R::GroupsOf(v1::GroupsOfResult { groups }))
+    }
+
+    /// Which of the users asked are members of a large group, and its chain.
+    async fn group_state(
+        &self,
+        q: v1::GroupStateQuery,
+        pos: Position,
+    ) -> Result<R, v1::QueryError> {
+        check_ids(&[(IdKind::Conversation, &q.conversation_id)])?;
+        if q.user_ids.len() > GROUP_STATE_USERS_MAX {
+            return Err(bad(format!("more than {GROUP_STATE_USERS_MAX} users")));
+        }
+        for u in &q.user_ids {
+            check_ids(&[(IdKind::User, u)])?;
+        }
+        self.wait_for(&[members::NAME], pos).await?;
+        let (ks, at) = self.served(members::NAME);
+        match members::group_state(&*ks, &q.conversation_id, &q.user_ids, self.large_above)
+            .map_err(store_error)?
+        {
+            Some(g) => Ok(R::GroupState(v1::GroupState { position: at, ..g })),
+            None => Err(error(v1::QueryErrorCode::NotFound, "no such conversation")),
+        }
+    }
+
+    /// A projection's serving keyspace and the IM_CONV position it stands
+    /// at, read first: what is read after stands at that position or
+    /// later, so everything at or below it is covered by the answer.
+    fn served(&self, name: &str) -> (Arc<dyn Keyspace>, u64) {
+        let state = self.projection(name).expect("every projection runs");
+        (state.ks(), state.applied.borrow().conv)
     }
 
     /// A conversation's whole rules state, for a cold writer (never a

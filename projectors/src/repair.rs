@@ -178,6 +178,7 @@ impl Scratch {
             let mut ctx = FoldCtx {
                 members: &mut self.members,
                 effects: false,
+                large_above: usize::MAX,
             };
             fold_one(
                 std::slice::from_mut(&mut target),

@@ -330,19 +330,27 @@ pub(crate) async fn ensure_consumer(
 }
 
 /// Publishes a batch's effects; deliveries are core NATS (at most once):
-/// clients recover gaps from history.
-pub(crate) async fn publish_effects(
-    client: &async_nats::Client,
-    fanout_threshold: usize,
-    effects: Vec<Effect>,
-) {
+/// clients recover gaps from history. A large group's delivery goes once
+/// to its group subject, before any personal copy (a gateway reading both
+/// sees them in that order).
+pub(crate) async fn publish_effects(client: &async_nats::Client, effects: Vec<Effect>) {
     for effect in effects {
         let (users, payload) = match effect {
-            Effect::Deliver { users, mut deliver } => {
-                if users.len() > fanout_threshold {
-                    deliver.event = None;
+            Effect::Deliver { users, deliver } => {
+                let group = deliver
+                    .group
+                    .then(|| im_streams::subjects::group_subject(&deliver.conversation_id));
+                let payload = v1::envelope::Payload::Deliver(*deliver);
+                if let Some(Ok(subject)) = group {
+                    let bytes = im_schema::encode(&v1::Envelope {
+                        header: None,
+                        payload: Some(payload.clone()),
+                    });
+                    if let Err(e) = client.publish(subject, bytes.into()).await {
+                        tracing::warn!(error = %e, "group publish failed");
+                    }
                 }
-                (users, v1::envelope::Payload::Deliver(*deliver))
+                (users, payload)
             }
             Effect::Receipt { users, update } => {
                 (users, v1::envelope::Payload::ReceiptUpdate(update))

@@ -112,6 +112,7 @@ fn all_envelopes() -> Vec<v1::Envelope> {
                 stream_seq: 42,
                 event: Some(conv_event(k)),
                 event_type: "x".into(),
+                ..Default::default()
             }))
         })
         .collect();

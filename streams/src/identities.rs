@@ -160,13 +160,14 @@ fn gateway() -> Permissions {
     let presence = format!("KV_{PRESENCE_BUCKET}");
     publish.extend(ephemeral_reads(&presence));
     publish.push(format!("$JS.FC.{presence}.>"));
-    let mut publish_deny = list(&["im.deliver.*.e", "im.projector.>"]);
+    let mut publish_deny = list(&["im.deliver.*.e", "im.group.>", "im.projector.>"]);
     publish_deny.extend(never());
     Permissions {
         publish,
         publish_deny,
         subscribe: list(&[
             "im.deliver.*.*",
+            "im.group.*",
             "im.writer.*",
             "im.projector.*.alive",
             "_INBOX.>",
@@ -180,6 +181,7 @@ fn projector() -> Permissions {
     // Answers to queries go to the asker's inbox.
     let mut publish = list(&[
         "im.deliver.*.e",
+        "im.group.*",
         "im.projector.*.alive",
         "$JS.API.INFO",
         "_INBOX.>",

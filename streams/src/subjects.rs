@@ -118,6 +118,21 @@ pub fn user_of_deliver_subject(subject: &str) -> Option<(&str, DeliveryKind)> {
     Some((user, kind))
 }
 
+/// `im.group.<conv_id>`: a large group's deliveries, published once by the
+/// projector; gateways subscribe while one of their users is a connected
+/// member (never `im.deliver.*`, whose user ids share the charset).
+pub fn group_subject(conv_id: &str) -> Result<String, IdError> {
+    validate_id(IdKind::Conversation, conv_id)?;
+    Ok(format!("im.group.{conv_id}"))
+}
+
+/// The conversation of a group subject (the inverse of `group_subject`).
+pub fn conv_of_group_subject(subject: &str) -> Option<&str> {
+    let conv = subject.strip_prefix("im.group.")?;
+    validate_id(IdKind::Conversation, conv).ok()?;
+    Some(conv)
+}
+
 /// `im.q.<partition>`: the projectors' queries about that partition's
 /// conversations (request/reply, queue group `im-projectors`).
 pub fn query_subject(partition: u32) -> String {

@@ -212,7 +212,7 @@ impl Session<'_> {
                 sid,
                 payload,
             } => {
-                if self.routes.route(&subject, sid, payload) == Routed::Stale {
+                if self.routes.route(&subject, sid, payload, out) == Routed::Stale {
                     // A subscription no route owns (its UNSUB was lost in a
                     // full queue, or overtaken): ended on first sight, so a
                     // device never gets a delivery twice.

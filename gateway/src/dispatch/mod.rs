@@ -4,9 +4,13 @@
 //! each message by subject through one map to the user's devices' outboxes:
 //! an idle user costs a map entry, not a subscription channel and a task.
 //! The bytes on the subject are the encoded envelope the projector made
-//! once; they go to every device as they are.
+//! once; they go to every device as they are. A large group's deliveries
+//! come once on its group subject, subscribed while one of its members is
+//! connected here, and go to those members (`groups.rs`).
 
+mod asker;
 mod conn;
+mod groups;
 mod handshake;
 pub mod wire;
 
@@ -24,6 +28,8 @@ use im_streams::subjects::DeliveryKind;
 
 use crate::outbox::{Delivery, Outbound, Outbox};
 use handshake::Credentials;
+
+pub use asker::GroupQueries;
 
 /// Subscription changes and PINGs waiting to be written: a burst of
 /// connects (20,000 at a gateway's start) fits; past it a connect is
@@ -85,6 +91,47 @@ fn is_notice(payload: &[u8]) -> bool {
     )
 }
 
+/// The conversation of a large group's delivery (`Deliver.group`), if it is one.
+fn group_of(payload: &[u8]) -> Option<Box<str>> {
+    match im_schema::decode::<v1::Envelope>(payload).map(|e| e.payload) {
+        Ok(Some(Payload::Deliver(d))) if d.group => Some(d.conversation_id.into()),
+        _ => None,
+    }
+}
+
+/// A notification: "page `conv`'s history up to `conv_seq`".
+fn notification(conv: &str, conv_seq: u64, position: u64) -> Arc<Delivery> {
+    let env = v1::Envelope {
+        header: None,
+        payload: Some(Payload::Deliver(v1::Deliver {
+            conversation_id: conv.to_string(),
+            conv_seq,
+            stream_seq: position,
+            group: true,
+            ..Default::default()
+        })),
+    };
+    Arc::new(Delivery::new(im_schema::encode(&env).into()))
+}
+
+/// Hands out the next subscription ids of a route map.
+fn sid_counter(next: &mut u64) -> impl FnMut() -> u64 + '_ {
+    move || {
+        *next += 1;
+        *next
+    }
+}
+
+/// A subscription change written straight to the connection (from its own
+/// task, which is routing).
+fn write_line(out: &mut Vec<u8>, command: Command) {
+    match command {
+        Command::Sub { subject, sid } => wire::sub_line(out, &subject, sid),
+        Command::Unsub(sid) => wire::unsub_line(out, sid),
+        Command::Ping(_) => {}
+    }
+}
+
 /// A device connected here: its connection id, its device id, its outbox.
 type Device = (u64, Box<str>, Arc<Outbox>);
 
@@ -102,7 +149,19 @@ pub(crate) struct Routes {
     inner: Mutex<RouteMap>,
     /// Whether the dispatcher's connection is up (for `/readyz`).
     connected: AtomicBool,
+    /// Where group-state asks go (`asker.rs`); none in unit tests.
+    asks: Option<mpsc::Sender<Ask>>,
 }
+
+/// A group-state question for the projector: which of `users` are members
+/// of `conv`.
+pub(crate) type Ask = (Box<str>, Vec<Box<str>>);
+
+/// Group asks waiting for the asker: a burst of joins into big groups fits
+/// (asks of one group are one at a time); past it an ask is dropped and
+/// its users get that group's live deliveries only after it changes or
+/// they reconnect (logged).
+const ASKS_QUEUED_MAX: usize = 4 * 1024;
 
 /// What became of a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -116,11 +175,15 @@ pub(crate) enum Routed {
 #[derive(Default)]
 struct RouteMap {
     users: HashMap<Box<str>, Route>,
+    /// Large groups with a member connected here.
+    groups: groups::Groups,
     next_sid: u64,
     /// The last delivery routed. The projector publishes one event's bytes
     /// to each member in a row, so an equal payload reuses it: one JSON
     /// rendering per event per gateway, not per member.
     last: Option<Arc<Delivery>>,
+    /// The large group `last` is a membership change of, if it is one.
+    last_group: Option<Box<str>>,
 }
 
 impl Routes {
@@ -135,7 +198,10 @@ impl Routes {
 
     /// A delivery to everyone of its user connected here, if it came on
     /// that user's current subscription.
-    fn route(&self, subject: &str, sid: u64, payload: Bytes) -> Routed {
+    fn route(&self, subject: &str, sid: u64, payload: Bytes, out: &mut Vec<u8>) -> Routed {
+        if let Some(conv) = im_streams::subjects::conv_of_group_subject(subject) {
+            return self.route_group(conv, sid, payload, out);
+        }
         let Some((user, kind)) = im_streams::subjects::user_of_deliver_subject(subject) else {
             return Routed::Stale;
         };
@@ -149,16 +215,137 @@ impl Routes {
         let Some(route) = map.users.get(user).filter(|r| r.sid == sid) else {
             return Routed::Stale;
         };
-        {
-            let delivery = match &map.last {
-                Some(last) if last.proto == payload => last.clone(),
-                _ => map.last.insert(Arc::new(Delivery::new(payload))).clone(),
+        let fresh = !matches!(&map.last, Some(last) if last.proto == payload);
+        if fresh {
+            map.last = Some(Arc::new(Delivery::new(payload)));
+            map.last_group = group_of(&map.last.as_ref().expect("set").proto);
+        }
+        let delivery = map.last.clone().expect("set");
+        for (_, _, outbox) in &route.devices {
+            outbox.push(Outbound::Delivery(delivery.clone()));
+        }
+        // Their own copy of a large group's membership change: the group's
+        // deliveries are to reach them here from now on.
+        if let Some(conv) = map.last_group.clone() {
+            let steps = {
+                let mut next_sid = sid_counter(&mut map.next_sid);
+                map.groups.joined(user, &conv, &mut next_sid)
             };
-            for (_, _, outbox) in &route.devices {
-                outbox.push(Outbound::Delivery(delivery.clone()));
-            }
+            self.apply(map, steps, &mut |c| write_line(out, c));
         }
         Routed::Routed
+    }
+
+    /// A large group's delivery: to its members connected here, as the
+    /// group's state says (`groups.rs`).
+    fn route_group(&self, conv: &str, sid: u64, payload: Bytes, out: &mut Vec<u8>) -> Routed {
+        let mut guard = self.lock();
+        let map = &mut *guard;
+        if map.groups.sid(conv) != Some(sid) {
+            return Routed::Stale;
+        }
+        let Ok(Some(Payload::Deliver(d))) =
+            im_schema::decode::<v1::Envelope>(&payload).map(|e| e.payload)
+        else {
+            tracing::warn!(conv, "dropped a group delivery that is not one");
+            return Routed::Routed;
+        };
+        let users = &map.users;
+        let (to, steps) = map
+            .groups
+            .delivery(conv, &groups::GroupDelivery::of(&d), &|u| {
+                users.contains_key(u)
+            });
+        if !to.is_empty() {
+            let delivery = Arc::new(Delivery::new(payload));
+            for user in &to {
+                for (_, _, outbox) in map.users.get(user).map_or(&[][..], |r| &r.devices) {
+                    outbox.push(Outbound::Delivery(delivery.clone()));
+                }
+            }
+        }
+        self.apply(map, steps, &mut |c| write_line(out, c));
+        Routed::Routed
+    }
+
+    /// Carries out the group steps: (un)subscriptions through `command`,
+    /// asks to the asker, notifications to the devices.
+    fn apply(
+        &self,
+        map: &mut RouteMap,
+        steps: Vec<groups::Step>,
+        command: &mut dyn FnMut(Command),
+    ) {
+        for step in steps {
+            match step {
+                groups::Step::Subscribe { conv, sid } => {
+                    if let Ok(subject) = im_streams::subjects::group_subject(&conv) {
+                        command(Command::Sub { subject, sid });
+                    }
+                }
+                groups::Step::Unsubscribe { sid } => command(Command::Unsub(sid)),
+                groups::Step::Ask { conv, users } => {
+                    let sent = self
+                        .asks
+                        .as_ref()
+                        .map(|a| a.try_send((conv.clone(), users)));
+                    if let Some(Err(_)) = sent {
+                        // Asked again at the group's next delivery or join.
+                        tracing::warn!(conv = &*conv, "group ask dropped: the asker is behind");
+                        map.groups.ask_failed(&conv);
+                    }
+                }
+                groups::Step::Notify {
+                    conv,
+                    users,
+                    conv_seq,
+                    position,
+                } => {
+                    let note = notification(&conv, conv_seq, position);
+                    for user in users {
+                        for (_, _, outbox) in map.users.get(&user).map_or(&[][..], |r| &r.devices) {
+                            outbox.push(Outbound::Delivery(note.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The asker's answer for `conv` (None: the ask failed for good, and
+    /// those asked wait for the group's next delivery or join).
+    pub(crate) fn answered(
+        &self,
+        conv: &str,
+        answer: Option<&v1::GroupState>,
+        command: &mut dyn FnMut(Command),
+    ) {
+        let mut guard = self.lock();
+        let map = &mut *guard;
+        let Some(answer) = answer else {
+            map.groups.ask_failed(conv);
+            return;
+        };
+        let steps = map.groups.answered(conv, Some(answer));
+        self.apply(map, steps, command);
+    }
+
+    /// A user connecting here, a member of these large groups.
+    pub(crate) fn connected_to_groups(
+        &self,
+        user: &str,
+        groups: &[v1::GroupState],
+        command: &mut dyn FnMut(Command),
+    ) {
+        let mut guard = self.lock();
+        let map = &mut *guard;
+        for g in groups {
+            let steps = {
+                let mut next_sid = sid_counter(&mut map.next_sid);
+                map.groups.connected(user, g, &mut next_sid)
+            };
+            self.apply(map, steps, command);
+        }
     }
 
     /// After a reconnect, with every subscription live again: deliveries
@@ -181,16 +368,27 @@ impl Routes {
         }
         tracing::info!(
             users = map.users.len(),
+            groups = map.groups.len(),
             "deliveries resumed: devices told to sync"
         );
+        let mut map = map;
+        let map = &mut *map;
+        let steps = map.groups.resubscribed();
+        self.apply(map, steps, &mut |_| {});
     }
 
     /// Every subscription, as the lines that make them (after a reconnect).
     fn subscriptions(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for (user, route) in &self.lock().users {
+        let map = self.lock();
+        for (user, route) in &map.users {
             if let Ok(subject) = im_streams::subjects::deliveries_of(user) {
                 wire::sub_line(&mut out, &subject, route.sid);
+            }
+        }
+        for (conv, sid) in map.groups.subscriptions() {
+            if let Ok(subject) = im_streams::subjects::group_subject(conv) {
+                wire::sub_line(&mut out, &subject, sid);
             }
         }
         out
@@ -218,27 +416,47 @@ pub struct Dispatcher {
     routes: Arc<Routes>,
     commands: mpsc::Sender<Command>,
     task: tokio::task::AbortHandle,
+    asker: Option<tokio::task::AbortHandle>,
+    queries: Option<GroupQueries>,
 }
 
 impl Drop for Dispatcher {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(asker) = &self.asker {
+            asker.abort();
+        }
     }
 }
 
 impl Dispatcher {
     /// Starts the connection (to any server of the comma-separated list;
     /// connecting goes on in the background).
-    pub fn start(servers: &str, auth: &NatsAuth) -> Result<Arc<Self>, StartError> {
+    /// `queries` reach the projectors about large groups (None: no large
+    /// group is delivered here, for a dispatcher on its own).
+    pub fn start(
+        servers: &str,
+        auth: &NatsAuth,
+        queries: Option<GroupQueries>,
+    ) -> Result<Arc<Self>, StartError> {
         let servers = im_streams::connect::parse_servers(servers)?;
         let credentials = Credentials::of(auth)?;
-        let routes = Arc::new(Routes::default());
+        let (asks, asks_rx) = mpsc::channel(ASKS_QUEUED_MAX);
+        let routes = Arc::new(Routes {
+            asks: queries.is_some().then_some(asks),
+            ..Default::default()
+        });
         let (commands, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
         let task = tokio::spawn(conn::run(servers, credentials, routes.clone(), rx)).abort_handle();
+        let asker = queries.clone().map(|q| {
+            tokio::spawn(asker::run(routes.clone(), commands.clone(), q, asks_rx)).abort_handle()
+        });
         Ok(Arc::new(Dispatcher {
             routes,
             commands,
             task,
+            asker,
+            queries,
         }))
     }
 
@@ -266,6 +484,7 @@ impl Dispatcher {
         first: Outbound,
     ) -> Result<(), JoinError> {
         let subject = im_streams::subjects::deliveries_of(user)?;
+        let first_here;
         {
             let mut map = self.routes.lock();
             let sid = map.next_sid + 1;
@@ -273,8 +492,12 @@ impl Dispatcher {
                 Some(r) if r.devices.len() + r.joining as usize >= per_user_max => {
                     return Err(JoinError::TooManyDevices(per_user_max))
                 }
-                Some(r) => r.joining += 1,
+                Some(r) => {
+                    r.joining += 1;
+                    first_here = false;
+                }
                 None => {
+                    first_here = true;
                     // Under the lock, so SUB and UNSUB reach the server in
                     // the order the map changed.
                     self.commands
@@ -296,6 +519,14 @@ impl Dispatcher {
             dispatcher: self,
             user,
         };
+        // Its large groups are joined before `Connected`: a sync after it
+        // covers what they delivered before (I12).
+        if let (true, Some(queries)) = (first_here, &self.queries) {
+            let groups = queries.groups_of(user).await;
+            self.routes.connected_to_groups(user, &groups, &mut |c| {
+                let _ = self.commands.try_send(c);
+            });
+        }
         // The PONG to a PING sent after the SUB: the server has it.
         let (tx, rx) = oneshot::channel();
         let live = match self.commands.try_send(Command::Ping(tx)) {
@@ -337,6 +568,10 @@ impl Dispatcher {
             // A full queue leaves the interest on the server until the
             // next reconnect: deliveries to nobody, dropped here.
             let _ = self.commands.try_send(Command::Unsub(route.sid));
+            let steps = map.groups.left(user);
+            self.routes.apply(map, steps, &mut |c| {
+                let _ = self.commands.try_send(c);
+            });
         }
     }
 }
@@ -383,25 +618,33 @@ mod tests {
         let (routes, outboxes) = routes_of(&["a", "b"]);
         let event = Bytes::from_static(b"event-1");
         assert_eq!(
-            routes.route("im.deliver.a.e", 0, event.clone()),
+            routes.route("im.deliver.a.e", 0, event.clone(), &mut Vec::new()),
             Routed::Routed
         );
         assert_eq!(
-            routes.route("im.deliver.b.e", 1, event.clone()),
+            routes.route("im.deliver.b.e", 1, event.clone(), &mut Vec::new()),
             Routed::Routed
         );
         // No route, or a subscription no route owns (sid 0 is a's): ended,
         // never delivered twice.
         assert_eq!(
-            routes.route("im.deliver.c.e", 2, event.clone()),
+            routes.route("im.deliver.c.e", 2, event.clone(), &mut Vec::new()),
             Routed::Stale
         );
         assert_eq!(
-            routes.route("im.deliver.b.e", 0, event.clone()),
+            routes.route("im.deliver.b.e", 0, event.clone(), &mut Vec::new()),
             Routed::Stale
         );
-        routes.route("im.deliver.b.e", 1, Bytes::from_static(b"event-2"));
-        assert_eq!(routes.route("not.a.delivery", 1, event), Routed::Stale);
+        routes.route(
+            "im.deliver.b.e",
+            1,
+            Bytes::from_static(b"event-2"),
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            routes.route("not.a.delivery", 1, event, &mut Vec::new()),
+            Routed::Stale
+        );
         let (a, b) = (drained(&outboxes[0]), drained(&outboxes[1]));
         assert_eq!(a.len(), 1);
         assert_eq!(b.len(), 2);

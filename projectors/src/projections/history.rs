@@ -58,6 +58,11 @@ impl Projection for History {
         };
         let ev = &stored.event;
         let conv = ev.conversation_id.as_str();
+        let members_seq = if ctx.effects {
+            membership::members_seq(tx, conv)?
+        } else {
+            0
+        };
         let change = membership::fold(tx, ev, ctx)?;
         match &ev.kind {
             Some(Kind::MessageRecalled(r)) => update_target(tx, conv, r.target_conv_seq, |e| {
@@ -90,29 +95,50 @@ impl Projection for History {
         if !ctx.effects {
             return Ok(Vec::new());
         }
-        // Everyone who is a member after the event, and whoever it removed
-        // (they learn of their removal), the sender included.
         let members = ctx.members.get(tx, conv)?;
-        let users = if change.left.is_empty() {
-            members.to_vec()
+        let deliver = v1::Deliver {
+            conversation_id: conv.to_string(),
+            conv_seq: ev.conv_seq,
+            stream_seq: stored.stream_seq,
+            event: Some(ev.clone()),
+            event_type: im_streams::conversation::event_type(ev).to_string(),
+            ..Default::default()
+        };
+        let before = (members.len() + change.left.len()).saturating_sub(change.joined.len());
+        let (users, deliver) = if members.len() > ctx.large_above {
+            // Once on the group subject, whatever its size; personally only
+            // to those whose gateways must learn to join it.
+            let users = if before > ctx.large_above {
+                change.joined
+            } else {
+                everyone(&members, change.left)
+            };
+            let deliver = v1::Deliver {
+                members_seq,
+                group: true,
+                ..deliver
+            };
+            (users, deliver)
         } else {
-            let mut users = members.to_vec();
-            users.extend(change.left);
-            users.sort();
-            users.dedup();
-            users
+            (everyone(&members, change.left), deliver)
         };
         Ok(vec![Effect::Deliver {
             users,
-            deliver: Box::new(v1::Deliver {
-                conversation_id: conv.to_string(),
-                conv_seq: ev.conv_seq,
-                stream_seq: stored.stream_seq,
-                event: Some(ev.clone()),
-                event_type: im_streams::conversation::event_type(ev).to_string(),
-            }),
+            deliver: Box::new(deliver),
         }])
     }
+}
+
+/// Everyone who is a member after the event, and whoever it removed (they
+/// learn of their removal), the sender included.
+fn everyone(members: &[String], left: Vec<String>) -> Vec<String> {
+    let mut users = members.to_vec();
+    if !left.is_empty() {
+        users.extend(left);
+        users.sort();
+        users.dedup();
+    }
+    users
 }
 
 /// A page of history: from `from_seq` (inclusive; 0 = the start, or the end

@@ -245,3 +245,60 @@ pub fn conversations_of(
         .map(|(k, _)| last_part(&k))
         .collect())
 }
+
+/// Conversations of one user looked at for its large groups, at most: a
+/// user in more is rare, and their gateway then misses the groups past it
+/// (they still sync them; live deliveries of those come as the group's
+/// next membership change or a reconnect re-reads).
+pub const GROUPS_SCAN_MAX: usize = 10_000;
+
+/// A large group's routing state for `users` (those of them who are
+/// members), or None for an unknown conversation.
+pub fn group_state(
+    ks: &dyn Keyspace,
+    conv: &str,
+    users: &[String],
+    large_above: usize,
+) -> Result<Option<v1::GroupState>, StoreError> {
+    let tx = Tx::new(ks);
+    let Some(rec) = tx.get_msg::<v1::ConversationRecord>(&conv_key(conv))? else {
+        return Ok(None);
+    };
+    let mut members = Vec::new();
+    for u in users {
+        if membership::get(&tx, conv, u)?.is_some() {
+            members.push(u.clone());
+        }
+    }
+    Ok(Some(v1::GroupState {
+        conversation_id: conv.to_string(),
+        members_seq: membership::members_seq(&tx, conv)?,
+        last_seq: rec.last_seq,
+        position: 0,
+        members,
+        large: rec.member_count as usize > large_above,
+    }))
+}
+
+/// The user's conversations above `large_above` members that `in_scope`
+/// keeps (one partition's).
+pub fn groups_of(
+    ks: &dyn Keyspace,
+    user: &str,
+    large_above: usize,
+    in_scope: &dyn Fn(&str) -> bool,
+) -> Result<Vec<v1::GroupState>, StoreError> {
+    let mut out = Vec::new();
+    let one = [user.to_string()];
+    for conv in conversations_of(ks, user, GROUPS_SCAN_MAX)? {
+        if !in_scope(&conv) {
+            continue;
+        }
+        if let Some(g) = group_state(ks, &conv, &one, large_above)? {
+            if g.large {
+                out.push(g);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -13,6 +13,18 @@ pub const BLACKLIST: u8 = b'b';
 /// `K<conv>` -> the conversation kind (one byte): blacklisting removes a
 /// group member but only blocks in a direct conversation.
 pub const KIND: u8 = b'K';
+/// `S<conv>` -> the conv_seq of its last membership change (8 bytes BE):
+/// the chain a large group's deliveries carry (`Deliver.members_seq`).
+pub const MEMBERS_SEQ: u8 = b'S';
+
+/// The conv_seq of the conversation's last membership change (0: none).
+pub fn members_seq(tx: &Tx, conv: &str) -> Result<u64, StoreError> {
+    Ok(tx
+        .get(&key(MEMBERS_SEQ, &[conv.as_bytes()]))?
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
 
 /// The conversation's kind, once created.
 pub fn conversation_kind(tx: &Tx, conv: &str) -> Result<Option<v1::ConversationKind>, StoreError> {
@@ -126,6 +138,12 @@ pub fn fold(
     ctx: &mut super::FoldCtx,
 ) -> Result<Change, StoreError> {
     let change = fold_rows(tx, ev)?;
+    if !change.joined.is_empty() || !change.left.is_empty() {
+        tx.put(
+            key(MEMBERS_SEQ, &[ev.conversation_id.as_bytes()]),
+            ev.conv_seq.to_be_bytes().to_vec(),
+        );
+    }
     ctx.members.changed(&ev.conversation_id, &change);
     Ok(change)
 }

@@ -29,6 +29,10 @@ pub enum Input<'a> {
 /// Something to publish once the commit that produced it is durable.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
+    /// To each of `users`; with `deliver.group`, also once on the
+    /// conversation's group subject (`users` are then those whose
+    /// gateways must learn to join it: the joined, or every member when
+    /// the group just became large).
     Deliver {
         users: Vec<String>,
         deliver: Box<v1::Deliver>,
@@ -45,6 +49,9 @@ pub struct FoldCtx<'a> {
     pub members: &'a mut crate::members_cache::MembersCache,
     /// Whether effects are wanted (a rebuild's folds need none).
     pub effects: bool,
+    /// Groups with more members than this are delivered once on their
+    /// group subject (`Deliver.group`), not per member.
+    pub large_above: usize,
 }
 
 pub trait Projection: Send + Sync + 'static {

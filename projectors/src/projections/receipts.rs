@@ -61,13 +61,14 @@ impl Projection for Receipts {
         if !ctx.effects {
             return Ok(Vec::new());
         }
-        let users = ctx
-            .members
-            .get(tx, conv)?
-            .iter()
-            .filter(|u| *u != user)
-            .cloned()
-            .collect();
+        let members = ctx.members.get(tx, conv)?;
+        // A large group's members are not told each other's receipts: that
+        // would cost per member for every read (the sender's own message
+        // status comes from their reads of it, not from a broadcast).
+        if members.len() > ctx.large_above {
+            return Ok(Vec::new());
+        }
+        let users = members.iter().filter(|u| *u != user).cloned().collect();
         Ok(vec![Effect::Receipt {
             users,
             update: v1::ReceiptUpdate {

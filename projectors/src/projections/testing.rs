@@ -113,6 +113,7 @@ pub fn fold_all(p: &dyn Projection, ks: &dyn Keyspace, log: &[Logged]) -> Vec<Ef
         let mut ctx = FoldCtx {
             members: &mut members,
             effects: true,
+            large_above: usize::MAX,
         };
         let mut tx = Tx::new(ks);
         let input = match item {
@@ -396,6 +397,7 @@ fn writes_per_message(members: usize) -> Vec<(&'static str, usize)> {
             let mut ctx = FoldCtx {
                 members: &mut members,
                 effects: true,
+                large_above: usize::MAX,
             };
             let mut tx = Tx::new(&ks);
             p.apply(&mut tx, &Input::Conv(message), &mut ctx).unwrap();

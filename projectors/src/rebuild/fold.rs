@@ -201,6 +201,7 @@ pub(super) fn fold_generation(
     let mut ctx = FoldCtx {
         members: &mut members,
         effects: false,
+        large_above: usize::MAX,
     };
     let mut verdicts = Verdicts::Recorded(refused);
     for item in items.iter().take_while(|i| i.stream_seq <= limit) {

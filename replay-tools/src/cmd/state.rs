@@ -84,6 +84,7 @@ pub async fn state_at(
         let mut ctx = FoldCtx {
             members: &mut cache,
             effects: false,
+            large_above: usize::MAX,
         };
         let mut verdicts = Verdicts::Judge(&mut judge);
         fold_one(

@@ -218,6 +218,7 @@ fn deliver_bytes(n: u64, stamp: String) -> Bytes {
                     meta: Default::default(),
                 })),
             }),
+            ..Default::default()
         })),
     };
     env.encode_length_delimited_to_vec().into()
