@@ -106,35 +106,56 @@ async fn each_member_gets_each_event_once_in_order_and_history_already_has_it() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_group_above_the_threshold_gets_notifications_not_events() {
+async fn a_group_above_the_threshold_is_delivered_once_on_its_group_subject() {
     const MEMBERS: usize = 600;
     let mut s = Stack::start().await;
     let _p = s.projector("main", None).await;
     let listener = async_nats::connect(s.server.url()).await.unwrap();
-    let mut deliveries = listener.subscribe("im.deliver.*.e").await.unwrap();
+    let mut personal = listener.subscribe("im.deliver.*.e").await.unwrap();
+    let mut group = listener.subscribe("im.group.big").await.unwrap();
     listener.flush().await.unwrap();
     let users: Vec<String> = (0..MEMBERS).map(|i| format!("u{i}")).collect();
     let members: Vec<(&str, Role)> = users.iter().map(|u| (u.as_str(), Role::Member)).collect();
     s.create("big", &members).await;
     s.send("big", "u7", "hello everyone").await;
-    let mut per_seq: BTreeMap<u64, usize> = BTreeMap::new();
-    for _ in 0..2 * (MEMBERS + 1) {
-        let msg = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
-            .await
-            .expect("a delivery")
-            .unwrap();
+    let decode = |msg: async_nats::Message| {
         let env: v1::Envelope = im_schema::decode(&msg.payload).unwrap();
         let Some(v1::envelope::Payload::Deliver(d)) = env.payload else {
             panic!()
         };
-        assert!(d.event.is_none(), "above the threshold: a notification");
-        assert!(!d.event_type.is_empty() && d.conv_seq > 0 && d.conversation_id == "big");
-        *per_seq.entry(d.conv_seq).or_default() += 1;
+        d
+    };
+    // The creation names 500 (one event's worth): delivered per member.
+    // The rest join next, which makes it large: every member's gateway
+    // learns of it from their own copy, and it is on the group subject.
+    let mut personal_seqs: BTreeMap<(u64, bool), usize> = BTreeMap::new();
+    for _ in 0..500 + MEMBERS + 1 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), personal.next())
+            .await
+            .expect("a personal copy")
+            .unwrap();
+        let d = decode(msg);
+        assert!(d.event.is_some(), "{d:?}");
+        *personal_seqs.entry((d.conv_seq, d.group)).or_default() += 1;
     }
     assert_eq!(
-        per_seq,
-        BTreeMap::from([(1, MEMBERS + 1), (2, MEMBERS + 1)])
+        personal_seqs,
+        BTreeMap::from([((1, false), 500), ((2, true), MEMBERS + 1)])
     );
+    let mut on_group = Vec::new();
+    for _ in 0..2 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), group.next())
+            .await
+            .expect("a group delivery")
+            .unwrap();
+        let d = decode(msg);
+        assert!(d.group && d.event.is_some(), "the whole event, once: {d:?}");
+        on_group.push((d.conv_seq, d.members_seq));
+    }
+    assert_eq!(on_group, [(2, 1), (3, 2)], "(conv_seq, members_seq)");
+    // The message went to no one personally.
+    let more = tokio::time::timeout(Duration::from_millis(500), personal.next()).await;
+    assert!(more.is_err(), "a message published per member: {more:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -105,6 +105,7 @@ pub fn conv_of_key(key: &[u8]) -> Option<&[u8]> {
         | membership::MEMBER
         | membership::BLACKLIST
         | membership::KIND
+        | membership::MEMBERS_SEQ
         | receipts::CURSORS
         | unread::MARK
         | unread::CURSOR

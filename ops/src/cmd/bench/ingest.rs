@@ -344,11 +344,15 @@ async fn measure_senders(
 
 /// Senders `d<i>`, each connected, each in a direct conversation with
 /// `e<i>` (created by a first message through the append path).
-async fn direct_senders(stack: &Stack, count: usize) -> anyhow::Result<Vec<(Ws, Vec<String>)>> {
+async fn direct_senders(
+    stack: &Stack,
+    count: usize,
+    tag: &str,
+) -> anyhow::Result<Vec<(Ws, Vec<String>)>> {
     let appender = super::appender(&stack.nats().await?).await?;
     let mut out = Vec::new();
     for i in 0..count {
-        let (sender, peer) = (format!("d{i}"), format!("e{i}"));
+        let (sender, peer) = (format!("{tag}-d{i}"), format!("{tag}-e{i}"));
         let conv = im_streams::subjects::direct_conversation_id(&sender, &peer)?;
         let first = im_streams::Command {
             actor: sender.clone(),
@@ -417,7 +421,9 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     f.add("pipeline_raw_per_s", pipeline);
     f.add("ingest_pipeline_ratio", ours.acks_per_s / pipeline);
     history_phase(&stack, size, &mut f).await?;
-    paced_phase(&stack, size, &mut f).await?;
+    paced_phase(&stack, size, size.rate, &mut f).await?;
+    paced_phase(&stack, size, LOW_RATE, &mut f).await?;
+    idle_phase(&stack, size, &mut f).await?;
     stack.stop().await;
     Ok(f)
 }
@@ -450,14 +456,22 @@ async fn history_phase(stack: &Stack, size: &Size, f: &mut Figures) -> anyhow::R
     Ok(())
 }
 
+/// The quiet paced phase's rate (messages a second): a small team's.
+const LOW_RATE: u64 = 10;
+
+/// Idle connected clients, and how long their cost is measured.
+const IDLE_CLIENTS: usize = 64;
+
 /// A fixed, everyday rate into direct chats: what the servers spend per
-/// message when they are not saturated.
-async fn paced_phase(stack: &Stack, size: &Size, f: &mut Figures) -> anyhow::Result<()> {
+/// message when they are not saturated (`paced_*` at `--rate`,
+/// `paced_low_*` at `LOW_RATE`).
+async fn paced_phase(stack: &Stack, size: &Size, rate: u64, f: &mut Figures) -> anyhow::Result<()> {
     probe::wait_caught_up(&stack.nats().await?).await?;
-    let count = paced_senders(size.rate);
-    let senders = direct_senders(stack, count).await?;
-    let pace = Duration::from_secs_f64(count as f64 / size.rate as f64);
-    let (paced, window) = measure_senders(stack, senders, size, "paced", Some(pace)).await?;
+    let count = paced_senders(rate);
+    let tag = if rate == LOW_RATE { "quiet" } else { "paced" };
+    let senders = direct_senders(stack, count, tag).await?;
+    let pace = Duration::from_secs_f64(count as f64 / rate as f64);
+    let (paced, window) = measure_senders(stack, senders, size, tag, Some(pace)).await?;
     let server = window.cpu_us.0 + window.cpu_us.1;
     eprintln!(
         "ingest: paced {:.0}/s into direct chats ({count} senders): server CPU {server:.0} µs/msg (nats {:.0}, stack {:.0}), ack p99 {:.2} ms",
@@ -466,10 +480,50 @@ async fn paced_phase(stack: &Stack, size: &Size, f: &mut Figures) -> anyhow::Res
         window.cpu_us.1,
         ms(paced.p99_us),
     );
+    if rate == LOW_RATE {
+        f.add("paced_low_rate_per_s", paced.acks_per_s);
+        f.add("paced_low_server_cpu_us_per_msg", server);
+        f.add("paced_low_ack_p99_ms", ms(paced.p99_us));
+        return Ok(());
+    }
     f.add("paced_rate_per_s", paced.acks_per_s);
     f.add("paced_server_cpu_us_per_msg", server);
     f.add("paced_cpu_us_per_msg_nats", window.cpu_us.0);
     f.add("paced_cpu_us_per_msg_stack", window.cpu_us.1);
     f.add("paced_ack_p99_ms", ms(paced.p99_us));
+    Ok(())
+}
+
+/// What a connected stack burns doing nothing: `IDLE_CLIENTS` connected
+/// clients (these send nothing), nats-server and the stack's CPU over 20 s
+/// (quick: 5 s), as a percentage of one core.
+async fn idle_phase(stack: &Stack, size: &Size, f: &mut Figures) -> anyhow::Result<()> {
+    let window = if size.measure < Duration::from_secs(10) {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(20)
+    };
+    probe::wait_caught_up(&stack.nats().await?).await?;
+    let mut conns = Vec::new();
+    for i in 0..IDLE_CLIENTS {
+        conns.push(stack.connect(&format!("idle{i}"), "bench").await?);
+    }
+    // Connects settle (presence, subscriptions) before the window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = probe::Cpu::sample(stack)?;
+    tokio::time::sleep(window).await;
+    let after = probe::Cpu::sample(stack)?;
+    let (nats, ours, _) = before.per_message(&after, 1);
+    let pct = |us: f64| us / window.as_micros() as f64 * 100.0;
+    eprintln!(
+        "ingest: idle, {IDLE_CLIENTS} clients connected: nats {:.3}% stack {:.3}% of a core",
+        pct(nats),
+        pct(ours)
+    );
+    // Ticks of 10 ms: a quiet enough stack reads 0 over a short window.
+    f.add_count("idle_server_cpu_pct", pct(nats + ours));
+    f.add_count("idle_cpu_pct_nats", pct(nats));
+    f.add_count("idle_cpu_pct_stack", pct(ours));
+    drop(conns);
     Ok(())
 }

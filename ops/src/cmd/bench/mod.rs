@@ -1,4 +1,4 @@
-//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|scale|all] [--quick]`:
+//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|scale|biggroup|all] [--quick]`:
 //! the load generator. Each sub-benchmark starts its own stack (`imctl up`
 //! as a child process, see `stack.rs`), measures the system and, in the same
 //! run against the same nats-server, the raw baseline it is compared with.
@@ -8,6 +8,7 @@
 //! Every figure is expected to be positive: a zero or non-finite one fails
 //! the run (which is what `--quick` in CI checks).
 
+pub mod biggroup;
 pub mod cas;
 pub mod cold;
 pub mod connections;
@@ -36,6 +37,7 @@ pub enum Which {
     Latency,
     Cold,
     Scale,
+    Biggroup,
     All,
 }
 
@@ -170,6 +172,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Latency,
             Which::Cold,
             Which::Scale,
+            Which::Biggroup,
         ],
         one => vec![one],
     };
@@ -186,6 +189,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Latency => latency::run(&size).await,
             Which::Cold => cold::run(&size).await,
             Which::Scale => scale::run(&size).await,
+            Which::Biggroup => biggroup::run(&size).await,
             Which::All => unreachable!("expanded above"),
         }
         .with_context(|| format!("bench {w:?}"))?;
