@@ -52,10 +52,7 @@ impl AppState {
             Some(backend) => Some(Arc::new(media::Media::open(backend, &client).await?)),
             None => None,
         };
-        let queries = dispatch::GroupQueries {
-            client: client.clone(),
-            topology,
-        };
+        let queries = dispatch::GroupQueries::new(client.clone(), topology);
         let dispatcher =
             dispatch::Dispatcher::start(&config.nats_url, &config.nats_auth, Some(queries))?;
         let readiness = Arc::new(readiness::Readiness::default());

@@ -83,12 +83,16 @@ async fn create(
     Ok(())
 }
 
-/// Counts the deliveries a reader gets, per group.
+/// Counts the events delivered to a reader, per group (notifications,
+/// which carry none, are not deliveries of a message).
 async fn read(ws: Ws, heard: Heard) {
     let (_sink, mut stream) = ws.split();
     while let Some(Ok(msg)) = stream.next().await {
         for env in stack::decode(&msg) {
-            if let Some(Payload::Deliver(d)) = env.payload {
+            if let Some(Payload::Deliver(d)) = env
+                .payload
+                .filter(|p| matches!(p, Payload::Deliver(d) if d.event.is_some()))
+            {
                 if let Some(i) = GROUPS.iter().position(|c| *c == d.conversation_id) {
                     heard[i].fetch_add(1, Relaxed);
                 }

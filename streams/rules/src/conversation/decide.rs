@@ -95,6 +95,10 @@ fn create_group(state: &ConvState, actor: &str, title: &str, members: &[(String,
         }
         initial.entry(user.clone()).or_insert(*role);
     }
+    // The creation names the owner and the first others; the rest follow
+    // in events of their own, so no event outgrows the stream's limit.
+    // (Each event, replayed alone as its own command, decides to itself.)
+    initial.remove(actor);
     if initial.len() > MEMBERS_PER_COMMAND_MAX {
         return Err(Rejection::TooLarge {
             what: Cow::Borrowed("members of one command"),
@@ -102,10 +106,6 @@ fn create_group(state: &ConvState, actor: &str, title: &str, members: &[(String,
             max: MEMBERS_PER_COMMAND_MAX,
         });
     }
-    // The creation names the owner and the first others; the rest follow
-    // in events of their own, so no event outgrows the stream's limit.
-    // (Each event, replayed alone as its own command, decides to itself.)
-    initial.remove(actor);
     let mut rest = initial.into_iter();
     let mut first: BTreeMap<String, Role> = rest.by_ref().take(MEMBERS_PER_EVENT_MAX - 1).collect();
     first.insert(actor.to_string(), Role::Owner);

@@ -1078,6 +1078,17 @@ fn a_large_creation_is_split_into_events_the_stream_takes() {
             members_added(&others[2 * MEMBERS_PER_EVENT_MAX - 1..]),
         ],
     );
+    // A command adds at most MEMBERS_PER_COMMAND_MAX besides its actor.
+    let most = Action::CreateGroup {
+        title: "t".into(),
+        members: users("x", MEMBERS_PER_COMMAND_MAX),
+    };
+    then_ok(&ConvState::empty("most"), cmd("o", most));
+    let past = Action::CreateGroup {
+        title: "t".into(),
+        members: users("x", MEMBERS_PER_COMMAND_MAX + 1),
+    };
+    then_refused(&ConvState::empty("past"), cmd("o", past), "too_large");
     // The largest event, with every id at its longest, fits the stream.
     let longest: Vec<(String, Role)> = (0..MEMBERS_PER_EVENT_MAX)
         .map(|i| (format!("{i:0>64}"), Role::Admin))
