@@ -780,3 +780,37 @@ async fn a_working_set_of_conversations_stays_cached_under_the_default_bound() {
     );
     assert_eq!(app.cache_usage().0, CONVERSATIONS);
 }
+
+/// An event the stream refuses as too large is `EventTooLarge` (a 413 at
+/// the gateway, never "unavailable, retry"), and nothing is stored.
+#[tokio::test]
+async fn an_event_over_the_streams_message_limit_is_too_large_not_unavailable() {
+    let settings = StreamSettings {
+        max_msg_bytes: 2048,
+        ..Default::default()
+    };
+    let stack = Stack::start_with(&settings).await;
+    let app = appender(&stack.server.url(), stack.topology).await;
+    let send = |t: String| Action::Send {
+        peer: Some("bob".into()),
+        body: MessageBody::Text(t),
+        meta: Default::default(),
+    };
+    let conv = direct_conversation_id("alice", "bob").unwrap();
+    let small = app
+        .execute(&conv, &cmd("alice", "small", send("hi".into())), "")
+        .await
+        .unwrap();
+    assert!(
+        matches!(small, AppendOutcome::Stored { conv_seq: 2, .. }),
+        "{small:?}"
+    );
+    let big = app
+        .execute(&conv, &cmd("alice", "big", send("x".repeat(4000))), "")
+        .await;
+    assert!(
+        matches!(big, Err(im_streams::StreamsError::EventTooLarge { .. })),
+        "{big:?}"
+    );
+    assert_eq!(history(&stack.js, stack.topology, &conv).await.len(), 2);
+}

@@ -51,7 +51,8 @@ async fn at_rate(
     super::probe::wait_caught_up(&stack.nats().await?).await?;
     let mut receivers = Vec::new();
     for i in 0..size.clients {
-        receivers.push(stack.connect(&format!("{tag}-r{i}"), "bench").await?);
+        // The senders' peers (`ingest::senders`).
+        receivers.push(stack.connect(&format!("r{i}"), "bench").await?);
     }
     let start = Instant::now();
     let plan = Plan {
