@@ -786,7 +786,7 @@ async fn a_working_set_of_conversations_stays_cached_under_the_default_bound() {
 #[tokio::test]
 async fn an_event_over_the_streams_message_limit_is_too_large_not_unavailable() {
     let settings = StreamSettings {
-        max_msg_bytes: 2048,
+        max_msg_bytes: 4096,
         ..Default::default()
     };
     let stack = Stack::start_with(&settings).await;
@@ -806,7 +806,7 @@ async fn an_event_over_the_streams_message_limit_is_too_large_not_unavailable() 
         "{small:?}"
     );
     let big = app
-        .execute(&conv, &cmd("alice", "big", send("x".repeat(4000))), "")
+        .execute(&conv, &cmd("alice", "big", send("x".repeat(8000))), "")
         .await;
     assert!(
         matches!(big, Err(im_streams::StreamsError::EventTooLarge { .. })),
