@@ -313,9 +313,23 @@ impl QueryContext {
         req: v1::QueryRequest,
         scope: Option<u32>,
     ) -> Result<R, v1::QueryError> {
-        let mut pos = (req.min_position, req.min_rcpt_position);
+        let pos = (req.min_position, req.min_rcpt_position);
         if req.after_delivered {
-            pos = self.past_deliveries(pos);
+            let delivered = self.past_deliveries(pos);
+            // A store that cannot commit (a full disk) stays behind what
+            // it delivered: answered from what it holds after the wait,
+            // rather than refusing every sync for as long.
+            if delivered != pos
+                && self
+                    .wait_for(&crate::projections::NAMES, delivered)
+                    .await
+                    .is_err()
+            {
+                tracing::warn!(
+                    conv = delivered.0,
+                    "answering below what was delivered: the store is behind"
+                );
+            }
         }
         match req.query.ok_or_else(|| bad("no query"))? {
             Query::History(q) => self.history(q, pos).await,
@@ -386,7 +400,13 @@ impl QueryContext {
     ) -> Result<R, v1::QueryError> {
         check_ids(&[(IdKind::User, &q.user_id)])?;
         self.wait_for(&[members::NAME], pos).await?;
-        let (ks, at) = self.served(members::NAME);
+        let state = self
+            .projection(members::NAME)
+            .expect("every projection runs");
+        // Under the batch lock: membership rows and `members_seq` of one
+        // commit (a mix could name a removed user a member: I33).
+        let _held = state.batch_lock.lock().await;
+        let (ks, at) = (state.ks(), state.applied.borrow().conv);
         let topology = self.topology;
         let in_scope = move |conv: &str| scope.is_none_or(|p| topology.partition_of(conv) == p);
         let mut groups = members::groups_of(&*ks, &q.user_id, self.large_above, &in_scope)
@@ -411,21 +431,18 @@ impl QueryContext {
             check_ids(&[(IdKind::User, u)])?;
         }
         self.wait_for(&[members::NAME], pos).await?;
-        let (ks, at) = self.served(members::NAME);
+        let state = self
+            .projection(members::NAME)
+            .expect("every projection runs");
+        // Under the batch lock, as `groups_of`.
+        let _held = state.batch_lock.lock().await;
+        let (ks, at) = (state.ks(), state.applied.borrow().conv);
         match members::group_state(&*ks, &q.conversation_id, &q.user_ids, self.large_above)
             .map_err(store_error)?
         {
             Some(g) => Ok(R::GroupState(v1::GroupState { position: at, ..g })),
             None => Err(error(v1::QueryErrorCode::NotFound, "no such conversation")),
         }
-    }
-
-    /// A projection's serving keyspace and the IM_CONV position it stands
-    /// at, read first: what is read after stands at that position or
-    /// later, so everything at or below it is covered by the answer.
-    fn served(&self, name: &str) -> (Arc<dyn Keyspace>, u64) {
-        let state = self.projection(name).expect("every projection runs");
-        (state.ks(), state.applied.borrow().conv)
     }
 
     /// A conversation's whole rules state, for a cold writer (never a

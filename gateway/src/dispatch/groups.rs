@@ -262,6 +262,10 @@ impl Groups {
         }
         // The members before the event, whoever it removes included.
         let to: Vec<Box<str>> = g.members.iter().cloned().collect();
+        // Those still being asked about get it in their notification.
+        if !g.asked.is_empty() || !g.waiting.is_empty() {
+            g.missed_seq = g.missed_seq.max(d.conv_seq);
+        }
         if d.changes_membership() {
             for u in &d.left {
                 g.members.remove(*u);
@@ -279,7 +283,8 @@ impl Groups {
             }
             g.known = Some(d.conv_seq);
         }
-        let mut steps = Vec::new();
+        // An ask that failed is tried again at the group's next delivery.
+        let mut steps: Vec<Step> = g.next_ask(conv).into_iter().collect();
         if g.is_empty() {
             steps.extend(self.drop_group(conv));
         }
@@ -311,6 +316,9 @@ impl Groups {
         }
         let members: HashSet<&str> = a.members.iter().map(String::as_str).collect();
         let mut told = Vec::new();
+        // Those who left meanwhile are not brought back.
+        let here = |u: &str| self.by_user.get(u).is_some_and(|c| c.contains(conv));
+        let asked: Vec<Box<str>> = asked.into_iter().filter(|u| here(u)).collect();
         for u in asked {
             if members.contains(&*u) {
                 g.members.insert(u.clone());
@@ -358,6 +366,7 @@ impl Groups {
             };
             g.members.remove(user);
             g.waiting.remove(user);
+            g.asked.retain(|u| &**u != user);
             if g.is_empty() {
                 steps.extend(self.drop_group(&conv));
             }

@@ -138,7 +138,21 @@ pub fn fold(
     ctx: &mut super::FoldCtx,
 ) -> Result<Change, StoreError> {
     let change = fold_rows(tx, ev)?;
-    if !change.joined.is_empty() || !change.left.is_empty() {
+    // Every event that names members joining or leaving moves the chain,
+    // changed rows or not: gateways move it on the same events
+    // (`gateway/src/dispatch/groups.rs`, `membership_change`).
+    let names_members = matches!(
+        ev.kind,
+        Some(
+            Kind::Created(_)
+                | Kind::MemberAdded(_)
+                | Kind::MembersAdded(_)
+                | Kind::MemberRemoved(_)
+                | Kind::MemberLeft(_)
+                | Kind::Blacklisted(_)
+        )
+    );
+    if names_members {
         tx.put(
             key(MEMBERS_SEQ, &[ev.conversation_id.as_bytes()]),
             ev.conv_seq.to_be_bytes().to_vec(),

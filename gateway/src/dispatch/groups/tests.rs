@@ -187,3 +187,41 @@ fn after_a_reconnect_every_group_asks_again() {
     assert_eq!(sorted(users), ["ann", "bob"]);
     assert!(g.delivery("big", &msg(11, 101, 3), HERE).0.is_empty());
 }
+
+#[test]
+fn a_user_who_leaves_while_asked_about_is_not_brought_back() {
+    let mut g = two_members();
+    g.joined("cat", "big", &mut sids());
+    assert!(g.left("cat").is_empty());
+    let steps = g.answered("big", Some(&state("big", 3, 10, 100, &["cat"])));
+    assert!(steps.is_empty(), "{steps:?}");
+    let (to, _) = g.delivery("big", &msg(11, 101, 3), HERE);
+    assert_eq!(sorted(to), ["ann", "bob"]);
+    assert!(g.left("ann").is_empty());
+    assert_eq!(
+        g.left("bob"),
+        [Step::Unsubscribe { sid: 1 }],
+        "no ghost keeps it"
+    );
+}
+
+#[test]
+fn a_failed_ask_is_tried_again_on_an_intact_chain_and_its_notice_covers_what_went_by() {
+    let mut g = two_members();
+    let steps = g.joined("cat", "big", &mut sids());
+    assert!(matches!(&steps[..], [Step::Ask { .. }]), "{steps:?}");
+    g.ask_failed("big");
+    let (to, steps) = g.delivery("big", &msg(11, 101, 3), HERE);
+    assert_eq!(sorted(to), ["ann", "bob"]);
+    let Some(Step::Ask { users, .. }) = steps.into_iter().next() else {
+        panic!("asked again")
+    };
+    assert_eq!(sorted(users), ["cat"]);
+    // Another message goes by before the answer, past its position.
+    g.delivery("big", &msg(12, 102, 3), HERE);
+    let steps = g.answered("big", Some(&state("big", 3, 11, 101, &["cat"])));
+    assert!(
+        matches!(&steps[..], [Step::Notify { conv_seq: 12, .. }]),
+        "{steps:?}"
+    );
+}

@@ -95,17 +95,27 @@ fn create_group(state: &ConvState, actor: &str, title: &str, members: &[(String,
         }
         initial.entry(user.clone()).or_insert(*role);
     }
-    // The creation names the owner and the first others; the rest follow
-    // in events of their own, so no event outgrows the stream's limit.
-    // (Each event, replayed alone as its own command, decides to itself.)
-    initial.remove(actor);
-    if initial.len() > MEMBERS_PER_COMMAND_MAX {
+    if initial.len() > MEMBERS_PER_COMMAND_MAX + 1 {
         return Err(Rejection::TooLarge {
             what: Cow::Borrowed("members of one command"),
-            len: initial.len(),
+            len: initial.len() - 1,
             max: MEMBERS_PER_COMMAND_MAX,
         });
     }
+    let whole = v1::ConversationCreated {
+        kind: v1::ConversationKind::Group as i32,
+        title: title.to_string(),
+        members: wire_members(initial.clone()),
+    };
+    // One event when it fits (as every creation before bulk adds did, so
+    // those replay to themselves); past it, the owner and the first others,
+    // and the rest in events of their own, so no event outgrows the
+    // stream's limit. Each event, replayed alone as its own command,
+    // decides to itself.
+    if im_schema::encode(&whole).len() <= CREATED_WHOLE_BYTES_MAX {
+        return Ok(vec![Kind::Created(whole)]);
+    }
+    initial.remove(actor);
     let mut rest = initial.into_iter();
     let mut first: BTreeMap<String, Role> = rest.by_ref().take(MEMBERS_PER_EVENT_MAX - 1).collect();
     first.insert(actor.to_string(), Role::Owner);
@@ -127,6 +137,10 @@ fn wire_members(members: impl IntoIterator<Item = (String, Role)>) -> Vec<v1::In
         })
         .collect()
 }
+
+/// The largest creation kept as one event (bytes of its encoding): under
+/// the streams' 64 KiB message limit with headers and envelope to spare.
+const CREATED_WHOLE_BYTES_MAX: usize = 60 * 1024;
 
 /// Members to add (sorted by id) as events of at most
 /// `MEMBERS_PER_EVENT_MAX` each.

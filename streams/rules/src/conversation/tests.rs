@@ -1055,7 +1055,10 @@ fn members_added(users: &[(String, Role)]) -> Kind {
 #[test]
 fn a_large_creation_is_split_into_events_the_stream_takes() {
     let empty = ConvState::empty("big");
-    let others = users("u", 1_200);
+    // Ids at their longest: 1,200 of them do not fit one event.
+    let others: Vec<(String, Role)> = (0..1_200)
+        .map(|i| (format!("u{i:0>63}"), Role::Member))
+        .collect();
     let create = Action::CreateGroup {
         title: "big".into(),
         members: others.clone(),
@@ -1097,6 +1100,28 @@ fn a_large_creation_is_split_into_events_the_stream_takes() {
     big.kind = Some(members_added(&longest));
     let bytes = im_schema::encode(&big).len();
     assert!(bytes < 60 * 1024, "{bytes} bytes");
+}
+
+/// A creation that fits one event stays one event, as every creation did
+/// before bulk adds: those in the log replay to themselves.
+#[test]
+fn a_creation_that_fits_one_event_stays_one() {
+    let others = users("m", 2_000);
+    let events = then_ok(
+        &ConvState::empty("fits"),
+        cmd(
+            "o",
+            Action::CreateGroup {
+                title: "t".into(),
+                members: others,
+            },
+        ),
+    );
+    assert_eq!(events.len(), 1);
+    let Some(Kind::Created(c)) = &events[0].kind else {
+        panic!()
+    };
+    assert_eq!(c.members.len(), 2_001);
 }
 
 #[test]
