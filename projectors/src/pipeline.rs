@@ -189,7 +189,7 @@ pub async fn start(
     // Opened here so a misconfiguration fails `start`, not a task later.
     let first = open_pumps(&js, &cfg, &feeds).await?;
     let (jobs, rx) = mpsc::channel(FOLD_QUEUE_MAX);
-    std::thread::Builder::new()
+    let fold = std::thread::Builder::new()
         .name(format!("fold-{}", cfg.instance))
         .spawn(move || fold_thread(rx))
         .map_err(|e| RunError::Task(e.into()))?;
@@ -205,7 +205,13 @@ pub async fn start(
             let stop = run_batches(rx, &publish, &cfg, &feeds, &jobs, &mut stop).await?;
             drop(guard);
             match stop {
-                Stop::Closed => return Ok(()),
+                Stop::Closed => {
+                    // A clean stop returns once the fold thread has flushed
+                    // the store (nothing to fold again at the next start).
+                    drop(jobs);
+                    let _ = tokio::task::spawn_blocking(move || fold.join()).await;
+                    return Ok(());
+                }
                 Stop::Resync(why) => {
                     tracing::warn!(
                         instance = cfg.instance,
