@@ -400,13 +400,7 @@ impl QueryContext {
     ) -> Result<R, v1::QueryError> {
         check_ids(&[(IdKind::User, &q.user_id)])?;
         self.wait_for(&[members::NAME], pos).await?;
-        let state = self
-            .projection(members::NAME)
-            .expect("every projection runs");
-        // Under the batch lock: membership rows and `members_seq` of one
-        // commit (a mix could name a removed user a member: I33).
-        let _held = state.batch_lock.lock().await;
-        let (ks, at) = (state.ks(), state.applied.borrow().conv);
+        let (_held, ks, at) = self.members_held().await;
         let topology = self.topology;
         let in_scope = move |conv: &str| scope.is_none_or(|p| topology.partition_of(conv) == p);
         let mut groups = members::groups_of(&*ks, &q.user_id, self.large_above, &in_scope)
@@ -431,18 +425,24 @@ impl QueryContext {
             check_ids(&[(IdKind::User, u)])?;
         }
         self.wait_for(&[members::NAME], pos).await?;
-        let state = self
-            .projection(members::NAME)
-            .expect("every projection runs");
-        // Under the batch lock, as `groups_of`.
-        let _held = state.batch_lock.lock().await;
-        let (ks, at) = (state.ks(), state.applied.borrow().conv);
+        let (_held, ks, at) = self.members_held().await;
         match members::group_state(&*ks, &q.conversation_id, &q.user_ids, self.large_above)
             .map_err(store_error)?
         {
             Some(g) => Ok(R::GroupState(v1::GroupState { position: at, ..g })),
             None => Err(error(v1::QueryErrorCode::NotFound, "no such conversation")),
         }
+    }
+
+    /// The `members` keyspace and the IM_CONV position it stands at, held
+    /// under its batch lock: membership rows and `members_seq` of one
+    /// commit (a mix could name a removed user a member: I33).
+    async fn members_held(&self) -> (tokio::sync::MutexGuard<'_, ()>, Arc<dyn Keyspace>, u64) {
+        let state = self
+            .projection(members::NAME)
+            .expect("every projection runs");
+        let held = state.batch_lock.lock().await;
+        (held, state.ks(), state.applied.borrow().conv)
     }
 
     /// A conversation's whole rules state, for a cold writer (never a

@@ -133,16 +133,7 @@ async fn sigkill_at_random_points_then_caught_up_equals_a_fresh_rebuild() {
         rcpt_last = rcpt_last.max(w.await.unwrap());
     }
     let s = Arc::try_unwrap(stack).ok().expect("writers done");
-    let js = async_nats::jetstream::new(s.client.clone());
-    let conv_last = js
-        .get_stream("IM_CONV")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence;
+    let conv_last = conv_last_seq(&s.client).await;
     let ingested = events.load(Ordering::Relaxed);
     println!("crash: events={ingested} conv_stream_last={conv_last} kills={kills} kills_mid_ingest={kills_mid_ingest}");
     assert!(ingested >= EVENTS_MIN);

@@ -198,16 +198,7 @@ async fn a_stopped_then_killed_owner_is_replaced_and_nothing_is_fanned_out_twice
 /// store behind it (a killed one folds its last commits again) answers
 /// once it has them.
 async fn history_of(s: &Stack, conv: &str) -> Vec<u64> {
-    let js = async_nats::jetstream::new(s.client.clone());
-    let end = js
-        .get_stream("IM_CONV")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence;
+    let end = conv_last_seq(&s.client).await;
     let mut in_history: Vec<u64> = Vec::new();
     let mut from = 1;
     while from != 0 {

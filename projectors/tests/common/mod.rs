@@ -134,6 +134,13 @@ pub async fn query_at(
     .await
 }
 
+/// IM_CONV's last stream sequence now.
+pub async fn conv_last_seq(client: &async_nats::Client) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream("IM_CONV").await.unwrap();
+    stream.info().await.unwrap().state.last_sequence
+}
+
 /// A query's answer, whatever it is.
 pub async fn request(client: &async_nats::Client, subject: String, req: v1::QueryRequest) -> R {
     let reply = tokio::time::timeout(

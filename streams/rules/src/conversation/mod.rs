@@ -355,6 +355,19 @@ impl Rejection {
     }
 }
 
+impl ConvState {
+    /// A member joining with a wire role, unmuted.
+    fn join(&mut self, user: &str, role: i32) {
+        self.members.insert(
+            user.to_string(),
+            MemberState {
+                role: Role::from_wire(role),
+                muted_until_ms: 0,
+            },
+        );
+    }
+}
+
 /// Folds one event into the state. Unknown event kinds (from a newer writer)
 /// still advance `conv_seq`, so positions stay right.
 pub fn apply(state: &mut ConvState, event: &v1::ConvEvent) {
@@ -368,33 +381,13 @@ pub fn apply(state: &mut ConvState, event: &v1::ConvEvent) {
             });
             state.title = c.title.clone();
             for m in &c.members {
-                state.members.insert(
-                    m.user_id.clone(),
-                    MemberState {
-                        role: Role::from_wire(m.role),
-                        muted_until_ms: 0,
-                    },
-                );
+                state.join(&m.user_id, m.role);
             }
         }
-        Kind::MemberAdded(a) => {
-            state.members.insert(
-                a.user_id.clone(),
-                MemberState {
-                    role: Role::from_wire(a.role),
-                    muted_until_ms: 0,
-                },
-            );
-        }
+        Kind::MemberAdded(a) => state.join(&a.user_id, a.role),
         Kind::MembersAdded(a) => {
             for m in &a.members {
-                state.members.insert(
-                    m.user_id.clone(),
-                    MemberState {
-                        role: Role::from_wire(m.role),
-                        muted_until_ms: 0,
-                    },
-                );
+                state.join(&m.user_id, m.role);
             }
         }
         Kind::MemberRemoved(r) => {
