@@ -82,6 +82,11 @@ pub struct Projector {
 /// (nothing of it acknowledged, so it is delivered again).
 pub const STOP_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a graceful stop waits for aborted tasks and answers in flight
+/// to let go of the store (they end in milliseconds; a rebuild's blocking
+/// write may take longer, and then the stop returns without waiting).
+const RELEASE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
@@ -481,7 +486,7 @@ impl Projector {
             }
             Ok(())
         };
-        match tokio::time::timeout(STOP_MAX, finished).await {
+        let out = match tokio::time::timeout(STOP_MAX, finished).await {
             Ok(r) => r,
             Err(_) => {
                 tracing::warn!(
@@ -490,6 +495,34 @@ impl Projector {
                 );
                 Ok(())
             }
+        };
+        self.release().await;
+        out
+    }
+
+    /// Stops the query and heartbeat tasks and waits (up to `RELEASE_MAX`)
+    /// until nothing else holds the store: a caller that opens the same
+    /// directory next must not find sled's lock still taken by a task
+    /// that an abort has not yet dropped.
+    async fn release(&mut self) {
+        self.query_task.abort();
+        let _ = (&mut self.query_task).await;
+        if let Some(t) = self.heartbeat_task.as_mut() {
+            t.abort();
+            let _ = t.await;
+        }
+        self.context.rebuilds.abort_all();
+        let released = async {
+            // Answers in flight hold the context for milliseconds.
+            while Arc::strong_count(&self.context) > 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(RELEASE_MAX, released).await.is_err() {
+            tracing::warn!(
+                bound_s = RELEASE_MAX.as_secs(),
+                "stop: the store is still held; it is released when its last task ends"
+            );
         }
     }
 
