@@ -34,6 +34,33 @@ pub static BATCH_EVENTS: LazyLock<Histogram> =
 pub static COMMIT_SECONDS: LazyLock<Histogram> =
     LazyLock::new(|| Histogram::new(exponential_buckets(0.000_25, 2.0, 16)));
 
+/// Seconds from an event's storing in JetStream (the server's clock) to
+/// the pipeline reaching a stage with the batch that holds it, for the
+/// oldest event of each batch: `taken` (the batch is cut from what the
+/// consumers pulled), `published` (its deliveries are out), `committed`
+/// (its read models are). Where a delivery's time goes.
+pub static EVENT_AGE_SECONDS: LazyLock<Family<Stage, Histogram, fn() -> Histogram>> =
+    LazyLock::new(|| Family::new_with_constructor(age_buckets));
+
+fn age_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Stage {
+    pub stage: &'static str,
+}
+
+/// Records the age of an event stored at `stored` at `stage`.
+pub fn observe_age(stage: &'static str, stored: Option<time::OffsetDateTime>) {
+    if let Some(stored) = stored {
+        let age = (time::OffsetDateTime::now_utc() - stored).as_seconds_f64();
+        EVENT_AGE_SECONDS
+            .get_or_create(&Stage { stage })
+            .observe(age.max(0.0));
+    }
+}
+
 /// Changes of partition leases this process made, by kind: `created` (a
 /// free partition), `taken` (a stale lease, its owner gone), `adopted` (a
 /// lease handed to it, or its own after a restart), `handed_over`, `lost`
@@ -165,6 +192,11 @@ pub fn render(contexts: Vec<Arc<QueryContext>>, last: (Option<u64>, Option<u64>)
         "im_projector_commit_seconds",
         "Folding and committing one batch",
         COMMIT_SECONDS.clone(),
+    );
+    registry.register(
+        "im_projector_event_age_seconds",
+        "From an event's storing to its batch taken, published and committed",
+        EVENT_AGE_SECONDS.clone(),
     );
     registry.register(
         "im_pool_lease_changes",

@@ -29,8 +29,8 @@ use crate::lease::{Claimed, LeaseRole};
 use crate::members_cache::MembersCache;
 use crate::projections::{Effect, FoldCtx, Projection};
 use crate::runner::{
-    commit_at, ensure_consumer, js_err, publish_effects, Applied, DeliveryMark, ProjectionState,
-    RunError, RunnerConfig, Source, BATCH_MAX, INPUT_QUEUE_MAX, MAX_ACK_PENDING,
+    ensure_consumer, js_err, publish_effects, with_checkpoints, Applied, DeliveryMark,
+    ProjectionState, RunError, RunnerConfig, Source, BATCH_MAX, INPUT_QUEUE_MAX, MAX_ACK_PENDING,
 };
 use crate::store::{Keyspace, StoreError};
 
@@ -137,12 +137,14 @@ fn fold_then_commit(
     let (folded, _) = oneshot::channel();
     let _ = std::mem::replace(&mut job.folded, folded).send(effects);
     let mut out = Vec::with_capacity(targets.len());
+    let mut commits = Vec::with_capacity(targets.len());
     for (t, (_, ks, before)) in targets.into_iter().zip(&job.targets) {
         out.push((t.at, t.folded, t.dead));
         if t.at != *before {
-            commit_at(ks.as_ref(), t.tx.into_writes(), t.at)?;
+            commits.push((ks.as_ref(), with_checkpoints(t.tx.into_writes(), t.at)));
         }
     }
+    crate::store::commit_all(commits)?;
     crate::metrics::BATCH_EVENTS.observe(job.batch.len() as f64);
     crate::metrics::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
     Ok(out)
@@ -364,6 +366,7 @@ async fn run_batches(
             }
         }
         let (batch, resync) = take_batch(items, feeds, &mut seen)?;
+        crate::metrics::observe_age("taken", stored_at(&batch));
         let batch = match claim.as_mut() {
             // Held events first: the claim may have moved since the loop's
             // top, and an event folded before an older held one of its
@@ -444,6 +447,12 @@ impl Out<'_> {
         }
         Ok(())
     }
+}
+
+/// When the oldest event of a batch was stored (the server's clock).
+fn stored_at(batch: &Batch) -> Option<time::OffsetDateTime> {
+    let (_, _, msg) = batch.first()?;
+    msg.info().ok().map(|i| i.published)
 }
 
 /// A batch's last event from `source`: its stream seq and message.
@@ -607,6 +616,7 @@ async fn fold_batch(
         reply,
     };
     let gone = || RunError::Task("the fold thread is gone".into());
+    let stored = stored_at(&job.batch);
     jobs.send(job).await.map_err(|_| gone())?;
     // No effects when the fold failed: the answer says why.
     if let (Some(to), Ok(mut effects)) = (publish, effects.await) {
@@ -614,8 +624,10 @@ async fn fold_batch(
         // waits for their commit.
         not_published_before(to.published, reach, &mut effects);
         publish_effects(to.client, effects).await;
+        crate::metrics::observe_age("published", stored);
     }
     let mut done = answer.await.map_err(|_| gone())?;
+    crate::metrics::observe_age("committed", stored);
     let outcome = std::mem::replace(&mut done.outcome, Ok(Vec::new()))?;
     for ((state, applied), (at, folded, dead)) in
         feeds.states.iter().zip(&feeds.applied).zip(outcome)

@@ -70,6 +70,8 @@ pub struct Projector {
     pub health: Arc<crate::heartbeat::Health>,
     tasks: tokio::task::JoinSet<Result<(), RunError>>,
     query_task: tokio::task::JoinHandle<()>,
+    /// The answers in flight hold its permits (and the store).
+    answers: Arc<tokio::sync::Semaphore>,
     /// Its own heartbeat, unless a supervisor beats for it.
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
     /// Tells the pipeline to stop after the batch it is on.
@@ -82,9 +84,9 @@ pub struct Projector {
 /// (nothing of it acknowledged, so it is delivered again).
 pub const STOP_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long a graceful stop waits for aborted tasks and answers in flight
-/// to let go of the store (they end in milliseconds; a rebuild's blocking
-/// write may take longer, and then the stop returns without waiting).
+/// How long a graceful stop waits for answers in flight to let go of the
+/// store (they end in milliseconds; a query waiting on deliveries may wait
+/// its own bound, and then the stop returns without waiting).
 const RELEASE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -427,7 +429,13 @@ impl Projector {
         let subs = query::subscribe(&client, &context)
             .await
             .map_err(ProjectorError::Subscribe)?;
-        let query_task = tokio::spawn(query::serve(client.clone(), context.clone(), subs));
+        let answers = query::answers_in_flight();
+        let query_task = tokio::spawn(query::serve(
+            client.clone(),
+            context.clone(),
+            subs,
+            answers.clone(),
+        ));
         let (health, heartbeat_task) = match health {
             Some(h) => (h, None),
             None => {
@@ -448,6 +456,7 @@ impl Projector {
             health,
             tasks: tokio::task::JoinSet::new(),
             query_task,
+            answers,
             heartbeat_task,
             stop: tokio::sync::watch::Sender::new(false),
         };
@@ -501,9 +510,10 @@ impl Projector {
     }
 
     /// Stops the query and heartbeat tasks and waits (up to `RELEASE_MAX`)
-    /// until nothing else holds the store: a caller that opens the same
-    /// directory next must not find sled's lock still taken by a task
-    /// that an abort has not yet dropped.
+    /// for the answers in flight: a caller that opens the same directory
+    /// next must not find sled's lock still taken by a task that an abort
+    /// has not yet dropped. (Whatever else holds `context`, such as a
+    /// metrics view, is the caller's to drop.)
     async fn release(&mut self) {
         self.query_task.abort();
         let _ = (&mut self.query_task).await;
@@ -512,16 +522,11 @@ impl Projector {
             let _ = t.await;
         }
         self.context.rebuilds.abort_all();
-        let released = async {
-            // Answers in flight hold the context for milliseconds.
-            while Arc::strong_count(&self.context) > 1 {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        };
-        if tokio::time::timeout(RELEASE_MAX, released).await.is_err() {
+        let answered = self.answers.acquire_many(query::ANSWERS_MAX);
+        if tokio::time::timeout(RELEASE_MAX, answered).await.is_err() {
             tracing::warn!(
                 bound_s = RELEASE_MAX.as_secs(),
-                "stop: the store is still held; it is released when its last task ends"
+                "stop: answers still in flight hold the store; it is released when they end"
             );
         }
     }

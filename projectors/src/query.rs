@@ -626,14 +626,24 @@ pub async fn subscribe(
     Ok(subs)
 }
 
-/// Serves queries until the connection closes.
+/// The permits of answers in flight: a stop takes them all to know that
+/// no answer still holds the store.
+pub fn answers_in_flight() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(QUERY_INFLIGHT_MAX))
+}
+
+/// All of `answers_in_flight`'s permits (what a stop waits to take).
+pub const ANSWERS_MAX: u32 = QUERY_INFLIGHT_MAX as u32;
+
+/// Serves queries until the connection closes; each answer holds one of
+/// `inflight`'s permits.
 pub async fn serve(
     client: async_nats::Client,
     ctx: Arc<QueryContext>,
     subs: Vec<async_nats::Subscriber>,
+    inflight: Arc<tokio::sync::Semaphore>,
 ) {
     let mut requests = futures::stream::select_all(subs);
-    let inflight = Arc::new(tokio::sync::Semaphore::new(QUERY_INFLIGHT_MAX));
     while let Some(msg) = requests.next().await {
         let Some(reply) = msg.reply.clone() else {
             continue;

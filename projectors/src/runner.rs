@@ -385,9 +385,18 @@ pub(crate) fn from_genesis(ks: &dyn Keyspace) -> Result<bool, StoreError> {
 /// record (a crash before it drops the unfinished generation anyway).
 pub(crate) fn commit_at(
     ks: &dyn Keyspace,
-    mut writes: Vec<crate::store::Write>,
+    writes: Vec<crate::store::Write>,
     at: Applied,
 ) -> Result<(), StoreError> {
+    ks.commit(with_checkpoints(writes, at))
+}
+
+/// A fold's writes with the checkpoints they advance (what `commit_at`
+/// commits, for a commit of several keyspaces at once).
+pub(crate) fn with_checkpoints(
+    mut writes: Vec<crate::store::Write>,
+    at: Applied,
+) -> Vec<crate::store::Write> {
     writes.push((
         checkpoint_key(Source::Conv),
         Some(at.conv.to_be_bytes().to_vec()),
@@ -396,5 +405,5 @@ pub(crate) fn commit_at(
         checkpoint_key(Source::Rcpt),
         Some(at.rcpt.to_be_bytes().to_vec()),
     ));
-    ks.commit(writes)
+    writes
 }

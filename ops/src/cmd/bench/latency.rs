@@ -3,7 +3,10 @@
 //! connected, and times each message from the send to its delivery at that
 //! member → `deliver_p99_ms`, and the ack latency at that load; then the
 //! same at a tenth of it → `deliver_p99_low_ms` (an everyday load, where
-//! per-batch costs are not shared by many messages).
+//! per-batch costs are not shared by many messages); then that low rate
+//! again with an observer on the wire (`trace.rs`), cutting each message's
+//! time into stages → `trace_low_*` (a separate run, so the observer's
+//! work does not touch the figures above).
 
 use std::time::{Duration, Instant};
 
@@ -12,14 +15,15 @@ use im_schema::v1::envelope::Payload;
 
 use super::ingest::{self, Plan};
 use super::stack::{self, Stack, Ws};
+use super::trace::{self, Arrival, Sightings};
 use super::{bench_limits, ms, percentile, Figures, Size, StackOptions};
 
 /// How long receivers keep reading after the last send.
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// Reads deliveries until `until`; the send→deliver latency (µs) of each
-/// message sent in the measured window.
-async fn receive(ws: Ws, epoch: Instant, measure_from_us: u64, until: Instant) -> Vec<u64> {
+/// Reads deliveries until `until`; the arrival of each message sent in the
+/// measured window.
+async fn receive(ws: Ws, epoch: Instant, measure_from_us: u64, until: Instant) -> Vec<Arrival> {
     let (_sink, mut stream) = ws.split();
     let mut out = Vec::new();
     while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), stream.next()).await {
@@ -28,9 +32,9 @@ async fn receive(ws: Ws, epoch: Instant, measure_from_us: u64, until: Instant) -
             let Some(Payload::Deliver(d)) = env.payload else {
                 continue;
             };
-            if let Some(sent_us) = ingest::stamp_of_deliver(d) {
-                if sent_us >= measure_from_us {
-                    out.push(now_us.saturating_sub(sent_us));
+            if let Some(a) = trace::arrival_of(d, now_us) {
+                if a.sent_us >= measure_from_us {
+                    out.push(a);
                 }
             }
         }
@@ -38,14 +42,34 @@ async fn receive(ws: Ws, epoch: Instant, measure_from_us: u64, until: Instant) -
     out
 }
 
-/// Send→deliver latencies (µs) and ack latencies (µs) at `rate`, with
-/// fresh senders and receivers (`tag`).
+/// What a run at one rate measured.
+struct AtRate {
+    arrivals: Vec<Arrival>,
+    ack_us: Vec<u64>,
+    acks: u64,
+    /// With `traced`: what the observer saw.
+    seen: Option<Sightings>,
+}
+
+impl AtRate {
+    /// Send→deliver latencies (µs).
+    fn deliver_us(&self) -> Vec<u64> {
+        self.arrivals
+            .iter()
+            .map(|a| a.at_us.saturating_sub(a.sent_us))
+            .collect()
+    }
+}
+
+/// Arrivals and ack latencies (µs) at `rate`, with fresh senders and
+/// receivers (`tag`); with `traced`, an observer on the wire too.
 async fn at_rate(
     stack: &Stack,
     size: &Size,
     rate: f64,
     tag: &str,
-) -> anyhow::Result<(Vec<u64>, Vec<u64>, u64)> {
+    traced: bool,
+) -> anyhow::Result<AtRate> {
     let senders = ingest::senders(stack, size.clients, tag).await?;
     // What came before would otherwise be in the measured window.
     super::probe::wait_caught_up(&stack.nats().await?).await?;
@@ -62,16 +86,24 @@ async fn at_rate(
         epoch: start,
     };
     let measure_from_us = size.warmup.as_micros() as u64;
+    let observer = match traced {
+        true => Some(trace::observe(stack.nats().await?, start, plan.until + DRAIN).await?),
+        false => None,
+    };
     let reading: Vec<_> = receivers
         .into_iter()
         .map(|ws| tokio::spawn(receive(ws, start, measure_from_us, plan.until + DRAIN)))
         .collect();
     let sent = ingest::drive(senders, tag, plan).await?;
-    let mut deliver_us = Vec::new();
+    let mut arrivals = Vec::new();
     for r in reading {
-        deliver_us.extend(r.await?);
+        arrivals.extend(r.await?);
     }
-    let delivered = deliver_us.len() as u64;
+    let seen = match observer {
+        Some(o) => Some(o.await?),
+        None => None,
+    };
+    let delivered = arrivals.len() as u64;
     eprintln!(
         "latency: {tag}: {} sends at {rate:.0}/s, {delivered} delivered in the window",
         sent.acks
@@ -84,7 +116,12 @@ async fn at_rate(
             sent.acks
         );
     }
-    Ok((deliver_us, sent.ack_us, sent.acks))
+    Ok(AtRate {
+        arrivals,
+        ack_us: sent.ack_us,
+        acks: sent.acks,
+        seen,
+    })
 }
 
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
@@ -100,19 +137,33 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
         max.acks_per_s,
         rate / 5.0
     );
-    let (mut deliver_us, mut ack_us, acks) = at_rate(&stack, size, rate, "lat").await?;
-    let (mut low_us, mut low_ack_us, _) = at_rate(&stack, size, rate / 5.0, "low").await?;
+    let mut half = at_rate(&stack, size, rate, "lat", false).await?;
+    let mut low = at_rate(&stack, size, rate / 5.0, "low", false).await?;
+    let ages_before = stack.projector_metrics().await?;
+    let traced = at_rate(&stack, size, rate / 5.0, "trace", true).await?;
+    let ages_after = stack.projector_metrics().await?;
     stack.stop().await;
     let mut f = Figures::default();
     f.add(
         "latency_rate_per_s",
-        acks as f64 / size.measure.as_secs_f64(),
+        half.acks as f64 / size.measure.as_secs_f64(),
     );
+    let (mut deliver_us, mut low_us) = (half.deliver_us(), low.deliver_us());
     f.add("deliver_p50_ms", ms(percentile(&mut deliver_us, 50.0)));
     f.add("deliver_p99_ms", ms(percentile(&mut deliver_us, 99.0)));
-    f.add("ack_p99_half_load_ms", ms(percentile(&mut ack_us, 99.0)));
+    f.add(
+        "ack_p99_half_load_ms",
+        ms(percentile(&mut half.ack_us, 99.0)),
+    );
     f.add("deliver_p50_low_ms", ms(percentile(&mut low_us, 50.0)));
     f.add("deliver_p99_low_ms", ms(percentile(&mut low_us, 99.0)));
-    f.add("ack_p99_low_ms", ms(percentile(&mut low_ack_us, 99.0)));
+    f.add("ack_p99_low_ms", ms(percentile(&mut low.ack_us, 99.0)));
+    let seen = traced.seen.unwrap_or_default();
+    let n = trace::add_stages(&mut f, &traced.arrivals, &seen);
+    trace::add_ages(&mut f, &ages_before, &ages_after);
+    eprintln!(
+        "latency: trace: {n} of {} arrivals seen at both wire points",
+        traced.arrivals.len()
+    );
     Ok(f)
 }

@@ -20,6 +20,7 @@ pub mod probe;
 pub mod rebuild;
 pub mod scale;
 pub mod stack;
+pub mod trace;
 
 use std::time::Duration;
 

@@ -43,6 +43,8 @@ pub struct Stack {
     pub gateway: SocketAddr,
     /// The gateway's `/metrics` listener.
     metrics: SocketAddr,
+    /// The projector's `/metrics` listener.
+    projector_metrics: SocketAddr,
     secret: String,
     _dir: tempfile::TempDir,
 }
@@ -80,7 +82,7 @@ impl Stack {
             .env("IM_JWT_HS256_SECRET", &secret);
         let (child, mut lines) = spawn_quiet(command, "imctl up")?;
         let (mut gateway, mut nats_url, mut nats_pid) = (None, None, None);
-        let mut metrics = None;
+        let (mut metrics, mut projector_metrics) = (None, None);
         let ready = async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(rest) = line.strip_prefix("imctl: nats-server ") {
@@ -93,6 +95,10 @@ impl Stack {
                 if let Some(rest) = line.strip_prefix("imctl: gateway metrics http://") {
                     let addr = rest.split('/').next().unwrap_or_default();
                     metrics = Some(addr.parse::<SocketAddr>()?);
+                }
+                if let Some(rest) = line.strip_prefix("imctl: projector metrics http://") {
+                    let addr = rest.split('/').next().unwrap_or_default();
+                    projector_metrics = Some(addr.parse::<SocketAddr>()?);
                 }
                 if let Some(rest) = line.strip_prefix("imctl: gateway http://") {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
@@ -116,6 +122,7 @@ impl Stack {
             nats_pid: nats_pid.context("no nats-server pid")?,
             gateway: gateway.context("no gateway address")?,
             metrics: metrics.context("no metrics address")?,
+            projector_metrics: projector_metrics.context("no projector metrics address")?,
             secret,
             _dir: dir,
         })
@@ -136,16 +143,16 @@ impl Stack {
 
     /// A counter from the gateway's `/metrics` (0 when absent).
     pub async fn gateway_counter(&self, name: &str) -> anyhow::Result<u64> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut sock = tokio::net::TcpStream::connect(self.metrics).await?;
-        sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut body = String::new();
-        sock.read_to_string(&mut body).await?;
+        let body = scrape(self.metrics).await?;
         Ok(body
             .lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or(0))
+    }
+
+    /// The projector's `/metrics` text.
+    pub async fn projector_metrics(&self) -> anyhow::Result<String> {
+        scrape(self.projector_metrics).await
     }
 
     /// A connection to the stack's server (no authorization).
@@ -233,6 +240,17 @@ type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
 
 /// Starts a child that logs warnings only and says on stdout when it is
 /// ready (its lines, to read); killed on drop.
+/// The response (headers and all) to `GET /metrics` at `at`.
+async fn scrape(at: SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(at).await?;
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    sock.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
 fn spawn_quiet(
     command: &mut tokio::process::Command,
     what: &str,
