@@ -38,11 +38,24 @@ pub const JUDGE_CACHE_CONVERSATIONS_MAX: usize = 1 << 16;
 /// Signature verdicts of a batch's events, by stream seq.
 pub type SignatureVerdicts = std::collections::HashMap<u64, Result<(), SignatureError>>;
 
+/// Threads that verify a batch's signatures: the cores (asking costs
+/// system calls, so it is asked once).
+static VERIFY_THREADS: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+
+/// Events verified on one thread at least: fewer are verified in less time
+/// than a thread takes to start (at everyday rates a batch is an event).
+const VERIFY_CHUNK_MIN: usize = 64;
+
 /// The signature verdicts of many events, reached in parallel (as many
 /// threads as cores), each part verified as one ed25519 batch.
 pub fn sign_verdicts(keys: &WriterKeys, events: &[Signed<'_>]) -> SignatureVerdicts {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = events.len().div_ceil(threads).max(1);
+    let chunk = events.len().div_ceil(*VERIFY_THREADS).max(VERIFY_CHUNK_MIN);
+    if events.len() <= chunk {
+        // One part: verified here, without a thread to start and join.
+        let verdicts = keys.check_many(events);
+        return events.iter().map(|e| e.stream_seq).zip(verdicts).collect();
+    }
     std::thread::scope(|scope| {
         let parts: Vec<_> = events
             .chunks(chunk)

@@ -3,6 +3,7 @@
 //! query service answers over NATS request/reply; deliveries go out to
 //! `im.deliver.<user_id>` only after the event is applied.
 
+pub mod acks;
 pub mod chain;
 pub mod dead_letters;
 pub mod digest;

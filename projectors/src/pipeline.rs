@@ -16,13 +16,14 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
 use im_streams::signing::{KeyRing, Signed, WriterKeys, HDR_SIGNATURE};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::acks::Acks;
 use crate::fold::{fold_one, Delivered, Target, Verdicts};
 use crate::judge::{sign_verdicts, Judge, SignatureVerdicts};
 use crate::lease::{Claimed, LeaseRole};
@@ -337,6 +338,7 @@ async fn run_batches(
         feeds,
         jobs,
         floor,
+        acks: Acks::default(),
     };
     // A follower's events past the owner's claim, waiting for it.
     let mut held: Batch = Vec::new();
@@ -351,10 +353,15 @@ async fn run_batches(
         }
         // Asked to stop: only between batches, so the last one is
         // committed, published and acknowledged whole.
+        let ack_at = out.acks.due();
         let first = tokio::select! {
             biased;
-            _ = stopped(stop) => return Ok(Stop::Closed),
+            _ = stopped(stop) => break,
             _ = claim_moved(&mut claim), if !held.is_empty() => continue,
+            _ = tokio::time::sleep_until(ack_at.unwrap_or_else(Instant::now).into()), if ack_at.is_some() => {
+                out.acks.send().await;
+                continue;
+            }
             first = rx_in.recv(), if held.len() < HELD_MAX => first,
         };
         let Some(first) = first else { break };
@@ -379,9 +386,12 @@ async fn run_batches(
             out.fold_publish_ack(batch).await?;
         }
         if let Some(stop) = resync {
+            // The consumers are reopened at the checkpoints.
+            out.acks.drop_all();
             return Ok(stop);
         }
     }
+    out.acks.send().await;
     Ok(Stop::Closed)
 }
 
@@ -404,16 +414,17 @@ struct Out<'a> {
     feeds: &'a Feeds,
     jobs: &'a mpsc::Sender<FoldJob>,
     floor: Option<Claimed>,
+    acks: Acks,
 }
 
 impl Out<'_> {
     /// One batch: an owner's claim of its fan-out first (a refused claim
     /// commits and acknowledges nothing, so a store never passes its
     /// owner's claim), then folded, published while it commits, and
-    /// acknowledged: one ack per stream acknowledges all before it (a lost
-    /// ack means a redelivery, which is skipped; an ack never skips
-    /// anything after a crash, since every start reopens the consumers at
-    /// the checkpoints). What an owner's earlier run claimed is folded
+    /// acknowledged, with the batches around it (`acks.rs`): one ack per
+    /// stream acknowledges all before it (a lost ack means a redelivery,
+    /// which is skipped; an ack never skips anything after a crash, since
+    /// every start reopens the consumers at the checkpoints). What an owner's earlier run claimed is folded
     /// without fan-out.
     async fn fold_publish_ack(&mut self, batch: Batch) -> Result<(), RunError> {
         if let Some(LeaseRole::Owner(gate)) = &self.cfg.lease {
@@ -437,14 +448,10 @@ impl Out<'_> {
                 published: &self.cfg.published,
             });
             let done = fold_batch(part, (keys, signed), publish, self.feeds, self.jobs).await?;
-            for source in [Source::Conv, Source::Rcpt] {
-                if let Some((_, msg)) = last_of(&done.batch, source) {
-                    if let Err(e) = msg.ack().await {
-                        tracing::warn!(error = %e, "ack failed; redelivery will be skipped");
-                    }
-                }
-            }
+            self.acks
+                .hold(done.batch.into_iter().map(|(source, _, msg)| (source, msg)));
         }
+        self.acks.send_if_due().await;
         Ok(())
     }
 }
