@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures::StreamExt;
 use im_streams::signing::{KeyRing, Signed, WriterKeys, HDR_SIGNATURE};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::acks::Acks;
 use crate::fold::{fold_one, Delivered, Target, Verdicts};
@@ -238,7 +238,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-type Input = mpsc::Receiver<(Source, jetstream::Message)>;
+/// What the consumers pumped, and word that one of them is gone.
+struct Input {
+    rx: mpsc::Receiver<(Source, jetstream::Message)>,
+    gone: Arc<Notify>,
+}
 
 /// Opens the instance's consumer of each stream some projection reads,
 /// starting right after the lowest checkpoint, pumping into one bounded
@@ -249,6 +253,7 @@ async fn open_pumps(
     feeds: &Feeds,
 ) -> Result<(Input, AbortOnDrop), RunError> {
     let (tx_in, rx_in) = mpsc::channel(INPUT_QUEUE_MAX);
+    let gone = Arc::new(Notify::new());
     let mut pumps = Vec::new();
     for source in [Source::Conv, Source::Rcpt] {
         let Some(from) = feeds.lowest(source) else {
@@ -256,7 +261,7 @@ async fn open_pumps(
         };
         let consumer = ensure_consumer(js, cfg, source, from).await?;
         let mut messages = consumer.messages().await.map_err(js_err)?;
-        let tx_in = tx_in.clone();
+        let (tx_in, gone) = (tx_in.clone(), gone.clone());
         pumps.push(tokio::spawn(async move {
             while let Some(next) = messages.next().await {
                 match next {
@@ -265,12 +270,37 @@ async fn open_pumps(
                             return;
                         }
                     }
-                    Err(e) => tracing::warn!(source = source.tag(), error = %e, "consumer error"),
+                    Err(e) => {
+                        tracing::warn!(source = source.tag(), error = %e, "consumer error");
+                        if consumer_gone(&consumer, &e).await {
+                            gone.notify_one();
+                            return;
+                        }
+                    }
                 }
             }
         }));
     }
-    Ok((rx_in, AbortOnDrop(pumps)))
+    Ok((Input { rx: rx_in, gone }, AbortOnDrop(pumps)))
+}
+
+/// Whether a consumer is gone after an error of its messages: deleted, or
+/// not found when asked (its state lives in the server's memory, so a
+/// restarted server no longer has it). A server that does not answer yet
+/// says nothing: its messages will tell again.
+async fn consumer_gone(
+    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    error: &jetstream::consumer::pull::MessagesError,
+) -> bool {
+    use jetstream::consumer::pull::MessagesErrorKind;
+    use jetstream::context::ConsumerInfoErrorKind;
+    if error.kind() == MessagesErrorKind::ConsumerDeleted {
+        return true;
+    }
+    matches!(
+        consumer.get_info().await.map_err(|e| e.kind()),
+        Err(ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound)
+    )
 }
 
 /// The next batch: up to `BATCH_MAX` messages in delivery order, cut short
@@ -308,9 +338,10 @@ fn take_batch(
 /// within the claim are never stuck behind held ones.
 const HELD_MAX: usize = 2 * MAX_ACK_PENDING as usize;
 
-/// Folds batches until the channel closes or deliveries go out of order.
+/// Folds batches until the channel closes, deliveries go out of order or
+/// a consumer is gone.
 async fn run_batches(
-    mut rx_in: Input,
+    mut input: Input,
     publish: &async_nats::Client,
     cfg: &RunnerConfig,
     feeds: &Feeds,
@@ -362,12 +393,16 @@ async fn run_batches(
                 out.acks.send().await;
                 continue;
             }
-            first = rx_in.recv(), if held.len() < HELD_MAX => first,
+            _ = input.gone.notified() => {
+                out.acks.drop_all();
+                return Ok(Stop::Resync("a consumer is gone (a restarted server forgets them)"));
+            }
+            first = input.rx.recv(), if held.len() < HELD_MAX => first,
         };
         let Some(first) = first else { break };
         let mut items = vec![first];
         while items.len() < BATCH_MAX {
-            match rx_in.try_recv() {
+            match input.rx.try_recv() {
                 Ok(item) => items.push(item),
                 Err(_) => break,
             }
