@@ -39,8 +39,11 @@ pub static COMMIT_SECONDS: LazyLock<Histogram> =
 /// oldest event of each batch: `taken` (the batch is cut from what the
 /// consumers pulled), `published` (its deliveries are out), `committed`
 /// (its read models are). Where a delivery's time goes.
-pub static EVENT_AGE_SECONDS: LazyLock<Family<Stage, Histogram, fn() -> Histogram>> =
+pub static EVENT_AGE_SECONDS: LazyLock<Ages> =
     LazyLock::new(|| Family::new_with_constructor(age_buckets));
+
+/// Histograms by stage, each with `age_buckets`.
+pub type Ages = Family<Stage, Histogram, fn() -> Histogram>;
 
 fn age_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))

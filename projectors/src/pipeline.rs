@@ -556,9 +556,14 @@ async fn prepare_keys(ring: &mut KeyRing, batch: &Batch) -> Result<Arc<WriterKey
     Ok(Arc::new(keys.clone()))
 }
 
+/// Events whose signatures are verified on the async worker itself: a
+/// few hundred µs, less than handing them to a blocking thread and back
+/// costs in wake-ups (at everyday rates a batch is one event).
+const VERIFY_INLINE_MAX: usize = 4;
+
 /// The verdicts on a batch's signatures, reached off the async workers and
-/// in parallel (`judge::sign_verdicts`): verifying is most of what judging
-/// an event costs.
+/// in parallel (`judge::sign_verdicts`) unless the batch is small:
+/// verifying is most of what judging an event costs.
 async fn verify_signatures(
     keys: Arc<WriterKeys>,
     batch: &Batch,
@@ -578,7 +583,7 @@ async fn verify_signatures(
             )
         })
         .collect();
-    tokio::task::spawn_blocking(move || {
+    let verify = move || {
         let events: Vec<Signed> = owned
             .iter()
             .map(|(seq, header, payload)| Signed {
@@ -588,9 +593,13 @@ async fn verify_signatures(
             })
             .collect();
         sign_verdicts(&keys, &events)
-    })
-    .await
-    .map_err(|e| RunError::Task(e.into()))
+    };
+    if batch.len() <= VERIFY_INLINE_MAX {
+        return Ok(verify());
+    }
+    tokio::task::spawn_blocking(verify)
+        .await
+        .map_err(|e| RunError::Task(e.into()))
 }
 
 /// Returns once `stop` says so; never when no one can say it any more.
