@@ -60,6 +60,8 @@ fn every_sub_benchmark_completes_with_positive_figures() {
         "deliver_p99_ms",
         "deliver_p99_low_ms",
         "ack_p99_half_load_ms",
+        "trace_low_projector_p50_ms",
+        "trace_low_published_p50_ms",
         "paced_low_server_cpu_us_per_msg",
         "idle_server_cpu_pct",
         "biggroup_cpu_ratio",

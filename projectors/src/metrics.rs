@@ -39,8 +39,13 @@ pub static COMMIT_SECONDS: LazyLock<Histogram> =
 /// oldest event of each batch: `taken` (the batch is cut from what the
 /// consumers pulled), `published` (its deliveries are out), `committed`
 /// (its read models are). Where a delivery's time goes.
-pub static EVENT_AGE_SECONDS: LazyLock<Ages> =
-    LazyLock::new(|| Family::new_with_constructor(age_buckets));
+pub static EVENT_AGE_SECONDS: LazyLock<Ages> = LazyLock::new(|| {
+    let family: Ages = Family::new_with_constructor(age_buckets);
+    for stage in ["taken", "published", "committed"] {
+        let _ = family.get_or_create(&Stage { stage });
+    }
+    family
+});
 
 /// Histograms by stage, each with `age_buckets`.
 pub type Ages = Family<Stage, Histogram, fn() -> Histogram>;
