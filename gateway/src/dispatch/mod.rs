@@ -521,21 +521,20 @@ impl Dispatcher {
         };
         // Its large groups are joined before `Connected`: a sync after it
         // covers what they delivered before (I12).
-        if let (true, Some(queries)) = (first_here, &self.queries) {
-            let groups = queries.groups_of(user).await;
-            self.routes.connected_to_groups(user, &groups, &mut |c| {
-                let _ = self.commands.try_send(c);
-            });
-        }
+        let groups_live = match (first_here, &self.queries) {
+            (true, Some(queries)) => self.join_groups(user, queries).await,
+            _ => true,
+        };
         // The PONG to a PING sent after the SUB: the server has it.
         let (tx, rx) = oneshot::channel();
-        let live = match self.commands.try_send(Command::Ping(tx)) {
-            Ok(()) => matches!(
-                tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx).await,
-                Ok(Ok(()))
-            ),
-            Err(_) => false,
-        };
+        let live = groups_live
+            && match self.commands.try_send(Command::Ping(tx)) {
+                Ok(()) => matches!(
+                    tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx).await,
+                    Ok(Ok(()))
+                ),
+                Err(_) => false,
+            };
         let mut map = self.routes.lock();
         std::mem::forget(joining);
         let route = map.users.get_mut(user).expect("a joining route stays");
@@ -547,6 +546,30 @@ impl Dispatcher {
         }
         self.drop_if_unused(&mut map, user);
         Err(JoinError::Unavailable)
+    }
+
+    /// Joins `user`'s large groups: the group subscriptions that are new
+    /// here are queued even when the command queue is full for a while
+    /// (up to `SUBSCRIBE_TIMEOUT`): one dropped would leave the gateway
+    /// sure of a subscription the server never got, and the group's
+    /// members here without its deliveries. False when one could not be
+    /// queued in time (the connect fails, and its `left` unsubscribes).
+    async fn join_groups(&self, user: &str, queries: &GroupQueries) -> bool {
+        let groups = queries.groups_of(user).await;
+        let mut commands = Vec::new();
+        self.routes
+            .connected_to_groups(user, &groups, &mut |c| commands.push(c));
+        for c in commands {
+            let queued = tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.commands.send(c)).await;
+            if !matches!(queued, Ok(Ok(()))) {
+                tracing::warn!(
+                    user,
+                    "group subscription not queued in time: the connect fails"
+                );
+                return false;
+            }
+        }
+        true
     }
 
     /// Removes a device; the user's subscription goes with their last one.

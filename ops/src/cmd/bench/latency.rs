@@ -140,8 +140,10 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let mut half = at_rate(&stack, size, rate, "lat", false).await?;
     let mut low = at_rate(&stack, size, rate / 5.0, "low", false).await?;
     let ages_before = stack.projector_metrics().await?;
+    let appends_before = stack.gateway_metrics().await?;
     let traced = at_rate(&stack, size, rate / 5.0, "trace", true).await?;
     let ages_after = stack.projector_metrics().await?;
+    let appends_after = stack.gateway_metrics().await?;
     stack.stop().await;
     let mut f = Figures::default();
     f.add(
@@ -161,6 +163,7 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let seen = traced.seen.unwrap_or_default();
     let n = trace::add_stages(&mut f, &traced.arrivals, &seen);
     trace::add_ages(&mut f, &ages_before, &ages_after);
+    trace::add_append(&mut f, &appends_before, &appends_after);
     eprintln!(
         "latency: trace: {n} of {} arrivals seen at both wire points",
         traced.arrivals.len()

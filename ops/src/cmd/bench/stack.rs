@@ -150,6 +150,11 @@ impl Stack {
             .unwrap_or(0))
     }
 
+    /// The gateway's `/metrics` text.
+    pub async fn gateway_metrics(&self) -> anyhow::Result<String> {
+        scrape(self.metrics).await
+    }
+
     /// The projector's `/metrics` text.
     pub async fn projector_metrics(&self) -> anyhow::Result<String> {
         scrape(self.projector_metrics).await

@@ -131,13 +131,13 @@ pub fn add_stages(f: &mut Figures, arrivals: &[Arrival], seen: &Sightings) -> us
     traced
 }
 
-/// The projector's `im_projector_event_age_seconds` buckets of one stage:
-/// (upper bound in seconds, cumulative count), in order.
-pub fn age_buckets(metrics: &str, stage: &str) -> Vec<(f64, u64)> {
-    let label = format!("stage=\"{stage}\"");
+/// The buckets of one histogram of `family` whose labels hold `label`
+/// (`stage="taken"`): (upper bound in seconds, cumulative count), in order.
+pub fn buckets(metrics: &str, family: &str, label: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{family}_bucket{{");
     metrics
         .lines()
-        .filter(|l| l.starts_with("im_projector_event_age_seconds_bucket{") && l.contains(&label))
+        .filter(|l| l.starts_with(&prefix) && l.contains(label))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let le = if le == "+Inf" {
@@ -199,11 +199,32 @@ const AGES: [(&str, [&str; 2]); 3] = [
 /// from an event's storing to its batch taken, published and committed
 /// (the oldest event of each batch).
 pub fn add_ages(f: &mut Figures, before: &str, after: &str) {
+    const FAMILY: &str = "im_projector_event_age_seconds";
     for (stage, names) in AGES {
-        let (b, a) = (age_buckets(before, stage), age_buckets(after, stage));
+        let label = format!("stage=\"{stage}\"");
+        let (b, a) = (
+            buckets(before, FAMILY, &label),
+            buckets(after, FAMILY, &label),
+        );
         f.add(names[0], quantile_between(&b, &a, 0.5));
         f.add(names[1], quantile_between(&b, &a, 0.99));
     }
+}
+
+/// Adds the gateway's own part of a send between two scrapes of its
+/// metrics: `im_gateway_append_seconds{via="ws"}`, from the command's
+/// start to JetStream's ack (the conversation's lock, `decide`, the
+/// signature, the publish and its ack). The rest of a client's ack time
+/// is the WebSocket both ways and the scheduling of a shared box.
+pub fn add_append(f: &mut Figures, before: &str, after: &str) {
+    const FAMILY: &str = "im_gateway_append_seconds";
+    let label = "via=\"ws\"";
+    let (b, a) = (
+        buckets(before, FAMILY, label),
+        buckets(after, FAMILY, label),
+    );
+    f.add("trace_low_append_p50_ms", quantile_between(&b, &a, 0.5));
+    f.add("trace_low_append_p99_ms", quantile_between(&b, &a, 0.99));
 }
 
 #[cfg(test)]
@@ -219,7 +240,12 @@ mod tests {
                      im_projector_event_age_seconds_bucket{stage=\"taken\",le=\"0.002\"} 105\n\
                      im_projector_event_age_seconds_bucket{stage=\"taken\",le=\"+Inf\"} 105\n\
                      im_projector_event_age_seconds_bucket{stage=\"published\",le=\"0.001\"} 9\n";
-        let (b, a) = (age_buckets(before, "taken"), age_buckets(after, "taken"));
+        let family = "im_projector_event_age_seconds";
+        let label = "stage=\"taken\"";
+        let (b, a) = (
+            buckets(before, family, label),
+            buckets(after, family, label),
+        );
         assert_eq!(a.len(), 3);
         // All 100 new observations lie in (1 ms, 2 ms]: the median halfway.
         assert!((quantile_between(&b, &a, 0.5) - 1.5).abs() < 1e-9);
