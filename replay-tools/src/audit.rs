@@ -11,8 +11,10 @@
 //!   from the events before it: a non-member's message, a forged role
 //!   change or an edited body all fail here;
 //! - start a command whose (actor, client_msg_id) the conversation has not
-//!   seen before, and a direct conversation's creation be followed by the
-//!   message that made it (whole-log checks only an auditor can afford).
+//!   seen before (or continue the one just before it: the `MembersAdded`
+//!   parts of a large creation or bulk add), and a direct conversation's
+//!   creation be followed by the message that made it (whole-log checks
+//!   only an auditor can afford).
 //!
 //! Every violation is named. An event that is not part of its
 //! conversation is stepped over, as writers and projectors step over it,
@@ -95,6 +97,10 @@ struct ConvAudit {
     /// A direct conversation's creation: the send that made it must be its
     /// next event.
     direct_created: Option<v1::ConvEvent>,
+    /// (actor, client_msg_id) of the last event: a command's `MembersAdded`
+    /// events (a creation or bulk add larger than one event holds) follow
+    /// its first event under the same id.
+    last: Option<(String, String)>,
     events: u64,
 }
 
@@ -235,6 +241,14 @@ impl ConvAudit {
     /// its command is new, and a direct conversation's creation is followed
     /// by the message that made it (one command, two events).
     fn check_command(&mut self, ev: &v1::ConvEvent) -> Result<(), ViolationKind> {
+        let key = (ev.actor.clone(), ev.client_msg_id.clone());
+        let continues = matches!(&ev.kind, Some(Kind::MembersAdded(_)))
+            && self.last.as_ref() == Some(&key)
+            && self.direct_created.is_none();
+        self.last = Some(key);
+        if continues {
+            return Ok(());
+        }
         if let Some(created) = self.direct_created.take() {
             let completes = matches!(&ev.kind, Some(Kind::MessageSent(_)))
                 && ev.actor == created.actor

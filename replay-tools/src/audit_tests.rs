@@ -439,3 +439,40 @@ fn every_violation_is_named_and_what_follows_is_judged_as_writers_judge_it() {
     assert_eq!(report.events, log.raws.len() as u64);
     assert_eq!(report.conversations["team"].events, 9);
 }
+
+#[test]
+fn a_bulk_adds_parts_are_one_command_and_its_id_is_not_reused_later() {
+    let users = |from: usize| -> Vec<(String, Role)> {
+        (from..from + 600)
+            .map(|i| (format!("u{i:04}"), Role::Member))
+            .collect()
+    };
+    let mut log = history();
+    let add = Action::AddMembers { users: users(0) };
+    log.run("team", "olga", "bulk", add);
+    // 600 members: two `MembersAdded` events under one id.
+    assert_eq!(log.raws.len(), 12);
+    assert!(log.audit().is_ok(), "{:?}", log.audit());
+
+    log.run("team", "amy", "m7", text("welcome"));
+    let ev = log.next_event(
+        "team",
+        "olga",
+        "bulk",
+        Kind::MembersAdded(v1::MembersAdded {
+            members: vec![v1::InitialMember {
+                user_id: "zed".into(),
+                role: v1::Role::Member as i32,
+            }],
+        }),
+    );
+    log.append(ev);
+    let v = log.audit().unwrap_err();
+    assert_eq!(
+        v.kind,
+        ViolationKind::DuplicateClientMsgId {
+            client_msg_id: "bulk".into()
+        },
+        "{v}"
+    );
+}

@@ -674,3 +674,35 @@ async fn verify_names_unsigned_and_unknown_signers() {
         "{out}"
     );
 }
+
+/// A group created larger than one event holds (its creation split into
+/// `Created` and `MembersAdded` events) and grown in bulk verifies: the
+/// auditor's rules are the writer's, at 100,000 members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_group_created_in_parts_and_grown_in_bulk_verifies() {
+    let stack = im_testkit::Stack::start().await;
+    let url = stack.url();
+    let app = stack.appender().await;
+    let members = |from: usize, n: usize| -> Vec<(String, Role)> {
+        (from..from + n)
+            .map(|i| (format!("u{i:06}"), Role::Member))
+            .collect()
+    };
+    let create = Action::CreateGroup {
+        title: "big".into(),
+        members: members(0, 5_000),
+    };
+    run(&app, "big", "olga", "c1", create).await;
+    let add = Action::AddMembers {
+        users: members(5_000, 5_000),
+    };
+    run(&app, "big", "olga", "c2", add).await;
+    run(&app, "big", "u000001", "m1", text("hello, 10,001")).await;
+    let verified = ok(&["verify", "--nats-url", &url]);
+    // 5,000 + 1 in a creation split at 500 a piece (11 events), 10 adds of
+    // 500, a message.
+    assert!(
+        verified.contains("conversation big: 22 events"),
+        "{verified}"
+    );
+}
