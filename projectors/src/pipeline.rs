@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use im_streams::codec::HDR_EVENT_TYPE;
+use im_streams::conversation::MEMBERS_PER_EVENT_MAX;
 use im_streams::signing::{KeyRing, Signed, WriterKeys, HDR_SIGNATURE};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
@@ -400,10 +402,14 @@ async fn run_batches(
             first = input.rx.recv(), if held.len() < HELD_MAX => first,
         };
         let Some(first) = first else { break };
+        let mut weight = weight_of(&first.1);
         let mut items = vec![first];
-        while items.len() < BATCH_MAX {
+        while !batch_full(items.len(), weight) {
             match input.rx.try_recv() {
-                Ok(item) => items.push(item),
+                Ok(item) => {
+                    weight += weight_of(&item.1);
+                    items.push(item);
+                }
                 Err(_) => break,
             }
         }
@@ -428,6 +434,31 @@ async fn run_batches(
     }
     out.acks.send().await;
     Ok(Stop::Closed)
+}
+
+/// The work a batch may hold, in member rows: an event naming members (a
+/// creation, a bulk add: up to `MEMBERS_PER_EVENT_MAX` each) writes rows
+/// per member in several projections, and a batch of hundreds of them
+/// held every projection's batch lock for seconds (queries about other
+/// conversations timed out behind it) and gigabytes of overlay.
+const BATCH_WEIGHT_MAX: usize = 4 * MEMBERS_PER_EVENT_MAX;
+
+/// An event's work for `BATCH_WEIGHT_MAX`, from its type header.
+fn weight_of(msg: &jetstream::Message) -> usize {
+    let kind = msg.headers.as_ref().and_then(|h| h.get(HDR_EVENT_TYPE));
+    event_weight(kind.map(|v| v.as_str()))
+}
+
+fn event_weight(event_type: Option<&str>) -> usize {
+    match event_type {
+        Some("conversation_created" | "members_added") => MEMBERS_PER_EVENT_MAX,
+        _ => 1,
+    }
+}
+
+/// Whether a batch of `events` weighing `weight` takes no more.
+fn batch_full(events: usize, weight: usize) -> bool {
+    events >= BATCH_MAX || weight >= BATCH_WEIGHT_MAX
 }
 
 /// Returns when a follower's claim moves; never without one.
@@ -697,6 +728,22 @@ mod tests {
 
     fn conv(seqs: &[u64]) -> Vec<(Source, u64, ())> {
         seqs.iter().map(|s| (Source::Conv, *s, ())).collect()
+    }
+
+    #[test]
+    fn batches_of_membership_events_are_cut_by_their_work() {
+        let (member, message) = (
+            event_weight(Some("members_added")),
+            event_weight(Some("message_sent")),
+        );
+        assert_eq!(event_weight(Some("conversation_created")), member);
+        assert_eq!(message, 1);
+        // Messages: up to BATCH_MAX.
+        assert!(!batch_full(BATCH_MAX - 1, (BATCH_MAX - 1) * message));
+        assert!(batch_full(BATCH_MAX, BATCH_MAX * message));
+        // Bulk adds: four at most.
+        assert!(!batch_full(3, 3 * member));
+        assert!(batch_full(4, 4 * member));
     }
 
     fn seqs(batch: &[(Source, u64, ())]) -> Vec<u64> {
