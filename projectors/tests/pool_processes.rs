@@ -67,6 +67,26 @@ async fn wait_shared(kv: &async_nats::jetstream::kv::Store, partitions: u32, nam
     }
 }
 
+/// Waits until `name`'s member key has stood still for `LEASE_TTL` (or is
+/// gone): every member's board then counts it as no longer live, so no
+/// graceful stop hands it a partition.
+async fn wait_not_live(kv: &async_nats::jetstream::kv::Store, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ttl = im_projectors::lease::LEASE_TTL;
+    loop {
+        let entry = kv.entry(format!("m.{name}")).await.unwrap();
+        let quiet = entry.is_none_or(|e| {
+            let age = time::OffsetDateTime::now_utc() - e.created;
+            age.as_seconds_f64() > ttl.as_secs_f64() + 1.0
+        });
+        if quiet {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} still beats");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until `p` is owned by `who` (any when None); returns the lease.
 async fn wait_owner(kv: &async_nats::jetstream::kv::Store, p: u32, who: Option<&str>) -> Lease {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -307,7 +327,10 @@ async fn three_instances_survive_a_kill_a_stop_and_rejoins_under_load() {
     );
     let survivors: Vec<&str> = names.iter().copied().filter(|n| *n != killed).collect();
     wait_shared(&kv, partitions, &survivors).await;
-    // SIGTERM the other of b and c: it hands every partition over first.
+    // Once every board counts b as gone (its member key may have beaten
+    // after its last lease renewal), SIGTERM the other of b and c: it
+    // hands every partition over first, all to a.
+    wait_not_live(&kv, killed).await;
     let stopped = "c";
     let mut proc = procs.remove(stopped).unwrap();
     signal(&proc, "TERM");

@@ -152,13 +152,21 @@ async fn deliveries_published_again_after_a_lost_commit_reach_the_client_once() 
     let got = events_until(&mut bob, 5).await;
     assert_eq!(texts(&got), ["m1", "m2", "m3", "m4", "m5"]);
     projector.finish().await.unwrap();
+    // What the client dropped so far (a delivery that its first sync had
+    // already paged in, on a slow machine).
+    let dropped_before = bob.stats().duplicates;
     std::fs::remove_dir_all(&dir).unwrap();
     copy_dir(before.path(), &dir);
     let projector = kit.projector(config).await;
     alice.send(text(&conv, "", "m6", "m6")).await.unwrap();
     let again = events_until(&mut bob, 1).await;
     assert_eq!(texts(&again), ["m6"], "m1..m5 came again and were dropped");
-    assert_eq!(bob.stats().duplicates, 5, "{:?}", bob.stats());
+    assert_eq!(
+        bob.stats().duplicates - dropped_before,
+        5,
+        "{:?}",
+        bob.stats()
+    );
     drop((projector, url));
 }
 
