@@ -32,12 +32,18 @@ pub fn rejection_code(r: &Rejection) -> v1::ErrorCode {
         | Rejection::Blacklisted
         | Rejection::Muted { .. }
         | Rejection::NotSender
-        | Rejection::OwnerMustTransfer => C::Forbidden,
+        | Rejection::OwnerMustTransfer
+        | Rejection::NotAccepting { .. }
+        | Rejection::UnblockFirst => C::Forbidden,
         Rejection::ConversationNotFound | Rejection::MessageNotFound { .. } => C::NotFound,
         Rejection::ConversationExists
         | Rejection::AlreadyMember
         | Rejection::AlreadyBlacklisted
-        | Rejection::AlreadyRecalled => C::Conflict,
+        | Rejection::AlreadyRecalled
+        | Rejection::AlreadyContacts
+        | Rejection::AlreadyRequested
+        | Rejection::AlreadyBlocked => C::Conflict,
+        Rejection::NoRequest | Rejection::NotContacts | Rejection::NotBlocked => C::NotFound,
         Rejection::TooLarge { .. } | Rejection::GroupFull { .. } => C::TooLarge,
         Rejection::Invalid { .. }
         | Rejection::NotInDirect
@@ -105,6 +111,10 @@ mod tests {
         assert_eq!(status(Rejection::AlreadyMember), 409);
         assert_eq!(status(Rejection::GroupFull { max: 1 }), 413);
         assert_eq!(status(Rejection::RecallWindowPassed), 400);
+        let not_accepting = Rejection::NotAccepting { user: "u".into() };
+        assert_eq!(status(not_accepting), 403);
+        assert_eq!(status(Rejection::AlreadyRequested), 409);
+        assert_eq!(status(Rejection::NoRequest), 404);
         let frame = rejection_frame(&Rejection::NotMember, "c1");
         let Some(v1::envelope::Payload::Error(e)) = frame.payload else {
             panic!("an error frame")

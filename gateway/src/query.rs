@@ -80,6 +80,11 @@ pub async fn ask_conv(
     pos: u64,
     query: Query,
 ) -> Result<R, v1::ErrorCode> {
+    // A user's or a pair's log is read through the people endpoints only
+    // (a request hidden from a blocker is on the pair's log).
+    if im_streams::ids::is_people_log(conv) {
+        return Err(v1::ErrorCode::NotFound);
+    }
     let partition = state.appender.topology().partition_of(conv);
     let started = std::time::Instant::now();
     let kind = kind_of(&query);

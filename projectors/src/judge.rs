@@ -114,7 +114,10 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// What the judge knows of a conversation.
+/// What the judge knows of a conversation. Nearly every entry is a
+/// `State`: boxing it would add an allocation to each for the rare
+/// `Unknown`.
+#[allow(clippy::large_enum_variant)]
 enum Known {
     State {
         state: ConvState,

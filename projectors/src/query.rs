@@ -12,10 +12,13 @@ use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 use im_streams::ids::{validate_id, IdKind};
 
 use crate::digest::digest_of;
-use crate::projections::{convlist, dedupe, history, members, membership, receipts, unread};
+use crate::projections::{
+    convlist, dedupe, history, members, membership, people, receipts, unread,
+};
 use crate::runner::{checkpoint, ProjectionState, Source};
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
+use im_streams::conversation::MEMBERS_PER_COMMAND_MAX;
 
 pub use crate::digest::{key_hashes, KEYS_PAGE_MAX};
 
@@ -342,6 +345,9 @@ impl QueryContext {
             Query::RulesState(q) => self.rules_state(q).await,
             Query::GroupsOf(q) => self.groups_of(q, pos, scope).await,
             Query::GroupState(q) => self.group_state(q, pos).await,
+            Query::Profiles(q) => self.profiles(q, pos).await,
+            Query::Contacts(q) => self.contacts(q, pos, scope).await,
+            Query::Reach(q) => self.reach(q, pos, scope).await,
             Query::Status(q) => {
                 let digests = q.digests.then(|| self.named(&q.projections)).transpose()?;
                 Ok(R::Status(self.status(digests).map_err(store_error)?))
@@ -409,6 +415,63 @@ impl QueryContext {
             g.position = at;
         }
         Ok(R::GroupsOf(v1::GroupsOfResult { groups }))
+    }
+
+    /// The profiles of users whose logs are in this partition.
+    async fn profiles(&self, q: v1::ProfilesQuery, pos: Position) -> Result<R, v1::QueryError> {
+        if q.user_ids.len() > people::PROFILES_PER_QUERY_MAX {
+            return Err(bad(format!(
+                "at most {} users per query",
+                people::PROFILES_PER_QUERY_MAX
+            )));
+        }
+        for u in &q.user_ids {
+            check_ids(&[(IdKind::User, u)])?;
+        }
+        self.wait_for(&[members::NAME], pos).await?;
+        let (profiles, privacy) =
+            people::profiles(&*self.ks(members::NAME), &q.user_ids).map_err(store_error)?;
+        Ok(R::Profiles(v1::ProfilesResult { profiles, privacy }))
+    }
+
+    /// A user's contacts, requests and blocks in the partition asked.
+    async fn contacts(
+        &self,
+        q: v1::ContactsQuery,
+        pos: Position,
+        scope: Option<u32>,
+    ) -> Result<R, v1::QueryError> {
+        check_ids(&[(IdKind::User, &q.user_id)])?;
+        self.wait_for(&[members::NAME], pos).await?;
+        let topology = self.topology;
+        let in_scope = move |log: &str| scope.is_none_or(|p| topology.partition_of(log) == p);
+        let entries = people::contacts_of(&*self.ks(members::NAME), &q.user_id, &in_scope)
+            .map_err(store_error)?;
+        Ok(R::Contacts(v1::ContactsResult { entries }))
+    }
+
+    /// The people rows a writer checks a bulk add against (`ReachQuery`).
+    async fn reach(
+        &self,
+        q: v1::ReachQuery,
+        pos: Position,
+        scope: Option<u32>,
+    ) -> Result<R, v1::QueryError> {
+        if q.user_ids.len() > MEMBERS_PER_COMMAND_MAX {
+            return Err(bad(format!(
+                "at most {MEMBERS_PER_COMMAND_MAX} users per query"
+            )));
+        }
+        check_ids(&[(IdKind::User, &q.actor)])?;
+        for u in &q.user_ids {
+            check_ids(&[(IdKind::User, u)])?;
+        }
+        self.wait_for(&[members::NAME], pos).await?;
+        let topology = self.topology;
+        let in_scope = move |log: &str| scope.is_none_or(|p| topology.partition_of(log) == p);
+        let logs = people::reach_rows(&*self.ks(members::NAME), &q.actor, &q.user_ids, &in_scope)
+            .map_err(store_error)?;
+        Ok(R::Reach(v1::ReachResult { logs }))
     }
 
     /// Which of the users asked are members of a large group, and its chain.

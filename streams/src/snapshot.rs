@@ -23,6 +23,8 @@ pub fn to_wire(state: &ConvState) -> v1::RulesStateResult {
         found: true,
         kind: match state.kind {
             Some(ConvKind::Direct) => v1::ConversationKind::Direct as i32,
+            Some(ConvKind::User) => v1::ConversationKind::User as i32,
+            Some(ConvKind::Pair) => v1::ConversationKind::Pair as i32,
             _ => v1::ConversationKind::Group as i32,
         },
         title: state.title.clone(),
@@ -53,6 +55,7 @@ pub fn to_wire(state: &ConvState) -> v1::RulesStateResult {
                 }),
             })
             .collect(),
+        people: Some(state.people.to_row()),
     }
 }
 
@@ -62,10 +65,8 @@ pub fn from_wire(conv_id: &str, wire: v1::RulesStateResult) -> Option<ConvState>
         return None;
     }
     let mut state = ConvState::empty(conv_id);
-    state.kind = Some(match v1::ConversationKind::try_from(wire.kind) {
-        Ok(v1::ConversationKind::Direct) => ConvKind::Direct,
-        _ => ConvKind::Group,
-    });
+    state.kind = Some(ConvKind::from_wire(wire.kind));
+    state.people = crate::people::People::from_row(&wire.people.unwrap_or_default());
     state.title = wire.title;
     state.conv_seq = wire.conv_seq;
     state.version = wire.version;

@@ -11,7 +11,8 @@ pub async fn run(state: &AppState, user: &str, typing: v1::Typing) -> Option<v1:
         Ok(s) => s,
         Err(e) => return Some(error_frame(v1::ErrorCode::BadRequest, e.to_string(), "")),
     };
-    if !conv_state.is_member(user) {
+    // A user's or a pair's log is no conversation to type in.
+    if !conv_state.is_member(user) || im_streams::ids::is_people_log(&typing.conversation_id) {
         return Some(rejection_frame(&im_streams::Rejection::NotMember, ""));
     }
     let notice = im_schema::encode(&reply(Payload::TypingNotice(v1::TypingNotice {

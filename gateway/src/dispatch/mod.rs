@@ -82,12 +82,14 @@ impl StartError {
     }
 }
 
-/// Whether an ephemeral notice is one (typing, presence), not an event a
+/// Whether an ephemeral notice is one (typing, presence, a profile), not an event a
 /// gateway's identity could otherwise pass off as the projector's.
 fn is_notice(payload: &[u8]) -> bool {
     matches!(
         im_schema::decode::<v1::Envelope>(payload).map(|e| e.payload),
-        Ok(Some(Payload::TypingNotice(_) | Payload::Presence(_)))
+        Ok(Some(
+            Payload::TypingNotice(_) | Payload::Presence(_) | Payload::Profile(_)
+        ))
     )
 }
 

@@ -17,7 +17,7 @@ use super::{ApiError, AuthUser};
 use crate::error::streams_code;
 use crate::AppState;
 
-fn idempotency_key(headers: &HeaderMap, body_key: Option<String>) -> String {
+pub(super) fn idempotency_key(headers: &HeaderMap, body_key: Option<String>) -> String {
     headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -36,24 +36,43 @@ fn uuid_like() -> String {
 }
 
 /// `X-Trace-Id` of a request, if it has one.
-fn trace_header(headers: &HeaderMap) -> Option<String> {
+pub(super) fn trace_header(headers: &HeaderMap) -> Option<String> {
     headers
         .get("x-trace-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }
 
-async fn execute(
+/// Who asks, with which idempotency key and trace id.
+pub(super) type Asker = (String, String, Option<String>);
+
+/// Runs a command on a conversation, or (`conv` None) a people command on
+/// the log it belongs to, within the command bound, as the API's answer.
+pub(super) async fn execute(
     state: &AppState,
-    conv: &str,
-    (user, key, trace): (String, String, Option<String>),
+    conv: Option<&str>,
+    (user, key, trace): Asker,
     action: Action,
 ) -> Response {
+    let (response, _) = execute_inner(state, conv, (user, key, trace), action).await;
+    response
+}
+
+/// `execute`, also saying where the command was stored if it was just now.
+pub(super) async fn execute_inner(
+    state: &AppState,
+    conv: Option<&str>,
+    (user, key, trace): Asker,
+    action: Action,
+) -> (Response, Option<u64>) {
     // One rate for every way in: a user's HTTP commands draw on the same
     // bucket as their devices' sends (`Limits::user_sends_per_sec`).
     if !state.user_rates.take(&user) {
         let message = "command rate exceeded for this user (all devices and HTTP): retry later with the same Idempotency-Key";
-        return ApiError(v1::ErrorCode::RateLimited, message.into()).into_response();
+        return (
+            ApiError(v1::ErrorCode::RateLimited, message.into()).into_response(),
+            None,
+        );
     }
     let cmd = Command {
         actor: user,
@@ -64,31 +83,44 @@ async fn execute(
     let trace = crate::cmd::trace_id(trace.as_deref());
     tracing::debug!(trace_id = trace, user = cmd.actor, conv, "command");
     let started = std::time::Instant::now();
-    let outcome = tokio::time::timeout(bound, state.appender.execute(conv, &cmd, &trace)).await;
+    let run = async {
+        match conv {
+            Some(conv) => state.appender.execute(conv, &cmd, &trace).await,
+            None => state.appender.execute_people(&cmd, &trace).await,
+        }
+    };
+    let outcome = tokio::time::timeout(bound, run).await;
     state.metrics.append_took("http", started);
     let Ok(outcome) = outcome else {
         let message = format!(
             "no outcome within {} ms; it may or may not be stored: retry with the same Idempotency-Key",
             bound.as_millis()
         );
-        return ApiError(v1::ErrorCode::Timeout, message).into_response();
+        return (
+            ApiError(v1::ErrorCode::Timeout, message).into_response(),
+            None,
+        );
     };
     match outcome {
         Ok(AppendOutcome::Stored {
+            conv_id,
             stream_seq,
             conv_seq,
-            ..
         }) => {
             state.presence.wrote(&cmd.actor);
-            positions(conv, stream_seq, conv_seq, false)
+            let answer = positions(&conv_id, stream_seq, conv_seq, false);
+            (answer, Some(stream_seq))
         }
         Ok(AppendOutcome::Duplicate {
+            conv_id,
             stream_seq,
             conv_seq,
-            ..
-        }) => positions(conv, stream_seq, conv_seq, true),
-        Ok(AppendOutcome::Rejected(r)) => super::errors::refused(&r),
-        Err(e) => ApiError(streams_code(&e), e.to_string()).into_response(),
+        }) => (positions(&conv_id, stream_seq, conv_seq, true), None),
+        Ok(AppendOutcome::Rejected(r)) => (super::errors::refused(&r), None),
+        Err(e) => (
+            ApiError(streams_code(&e), e.to_string()).into_response(),
+            None,
+        ),
     }
 }
 
@@ -168,7 +200,7 @@ pub async fn create_group(
         members,
     };
     let who = (user, key, trace_header(&headers));
-    Ok(execute(&state, &body.conversation_id, who, action).await)
+    Ok(execute(&state, Some(&body.conversation_id), who, action).await)
 }
 
 #[derive(Deserialize, Default)]
@@ -263,5 +295,5 @@ pub async fn command(
         }
     };
     let who = (user, key, trace_header(&headers));
-    Ok(execute(&state, &conv, who, action).await)
+    Ok(execute(&state, Some(&conv), who, action).await)
 }

@@ -16,7 +16,7 @@ pub const OPENAPI_YAML: &str = include_str!("../../../docs/openapi.yaml");
 
 /// (method, path, handler) of every route; a path may appear once per method.
 pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> {
-    use http::{commands, media, queries, status, web};
+    use http::{commands, media, people, queries, status, web};
     vec![
         (Method::GET, "/v1/ws", get(ws::upgrade)),
         (Method::GET, "/v1/history", get(queries::history)),
@@ -56,6 +56,16 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> 
             post(commands::command),
         ),
         (Method::GET, "/v1/presence", get(http::presence::presence)),
+        (Method::GET, "/v1/me", get(people::me)),
+        (Method::PUT, "/v1/me/profile", put(people::put_profile)),
+        (Method::PUT, "/v1/me/privacy", put(people::put_privacy)),
+        (Method::GET, "/v1/me/contacts", get(people::contacts)),
+        (Method::GET, "/v1/users/profiles", get(people::profiles)),
+        (
+            Method::POST,
+            "/v1/contacts/{userId}/{verb}",
+            post(people::contact_command),
+        ),
         (Method::POST, "/v1/media/upload", post(media::upload)),
         (Method::POST, "/v1/media/sts", post(media::sts)),
         (Method::GET, "/v1/media/{id}", get(media::download)),

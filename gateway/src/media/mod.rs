@@ -324,8 +324,8 @@ impl Media {
         Ok(media)
     }
 
-    /// May `user` fetch `media_id`: its uploader, or a member of a
-    /// conversation it was sent into.
+    /// May `user` fetch `media_id`: its uploader, a member of a
+    /// conversation it was sent into, anyone for an avatar.
     pub async fn may_read(
         &self,
         (client, topology): (&async_nats::Client, im_streams::Topology),
@@ -344,6 +344,11 @@ impl Media {
         let convs = im_streams::media::sent_conversations(&self.js, media_id)
             .await
             .map_err(internal)?;
+        // An avatar (set on its uploader's own log) is public to users.
+        let user_log = |c: &String| c.starts_with(im_streams::ids::USER_LOG_PREFIX);
+        if convs.iter().any(user_log) {
+            return Ok(up);
+        }
         for conv in convs {
             let p = topology.partition_of(&conv);
             let q = im_schema::v1::query_request::Query::Role(v1::RoleQuery {

@@ -87,6 +87,10 @@ impl Projection for ConvList {
         };
         let ev = &stored.event;
         let conv = ev.conversation_id.as_str();
+        // A user's or a pair's log is no conversation to list.
+        if im_streams::ids::is_people_log(conv) {
+            return Ok(Vec::new());
+        }
         let change = membership::fold(tx, ev, ctx)?;
         let before = tx
             .get_msg::<v1::ConvListEntry>(&summary_key(conv))?

@@ -104,6 +104,20 @@ impl Projection for History {
             event_type: im_streams::conversation::event_type(ev).to_string(),
             ..Default::default()
         };
+        // A people log's creation is no news: the event that made it follows.
+        if let Some(Kind::Created(c)) = &ev.kind {
+            if !im_streams::conversation::ConvKind::from_wire(c.kind).is_chat() {
+                return Ok(Vec::new());
+            }
+        }
+        // A request asked while blocked reaches its asker's devices only.
+        if let Some(Kind::ContactRequested(r)) = &ev.kind {
+            if r.hidden {
+                let users = vec![ev.actor.clone()];
+                let deliver = Box::new(deliver);
+                return Ok(vec![Effect::Deliver { users, deliver }]);
+            }
+        }
         let before = (members.len() + change.left.len()).saturating_sub(change.joined.len());
         let (users, deliver) = if members.len() > ctx.large_above {
             // Once on the group subject, whatever its size; personally only

@@ -72,6 +72,7 @@ impl Projection for Members {
             tx.delete(key(USER_CONV, &[u.as_bytes(), conv.as_bytes()]));
         }
         fold_recent(tx, ev)?;
+        super::people::fold(tx, ev)?;
         Ok(Vec::new())
     }
 }
@@ -149,10 +150,10 @@ pub fn rules_state(tx: &Tx, conv: &str) -> Result<Option<ConvState>, StoreError>
         detail: "a conversation record without its chain head".into(),
     })?;
     let mut state = ConvState::empty(conv);
-    state.kind = Some(match v1::ConversationKind::try_from(rec.kind) {
-        Ok(v1::ConversationKind::Direct) => ConvKind::Direct,
-        _ => ConvKind::Group,
-    });
+    state.kind = Some(ConvKind::from_wire(rec.kind));
+    if let Some(row) = tx.get_msg::<v1::PeopleRow>(&key(super::people::ROW, &[conv.as_bytes()]))? {
+        state.people = im_streams::people::People::from_row(&row);
+    }
     state.title = rec.title;
     state.conv_seq = head.conv_seq;
     state.version = rec.version;

@@ -205,6 +205,14 @@ fn fold_rows(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<Change, StoreError> {
             tx.delete(key(BLACKLIST, &[conv.as_bytes(), u.user_id.as_bytes()]));
         }
         Kind::MessageSent(_) | Kind::MessageRecalled(_) | Kind::MessageEdited(_) => {}
+        Kind::ProfileUpdated(_)
+        | Kind::PrivacyChanged(_)
+        | Kind::ContactRequested(_)
+        | Kind::ContactAccepted(_)
+        | Kind::ContactDeclined(_)
+        | Kind::ContactRemoved(_)
+        | Kind::UserBlocked(_)
+        | Kind::UserUnblocked(_) => {}
     }
     Ok(change)
 }

@@ -14,6 +14,7 @@ pub mod dedupe;
 pub mod history;
 pub mod members;
 pub mod membership;
+pub mod people;
 pub mod receipts;
 pub mod unread;
 
@@ -109,8 +110,11 @@ pub fn conv_of_key(key: &[u8]) -> Option<&[u8]> {
         | receipts::CURSORS
         | unread::MARK
         | unread::CURSOR
-        | convlist::SUMMARY => first(),
-        members::USER_CONV | unread::ROW | convlist::ENTRY | dedupe::RECORD => last(),
+        | convlist::SUMMARY
+        | people::ROW => first(),
+        members::USER_CONV | unread::ROW | convlist::ENTRY | dedupe::RECORD | people::CONTACT => {
+            last()
+        }
         _ => None,
     }
 }

@@ -62,6 +62,10 @@ impl Unread {
         ctx: &mut FoldCtx,
     ) -> Result<(), StoreError> {
         let conv = ev.conversation_id.as_str();
+        // A user's or a pair's log has nothing to read.
+        if im_streams::ids::is_people_log(conv) {
+            return Ok(());
+        }
         let change = membership::fold(tx, ev, ctx)?;
         for u in &change.left {
             tx.delete(row_key(u, conv));

@@ -69,6 +69,33 @@ pub const DIRECT_PREFIX: &str = "dm_";
 /// from the sorted pair, so A-B and B-A are one conversation. A hash keeps it
 /// within the id bound and unambiguous whatever `_`/`-` the user ids contain.
 pub fn direct_conversation_id(a: &str, b: &str) -> Result<String, IdError> {
+    pair_id(DIRECT_PREFIX, a, b)
+}
+
+/// Prefix of a user's own log (profile, privacy; `people`).
+pub const USER_LOG_PREFIX: &str = "us_";
+
+/// Prefix of the log of a pair of users (contact requests, contacts,
+/// blocks; `people`).
+pub const PAIR_LOG_PREFIX: &str = "ct_";
+
+/// Prefixes group ids may not take: each names logs whose ids are derived.
+pub const RESERVED_PREFIXES: [&str; 3] = [DIRECT_PREFIX, USER_LOG_PREFIX, PAIR_LOG_PREFIX];
+
+/// The id of `user`'s own log: a hash, since `us_` and a 64-byte user id
+/// would not fit the id bound.
+pub fn user_log_id(user: &str) -> Result<String, IdError> {
+    validate_id(IdKind::User, user)?;
+    let digest = Sha256::digest(user.as_bytes());
+    Ok(format!("{USER_LOG_PREFIX}{}", hex::encode(&digest[..16])))
+}
+
+/// The id of the log of the pair `a`, `b` (either order).
+pub fn pair_log_id(a: &str, b: &str) -> Result<String, IdError> {
+    pair_id(PAIR_LOG_PREFIX, a, b)
+}
+
+fn pair_id(prefix: &str, a: &str, b: &str) -> Result<String, IdError> {
     validate_id(IdKind::User, a)?;
     validate_id(IdKind::User, b)?;
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
@@ -77,7 +104,12 @@ pub fn direct_conversation_id(a: &str, b: &str) -> Result<String, IdError> {
     h.update([0u8]);
     h.update(hi.as_bytes());
     let digest = h.finalize();
-    Ok(format!("{DIRECT_PREFIX}{}", hex::encode(&digest[..16])))
+    Ok(format!("{prefix}{}", hex::encode(&digest[..16])))
+}
+
+/// Whether an id names a people log (a user's or a pair's), not a chat.
+pub fn is_people_log(id: &str) -> bool {
+    id.starts_with(USER_LOG_PREFIX) || id.starts_with(PAIR_LOG_PREFIX)
 }
 
 #[cfg(test)]
@@ -123,5 +155,20 @@ mod tests {
             direct_conversation_id("a", "b_c").unwrap()
         );
         assert!(direct_conversation_id("a.b", "c").is_err());
+    }
+
+    #[test]
+    fn people_log_ids_are_distinct_from_chats_and_fit_the_bound() {
+        let pair = pair_log_id("alice", "bob").unwrap();
+        assert_eq!(pair, pair_log_id("bob", "alice").unwrap());
+        let user = user_log_id(&"u".repeat(ID_LEN_MAX)).unwrap();
+        for id in [&pair, &user] {
+            assert!(validate_id(IdKind::Conversation, id).is_ok());
+            assert!(is_people_log(id));
+        }
+        assert!(!is_people_log(
+            &direct_conversation_id("alice", "bob").unwrap()
+        ));
+        assert_ne!(user_log_id("a").unwrap(), user_log_id("b").unwrap());
     }
 }

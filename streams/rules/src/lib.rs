@@ -10,6 +10,7 @@ pub mod chain;
 pub mod conversation;
 pub mod ids;
 pub mod mapping;
+pub mod people;
 pub mod seal;
 pub mod verdict;
 

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use im_schema::v1::{self, conv_event::Kind, message_sent::Body};
 
 use crate::conversation::{Action, Command, MessageBody, Rejection, Role};
+use crate::people::Audience;
 
 impl MessageBody {
     pub fn to_wire(&self) -> Body {
@@ -88,6 +89,41 @@ pub fn kind_of(action: &Action) -> Kind {
             target_conv_seq: *conv_seq,
             text: text.clone(),
         }),
+        Action::UpdateProfile {
+            display_name,
+            avatar,
+            status,
+        } => Kind::ProfileUpdated(v1::ProfileUpdated {
+            display_name: display_name.clone(),
+            avatar: avatar.clone(),
+            status: status.clone(),
+        }),
+        Action::SetPrivacy {
+            direct_chats,
+            group_adds,
+        } => Kind::PrivacyChanged(v1::PrivacyChanged {
+            direct_chats: direct_chats.to_wire() as i32,
+            group_adds: group_adds.to_wire() as i32,
+        }),
+        Action::RequestContact { user } => Kind::ContactRequested(v1::ContactRequested {
+            user_id: user_id(user),
+            hidden: false,
+        }),
+        Action::AcceptContact { user } => Kind::ContactAccepted(v1::ContactAccepted {
+            user_id: user_id(user),
+        }),
+        Action::DeclineContact { user } => Kind::ContactDeclined(v1::ContactDeclined {
+            user_id: user_id(user),
+        }),
+        Action::RemoveContact { user } => Kind::ContactRemoved(v1::ContactRemoved {
+            user_id: user_id(user),
+        }),
+        Action::BlockUser { user } => Kind::UserBlocked(v1::UserBlocked {
+            user_id: user_id(user),
+        }),
+        Action::UnblockUser { user } => Kind::UserUnblocked(v1::UserUnblocked {
+            user_id: user_id(user),
+        }),
     }
 }
 
@@ -97,7 +133,13 @@ pub fn kind_of(action: &Action) -> Kind {
 pub fn action_of(kind: &Kind, peer: Option<&str>) -> Option<Action> {
     let user = |u: &str| u.to_string();
     Some(match kind {
-        Kind::Created(c) if c.kind == v1::ConversationKind::Direct as i32 => return None,
+        Kind::Created(c)
+            if c.kind == v1::ConversationKind::Direct as i32
+                || c.kind == v1::ConversationKind::User as i32
+                || c.kind == v1::ConversationKind::Pair as i32 =>
+        {
+            return None
+        }
         Kind::Created(c) => Action::CreateGroup {
             title: c.title.clone(),
             members: c
@@ -153,6 +195,35 @@ pub fn action_of(kind: &Kind, peer: Option<&str>) -> Option<Action> {
             conv_seq: e.target_conv_seq,
             text: e.text.clone(),
         },
+        Kind::ProfileUpdated(p) => Action::UpdateProfile {
+            display_name: p.display_name.clone(),
+            avatar: p.avatar.clone(),
+            status: p.status.clone(),
+        },
+        Kind::PrivacyChanged(c) => Action::SetPrivacy {
+            direct_chats: Audience::from_wire(c.direct_chats),
+            group_adds: Audience::from_wire(c.group_adds),
+        },
+        // Whether a request is hidden is the rules' to say, not the
+        // command's.
+        Kind::ContactRequested(r) => Action::RequestContact {
+            user: user(&r.user_id),
+        },
+        Kind::ContactAccepted(a) => Action::AcceptContact {
+            user: user(&a.user_id),
+        },
+        Kind::ContactDeclined(d) => Action::DeclineContact {
+            user: user(&d.user_id),
+        },
+        Kind::ContactRemoved(r) => Action::RemoveContact {
+            user: user(&r.user_id),
+        },
+        Kind::UserBlocked(b) => Action::BlockUser {
+            user: user(&b.user_id),
+        },
+        Kind::UserUnblocked(u) => Action::UnblockUser {
+            user: user(&u.user_id),
+        },
     })
 }
 
@@ -163,6 +234,11 @@ pub fn command_of(ev: &v1::ConvEvent, sent_with: Option<&v1::MessageSent>) -> Op
         Kind::Created(c) if c.kind == v1::ConversationKind::Direct as i32 => {
             let peer = c.members.iter().find(|m| m.user_id != ev.actor)?;
             action_of(&Kind::MessageSent(sent_with?.clone()), Some(&peer.user_id))?
+        }
+        // A people log's creation: any command allowed on an empty log of
+        // its kind decides it (its own event is checked as the next one).
+        Kind::Created(_) if crate::people::creation_stand_in(ev).is_some() => {
+            crate::people::creation_stand_in(ev)?
         }
         kind => action_of(kind, None)?,
     };
@@ -191,6 +267,7 @@ impl From<&Rejection> for v1::RejectionDetail {
                 d.max = *max as u64;
             }
             Rejection::Muted { until_ms } => d.until_ms = *until_ms,
+            Rejection::NotAccepting { user } => d.field = user.clone(),
             Rejection::GroupFull { max } => d.max = *max as u64,
             Rejection::MessageNotFound { conv_seq }
             | Rejection::MessageOutOfWindow { conv_seq } => d.seq = *conv_seq,
@@ -246,6 +323,16 @@ pub fn rejection_from_detail(d: &v1::RejectionDetail) -> Rejection {
         "cursor_beyond_end" => Rejection::CursorBeyondEnd {
             up_to_seq: d.seq,
             last_seq: d.last_seq,
+        },
+        "already_contacts" => Rejection::AlreadyContacts,
+        "already_requested" => Rejection::AlreadyRequested,
+        "no_request" => Rejection::NoRequest,
+        "not_contacts" => Rejection::NotContacts,
+        "already_blocked" => Rejection::AlreadyBlocked,
+        "not_blocked" => Rejection::NotBlocked,
+        "unblock_first" => Rejection::UnblockFirst,
+        "not_accepting" => Rejection::NotAccepting {
+            user: d.field.clone(),
         },
         other => Rejection::Invalid {
             field: Cow::Owned("command".into()),

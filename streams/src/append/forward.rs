@@ -53,6 +53,14 @@ same_message!(
     Recall <=> MessageRecalled,
     Edit <=> MessageEdited,
     AddMembers <=> MembersAdded,
+    UpdateProfile <=> ProfileUpdated,
+    SetPrivacy <=> PrivacyChanged,
+    RequestContact <=> ContactRequested,
+    AcceptContact <=> ContactAccepted,
+    DeclineContact <=> ContactDeclined,
+    RemoveContact <=> ContactRemoved,
+    BlockUser <=> UserBlocked,
+    UnblockUser <=> UserUnblocked,
 );
 
 /// A command as a forwarded request: the event its action asks for

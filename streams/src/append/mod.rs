@@ -36,6 +36,8 @@ mod forward;
 mod forwarding;
 mod media_check;
 mod outcome;
+mod people;
+mod reach;
 mod receipts;
 
 pub use outcome::AppendOutcome;
@@ -358,6 +360,9 @@ impl Appender {
                 body: crate::conversation::MessageBody::Media(m),
                 ..
             } => Some(m),
+            crate::conversation::Action::UpdateProfile {
+                avatar: Some(m), ..
+            } => Some(m),
             _ => None,
         };
         if let Some(m) = media {
@@ -445,6 +450,8 @@ impl Appender {
         }
         // A version seen to be the subject's last during this command.
         let mut confirmed = None;
+        // The version whose targets' logs were checked (`reach.rs`).
+        let mut reach_checked = None;
         let (mut attempts, mut conflicts_in_a_row, mut forwards) = (0u32, 0u32, 0u32);
         loop {
             attempts += 1;
@@ -454,7 +461,18 @@ impl Appender {
             {
                 return Ok(original);
             }
-            let sealed = match decide(&cached.state, cmd, (self.clock)()) {
+            let decided = decide(&cached.state, cmd, (self.clock)());
+            let decided = match decided {
+                Ok(events) if reach_checked != Some(cached.state.version) => {
+                    reach_checked = Some(cached.state.version);
+                    match self.refuse_reach_of(&cached.state, cmd).await? {
+                        Some(refused) => Err(refused),
+                        None => Ok(events),
+                    }
+                }
+                other => other,
+            };
+            let sealed = match decided {
                 Ok(events) => seal(&cached.state, events),
                 Err(rejection) => {
                     let latest = (&mut confirmed, attempts);

@@ -87,6 +87,7 @@ pub(super) fn require_group(state: &ConvState) -> Result<(), Rejection> {
         None => Err(Rejection::ConversationNotFound),
         Some(ConvKind::Direct) => Err(Rejection::NotInDirect),
         Some(ConvKind::Group) => Ok(()),
+        Some(_) => Err(Rejection::ConversationNotFound),
     }
 }
 
@@ -141,7 +142,8 @@ pub(super) fn message_target(state: &ConvState, conv_seq: u64) -> Result<&Messag
 /// Whether a receipt cursor may be appended: members only, and never past
 /// the conversation's last seq.
 pub fn check_receipt(state: &ConvState, user: &str, up_to_seq: u64) -> Result<(), Rejection> {
-    if !state.exists() {
+    // A people log holds no messages to receive or read.
+    if !state.kind.is_some_and(ConvKind::is_chat) {
         return Err(Rejection::ConversationNotFound);
     }
     if !state.is_member(user) {

@@ -15,7 +15,7 @@ use super::{
     Action, Command, ConvKind, ConvState, MessageBody, Rejection, Role, GROUP_MEMBERS_MAX,
     MEMBERS_PER_COMMAND_MAX, MEMBERS_PER_EVENT_MAX, RECALL_WINDOW_MS, TITLE_BYTES_MAX,
 };
-use crate::ids::{direct_conversation_id, IdKind, DIRECT_PREFIX};
+use crate::ids::{direct_conversation_id, IdKind, RESERVED_PREFIXES};
 
 /// What an action appends, not yet positioned.
 type Kinds = Result<Vec<Kind>, Rejection>;
@@ -32,6 +32,17 @@ pub fn decide(
     check_id(IdKind::ClientMsg, "client_msg_id", &cmd.client_msg_id)?;
     check_id(IdKind::Conversation, "conversation_id", &state.conv_id)?;
     let actor = cmd.actor.as_str();
+    let people_log = crate::ids::is_people_log(&state.conv_id);
+    if crate::people::is_people_action(&cmd.action) {
+        let kinds = crate::people::decide_people(state, actor, &cmd.action)?;
+        return Ok(stamp(state, cmd, now_ms, kinds));
+    }
+    if people_log {
+        return Err(invalid(
+            "conversation_id",
+            "a user's or a pair's log takes no conversation commands",
+        ));
+    }
     let kinds = match &cmd.action {
         Action::CreateGroup { title, members } => create_group(state, actor, title, members),
         Action::Send { peer, body, meta } => {
@@ -49,6 +60,7 @@ pub fn decide(
         Action::Unblacklist { user } => unblacklist(state, actor, user),
         Action::Recall { conv_seq } => recall(state, actor, *conv_seq, now_ms),
         Action::Edit { conv_seq, text } => edit(state, actor, *conv_seq, text),
+        _ => unreachable!("people actions are decided above"),
     }?;
     Ok(stamp(state, cmd, now_ms, kinds))
 }
@@ -73,10 +85,13 @@ fn create_group(state: &ConvState, actor: &str, title: &str, members: &[(String,
     if state.exists() {
         return Err(Rejection::ConversationExists);
     }
-    if state.conv_id.starts_with(DIRECT_PREFIX) {
+    if let Some(prefix) = RESERVED_PREFIXES
+        .iter()
+        .find(|p| state.conv_id.starts_with(**p))
+    {
         return Err(invalid(
             "conversation_id",
-            format!("the {DIRECT_PREFIX} prefix is reserved for direct conversations"),
+            format!("the {prefix} prefix is reserved for logs whose ids are derived"),
         ));
     }
     if title.len() > TITLE_BYTES_MAX {
@@ -359,7 +374,7 @@ fn blacklist(state: &ConvState, actor: &str, user: &str) -> Kinds {
                 return Err(Rejection::NotMember);
             }
         }
-        Some(ConvKind::Group) => {
+        Some(_) => {
             let actor_role = require_role(state, actor, Role::Admin)?;
             if user == actor {
                 return Err(Rejection::SelfTarget);
@@ -388,7 +403,7 @@ fn unblacklist(state: &ConvState, actor: &str, user: &str) -> Kinds {
                 return Err(Rejection::SelfTarget);
             }
         }
-        Some(ConvKind::Group) => {
+        Some(_) => {
             require_role(state, actor, Role::Admin)?;
         }
     }

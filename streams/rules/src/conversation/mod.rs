@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use im_schema::v1::{self, conv_event::Kind};
 
+use crate::people::{Audience, People};
+
 mod checks;
 mod decide;
 
@@ -87,6 +89,27 @@ impl Role {
 pub enum ConvKind {
     Direct,
     Group,
+    /// A user's own log (`people`): profile and privacy.
+    User,
+    /// The log of a pair of users (`people`): contacts and blocks.
+    Pair,
+}
+
+impl ConvKind {
+    pub fn from_wire(v: i32) -> ConvKind {
+        match v1::ConversationKind::try_from(v) {
+            Ok(v1::ConversationKind::Direct) => ConvKind::Direct,
+            Ok(v1::ConversationKind::User) => ConvKind::User,
+            Ok(v1::ConversationKind::Pair) => ConvKind::Pair,
+            _ => ConvKind::Group,
+        }
+    }
+
+    /// Whether its log holds messages (a direct conversation or a group),
+    /// not people.
+    pub fn is_chat(self) -> bool {
+        matches!(self, ConvKind::Direct | ConvKind::Group)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +146,8 @@ pub struct ConvState {
     pub last_hash: [u8; 32],
     /// The `MESSAGE_INDEX_MAX` most recent messages by conv_seq.
     pub messages: BTreeMap<u64, MessageMeta>,
+    /// A user's or a pair's log: what the people rules decide on.
+    pub people: People,
 }
 
 impl ConvState {
@@ -138,6 +163,7 @@ impl ConvState {
             version: 0,
             last_hash: [0; 32],
             messages: BTreeMap::new(),
+            people: People::default(),
         }
     }
 
@@ -267,6 +293,35 @@ pub enum Action {
         conv_seq: u64,
         text: String,
     },
+    /// People (`people`), on the actor's own log: the whole profile.
+    UpdateProfile {
+        display_name: String,
+        avatar: Option<v1::MediaRef>,
+        status: String,
+    },
+    SetPrivacy {
+        direct_chats: Audience,
+        group_adds: Audience,
+    },
+    /// People, on the log of the actor and `user`.
+    RequestContact {
+        user: String,
+    },
+    AcceptContact {
+        user: String,
+    },
+    DeclineContact {
+        user: String,
+    },
+    RemoveContact {
+        user: String,
+    },
+    BlockUser {
+        user: String,
+    },
+    UnblockUser {
+        user: String,
+    },
 }
 
 /// Why a command was refused. `code()` is the stable reason code clients see.
@@ -323,6 +378,22 @@ pub enum Rejection {
     RecallWindowPassed,
     #[error("cursor {up_to_seq} is beyond the conversation's last seq {last_seq}")]
     CursorBeyondEnd { up_to_seq: u64, last_seq: u64 },
+    #[error("already contacts")]
+    AlreadyContacts,
+    #[error("a request is already pending")]
+    AlreadyRequested,
+    #[error("no pending request from this user")]
+    NoRequest,
+    #[error("not contacts, and no request of yours is pending")]
+    NotContacts,
+    #[error("already blocked")]
+    AlreadyBlocked,
+    #[error("not blocked")]
+    NotBlocked,
+    #[error("you block this user: unblock them first")]
+    UnblockFirst,
+    #[error("{user} does not accept this from you")]
+    NotAccepting { user: String },
 }
 
 impl Rejection {
@@ -351,6 +422,14 @@ impl Rejection {
             Rejection::NotSender => "not_sender",
             Rejection::RecallWindowPassed => "recall_window_passed",
             Rejection::CursorBeyondEnd { .. } => "cursor_beyond_end",
+            Rejection::AlreadyContacts => "already_contacts",
+            Rejection::AlreadyRequested => "already_requested",
+            Rejection::NoRequest => "no_request",
+            Rejection::NotContacts => "not_contacts",
+            Rejection::AlreadyBlocked => "already_blocked",
+            Rejection::NotBlocked => "not_blocked",
+            Rejection::UnblockFirst => "unblock_first",
+            Rejection::NotAccepting { .. } => "not_accepting",
         }
     }
 }
@@ -375,10 +454,7 @@ pub fn apply(state: &mut ConvState, event: &v1::ConvEvent) {
     let Some(kind) = &event.kind else { return };
     match kind {
         Kind::Created(c) => {
-            state.kind = Some(match v1::ConversationKind::try_from(c.kind) {
-                Ok(v1::ConversationKind::Direct) => ConvKind::Direct,
-                _ => ConvKind::Group,
-            });
+            state.kind = Some(ConvKind::from_wire(c.kind));
             state.title = c.title.clone();
             for m in &c.members {
                 state.join(&m.user_id, m.role);
@@ -448,6 +524,14 @@ pub fn apply(state: &mut ConvState, event: &v1::ConvEvent) {
             }
         }
         Kind::MessageEdited(_) => {}
+        Kind::ProfileUpdated(_)
+        | Kind::PrivacyChanged(_)
+        | Kind::ContactRequested(_)
+        | Kind::ContactAccepted(_)
+        | Kind::ContactDeclined(_)
+        | Kind::ContactRemoved(_)
+        | Kind::UserBlocked(_)
+        | Kind::UserUnblocked(_) => crate::people::fold(&mut state.people, event),
     }
 }
 
@@ -469,6 +553,14 @@ pub fn event_type(event: &v1::ConvEvent) -> &'static str {
         Some(Kind::MessageSent(_)) => "message_sent",
         Some(Kind::MessageRecalled(_)) => "message_recalled",
         Some(Kind::MessageEdited(_)) => "message_edited",
+        Some(Kind::ProfileUpdated(_)) => "profile_updated",
+        Some(Kind::PrivacyChanged(_)) => "privacy_changed",
+        Some(Kind::ContactRequested(_)) => "contact_requested",
+        Some(Kind::ContactAccepted(_)) => "contact_accepted",
+        Some(Kind::ContactDeclined(_)) => "contact_declined",
+        Some(Kind::ContactRemoved(_)) => "contact_removed",
+        Some(Kind::UserBlocked(_)) => "user_blocked",
+        Some(Kind::UserUnblocked(_)) => "user_unblocked",
     }
 }
 

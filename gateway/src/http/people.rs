@@ -1,0 +1,311 @@
+//! People over HTTP: a user's profile and privacy (on their own log),
+//! contacts and blocks (on the pair's log), read back from the `members`
+//! projection. Commands take the same path, rules, idempotency and bounds
+//! as every other (`commands::execute`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Json;
+use im_schema::v1::{self, query_request::Query as Q, query_response::Result as R};
+use im_streams::ids::{user_log_id, IdKind};
+use im_streams::people::Audience;
+use im_streams::Action;
+use serde::Deserialize;
+
+use super::commands::{execute, execute_inner, idempotency_key, trace_header};
+use super::{ApiError, AuthUser, ProtoJson};
+use crate::AppState;
+
+/// Users one profiles request names, at most (the projectors' bound).
+pub const PROFILES_PER_REQUEST_MAX: usize = 100;
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError(v1::ErrorCode::BadRequest, message.into())
+}
+
+fn check_user(field: &str, user: &str) -> Result<(), ApiError> {
+    im_streams::ids::validate_id(IdKind::User, user).map_err(|e| bad(format!("{field}: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProfileBody {
+    display_name: String,
+    #[serde(default)]
+    avatar: Option<serde_json::Value>,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    client_msg_id: Option<String>,
+}
+
+/// `PUT /v1/me/profile`: the whole profile; contacts are told.
+pub async fn put_profile(
+    State(state): State<Arc<AppState>>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    Json(body): Json<ProfileBody>,
+) -> Result<Response, ApiError> {
+    let avatar = match body.avatar {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            serde_json::from_value::<v1::MediaRef>(v).map_err(|e| bad(format!("avatar: {e}")))?,
+        ),
+    };
+    let key = idempotency_key(&headers, body.client_msg_id);
+    let action = Action::UpdateProfile {
+        display_name: body.display_name,
+        avatar,
+        status: body.status,
+    };
+    let who = (user.clone(), key, trace_header(&headers));
+    let (response, stored) = execute_inner(&state, None, who, action).await;
+    if let Some(pos) = stored {
+        tokio::spawn(tell_contacts(state, user, pos));
+    }
+    Ok(response)
+}
+
+/// Pushes a user's new profile to their contacts' devices (ephemeral, as
+/// typing: a device that misses it reads profiles when it next lists).
+async fn tell_contacts(state: Arc<AppState>, user: String, pos: u64) {
+    let Ok(profiles) = profiles_of(&state, std::slice::from_ref(&user), pos).await else {
+        return;
+    };
+    let Some(profile) = profiles.profiles.into_iter().next() else {
+        return;
+    };
+    let Ok(contacts) = contacts_of(&state, &user, 0).await else {
+        return;
+    };
+    let notice = crate::cmd::reply(v1::envelope::Payload::Profile(profile));
+    let notice = bytes::Bytes::from(im_schema::encode(&notice));
+    for c in contacts.entries {
+        if c.state == v1::ContactState::Contact as i32 {
+            if let Ok(subject) = im_streams::subjects::notice_subject(&c.user_id) {
+                let _ = state.client.publish(subject, notice.clone()).await;
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrivacyBody {
+    direct_chats: String,
+    group_adds: String,
+    #[serde(default)]
+    client_msg_id: Option<String>,
+}
+
+fn audience(field: &str, name: &str) -> Result<Audience, ApiError> {
+    match name {
+        "everyone" => Ok(Audience::Everyone),
+        "contacts" => Ok(Audience::Contacts),
+        other => Err(bad(format!("{field} {other:?}: everyone or contacts"))),
+    }
+}
+
+/// `PUT /v1/me/privacy`: who may start a direct conversation with me, and
+/// who may add me to groups.
+pub async fn put_privacy(
+    State(state): State<Arc<AppState>>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    Json(body): Json<PrivacyBody>,
+) -> Result<Response, ApiError> {
+    let action = Action::SetPrivacy {
+        direct_chats: audience("directChats", &body.direct_chats)?,
+        group_adds: audience("groupAdds", &body.group_adds)?,
+    };
+    let key = idempotency_key(&headers, body.client_msg_id);
+    let who = (user, key, trace_header(&headers));
+    Ok(execute(&state, None, who, action).await)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContactBody {
+    #[serde(default)]
+    client_msg_id: Option<String>,
+}
+
+/// `POST /v1/contacts/{userId}/{verb}`: request, accept, decline, remove,
+/// block, unblock.
+pub async fn contact_command(
+    State(state): State<Arc<AppState>>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    Path((target, verb)): Path<(String, String)>,
+    body: Option<Json<ContactBody>>,
+) -> Result<Response, ApiError> {
+    check_user("userId", &target)?;
+    let user_of = |t: String| match verb.as_str() {
+        "request" => Some(Action::RequestContact { user: t }),
+        "accept" => Some(Action::AcceptContact { user: t }),
+        "decline" => Some(Action::DeclineContact { user: t }),
+        "remove" => Some(Action::RemoveContact { user: t }),
+        "block" => Some(Action::BlockUser { user: t }),
+        "unblock" => Some(Action::UnblockUser { user: t }),
+        _ => None,
+    };
+    let action = user_of(target)
+        .ok_or_else(|| ApiError(v1::ErrorCode::NotFound, format!("no command {verb:?}")))?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let key = idempotency_key(&headers, body.client_msg_id);
+    let who = (user, key, trace_header(&headers));
+    Ok(execute(&state, None, who, action).await)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProfilesParams {
+    /// Comma-separated user ids.
+    ids: String,
+    /// Read your own writes: an IM_CONV stream sequence to wait for.
+    #[serde(default)]
+    min_position: u64,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadParams {
+    /// Read your own writes: an IM_CONV stream sequence to wait for.
+    #[serde(default)]
+    min_position: u64,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+/// `GET /v1/users/profiles?ids=a,b,c`: up to 100 profiles in one request
+/// (those who never set one are left out).
+pub async fn profiles(
+    State(state): State<Arc<AppState>>,
+    AuthUser(_user): AuthUser,
+    Query(p): Query<ProfilesParams>,
+) -> Result<ProtoJson<v1::ProfilesResult>, ApiError> {
+    let _ = p.access_token;
+    let mut ids: Vec<String> = p.ids.split(',').map(str::to_string).collect();
+    ids.sort();
+    ids.dedup();
+    if ids.len() > PROFILES_PER_REQUEST_MAX {
+        return Err(ApiError(
+            v1::ErrorCode::TooLarge,
+            format!("at most {PROFILES_PER_REQUEST_MAX} ids per request"),
+        ));
+    }
+    for id in &ids {
+        check_user("ids", id)?;
+    }
+    let mut found = profiles_of(&state, &ids, p.min_position)
+        .await
+        .map_err(asked)?;
+    // Nobody's privacy but one's own (`GET /v1/me`).
+    found.privacy.clear();
+    Ok(ProtoJson(found))
+}
+
+/// `GET /v1/me`: the user's own profile and privacy.
+pub async fn me(
+    State(state): State<Arc<AppState>>,
+    AuthUser(user): AuthUser,
+    Query(p): Query<ReadParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let _ = p.access_token;
+    let found = profiles_of(&state, std::slice::from_ref(&user), p.min_position)
+        .await
+        .map_err(asked)?;
+    let privacy = found.privacy.into_iter().next().unwrap_or_default();
+    let name = |v: i32| match Audience::from_wire(v) {
+        Audience::Everyone => "everyone",
+        Audience::Contacts => "contacts",
+    };
+    let profile = found.profiles.into_iter().next();
+    Ok(Json(serde_json::json!({
+        "userId": user,
+        "profile": profile.map(|p| serde_json::from_str::<serde_json::Value>(&im_schema::to_json(&p)).unwrap_or_default()),
+        "privacy": {
+            "directChats": name(privacy.direct_chats),
+            "groupAdds": name(privacy.group_adds),
+        },
+    })))
+}
+
+/// `GET /v1/me/contacts`: contacts, requests both ways, and blocks.
+pub async fn contacts(
+    State(state): State<Arc<AppState>>,
+    AuthUser(user): AuthUser,
+    Query(p): Query<ReadParams>,
+) -> Result<ProtoJson<v1::ContactsResult>, ApiError> {
+    let _ = p.access_token;
+    let found = contacts_of(&state, &user, p.min_position).await;
+    Ok(ProtoJson(found.map_err(asked)?))
+}
+
+fn asked(code: v1::ErrorCode) -> ApiError {
+    let message = match code {
+        v1::ErrorCode::BadRequest => "minPosition is past the log's end",
+        _ => "the projectors could not answer in time: retry",
+    };
+    ApiError(code, message.into())
+}
+
+/// Profiles asked of the partitions their users' logs are in, at once.
+pub async fn profiles_of(
+    state: &AppState,
+    users: &[String],
+    pos: u64,
+) -> Result<v1::ProfilesResult, v1::ErrorCode> {
+    let topology = state.appender.topology();
+    let mut by_partition: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    for u in users {
+        let log = user_log_id(u).map_err(|_| v1::ErrorCode::BadRequest)?;
+        by_partition
+            .entry(topology.partition_of(&log))
+            .or_default()
+            .push(u.clone());
+    }
+    let asks = by_partition.into_iter().map(|(p, user_ids)| {
+        let query = Q::Profiles(v1::ProfilesQuery { user_ids });
+        crate::query::ask(&state.client, p, (pos, 0), query)
+    });
+    let mut out = v1::ProfilesResult::default();
+    for answer in futures::future::join_all(asks).await {
+        match answer? {
+            R::Profiles(r) => {
+                out.profiles.extend(r.profiles);
+                out.privacy.extend(r.privacy);
+            }
+            _ => return Err(v1::ErrorCode::Internal),
+        }
+    }
+    Ok(out)
+}
+
+/// A user's contact entries, merged over every partition.
+pub async fn contacts_of(
+    state: &AppState,
+    user: &str,
+    pos: u64,
+) -> Result<v1::ContactsResult, v1::ErrorCode> {
+    let asks = (0..state.appender.topology().partitions).map(|p| {
+        let query = Q::Contacts(v1::ContactsQuery {
+            user_id: user.to_string(),
+        });
+        crate::query::ask(&state.client, p, (pos, 0), query)
+    });
+    let mut entries = Vec::new();
+    for answer in futures::future::join_all(asks).await {
+        match answer? {
+            R::Contacts(r) => entries.extend(r.entries),
+            _ => return Err(v1::ErrorCode::Internal),
+        }
+    }
+    entries.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    Ok(v1::ContactsResult { entries })
+}

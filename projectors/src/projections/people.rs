@@ -1,0 +1,169 @@
+//! The people rows `members` keeps: per user or pair log, `p<log>` (the
+//! people rules state, and a user's profile); per user and pair log,
+//! `k<user>\0<log>` (how that user stands with the other: a contact, a
+//! request either way, a block of theirs). Both name their log, and each
+//! depends on that log's events only (`conv_of_key`). O(1) writes per
+//! event: a pair's event rewrites its two users' entries.
+
+use im_schema::v1::{self, conv_event::Kind};
+use im_streams::ids::{is_people_log, pair_log_id, user_log_id};
+use im_streams::people::{self, Contact, People};
+
+use crate::keys::{key, last_part, prefix, prefix_end};
+use crate::store::{Keyspace, StoreError};
+use crate::tx::Tx;
+
+/// `p<log>` -> PeopleRow.
+pub const ROW: u8 = b'p';
+/// `k<user>\0<pair log>` -> ContactEntry.
+pub const CONTACT: u8 = b'k';
+
+/// Profiles one query asks for, at most: a page of a member list or a
+/// conversation list (the clients' batch), within one NATS message.
+pub const PROFILES_PER_QUERY_MAX: usize = 100;
+
+/// Entries one contacts answer holds per partition, at most: ~60 bytes
+/// each, 300 KB, under a NATS message's limit; a user with more contacts,
+/// requests and blocks sees the first by peer id.
+pub const CONTACTS_SCAN_MAX: usize = 5_000;
+
+fn row_key(log: &str) -> Vec<u8> {
+    key(ROW, &[log.as_bytes()])
+}
+
+fn contact_key(user: &str, log: &str) -> Vec<u8> {
+    key(CONTACT, &[user.as_bytes(), log.as_bytes()])
+}
+
+/// Folds a people log's event into its rows (nothing for a chat's).
+pub fn fold(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<(), StoreError> {
+    let log = ev.conversation_id.as_str();
+    if !is_people_log(log) {
+        return Ok(());
+    }
+    let mut row = tx
+        .get_msg::<v1::PeopleRow>(&row_key(log))?
+        .unwrap_or_default();
+    let mut state = People::from_row(&row);
+    let before = state.contact.clone();
+    people::fold(&mut state, ev);
+    let profile = std::mem::take(&mut row.profile);
+    let (since, updated) = (row.since_ms, row.profile_updated_ms);
+    row = state.to_row();
+    row.profile = profile;
+    row.since_ms = if state.contact != before {
+        ev.at_ms
+    } else {
+        since
+    };
+    row.profile_updated_ms = updated;
+    if let Some(Kind::ProfileUpdated(p)) = &ev.kind {
+        row.profile = Some(p.clone());
+        row.profile_updated_ms = ev.at_ms;
+    }
+    tx.put_msg(row_key(log), &row);
+    if log.starts_with(im_streams::ids::PAIR_LOG_PREFIX) {
+        let users = super::membership::user_ids(tx, log)?;
+        for (user, other) in [(0, 1), (1, 0)] {
+            if let (Some(u), Some(o)) = (users.get(user), users.get(other)) {
+                write_entry(tx, log, u, o, &state, row.since_ms);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How `user` stands with `other`, kept while there is anything to show.
+fn write_entry(tx: &mut Tx, log: &str, user: &str, other: &str, p: &People, since_ms: i64) {
+    let state = match &p.contact {
+        Contact::Contacts => v1::ContactState::Contact,
+        Contact::Pending { from, .. } if from == user => v1::ContactState::Outgoing,
+        // A request asked while blocked is never shown to the blocker.
+        Contact::Pending { hidden: false, .. } => v1::ContactState::Incoming,
+        _ => v1::ContactState::None,
+    };
+    let blocked = p.blocked_by.contains(user);
+    if state == v1::ContactState::None && !blocked {
+        tx.delete(contact_key(user, log));
+        return;
+    }
+    let entry = v1::ContactEntry {
+        user_id: other.to_string(),
+        state: state as i32,
+        blocked,
+        since_ms,
+    };
+    tx.put_msg(contact_key(user, log), &entry);
+}
+
+/// The profiles (and their privacy) of those of `users` who set one.
+pub fn profiles(
+    ks: &dyn Keyspace,
+    users: &[String],
+) -> Result<(Vec<v1::Profile>, Vec<v1::PrivacyChanged>), StoreError> {
+    let tx = Tx::new(ks);
+    let (mut profiles, mut privacy) = (Vec::new(), Vec::new());
+    for user in users.iter().take(PROFILES_PER_QUERY_MAX) {
+        let Ok(log) = user_log_id(user) else { continue };
+        let Some(row) = tx.get_msg::<v1::PeopleRow>(&row_key(&log))? else {
+            continue;
+        };
+        let p = row.profile.unwrap_or_default();
+        profiles.push(v1::Profile {
+            user_id: user.clone(),
+            display_name: p.display_name,
+            avatar: p.avatar,
+            status: p.status,
+            updated_ms: row.profile_updated_ms,
+        });
+        privacy.push(row.privacy.unwrap_or_default());
+    }
+    Ok((profiles, privacy))
+}
+
+/// `user`'s contact entries in the logs `in_scope` keeps.
+pub fn contacts_of(
+    ks: &dyn Keyspace,
+    user: &str,
+    in_scope: &dyn Fn(&str) -> bool,
+) -> Result<Vec<v1::ContactEntry>, StoreError> {
+    let p = prefix(CONTACT, &[user.as_bytes()]);
+    let mut out = Vec::new();
+    for (k, v) in ks.range(&p, &prefix_end(&p), false, CONTACTS_SCAN_MAX)? {
+        if in_scope(&last_part(&k)) {
+            out.push(crate::store::decode_value(&k, &v)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The rows of `users`' own logs and of their pair logs with `actor`, of
+/// those logs `in_scope` keeps that have any.
+pub fn reach_rows(
+    ks: &dyn Keyspace,
+    actor: &str,
+    users: &[String],
+    in_scope: &dyn Fn(&str) -> bool,
+) -> Result<Vec<v1::PeopleLogRow>, StoreError> {
+    let tx = Tx::new(ks);
+    let mut out = Vec::new();
+    for user in users {
+        let (Ok(own), Ok(pair)) = (user_log_id(user), pair_log_id(actor, user)) else {
+            continue;
+        };
+        for log in [own, pair] {
+            if !in_scope(&log) {
+                continue;
+            }
+            if let Some(mut row) = tx.get_msg::<v1::PeopleRow>(&row_key(&log))? {
+                // No rule reads the profile: thousands would not fit a message.
+                row.profile = None;
+                out.push(v1::PeopleLogRow {
+                    log_id: log,
+                    row: Some(row),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
