@@ -73,6 +73,33 @@ async fn stack(sends: usize) -> (im_testkit::Stack, im_projectors::Projector, St
     let projector = kit.main_projector().await;
     let app = kit.appender().await;
     let conv = im_streams::subjects::direct_conversation_id("ann", "ben").unwrap();
+    // People logs beside the chat, so every check below covers them too.
+    let people = [
+        ("ann", Action::RequestContact { user: "ben".into() }),
+        ("ben", Action::AcceptContact { user: "ann".into() }),
+        ("ann", Action::BlockUser { user: "cat".into() }),
+        ("cat", Action::RequestContact { user: "ann".into() }),
+        (
+            "ben",
+            Action::UpdateProfile {
+                display_name: "Ben 本".into(),
+                avatar: None,
+                status: String::new(),
+            },
+        ),
+    ];
+    for (i, (actor, action)) in people.into_iter().enumerate() {
+        let cmd = Cmd {
+            actor: actor.into(),
+            client_msg_id: format!("p{i}"),
+            action,
+        };
+        let outcome = app.execute_people(&cmd, "").await.unwrap();
+        assert!(
+            matches!(outcome, im_streams::AppendOutcome::Stored { .. }),
+            "{outcome:?}"
+        );
+    }
     let mut last = 0;
     for i in 0..sends {
         let (from, to) = if i % 2 == 0 {
@@ -100,7 +127,7 @@ async fn stack(sends: usize) -> (im_testkit::Stack, im_projectors::Projector, St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_every_projection_caught_up_with_its_digest() {
-    let (kit, _projector, _conv, _) = stack(10).await;
+    let (kit, _projector, _conv, last) = stack(10).await;
     let server = &kit.server;
     let url = server.url();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -136,7 +163,7 @@ async fn status_shows_every_projection_caught_up_with_its_digest() {
     for r in &rows {
         assert_eq!(
             (r["instance"].as_str(), r["checkpoint"].as_u64()),
-            (Some("main"), Some(11)),
+            (Some("main"), Some(last)),
             "{r}"
         );
         assert_eq!(r["dead_letters"], 0);

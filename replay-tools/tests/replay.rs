@@ -706,3 +706,152 @@ async fn a_large_group_created_in_parts_and_grown_in_bulk_verifies() {
         "{verified}"
     );
 }
+
+/// People logs under the auditor's tools: `state --user` at a position
+/// equals the projector's answers there (profile, privacy, contacts,
+/// requests, blocks), `export --user` holds the user's people events, and
+/// `verify` names a forged people event: a request shown to a blocker,
+/// chained correctly, that the rules would have hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_logs_are_stated_exported_and_verified() {
+    use im_streams::people::Audience;
+    let mut stack = im_testkit::Stack::start().await;
+    let (url, client, topo) = (stack.url(), stack.client.clone(), stack.topology);
+    let mut config = stack.projector_config("audit");
+    config.fanout = false;
+    let _projector = stack.projector(config).await;
+    let app = stack.appender().await;
+    let people = |actor: &str, id: &str, action: Action| {
+        let cmd = Cmd {
+            actor: actor.into(),
+            client_msg_id: id.into(),
+            action,
+        };
+        let app = app.clone();
+        async move {
+            match app.execute_people(&cmd, "").await.unwrap() {
+                AppendOutcome::Stored { stream_seq, .. } => stream_seq,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let name = Action::UpdateProfile {
+        display_name: "李雷 👩‍👩‍👧".into(),
+        avatar: None,
+        status: "在开会".into(),
+    };
+    people("li", "p1", name).await;
+    let closed = Action::SetPrivacy {
+        direct_chats: Audience::Contacts,
+        group_adds: Audience::Everyone,
+    };
+    people("li", "p2", closed).await;
+    let req = |u: &str| Action::RequestContact { user: u.into() };
+    people("han", "h1", req("li")).await;
+    people("li", "l1", Action::AcceptContact { user: "han".into() }).await;
+    people("mei", "m1", req("li")).await;
+    people("li", "l2", Action::BlockUser { user: "eve".into() }).await;
+    let last = people("eve", "e1", req("li")).await;
+
+    let mut answers = Vec::new();
+    for p in 0..topo.partitions {
+        let request = v1::QueryRequest {
+            min_position: last,
+            query: Some(Query::Contacts(v1::ContactsQuery {
+                user_id: "li".into(),
+            })),
+            ..Default::default()
+        };
+        let subject = im_projectors::query::partition_subject(p);
+        let reply = client
+            .request(subject, im_schema::encode(&request).into())
+            .await
+            .unwrap();
+        match im_schema::decode::<v1::QueryResponse>(&reply.payload)
+            .unwrap()
+            .result
+        {
+            Some(R::Contacts(c)) => answers.extend(c.entries),
+            other => panic!("{other:?}"),
+        }
+    }
+    answers.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    let live = v1::ContactsResult { entries: answers };
+    assert_eq!(
+        live.entries.len(),
+        3,
+        "han, mei, eve (blocked; its request hidden): {live:?}"
+    );
+    let at = last.to_string();
+    let state: serde_json::Value = serde_json::from_str(&ok(&[
+        "state",
+        "--user",
+        "li",
+        "--at-seq",
+        &at,
+        "--nats-url",
+        &url,
+    ]))
+    .unwrap();
+    assert_eq!(state["contacts"], json_of(&live));
+    assert_eq!(state["profile"]["displayName"], "李雷 👩‍👩‍👧");
+    assert_eq!(state["privacy"]["directChats"], "AUDIENCE_CONTACTS");
+    // Before the block, eve is nowhere.
+    let before: serde_json::Value = serde_json::from_str(&ok(&[
+        "state",
+        "--user",
+        "li",
+        "--at-seq",
+        &(last - 2).to_string(),
+        "--nats-url",
+        &url,
+    ]))
+    .unwrap();
+    assert_eq!(
+        before["contacts"]["entries"].as_array().unwrap().len(),
+        2,
+        "{before}"
+    );
+
+    let export = lines(&ok(&["export", "--user", "li", "--nats-url", &url]));
+    let types: Vec<&str> = export
+        .iter()
+        .filter_map(|r| r["headers"]["Im-Event-Type"].as_str())
+        .collect();
+    for t in [
+        "profile_updated",
+        "privacy_changed",
+        "contact_accepted",
+        "user_blocked",
+        "contact_requested",
+    ] {
+        assert!(types.contains(&t), "{t} in {types:?}");
+    }
+    ok(&["verify", "--nats-url", &url]);
+
+    // A request shown to its blocker: the link is right, the rules hide it.
+    let pair = im_streams::ids::pair_log_id("eve", "li").unwrap();
+    let state = app.current_state(&pair).await.unwrap();
+    let shown = v1::ConvEvent {
+        conversation_id: pair.clone(),
+        conv_seq: state.conv_seq + 1,
+        actor: "eve".into(),
+        at_ms: 1,
+        prev_hash: state.last_hash.to_vec(),
+        client_msg_id: "e2".into(),
+        schema_version: im_schema::SCHEMA_VERSION,
+        kind: Some(v1::conv_event::Kind::ContactRequested(
+            v1::ContactRequested {
+                user_id: "li".into(),
+                hidden: false,
+            },
+        )),
+    };
+    let forged = forge(&client, &shown).await;
+    let (code, out, _) = replay_code(&["verify", "--conv", &pair, "--nats-url", &url]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("VIOLATION event at IM_CONV seq {forged} ")),
+        "{out}"
+    );
+}

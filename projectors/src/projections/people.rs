@@ -121,7 +121,7 @@ pub fn profiles(
     Ok((profiles, privacy))
 }
 
-/// `user`'s contact entries in the logs `in_scope` keeps.
+/// `user`'s contact entries in the logs `in_scope` keeps, by peer.
 pub fn contacts_of(
     ks: &dyn Keyspace,
     user: &str,
@@ -131,9 +131,11 @@ pub fn contacts_of(
     let mut out = Vec::new();
     for (k, v) in ks.range(&p, &prefix_end(&p), false, CONTACTS_SCAN_MAX)? {
         if in_scope(&last_part(&k)) {
-            out.push(crate::store::decode_value(&k, &v)?);
+            out.push(crate::store::decode_value::<v1::ContactEntry>(&k, &v)?);
         }
     }
+    // Keys are by pair log; people read them by peer.
+    out.sort_by(|a, b| a.user_id.cmp(&b.user_id));
     Ok(out)
 }
 

@@ -232,7 +232,50 @@ pub fn scenario() -> Sim {
     );
     sim.send("g1", "owner", "last");
     sim.read("g1", "bob", m6);
+    people(&mut sim);
     sim
+}
+
+/// People logs beside the group: a contact made, a request to a blocker
+/// (hidden), a profile and a privacy.
+fn people(sim: &mut Sim) {
+    use im_streams::ids::{pair_log_id, user_log_id};
+    use im_streams::people::Audience;
+    let pair = pair_log_id("alice", "bob").unwrap();
+    let user = |u: &str| u.to_string();
+    sim.run(&pair, "alice", Action::RequestContact { user: user("bob") });
+    sim.run(
+        &pair,
+        "bob",
+        Action::AcceptContact {
+            user: user("alice"),
+        },
+    );
+    let blocked = pair_log_id("alice", "eve").unwrap();
+    sim.run(
+        &blocked,
+        "eve",
+        Action::BlockUser {
+            user: user("alice"),
+        },
+    );
+    sim.run(
+        &blocked,
+        "alice",
+        Action::RequestContact { user: user("eve") },
+    );
+    let own = user_log_id("bob").unwrap();
+    let profile = Action::UpdateProfile {
+        display_name: "Bob 鲍勃".into(),
+        avatar: None,
+        status: String::new(),
+    };
+    sim.run(&own, "bob", profile);
+    let privacy = Action::SetPrivacy {
+        direct_chats: Audience::Contacts,
+        group_adds: Audience::Everyone,
+    };
+    sim.run(&own, "bob", privacy);
 }
 
 #[test]
@@ -341,15 +384,18 @@ fn every_model_key_belongs_to_one_conversation_and_folds_per_conversation_add_up
         Logged::Conv(s) => s.event.conversation_id.clone(),
         Logged::Rcpt(_, e) => e.conversation_id.clone(),
     };
+    // The groups and the people logs beside them.
+    let convs: std::collections::BTreeSet<String> = sim.log.iter().map(conv_of).collect();
+    assert!(convs.len() > 4, "{convs:?}");
     for p in all() {
         let whole = MemKeyspace::default();
         fold_all(p.as_ref(), &whole, &sim.log);
         let mut per_conv = Digest::default();
-        for conv in ["g1", "g2"] {
+        for conv in &convs {
             let own: Vec<Logged> = sim
                 .log
                 .iter()
-                .filter(|l| conv_of(l) == conv)
+                .filter(|l| &conv_of(l) == conv)
                 .cloned()
                 .collect();
             let ks = MemKeyspace::default();
@@ -467,4 +513,47 @@ fn the_members_rows_hold_the_rules_state() {
     let last = sim.send("g", "ann", "last");
     sim.run("g", "ann", Action::Recall { conv_seq: last });
     check(&sim);
+}
+
+/// The people rows hold the people rules state of a pair's log and a
+/// user's, and each user's view of the pair.
+#[test]
+fn the_members_rows_hold_the_people_state() {
+    use im_streams::ids::{pair_log_id, user_log_id};
+    let mut sim = Sim::default();
+    people(&mut sim);
+    let ks = MemKeyspace::default();
+    fold_all(&members::Members, &ks, &sim.log);
+    for (log, state) in &sim.states {
+        let mut v = Vec::new();
+        v.extend_from_slice(&state.conv_seq.to_be_bytes());
+        v.extend_from_slice(&state.last_hash);
+        let head = crate::keys::key(crate::chain::HEAD, &[log.as_bytes()]);
+        ks.commit(vec![(head, Some(v))]).unwrap();
+        let read = members::rules_state(&Tx::new(&ks), log).unwrap().unwrap();
+        assert_eq!(&read, state, "{log}");
+    }
+    assert!(sim
+        .states
+        .contains_key(&pair_log_id("alice", "eve").unwrap()));
+    assert!(sim.states.contains_key(&user_log_id("bob").unwrap()));
+    let all = |_: &str| true;
+    let view = |u: &str| {
+        super::people::contacts_of(&ks, u, &all)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.user_id, e.state, e.blocked))
+            .collect::<Vec<_>>()
+    };
+    use v1::ContactState as S;
+    let bob = ("bob".to_string(), S::Contact as i32, false);
+    let eve = ("eve".to_string(), S::Outgoing as i32, false);
+    assert_eq!(view("alice"), vec![bob, eve]);
+    assert_eq!(
+        view("eve"),
+        vec![("alice".to_string(), S::None as i32, true)]
+    );
+    let (profiles, _) = super::people::profiles(&ks, &["bob".into(), "eve".into()]).unwrap();
+    assert_eq!(profiles.len(), 1);
+    assert_eq!(profiles[0].display_name, "Bob 鲍勃");
 }

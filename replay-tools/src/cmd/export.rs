@@ -68,6 +68,12 @@ fn conv_event_names(ev: &v1::ConvEvent, user: &str) -> bool {
         Some(Kind::Unmuted(x)) => x.user_id == user,
         Some(Kind::Blacklisted(x)) => x.user_id == user,
         Some(Kind::Unblacklisted(x)) => x.user_id == user,
+        Some(Kind::ContactRequested(x)) => x.user_id == user,
+        Some(Kind::ContactAccepted(x)) => x.user_id == user,
+        Some(Kind::ContactDeclined(x)) => x.user_id == user,
+        Some(Kind::ContactRemoved(x)) => x.user_id == user,
+        Some(Kind::UserBlocked(x)) => x.user_id == user,
+        Some(Kind::UserUnblocked(x)) => x.user_id == user,
         _ => false,
     }
 }

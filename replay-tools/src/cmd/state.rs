@@ -1,7 +1,9 @@
-//! `im-replay state --conv ID --at-seq N | --at TIME`: the conversation's
-//! members (with roles) and history as of that point, folded by the same
-//! projections the projector runs, printed as JSON in the projector's own
-//! answer types, so they compare one to one with a query at that checkpoint.
+//! `im-replay state --conv ID | --user U, --at-seq N | --at TIME`: a
+//! conversation's members (with roles) and history, or a user's profile,
+//! privacy, contacts, requests and blocks, as of that point, folded by the
+//! same projections the projector runs, printed as JSON in the projector's
+//! own answer types, so they compare one to one with a query at that
+//! checkpoint.
 
 use im_projectors::fold::{fold_one, Delivered, Target, Verdicts};
 use im_projectors::judge::Judge;
@@ -11,12 +13,17 @@ use im_projectors::runner::{Applied, Source};
 use im_projectors::store::{Keyspace, MemKeyspace};
 use im_streams::signing::KeyRing;
 
+use im_schema::v1;
+
 use crate::read::{Bounds, Reader};
 
 #[derive(Debug, clap::Args)]
 pub struct StateArgs {
+    #[arg(long, required_unless_present = "user", conflicts_with = "user")]
+    pub conv: Option<String>,
+    /// A user's people logs (their own and every pair's) instead.
     #[arg(long)]
-    pub conv: String,
+    pub user: Option<String>,
     /// The last IM_CONV stream sequence to include.
     #[arg(long, conflicts_with = "at", required_unless_present = "at")]
     pub at_seq: Option<u64>,
@@ -41,6 +48,33 @@ pub async fn state_at(
 )> {
     let topology = im_streams::definitions::read_topology(js).await?;
     let filters = vec![topology.conv_subject(conv)?];
+    let (history_ks, members_ks, last) =
+        fold_log(js, filters, (to_seq, at_time), &|_| true).await?;
+    let members = all_members(&members_ks, conv)?;
+    let mut history = Vec::new();
+    let mut from = 0;
+    // Bounded by the conversation's length: each page moves `from` on.
+    loop {
+        let page =
+            im_projectors::projections::history::page(&history_ks, conv, from, u32::MAX, false)?;
+        history.extend(page.entries);
+        if page.next_seq == 0 {
+            break;
+        }
+        from = page.next_seq;
+    }
+    Ok((members, history, last))
+}
+
+/// The keyspaces of `history` and `members` folded from the messages of
+/// `filters` up to `to_seq` or `at_time` whose conversation `keep` keeps,
+/// and the last stream sequence read.
+async fn fold_log(
+    js: &async_nats::jetstream::Context,
+    filters: Vec<String>,
+    (to_seq, at_time): (u64, Option<time::OffsetDateTime>),
+    keep: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<(MemKeyspace, MemKeyspace, u64)> {
     let bounds = Bounds {
         to_seq,
         ..Default::default()
@@ -65,6 +99,10 @@ pub async fn state_at(
         judge.set_keys(keys, Default::default());
         if at_time.is_some_and(|t| raw.time > t) {
             break;
+        }
+        last = raw.seq;
+        if !keep(raw.subject.rsplit('.').next().unwrap_or_default()) {
+            continue;
         }
         let mut headers = async_nats::HeaderMap::new();
         for (k, v) in &raw.headers {
@@ -99,22 +137,39 @@ pub async fn state_at(
         let (h, m) = (history.tx.into_writes(), members.tx.into_writes());
         history_ks.commit(h)?;
         members_ks.commit(m)?;
-        last = raw.seq;
     }
-    let members = all_members(&members_ks, conv)?;
-    let mut history = Vec::new();
-    let mut from = 0;
-    // Bounded by the conversation's length: each page moves `from` on.
-    loop {
-        let page =
-            im_projectors::projections::history::page(&history_ks, conv, from, u32::MAX, false)?;
-        history.extend(page.entries);
-        if page.next_seq == 0 {
-            break;
-        }
-        from = page.next_seq;
-    }
-    Ok((members, history, last))
+    Ok((history_ks, members_ks, last))
+}
+
+/// A user's people as of `to_seq` or `at_time`: profile and privacy (from
+/// their own log), contacts, requests both ways and blocks (from every
+/// pair log), and the last stream sequence read. Reads the whole log:
+/// pair logs have no subject of their own to filter on.
+pub async fn user_at(
+    js: &async_nats::jetstream::Context,
+    user: &str,
+    to_seq: u64,
+    at_time: Option<time::OffsetDateTime>,
+) -> anyhow::Result<serde_json::Value> {
+    use im_projectors::projections::people;
+    let all = vec![im_streams::subjects::CONV_ALL.to_string()];
+    let keep = |conv: &str| im_streams::ids::is_people_log(conv);
+    let (_, members_ks, last) = fold_log(js, all, (to_seq, at_time), &keep).await?;
+    let (profiles, privacy) = people::profiles(&members_ks, &[user.to_string()])?;
+    let contacts = v1::ContactsResult {
+        entries: people::contacts_of(&members_ks, user, &|_| true)?,
+    };
+    Ok(serde_json::json!({
+        "user_id": user,
+        "stream_seq": last,
+        "profile": profiles.first().map(as_json).transpose()?,
+        "privacy": privacy.first().map(as_json).transpose()?,
+        "contacts": as_json(&contacts)?,
+    }))
+}
+
+fn as_json<M: serde::Serialize>(m: &M) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(&im_schema::to_json(m))?)
 }
 
 /// Every member of `conv`, page by page, in one answer.
@@ -132,10 +187,23 @@ fn all_members(ks: &dyn Keyspace, conv: &str) -> anyhow::Result<im_schema::v1::M
 }
 
 pub async fn run(args: StateArgs) -> anyhow::Result<()> {
-    im_streams::ids::validate_id(im_streams::ids::IdKind::Conversation, &args.conv)?;
+    use im_streams::ids::{validate_id, IdKind};
     let at = args.at.as_deref().map(super::parse_time).transpose()?;
+    let to_seq = args.at_seq.unwrap_or(0);
+    let conv = match (args.conv, args.user) {
+        (Some(conv), _) => conv,
+        (None, Some(user)) => {
+            validate_id(IdKind::User, &user)?;
+            let js = args.nats.connect().await?;
+            let out = user_at(&js, &user, to_seq, at).await?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        (None, None) => anyhow::bail!("--conv or --user"),
+    };
+    validate_id(IdKind::Conversation, &conv)?;
     let js = args.nats.connect().await?;
-    let (members, history, last) = state_at(&js, &args.conv, args.at_seq.unwrap_or(0), at).await?;
+    let (members, history, last) = state_at(&js, &conv, to_seq, at).await?;
     let as_value =
         |text: String| -> anyhow::Result<serde_json::Value> { Ok(serde_json::from_str(&text)?) };
     let history: Vec<serde_json::Value> = history
@@ -143,7 +211,7 @@ pub async fn run(args: StateArgs) -> anyhow::Result<()> {
         .map(|h| as_value(im_schema::to_json(h)))
         .collect::<anyhow::Result<_>>()?;
     let out = serde_json::json!({
-        "conversation_id": args.conv,
+        "conversation_id": conv,
         "stream_seq": last,
         "members": as_value(im_schema::to_json(&members))?,
         "history": history,
