@@ -3,12 +3,13 @@ import { ARTIFACTS } from "../playwright.config.js";
 
 export const url = () => process.env.IM_E2E_URL!;
 
-/** A user in a browser context of their own, signed in through the form. */
-export async function signIn(browser: Browser, user: string): Promise<Page> {
+/** A user in a browser context of their own, signed in through the form (with a display name, if given). */
+export async function signIn(browser: Browser, user: string, displayName?: string): Promise<Page> {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   const page = await context.newPage();
   await page.goto(url());
   await page.getByPlaceholder("alice").fill(user);
+  if (displayName) await page.getByPlaceholder("李雷").fill(displayName);
   await page.getByRole("button", { name: "Sign in" }).click();
   await expect(page.locator(".me .online")).toHaveText("online");
   return page;

@@ -16,6 +16,8 @@ import {
   type PresenceUpdate,
 } from "./gen/im/v1/client_pb.js";
 import type { MediaRef } from "./gen/im/v1/common_pb.js";
+import type { ConvEvent } from "./gen/im/v1/events_pb.js";
+import type { Profile } from "./gen/im/v1/readmodel_pb.js";
 import { backoffDelay, DEFAULT_BACKOFF, type Backoff } from "./backoff.js";
 import { ConversationLog, type LogEvent } from "./conversation.js";
 import { Emitter } from "./emitter.js";
@@ -72,6 +74,15 @@ export interface ClientEvents {
   typing: TypingNotice;
   /** A contact (someone sharing a conversation) came online or went offline. */
   presence: PresenceUpdate;
+  /**
+   * People news from the log: a contact request to or from this user, its
+   * acceptance or decline, a contact ended, a block of this user's own or a
+   * profile or privacy change of their own (from another device). `other`
+   * is the other user of the pair (empty for the user's own log).
+   */
+  people: { type: string; actor: string; other: string; event: ConvEvent };
+  /** A contact's profile changed. */
+  profile: Profile;
   /** Conversations changed since last known, with the server's unread counts. */
   sync: ConversationChange[];
   /** An error not tied to one send (a failed history page, a bad frame). */
@@ -85,6 +96,11 @@ export interface SendOptions {
   media?: MediaRef;
   /** The idempotency key; one is made when absent. */
   clientMsgId?: string;
+}
+
+/** Ids of a user's own log and of a pair's (docs/protocol.md "People"): not conversations. */
+export function isPeopleLog(conversationId: string): boolean {
+  return conversationId.startsWith("us_") || conversationId.startsWith("ct_");
 }
 
 /** 15 s: a third of the gateway's 45 s idle cut, as docs/protocol.md asks. */
@@ -314,6 +330,8 @@ export class ImClient extends Emitter<ClientEvents> {
         this.emit("sync", p.value.changed);
         return this.recovery.onSync(p.value.changed);
       case "deliver":
+        // A user's or a pair's log is news, not a conversation to fill.
+        if (isPeopleLog(p.value.conversationId)) return this.onPeople(p.value.eventType, p.value.event);
         return this.recovery.onDeliver(p.value);
       case "sendAck":
         return this.onAck(p.value.clientMsgId, p.value);
@@ -323,11 +341,20 @@ export class ImClient extends Emitter<ClientEvents> {
         return this.emit("typing", p.value);
       case "presence":
         return this.emit("presence", p.value);
+      case "profile":
+        return this.emit("profile", p.value);
       case "error":
         return this.onError(p.value.clientMsgId, p.value.code, p.value.message);
       default:
         return;
     }
+  }
+
+  private onPeople(type: string, event: ConvEvent | undefined): void {
+    if (!event) return;
+    const named = event.kind.value && "userId" in event.kind.value ? String(event.kind.value.userId) : "";
+    const other = named === this.userId ? event.actor : named;
+    this.emit("people", { type, actor: event.actor, other, event });
   }
 
   private onConnected(userId: string, firstOnSocket: boolean): void {

@@ -1,14 +1,17 @@
 // The gateway's HTTP API (docs/protocol.md "HTTP", "Media"), typed with the
 // generated messages. A read the projector has not caught up with yet is a
 // 503 with Retry-After: it is retried here, a bounded number of times.
-import { fromJson, type DescMessage, type MessageShape, type JsonValue } from "@bufbuild/protobuf";
+import { fromJson, toJson, type DescMessage, type MessageShape, type JsonValue } from "@bufbuild/protobuf";
 import {
   HistoryPageSchema,
   ConvListPageSchema,
   MembersResultSchema,
   ReceiptsResultSchema,
+  ProfilesResultSchema,
+  ContactsResultSchema,
   type HistoryPage,
 } from "./gen/im/v1/query_pb.js";
+import { ProfileSchema, type Profile } from "./gen/im/v1/readmodel_pb.js";
 import { MediaRefSchema, type MediaRef } from "./gen/im/v1/common_pb.js";
 import { PresenceListSchema } from "./gen/im/v1/client_pb.js";
 
@@ -43,6 +46,21 @@ export interface CommandResult {
 }
 
 export type FetchLike = (input: string, init?: RequestInit) => Promise<Response>;
+
+/** Who may reach a user a given way. */
+export type Audience = "everyone" | "contacts";
+
+export interface Privacy {
+  /** Who may start a direct conversation with the user. */
+  directChats: Audience;
+  /** Who may add the user to a group. */
+  groupAdds: Audience;
+}
+
+export type ContactVerb = "request" | "accept" | "decline" | "remove" | "block" | "unblock";
+
+/** Profiles one request names: the gateway's bound. */
+export const PROFILES_PER_REQUEST = 100;
 
 export class HttpApi {
   constructor(
@@ -101,6 +119,47 @@ export class HttpApi {
     return this.act(conversationId, "recall", convSeq, {}, key);
   }
 
+  /** The caller's own profile (absent until set) and privacy. */
+  async me(minPosition = 0): Promise<{ userId: string; profile?: Profile; privacy: Privacy }> {
+    const res = await this.call(`/v1/me${position(minPosition)}`, {});
+    const body = (await res.json()) as { userId: string; profile?: JsonValue; privacy: Privacy };
+    const profile = body.profile ? fromJson(ProfileSchema, body.profile, { ignoreUnknownFields: true }) : undefined;
+    return { userId: body.userId, profile, privacy: body.privacy };
+  }
+
+  /** Replaces the caller's profile; contacts are told (a `profile` event). */
+  setProfile(p: { displayName: string; status?: string; avatar?: MediaRef }, key?: string): Promise<CommandResult> {
+    const body = { displayName: p.displayName, status: p.status ?? "", avatar: p.avatar ? toJson(MediaRefSchema, p.avatar) : null };
+    return this.command("/v1/me/profile", body, key, "PUT");
+  }
+
+  /** Who may start a direct conversation with the caller, and add them to groups. */
+  setPrivacy(privacy: Privacy, key?: string): Promise<CommandResult> {
+    return this.command("/v1/me/privacy", privacy, key, "PUT");
+  }
+
+  /** Contacts, requests both ways and blocks, by user id. */
+  contacts(minPosition = 0) {
+    return this.read(ContactsResultSchema, `/v1/me/contacts${position(minPosition)}`);
+  }
+
+  /** `verb` on the pair of the caller and `userId`: request, accept, decline, remove, block, unblock. */
+  contact(userId: string, verb: ContactVerb, key?: string): Promise<CommandResult> {
+    return this.command(`/v1/contacts/${enc(userId)}/${verb}`, {}, key);
+  }
+
+  /** Profiles of `userIds` (any number: asked 100 at a time); who never set one is left out. */
+  async profiles(userIds: string[], minPosition = 0): Promise<Profile[]> {
+    const out: Profile[] = [];
+    const ids = [...new Set(userIds)];
+    for (let i = 0; i < ids.length; i += PROFILES_PER_REQUEST) {
+      const q = ids.slice(i, i + PROFILES_PER_REQUEST).map(enc).join(",");
+      const pos = minPosition ? `&minPosition=${minPosition}` : "";
+      out.push(...(await this.read(ProfilesResultSchema, `/v1/users/profiles?ids=${q}${pos}`)).profiles);
+    }
+    return out;
+  }
+
   /** Uploads bytes of a declared type; the reference goes into `send({media})`. */
   async upload(bytes: Blob | Uint8Array, mime: string): Promise<MediaRef> {
     const res = await this.call("/v1/media/upload", {
@@ -126,10 +185,10 @@ export class HttpApi {
     return fromJson(schema, (await res.json()) as JsonValue, { ignoreUnknownFields: true });
   }
 
-  private async command(path: string, body: object, key?: string): Promise<CommandResult> {
+  private async command(path: string, body: object, key?: string, method = "POST"): Promise<CommandResult> {
     const headers: Record<string, string> = { "content-type": "application/json" };
     if (key) headers["idempotency-key"] = key;
-    const res = await this.call(path, { method: "POST", headers, body: JSON.stringify(body) });
+    const res = await this.call(path, { method, headers, body: JSON.stringify(body) });
     const r = (await res.json()) as Record<string, unknown>;
     return {
       conversationId: String(r.conversationId ?? ""),

@@ -1,9 +1,9 @@
-export { ImClient, HEARTBEAT_MS, ACK_DEBOUNCE_MS, FRAME_BYTES_MAX, SEND_ATTEMPTS_MAX } from "./client.js";
+export { ImClient, HEARTBEAT_MS, ACK_DEBOUNCE_MS, FRAME_BYTES_MAX, SEND_ATTEMPTS_MAX, isPeopleLog } from "./client.js";
 export type { ClientOptions, ClientEvents, SendOptions, WebSocketLike } from "./client.js";
 export { ConversationLog, PENDING_MAX } from "./conversation.js";
 export type { LogEvent } from "./conversation.js";
-export { HttpApi, ImHttpError, NOT_YET_RETRIES } from "./http.js";
-export type { CommandResult, FetchLike } from "./http.js";
+export { HttpApi, ImHttpError, NOT_YET_RETRIES, PROFILES_PER_REQUEST } from "./http.js";
+export type { CommandResult, FetchLike, Audience, Privacy, ContactVerb } from "./http.js";
 export { OUTBOX_MAX, TRACKED_MAX } from "./outbox.js";
 export type { OutgoingMessage, SendStatus } from "./outbox.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";

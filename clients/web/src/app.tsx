@@ -29,7 +29,12 @@ export function App() {
 }
 
 function Chat({ session, onSignOut }: { session: Session; onSignOut: () => void }) {
-  const store = useMemo(() => new Store(location.origin, tokenSource(session, onSignOut), session.userId), [session]);
+  const store = useMemo(() => {
+    const name = session.displayName;
+    // Set once: a reload keeps the profile on the log, not this.
+    if (name) saveSession({ ...session, displayName: undefined });
+    return new Store(location.origin, tokenSource(session, onSignOut), session.userId, name);
+  }, [session]);
   const [, bump] = useReducer((n: number) => n + 1, 0);
   const rerender = () => bump(undefined);
   useEffect(() => {
@@ -53,7 +58,7 @@ function Empty({ store }: { store: Store }) {
   return (
     <main class="empty">
       <div>
-        <h2>Hello, {store.me}</h2>
+        <h2>Hello, {store.displayName(store.me)}</h2>
         <p>Pick a conversation, or start one with “New chat”.</p>
       </div>
     </main>

@@ -30,7 +30,8 @@ export function ConversationView({ store, conv }: { store: Store; conv: Conv }) 
     }
   }
 
-  const typing = store.typingIn(conv);
+  const typing = store.typingIn(conv).map((u) => store.displayName(u));
+  const peer = store.peer(conv);
   const pending = [...store.outgoing.values()].filter((m) => m.conversationId === conv.id);
   return (
     <main class="conversation">
@@ -47,6 +48,7 @@ export function ConversationView({ store, conv }: { store: Store; conv: Conv }) 
             Members
           </button>
         )}
+        {peer && <BlockButton store={store} peer={peer} />}
       </header>
       <div class="body">
         <div class="messages" ref={list} onScroll={onScroll} data-testid="messages">
@@ -84,7 +86,7 @@ function Line({ store, conv, msg, prev }: { store: Store; conv: Conv; msg: Msg; 
   const first = !prev || prev.sender !== msg.sender || !!prev.notice;
   return (
     <div class={mine ? "msg mine" : "msg"} data-seq={msg.seq} data-testid="message">
-      {!mine && conv.kind === "group" && first && <div class="sender">{msg.sender}</div>}
+      {!mine && conv.kind === "group" && first && <div class="sender">{store.displayName(msg.sender)}</div>}
       <div class="bubble">
         {msg.recalled ? (
           <em class="muted">message recalled</em>
@@ -119,7 +121,7 @@ function Line({ store, conv, msg, prev }: { store: Store; conv: Conv; msg: Msg; 
 }
 
 function Ticks({ store, conv, msg }: { store: Store; conv: Conv; msg: Msg }) {
-  const readBy = store.readBy(conv, msg);
+  const readBy = store.readBy(conv, msg).map((u) => store.displayName(u));
   const delivered = store.deliveredTo(conv, msg);
   const status = readBy.length ? "read" : delivered.length ? "delivered" : "stored";
   const title = conv.kind === "group" && readBy.length ? `Read by ${readBy.join(", ")}` : status;
@@ -169,8 +171,8 @@ function Members({ store, conv }: { store: Store; conv: Conv }) {
       <ul>
         {[...conv.members].map(([u, r]) => (
           <li key={u}>
-            <Avatar name={u} />
-            <span class="name">{u}</span>
+            <Avatar name={store.displayName(u)} />
+            <span class="name">{store.displayName(u)}</span>
             <span class="muted small">{roleName(r)}</span>
             {canManage && u !== store.me && r !== Role.OWNER && (
               <button class="link danger" onClick={() => void act("remove-member", u)}>
@@ -200,5 +202,26 @@ function Members({ store, conv }: { store: Store; conv: Conv }) {
       )}
       {error && <p class="error">{error}</p>}
     </aside>
+  );
+}
+
+/** Blocks (or unblocks) the other person of a direct conversation: neither side may send while it stands. */
+function BlockButton({ store, peer }: { store: Store; peer: string }) {
+  const blocked = store.blocked(peer);
+  const [error, setError] = useState("");
+  async function toggle() {
+    setError("");
+    try {
+      await store.contact(peer, blocked ? "unblock" : "block");
+    } catch (e) {
+      setError(e instanceof Error ? e.message : String(e));
+    }
+  }
+  return (
+    <>
+      <button class="link danger" onClick={() => void toggle()} title={error || undefined}>
+        {blocked ? "Unblock" : "Block"}
+      </button>
+    </>
   );
 }

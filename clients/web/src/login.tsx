@@ -3,6 +3,7 @@ import { devToken, userOfToken, type Session } from "./session.js";
 
 export function Login({ onSignedIn }: { onSignedIn: (s: Session) => void }) {
   const [user, setUser] = useState("");
+  const [name, setName] = useState("");
   const [token, setToken] = useState("");
   const [error, setError] = useState("");
   const [busy, setBusy] = useState(false);
@@ -12,12 +13,13 @@ export function Login({ onSignedIn }: { onSignedIn: (s: Session) => void }) {
     setError("");
     setBusy(true);
     try {
+      const displayName = name.trim() || undefined;
       if (token.trim()) {
         const userId = userOfToken(token.trim());
         if (!userId) throw new Error("that does not look like a token (no user id in it)");
-        onSignedIn({ userId, token: token.trim() });
+        onSignedIn({ userId, token: token.trim(), displayName });
       } else {
-        onSignedIn({ userId: user.trim(), token: await devToken(user.trim()), dev: true });
+        onSignedIn({ userId: user.trim(), token: await devToken(user.trim()), dev: true, displayName });
       }
     } catch (err) {
       setError(err instanceof Error ? err.message : String(err));
@@ -41,6 +43,10 @@ export function Login({ onSignedIn }: { onSignedIn: (s: Session) => void }) {
             pattern="[A-Za-z0-9_\-]{1,64}"
             onInput={(e) => setUser((e.target as HTMLInputElement).value)}
           />
+        </label>
+        <label>
+          Display name <span class="muted small">(optional: what others see, any language)</span>
+          <input name="displayName" placeholder="李雷" maxLength={256} value={name} onInput={(e) => setName((e.target as HTMLInputElement).value)} />
         </label>
         <details>
           <summary>Sign in with a token instead</summary>

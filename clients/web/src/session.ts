@@ -4,6 +4,8 @@ export interface Session {
   token: string;
   /** Signed in through the local stack's development sign-in: renewable. */
   dev?: boolean;
+  /** A display name given at sign-in, to set as the profile's. */
+  displayName?: string;
 }
 
 const KEY = "im.session";

@@ -1,15 +1,19 @@
 import { useState } from "preact/hooks";
 import type { Store, Conv } from "./store.js";
 import { Avatar, timeLabel } from "./ui.js";
+import { ContactsPanel, ProfileDialog } from "./people.js";
+import { ContactState } from "@im/sdk";
 
 export function Sidebar({ store, onSignOut }: { store: Store; onSignOut: () => void }) {
-  const [dialog, setDialog] = useState<"chat" | "group" | null>(null);
+  const [dialog, setDialog] = useState<"chat" | "group" | "profile" | "contacts" | null>(null);
+  const incoming = store.contactsIn(ContactState.INCOMING).length;
+  const toggle = (d: typeof dialog) => setDialog(dialog === d ? null : d);
   return (
     <aside class="sidebar">
       <header>
-        <Avatar name={store.me} />
+        <Avatar name={store.displayName(store.me)} />
         <div class="me">
-          <strong>{store.me}</strong>
+          <strong data-testid="my-name">{store.displayName(store.me)}</strong>
           <span class={store.client.connected ? "online" : "offline"}>{store.client.connected ? "online" : "connecting…"}</span>
         </div>
         <button class="link" onClick={onSignOut} title="Sign out">
@@ -20,6 +24,14 @@ export function Sidebar({ store, onSignOut }: { store: Store; onSignOut: () => v
         <button onClick={() => setDialog("chat")}>New chat</button>
         <button onClick={() => setDialog("group")}>New group</button>
       </div>
+      <div class="actions">
+        <button onClick={() => toggle("contacts")}>
+          Contacts{incoming > 0 && <span class="badge" data-testid="requests">{incoming}</span>}
+        </button>
+        <button onClick={() => toggle("profile")}>Profile</button>
+      </div>
+      {dialog === "profile" && <ProfileDialog store={store} onDone={() => setDialog(null)} />}
+      {dialog === "contacts" && <ContactsPanel store={store} />}
       {dialog === "chat" && <NewChat store={store} onDone={() => setDialog(null)} />}
       {dialog === "group" && <NewGroup store={store} onDone={() => setDialog(null)} />}
       <ul class="convs" data-testid="conversations">
@@ -43,7 +55,7 @@ function ConvItem({ store, conv }: { store: Store; conv: Conv }) {
           <span class="time">{conv.lastActivityMs ? timeLabel(conv.lastActivityMs) : ""}</span>
         </div>
         <div class="line">
-          <span class="preview">{typing.length ? `${typing.join(", ")} typing…` : conv.preview}</span>
+          <span class="preview">{typing.length ? `${typing.map((u) => store.displayName(u)).join(", ")} typing…` : conv.preview}</span>
           {conv.unread > 0 && (
             <span class="badge" data-testid="unread">
               {conv.unread > 99 ? "99+" : conv.unread}

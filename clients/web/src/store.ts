@@ -4,12 +4,16 @@
 import {
   ImClient,
   ConversationKind,
+  ContactState,
   Role,
   ReceiptKind,
+  type ContactEntry,
   type LogEvent,
   type MediaRef,
   type OutgoingMessage,
   type ConvListItem,
+  type Privacy,
+  type Profile,
 } from "@im/sdk";
 
 export interface Msg {
@@ -46,6 +50,8 @@ export interface Conv {
 const TYPING_SHOW_MS = 6_000;
 /** Reading a burst of messages sends one receipt, this long after the last. */
 const READ_DEBOUNCE_MS = 300;
+/** Profiles asked together: the names a render needs arrive in one request. */
+const PROFILE_BATCH_MS = 30;
 /** Messages kept per conversation in memory; scroll-back beyond pages again. */
 const MESSAGES_MAX = 5_000;
 
@@ -56,8 +62,17 @@ export class Store {
   readonly outgoing = new Map<string, OutgoingMessage>();
   /** Contacts' presence as pushed by the gateway: online, or when last seen. */
   readonly presence = new Map<string, { online: boolean; lastSeenMs: number }>();
+  /** Profiles seen, by user id: what names show wherever a user id would. */
+  readonly profiles = new Map<string, Profile>();
+  /** Contacts, requests both ways and blocks (`GET /v1/me/contacts`). */
+  contacts: ContactEntry[] = [];
+  privacy: Privacy = { directChats: "everyone", groupAdds: "everyone" };
   openId: string | null = null;
   error = "";
+  /** Ids whose profile was asked for (or is being): each asked once per session. */
+  private asked = new Set<string>();
+  private wanted = new Set<string>();
+  private profileTimer: ReturnType<typeof setTimeout> | undefined;
   private readTimer: ReturnType<typeof setTimeout> | undefined;
   private listeners = new Set<() => void>();
 
@@ -65,8 +80,19 @@ export class Store {
     url: string,
     token: () => Promise<string>,
     readonly me: string,
+    /** A display name to set on sign-in, if one was given. */
+    private readonly initialName?: string,
   ) {
     this.client = new ImClient({ url, token, deviceId: `web-${Math.random().toString(36).slice(2, 8)}` });
+    this.client.on("people", (p) => {
+      if (p.other) this.want([p.other]);
+      if (p.other) void this.refreshContacts();
+      else void this.loadMe();
+    });
+    this.client.on("profile", (p) => {
+      this.profiles.set(p.userId, p);
+      this.changed();
+    });
     this.client.on("event", (e) => this.onEvent(e));
     this.client.on("status", (m) => this.onStatus(m));
     this.client.on("receipt", (r) => {
@@ -111,6 +137,84 @@ export class Store {
   start(): void {
     this.client.start();
     void this.refreshList();
+    void this.refreshContacts();
+    void (this.initialName ? this.saveProfile(this.initialName, "") : this.loadMe());
+  }
+
+  /** A user's display name, or their id until (or unless) they set one. */
+  displayName(userId: string): string {
+    this.want([userId]);
+    return this.profiles.get(userId)?.displayName || userId;
+  }
+
+  /** Asks for the profiles of `ids` not asked yet, in one request a moment later. */
+  want(ids: Iterable<string>): void {
+    for (const id of ids) if (!this.asked.has(id)) this.wanted.add(id);
+    if (this.wanted.size === 0 || this.profileTimer) return;
+    this.profileTimer = setTimeout(() => void this.fetchWanted(), PROFILE_BATCH_MS);
+  }
+
+  private async fetchWanted(): Promise<void> {
+    this.profileTimer = undefined;
+    const ids = [...this.wanted];
+    this.wanted.clear();
+    for (const id of ids) this.asked.add(id);
+    try {
+      for (const p of await this.client.http.profiles(ids)) this.profiles.set(p.userId, p);
+      this.changed();
+    } catch {
+      for (const id of ids) this.asked.delete(id); // asked again on the next render
+    }
+  }
+
+  async loadMe(minPosition = 0): Promise<void> {
+    try {
+      const me = await this.client.http.me(minPosition);
+      if (me.profile) this.profiles.set(this.me, me.profile);
+      this.privacy = me.privacy;
+      this.changed();
+    } catch {
+      // Shown as the user id until the projectors answer.
+    }
+  }
+
+  async saveProfile(displayName: string, status: string): Promise<void> {
+    const r = await this.client.http.setProfile({ displayName, status });
+    await this.loadMe(r.streamSeq);
+  }
+
+  async savePrivacy(privacy: Privacy): Promise<void> {
+    const r = await this.client.http.setPrivacy(privacy);
+    await this.loadMe(r.streamSeq);
+  }
+
+  async refreshContacts(minPosition = 0): Promise<void> {
+    try {
+      this.contacts = (await this.client.http.contacts(minPosition)).entries;
+      this.want(this.contacts.map((c) => c.userId));
+      this.changed();
+    } catch {
+      // Kept as they were; the next change refreshes them.
+    }
+  }
+
+  contactsIn(state: ContactState): ContactEntry[] {
+    return this.contacts.filter((c) => c.state === state);
+  }
+
+  blocked(userId: string): boolean {
+    return this.contacts.some((c) => c.userId === userId && c.blocked);
+  }
+
+  /** request, accept, decline, remove, block or unblock `userId`. */
+  async contact(userId: string, verb: "request" | "accept" | "decline" | "remove" | "block" | "unblock"): Promise<void> {
+    const r = await this.client.http.contact(userId, verb);
+    await this.refreshContacts(r.streamSeq);
+  }
+
+  /** The other person of a direct conversation. */
+  peer(c: Conv): string | undefined {
+    return c.kind === "direct" ? [...c.members.keys()].find((u) => u !== this.me) : undefined;
   }
 
   stop(): void {
@@ -147,8 +251,8 @@ export class Store {
   /** The name a conversation shows: a group's title, the other person of a direct one. */
   name(c: Conv): string {
     if (c.kind === "group") return c.title || c.id;
-    const other = [...c.members.keys()].find((u) => u !== this.me);
-    return other ?? c.title ?? c.id;
+    const other = this.peer(c);
+    return other ? this.displayName(other) : c.title || c.id;
   }
 
   /** "online", "last seen …" or "" for the other person of a direct conversation. */
@@ -185,7 +289,7 @@ export class Store {
     c.kind = e.kind === ConversationKind.DIRECT ? "direct" : "group";
     c.title = e.title;
     c.lastActivityMs = Math.max(c.lastActivityMs, Number(e.lastActivityMs));
-    if (e.preview) c.preview = e.previewSender ? `${e.previewSender}: ${e.preview}` : e.preview;
+    if (e.preview) c.preview = e.previewSender ? `${this.displayName(e.previewSender)}: ${e.preview}` : e.preview;
     c.unread = this.openId === c.id ? 0 : Number(item.unread);
   }
 
@@ -269,7 +373,7 @@ export class Store {
       c.messages.push(msg);
       if (c.messages.length > MESSAGES_MAX) c.messages.splice(0, c.messages.length - MESSAGES_MAX);
       if (!msg.notice) {
-        c.preview = `${msg.sender}: ${msg.media ? "[image]" : msg.text}`;
+        c.preview = `${this.displayName(msg.sender)}: ${msg.media ? "[image]" : msg.text}`;
         // History pages bring what was read before; only news counts.
         if (e.live && msg.sender !== this.me && this.openId !== c.id) c.unread++;
       }
@@ -293,30 +397,34 @@ export class Store {
     const base = { seq: e.seq, sender: ev.actor, atMs: Number(ev.atMs), text: "", edited: !!e.edited, recalled: !!e.recalled, clientMsgId: ev.clientMsgId };
     const k = ev.kind;
     const note = (notice: string): Msg => ({ ...base, notice });
+    const n = (u: string) => this.displayName(u);
     switch (k.case) {
       case "created":
         c.kind = k.value.kind === ConversationKind.DIRECT ? "direct" : "group";
         c.title = k.value.title;
         for (const m of k.value.members) c.members.set(m.userId, m.role);
         c.members.set(ev.actor, c.kind === "group" ? Role.OWNER : Role.MEMBER);
-        return c.kind === "group" ? note(`${ev.actor} created "${k.value.title}"`) : null;
+        return c.kind === "group" ? note(`${n(ev.actor)} created "${k.value.title}"`) : null;
       case "memberAdded":
         c.members.set(k.value.userId, k.value.role);
-        return note(`${ev.actor} added ${k.value.userId}`);
+        return note(`${n(ev.actor)} added ${n(k.value.userId)}`);
       case "membersAdded": {
         for (const m of k.value.members) c.members.set(m.userId, m.role);
-        const n = k.value.members.length;
-        return note(`${ev.actor} added ${n === 1 ? k.value.members[0].userId : `${n} members`}`);
+        const count = k.value.members.length;
+        return note(`${n(ev.actor)} added ${count === 1 ? n(k.value.members[0].userId) : `${count} members`}`);
       }
       case "memberRemoved":
         c.members.delete(k.value.userId);
-        return note(`${ev.actor} removed ${k.value.userId}`);
+        return note(`${n(ev.actor)} removed ${n(k.value.userId)}`);
       case "memberLeft":
         c.members.delete(ev.actor);
-        return note(`${ev.actor} left`);
+        return note(`${n(ev.actor)} left`);
       case "blacklisted":
-        c.members.delete(k.value.userId);
-        return note(`${ev.actor} blocked ${k.value.userId}`);
+        // In a direct conversation a block keeps both members.
+        if (c.kind === "group") c.members.delete(k.value.userId);
+        return note(`${n(ev.actor)} blocked ${n(k.value.userId)}`);
+      case "unblacklisted":
+        return note(`${n(ev.actor)} unblocked ${n(k.value.userId)}`);
       case "messageSent": {
         const body = k.value.body;
         return { ...base, text: body.case === "text" ? body.value : "", media: body.case === "media" ? body.value : undefined };

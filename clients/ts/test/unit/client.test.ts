@@ -5,6 +5,8 @@ import type { LogEvent } from "../../src/conversation.js";
 import type { OutgoingMessage, SendStatus } from "../../src/outbox.js";
 import { AckStatus, ErrorCode, ReceiptKind } from "../../src/gen/im/v1/client_pb.js";
 import { FakeGateway } from "./fake.js";
+import { create } from "@bufbuild/protobuf";
+import { ConvEventSchema } from "../../src/gen/im/v1/events_pb.js";
 
 /** Lets promises and due timers run (fake clock). */
 async function settle(ms = 0): Promise<void> {
@@ -283,6 +285,48 @@ describe("recovery", () => {
     expect(gw.last.sentOf("deliveryAck")).toEqual([expect.objectContaining({ conversationId: "c1", upToSeq: 3n, deviceId: "web" })]);
     client.markRead("c1");
     expect(gw.last.sentOf("read")).toEqual([expect.objectContaining({ conversationId: "c1", upToSeq: 3n })]);
+  });
+});
+
+describe("people", () => {
+  it("hands people news out as `people` events, never as a conversation to fill or acknowledge", async () => {
+    const { client, gw, events } = setup();
+    const people: { type: string; actor: string; other: string }[] = [];
+    const profiles: string[] = [];
+    client.on("people", (p) => people.push({ type: p.type, actor: p.actor, other: p.other }));
+    client.on("profile", (p) => profiles.push(p.displayName));
+    client.start();
+    await settle();
+    gw.last.accept("alice");
+    const request = create(ConvEventSchema, {
+      conversationId: "ct_0123",
+      convSeq: 2n,
+      actor: "bob",
+      kind: { case: "contactRequested", value: { userId: "alice" } },
+    });
+    const accepted = create(ConvEventSchema, {
+      conversationId: "ct_0123",
+      convSeq: 3n,
+      actor: "alice",
+      kind: { case: "contactAccepted", value: { userId: "bob" } },
+    });
+    const deliver = (event: typeof request, eventType: string) => ({
+      case: "deliver" as const,
+      value: { conversationId: event.conversationId, convSeq: event.convSeq, streamSeq: 9n, eventType, event },
+    });
+    // Seq 2 after nothing known would be a gap in a conversation: not here.
+    gw.last.push(deliver(request, "contact_requested"), deliver(accepted, "contact_accepted"));
+    gw.last.push({ case: "profile", value: { userId: "bob", displayName: "鲍勃" } });
+    await settle(300);
+    expect(people).toEqual([
+      { type: "contact_requested", actor: "bob", other: "bob" },
+      { type: "contact_accepted", actor: "alice", other: "bob" },
+    ]);
+    expect(profiles).toEqual(["鲍勃"]);
+    expect(events).toEqual([]);
+    expect(gw.historyCalls).toEqual([]);
+    expect(gw.last.sentOf("deliveryAck")).toEqual([]);
+    expect(client.known()).toEqual({});
   });
 });
 
