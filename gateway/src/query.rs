@@ -157,3 +157,58 @@ pub async fn conversations(
     items.sort_by_key(|i| std::cmp::Reverse(key(i)));
     Ok(items)
 }
+
+/// Profiles asked of the partitions their users' logs are in, at once.
+pub async fn profiles(
+    state: &crate::AppState,
+    users: &[String],
+    pos: u64,
+) -> Result<v1::ProfilesResult, v1::ErrorCode> {
+    let topology = state.appender.topology();
+    let mut by_partition: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    for u in users {
+        let log = im_streams::ids::user_log_id(u).map_err(|_| v1::ErrorCode::BadRequest)?;
+        by_partition
+            .entry(topology.partition_of(&log))
+            .or_default()
+            .push(u.clone());
+    }
+    let asks = by_partition.into_iter().map(|(p, user_ids)| {
+        let query = Query::Profiles(v1::ProfilesQuery { user_ids });
+        ask(&state.client, p, (pos, 0), query)
+    });
+    let mut out = v1::ProfilesResult::default();
+    for answer in futures::future::join_all(asks).await {
+        match past_end(state, pos, answer).await? {
+            R::Profiles(r) => {
+                out.profiles.extend(r.profiles);
+                out.privacy.extend(r.privacy);
+            }
+            _ => return Err(v1::ErrorCode::Internal),
+        }
+    }
+    Ok(out)
+}
+
+/// A user's contact entries, merged over every partition.
+pub async fn contacts(
+    state: &crate::AppState,
+    user: &str,
+    pos: u64,
+) -> Result<v1::ContactsResult, v1::ErrorCode> {
+    let asks = (0..state.appender.topology().partitions).map(|p| {
+        let query = Query::Contacts(v1::ContactsQuery {
+            user_id: user.to_string(),
+        });
+        ask(&state.client, p, (pos, 0), query)
+    });
+    let mut entries = Vec::new();
+    for answer in futures::future::join_all(asks).await {
+        match past_end(state, pos, answer).await? {
+            R::Contacts(r) => entries.extend(r.entries),
+            _ => return Err(v1::ErrorCode::Internal),
+        }
+    }
+    entries.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    Ok(v1::ContactsResult { entries })
+}

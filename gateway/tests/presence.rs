@@ -216,3 +216,67 @@ async fn members_of_large_groups_are_not_contacts() {
         );
     }
 }
+
+/// Contacts made by request and acceptance see each other's presence
+/// without sharing a conversation; a block, either way, hides it even
+/// from a direct conversation's other member; a pending request shows
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn accepted_contacts_see_presence_and_a_block_hides_it() {
+    let s = Stack::start(Limits::default()).await;
+    let gw = s.gateways[0];
+    let verb = |user: &'static str, target: &'static str, verb: &'static str| async move {
+        let path = format!("/v1/contacts/{target}/{verb}");
+        let (status, body) =
+            http_post_with_key(gw, &path, &token(user), &format!("{user}-{verb}")).await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["streamSeq"].as_str().unwrap().parse::<u64>().unwrap()
+    };
+    verb("ann", "bob", "request").await;
+    verb("cat", "bob", "request").await;
+    let pos = verb("bob", "ann", "accept").await;
+    wait_projected(
+        &s,
+        &im_streams::ids::pair_log_id("ann", "bob").unwrap(),
+        pos,
+    )
+    .await;
+    let _bob = connect(gw, "bob", Wire::Proto).await;
+    let _ann = connect(gw, "ann", Wire::Proto).await;
+    let seen = presence(gw, "ann", "bob").await.users;
+    assert_eq!(seen.len(), 1, "a contact: {seen:?}");
+    assert!(
+        presence(gw, "cat", "bob").await.users.is_empty(),
+        "only asked"
+    );
+
+    // dan chats with bob, then bob blocks dan: dan sees bob no more.
+    let mut dan = connect(gw, "dan", Wire::Proto).await;
+    dan.send(text_send_to("bob", "d1", "hi")).await;
+    let ack = dan.recv_until(ack_of).await;
+    assert_eq!(ack.status, v1::AckStatus::Stored as i32, "{ack:?}");
+    wait_projected(&s, &ack.conversation_id, ack.stream_seq).await;
+    assert_eq!(
+        presence(gw, "dan", "bob").await.users.len(),
+        1,
+        "a direct chat's member"
+    );
+    let pos = verb("bob", "dan", "block").await;
+    wait_projected(
+        &s,
+        &im_streams::ids::pair_log_id("bob", "dan").unwrap(),
+        pos,
+    )
+    .await;
+    // A fresh gateway: no contacts cached from before the block.
+    let gw2 = spawn_gateway(&s.server.url(), "{}");
+    assert!(
+        presence(gw2.1, "dan", "bob").await.users.is_empty(),
+        "blocked"
+    );
+    assert!(
+        presence(gw2.1, "bob", "dan").await.users.is_empty(),
+        "blocking"
+    );
+}

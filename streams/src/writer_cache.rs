@@ -87,6 +87,11 @@ impl<T> WriterCache<T> {
         }
     }
 
+    /// Whether the conversation is kept (without making it recent).
+    pub fn contains(&self, conv: &str) -> bool {
+        self.lock().lru.contains(conv)
+    }
+
     /// (conversations, bytes) kept now.
     pub fn usage(&self) -> (usize, usize) {
         let inner = self.lock();

@@ -778,6 +778,8 @@ async fn a_working_set_of_conversations_stays_cached_under_the_default_bound() {
         CONVERSATIONS * one_full <= im_streams::writer_cache::WRITER_CACHE_BYTES_MAX,
         "{CONVERSATIONS} full conversations would not fit: {one_full} bytes"
     );
+    // The people logs the adds were checked against have no events: not
+    // kept.
     assert_eq!(app.cache_usage().0, CONVERSATIONS);
 }
 

@@ -33,6 +33,20 @@ test("contacts by request and accept, Chinese names everywhere, and a block refu
   await expect(b.getByTestId("conv-title")).toHaveText("李雷");
   await expect.poll(() => texts(b)).toEqual(["👋", "你好，王芳"]);
   await expect(a.locator(".conv .name")).toContainText(["王芳 🌸"]);
+
+  // Li sets an avatar; Wang's list shows the image (anyone signed in may fetch it).
+  await a.getByRole("button", { name: "Profile" }).click();
+  const png = Buffer.from(
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg==",
+    "base64",
+  );
+  await a.locator('input[name="avatar"]').setInputFiles({ name: "me.png", mimeType: "image/png", buffer: png });
+  await a.getByTestId("profile").getByRole("button", { name: "Save" }).click();
+  await expect(a.getByTestId("profile")).toHaveCount(0);
+  await b.reload();
+  await expect(b.locator(".conv", { hasText: "李雷" }).getByTestId("avatar-image")).toBeVisible();
+  await b.locator(".conv", { hasText: "李雷" }).click();
+  await expect(b.getByTestId("conv-title")).toHaveText("李雷");
   await screenshot(b, "people");
 
   // Wang blocks Li from the header: Li's next send is refused in the UI.

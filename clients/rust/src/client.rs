@@ -90,9 +90,12 @@ pub struct ClientStats {
 }
 
 pub struct Client {
-    cfg: ClientConfig,
+    pub(crate) cfg: ClientConfig,
     conn: Option<Connection>,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
+    /// People news not taken yet (`take_people`), the oldest dropped past
+    /// `PEOPLE_NEWS_MAX`.
+    pub(crate) people: VecDeque<crate::people::PeopleNews>,
     logs: BTreeMap<String, ConversationLog>,
     ready: VecDeque<LogEvent>,
     answers: BTreeMap<String, Result<v1::SendAck, (v1::ErrorCode, String)>>,
@@ -115,6 +118,7 @@ impl Client {
                 .map(|(c, s)| (c, ConversationLog::new(s)))
                 .collect(),
             ready: VecDeque::new(),
+            people: VecDeque::new(),
             answers: BTreeMap::new(),
             behind: Default::default(),
             connected_once: false,
@@ -257,6 +261,10 @@ impl Client {
                     }
                 }
             }
+            Some(Payload::Deliver(d)) if crate::people::is_people_log(&d.conversation_id) => {
+                self.keep_news(crate::people::PeopleNews::Event(d))
+            }
+            Some(Payload::Profile(p)) => self.keep_news(crate::people::PeopleNews::Profile(p)),
             Some(Payload::Deliver(d)) => self.on_deliver(d).await?,
             Some(Payload::SendAck(a)) => self.keep_answer(a.client_msg_id.clone(), Ok(a)),
             Some(Payload::Error(e)) if !e.client_msg_id.is_empty() => {
@@ -266,6 +274,13 @@ impl Client {
             _ => {}
         }
         Ok(())
+    }
+
+    fn keep_news(&mut self, news: crate::people::PeopleNews) {
+        if self.people.len() >= crate::people::PEOPLE_NEWS_MAX {
+            self.people.pop_front();
+        }
+        self.people.push_back(news);
     }
 
     fn keep_answer(&mut self, id: String, a: Result<v1::SendAck, (v1::ErrorCode, String)>) {

@@ -14,6 +14,7 @@ mod connection;
 mod error;
 mod frames;
 mod log;
+mod people;
 
 pub use client::{
     Backoff, Client, ClientConfig, ClientStats, LogEvent, FILL_PAGE, READY_MAX, SEND_ATTEMPTS_MAX,
@@ -22,3 +23,4 @@ pub use connection::{ConnectOptions, Connection, Ws, CONNECT_TIMEOUT};
 pub use error::ClientError;
 pub use frames::{decode_frame, encode_frame, Wire};
 pub use log::{ConversationLog, PENDING_MAX};
+pub use people::{is_people_log, CommandResult, ContactVerb, PeopleNews, PEOPLE_NEWS_MAX};

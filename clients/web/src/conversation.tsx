@@ -1,7 +1,7 @@
 import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 import { Role } from "@im/sdk";
 import type { Conv, Msg, Store } from "./store.js";
-import { Avatar, timeLabel } from "./ui.js";
+import { Avatar, UserAvatar, timeLabel } from "./ui.js";
 import { Composer } from "./composer.js";
 import { MediaImage } from "./media.js";
 
@@ -36,7 +36,7 @@ export function ConversationView({ store, conv }: { store: Store; conv: Conv }) 
   return (
     <main class="conversation">
       <header>
-        <Avatar name={store.name(conv)} group={conv.kind === "group"} />
+        {peer ? <UserAvatar store={store} userId={peer} /> : <Avatar name={store.name(conv)} group={conv.kind === "group"} />}
         <div class="title">
           <strong data-testid="conv-title">{store.name(conv)}</strong>
           <span class="muted small" data-testid="conv-status">
@@ -171,7 +171,7 @@ function Members({ store, conv }: { store: Store; conv: Conv }) {
       <ul>
         {[...conv.members].map(([u, r]) => (
           <li key={u}>
-            <Avatar name={store.displayName(u)} />
+            <UserAvatar store={store} userId={u} />
             <span class="name">{store.displayName(u)}</span>
             <span class="muted small">{roleName(r)}</span>
             {canManage && u !== store.me && r !== Role.OWNER && (

@@ -3,7 +3,7 @@
 import { useState } from "preact/hooks";
 import { ContactState, type ContactEntry } from "@im/sdk";
 import type { Store } from "./store.js";
-import { Avatar } from "./ui.js";
+import { UserAvatar } from "./ui.js";
 
 /** A call's failure as one line for the panel. */
 function message(e: unknown): string {
@@ -16,12 +16,13 @@ export function ProfileDialog({ store, onDone }: { store: Store; onDone: () => v
   const [status, setStatus] = useState(mine?.status ?? "");
   const [direct, setDirect] = useState(store.privacy.directChats);
   const [groups, setGroups] = useState(store.privacy.groupAdds);
+  const [image, setImage] = useState<File | undefined>(undefined);
   const [error, setError] = useState("");
   async function save(e: Event) {
     e.preventDefault();
     setError("");
     try {
-      await store.saveProfile(name, status);
+      await store.saveProfile(name, status, image);
       if (direct !== store.privacy.directChats || groups !== store.privacy.groupAdds) {
         await store.savePrivacy({ directChats: direct, groupAdds: groups });
       }
@@ -40,6 +41,9 @@ export function ProfileDialog({ store, onDone }: { store: Store; onDone: () => v
     <form class="dialog" onSubmit={save} data-testid="profile">
       <input name="displayName" autoFocus placeholder="display name" value={name} onInput={(e) => setName((e.target as HTMLInputElement).value)} />
       <input name="status" placeholder="status" value={status} onInput={(e) => setStatus((e.target as HTMLInputElement).value)} />
+      <label class="small">
+        Avatar <input name="avatar" type="file" accept="image/png,image/jpeg,image/gif,image/webp" onChange={(e) => setImage((e.target as HTMLInputElement).files?.[0])} />
+      </label>
       <label class="small">Who may start a chat with me {audience(direct, setDirect)}</label>
       <label class="small">Who may add me to groups {audience(groups, setGroups)}</label>
       <div class="row">
@@ -82,7 +86,7 @@ export function ContactsPanel({ store }: { store: Store }) {
         <ul data-testid={testId}>
           {entries.map((c) => (
             <li key={c.userId} data-user={c.userId}>
-              <Avatar name={store.displayName(c.userId)} />
+              <UserAvatar store={store} userId={c.userId} />
               <span class="name">{store.displayName(c.userId)}</span>
               {tools(c)}
             </li>

@@ -1,6 +1,6 @@
 import { useState } from "preact/hooks";
 import type { Store, Conv } from "./store.js";
-import { Avatar, timeLabel } from "./ui.js";
+import { Avatar, UserAvatar, timeLabel } from "./ui.js";
 import { ContactsPanel, ProfileDialog } from "./people.js";
 import { ContactState } from "@im/sdk";
 
@@ -11,7 +11,7 @@ export function Sidebar({ store, onSignOut }: { store: Store; onSignOut: () => v
   return (
     <aside class="sidebar">
       <header>
-        <Avatar name={store.displayName(store.me)} />
+        <UserAvatar store={store} userId={store.me} />
         <div class="me">
           <strong data-testid="my-name">{store.displayName(store.me)}</strong>
           <span class={store.client.connected ? "online" : "offline"}>{store.client.connected ? "online" : "connecting…"}</span>
@@ -48,7 +48,7 @@ function ConvItem({ store, conv }: { store: Store; conv: Conv }) {
   const typing = store.typingIn(conv);
   return (
     <li class={store.openId === conv.id ? "conv open" : "conv"} data-conv={conv.id} onClick={() => void store.open(conv.id)}>
-      <Avatar name={name} group={conv.kind === "group"} />
+      {store.peer(conv) ? <UserAvatar store={store} userId={store.peer(conv)!} /> : <Avatar name={name} group={conv.kind === "group"} />}
       <div class="summary">
         <div class="line">
           <span class="name">{name}</span>

@@ -69,6 +69,8 @@ export class Store {
   privacy: Privacy = { directChats: "everyone", groupAdds: "everyone" };
   openId: string | null = null;
   error = "";
+  /** Avatar images fetched, as object URLs by media id ("" while fetching). */
+  private avatars = new Map<string, string>();
   /** Ids whose profile was asked for (or is being): each asked once per session. */
   private asked = new Set<string>();
   private wanted = new Set<string>();
@@ -167,6 +169,25 @@ export class Store {
     }
   }
 
+  /** The image URL of `userId`'s avatar once fetched (undefined: show initials). */
+  avatarOf(userId: string): string | undefined {
+    const media = this.profiles.get(userId)?.avatar;
+    if (!media) return undefined;
+    const url = this.avatars.get(media.mediaId);
+    if (url === undefined) {
+      this.avatars.set(media.mediaId, "");
+      void this.client.http
+        .media(media.mediaId, true)
+        .catch(() => this.client.http.media(media.mediaId, false))
+        .then((blob) => {
+          this.avatars.set(media.mediaId, URL.createObjectURL(blob));
+          this.changed();
+        })
+        .catch(() => {});
+    }
+    return url || undefined;
+  }
+
   async loadMe(minPosition = 0): Promise<void> {
     try {
       const me = await this.client.http.me(minPosition);
@@ -178,8 +199,10 @@ export class Store {
     }
   }
 
-  async saveProfile(displayName: string, status: string): Promise<void> {
-    const r = await this.client.http.setProfile({ displayName, status });
+  /** Replaces the profile; the avatar kept unless a new image is given. */
+  async saveProfile(displayName: string, status: string, image?: File): Promise<void> {
+    const avatar = image ? await this.client.http.upload(image, image.type) : this.profiles.get(this.me)?.avatar;
+    const r = await this.client.http.setProfile({ displayName, status, avatar });
     await this.loadMe(r.streamSeq);
   }
 

@@ -1,4 +1,5 @@
 // Small shared pieces: avatars and time labels.
+import type { Store } from "./store.js";
 const COLORS = ["#5b8def", "#e5734a", "#3fb68b", "#b65bd6", "#d6a23f", "#4ab3c7", "#e05a8a"];
 
 export function Avatar({ name, group = false }: { name: string; group?: boolean }) {
@@ -10,6 +11,13 @@ export function Avatar({ name, group = false }: { name: string; group?: boolean 
       {initials}
     </span>
   );
+}
+
+/** A user's avatar: their image when their profile has one, else their name's initials. */
+export function UserAvatar({ store, userId }: { store: Store; userId: string }) {
+  const url = store.avatarOf(userId);
+  if (url) return <img class="avatar" src={url} alt="" data-testid="avatar-image" />;
+  return <Avatar name={store.displayName(userId)} />;
 }
 
 export function timeLabel(ms: number): string {

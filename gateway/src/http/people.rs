@@ -9,8 +9,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
-use im_schema::v1::{self, query_request::Query as Q, query_response::Result as R};
-use im_streams::ids::{user_log_id, IdKind};
+use im_schema::v1;
+use im_streams::ids::IdKind;
 use im_streams::people::Audience;
 use im_streams::Action;
 use serde::Deserialize;
@@ -72,13 +72,14 @@ pub async fn put_profile(
 /// Pushes a user's new profile to their contacts' devices (ephemeral, as
 /// typing: a device that misses it reads profiles when it next lists).
 async fn tell_contacts(state: Arc<AppState>, user: String, pos: u64) {
-    let Ok(profiles) = profiles_of(&state, std::slice::from_ref(&user), pos).await else {
+    let Ok(profiles) = crate::query::profiles(&state, std::slice::from_ref(&user), pos).await
+    else {
         return;
     };
     let Some(profile) = profiles.profiles.into_iter().next() else {
         return;
     };
-    let Ok(contacts) = contacts_of(&state, &user, 0).await else {
+    let Ok(contacts) = crate::query::contacts(&state, &user, 0).await else {
         return;
     };
     let notice = crate::cmd::reply(v1::envelope::Payload::Profile(profile));
@@ -202,7 +203,7 @@ pub async fn profiles(
     for id in &ids {
         check_user("ids", id)?;
     }
-    let mut found = profiles_of(&state, &ids, p.min_position)
+    let mut found = crate::query::profiles(&state, &ids, p.min_position)
         .await
         .map_err(asked)?;
     // Nobody's privacy but one's own (`GET /v1/me`).
@@ -217,7 +218,7 @@ pub async fn me(
     Query(p): Query<ReadParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let _ = p.access_token;
-    let found = profiles_of(&state, std::slice::from_ref(&user), p.min_position)
+    let found = crate::query::profiles(&state, std::slice::from_ref(&user), p.min_position)
         .await
         .map_err(asked)?;
     let privacy = found.privacy.into_iter().next().unwrap_or_default();
@@ -243,8 +244,17 @@ pub async fn contacts(
     Query(p): Query<ReadParams>,
 ) -> Result<ProtoJson<v1::ContactsResult>, ApiError> {
     let _ = p.access_token;
-    let found = contacts_of(&state, &user, p.min_position).await;
-    Ok(ProtoJson(found.map_err(asked)?))
+    let mut found = crate::query::contacts(&state, &user, p.min_position)
+        .await
+        .map_err(asked)?;
+    // Nobody is told who blocks them.
+    found
+        .entries
+        .retain(|c| c.state != v1::ContactState::None as i32 || c.blocked);
+    for c in &mut found.entries {
+        c.blocked_by_them = false;
+    }
+    Ok(ProtoJson(found))
 }
 
 fn asked(code: v1::ErrorCode) -> ApiError {
@@ -253,59 +263,4 @@ fn asked(code: v1::ErrorCode) -> ApiError {
         _ => "the projectors could not answer in time: retry",
     };
     ApiError(code, message.into())
-}
-
-/// Profiles asked of the partitions their users' logs are in, at once.
-pub async fn profiles_of(
-    state: &AppState,
-    users: &[String],
-    pos: u64,
-) -> Result<v1::ProfilesResult, v1::ErrorCode> {
-    let topology = state.appender.topology();
-    let mut by_partition: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
-    for u in users {
-        let log = user_log_id(u).map_err(|_| v1::ErrorCode::BadRequest)?;
-        by_partition
-            .entry(topology.partition_of(&log))
-            .or_default()
-            .push(u.clone());
-    }
-    let asks = by_partition.into_iter().map(|(p, user_ids)| {
-        let query = Q::Profiles(v1::ProfilesQuery { user_ids });
-        crate::query::ask(&state.client, p, (pos, 0), query)
-    });
-    let mut out = v1::ProfilesResult::default();
-    for answer in futures::future::join_all(asks).await {
-        match answer? {
-            R::Profiles(r) => {
-                out.profiles.extend(r.profiles);
-                out.privacy.extend(r.privacy);
-            }
-            _ => return Err(v1::ErrorCode::Internal),
-        }
-    }
-    Ok(out)
-}
-
-/// A user's contact entries, merged over every partition.
-pub async fn contacts_of(
-    state: &AppState,
-    user: &str,
-    pos: u64,
-) -> Result<v1::ContactsResult, v1::ErrorCode> {
-    let asks = (0..state.appender.topology().partitions).map(|p| {
-        let query = Q::Contacts(v1::ContactsQuery {
-            user_id: user.to_string(),
-        });
-        crate::query::ask(&state.client, p, (pos, 0), query)
-    });
-    let mut entries = Vec::new();
-    for answer in futures::future::join_all(asks).await {
-        match answer? {
-            R::Contacts(r) => entries.extend(r.entries),
-            _ => return Err(v1::ErrorCode::Internal),
-        }
-    }
-    entries.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-    Ok(v1::ContactsResult { entries })
 }

@@ -1,7 +1,7 @@
-//! Whose presence a user may see: everyone sharing a conversation of at
-//! most `GROUP_MEMBERS_MAX` members with them, asked of the projectors
-//! (their conversation list, then each one's members) and cached for a
-//! while.
+//! Whose presence a user may see: their contacts (accepted requests) and
+//! everyone sharing a conversation of at most `GROUP_MEMBERS_MAX` members
+//! with them, asked of the projectors (their contacts, their conversation
+//! list, then each one's members) and cached for a while.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -98,6 +98,13 @@ pub async fn of(state: &AppState, user: &str) -> Result<Contacts, v1::ErrorCode>
     });
     let mut answers = futures::stream::iter(asks).buffer_unordered(MEMBER_ASKS_IN_FLIGHT);
     let mut contacts = HashSet::new();
+    // Contacts made by request and acceptance, whether or not they chat;
+    // not those who are only asked, asking or blocked.
+    let people = crate::query::contacts(state, user, 0).await?.entries;
+    let accepted = people
+        .iter()
+        .filter(|c| c.state() == v1::ContactState::Contact && !c.blocked);
+    contacts.extend(accepted.map(|c| c.user_id.clone()).take(CONTACTS_MAX));
     while let Some(answer) = answers.next().await {
         // A conversation left since the list was read is no one's contact.
         let Ok(R::Members(m)) = answer else { continue };
@@ -109,6 +116,10 @@ pub async fn of(state: &AppState, user: &str) -> Result<Contacts, v1::ErrorCode>
             ids.filter(|id| id != user)
                 .take(CONTACTS_MAX - contacts.len().min(CONTACTS_MAX)),
         );
+    }
+    // Either side's block hides presence, shared conversations or not.
+    for c in people.iter().filter(|c| c.blocked || c.blocked_by_them) {
+        contacts.remove(&c.user_id);
     }
     let contacts = Arc::new(contacts);
     // None yet may be a conversation not projected yet: asked again next time.

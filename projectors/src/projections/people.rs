@@ -1,7 +1,7 @@
 //! The people rows `members` keeps: per user or pair log, `p<log>` (the
 //! people rules state, and a user's profile); per user and pair log,
 //! `k<user>\0<log>` (how that user stands with the other: a contact, a
-//! request either way, a block of theirs). Both name their log, and each
+//! request either way, a block either way). Both name their log, and each
 //! depends on that log's events only (`conv_of_key`). O(1) writes per
 //! event: a pair's event rewrites its two users' entries.
 
@@ -83,7 +83,8 @@ fn write_entry(tx: &mut Tx, log: &str, user: &str, other: &str, p: &People, sinc
         _ => v1::ContactState::None,
     };
     let blocked = p.blocked_by.contains(user);
-    if state == v1::ContactState::None && !blocked {
+    let blocked_by_them = p.blocked_by.contains(other);
+    if state == v1::ContactState::None && !blocked && !blocked_by_them {
         tx.delete(contact_key(user, log));
         return;
     }
@@ -92,6 +93,7 @@ fn write_entry(tx: &mut Tx, log: &str, user: &str, other: &str, p: &People, sinc
         state: state as i32,
         blocked,
         since_ms,
+        blocked_by_them,
     };
     tx.put_msg(contact_key(user, log), &entry);
 }

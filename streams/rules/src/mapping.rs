@@ -415,6 +415,67 @@ mod tests {
         }
     }
 
+    /// Each people action, with the user whose log it goes to.
+    fn people_actions() -> Vec<(&'static str, Action)> {
+        let user = |u: &str| u.to_string();
+        vec![
+            (
+                "amy",
+                Action::UpdateProfile {
+                    display_name: "艾米".into(),
+                    avatar: None,
+                    status: "here".into(),
+                },
+            ),
+            (
+                "amy",
+                Action::SetPrivacy {
+                    direct_chats: Audience::Contacts,
+                    group_adds: Audience::Everyone,
+                },
+            ),
+            ("amy", Action::RequestContact { user: user("bo") }),
+            ("bo", Action::AcceptContact { user: user("amy") }),
+            ("bo", Action::RemoveContact { user: user("amy") }),
+            ("amy", Action::BlockUser { user: user("bo") }),
+            ("amy", Action::UnblockUser { user: user("bo") }),
+            ("bo", Action::RequestContact { user: user("amy") }),
+            ("amy", Action::DeclineContact { user: user("bo") }),
+        ]
+    }
+
+    #[test]
+    fn people_commands_are_found_again_from_their_events_creations_included() {
+        let mut logs: std::collections::BTreeMap<String, ConvState> = Default::default();
+        for (i, (actor, action)) in people_actions().into_iter().enumerate() {
+            assert_eq!(action_of(&kind_of(&action), None).as_ref(), Some(&action));
+            let log = crate::people::log_of(actor, &action).unwrap();
+            let state = logs
+                .entry(log.clone())
+                .or_insert_with(|| ConvState::empty(log));
+            let cmd = Command {
+                actor: actor.into(),
+                client_msg_id: format!("p{i}"),
+                action,
+            };
+            let sealed = seal(state, decide(state, &cmd, 1_000).expect("allowed"));
+            let last = sealed.last().unwrap();
+            assert_eq!(command_of(&last.event, None).as_ref(), Some(&cmd));
+            if sealed.len() == 2 {
+                // A log's creation stands for a command of its kind, not this one.
+                assert!(command_of(&sealed[0].event, None).is_some());
+            }
+            for (j, s) in sealed.iter().enumerate() {
+                assert_eq!(
+                    crate::verdict::check_event(state, &s.event),
+                    Ok(()),
+                    "{i}.{j}"
+                );
+                state.extend(s, (i * 2 + j) as u64 + 1);
+            }
+        }
+    }
+
     #[test]
     fn a_first_direct_send_is_found_from_its_creation_and_message() {
         let conv = crate::ids::direct_conversation_id("amy", "bo").unwrap();

@@ -223,6 +223,25 @@ mod tests {
                 conv_seq: 4,
                 text: "e".into(),
             },
+            Action::UpdateProfile {
+                display_name: "名".into(),
+                avatar: Some(v1::MediaRef {
+                    media_id: "a1".into(),
+                    mime: "image/png".into(),
+                    ..Default::default()
+                }),
+                status: "s".into(),
+            },
+            Action::SetPrivacy {
+                direct_chats: crate::people::Audience::Contacts,
+                group_adds: crate::people::Audience::Everyone,
+            },
+            Action::RequestContact { user: "n".into() },
+            Action::AcceptContact { user: "n".into() },
+            Action::DeclineContact { user: "n".into() },
+            Action::RemoveContact { user: "n".into() },
+            Action::BlockUser { user: "n".into() },
+            Action::UnblockUser { user: "n".into() },
         ]
     }
 
@@ -274,6 +293,14 @@ mod tests {
                 up_to_seq: 9,
                 last_seq: 3,
             },
+            Rejection::AlreadyContacts,
+            Rejection::AlreadyRequested,
+            Rejection::NoRequest,
+            Rejection::NotContacts,
+            Rejection::AlreadyBlocked,
+            Rejection::NotBlocked,
+            Rejection::UnblockFirst,
+            Rejection::NotAccepting { user: "bo".into() },
         ];
         for r in all {
             let outcome = AppendOutcome::Rejected(r.clone());

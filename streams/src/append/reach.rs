@@ -3,7 +3,8 @@
 //! starts a direct conversation or adds members is checked against both
 //! at their latest version before it is appended (`people::check_reach`):
 //! a few targets by reading their logs here, a bulk add by asking the
-//! `members` projection of every partition at once, at the log's end.
+//! `members` projection of every partition at once, at the log's end (or,
+//! when no projector answers, by reading them here too).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -62,7 +63,15 @@ impl Appender {
         let logs = if targets.len() <= REACH_READS_MAX {
             self.read_people(&ids).await?
         } else {
-            self.ask_people(actor, targets).await?
+            match self.ask_people(actor, targets).await {
+                Ok(logs) => logs,
+                // No projector answers: read them here, as a few are.
+                Err(e @ StreamsError::Unavailable { .. }) => {
+                    tracing::warn!(actor, targets = targets.len(), error = %e, "reading whom a bulk add reaches");
+                    self.read_people(&ids).await?
+                }
+                Err(e) => return Err(e),
+            }
         };
         let none = People::default();
         for (target, own, pair) in &ids {
@@ -82,12 +91,25 @@ impl Appender {
         let logs: Vec<&String> = ids.iter().flat_map(|(_, own, pair)| [own, pair]).collect();
         let mut out = HashMap::with_capacity(logs.len());
         for chunk in logs.chunks(REACH_READS_IN_FLIGHT) {
-            let states = futures::future::try_join_all(chunk.iter().map(|l| self.current_state(l)));
-            for (log, state) in chunk.iter().zip(states.await?) {
-                out.insert((*log).clone(), state.people);
+            let states = futures::future::try_join_all(chunk.iter().map(|l| self.people_of(l)));
+            for (log, people) in chunk.iter().zip(states.await?) {
+                out.insert((*log).clone(), people);
             }
         }
         Ok(out)
+    }
+
+    /// A people log's state at its latest version. One that has no event
+    /// (most users never set a privacy, most pairs never met) is not kept
+    /// in the cache, where it would push out the conversations in use.
+    async fn people_of(&self, log: &str) -> Result<People, StreamsError> {
+        if !self.cache.contains(log) {
+            let subject = self.topology.conv_subject(log)?;
+            if self.last_seq_of(&subject).await? == 0 {
+                return Ok(People::default());
+            }
+        }
+        Ok(self.current_state(log).await?.people)
     }
 
     /// The same from the `members` projection of every partition, once it
