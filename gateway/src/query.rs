@@ -120,6 +120,10 @@ async fn past_end(
     }
 }
 
+/// Contact entries one answer holds (~60 bytes each, 300 KB): past it the
+/// first by user id, marked `truncated`.
+pub const CONTACTS_PER_ANSWER_MAX: usize = 5_000;
+
 /// Conversations one list asks each partition for: the most recent ones.
 pub const CONVERSATIONS_PER_PARTITION_MAX: u32 = 200;
 
@@ -202,13 +206,20 @@ pub async fn contacts(
         });
         ask(&state.client, p, (pos, 0), query)
     });
-    let mut entries = Vec::new();
+    let mut out = v1::ContactsResult::default();
     for answer in futures::future::join_all(asks).await {
         match past_end(state, pos, answer).await? {
-            R::Contacts(r) => entries.extend(r.entries),
+            R::Contacts(r) => {
+                out.entries.extend(r.entries);
+                out.truncated |= r.truncated;
+            }
             _ => return Err(v1::ErrorCode::Internal),
         }
     }
-    entries.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-    Ok(v1::ContactsResult { entries })
+    out.entries.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    if out.entries.len() > CONTACTS_PER_ANSWER_MAX {
+        out.entries.truncate(CONTACTS_PER_ANSWER_MAX);
+        out.truncated = true;
+    }
+    Ok(out)
 }

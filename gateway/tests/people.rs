@@ -150,6 +150,14 @@ async fn contacts_over_two_gateways_and_retries_past_the_window_are_duplicates()
         asked.1["conversationId"],
         pair_log_id("ann", "bob").unwrap()
     );
+    // The same key for another pair, within the duplicate window: refused
+    // as a reused id (a new log's creation is deduplicated first).
+    let reused = contact(gw2.1, "ann", "request", "dan", "ann-asks-bob").await;
+    refused(&reused, 400, "invalid_argument");
+    assert!(s
+        .log_of(&pair_log_id("ann", "dan").unwrap())
+        .await
+        .is_empty());
     assert_eq!(
         next_event_type(&mut bob_device).await,
         ("contact_requested".into(), "ann".into()),
@@ -323,6 +331,12 @@ async fn privacy_refuses_strangers_and_a_block_stops_a_direct_chat_both_ways() {
         403,
         "not_accepting",
     );
+    // The conversation's own blacklist cannot lift it there.
+    let dm_id = direct_conversation_id("ann", "bob").unwrap();
+    let lift = format!("/v1/conversations/{dm_id}/unblacklist/ann");
+    let lifted = call(gw2.1, "POST", &lift, "bob", ("b-lift", b"{}")).await;
+    refused(&lifted, 403, "unblock_first");
+    rejected(&dm(&mut ann, "bob", "ann-2b").await, "blacklisted");
     // Unblocking restores it.
     ok(&contact(gw1.1, "bob", "unblock", "ann", "b3").await, false);
     stored(&dm(&mut ann, "bob", "ann-3").await);
@@ -347,29 +361,33 @@ async fn a_request_to_someone_who_blocks_you_reads_as_sent_and_is_never_shown() 
     ok(&contact(gw, "bob", "block", "eve", "b1").await, false);
     let asked = contact(gw, "eve", "request", "bob", "e1").await;
     ok(&asked, false);
-    assert_eq!(
-        next_event_type(&mut eve).await.0,
-        "user_blocked".to_string()
-    );
-    // The asker's own devices see their request; the blocker's none.
-    assert_eq!(
-        next_event_type(&mut eve).await.0,
-        "contact_requested".to_string()
-    );
+    // The blocked is not told of the block: the asker's own devices see
+    // their request first; the blocker's, only his block.
+    let first = next_event_type(&mut eve).await;
+    assert_eq!(first.0, "contact_requested");
     assert_eq!(
         contacts(gw, "eve", &asked.1).await,
         vec![entry("bob", "OUTGOING", false)]
     );
-    assert_eq!(
-        contacts(gw, "bob", &asked.1).await,
-        vec![entry("eve", "NONE", true)]
+    let pos = asked.1["streamSeq"].as_str().unwrap();
+    let view = get(gw, &format!("/v1/me/contacts?minPosition={pos}"), "bob").await;
+    assert_eq!(view["entries"][0]["userId"], "eve");
+    assert_eq!(view["entries"][0]["blocked"], true);
+    assert!(
+        view["entries"][0].get("sinceMs").is_none(),
+        "no time of the hidden request: {view}"
     );
-    let (_, actor) = next_event_type(&mut bob).await;
-    assert_eq!(actor, "bob", "bob's own block reaches his devices");
+    assert_eq!(
+        next_event_type(&mut bob).await,
+        ("user_blocked".into(), "bob".into())
+    );
+    // A withdrawal of the hidden request is no news to him either.
+    ok(&contact(gw, "eve", "remove", "bob", "e2").await, false);
+    assert_eq!(next_event_type(&mut eve).await.0, "contact_removed");
     let later = bob.recv_within(Duration::from_secs(1)).await;
     assert!(
         !matches!(later.and_then(|e| e.payload), Some(Payload::Deliver(_))),
-        "the hidden request reached the blocker"
+        "the hidden request or its withdrawal reached the blocker"
     );
     // Neither can the blocker read the pair's log, nor accept it.
     let pair = pair_log_id("bob", "eve").unwrap();

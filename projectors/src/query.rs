@@ -443,11 +443,9 @@ impl QueryContext {
     ) -> Result<R, v1::QueryError> {
         check_ids(&[(IdKind::User, &q.user_id)])?;
         self.wait_for(&[members::NAME], pos).await?;
-        let topology = self.topology;
-        let in_scope = move |log: &str| scope.is_none_or(|p| topology.partition_of(log) == p);
-        let entries = people::contacts_of(&*self.ks(members::NAME), &q.user_id, &in_scope)
+        let found = people::contacts_of(&*self.ks(members::NAME), &q.user_id, scope)
             .map_err(store_error)?;
-        Ok(R::Contacts(v1::ContactsResult { entries }))
+        Ok(R::Contacts(found))
     }
 
     /// The people rows a writer checks a bulk add against (`ReachQuery`).

@@ -13,8 +13,9 @@
 //! - start a command whose (actor, client_msg_id) the conversation has not
 //!   seen before (or continue the one just before it: the `MembersAdded`
 //!   parts of a large creation or bulk add), and a direct conversation's
-//!   or a people log's creation be followed by the event of the command
-//!   that made it (whole-log checks only an auditor can afford).
+//!   creation be followed by the message that made it (a people log's
+//!   creation by its command's event, at once or later) (whole-log checks
+//!   only an auditor can afford).
 //!
 //! Every violation is named. An event that is not part of its
 //! conversation is stepped over, as writers and projectors step over it,
@@ -94,9 +95,13 @@ struct ConvAudit {
     state: Option<ConvState>,
     /// (actor, client_msg_id) of every command so far.
     commands: BTreeSet<(String, String)>,
-    /// A direct conversation's or a people log's creation: the command
-    /// that made it must be its next event.
+    /// A direct conversation's creation: the send that made it must be its
+    /// next event.
     direct_created: Option<v1::ConvEvent>,
+    /// (actor, client_msg_id) of a people log's creation whose command's
+    /// own event has not come yet: it may come later (a writer killed
+    /// between the two retries after another's command), once.
+    people_opened: Option<(String, String)>,
     /// (actor, client_msg_id) of the last event: a command's `MembersAdded`
     /// events (a creation or bulk add larger than one event holds) follow
     /// its first event under the same id.
@@ -236,45 +241,46 @@ fn kind_of(state: &ConvState, ev: &v1::ConvEvent, invalid: Invalid) -> Violation
     }
 }
 
-/// Whether `ev` is the event of the command that made `created`: a
-/// direct conversation's first message, a people log's first people event
-/// (any kind but a chat's: the rules checked which).
-fn completes(created: &v1::ConvEvent, ev: &v1::ConvEvent) -> bool {
-    let same_command = ev.actor == created.actor && ev.client_msg_id == created.client_msg_id;
-    let direct = matches!(&created.kind, Some(Kind::Created(c))
-        if c.kind == v1::ConversationKind::Direct as i32);
-    let kind_fits = match &ev.kind {
-        Some(Kind::MessageSent(_)) => direct,
-        Some(Kind::Created(_)) | None => false,
-        Some(_) => !direct,
-    };
-    same_command && kind_fits
-}
-
 impl ConvAudit {
     /// The whole-log checks of an event that is part of the conversation:
     /// its command is new, and a direct conversation's creation is followed
-    /// by the message that made it (one command, two events).
+    /// by the message that made it (one command, two events); a people
+    /// log's creation by its command's event, at once or later.
     fn check_command(&mut self, ev: &v1::ConvEvent) -> Result<(), ViolationKind> {
         let key = (ev.actor.clone(), ev.client_msg_id.clone());
         let continues = matches!(&ev.kind, Some(Kind::MembersAdded(_)))
             && self.last.as_ref() == Some(&key)
             && self.direct_created.is_none();
-        self.last = Some(key);
+        self.last = Some(key.clone());
         if continues {
             return Ok(());
         }
+        // A people log's first command: its event follows the creation,
+        // at once or (a writer killed between the two, retried after
+        // another's command) later; a creation alone is an empty log.
+        let created = matches!(&ev.kind, Some(Kind::Created(_)));
+        if !created && self.people_opened.as_ref() == Some(&key) {
+            self.people_opened = None;
+            return Ok(());
+        }
         if let Some(created) = self.direct_created.take() {
-            if completes(&created, ev) {
+            let completes = matches!(&ev.kind, Some(Kind::MessageSent(_)))
+                && ev.actor == created.actor
+                && ev.client_msg_id == created.client_msg_id;
+            if completes {
                 return Ok(());
             }
             self.note_command(ev)?;
             return Err(ViolationKind::IncompleteCommand);
         }
-        if matches!(&ev.kind, Some(Kind::Created(c))
-            if c.kind != v1::ConversationKind::Group as i32)
-        {
-            self.direct_created = Some(ev.clone());
+        match &ev.kind {
+            Some(Kind::Created(c)) if c.kind == v1::ConversationKind::Direct as i32 => {
+                self.direct_created = Some(ev.clone());
+            }
+            Some(Kind::Created(c)) if c.kind != v1::ConversationKind::Group as i32 => {
+                self.people_opened = self.last.clone();
+            }
+            _ => {}
         }
         self.note_command(ev)
     }

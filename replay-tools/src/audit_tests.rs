@@ -476,3 +476,42 @@ fn a_bulk_adds_parts_are_one_command_and_its_id_is_not_reused_later() {
         "{v}"
     );
 }
+
+/// A people log's creation stored, its command's event not (a writer
+/// killed between them): another's command comes next, then the retry
+/// completes it. Not a violation: a creation alone is an empty log.
+#[test]
+fn a_people_logs_creation_may_be_completed_after_anothers_command() {
+    let mut log = Log::default();
+    let pair = im_streams::ids::pair_log_id("amy", "bo").unwrap();
+    let block = Action::BlockUser { user: "bo".into() };
+    let cmd = Command {
+        actor: "amy".into(),
+        client_msg_id: "a1".into(),
+        action: block.clone(),
+    };
+    let empty = ConvState::empty(pair.clone());
+    let creation = seal(&empty, decide(&empty, &cmd, 1_000).unwrap()).remove(0);
+    log.append(creation.event);
+    assert!(log.audit().is_ok(), "a creation alone");
+    log.run(
+        &pair,
+        "bo",
+        "b1",
+        Action::RequestContact { user: "amy".into() },
+    );
+    log.run(&pair, "amy", "a1", block);
+    let report = log.audit().expect("completed later");
+    assert_eq!(report.conversations[&pair].events, 3);
+    // The id is then spent: used again, it is named.
+    log.run(
+        &pair,
+        "amy",
+        "a1",
+        Action::UnblockUser { user: "bo".into() },
+    );
+    assert!(matches!(
+        log.audit().unwrap_err().kind,
+        ViolationKind::DuplicateClientMsgId { .. }
+    ));
+}

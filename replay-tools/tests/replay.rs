@@ -776,7 +776,10 @@ async fn people_logs_are_stated_exported_and_verified() {
         }
     }
     answers.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-    let live = v1::ContactsResult { entries: answers };
+    let live = v1::ContactsResult {
+        entries: answers,
+        truncated: false,
+    };
     assert_eq!(
         live.entries.len(),
         3,

@@ -85,7 +85,8 @@ async fn tell_contacts(state: Arc<AppState>, user: String, pos: u64) {
     let notice = crate::cmd::reply(v1::envelope::Payload::Profile(profile));
     let notice = bytes::Bytes::from(im_schema::encode(&notice));
     for c in contacts.entries {
-        if c.state == v1::ContactState::Contact as i32 {
+        // Not to a contact either side blocks.
+        if c.state == v1::ContactState::Contact as i32 && !c.blocked && !c.blocked_by_them {
             if let Ok(subject) = im_streams::subjects::notice_subject(&c.user_id) {
                 let _ = state.client.publish(subject, notice.clone()).await;
             }
@@ -153,12 +154,18 @@ pub async fn contact_command(
         "unblock" => Some(Action::UnblockUser { user: t }),
         _ => None,
     };
-    let action = user_of(target)
+    let action = user_of(target.clone())
         .ok_or_else(|| ApiError(v1::ErrorCode::NotFound, format!("no command {verb:?}")))?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let key = idempotency_key(&headers, body.client_msg_id);
-    let who = (user, key, trace_header(&headers));
-    Ok(execute(&state, None, who, action).await)
+    let who = (user.clone(), key, trace_header(&headers));
+    let (response, stored) = execute_inner(&state, None, who, action).await;
+    if stored.is_some() {
+        // Whose presence each may see changed.
+        crate::presence::contacts_changed(&state, &user).await;
+        crate::presence::contacts_changed(&state, &target).await;
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]

@@ -325,7 +325,7 @@ impl Media {
     }
 
     /// May `user` fetch `media_id`: its uploader, a member of a
-    /// conversation it was sent into, anyone for an avatar.
+    /// conversation it was sent into, anyone while it is an avatar.
     pub async fn may_read(
         &self,
         (client, topology): (&async_nats::Client, im_streams::Topology),
@@ -344,9 +344,10 @@ impl Media {
         let convs = im_streams::media::sent_conversations(&self.js, media_id)
             .await
             .map_err(internal)?;
-        // An avatar (set on its uploader's own log) is public to users.
+        // An avatar (set on its uploader's own log) is public to users
+        // while it is their avatar.
         let user_log = |c: &String| c.starts_with(im_streams::ids::USER_LOG_PREFIX);
-        if convs.iter().any(user_log) {
+        if convs.iter().any(user_log) && is_avatar(client, topology, &up.uploader, media_id).await {
             return Ok(up);
         }
         for conv in convs {
@@ -390,6 +391,30 @@ impl Media {
 
     pub async fn forget_pending(&self, media_id: &str) {
         let _ = self.pending.purge(media_id).await;
+    }
+}
+
+/// Whether `media_id` is `user`'s avatar now (their profile, asked of the
+/// projector of their log; not known is not).
+async fn is_avatar(
+    client: &async_nats::Client,
+    topology: im_streams::Topology,
+    user: &str,
+    media_id: &str,
+) -> bool {
+    use im_schema::v1::{query_request::Query as Q, query_response::Result as R};
+    let Ok(log) = im_streams::ids::user_log_id(user) else {
+        return false;
+    };
+    let q = Q::Profiles(v1::ProfilesQuery {
+        user_ids: vec![user.to_string()],
+    });
+    match crate::query::ask(client, topology.partition_of(&log), (0, 0), q).await {
+        Ok(R::Profiles(p)) => p
+            .profiles
+            .iter()
+            .any(|p| p.avatar.as_ref().is_some_and(|a| a.media_id == media_id)),
+        _ => false,
     }
 }
 

@@ -63,6 +63,11 @@ impl ContactCache {
         }
     }
 
+    pub fn forget(&self, user: &str) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.pop(user);
+    }
+
     fn keep(&self, user: &str, contacts: Contacts) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.put(user.to_string(), (Instant::now(), contacts));

@@ -212,6 +212,18 @@ impl Drop for Device {
 /// A device of `user` connected here: the first one puts the user's line;
 /// every one is told where the user's contacts stand (`watch.rs`). The
 /// bucket work runs apart: the connection does not wait for it.
+/// `user`'s contacts changed (a contact made or ended, a block): looked
+/// up again now if they are connected here, not at the next refresh, so a
+/// block hides presence at once on this gateway (on others within
+/// `contacts::CONTACTS_TTL`, I29).
+pub async fn contacts_changed(state: &AppState, user: &str) {
+    state.presence.contacts.forget(user);
+    let here = lock(&state.presence.local).contains_key(user);
+    if here {
+        watch::watch_contacts(state, user, false).await;
+    }
+}
+
 pub fn connected(state: &Arc<AppState>, user: &str) -> Device {
     let first = {
         let mut local = lock(&state.presence.local);

@@ -110,13 +110,12 @@ impl Projection for History {
                 return Ok(Vec::new());
             }
         }
-        // A request asked while blocked reaches its asker's devices only.
-        if let Some(Kind::ContactRequested(r)) = &ev.kind {
-            if r.hidden {
-                let users = vec![ev.actor.clone()];
-                let deliver = Box::new(deliver);
-                return Ok(vec![Effect::Deliver { users, deliver }]);
-            }
+        // A block, a hidden request and their like reach the actor's
+        // devices only.
+        if !im_streams::people::other_is_told(ev) {
+            let users = vec![ev.actor.clone()];
+            let deliver = Box::new(deliver);
+            return Ok(vec![Effect::Deliver { users, deliver }]);
         }
         let before = (members.len() + change.left.len()).saturating_sub(change.joined.len());
         let (users, deliver) = if members.len() > ctx.large_above {

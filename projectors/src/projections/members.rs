@@ -72,7 +72,7 @@ impl Projection for Members {
             tx.delete(key(USER_CONV, &[u.as_bytes(), conv.as_bytes()]));
         }
         fold_recent(tx, ev)?;
-        super::people::fold(tx, ev)?;
+        super::people::fold(tx, stored)?;
         Ok(Vec::new())
     }
 }

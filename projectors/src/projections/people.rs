@@ -6,16 +6,17 @@
 //! event: a pair's event rewrites its two users' entries.
 
 use im_schema::v1::{self, conv_event::Kind};
+use im_streams::codec::StoredEvent;
 use im_streams::ids::{is_people_log, pair_log_id, user_log_id};
 use im_streams::people::{self, Contact, People};
 
-use crate::keys::{key, last_part, prefix, prefix_end};
+use crate::keys::{key, prefix, prefix_end};
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
 
 /// `p<log>` -> PeopleRow.
 pub const ROW: u8 = b'p';
-/// `k<user>\0<pair log>` -> ContactEntry.
+/// `k<user>\0<partition>\0<pair log>` -> ContactEntry.
 pub const CONTACT: u8 = b'k';
 
 /// Profiles one query asks for, at most: a page of a member list or a
@@ -31,12 +32,28 @@ fn row_key(log: &str) -> Vec<u8> {
     key(ROW, &[log.as_bytes()])
 }
 
-fn contact_key(user: &str, log: &str) -> Vec<u8> {
-    key(CONTACT, &[user.as_bytes(), log.as_bytes()])
+/// `k<user>\0<partition>\0<log>`: a user's entries of one partition are
+/// one range, so a partition's query reads its own and no other's.
+fn contact_key(user: &str, partition: u32, log: &str) -> Vec<u8> {
+    key(
+        CONTACT,
+        &[user.as_bytes(), &partition.to_be_bytes(), log.as_bytes()],
+    )
+}
+
+/// The partition of a stored event, from its subject (`im.conv.<p>.<id>`).
+fn partition_of(stored: &StoredEvent) -> u32 {
+    stored
+        .subject
+        .split('.')
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Folds a people log's event into its rows (nothing for a chat's).
-pub fn fold(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<(), StoreError> {
+pub fn fold(tx: &mut Tx, stored: &StoredEvent) -> Result<(), StoreError> {
+    let ev = &stored.event;
     let log = ev.conversation_id.as_str();
     if !is_people_log(log) {
         return Ok(());
@@ -64,9 +81,10 @@ pub fn fold(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<(), StoreError> {
     tx.put_msg(row_key(log), &row);
     if log.starts_with(im_streams::ids::PAIR_LOG_PREFIX) {
         let users = super::membership::user_ids(tx, log)?;
+        let at = (partition_of(stored), log);
         for (user, other) in [(0, 1), (1, 0)] {
             if let (Some(u), Some(o)) = (users.get(user), users.get(other)) {
-                write_entry(tx, log, u, o, &state, row.since_ms);
+                write_entry(tx, at, (u, o), &state, row.since_ms);
             }
         }
     }
@@ -74,7 +92,13 @@ pub fn fold(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<(), StoreError> {
 }
 
 /// How `user` stands with `other`, kept while there is anything to show.
-fn write_entry(tx: &mut Tx, log: &str, user: &str, other: &str, p: &People, since_ms: i64) {
+fn write_entry(
+    tx: &mut Tx,
+    (partition, log): (u32, &str),
+    (user, other): (&str, &str),
+    p: &People,
+    since_ms: i64,
+) {
     let state = match &p.contact {
         Contact::Contacts => v1::ContactState::Contact,
         Contact::Pending { from, .. } if from == user => v1::ContactState::Outgoing,
@@ -85,9 +109,16 @@ fn write_entry(tx: &mut Tx, log: &str, user: &str, other: &str, p: &People, sinc
     let blocked = p.blocked_by.contains(user);
     let blocked_by_them = p.blocked_by.contains(other);
     if state == v1::ContactState::None && !blocked && !blocked_by_them {
-        tx.delete(contact_key(user, log));
+        tx.delete(contact_key(user, partition, log));
         return;
     }
+    // Since when they stand as shown; an entry that shows no contact (a
+    // block) tells no time, which would reveal a hidden request's.
+    let since_ms = if state == v1::ContactState::None {
+        0
+    } else {
+        since_ms
+    };
     let entry = v1::ContactEntry {
         user_id: other.to_string(),
         state: state as i32,
@@ -95,7 +126,7 @@ fn write_entry(tx: &mut Tx, log: &str, user: &str, other: &str, p: &People, sinc
         since_ms,
         blocked_by_them,
     };
-    tx.put_msg(contact_key(user, log), &entry);
+    tx.put_msg(contact_key(user, partition, log), &entry);
 }
 
 /// The profiles (and their privacy) of those of `users` who set one.
@@ -123,22 +154,26 @@ pub fn profiles(
     Ok((profiles, privacy))
 }
 
-/// `user`'s contact entries in the logs `in_scope` keeps, by peer.
+/// `user`'s contact entries in `partition` (all: None), by peer, at most
+/// `CONTACTS_SCAN_MAX`; `truncated` when there are more.
 pub fn contacts_of(
     ks: &dyn Keyspace,
     user: &str,
-    in_scope: &dyn Fn(&str) -> bool,
-) -> Result<Vec<v1::ContactEntry>, StoreError> {
-    let p = prefix(CONTACT, &[user.as_bytes()]);
-    let mut out = Vec::new();
-    for (k, v) in ks.range(&p, &prefix_end(&p), false, CONTACTS_SCAN_MAX)? {
-        if in_scope(&last_part(&k)) {
-            out.push(crate::store::decode_value::<v1::ContactEntry>(&k, &v)?);
-        }
+    partition: Option<u32>,
+) -> Result<v1::ContactsResult, StoreError> {
+    let p = match partition {
+        Some(n) => prefix(CONTACT, &[user.as_bytes(), &n.to_be_bytes()]),
+        None => prefix(CONTACT, &[user.as_bytes()]),
+    };
+    let rows = ks.range(&p, &prefix_end(&p), false, CONTACTS_SCAN_MAX + 1)?;
+    let truncated = rows.len() > CONTACTS_SCAN_MAX;
+    let mut entries = Vec::with_capacity(rows.len());
+    for (k, v) in rows.iter().take(CONTACTS_SCAN_MAX) {
+        entries.push(crate::store::decode_value::<v1::ContactEntry>(k, v)?);
     }
     // Keys are by pair log; people read them by peer.
-    out.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-    Ok(out)
+    entries.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    Ok(v1::ContactsResult { entries, truncated })
 }
 
 /// The rows of `users`' own logs and of their pair logs with `actor`, of

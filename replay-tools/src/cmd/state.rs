@@ -13,8 +13,6 @@ use im_projectors::runner::{Applied, Source};
 use im_projectors::store::{Keyspace, MemKeyspace};
 use im_streams::signing::KeyRing;
 
-use im_schema::v1;
-
 use crate::read::{Bounds, Reader};
 
 #[derive(Debug, clap::Args)]
@@ -156,9 +154,7 @@ pub async fn user_at(
     let keep = |conv: &str| im_streams::ids::is_people_log(conv);
     let (_, members_ks, last) = fold_log(js, all, (to_seq, at_time), &keep).await?;
     let (profiles, privacy) = people::profiles(&members_ks, &[user.to_string()])?;
-    let contacts = v1::ContactsResult {
-        entries: people::contacts_of(&members_ks, user, &|_| true)?,
-    };
+    let contacts = people::contacts_of(&members_ks, user, None)?;
     Ok(serde_json::json!({
         "user_id": user,
         "stream_seq": last,

@@ -117,6 +117,7 @@ pub fn kind_of(action: &Action) -> Kind {
         }),
         Action::RemoveContact { user } => Kind::ContactRemoved(v1::ContactRemoved {
             user_id: user_id(user),
+            hidden: false,
         }),
         Action::BlockUser { user } => Kind::UserBlocked(v1::UserBlocked {
             user_id: user_id(user),
@@ -204,8 +205,8 @@ pub fn action_of(kind: &Kind, peer: Option<&str>) -> Option<Action> {
             direct_chats: Audience::from_wire(c.direct_chats),
             group_adds: Audience::from_wire(c.group_adds),
         },
-        // Whether a request is hidden is the rules' to say, not the
-        // command's.
+        // Whether a request (or its withdrawal) is hidden is the rules' to
+        // say, not the command's.
         Kind::ContactRequested(r) => Action::RequestContact {
             user: user(&r.user_id),
         },

@@ -97,10 +97,13 @@ impl Appender {
             };
             match ack {
                 Ok(ack) if ack.duplicate => {
-                    // Stored before (a retry whose first ack was lost).
+                    // Stored before (a retry whose first ack was lost), or
+                    // the id was used on another log: then refused, even
+                    // for a first event (a creation), which no conflict
+                    // retry would ever get past.
                     self.refresh(subject, cached, None).await?;
-                    if last {
-                        let original = self.original(conv_id, subject, ack.sequence).await?;
+                    let original = self.original(conv_id, subject, ack.sequence).await?;
+                    if last || matches!(original, AppendOutcome::Rejected(_)) {
                         return Ok(Published::Done(original));
                     }
                     // An earlier event of this command was stored before:

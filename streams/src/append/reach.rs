@@ -12,7 +12,7 @@ use std::time::Duration;
 use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 
 use super::Appender;
-use crate::conversation::{Command, ConvState, Rejection};
+use crate::conversation::{Action, Command, ConvKind, ConvState, Rejection};
 use crate::error::{BoxError, StreamsError};
 use crate::ids::{pair_log_id, user_log_id};
 use crate::people::{check_reach, reach_of, People, Reach};
@@ -38,10 +38,27 @@ impl Appender {
         state: &ConvState,
         cmd: &Command,
     ) -> Result<Option<Rejection>, StreamsError> {
+        if let (Action::Unblacklist { user }, Some(ConvKind::Direct)) = (&cmd.action, state.kind) {
+            return self.refuse_lifting(&cmd.actor, user).await;
+        }
         match reach_of(state, &cmd.actor, &cmd.action) {
             Some((reach, targets)) => self.refuse_reach(&cmd.actor, reach, &targets).await,
             None => Ok(None),
         }
+    }
+
+    /// A direct conversation's block is not lifted there while the user
+    /// block it carries stands (`unblock` lifts both).
+    async fn refuse_lifting(
+        &self,
+        actor: &str,
+        user: &str,
+    ) -> Result<Option<Rejection>, StreamsError> {
+        let Ok(pair) = pair_log_id(actor, user) else {
+            return Ok(None);
+        };
+        let blocking = self.people_of(&pair).await?.blocked_by.contains(actor);
+        Ok(blocking.then_some(Rejection::UnblockFirst))
     }
 
     /// The refusal, if `actor` may not reach one of `targets` this way.

@@ -37,7 +37,8 @@ pub fn decide(
         let kinds = crate::people::decide_people(state, actor, &cmd.action)?;
         return Ok(stamp(state, cmd, now_ms, kinds));
     }
-    if people_log {
+    // A group creation under such an id is told of the reserved prefix.
+    if people_log && !matches!(cmd.action, Action::CreateGroup { .. }) {
         return Err(invalid(
             "conversation_id",
             "a user's or a pair's log takes no conversation commands",

@@ -346,7 +346,7 @@ pub enum Rejection {
     NotMember,
     #[error("muted until {until_ms}")]
     Muted { until_ms: i64 },
-    #[error("blacklisted")]
+    #[error("not allowed here: blacklisted in this conversation, or a block between you")]
     Blacklisted,
     #[error("your role does not allow this")]
     Forbidden,

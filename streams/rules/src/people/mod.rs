@@ -29,8 +29,8 @@ pub const DISPLAY_NAME_GRAPHEMES_MAX: usize = 64;
 /// A status line's length in graphemes.
 pub const STATUS_GRAPHEMES_MAX: usize = 140;
 /// Bytes of a display name or status: 64 graphemes of the longest common
-/// emoji sequences (~28 bytes each) fit; one grapheme of a thousand
-/// stacked combining marks does not.
+/// emoji sequences (~28 bytes each) fit (stacked marks are bounded per
+/// grapheme, `GRAPHEME_CODE_POINTS_MAX`).
 pub const PROFILE_TEXT_BYTES_MAX: usize = 2_048;
 
 /// Who may reach a user a given way.
@@ -257,16 +257,18 @@ fn on_user_log(state: &ConvState, actor: &str, action: &Action) -> Result<Kind, 
             display_name,
             avatar,
             status,
-        } => Ok(Kind::ProfileUpdated(v1::ProfileUpdated {
-            display_name: profile_text(
-                "display_name",
-                display_name,
-                1,
-                DISPLAY_NAME_GRAPHEMES_MAX,
-            )?,
-            avatar: avatar.clone(),
-            status: profile_text("status", status, 0, STATUS_GRAPHEMES_MAX)?,
-        })),
+        } => {
+            if let Some(a) = avatar {
+                if !a.mime.starts_with("image/") {
+                    return Err(invalid("avatar", format!("{} is not an image", a.mime)));
+                }
+            }
+            Ok(Kind::ProfileUpdated(v1::ProfileUpdated {
+                display_name: display_name_of(display_name)?,
+                avatar: avatar.clone(),
+                status: profile_text("status", status, 0, STATUS_GRAPHEMES_MAX)?,
+            }))
+        }
         Action::SetPrivacy {
             direct_chats,
             group_adds,
@@ -278,10 +280,45 @@ fn on_user_log(state: &ConvState, actor: &str, action: &Action) -> Result<Kind, 
     }
 }
 
+/// A display name as stored (`profile_text`), which must also show: a
+/// name of only invisible characters (zero-width ones, fillers, lone
+/// combining marks) would read as nobody's.
+pub fn display_name_of(text: &str) -> Result<String, Rejection> {
+    let name = profile_text("display_name", text, 1, DISPLAY_NAME_GRAPHEMES_MAX)?;
+    if !name.chars().any(shows) {
+        return Err(invalid("display_name", "nothing in it shows"));
+    }
+    Ok(name)
+}
+
+/// Whether a character shows by itself: not space, not a combining mark,
+/// not a joiner or a filler that renders blank.
+fn shows(c: char) -> bool {
+    !c.is_whitespace()
+        && !unicode_normalization::char::is_combining_mark(c)
+        && !matches!(
+            c,
+            '\u{200C}'
+                | '\u{200D}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FFA0}'
+        )
+}
+
+/// Code points one user-perceived character may hold: the longest emoji
+/// sequences (a family with skin tones) hold about ten; a letter under a
+/// thousand stacked accents is one grapheme of a thousand.
+pub const GRAPHEME_CODE_POINTS_MAX: usize = 16;
+
 /// A profile text as stored: NFC, without surrounding white space, of
-/// `min..=max` graphemes and at most `PROFILE_TEXT_BYTES_MAX` bytes, with
-/// no control character (C0, C1, line and paragraph separators, and the
-/// bidirectional overrides that make a name read as another).
+/// `min..=max` graphemes of at most `GRAPHEME_CODE_POINTS_MAX` code points
+/// and at most `PROFILE_TEXT_BYTES_MAX` bytes, with no control character
+/// (C0, C1, line and paragraph separators, the bidirectional marks and
+/// overrides that make a name read as another, zero-width spaces and
+/// joiners that hide text).
 pub fn profile_text(
     field: &'static str,
     text: &str,
@@ -302,6 +339,16 @@ pub fn profile_text(
             max: PROFILE_TEXT_BYTES_MAX,
         });
     }
+    if let Some(g) = text
+        .graphemes(true)
+        .find(|g| g.chars().count() > GRAPHEME_CODE_POINTS_MAX)
+    {
+        let n = g.chars().count();
+        return Err(invalid(
+            field,
+            format!("a character of {n} code points (at most {GRAPHEME_CODE_POINTS_MAX})"),
+        ));
+    }
     let graphemes = text.graphemes(true).count();
     if graphemes < min {
         return Err(invalid(field, "empty"));
@@ -318,7 +365,19 @@ pub fn profile_text(
 
 fn is_forbidden_char(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{061C}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{180E}'
+                | '\u{FEFF}'
+        )
 }
 
 fn on_pair_log(state: &ConvState, actor: &str, action: &Action) -> Result<Kind, Rejection> {
@@ -373,9 +432,13 @@ fn on_pair_log(state: &ConvState, actor: &str, action: &Action) -> Result<Kind, 
             Ok(Kind::ContactAccepted(v1::ContactAccepted { user_id }))
         }
         Action::RemoveContact { .. } => match &p.contact {
-            Contact::Contacts => Ok(Kind::ContactRemoved(v1::ContactRemoved { user_id })),
-            Contact::Pending { from, .. } if from == actor => {
-                Ok(Kind::ContactRemoved(v1::ContactRemoved { user_id }))
+            Contact::Contacts => Ok(Kind::ContactRemoved(v1::ContactRemoved {
+                user_id,
+                hidden: false,
+            })),
+            Contact::Pending { from, hidden } if from == actor => {
+                let hidden = *hidden;
+                Ok(Kind::ContactRemoved(v1::ContactRemoved { user_id, hidden }))
             }
             _ => Err(Rejection::NotContacts),
         },
@@ -410,6 +473,18 @@ pub fn fold(p: &mut People, event: &v1::ConvEvent) {
             p.blocked_by.remove(&event.actor);
         }
         _ => {}
+    }
+}
+
+/// Whether the other user of a pair's log is told of `event` (the actor's
+/// own devices always are): not of a block or its lifting, which the
+/// blocked is never told, nor of a hidden request or its withdrawal.
+pub fn other_is_told(event: &v1::ConvEvent) -> bool {
+    match &event.kind {
+        Some(Kind::UserBlocked(_)) | Some(Kind::UserUnblocked(_)) => false,
+        Some(Kind::ContactRequested(r)) => !r.hidden,
+        Some(Kind::ContactRemoved(r)) => !r.hidden,
+        _ => true,
     }
 }
 

@@ -154,7 +154,12 @@ fn declining_and_removing_end_the_request_or_the_contact() {
         Ok(vec![declined])
     );
     // The asker withdraws their own request; the asked declines instead.
-    let removed = |u: &str| Kind::ContactRemoved(v1::ContactRemoved { user_id: u.into() });
+    let removed = |u: &str| {
+        Kind::ContactRemoved(v1::ContactRemoved {
+            user_id: u.into(),
+            hidden: false,
+        })
+    };
     let remove = |u: &str| Action::RemoveContact { user: u.into() };
     assert_eq!(
         when(&pending, "ann", remove("bob")),
@@ -216,6 +221,35 @@ fn a_request_to_someone_who_blocks_you_is_recorded_hidden() {
         when(&lifted, "ann", req("bob")),
         Ok(vec![requested("bob", false)])
     );
+}
+
+#[test]
+fn the_blocked_is_told_of_no_block_hidden_request_or_its_withdrawal() {
+    let asked = given(&pair(), &[("bob", block("ann")), ("ann", req("bob"))]);
+    let withdrawn = when(&asked, "ann", Action::RemoveContact { user: "bob".into() });
+    let hidden = Kind::ContactRemoved(v1::ContactRemoved {
+        user_id: "bob".into(),
+        hidden: true,
+    });
+    assert_eq!(withdrawn, Ok(vec![hidden.clone()]));
+    let told = |kind: Kind| {
+        other_is_told(&v1::ConvEvent {
+            kind: Some(kind),
+            ..Default::default()
+        })
+    };
+    assert!(!told(hidden));
+    assert!(!told(requested("bob", true)));
+    assert!(!told(Kind::UserBlocked(v1::UserBlocked {
+        user_id: "bob".into()
+    })));
+    assert!(!told(Kind::UserUnblocked(v1::UserUnblocked {
+        user_id: "bob".into()
+    })));
+    assert!(told(requested("bob", false)));
+    assert!(told(Kind::ContactAccepted(v1::ContactAccepted {
+        user_id: "x".into()
+    })));
 }
 
 #[test]
@@ -343,6 +377,51 @@ fn display_names_are_counted_in_graphemes_and_refuse_controls() {
     assert!(matches!(
         profile_text("display_name", &zalgo, 1, DISPLAY_NAME_GRAPHEMES_MAX),
         Err(Rejection::TooLarge { .. })
+    ));
+    // One grapheme of a thousand marks fits the bytes, not the grapheme bound.
+    let stacked = format!("a{}", "\u{301}".repeat(1_000));
+    assert!(matches!(
+        display_name_of(&stacked),
+        Err(Rejection::Invalid { .. })
+    ));
+    // Names that show nothing, or hide text (found in a user trial).
+    let invisible = [
+        "\u{200B}",
+        "\u{200D}",
+        "\u{FEFF}",
+        "\u{3164}",
+        "\u{2800}",
+        "\u{301}",
+        "\u{200F}",
+        "a\u{200E}b",
+        "a\u{61C}b",
+    ];
+    for name in invisible {
+        let refused = display_name_of(name);
+        assert!(
+            matches!(refused, Err(Rejection::Invalid { .. })),
+            "{name:?}"
+        );
+    }
+    // Emoji sequences keep their joiners.
+    assert_eq!(display_name_of("👩‍👩‍👧 Ann").unwrap(), "👩‍👩‍👧 Ann");
+}
+
+#[test]
+fn an_avatar_is_an_image() {
+    let pdf = Action::UpdateProfile {
+        display_name: "Ann".into(),
+        avatar: Some(v1::MediaRef {
+            media_id: "m1".into(),
+            mime: "application/pdf".into(),
+            ..Default::default()
+        }),
+        status: String::new(),
+    };
+    let log = user_log_id("ann").unwrap();
+    assert!(matches!(
+        when(&ConvState::empty(log), "ann", pdf),
+        Err(Rejection::Invalid { .. })
     ));
 }
 
