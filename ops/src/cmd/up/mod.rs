@@ -404,19 +404,13 @@ fn second_listen(first: std::net::SocketAddr) -> std::net::SocketAddr {
         .unwrap_or(next)
 }
 
-/// How to run `im-gateway`: the binary beside this `imctl` when built no
-/// earlier than it, else the command that builds and runs it.
+/// How to run `im-gateway`: the binary beside this `imctl` when built
+/// (`scripts/up.sh` builds both), else the command that builds and runs it.
 fn sibling_gateway() -> String {
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let me = std::env::current_exe().ok();
-    let built = me.as_deref().and_then(modified);
-    // One older than this imctl may be of another checkout's code (found
-    // in a user trial: a stale gateway without the newest routes): cargo
-    // then builds it first.
-    let beside = me
-        .as_deref()
+    let beside = std::env::current_exe()
+        .ok()
         .and_then(|me| Some(me.parent()?.join("im-gateway")))
-        .filter(|p| p.is_file() && modified(p) >= built);
+        .filter(|p| p.is_file());
     match beside {
         Some(path) => path.display().to_string(),
         None => "cargo run --release -p im-gateway".into(),
