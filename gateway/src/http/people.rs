@@ -63,6 +63,9 @@ pub async fn put_profile(
     };
     let who = (user.clone(), key, trace_header(&headers));
     let (response, stored) = execute_inner(&state, None, who, action).await;
+    // One task per stored change, so as many as a user's command rate
+    // allows (`Limits::user_sends_per_sec`); each publishes to at most
+    // `CONTACTS_PER_ANSWER_MAX` contacts.
     if let Some(pos) = stored {
         tokio::spawn(tell_contacts(state, user, pos));
     }
