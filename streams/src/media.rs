@@ -4,7 +4,7 @@
 //! check a reference was issued to its sender; downloads read the second
 //! to find the conversations whose members may fetch it.
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use futures::StreamExt;
 use im_schema::v1;
 
@@ -34,17 +34,35 @@ pub async fn record_upload(
         .as_ref()
         .map(|m| m.media_id.as_str())
         .unwrap_or_default();
-    let publish = PublishMessage::build()
-        .payload(im_schema::encode(up).into())
-        .expected_last_subject_sequence(0);
-    let ack = js
-        .send_publish(uploaded_subject(id)?, publish)
-        .await
-        .or_unavailable("media trail")?
-        .await
-        .or_unavailable("media trail")?;
-    Ok(ack.sequence)
+    let subject = uploaded_subject(id)?;
+    let mut tries = 0;
+    loop {
+        let publish = PublishMessage::build()
+            .payload(im_schema::encode(up).into())
+            .expected_last_subject_sequence(0);
+        let sent = js.send_publish(subject.clone(), publish).await;
+        let acked = match sent {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(ack) => return Ok(ack.sequence),
+            // No responder: the stream has no leader right now (an
+            // election on a cluster); nothing was stored, so it is tried
+            // again for a while (found by the R3 cluster test).
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound && tries < RECORD_TRIES_MAX => {
+                tries += 1;
+                tokio::time::sleep(RECORD_RETRY_PAUSE).await;
+            }
+            Err(e) => return Err(StreamsError::unavailable("media trail", e)),
+        }
+    }
 }
+
+/// Tries of an upload's record while its stream has no leader, and the
+/// pause between them: 10 s, past a leader election (4-9 s in nats-server).
+const RECORD_TRIES_MAX: u32 = 20;
+const RECORD_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The upload record of a media id, if any.
 pub async fn uploaded(
