@@ -353,10 +353,16 @@ impl Client {
         from: u64,
         min_position: u64,
     ) -> Result<v1::HistoryPage, ClientError> {
-        let url = format!(
-            "{}/v1/history?conversationId={conv}&fromSeq={from}&limit={FILL_PAGE}&minPosition={min_position}",
-            self.cfg.url
+        let path = format!(
+            "/v1/history?conversationId={conv}&fromSeq={from}&limit={FILL_PAGE}&minPosition={min_position}"
         );
+        im_schema::from_json(&self.read(&path).await?).map_err(ClientError::Decode)
+    }
+
+    /// A read of the HTTP API: its body once 200; a "not yet" (503: not
+    /// projected up to the position) is asked again, `NOT_YET_RETRIES` times.
+    pub(crate) async fn read(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{path}", self.cfg.url);
         for _ in 0..NOT_YET_RETRIES {
             let resp = self
                 .http
@@ -367,8 +373,7 @@ impl Client {
             let status = resp.status().as_u16();
             let body = resp.text().await?;
             match status {
-                200 => return im_schema::from_json(&body).map_err(ClientError::Decode),
-                // Not yet projected up to the position: the answer says when to ask again.
+                200 => return Ok(body),
                 503 => tokio::time::sleep(Duration::from_millis(500)).await,
                 _ => return Err(ClientError::HttpStatus { status, body }),
             }

@@ -3,8 +3,6 @@
 //! brings (a contact request or its answer, a block of one's own, a
 //! contact's new profile), kept apart from the conversations' events.
 
-use std::time::Duration;
-
 use im_schema::v1;
 
 use crate::client::Client;
@@ -14,9 +12,6 @@ use crate::error::ClientError;
 /// latest (each is a hint to read contacts or profiles again, never the
 /// only record).
 pub const PEOPLE_NEWS_MAX: usize = 1_024;
-
-/// "Not yet" answers waited out per read (503 with Retry-After).
-const NOT_YET_RETRIES: u32 = 20;
 
 /// Ids of a user's own log and of a pair's: people, not conversations.
 pub fn is_people_log(conversation_id: &str) -> bool {
@@ -133,26 +128,6 @@ impl Client {
             out.extend(page.profiles);
         }
         Ok(out)
-    }
-
-    async fn read(&self, path: &str) -> Result<String, ClientError> {
-        let url = format!("{}{path}", self.cfg.url);
-        for _ in 0..NOT_YET_RETRIES {
-            let resp = self
-                .http
-                .get(&url)
-                .bearer_auth(&self.cfg.token)
-                .send()
-                .await?;
-            let status = resp.status().as_u16();
-            let body = resp.text().await?;
-            match status {
-                200 => return Ok(body),
-                503 => tokio::time::sleep(Duration::from_millis(500)).await,
-                _ => return Err(ClientError::HttpStatus { status, body }),
-            }
-        }
-        Err(ClientError::GaveUp(NOT_YET_RETRIES))
     }
 
     async fn command(

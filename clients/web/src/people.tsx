@@ -71,14 +71,6 @@ export function ContactsPanel({ store }: { store: Store }) {
       setError(message(e));
     }
   }
-  function chat(userId: string) {
-    const msg = store.client.send({ toUserId: userId, text: "👋" });
-    const off = store.client.on("status", (m) => {
-      if (m.clientMsgId !== msg.clientMsgId || m.status === "queued" || m.status === "sent") return;
-      off();
-      if (m.conversationId) void store.open(m.conversationId);
-    });
-  }
   const section = (title: string, testId: string, entries: ContactEntry[], tools: (c: ContactEntry) => preact.JSX.Element) =>
     entries.length > 0 && (
       <>
@@ -121,7 +113,7 @@ export function ContactsPanel({ store }: { store: Store }) {
       ))}
       {section("Contacts", "contacts", store.contactsIn(ContactState.CONTACT), (c) => (
         <>
-          {button("Chat", () => chat(c.userId))}
+          {button("Chat", () => store.startChat(c.userId, "👋"))}
           {button("Remove", () => void act(c.userId, "remove"), true)}
         </>
       ))}

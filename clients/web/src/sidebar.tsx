@@ -72,12 +72,7 @@ function NewChat({ store, onDone }: { store: Store; onDone: () => void }) {
   const [text, setText] = useState("");
   function start(e: Event) {
     e.preventDefault();
-    const msg = store.client.send({ toUserId: user.trim(), text: text.trim() || "👋" });
-    const off = store.client.on("status", (m) => {
-      if (m.clientMsgId !== msg.clientMsgId || m.status === "queued" || m.status === "sent") return;
-      off();
-      if (m.conversationId) void store.open(m.conversationId);
-    });
+    store.startChat(user.trim(), text.trim() || "👋");
     onDone();
   }
   return (

@@ -235,6 +235,16 @@ export class Store {
     await this.refreshContacts(r.streamSeq);
   }
 
+  /** Sends `text` to `userId` (a direct conversation, made by the first send) and opens it once stored. */
+  startChat(userId: string, text: string): void {
+    const msg = this.client.send({ toUserId: userId, text });
+    const off = this.client.on("status", (m) => {
+      if (m.clientMsgId !== msg.clientMsgId || m.status === "queued" || m.status === "sent") return;
+      off();
+      if (m.conversationId) void this.open(m.conversationId);
+    });
+  }
+
   /** The other person of a direct conversation. */
   peer(c: Conv): string | undefined {
     return c.kind === "direct" ? [...c.members.keys()].find((u) => u !== this.me) : undefined;
