@@ -23,6 +23,7 @@ pub mod query;
 pub mod rebuild;
 pub mod repair;
 pub mod runner;
+pub mod search;
 pub mod store;
 pub mod supervisor;
 pub mod tx;

@@ -105,6 +105,7 @@ impl Drop for Projector {
             t.abort();
         }
         self.context.rebuilds.abort_all();
+        self.context.search.close();
     }
 }
 
@@ -425,6 +426,7 @@ impl Projector {
             published,
             client: client.clone(),
             rebuilds: Arc::new(Rebuilds::new(client.clone(), store, meta, cfg)),
+            search: crate::search::indexer::Indexes::new(config.data_dir.clone()),
         });
         let subs = query::subscribe(&client, &context)
             .await
@@ -467,6 +469,11 @@ impl Projector {
         wait_until_writable(context.rebuilds.meta().as_ref(), &projector.health).await?;
         let record = record_partitions.then_some(parts_text);
         prepare_store(&context, record)?;
+        if let Some(search) = context.projection(crate::projections::search::NAME) {
+            context
+                .search
+                .start(search.clone(), context.rebuilds.clone());
+        }
         let pipeline = pipeline::start(
             clients.consume.clone(),
             clients.publish.clone(),
@@ -522,6 +529,7 @@ impl Projector {
             let _ = t.await;
         }
         self.context.rebuilds.abort_all();
+        self.context.search.close();
         let answered = self.answers.acquire_many(query::ANSWERS_MAX);
         if tokio::time::timeout(RELEASE_MAX, answered).await.is_err() {
             tracing::warn!(

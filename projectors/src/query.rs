@@ -11,7 +11,6 @@ use futures::StreamExt;
 use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 use im_streams::ids::{validate_id, IdKind};
 
-use crate::digest::digest_of;
 use crate::projections::{
     convlist, dedupe, history, members, membership, people, receipts, unread,
 };
@@ -46,10 +45,10 @@ pub use im_streams::subjects::{
 };
 
 /// The positions a query must see: (IM_CONV, IM_RCPT) stream sequences.
-type Position = (u64, u64);
+pub(crate) type Position = (u64, u64);
 
 /// Every id of a query checked, or a bad request naming the first bad one.
-fn check_ids(pairs: &[(IdKind, &str)]) -> Result<(), v1::QueryError> {
+pub(crate) fn check_ids(pairs: &[(IdKind, &str)]) -> Result<(), v1::QueryError> {
     for (kind, id) in pairs {
         validate_id(*kind, id).map_err(|e| bad(e.to_string()))?;
     }
@@ -76,16 +75,18 @@ pub struct QueryContext {
     pub published: Arc<crate::runner::DeliveryMark>,
     pub client: async_nats::Client,
     pub rebuilds: Arc<crate::rebuild::Rebuilds>,
+    /// The `search` projection's indexes.
+    pub search: Arc<crate::search::indexer::Indexes>,
 }
 
-fn error(code: v1::QueryErrorCode, message: impl Into<String>) -> v1::QueryError {
+pub(crate) fn error(code: v1::QueryErrorCode, message: impl Into<String>) -> v1::QueryError {
     v1::QueryError {
         code: code as i32,
         message: message.into(),
     }
 }
 
-fn bad(message: impl Into<String>) -> v1::QueryError {
+pub(crate) fn bad(message: impl Into<String>) -> v1::QueryError {
     error(v1::QueryErrorCode::BadRequest, message)
 }
 
@@ -115,7 +116,11 @@ impl QueryContext {
 
     /// Waits until every named projection has applied the positions, or
     /// stands past them by the consumer's watermark (`caught_up_to`).
-    async fn wait_for(&self, names: &[&str], pos: (u64, u64)) -> Result<(), v1::QueryError> {
+    pub(crate) async fn wait_for(
+        &self,
+        names: &[&str],
+        pos: (u64, u64),
+    ) -> Result<(), v1::QueryError> {
         let deadline = tokio::time::Instant::now() + MIN_POSITION_WAIT;
         for name in names {
             let state = self.projection(name).ok_or_else(|| {
@@ -348,6 +353,7 @@ impl QueryContext {
             Query::Profiles(q) => self.profiles(q, pos).await,
             Query::Contacts(q) => self.contacts(q, pos, scope).await,
             Query::Reach(q) => self.reach(q, pos, scope).await,
+            Query::Search(q) => self.search(q, pos).await,
             Query::Status(q) => {
                 let digests = q.digests.then(|| self.named(&q.projections)).transpose()?;
                 Ok(R::Status(self.status(digests).map_err(store_error)?))
@@ -641,7 +647,7 @@ impl QueryContext {
         for p in &self.projections {
             let ks = p.ks();
             let digest = if wanted(p) {
-                Some(digest_of(ks.as_ref())?)
+                Some(self.digest(p, ks.as_ref())?)
             } else {
                 None
             };

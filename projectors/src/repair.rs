@@ -78,7 +78,10 @@ pub async fn repair_judged(
         let read = (source, subject, upto);
         scratch.fold_subject(&js, projection, read, conv).await?;
     }
-    let writes = conversation_diff(live.as_ref(), &scratch.ks, conv.as_bytes())?;
+    let mut writes = conversation_diff(live.as_ref(), &scratch.ks, conv.as_bytes())?;
+    if projection.name() == crate::projections::search::NAME {
+        crate::projections::search::queue_changes(&mut writes, at.conv);
+    }
     let written = writes.iter().filter(|(_, v)| v.is_some()).count() as u64;
     let deleted = writes.len() as u64 - written;
     if !writes.is_empty() {

@@ -213,6 +213,11 @@ impl ProjectionState {
         self.ks.read().unwrap_or_else(|e| e.into_inner()).0.clone()
     }
 
+    /// The serving keyspace with its generation, read together.
+    pub fn serving(&self) -> (Arc<dyn Keyspace>, u64) {
+        self.ks.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The serving keyspace's generation (0 until the first rebuild).
     pub fn generation(&self) -> u64 {
         self.ks.read().unwrap_or_else(|e| e.into_inner()).1

@@ -22,7 +22,7 @@ pub mod subjects;
 pub mod validity;
 pub mod writer_cache;
 
-pub use im_rules::{chain, conversation, ids, mapping, people, seal, verdict};
+pub use im_rules::{chain, conversation, ids, mapping, people, seal, search, verdict};
 
 pub use append::{
     AppendOutcome, Appender, AppenderOptions, AppenderStats, ReceiptKind, ReceiptOutcome,

@@ -16,6 +16,7 @@ pub mod members;
 pub mod membership;
 pub mod people;
 pub mod receipts;
+pub mod search;
 pub mod unread;
 
 /// One event, from either stream.
@@ -80,12 +81,13 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(convlist::ConvList),
         std::sync::Arc::new(receipts::Receipts),
         std::sync::Arc::new(dedupe::Dedupe),
+        std::sync::Arc::new(search::Search),
     ]
 }
 
 /// The projection names, for configs and CLIs.
-pub const NAMES: [&str; 6] = [
-    "history", "members", "unread", "convlist", "receipts", "dedupe",
+pub const NAMES: [&str; 7] = [
+    "history", "members", "unread", "convlist", "receipts", "dedupe", "search",
 ];
 
 /// The conversation a model key belongs to: every key of every projection
@@ -111,10 +113,16 @@ pub fn conv_of_key(key: &[u8]) -> Option<&[u8]> {
         | unread::MARK
         | unread::CURSOR
         | convlist::SUMMARY
-        | people::ROW => first(),
-        members::USER_CONV | unread::ROW | convlist::ENTRY | dedupe::RECORD | people::CONTACT => {
-            last()
-        }
+        | people::ROW
+        | search::DOC
+        | search::TITLE
+        | search::USER_NAME => first(),
+        members::USER_CONV
+        | unread::ROW
+        | convlist::ENTRY
+        | dedupe::RECORD
+        | people::CONTACT
+        | search::SPANS => last(),
         _ => None,
     }
 }

@@ -102,6 +102,9 @@ pub struct Job {
     rcpt_position: AtomicU64,
     cancel: AtomicBool,
     end: Mutex<Option<(v1::RebuildPhase, String, i64)>>,
+    /// The generation's keyspace while it is folded (the search indexer
+    /// builds its index alongside).
+    building: Mutex<Option<Arc<dyn Keyspace>>>,
 }
 
 impl Job {
@@ -129,6 +132,10 @@ impl Job {
 
     fn finish(&self, phase: v1::RebuildPhase, error: String) {
         *self.end.lock().unwrap_or_else(|e| e.into_inner()) = Some((phase, error, now_ms()));
+        self.building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 }
 
@@ -206,6 +213,18 @@ impl Rebuilds {
         self.jobs().values().map(|j| j.progress()).collect()
     }
 
+    /// The keyspace (and its name) of a projection's generation being
+    /// folded, if one is.
+    pub fn building(&self, projection: &str) -> Option<(String, Arc<dyn Keyspace>)> {
+        let job = self.jobs().get(projection).cloned()?;
+        let ks = job
+            .building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        Some((keyspace_name(job.projection, job.generation), ks))
+    }
+
     /// Starts rebuilding every state in `targets` (one read of the streams
     /// for all of them); none starts if one of them is already rebuilding.
     /// `verdicts`: the live `members` projection, whose recorded verdicts
@@ -236,6 +255,7 @@ impl Rebuilds {
                 rcpt_position: AtomicU64::new(0),
                 cancel: AtomicBool::new(false),
                 end: Mutex::new(None),
+                building: Mutex::new(None),
             });
             jobs.insert(name, job.clone());
             work.push((job, state));
@@ -326,6 +346,7 @@ impl Rebuilds {
             let ks = self.store.keyspace(&name)?;
             // Events before `from_seq` are left out: chains start there.
             ks.commit(vec![crate::chain::chain_from_write(from_seq)])?;
+            *job.building.lock().unwrap_or_else(|e| e.into_inner()) = Some(ks.clone());
             gens.push(Generation {
                 projection: state.projection.clone(),
                 ks,

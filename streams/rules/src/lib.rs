@@ -12,6 +12,7 @@ pub mod ids;
 pub mod mapping;
 pub mod people;
 pub mod seal;
+pub mod search;
 pub mod verdict;
 
 pub use conversation::{Action, Command, ConvState, MessageBody, Rejection, Role};

@@ -1,0 +1,107 @@
+//! The search query, as the query service answers it: after the position
+//! asked for is folded and indexed (bounded), in a blocking thread,
+//! within `QUERY_TIME_MAX`.
+
+use std::time::Duration;
+
+use im_schema::v1::{self, query_response::Result as R};
+use im_streams::ids::IdKind;
+
+use super::find::{self, FindError};
+use crate::projections::search::NAME;
+use crate::query::{bad, check_ids, error, Position, QueryContext, MIN_POSITION_WAIT};
+
+/// How long one search may take in the index: past it the user gets an
+/// error rather than a hung box (the index keeps the thread until done).
+pub const QUERY_TIME_MAX: Duration = Duration::from_secs(2);
+
+/// Users a user search may be limited to: a user's contacts, as many as
+/// one contacts answer holds.
+pub const USERS_PER_QUERY_MAX: usize = 5_000;
+
+fn internal(e: impl std::fmt::Display) -> v1::QueryError {
+    error(v1::QueryErrorCode::Internal, e.to_string())
+}
+
+impl QueryContext {
+    pub(crate) async fn search(
+        &self,
+        q: v1::SearchQuery,
+        pos: Position,
+    ) -> Result<R, v1::QueryError> {
+        check_ids(&[(IdKind::User, &q.user_id)])?;
+        if !q.conversation_id.is_empty() {
+            check_ids(&[(IdKind::Conversation, &q.conversation_id)])?;
+        }
+        if q.user_ids.len() > USERS_PER_QUERY_MAX {
+            return Err(bad(format!("more than {USERS_PER_QUERY_MAX} users")));
+        }
+        for u in &q.user_ids {
+            check_ids(&[(IdKind::User, u)])?;
+        }
+        // A query the index would refuse is refused before any wait.
+        im_streams::search::parse(&q.q).map_err(|e| bad(e.to_string()))?;
+        self.wait_for(&[NAME], pos).await?;
+        let state = self
+            .projection(NAME)
+            .ok_or_else(|| internal("search is not running"))?;
+        let (ks, generation) = state.serving();
+        let index = self
+            .search
+            .get(&crate::rebuild::keyspace_name(NAME, generation))
+            .map_err(internal)?;
+        let target = pos.0.min(state.applied.borrow().conv);
+        let mut indexed = index.indexed.subscribe();
+        let caught_up = indexed.wait_for(|at| *at >= target);
+        if tokio::time::timeout(MIN_POSITION_WAIT, caught_up)
+            .await
+            .is_err()
+        {
+            return Err(error(
+                v1::QueryErrorCode::NotYet,
+                format!("not yet: the search index has not reached {target}"),
+            ));
+        }
+        let run = tokio::task::spawn_blocking(move || find::run(&index, ks.as_ref(), &q));
+        match tokio::time::timeout(QUERY_TIME_MAX, run).await {
+            Err(_) => Err(error(
+                v1::QueryErrorCode::NotYet,
+                format!("the search took longer than {} s", QUERY_TIME_MAX.as_secs()),
+            )),
+            Ok(Err(e)) => Err(internal(e)),
+            Ok(Ok(Err(e @ (FindError::Query(_) | FindError::TooDeep)))) => Err(bad(e.to_string())),
+            Ok(Ok(Err(e))) => Err(internal(e)),
+            Ok(Ok(Ok(found))) => Ok(R::Search(found)),
+        }
+    }
+
+    /// A projection's digest; the search projection's also covers its
+    /// index, which must hold exactly what its rows hold (drained first).
+    pub(crate) fn digest(
+        &self,
+        state: &crate::runner::ProjectionState,
+        ks: &dyn crate::store::Keyspace,
+    ) -> Result<crate::digest::Digest, crate::store::StoreError> {
+        let rows = crate::digest::digest_of(ks)?;
+        if state.projection.name() != NAME {
+            return Ok(rows);
+        }
+        let indexed = || -> Result<crate::digest::Digest, super::SearchError> {
+            let index = self.search.serving(state)?;
+            super::indexer::drain_all(ks, &index)?;
+            let (have, want) = (index.digest()?, super::rows_digest(ks)?);
+            if have != want {
+                tracing::warn!(index = %index.dir.display(), "the search index differs from its rows");
+            }
+            Ok(have)
+        };
+        let index = indexed().map_err(|e| crate::store::StoreError::Corrupt {
+            key: "search index".into(),
+            detail: e.to_string(),
+        })?;
+        // Only the count of model keys is reported: the index adds none.
+        let mut both = rows.combine(&index);
+        both.keys = rows.keys;
+        Ok(both)
+    }
+}

@@ -1,0 +1,307 @@
+//! Answering a search: the words a user typed, parsed into terms of the
+//! index's analyzers (`text.rs`), limited to what the user may find (the
+//! spans of `projections/search.rs`), and each hit checked against its
+//! row before it is shown.
+
+use std::ops::Bound;
+
+use im_schema::v1;
+use tantivy::collector::TopDocs;
+use tantivy::query::{
+    BooleanQuery, FuzzyTermQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery,
+    TermQuery, TermSetQuery,
+};
+use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::{DocAddress, Order, TantivyDocument, Term};
+
+use im_streams::search::{parse, Part, QueryTextError};
+
+use super::{text, text_hash, Fields, SearchIndex};
+use crate::projections::search::{doc_key, spans_key, spans_of};
+use crate::store::Keyspace;
+
+/// Hits per page.
+pub const LIMIT_MAX: u32 = 50;
+/// By relevance, how deep a user may page (offset + limit): each page
+/// asks every partition for that many.
+pub const RELEVANCE_DEPTH_MAX: u32 = 500;
+/// Conversations of one partition a query covers for one user: two
+/// clauses each (more for a member who left and came back).
+pub const CONVERSATIONS_PER_QUERY_MAX: usize = 2_000;
+/// Characters of a hit's text shown around its first match.
+pub const SNIPPET_CHARS: usize = 80;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    #[error(transparent)]
+    Query(#[from] QueryTextError),
+    #[error("paging deeper than {RELEVANCE_DEPTH_MAX} hits by relevance")]
+    TooDeep,
+    #[error(transparent)]
+    Index(#[from] super::SearchError),
+}
+
+impl From<tantivy::TantivyError> for FindError {
+    fn from(e: tantivy::TantivyError) -> Self {
+        FindError::Index(e.into())
+    }
+}
+
+impl From<crate::store::StoreError> for FindError {
+    fn from(e: crate::store::StoreError) -> Self {
+        FindError::Index(e.into())
+    }
+}
+
+/// A query's clauses and the terms its snippets mark.
+pub struct Built {
+    pub query: Box<dyn Query>,
+    pub exact: Vec<String>,
+    pub prefixes: Vec<String>,
+}
+
+fn words(field: tantivy::schema::Field, terms: &[String]) -> Option<Box<dyn Query>> {
+    let terms: Vec<Term> = terms
+        .iter()
+        .map(|t| Term::from_field_text(field, t))
+        .collect();
+    match terms.len() {
+        0 => None,
+        1 => Some(Box::new(TermQuery::new(
+            terms[0].clone(),
+            IndexRecordOption::WithFreqs,
+        ))),
+        _ => Some(Box::new(PhraseQuery::new(terms))),
+    }
+}
+
+fn prefix_of(field: tantivy::schema::Field, terms: &[String]) -> Option<Box<dyn Query>> {
+    let terms: Vec<Term> = terms
+        .iter()
+        .map(|t| Term::from_field_text(field, t))
+        .collect();
+    match terms.len() {
+        0 => None,
+        1 => Some(Box::new(FuzzyTermQuery::new_prefix(
+            terms[0].clone(),
+            0,
+            false,
+        ))),
+        _ => Some(Box::new(PhrasePrefixQuery::new(terms))),
+    }
+}
+
+/// The text clauses of a query: every part must match.
+pub fn build(f: &Fields, parts: &[Part]) -> Result<Built, QueryTextError> {
+    let (mut stemmed, mut raw) = (text::analyzer(text::STEMMED), text::analyzer(text::RAW));
+    let mut built = Built {
+        query: Box::new(tantivy::query::AllQuery),
+        exact: Vec::new(),
+        prefixes: Vec::new(),
+    };
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    for part in parts {
+        let exact = text::terms(&mut stemmed, &part.text);
+        let mut either: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        either.extend(words(f.text, &exact).map(|q| (Occur::Should, q)));
+        if part.prefix {
+            let typed = text::terms(&mut raw, &part.text);
+            either.extend(prefix_of(f.raw, &typed).map(|q| (Occur::Should, q)));
+            built.prefixes.extend(typed.last().cloned());
+        }
+        built.exact.extend(exact);
+        if !either.is_empty() {
+            clauses.push((Occur::Must, Box::new(BooleanQuery::new(either))));
+        }
+    }
+    if clauses.is_empty() {
+        return Err(QueryTextError::Empty);
+    }
+    built.query = Box::new(BooleanQuery::new(clauses));
+    Ok(built)
+}
+
+fn term_u64(field: tantivy::schema::Field, v: u64) -> Box<dyn Query> {
+    Box::new(TermQuery::new(
+        Term::from_field_u64(field, v),
+        IndexRecordOption::Basic,
+    ))
+}
+
+fn seq_range(field: tantivy::schema::Field, from: u64, to: u64) -> Box<dyn Query> {
+    let upper = match to {
+        0 => Bound::Unbounded,
+        to => Bound::Excluded(Term::from_field_u64(field, to)),
+    };
+    Box::new(RangeQuery::new(
+        Bound::Included(Term::from_field_u64(field, from)),
+        upper,
+    ))
+}
+
+/// Which documents the user may find; None: none at all.
+fn access(
+    ks: &dyn Keyspace,
+    f: &Fields,
+    q: &v1::SearchQuery,
+    kind: v1::SearchDocKind,
+) -> Result<(Option<Box<dyn Query>>, bool), FindError> {
+    use v1::SearchDocKind as K;
+    if kind == K::User {
+        let users = q
+            .user_ids
+            .iter()
+            .map(|u| Term::from_field_text(f.sender, u));
+        let set: Box<dyn Query> = Box::new(TermSetQuery::new(users));
+        return Ok((Some(set).filter(|_| !q.user_ids.is_empty()), false));
+    }
+    let spans = match q.conversation_id.as_str() {
+        "" => spans_of(ks, &q.user_id, CONVERSATIONS_PER_QUERY_MAX + 1)?,
+        conv => {
+            let k = spans_key(&q.user_id, conv);
+            let row = ks.get(&k)?;
+            let row = row
+                .map(|v| crate::store::decode_value(&k, &v))
+                .transpose()?;
+            row.map(|r| (conv.to_string(), r)).into_iter().collect()
+        }
+    };
+    let truncated = spans.len() > CONVERSATIONS_PER_QUERY_MAX;
+    let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    for (conv, row) in spans.iter().take(CONVERSATIONS_PER_QUERY_MAX) {
+        let conv_term = || -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(f.conv, conv),
+                IndexRecordOption::Basic,
+            ))
+        };
+        if kind == K::Title {
+            // Titles: the conversations the user is in now.
+            if row.spans.last().is_some_and(|s| s.to_seq == 0) {
+                should.push((Occur::Should, conv_term()));
+            }
+            continue;
+        }
+        for s in &row.spans {
+            let both = vec![
+                (Occur::Must, conv_term()),
+                (Occur::Must, seq_range(f.seq, s.from_seq, s.to_seq)),
+            ];
+            should.push((Occur::Should, Box::new(BooleanQuery::new(both))));
+        }
+    }
+    let filter: Option<Box<dyn Query>> = match should.is_empty() {
+        true => None,
+        false => Some(Box::new(BooleanQuery::new(should))),
+    };
+    Ok((filter, truncated))
+}
+
+/// Answers a search over one partition's index and rows.
+pub fn run(
+    index: &SearchIndex,
+    ks: &dyn Keyspace,
+    q: &v1::SearchQuery,
+) -> Result<v1::SearchResult, FindError> {
+    let f = &index.fields;
+    let kind = v1::SearchDocKind::try_from(q.kind).unwrap_or(v1::SearchDocKind::Message);
+    let kind = match kind {
+        v1::SearchDocKind::Unspecified => v1::SearchDocKind::Message,
+        k => k,
+    };
+    let built = build(f, &parse(&q.q)?)?;
+    let limit = q.limit.clamp(1, LIMIT_MAX);
+    if q.by_relevance && q.offset.saturating_add(limit) > RELEVANCE_DEPTH_MAX {
+        return Err(FindError::TooDeep);
+    }
+    let (filter, truncated) = access(ks, f, q, kind)?;
+    let Some(filter) = filter else {
+        return Ok(v1::SearchResult {
+            truncated,
+            ..Default::default()
+        });
+    };
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
+        (Occur::Must, built.query.box_clone()),
+        (Occur::Must, filter),
+        (Occur::Must, term_u64(f.kind, kind as u64)),
+    ];
+    if q.before_position > 0 && !q.by_relevance {
+        clauses.push((Occur::Must, seq_range(f.pos, 0, q.before_position)));
+    }
+    let query = BooleanQuery::new(clauses);
+    let searcher = index.reader.searcher();
+    let (candidates, floor): (Vec<(f32, DocAddress)>, u64) = if q.by_relevance {
+        let depth = (q.offset + limit) as usize;
+        (searcher.search(&query, &TopDocs::with_limit(depth))?, 0)
+    } else {
+        let collector =
+            TopDocs::with_limit(limit as usize + 1).order_by_fast_field::<u64>("pos", Order::Desc);
+        let mut found: Vec<(u64, DocAddress)> = searcher.search(&query, &collector)?;
+        let floor = match found.len() > limit as usize {
+            true => found[limit as usize - 1].0,
+            false => 0,
+        };
+        found.truncate(limit as usize);
+        (found.into_iter().map(|(_, a)| (0.0, a)).collect(), floor)
+    };
+    let mut hits = Vec::with_capacity(candidates.len());
+    for (score, addr) in candidates {
+        let doc: TantivyDocument = searcher.doc(addr)?;
+        if let Some(hit) = checked_hit(ks, f, &doc, kind, &built)? {
+            hits.push(v1::SearchHit { score, ..hit });
+        }
+    }
+    Ok(v1::SearchResult {
+        hits,
+        truncated,
+        floor,
+    })
+}
+
+/// A hit as its row stands now; None when the row is gone (recalled) or
+/// holds another text than the one indexed (edited since).
+fn checked_hit(
+    ks: &dyn Keyspace,
+    f: &Fields,
+    doc: &TantivyDocument,
+    kind: v1::SearchDocKind,
+    built: &Built,
+) -> Result<Option<v1::SearchHit>, FindError> {
+    let conv = doc
+        .get_first(f.conv)
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let seq = doc
+        .get_first(f.seq)
+        .and_then(|v| v.as_u64())
+        .unwrap_or_default();
+    let hash = doc.get_first(f.hash).and_then(|v| v.as_u64());
+    let k = doc_key(&v1::SearchDoc {
+        kind: kind as i32,
+        conversation_id: conv.to_string(),
+        conv_seq: seq,
+        ..Default::default()
+    });
+    let Some(bytes) = ks.get(&k)? else {
+        return Ok(None);
+    };
+    let row: v1::SearchDoc = crate::store::decode_value(&k, &bytes)?;
+    if Some(text_hash(&row.text)) != hash {
+        return Ok(None);
+    }
+    let snippet = text::snippet(&row.text, &built.exact, &built.prefixes, SNIPPET_CHARS)
+        .into_iter()
+        .map(|(text, hit)| v1::SnippetPart { text, hit })
+        .collect();
+    Ok(Some(v1::SearchHit {
+        kind: kind as i32,
+        conversation_id: row.conversation_id,
+        conv_seq: row.conv_seq,
+        sender_id: row.sender_id,
+        at_ms: row.at_ms,
+        stream_seq: row.stream_seq,
+        score: 0.0,
+        snippet,
+    }))
+}

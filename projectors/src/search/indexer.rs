@@ -1,0 +1,183 @@
+//! The indexer: a thread per projector that drains the `search` rows'
+//! queue into the index of the serving generation, and into the one a
+//! rebuild is folding, so a swap finds its index nearly complete. Each
+//! round syncs at most `DRAIN_MAX` documents, commits the index, then
+//! deletes the queue entries it synced: a crash in between syncs them
+//! again, which changes nothing.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use im_schema::v1;
+
+use super::{index_dir, SearchError, SearchIndex};
+use crate::keys::prefix_end;
+use crate::projections::search::{doc_id_of_key, NAME, QUEUE};
+use crate::rebuild::{keyspace_name, Rebuilds};
+use crate::runner::{checkpoint, ProjectionState, Source};
+use crate::store::Keyspace;
+
+/// How long a fold may wait to be found: the indexer's round when idle
+/// (each commit writes a small segment, which tantivy merges later).
+pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// Queue entries synced per commit: bounds the memory and time of one
+/// round (~20k documents of a few hundred bytes) and how far a crash
+/// sends the indexer back.
+pub const DRAIN_MAX: usize = 20_000;
+
+/// How long the indexer waits after a failure (a full disk) before it
+/// tries again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The open indexes of one store, by keyspace name.
+pub struct Indexes {
+    data_dir: PathBuf,
+    open: Mutex<HashMap<String, Arc<SearchIndex>>>,
+    stop: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Indexes {
+    pub fn new(data_dir: PathBuf) -> Arc<Self> {
+        Arc::new(Indexes {
+            data_dir,
+            open: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        })
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<SearchIndex>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The index of a keyspace generation, opened on first use.
+    pub fn get(&self, keyspace: &str) -> Result<Arc<SearchIndex>, SearchError> {
+        if self.stop.load(Relaxed) {
+            return Err(SearchError::Io(std::io::Error::other(
+                "the projector is stopping",
+            )));
+        }
+        let mut map = self.map();
+        if let Some(index) = map.get(keyspace) {
+            return Ok(index.clone());
+        }
+        let index = Arc::new(SearchIndex::open(&index_dir(&self.data_dir, keyspace))?);
+        map.insert(keyspace.to_string(), index.clone());
+        Ok(index)
+    }
+
+    /// The serving generation's index.
+    pub fn serving(&self, state: &ProjectionState) -> Result<Arc<SearchIndex>, SearchError> {
+        self.get(&keyspace_name(NAME, state.generation()))
+    }
+
+    /// Starts the thread that keeps the indexes of `state` (and of its
+    /// rebuild) up with their rows.
+    pub fn start(self: &Arc<Self>, state: Arc<ProjectionState>, rebuilds: Arc<Rebuilds>) {
+        let this = self.clone();
+        let thread = std::thread::Builder::new()
+            .name("search-indexer".into())
+            .spawn(move || this.run(&state, &rebuilds))
+            .expect("a thread starts");
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+    }
+
+    /// Stops the thread and closes every writer (a restart opens them
+    /// again: each holds its directory's lock).
+    pub fn close(&self) {
+        self.stop.store(true, Relaxed);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        for (_, index) in self.map().drain() {
+            index.close();
+        }
+    }
+
+    fn run(&self, state: &ProjectionState, rebuilds: &Rebuilds) {
+        while !self.stop.load(Relaxed) {
+            let mut targets = vec![(keyspace_name(NAME, state.generation()), state.ks())];
+            targets.extend(rebuilds.building(NAME));
+            let mut busy = false;
+            for (name, ks) in &targets {
+                match self.get(name).and_then(|index| drain(ks.as_ref(), &index)) {
+                    Ok(more) => busy |= more,
+                    Err(e) => {
+                        tracing::warn!(keyspace = %name, error = %e, "search index not updated: trying again");
+                        std::thread::sleep(RETRY_AFTER);
+                    }
+                }
+            }
+            self.forget_others(&targets);
+            if !busy {
+                std::thread::sleep(COMMIT_EVERY);
+            }
+        }
+    }
+
+    /// Closes and deletes the indexes of generations gone (swapped out,
+    /// or a rebuild cancelled).
+    fn forget_others(&self, targets: &[(String, Arc<dyn Keyspace>)]) {
+        let keep = |name: &str| targets.iter().any(|(n, _)| n == name);
+        let gone: Vec<_> = {
+            let mut map = self.map();
+            let names: Vec<String> = map.keys().filter(|n| !keep(n)).cloned().collect();
+            names.into_iter().filter_map(|n| map.remove(&n)).collect()
+        };
+        for index in gone {
+            index.close();
+        }
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("search-index")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep(&name) {
+                tracing::info!(index = %name, "dropping the index of a generation gone");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// Syncs up to `DRAIN_MAX` queued documents into the index and commits;
+/// whether more are queued.
+pub fn drain(ks: &dyn Keyspace, index: &SearchIndex) -> Result<bool, SearchError> {
+    let _one = index.draining();
+    let at = checkpoint(ks, Source::Conv)?;
+    let rows = ks.range(&QUEUE, &prefix_end(&QUEUE), false, DRAIN_MAX + 1)?;
+    if rows.is_empty() {
+        if *index.indexed.borrow() < at {
+            index.indexed.send_replace(at);
+        }
+        return Ok(false);
+    }
+    let more = rows.len() > DRAIN_MAX;
+    let mut done = Vec::with_capacity(rows.len().min(DRAIN_MAX));
+    for (k, _) in rows.into_iter().take(DRAIN_MAX) {
+        let row_key = &k[QUEUE.len() + 8..];
+        let doc = ks
+            .get(row_key)?
+            .map(|v| crate::store::decode_value::<v1::SearchDoc>(row_key, &v))
+            .transpose()?;
+        index.sync(&doc_id_of_key(row_key), doc.as_ref())?;
+        done.push((k, None));
+    }
+    let position = if more { *index.indexed.borrow() } else { at };
+    index.commit(position)?;
+    ks.commit(done)?;
+    Ok(more)
+}
+
+/// Drains until nothing is queued (a status that reads the index's
+/// digest, a test).
+pub fn drain_all(ks: &dyn Keyspace, index: &SearchIndex) -> Result<(), SearchError> {
+    while drain(ks, index)? {}
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! How texts become terms: Latin-script words (lowercased, ASCII-folded,
+//! and in the `text` field stemmed as English) and, for Chinese, Japanese
+//! and Korean, overlapping character pairs ("bigrams") of each run of
+//! those characters: `今天开会吗` is `今天 天开 开会 会吗`, so any two or more
+//! characters of it are found as a phrase of pairs (`开会` finds it) with
+//! no dictionary to ship or keep current. A run of one character is that
+//! character. Measured against a word segmenter in `tests::recall`.
+
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, Language, LowerCaser, Stemmer, TextAnalyzer, Token, TokenStream, Tokenizer,
+};
+
+/// The analyzer of the `text` field: whole words, stemmed.
+pub const STEMMED: &str = "im_stemmed";
+/// The analyzer of the `raw` field: whole words as typed (lowercased), for
+/// prefixes (`meeti` is no prefix of the stem `meet`).
+pub const RAW: &str = "im_raw";
+
+/// Bytes of one word kept: a longer "word" (a hash, a URL's path) is cut
+/// here; tantivy refuses terms past 65,530 bytes, and nobody types more.
+pub const WORD_BYTES_MAX: usize = 64;
+
+/// Whether a character is written without spaces between words (Han,
+/// kana, Hangul): such runs are cut into pairs.
+pub fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30FF       // hiragana, katakana
+        | 0x3400..=0x4DBF     // Han extension A
+        | 0x4E00..=0x9FFF     // Han
+        | 0xAC00..=0xD7AF     // Hangul syllables
+        | 0xF900..=0xFAFF     // Han compatibility
+        | 0x20000..=0x2FA1F) // Han extensions B..
+}
+
+fn is_word(c: char) -> bool {
+    c.is_alphanumeric() && !is_cjk(c)
+}
+
+/// Splits a text into words and CJK pairs, with byte offsets and
+/// positions (consecutive pairs of a run take consecutive positions).
+#[derive(Clone, Default)]
+pub struct MixedTokenizer;
+
+pub struct MixedStream {
+    tokens: Vec<Token>,
+    at: usize,
+}
+
+impl TokenStream for MixedStream {
+    fn advance(&mut self) -> bool {
+        self.at += 1;
+        self.at <= self.tokens.len()
+    }
+    fn token(&self) -> &Token {
+        &self.tokens[self.at - 1]
+    }
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.tokens[self.at - 1]
+    }
+}
+
+impl Tokenizer for MixedTokenizer {
+    type TokenStream<'a> = MixedStream;
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> MixedStream {
+        MixedStream {
+            tokens: tokens(text),
+            at: 0,
+        }
+    }
+}
+
+fn push(out: &mut Vec<Token>, text: &str, from: usize, to: usize) {
+    out.push(Token {
+        offset_from: from,
+        offset_to: to,
+        position: out.len(),
+        text: text[from..to].to_string(),
+        position_length: 1,
+    });
+}
+
+/// The raw tokens of a text (before lowercasing and stemming).
+pub fn tokens(text: &str) -> Vec<Token> {
+    let mut out = Vec::new();
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let end_of = |i: usize| chars.get(i).map_or(text.len(), |(o, _)| *o);
+    let mut i = 0;
+    while i < chars.len() {
+        let (from, c) = chars[i];
+        let mut j = i + 1;
+        if is_cjk(c) {
+            while j < chars.len() && is_cjk(chars[j].1) {
+                j += 1;
+            }
+            if j - i == 1 {
+                push(&mut out, text, from, end_of(j));
+            }
+            for k in i..j.saturating_sub(1) {
+                push(&mut out, text, chars[k].0, end_of(k + 2));
+            }
+        } else if is_word(c) {
+            while j < chars.len() && is_word(chars[j].1) {
+                j += 1;
+            }
+            let mut to = end_of(j);
+            if to - from > WORD_BYTES_MAX {
+                to = (from..=from + WORD_BYTES_MAX)
+                    .rev()
+                    .find(|b| text.is_char_boundary(*b))
+                    .unwrap_or(from);
+            }
+            push(&mut out, text, from, to);
+        }
+        i = j;
+    }
+    out
+}
+
+/// The analyzer a field's terms come from.
+pub fn analyzer(name: &str) -> TextAnalyzer {
+    let base = TextAnalyzer::builder(MixedTokenizer)
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter);
+    match name {
+        STEMMED => base.filter(Stemmer::new(Language::English)).build(),
+        _ => base.build(),
+    }
+}
+
+/// The terms of a text under an analyzer, in order.
+pub fn terms(analyzer: &mut TextAnalyzer, text: &str) -> Vec<String> {
+    let mut stream = analyzer.token_stream(text);
+    let mut out = Vec::new();
+    while stream.advance() {
+        out.push(stream.token().text.clone());
+    }
+    out
+}
+
+/// A text cut into pieces, `true` where a token's term is one of `exact`
+/// (under the stemmed analyzer) or starts with one of `prefixes` (under
+/// the raw one); at most about `window` characters around the first match.
+pub fn snippet(
+    text: &str,
+    exact: &[String],
+    prefixes: &[String],
+    window: usize,
+) -> Vec<(String, bool)> {
+    let mut stemmed = analyzer(STEMMED);
+    let mut raw = analyzer(RAW);
+    let mut marks: Vec<(usize, usize)> = Vec::new();
+    for t in tokens(text) {
+        let piece = &text[t.offset_from..t.offset_to];
+        let hit = terms(&mut stemmed, piece).iter().any(|s| exact.contains(s))
+            || terms(&mut raw, piece)
+                .iter()
+                .any(|s| prefixes.iter().any(|p| s.starts_with(p.as_str())));
+        if hit {
+            match marks.last_mut() {
+                Some(last) if t.offset_from <= last.1 => last.1 = last.1.max(t.offset_to),
+                _ => marks.push((t.offset_from, t.offset_to)),
+            }
+        }
+    }
+    let (from, to) = around(text, marks.first().map_or(0, |m| m.0), window);
+    let mut parts = Vec::new();
+    let mut at = from;
+    for (s, e) in marks {
+        let (s, e) = (s.max(from), e.min(to));
+        if s >= e {
+            continue;
+        }
+        if s > at {
+            parts.push((text[at..s].to_string(), false));
+        }
+        parts.push((text[s..e].to_string(), true));
+        at = e;
+    }
+    if at < to {
+        parts.push((text[at..to].to_string(), false));
+    }
+    parts
+}
+
+/// A byte range of about `window` characters holding `focus`, starting a
+/// little before it.
+fn around(text: &str, focus: usize, window: usize) -> (usize, usize) {
+    let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+    let at = starts.partition_point(|i| *i < focus);
+    let first = at.saturating_sub(window / 4);
+    let last = (first + window).min(starts.len());
+    let from = starts.get(first).copied().unwrap_or(text.len());
+    let to = starts.get(last).copied().unwrap_or(text.len());
+    (from, to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_terms(text: &str) -> Vec<String> {
+        terms(&mut analyzer(RAW), text)
+    }
+
+    #[test]
+    fn cjk_runs_become_pairs_and_words_stay_whole() {
+        assert_eq!(raw_terms("今天开会吗？"), ["今天", "天开", "开会", "会吗"]);
+        assert_eq!(raw_terms("会"), ["会"]);
+        assert_eq!(
+            raw_terms("Meetings moved 到明天, Café!"),
+            ["meetings", "moved", "到明", "明天", "cafe"]
+        );
+        assert_eq!(
+            terms(&mut analyzer(STEMMED), "Meetings moved"),
+            ["meet", "move"]
+        );
+        let long = "x".repeat(200);
+        assert_eq!(raw_terms(&long)[0].len(), WORD_BYTES_MAX);
+    }
+
+    #[test]
+    fn snippets_mark_matches_around_the_first() {
+        let parts = snippet("今天开会吗？", &["开会".into()], &[], 40);
+        assert_eq!(
+            parts,
+            [
+                ("今天".into(), false),
+                ("开会".into(), true),
+                ("吗？".into(), false)
+            ]
+        );
+        let parts = snippet("The meetings moved", &["meet".into()], &["mov".into()], 40);
+        assert_eq!(
+            parts,
+            [
+                ("The ".into(), false),
+                ("meetings".into(), true),
+                (" ".into(), false),
+                ("moved".into(), true)
+            ]
+        );
+        let long = format!("{} needle {}", "a ".repeat(200), "b ".repeat(200));
+        let parts = snippet(&long, &["needl".into()], &[], 40);
+        let shown: String = parts.iter().map(|p| p.0.as_str()).collect();
+        assert!(
+            shown.chars().count() <= 40 && shown.contains("needle"),
+            "{shown}"
+        );
+    }
+}
