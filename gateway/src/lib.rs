@@ -17,6 +17,7 @@ pub mod presence;
 pub mod query;
 pub mod rate;
 pub mod readiness;
+pub mod search;
 pub mod state;
 pub mod ws;
 

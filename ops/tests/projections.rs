@@ -221,7 +221,7 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
     assert!(ok, "{out}");
     assert_eq!(
         out.lines().filter(|l| l.contains(": ok ")).count(),
-        6,
+        7,
         "{out}"
     );
     // The scratch instance's consumers went with it: only "main"'s remain.
@@ -265,7 +265,7 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
     );
     assert_eq!(
         out.lines().filter(|l| l.contains(": ok ")).count(),
-        5,
+        6,
         "{out}"
     );
     // The same as one JSON object, for scripts.
@@ -290,6 +290,34 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
     assert_eq!(
         (bad["projection"].as_str(), bad["first_difference"].as_str()),
         (Some("history"), Some(expected.as_str()))
+    );
+
+    // The search index loses a document its rows hold: the rows match a
+    // fresh fold, the index does not match the rows.
+    let search = projector
+        .context
+        .projections
+        .iter()
+        .find(|p| p.projection.name() == "search")
+        .unwrap();
+    let mut doc = None;
+    search
+        .ks()
+        .visit(&mut |k, _| {
+            if doc.is_none() && im_projectors::projections::search::is_doc_key(k) {
+                doc = Some(im_projectors::projections::search::doc_id_of_key(k));
+            }
+        })
+        .unwrap();
+    let index = projector.context.search.serving(search).unwrap();
+    index.sync(&doc.unwrap(), None).unwrap();
+    index.commit(last).unwrap();
+    let (code, out) = verify_all_code(&url);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("search: MISMATCH the search index (")),
+        "{out}"
     );
 }
 
@@ -476,7 +504,7 @@ async fn rebuild_all_under_load_never_answers_older_state_and_matches_verify() {
             "{name}: {out}"
         );
     }
-    assert_eq!(generations(&projector), vec![1; 6]);
+    assert_eq!(generations(&projector), vec![1; 7]);
 
     let (ok, verified) = verify_all(&url);
     assert!(ok, "{verified}");
@@ -529,10 +557,10 @@ async fn an_interrupted_rebuild_leaves_the_serving_keyspaces_alone() {
     assert_eq!(out.status.code(), Some(130), "{stdout}\n{rest:?}");
     assert_eq!(
         stdout.lines().filter(|l| l.contains(": cancelled")).count(),
-        6,
+        7,
         "{stdout}"
     );
-    assert_eq!(generations(&projector), vec![0; 6]);
+    assert_eq!(generations(&projector), vec![0; 7]);
     let (ok, verified) = verify_all(&url);
     assert!(ok, "the serving keyspaces changed: {verified}");
     // And the next rebuild runs to its swap.

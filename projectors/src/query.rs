@@ -11,6 +11,7 @@ use futures::StreamExt;
 use im_schema::v1::{self, query_request::Query, query_response::Result as R};
 use im_streams::ids::{validate_id, IdKind};
 
+use crate::digest::digest_of;
 use crate::projections::{
     convlist, dedupe, history, members, membership, people, receipts, unread,
 };
@@ -353,7 +354,7 @@ impl QueryContext {
             Query::Profiles(q) => self.profiles(q, pos).await,
             Query::Contacts(q) => self.contacts(q, pos, scope).await,
             Query::Reach(q) => self.reach(q, pos, scope).await,
-            Query::Search(q) => self.search(q, pos).await,
+            Query::Search(q) => self.search(q, pos, scope).await,
             Query::Status(q) => {
                 let digests = q.digests.then(|| self.named(&q.projections)).transpose()?;
                 Ok(R::Status(self.status(digests).map_err(store_error)?))
@@ -646,10 +647,11 @@ impl QueryContext {
         let mut projections = Vec::new();
         for p in &self.projections {
             let ks = p.ks();
-            let digest = if wanted(p) {
-                Some(self.digest(p, ks.as_ref())?)
+            let (digest, problem) = if wanted(p) {
+                let problem = self.index_problem(p, ks.as_ref())?;
+                (Some(digest_of(ks.as_ref())?), problem)
             } else {
-                None
+                (None, String::new())
             };
             projections.push(v1::ProjectionStatus {
                 name: p.projection.name().to_string(),
@@ -660,6 +662,7 @@ impl QueryContext {
                 keys: digest.map_or(0, |d| d.keys),
                 applied: p.events_applied.load(std::sync::atomic::Ordering::Relaxed),
                 dead_letters: p.dead_letters.load(std::sync::atomic::Ordering::Relaxed),
+                problem,
             });
         }
         Ok(v1::StatusResult {

@@ -11,8 +11,10 @@ pub const FORMAT_VAR: &str = "IM_LOG_FORMAT";
 /// Installs the global subscriber; an unknown format is an error (the
 /// caller exits 2: it could not run as asked).
 pub fn init(default_filter: &str) -> Result<(), String> {
+    // The search index's engine says "info" of every commit (several a
+    // second): its warnings only, unless RUST_LOG asks.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default_filter.into());
+        .unwrap_or_else(|_| format!("{default_filter},tantivy=warn").into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -9,6 +9,7 @@ pub mod people;
 pub mod presence;
 pub mod queries;
 pub mod routes;
+pub mod search;
 pub mod status;
 pub mod web;
 

@@ -16,7 +16,7 @@ pub const OPENAPI_YAML: &str = include_str!("../../../docs/openapi.yaml");
 
 /// (method, path, handler) of every route; a path may appear once per method.
 pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> {
-    use http::{commands, media, people, queries, status, web};
+    use http::{commands, media, people, queries, search, status, web};
     vec![
         (Method::GET, "/v1/ws", get(ws::upgrade)),
         (Method::GET, "/v1/history", get(queries::history)),
@@ -61,6 +61,13 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> 
         (Method::PUT, "/v1/me/privacy", put(people::put_privacy)),
         (Method::GET, "/v1/me/contacts", get(people::contacts)),
         (Method::GET, "/v1/users/profiles", get(people::profiles)),
+        (Method::GET, "/v1/search/messages", get(search::messages)),
+        (
+            Method::GET,
+            "/v1/search/conversations",
+            get(search::conversations),
+        ),
+        (Method::GET, "/v1/search/users", get(search::users)),
         (
             Method::POST,
             "/v1/contacts/{userId}/{verb}",

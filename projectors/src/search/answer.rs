@@ -28,6 +28,7 @@ impl QueryContext {
         &self,
         q: v1::SearchQuery,
         pos: Position,
+        scope: Option<u32>,
     ) -> Result<R, v1::QueryError> {
         check_ids(&[(IdKind::User, &q.user_id)])?;
         if !q.conversation_id.is_empty() {
@@ -62,7 +63,10 @@ impl QueryContext {
                 format!("not yet: the search index has not reached {target}"),
             ));
         }
-        let run = tokio::task::spawn_blocking(move || find::run(&index, ks.as_ref(), &q));
+        let topology = self.topology;
+        let in_scope = move |conv: &str| scope.is_none_or(|p| topology.partition_of(conv) == p);
+        let run =
+            tokio::task::spawn_blocking(move || find::run(&index, ks.as_ref(), &q, &in_scope));
         match tokio::time::timeout(QUERY_TIME_MAX, run).await {
             Err(_) => Err(error(
                 v1::QueryErrorCode::NotYet,
@@ -75,33 +79,34 @@ impl QueryContext {
         }
     }
 
-    /// A projection's digest; the search projection's also covers its
-    /// index, which must hold exactly what its rows hold (drained first).
-    pub(crate) fn digest(
+    /// With a digest: whether the search index holds exactly what its
+    /// rows hold (drained first); empty when it does, else how it differs.
+    pub(crate) fn index_problem(
         &self,
         state: &crate::runner::ProjectionState,
         ks: &dyn crate::store::Keyspace,
-    ) -> Result<crate::digest::Digest, crate::store::StoreError> {
-        let rows = crate::digest::digest_of(ks)?;
+    ) -> Result<String, crate::store::StoreError> {
         if state.projection.name() != NAME {
-            return Ok(rows);
+            return Ok(String::new());
         }
-        let indexed = || -> Result<crate::digest::Digest, super::SearchError> {
+        let compared = || -> Result<String, super::SearchError> {
             let index = self.search.serving(state)?;
             super::indexer::drain_all(ks, &index)?;
             let (have, want) = (index.digest()?, super::rows_digest(ks)?);
-            if have != want {
-                tracing::warn!(index = %index.dir.display(), "the search index differs from its rows");
-            }
-            Ok(have)
+            Ok(match have == want {
+                true => String::new(),
+                false => format!(
+                    "the search index ({} documents, digest {}) differs from its rows ({}, {})",
+                    have.keys,
+                    have.hex(),
+                    want.keys,
+                    want.hex()
+                ),
+            })
         };
-        let index = indexed().map_err(|e| crate::store::StoreError::Corrupt {
+        compared().map_err(|e| crate::store::StoreError::Corrupt {
             key: "search index".into(),
             detail: e.to_string(),
-        })?;
-        // Only the count of model keys is reported: the index adds none.
-        let mut both = rows.combine(&index);
-        both.keys = rows.keys;
-        Ok(both)
+        })
     }
 }

@@ -12,7 +12,7 @@ use tantivy::query::{
     TermQuery, TermSetQuery,
 };
 use tantivy::schema::{IndexRecordOption, Value};
-use tantivy::{DocAddress, Order, TantivyDocument, Term};
+use tantivy::{DocAddress, DocId, Order, Score, SegmentReader, TantivyDocument, Term};
 
 use im_streams::search::{parse, Part, QueryTextError};
 
@@ -139,21 +139,27 @@ fn seq_range(field: tantivy::schema::Field, from: u64, to: u64) -> Box<dyn Query
     ))
 }
 
-/// Which documents the user may find; None: none at all.
+/// Which documents the user may find; None: none at all. `in_scope`
+/// says which conversations (and users' own logs) the partition asked
+/// covers: an instance serving several answers for each separately.
 fn access(
     ks: &dyn Keyspace,
     f: &Fields,
     q: &v1::SearchQuery,
-    kind: v1::SearchDocKind,
+    (kind, in_scope): (v1::SearchDocKind, &dyn Fn(&str) -> bool),
 ) -> Result<(Option<Box<dyn Query>>, bool), FindError> {
     use v1::SearchDocKind as K;
     if kind == K::User {
-        let users = q
+        let log = |u: &String| im_streams::ids::user_log_id(u).is_ok_and(|l| in_scope(&l));
+        let users: Vec<Term> = q
             .user_ids
             .iter()
-            .map(|u| Term::from_field_text(f.sender, u));
+            .filter(|u| log(u))
+            .map(|u| Term::from_field_text(f.sender, u))
+            .collect();
+        let found = !users.is_empty();
         let set: Box<dyn Query> = Box::new(TermSetQuery::new(users));
-        return Ok((Some(set).filter(|_| !q.user_ids.is_empty()), false));
+        return Ok((Some(set).filter(|_| found), false));
     }
     let spans = match q.conversation_id.as_str() {
         "" => spans_of(ks, &q.user_id, CONVERSATIONS_PER_QUERY_MAX + 1)?,
@@ -166,6 +172,7 @@ fn access(
             row.map(|r| (conv.to_string(), r)).into_iter().collect()
         }
     };
+    let spans: Vec<_> = spans.into_iter().filter(|(c, _)| in_scope(c)).collect();
     let truncated = spans.len() > CONVERSATIONS_PER_QUERY_MAX;
     let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     for (conv, row) in spans.iter().take(CONVERSATIONS_PER_QUERY_MAX) {
@@ -197,11 +204,13 @@ fn access(
     Ok((filter, truncated))
 }
 
-/// Answers a search over one partition's index and rows.
+/// Answers a search over the conversations `in_scope` of an index and
+/// its rows.
 pub fn run(
     index: &SearchIndex,
     ks: &dyn Keyspace,
     q: &v1::SearchQuery,
+    in_scope: &dyn Fn(&str) -> bool,
 ) -> Result<v1::SearchResult, FindError> {
     let f = &index.fields;
     let kind = v1::SearchDocKind::try_from(q.kind).unwrap_or(v1::SearchDocKind::Message);
@@ -214,7 +223,7 @@ pub fn run(
     if q.by_relevance && q.offset.saturating_add(limit) > RELEVANCE_DEPTH_MAX {
         return Err(FindError::TooDeep);
     }
-    let (filter, truncated) = access(ks, f, q, kind)?;
+    let (filter, truncated) = access(ks, f, q, (kind, in_scope))?;
     let Some(filter) = filter else {
         return Ok(v1::SearchResult {
             truncated,
@@ -233,7 +242,17 @@ pub fn run(
     let searcher = index.reader.searcher();
     let (candidates, floor): (Vec<(f32, DocAddress)>, u64) = if q.by_relevance {
         let depth = (q.offset + limit) as usize;
-        (searcher.search(&query, &TopDocs::with_limit(depth))?, 0)
+        // Ties by position, newest first: the order the gateway merges by,
+        // so a deeper page starts with the shallower one.
+        let collector = TopDocs::with_limit(depth).tweak_score(|segment: &SegmentReader| {
+            let pos = segment.fast_fields().u64("pos").ok();
+            move |doc: DocId, score: Score| {
+                let at = pos.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+                (score, at)
+            }
+        });
+        let found: Vec<((Score, u64), DocAddress)> = searcher.search(&query, &collector)?;
+        (found.into_iter().map(|((s, _), a)| (s, a)).collect(), 0)
     } else {
         let collector =
             TopDocs::with_limit(limit as usize + 1).order_by_fast_field::<u64>("pos", Order::Desc);

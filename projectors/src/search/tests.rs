@@ -40,6 +40,7 @@ fn ask(fx: &Fixture, user: &str, q: &str) -> Result<v1::SearchResult, FindError>
             limit: 50,
             ..Default::default()
         },
+        &|_| true,
     )
 }
 
@@ -151,6 +152,7 @@ fn groups_are_found_by_title_by_their_members_only() {
                 limit: 10,
                 ..Default::default()
             },
+            &|_| true,
         )
         .unwrap()
         .hits
@@ -179,6 +181,7 @@ fn pages_newest_first_without_repeats_or_gaps() {
                 before_position: before,
                 ..Default::default()
             },
+            &|_| true,
         )
         .unwrap();
         seen.extend(page.hits.iter().map(|h| h.stream_seq));

@@ -176,11 +176,18 @@ struct Verdict {
     /// The first key whose value differs, when the stores differ.
     #[serde(skip_serializing_if = "Option::is_none")]
     first_difference: Option<String>,
+    /// What the live projection keeps beside its store and does not agree
+    /// with it (the search index), if anything.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    problem: String,
 }
 
 impl Verdict {
     fn line(&self) -> String {
         let name = &self.projection;
+        if !self.problem.is_empty() {
+            return format!("{name}: MISMATCH {}", self.problem);
+        }
         match (
             &self.first_difference,
             self.live_digest == self.rebuild_digest,
@@ -219,14 +226,14 @@ async fn compare(
     let scratch = projector.context.status(Some(scratch_states))?;
     let mut verdicts = Vec::new();
     for name in names {
-        let digest = |s: &v1::StatusResult| {
+        let of = |s: &v1::StatusResult| {
             s.projections
                 .iter()
                 .find(|p| &p.name == name)
-                .map(|p| p.digest.clone())
+                .map(|p| (p.digest.clone(), p.problem.clone()))
                 .unwrap_or_default()
         };
-        let (live_digest, rebuild_digest) = (digest(&live), digest(&scratch));
+        let ((live_digest, problem), (rebuild_digest, _)) = (of(&live), of(&scratch));
         let first_difference = match live_digest == rebuild_digest {
             true => None,
             false => {
@@ -244,10 +251,11 @@ async fn compare(
         };
         verdicts.push(Verdict {
             projection: name.clone(),
-            ok: first_difference.is_none(),
+            ok: first_difference.is_none() && problem.is_empty(),
             live_digest,
             rebuild_digest,
             first_difference,
+            problem,
         });
     }
     Ok(verdicts)
