@@ -21,7 +21,8 @@ import type { Profile } from "./gen/im/v1/readmodel_pb.js";
 import { backoffDelay, DEFAULT_BACKOFF, type Backoff } from "./backoff.js";
 import { ConversationLog, type LogEvent } from "./conversation.js";
 import { Emitter } from "./emitter.js";
-import { HttpApi, type FetchLike } from "./http.js";
+import { HttpApi, type FetchLike, type SearchKind, type SearchOptions } from "./http.js";
+import type { SearchPage } from "./gen/im/v1/query_pb.js";
 import { Outbox, type OutgoingMessage } from "./outbox.js";
 import { decodeFrame, encodeFrame, subprotocol, type Wire } from "./wire.js";
 import { Recovery } from "./recovery.js";
@@ -261,6 +262,11 @@ export class ImClient extends Emitter<ClientEvents> {
   /** Makes sure `conversationId` is loaded (its latest events) and returns its log. */
   open(conversationId: string): Promise<ConversationLog> {
     return this.recovery.open(conversationId);
+  }
+
+  /** Full-text search (`HttpApi.search`): messages, conversations or people. */
+  search(q: string, kind?: SearchKind, o?: SearchOptions): Promise<SearchPage> {
+    return this.http.search(q, kind, o);
   }
 
   /** Scroll-back: up to `limit` events before the oldest held, oldest first. */

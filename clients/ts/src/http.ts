@@ -9,7 +9,9 @@ import {
   ReceiptsResultSchema,
   ProfilesResultSchema,
   ContactsResultSchema,
+  SearchPageSchema,
   type HistoryPage,
+  type SearchPage,
 } from "./gen/im/v1/query_pb.js";
 import { ProfileSchema, type Profile } from "./gen/im/v1/readmodel_pb.js";
 import { MediaRefSchema, type MediaRef } from "./gen/im/v1/common_pb.js";
@@ -55,6 +57,22 @@ export interface Privacy {
   directChats: Audience;
   /** Who may add the user to a group. */
   groupAdds: Audience;
+}
+
+/** What a search looks through (docs/protocol.md "Search"). */
+export type SearchKind = "messages" | "conversations" | "users";
+
+export interface SearchOptions {
+  /** Messages: one conversation's only. */
+  conversationId?: string;
+  /** Messages: a page's `next`, for the page after it. */
+  before?: string;
+  /** Hits per page, 1..50 (20 unless given). */
+  limit?: number;
+  /** Messages: newest first (the default) or by relevance. */
+  order?: "newest" | "relevance";
+  /** Read your own writes: a `streamSeq` the answer must cover. */
+  minPosition?: number;
 }
 
 export type ContactVerb = "request" | "accept" | "decline" | "remove" | "block" | "unblock";
@@ -158,6 +176,22 @@ export class HttpApi {
       out.push(...(await this.read(ProfilesResultSchema, `/v1/users/profiles?ids=${q}${pos}`)).profiles);
     }
     return out;
+  }
+
+  /**
+   * Full-text search: messages the caller could read (as a member at
+   * their position), their conversations by title, or people among their
+   * contacts (and by exact user id). The last word is also a prefix
+   * unless `q` ends in a space; "quoted" words are a phrase.
+   */
+  search(q: string, kind: SearchKind = "messages", o: SearchOptions = {}): Promise<SearchPage> {
+    const params = new URLSearchParams({ q });
+    if (o.conversationId) params.set("conversationId", o.conversationId);
+    if (o.before) params.set("before", o.before);
+    if (o.limit) params.set("limit", String(o.limit));
+    if (o.order) params.set("order", o.order);
+    if (o.minPosition) params.set("minPosition", String(o.minPosition));
+    return this.read(SearchPageSchema, `/v1/search/${kind}?${params}`);
   }
 
   /** Uploads bytes of a declared type; the reference goes into `send({media})`. */

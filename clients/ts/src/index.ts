@@ -3,7 +3,7 @@ export type { ClientOptions, ClientEvents, SendOptions, WebSocketLike } from "./
 export { ConversationLog, PENDING_MAX } from "./conversation.js";
 export type { LogEvent } from "./conversation.js";
 export { HttpApi, ImHttpError, NOT_YET_RETRIES, PROFILES_PER_REQUEST } from "./http.js";
-export type { CommandResult, FetchLike, Audience, Privacy, ContactVerb } from "./http.js";
+export type { CommandResult, FetchLike, Audience, Privacy, ContactVerb, SearchKind, SearchOptions } from "./http.js";
 export { OUTBOX_MAX, TRACKED_MAX } from "./outbox.js";
 export type { OutgoingMessage, SendStatus } from "./outbox.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";

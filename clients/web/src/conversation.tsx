@@ -11,9 +11,20 @@ export function ConversationView({ store, conv }: { store: Store; conv: Conv }) 
   const stick = useRef(true);
   const loading = useRef(false);
 
-  // Stay at the bottom while new messages arrive, unless the user scrolled up.
+  // Stay at the bottom while new messages arrive, unless the user scrolled
+  // up, or a search hit is to be shown: then that message, marked.
   useLayoutEffect(() => {
     const el = list.current;
+    const focus = store.focus?.conversationId === conv.id ? store.focus : null;
+    const target = focus && el?.querySelector<HTMLElement>(`[data-seq="${focus.seq}"]`);
+    if (target) {
+      store.focus = null;
+      stick.current = false;
+      target.scrollIntoView({ block: "center" });
+      target.classList.add("found");
+      setTimeout(() => target.classList.remove("found"), 2_000);
+      return;
+    }
     if (el && stick.current) el.scrollTop = el.scrollHeight;
   });
 

@@ -3,9 +3,11 @@ import type { Store, Conv } from "./store.js";
 import { Avatar, UserAvatar, timeLabel } from "./ui.js";
 import { ContactsPanel, ProfileDialog } from "./people.js";
 import { ContactState } from "@im/sdk";
+import { SearchBox, SearchResults } from "./search.js";
 
 export function Sidebar({ store, onSignOut }: { store: Store; onSignOut: () => void }) {
   const [dialog, setDialog] = useState<"chat" | "group" | "profile" | "contacts" | null>(null);
+  const [q, setQ] = useState("");
   const incoming = store.contactsIn(ContactState.INCOMING).length;
   const toggle = (d: typeof dialog) => setDialog(dialog === d ? null : d);
   return (
@@ -20,6 +22,7 @@ export function Sidebar({ store, onSignOut }: { store: Store; onSignOut: () => v
           Sign out
         </button>
       </header>
+      <SearchBox q={q} setQ={setQ} />
       <div class="actions">
         <button onClick={() => setDialog("chat")}>New chat</button>
         <button onClick={() => setDialog("group")}>New group</button>
@@ -34,11 +37,15 @@ export function Sidebar({ store, onSignOut }: { store: Store; onSignOut: () => v
       {dialog === "contacts" && <ContactsPanel store={store} />}
       {dialog === "chat" && <NewChat store={store} onDone={() => setDialog(null)} />}
       {dialog === "group" && <NewGroup store={store} onDone={() => setDialog(null)} />}
-      <ul class="convs" data-testid="conversations">
-        {store.list().map((c) => (
-          <ConvItem key={c.id} store={store} conv={c} />
-        ))}
-      </ul>
+      {q.trim() ? (
+        <SearchResults store={store} q={q} onOpen={() => setQ("")} />
+      ) : (
+        <ul class="convs" data-testid="conversations">
+          {store.list().map((c) => (
+            <ConvItem key={c.id} store={store} conv={c} />
+          ))}
+        </ul>
+      )}
     </aside>
   );
 }

@@ -55,6 +55,9 @@ const PROFILE_BATCH_MS = 30;
 /** Messages kept per conversation in memory; scroll-back beyond pages again. */
 const MESSAGES_MAX = 5_000;
 
+/** Pages of 50 loaded, at most, to reach a search hit's message (2,500 back). */
+export const FOCUS_PAGES_MAX = 50;
+
 export class Store {
   readonly client: ImClient;
   readonly convs = new Map<string, Conv>();
@@ -68,6 +71,8 @@ export class Store {
   contacts: ContactEntry[] = [];
   privacy: Privacy = { directChats: "everyone", groupAdds: "everyone" };
   openId: string | null = null;
+  /** A message to bring into view once its conversation shows it (a search hit). */
+  focus: { conversationId: string; seq: number } | null = null;
   error = "";
   /** Avatar images fetched, as object URLs by media id ("" while fetching). */
   private avatars = new Map<string, string>();
@@ -335,6 +340,20 @@ export class Store {
     c.atStart = this.reachedStart(id);
     await Promise.all([this.loadMembers(id), this.loadCursors(id)]);
     this.client.markRead(id);
+    this.changed();
+  }
+
+  /**
+   * Opens a conversation scrolled to one message (a search hit): older
+   * pages are loaded until it is held, at most `FOCUS_PAGES_MAX` of them.
+   */
+  async openAt(id: string, seq: number): Promise<void> {
+    await this.open(id);
+    const c = this.conv(id);
+    for (let i = 0; i < FOCUS_PAGES_MAX && !c.atStart && !c.messages.some((m) => m.seq <= seq); i++) {
+      if ((await this.loadOlder(id)) === 0) break;
+    }
+    this.focus = { conversationId: id, seq };
     this.changed();
   }
 
