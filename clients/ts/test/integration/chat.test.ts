@@ -112,4 +112,23 @@ describe("two users on the real stack", () => {
     const after = await hal.client.http.presence(["gus"]);
     expect(after.users[0]?.online).toBe(true);
   }, 90_000);
+  it("search: a sent message is found by a word as typed, its match marked; a bad query is a 400 with the reason", async () => {
+    const erin = open("erin");
+    await until("connected", () => erin.client.connected);
+    const msg = erin.client.send({ toUserId: "frank", text: "明天开会 Quarterly planning" });
+    await until("stored", () => msg.status !== "sent" && msg.status !== "queued");
+    const frank = open("frank");
+    let page = await frank.client.search("开会 plan");
+    for (let i = 0; i < 20 && page.hits.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      page = await frank.client.search("开会 plan");
+    }
+    expect(page.hits.map((h) => h.conversationId)).toEqual([msg.conversationId]);
+    const marked = page.hits[0].snippet.filter((p) => p.hit).map((p) => p.text);
+    expect(marked).toEqual(["开会", "planning"]);
+    expect((await frank.client.search("erin", "conversations")).hits.length).toBe(1);
+    const refused = await frank.client.search('"open').catch((e: unknown) => e);
+    expect(refused).toMatchObject({ status: 400 });
+    expect(String(refused)).toContain("quote is not closed");
+  }, 60_000);
 });
