@@ -1,4 +1,4 @@
-//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|scale|biggroup|all] [--quick]`:
+//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|scale|biggroup|search|all] [--quick]`:
 //! the load generator. Each sub-benchmark starts its own stack (`imctl up`
 //! as a child process, see `stack.rs`), measures the system and, in the same
 //! run against the same nats-server, the raw baseline it is compared with.
@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod probe;
 pub mod rebuild;
 pub mod scale;
+pub mod search;
 pub mod stack;
 pub mod trace;
 
@@ -39,6 +40,7 @@ pub enum Which {
     Cold,
     Scale,
     Biggroup,
+    Search,
     All,
 }
 
@@ -174,6 +176,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Cold,
             Which::Scale,
             Which::Biggroup,
+            Which::Search,
         ],
         one => vec![one],
     };
@@ -191,6 +194,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Cold => cold::run(&size).await,
             Which::Scale => scale::run(&size).await,
             Which::Biggroup => biggroup::run(&size).await,
+            Which::Search => search::run(&size).await,
             Which::All => unreachable!("expanded above"),
         }
         .with_context(|| format!("bench {w:?}"))?;

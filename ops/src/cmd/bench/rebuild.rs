@@ -44,27 +44,57 @@ pub async fn seed(js: &jetstream::Context, events: u64) -> anyhow::Result<()> {
 
 /// `seed`, `per_conv` events in each conversation (`rb0`, `rb1`, ...).
 pub async fn seed_with(js: &jetstream::Context, events: u64, per_conv: u64) -> anyhow::Result<()> {
+    let members = |c: u64| (0..MEMBERS_PER_CONV).map(|m| format!("u{c}x{m}")).collect();
+    let plan = Seeding {
+        prefix: "rb",
+        per_conv,
+        members: &members,
+        text: &|n| stamped_text(n as u128),
+    };
+    seed_plan(js, events, &plan).await
+}
+
+/// What a seeded log holds.
+pub struct Seeding<'a> {
+    /// Conversation ids: this and a number (`rb0`, `rb1`, ...).
+    pub prefix: &'a str,
+    pub per_conv: u64,
+    /// A conversation's members by its number; the first creates it, and
+    /// each sends in turn.
+    pub members: &'a (dyn Fn(u64) -> Vec<String> + Sync),
+    /// The text of the log's `n`th event.
+    pub text: &'a (dyn Fn(u64) -> String + Sync),
+}
+
+/// Writes `events` events round-robin over the plan's conversations, as
+/// the append path would (sealed by the rules, with its headers),
+/// pipelined.
+pub async fn seed_plan(
+    js: &jetstream::Context,
+    events: u64,
+    plan: &Seeding<'_>,
+) -> anyhow::Result<()> {
     let topology = im_streams::definitions::read_topology(js).await?;
     // Signed with a key of its own, registered first, as a writer's: an
     // unsigned event is dead-lettered once any key is registered (I30).
     let signer = im_streams::signing::EventSigner::from_seed(rand::random());
     im_streams::signing::register(js, &signer.public()).await?;
-    let conversations = events.div_ceil(per_conv.max(1)).max(1);
+    let conversations = events.div_ceil(plan.per_conv.max(1)).max(1);
     let mut states: BTreeMap<u64, ConvState> = BTreeMap::new();
     let mut acks = futures::stream::FuturesUnordered::new();
     let now_ms = 1_700_000_000_000;
     for n in 0..events {
         let c = n % conversations;
-        let conv = format!("rb{c}");
-        let members: Vec<String> = (0..MEMBERS_PER_CONV).map(|m| format!("u{c}x{m}")).collect();
+        let conv = format!("{}{c}", plan.prefix);
+        let members = (plan.members)(c);
         let state = states.entry(c).or_insert_with(|| ConvState::empty(&conv));
         let cmd = if state.exists() {
             Command {
-                actor: members[(n / conversations) as usize % MEMBERS_PER_CONV].clone(),
+                actor: members[(n / conversations) as usize % members.len()].clone(),
                 client_msg_id: format!("e{n}"),
                 action: Action::Send {
                     peer: None,
-                    body: MessageBody::Text(stamped_text(n as u128)),
+                    body: MessageBody::Text((plan.text)(n)),
                     meta: Default::default(),
                 },
             }
@@ -134,7 +164,7 @@ pub async fn caught_up(js: &jetstream::Context) -> anyhow::Result<()> {
 
 /// Runs `imctl <args>` against the stack as its operator would; its
 /// seconds.
-async fn timed_imctl(stack: &Stack, args: &[&str]) -> anyhow::Result<f64> {
+pub(crate) async fn timed_imctl(stack: &Stack, args: &[&str]) -> anyhow::Result<f64> {
     let started = Instant::now();
     let status = tokio::process::Command::new(std::env::current_exe()?)
         .args(args)
