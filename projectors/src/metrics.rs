@@ -318,6 +318,7 @@ struct Families {
     dead: Vec<(Named, ConstCounter)>,
     folded: Vec<(Named, ConstGauge)>,
     remaining: Vec<(Named, ConstGauge)>,
+    index_lags: Vec<(Named, ConstGauge)>,
 }
 
 impl Families {
@@ -346,6 +347,12 @@ impl Families {
                 projection,
                 instance: ctx.instance.clone(),
             };
+            if let Some(index) = ctx.search.open_for(p) {
+                let cp = checkpoint(p.ks().as_ref(), Source::Conv).unwrap_or(0);
+                let lag = cp.saturating_sub(*index.indexed.borrow());
+                self.index_lags
+                    .push((labels.clone(), ConstGauge::new(lag as i64)));
+            }
             let applied = ConstCounter::new(p.events_applied.load(Relaxed));
             self.applied.push((labels.clone(), applied));
             let dead = ConstCounter::new(p.dead_letters.load(Relaxed));
@@ -390,6 +397,11 @@ impl Families {
             "im_projection_rebuild_remaining",
             "Events a rebuild has still to read",
         );
-        family(e, remaining, self.remaining)
+        family(e, remaining, self.remaining)?;
+        let index_lag = (
+            "im_search_index_lag",
+            "Stream sequences the search index trails its rows' checkpoint by",
+        );
+        family(e, index_lag, self.index_lags)
     }
 }

@@ -71,6 +71,17 @@ impl Indexes {
         Ok(index)
     }
 
+    /// The serving generation's index of a projection, if it is search's
+    /// and open (metrics look, never open).
+    pub fn open_for(&self, state: &ProjectionState) -> Option<Arc<SearchIndex>> {
+        if state.projection.name() != NAME {
+            return None;
+        }
+        self.map()
+            .get(&keyspace_name(NAME, state.generation()))
+            .cloned()
+    }
+
     /// The serving generation's index.
     pub fn serving(&self, state: &ProjectionState) -> Result<Arc<SearchIndex>, SearchError> {
         self.get(&keyspace_name(NAME, state.generation()))
