@@ -73,6 +73,10 @@ fn every_sub_benchmark_completes_with_positive_figures() {
         "scale_failover_p50_ms",
         "scale_failover_p99_ms",
         "scale_join_p50_ms",
+        "search_query_p50_ms",
+        "search_query_p99_ms",
+        "search_rebuild_ratio",
+        "search_live_indexed_per_s",
     ] {
         assert!(
             figures.contains_key(name),

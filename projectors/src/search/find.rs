@@ -175,6 +175,9 @@ fn access(
     let spans: Vec<_> = spans.into_iter().filter(|(c, _)| in_scope(c)).collect();
     let truncated = spans.len() > CONVERSATIONS_PER_QUERY_MAX;
     let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    // Conversations the user has been in from their creation and still is
+    // (most of them) need no range: one set of terms for them all.
+    let mut whole: Vec<Term> = Vec::new();
     for (conv, row) in spans.iter().take(CONVERSATIONS_PER_QUERY_MAX) {
         let conv_term = || -> Box<dyn Query> {
             Box::new(TermQuery::new(
@@ -189,6 +192,12 @@ fn access(
             }
             continue;
         }
+        if let [only] = row.spans.as_slice() {
+            if only.from_seq <= 1 && only.to_seq == 0 {
+                whole.push(Term::from_field_text(f.conv, conv));
+                continue;
+            }
+        }
         for s in &row.spans {
             let both = vec![
                 (Occur::Must, conv_term()),
@@ -196,6 +205,9 @@ fn access(
             ];
             should.push((Occur::Should, Box::new(BooleanQuery::new(both))));
         }
+    }
+    if !whole.is_empty() {
+        should.push((Occur::Should, Box::new(TermSetQuery::new(whole))));
     }
     let filter: Option<Box<dyn Query>> = match should.is_empty() {
         true => None,

@@ -126,7 +126,7 @@ pub fn text(n: u64) -> String {
     if n % 50 == 7 {
         words.extend(["quarterly", "budget"]);
     }
-    if n % 20_000 == 19_999 {
+    if n % 20_000 == 19_050 {
         words.push("zyzzyva");
     }
     words.join(" ")
