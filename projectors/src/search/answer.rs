@@ -52,6 +52,9 @@ impl QueryContext {
             .get(&crate::rebuild::keyspace_name(NAME, generation))
             .map_err(internal)?;
         let target = pos.0.min(state.applied.borrow().conv);
+        if *index.indexed.borrow() < target {
+            self.search.wake();
+        }
         let mut indexed = index.indexed.subscribe();
         let caught_up = indexed.wait_for(|at| *at >= target);
         if tokio::time::timeout(MIN_POSITION_WAIT, caught_up)
