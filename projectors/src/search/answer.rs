@@ -23,6 +23,43 @@ fn internal(e: impl std::fmt::Display) -> v1::QueryError {
     error(v1::QueryErrorCode::Internal, e.to_string())
 }
 
+/// How long a search waits for what is folded but not yet indexed when
+/// no position was asked for: past it, it answers from the index as it
+/// stands (a search box must not hang on a backlog).
+pub const FRESH_WAIT_MAX: Duration = Duration::from_millis(500);
+
+/// Makes the index cover everything folded (`applied`): the indexer is
+/// woken, and waited for up to `FRESH_WAIT_MAX`, or up to
+/// `MIN_POSITION_WAIT` for a position a caller asked for (`asked`), which
+/// it must reach.
+async fn caught_up(
+    indexes: &super::indexer::Indexes,
+    index: &super::SearchIndex,
+    asked: u64,
+    applied: u64,
+) -> Result<(), v1::QueryError> {
+    if *index.indexed.borrow() >= applied {
+        return Ok(());
+    }
+    indexes.wake();
+    let mut indexed = index.indexed.subscribe();
+    let fresh = tokio::time::timeout(FRESH_WAIT_MAX, indexed.wait_for(|at| *at >= applied));
+    if fresh.await.is_ok() {
+        return Ok(());
+    }
+    let rest = MIN_POSITION_WAIT.saturating_sub(FRESH_WAIT_MAX);
+    let reached = tokio::time::timeout(rest, indexed.wait_for(|at| *at >= asked))
+        .await
+        .is_ok();
+    match reached {
+        true => Ok(()),
+        false => Err(error(
+            v1::QueryErrorCode::NotYet,
+            format!("not yet: the search index has not reached {asked}"),
+        )),
+    }
+}
+
 impl QueryContext {
     pub(crate) async fn search(
         &self,
@@ -51,21 +88,8 @@ impl QueryContext {
             .search
             .get(&crate::rebuild::keyspace_name(NAME, generation))
             .map_err(internal)?;
-        let target = pos.0.min(state.applied.borrow().conv);
-        if *index.indexed.borrow() < target {
-            self.search.wake();
-        }
-        let mut indexed = index.indexed.subscribe();
-        let caught_up = indexed.wait_for(|at| *at >= target);
-        if tokio::time::timeout(MIN_POSITION_WAIT, caught_up)
-            .await
-            .is_err()
-        {
-            return Err(error(
-                v1::QueryErrorCode::NotYet,
-                format!("not yet: the search index has not reached {target}"),
-            ));
-        }
+        let applied = state.applied.borrow().conv;
+        caught_up(&self.search, &index, pos.0.min(applied), applied).await?;
         let topology = self.topology;
         let in_scope = move |conv: &str| scope.is_none_or(|p| topology.partition_of(conv) == p);
         let run =
