@@ -124,7 +124,7 @@ pub fn newest_first(results: Vec<v1::SearchResult>, limit: usize) -> v1::SearchP
         .flat_map(|r| r.hits)
         .filter(|h| h.stream_seq >= floor)
         .collect();
-    hits.sort_by(|a, b| b.stream_seq.cmp(&a.stream_seq));
+    hits.sort_by_key(|h| std::cmp::Reverse(h.stream_seq));
     let next = if hits.len() > limit {
         hits.truncate(limit);
         hits.last().map(|h| Cursor::Below(h.stream_seq))

@@ -206,8 +206,7 @@ impl SearchIndex {
         for segment in searcher.segment_readers() {
             let store = segment.get_store_reader(64).map_err(SearchError::Io)?;
             for doc_id in segment.doc_ids_alive() {
-                let doc: TantivyDocument =
-                    store.get(doc_id).map_err(tantivy::TantivyError::from)?;
+                let doc: TantivyDocument = store.get(doc_id)?;
                 let id = doc.get_first(self.fields.id).and_then(|v| v.as_str());
                 let hash = doc.get_first(self.fields.hash).and_then(|v| v.as_u64());
                 if let (Some(id), Some(hash)) = (id, hash) {

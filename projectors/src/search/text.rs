@@ -95,8 +95,8 @@ pub fn tokens(text: &str) -> Vec<Token> {
             if j - i == 1 {
                 push(&mut out, text, from, end_of(j));
             }
-            for k in i..j.saturating_sub(1) {
-                push(&mut out, text, chars[k].0, end_of(k + 2));
+            for (k, (at, _)) in chars.iter().enumerate().take(j.saturating_sub(1)).skip(i) {
+                push(&mut out, text, *at, end_of(k + 2));
             }
         } else if is_word(c) {
             while j < chars.len() && is_word(chars[j].1) {

@@ -119,7 +119,7 @@ pub fn text(n: u64) -> String {
     };
     let count = 6 + next() % 8;
     let mut words: Vec<&str> = (0..count).map(|_| WORDS[(next() % 48) as usize]).collect();
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         let at = (next() % count) as usize;
         words.insert(at, CHINESE[(next() % 24) as usize]);
     }
