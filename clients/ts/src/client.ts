@@ -95,6 +95,8 @@ export interface SendOptions {
   toUserId?: string;
   text?: string;
   media?: MediaRef;
+  /** Free-form strings kept with the message; search reads `name` and `caption` of a media message. */
+  meta?: Record<string, string>;
   /** The idempotency key; one is made when absent. */
   clientMsgId?: string;
 }
@@ -228,7 +230,7 @@ export class ImClient extends Emitter<ClientEvents> {
       ? { case: "media", value: o.media }
       : { case: "text", value: o.text ?? "" };
     const clientMsgId = o.clientMsgId ?? newId(this.opts.random);
-    const send = { conversationId: o.conversationId ?? "", toUserId: o.toUserId ?? "", clientMsgId, body };
+    const send = { conversationId: o.conversationId ?? "", toUserId: o.toUserId ?? "", clientMsgId, body, meta: o.meta ?? {} };
     const bytes = encodeFrame(this.opts.wire, { case: "send", value: send });
     const size = typeof bytes === "string" ? new TextEncoder().encode(bytes).length : bytes.length;
     if (size > FRAME_BYTES_MAX) throw new Error(`message too large: ${size} bytes, at most ${FRAME_BYTES_MAX}`);

@@ -45,7 +45,9 @@ export function Composer({ store, conv }: { store: Store; conv: Conv }) {
     setUploading(true);
     try {
       const media = await store.client.http.upload(f, f.type);
-      store.client.send({ conversationId: conv.id, media });
+      // The file's name (at most 120 characters: a meta value is 512 bytes at
+      // most): what search finds an image or a file by.
+      store.client.send({ conversationId: conv.id, media, meta: { name: [...f.name].slice(0, 120).join("") } });
     } catch (err) {
       store.error = `upload failed: ${err instanceof Error ? err.message : String(err)}`;
       store.changed();

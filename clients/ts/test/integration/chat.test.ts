@@ -124,7 +124,7 @@ describe("two users on the real stack", () => {
       page = await frank.client.search("开会 plan");
     }
     expect(page.hits.map((h) => h.conversationId)).toEqual([msg.conversationId]);
-    const marked = page.hits[0].snippet.filter((p) => p.hit).map((p) => p.text);
+    const marked = page.hits[0]!.snippet.filter((p) => p.hit).map((p) => p.text);
     expect(marked).toEqual(["开会", "planning"]);
     expect((await frank.client.search("erin", "conversations")).hits.length).toBe(1);
     const refused = await frank.client.search('"open').catch((e: unknown) => e);
