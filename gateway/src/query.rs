@@ -106,7 +106,7 @@ pub async fn ask_conv(
 /// "Not yet" for a position the log has not reached is a position no write
 /// produced (positions come from acks and answers of stored writes): the
 /// client's mistake, `BadRequest`, rather than a 503 it would retry in vain.
-async fn past_end(
+pub(crate) async fn past_end(
     state: &crate::AppState,
     pos: u64,
     answer: Result<R, v1::ErrorCode>,

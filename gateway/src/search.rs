@@ -103,7 +103,8 @@ pub async fn search(state: &crate::AppState, a: &Ask) -> Result<v1::SearchPage, 
     state.metrics.query_took("search", started);
     let mut results = Vec::with_capacity(answers.len());
     for answer in answers {
-        match answer? {
+        // A position past the log's end is the caller's mistake (400).
+        match crate::query::past_end(state, a.pos, answer).await? {
             R::Search(r) => results.push(r),
             _ => return Err(v1::ErrorCode::Internal),
         }

@@ -204,6 +204,18 @@ async fn pages_run_newest_first_without_repeats_or_gaps() {
                 break;
             }
         }
+        // By relevance too, one conversation's hits page on.
+        if !order.is_empty() {
+            let (_, page) = c
+                .get(
+                    "alice",
+                    "messages",
+                    "note ",
+                    &format!("&limit=5{order}&conversationId=side"),
+                )
+                .await;
+            assert_eq!(page["next"], "r5", "{page}");
+        }
         let mut unique = seen.clone();
         unique.sort();
         unique.dedup();
@@ -297,6 +309,11 @@ async fn bad_queries_get_a_clear_400_and_change_nothing() {
         assert_eq!(status, 400, "{q:.20} {extra}: {body}");
         assert!(body.to_string().contains(says), "{q:.20} {extra}: {body}");
     }
+    // A position no write produced: past the log's end.
+    let path = "/v1/search/messages?q=hello&minPosition=999999";
+    let (status, body) = http_get(c.stack.gateways[0], path, &token("alice")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("past the log's end"), "{body}");
     assert_eq!(c.stack.conv_messages().await, before);
     assert_eq!(c.found("alice", "hello").await, ["hello"]);
 }

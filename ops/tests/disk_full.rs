@@ -159,7 +159,7 @@ fn verify_all(url: &str) {
         "{out}\n{}",
         String::from_utf8_lossy(&verify.stderr)
     );
-    assert_eq!(out.matches(": ok").count(), 6, "{out}");
+    assert_eq!(out.matches(": ok").count(), 7, "{out}");
 }
 
 /// Stopped (SIGTERM) while its disk is full, the projector leaves a store

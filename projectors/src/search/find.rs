@@ -104,7 +104,10 @@ pub fn build(f: &Fields, parts: &[Part]) -> Result<Built, QueryTextError> {
         let exact = text::terms(&mut stemmed, &part.text);
         let mut either: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         either.extend(words(f.text, &exact).map(|q| (Occur::Should, q)));
-        if part.prefix {
+        // One CJK character is found as the start of a pair too, typed or
+        // not: alone it is indexed only where a run ends.
+        let one_cjk = part.text.chars().count() == 1 && part.text.chars().all(text::is_cjk);
+        if part.prefix || one_cjk {
             let typed = text::terms(&mut raw, &part.text);
             either.extend(prefix_of(f.raw, &typed).map(|q| (Occur::Should, q)));
             built.prefixes.extend(typed.last().cloned());
@@ -253,7 +256,8 @@ pub fn run(
     let query = BooleanQuery::new(clauses);
     let searcher = index.reader.searcher();
     let (candidates, floor): (Vec<(f32, DocAddress)>, u64) = if q.by_relevance {
-        let depth = (q.offset + limit) as usize;
+        // One more than the page: whether more follow.
+        let depth = (q.offset + limit) as usize + 1;
         // Ties by position, newest first: the order the gateway merges by,
         // so a deeper page starts with the shallower one.
         let collector = TopDocs::with_limit(depth).tweak_score(|segment: &SegmentReader| {

@@ -124,7 +124,9 @@ impl SearchIndex {
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
         let index = Index::open_or_create(directory, schema)?;
         for name in [text::STEMMED, text::RAW] {
-            index.tokenizers().register(name, text::analyzer(name));
+            index
+                .tokenizers()
+                .register(name, text::index_analyzer(name));
         }
         let writer = index.writer_with_num_threads(1, WRITER_HEAP_BYTES)?;
         let reader = index

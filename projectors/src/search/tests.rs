@@ -127,6 +127,10 @@ fn chinese_and_english_words_phrases_and_prefixes() {
     assert_eq!(found(&fx, "bob", "Fri"), ["Meetings moved to Friday"]);
     assert_eq!(found(&fx, "bob", "meeti"), ["Meetings moved to Friday"]);
     assert_eq!(found(&fx, "bob", "召"), ["我们召开会议"]);
+    // One character: also where a run ends, typed or not.
+    assert_eq!(found(&fx, "bob", "吗 "), ["今天开会吗？"]);
+    assert_eq!(found(&fx, "bob", "议"), ["我们召开会议"]);
+    assert_eq!(found(&fx, "bob", "开会吗").len(), 1);
     assert_eq!(
         found(&fx, "bob", "\"quick brown\""),
         ["the quick brown fox"]

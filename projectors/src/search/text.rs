@@ -38,8 +38,15 @@ fn is_word(c: char) -> bool {
 
 /// Splits a text into words and CJK pairs, with byte offsets and
 /// positions (consecutive pairs of a run take consecutive positions).
+/// Indexed texts (`ends`) also give the last character of each run of two
+/// or more as a token of its own, after the run's pairs: a one-character
+/// query is found as that character or as the start of a pair. (A query's
+/// own words never get it: `开会吗` must stay the phrase of its pairs to
+/// be found inside `开会吗好`.)
 #[derive(Clone, Default)]
-pub struct MixedTokenizer;
+pub struct MixedTokenizer {
+    pub ends: bool,
+}
 
 pub struct MixedStream {
     tokens: Vec<Token>,
@@ -63,7 +70,7 @@ impl Tokenizer for MixedTokenizer {
     type TokenStream<'a> = MixedStream;
     fn token_stream<'a>(&'a mut self, text: &'a str) -> MixedStream {
         MixedStream {
-            tokens: tokens(text),
+            tokens: tokens_with(text, self.ends),
             at: 0,
         }
     }
@@ -79,8 +86,14 @@ fn push(out: &mut Vec<Token>, text: &str, from: usize, to: usize) {
     });
 }
 
-/// The raw tokens of a text (before lowercasing and stemming).
+/// The raw tokens of a text as a query reads it (before lowercasing and
+/// stemming).
 pub fn tokens(text: &str) -> Vec<Token> {
+    tokens_with(text, false)
+}
+
+/// The raw tokens of a text; with `ends`, as indexed.
+pub fn tokens_with(text: &str, ends: bool) -> Vec<Token> {
     let mut out = Vec::new();
     let chars: Vec<(usize, char)> = text.char_indices().collect();
     let end_of = |i: usize| chars.get(i).map_or(text.len(), |(o, _)| *o);
@@ -97,6 +110,9 @@ pub fn tokens(text: &str) -> Vec<Token> {
             }
             for (k, (at, _)) in chars.iter().enumerate().take(j.saturating_sub(1)).skip(i) {
                 push(&mut out, text, *at, end_of(k + 2));
+            }
+            if ends && j - i > 1 {
+                push(&mut out, text, chars[j - 1].0, end_of(j));
             }
         } else if is_word(c) {
             while j < chars.len() && is_word(chars[j].1) {
@@ -116,9 +132,18 @@ pub fn tokens(text: &str) -> Vec<Token> {
     out
 }
 
-/// The analyzer a field's terms come from.
+/// The analyzer a query's terms come from.
 pub fn analyzer(name: &str) -> TextAnalyzer {
-    let base = TextAnalyzer::builder(MixedTokenizer)
+    analyzer_with(name, false)
+}
+
+/// The analyzer a field's indexed terms come from.
+pub fn index_analyzer(name: &str) -> TextAnalyzer {
+    analyzer_with(name, true)
+}
+
+fn analyzer_with(name: &str, ends: bool) -> TextAnalyzer {
+    let base = TextAnalyzer::builder(MixedTokenizer { ends })
         .filter(LowerCaser)
         .filter(AsciiFoldingFilter);
     match name {
@@ -149,7 +174,7 @@ pub fn snippet(
     let mut stemmed = analyzer(STEMMED);
     let mut raw = analyzer(RAW);
     let mut marks: Vec<(usize, usize)> = Vec::new();
-    for t in tokens(text) {
+    for t in tokens_with(text, true) {
         let piece = &text[t.offset_from..t.offset_to];
         let hit = terms(&mut stemmed, piece).iter().any(|s| exact.contains(s))
             || terms(&mut raw, piece)
@@ -164,6 +189,10 @@ pub fn snippet(
     }
     let (from, to) = around(text, marks.first().map_or(0, |m| m.0), window);
     let mut parts = Vec::new();
+    // Where the text goes on beyond the piece shown, an ellipsis says so.
+    if from > 0 {
+        parts.push(("…".to_string(), false));
+    }
     let mut at = from;
     for (s, e) in marks {
         let (s, e) = (s.max(from), e.min(to));
@@ -179,15 +208,23 @@ pub fn snippet(
     if at < to {
         parts.push((text[at..to].to_string(), false));
     }
+    if to < text.len() {
+        parts.push(("…".to_string(), false));
+    }
     parts
 }
 
 /// A byte range of about `window` characters holding `focus`, starting a
-/// little before it.
+/// little before it: the whole text when it is that short.
 fn around(text: &str, focus: usize, window: usize) -> (usize, usize) {
     let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+    if starts.len() <= window {
+        return (0, text.len());
+    }
     let at = starts.partition_point(|i| *i < focus);
-    let first = at.saturating_sub(window / 4);
+    let first = at
+        .saturating_sub(window / 4)
+        .min(starts.len().saturating_sub(window));
     let last = (first + window).min(starts.len());
     let from = starts.get(first).copied().unwrap_or(text.len());
     let to = starts.get(last).copied().unwrap_or(text.len());
@@ -206,6 +243,8 @@ mod tests {
     fn cjk_runs_become_pairs_and_words_stay_whole() {
         assert_eq!(raw_terms("今天开会吗？"), ["今天", "天开", "开会", "会吗"]);
         assert_eq!(raw_terms("会"), ["会"]);
+        let indexed = terms(&mut index_analyzer(RAW), "今天开会吗？");
+        assert_eq!(indexed, ["今天", "天开", "开会", "会吗", "吗"]);
         assert_eq!(
             raw_terms("Meetings moved 到明天, Café!"),
             ["meetings", "moved", "到明", "明天", "cafe"]
@@ -243,9 +282,18 @@ mod tests {
         let parts = snippet(&long, &["needl".into()], &[], 40);
         let shown: String = parts.iter().map(|p| p.0.as_str()).collect();
         assert!(
-            shown.chars().count() <= 40 && shown.contains("needle"),
+            shown.chars().count() <= 42 && shown.contains("needle"),
             "{shown}"
         );
+        assert!(shown.starts_with('…') && shown.ends_with('…'), "{shown}");
+        // A short text is shown whole.
+        let parts = snippet(
+            "giraffe saxophone updated yakplan2",
+            &[],
+            &["yakplan".into()],
+            40,
+        );
+        assert_eq!(parts[0], ("giraffe saxophone updated ".into(), false));
     }
 
     /// A CJK run as the engine's default tokenizer leaves it (one token),
