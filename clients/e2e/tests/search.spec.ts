@@ -51,4 +51,14 @@ test("a search finds Chinese and English words and a hit opens the conversation 
   await expect(hits).toHaveCount(1);
   await box.fill("meeting ");
   await expect(b.getByTestId("search-results")).toContainText("Nothing found");
+
+  // An image is found by its file name.
+  const png = Buffer.from(
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg==",
+    "base64",
+  );
+  await a.getByTestId("attach").setInputFiles({ name: "whiteboard-sketch.png", mimeType: "image/png", buffer: png });
+  await box.fill("whiteboard");
+  await expect(hits).toHaveCount(1);
+  await expect(hits.first().locator("mark")).toHaveText("whiteboard");
 });
