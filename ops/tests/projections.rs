@@ -309,7 +309,7 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
             }
         })
         .unwrap();
-    let index = projector.context.search.serving(search).unwrap();
+    let (_, index) = projector.context.search.serving(search).unwrap();
     index.sync(&doc.unwrap(), None).unwrap();
     index.commit(last).unwrap();
     let (code, out) = verify_all_code(&url);

@@ -1,4 +1,4 @@
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { ImHttpError, type SearchHit, type SearchPage } from "@im/sdk";
 import type { Store } from "./store.js";
 import { timeLabel } from "./ui.js";
@@ -37,6 +37,8 @@ interface Found {
 export function SearchResults({ store, q, onOpen }: { store: Store; q: string; onOpen: () => void }) {
   const [found, setFound] = useState<Found | null>(null);
   const [more, setMore] = useState(false);
+  const qNow = useRef(q);
+  qNow.current = q;
   useEffect(() => {
     let stale = false;
     const timer = setTimeout(async () => {
@@ -54,10 +56,14 @@ export function SearchResults({ store, q, onOpen }: { store: Store; q: string; o
   }, [q]);
   async function loadMore() {
     if (!found?.next || more) return;
+    const asked = q;
     setMore(true);
     try {
-      const page: SearchPage = await store.client.search(q, "messages", { before: found.next });
-      setFound({ ...found, messages: [...found.messages, ...page.hits], next: page.next });
+      const page: SearchPage = await store.client.search(asked, "messages", { before: found.next });
+      // A page of a query since replaced is dropped.
+      setFound((f) => (f && asked === qNow.current ? { ...f, messages: [...f.messages, ...page.hits], next: page.next } : f));
+    } catch (e) {
+      setFound((f) => (f ? { ...f, next: "", error: e instanceof ImHttpError ? e.message : String(e) } : f));
     } finally {
       setMore(false);
     }

@@ -15,13 +15,10 @@ use serde::Deserialize;
 use super::{ApiError, AuthUser, ProtoJson};
 use crate::search::{Ask, Cursor};
 use crate::AppState;
+use im_streams::search::{LIMIT_MAX, RELEVANCE_DEPTH_MAX};
 
 /// Hits per page unless asked: a screenful.
 pub const LIMIT_DEFAULT: u32 = 20;
-/// Hits per page at most (the projectors' `find::LIMIT_MAX`).
-pub const LIMIT_MAX: u32 = 50;
-/// By relevance, how deep pages go (`find::RELEVANCE_DEPTH_MAX`).
-pub const RELEVANCE_DEPTH_MAX: u32 = 500;
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError(v1::ErrorCode::BadRequest, message.into())

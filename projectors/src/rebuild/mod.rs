@@ -214,15 +214,20 @@ impl Rebuilds {
     }
 
     /// The keyspace (and its name) of a projection's generation being
-    /// folded, if one is.
-    pub fn building(&self, projection: &str) -> Option<(String, Arc<dyn Keyspace>)> {
+    /// folded, if one is, and when its rebuild started (an earlier attempt
+    /// at the same generation started at another time).
+    pub fn building(&self, projection: &str) -> Option<(String, Arc<dyn Keyspace>, i64)> {
         let job = self.jobs().get(projection).cloned()?;
         let ks = job
             .building
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()?;
-        Some((keyspace_name(job.projection, job.generation), ks))
+        Some((
+            keyspace_name(job.projection, job.generation),
+            ks,
+            job.started_ms,
+        ))
     }
 
     /// Starts rebuilding every state in `targets` (one read of the streams

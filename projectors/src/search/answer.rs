@@ -12,8 +12,17 @@ use crate::projections::search::NAME;
 use crate::query::{bad, check_ids, error, Position, QueryContext, MIN_POSITION_WAIT};
 
 /// How long one search may take in the index: past it the user gets an
-/// error rather than a hung box (the index keeps the thread until done).
+/// error rather than a hung box (the index keeps the thread until done,
+/// and its permit of `SEARCHES_RUNNING_MAX`). With the waits before it
+/// (`MIN_POSITION_WAIT` in all), under the gateway's 5 s.
 pub const QUERY_TIME_MAX: Duration = Duration::from_secs(2);
+
+/// Searches running in the index at once, per projector instance: each
+/// takes a core while it runs, and a search that timed out still runs
+/// (holding its permit); more wait, within their `QUERY_TIME_MAX`. (A
+/// gateway asks every partition at once: an instance serving many gets
+/// that many.)
+pub const SEARCHES_RUNNING_MAX: usize = 4;
 
 /// Users a user search may be limited to: a user's contacts, as many as
 /// one contacts answer holds.
@@ -29,14 +38,14 @@ fn internal(e: impl std::fmt::Display) -> v1::QueryError {
 pub const FRESH_WAIT_MAX: Duration = Duration::from_millis(500);
 
 /// Makes the index cover everything folded (`applied`): the indexer is
-/// woken, and waited for up to `FRESH_WAIT_MAX`, or up to
-/// `MIN_POSITION_WAIT` for a position a caller asked for (`asked`), which
-/// it must reach.
+/// woken, and waited for up to `FRESH_WAIT_MAX`, or until `deadline` (the
+/// query's, shared with its wait for the fold) for a position a caller
+/// asked for (`asked`), which it must reach.
 async fn caught_up(
     indexes: &super::indexer::Indexes,
     index: &super::SearchIndex,
-    asked: u64,
-    applied: u64,
+    (asked, applied): (u64, u64),
+    deadline: tokio::time::Instant,
 ) -> Result<(), v1::QueryError> {
     if *index.indexed.borrow() >= applied {
         return Ok(());
@@ -47,8 +56,7 @@ async fn caught_up(
     if fresh.await.is_ok() {
         return Ok(());
     }
-    let rest = MIN_POSITION_WAIT.saturating_sub(FRESH_WAIT_MAX);
-    let reached = tokio::time::timeout(rest, indexed.wait_for(|at| *at >= asked))
+    let reached = tokio::time::timeout_at(deadline, indexed.wait_for(|at| *at >= asked))
         .await
         .is_ok();
     match reached {
@@ -79,22 +87,41 @@ impl QueryContext {
         }
         // A query the index would refuse is refused before any wait.
         im_streams::search::parse(&q.q).map_err(|e| bad(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + MIN_POSITION_WAIT;
         self.wait_for(&[NAME], pos).await?;
         let state = self
             .projection(NAME)
             .ok_or_else(|| internal("search is not running"))?;
-        let (ks, generation) = state.serving();
-        let index = self
-            .search
-            .get(&crate::rebuild::keyspace_name(NAME, generation))
-            .map_err(internal)?;
+        let (ks, index) = self.search.serving(state).map_err(internal)?;
         let applied = state.applied.borrow().conv;
-        caught_up(&self.search, &index, pos.0.min(applied), applied).await?;
+        caught_up(
+            &self.search,
+            &index,
+            (pos.0.min(applied), applied),
+            deadline,
+        )
+        .await?;
         let topology = self.topology;
         let in_scope = move |conv: &str| scope.is_none_or(|p| topology.partition_of(conv) == p);
-        let run =
-            tokio::task::spawn_blocking(move || find::run(&index, ks.as_ref(), &q, &in_scope));
-        match tokio::time::timeout(QUERY_TIME_MAX, run).await {
+        // The permit goes with the search into its thread: one that
+        // outlives its answer still counts. Waiting for it counts against
+        // the search's own time.
+        let until = tokio::time::Instant::now() + QUERY_TIME_MAX;
+        let permit = self.search.running.clone().acquire_owned();
+        let permit = match tokio::time::timeout_at(until, permit).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(error(
+                    v1::QueryErrorCode::NotYet,
+                    "too many searches at once: retry",
+                ))
+            }
+        };
+        let run = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            find::run(&index, ks.as_ref(), &q, &in_scope)
+        });
+        match tokio::time::timeout_at(until, run).await {
             Err(_) => Err(error(
                 v1::QueryErrorCode::NotYet,
                 format!("the search took longer than {} s", QUERY_TIME_MAX.as_secs()),
@@ -117,7 +144,7 @@ impl QueryContext {
             return Ok(String::new());
         }
         let compared = || -> Result<String, super::SearchError> {
-            let index = self.search.serving(state)?;
+            let (_, index) = self.search.serving(state)?;
             super::indexer::drain_all(ks, &index)?;
             let (have, want) = (index.digest()?, super::rows_digest(ks)?);
             Ok(match have == want {

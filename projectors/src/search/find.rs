@@ -14,20 +14,22 @@ use tantivy::query::{
 use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{DocAddress, DocId, Order, Score, SegmentReader, TantivyDocument, Term};
 
-use im_streams::search::{parse, Part, QueryTextError};
+use im_streams::search::{parse, Part, QueryTextError, LIMIT_MAX, RELEVANCE_DEPTH_MAX};
 
 use super::{text, text_hash, Fields, SearchIndex};
 use crate::projections::search::{doc_key, spans_key, spans_of};
 use crate::store::Keyspace;
 
-/// Hits per page.
-pub const LIMIT_MAX: u32 = 50;
-/// By relevance, how deep a user may page (offset + limit): each page
-/// asks every partition for that many.
-pub const RELEVANCE_DEPTH_MAX: u32 = 500;
 /// Conversations of one partition a query covers for one user: two
 /// clauses each (more for a member who left and came back).
 pub const CONVERSATIONS_PER_QUERY_MAX: usize = 2_000;
+/// Clauses of spans one query holds (a conversation and a range each; a
+/// member since creation costs none): past it the first conversations by
+/// id are searched and the answer says `truncated`.
+pub const SPAN_CLAUSES_MAX: usize = 4_000;
+/// Characters of a Latin-script word typed before it is also taken as a
+/// prefix: one letter would expand to a large part of the dictionary.
+pub const PREFIX_CHARS_MIN: usize = 2;
 /// Characters of a hit's text shown around its first match.
 pub const SNIPPET_CHARS: usize = 80;
 
@@ -107,8 +109,9 @@ pub fn build(f: &Fields, parts: &[Part]) -> Result<Built, QueryTextError> {
         // One CJK character is found as the start of a pair too, typed or
         // not: alone it is indexed only where a run ends.
         let one_cjk = part.text.chars().count() == 1 && part.text.chars().all(text::is_cjk);
-        if part.prefix || one_cjk {
-            let typed = text::terms(&mut raw, &part.text);
+        let typed = text::terms(&mut raw, &part.text);
+        let long_enough = |t: &String| t.chars().count() >= PREFIX_CHARS_MIN;
+        if one_cjk || (part.prefix && typed.last().is_some_and(long_enough)) {
             either.extend(prefix_of(f.raw, &typed).map(|q| (Occur::Should, q)));
             built.prefixes.extend(typed.last().cloned());
         }
@@ -175,8 +178,10 @@ fn access(
             row.map(|r| (conv.to_string(), r)).into_iter().collect()
         }
     };
+    // Read before the scope is applied: an instance serving several
+    // partitions holds all of theirs.
+    let mut truncated = spans.len() > CONVERSATIONS_PER_QUERY_MAX;
     let spans: Vec<_> = spans.into_iter().filter(|(c, _)| in_scope(c)).collect();
-    let truncated = spans.len() > CONVERSATIONS_PER_QUERY_MAX;
     let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     // Conversations the user has been in from their creation and still is
     // (most of them) need no range: one set of terms for them all.
@@ -200,6 +205,10 @@ fn access(
                 whole.push(Term::from_field_text(f.conv, conv));
                 continue;
             }
+        }
+        if should.len() + row.spans.len() > SPAN_CLAUSES_MAX {
+            truncated = true;
+            break;
         }
         for s in &row.spans {
             let both = vec![

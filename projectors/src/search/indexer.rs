@@ -47,6 +47,10 @@ pub struct Indexes {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set (and the condvar notified) to start a round now.
     woken: (Mutex<bool>, std::sync::Condvar),
+    /// Permits of the searches running (`answer::SEARCHES_RUNNING_MAX`).
+    pub running: Arc<tokio::sync::Semaphore>,
+    /// The rebuild whose index was last made fresh: (keyspace, started).
+    building_seen: Mutex<Option<(String, i64)>>,
 }
 
 impl Indexes {
@@ -57,6 +61,10 @@ impl Indexes {
             stop: AtomicBool::new(false),
             thread: Mutex::new(None),
             woken: (Mutex::new(false), std::sync::Condvar::new()),
+            running: Arc::new(tokio::sync::Semaphore::new(
+                super::answer::SEARCHES_RUNNING_MAX,
+            )),
+            building_seen: Mutex::new(None),
         })
     }
 
@@ -91,9 +99,13 @@ impl Indexes {
             .cloned()
     }
 
-    /// The serving generation's index.
-    pub fn serving(&self, state: &ProjectionState) -> Result<Arc<SearchIndex>, SearchError> {
-        self.get(&keyspace_name(NAME, state.generation()))
+    /// The serving keyspace and its index, read together.
+    pub fn serving(
+        &self,
+        state: &ProjectionState,
+    ) -> Result<(Arc<dyn Keyspace>, Arc<SearchIndex>), SearchError> {
+        let (ks, generation) = state.serving();
+        Ok((ks, self.get(&keyspace_name(NAME, generation))?))
     }
 
     /// Starts the thread that keeps the indexes of `state` (and of its
@@ -140,8 +152,16 @@ impl Indexes {
 
     fn run(&self, state: &ProjectionState, rebuilds: &Rebuilds) {
         while !self.stop.load(Relaxed) {
-            let mut targets = vec![(keyspace_name(NAME, state.generation()), state.ks())];
-            targets.extend(rebuilds.building(NAME));
+            // The rebuild first, then the serving keyspace with its
+            // generation read together: a swap in between leaves the new
+            // generation in both (drained twice), never in neither.
+            let building = rebuilds.building(NAME);
+            let (ks, generation) = state.serving();
+            let mut targets = vec![(keyspace_name(NAME, generation), ks)];
+            if let Some((name, ks, started)) = building {
+                self.fresh_for(&name, started);
+                targets.push((name, ks));
+            }
             let mut busy = false;
             for (name, ks) in &targets {
                 match self.get(name).and_then(|index| drain(ks.as_ref(), &index)) {
@@ -157,6 +177,24 @@ impl Indexes {
                 self.idle();
             }
         }
+    }
+
+    /// Deletes what an earlier rebuild attempt at the same generation left
+    /// in its index, the first time a rebuild (started at `started`) is
+    /// seen: its keyspace starts empty, so must its index.
+    fn fresh_for(&self, name: &str, started: i64) {
+        let mut seen = self.building_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen
+            .as_ref()
+            .is_some_and(|(n, s)| n == name && *s == started)
+        {
+            return;
+        }
+        *seen = Some((name.to_string(), started));
+        if let Some(index) = self.map().remove(name) {
+            index.close();
+        }
+        let _ = std::fs::remove_dir_all(index_dir(&self.data_dir, name));
     }
 
     /// Closes and deletes the indexes of generations gone (swapped out,

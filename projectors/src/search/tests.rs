@@ -118,6 +118,7 @@ fn chinese_and_english_words_phrases_and_prefixes() {
         "我们召开会议",
         "the quick brown fox",
         "brown quick fox",
+        "你好，世界 hello",
     ]);
     assert_eq!(found(&fx, "bob", "开会 "), ["我们召开会议", "今天开会吗？"]);
     assert_eq!(found(&fx, "bob", "今天开会 "), ["今天开会吗？"]);
@@ -131,6 +132,9 @@ fn chinese_and_english_words_phrases_and_prefixes() {
     assert_eq!(found(&fx, "bob", "吗 "), ["今天开会吗？"]);
     assert_eq!(found(&fx, "bob", "议"), ["我们召开会议"]);
     assert_eq!(found(&fx, "bob", "开会吗").len(), 1);
+    // Phrases reaching past a run of CJK characters.
+    assert_eq!(found(&fx, "bob", "你好，世界 "), ["你好，世界 hello"]);
+    assert_eq!(found(&fx, "bob", "\"世界 hello\""), ["你好，世界 hello"]);
     assert_eq!(
         found(&fx, "bob", "\"quick brown\""),
         ["the quick brown fox"]

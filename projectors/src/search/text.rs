@@ -39,8 +39,9 @@ fn is_word(c: char) -> bool {
 /// Splits a text into words and CJK pairs, with byte offsets and
 /// positions (consecutive pairs of a run take consecutive positions).
 /// Indexed texts (`ends`) also give the last character of each run of two
-/// or more as a token of its own, after the run's pairs: a one-character
-/// query is found as that character or as the start of a pair. (A query's
+/// or more as a token of its own, at the position of the run's last pair:
+/// a one-character query is found as that character or as the start of a
+/// pair. (A query's
 /// own words never get it: `开会吗` must stay the phrase of its pairs to
 /// be found inside `开会吗好`.)
 #[derive(Clone, Default)]
@@ -76,11 +77,17 @@ impl Tokenizer for MixedTokenizer {
     }
 }
 
+/// Appends a token at the next position.
 fn push(out: &mut Vec<Token>, text: &str, from: usize, to: usize) {
+    let position = out.last().map_or(0, |t| t.position + 1);
+    push_at(out, text, (from, to), position);
+}
+
+fn push_at(out: &mut Vec<Token>, text: &str, (from, to): (usize, usize), position: usize) {
     out.push(Token {
         offset_from: from,
         offset_to: to,
-        position: out.len(),
+        position,
         text: text[from..to].to_string(),
         position_length: 1,
     });
@@ -111,8 +118,11 @@ pub fn tokens_with(text: &str, ends: bool) -> Vec<Token> {
             for (k, (at, _)) in chars.iter().enumerate().take(j.saturating_sub(1)).skip(i) {
                 push(&mut out, text, *at, end_of(k + 2));
             }
+            // At the last pair's position (as a synonym would be): a
+            // phrase reaching past the run keeps its positions.
             if ends && j - i > 1 {
-                push(&mut out, text, chars[j - 1].0, end_of(j));
+                let position = out.last().map_or(0, |t| t.position);
+                push_at(&mut out, text, (chars[j - 1].0, end_of(j)), position);
             }
         } else if is_word(c) {
             while j < chars.len() && is_word(chars[j].1) {

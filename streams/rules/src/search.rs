@@ -11,6 +11,13 @@ pub const QUERY_BYTES_MAX: usize = 256;
 /// Words and phrases of a query: each is a clause every hit must match.
 pub const PARTS_MAX: usize = 16;
 
+/// Hits per page: a screenful or two.
+pub const LIMIT_MAX: u32 = 50;
+
+/// By relevance, how deep a user may page (offset + limit): each page
+/// asks every partition for that many.
+pub const RELEVANCE_DEPTH_MAX: u32 = 500;
+
 /// Why a query was refused: the user's to mend.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QueryTextError {
