@@ -206,7 +206,7 @@ fn open_trusted(config: &ProjectorConfig) -> Result<SledStore, ProjectorError> {
 /// Moves a store aside, where it takes no room (a rename on its own
 /// filesystem); returns where to. The directory itself is renamed to
 /// `<dir>.quarantined-<millis>`; when it cannot be (it is a mount point)
-/// its entries go into `<dir>/quarantined-<millis>/`; when even that
+/// its entries go into `<dir>/quarantined-<millis>-<n>/`; when even that
 /// folder cannot be made (the disk is full), the store is deleted, with
 /// earlier quarantined copies: the read models are folded again from the
 /// log either way.
@@ -221,7 +221,13 @@ pub fn quarantine(dir: &std::path::Path) -> Result<std::path::PathBuf, Projector
     if std::fs::rename(dir, &aside).is_ok() {
         return Ok(aside);
     }
-    let inside = dir.join(format!("quarantined-{millis}"));
+    // Two quarantines in one millisecond must not take the second's
+    // folder for "no room": a suffix makes it another name.
+    let free = |n: u32| dir.join(format!("quarantined-{millis}-{n}"));
+    let inside = (0..8)
+        .map(free)
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| free(8));
     let entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(Result::ok)
