@@ -2,7 +2,8 @@
 //! tantivy index, the gateway over HTTP): who finds what (members at the
 //! message's position only), edits and recalls reflected at once, Chinese
 //! and English, paging without repeats or gaps, conversations and people,
-//! and bad queries refused with a reason and nothing changed.
+//! and bad queries refused with a reason and nothing changed; with NATS
+//! authorization on and two gateways.
 
 mod common;
 
@@ -70,7 +71,8 @@ impl Chat {
             enc(q),
             self.last
         );
-        let (status, body) = http_get(self.stack.gateways[0], &path, &token(user)).await;
+        let gateway = self.stack.gateways[self.n as usize % self.stack.gateways.len()];
+        let (status, body) = http_get(gateway, &path, &token(user)).await;
         let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
         (status, body)
     }
@@ -101,8 +103,11 @@ fn texts(page: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The shipped NATS authorization on (each part on its own identity,
+/// events signed), and two gateways: searches go to one or the other.
 async fn chat() -> Chat {
-    let stack = Stack::start(Limits::default()).await;
+    let mut stack = Stack::start_secured(Limits::default()).await;
+    stack.add_gateway(Limits::default()).await;
     let app = appender(&stack).await;
     let mut chat = Chat {
         stack,

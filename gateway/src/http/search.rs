@@ -112,21 +112,25 @@ pub async fn messages(
     Ok(ProtoJson(page))
 }
 
+/// A search answered on one page, by relevance: conversations, people.
+fn one_page(user: String, p: &SearchParams, kind: v1::SearchDocKind) -> Result<Ask, ApiError> {
+    if p.conversation_id.is_some() || p.before.is_some() {
+        return Err(bad("searched on one page: no conversationId or before"));
+    }
+    let mut a = ask(user, p, kind)?;
+    a.by_relevance = true;
+    Ok(a)
+}
+
 /// `GET /v1/search/conversations`: the user's conversations whose title
-/// (a direct one's: the other's user id) matches, by relevance.
+/// (a direct one's: its members' user ids) matches, by relevance.
 pub async fn conversations(
     State(state): State<Arc<AppState>>,
     AuthUser(user): AuthUser,
     Query(p): Query<SearchParams>,
 ) -> Result<ProtoJson<v1::SearchPage>, ApiError> {
     let _ = &p.access_token;
-    if p.conversation_id.is_some() || p.before.is_some() {
-        return Err(bad(
-            "conversations are searched on one page: no conversationId or before",
-        ));
-    }
-    let mut a = ask(user, &p, v1::SearchDocKind::Title)?;
-    a.by_relevance = true;
+    let a = one_page(user, &p, v1::SearchDocKind::Title)?;
     let mut page = crate::search::search(&state, &a).await.map_err(asked)?;
     page.next.clear();
     Ok(ProtoJson(page))
@@ -140,13 +144,7 @@ pub async fn users(
     Query(p): Query<SearchParams>,
 ) -> Result<ProtoJson<v1::SearchPage>, ApiError> {
     let _ = &p.access_token;
-    if p.conversation_id.is_some() || p.before.is_some() {
-        return Err(bad(
-            "people are searched on one page: no conversationId or before",
-        ));
-    }
-    let mut a = ask(user.clone(), &p, v1::SearchDocKind::User)?;
-    a.by_relevance = true;
+    let mut a = one_page(user.clone(), &p, v1::SearchDocKind::User)?;
     let contacts = crate::query::contacts(&state, &user, p.min_position)
         .await
         .map_err(asked)?;
