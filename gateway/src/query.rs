@@ -168,6 +168,26 @@ pub async fn profiles(
     users: &[String],
     pos: u64,
 ) -> Result<v1::ProfilesResult, v1::ErrorCode> {
+    profiles_with(state, users, pos, false).await
+}
+
+/// `user`'s own notification settings (push devices, mutes); empty when
+/// they set none.
+pub async fn notify_settings(
+    state: &crate::AppState,
+    user: &str,
+    pos: u64,
+) -> Result<v1::NotifySettings, v1::ErrorCode> {
+    let found = profiles_with(state, &[user.to_string()], pos, true).await?;
+    Ok(found.notify.into_iter().next().unwrap_or_default())
+}
+
+async fn profiles_with(
+    state: &crate::AppState,
+    users: &[String],
+    pos: u64,
+    with_notify: bool,
+) -> Result<v1::ProfilesResult, v1::ErrorCode> {
     let topology = state.appender.topology();
     let mut by_partition: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
     for u in users {
@@ -178,7 +198,10 @@ pub async fn profiles(
             .push(u.clone());
     }
     let asks = by_partition.into_iter().map(|(p, user_ids)| {
-        let query = Query::Profiles(v1::ProfilesQuery { user_ids });
+        let query = Query::Profiles(v1::ProfilesQuery {
+            user_ids,
+            with_notify,
+        });
         ask(&state.client, p, (pos, 0), query)
     });
     let mut out = v1::ProfilesResult::default();
@@ -187,6 +210,7 @@ pub async fn profiles(
             R::Profiles(r) => {
                 out.profiles.extend(r.profiles);
                 out.privacy.extend(r.privacy);
+                out.notify.extend(r.notify);
             }
             _ => return Err(v1::ErrorCode::Internal),
         }

@@ -89,6 +89,7 @@ async fn everything_is_r3_and_starts_with_a_node_down() {
             store_faults: None,
             serves: im_projectors::Serves::Clients,
             lease: None,
+            projections: None,
         },
         current,
         tokio::sync::watch::channel(false).1,

@@ -786,6 +786,7 @@ impl Pool {
                 false => Serves::OwnerOnly,
             },
             lease: Some(role),
+            projections: None,
         };
         let (current, rx) = watch::channel(None);
         let (stop, stopping) = watch::channel(false);

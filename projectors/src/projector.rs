@@ -35,6 +35,10 @@ pub struct ProjectorConfig {
     /// A unit of the pool (`lease.rs`): owner or follower of its one
     /// partition; None for pinned partitions.
     pub lease: Option<crate::lease::LeaseRole>,
+    /// The projections it runs: all (`projections::all()`) when None; a
+    /// process that needs a few read models of its own (the notifier)
+    /// names them, `members` among them (the judge reads it).
+    pub projections: Option<Vec<Arc<dyn projections::Projection>>>,
 }
 
 /// Whose questions an instance answers.
@@ -294,12 +298,22 @@ fn store_partitions_fit(
 fn open_feeds(
     store: &SledStore,
     meta: &dyn crate::store::Keyspace,
+    config: &ProjectorConfig,
 ) -> Result<Feeds, ProjectorError> {
     let mut feeds = Feeds {
         states: Vec::new(),
         applied: Vec::new(),
     };
-    for projection in projections::all() {
+    let chosen = config.projections.clone().unwrap_or_else(projections::all);
+    if !chosen
+        .iter()
+        .any(|p| p.name() == projections::members::NAME)
+    {
+        return Err(ProjectorError::Config(
+            "the members projection must run: the judge reads it".into(),
+        ));
+    }
+    for projection in chosen {
         let generation = rebuild::generation(meta, projection.name())?;
         let ks = store.keyspace(&rebuild::keyspace_name(projection.name(), generation))?;
         let (state, applied) = ProjectionState::new(projection, ks, generation)?;
@@ -420,7 +434,7 @@ impl Projector {
             lease: config.lease.clone(),
             published: published.clone(),
         });
-        let feeds = open_feeds(&store, meta.as_ref())?;
+        let feeds = open_feeds(&store, meta.as_ref(), &config)?;
         let states = feeds.states.clone();
         let context = Arc::new(QueryContext {
             topology,

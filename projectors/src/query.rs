@@ -102,7 +102,7 @@ fn response(result: R) -> v1::QueryResponse {
 }
 
 impl QueryContext {
-    pub(crate) fn projection(&self, name: &str) -> Option<&Arc<ProjectionState>> {
+    pub fn projection(&self, name: &str) -> Option<&Arc<ProjectionState>> {
         self.projections
             .iter()
             .find(|p| p.projection.name() == name)
@@ -436,9 +436,12 @@ impl QueryContext {
             check_ids(&[(IdKind::User, u)])?;
         }
         self.wait_for(&[members::NAME], pos).await?;
-        let (profiles, privacy) =
+        let mut found =
             people::profiles(&*self.ks(members::NAME), &q.user_ids).map_err(store_error)?;
-        Ok(R::Profiles(v1::ProfilesResult { profiles, privacy }))
+        if !q.with_notify {
+            found.notify.clear();
+        }
+        Ok(R::Profiles(found))
     }
 
     /// A user's contacts, requests and blocks in the partition asked.

@@ -26,6 +26,7 @@ fn config(dir: &std::path::Path, faults: Option<Arc<StoreFaults>>) -> ProjectorC
         store_faults: faults,
         serves: im_projectors::Serves::Clients,
         lease: None,
+        projections: None,
     }
 }
 

@@ -198,3 +198,14 @@ mod tests {
         assert!(started.elapsed() >= STARTUP_WAIT - RETRY_PAUSE_MAX);
     }
 }
+
+/// SIGTERM (an orchestrator) or SIGINT (Ctrl-C): how every binary is told
+/// to stop.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -28,14 +28,18 @@ pub enum Component {
     Operator,
     /// `im-replay`: reads the streams, writes nothing.
     Auditor,
+    /// `im-notifier`: folds the streams into its own read models, reads
+    /// presence, ends the push registrations a push gateway refuses.
+    Notifier,
 }
 
 impl Component {
-    pub const ALL: [Component; 4] = [
+    pub const ALL: [Component; 5] = [
         Component::Gateway,
         Component::Projector,
         Component::Operator,
         Component::Auditor,
+        Component::Notifier,
     ];
 
     /// The user name the server knows the component by.
@@ -45,6 +49,7 @@ impl Component {
             Component::Projector => "im-projector",
             Component::Operator => "im-operator",
             Component::Auditor => "im-auditor",
+            Component::Notifier => "im-notifier",
         }
     }
 
@@ -56,6 +61,7 @@ impl Component {
             Component::Projector => "IM_NATS_PROJECTOR_PASSWORD",
             Component::Operator => "IM_NATS_OPERATOR_PASSWORD",
             Component::Auditor => "IM_NATS_AUDITOR_PASSWORD",
+            Component::Notifier => "IM_NATS_NOTIFIER_PASSWORD",
         }
     }
 
@@ -65,6 +71,7 @@ impl Component {
             Component::Projector => projector(),
             Component::Operator => operator(),
             Component::Auditor => auditor(),
+            Component::Notifier => notifier(),
         }
     }
 }
@@ -210,6 +217,45 @@ fn projector() -> Permissions {
     }
 }
 
+fn notifier() -> Permissions {
+    let mut publish = list(&[
+        // Ending a refused registration: an append to the user's log (the
+        // rules let it write nothing a user could not), and the writer's
+        // questions (`dedupe`, snapshots) and forwarding.
+        "im.conv.>",
+        "im.q.*",
+        "im.writer.*",
+        // Its projector's heartbeat (no partitions: it serves no client).
+        "im.projector.*.alive",
+        "$JS.API.INFO",
+        "_INBOX.>",
+    ]);
+    publish.extend(reads(&format!("KV_{WRITER_KEYS_BUCKET}")));
+    for stream in [CONV_STREAM, RCPT_STREAM] {
+        publish.extend(reads(stream));
+        publish.extend(ephemeral_reads(stream));
+        publish.push(format!("$JS.ACK.{stream}.>"));
+    }
+    // Presence, read only: who had a device connected.
+    for b in [PRESENCE_BUCKET, LAST_SEEN_BUCKET] {
+        publish.extend(reads(&format!("KV_{b}")));
+    }
+    let mut publish_deny = list(&["im.rcpt.>", "im.media.>", "im.deliver.>", "im.group.>"]);
+    publish_deny.extend(never());
+    Permissions {
+        publish,
+        publish_deny,
+        subscribe: list(&[
+            "im.writer.*",
+            "im.notify.*.q",
+            "im.projector.*.q",
+            "_INBOX.>",
+        ]),
+        subscribe_deny: Vec::new(),
+        allow_responses: false,
+    }
+}
+
 fn operator() -> Permissions {
     Permissions {
         publish: list(&[
@@ -217,6 +263,8 @@ fn operator() -> Permissions {
             "$KV.>",
             "im.q.*",
             "im.projector.*.q",
+            // `imctl notify dead-letters`.
+            "im.notify.*.q",
             // `imctl projections verify` runs a scratch projector (its own
             // control subject only: `Serves::OwnerOnly`).
             "im.projector.*.alive",
@@ -320,7 +368,10 @@ mod tests {
             let appends = p.publish.iter().any(|s| s == "im.conv.>");
             assert_eq!(
                 appends,
-                matches!(c, Component::Gateway | Component::Operator),
+                matches!(
+                    c,
+                    Component::Gateway | Component::Operator | Component::Notifier
+                ),
                 "{c:?}"
             );
         }

@@ -15,6 +15,7 @@ pub mod log;
 pub mod logging;
 pub mod media;
 pub mod nats_auth;
+pub mod presence;
 pub mod seen;
 pub mod signing;
 pub mod snapshot;

@@ -14,9 +14,11 @@ use std::{
 };
 
 pub mod cluster;
+pub mod receiver;
 pub mod s3;
 pub mod stack;
 pub use cluster::NatsCluster;
+pub use receiver::{Mode as ReceiverMode, Receiver};
 pub use s3::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 pub use stack::Stack;
 

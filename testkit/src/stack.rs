@@ -123,6 +123,7 @@ impl Stack {
             store_faults: None,
             serves: im_projectors::Serves::Clients,
             lease: None,
+            projections: None,
         }
     }
 

@@ -50,19 +50,9 @@ async fn main() -> anyhow::Result<()> {
         None => String::new(),
     };
     println!("im-gateway: ready http://{addr} ws://{addr}/v1/ws{metrics}");
-    im_gateway::serve_until(listener, state, stop_signal()).await?;
+    im_gateway::serve_until(listener, state, im_streams::connect::stop_signal()).await?;
     println!("im-gateway: stopped");
     Ok(())
-}
-
-/// SIGTERM (an orchestrator) or SIGINT (Ctrl-C).
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 #[cfg(test)]

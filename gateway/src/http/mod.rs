@@ -5,6 +5,7 @@
 pub mod commands;
 pub mod errors;
 pub mod media;
+pub mod notify;
 pub mod people;
 pub mod presence;
 pub mod queries;

@@ -188,7 +188,7 @@ pub struct ProfilesParams {
 pub struct ReadParams {
     /// Read your own writes: an IM_CONV stream sequence to wait for.
     #[serde(default)]
-    min_position: u64,
+    pub(super) min_position: u64,
     #[serde(default)]
     access_token: Option<String>,
 }
@@ -267,7 +267,7 @@ pub async fn contacts(
     Ok(ProtoJson(found))
 }
 
-fn asked(code: v1::ErrorCode) -> ApiError {
+pub(super) fn asked(code: v1::ErrorCode) -> ApiError {
     let message = match code {
         v1::ErrorCode::BadRequest => "minPosition is past the log's end",
         _ => "the projectors could not answer in time: retry",

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
 use crate::{http, ws, AppState};
@@ -16,7 +16,7 @@ pub const OPENAPI_YAML: &str = include_str!("../../../docs/openapi.yaml");
 
 /// (method, path, handler) of every route; a path may appear once per method.
 pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> {
-    use http::{commands, media, people, queries, search, status, web};
+    use http::{commands, media, notify, people, queries, search, status, web};
     vec![
         (Method::GET, "/v1/ws", get(ws::upgrade)),
         (Method::GET, "/v1/history", get(queries::history)),
@@ -61,6 +61,27 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> 
         (Method::PUT, "/v1/me/privacy", put(people::put_privacy)),
         (Method::GET, "/v1/me/contacts", get(people::contacts)),
         (Method::GET, "/v1/users/profiles", get(people::profiles)),
+        (
+            Method::POST,
+            "/v1/devices/{deviceId}/push",
+            post(notify::register),
+        ),
+        (
+            Method::DELETE,
+            "/v1/devices/{deviceId}/push",
+            delete(notify::unregister),
+        ),
+        (Method::GET, "/v1/me/notifications", get(notify::settings)),
+        (
+            Method::PUT,
+            "/v1/me/notifications",
+            put(notify::do_not_disturb),
+        ),
+        (
+            Method::PUT,
+            "/v1/me/notifications/conversations/{conversationId}",
+            put(notify::mute_conversation),
+        ),
         (Method::GET, "/v1/search/messages", get(search::messages)),
         (
             Method::GET,

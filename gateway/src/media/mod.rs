@@ -408,6 +408,7 @@ async fn is_avatar(
     };
     let q = Q::Profiles(v1::ProfilesQuery {
         user_ids: vec![user.to_string()],
+        with_notify: false,
     });
     match crate::query::ask(client, topology.partition_of(&log), (0, 0), q).await {
         Ok(R::Profiles(p)) => p

@@ -9,7 +9,7 @@
 //! the caller's contacts.
 
 pub mod contacts;
-pub mod entry;
+pub use im_streams::presence as entry;
 mod watch;
 
 use std::collections::{HashMap, HashSet};

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         store_faults: None,
         serves: im_projectors::Serves::Clients,
         lease: None,
+        projections: None,
     };
     // Consumers and publishing (deliveries, answers) on separate
     // connections: neither queues behind the other.
@@ -101,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     );
     tokio::select! {
         r = &mut supervised => r?.context("the projector stopped")?,
-        _ = stop_signal() => {
+        _ = im_streams::connect::stop_signal() => {
             // The batch in hand is committed and acknowledged whole, or
             // abandoned past its bound: nothing acknowledged uncommitted.
             stop.send_replace(true);
@@ -143,7 +144,7 @@ async fn run_pool(args: Args, client: async_nats::Client) -> anyhow::Result<()> 
     println!("im-projector: in the pool as {}", args.instance);
     tokio::select! {
         r = &mut running => r?.context("the pool stopped")?,
-        _ = stop_signal() => {
+        _ = im_streams::connect::stop_signal() => {
             stop.send_replace(true);
             running.await?.context("stopping")?;
             println!("im-projector: stopped (partitions handed over)");
@@ -154,16 +155,6 @@ async fn run_pool(args: Args, client: async_nats::Client) -> anyhow::Result<()> 
 
 fn print_metrics_address(addr: std::net::SocketAddr) {
     println!("im-projector: metrics http://{addr}/metrics (and /healthz, /readyz)");
-}
-
-/// SIGTERM (an orchestrator) or SIGINT (Ctrl-C).
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 #[cfg(test)]

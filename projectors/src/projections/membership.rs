@@ -206,6 +206,9 @@ fn fold_rows(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<Change, StoreError> {
         }
         Kind::MessageSent(_) | Kind::MessageRecalled(_) | Kind::MessageEdited(_) => {}
         Kind::ProfileUpdated(_)
+        | Kind::PushRegistered(_)
+        | Kind::PushUnregistered(_)
+        | Kind::NotifyMuted(_)
         | Kind::PrivacyChanged(_)
         | Kind::ContactRequested(_)
         | Kind::ContactAccepted(_)

@@ -72,6 +72,12 @@ pub trait Projection: Send + Sync + 'static {
     ) -> Result<Vec<Effect>, StoreError>;
 }
 
+impl std::fmt::Debug for dyn Projection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Every projection, in the order the runner starts them.
 pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
     vec![

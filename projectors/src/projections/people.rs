@@ -66,8 +66,17 @@ pub fn fold(tx: &mut Tx, stored: &StoredEvent) -> Result<(), StoreError> {
     people::fold(&mut state, ev);
     let profile = std::mem::take(&mut row.profile);
     let (since, updated) = (row.since_ms, row.profile_updated_ms);
+    let (push, dnd_until_ms, muted) = (
+        std::mem::take(&mut row.push),
+        row.dnd_until_ms,
+        std::mem::take(&mut row.muted),
+    );
     row = state.to_row();
     row.profile = profile;
+    (row.push, row.dnd_until_ms, row.muted) = (push, dnd_until_ms, muted);
+    if let Some(kind) = &ev.kind {
+        people::push::fold_row(&mut row, kind, ev.at_ms);
+    }
     row.since_ms = if state.contact != before {
         ev.at_ms
     } else {
@@ -130,28 +139,30 @@ fn write_entry(
 }
 
 /// The profiles (and their privacy) of those of `users` who set one.
-pub fn profiles(
-    ks: &dyn Keyspace,
-    users: &[String],
-) -> Result<(Vec<v1::Profile>, Vec<v1::PrivacyChanged>), StoreError> {
+pub fn profiles(ks: &dyn Keyspace, users: &[String]) -> Result<v1::ProfilesResult, StoreError> {
     let tx = Tx::new(ks);
-    let (mut profiles, mut privacy) = (Vec::new(), Vec::new());
+    let mut out = v1::ProfilesResult::default();
     for user in users.iter().take(PROFILES_PER_QUERY_MAX) {
         let Ok(log) = user_log_id(user) else { continue };
         let Some(row) = tx.get_msg::<v1::PeopleRow>(&row_key(&log))? else {
             continue;
         };
         let p = row.profile.unwrap_or_default();
-        profiles.push(v1::Profile {
+        out.profiles.push(v1::Profile {
             user_id: user.clone(),
             display_name: p.display_name,
             avatar: p.avatar,
             status: p.status,
             updated_ms: row.profile_updated_ms,
         });
-        privacy.push(row.privacy.unwrap_or_default());
+        out.privacy.push(row.privacy.unwrap_or_default());
+        out.notify.push(v1::NotifySettings {
+            devices: row.push,
+            dnd_until_ms: row.dnd_until_ms,
+            muted: row.muted,
+        });
     }
-    Ok((profiles, privacy))
+    Ok(out)
 }
 
 /// `user`'s contact entries in `partition` (all: None), by peer, at most
@@ -205,4 +216,13 @@ pub fn reach_rows(
         }
     }
     Ok(out)
+}
+
+/// A user's own row (profile, privacy, push devices, mutes), if they ever
+/// wrote to their log.
+pub fn user_row(tx: &Tx, user: &str) -> Result<Option<v1::PeopleRow>, StoreError> {
+    let Ok(log) = user_log_id(user) else {
+        return Ok(None);
+    };
+    tx.get_msg(&row_key(&log))
 }

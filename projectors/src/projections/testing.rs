@@ -574,7 +574,7 @@ fn the_members_rows_hold_the_people_state() {
     }
     by_partition.sort();
     assert_eq!(by_partition, ["bob", "eve"]);
-    let (profiles, _) = super::people::profiles(&ks, &["bob".into(), "eve".into()]).unwrap();
-    assert_eq!(profiles.len(), 1);
-    assert_eq!(profiles[0].display_name, "Bob 鲍勃");
+    let found = super::people::profiles(&ks, &["bob".into(), "eve".into()]).unwrap();
+    assert_eq!(found.profiles.len(), 1);
+    assert_eq!(found.profiles[0].display_name, "Bob 鲍勃");
 }

@@ -153,13 +153,15 @@ pub async fn user_at(
     let all = vec![im_streams::subjects::CONV_ALL.to_string()];
     let keep = |conv: &str| im_streams::ids::is_people_log(conv);
     let (_, members_ks, last) = fold_log(js, all, (to_seq, at_time), &keep).await?;
-    let (profiles, privacy) = people::profiles(&members_ks, &[user.to_string()])?;
+    let found = people::profiles(&members_ks, &[user.to_string()])?;
     let contacts = people::contacts_of(&members_ks, user, None)?;
     Ok(serde_json::json!({
         "user_id": user,
         "stream_seq": last,
-        "profile": profiles.first().map(as_json).transpose()?,
-        "privacy": privacy.first().map(as_json).transpose()?,
+        "profile": found.profiles.first().map(as_json).transpose()?,
+        "privacy": found.privacy.first().map(as_json).transpose()?,
+        // Where the user could be woken then, and what they had muted.
+        "notify": found.notify.first().map(as_json).transpose()?,
         "contacts": as_json(&contacts)?,
     }))
 }

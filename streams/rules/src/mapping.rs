@@ -105,6 +105,9 @@ pub fn kind_of(action: &Action) -> Kind {
             direct_chats: direct_chats.to_wire() as i32,
             group_adds: group_adds.to_wire() as i32,
         }),
+        Action::RegisterPush(r) => Kind::PushRegistered(r.clone()),
+        Action::UnregisterPush(u) => Kind::PushUnregistered(u.clone()),
+        Action::MuteNotifications(m) => Kind::NotifyMuted(m.clone()),
         Action::RequestContact { user } => Kind::ContactRequested(v1::ContactRequested {
             user_id: user_id(user),
             hidden: false,
@@ -205,6 +208,9 @@ pub fn action_of(kind: &Kind, peer: Option<&str>) -> Option<Action> {
             direct_chats: Audience::from_wire(c.direct_chats),
             group_adds: Audience::from_wire(c.group_adds),
         },
+        Kind::PushRegistered(r) => Action::RegisterPush(r.clone()),
+        Kind::PushUnregistered(u) => Action::UnregisterPush(u.clone()),
+        Kind::NotifyMuted(m) => Action::MuteNotifications(m.clone()),
         // Whether a request (or its withdrawal) is hidden is the rules' to
         // say, not the command's.
         Kind::ContactRequested(r) => Action::RequestContact {
@@ -434,6 +440,31 @@ mod tests {
                     direct_chats: Audience::Contacts,
                     group_adds: Audience::Everyone,
                 },
+            ),
+            (
+                "amy",
+                Action::RegisterPush(v1::PushRegistered {
+                    device_id: "phone".into(),
+                    platform: "fcm".into(),
+                    token: "tok".into(),
+                    app_id: "im.app".into(),
+                    lang: "en".into(),
+                }),
+            ),
+            (
+                "amy",
+                Action::MuteNotifications(v1::NotifyMuted {
+                    conversation_id: "g1".into(),
+                    until_ms: 5_000,
+                }),
+            ),
+            (
+                "amy",
+                Action::UnregisterPush(v1::PushUnregistered {
+                    device_id: "phone".into(),
+                    token: "tok".into(),
+                    reason: v1::PushUnregisterReason::Gone as i32,
+                }),
             ),
             ("amy", Action::RequestContact { user: user("bo") }),
             ("bo", Action::AcceptContact { user: user("amy") }),

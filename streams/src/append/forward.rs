@@ -61,6 +61,9 @@ same_message!(
     RemoveContact <=> ContactRemoved,
     BlockUser <=> UserBlocked,
     UnblockUser <=> UserUnblocked,
+    RegisterPush <=> PushRegistered,
+    UnregisterPush <=> PushUnregistered,
+    MuteNotifications <=> NotifyMuted,
 );
 
 /// A command as a forwarded request: the event its action asks for
@@ -242,6 +245,21 @@ mod tests {
             Action::RemoveContact { user: "n".into() },
             Action::BlockUser { user: "n".into() },
             Action::UnblockUser { user: "n".into() },
+            Action::RegisterPush(v1::PushRegistered {
+                device_id: "d".into(),
+                platform: "apns".into(),
+                token: "t".into(),
+                app_id: "a".into(),
+                lang: String::new(),
+            }),
+            Action::UnregisterPush(v1::PushUnregistered {
+                device_id: "d".into(),
+                ..Default::default()
+            }),
+            Action::MuteNotifications(v1::NotifyMuted {
+                conversation_id: String::new(),
+                until_ms: 9,
+            }),
         ]
     }
 

@@ -96,6 +96,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             store_faults: None,
             serves: im_projectors::Serves::OwnerOnly,
             lease: None,
+            projections: None,
         },
     )
     .await?;

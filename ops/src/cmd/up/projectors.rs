@@ -103,6 +103,7 @@ async fn in_process(nats: &NatsArgs, args: &UpArgs) -> anyhow::Result<Projectors
         store_faults: None,
         serves: im_projectors::Serves::Clients,
         lease: None,
+        projections: None,
     };
     // Its consumers and its publishing (deliveries, answers) on connections
     // of their own, as in production.

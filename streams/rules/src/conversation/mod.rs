@@ -322,6 +322,11 @@ pub enum Action {
     UnblockUser {
         user: String,
     },
+    /// Notifications (`people::push`), on the actor's own log: a device
+    /// to wake, its end, a mute.
+    RegisterPush(v1::PushRegistered),
+    UnregisterPush(v1::PushUnregistered),
+    MuteNotifications(v1::NotifyMuted),
 }
 
 /// Why a command was refused. `code()` is the stable reason code clients see.
@@ -531,7 +536,10 @@ pub fn apply(state: &mut ConvState, event: &v1::ConvEvent) {
         | Kind::ContactDeclined(_)
         | Kind::ContactRemoved(_)
         | Kind::UserBlocked(_)
-        | Kind::UserUnblocked(_) => crate::people::fold(&mut state.people, event),
+        | Kind::UserUnblocked(_)
+        | Kind::PushRegistered(_)
+        | Kind::PushUnregistered(_)
+        | Kind::NotifyMuted(_) => crate::people::fold(&mut state.people, event),
     }
 }
 
@@ -561,6 +569,9 @@ pub fn event_type(event: &v1::ConvEvent) -> &'static str {
         Some(Kind::ContactRemoved(_)) => "contact_removed",
         Some(Kind::UserBlocked(_)) => "user_blocked",
         Some(Kind::UserUnblocked(_)) => "user_unblocked",
+        Some(Kind::PushRegistered(_)) => "push_registered",
+        Some(Kind::PushUnregistered(_)) => "push_unregistered",
+        Some(Kind::NotifyMuted(_)) => "notify_muted",
     }
 }
 

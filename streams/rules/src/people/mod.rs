@@ -21,6 +21,7 @@ use unicode_segmentation::UnicodeSegmentation;
 use crate::conversation::{invalid, Action, ConvKind, ConvState, Rejection, Role};
 use crate::ids::{pair_log_id, user_log_id, validate_id, IdKind};
 
+pub mod push;
 #[cfg(test)]
 mod tests;
 
@@ -140,7 +141,7 @@ pub fn is_people_action(action: &Action) -> bool {
             | Action::RemoveContact { .. }
             | Action::BlockUser { .. }
             | Action::UnblockUser { .. }
-    )
+    ) || push::is_push_action(action)
 }
 
 /// The user a pair action names (the other of the two).
@@ -276,6 +277,7 @@ fn on_user_log(state: &ConvState, actor: &str, action: &Action) -> Result<Kind, 
             direct_chats: direct_chats.to_wire() as i32,
             group_adds: group_adds.to_wire() as i32,
         })),
+        a if push::is_push_action(a) => push::decide_push(a),
         _ => Err(not_a_people_log()),
     }
 }

@@ -1,6 +1,7 @@
-//! A presence entry's value, pure: `{gateway id: last refresh ms}` per
-//! user. A gateway adds, refreshes and removes its own line; a line older
-//! than the TTL is a crashed gateway's and is dropped by whoever writes.
+//! A presence entry's value (bucket `im_presence`), pure: `{gateway id:
+//! last refresh ms}` per user. A gateway adds, refreshes and removes its
+//! own line; a line older than the TTL is a crashed gateway's and is
+//! dropped by whoever writes; the notifier reads it.
 
 use std::collections::BTreeMap;
 
