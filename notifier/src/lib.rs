@@ -19,4 +19,5 @@ pub mod webhook;
 pub mod window;
 
 pub use config::NotifierConfig;
+pub use reqwest::Url;
 pub use run::{Notifier, NotifierError};

@@ -30,6 +30,9 @@ enum Command {
     /// The operators' HTTP API and the ops page.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Offline notifications (`im-notifier`).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Print a shell's completion script, e.g. `imctl completions bash >
     /// /etc/bash_completion.d/imctl`.
     Completions { shell: clap_complete::Shell },
@@ -59,6 +62,13 @@ enum ProjectionsCommand {
     /// Hand a partition of the pool to another live instance (waits for
     /// the hand-over); --auto gives it back to the even share.
     Move(im_ops::cmd::projections::MoveArgs),
+}
+
+#[derive(Subcommand)]
+enum NotifyCommand {
+    /// The notifications given up; --replay sends them again (exit 1
+    /// while any remains).
+    DeadLetters(im_ops::cmd::notify::DeadLettersArgs),
 }
 
 #[derive(Subcommand)]
@@ -129,6 +139,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Streams(StreamsCommand::Apply(args)) => im_ops::cmd::streams::apply(args).await,
         Command::Streams(StreamsCommand::Status(args)) => im_ops::cmd::streams::status(args).await,
         Command::Admin(AdminCommand::Serve(args)) => im_ops::cmd::admin::serve(args).await,
+        Command::Notify(NotifyCommand::DeadLetters(args)) => {
+            im_ops::cmd::notify::dead_letters(args).await
+        }
         Command::Bench(args) => im_ops::cmd::bench::run(args).await,
         Command::Check(args) => im_ops::cmd::check::run(args).await,
         Command::Projections(ProjectionsCommand::Status(args)) => {

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod check;
 pub mod nats_config;
 pub mod nats_identities;
+pub mod notify;
 pub mod paths;
 pub mod projections;
 pub mod secrets;

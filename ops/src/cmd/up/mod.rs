@@ -97,6 +97,17 @@ pub struct UpArgs {
     /// `<data-dir>/operator-token`); port 0 picks a free one.
     #[arg(long, env = "IM_ADMIN_LISTEN", default_value = "127.0.0.1:8090")]
     pub admin_listen: std::net::SocketAddr,
+    /// Run the notifier (offline notifications) against this push
+    /// gateway: https, or http to a loopback address.
+    #[arg(long, env = "IM_NOTIFY_URL")]
+    pub notify_url: Option<im_notifier::Url>,
+    #[arg(long, env = "IM_NOTIFY_FORMAT", value_enum, default_value = "webhook")]
+    pub notify_format: im_notifier::webhook::Format,
+    /// How much a notification shows: none, sender, or text.
+    #[arg(long, env = "IM_NOTIFY_PREVIEW", value_enum, default_value = "sender")]
+    pub notify_preview: im_notifier::window::Preview,
+    #[arg(long, env = "IM_NOTIFY_DEBOUNCE_MS", default_value_t = im_notifier::config::DEBOUNCE_DEFAULT.as_millis() as u64)]
+    pub notify_debounce_ms: u64,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -197,6 +208,12 @@ async fn serve(
     let (mut gateway, stop) =
         start_gateway(&nats(Component::Gateway), gateway_config, &args.web_dir).await?;
     start_admin(&nats(Component::Operator), args).await?;
+    let notifier = match &args.notify_url {
+        Some(push) => {
+            Some(start_notifier(&nats(Component::Notifier), args, push, &signing_key).await?)
+        }
+        None => None,
+    };
     print_hints(url, args, identities, &signing_key);
     println!("imctl: ready nats={url} partitions={partitions} (Ctrl-C to stop)");
     loop {
@@ -209,9 +226,55 @@ async fn serve(
     // The gateway closes its connections (1001) and drains HTTP, bounded.
     let _ = stop.send(());
     let _ = (&mut gateway).await;
+    if let Some(n) = notifier {
+        n.stop().await;
+    }
     // Then the projectors, after the batch in hand.
     projectors.stop().await;
     Ok(())
+}
+
+/// The notifier, in this process: its store under the data dir, its
+/// webhook secret made there if missing, signing what it writes with the
+/// gateway's key.
+async fn start_notifier(
+    nats: &NatsArgs,
+    args: &UpArgs,
+    push: &im_notifier::Url,
+    signing_key: &std::path::Path,
+) -> anyhow::Result<im_notifier::Notifier> {
+    let secret_file = args.data_dir.join("notify-secret");
+    let secret = match std::fs::read_to_string(&secret_file) {
+        Ok(s) => s.trim().to_string(),
+        Err(_) => {
+            let s = crate::cmd::secrets::random(32);
+            crate::cmd::secrets::write_private(&secret_file, &s)?;
+            s
+        }
+    };
+    let config = im_notifier::NotifierConfig {
+        instance: "notifier".into(),
+        data_dir: args.data_dir.join("notifier"),
+        url: push.clone(),
+        format: args.notify_format,
+        secret: secret.into_bytes(),
+        ca_file: None,
+        preview: args.notify_preview,
+        debounce: std::time::Duration::from_millis(args.notify_debounce_ms),
+        late_max: im_notifier::config::LATE_MAX_DEFAULT,
+        attempts_max: im_notifier::config::ATTEMPTS_MAX_DEFAULT,
+        backoff_base: im_notifier::config::BACKOFF_BASE_DEFAULT,
+        backoff_max: im_notifier::config::BACKOFF_MAX_DEFAULT,
+        request_timeout: im_notifier::config::REQUEST_TIMEOUT_DEFAULT,
+        signing_key_file: Some(signing_key.to_path_buf()),
+    };
+    let client = nats.connect("imctl-up-notifier").await?;
+    let notifier = im_notifier::Notifier::start(client, config).await?;
+    println!(
+        "imctl: notifier -> {push} (secret in {}; imctl notify dead-letters)",
+        secret_file.display()
+    );
+    Ok(notifier)
 }
 
 /// Applies the streams and buckets, printing what changed; the partitions.

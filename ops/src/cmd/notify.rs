@@ -1,0 +1,81 @@
+//! `imctl notify dead-letters [--replay] [--json]`: the notifications the
+//! notifier gave up (the push gateway refused them, or failed past its
+//! attempts), and sending them again. Exit 1 while any remains.
+
+use std::time::Duration;
+
+use im_schema::v1;
+
+#[derive(Debug, clap::Args)]
+pub struct DeadLettersArgs {
+    /// Move every dead letter back to its user's queue (behind what waits
+    /// there), attempts counted afresh.
+    #[arg(long)]
+    pub replay: bool,
+    /// At most this many listed (up to 1000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// One JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub nats: im_streams::connect::NatsArgs,
+    /// The notifier instance (`im-notifier --instance`).
+    #[arg(long, env = "IM_NOTIFY_INSTANCE", default_value = "notifier")]
+    pub instance: String,
+}
+
+/// The notifier answers between two of its rounds (`CONTROL_TIMEOUT`).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
+    let client = args.nats.connect("imctl").await?;
+    let cmd = v1::NotifyControl {
+        replay: args.replay,
+        limit: args.limit,
+    };
+    let subject = im_notifier::control::control_subject(&args.instance);
+    let asked = client.request(subject, im_schema::encode(&cmd).into());
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, asked)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "notifier {}: no answer within {ANSWER_TIMEOUT:?}",
+                args.instance
+            )
+        })?
+        .map_err(|e| anyhow::anyhow!("notifier {}: {e} (is it running?)", args.instance))?;
+    let result: v1::NotifyControlResult = im_schema::decode(&answer.payload)?;
+    if !result.error.is_empty() {
+        anyhow::bail!("notifier {}: {}", args.instance, result.error);
+    }
+    match args.json {
+        true => println!("{}", im_schema::to_json(&result)),
+        false => print_lines(&result),
+    }
+    let left = result.total - result.replayed;
+    if left > 0 {
+        return Err(im_streams::exit::Found(format!("{left} dead notification(s)")).into());
+    }
+    Ok(())
+}
+
+fn print_lines(result: &v1::NotifyControlResult) {
+    println!("{} dead notifications", result.total);
+    if result.replayed > 0 {
+        println!("{} replayed", result.replayed);
+    }
+    for d in &result.dead_letters {
+        let n = d.notification.clone().unwrap_or_default();
+        println!(
+            "  {} user={} conversation={} seq={}..{} attempts={}: {}",
+            n.id,
+            n.user_id,
+            n.conversation_id,
+            n.first_conv_seq,
+            n.last_conv_seq,
+            d.attempts,
+            d.last_error
+        );
+    }
+}
