@@ -490,3 +490,162 @@ async fn contact_name(s: &Stack, gw: std::net::SocketAddr, user: &str, name: &st
     let _ = s;
     profiles[0]["displayName"].as_str().unwrap().to_string()
 }
+
+/// A user's notification settings as `GET /v1/me/notifications` shows
+/// them, read after `pos`.
+async fn notify_settings(addr: std::net::SocketAddr, user: &str, pos: &str) -> serde_json::Value {
+    let path = format!("/v1/me/notifications?minPosition={pos}");
+    let (status, body) = call(addr, "GET", &path, user, ("", b"")).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn pos_of(answer: &(u16, serde_json::Value)) -> String {
+    answer.1["streamSeq"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn push_registrations_and_mutes_are_events_read_back_and_bad_input_changes_nothing() {
+    let s = stack().await;
+    let addr = s.gateways[0];
+    let body = br#"{"platform":"apns","token":"ab12","appId":"chat.app","lang":"zh-Hans"}"#;
+    let first = call(
+        addr,
+        "POST",
+        "/v1/devices/phone/push",
+        "amy",
+        ("reg-1", body),
+    )
+    .await;
+    ok(&first, false);
+    // The same key later: the same answer, nothing appended twice.
+    tokio::time::sleep(Duration::from_millis(WINDOW_MS + 200)).await;
+    ok(
+        &call(
+            addr,
+            "POST",
+            "/v1/devices/phone/push",
+            "amy",
+            ("reg-1", body),
+        )
+        .await,
+        true,
+    );
+    let tablet = br#"{"platform":"fcm","token":"cd34","appId":"chat.app"}"#;
+    ok(
+        &call(
+            addr,
+            "POST",
+            "/v1/devices/tablet/push",
+            "amy",
+            ("reg-2", tablet),
+        )
+        .await,
+        false,
+    );
+    let dnd = call(
+        addr,
+        "PUT",
+        "/v1/me/notifications",
+        "amy",
+        ("dnd", br#"{"untilMs":4102444800000}"#),
+    )
+    .await;
+    ok(&dnd, false);
+    let muted = call(
+        addr,
+        "PUT",
+        "/v1/me/notifications/conversations/g1",
+        "amy",
+        ("mute", br#"{"untilMs":4102444800000}"#),
+    )
+    .await;
+    ok(&muted, false);
+    let seen = notify_settings(addr, "amy", &pos_of(&muted)).await;
+    let devices: Vec<(&str, &str)> = seen["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let r = &d["registration"];
+            (
+                r["deviceId"].as_str().unwrap(),
+                r["token"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(devices, [("phone", "ab12"), ("tablet", "cd34")], "{seen}");
+    assert_eq!(seen["dndUntilMs"], "4102444800000");
+    assert_eq!(seen["muted"]["g1"], "4102444800000");
+    // Nobody else's settings show: bo has none.
+    assert_eq!(
+        notify_settings(addr, "bo", &pos_of(&muted)).await,
+        serde_json::json!({})
+    );
+    // Bad input: a clear error, nothing appended.
+    let log = user_log_id("amy").unwrap();
+    let before = s.log_of(&log).await.len();
+    // (A body the types refuse is 422, as everywhere in the API.)
+    let bad: [(&str, &str, &[u8], u16); 5] = [
+        ("POST", "/v1/devices/a.b/push", body, 400),
+        (
+            "POST",
+            "/v1/devices/phone/push",
+            br#"{"platform":"apns","token":"","appId":"a"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/v1/devices/phone/push",
+            br#"{"platform":"apns","token":"t","appId":"a","lang":"en_US!"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/v1/devices/phone/push",
+            br#"{"platform":"apns","token":"t"}"#,
+            422,
+        ),
+        ("PUT", "/v1/me/notifications", br#"{"untilMs":-1}"#, 400),
+    ];
+    for (i, (method, path, b, expected)) in bad.iter().enumerate() {
+        let (status, answer) = call(addr, method, path, "amy", (&format!("bad-{i}"), b)).await;
+        assert_eq!(
+            status,
+            *expected,
+            "{path} {}: {answer}",
+            String::from_utf8_lossy(b)
+        );
+        assert!(
+            answer["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{answer}"
+        );
+    }
+    let long = format!(
+        r#"{{"platform":"apns","token":"{}","appId":"a"}}"#,
+        "x".repeat(5_000)
+    );
+    let (status, answer) = call(
+        addr,
+        "POST",
+        "/v1/devices/phone/push",
+        "amy",
+        ("bad-long", long.as_bytes()),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(s.log_of(&log).await.len(), before, "nothing appended");
+    // Unregistered: the device is gone, the other stays.
+    let gone = call(
+        addr,
+        "DELETE",
+        "/v1/devices/phone/push",
+        "amy",
+        ("unreg", b""),
+    )
+    .await;
+    ok(&gone, false);
+    let seen = notify_settings(addr, "amy", &pos_of(&gone)).await;
+    assert_eq!(seen["devices"].as_array().unwrap().len(), 1, "{seen}");
+    assert_eq!(seen["devices"][0]["registration"]["deviceId"], "tablet");
+}

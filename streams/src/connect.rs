@@ -147,6 +147,17 @@ pub fn parse_servers(list: &str) -> Result<Vec<ServerAddr>, StreamsError> {
     Ok(servers)
 }
 
+/// SIGTERM (an orchestrator) or SIGINT (Ctrl-C): how every binary is told
+/// to stop.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,16 +207,5 @@ mod tests {
         assert!(r.is_err());
         assert!(started.elapsed() <= STARTUP_WAIT, "{:?}", started.elapsed());
         assert!(started.elapsed() >= STARTUP_WAIT - RETRY_PAUSE_MAX);
-    }
-}
-
-/// SIGTERM (an orchestrator) or SIGINT (Ctrl-C): how every binary is told
-/// to stop.
-pub async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -64,14 +64,19 @@ pub async fn unregister(
     AuthUser(user): AuthUser,
     headers: HeaderMap,
     Path(device_id): Path<String>,
-    body: Option<Json<KeyBody>>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    // A DELETE usually has no body; one that has must be a `KeyBody`.
+    let body: KeyBody = match body.is_empty() {
+        true => KeyBody::default(),
+        false => serde_json::from_slice(&body)
+            .map_err(|e| ApiError(v1::ErrorCode::BadRequest, format!("the body: {e}")))?,
+    };
     let action = Action::UnregisterPush(v1::PushUnregistered {
         device_id,
         token: String::new(),
         reason: v1::PushUnregisterReason::User as i32,
     });
-    let body = body.map(|Json(b)| b).unwrap_or_default();
     let key = idempotency_key(&headers, body.client_msg_id);
     Ok(execute(&state, None, (user, key, trace_header(&headers)), action).await)
 }
