@@ -7,6 +7,10 @@ use std::time::Duration;
 use crate::webhook::Format;
 use crate::window::Preview;
 
+/// The notifier's instance name unless told otherwise (its consumers,
+/// its control subject; what `imctl` and the ops page ask).
+pub const DEFAULT_INSTANCE: &str = "notifier";
+
 /// How long a member is left to read before they are woken: long enough
 /// that someone reading along (or whose receipt is on its way) gets
 /// nothing, short enough to feel immediate.

@@ -265,10 +265,7 @@ impl Decider {
     ) -> Result<v1::NotifyControlResult, DecideError> {
         let state = ctx.projection(NAME).ok_or(DecideError::Missing(NAME))?;
         let ks = state.ks();
-        let limit = match cmd.limit as usize {
-            0 => 100,
-            n => n.min(outbox::DEAD_LETTERS_LISTED_MAX),
-        };
+        let limit = (cmd.limit as usize).min(outbox::DEAD_LETTERS_LISTED_MAX);
         let listed = if cmd.replay {
             outbox::DEAD_LETTERS_SCAN_MAX
         } else {
@@ -278,6 +275,7 @@ impl Decider {
         let mut result = v1::NotifyControlResult {
             dead_letters: dead.iter().take(limit).map(|d| d.row.clone()).collect(),
             total,
+            stats: Some(self.stats.snapshot()),
             ..Default::default()
         };
         if cmd.replay && !dead.is_empty() {

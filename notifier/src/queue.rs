@@ -1,5 +1,7 @@
 //! `notify`: the projection the notifier runs beside `members` and
-//! `unread` in its own store. Per message, O(1) rows whatever the group's
+//! `unread` in its own store (not a function of the log alone: what it
+//! queues depends on when it folds, and the decider takes rows out; so
+//! never rebuilt, `keeps_own_rows`). Per message, O(1) rows whatever the group's
 //! size: `Q<stream seq>` (what may wake someone, in log order) and
 //! `I<conv>\0<conv_seq>` (its stream seq, so an edit or a recall inside
 //! the debounce finds it). The decider (`decide.rs`) takes a due window's
@@ -24,7 +26,12 @@ pub const INDEX: u8 = b'I';
 /// lines; the rest of a long message is not kept.
 pub const PREVIEW_CHARS_MAX: usize = 200;
 
-pub struct Notify;
+/// Folds messages into the queue; one sent longer than `late_max_ms`
+/// before it is folded (a first start over an old log, a store rebuilt
+/// after a quarantine) is not queued: it would wake nobody (`late_max`).
+pub struct Notify {
+    pub late_max_ms: i64,
+}
 
 pub fn queued_key(stream_seq: u64) -> Vec<u8> {
     let mut k = vec![QUEUED];
@@ -72,6 +79,10 @@ impl Projection for Notify {
         NAME
     }
 
+    fn keeps_own_rows(&self) -> bool {
+        true
+    }
+
     fn apply(
         &self,
         tx: &mut Tx,
@@ -87,6 +98,7 @@ impl Projection for Notify {
             return Ok(Vec::new());
         }
         match &ev.kind {
+            Some(Kind::MessageSent(_)) if crate::stats::now_ms() - ev.at_ms > self.late_max_ms => {}
             Some(Kind::MessageSent(sent)) => {
                 tx.put_msg(queued_key(stored.stream_seq), &queued_of(ev, sent));
                 tx.put(

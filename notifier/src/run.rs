@@ -175,7 +175,9 @@ fn run_projector(
         projections: Some(vec![
             Arc::new(im_projectors::projections::members::Members),
             Arc::new(im_projectors::projections::unread::Unread),
-            Arc::new(queue::Notify),
+            Arc::new(queue::Notify {
+                late_max_ms: cfg.late_max.as_millis() as i64,
+            }),
         ]),
     };
     let clients = Clients {

@@ -62,6 +62,22 @@ impl Stats {
     }
 }
 
+impl Stats {
+    /// What the control subject reports (the ops page).
+    pub fn snapshot(&self) -> im_schema::v1::NotifyStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        im_schema::v1::NotifyStats {
+            outbox: get(&self.outbox),
+            pending_messages: get(&self.pending_messages),
+            lag_ms: (self.lag_seconds(now_ms()) * 1000.0) as u64,
+            sent: get(&self.sent),
+            retries: get(&self.retries),
+            dead_letters_made: get(&self.dead),
+            unregistered: get(&self.unregistered),
+        }
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -251,7 +251,7 @@ async fn a_slow_receiver_is_tried_again_and_a_refusal_is_a_dead_letter_until_rep
     let control = |replay| {
         let client = operator.clone();
         async move {
-            let cmd = v1::NotifyControl { replay, limit: 0 };
+            let cmd = v1::NotifyControl { replay, limit: 10 };
             let answer = client
                 .request(
                     im_notifier::control::control_subject("notifier"),

@@ -104,6 +104,33 @@ async fn a_closed_tab_is_woken_once_with_its_badge_and_an_open_one_is_not() {
         signature,
         &got[0].body
     ));
+    // The ops page's status shows the notifier; the operator's CLI lists
+    // no dead letter.
+    let admin = addr_after(&lines, "imctl: ops page http://");
+    let operator = std::fs::read_to_string(data.path().join("operator-token")).unwrap();
+    let (status, body) =
+        common::http_get_as(admin, "/admin/v1/status", Some(operator.trim())).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let notifier = &v["notifiers"][0];
+    assert_eq!(notifier["instance"], "notifier", "{v}");
+    assert_eq!(
+        (notifier["sent"].as_u64(), notifier["deadLetters"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let url = format!("nats://127.0.0.1:{port}");
+    let auth = im_ops::cmd::nats_identities::auth(
+        data.path(),
+        im_streams::identities::Component::Operator,
+    )
+    .unwrap();
+    let (user, password) = (auth.user.unwrap(), auth.password.unwrap());
+    let env = [
+        ("IM_NATS_USER", user.as_str()),
+        ("IM_NATS_PASSWORD", password.as_str()),
+    ];
+    let (ok, out) = common::imctl_with_env(&["notify", "dead-letters", "--nats-url", &url], &env);
+    assert!(ok && out.contains("0 dead notifications"), "{out}");
     interrupt_and_wait(child);
     let log = std::fs::read_to_string(data.path().join("nats").join("nats.log")).unwrap();
     let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();

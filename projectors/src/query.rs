@@ -245,6 +245,12 @@ impl QueryContext {
         match query {
             Query::Rebuild(q) => {
                 let targets = self.named(&q.projections)?;
+                if let Some(own) = targets.iter().find(|t| t.projection.keeps_own_rows()) {
+                    return Err(bad(format!(
+                        "{} keeps rows the log does not hold: never rebuilt",
+                        own.projection.name()
+                    )));
+                }
                 let verdicts = self
                     .projection(crate::projections::members::NAME)
                     .cloned()
@@ -265,7 +271,11 @@ impl QueryContext {
                 validate_id(IdKind::Conversation, &q.conversation_id)
                     .map_err(|e| bad(e.to_string()))?;
                 let mut projections = Vec::new();
-                for state in &self.projections {
+                for state in self
+                    .projections
+                    .iter()
+                    .filter(|s| !s.projection.keeps_own_rows())
+                {
                     projections.push(
                         crate::repair::repair(
                             &self.client,

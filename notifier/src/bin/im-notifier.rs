@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, env = "IM_NOTIFY_DATA_DIR", default_value = "data/notifier")]
     data_dir: PathBuf,
     /// Names its consumers and control subject; one notifier per name.
-    #[arg(long, env = "IM_NOTIFY_INSTANCE", default_value = "notifier")]
+    #[arg(long, env = "IM_NOTIFY_INSTANCE", default_value = im_notifier::config::DEFAULT_INSTANCE)]
     instance: String,
     /// The push gateway: https (or http to a loopback address). For the
     /// Matrix format, its `/_matrix/push/v1/notify` URL.

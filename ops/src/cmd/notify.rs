@@ -21,12 +21,32 @@ pub struct DeadLettersArgs {
     #[command(flatten)]
     pub nats: im_streams::connect::NatsArgs,
     /// The notifier instance (`im-notifier --instance`).
-    #[arg(long, env = "IM_NOTIFY_INSTANCE", default_value = "notifier")]
+    #[arg(long, env = "IM_NOTIFY_INSTANCE", default_value = im_notifier::config::DEFAULT_INSTANCE)]
     pub instance: String,
 }
 
 /// The notifier answers between two of its rounds (`CONTROL_TIMEOUT`).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Asks notifier `instance` on its control subject, within `within`.
+pub async fn ask(
+    client: &async_nats::Client,
+    instance: &str,
+    cmd: v1::NotifyControl,
+    within: Duration,
+) -> anyhow::Result<v1::NotifyControlResult> {
+    let subject = im_notifier::control::control_subject(instance);
+    let asked = client.request(subject, im_schema::encode(&cmd).into());
+    let answer = tokio::time::timeout(within, asked)
+        .await
+        .map_err(|_| anyhow::anyhow!("notifier {instance}: no answer within {within:?}"))?
+        .map_err(|e| anyhow::anyhow!("notifier {instance}: {e} (is it running?)"))?;
+    let result: v1::NotifyControlResult = im_schema::decode(&answer.payload)?;
+    if !result.error.is_empty() {
+        anyhow::bail!("notifier {instance}: {}", result.error);
+    }
+    Ok(result)
+}
 
 pub async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
     let client = args.nats.connect("imctl").await?;
@@ -34,21 +54,7 @@ pub async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
         replay: args.replay,
         limit: args.limit,
     };
-    let subject = im_notifier::control::control_subject(&args.instance);
-    let asked = client.request(subject, im_schema::encode(&cmd).into());
-    let answer = tokio::time::timeout(ANSWER_TIMEOUT, asked)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "notifier {}: no answer within {ANSWER_TIMEOUT:?}",
-                args.instance
-            )
-        })?
-        .map_err(|e| anyhow::anyhow!("notifier {}: {e} (is it running?)", args.instance))?;
-    let result: v1::NotifyControlResult = im_schema::decode(&answer.payload)?;
-    if !result.error.is_empty() {
-        anyhow::bail!("notifier {}: {}", args.instance, result.error);
-    }
+    let result = ask(&client, &args.instance, cmd, ANSWER_TIMEOUT).await?;
     match args.json {
         true => println!("{}", im_schema::to_json(&result)),
         false => print_lines(&result),

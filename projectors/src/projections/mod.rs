@@ -62,6 +62,12 @@ pub trait Projection: Send + Sync + 'static {
     fn reads_receipts(&self) -> bool {
         false
     }
+    /// Whether it keeps rows that are not a function of the log (the
+    /// notifier's queue and outbox, which it works off): never rebuilt or
+    /// repaired, since a new generation would lose them.
+    fn keeps_own_rows(&self) -> bool {
+        false
+    }
     /// Folds one event. The writes an event makes do not grow with its
     /// conversation's size (membership changes write their members' rows).
     fn apply(

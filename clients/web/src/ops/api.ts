@@ -43,11 +43,24 @@ export interface PartitionRow {
   moved_to: string | null;
 }
 
+/** A running notifier (`im-notifier`): its backlog and what it sent. */
+export interface NotifierRow {
+  instance: string;
+  outbox: number;
+  pendingMessages: number;
+  lagMs: number;
+  sent: number;
+  retries: number;
+  deadLetters: number;
+  unregistered: number;
+}
+
 export interface Status {
   streams: StreamStatus[];
   projections: ProjectionRow[];
   partitions: PartitionRow[];
   rebuilds: Rebuild[];
+  notifiers: NotifierRow[];
 }
 
 export class AdminError extends Error {

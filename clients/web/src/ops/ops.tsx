@@ -100,6 +100,7 @@ function Dashboard({ token, onUnauthorized }: { token: string; onUnauthorized: (
         <>
           <Projections st={st} onRebuild={startRebuild} />
           <Partitions st={st} />
+          <Notifiers st={st} />
           <Rebuilds st={st} />
           <Streams st={st} />
         </>
@@ -178,6 +179,46 @@ function Partitions({ st }: { st: Status }) {
               <td class="num">{(p.lease_age_ms / 1000).toFixed(1)} s</td>
               <td class={p.lag > 0 ? "num warn" : "num"}>{p.lag}</td>
               <td>{p.followers.map((f) => `${f.instance} (${Math.max(0, p.claimed - f.applied)})`).join(", ")}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </section>
+  );
+}
+
+/** Offline notifications: how far behind each notifier is, and what it gave up. */
+function Notifiers({ st }: { st: Status }) {
+  if (!st.notifiers || st.notifiers.length === 0) return null;
+  return (
+    <section>
+      <h2>Notifications</h2>
+      <table data-testid="notifiers">
+        <thead>
+          <tr>
+            <th>notifier</th>
+            <th class="num">lag</th>
+            <th class="num">waiting</th>
+            <th class="num">in windows</th>
+            <th class="num">sent</th>
+            <th class="num">retries</th>
+            <th class="num">dead letters</th>
+            <th class="num">tokens ended</th>
+          </tr>
+        </thead>
+        <tbody>
+          {st.notifiers.map((n) => (
+            <tr key={n.instance} data-notifier={n.instance}>
+              <td>{n.instance}</td>
+              <td class={n.lagMs > 10_000 ? "num warn" : "num"}>{(n.lagMs / 1000).toFixed(1)} s</td>
+              <td class="num">{n.outbox}</td>
+              <td class="num">{n.pendingMessages}</td>
+              <td class="num" data-testid="sent">
+                {n.sent}
+              </td>
+              <td class="num">{n.retries}</td>
+              <td class={n.deadLetters > 0 ? "num warn" : "num"}>{n.deadLetters}</td>
+              <td class="num">{n.unregistered}</td>
             </tr>
           ))}
         </tbody>

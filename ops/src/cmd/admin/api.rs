@@ -147,13 +147,50 @@ async fn status_of_all(
     let partitions = crate::cmd::projections::partitions::collect(&js)
         .await
         .map_err(unavailable)?;
+    let notifiers = notifiers(&admin.client, &projections.rows).await;
     Ok(Json(json!({
         "streams": streams,
         "projections": projections.rows,
         "unanswered": projections.unanswered,
         "partitions": partitions,
         "rebuilds": rebuilds,
+        "notifiers": notifiers,
     })))
+}
+
+/// How long the status waits for a notifier's counts: an instance that
+/// is not a notifier has nobody on the subject and answers at once.
+const NOTIFIER_ASK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The notifiers (their outbox, lag, sent, dead letters): the default
+/// instance and any instance named like a projector's, asked at once.
+async fn notifiers(client: &async_nats::Client, rows: &[status::Row]) -> Vec<Value> {
+    let mut instances: Vec<&str> = rows.iter().map(|r| r.instance.as_str()).collect();
+    instances.push(im_notifier::config::DEFAULT_INSTANCE);
+    instances.sort();
+    instances.dedup();
+    let asks = instances.into_iter().map(|instance| async move {
+        let cmd = v1::NotifyControl::default();
+        let r = crate::cmd::notify::ask(client, instance, cmd, NOTIFIER_ASK)
+            .await
+            .ok()?;
+        let s = r.stats.unwrap_or_default();
+        Some(json!({
+            "instance": instance,
+            "outbox": s.outbox,
+            "pendingMessages": s.pending_messages,
+            "lagMs": s.lag_ms,
+            "sent": s.sent,
+            "retries": s.retries,
+            "deadLetters": r.total,
+            "unregistered": s.unregistered,
+        }))
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 #[derive(Deserialize)]

@@ -253,7 +253,7 @@ async fn start_notifier(
         }
     };
     let config = im_notifier::NotifierConfig {
-        instance: "notifier".into(),
+        instance: im_notifier::config::DEFAULT_INSTANCE.into(),
         data_dir: args.data_dir.join("notifier"),
         url: push.clone(),
         format: args.notify_format,
