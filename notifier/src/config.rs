@@ -21,8 +21,9 @@ pub const DEBOUNCE_DEFAULT: Duration = Duration::from_secs(3);
 /// the app.
 pub const LATE_MAX_DEFAULT: Duration = Duration::from_secs(3_600);
 /// Attempts to hand one notification to the push gateway before it is a
-/// dead letter: with the backoff below, about ten minutes of a gateway down.
-pub const ATTEMPTS_MAX_DEFAULT: u32 = 14;
+/// dead letter: with the backoff below, 5 to 10 minutes of a gateway down
+/// (a restart, a deploy) are ridden out.
+pub const ATTEMPTS_MAX_DEFAULT: u32 = 16;
 /// The first retry's wait; each next one doubles, up to `BACKOFF_MAX`,
 /// each drawn between half and all of it (jitter: a gateway coming back is
 /// not hit by every retry at once).
