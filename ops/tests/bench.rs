@@ -75,6 +75,9 @@ fn every_sub_benchmark_completes_with_positive_figures() {
         "scale_join_p50_ms",
         "search_query_p50_ms",
         "search_query_p99_ms",
+        "notify_burst_per_s",
+        "notify_send_path_cpu_ratio",
+        "notify_notifier_cpu_us_per_msg",
         "search_rebuild_ratio",
         "search_live_indexed_per_s",
     ] {

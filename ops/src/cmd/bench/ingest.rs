@@ -313,7 +313,7 @@ pub async fn measure(
 
 /// Runs the senders (as fast as their acks come, or one send per `pace`
 /// each), warm-up first, sampling the stack over the measured window.
-async fn measure_senders(
+pub(super) async fn measure_senders(
     stack: &Stack,
     senders: Vec<(Ws, Vec<String>)>,
     size: &Size,
@@ -371,7 +371,7 @@ async fn direct_senders(
 
 /// Senders of the paced phase: enough that each sends at most 10/s, as a
 /// person might.
-fn paced_senders(rate: u64) -> usize {
+pub(super) fn paced_senders(rate: u64) -> usize {
     rate.div_ceil(10).max(1) as usize
 }
 

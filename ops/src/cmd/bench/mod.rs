@@ -1,4 +1,4 @@
-//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|scale|biggroup|search|all] [--quick]`:
+//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|scale|biggroup|search|notify|all] [--quick]`:
 //! the load generator. Each sub-benchmark starts its own stack (`imctl up`
 //! as a child process, see `stack.rs`), measures the system and, in the same
 //! run against the same nats-server, the raw baseline it is compared with.
@@ -15,6 +15,7 @@ pub mod connections;
 pub mod fanout;
 pub mod ingest;
 pub mod latency;
+pub mod notify;
 pub mod pipeline;
 pub mod probe;
 pub mod rebuild;
@@ -41,6 +42,7 @@ pub enum Which {
     Scale,
     Biggroup,
     Search,
+    Notify,
     All,
 }
 
@@ -177,6 +179,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Scale,
             Which::Biggroup,
             Which::Search,
+            Which::Notify,
         ],
         one => vec![one],
     };
@@ -195,6 +198,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Scale => scale::run(&size).await,
             Which::Biggroup => biggroup::run(&size).await,
             Which::Search => search::run(&size).await,
+            Which::Notify => notify::run(&size).await,
             Which::All => unreachable!("expanded above"),
         }
         .with_context(|| format!("bench {w:?}"))?;

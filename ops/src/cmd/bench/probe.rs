@@ -55,8 +55,9 @@ impl Cpu {
     }
 }
 
-/// Events the stack's projector (instance `local`) has folded so far (its
-/// `history` projection's count since it started) and its checkpoint.
+/// Events the stack's projector has folded so far (its `members`
+/// projection's count since it started, which every instance runs, the
+/// notifier's too) and its checkpoint.
 pub async fn projected(client: &async_nats::Client) -> anyhow::Result<(u64, u64)> {
     projected_by(client, im_projectors::DEFAULT_INSTANCE).await
 }
@@ -84,8 +85,8 @@ pub async fn projected_by(
             let h = s
                 .projections
                 .iter()
-                .find(|p| p.name == "history")
-                .context("no history projection")?;
+                .find(|p| p.name == im_projectors::projections::members::NAME)
+                .context("no members projection")?;
             Ok((h.applied, h.conv_checkpoint))
         }
         other => anyhow::bail!("status: {other:?}"),

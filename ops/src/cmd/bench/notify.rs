@@ -1,0 +1,225 @@
+//! `imctl bench notify`: offline notifications. Groups of 10 offline
+//! members, every member with a push device (1,000 groups, 10,000 members;
+//! quick: 100 and 1,000), owners sending paced messages over WebSocket.
+//! The same paced window is measured with no notifier, then with an
+//! `im-notifier` process (built beside imctl) posting to a real HTTP
+//! receiver: the send path's CPU per message (nats-server and the stack)
+//! both ways, the notifier's own, the notifications that arrive per
+//! message; then a burst (one message into every group at once) measures
+//! the notifications per second the notifier sustains.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use im_streams::{Action, AppendOutcome, Appender, Command};
+use im_testkit::Receiver;
+use tokio::process::Child;
+
+use super::ingest::{measure_senders, paced_senders};
+use super::probe::{self, cpu_us};
+use super::stack::{Stack, StackOptions, Ws};
+use super::{bench_limits, bounded, create_group, Figures, Size};
+
+/// Offline members per group.
+const MEMBERS_PER_GROUP: usize = 10;
+/// How long the burst's notifications may take to arrive.
+const DRAIN_MAX: Duration = Duration::from_secs(300);
+/// The notifier's debounce in the bench (its default).
+const DEBOUNCE: Duration = im_notifier::config::DEBOUNCE_DEFAULT;
+
+fn group(g: usize) -> String {
+    format!("ng{g}")
+}
+
+fn owner(g: usize, senders: usize) -> String {
+    format!("ns{}", g % senders)
+}
+
+/// Groups, their members, and a push device for each member.
+async fn seed(appender: &Appender, groups: usize, senders: usize) -> anyhow::Result<()> {
+    let creates: Vec<_> = (0..groups)
+        .map(|g| async move {
+            let members: Vec<String> = (0..MEMBERS_PER_GROUP)
+                .map(|j| format!("nm{g}x{j}"))
+                .collect();
+            create_group(appender, &group(g), &owner(g, senders), &members).await
+        })
+        .collect();
+    for r in bounded(creates, 64).await {
+        r?;
+    }
+    let registrations: Vec<_> = (0..groups * MEMBERS_PER_GROUP)
+        .map(|i| async move {
+            let user = format!("nm{}x{}", i / MEMBERS_PER_GROUP, i % MEMBERS_PER_GROUP);
+            let cmd = Command {
+                actor: user.clone(),
+                client_msg_id: "push".into(),
+                action: Action::RegisterPush(im_schema::v1::PushRegistered {
+                    device_id: "phone".into(),
+                    platform: "fcm".into(),
+                    token: format!("token-{user}"),
+                    app_id: "bench".into(),
+                    lang: "en".into(),
+                }),
+            };
+            let log = im_streams::ids::user_log_id(&user)?;
+            match appender.execute(&log, &cmd, "bench").await? {
+                AppendOutcome::Stored { .. } | AppendOutcome::Duplicate { .. } => Ok(()),
+                AppendOutcome::Rejected(r) => anyhow::bail!("registering {user}: {r}"),
+            }
+        })
+        .collect();
+    for r in bounded(registrations, 64).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// The paced senders: each owner, with the groups it owns.
+async fn senders(
+    stack: &Stack,
+    groups: usize,
+    count: usize,
+) -> anyhow::Result<Vec<(Ws, Vec<String>)>> {
+    let mut out = Vec::new();
+    for k in 0..count {
+        let convs: Vec<String> = (0..groups).filter(|g| g % count == k).map(group).collect();
+        out.push((stack.connect(&owner(k, count), "bench").await?, convs));
+    }
+    Ok(out)
+}
+
+/// `im-notifier` against the stack and the receiver, until it has folded
+/// the log.
+async fn start_notifier(
+    stack: &Stack,
+    receiver: &Receiver,
+    dir: &std::path::Path,
+) -> anyhow::Result<Child> {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "a bench secret of some length")?;
+    let exe = crate::cmd::check::procs::sibling("im-notifier")?;
+    let child = tokio::process::Command::new(exe)
+        .args(["--nats-url", &stack.nats_url])
+        .arg("--data-dir")
+        .arg(dir.join("store"))
+        .args(["--url", &receiver.url("/push")])
+        .arg("--secret-file")
+        .arg(&secret)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting im-notifier (cargo build -p im-notifier)")?;
+    probe::wait_caught_up_by(&stack.nats().await?, im_notifier::config::DEFAULT_INSTANCE).await?;
+    Ok(child)
+}
+
+/// Waits until the receiver has taken `n` notifications (or `DRAIN_MAX`).
+async fn drained(receiver: &Receiver, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DRAIN_MAX;
+    while receiver.taken_once().len() < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} of {n} notifications arrived",
+            receiver.taken_once().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+pub async fn run(size: &Size) -> anyhow::Result<Figures> {
+    let groups = size.members;
+    let count = paced_senders(size.rate);
+    let stack = Stack::start(StackOptions {
+        limits: bench_limits(count),
+        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+    })
+    .await?;
+    let client = stack.nats().await?;
+    let appender = super::appender(&client).await?;
+    seed(&appender, groups, count).await?;
+    probe::wait_caught_up(&client).await?;
+    let pace = Duration::from_secs_f64(count as f64 / size.rate as f64);
+    let (off, off_window) = measure_senders(
+        &stack,
+        senders(&stack, groups, count).await?,
+        size,
+        "noff",
+        Some(pace),
+    )
+    .await?;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir()?;
+    let notifier = start_notifier(&stack, &receiver, dir.path()).await?;
+    let pid = notifier.id().context("the notifier's pid")?;
+    let before = receiver.taken_once().len();
+    let seq0 = probe::conv_last_seq(&client).await?;
+    let cpu0 = cpu_us(pid)?;
+    let (on, on_window) = measure_senders(
+        &stack,
+        senders(&stack, groups, count).await?,
+        size,
+        "non",
+        Some(pace),
+    )
+    .await?;
+    let cpu1 = cpu_us(pid)?;
+    // Every message of the run (warm-up too) wakes its 10 members.
+    let sent_total = probe::conv_last_seq(&client).await?.saturating_sub(seq0) as f64;
+    tokio::time::sleep(DEBOUNCE * 2).await;
+    let paced_notified = receiver.taken_once().len() - before;
+    let per_message = paced_notified as f64 / sent_total.max(1.0);
+    // The burst: one message into every group at once.
+    let burst_from = receiver.taken_once().len();
+    let sends: Vec<_> = (0..groups)
+        .map(|g| {
+            let appender = appender.clone();
+            async move {
+                let cmd = Command {
+                    actor: owner(g, count),
+                    client_msg_id: format!("burst-{g}"),
+                    action: Action::Send {
+                        peer: None,
+                        body: im_streams::MessageBody::Text("burst".into()),
+                        meta: Default::default(),
+                    },
+                };
+                appender.execute(&group(g), &cmd, "bench").await
+            }
+        })
+        .collect();
+    for r in bounded(sends, 64).await {
+        r?;
+    }
+    let burst = groups * MEMBERS_PER_GROUP;
+    drained(&receiver, burst_from + burst).await?;
+    let taken = receiver.taken_once();
+    let arrivals: Vec<Instant> = taken[burst_from..].iter().map(|r| r.at).collect();
+    let first = *arrivals.iter().min().context("a burst")?;
+    let last = *arrivals.iter().max().context("a burst")?;
+    let burst_per_s = burst as f64 / (last - first).as_secs_f64().max(0.001);
+    let off_cpu = off_window.cpu_us.0 + off_window.cpu_us.1;
+    let on_cpu = on_window.cpu_us.0 + on_window.cpu_us.1;
+    let notifier_cpu = (cpu1 - cpu0) as f64 / sent_total.max(1.0);
+    eprintln!(
+        "notify: {groups} groups of {MEMBERS_PER_GROUP} offline members, paced {:.0}/s: send path CPU {off_cpu:.0} µs/msg without the notifier, {on_cpu:.0} with it ({:+.1}%); the notifier {notifier_cpu:.0} µs/msg; {per_message:.2} notifications per message; burst of {burst}: {burst_per_s:.0}/s",
+        off.acks_per_s,
+        (on_cpu / off_cpu - 1.0) * 100.0
+    );
+    let mut f = Figures::default();
+    f.add("notify_paced_rate_per_s", on.acks_per_s);
+    f.add("notify_send_path_cpu_us_per_msg_off", off_cpu);
+    f.add("notify_send_path_cpu_us_per_msg_on", on_cpu);
+    f.add("notify_send_path_cpu_ratio", on_cpu / off_cpu);
+    f.add("notify_notifier_cpu_us_per_msg", notifier_cpu);
+    f.add("notify_notifications_per_msg", per_message);
+    f.add("notify_burst_per_s", burst_per_s);
+    f.add("notify_paced_ack_p99_ms_off", super::ms(off.p99_us));
+    f.add("notify_paced_ack_p99_ms_on", super::ms(on.p99_us));
+    drop(notifier);
+    stack.stop().await;
+    Ok(f)
+}
