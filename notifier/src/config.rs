@@ -57,10 +57,29 @@ pub struct NotifierConfig {
     pub signing_key_file: Option<PathBuf>,
 }
 
+/// A URL as logs and errors show it: no user, password or query (which
+/// may carry a credential).
+#[derive(Debug)]
+pub struct Shown(pub reqwest::Url);
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let u = &self.0;
+        let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+        write!(
+            f,
+            "{}://{}{port}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.path()
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("the push gateway URL {0} is not https (plain http only to a loopback address)")]
-    Insecure(String),
+    Insecure(Shown),
     #[error("the webhook secret is empty or shorter than 16 bytes")]
     WeakSecret,
     #[error("{0}")]
@@ -86,14 +105,23 @@ impl NotifierConfig {
         match self.url.scheme() {
             "https" => {}
             "http" if loopback => {}
-            _ => return Err(ConfigError::Insecure(self.url.to_string())),
+            _ => return Err(ConfigError::Insecure(Shown(self.url.clone()))),
         }
         if self.secret.len() < 16 {
             return Err(ConfigError::WeakSecret);
         }
-        if self.debounce.is_zero() || self.backoff_base.is_zero() || self.attempts_max == 0 {
+        let zero = [
+            self.debounce,
+            self.backoff_base,
+            self.late_max,
+            self.request_timeout,
+        ]
+        .iter()
+        .any(Duration::is_zero);
+        if zero || self.attempts_max == 0 {
             return Err(ConfigError::Invalid(
-                "debounce, backoff and attempts must be above zero".into(),
+                "debounce, late max, backoff, request timeout and attempts must be above zero"
+                    .into(),
             ));
         }
         if self.backoff_max < self.backoff_base {

@@ -101,9 +101,14 @@ pub fn render(s: &Stats) -> String {
         counter(&s.unregistered),
     );
     r.register(
-        "im_notify_late_windows",
-        "Windows decided too late to wake anyone",
+        "im_notify_late",
+        "Windows decided, or notifications about to be sent, too late to wake anyone",
         counter(&s.late),
+    );
+    r.register(
+        "im_notify_read_meanwhile",
+        "Notifications dropped before sending: read while they waited",
+        counter(&s.read_meanwhile),
     );
     let skipped = Family::<Vec<(String, String)>, Counter>::default();
     for (i, skip) in SKIPS.iter().enumerate() {
@@ -123,8 +128,13 @@ pub fn render(s: &Stats) -> String {
     );
     r.register(
         "im_notify_outbox",
-        "Notifications decided and not yet taken by the push gateway",
+        "Notifications decided and not yet taken by the push gateway (in the store)",
         gauge(s.outbox.load(Ordering::Relaxed) as i64),
+    );
+    r.register(
+        "im_notify_dead_letters_stored",
+        "Dead letters waiting for an operator",
+        gauge(s.dead_stored.load(Ordering::Relaxed) as i64),
     );
     let lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     lag.set(s.lag_seconds(now_ms()));

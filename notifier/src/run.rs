@@ -2,6 +2,7 @@
 //! projector process runs one), the sender with what the outbox holds,
 //! the decider, the control subject.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use im_projectors::query::QueryContext;
@@ -11,14 +12,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::decide::Decider;
 use crate::presence::Presence;
-use crate::send::{Sender, HELD_MAX};
+use crate::send::Sender;
 use crate::stats::Stats;
 use crate::window::Windows;
 use crate::{outbox, queue, NotifierConfig};
 
-/// Batches of decided notifications on their way to the sender; the
-/// decider waits past it (the sender holds at most `HELD_MAX`).
-pub const TO_SENDER_BATCHES_MAX: usize = 64;
 /// Control commands waiting for the decider.
 pub const CONTROL_QUEUE_MAX: usize = 8;
 
@@ -41,6 +39,44 @@ pub struct Notifier {
     pub contexts: watch::Receiver<Option<Arc<QueryContext>>>,
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
+}
+
+/// The writer that ends refused registrations, signing with the
+/// notifier's key when it has one.
+async fn writer(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    cfg: &NotifierConfig,
+) -> Result<Arc<Appender>, NotifierError> {
+    let topology = im_streams::definitions::read_topology(js).await?;
+    let signer = match &cfg.signing_key_file {
+        Some(path) => Some(Arc::new(im_streams::signing::EventSigner::load_or_create(
+            path,
+        )?)),
+        None => None,
+    };
+    let options = AppenderOptions {
+        signer,
+        ..Default::default()
+    };
+    Ok(Appender::with_options(client.clone(), topology, options).await?)
+}
+
+/// The outbox's next seq, and the counts it starts from.
+fn counted(ctx: &QueryContext) -> Result<(u64, Arc<Stats>), NotifierError> {
+    let ks = ctx
+        .projection(queue::NAME)
+        .ok_or(NotifierError::NotStarted)?
+        .ks();
+    let stats = Arc::new(Stats::default());
+    let stored = |tag| outbox::count(ks.as_ref(), tag);
+    stats
+        .outbox
+        .store(stored(outbox::OUTBOX)?, Ordering::Relaxed);
+    stats
+        .dead_stored
+        .store(stored(outbox::DEAD)?, Ordering::Relaxed);
+    Ok((outbox::next_seq(ks.as_ref())?, stats))
 }
 
 fn http_client(cfg: &NotifierConfig) -> Result<reqwest::Client, NotifierError> {
@@ -71,22 +107,7 @@ impl Notifier {
         let cfg = Arc::new(cfg);
         let http = http_client(&cfg)?;
         let js = async_nats::jetstream::new(client.clone());
-        let topology = im_streams::definitions::read_topology(&js).await?;
-        let signer = match &cfg.signing_key_file {
-            Some(path) => Some(Arc::new(im_streams::signing::EventSigner::load_or_create(
-                path,
-            )?)),
-            None => None,
-        };
-        let appender = Appender::with_options(
-            client.clone(),
-            topology,
-            AppenderOptions {
-                signer,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let appender = writer(&client, &js, &cfg).await?;
         let (stop, stopping) = watch::channel(false);
         let (current, contexts) = watch::channel(None);
         let mut tasks = tokio::task::JoinSet::new();
@@ -103,23 +124,20 @@ impl Notifier {
             .map_err(|_| NotifierError::NotStarted)?
             .clone()
             .ok_or(NotifierError::NotStarted)?;
-        let ks = ctx
-            .projection(queue::NAME)
-            .ok_or(NotifierError::NotStarted)?
-            .ks();
-        let initial = outbox::waiting(ks.as_ref(), HELD_MAX)?;
-        let next_seq = outbox::next_seq(ks.as_ref())?;
-        let stats = Arc::new(Stats::default());
-        let (to_sender, incoming) = mpsc::channel(TO_SENDER_BATCHES_MAX);
+        let (next_seq, stats) = counted(&ctx)?;
+        let (committed, committed_rx) = watch::channel(next_seq - 1);
         let sender = Sender::new(cfg.clone(), http, Some(appender), stats.clone());
-        tasks.spawn(sender.run(initial, incoming, contexts.clone(), stopping.clone()));
+        tasks.spawn(sender.run(committed_rx, contexts.clone(), stopping.clone()));
         let decider = Decider {
             cfg: cfg.clone(),
             presence: Presence::open(&js).await?,
             stats: stats.clone(),
-            to_sender,
+            committed,
+            js: js.clone(),
             next_seq,
             windows: Windows::default(),
+            observed: Default::default(),
+            folded_until_ms: 0,
         };
         let (to_decider, control) = mpsc::channel(CONTROL_QUEUE_MAX);
         tasks.spawn(decider.run(contexts.clone(), control, stopping));

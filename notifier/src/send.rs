@@ -12,13 +12,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use im_projectors::projections::unread;
 use im_projectors::query::QueryContext;
+use im_projectors::store::{Keyspace, StoreError};
 use im_schema::v1;
 use im_streams::append::{AppendOutcome, Appender};
 use im_streams::conversation::{Action, Command};
 use rand::Rng;
 use sha2::Digest;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -31,15 +33,20 @@ use crate::NotifierConfig;
 /// to keep a gateway tens of milliseconds away busy, few enough that a
 /// slow one holds little.
 pub const SENDS_IN_FLIGHT_MAX: usize = 32;
-/// Notifications held in memory waiting (~1 KB each); past it the decider
-/// waits, and messages wait in the store's queue.
+/// Notifications held in memory waiting, and their bytes (a row carries
+/// its user's devices, up to 16 tokens of 4 KB): past either the rest
+/// wait in the store's outbox and are read as these go.
 pub const HELD_MAX: usize = 100_000;
+pub const HELD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Bytes of a gateway's answer read: `{"rejected": [...]}` of at most
 /// `PUSH_DEVICES_MAX` tokens of 4 KB.
 pub const ANSWER_BYTES_MAX: usize = 80 * 1024;
 /// How long an unregistration (an append) may take before it is left for
 /// the next refusal of the same token.
 pub const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the sender looks at the store without being told (a store
+/// restarted under it).
+pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 struct UserQueue {
     items: VecDeque<Waiting>,
@@ -55,6 +62,11 @@ pub struct Sender {
     pub stats: Arc<Stats>,
     queues: BTreeMap<String, UserQueue>,
     held: usize,
+    held_bytes: usize,
+    /// The last outbox seq read from the store.
+    loaded_to: u64,
+    /// The user last started: the next start looks after them first.
+    last_started: String,
 }
 
 /// The outcome of one attempt.
@@ -77,82 +89,134 @@ impl Sender {
             stats,
             queues: BTreeMap::new(),
             held: 0,
+            held_bytes: 0,
+            loaded_to: 0,
+            last_started: String::new(),
         }
     }
 
-    fn hold(&mut self, rows: Vec<Waiting>) {
-        for w in rows {
-            self.held += 1;
-            self.queues
-                .entry(w.user().to_string())
-                .or_insert_with(|| UserQueue {
-                    items: VecDeque::new(),
-                    attempts: 0,
-                    next_at: Instant::now(),
-                    busy: false,
-                })
-                .items
-                .push_back(w);
+    /// Reads the outbox on from where it stopped, up to what the decider
+    /// committed, while there is room.
+    fn load(&mut self, ks: &dyn Keyspace, committed: u64) -> Result<(), StoreError> {
+        while self.loaded_to < committed && self.held < HELD_MAX && self.held_bytes < HELD_BYTES_MAX
+        {
+            let want = (HELD_MAX - self.held).min(1_000);
+            let rows = outbox::waiting(ks, self.loaded_to + 1, want)?;
+            if rows.is_empty() {
+                self.loaded_to = committed;
+                break;
+            }
+            for w in rows {
+                if w.seq > committed {
+                    return Ok(());
+                }
+                self.loaded_to = w.seq;
+                self.held += 1;
+                self.held_bytes += w.bytes();
+                self.queues
+                    .entry(w.user().to_string())
+                    .or_insert_with(|| UserQueue {
+                        items: VecDeque::new(),
+                        attempts: 0,
+                        next_at: Instant::now(),
+                        busy: false,
+                    })
+                    .items
+                    .push_back(w);
+            }
         }
+        Ok(())
     }
 
     pub async fn run(
         mut self,
-        initial: Vec<Waiting>,
-        mut incoming: mpsc::Receiver<Vec<Waiting>>,
+        mut committed: watch::Receiver<u64>,
         contexts: watch::Receiver<Option<Arc<QueryContext>>>,
         mut stop: watch::Receiver<bool>,
     ) {
-        self.hold(initial);
         let mut inflight: JoinSet<Attempt> = JoinSet::new();
         loop {
-            self.start_ready(&mut inflight);
+            let ctx = contexts.borrow().clone();
+            if let Some(ctx) = &ctx {
+                self.step(ctx, *committed.borrow_and_update(), &mut inflight);
+            }
             self.publish_stats();
-            let wake = self.next_wake();
+            let full = inflight.len() >= SENDS_IN_FLIGHT_MAX;
+            // A ready user is started above unless every slot is taken:
+            // then only an attempt's end (or news) wakes the loop.
+            let wake = self.next_wake().filter(|_| !full);
             tokio::select! {
-                Some(rows) = incoming.recv(), if self.held < HELD_MAX => self.hold(rows),
-                Some(done) = inflight.join_next() => {
-                    if let Ok(a) = done {
-                        let ctx = contexts.borrow().clone();
-                        self.finish(ctx.as_deref(), a);
+                _ = committed.changed() => {}
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    if let (Ok(a), Some(ctx)) = (done, contexts.borrow().clone()) {
+                        self.finish(&ctx, a);
                     }
                 }
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
                 _ = stop.changed() => return,
             }
         }
     }
 
-    fn next_wake(&self) -> Instant {
-        let later = Instant::now() + Duration::from_secs(1);
-        self.queues
-            .values()
-            .filter(|q| !q.busy)
-            .map(|q| q.next_at)
-            .min()
-            .map_or(later, |t| t.min(later))
+    fn step(&mut self, ctx: &QueryContext, committed: u64, inflight: &mut JoinSet<Attempt>) {
+        let Some(ks) = ctx.projection(crate::queue::NAME).map(|s| s.ks()) else {
+            return;
+        };
+        if let Err(e) = self.load(ks.as_ref(), committed) {
+            tracing::warn!(error = %e, "reading the outbox");
+        }
+        let unread = ctx.projection(unread::NAME).map(|s| s.ks());
+        self.start_ready(ks.as_ref(), unread.as_deref(), inflight);
     }
 
-    fn start_ready(&mut self, inflight: &mut JoinSet<Attempt>) {
+    /// When the first user not being tried may be tried, if any.
+    fn next_wake(&self) -> Option<Instant> {
+        self.queues
+            .values()
+            .filter(|q| !q.busy && !q.items.is_empty())
+            .map(|q| q.next_at)
+            .min()
+    }
+
+    /// Starts each ready user's first notification, from the user after
+    /// the last one started (so none waits behind the alphabet), up to
+    /// `SENDS_IN_FLIGHT_MAX`.
+    fn start_ready(
+        &mut self,
+        ks: &dyn Keyspace,
+        unread: Option<&dyn Keyspace>,
+        inflight: &mut JoinSet<Attempt>,
+    ) {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
         let now = Instant::now();
-        for (user, q) in self.queues.iter_mut() {
+        let after = self.last_started.clone();
+        let order: Vec<String> = self
+            .queues
+            .range::<String, _>((Excluded(&after), Unbounded))
+            .chain(
+                self.queues
+                    .range::<String, _>((Unbounded, Included(&after))),
+            )
+            .filter(|(_, q)| !q.busy && q.next_at <= now)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for user in order {
             if inflight.len() >= SENDS_IN_FLIGHT_MAX {
                 return;
             }
-            if q.busy || q.next_at > now {
-                continue;
-            }
-            let Some(head) = q.items.front().cloned() else {
+            let Some(head) = self.first_still_wanted(ks, unread, &user) else {
                 continue;
             };
+            let q = self.queues.get_mut(&user).expect("listed");
             q.busy = true;
+            self.last_started = user.clone();
             let (cfg, http, appender, stats) = (
                 self.cfg.clone(),
                 self.http.clone(),
                 self.appender.clone(),
                 self.stats.clone(),
             );
-            let user = user.clone();
             inflight.spawn(async move {
                 let answer = attempt(&cfg, &http, &head).await;
                 if let Some(appender) = appender {
@@ -163,8 +227,61 @@ impl Sender {
         }
     }
 
+    /// The user's first notification that still wakes them: one read in
+    /// the meantime (a retry or a backlog can hold it minutes), or older
+    /// than `late_max`, is dropped here.
+    fn first_still_wanted(
+        &mut self,
+        ks: &dyn Keyspace,
+        unread: Option<&dyn Keyspace>,
+        user: &str,
+    ) -> Option<Waiting> {
+        let late_max = self.cfg.late_max.as_millis() as i64;
+        loop {
+            let head = self.queues.get(user)?.items.front()?.clone();
+            let n = head.notification();
+            let read = unread
+                .and_then(|u| unread::row_of(u, user, &n.conversation_id).ok().flatten())
+                .is_some_and(|r| r.last_read_seq >= n.last_conv_seq);
+            let late = now_ms() - n.at_ms > late_max;
+            if !read && !late {
+                return Some(head);
+            }
+            Stats::add(
+                if read {
+                    &self.stats.read_meanwhile
+                } else {
+                    &self.stats.late
+                },
+                1,
+            );
+            if let Err(e) = outbox::remove(ks, &head) {
+                tracing::warn!(error = %e, "the outbox could not be written");
+                return None;
+            }
+            self.done(user);
+        }
+    }
+
+    /// The user's first notification is out of the outbox.
+    fn done(&mut self, user: &str) {
+        let Some(q) = self.queues.get_mut(user) else {
+            return;
+        };
+        if let Some(w) = q.items.pop_front() {
+            self.held -= 1;
+            self.held_bytes = self.held_bytes.saturating_sub(w.bytes());
+            Stats::sub(&self.stats.outbox, 1);
+        }
+        q.attempts = 0;
+        q.next_at = Instant::now();
+        if q.items.is_empty() && !q.busy {
+            self.queues.remove(user);
+        }
+    }
+
     /// Moves a user's queue on after an attempt.
-    fn finish(&mut self, ctx: Option<&QueryContext>, a: Attempt) {
+    fn finish(&mut self, ctx: &QueryContext, a: Attempt) {
         let Some(q) = self.queues.get_mut(&a.user) else {
             return;
         };
@@ -172,15 +289,11 @@ impl Sender {
         let Some(head) = q.items.front().cloned() else {
             return;
         };
-        let ks = ctx
-            .and_then(|c| c.projection(crate::queue::NAME))
-            .map(|s| s.ks());
-        let Some(ks) = ks else {
-            // The store is restarting: try again shortly.
+        let Some(ks) = ctx.projection(crate::queue::NAME).map(|s| s.ks()) else {
             q.next_at = Instant::now() + self.cfg.backoff_base;
             return;
         };
-        let done = match &a.answer {
+        let written = match &a.answer {
             Answer::Taken { .. } | Answer::Gone => {
                 Stats::add(
                     &self.stats.sent,
@@ -199,21 +312,17 @@ impl Sender {
                 let mut dead = head.clone();
                 dead.row.attempts = q.attempts + 1;
                 dead.row.last_error = why.clone();
-                Stats::add(&self.stats.dead, 1);
-                tracing::warn!(user = %a.user, id = %dead.row.notification.as_ref().map_or("", |n| n.id.as_str()), reason = %why, "notification given up: a dead letter");
-                outbox::bury(ks.as_ref(), &dead, now_ms())
+                tracing::warn!(user = %a.user, id = %head.notification().id, reason = %why, "notification given up: a dead letter");
+                let buried = outbox::bury(ks.as_ref(), &dead, now_ms());
+                if buried.is_ok() {
+                    Stats::add(&self.stats.dead, 1);
+                    Stats::add(&self.stats.dead_stored, 1);
+                }
+                buried
             }
         };
-        match done {
-            Ok(()) => {
-                q.items.pop_front();
-                q.attempts = 0;
-                q.next_at = Instant::now();
-                self.held -= 1;
-                if q.items.is_empty() {
-                    self.queues.remove(&a.user);
-                }
-            }
+        match written {
+            Ok(()) => self.done(&a.user),
             Err(e) => {
                 tracing::warn!(error = %e, "the outbox could not be written: trying again");
                 q.next_at = Instant::now() + self.cfg.backoff_base;
@@ -222,7 +331,7 @@ impl Sender {
     }
 
     fn publish_stats(&self) {
-        self.stats.outbox.store(self.held as u64, Ordering::Relaxed);
+        self.stats.held.store(self.held as u64, Ordering::Relaxed);
         let oldest = self
             .queues
             .values()
@@ -238,18 +347,17 @@ impl Sender {
 /// The wait before attempt `n + 1`: the base doubled per attempt, capped,
 /// drawn between half and all of it.
 pub fn backoff(cfg: &NotifierConfig, attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(20);
     let full = cfg
         .backoff_base
-        .saturating_mul(1u32.checked_shl(attempts.min(20) - 1).unwrap_or(u32::MAX))
+        .saturating_mul(1u32 << doublings)
         .min(cfg.backoff_max);
     full.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
 /// One request: the body, its signature, the gateway's answer.
 async fn attempt(cfg: &NotifierConfig, http: &reqwest::Client, w: &Waiting) -> Answer {
-    let Some(n) = &w.row.notification else {
-        return Answer::Refused("an empty outbox row".into());
-    };
+    let n = w.notification();
     let body = webhook::body(cfg.format, n);
     let signature = webhook::sign(&cfg.secret, now_ms() / 1000, &body);
     let sent = http

@@ -16,12 +16,19 @@ pub struct Stats {
     pub unregistered: AtomicU64,
     /// Members a decided window woke nobody of, by reason.
     pub skipped: [AtomicU64; 5],
-    /// Windows decided too late to wake anyone (`late_max`).
+    /// Notifications dropped before sending: read in the meantime.
+    pub read_meanwhile: AtomicU64,
+    /// Windows decided, and notifications about to be sent, too late to
+    /// wake anyone (`late_max`).
     pub late: AtomicU64,
     /// Queued messages held in undecided windows.
     pub pending_messages: AtomicU64,
-    /// Notifications decided and not yet taken.
+    /// Notifications decided and not yet taken (in the store's outbox).
     pub outbox: AtomicU64,
+    /// Of those, held in the sender's memory.
+    pub held: AtomicU64,
+    /// Dead letters in the store.
+    pub dead_stored: AtomicU64,
     /// When the oldest undecided window was due, ms (0: none).
     pub oldest_due_ms: AtomicI64,
     /// When the oldest notification not yet taken was decided, ms (0: none).
@@ -47,6 +54,12 @@ impl Stats {
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(n))
+        });
     }
 
     /// Seconds the notifier is behind at `now_ms`: since the oldest window

@@ -286,3 +286,192 @@ async fn a_slow_receiver_is_tried_again_and_a_refusal_is_a_dead_letter_until_rep
     assert_eq!(control(false).await.total, 0);
     notifier.stop().await;
 }
+
+fn test_key(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../gateway/tests/keys")
+        .join(name)
+}
+
+#[tokio::test]
+async fn https_is_verified_against_the_given_ca_and_an_unknown_certificate_is_refused() {
+    let stack = Stack::start().await;
+    let receiver =
+        Receiver::start_tls(&test_key("tls-server.pem"), &test_key("tls-server-key.pem")).await;
+    assert!(receiver.url("/").starts_with("https://"));
+    // Without the CA: the certificate is not trusted, nothing is taken,
+    // and the notification ends a dead letter naming why.
+    let mut config = stack.config(&receiver);
+    config.attempts_max = 2;
+    let untrusting = stack.notifier(config).await;
+    stack.create("g1", "amy", &["bo"]).await;
+    stack.register("bo", "phone", "tb").await;
+    stack.send("g1", "amy", "over tls").await;
+    let deadline = tokio::time::Instant::now() + SETTLE * 3;
+    while untrusting
+        .stats
+        .dead
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never given up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(receiver.received().is_empty());
+    untrusting.stop().await;
+    // With it: taken (the same store: the dead letter replayed).
+    let mut config = stack.config(&receiver);
+    config.ca_file = Some(test_key("tls-ca.pem"));
+    let trusting = stack.notifier(config).await;
+    let operator = stack
+        .kit
+        .connect_as(im_streams::identities::Component::Operator)
+        .await;
+    let cmd = v1::NotifyControl {
+        replay: true,
+        limit: 10,
+    };
+    let answer = operator
+        .request(
+            im_notifier::control::control_subject("notifier"),
+            im_schema::encode(&cmd).into(),
+        )
+        .await
+        .unwrap();
+    let result: v1::NotifyControlResult = im_schema::decode(&answer.payload).unwrap();
+    assert_eq!(result.replayed, 1, "{result:?}");
+    let why = &result.dead_letters[0].last_error;
+    assert!(
+        why.contains("certificate") || why.contains("connect"),
+        "{why}"
+    );
+    wait_for(&receiver, SETTLE * 2, "taken over https", |r| r.len() == 1).await;
+    assert_eq!(notification(&receiver.received()[0])["text"], "over tls");
+    trusting.stop().await;
+}
+
+#[test]
+fn a_plain_http_gateway_elsewhere_and_a_short_secret_are_refused() {
+    let base = im_notifier::NotifierConfig {
+        instance: "notifier".into(),
+        data_dir: "x".into(),
+        url: "https://push.example/notify".parse().unwrap(),
+        format: webhook::Format::Webhook,
+        secret: SECRET.to_vec(),
+        ca_file: None,
+        preview: im_notifier::window::Preview::Sender,
+        debounce: DEBOUNCE,
+        late_max: Duration::from_secs(60),
+        attempts_max: 3,
+        backoff_base: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
+        signing_key_file: None,
+    };
+    assert!(base.validate().is_ok());
+    for (url, ok) in [
+        ("http://push.example/notify", false),
+        ("http://127.0.0.1:9/notify", true),
+        ("http://localhost:9/notify", true),
+        ("ftp://push.example/", false),
+    ] {
+        let c = im_notifier::NotifierConfig {
+            url: url.parse().unwrap(),
+            ..base.clone()
+        };
+        assert_eq!(c.validate().is_ok(), ok, "{url}");
+    }
+    let weak = im_notifier::NotifierConfig {
+        secret: b"short".to_vec(),
+        ..base.clone()
+    };
+    assert!(weak.validate().is_err());
+}
+
+#[tokio::test]
+async fn a_window_folded_after_a_restart_is_decided_whole_with_its_reads() {
+    let stack = Stack::start().await;
+    let receiver = Receiver::start().await;
+    stack.create("g1", "amy", &["bo", "cy"]).await;
+    stack.register("bo", "phone", "tb").await;
+    stack.register("cy", "phone", "tc").await;
+    // Started once, to have a store; stopped while a window happens.
+    stack.notifier(stack.config(&receiver)).await.stop().await;
+    stack.send("g1", "amy", "one").await;
+    stack.send("g1", "amy", "two").await;
+    let (_, last) = stack.send("g1", "amy", "three").await;
+    stack.read("g1", "cy", last).await;
+    tokio::time::sleep(DEBOUNCE * 2).await;
+    // Back: the window is long due, but decided only once folded whole.
+    let notifier = stack.notifier(stack.config(&receiver)).await;
+    wait_for(&receiver, SETTLE * 2, "bo's notification", |r| {
+        !r.is_empty()
+    })
+    .await;
+    tokio::time::sleep(DEBOUNCE * 2).await;
+    let got = receiver.received();
+    assert_eq!(
+        users_of(&got),
+        ["bo"],
+        "cy read it while the notifier was down"
+    );
+    assert_eq!(notification(&got[0])["messages"], 3, "one window, whole");
+    notifier.stop().await;
+}
+
+#[tokio::test]
+async fn a_member_added_within_a_window_is_told_only_of_what_follows() {
+    let stack = Stack::start().await;
+    let receiver = Receiver::start().await;
+    let notifier = stack.notifier(stack.config(&receiver)).await;
+    stack.create("g1", "amy", &["bo"]).await;
+    stack.register("bo", "phone", "tb").await;
+    stack.register("di", "phone", "td").await;
+    stack.send("g1", "amy", "before di").await;
+    let add = im_streams::Action::AddMember {
+        user: "di".into(),
+        role: im_streams::Role::Member,
+    };
+    stack.run("g1", "amy", add).await;
+    stack.send("g1", "amy", "after di").await;
+    wait_for(&receiver, SETTLE * 2, "both", |r| r.len() == 2).await;
+    for r in receiver.received() {
+        let n = notification(&r);
+        let expected = if n["userId"] == "di" { 1 } else { 2 };
+        assert_eq!(n["messages"], expected, "{n}");
+    }
+    notifier.stop().await;
+}
+
+#[tokio::test]
+async fn a_notification_read_while_it_waits_is_not_sent() {
+    let stack = Stack::start().await;
+    let mut receiver = Receiver::start().await;
+    let notifier = stack.notifier(stack.config(&receiver)).await;
+    stack.create("g1", "amy", &["bo"]).await;
+    stack.register("bo", "phone", "tb").await;
+    receiver.down();
+    let (_, last) = stack.send("g1", "amy", "while it is down").await;
+    // Decided (and tried) before bo reads.
+    let retried = || {
+        notifier
+            .stats
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = tokio::time::Instant::now() + SETTLE * 2;
+    while retried() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never tried");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.read("g1", "bo", last).await;
+    receiver.up().await;
+    tokio::time::sleep(SETTLE).await;
+    assert!(receiver.received().is_empty(), "{:?}", receiver.received());
+    let dropped = notifier
+        .stats
+        .read_meanwhile
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(dropped, 1);
+    notifier.stop().await;
+}

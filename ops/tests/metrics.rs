@@ -91,18 +91,23 @@ async fn traffic(lines: &[String], data: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_charts_what_the_stack_serves() {
     let data = tempfile::tempdir().unwrap();
-    let (child, lines) = start_as(data.path(), im_testkit::free_port(), "127.0.0.1:0", |_| {});
+    // With the notifier, whose families are charted too.
+    let receiver = im_testkit::Receiver::start().await;
+    let (child, lines) = start_as(data.path(), im_testkit::free_port(), "127.0.0.1:0", |cmd| {
+        cmd.args(["--notify-url", &receiver.url("/push")]);
+    });
     let _reaper = Reaper(child.id());
     traffic(&lines, data.path()).await;
     let gateway = addr_after(&lines, "imctl: gateway metrics http://");
     let projector = addr_after(&lines, "imctl: projector metrics http://");
+    let notifier = addr_after(&lines, "imctl: notifier metrics http://");
     let (mut families, mut samples) = (BTreeSet::new(), BTreeSet::new());
     let deadline = Instant::now() + Duration::from_secs(30);
     // The rebuild's progress shows once it has started.
     while !samples.contains("im_projection_rebuild_folded") && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         (families, samples) = (BTreeSet::new(), BTreeSet::new());
-        for addr in [gateway, projector] {
+        for addr in [gateway, projector, notifier] {
             let (status, text) = http_get(addr, "/metrics").await;
             assert_eq!(status, 200, "{text}");
             let (f, s) = scraped(&text);

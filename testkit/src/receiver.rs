@@ -1,15 +1,18 @@
-//! A push gateway for tests: a real HTTP/1.1 server on a free loopback
-//! port that records every request it answers, and can be told to answer
-//! 200, an error status, a `rejected` list, slowly, or to be down (its
-//! port refusing connections) and up again on the same port.
+//! A push gateway for tests: a real HTTP/1.1 server (or HTTPS, with a
+//! certificate and key given) on a free loopback port that records every
+//! request it answers, and can be told to answer 200, an error status, a
+//! `rejected` list, slowly, or to be down (its port refusing connections)
+//! and up again on the same port.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 
 /// Bytes of one request's body the receiver reads at most.
 const BODY_BYTES_MAX: usize = 1 << 20;
@@ -54,6 +57,7 @@ pub struct Receiver {
     pub addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    tls: Option<TlsAcceptor>,
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -62,15 +66,44 @@ fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Self::start_with(None).await
+    }
+
+    /// Over TLS, with this certificate chain and key (PEM files).
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Receiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(cert)
+            .expect("a certificate file")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificates");
+        let key = PrivateKeyDer::from_pem_file(key).expect("a key file");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("a certificate and its key");
+        Self::start_with(Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<TlsAcceptor>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let addr = listener.local_addr().expect("bound");
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let task = Some(tokio::spawn(accept(listener, shared.clone())));
-        Receiver { addr, shared, task }
+        let task = Some(tokio::spawn(accept(listener, shared.clone(), tls.clone())));
+        Receiver {
+            addr,
+            shared,
+            task,
+            tls,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     pub fn set(&self, mode: Mode) {
@@ -100,7 +133,11 @@ impl Receiver {
                 Err(e) => panic!("rebinding {}: {e}", self.addr),
             }
         };
-        self.task = Some(tokio::spawn(accept(listener, self.shared.clone())));
+        self.task = Some(tokio::spawn(accept(
+            listener,
+            self.shared.clone(),
+            self.tls.clone(),
+        )));
     }
 
     /// Every request answered so far, in arrival order.
@@ -126,16 +163,27 @@ impl Drop for Receiver {
     }
 }
 
-async fn accept(listener: TcpListener, shared: Arc<Mutex<Shared>>) {
+async fn accept(listener: TcpListener, shared: Arc<Mutex<Shared>>, tls: Option<TlsAcceptor>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(serve(stream, shared.clone()));
+        let (shared, tls) = (shared.clone(), tls.clone());
+        tokio::spawn(async move {
+            match tls {
+                // A client that refuses the certificate ends here.
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(stream).await {
+                        serve(stream, shared).await;
+                    }
+                }
+                None => serve(stream, shared).await,
+            }
+        });
     }
 }
 
-async fn serve(stream: TcpStream, shared: Arc<Mutex<Shared>>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Mutex<Shared>>) {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     if reader.read_line(&mut line).await.unwrap_or(0) == 0 {

@@ -106,6 +106,11 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    if args.signing_key_file.is_none() {
+        tracing::warn!(
+            "no signing key: where events must be signed, a token the push gateway refuses keeps its registration"
+        );
+    }
     let client = args.nats.connect("im-notifier").await?;
     let mut notifier = Notifier::start(client, config).await?;
     if let Some(at) = args.metrics_listen {

@@ -206,8 +206,13 @@ pub fn reach_rows(
                 continue;
             }
             if let Some(mut row) = tx.get_msg::<v1::PeopleRow>(&row_key(&log))? {
-                // No rule reads the profile: thousands would not fit a message.
+                // No rule reads the profile or the notification settings
+                // (push tokens are the user's alone): thousands would not
+                // fit a message.
                 row.profile = None;
+                row.push.clear();
+                row.muted.clear();
+                row.dnd_until_ms = 0;
                 out.push(v1::PeopleLogRow {
                     log_id: log,
                     row: Some(row),

@@ -17,6 +17,9 @@ use crate::keys::{key, last_part, prefix, prefix_end, seq};
 use crate::store::{Keyspace, StoreError};
 use crate::tx::Tx;
 
+/// The projection's name.
+pub const NAME: &str = "unread";
+
 /// `r<user>\0<conv>` -> UnreadRow (members only).
 pub const ROW: u8 = b'r';
 /// `x<conv>\0<seq>` -> MessageMark: the messages counts are made of.
@@ -117,7 +120,7 @@ impl Unread {
 
 impl Projection for Unread {
     fn name(&self) -> &'static str {
-        "unread"
+        NAME
     }
 
     fn reads_receipts(&self) -> bool {
@@ -182,6 +185,15 @@ fn count(
         unread: n,
         capped: marks.len() == UNREAD_SCAN_MAX,
     })
+}
+
+/// Where `user` stands in `conv` (joined at, read up to), if a member.
+pub fn row_of(
+    ks: &dyn Keyspace,
+    user: &str,
+    conv: &str,
+) -> Result<Option<v1::UnreadRow>, StoreError> {
+    Tx::new(ks).get_msg(&row_key(user, conv))
 }
 
 /// A user's unread counts: one conversation, or all of theirs here.

@@ -8,6 +8,7 @@
 //! message; then a burst (one message into every group at once) measures
 //! the notifications per second the notifier sustains.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,7 +16,7 @@ use im_streams::{Action, AppendOutcome, Appender, Command};
 use im_testkit::Receiver;
 use tokio::process::Child;
 
-use super::ingest::{measure_senders, paced_senders};
+use super::ingest::{measure_senders, paced_senders, Ingest, Window};
 use super::probe::{self, cpu_us};
 use super::stack::{Stack, StackOptions, Ws};
 use super::{bench_limits, bounded, create_group, Figures, Size};
@@ -130,56 +131,21 @@ async fn drained(receiver: &Receiver, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(size: &Size) -> anyhow::Result<Figures> {
-    let groups = size.members;
-    let count = paced_senders(size.rate);
-    let stack = Stack::start(StackOptions {
-        limits: bench_limits(count),
-        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-    })
-    .await?;
-    let client = stack.nats().await?;
-    let appender = super::appender(&client).await?;
-    seed(&appender, groups, count).await?;
-    probe::wait_caught_up(&client).await?;
-    let pace = Duration::from_secs_f64(count as f64 / size.rate as f64);
-    let (off, off_window) = measure_senders(
-        &stack,
-        senders(&stack, groups, count).await?,
-        size,
-        "noff",
-        Some(pace),
-    )
-    .await?;
-    let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir()?;
-    let notifier = start_notifier(&stack, &receiver, dir.path()).await?;
-    let pid = notifier.id().context("the notifier's pid")?;
-    let before = receiver.taken_once().len();
-    let seq0 = probe::conv_last_seq(&client).await?;
-    let cpu0 = cpu_us(pid)?;
-    let (on, on_window) = measure_senders(
-        &stack,
-        senders(&stack, groups, count).await?,
-        size,
-        "non",
-        Some(pace),
-    )
-    .await?;
-    let cpu1 = cpu_us(pid)?;
-    // Every message of the run (warm-up too) wakes its 10 members.
-    let sent_total = probe::conv_last_seq(&client).await?.saturating_sub(seq0) as f64;
-    tokio::time::sleep(DEBOUNCE * 2).await;
-    let paced_notified = receiver.taken_once().len() - before;
-    let per_message = paced_notified as f64 / sent_total.max(1.0);
-    // The burst: one message into every group at once.
-    let burst_from = receiver.taken_once().len();
+/// The burst: one message into every group at once; the notifications a
+/// second the notifier then sustains, from the first to the last arrival.
+async fn burst(
+    appender: &Arc<Appender>,
+    receiver: &Receiver,
+    groups: usize,
+    senders: usize,
+) -> anyhow::Result<f64> {
+    let from = receiver.taken_once().len();
     let sends: Vec<_> = (0..groups)
         .map(|g| {
             let appender = appender.clone();
             async move {
                 let cmd = Command {
-                    actor: owner(g, count),
+                    actor: owner(g, senders),
                     client_msg_id: format!("burst-{g}"),
                     action: Action::Send {
                         peer: None,
@@ -195,19 +161,67 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
         r?;
     }
     let burst = groups * MEMBERS_PER_GROUP;
-    drained(&receiver, burst_from + burst).await?;
-    let taken = receiver.taken_once();
-    let arrivals: Vec<Instant> = taken[burst_from..].iter().map(|r| r.at).collect();
+    drained(receiver, from + burst).await?;
+    let arrivals: Vec<Instant> = receiver.taken_once()[from..].iter().map(|r| r.at).collect();
     let first = *arrivals.iter().min().context("a burst")?;
     let last = *arrivals.iter().max().context("a burst")?;
-    let burst_per_s = burst as f64 / (last - first).as_secs_f64().max(0.001);
+    Ok(burst as f64 / (last - first).as_secs_f64().max(0.001))
+}
+
+/// The paced window with the notifier: the send path's figures, the
+/// notifier's CPU per message, and its notifications per message.
+async fn paced_with_notifier(
+    stack: &Stack,
+    size: &Size,
+    receiver: &Receiver,
+    (groups, count): (usize, usize),
+    pid: u32,
+) -> anyhow::Result<(Ingest, Window, f64, f64)> {
+    let client = stack.nats().await?;
+    let pace = Duration::from_secs_f64(count as f64 / size.rate as f64);
+    let before = receiver.taken_once().len();
+    let (seq0, cpu0) = (probe::conv_last_seq(&client).await?, cpu_us(pid)?);
+    let senders = senders(stack, groups, count).await?;
+    let (on, window) = measure_senders(stack, senders, size, "non", Some(pace)).await?;
+    let cpu1 = cpu_us(pid)?;
+    // Every message of the run, warm-up too (what the log grew by).
+    let sent = probe::conv_last_seq(&client)
+        .await?
+        .saturating_sub(seq0)
+        .max(1) as f64;
+    tokio::time::sleep(DEBOUNCE * 2).await;
+    let notified = (receiver.taken_once().len() - before) as f64;
+    Ok((on, window, (cpu1 - cpu0) as f64 / sent, notified / sent))
+}
+
+pub async fn run(size: &Size) -> anyhow::Result<Figures> {
+    let (groups, count) = (size.members, paced_senders(size.rate));
+    let stack = Stack::start(StackOptions {
+        limits: bench_limits(count),
+        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+    })
+    .await?;
+    let client = stack.nats().await?;
+    let appender = super::appender(&client).await?;
+    seed(&appender, groups, count).await?;
+    probe::wait_caught_up(&client).await?;
+    let pace = Duration::from_secs_f64(count as f64 / size.rate as f64);
+    let senders_off = senders(&stack, groups, count).await?;
+    let (off, off_window) = measure_senders(&stack, senders_off, size, "noff", Some(pace)).await?;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir()?;
+    let notifier = start_notifier(&stack, &receiver, dir.path()).await?;
+    let pid = notifier.id().context("the notifier's pid")?;
+    let (on, on_window, notifier_cpu, per_message) =
+        paced_with_notifier(&stack, size, &receiver, (groups, count), pid).await?;
+    let burst_per_s = burst(&appender, &receiver, groups, count).await?;
     let off_cpu = off_window.cpu_us.0 + off_window.cpu_us.1;
     let on_cpu = on_window.cpu_us.0 + on_window.cpu_us.1;
-    let notifier_cpu = (cpu1 - cpu0) as f64 / sent_total.max(1.0);
     eprintln!(
-        "notify: {groups} groups of {MEMBERS_PER_GROUP} offline members, paced {:.0}/s: send path CPU {off_cpu:.0} µs/msg without the notifier, {on_cpu:.0} with it ({:+.1}%); the notifier {notifier_cpu:.0} µs/msg; {per_message:.2} notifications per message; burst of {burst}: {burst_per_s:.0}/s",
+        "notify: {groups} groups of {MEMBERS_PER_GROUP} offline members, paced {:.0}/s: send path CPU {off_cpu:.0} µs/msg without the notifier, {on_cpu:.0} with it ({:+.1}%); the notifier {notifier_cpu:.0} µs/msg; {per_message:.2} notifications per message; a burst of {}: {burst_per_s:.0}/s",
         off.acks_per_s,
-        (on_cpu / off_cpu - 1.0) * 100.0
+        (on_cpu / off_cpu - 1.0) * 100.0,
+        groups * MEMBERS_PER_GROUP,
     );
     let mut f = Figures::default();
     f.add("notify_paced_rate_per_s", on.acks_per_s);

@@ -108,6 +108,9 @@ pub struct UpArgs {
     pub notify_preview: im_notifier::window::Preview,
     #[arg(long, env = "IM_NOTIFY_DEBOUNCE_MS", default_value_t = im_notifier::config::DEBOUNCE_DEFAULT.as_millis() as u64)]
     pub notify_debounce_ms: u64,
+    /// Address of the notifier's `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "IM_NOTIFY_METRICS_LISTEN", default_value = "127.0.0.1:0")]
+    pub notify_metrics_listen: std::net::SocketAddr,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -270,8 +273,19 @@ async fn start_notifier(
     };
     let client = nats.connect("imctl-up-notifier").await?;
     let notifier = im_notifier::Notifier::start(client, config).await?;
+    let listener = tokio::net::TcpListener::bind(args.notify_metrics_listen).await?;
     println!(
-        "imctl: notifier -> {push} (secret in {}; imctl notify dead-letters)",
+        "imctl: notifier metrics http://{}/metrics",
+        listener.local_addr()?
+    );
+    tokio::spawn(im_notifier::metrics::serve(
+        listener,
+        notifier.stats.clone(),
+        notifier.contexts.clone(),
+    ));
+    println!(
+        "imctl: notifier -> {} (secret in {}; imctl notify dead-letters)",
+        im_notifier::config::Shown(push.clone()),
         secret_file.display()
     );
     Ok(notifier)
