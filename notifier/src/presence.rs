@@ -1,25 +1,67 @@
 //! Whether a member had a device connected when a window opened or since,
-//! from the buckets the gateways keep (`im_presence`, `im_last_seen`):
-//! presence is not in the log, so it is read when a window is decided.
+//! from what the gateways keep in `im_presence` (and `im_last_seen`):
+//! presence is not in the log, so it is known when a window is decided.
+//!
+//! The notifier watches `im_presence` (its current entries, then every
+//! change): who is online, and when each user's last line went. So a
+//! decision costs no request; only a window that opened before the watch
+//! started (a backlog at start), or while it is restarting or over its
+//! bound, asks the buckets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_nats::jetstream::kv::{Operation, Store};
+use futures::StreamExt;
 use im_streams::definitions::{open_bucket, LAST_SEEN_BUCKET, PRESENCE_BUCKET, PRESENCE_TTL};
+use im_streams::presence::{decode, is_online, Entry};
+
+use crate::stats::now_ms;
+
+const TTL_MS: i64 = PRESENCE_TTL.as_millis() as i64;
+
+/// Users the watch keeps (online, or gone within the window it must
+/// remember): past it the buckets are asked instead, as before the watch.
+pub const WATCHED_USERS_MAX: usize = 1_000_000;
+/// How long a failed watch waits before it starts again.
+pub const WATCH_RETRY: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct Known {
+    online: HashMap<String, Entry>,
+    /// When each user's entry went (their last device left).
+    left: HashMap<String, i64>,
+    /// Since when the watch has seen every change (0: not watching).
+    since_ms: i64,
+}
 
 pub struct Presence {
     entries: Store,
     last_seen: Store,
+    known: Arc<Mutex<Known>>,
+    /// Departures older than this are forgotten: no window that old is
+    /// decided (`late_max` and the debounce).
+    remember_ms: i64,
 }
 
-const TTL_MS: i64 = PRESENCE_TTL.as_millis() as i64;
+fn lock(m: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl Presence {
     pub async fn open(
         js: &async_nats::jetstream::Context,
+        remember: Duration,
     ) -> Result<Self, im_streams::StreamsError> {
-        Ok(Presence {
+        let p = Presence {
             entries: open_bucket(js, PRESENCE_BUCKET).await?,
             last_seen: open_bucket(js, LAST_SEEN_BUCKET).await?,
-        })
+            known: Arc::default(),
+            remember_ms: remember.as_millis() as i64,
+        };
+        tokio::spawn(watch(p.entries.clone(), p.known.clone(), p.remember_ms));
+        Ok(p)
     }
 
     /// Connected now, or the last device left at or after `since_ms`: the
@@ -27,14 +69,25 @@ impl Presence {
     /// that cannot be read counts as "not connected": a notification too
     /// many beats a message nobody is told of.
     pub async fn connected_since(&self, user: &str, since_ms: i64, now_ms: i64) -> bool {
+        {
+            let k = lock(&self.known);
+            if k.since_ms != 0 && since_ms >= k.since_ms {
+                if k.online
+                    .get(user)
+                    .is_some_and(|e| is_online(e, now_ms, TTL_MS))
+                {
+                    return true;
+                }
+                return k.left.get(user).is_some_and(|at| *at >= since_ms);
+            }
+        }
+        self.asked(user, since_ms, now_ms).await
+    }
+
+    /// The buckets' answer (two reads).
+    async fn asked(&self, user: &str, since_ms: i64, now_ms: i64) -> bool {
         if let Ok(Some(e)) = self.entries.entry(user).await {
-            if e.operation == Operation::Put
-                && im_streams::presence::is_online(
-                    &im_streams::presence::decode(&e.value),
-                    now_ms,
-                    TTL_MS,
-                )
-            {
+            if e.operation == Operation::Put && is_online(&decode(&e.value), now_ms, TTL_MS) {
                 return true;
             }
         }
@@ -45,5 +98,73 @@ impl Presence {
                 .is_some_and(|seen| seen >= since_ms),
             _ => false,
         }
+    }
+}
+
+/// Keeps `known` up to date, starting again after a failure (what it knew
+/// is not trusted meanwhile).
+async fn watch(entries: Store, known: Arc<Mutex<Known>>, remember_ms: i64) {
+    loop {
+        let started = now_ms();
+        match entries.watch_with_history(">").await {
+            Ok(mut w) => {
+                *lock(&known) = Known {
+                    since_ms: started,
+                    ..Default::default()
+                };
+                while let Some(Ok(e)) = w.next().await {
+                    seen(&mut lock(&known), e.key, e.operation, &e.value, remember_ms);
+                }
+                tracing::warn!("the presence watch ended: starting it again");
+            }
+            Err(e) => tracing::warn!(error = %e, "the presence watch did not start"),
+        }
+        lock(&known).since_ms = 0;
+        tokio::time::sleep(WATCH_RETRY).await;
+    }
+}
+
+/// One change of a user's entry.
+fn seen(k: &mut Known, user: String, op: Operation, value: &[u8], remember_ms: i64) {
+    let now = now_ms();
+    match op {
+        Operation::Put => {
+            k.left.remove(&user);
+            k.online.insert(user, decode(value));
+        }
+        Operation::Delete | Operation::Purge => {
+            k.online.remove(&user);
+            k.left.insert(user, now);
+        }
+    }
+    if k.online.len() + k.left.len() > WATCHED_USERS_MAX {
+        k.left.retain(|_, at| now - *at < remember_ms);
+        if k.online.len() + k.left.len() > WATCHED_USERS_MAX {
+            // Over its bound: the buckets answer until it starts afresh.
+            k.since_ms = i64::MAX;
+            k.online = HashMap::new();
+            k.left = HashMap::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn arrivals_and_departures_are_kept() {
+        let mut k = Known {
+            since_ms: 1,
+            ..Default::default()
+        };
+        let line: Entry = BTreeMap::from([("gw".to_string(), now_ms())]);
+        let value = im_streams::presence::encode(&line);
+        seen(&mut k, "bo".into(), Operation::Put, &value, 60_000);
+        assert!(k.online.contains_key("bo") && !k.left.contains_key("bo"));
+        seen(&mut k, "bo".into(), Operation::Delete, b"", 60_000);
+        assert!(!k.online.contains_key("bo"));
+        assert!(k.left["bo"] >= now_ms() - 1_000);
     }
 }

@@ -130,7 +130,7 @@ impl Notifier {
         tasks.spawn(sender.run(committed_rx, contexts.clone(), stopping.clone()));
         let decider = Decider {
             cfg: cfg.clone(),
-            presence: Presence::open(&js).await?,
+            presence: Presence::open(&js, cfg.late_max + cfg.debounce).await?,
             stats: stats.clone(),
             committed,
             js: js.clone(),

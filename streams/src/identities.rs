@@ -236,10 +236,14 @@ fn notifier() -> Permissions {
         publish.extend(ephemeral_reads(stream));
         publish.push(format!("$JS.ACK.{stream}.>"));
     }
-    // Presence, read only: who had a device connected.
+    // Presence, read only: who had a device connected; `im_presence`
+    // watched (an ordered consumer, with its flow control).
     for b in [PRESENCE_BUCKET, LAST_SEEN_BUCKET] {
         publish.extend(reads(&format!("KV_{b}")));
     }
+    let presence = format!("KV_{PRESENCE_BUCKET}");
+    publish.extend(ephemeral_reads(&presence));
+    publish.push(format!("$JS.FC.{presence}.>"));
     let mut publish_deny = list(&["im.rcpt.>", "im.media.>", "im.deliver.>", "im.group.>"]);
     publish_deny.extend(never());
     Permissions {
