@@ -185,6 +185,42 @@ async fn burst(
     Ok(burst as f64 / (last - first).as_secs_f64().max(0.001))
 }
 
+/// The baseline of the burst: `n` POSTs of a notification's size to the
+/// same receiver from `SENDERS_RAW` loops at once, each a new connection
+/// (the receiver closes each, as it does the notifier's): requests/s.
+async fn raw_posts(receiver: &Receiver, n: usize) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SENDERS_RAW: usize = im_notifier::send::SENDS_IN_FLIGHT_MAX;
+    let body = format!(
+        r#"{{"notification":{{"id":"raw","text":"{}"}}}}"#,
+        "x".repeat(400)
+    );
+    let started = Instant::now();
+    let loops: Vec<_> = (0..SENDERS_RAW)
+        .map(|i| {
+            let (addr, body) = (receiver.addr, body.clone());
+            async move {
+                for j in (i..n).step_by(SENDERS_RAW) {
+                    let head = format!(
+                        "POST /raw HTTP/1.1\r\nHost: r\r\nIdempotency-Key: raw-{j}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let mut sock = tokio::net::TcpStream::connect(addr).await?;
+                    sock.write_all(head.as_bytes()).await?;
+                    sock.write_all(body.as_bytes()).await?;
+                    let mut answer = Vec::new();
+                    sock.read_to_end(&mut answer).await?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .collect();
+    for r in futures::future::join_all(loops).await {
+        r?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
 /// The paced window with the notifier: the send path's figures, the
 /// notifier's CPU per message, and its notifications per message.
 async fn paced_with_notifier(
@@ -233,11 +269,23 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let (on, on_window, notifier_cpu, per_message) =
         paced_with_notifier(&stack, size, &receiver, (groups, count), pid).await?;
     let burst_per_s = burst(&appender, &receiver, groups, count).await?;
-    let off_cpu = off_window.cpu_us.0 + off_window.cpu_us.1;
-    let on_cpu = on_window.cpu_us.0 + on_window.cpu_us.1;
+    let raw_per_s = raw_posts(&receiver, groups * MEMBERS_PER_GROUP).await?;
+    // Without it again: the stack's first window pays for what the seeding
+    // left (an index round, a flush), so the two windows without it are
+    // averaged around the one with it.
+    drop(notifier);
+    probe::wait_caught_up(&client).await?;
+    let senders_off = senders(&stack, groups, count).await?;
+    let (off2, off2_window) =
+        measure_senders(&stack, senders_off, size, "noff2", Some(pace)).await?;
+    let server = |w: &Window| w.cpu_us.0 + w.cpu_us.1;
+    let off_cpu = (server(&off_window) + server(&off2_window)) / 2.0;
+    let on_cpu = server(&on_window);
     eprintln!(
-        "notify: {groups} groups of {MEMBERS_PER_GROUP} offline members, paced {:.0}/s: send path CPU {off_cpu:.0} µs/msg without the notifier, {on_cpu:.0} with it ({:+.1}%); the notifier {notifier_cpu:.0} µs/msg; {per_message:.2} notifications per message; a burst of {}: {burst_per_s:.0}/s",
+        "notify: {groups} groups of {MEMBERS_PER_GROUP} offline members, paced {:.0}/s: send path CPU {off_cpu:.0} µs/msg without the notifier ({:.0} before, {:.0} after), {on_cpu:.0} with it ({:+.1}%); the notifier {notifier_cpu:.0} µs/msg; {per_message:.2} notifications per message; a burst of {}: {burst_per_s:.0}/s, raw POSTs to the receiver {raw_per_s:.0}/s",
         off.acks_per_s,
+        server(&off_window),
+        server(&off2_window),
         (on_cpu / off_cpu - 1.0) * 100.0,
         groups * MEMBERS_PER_GROUP,
     );
@@ -246,14 +294,21 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     f.add("notify_send_path_cpu_us_per_msg_off", off_cpu);
     f.add("notify_send_path_cpu_us_per_msg_on", on_cpu);
     f.add("notify_send_path_cpu_ratio", on_cpu / off_cpu);
-    f.add("notify_nats_cpu_us_per_msg_off", off_window.cpu_us.0);
+    f.add(
+        "notify_nats_cpu_us_per_msg_off",
+        (off_window.cpu_us.0 + off2_window.cpu_us.0) / 2.0,
+    );
     f.add("notify_nats_cpu_us_per_msg_on", on_window.cpu_us.0);
     f.add("notify_notifier_cpu_us_per_msg", notifier_cpu);
     f.add("notify_notifications_per_msg", per_message);
     f.add("notify_burst_per_s", burst_per_s);
-    f.add("notify_paced_ack_p99_ms_off", super::ms(off.p99_us));
+    f.add("notify_raw_posts_per_s", raw_per_s);
+    f.add("notify_burst_ratio", burst_per_s / raw_per_s);
+    f.add(
+        "notify_paced_ack_p99_ms_off",
+        super::ms(off.p99_us.max(off2.p99_us)),
+    );
     f.add("notify_paced_ack_p99_ms_on", super::ms(on.p99_us));
-    drop(notifier);
     stack.stop().await;
     Ok(f)
 }
