@@ -74,6 +74,9 @@ pub struct Decider {
     pub observed: VecDeque<(i64, u64, u64)>,
     /// Everything appended before this time is folded.
     pub folded_until_ms: i64,
+    /// The store the state above is of (a restarted projector opens
+    /// another: everything is read from it again).
+    pub store: Option<Arc<QueryContext>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,22 +132,64 @@ impl Decider {
             let Some(ctx) = contexts.borrow().clone() else {
                 continue;
             };
-            if let Err(e) = self.round(&ctx).await {
-                tracing::warn!(error = %e, "deciding notifications: windows read again");
-                // What was taken out of memory and not committed is read
-                // from the store again.
-                self.windows = Windows::default();
+            if !self.store.as_ref().is_some_and(|s| Arc::ptr_eq(s, &ctx)) {
+                if let Err(e) = self.reopened(&ctx).await {
+                    tracing::warn!(error = %e, "counting the outbox of a reopened store");
+                    continue;
+                }
+            }
+            match self.round(&ctx).await {
+                Ok(()) => {}
+                Err(e @ DecideError::Streams(_)) => {
+                    tracing::warn!(error = %e, "deciding notifications: trying again");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "deciding notifications: windows read again");
+                    // What was taken out of memory and not committed is
+                    // read from the store again.
+                    self.windows = Windows::default();
+                }
             }
         }
     }
 
+    /// A store this decider has not read (the first, or a restarted
+    /// projector's): its windows, watermark and counts from scratch.
+    async fn reopened(&mut self, ctx: &Arc<QueryContext>) -> Result<(), DecideError> {
+        let ks = state_of(ctx, NAME)?.ks();
+        let (stored, dead, next) = blocking(move || {
+            Ok((
+                outbox::count(ks.as_ref(), outbox::OUTBOX)?,
+                outbox::count(ks.as_ref(), outbox::DEAD)?,
+                outbox::next_seq(ks.as_ref())?,
+            ))
+        })
+        .await?;
+        self.stats.outbox.store(stored, Ordering::Relaxed);
+        self.stats.dead_stored.store(dead, Ordering::Relaxed);
+        self.next_seq = next;
+        self.committed.send_replace(next - 1);
+        self.windows = Windows::default();
+        self.observed.clear();
+        self.folded_until_ms = 0;
+        self.store = Some(ctx.clone());
+        Ok(())
+    }
+
     async fn round(&mut self, ctx: &QueryContext) -> Result<(), DecideError> {
         let state = state_of(ctx, NAME)?;
-        self.load(state.ks().as_ref())?;
+        // The watermark first: what it says is folded is then all in the
+        // queue read below.
         self.watermark(ctx).await?;
+        let unloaded = self.load(state.ks()).await?;
         let debounce = self.cfg.debounce.as_millis() as i64;
         let now = now_ms();
-        let decidable = now.min(self.folded_until_ms - APPEND_GRACE_MS);
+        // A window due at or after the first message left in the store
+        // (past `LOADED_MAX`) may take it: it waits.
+        let before_unloaded = unloaded.map_or(i64::MAX, |at| at - 1);
+        let decidable = now
+            .min(self.folded_until_ms - APPEND_GRACE_MS)
+            .min(before_unloaded);
         let room = self.stats.outbox.load(Ordering::Relaxed) < OUTBOX_STORED_MAX;
         let max = if room { WINDOWS_PER_ROUND_MAX } else { 0 };
         for w in self.windows.take_due(decidable, debounce, max) {
@@ -177,13 +222,15 @@ impl Decider {
                 Ok::<u64, DecideError>(info.state.last_sequence)
             }
         };
+        let at = now_ms();
         let (conv, rcpt) = (
             last(im_streams::definitions::CONV_STREAM).await?,
             last(im_streams::definitions::RCPT_STREAM).await?,
         );
-        self.observed.push_back((now_ms(), conv, rcpt));
-        if self.observed.len() > OBSERVATIONS_MAX {
-            self.observed.pop_front();
+        // Full: the oldest are kept (they are what moves the watermark
+        // next); newer ones are noted again once there is room.
+        if self.observed.len() < OBSERVATIONS_MAX {
+            self.observed.push_back((at, conv, rcpt));
         }
         let applied = |name| -> Result<(u64, u64), DecideError> {
             let a = *state_of(ctx, name)?.applied.borrow();
@@ -205,21 +252,30 @@ impl Decider {
         Ok(())
     }
 
-    /// Adds the queue's rows after those already held, up to `LOADED_MAX`.
-    fn load(&mut self, ks: &dyn Keyspace) -> Result<(), StoreError> {
+    /// Adds the queue's rows after those already held, up to
+    /// `LOADED_MAX`; the time of the first one left in the store, if any.
+    async fn load(&mut self, ks: Arc<dyn Keyspace>) -> Result<Option<i64>, StoreError> {
         let room = LOADED_MAX.saturating_sub(self.windows.messages);
-        if room == 0 {
-            return Ok(());
-        }
         let from = queued_key(self.windows.loaded_to + 1);
-        let rows = ks.range(&from, &prefix_end(&[QUEUED]), false, room)?;
+        let rows = blocking(move || {
+            let rows = ks.range(&from, &prefix_end(&[QUEUED]), false, room + 1)?;
+            rows.into_iter()
+                .map(|(k, v)| {
+                    let stream_seq = im_projectors::keys::seq_suffix(&k);
+                    Ok(Queued {
+                        stream_seq,
+                        msg: decode_value(&k, &v)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await?;
         let debounce = self.cfg.debounce.as_millis() as i64;
-        for (k, v) in rows {
-            let stream_seq = im_projectors::keys::seq_suffix(&k);
-            let msg: v1::NotifyQueued = decode_value(&k, &v)?;
-            self.windows.add(Queued { stream_seq, msg }, debounce);
+        let mut rows = rows.into_iter();
+        for q in rows.by_ref().take(room) {
+            self.windows.add(q, debounce);
         }
-        Ok(())
+        Ok(rows.next().map(|q| q.msg.at_ms))
     }
 
     /// Writes under the `notify` batch lock (a fold never writes a taken
@@ -262,7 +318,8 @@ impl Decider {
                 ]
             })
             .collect();
-        let w = refreshed(state.ks().as_ref(), w)?;
+        let ks = state.ks();
+        let w = blocking(move || refreshed(ks.as_ref(), w)).await?;
         let late = w
             .messages
             .last()
@@ -271,7 +328,8 @@ impl Decider {
             Stats::add(&self.stats.late, 1);
         }
         if !w.messages.is_empty() && !late {
-            let users = members::user_ids_of(state_of(ctx, members::NAME)?.ks().as_ref(), &w.conv)?;
+            let (members_ks, conv) = (state_of(ctx, members::NAME)?.ks(), w.conv.clone());
+            let users = blocking(move || members::user_ids_of(members_ks.as_ref(), &conv)).await?;
             for part in users.chunks(MEMBERS_PER_COMMIT) {
                 let rows = self.notifications(ctx, &w, part.to_vec(), now).await?;
                 self.commit(state, rows, Vec::new()).await?;
@@ -379,7 +437,8 @@ impl Decider {
         };
         if scan > 0 {
             let state = state_of(ctx, NAME)?;
-            let dead = outbox::dead_letters(state.ks().as_ref(), scan)?;
+            let ks = state.ks();
+            let dead = blocking(move || outbox::dead_letters(ks.as_ref(), scan)).await?;
             result.dead_letters = dead
                 .iter()
                 .take(limit)

@@ -22,6 +22,9 @@ pub const DEAD_LETTERS_LISTED_MAX: usize = 100;
 /// Dead letters counted or revived by one command at most: bounds the
 /// rows held at once; past it a replay is run again for the rest.
 pub const DEAD_LETTERS_SCAN_MAX: usize = 10_000;
+/// Dead letters kept at most: past it the oldest go (a gateway refusing
+/// everything for days must not fill the disk); each was logged.
+pub const DEAD_STORED_MAX: u64 = 100_000;
 /// Rows of the outbox counted at start, at most (the count only shows).
 pub const COUNT_MAX: usize = 1_000_000;
 
@@ -105,13 +108,15 @@ pub fn waiting(ks: &dyn Keyspace, from: u64, limit: usize) -> Result<Vec<Waiting
 
 /// How many rows wait (up to `COUNT_MAX`).
 pub fn count(ks: &dyn Keyspace, tag: u8) -> Result<u64, StoreError> {
+    let end = prefix_end(&[tag]);
     let mut n = 0;
-    let mut from = 0;
+    let mut from = tagged(tag, 0);
     loop {
-        let page = rows(ks, tag, from, 10_000)?;
+        // Keys only are looked at: no row is decoded to be counted.
+        let page = ks.range(&from, &end, false, 10_000)?;
         n += page.len() as u64;
         match page.last() {
-            Some(last) if n < COUNT_MAX as u64 => from = last.seq + 1,
+            Some((k, _)) if n < COUNT_MAX as u64 => from = tagged(tag, seq_suffix(k) + 1),
             _ => return Ok(n),
         }
     }
@@ -130,6 +135,14 @@ pub fn bury(ks: &dyn Keyspace, w: &Waiting, now_ms: i64) -> Result<(), StoreErro
         (outbox_key(w.seq), None),
         (dead_key(w.seq), Some(prost::Message::encode_to_vec(&row))),
     ])
+}
+
+/// Drops the `n` oldest dead letters; how many went.
+pub fn drop_oldest_dead(ks: &dyn Keyspace, n: usize) -> Result<u64, StoreError> {
+    let old = ks.range(&tagged(DEAD, 0), &prefix_end(&[DEAD]), false, n)?;
+    let count = old.len() as u64;
+    ks.commit(old.into_iter().map(|(k, _)| (k, None)).collect())?;
+    Ok(count)
 }
 
 /// Up to `limit` dead letters, oldest first.

@@ -30,10 +30,15 @@ pub const WATCH_RETRY: Duration = Duration::from_secs(2);
 #[derive(Default)]
 struct Known {
     online: HashMap<String, Entry>,
-    /// When each user's entry went (their last device left).
+    /// When each user's entry went (their last device left), by the
+    /// bucket's clock.
     left: HashMap<String, i64>,
-    /// Since when the watch has seen every change (0: not watching).
+    /// Since when the watch has seen every change (0: not yet, or not
+    /// watching): set once its replay of the current entries is done.
     since_ms: i64,
+    /// Over its bound: the watch starts afresh.
+    overflowed: bool,
+    last_pruned_ms: i64,
 }
 
 pub struct Presence {
@@ -101,19 +106,29 @@ impl Presence {
     }
 }
 
-/// Keeps `known` up to date, starting again after a failure (what it knew
-/// is not trusted meanwhile).
+/// Keeps `known` up to date, starting again after a failure or past its
+/// bound (what it knew is not trusted meanwhile).
 async fn watch(entries: Store, known: Arc<Mutex<Known>>, remember_ms: i64) {
     loop {
         let started = now_ms();
+        *lock(&known) = Known::default();
+        // An empty bucket replays nothing: the watch is current at once.
+        let empty = entries.status().await.is_ok_and(|s| s.values() == 0);
         match entries.watch_with_history(">").await {
             Ok(mut w) => {
-                *lock(&known) = Known {
-                    since_ms: started,
-                    ..Default::default()
-                };
+                if empty {
+                    lock(&known).since_ms = started;
+                }
                 while let Some(Ok(e)) = w.next().await {
-                    seen(&mut lock(&known), e.key, e.operation, &e.value, remember_ms);
+                    let mut k = lock(&known);
+                    let at = (e.created.unix_timestamp_nanos() / 1_000_000) as i64;
+                    seen(&mut k, e.key, e.operation, &e.value, at, remember_ms);
+                    if e.delta == 0 && k.since_ms == 0 {
+                        k.since_ms = started;
+                    }
+                    if k.overflowed {
+                        break;
+                    }
                 }
                 tracing::warn!("the presence watch ended: starting it again");
             }
@@ -124,9 +139,8 @@ async fn watch(entries: Store, known: Arc<Mutex<Known>>, remember_ms: i64) {
     }
 }
 
-/// One change of a user's entry.
-fn seen(k: &mut Known, user: String, op: Operation, value: &[u8], remember_ms: i64) {
-    let now = now_ms();
+/// One change of a user's entry, made at `at_ms`.
+fn seen(k: &mut Known, user: String, op: Operation, value: &[u8], at_ms: i64, remember_ms: i64) {
     match op {
         Operation::Put => {
             k.left.remove(&user);
@@ -134,17 +148,21 @@ fn seen(k: &mut Known, user: String, op: Operation, value: &[u8], remember_ms: i
         }
         Operation::Delete | Operation::Purge => {
             k.online.remove(&user);
-            k.left.insert(user, now);
+            k.left.insert(user, at_ms);
         }
     }
-    if k.online.len() + k.left.len() > WATCHED_USERS_MAX {
+    let now = now_ms();
+    // Departures no window asks about any more go, at most once a second.
+    if k.left.len() > WATCHED_USERS_MAX / 2 && now - k.last_pruned_ms > 1_000 {
         k.left.retain(|_, at| now - *at < remember_ms);
-        if k.online.len() + k.left.len() > WATCHED_USERS_MAX {
-            // Over its bound: the buckets answer until it starts afresh.
-            k.since_ms = i64::MAX;
-            k.online = HashMap::new();
-            k.left = HashMap::new();
-        }
+        k.last_pruned_ms = now;
+    }
+    if k.online.len() + k.left.len() > WATCHED_USERS_MAX {
+        // The buckets answer until the watch starts afresh.
+        *k = Known {
+            overflowed: true,
+            ..Default::default()
+        };
     }
 }
 
@@ -161,10 +179,10 @@ mod tests {
         };
         let line: Entry = BTreeMap::from([("gw".to_string(), now_ms())]);
         let value = im_streams::presence::encode(&line);
-        seen(&mut k, "bo".into(), Operation::Put, &value, 60_000);
+        seen(&mut k, "bo".into(), Operation::Put, &value, 5, 60_000);
         assert!(k.online.contains_key("bo") && !k.left.contains_key("bo"));
-        seen(&mut k, "bo".into(), Operation::Delete, b"", 60_000);
+        seen(&mut k, "bo".into(), Operation::Delete, b"", 7, 60_000);
         assert!(!k.online.contains_key("bo"));
-        assert!(k.left["bo"] >= now_ms() - 1_000);
+        assert_eq!(k.left["bo"], 7, "when it happened, not when it was seen");
     }
 }

@@ -2,7 +2,6 @@
 //! projector process runs one), the sender with what the outbox holds,
 //! the decider, the control subject.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use im_projectors::query::QueryContext;
@@ -15,7 +14,7 @@ use crate::presence::Presence;
 use crate::send::Sender;
 use crate::stats::Stats;
 use crate::window::Windows;
-use crate::{outbox, queue, NotifierConfig};
+use crate::{queue, NotifierConfig};
 
 /// Control commands waiting for the decider.
 pub const CONTROL_QUEUE_MAX: usize = 8;
@@ -62,23 +61,6 @@ async fn writer(
     Ok(Appender::with_options(client.clone(), topology, options).await?)
 }
 
-/// The outbox's next seq, and the counts it starts from.
-fn counted(ctx: &QueryContext) -> Result<(u64, Arc<Stats>), NotifierError> {
-    let ks = ctx
-        .projection(queue::NAME)
-        .ok_or(NotifierError::NotStarted)?
-        .ks();
-    let stats = Arc::new(Stats::default());
-    let stored = |tag| outbox::count(ks.as_ref(), tag);
-    stats
-        .outbox
-        .store(stored(outbox::OUTBOX)?, Ordering::Relaxed);
-    stats
-        .dead_stored
-        .store(stored(outbox::DEAD)?, Ordering::Relaxed);
-    Ok((outbox::next_seq(ks.as_ref())?, stats))
-}
-
 fn http_client(cfg: &NotifierConfig) -> Result<reqwest::Client, NotifierError> {
     let mut b = reqwest::Client::builder()
         .timeout(cfg.request_timeout)
@@ -117,15 +99,17 @@ impl Notifier {
             current,
             stopping.clone(),
         ));
-        let ctx = contexts
+        // Started once it has a store (a start that cannot open one ends
+        // here, as the projector process's does).
+        contexts
             .clone()
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| NotifierError::NotStarted)?
-            .clone()
-            .ok_or(NotifierError::NotStarted)?;
-        let (next_seq, stats) = counted(&ctx)?;
-        let (committed, committed_rx) = watch::channel(next_seq - 1);
+            .map_err(|_| NotifierError::NotStarted)?;
+        // The decider counts the outbox and publishes its seq once it has
+        // read the store (`Decider::reopened`); the sender waits for it.
+        let stats = Arc::new(Stats::default());
+        let (committed, committed_rx) = watch::channel(0);
         let sender = Sender::new(cfg.clone(), http, Some(appender), stats.clone());
         tasks.spawn(sender.run(committed_rx, contexts.clone(), stopping.clone()));
         let decider = Decider {
@@ -134,10 +118,11 @@ impl Notifier {
             stats: stats.clone(),
             committed,
             js: js.clone(),
-            next_seq,
+            next_seq: 1,
             windows: Windows::default(),
             observed: Default::default(),
             folded_until_ms: 0,
+            store: None,
         };
         let (to_decider, control) = mpsc::channel(CONTROL_QUEUE_MAX);
         tasks.spawn(decider.run(contexts.clone(), control, stopping));

@@ -7,7 +7,7 @@
 //! `Idempotency-Key`. A token the gateway refuses (410, or named in
 //! `rejected`) ends its registration by an event on the user's log.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,10 @@ pub const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// restarted under it).
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the sender looks at every queue for its next wake-up and its
+/// figures (a backlog holds up to `HELD_MAX` users).
+pub const RECOMPUTE_EVERY: Duration = Duration::from_millis(50);
+
 struct UserQueue {
     items: VecDeque<Waiting>,
     attempts: u32,
@@ -67,13 +71,15 @@ pub struct Sender {
     loaded_to: u64,
     /// The user last started: the next start looks after them first.
     last_started: String,
+    /// The store the queues were read from (a restarted projector opens
+    /// another: they are read from it again).
+    store: Option<Arc<QueryContext>>,
+    /// The next wake-up as last computed, and when it was.
+    wake: (Option<Instant>, Instant),
 }
 
-/// The outcome of one attempt.
-struct Attempt {
-    user: String,
-    answer: Answer,
-}
+/// Whose attempt each task is: a task that panics still frees its user.
+type Whose = HashMap<tokio::task::Id, String>;
 
 impl Sender {
     pub fn new(
@@ -92,6 +98,8 @@ impl Sender {
             held_bytes: 0,
             loaded_to: 0,
             last_started: String::new(),
+            store: None,
+            wake: (None, Instant::now()),
         }
     }
 
@@ -134,22 +142,29 @@ impl Sender {
         contexts: watch::Receiver<Option<Arc<QueryContext>>>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut inflight: JoinSet<Attempt> = JoinSet::new();
+        let mut inflight: JoinSet<Answer> = JoinSet::new();
+        let mut whose = Whose::new();
         loop {
             let ctx = contexts.borrow().clone();
             if let Some(ctx) = &ctx {
-                self.step(ctx, *committed.borrow_and_update(), &mut inflight);
+                let upto = *committed.borrow_and_update();
+                self.step(ctx, upto, &mut inflight, &mut whose);
             }
-            self.publish_stats();
             let full = inflight.len() >= SENDS_IN_FLIGHT_MAX;
-            // A ready user is started above unless every slot is taken:
-            // then only an attempt's end (or news) wakes the loop.
-            let wake = self.next_wake().filter(|_| !full);
+            // A ready user is started above unless every slot is taken or
+            // the store is restarting: then an attempt's end, news or the
+            // next look wakes the loop.
+            let wake = self.next_wake().filter(|_| !full && ctx.is_some());
             tokio::select! {
                 _ = committed.changed() => {}
-                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                    if let (Ok(a), Some(ctx)) = (done, contexts.borrow().clone()) {
-                        self.finish(&ctx, a);
+                Some(done) = inflight.join_next_with_id(), if !inflight.is_empty() => {
+                    let (id, answer) = match done {
+                        Ok((id, answer)) => (id, Some(answer)),
+                        Err(e) => (e.id(), None),
+                    };
+                    if let Some(user) = whose.remove(&id) {
+                        let ctx = contexts.borrow().clone();
+                        self.finish(ctx.as_deref(), &user, answer);
                     }
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
@@ -159,7 +174,20 @@ impl Sender {
         }
     }
 
-    fn step(&mut self, ctx: &QueryContext, committed: u64, inflight: &mut JoinSet<Attempt>) {
+    fn step(
+        &mut self,
+        ctx: &Arc<QueryContext>,
+        committed: u64,
+        inflight: &mut JoinSet<Answer>,
+        whose: &mut Whose,
+    ) {
+        if !self.store.as_ref().is_some_and(|s| Arc::ptr_eq(s, ctx)) {
+            // Another store: what was held is read from it again (attempts
+            // in flight end on users no longer held).
+            self.queues.clear();
+            (self.held, self.held_bytes, self.loaded_to) = (0, 0, 0);
+            self.store = Some(ctx.clone());
+        }
         let Some(ks) = ctx.projection(crate::queue::NAME).map(|s| s.ks()) else {
             return;
         };
@@ -167,30 +195,46 @@ impl Sender {
             tracing::warn!(error = %e, "reading the outbox");
         }
         let unread = ctx.projection(unread::NAME).map(|s| s.ks());
-        self.start_ready(ks.as_ref(), unread.as_deref(), inflight);
+        self.start_ready(ks.as_ref(), unread.as_deref(), inflight, whose);
     }
 
-    /// When the first user not being tried may be tried, if any.
-    fn next_wake(&self) -> Option<Instant> {
-        self.queues
+    /// When the first user not being tried may be tried, if any, looked up
+    /// (with the figures) at most every `RECOMPUTE_EVERY`.
+    fn next_wake(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let again = self.wake.1 + RECOMPUTE_EVERY;
+        if now < again {
+            return self.wake.0.map(|t| t.max(again));
+        }
+        let next = self
+            .queues
             .values()
             .filter(|q| !q.busy && !q.items.is_empty())
             .map(|q| q.next_at)
-            .min()
+            .min();
+        self.wake = (next, now);
+        self.publish_stats();
+        next
     }
 
-    /// Starts each ready user's first notification, from the user after
-    /// the last one started (so none waits behind the alphabet), up to
+    /// Starts ready users' first notifications, from the user after the
+    /// last one started (so none waits behind the alphabet), up to
     /// `SENDS_IN_FLIGHT_MAX`.
     fn start_ready(
         &mut self,
         ks: &dyn Keyspace,
         unread: Option<&dyn Keyspace>,
-        inflight: &mut JoinSet<Attempt>,
+        inflight: &mut JoinSet<Answer>,
+        whose: &mut Whose,
     ) {
         use std::ops::Bound::{Excluded, Included, Unbounded};
+        let free = SENDS_IN_FLIGHT_MAX.saturating_sub(inflight.len());
+        if free == 0 {
+            return;
+        }
         let now = Instant::now();
         let after = self.last_started.clone();
+        // A few more than the free slots: a head may be dropped instead.
         let order: Vec<String> = self
             .queues
             .range::<String, _>((Excluded(&after), Unbounded))
@@ -200,6 +244,7 @@ impl Sender {
             )
             .filter(|(_, q)| !q.busy && q.next_at <= now)
             .map(|(u, _)| u.clone())
+            .take(free * 4)
             .collect();
         for user in order {
             if inflight.len() >= SENDS_IN_FLIGHT_MAX {
@@ -217,13 +262,14 @@ impl Sender {
                 self.appender.clone(),
                 self.stats.clone(),
             );
-            inflight.spawn(async move {
+            let task = inflight.spawn(async move {
                 let answer = attempt(&cfg, &http, &head).await;
                 if let Some(appender) = appender {
                     unregister_refused(&appender, &head, &answer, &stats).await;
                 }
-                Attempt { user, answer }
+                answer
             });
+            whose.insert(task.id(), user);
         }
     }
 
@@ -247,16 +293,18 @@ impl Sender {
             if !read && !late {
                 return Some(head);
             }
-            Stats::add(
-                if read {
-                    &self.stats.read_meanwhile
-                } else {
-                    &self.stats.late
-                },
-                1,
-            );
+            let counter = if read {
+                &self.stats.read_meanwhile
+            } else {
+                &self.stats.late
+            };
+            Stats::add(counter, 1);
             if let Err(e) = outbox::remove(ks, &head) {
                 tracing::warn!(error = %e, "the outbox could not be written");
+                let backoff_base = self.cfg.backoff_base;
+                if let Some(q) = self.queues.get_mut(user) {
+                    q.next_at = Instant::now() + backoff_base;
+                }
                 return None;
             }
             self.done(user);
@@ -280,53 +328,72 @@ impl Sender {
         }
     }
 
-    /// Moves a user's queue on after an attempt.
-    fn finish(&mut self, ctx: &QueryContext, a: Attempt) {
-        let Some(q) = self.queues.get_mut(&a.user) else {
+    /// Moves a user's queue on after an attempt (`None`: its task
+    /// panicked; no store: it is restarting; either way, tried again).
+    fn finish(&mut self, ctx: Option<&QueryContext>, user: &str, answer: Option<Answer>) {
+        let (backoff_base, attempts_max) = (self.cfg.backoff_base, self.cfg.attempts_max);
+        let ks = ctx
+            .and_then(|c| c.projection(crate::queue::NAME))
+            .map(|s| s.ks());
+        let Some(q) = self.queues.get_mut(user) else {
             return;
         };
         q.busy = false;
         let Some(head) = q.items.front().cloned() else {
             return;
         };
-        let Some(ks) = ctx.projection(crate::queue::NAME).map(|s| s.ks()) else {
-            q.next_at = Instant::now() + self.cfg.backoff_base;
+        let (Some(ks), Some(answer)) = (ks, answer) else {
+            q.next_at = Instant::now() + backoff_base;
             return;
         };
-        let written = match &a.answer {
+        let written = match &answer {
             Answer::Taken { .. } | Answer::Gone => {
-                Stats::add(
-                    &self.stats.sent,
-                    matches!(a.answer, Answer::Taken { .. }) as u64,
-                );
+                let taken = matches!(answer, Answer::Taken { .. }) as u64;
+                Stats::add(&self.stats.sent, taken);
                 outbox::remove(ks.as_ref(), &head)
             }
-            Answer::Retry(why) if q.attempts + 1 < self.cfg.attempts_max => {
+            Answer::Retry(why) if q.attempts + 1 < attempts_max => {
                 q.attempts += 1;
                 q.next_at = Instant::now() + backoff(&self.cfg, q.attempts);
                 Stats::add(&self.stats.retries, 1);
-                tracing::debug!(user = %a.user, attempts = q.attempts, reason = %why, "push gateway: trying again later");
+                tracing::debug!(user, attempts = q.attempts, reason = %why, "push gateway: trying again later");
                 return;
             }
             Answer::Retry(why) | Answer::Refused(why) => {
                 let mut dead = head.clone();
                 dead.row.attempts = q.attempts + 1;
                 dead.row.last_error = why.clone();
-                tracing::warn!(user = %a.user, id = %head.notification().id, reason = %why, "notification given up: a dead letter");
+                tracing::warn!(user, id = %head.notification().id, reason = %why, "notification given up: a dead letter");
                 let buried = outbox::bury(ks.as_ref(), &dead, now_ms());
                 if buried.is_ok() {
                     Stats::add(&self.stats.dead, 1);
                     Stats::add(&self.stats.dead_stored, 1);
+                    self.trim_dead(ks.as_ref());
                 }
                 buried
             }
         };
         match written {
-            Ok(()) => self.done(&a.user),
+            Ok(()) => self.done(user),
             Err(e) => {
                 tracing::warn!(error = %e, "the outbox could not be written: trying again");
-                q.next_at = Instant::now() + self.cfg.backoff_base;
+                if let Some(q) = self.queues.get_mut(user) {
+                    q.next_at = Instant::now() + backoff_base;
+                }
             }
+        }
+    }
+
+    /// Past `DEAD_STORED_MAX` the oldest dead letters go.
+    fn trim_dead(&self, ks: &dyn Keyspace) {
+        let stored = self.stats.dead_stored.load(Ordering::Relaxed);
+        let excess = stored.saturating_sub(outbox::DEAD_STORED_MAX) as usize;
+        if excess == 0 {
+            return;
+        }
+        match outbox::drop_oldest_dead(ks, excess) {
+            Ok(n) => Stats::sub(&self.stats.dead_stored, n),
+            Err(e) => tracing::warn!(error = %e, "old dead letters not dropped"),
         }
     }
 
@@ -441,6 +508,47 @@ async fn unregister_refused(appender: &Appender, w: &Waiting, answer: &Answer, s
             }
             Err(_) => {
                 tracing::warn!(user = %n.user_id, "ending a refused token's registration timed out")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_from_its_base_to_its_limit_with_jitter() {
+        let cfg = NotifierConfig {
+            instance: "n".into(),
+            data_dir: "d".into(),
+            url: "https://push.example/".parse().unwrap(),
+            format: crate::webhook::Format::Webhook,
+            secret: vec![0; 16],
+            ca_file: None,
+            preview: crate::window::Preview::Sender,
+            debounce: Duration::from_secs(3),
+            late_max: Duration::from_secs(3600),
+            attempts_max: 16,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            signing_key_file: None,
+        };
+        for (attempts, full_ms) in [
+            (0, 500),
+            (1, 500),
+            (2, 1_000),
+            (4, 4_000),
+            (8, 60_000),
+            (40, 60_000),
+        ] {
+            for _ in 0..50 {
+                let d = backoff(&cfg, attempts).as_millis() as u64;
+                assert!(
+                    (full_ms / 2..=full_ms).contains(&d),
+                    "attempt {attempts}: {d} ms"
+                );
             }
         }
     }

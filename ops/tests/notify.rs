@@ -31,7 +31,15 @@ async fn send(ws: &mut Ws, id: &str, text: &str) {
     let frame =
         format!(r#"{{"send": {{"toUserId": "bob", "clientMsgId": "{id}", "text": "{text}"}}}}"#);
     ws.send(Message::Text(frame.into())).await.unwrap();
-    assert!(next_with(ws, id).await.contains("ACK_STATUS_STORED"));
+    // The sender's own delivery may come before the ack: the ack is the
+    // `sendAck` naming this id.
+    loop {
+        let ack = next_with(ws, "sendAck").await;
+        if ack.contains(id) {
+            assert!(ack.contains("ACK_STATUS_STORED"), "{ack}");
+            return;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
