@@ -475,3 +475,79 @@ async fn a_notification_read_while_it_waits_is_not_sent() {
     assert_eq!(dropped, 1);
     notifier.stop().await;
 }
+
+#[tokio::test]
+async fn a_forged_message_wakes_nobody() {
+    use im_streams::signing::EventSigner;
+    use std::sync::Arc;
+    let mut stack = Stack::start().await;
+    // Signatures in force: the writers sign, the forger cannot.
+    let signer = Arc::new(EventSigner::from_seed([7; 32]));
+    im_streams::signing::register(&stack.kit.js, &signer.public())
+        .await
+        .unwrap();
+    let options = im_streams::AppenderOptions {
+        signer: Some(signer.clone()),
+        ..Default::default()
+    };
+    let client = stack
+        .kit
+        .connect_as(im_streams::identities::Component::Gateway)
+        .await;
+    stack.app = im_streams::Appender::with_options(client, stack.kit.topology, options)
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let notifier = stack.notifier(stack.config(&receiver)).await;
+    stack.create("g1", "amy", &["bo"]).await;
+    stack.register("bo", "phone", "tb").await;
+    // The forger holds the gateway's NATS password, not a writer's key:
+    // an unsigned message chained exactly onto the log.
+    let operator = stack.kit.client.clone();
+    let subject = stack.kit.topology.conv_subject("g1").unwrap();
+    let log = im_streams::log::read_conv_events(&operator, "IM_CONV", &subject, 1, 1_000)
+        .await
+        .unwrap();
+    let head = log.last().unwrap();
+    let ev = v1::ConvEvent {
+        conversation_id: "g1".into(),
+        conv_seq: head.event.conv_seq + 1,
+        prev_hash: head.hash.to_vec(),
+        actor: "amy".into(),
+        at_ms: im_notifier::stats::now_ms(),
+        client_msg_id: "forged".into(),
+        schema_version: im_schema::SCHEMA_VERSION,
+        kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+            body: Some(v1::message_sent::Body::Text("forged".into())),
+            meta: Default::default(),
+        })),
+    };
+    let forger = async_nats::jetstream::new(
+        stack
+            .kit
+            .connect_as(im_streams::identities::Component::Gateway)
+            .await,
+    );
+    let headers = im_streams::codec::conv_headers(&ev, "forged", "forger");
+    forger
+        .publish_with_headers(subject, headers, im_schema::encode(&ev).into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    tokio::time::sleep(DEBOUNCE * 3).await;
+    assert!(receiver.received().is_empty(), "{:?}", receiver.received());
+    // A real message afterwards is told, alone.
+    stack.send("g1", "amy", "real").await;
+    wait_for(&receiver, SETTLE * 2, "the real one", |r| !r.is_empty()).await;
+    tokio::time::sleep(DEBOUNCE * 2).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 1);
+    let n = notification(&got[0]);
+    assert_eq!(
+        (n["messages"].as_u64(), n["text"].as_str()),
+        (Some(1), Some("real")),
+        "{n}"
+    );
+    notifier.stop().await;
+}
