@@ -398,7 +398,6 @@ impl Sender {
     }
 
     fn publish_stats(&self) {
-        self.stats.held.store(self.held as u64, Ordering::Relaxed);
         let oldest = self
             .queues
             .values()

@@ -25,8 +25,6 @@ pub struct Stats {
     pub pending_messages: AtomicU64,
     /// Notifications decided and not yet taken (in the store's outbox).
     pub outbox: AtomicU64,
-    /// Of those, held in the sender's memory.
-    pub held: AtomicU64,
     /// Dead letters in the store.
     pub dead_stored: AtomicU64,
     /// When the oldest undecided window was due, ms (0: none).
