@@ -57,6 +57,7 @@ fn queued_of(ev: &v1::ConvEvent, sent: &v1::MessageSent) -> v1::NotifyQueued {
         None => (String::new(), false),
     };
     v1::NotifyQueued {
+        sealed: None,
         conversation_id: ev.conversation_id.clone(),
         conv_seq: ev.conv_seq,
         at_ms: ev.at_ms,

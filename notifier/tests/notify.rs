@@ -518,6 +518,7 @@ async fn a_forged_message_wakes_nobody() {
         client_msg_id: "forged".into(),
         schema_version: im_schema::SCHEMA_VERSION,
         kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+            sealed: None,
             body: Some(v1::message_sent::Body::Text("forged".into())),
             meta: Default::default(),
         })),

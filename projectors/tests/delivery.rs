@@ -253,6 +253,7 @@ async fn events_that_do_not_extend_the_log_are_dead_lettered_never_shown_or_deli
     let (first, second) = (&log[0], &log[1]);
     let forged_text = |t: &str| {
         Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+            sealed: None,
             body: Some(v1::message_sent::Body::Text(t.into())),
             meta: Default::default(),
         }))

@@ -78,6 +78,7 @@ type Forgery<'a> = (
 
 fn sent(t: &str) -> Kind {
     Kind::MessageSent(v1::MessageSent {
+        sealed: None,
         body: Some(v1::message_sent::Body::Text(t.into())),
         meta: Default::default(),
     })

@@ -96,6 +96,7 @@ fn text(t: &str) -> Action {
 
 fn sent(t: &str) -> Kind {
     Kind::MessageSent(v1::MessageSent {
+        sealed: None,
         body: Some(Body::Text(t.into())),
         meta: Default::default(),
     })

@@ -471,6 +471,7 @@ async fn the_auditor_tools_on_a_real_history() {
         client_msg_id: "forged1".into(),
         schema_version: 1,
         kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+            sealed: None,
             body: Some(v1::message_sent::Body::Text("rewritten history".into())),
             meta: Default::default(),
         })),
@@ -512,6 +513,7 @@ async fn the_auditor_tools_on_a_real_history() {
         client_msg_id: "x1".into(),
         schema_version: 1,
         kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+            sealed: None,
             body: Some(v1::message_sent::Body::Text("let me in".into())),
             meta: Default::default(),
         })),
@@ -656,6 +658,7 @@ async fn verify_names_unsigned_and_unknown_signers() {
             client_msg_id: id.into(),
             schema_version: im_schema::SCHEMA_VERSION,
             kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+                sealed: None,
                 body: Some(v1::message_sent::Body::Text("forged".into())),
                 meta: Default::default(),
             })),

@@ -90,15 +90,18 @@ fn all_envelopes() -> Vec<v1::Envelope> {
             user_id: "bob".into(),
         }),
         Kind::MessageSent(v1::MessageSent {
+            sealed: None,
             body: Some(v1::message_sent::Body::Text("hi".into())),
             meta: meta.clone(),
         }),
         Kind::MessageSent(v1::MessageSent {
+            sealed: None,
             body: Some(v1::message_sent::Body::Media(media())),
             meta: Default::default(),
         }),
         Kind::MessageRecalled(v1::MessageRecalled { target_conv_seq: 3 }),
         Kind::MessageEdited(v1::MessageEdited {
+            sealed: None,
             target_conv_seq: 3,
             text: "fixed".into(),
         }),

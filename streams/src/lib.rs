@@ -5,6 +5,7 @@
 pub mod append;
 pub mod codec;
 pub mod connect;
+pub mod content;
 pub mod dedupe_index;
 pub mod definitions;
 pub mod error;

@@ -6,6 +6,7 @@ fn q(stream_seq: u64, conv: &str, conv_seq: u64, at_ms: i64, sender: &str, text:
     Queued {
         stream_seq,
         msg: v1::NotifyQueued {
+            sealed: None,
             conversation_id: conv.into(),
             conv_seq,
             at_ms,

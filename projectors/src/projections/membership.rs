@@ -209,6 +209,7 @@ fn fold_rows(tx: &mut Tx, ev: &v1::ConvEvent) -> Result<Change, StoreError> {
         | Kind::PushRegistered(_)
         | Kind::PushUnregistered(_)
         | Kind::NotifyMuted(_)
+        | Kind::UserErased(_)
         | Kind::PrivacyChanged(_)
         | Kind::ContactRequested(_)
         | Kind::ContactAccepted(_)

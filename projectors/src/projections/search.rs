@@ -163,6 +163,7 @@ fn fold_spans(
 fn doc(kind: v1::SearchDocKind, stored: &StoredEvent, sender: &str, text: String) -> v1::SearchDoc {
     let ev = &stored.event;
     v1::SearchDoc {
+        sealed: None,
         kind: kind as i32,
         conversation_id: ev.conversation_id.clone(),
         conv_seq: ev.conv_seq,

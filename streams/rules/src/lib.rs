@@ -7,6 +7,7 @@
 //! compiler keeps the rules free of IO (ARCHITECTURE.md, I8).
 
 pub mod chain;
+pub mod content;
 pub mod conversation;
 pub mod ids;
 pub mod mapping;

@@ -48,6 +48,7 @@ pub fn kind_of(action: &Action) -> Kind {
         Action::Send { body, meta, .. } => Kind::MessageSent(v1::MessageSent {
             body: Some(body.to_wire()),
             meta: meta.clone(),
+            sealed: None,
         }),
         Action::AddMember { user, role } => Kind::MemberAdded(v1::MemberAdded {
             user_id: user_id(user),
@@ -88,6 +89,7 @@ pub fn kind_of(action: &Action) -> Kind {
         Action::Edit { conv_seq, text } => Kind::MessageEdited(v1::MessageEdited {
             target_conv_seq: *conv_seq,
             text: text.clone(),
+            sealed: None,
         }),
         Action::UpdateProfile {
             display_name,
@@ -97,6 +99,7 @@ pub fn kind_of(action: &Action) -> Kind {
             display_name: display_name.clone(),
             avatar: avatar.clone(),
             status: status.clone(),
+            sealed: None,
         }),
         Action::SetPrivacy {
             direct_chats,
@@ -108,6 +111,9 @@ pub fn kind_of(action: &Action) -> Kind {
         Action::RegisterPush(r) => Kind::PushRegistered(r.clone()),
         Action::UnregisterPush(u) => Kind::PushUnregistered(u.clone()),
         Action::MuteNotifications(m) => Kind::NotifyMuted(m.clone()),
+        Action::EraseUser { requested_by } => Kind::UserErased(v1::UserErased {
+            requested_by: requested_by.clone(),
+        }),
         Action::RequestContact { user } => Kind::ContactRequested(v1::ContactRequested {
             user_id: user_id(user),
             hidden: false,
@@ -211,6 +217,9 @@ pub fn action_of(kind: &Kind, peer: Option<&str>) -> Option<Action> {
         Kind::PushRegistered(r) => Action::RegisterPush(r.clone()),
         Kind::PushUnregistered(u) => Action::UnregisterPush(u.clone()),
         Kind::NotifyMuted(m) => Action::MuteNotifications(m.clone()),
+        Kind::UserErased(e) => Action::EraseUser {
+            requested_by: e.requested_by.clone(),
+        },
         // Whether a request (or its withdrawal) is hidden is the rules' to
         // say, not the command's.
         Kind::ContactRequested(r) => Action::RequestContact {

@@ -64,6 +64,7 @@ mod tests {
             conversation_id: "c".into(),
             actor: "a".into(),
             kind: Some(Kind::MessageSent(v1::MessageSent {
+                sealed: None,
                 body: Some(v1::message_sent::Body::Text(text.into())),
                 meta: Default::default(),
             })),

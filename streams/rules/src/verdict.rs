@@ -47,6 +47,7 @@ impl EventError {
 /// own as the next event.
 fn any_text() -> v1::MessageSent {
     v1::MessageSent {
+        sealed: None,
         body: Some(v1::message_sent::Body::Text(".".into())),
         meta: Default::default(),
     }
@@ -55,6 +56,14 @@ fn any_text() -> v1::MessageSent {
 /// Whether `event` is what the rules produce after `state`.
 pub fn check_event(state: &ConvState, event: &v1::ConvEvent) -> Result<(), EventError> {
     check_link(state.conv_seq, &state.last_hash, event)?;
+    let stored = event;
+    // Sealed content is judged by what stands in for it: the ciphertext
+    // must be where the rules put content, and only there.
+    let (judged, sealed) = match crate::content::judged_as(stored) {
+        Some((clear, sealed)) => (std::borrow::Cow::Owned(clear), Some(sealed)),
+        None => (std::borrow::Cow::Borrowed(stored), None),
+    };
+    let event: &v1::ConvEvent = &judged;
     let direct_creation = matches!(&event.kind, Some(Kind::Created(c))
         if c.kind == v1::ConversationKind::Direct as i32);
     let sent_with = direct_creation.then(any_text);
@@ -70,13 +79,17 @@ pub fn check_event(state: &ConvState, event: &v1::ConvEvent) -> Result<(), Event
         })
         .ok_or(EventError::NoCommand)?;
     let produced = seal(state, vec![first]).remove(0).event;
-    if &produced == event {
+    let produced = match sealed {
+        Some(sealed) => crate::content::as_stored(produced, sealed),
+        None => produced,
+    };
+    if &produced == stored {
         Ok(())
     } else {
         Err(EventError::NotProduced {
             detail: format!(
                 "stored {}, rules give {}",
-                im_schema::to_json(event),
+                im_schema::to_json(stored),
                 im_schema::to_json(&produced)
             ),
         })
@@ -160,10 +173,81 @@ mod tests {
         run(&mut direct, "bo", "d2", text("back"));
     }
 
+    /// A decided event with its content sealed, as an encrypting writer
+    /// stores it (the ciphertext is opaque to the rules).
+    fn sealed_like_a_writer(
+        state: &ConvState,
+        actor: &str,
+        id: &str,
+        action: Action,
+    ) -> v1::ConvEvent {
+        let cmd = Command {
+            actor: actor.into(),
+            client_msg_id: id.into(),
+            action,
+        };
+        let mut ev = decide(state, &cmd, 5_000).expect("allowed").remove(0);
+        let kind = ev.kind.as_mut().unwrap();
+        crate::content::take(kind).expect("has content");
+        *crate::content::sealed_mut(kind).unwrap() = Some(v1::Sealed {
+            epoch: 7,
+            key_rev: 3,
+            nonce: vec![1; 24],
+            ciphertext: vec![9; 40],
+            state: 0,
+        });
+        seal(state, vec![ev]).remove(0).event
+    }
+
+    #[test]
+    fn sealed_content_passes_where_the_rules_put_content() {
+        let mut state = group();
+        let sent = sealed_like_a_writer(&state, "ann", "m1", text("hi"));
+        assert_eq!(check_event(&state, &sent), Ok(()));
+        apply(&mut state, &sent);
+        state.last_hash = crate::seal::payload_hash(&im_schema::encode(&sent));
+        let edit = Action::Edit {
+            conv_seq: sent.conv_seq,
+            text: "hello".into(),
+        };
+        let edited = sealed_like_a_writer(&state, "ann", "e1", edit);
+        assert_eq!(check_event(&state, &edited), Ok(()));
+    }
+
+    #[test]
+    fn sealed_content_beside_clear_content_or_with_a_readers_state_is_not_produced() {
+        let state = group();
+        let sent = sealed_like_a_writer(&state, "ann", "m1", text("hi"));
+        let mut both = sent.clone();
+        if let Some(Kind::MessageSent(m)) = both.kind.as_mut() {
+            m.body = Some(v1::message_sent::Body::Text("clear".into()));
+        }
+        let err = check_event(&state, &both).unwrap_err();
+        assert_eq!(err.code(), "not_produced");
+        let mut marked = sent;
+        if let Some(Kind::MessageSent(m)) = marked.kind.as_mut() {
+            m.sealed.as_mut().unwrap().state = v1::SealedState::Erased as i32;
+        }
+        assert_eq!(
+            check_event(&state, &marked).unwrap_err().code(),
+            "not_produced"
+        );
+    }
+
+    #[test]
+    fn a_non_members_sealed_message_is_not_allowed() {
+        let state = group();
+        let mut ev = sealed_like_a_writer(&state, "ann", "m1", text("hi"));
+        ev.actor = "eve".into();
+        let err = check_event(&state, &ev).unwrap_err();
+        assert_eq!(err, EventError::NotAllowed(Rejection::NotMember));
+    }
+
     #[test]
     fn a_non_members_message_is_not_allowed() {
         let state = group();
         let sent = Kind::MessageSent(v1::MessageSent {
+            sealed: None,
             body: Some(v1::message_sent::Body::Text("x".into())),
             meta: Default::default(),
         });

@@ -64,6 +64,7 @@ same_message!(
     RegisterPush <=> PushRegistered,
     UnregisterPush <=> PushUnregistered,
     MuteNotifications <=> NotifyMuted,
+    EraseUser <=> UserErased,
 );
 
 /// A command as a forwarded request: the event its action asks for
@@ -105,6 +106,7 @@ pub fn from_request(req: &v1::WriteRequest) -> Result<Command, Rejection> {
                 v1::send_message::Body::Media(m) => Body::Media(m),
             };
             let sent = v1::MessageSent {
+                sealed: None,
                 body: Some(body),
                 meta: s.meta.clone().into_iter().collect(),
             };

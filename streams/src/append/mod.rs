@@ -152,6 +152,7 @@ pub struct Appender {
     forwarding: bool,
     /// Whether a cold writer starts long conversations from a snapshot.
     snapshots: bool,
+    content: Option<Arc<crate::content::ContentKeys>>,
     counters: Counters,
     #[cfg(feature = "fault-injection")]
     drop_next_ack: std::sync::atomic::AtomicBool,
@@ -213,6 +214,9 @@ pub struct AppenderOptions {
     /// Cold loads read every conversation from its first event (the
     /// baseline `imctl bench` measures snapshots against).
     pub no_snapshots: bool,
+    /// Where the deployment encrypts content: the data keys every event's
+    /// content is sealed under before it is positioned (`content/`).
+    pub content: Option<Arc<crate::content::ContentKeys>>,
 }
 
 fn new_writer_id() -> String {
@@ -270,6 +274,7 @@ impl Appender {
                 forwarding: !options.no_forwarding,
                 snapshots: !options.no_snapshots,
                 signer: options.signer,
+                content: options.content,
                 keys: tokio::sync::Mutex::new(crate::signing::KeyRing::new(
                     keys_js,
                     KEYS_RECHECK_EVERY,
@@ -473,7 +478,12 @@ impl Appender {
                 other => other,
             };
             let sealed = match decided {
-                Ok(events) => seal(&cached.state, events),
+                Ok(mut events) => {
+                    if let Some(keys) = &self.content {
+                        crate::content::seal_events(keys, &mut events).await?;
+                    }
+                    seal(&cached.state, events)
+                }
                 Err(rejection) => {
                     let latest = (&mut confirmed, attempts);
                     match self

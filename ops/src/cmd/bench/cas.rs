@@ -53,6 +53,7 @@ pub fn raw_event() -> (Bytes, async_nats::HeaderMap) {
         client_msg_id: "raw0-0".into(),
         schema_version: im_schema::SCHEMA_VERSION,
         kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+            sealed: None,
             body: Some(v1::message_sent::Body::Text(stamped_text(0))),
             meta: Default::default(),
         })),

@@ -218,6 +218,7 @@ fn deliver_bytes(n: u64, stamp: String) -> Bytes {
                 client_msg_id: format!("m{n}"),
                 schema_version: im_schema::SCHEMA_VERSION,
                 kind: Some(Kind::MessageSent(v1::MessageSent {
+                    sealed: None,
                     body: Some(Body::Text(stamp)),
                     meta: Default::default(),
                 })),

@@ -211,6 +211,7 @@ fn direct_index(events: u64) -> anyhow::Result<f64> {
     let started = Instant::now();
     for n in 0..events {
         let doc = im_schema::v1::SearchDoc {
+            sealed: None,
             kind: im_schema::v1::SearchDocKind::Message as i32,
             conversation_id: format!("sr{}", n % 1_000),
             conv_seq: n / 1_000 + 2,

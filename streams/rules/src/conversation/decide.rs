@@ -219,6 +219,7 @@ fn send(
     check_body(body)?;
     check_meta(meta)?;
     let sent = Kind::MessageSent(v1::MessageSent {
+        sealed: None,
         body: Some(body.to_wire()),
         meta: meta.clone(),
     });
@@ -449,6 +450,7 @@ fn edit(state: &ConvState, actor: &str, conv_seq: u64, text: &str) -> Kinds {
         return Err(Rejection::NotSender);
     }
     Ok(vec![Kind::MessageEdited(v1::MessageEdited {
+        sealed: None,
         target_conv_seq: conv_seq,
         text: text.to_string(),
     })])

@@ -327,6 +327,11 @@ pub enum Action {
     RegisterPush(v1::PushRegistered),
     UnregisterPush(v1::PushUnregistered),
     MuteNotifications(v1::NotifyMuted),
+    /// On the user's own log: their content's keys were destroyed
+    /// (`requested_by`: "self" or the operator's name).
+    EraseUser {
+        requested_by: String,
+    },
 }
 
 /// Why a command was refused. `code()` is the stable reason code clients see.
@@ -539,7 +544,8 @@ pub fn apply(state: &mut ConvState, event: &v1::ConvEvent) {
         | Kind::UserUnblocked(_)
         | Kind::PushRegistered(_)
         | Kind::PushUnregistered(_)
-        | Kind::NotifyMuted(_) => crate::people::fold(&mut state.people, event),
+        | Kind::NotifyMuted(_)
+        | Kind::UserErased(_) => crate::people::fold(&mut state.people, event),
     }
 }
 
@@ -572,6 +578,7 @@ pub fn event_type(event: &v1::ConvEvent) -> &'static str {
         Some(Kind::PushRegistered(_)) => "push_registered",
         Some(Kind::PushUnregistered(_)) => "push_unregistered",
         Some(Kind::NotifyMuted(_)) => "notify_muted",
+        Some(Kind::UserErased(_)) => "user_erased",
     }
 }
 

@@ -62,6 +62,7 @@ fn group_created(members: &[(&str, Role)]) -> v1::ConversationCreated {
 
 fn sent(t: &str) -> Kind {
     Kind::MessageSent(v1::MessageSent {
+        sealed: None,
         body: Some(Body::Text(t.into())),
         meta: BTreeMap::new(),
     })
@@ -893,6 +894,7 @@ fn edit_by_sender_only() {
             },
         ),
         vec![Kind::MessageEdited(v1::MessageEdited {
+            sealed: None,
             target_conv_seq: seq,
             text: "fixed".into(),
         })],

@@ -33,6 +33,9 @@ pub const STATUS_GRAPHEMES_MAX: usize = 140;
 /// emoji sequences (~28 bytes each) fit (stacked marks are bounded per
 /// grapheme, `GRAPHEME_CODE_POINTS_MAX`).
 pub const PROFILE_TEXT_BYTES_MAX: usize = 2_048;
+/// Who asked for an erasure ("self" or an operator's name): a name, not
+/// a reason, so the log carries no content about the user.
+pub const REQUESTED_BY_BYTES_MAX: usize = 128;
 
 /// Who may reach a user a given way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -134,6 +137,7 @@ pub fn is_people_action(action: &Action) -> bool {
     matches!(
         action,
         Action::UpdateProfile { .. }
+            | Action::EraseUser { .. }
             | Action::SetPrivacy { .. }
             | Action::RequestContact { .. }
             | Action::AcceptContact { .. }
@@ -268,6 +272,18 @@ fn on_user_log(state: &ConvState, actor: &str, action: &Action) -> Result<Kind, 
                 display_name: display_name_of(display_name)?,
                 avatar: avatar.clone(),
                 status: profile_text("status", status, 0, STATUS_GRAPHEMES_MAX)?,
+                sealed: None,
+            }))
+        }
+        Action::EraseUser { requested_by } => {
+            if requested_by.is_empty() || requested_by.len() > REQUESTED_BY_BYTES_MAX {
+                return Err(invalid(
+                    "requested_by",
+                    format!("1..={REQUESTED_BY_BYTES_MAX} bytes"),
+                ));
+            }
+            Ok(Kind::UserErased(v1::UserErased {
+                requested_by: requested_by.clone(),
             }))
         }
         Action::SetPrivacy {

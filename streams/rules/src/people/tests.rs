@@ -315,6 +315,7 @@ fn a_profile_is_the_users_own_and_stored_normalised() {
         }],
     });
     let updated = Kind::ProfileUpdated(v1::ProfileUpdated {
+        sealed: None,
         display_name: "René 李雷".into(),
         avatar: None,
         status: String::new(),
@@ -554,4 +555,34 @@ fn a_forged_hidden_flag_or_foreign_actor_is_not_what_the_rules_produce() {
     let ev = seal(&state, vec![ev]).remove(0).event;
     assert!(check_event(&state, &ev).is_err());
     apply(&mut state, &ev);
+}
+
+fn erase(by: &str) -> Action {
+    Action::EraseUser {
+        requested_by: by.into(),
+    }
+}
+
+#[test]
+fn an_erasure_is_recorded_on_the_users_own_log_by_them_only() {
+    let log = user_log_id("ann").unwrap();
+    let state = given(&log, &[("ann", profile("Ann"))]);
+    assert_eq!(
+        when(&state, "ann", erase("operator alice")),
+        Ok(vec![Kind::UserErased(v1::UserErased {
+            requested_by: "operator alice".into(),
+        })])
+    );
+    assert_eq!(
+        when(&state, "bob", erase("self")),
+        Err(Rejection::Forbidden)
+    );
+    assert!(matches!(
+        when(&state, "ann", erase("")),
+        Err(Rejection::Invalid { .. })
+    ));
+    assert!(matches!(
+        when(&state, "ann", erase(&"x".repeat(129))),
+        Err(Rejection::Invalid { .. })
+    ));
 }

@@ -1,0 +1,145 @@
+//! Destroying data keys: a user's (`imctl erase`) and whole epochs past
+//! retention. Each key is one message of the bucket's stream, deleted with
+//! the server's secure erase (its bytes overwritten, not only unlinked);
+//! then a notice in the bucket tells every process's cache. Needs no KEK:
+//! destroying is the operator's, opening is the readers'.
+
+use async_nats::jetstream;
+use futures::{StreamExt, TryStreamExt};
+
+use super::keys::{id_hash, now_ms, parse_policy, Policy, CONTENT_KEYS_BUCKET, POLICY_KEY};
+use crate::error::{OrUnavailable, StreamsError};
+
+/// Key deletions in flight at once: enough to erase thousands of keys in
+/// seconds, few enough not to crowd the server's API.
+const DELETES_IN_FLIGHT_MAX: usize = 32;
+
+async fn bucket_stream(js: &jetstream::Context) -> Result<jetstream::stream::Stream, StreamsError> {
+    js.get_stream(format!("KV_{CONTENT_KEYS_BUCKET}"))
+        .await
+        .map_err(|e| StreamsError::Config(format!("no content keys bucket: {e}")))
+}
+
+/// Deletes (securely) every message on subjects matching `filter`;
+/// returns how many.
+async fn delete_matching(js: &jetstream::Context, filter: &str) -> Result<u64, StreamsError> {
+    let stream = bucket_stream(js).await?;
+    let subjects = stream
+        .info_with_subjects(filter)
+        .await
+        .or_unavailable("content keys listing")?;
+    let stream = &stream;
+    subjects
+        .map_err(|e| StreamsError::unavailable("content keys listing", e))
+        .map(|item| async move {
+            let (subject, _) = item?;
+            let msg = match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => m,
+                // Gone meanwhile (another run of the same erasure).
+                Err(_) => return Ok(0u64),
+            };
+            stream
+                .delete_message(msg.sequence)
+                .await
+                .or_unavailable("content key delete")?;
+            Ok::<u64, StreamsError>(1)
+        })
+        .buffer_unordered(DELETES_IN_FLIGHT_MAX)
+        .try_fold(0u64, |n, one| async move { Ok(n + one) })
+        .await
+}
+
+/// Destroys every data key of `user`'s content (everything they sent, in
+/// every conversation and epoch, their profile's too) and leaves the
+/// notice caches act on. Returns the number of keys destroyed; running it
+/// again destroys what was made since.
+pub async fn erase_user(js: &jetstream::Context, user: &str) -> Result<u64, StreamsError> {
+    let hash = id_hash(user);
+    let subject = |k: &str| format!("$KV.{CONTENT_KEYS_BUCKET}.{k}");
+    let destroyed = delete_matching(js, &subject(&format!("k.*.{hash}.*"))).await?;
+    let kv = js
+        .get_key_value(CONTENT_KEYS_BUCKET)
+        .await
+        .or_unavailable("content keys")?;
+    kv.put(format!("erased.{hash}"), now_ms().to_string().into())
+        .await
+        .or_unavailable("content erasure notice")?;
+    tracing::info!(keys = destroyed, "a user's content keys destroyed");
+    Ok(destroyed)
+}
+
+/// What a retention run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    pub epochs: u64,
+    pub keys: u64,
+}
+
+/// The bucket's policy now.
+pub async fn policy(js: &jetstream::Context) -> Result<Policy, StreamsError> {
+    let kv = js
+        .get_key_value(CONTENT_KEYS_BUCKET)
+        .await
+        .or_unavailable("content keys")?;
+    let stored = kv.get(POLICY_KEY).await.or_unavailable("content keys")?;
+    parse_policy(stored.as_deref())
+}
+
+/// Sets the bucket's policy (epoch length, retention); every process
+/// takes it up from its watch.
+pub async fn set_policy(js: &jetstream::Context, policy: Policy) -> Result<(), StreamsError> {
+    if policy.epoch_ms == 0 {
+        return Err(StreamsError::Config("epoch_ms must be positive".into()));
+    }
+    let kv = js
+        .get_key_value(CONTENT_KEYS_BUCKET)
+        .await
+        .or_unavailable("content keys")?;
+    let text = serde_json::to_vec(&policy).expect("a policy serializes");
+    kv.put(POLICY_KEY, text.into())
+        .await
+        .or_unavailable("content policy")?;
+    Ok(())
+}
+
+/// Destroys the keys of every epoch past retention at `now_ms`.
+pub async fn expire(js: &jetstream::Context, now_ms: i64) -> Result<Expired, StreamsError> {
+    let policy = policy(js).await?;
+    let mut done = Expired::default();
+    if policy.retention_ms == 0 {
+        return Ok(done);
+    }
+    let stream = bucket_stream(js).await?;
+    let prefix = format!("$KV.{CONTENT_KEYS_BUCKET}.e.");
+    let marks: Vec<(String, usize)> = stream
+        .info_with_subjects(format!("{prefix}*"))
+        .await
+        .or_unavailable("content keys listing")?
+        .try_collect()
+        .await
+        .or_unavailable("content keys listing")?;
+    for (subject, _) in marks {
+        let Some(epoch) = subject
+            .strip_prefix(&prefix)
+            .and_then(|e| e.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if !policy.expired(epoch, now_ms) {
+            continue;
+        }
+        let keys = format!("$KV.{CONTENT_KEYS_BUCKET}.k.{epoch}.>");
+        done.keys += delete_matching(js, &keys).await?;
+        // The mark goes last: a run cut short finds the epoch again.
+        delete_matching(js, &subject).await?;
+        done.epochs += 1;
+    }
+    if done.epochs > 0 {
+        tracing::info!(
+            epochs = done.epochs,
+            keys = done.keys,
+            "content past retention destroyed"
+        );
+    }
+    Ok(done)
+}
