@@ -41,8 +41,10 @@ impl AppState {
             )?)),
             None => None,
         };
+        let content = im_streams::content::open_keys(&js, &config.kek).await?;
         let options = im_streams::AppenderOptions {
             signer,
+            content,
             ..Default::default()
         };
         let appender =

@@ -81,6 +81,7 @@ async fn everything_is_r3_and_starts_with_a_node_down() {
     let mut projector = AbortOnDrop(tokio::spawn(im_projectors::supervisor::run(
         clients,
         im_projectors::ProjectorConfig {
+            kek: Default::default(),
             instance: "main".into(),
             partitions: None,
             data_dir: dir.path().to_path_buf(),

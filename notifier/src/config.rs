@@ -55,6 +55,9 @@ pub struct NotifierConfig {
     pub request_timeout: Duration,
     /// Signs the registrations it ends (a 410): a registered writer key.
     pub signing_key_file: Option<PathBuf>,
+    /// The deployment's key-encryption key, where it encrypts content:
+    /// names and previews are opened with it (docs/privacy.md).
+    pub kek: im_streams::content::KekArgs,
 }
 
 /// A URL as logs and errors show it: no user, password or query (which

@@ -167,6 +167,7 @@ fn run_projector(
     stopping: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + 'static {
     let config = ProjectorConfig {
+        kek: cfg.kek.clone(),
         instance: cfg.instance.clone(),
         partitions: None,
         data_dir: cfg.data_dir.join("store"),

@@ -519,6 +519,7 @@ mod tests {
     #[test]
     fn the_backoff_doubles_from_its_base_to_its_limit_with_jitter() {
         let cfg = NotifierConfig {
+            kek: Default::default(),
             instance: "n".into(),
             data_dir: "d".into(),
             url: "https://push.example/".parse().unwrap(),

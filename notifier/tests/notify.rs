@@ -353,6 +353,7 @@ async fn https_is_verified_against_the_given_ca_and_an_unknown_certificate_is_re
 #[test]
 fn a_plain_http_gateway_elsewhere_and_a_short_secret_are_refused() {
     let base = im_notifier::NotifierConfig {
+        kek: Default::default(),
         instance: "notifier".into(),
         data_dir: "x".into(),
         url: "https://push.example/notify".parse().unwrap(),

@@ -310,7 +310,9 @@ async fn verify_passes_on_an_intact_store_and_names_a_corrupted_key() {
         })
         .unwrap();
     let (_, index) = projector.context.search.serving(search).unwrap();
-    index.sync(&doc.unwrap(), None).unwrap();
+    index
+        .sync(&doc.unwrap(), None, &im_projectors::search::clear_only())
+        .unwrap();
     index.commit(last).unwrap();
     let (code, out) = verify_all_code(&url);
     assert_eq!(code, 1, "{out}");

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod members_cache;
 pub mod metrics;
 pub mod notice;
+pub mod opening;
 pub mod pipeline;
 pub mod pool;
 pub mod projections;

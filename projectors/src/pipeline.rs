@@ -510,6 +510,7 @@ impl Out<'_> {
             let signed = verify_signatures(keys.clone(), &part).await?;
             let publish = fanout.then_some(Publish {
                 client: self.publish,
+                content: self.cfg.content.as_deref(),
                 threshold: self.cfg.fanout_threshold,
                 published: &self.cfg.published,
             });
@@ -643,6 +644,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Where a batch's effects are published.
 struct Publish<'a> {
     client: &'a async_nats::Client,
+    content: Option<&'a im_streams::content::ContentKeys>,
     threshold: usize,
     published: &'a DeliveryMark,
 }
@@ -705,7 +707,7 @@ async fn fold_batch(
         // Raised first: a sync arriving once these may have been seen
         // waits for their commit.
         not_published_before(to.published, reach, &mut effects);
-        publish_effects(to.client, effects).await;
+        publish_effects(to.client, to.content, effects).await;
         crate::metrics::observe_age("published", stored);
     }
     let mut done = answer.await.map_err(|_| gone())?;

@@ -85,6 +85,8 @@ pub struct PoolConfig {
     pub data_dir: PathBuf,
     pub fanout_threshold: usize,
     pub followers: usize,
+    /// Every unit opens content with it (`ProjectorConfig::kek`).
+    pub kek: im_streams::content::KekArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -775,6 +777,7 @@ impl Pool {
     ) -> Unit {
         let owner = gate.is_some();
         let config = ProjectorConfig {
+            kek: self.config.kek.clone(),
             instance: unit_instance(&self.config.instance, p),
             partitions: Some(vec![p]),
             data_dir: self.config.data_dir.join(format!("p{p}")),
@@ -824,7 +827,7 @@ async fn notify(
                 conversations = notices.len(),
                 "claimed batch notified"
             );
-            crate::runner::publish_effects(&publish, notices).await;
+            crate::runner::publish_effects(&publish, ctx.content.as_deref(), notices).await;
         }
         Err(e) => tracing::warn!(partition, error = %e, "claimed batch not notified"),
     }

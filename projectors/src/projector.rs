@@ -39,6 +39,9 @@ pub struct ProjectorConfig {
     /// process that needs a few read models of its own (the notifier)
     /// names them, `members` among them (the judge reads it).
     pub projections: Option<Vec<Arc<dyn projections::Projection>>>,
+    /// The deployment's key-encryption key, where it encrypts content:
+    /// what leaves the projector is opened with it (`opening.rs`).
+    pub kek: im_streams::content::KekArgs,
 }
 
 /// Whose questions an instance answers.
@@ -383,6 +386,21 @@ fn source_text(e: &dyn std::error::Error) -> String {
     cause.to_string()
 }
 
+/// The data keys an instance opens content with. One that answers
+/// clients or publishes deliveries must have them where the deployment
+/// encrypts (it refuses to start otherwise); a scratch instance given no
+/// KEK (`imctl projections verify`) opens nothing and needs none.
+async fn content_keys(
+    js: &async_nats::jetstream::Context,
+    config: &ProjectorConfig,
+) -> Result<Option<Arc<im_streams::content::ContentKeys>>, ProjectorError> {
+    let answers = config.serves == Serves::Clients || config.fanout;
+    if config.kek.load()?.is_none() && !answers {
+        return Ok(None);
+    }
+    Ok(im_streams::content::open_keys(js, &config.kek).await?)
+}
+
 impl Projector {
     /// A projector on one connection (tests, tools).
     pub async fn start(
@@ -418,6 +436,7 @@ impl Projector {
         let js = async_nats::jetstream::new(client.clone());
         let topology = im_streams::definitions::read_topology(&js).await?;
         let partitions = partitions_of(&config, topology)?;
+        let content = content_keys(&js, &config).await?;
         let store = open_or_quarantine(&config)?;
         let meta = store.keyspace("meta")?;
         let parts_text = format!("{partitions:?}");
@@ -433,6 +452,7 @@ impl Projector {
             fanout: config.fanout,
             lease: config.lease.clone(),
             published: published.clone(),
+            content: content.clone(),
         });
         let feeds = open_feeds(&store, meta.as_ref(), &config)?;
         let states = feeds.states.clone();
@@ -446,7 +466,11 @@ impl Projector {
             published,
             client: client.clone(),
             rebuilds: Arc::new(Rebuilds::new(client.clone(), store, meta, cfg)),
-            search: crate::search::indexer::Indexes::new(config.data_dir.clone()),
+            search: crate::search::indexer::Indexes::new(
+                config.data_dir.clone(),
+                crate::opening::search_opener(content.clone()),
+            ),
+            content,
         });
         let subs = query::subscribe(&client, &context)
             .await

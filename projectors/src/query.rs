@@ -78,6 +78,9 @@ pub struct QueryContext {
     pub rebuilds: Arc<crate::rebuild::Rebuilds>,
     /// The `search` projection's indexes.
     pub search: Arc<crate::search::indexer::Indexes>,
+    /// The data keys content is opened with before it is answered; None
+    /// where the deployment keeps content clear.
+    pub content: Option<Arc<im_streams::content::ContentKeys>>,
 }
 
 pub(crate) fn error(code: v1::QueryErrorCode, message: impl Into<String>) -> v1::QueryError {
@@ -89,6 +92,11 @@ pub(crate) fn error(code: v1::QueryErrorCode, message: impl Into<String>) -> v1:
 
 pub(crate) fn bad(message: impl Into<String>) -> v1::QueryError {
     error(v1::QueryErrorCode::BadRequest, message)
+}
+
+/// The content keys did not answer: the asker may try again.
+fn keys_error(e: im_streams::StreamsError) -> v1::QueryError {
+    error(v1::QueryErrorCode::NotYet, format!("content keys: {e}"))
 }
 
 fn store_error(e: StoreError) -> v1::QueryError {
@@ -392,8 +400,11 @@ impl QueryContext {
         self.require_member("history", &q.conversation_id, &q.user_id)?;
         let backward = q.direction == v1::Direction::Backward as i32;
         let ks = self.ks("history");
-        let page = history::page(&*ks, &q.conversation_id, q.from_seq, q.limit, backward)
+        let mut page = history::page(&*ks, &q.conversation_id, q.from_seq, q.limit, backward)
             .map_err(store_error)?;
+        crate::opening::open_history(self.content.as_deref(), &mut page)
+            .await
+            .map_err(keys_error)?;
         Ok(R::History(page))
     }
 
@@ -451,6 +462,9 @@ impl QueryContext {
         if !q.with_notify {
             found.notify.clear();
         }
+        crate::opening::open_profiles(self.content.as_deref(), &mut found)
+            .await
+            .map_err(keys_error)?;
         Ok(R::Profiles(found))
     }
 
@@ -602,7 +616,10 @@ impl QueryContext {
         .map_err(store_error)?;
         let unread_ks = self.ks("unread");
         let mut items = Vec::with_capacity(entries.len());
-        for entry in entries {
+        for mut entry in entries {
+            crate::opening::open_preview(self.content.as_deref(), &mut entry)
+                .await
+                .map_err(keys_error)?;
             let counts = unread::for_user(&*unread_ks, &q.user_id, Some(&entry.conversation_id))
                 .map_err(store_error)?;
             items.push(v1::ConvListItem {

@@ -274,6 +274,8 @@ pub struct RunnerConfig {
     pub lease: Option<crate::lease::LeaseRole>,
     /// What this instance's runs have published.
     pub published: Arc<DeliveryMark>,
+    /// Deliveries are opened with these before they are published.
+    pub content: Option<Arc<im_streams::content::ContentKeys>>,
 }
 
 /// The durable consumer an instance reads `source` with: `<instance>_<tag>`.
@@ -345,10 +347,15 @@ pub(crate) async fn ensure_consumer(
 /// clients recover gaps from history. A large group's delivery goes once
 /// to its group subject, before any personal copy (a gateway reading both
 /// sees them in that order).
-pub(crate) async fn publish_effects(client: &async_nats::Client, effects: Vec<Effect>) {
+pub(crate) async fn publish_effects(
+    client: &async_nats::Client,
+    content: Option<&im_streams::content::ContentKeys>,
+    effects: Vec<Effect>,
+) {
     for effect in effects {
         let (users, payload) = match effect {
-            Effect::Deliver { users, deliver } => {
+            Effect::Deliver { users, mut deliver } => {
+                open_delivery(content, &mut deliver).await;
                 let group = deliver
                     .group
                     .then(|| im_streams::subjects::group_subject(&deliver.conversation_id));
@@ -380,6 +387,22 @@ pub(crate) async fn publish_effects(client: &async_nats::Client, effects: Vec<Ef
                 }
             }
         }
+    }
+}
+
+/// Opens a delivery's event; one that cannot be opened now (the keys
+/// bucket not answering) goes without its event, as a notification the
+/// client answers by reading history.
+async fn open_delivery(
+    content: Option<&im_streams::content::ContentKeys>,
+    deliver: &mut v1::Deliver,
+) {
+    let Some(ev) = deliver.event.as_mut() else {
+        return;
+    };
+    if let Err(e) = crate::opening::open_event(content, ev).await {
+        tracing::warn!(error = %e, "a delivery's content not opened: sent as a notification");
+        deliver.event = None;
     }
 }
 

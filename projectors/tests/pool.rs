@@ -35,6 +35,7 @@ async fn join_with(client: async_nats::Client, name: &str) -> Member {
         publish: client,
     };
     let config = PoolConfig {
+        kek: Default::default(),
         instance: name.into(),
         data_dir: dir.path().to_path_buf(),
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,

@@ -18,6 +18,7 @@ use im_streams::Role;
 
 fn config(dir: &std::path::Path, faults: Option<Arc<StoreFaults>>) -> ProjectorConfig {
     ProjectorConfig {
+        kek: Default::default(),
         instance: "main".into(),
         partitions: None,
         data_dir: dir.to_path_buf(),

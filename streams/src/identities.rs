@@ -9,6 +9,7 @@
 //! other than the projector's, write into the streams around the writers
 //! (`im-replay restore`, I24).
 
+use crate::content::CONTENT_KEYS_BUCKET;
 use crate::definitions::{
     CONV_STREAM, LAST_SEEN_BUCKET, MEDIA_PENDING_BUCKET, MEDIA_QUOTA_BUCKET, MEDIA_STREAM,
     PARTITION_LEASES_BUCKET, PRESENCE_BUCKET, RCPT_STREAM,
@@ -130,13 +131,41 @@ fn bucket(name: &str) -> Vec<String> {
     v
 }
 
-/// No one deletes or purges stream data (I10).
+/// No one deletes or purges a stream, or a message of the log (I10).
 fn never() -> Vec<String> {
-    list(&[
-        "$JS.API.STREAM.DELETE.>",
-        "$JS.API.STREAM.PURGE.>",
-        "$JS.API.STREAM.MSG.DELETE.>",
-    ])
+    let mut v = list(&["$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>"]);
+    for stream in [CONV_STREAM, RCPT_STREAM, MEDIA_STREAM] {
+        v.push(format!("$JS.API.STREAM.MSG.DELETE.{stream}"));
+    }
+    v
+}
+
+/// No one but the operator deletes a message anywhere: the operator
+/// destroys content keys (erasure, retention; I37).
+fn never_deletes() -> Vec<String> {
+    let mut v = never();
+    v.push("$JS.API.STREAM.MSG.DELETE.>".into());
+    v
+}
+
+/// Reading the content keys and watching the bucket's notices (erasures,
+/// the policy), as every component that opens content does.
+fn content_keys_reads() -> Vec<String> {
+    let stream = format!("KV_{CONTENT_KEYS_BUCKET}");
+    let mut v = reads(&stream);
+    v.extend(ephemeral_reads(&stream));
+    v.push(format!("$JS.FC.{stream}.>"));
+    v
+}
+
+/// What only the operator writes in the content keys bucket: a writer
+/// makes data keys and epoch marks, never a notice, the policy or the
+/// KEK's check.
+fn content_keys_operator_only() -> Vec<String> {
+    ["erased.>", "policy", "kek-check"]
+        .iter()
+        .map(|k| format!("$KV.{CONTENT_KEYS_BUCKET}.{k}"))
+        .collect()
 }
 
 fn gateway() -> Permissions {
@@ -163,12 +192,16 @@ fn gateway() -> Permissions {
     // The writers' public keys, read only: a writer checks the events
     // other writers appended (`validity.rs`).
     publish.extend(reads(&format!("KV_{WRITER_KEYS_BUCKET}")));
+    // Content keys: made on first use, read, their notices watched.
+    publish.extend(content_keys_reads());
+    publish.push(format!("$KV.{CONTENT_KEYS_BUCKET}.>"));
     // Watching presence: an ordered consumer, with its flow control.
     let presence = format!("KV_{PRESENCE_BUCKET}");
     publish.extend(ephemeral_reads(&presence));
     publish.push(format!("$JS.FC.{presence}.>"));
     let mut publish_deny = list(&["im.deliver.*.e", "im.group.>", "im.projector.>"]);
-    publish_deny.extend(never());
+    publish_deny.extend(content_keys_operator_only());
+    publish_deny.extend(never_deletes());
     Permissions {
         publish,
         publish_deny,
@@ -195,6 +228,8 @@ fn projector() -> Permissions {
     ]);
     // The writers' public keys, read only: the judge checks signatures.
     publish.extend(reads(&format!("KV_{WRITER_KEYS_BUCKET}")));
+    // Content keys, read only: deliveries and answers are opened.
+    publish.extend(content_keys_reads());
     // Partition leases: claimed, renewed and watched (`lease.rs`).
     publish.extend(bucket(PARTITION_LEASES_BUCKET));
     let leases = format!("KV_{PARTITION_LEASES_BUCKET}");
@@ -207,7 +242,8 @@ fn projector() -> Permissions {
         publish.push(format!("$JS.ACK.{stream}.>"));
     }
     let mut publish_deny = list(&["im.conv.>", "im.rcpt.>", "im.media.>", "im.writer.>"]);
-    publish_deny.extend(never());
+    publish_deny.push(format!("$KV.{CONTENT_KEYS_BUCKET}.>"));
+    publish_deny.extend(never_deletes());
     Permissions {
         publish,
         publish_deny,
@@ -231,6 +267,8 @@ fn notifier() -> Permissions {
         "_INBOX.>",
     ]);
     publish.extend(reads(&format!("KV_{WRITER_KEYS_BUCKET}")));
+    // Content keys, read only: names and previews are opened.
+    publish.extend(content_keys_reads());
     for stream in [CONV_STREAM, RCPT_STREAM] {
         publish.extend(reads(stream));
         publish.extend(ephemeral_reads(stream));
@@ -245,7 +283,8 @@ fn notifier() -> Permissions {
     publish.extend(ephemeral_reads(&presence));
     publish.push(format!("$JS.FC.{presence}.>"));
     let mut publish_deny = list(&["im.rcpt.>", "im.media.>", "im.deliver.>", "im.group.>"]);
-    publish_deny.extend(never());
+    publish_deny.push(format!("$KV.{CONTENT_KEYS_BUCKET}.>"));
+    publish_deny.extend(never_deletes());
     Permissions {
         publish,
         publish_deny,
@@ -274,13 +313,20 @@ fn operator() -> Permissions {
             "im.projector.*.alive",
             "$JS.ACK.>",
             "_INBOX.>",
+            // `imctl erase` appends the erasure as a writer would.
+            "im.writer.*",
             // `im-replay restore`, into streams it creates (I24).
             "im.conv.>",
             "im.rcpt.>",
             "im.media.>",
         ]),
         publish_deny: never(),
-        subscribe: list(&["_INBOX.>", "im.projector.*.alive", "im.projector.*.q"]),
+        subscribe: list(&[
+            "_INBOX.>",
+            "im.projector.*.alive",
+            "im.projector.*.q",
+            "im.writer.*",
+        ]),
         subscribe_deny: list(&["im.q.*"]),
         allow_responses: false,
     }
@@ -295,12 +341,14 @@ fn auditor() -> Permissions {
     // The writers' public keys, read to check signatures.
     let keys = format!("KV_{}", crate::signing::WRITER_KEYS_BUCKET);
     publish.extend(reads(&keys));
+    // Content keys, read only: an auditor given the KEK opens content.
+    publish.extend(reads(&format!("KV_{CONTENT_KEYS_BUCKET}")));
     for stream in [CONV_STREAM, RCPT_STREAM, MEDIA_STREAM] {
         publish.extend(reads(stream));
         publish.extend(ephemeral_reads(stream));
     }
     let mut publish_deny = list(&["im.>", "$KV.>", "$JS.API.CONSUMER.DURABLE.>"]);
-    publish_deny.extend(never());
+    publish_deny.extend(never_deletes());
     Permissions {
         publish,
         publish_deny,
@@ -369,6 +417,12 @@ mod tests {
             for d in never() {
                 assert!(p.publish_deny.contains(&d), "{c:?} {d}");
             }
+            // Only the operator deletes a message (a content key).
+            let deletes = !p
+                .publish_deny
+                .iter()
+                .any(|d| d == "$JS.API.STREAM.MSG.DELETE.>");
+            assert_eq!(deletes, c == Component::Operator, "{c:?}");
             let appends = p.publish.iter().any(|s| s == "im.conv.>");
             assert_eq!(
                 appends,

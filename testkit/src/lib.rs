@@ -256,7 +256,31 @@ pub struct NatsServer {
     child: Option<Child>,
 }
 
+/// Every file under `dirs` (recursively) whose bytes contain `needle`:
+/// what a test of erasure greps the data directories with.
+pub fn files_containing(dirs: &[PathBuf], needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo: Vec<PathBuf> = dirs.to_vec();
+    while let Some(path) = todo.pop() {
+        if path.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                todo.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 impl NatsServer {
+    /// Where the server keeps its JetStream files.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+
     /// Starts a single node with JetStream on a free port and waits until it
     /// answers JetStream API requests.
     pub async fn start() -> Result<Self, HarnessError> {

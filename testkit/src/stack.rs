@@ -23,6 +23,8 @@ pub struct Stack {
     dirs: Vec<tempfile::TempDir>,
     /// Each component's password, when the server runs with authorization.
     passwords: Option<BTreeMap<Component, String>>,
+    /// The KEK projectors (and gateways) are given; none: content clear.
+    pub kek: im_streams::content::KekArgs,
 }
 
 impl Stack {
@@ -48,6 +50,7 @@ impl Stack {
             topology,
             dirs: Vec::new(),
             passwords: None,
+            kek: Default::default(),
         }
     }
 
@@ -78,6 +81,7 @@ impl Stack {
             topology: Topology::new(1),
             dirs: Vec::new(),
             passwords: Some(passwords),
+            kek: Default::default(),
         };
         stack.topology = im_streams::apply_streams(&stack.js, &StreamSettings::default())
             .await
@@ -88,6 +92,25 @@ impl Stack {
 
     /// How `component` connects: its own identity on a secured stack,
     /// anonymously otherwise.
+    /// The projectors' stores (their temporary directories).
+    pub fn store_dirs(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.path().to_path_buf()).collect()
+    }
+
+    /// Encrypts content from now on: a KEK in a temporary file, the
+    /// content keys bucket made by the operator (as `imctl up` does) under
+    /// `policy`; projectors configured after this get the KEK.
+    pub async fn encrypt(&mut self, policy: im_streams::content::Policy) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("kek");
+        let kek = im_streams::content::Kek::load_or_create(&path).expect("kek");
+        self.dirs.push(dir);
+        im_streams::content::ContentKeys::open(&self.js, Some(kek), policy)
+            .await
+            .expect("content keys bucket");
+        self.kek = im_streams::content::KekArgs::from_file(path);
+    }
+
     pub fn auth(&self, component: Component) -> NatsAuth {
         match &self.passwords {
             Some(p) => NatsAuth::password(component.user(), p[&component].clone()),
@@ -115,6 +138,7 @@ impl Stack {
         let data_dir: PathBuf = dir.path().to_path_buf();
         self.dirs.push(dir);
         ProjectorConfig {
+            kek: self.kek.clone(),
             instance: instance.into(),
             partitions: None,
             data_dir,

@@ -27,6 +27,10 @@ pub struct GatewayArgs {
     /// every event it appends.
     #[arg(long, env = "IM_EVENT_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
+    /// The deployment's key-encryption key (docs/privacy.md): the writer
+    /// seals message content under data keys it wraps.
+    #[command(flatten)]
+    pub kek: im_streams::content::KekArgs,
     #[command(flatten)]
     pub media: MediaArgs,
     /// Serve the built web app (clients/web/dist) at `/`.
@@ -169,6 +173,7 @@ impl GatewayArgs {
             nats_auth: self.nats.auth.clone(),
             tokens: self.tokens.config()?,
             signing_key_file: self.signing_key_file.clone(),
+            kek: self.kek.clone(),
             limits: self.limits.clone(),
             media: self.media.backend(),
             web: crate::http::web::WebConfig {

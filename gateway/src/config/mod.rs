@@ -23,6 +23,8 @@ pub struct GatewayConfig {
     pub tokens: crate::auth::TokenConfig,
     /// The seed the gateway signs its events with; none: unsigned.
     pub signing_key_file: Option<std::path::PathBuf>,
+    /// The key-encryption key, if the deployment encrypts content.
+    pub kek: im_streams::content::KekArgs,
     pub limits: Limits,
     /// None: the media endpoints answer `unavailable`.
     pub media: Option<crate::media::MediaBackend>,
@@ -37,6 +39,7 @@ impl GatewayConfig {
             return Err("IM_DEV_LOGIN needs IM_JWT_HS256_SECRET to sign tokens with".into());
         }
         self.nats_auth.identity().map_err(|e| e.to_string())?;
+        self.kek.load().map_err(|e| e.to_string())?;
         let l = &self.limits;
         if l.frame_bytes_max < 1024
             || l.outbound_queue_max == 0
@@ -89,6 +92,7 @@ pub fn summary(c: &GatewayConfig) -> String {
             t.user_ids
         ),
         format!("signing key {:?}", c.signing_key_file),
+        c.kek.describe(),
         format!("media {media}"),
         format!("web {:?} dev sign-in {}", c.web.dir, c.web.dev_login),
     ];

@@ -56,10 +56,22 @@ impl Stack {
         stack
     }
 
+    /// A secured stack (below) that encrypts content under `policy`
+    /// (docs/privacy.md).
+    pub async fn start_encrypted(limits: Limits, policy: im_streams::content::Policy) -> Stack {
+        let mut kit = im_testkit::Stack::start_secured().await;
+        kit.encrypt(policy).await;
+        Self::around(kit, limits).await
+    }
+
     /// A stack with the shipped NATS authorization on: the projector and
     /// the gateways connect as theirs (`im_streams::identities`).
     pub async fn start_secured(limits: Limits) -> Stack {
-        let mut kit = im_testkit::Stack::start_secured().await;
+        let kit = im_testkit::Stack::start_secured().await;
+        Self::around(kit, limits).await
+    }
+
+    async fn around(mut kit: im_testkit::Stack, limits: Limits) -> Stack {
         let projector = kit.main_projector().await;
         let mut stack = Stack {
             kit,
@@ -109,6 +121,7 @@ impl Stack {
             listen: "127.0.0.1:0".parse().unwrap(),
             metrics_listen: None,
             signing_key_file: None,
+            kek: self.kit.kek.clone(),
             nats_url: self.server.url(),
             nats_auth: self.kit.auth(im_streams::identities::Component::Gateway),
             tokens: im_gateway::auth::TokenConfig {

@@ -58,6 +58,9 @@ struct Args {
     /// registered like a gateway's (`imctl signing-key register`).
     #[arg(long, env = "IM_NOTIFY_SIGNING_KEY_FILE")]
     signing_key_file: Option<PathBuf>,
+    /// The deployment's key-encryption key, where it encrypts content.
+    #[command(flatten)]
+    kek: im_streams::content::KekArgs,
     /// Serve `/metrics`, `/healthz` and `/readyz` here.
     #[arg(long, env = "IM_NOTIFY_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -86,6 +89,7 @@ impl Args {
             backoff_max: Duration::from_millis(self.backoff_max_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             signing_key_file: self.signing_key_file.clone(),
+            kek: self.kek.clone(),
         };
         config.validate()?;
         Ok(config)

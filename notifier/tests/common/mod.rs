@@ -40,6 +40,7 @@ impl Stack {
 
     pub fn config(&self, receiver: &Receiver) -> NotifierConfig {
         NotifierConfig {
+            kek: Default::default(),
             instance: "notifier".into(),
             data_dir: self.dir.path().to_path_buf(),
             url: receiver.url("/push").parse().unwrap(),

@@ -33,6 +33,12 @@ enum Command {
     /// Offline notifications (`im-notifier`).
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Erase a user's content: destroy its data keys and record the
+    /// erasure (docs/privacy.md).
+    Erase(im_ops::cmd::keys::EraseArgs),
+    /// Content keys: the epoch and retention policy, and retention runs.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print a shell's completion script, e.g. `imctl completions bash >
     /// /etc/bash_completion.d/imctl`.
     Completions { shell: clap_complete::Shell },
@@ -69,6 +75,14 @@ enum NotifyCommand {
     /// The notifications given up; --replay sends them again (exit 1
     /// while any remains).
     DeadLetters(im_ops::cmd::notify::DeadLettersArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Show the epoch length and retention; set them with the flags.
+    Policy(im_ops::cmd::keys::PolicyArgs),
+    /// Destroy the keys of epochs past retention (once, or --every N s).
+    Expire(im_ops::cmd::keys::ExpireArgs),
 }
 
 #[derive(Subcommand)]
@@ -142,6 +156,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Notify(NotifyCommand::DeadLetters(args)) => {
             im_ops::cmd::notify::dead_letters(args).await
         }
+        Command::Erase(args) => im_ops::cmd::keys::erase(args).await,
+        Command::Keys(KeysCommand::Policy(args)) => im_ops::cmd::keys::policy(args).await,
+        Command::Keys(KeysCommand::Expire(args)) => im_ops::cmd::keys::expire(args).await,
         Command::Bench(args) => im_ops::cmd::bench::run(args).await,
         Command::Check(args) => im_ops::cmd::check::run(args).await,
         Command::Projections(ProjectionsCommand::Status(args)) => {

@@ -1,6 +1,7 @@
 pub mod admin;
 pub mod bench;
 pub mod check;
+pub mod keys;
 pub mod nats_config;
 pub mod nats_identities;
 pub mod notify;

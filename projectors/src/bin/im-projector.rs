@@ -13,6 +13,10 @@ use im_projectors::{projector::parse_partitions, ProjectorConfig, DEFAULT_FANOUT
 struct Args {
     #[command(flatten)]
     nats: im_streams::connect::NatsArgs,
+    /// The deployment's key-encryption key, where it encrypts content:
+    /// deliveries and answers are opened with it (docs/privacy.md).
+    #[command(flatten)]
+    kek: im_streams::content::KekArgs,
     /// The sled store of this instance.
     #[arg(long, env = "IM_PROJECTOR_DATA_DIR", default_value = "data/projector")]
     data_dir: PathBuf,
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         serves: im_projectors::Serves::Clients,
         lease: None,
         projections: None,
+        kek: args.kek.clone(),
     };
     // Consumers and publishing (deliveries, answers) on separate
     // connections: neither queues behind the other.
@@ -131,6 +136,7 @@ async fn run_pool(args: Args, client: async_nats::Client) -> anyhow::Result<()> 
         data_dir: args.data_dir,
         fanout_threshold: args.fanout_threshold,
         followers: args.followers,
+        kek: args.kek.clone(),
     };
     let js = async_nats::jetstream::new(clients.consume.clone());
     let pool = im_projectors::pool::Pool::new(clients, config).await?;

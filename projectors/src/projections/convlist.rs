@@ -41,6 +41,15 @@ fn preview_of(text: &str) -> String {
     text.chars().take(PREVIEW_CHARS_MAX).collect()
 }
 
+/// What a message's body shows in the list.
+pub(crate) fn preview_of_body(body: Option<&Body>) -> String {
+    match body {
+        Some(Body::Text(t)) => preview_of(t),
+        Some(Body::Media(media)) => format!("[{}]", media.mime),
+        None => String::new(),
+    }
+}
+
 /// The summary after `ev`.
 fn summarize(mut s: v1::ConvListEntry, ev: &v1::ConvEvent) -> v1::ConvListEntry {
     s.last_seq = ev.conv_seq;
@@ -52,19 +61,18 @@ fn summarize(mut s: v1::ConvListEntry, ev: &v1::ConvEvent) -> v1::ConvListEntry 
             s.title = c.title.clone();
         }
         Some(Kind::MessageSent(m)) => {
-            s.preview = match &m.body {
-                Some(Body::Text(t)) => preview_of(t),
-                Some(Body::Media(media)) => format!("[{}]", media.mime),
-                None => String::new(),
-            };
+            s.preview = preview_of_body(m.body.as_ref());
+            s.preview_sealed = m.sealed.clone();
             s.preview_sender = ev.actor.clone();
             s.preview_seq = ev.conv_seq;
         }
         Some(Kind::MessageRecalled(r)) if r.target_conv_seq == s.preview_seq => {
             s.preview = "[recalled]".into();
+            s.preview_sealed = None;
         }
         Some(Kind::MessageEdited(e)) if e.target_conv_seq == s.preview_seq => {
             s.preview = preview_of(&e.text);
+            s.preview_sealed = e.sealed.clone();
         }
         _ => {}
     }

@@ -67,9 +67,11 @@ impl Projection for History {
         match &ev.kind {
             Some(Kind::MessageRecalled(r)) => update_target(tx, conv, r.target_conv_seq, |e| {
                 e.recalled = true;
+                e.edited_sealed = None;
                 if let Some(m) = sent_mut(e) {
                     m.body = None;
                     m.meta.clear();
+                    m.sealed = None;
                 }
             })?,
             Some(Kind::MessageEdited(ed)) => update_target(tx, conv, ed.target_conv_seq, |e| {
@@ -78,7 +80,9 @@ impl Projection for History {
                 }
                 e.edited = true;
                 e.edited_at_ms = ev.at_ms;
-                if let Some(m) = sent_mut(e) {
+                if ed.sealed.is_some() {
+                    e.edited_sealed = ed.sealed.clone();
+                } else if let Some(m) = sent_mut(e) {
                     m.body = Some(Body::Text(ed.text.clone()));
                 }
             })?,

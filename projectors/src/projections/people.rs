@@ -83,9 +83,17 @@ pub fn fold(tx: &mut Tx, stored: &StoredEvent) -> Result<(), StoreError> {
         since
     };
     row.profile_updated_ms = updated;
-    if let Some(Kind::ProfileUpdated(p)) = &ev.kind {
-        row.profile = Some(p.clone());
-        row.profile_updated_ms = ev.at_ms;
+    match &ev.kind {
+        Some(Kind::ProfileUpdated(p)) => {
+            row.profile = Some(p.clone());
+            row.profile_updated_ms = ev.at_ms;
+        }
+        // The profile's keys are gone: its sealed bytes go too.
+        Some(Kind::UserErased(_)) => {
+            row.profile = None;
+            row.profile_updated_ms = ev.at_ms;
+        }
+        _ => {}
     }
     tx.put_msg(row_key(log), &row);
     if log.starts_with(im_streams::ids::PAIR_LOG_PREFIX) {
@@ -154,6 +162,7 @@ pub fn profiles(ks: &dyn Keyspace, users: &[String]) -> Result<v1::ProfilesResul
             avatar: p.avatar,
             status: p.status,
             updated_ms: row.profile_updated_ms,
+            sealed: p.sealed,
         });
         out.privacy.push(row.privacy.unwrap_or_default());
         out.notify.push(v1::NotifySettings {

@@ -22,6 +22,9 @@ pub const DOC: u8 = b'M';
 pub const TITLE: u8 = b'T';
 pub const USER_NAME: u8 = b'N';
 pub const SPANS: u8 = b'V';
+/// A queue entry's tag (no row) for a user whose content was erased:
+/// the indexer forgets every document they wrote (`UserErased`).
+pub const ERASED: u8 = b'E';
 
 /// The queue of changed rows: `META 's' 'q' <stream seq> <row key>`
 /// (no value).
@@ -122,14 +125,33 @@ fn put_doc(tx: &mut Tx, stream_seq: u64, doc: &v1::SearchDoc) {
 fn message_text(m: &v1::MessageSent) -> String {
     match &m.body {
         Some(Body::Text(t)) => t.clone(),
-        Some(Body::Media(_)) => MEDIA_TEXT_KEYS
-            .iter()
-            .filter_map(|k| m.meta.get(*k))
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(Body::Media(_)) => media_text(&m.meta),
         None => String::new(),
     }
+}
+
+fn media_text(meta: &std::collections::BTreeMap<String, String>) -> String {
+    MEDIA_TEXT_KEYS
+        .iter()
+        .filter_map(|k| meta.get(*k))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What opened content says, for search (as `message_text`, or a
+/// profile's display name).
+pub fn content_text(c: &v1::Content) -> String {
+    match &c.body {
+        Some(v1::content::Body::Text(t)) => t.clone(),
+        Some(v1::content::Body::Media(_)) => media_text(&c.meta),
+        None => c.display_name.clone(),
+    }
+}
+
+/// The queue entry that makes the indexer forget `user`'s documents.
+pub fn erased_key(user: &str) -> Vec<u8> {
+    key(ERASED, &[user.as_bytes()])
 }
 
 fn fold_spans(
@@ -160,10 +182,15 @@ fn fold_spans(
     Ok(())
 }
 
-fn doc(kind: v1::SearchDocKind, stored: &StoredEvent, sender: &str, text: String) -> v1::SearchDoc {
+fn doc(
+    kind: v1::SearchDocKind,
+    stored: &StoredEvent,
+    sender: &str,
+    (text, sealed): (String, Option<&v1::Sealed>),
+) -> v1::SearchDoc {
     let ev = &stored.event;
     v1::SearchDoc {
-        sealed: None,
+        sealed: sealed.cloned(),
         kind: kind as i32,
         conversation_id: ev.conversation_id.clone(),
         conv_seq: ev.conv_seq,
@@ -179,7 +206,7 @@ fn change_message(
     tx: &mut Tx,
     stored: &StoredEvent,
     target: u64,
-    text: Option<&str>,
+    text: Option<(&str, Option<&v1::Sealed>)>,
 ) -> Result<(), StoreError> {
     let conv = stored.event.conversation_id.as_bytes();
     let k = key(DOC, &[conv, &seq(target)]);
@@ -187,8 +214,9 @@ fn change_message(
         return Ok(());
     };
     match text {
-        Some(t) => {
+        Some((t, sealed)) => {
             row.text = t.to_string();
+            row.sealed = sealed.cloned();
             tx.put_msg(k.clone(), &row);
         }
         None => tx.delete(k.clone()),
@@ -233,16 +261,15 @@ impl Projection for Search {
         match &ev.kind {
             Some(Kind::MessageSent(m)) => {
                 let text = message_text(m);
-                if !text.trim().is_empty() {
-                    put_doc(
-                        tx,
-                        stored.stream_seq,
-                        &doc(K::Message, stored, &ev.actor, text),
-                    );
+                if !text.trim().is_empty() || m.sealed.is_some() {
+                    let content = (text, m.sealed.as_ref());
+                    let row = doc(K::Message, stored, &ev.actor, content);
+                    put_doc(tx, stored.stream_seq, &row);
                 }
             }
             Some(Kind::MessageEdited(e)) => {
-                change_message(tx, stored, e.target_conv_seq, Some(&e.text))?
+                let content = (e.text.as_str(), e.sealed.as_ref());
+                change_message(tx, stored, e.target_conv_seq, Some(content))?
             }
             Some(Kind::MessageRecalled(r)) => change_message(tx, stored, r.target_conv_seq, None)?,
             Some(Kind::Created(c)) => {
@@ -250,13 +277,22 @@ impl Projection for Search {
                     put_doc(
                         tx,
                         stored.stream_seq,
-                        &doc(K::Title, stored, &ev.actor, title),
+                        &doc(K::Title, stored, &ev.actor, (title, None)),
                     );
                 }
             }
             Some(Kind::ProfileUpdated(p)) => {
-                let name = doc(K::User, stored, &ev.actor, p.display_name.clone());
+                let content = (p.display_name.clone(), p.sealed.as_ref());
+                let name = doc(K::User, stored, &ev.actor, content);
                 put_doc(tx, stored.stream_seq, &name);
+            }
+            // The name goes; the indexer forgets every document of theirs
+            // (the rows stay, sealed under keys that are gone).
+            Some(Kind::UserErased(_)) => {
+                let k = key(USER_NAME, &[ev.conversation_id.as_bytes()]);
+                tx.delete(k.clone());
+                queue(tx, stored.stream_seq, &k);
+                queue(tx, stored.stream_seq, &erased_key(&ev.actor));
             }
             _ => {}
         }

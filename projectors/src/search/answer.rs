@@ -117,9 +117,10 @@ impl QueryContext {
                 ))
             }
         };
+        let opener = self.search.opener.clone();
         let run = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            find::run(&index, ks.as_ref(), &q, &in_scope)
+            find::run(&index, ks.as_ref(), &q, (&in_scope, &opener))
         });
         match tokio::time::timeout_at(until, run).await {
             Err(_) => Err(error(
@@ -145,8 +146,9 @@ impl QueryContext {
         }
         let compared = || -> Result<String, super::SearchError> {
             let (_, index) = self.search.serving(state)?;
-            super::indexer::drain_all(ks, &index)?;
-            let (have, want) = (index.digest()?, super::rows_digest(ks)?);
+            let open = &self.search.opener;
+            super::indexer::drain_all(ks, &index, open)?;
+            let (have, want) = (index.digest()?, super::rows_digest(ks, open)?);
             Ok(match have == want {
                 true => String::new(),
                 false => format!(

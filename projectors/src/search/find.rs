@@ -16,7 +16,7 @@ use tantivy::{DocAddress, DocId, Order, Score, SegmentReader, TantivyDocument, T
 
 use im_streams::search::{parse, Part, QueryTextError, LIMIT_MAX, RELEVANCE_DEPTH_MAX};
 
-use super::{text, text_hash, Fields, SearchIndex};
+use super::{doc_hash, text, Fields, Opener, SearchIndex};
 use crate::projections::search::{doc_key, spans_key, spans_of};
 use crate::store::Keyspace;
 
@@ -234,7 +234,7 @@ pub fn run(
     index: &SearchIndex,
     ks: &dyn Keyspace,
     q: &v1::SearchQuery,
-    in_scope: &dyn Fn(&str) -> bool,
+    (in_scope, open): (&dyn Fn(&str) -> bool, &Opener),
 ) -> Result<v1::SearchResult, FindError> {
     let f = &index.fields;
     let kind = v1::SearchDocKind::try_from(q.kind).unwrap_or(v1::SearchDocKind::Message);
@@ -292,7 +292,7 @@ pub fn run(
     let mut hits = Vec::with_capacity(candidates.len());
     for (score, addr) in candidates {
         let doc: TantivyDocument = searcher.doc(addr)?;
-        if let Some(hit) = checked_hit(ks, f, &doc, kind, &built)? {
+        if let Some(hit) = checked_hit(ks, f, &doc, (kind, open), &built)? {
             hits.push(v1::SearchHit { score, ..hit });
         }
     }
@@ -309,7 +309,7 @@ fn checked_hit(
     ks: &dyn Keyspace,
     f: &Fields,
     doc: &TantivyDocument,
-    kind: v1::SearchDocKind,
+    (kind, open): (v1::SearchDocKind, &Opener),
     built: &Built,
 ) -> Result<Option<v1::SearchHit>, FindError> {
     let conv = doc
@@ -331,10 +331,14 @@ fn checked_hit(
         return Ok(None);
     };
     let row: v1::SearchDoc = crate::store::decode_value(&k, &bytes)?;
-    if Some(text_hash(&row.text)) != hash {
+    if Some(doc_hash(&row)) != hash {
         return Ok(None);
     }
-    let snippet = text::snippet(&row.text, &built.exact, &built.prefixes, SNIPPET_CHARS)
+    // Erased since it was indexed: not shown.
+    let Ok(Some(shown)) = open(&row) else {
+        return Ok(None);
+    };
+    let snippet = text::snippet(&shown, &built.exact, &built.prefixes, SNIPPET_CHARS)
         .into_iter()
         .map(|(text, hit)| v1::SnippetPart { text, hit })
         .collect();

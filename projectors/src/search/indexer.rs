@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use im_schema::v1;
 
-use super::{index_dir, SearchError, SearchIndex};
+use super::{index_dir, Opener, SearchError, SearchIndex};
 use crate::keys::prefix_end;
-use crate::projections::search::{doc_id_of_key, NAME, QUEUE};
+use crate::projections::search::{doc_id_of_key, ERASED, NAME, QUEUE};
 use crate::rebuild::{keyspace_name, Rebuilds};
 use crate::runner::{checkpoint, ProjectionState, Source};
 use crate::store::Keyspace;
@@ -51,10 +51,12 @@ pub struct Indexes {
     pub running: Arc<tokio::sync::Semaphore>,
     /// The rebuild whose index was last made fresh: (keyspace, started).
     building_seen: Mutex<Option<(String, i64)>>,
+    /// How a row's sealed text is opened.
+    pub opener: Opener,
 }
 
 impl Indexes {
-    pub fn new(data_dir: PathBuf) -> Arc<Self> {
+    pub fn new(data_dir: PathBuf, opener: Opener) -> Arc<Self> {
         Arc::new(Indexes {
             data_dir,
             open: Mutex::new(HashMap::new()),
@@ -65,6 +67,7 @@ impl Indexes {
                 super::answer::SEARCHES_RUNNING_MAX,
             )),
             building_seen: Mutex::new(None),
+            opener,
         })
     }
 
@@ -164,7 +167,10 @@ impl Indexes {
             }
             let mut busy = false;
             for (name, ks) in &targets {
-                match self.get(name).and_then(|index| drain(ks.as_ref(), &index)) {
+                let drained = self
+                    .get(name)
+                    .and_then(|index| drain(ks.as_ref(), &index, &self.opener));
+                match drained {
                     Ok(more) => busy |= more,
                     Err(e) => {
                         tracing::warn!(keyspace = %name, error = %e, "search index not updated: trying again");
@@ -224,7 +230,7 @@ impl Indexes {
 
 /// Syncs up to `DRAIN_MAX` queued documents into the index and commits;
 /// whether more are queued.
-pub fn drain(ks: &dyn Keyspace, index: &SearchIndex) -> Result<bool, SearchError> {
+pub fn drain(ks: &dyn Keyspace, index: &SearchIndex, open: &Opener) -> Result<bool, SearchError> {
     let _one = index.draining();
     let at = checkpoint(ks, Source::Conv)?;
     let rows = ks.range(&QUEUE, &prefix_end(&QUEUE), false, DRAIN_MAX + 1)?;
@@ -236,24 +242,34 @@ pub fn drain(ks: &dyn Keyspace, index: &SearchIndex) -> Result<bool, SearchError
     }
     let more = rows.len() > DRAIN_MAX;
     let mut done = Vec::with_capacity(rows.len().min(DRAIN_MAX));
+    let mut erased = false;
     for (k, _) in rows.into_iter().take(DRAIN_MAX) {
         let row_key = &k[QUEUE.len() + 8..];
-        let doc = ks
-            .get(row_key)?
-            .map(|v| crate::store::decode_value::<v1::SearchDoc>(row_key, &v))
-            .transpose()?;
-        index.sync(&doc_id_of_key(row_key), doc.as_ref())?;
+        if let Some((&ERASED, user)) = row_key.split_first() {
+            index.forget_sender(&String::from_utf8_lossy(user))?;
+            erased = true;
+        } else {
+            let doc = ks
+                .get(row_key)?
+                .map(|v| crate::store::decode_value::<v1::SearchDoc>(row_key, &v))
+                .transpose()?;
+            index.sync(&doc_id_of_key(row_key), doc.as_ref(), open)?;
+        }
         done.push((k, None));
     }
     let position = if more { *index.indexed.borrow() } else { at };
     index.commit(position)?;
+    // An erasure leaves no word of theirs in the index's files.
+    if erased {
+        index.purge_deleted()?;
+    }
     ks.commit(done)?;
     Ok(more)
 }
 
 /// Drains until nothing is queued (a status that reads the index's
 /// digest, a test).
-pub fn drain_all(ks: &dyn Keyspace, index: &SearchIndex) -> Result<(), SearchError> {
-    while drain(ks, index)? {}
+pub fn drain_all(ks: &dyn Keyspace, index: &SearchIndex, open: &Opener) -> Result<(), SearchError> {
+    while drain(ks, index, open)? {}
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! never shown once its event is folded, even before the index moves.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use im_schema::v1;
 use tantivy::schema::{
@@ -46,6 +46,9 @@ pub enum SearchError {
     Io(#[source] std::io::Error),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The content keys did not answer: tried again later.
+    #[error(transparent)]
+    Keys(#[from] im_streams::StreamsError),
 }
 
 /// The fields of a document.
@@ -97,9 +100,34 @@ fn schema() -> (Schema, Fields) {
 
 /// The hash of a text as the index records it.
 pub fn text_hash(text: &str) -> u64 {
+    bytes_hash(text.as_bytes())
+}
+
+fn bytes_hash(bytes: &[u8]) -> u64 {
     use sha2::Digest as _;
-    let d = sha2::Sha256::digest(text.as_bytes());
+    let d = sha2::Sha256::digest(bytes);
     u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// The hash of what a row holds, as the index records it: its text, or
+/// its sealed content's ciphertext (an edit changes either).
+pub fn doc_hash(doc: &v1::SearchDoc) -> u64 {
+    match &doc.sealed {
+        Some(s) => bytes_hash(&s.ciphertext),
+        None => text_hash(&doc.text),
+    }
+}
+
+/// A row's text to index or show: its own, or its sealed content opened
+/// (`opening::search_opener`); None when that content is erased or does
+/// not open; an error when the keys did not answer.
+pub type Opener =
+    Arc<dyn Fn(&v1::SearchDoc) -> Result<Option<String>, im_streams::StreamsError> + Send + Sync>;
+
+/// The opener of a deployment that keeps content clear: a sealed row
+/// (never written there) shows nothing.
+pub fn clear_only() -> Opener {
+    Arc::new(|doc: &v1::SearchDoc| Ok(doc.sealed.is_none().then(|| doc.text.clone())))
 }
 
 /// One generation's index.
@@ -167,10 +195,20 @@ impl SearchIndex {
         self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    /// Makes the index hold `doc` under `id` (none: nothing).
-    pub fn sync(&self, id: &str, doc: Option<&v1::SearchDoc>) -> Result<(), SearchError> {
+    /// Makes the index hold `doc` under `id` (none: nothing), its text
+    /// as `open` gives it (none: nothing either).
+    pub fn sync(
+        &self,
+        id: &str,
+        doc: Option<&v1::SearchDoc>,
+        open: &Opener,
+    ) -> Result<(), SearchError> {
         let f = self.fields;
-        let Some(doc) = doc else {
+        let opened = match doc {
+            Some(d) => open(d)?.map(|text| (d, text)),
+            None => None,
+        };
+        let Some((doc, text)) = opened else {
             return self
                 .with_writer(|w| Ok(w.delete_term(Term::from_field_text(f.id, id))))
                 .map(|_| ());
@@ -182,13 +220,42 @@ impl SearchIndex {
         d.add_u64(f.seq, doc.conv_seq);
         d.add_u64(f.pos, doc.stream_seq);
         d.add_text(f.sender, &doc.sender_id);
-        d.add_u64(f.hash, text_hash(&doc.text));
-        d.add_text(f.text, &doc.text);
-        d.add_text(f.raw, &doc.text);
+        d.add_u64(f.hash, doc_hash(doc));
+        d.add_text(f.text, &text);
+        d.add_text(f.raw, &text);
         self.with_writer(|w| {
             w.delete_term(Term::from_field_text(f.id, id));
             w.add_document(d).map(drop)
         })
+    }
+
+    /// Forgets every document `user` wrote (their content was erased).
+    pub fn forget_sender(&self, user: &str) -> Result<(), SearchError> {
+        let term = Term::from_field_text(self.fields.sender, user);
+        self.with_writer(|w| Ok(w.delete_term(term))).map(drop)
+    }
+
+    /// Merges every segment into one, so that documents deleted are gone
+    /// from the files too (a deleted document's words stay in its segment
+    /// until a merge rewrites it), and removes the files left over.
+    pub fn purge_deleted(&self) -> Result<(), SearchError> {
+        let segments = self.with_writer(|w| w.index().searchable_segment_ids())?;
+        if segments.len() > 1 || self.has_deletes()? {
+            let merging = self.with_writer(|w| Ok(w.merge(&segments)))?;
+            merging.wait()?;
+        }
+        self.with_writer(|w| w.garbage_collect_files().wait())?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    fn has_deletes(&self) -> Result<bool, SearchError> {
+        Ok(self
+            .reader
+            .searcher()
+            .segment_readers()
+            .iter()
+            .any(|s| s.num_deleted_docs() > 0))
     }
 
     /// Makes what was synced durable and searchable, covering `position`.
@@ -220,24 +287,28 @@ impl SearchIndex {
     }
 }
 
-/// The digest the index should have: (id, text hash) of every row.
-pub fn rows_digest(ks: &dyn crate::store::Keyspace) -> Result<Digest, SearchError> {
+/// The digest the index should have: (id, text hash) of every row whose
+/// content opens.
+pub fn rows_digest(ks: &dyn crate::store::Keyspace, open: &Opener) -> Result<Digest, SearchError> {
     let mut d = Digest::default();
-    let mut bad = None;
+    let mut bad: Option<SearchError> = None;
     ks.visit(&mut |k, v| {
         if !crate::projections::search::is_doc_key(k) {
             return;
         }
-        match crate::store::decode_value::<v1::SearchDoc>(k, v) {
-            Ok(doc) => d.add_entry(
-                doc_id_of_key(k).as_bytes(),
-                &text_hash(&doc.text).to_be_bytes(),
-            ),
-            Err(e) => bad = Some(e),
+        let doc = match crate::store::decode_value::<v1::SearchDoc>(k, v) {
+            Ok(doc) => doc,
+            Err(e) => return bad = Some(e.into()),
+        };
+        match open(&doc) {
+            // Erased content is in the rows (sealed), never in the index.
+            Ok(None) => {}
+            Ok(Some(_)) => d.add_entry(doc_id_of_key(k).as_bytes(), &doc_hash(&doc).to_be_bytes()),
+            Err(e) => bad = Some(e.into()),
         }
     })?;
     match bad {
-        Some(e) => Err(e.into()),
+        Some(e) => Err(e),
         None => Ok(d),
     }
 }

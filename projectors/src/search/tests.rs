@@ -22,7 +22,7 @@ fn indexed(sim: &Sim) -> Fixture {
     fold_all(&Search, &ks, &sim.log);
     let dir = tempfile::tempdir().unwrap();
     let index = SearchIndex::open(dir.path()).unwrap();
-    drain_all(&ks, &index).unwrap();
+    drain_all(&ks, &index, &super::clear_only()).unwrap();
     Fixture {
         ks,
         index,
@@ -40,7 +40,7 @@ fn ask(fx: &Fixture, user: &str, q: &str) -> Result<v1::SearchResult, FindError>
             limit: 50,
             ..Default::default()
         },
-        &|_| true,
+        (&|_| true, &super::clear_only()),
     )
 }
 
@@ -81,7 +81,10 @@ fn edits_replace_the_text_and_recalls_remove_it() {
     assert!(found(&fx, "alice", "typo ").is_empty());
     assert_eq!(found(&fx, "alice", "fixed "), ["fixed"]);
     assert!(found(&fx, "alice", "welcome ").is_empty());
-    assert_eq!(fx.index.digest().unwrap(), rows_digest(&fx.ks).unwrap());
+    assert_eq!(
+        fx.index.digest().unwrap(),
+        rows_digest(&fx.ks, &super::clear_only()).unwrap()
+    );
 }
 
 #[test]
@@ -90,7 +93,7 @@ fn a_recall_folded_but_not_yet_indexed_is_never_shown() {
     let fx = indexed(&sim);
     let m = sim.send("g1", "alice", "secret plan");
     fold_all(&Search, &fx.ks, &sim.log[sim.log.len() - 1..]);
-    drain_all(&fx.ks, &fx.index).unwrap();
+    drain_all(&fx.ks, &fx.index, &super::clear_only()).unwrap();
     assert_eq!(found(&fx, "bob", "secret "), ["secret plan"]);
     let before = sim.log.len();
     sim.run("g1", "alice", Action::Recall { conv_seq: m });
@@ -160,7 +163,7 @@ fn groups_are_found_by_title_by_their_members_only() {
                 limit: 10,
                 ..Default::default()
             },
-            &|_| true,
+            (&|_| true, &super::clear_only()),
         )
         .unwrap()
         .hits
@@ -189,7 +192,7 @@ fn pages_newest_first_without_repeats_or_gaps() {
                 before_position: before,
                 ..Default::default()
             },
-            &|_| true,
+            (&|_| true, &super::clear_only()),
         )
         .unwrap();
         seen.extend(page.hits.iter().map(|h| h.stream_seq));
@@ -249,4 +252,31 @@ fn media_messages_are_found_by_name_and_caption() {
     let fx = indexed(&sim);
     assert_eq!(found(&fx, "bob", "budget ").len(), 1);
     assert_eq!(found(&fx, "bob", "预算 ").len(), 1);
+}
+
+#[test]
+fn an_erased_users_words_leave_the_index_files() {
+    let mut sim = scenario();
+    sim.send("g1", "alice", "zqxalicewords here");
+    sim.send("g1", "owner", "zqxownerwords here");
+    let fx = indexed(&sim);
+    assert_eq!(found(&fx, "owner", "zqxalicewords").len(), 1);
+    let log = im_streams::ids::user_log_id("alice").unwrap();
+    let erase = Action::EraseUser {
+        requested_by: "operator".into(),
+    };
+    sim.run(&log, "alice", erase);
+    fold_all(&Search, &fx.ks, &sim.log);
+    drain_all(&fx.ks, &fx.index, &super::clear_only()).unwrap();
+    assert!(found(&fx, "owner", "zqxalicewords").is_empty());
+    assert_eq!(found(&fx, "alice", "zqxownerwords").len(), 1, "others stay");
+    let searcher = fx.index.reader.searcher();
+    for segment in searcher.segment_readers() {
+        assert_eq!(segment.num_deleted_docs(), 0, "merged away");
+        for field in [fx.index.fields.raw, fx.index.fields.text] {
+            let terms = segment.inverted_index(field).unwrap();
+            let term = terms.terms().get(b"zqxalicewords").unwrap();
+            assert!(term.is_none(), "the word is gone from the segment");
+        }
+    }
 }

@@ -143,3 +143,40 @@ pub async fn expire(js: &jetstream::Context, now_ms: i64) -> Result<Expired, Str
     }
     Ok(done)
 }
+
+/// What an erasure did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Erasure {
+    /// Data keys destroyed.
+    pub keys: u64,
+    /// Where `UserErased` went in IM_CONV.
+    pub stream_seq: u64,
+}
+
+/// Erases `user`'s content: destroys every key of it, then appends
+/// `UserErased` to their own log through `writer` (signed and judged like
+/// any event), so every projection drops what it holds of them. Safe to
+/// run again: keys made since are destroyed, and the erasure recorded
+/// again.
+pub async fn erase(
+    js: &jetstream::Context,
+    writer: &crate::Appender,
+    user: &str,
+    requested_by: &str,
+) -> Result<Erasure, StreamsError> {
+    let keys = erase_user(js, user).await?;
+    let cmd = crate::Command {
+        actor: user.to_string(),
+        client_msg_id: format!("erase-{}", now_ms()),
+        action: crate::Action::EraseUser {
+            requested_by: requested_by.to_string(),
+        },
+    };
+    match writer.execute_people(&cmd, "").await? {
+        crate::AppendOutcome::Stored { stream_seq, .. }
+        | crate::AppendOutcome::Duplicate { stream_seq, .. } => Ok(Erasure { keys, stream_seq }),
+        crate::AppendOutcome::Rejected(r) => Err(StreamsError::Config(format!(
+            "the keys are destroyed but the erasure was not recorded: {r}"
+        ))),
+    }
+}

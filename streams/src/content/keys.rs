@@ -408,11 +408,18 @@ pub(crate) fn now_ms() -> i64 {
 /// Refuses a KEK that does not open the bucket's check (writing the check
 /// first if the bucket has none yet).
 async fn check_kek(kv: &kv::Store, kek: &Kek) -> Result<(), StreamsError> {
-    let wrapped = kek.wrap(KEK_CHECK_KEY.as_bytes(), KEK_CHECK_PLAIN);
-    let _ = timed("content keys", kv.create(KEK_CHECK_KEY, wrapped.into())).await;
-    let stored = timed("content keys", kv.get(KEK_CHECK_KEY))
-        .await?
-        .ok_or_else(|| StreamsError::Config("the content keys bucket has no kek-check".into()))?;
+    let stored = match timed("content keys", kv.get(KEK_CHECK_KEY)).await? {
+        Some(stored) => stored,
+        None => {
+            let wrapped = kek.wrap(KEK_CHECK_KEY.as_bytes(), KEK_CHECK_PLAIN);
+            let _ = timed("content keys", kv.create(KEK_CHECK_KEY, wrapped.into())).await;
+            timed("content keys", kv.get(KEK_CHECK_KEY))
+                .await?
+                .ok_or_else(|| {
+                    StreamsError::Config("the content keys bucket has no kek-check".into())
+                })?
+        }
+    };
     match kek.unwrap(KEK_CHECK_KEY.as_bytes(), &stored) {
         Ok(plain) if plain == KEK_CHECK_PLAIN => Ok(()),
         _ => Err(StreamsError::Config(
@@ -425,6 +432,9 @@ async fn check_kek(kv: &kv::Store, kek: &Kek) -> Result<(), StreamsError> {
 
 /// The bucket's policy; `wanted` written first if the bucket has none.
 async fn read_or_set_policy(kv: &kv::Store, wanted: Policy) -> Result<Policy, StreamsError> {
+    if let Some(stored) = timed("content keys", kv.get(POLICY_KEY)).await? {
+        return parse_policy(Some(&stored));
+    }
     let text = serde_json::to_vec(&wanted).expect("a policy serializes");
     let _ = timed("content keys", kv.create(POLICY_KEY, text.into())).await;
     let stored = timed("content keys", kv.get(POLICY_KEY)).await?;

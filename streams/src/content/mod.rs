@@ -65,9 +65,70 @@ async fn create_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, 
         Err(e)
             if matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(err)
             if err.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST) => {}
-        Err(e) => return Err(StreamsError::unavailable("content keys", e)),
+        Err(e) => {
+            return Err(StreamsError::Config(format!(
+                "making the {CONTENT_KEYS_BUCKET} bucket: {e} (an operator makes it: `imctl keys \
+                 init`, or `imctl up`)"
+            )))
+        }
     }
     js.get_key_value(CONTENT_KEYS_BUCKET)
         .await
         .or_unavailable("content keys")
+}
+
+/// Where a process finds the deployment's key-encryption key: a file, or
+/// the key itself in the environment (never a flag: flags show in `ps`).
+/// Neither: the process runs only where content is kept clear.
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct KekArgs {
+    /// A file holding the key-encryption key (64 hex digits).
+    #[cfg_attr(feature = "cli", arg(long = "kek-file", env = "IM_KEK_FILE"))]
+    pub kek_file: Option<std::path::PathBuf>,
+    /// The key-encryption key itself (64 hex digits), from the environment.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "kek", env = "IM_KEK", hide = true, hide_env_values = true)
+    )]
+    pub kek: Option<String>,
+}
+
+impl KekArgs {
+    pub fn from_file(path: impl Into<std::path::PathBuf>) -> Self {
+        KekArgs {
+            kek_file: Some(path.into()),
+            kek: None,
+        }
+    }
+
+    /// The key, if one is given; an unreadable one is an error.
+    pub fn load(&self) -> Result<Option<Kek>, StreamsError> {
+        match (&self.kek_file, &self.kek) {
+            (Some(_), Some(_)) => Err(StreamsError::Config(
+                "give the key-encryption key once: IM_KEK_FILE or IM_KEK, not both".into(),
+            )),
+            (Some(path), None) => Kek::load(path).map(Some),
+            (None, Some(text)) => Kek::parse(text).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// What the configuration says, without the key.
+    pub fn describe(&self) -> String {
+        match (&self.kek_file, &self.kek) {
+            (Some(p), _) => format!("key-encryption key from {}", p.display()),
+            (None, Some(_)) => "key-encryption key from IM_KEK".into(),
+            (None, None) => "no key-encryption key (content clear)".into(),
+        }
+    }
+}
+
+/// The deployment's data keys for a process configured with `args` (see
+/// `ContentKeys::open`): None where content is kept clear.
+pub async fn open_keys(
+    js: &jetstream::Context,
+    args: &KekArgs,
+) -> Result<Option<std::sync::Arc<ContentKeys>>, StreamsError> {
+    ContentKeys::open(js, args.load()?, Policy::default()).await
 }

@@ -49,6 +49,7 @@ pub async fn gateway_with(kit: &im_testkit::Stack, limits: im_gateway::Limits) -
             ..Default::default()
         },
         signing_key_file: None,
+        kek: Default::default(),
         limits,
         media: None,
         web: Default::default(),

@@ -24,6 +24,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
     let api = Router::new()
         .route("/admin/v1/status", get(status_of_all))
         .route("/admin/v1/rebuild", post(start_rebuild))
+        .route("/admin/v1/erase", post(erase_user))
         .layer(axum::middleware::from_fn_with_state(
             admin.clone(),
             operator_only,
@@ -101,6 +102,41 @@ async fn operator_only(State(admin): State<Arc<Admin>>, req: Request, next: Next
 /// Equal, in time independent of where they differ.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EraseBody {
+    user_id: String,
+    requested_by: String,
+}
+
+/// `POST /admin/v1/erase` `{"userId", "requestedBy"}`: `imctl erase`
+/// (docs/privacy.md): the user's content keys destroyed, the erasure
+/// recorded; answers what was done.
+async fn erase_user(
+    State(admin): State<Arc<Admin>>,
+    Json(body): Json<EraseBody>,
+) -> Result<Json<Value>, AdminError> {
+    let bad = |m: String| AdminError(StatusCode::BAD_REQUEST, "ERROR_CODE_BAD_REQUEST", m);
+    im_streams::ids::validate_id(im_streams::ids::IdKind::User, &body.user_id)
+        .map_err(|e| bad(format!("userId: {e}")))?;
+    let by = &body.requested_by;
+    if by.is_empty() || by.len() > im_streams::people::REQUESTED_BY_BYTES_MAX {
+        return Err(bad(format!(
+            "requestedBy: 1..={} bytes",
+            im_streams::people::REQUESTED_BY_BYTES_MAX
+        )));
+    }
+    let key = admin.signing_key_file.as_deref();
+    let done = crate::cmd::keys::erase_with(admin.client.clone(), key, &body.user_id, by)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!({
+        "userId": body.user_id,
+        "keysDestroyed": done.keys,
+        "recordedAtStreamSeq": done.stream_seq,
+    })))
 }
 
 #[derive(Deserialize)]

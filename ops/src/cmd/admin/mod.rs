@@ -33,6 +33,10 @@ pub struct AdminArgs {
     /// The built web app, whose `ops.html` is the ops page.
     #[arg(long, env = "IM_WEB_DIR", default_value = "clients/web/dist", value_parser = crate::cmd::paths::checkout_path)]
     pub web_dir: PathBuf,
+    /// A registered writer key that signs the erasures the API records
+    /// (`POST /admin/v1/erase`); none: erasures are refused.
+    #[arg(long, env = "IM_EVENT_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
 }
 
 /// What the API needs: the operator's NATS connection and the token.
@@ -41,6 +45,8 @@ pub struct Admin {
     pub token: String,
     /// The ops page's files; none when the web app is not built.
     pub web_dir: Option<PathBuf>,
+    /// Signs the erasures it records.
+    pub signing_key_file: Option<PathBuf>,
 }
 
 /// Operator tokens: 43 alphanumerics, ~256 bits.
@@ -72,6 +78,7 @@ pub async fn serve(args: AdminArgs) -> anyhow::Result<()> {
         client: args.nats.connect("imctl-admin").await?,
         token: token(&args.token_file)?,
         web_dir: web_dir(&args.web_dir),
+        signing_key_file: args.signing_key_file.clone(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

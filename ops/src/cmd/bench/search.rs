@@ -209,6 +209,7 @@ fn direct_index(events: u64) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let index = im_projectors::search::SearchIndex::open(dir.path())?;
     let started = Instant::now();
+    let clear = im_projectors::search::clear_only();
     for n in 0..events {
         let doc = im_schema::v1::SearchDoc {
             sealed: None,
@@ -220,7 +221,8 @@ fn direct_index(events: u64) -> anyhow::Result<f64> {
             stream_seq: n + 1,
             text: text(n),
         };
-        index.sync(&format!("sr{}/{}", n % 1_000, n / 1_000 + 2), Some(&doc))?;
+        let id = format!("sr{}/{}", n % 1_000, n / 1_000 + 2);
+        index.sync(&id, Some(&doc), &clear)?;
     }
     index.commit(events)?;
     Ok(events as f64 / started.elapsed().as_secs_f64())

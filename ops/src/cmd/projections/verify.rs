@@ -88,6 +88,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let projector = im_projectors::Projector::start(
         client.clone(),
         im_projectors::ProjectorConfig {
+            kek: Default::default(),
             instance: scratch_name.clone(),
             partitions: Some(live.partitions.clone()),
             data_dir: dir.path().to_path_buf(),

@@ -24,6 +24,7 @@ use im_testkit::{NatsServer, ServerOptions};
 
 use crate::cmd::nats_identities;
 
+mod content;
 mod projectors;
 use projectors::Projectors;
 
@@ -111,6 +112,18 @@ pub struct UpArgs {
     /// Address of the notifier's `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "IM_NOTIFY_METRICS_LISTEN", default_value = "127.0.0.1:0")]
     pub notify_metrics_listen: std::net::SocketAddr,
+    /// Keep message content clear in the log (no key-encryption key). By
+    /// default content is encrypted under data keys wrapped by a KEK kept
+    /// in `<data dir>/kek` (docs/privacy.md).
+    #[arg(long, env = "IM_PLAIN_CONTENT")]
+    pub plain_content: bool,
+    /// Data keys per epoch of this many seconds: the grain of retention.
+    #[arg(long, env = "IM_CONTENT_EPOCH_SECS", default_value_t = 86_400)]
+    pub content_epoch_secs: u64,
+    /// Content older than this many seconds is erased (its epochs' keys
+    /// destroyed by a task of this stack); 0 keeps everything.
+    #[arg(long, env = "IM_RETENTION_SECS", default_value_t = 0)]
+    pub retention_secs: u64,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -182,12 +195,14 @@ async fn serve(
     let operator = nats(Component::Operator).connect("imctl-up").await?;
     let js = async_nats::jetstream::new(operator);
     let partitions = apply_streams(&js, args.replicas).await?;
-    let mut projectors = Projectors::start(&nats(Component::Projector), args).await?;
+    let kek = content::prepare(&js, args).await?;
+    let mut projectors = Projectors::start(&nats(Component::Projector), args, &kek).await?;
     let signing_key = register_signing_key(&js, &args.data_dir).await?;
     let gateway_config = im_gateway::GatewayConfig {
         listen: args.gateway_listen,
         metrics_listen: Some(args.gateway_metrics_listen),
         signing_key_file: Some(signing_key.clone()),
+        kek: kek.clone(),
         nats_url: url.to_string(),
         nats_auth: nats(Component::Gateway).auth,
         tokens: im_gateway::auth::TokenConfig {
@@ -210,10 +225,11 @@ async fn serve(
     };
     let (mut gateway, stop) =
         start_gateway(&nats(Component::Gateway), gateway_config, &args.web_dir).await?;
-    start_admin(&nats(Component::Operator), args).await?;
+    start_admin(&nats(Component::Operator), args, &signing_key).await?;
     let notifier = match &args.notify_url {
         Some(push) => {
-            Some(start_notifier(&nats(Component::Notifier), args, push, &signing_key).await?)
+            let keys = (signing_key.as_path(), &kek);
+            Some(start_notifier(&nats(Component::Notifier), args, push, keys).await?)
         }
         None => None,
     };
@@ -244,7 +260,7 @@ async fn start_notifier(
     nats: &NatsArgs,
     args: &UpArgs,
     push: &im_notifier::Url,
-    signing_key: &std::path::Path,
+    (signing_key, kek): (&std::path::Path, &im_streams::content::KekArgs),
 ) -> anyhow::Result<im_notifier::Notifier> {
     let secret_file = args.data_dir.join("notify-secret");
     let secret = match std::fs::read_to_string(&secret_file) {
@@ -270,6 +286,7 @@ async fn start_notifier(
         backoff_max: im_notifier::config::BACKOFF_MAX_DEFAULT,
         request_timeout: im_notifier::config::REQUEST_TIMEOUT_DEFAULT,
         signing_key_file: Some(signing_key.to_path_buf()),
+        kek: kek.clone(),
     };
     let client = nats.connect("imctl-up-notifier").await?;
     let notifier = im_notifier::Notifier::start(client, config).await?;
@@ -393,12 +410,17 @@ fn dev_login(args: &UpArgs) -> bool {
 }
 
 /// The admin API and the ops page, on the operator's identity.
-async fn start_admin(nats: &NatsArgs, args: &UpArgs) -> anyhow::Result<()> {
+async fn start_admin(
+    nats: &NatsArgs,
+    args: &UpArgs,
+    signing_key: &std::path::Path,
+) -> anyhow::Result<()> {
     let token_file = args.data_dir.join("operator-token");
     let admin = std::sync::Arc::new(crate::cmd::admin::Admin {
         client: nats.connect("imctl-admin").await?,
         token: crate::cmd::admin::token(&token_file)?,
         web_dir: crate::cmd::admin::web_dir(&args.web_dir),
+        signing_key_file: Some(signing_key.to_path_buf()),
     });
     // The chat stack is useful without it: a taken port is a note, not a failure.
     let listener = match tokio::net::TcpListener::bind(args.admin_listen).await {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use im_streams::connect::NatsArgs;
+use im_streams::content::KekArgs;
 use tokio::process::{Child, Command};
 
 use super::UpArgs;
@@ -31,10 +32,10 @@ pub enum Projectors {
 }
 
 impl Projectors {
-    pub async fn start(nats: &NatsArgs, args: &UpArgs) -> anyhow::Result<Self> {
+    pub async fn start(nats: &NatsArgs, args: &UpArgs, kek: &KekArgs) -> anyhow::Result<Self> {
         match args.projectors {
-            0 | 1 => in_process(nats, args).await,
-            n => pool(nats, args, n),
+            0 | 1 => in_process(nats, args, kek).await,
+            n => pool(nats, args, n, kek),
         }
     }
 
@@ -93,8 +94,9 @@ impl Projectors {
 
 /// The projector, supervised (a storage error stops it, is reported, and it
 /// starts again), once it has started.
-async fn in_process(nats: &NatsArgs, args: &UpArgs) -> anyhow::Result<Projectors> {
+async fn in_process(nats: &NatsArgs, args: &UpArgs, kek: &KekArgs) -> anyhow::Result<Projectors> {
     let config = im_projectors::ProjectorConfig {
+        kek: kek.clone(),
         instance: im_projectors::DEFAULT_INSTANCE.into(),
         partitions: None,
         data_dir: args.data_dir.join("projector"),
@@ -139,7 +141,7 @@ async fn in_process(nats: &NatsArgs, args: &UpArgs) -> anyhow::Result<Projectors
 /// `n` `im-projector` processes (the binary beside this `imctl`) in the
 /// pool, instances `up-1`..`up-n`, stores `<data dir>/projector-<i>`; the
 /// first serves its metrics on `--projector-metrics-listen`.
-fn pool(nats: &NatsArgs, args: &UpArgs, n: usize) -> anyhow::Result<Projectors> {
+fn pool(nats: &NatsArgs, args: &UpArgs, n: usize, kek: &KekArgs) -> anyhow::Result<Projectors> {
     anyhow::ensure!(
         n <= PROJECTORS_MAX,
         "--projectors {n}: at most {PROJECTORS_MAX} on one machine"
@@ -161,6 +163,7 @@ fn pool(nats: &NatsArgs, args: &UpArgs, n: usize) -> anyhow::Result<Projectors> 
                 args.data_dir.join(format!("projector-{i}")),
             )
             .env("IM_FANOUT_THRESHOLD", args.fanout_threshold.to_string())
+            .envs(kek.kek_file.iter().map(|f| ("IM_KEK_FILE", f)))
             .env("IM_PROJECTOR_METRICS_LISTEN", metrics.to_string())
             .kill_on_drop(true)
             .spawn()
