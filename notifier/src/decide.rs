@@ -363,13 +363,11 @@ impl Decider {
         let (rows, skipped) = blocking(move || {
             let tx = Tx::new(members_ks.as_ref());
             let title = title_of(members_ks.as_ref(), &window.conv)?;
-            let mut names: HashMap<String, String> = HashMap::new();
+            let mut names = HashMap::new();
             for q in &window.messages {
                 if !names.contains_key(&q.msg.sender) {
-                    let name = people::user_row(&tx, &q.msg.sender)?
-                        .and_then(|r| r.profile)
-                        .map(|p| p.display_name)
-                        .unwrap_or_default();
+                    let profile = people::user_row(&tx, &q.msg.sender)?.and_then(|r| r.profile);
+                    let name = crate::opening::name_of(&q.msg.sender, profile);
                     names.insert(q.msg.sender.clone(), name);
                 }
             }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod decide;
 pub mod metrics;
+pub mod opening;
 pub mod outbox;
 pub mod presence;
 pub mod queue;

@@ -47,17 +47,34 @@ fn preview(text: &str) -> String {
     text.chars().take(PREVIEW_CHARS_MAX).collect()
 }
 
-fn queued_of(ev: &v1::ConvEvent, sent: &v1::MessageSent) -> v1::NotifyQueued {
-    let (text, media) = match &sent.body {
+/// A preview of a message's body: its text, or a media message's name.
+fn preview_of_body(
+    body: Option<&Body>,
+    meta: &std::collections::BTreeMap<String, String>,
+) -> (String, bool) {
+    match body {
         Some(Body::Text(t)) => (preview(t), false),
         Some(Body::Media(_)) => (
-            preview(sent.meta.get("name").map(String::as_str).unwrap_or("")),
+            preview(meta.get("name").map(String::as_str).unwrap_or("")),
             true,
         ),
         None => (String::new(), false),
-    };
+    }
+}
+
+/// The preview of opened content (`opening.rs`).
+pub fn preview_of_content(c: &v1::Content) -> (String, bool) {
+    let body = c.body.clone().map(|b| match b {
+        v1::content::Body::Text(t) => Body::Text(t),
+        v1::content::Body::Media(m) => Body::Media(m),
+    });
+    preview_of_body(body.as_ref(), &c.meta)
+}
+
+fn queued_of(ev: &v1::ConvEvent, sent: &v1::MessageSent) -> v1::NotifyQueued {
+    let (text, media) = preview_of_body(sent.body.as_ref(), &sent.meta);
     v1::NotifyQueued {
-        sealed: None,
+        sealed: sent.sealed.clone(),
         conversation_id: ev.conversation_id.clone(),
         conv_seq: ev.conv_seq,
         at_ms: ev.at_ms,
@@ -118,6 +135,7 @@ impl Projection for Notify {
                 if let Some(at) = queued_at(tx, conv, e.target_conv_seq)? {
                     if let Some(mut q) = tx.get_msg::<v1::NotifyQueued>(&queued_key(at))? {
                         q.preview = preview(&e.text);
+                        q.sealed = e.sealed.clone();
                         tx.put_msg(queued_key(at), &q);
                     }
                 }

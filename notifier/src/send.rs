@@ -262,8 +262,9 @@ impl Sender {
                 self.appender.clone(),
                 self.stats.clone(),
             );
+            let keys = self.store.as_ref().and_then(|s| s.content.clone());
             let task = inflight.spawn(async move {
-                let answer = attempt(&cfg, &http, &head).await;
+                let answer = attempt(&cfg, (&http, keys.as_deref()), &head).await;
                 if let Some(appender) = appender {
                     unregister_refused(&appender, &head, &answer, &stats).await;
                 }
@@ -421,9 +422,18 @@ pub fn backoff(cfg: &NotifierConfig, attempts: u32) -> Duration {
     full.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
-/// One request: the body, its signature, the gateway's answer.
-async fn attempt(cfg: &NotifierConfig, http: &reqwest::Client, w: &Waiting) -> Answer {
-    let n = w.notification();
+/// One request: the body (its sealed text and name opened now), its
+/// signature, the gateway's answer.
+async fn attempt(
+    cfg: &NotifierConfig,
+    (http, keys): (&reqwest::Client, Option<&im_streams::content::ContentKeys>),
+    w: &Waiting,
+) -> Answer {
+    let mut n = w.notification().clone();
+    if let Err(e) = crate::opening::open_notification(keys, &mut n).await {
+        return Answer::Retry(format!("content keys: {e}"));
+    }
+    let n = &n;
     let body = webhook::body(cfg.format, n);
     let signature = webhook::sign(&cfg.secret, now_ms() / 1000, &body);
     let sent = http

@@ -217,6 +217,7 @@ mod tests {
                 }),
                 registered_ms: 5_000,
             }],
+            ..Default::default()
         }
     }
 

@@ -202,8 +202,9 @@ pub fn skip_before_presence(w: &Window, m: &Member) -> Option<Skip> {
 /// The conversation as a notification names it.
 pub struct Place<'a> {
     pub title: &'a str,
-    /// The display name of a sender, if they set one.
-    pub name_of: &'a dyn Fn(&str) -> String,
+    /// The display name of a sender, if they set one: clear, or sealed
+    /// (opened when sent).
+    pub name_of: &'a dyn Fn(&str) -> (String, Option<v1::SealedText>),
 }
 
 /// A member's notification for a window, or why none.
@@ -221,9 +222,17 @@ pub fn notification_for(
     }
     let unseen = unseen(w, &m.user, m.read_up_to);
     let last = unseen.last().expect("not skipped");
-    let (sender_id, sender_name) = match preview {
-        Preview::None => (String::new(), String::new()),
+    let (sender_id, (sender_name, sender_name_sealed)) = match preview {
+        Preview::None => (String::new(), (String::new(), None)),
         _ => (last.msg.sender.clone(), (place.name_of)(&last.msg.sender)),
+    };
+    let text_sealed = match (preview, &last.msg.sealed) {
+        (Preview::Text, Some(sealed)) => Some(v1::SealedText {
+            conversation_id: w.conv.clone(),
+            sender: last.msg.sender.clone(),
+            sealed: Some(sealed.clone()),
+        }),
+        _ => None,
     };
     Ok(v1::Notification {
         id: notification_id(&m.user, &w.conv, w.first_conv_seq()),
@@ -242,6 +251,8 @@ pub fn notification_for(
         at_ms: last.msg.at_ms,
         badge: m.badge,
         devices: m.devices.clone(),
+        text_sealed,
+        sender_name_sealed,
     })
 }
 

@@ -553,3 +553,70 @@ async fn a_forged_message_wakes_nobody() {
     );
     notifier.stop().await;
 }
+
+/// Where content is encrypted the notification still carries the text and
+/// the sender's name (opened when sent), while the notifier's store holds
+/// neither; one waiting when its sender is erased goes without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_content_is_opened_when_sent_and_an_erased_sender_shows_nothing() {
+    let stack = Stack::start_encrypted().await;
+    let receiver = Receiver::start().await;
+    let notifier = stack.notifier(stack.config(&receiver)).await;
+    stack.create("g1", "amy", &["bo"]).await;
+    stack.register("bo", "phone", "token-bo").await;
+    let name = im_streams::Action::UpdateProfile {
+        display_name: "Amy zqxnameword".into(),
+        avatar: None,
+        status: String::new(),
+    };
+    stack.on_own_log("amy", name).await;
+    stack.send("g1", "amy", "the zqxsecretword inside").await;
+    wait_for(&receiver, SETTLE * 2, "the notification", |r| r.len() == 1).await;
+    let n = notification(&receiver.received()[0]);
+    assert_eq!(n["text"], "the zqxsecretword inside");
+    assert_eq!(n["senderName"], "Amy zqxnameword");
+    assert!(
+        n.get("textSealed").is_none() && n.get("senderNameSealed").is_none(),
+        "{n}"
+    );
+    let left = im_testkit::files_containing(&[stack.dir.path().to_path_buf()], b"zqxsecretword");
+    assert!(
+        left.is_empty(),
+        "plaintext in the notifier's store: {left:?}"
+    );
+
+    // Erased while its notification waits (the receiver refuses for now).
+    receiver.set(ReceiverMode::Status(503));
+    stack.send("g1", "amy", "zqxlaterword").await;
+    wait_for(&receiver, SETTLE * 2, "a first attempt", |r| r.len() >= 2).await;
+    let js = async_nats::jetstream::new(
+        stack
+            .kit
+            .connect_as(im_streams::identities::Component::Operator)
+            .await,
+    );
+    im_streams::content::destroy::erase(&js, &stack.app, "amy", "test")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiver.set(ReceiverMode::Ok);
+    wait_for(&receiver, SETTLE * 4, "the retry that lands", |r| {
+        r.iter().any(|x| {
+            x.status == 200
+                && notification(x)["lastConvSeq"] == n["lastConvSeq"].as_u64().unwrap() + 1
+        })
+    })
+    .await;
+    let landed = receiver
+        .received()
+        .into_iter()
+        .rfind(|x| x.status == 200)
+        .unwrap();
+    let later = notification(&landed);
+    assert!(later.get("text").is_none(), "erased text not sent: {later}");
+    assert!(
+        later.get("senderName").is_none(),
+        "erased name not sent: {later}"
+    );
+    notifier.stop().await;
+}

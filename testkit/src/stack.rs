@@ -166,10 +166,19 @@ impl Stack {
     }
 
     /// A writer with its own connection and cache, as a gateway holds
-    /// (connected as the gateway).
+    /// (connected as the gateway), sealing content where the stack
+    /// encrypts it.
     pub async fn appender(&self) -> Arc<Appender> {
         let client = self.connect_as(Component::Gateway).await;
-        Appender::new(client, self.topology)
+        let js = jetstream::new(client.clone());
+        let content = im_streams::content::open_keys(&js, &self.kek)
+            .await
+            .expect("content keys");
+        let options = im_streams::AppenderOptions {
+            content,
+            ..Default::default()
+        };
+        Appender::with_options(client, self.topology, options)
             .await
             .expect("appender")
     }

@@ -42,7 +42,7 @@ fn away(user: &str) -> Member {
 fn place() -> Place<'static> {
     Place {
         title: "Team",
-        name_of: &|u: &str| format!("{u}!"),
+        name_of: &|u: &str| (format!("{u}!"), None),
     }
 }
 

@@ -28,7 +28,17 @@ pub struct Stack {
 impl Stack {
     /// With the shipped NATS authorization: the notifier runs as itself.
     pub async fn start() -> Stack {
-        let kit = im_testkit::Stack::start_secured().await;
+        Self::around(im_testkit::Stack::start_secured().await).await
+    }
+
+    /// As `start`, content encrypted (the notifier given the KEK).
+    pub async fn start_encrypted() -> Stack {
+        let mut kit = im_testkit::Stack::start_secured().await;
+        kit.encrypt(Default::default()).await;
+        Self::around(kit).await
+    }
+
+    async fn around(kit: im_testkit::Stack) -> Stack {
         let app = kit.appender().await;
         Stack {
             kit,
@@ -40,7 +50,7 @@ impl Stack {
 
     pub fn config(&self, receiver: &Receiver) -> NotifierConfig {
         NotifierConfig {
-            kek: Default::default(),
+            kek: self.kit.kek.clone(),
             instance: "notifier".into(),
             data_dir: self.dir.path().to_path_buf(),
             url: receiver.url("/push").parse().unwrap(),
