@@ -79,8 +79,13 @@ async fn send_one(url: &str, data: &std::path::Path, id: &str) -> AppendOutcome 
     // A writer beside the stack's gateway signs with the key `up` registered.
     let signer =
         im_streams::signing::EventSigner::load_or_create(&data.join("event-signing-key")).unwrap();
+    // And seals with the KEK `up` keeps, as the stack encrypts content.
+    let js = async_nats::jetstream::new(client.clone());
+    let kek = im_streams::content::KekArgs::from_file(data.join("kek"));
+    let content = im_streams::content::open_keys(&js, &kek).await.unwrap();
     let options = im_streams::AppenderOptions {
         signer: Some(std::sync::Arc::new(signer)),
+        content,
         ..Default::default()
     };
     let app = Appender::with_options(client, topo, options).await.unwrap();
@@ -326,6 +331,7 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
     .await
     .expect("the auditor verifies the log");
     im_replay::cmd::export::run(im_replay::cmd::export::ExportArgs {
+        kek: Default::default(),
         stream: im_replay::cmd::export::StreamChoice::All,
         conv: Some(conv.clone()),
         user: None,

@@ -342,7 +342,7 @@ fn auditor() -> Permissions {
     let keys = format!("KV_{}", crate::signing::WRITER_KEYS_BUCKET);
     publish.extend(reads(&keys));
     // Content keys, read only: an auditor given the KEK opens content.
-    publish.extend(reads(&format!("KV_{CONTENT_KEYS_BUCKET}")));
+    publish.extend(content_keys_reads());
     for stream in [CONV_STREAM, RCPT_STREAM, MEDIA_STREAM] {
         publish.extend(reads(stream));
         publish.extend(ephemeral_reads(stream));

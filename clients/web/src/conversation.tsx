@@ -101,6 +101,8 @@ function Line({ store, conv, msg, prev }: { store: Store; conv: Conv; msg: Msg; 
       <div class="bubble">
         {msg.recalled ? (
           <em class="muted">message recalled</em>
+        ) : msg.erased ? (
+          <em class="muted" data-testid="erased">message {msg.erased}</em>
         ) : editing ? (
           <EditBox store={store} conv={conv} msg={msg} onDone={() => setEditing(false)} />
         ) : (
@@ -115,7 +117,7 @@ function Line({ store, conv, msg, prev }: { store: Store; conv: Conv; msg: Msg; 
           {mine && !msg.recalled && <Ticks store={store} conv={conv} msg={msg} />}
         </span>
       </div>
-      {mine && !msg.recalled && !editing && (
+      {mine && !msg.recalled && !msg.erased && !editing && (
         <div class="tools">
           {msg.text && (
             <button class="link" onClick={() => setEditing(true)}>

@@ -4,6 +4,7 @@
 import {
   ImClient,
   ConversationKind,
+  SealedState,
   ContactState,
   Role,
   ReceiptKind,
@@ -24,6 +25,9 @@ export interface Msg {
   media?: MediaRef;
   edited: boolean;
   recalled: boolean;
+  /** Its content cannot be shown: erased (its key destroyed, on request
+   * or past retention), or unreadable (a key that does not open it). */
+  erased?: "erased" | "unreadable";
   clientMsgId: string;
   /** Membership changes and the like: shown as a line, not a bubble. */
   notice?: string;
@@ -327,7 +331,8 @@ export class Store {
     c.kind = e.kind === ConversationKind.DIRECT ? "direct" : "group";
     c.title = e.title;
     c.lastActivityMs = Math.max(c.lastActivityMs, Number(e.lastActivityMs));
-    if (e.preview) c.preview = e.previewSender ? `${this.displayName(e.previewSender)}: ${e.preview}` : e.preview;
+    const preview = e.previewSealed ? "message erased" : e.preview;
+    if (preview) c.preview = e.previewSender ? `${this.displayName(e.previewSender)}: ${preview}` : preview;
     c.unread = this.openId === c.id ? 0 : Number(item.unread);
   }
 
@@ -425,7 +430,8 @@ export class Store {
       c.messages.push(msg);
       if (c.messages.length > MESSAGES_MAX) c.messages.splice(0, c.messages.length - MESSAGES_MAX);
       if (!msg.notice) {
-        c.preview = `${this.displayName(msg.sender)}: ${msg.media ? "[image]" : msg.text}`;
+        const shown = msg.erased ? `message ${msg.erased}` : msg.media ? "[image]" : msg.text;
+        c.preview = `${this.displayName(msg.sender)}: ${shown}`;
         // History pages bring what was read before; only news counts.
         if (e.live && msg.sender !== this.me && this.openId !== c.id) c.unread++;
       }
@@ -478,6 +484,8 @@ export class Store {
       case "unblacklisted":
         return note(`${n(ev.actor)} unblocked ${n(k.value.userId)}`);
       case "messageSent": {
+        const sealed = k.value.sealed;
+        if (sealed) return { ...base, erased: sealed.state === SealedState.UNREADABLE ? "unreadable" : "erased" };
         const body = k.value.body;
         return { ...base, text: body.case === "text" ? body.value : "", media: body.case === "media" ? body.value : undefined };
       }

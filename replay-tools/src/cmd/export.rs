@@ -50,6 +50,10 @@ pub struct ExportArgs {
     pub format: Format,
     #[command(flatten)]
     pub nats: super::Connection,
+    /// The deployment's key-encryption key: content is shown opened where
+    /// its key exists (docs/privacy.md). Without it content shows sealed.
+    #[command(flatten)]
+    pub kek: im_streams::content::KekArgs,
 }
 
 /// Whether a conversation event is by or about `user`.
@@ -88,21 +92,79 @@ struct Row {
     event: serde_json::Value,
 }
 
-fn decode(raw: &Raw) -> Result<(Row, Option<v1::ConvEvent>), String> {
+/// What an auditor is shown of an event's sealed content: always the
+/// ciphertext's digest and key; `opened` (the content put back in the
+/// event), `erased` (its key is gone), `unreadable` (its key does not open
+/// it) or `sealed` (no KEK given). The ciphertext itself is left out.
+async fn open_for_export(
+    keys: Option<&im_streams::content::ContentKeys>,
+    ev: &mut v1::ConvEvent,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    use sha2::Digest as _;
+    let Some(kind) = ev.kind.as_ref() else {
+        return Ok(None);
+    };
+    let Some(sealed) = im_streams::content::sealed_of(kind).cloned() else {
+        return Ok(None);
+    };
+    let digest = hex::encode(sha2::Sha256::digest(&sealed.ciphertext));
+    let state = match keys {
+        None => "sealed",
+        Some(keys) => {
+            im_streams::content::open_event(keys, ev).await?;
+            match ev.kind.as_ref().and_then(im_streams::content::sealed_of) {
+                None => "opened",
+                Some(s) if s.state() == v1::SealedState::Erased => "erased",
+                Some(_) => "unreadable",
+            }
+        }
+    };
+    let slot = ev.kind.as_mut().and_then(im_streams::content::sealed_slot);
+    if let Some(Some(s)) = slot {
+        s.nonce.clear();
+        s.ciphertext.clear();
+    }
+    Ok(Some(json!({
+        "state": state,
+        "ciphertextSha256": digest,
+        "epoch": sealed.epoch,
+        "keyRev": sealed.key_rev,
+    })))
+}
+
+async fn decode(
+    raw: &Raw,
+    keys: Option<&im_streams::content::ContentKeys>,
+) -> anyhow::Result<Result<(Row, Option<v1::ConvEvent>), String>> {
     let as_json = |text: String| serde_json::from_str(&text).map_err(|e| e.to_string());
     if raw.stream == im_streams::definitions::CONV_STREAM {
-        let ev: v1::ConvEvent = im_schema::decode(&raw.payload).map_err(|e| e.to_string())?;
+        let ev: v1::ConvEvent = match im_schema::decode(&raw.payload) {
+            Ok(ev) => ev,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let mut shown = ev.clone();
+        let content = open_for_export(keys, &mut shown).await?;
+        let mut event: serde_json::Value = match as_json(im_schema::to_json(&shown)) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Some(content) = content {
+            event["content"] = content;
+        }
         let row = Row {
             conversation_id: ev.conversation_id.clone(),
             conv_seq: Some(ev.conv_seq),
             actor: ev.actor.clone(),
             event_type: im_streams::conversation::event_type(&ev).to_string(),
             client_msg_id: ev.client_msg_id.clone(),
-            event: as_json(im_schema::to_json(&ev))?,
+            event,
         };
-        Ok((row, Some(ev)))
+        Ok(Ok((row, Some(ev))))
     } else {
-        let ev: v1::ReceiptEvent = im_schema::decode(&raw.payload).map_err(|e| e.to_string())?;
+        let ev: v1::ReceiptEvent = match im_schema::decode(&raw.payload) {
+            Ok(ev) => ev,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
         let event_type = match ev.kind {
             Some(v1::receipt_event::Kind::Delivered(_)) => "delivered",
             Some(v1::receipt_event::Kind::Read(_)) => "read",
@@ -114,24 +176,27 @@ fn decode(raw: &Raw) -> Result<(Row, Option<v1::ConvEvent>), String> {
             actor: ev.user_id.clone(),
             event_type: event_type.into(),
             client_msg_id: String::new(),
-            event: as_json(im_schema::to_json(&ev))?,
+            event: match as_json(im_schema::to_json(&ev)) {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            },
         };
-        Ok((row, None))
+        Ok(Ok((row, None)))
     }
 }
 
-/// Where rows go: JSON lines or CSV, on stdout, buffered.
-enum Output {
-    Json(std::io::BufWriter<std::io::Stdout>),
-    Csv(Box<csv::Writer<std::io::Stdout>>),
+/// Where rows go: JSON lines or CSV, buffered.
+enum Output<W: Write> {
+    Json(std::io::BufWriter<W>),
+    Csv(Box<csv::Writer<W>>),
 }
 
-impl Output {
-    fn new(format: Format) -> anyhow::Result<Self> {
+impl<W: Write> Output<W> {
+    fn new(format: Format, to: W) -> anyhow::Result<Self> {
         if format != Format::Csv {
-            return Ok(Output::Json(std::io::BufWriter::new(std::io::stdout())));
+            return Ok(Output::Json(std::io::BufWriter::new(to)));
         }
-        let mut w = csv::Writer::from_writer(std::io::stdout());
+        let mut w = csv::Writer::from_writer(to);
         w.write_record([
             "stream",
             "seq",
@@ -201,6 +266,11 @@ fn about(user: Option<&String>, row: &Row, event: Option<&v1::ConvEvent>) -> boo
 }
 
 pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
+    run_to(args, std::io::stdout()).await
+}
+
+/// `run`, writing the rows to `to`.
+pub async fn run_to(args: ExportArgs, to: impl Write) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.stream != StreamChoice::All || (args.from_seq.is_none() && args.to_seq.is_none()),
         "--from-seq/--to-seq need --stream conv or --stream rcpt: each stream numbers its own messages"
@@ -215,6 +285,12 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
     let until = args.until.as_deref().map(super::parse_time).transpose()?;
     let js = args.nats.connect().await?;
     let topology = im_streams::definitions::read_topology(&js).await?;
+    let keys = match args.kek.load()? {
+        Some(kek) => {
+            im_streams::content::ContentKeys::open(&js, Some(kek), Default::default()).await?
+        }
+        None => None,
+    };
     let mut streams = Vec::new();
     if args.stream != StreamChoice::Rcpt {
         streams.push(im_streams::definitions::CONV_STREAM);
@@ -227,7 +303,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
         to_seq: args.to_seq.unwrap_or(0),
         since,
     };
-    let mut out = Output::new(args.format)?;
+    let mut out = Output::new(args.format, to)?;
     let bar = super::progress_bar("export");
     let (mut read, mut written) = (0u64, 0u64);
     for stream in streams {
@@ -246,7 +322,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
             if until.is_some_and(|u| raw.time > u) {
                 continue;
             }
-            let (row, conv_event) = match decode(&raw) {
+            let (row, conv_event) = match decode(&raw, keys.as_deref()).await? {
                 Ok(r) => r,
                 Err(e) => {
                     bar.suspend(|| {

@@ -59,6 +59,15 @@ pub fn restore(kind: &mut Kind, content: v1::Content) {
     }
 }
 
+/// Whether a kind carries personal content (sealed where the deployment
+/// encrypts).
+pub fn has_content(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::MessageSent(_) | Kind::MessageEdited(_) | Kind::ProfileUpdated(_)
+    )
+}
+
 /// The `sealed` field of a kind that has content.
 pub fn sealed_mut(kind: &mut Kind) -> Option<&mut Option<v1::Sealed>> {
     match kind {

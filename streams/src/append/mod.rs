@@ -153,6 +153,9 @@ pub struct Appender {
     /// Whether a cold writer starts long conversations from a snapshot.
     snapshots: bool,
     content: Option<Arc<crate::content::ContentKeys>>,
+    /// The deployment encrypts content and this writer has no keys: it
+    /// must append nothing with content (it would be in clear).
+    clear_forbidden: bool,
     counters: Counters,
     #[cfg(feature = "fault-injection")]
     drop_next_ack: std::sync::atomic::AtomicBool,
@@ -254,6 +257,8 @@ impl Appender {
             .get_stream_no_info(CONV_STREAM)
             .await
             .or_unavailable("writer subscription")?;
+        let clear_forbidden =
+            options.content.is_none() && crate::content::bucket_exists(&js).await?;
         let writer_id = new_writer_id();
         let requests = client
             .subscribe(forward::writer_subject(&writer_id))
@@ -275,6 +280,7 @@ impl Appender {
                 snapshots: !options.no_snapshots,
                 signer: options.signer,
                 content: options.content,
+                clear_forbidden,
                 keys: tokio::sync::Mutex::new(crate::signing::KeyRing::new(
                     keys_js,
                     KEYS_RECHECK_EVERY,
@@ -427,6 +433,23 @@ impl Appender {
         Ok(None)
     }
 
+    /// Seals the events' content where the deployment encrypts it.
+    async fn seal_content(&self, events: &mut [v1::ConvEvent]) -> Result<(), StreamsError> {
+        let with_content =
+            |e: &v1::ConvEvent| e.kind.as_ref().is_some_and(im_rules::content::has_content);
+        match &self.content {
+            Some(keys) => crate::content::seal_events(keys, events).await,
+            None if self.clear_forbidden && events.iter().any(with_content) => {
+                Err(StreamsError::Config(
+                    "this deployment encrypts message content and this writer has no \
+                     key-encryption key (IM_KEK_FILE): nothing appended"
+                        .into(),
+                ))
+            }
+            None => Ok(()),
+        }
+    }
+
     async fn execute_inner(
         &self,
         conv_id: &str,
@@ -479,9 +502,7 @@ impl Appender {
             };
             let sealed = match decided {
                 Ok(mut events) => {
-                    if let Some(keys) = &self.content {
-                        crate::content::seal_events(keys, &mut events).await?;
-                    }
+                    self.seal_content(&mut events).await?;
                     seal(&cached.state, events)
                 }
                 Err(rejection) => {
