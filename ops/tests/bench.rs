@@ -80,6 +80,10 @@ fn every_sub_benchmark_completes_with_positive_figures() {
         "notify_notifier_cpu_us_per_msg",
         "search_rebuild_ratio",
         "search_live_indexed_per_s",
+        "content_acks_ratio",
+        "content_cpu_ratio",
+        "content_encrypted_history_p50_ms",
+        "content_encrypted_rebuild_secs",
     ] {
         assert!(
             figures.contains_key(name),

@@ -405,15 +405,6 @@ async fn json_logs_carry_one_trace_id_from_gateway_to_projector() {
     }
 }
 
-/// A 1×1 PNG.
-const PNG: [u8; 67] = [
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
-    0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00, 0x01, 0x00, 0x00,
-    0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE,
-    0x42, 0x60, 0x82,
-];
-
 /// A process group, killed when dropped.
 struct Group(u32);
 
@@ -426,19 +417,6 @@ impl Drop for Group {
             .args(["-s", "KILL", "--", &format!("-{}", self.0)])
             .status();
     }
-}
-
-/// One raw HTTP/1.1 exchange: (status, body bytes).
-async fn exchange(addr: std::net::SocketAddr, head: String, body: &[u8]) -> (u16, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(head.as_bytes()).await.unwrap();
-    sock.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    sock.read_to_end(&mut raw).await.unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let status = String::from_utf8_lossy(&raw[9..12]).parse().unwrap();
-    (status, raw[split + 4..].to_vec())
 }
 
 /// The second gateway `up` tells how to start runs as printed (the built

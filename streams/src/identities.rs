@@ -341,8 +341,9 @@ fn auditor() -> Permissions {
     // The writers' public keys, read to check signatures.
     let keys = format!("KV_{}", crate::signing::WRITER_KEYS_BUCKET);
     publish.extend(reads(&keys));
-    // Content keys, read only: an auditor given the KEK opens content.
-    publish.extend(content_keys_reads());
+    // Content keys, read only (no watch): an auditor given the KEK opens
+    // content.
+    publish.extend(reads(&format!("KV_{CONTENT_KEYS_BUCKET}")));
     for stream in [CONV_STREAM, RCPT_STREAM, MEDIA_STREAM] {
         publish.extend(reads(stream));
         publish.extend(ephemeral_reads(stream));

@@ -142,3 +142,48 @@ pub async fn sent_conversations(
     }
     Ok(convs)
 }
+
+/// How long reading the uploads' trail may stall before it is given up.
+const TRAIL_READ_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every upload `user` made, from the trail (read whole: an erasure, rare,
+/// may take the time; only the user's records are kept).
+pub async fn uploads_of(
+    js: &jetstream::Context,
+    user: &str,
+) -> Result<Vec<v1::MediaUploaded>, StreamsError> {
+    let stream = js
+        .get_stream(crate::definitions::MEDIA_STREAM)
+        .await
+        .or_unavailable("media trail")?;
+    let config = jetstream::consumer::pull::OrderedConfig {
+        filter_subject: "im.media.up.>".into(),
+        ..Default::default()
+    };
+    let mut consumer = stream
+        .create_consumer(config)
+        .await
+        .or_unavailable("media trail")?;
+    let mut left = consumer
+        .info()
+        .await
+        .or_unavailable("media trail")?
+        .num_pending;
+    let mut messages = consumer.messages().await.or_unavailable("media trail")?;
+    let mut found = Vec::new();
+    while left > 0 {
+        let next = tokio::time::timeout(TRAIL_READ_STALL_MAX, messages.next()).await;
+        let msg = match next {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(StreamsError::unavailable("media trail", e)),
+            Ok(None) | Err(_) => return Err(StreamsError::unavailable("media trail", "stalled")),
+        };
+        left = msg.info().map(|i| i.pending).unwrap_or(0);
+        if let Ok(up) = im_schema::decode::<v1::MediaUploaded>(&msg.payload) {
+            if up.uploader == user {
+                found.push(up);
+            }
+        }
+    }
+    Ok(found)
+}

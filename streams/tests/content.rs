@@ -97,12 +97,25 @@ async fn the_log_holds_ciphertext_that_readers_open_and_the_rules_accept() {
         .count();
     assert_eq!(sealed, 2);
     // A second writer, cold, folds the sealed events through the rules.
-    let other = appender(&server.url(), topo).await;
+    let other = encrypting_appender(&server.url(), topo, keys_again(&server.url()).await).await;
     let out = other
-        .execute("g", &cmd("ann", "m3", text("plain")), "")
+        .execute("g", &cmd("ann", "m3", text("third")), "")
         .await
         .unwrap();
     assert!(matches!(out, AppendOutcome::Stored { .. }), "{out:?}");
+    // A writer without the keys appends nothing with content: it would be
+    // in clear; it still appends what has none.
+    let keyless = appender(&server.url(), topo).await;
+    let refused = keyless
+        .execute("g", &cmd("ann", "m4", text("clear?")), "")
+        .await;
+    let err = refused.expect_err("refused").to_string();
+    assert!(err.contains("no key-encryption key"), "{err}");
+    let leave = keyless
+        .execute("g", &cmd("bob", "l1", im_streams::Action::Leave), "")
+        .await
+        .unwrap();
+    assert!(matches!(leave, AppendOutcome::Stored { .. }), "{leave:?}");
 
     let shown = opened(&js, topo, &keys, "g").await;
     assert_eq!(shown[0], ("ann".into(), Ok("marker-ann-7f3a".into())));

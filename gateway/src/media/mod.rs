@@ -304,6 +304,24 @@ impl Media {
         });
     }
 
+    /// Deletes every object `user` uploaded (and its thumbnail) from the
+    /// store: their erasure (docs/privacy.md). Returns how many uploads.
+    pub async fn erase_uploads_of(&self, user: &str) -> Result<u64, MediaError> {
+        let uploads = im_streams::media::uploads_of(&self.js, user)
+            .await
+            .map_err(internal)?;
+        for up in &uploads {
+            let id = up.media.as_ref().map_or("", |m| m.media_id.as_str());
+            for key in [up.object_key.clone(), thumbnail_key(id)] {
+                if let Err(e) = self.store.delete(&key).await {
+                    tracing::warn!(error = %e, "an erased user's media object not deleted");
+                    return Err(internal(e));
+                }
+            }
+        }
+        Ok(uploads.len() as u64)
+    }
+
     /// Records a completed upload (the trail) and returns its reference.
     pub async fn record(
         &self,

@@ -79,6 +79,9 @@ enum NotifyCommand {
 
 #[derive(Subcommand)]
 enum KeysCommand {
+    /// Make the content keys bucket (the deployment encrypts from now on),
+    /// or check a KEK against it.
+    Init(im_ops::cmd::keys::InitArgs),
     /// Show the epoch length and retention; set them with the flags.
     Policy(im_ops::cmd::keys::PolicyArgs),
     /// Destroy the keys of epochs past retention (once, or --every N s).
@@ -157,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             im_ops::cmd::notify::dead_letters(args).await
         }
         Command::Erase(args) => im_ops::cmd::keys::erase(args).await,
+        Command::Keys(KeysCommand::Init(args)) => im_ops::cmd::keys::init(args).await,
         Command::Keys(KeysCommand::Policy(args)) => im_ops::cmd::keys::policy(args).await,
         Command::Keys(KeysCommand::Expire(args)) => im_ops::cmd::keys::expire(args).await,
         Command::Bench(args) => im_ops::cmd::bench::run(args).await,

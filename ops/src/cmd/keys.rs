@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use im_gateway::media::MediaBackend;
 use im_streams::content::{destroy, Policy};
 
 #[derive(Debug, clap::Args)]
@@ -34,6 +35,10 @@ pub struct EraseArgs {
     pub json: bool,
     #[command(flatten)]
     pub nats: im_streams::connect::NatsArgs,
+    /// Where the gateways keep media: the user's uploads are deleted from
+    /// it. None given: media objects are left (and the output says so).
+    #[command(flatten)]
+    pub media: im_gateway::config::MediaArgs,
 }
 
 /// What an erasure did, as `--json` prints it.
@@ -42,15 +47,25 @@ struct Erased<'a> {
     user: &'a str,
     keys_destroyed: u64,
     recorded_at_stream_seq: u64,
+    /// Uploads deleted from the media store; null when none was given.
+    media_deleted: Option<u64>,
 }
 
-/// Runs one erasure with an operator's writer.
+/// What `erase_with` did.
+pub struct ErasedAll {
+    pub erasure: destroy::Erasure,
+    /// Uploads deleted, when a media store was given.
+    pub media_deleted: Option<u64>,
+}
+
+/// Runs one erasure with an operator's writer: the keys, the record, and
+/// the user's uploads when the media store is given.
 pub async fn erase_with(
     client: async_nats::Client,
-    signing_key_file: Option<&std::path::Path>,
+    (signing_key_file, media): (Option<&std::path::Path>, Option<&MediaBackend>),
     user: &str,
     requested_by: &str,
-) -> anyhow::Result<destroy::Erasure> {
+) -> anyhow::Result<ErasedAll> {
     im_streams::ids::validate_id(im_streams::ids::IdKind::User, user)?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = im_streams::definitions::read_topology(&js).await?;
@@ -70,27 +85,87 @@ pub async fn erase_with(
         signer,
         ..Default::default()
     };
-    let writer = im_streams::Appender::with_options(client, topology, options).await?;
-    Ok(destroy::erase(&js, &writer, user, requested_by).await?)
+    let writer = im_streams::Appender::with_options(client.clone(), topology, options).await?;
+    let erasure = destroy::erase(&js, &writer, user, requested_by).await?;
+    let media_deleted = match media {
+        Some(backend) => {
+            let media = im_gateway::media::Media::open(backend, &client).await?;
+            Some(media.erase_uploads_of(user).await?)
+        }
+        None => None,
+    };
+    Ok(ErasedAll {
+        erasure,
+        media_deleted,
+    })
 }
 
 pub async fn erase(args: EraseArgs) -> anyhow::Result<()> {
     let client = args.nats.connect("imctl-erase").await?;
-    let key = args.signing_key_file.as_deref();
-    let done = erase_with(client, key, &args.user, &args.requested_by).await?;
+    let backend = args.media.backend();
+    let given = (args.signing_key_file.as_deref(), backend.as_ref());
+    let done = erase_with(client, given, &args.user, &args.requested_by).await?;
     let shown = Erased {
         user: &args.user,
-        keys_destroyed: done.keys,
-        recorded_at_stream_seq: done.stream_seq,
+        keys_destroyed: done.erasure.keys,
+        recorded_at_stream_seq: done.erasure.stream_seq,
+        media_deleted: done.media_deleted,
     };
     if args.json {
         println!("{}", serde_json::to_string(&shown)?);
-    } else {
-        println!(
-            "erased {}: {} data keys destroyed; UserErased at IM_CONV seq {}",
-            shown.user, shown.keys_destroyed, shown.recorded_at_stream_seq
-        );
+        return Ok(());
     }
+    println!(
+        "erased {}: {} data keys destroyed; UserErased at IM_CONV seq {}; {}",
+        shown.user,
+        shown.keys_destroyed,
+        shown.recorded_at_stream_seq,
+        match shown.media_deleted {
+            Some(n) => format!("{n} uploads deleted"),
+            None => "media left (no media store given: --media-dir or --s3-endpoint)".into(),
+        }
+    );
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// The deployment's key-encryption key (64 hex digits), checked
+    /// against the bucket when it exists.
+    #[command(flatten)]
+    pub kek: im_streams::content::KekArgs,
+    /// Data keys per epoch of this many seconds.
+    #[arg(long, default_value_t = im_streams::content::EPOCH_MS_DEFAULT / 1_000)]
+    pub epoch_secs: u64,
+    /// Content older than this many seconds is erased; 0 keeps it.
+    #[arg(long, default_value_t = 0)]
+    pub retention_secs: u64,
+    #[command(flatten)]
+    pub nats: im_streams::connect::NatsArgs,
+}
+
+/// `imctl keys init`: the content keys bucket (with IM_CONV's replicas),
+/// its KEK check and policy; the deployment encrypts from now on. Run
+/// again, it checks the KEK and leaves the bucket as it is.
+pub async fn init(args: InitArgs) -> anyhow::Result<()> {
+    let kek = args
+        .kek
+        .load()?
+        .ok_or_else(|| anyhow::anyhow!("give the key-encryption key: --kek-file or IM_KEK"))?;
+    anyhow::ensure!(args.epoch_secs > 0, "--epoch-secs must be positive");
+    let js = async_nats::jetstream::new(args.nats.connect("imctl").await?);
+    let wanted = Policy {
+        epoch_ms: args.epoch_secs * 1_000,
+        retention_ms: args.retention_secs * 1_000,
+    };
+    im_streams::content::ContentKeys::open(&js, Some(kek), wanted).await?;
+    let policy = destroy::policy(&js).await?;
+    println!(
+        "{} ready: the key-encryption key opens it; epoch {} s, retention {} s",
+        im_streams::content::CONTENT_KEYS_BUCKET,
+        policy.epoch_ms / 1_000,
+        policy.retention_ms / 1_000
+    );
     Ok(())
 }
 

@@ -287,7 +287,8 @@ pub async fn run_to(args: ExportArgs, to: impl Write) -> anyhow::Result<()> {
     let topology = im_streams::definitions::read_topology(&js).await?;
     let keys = match args.kek.load()? {
         Some(kek) => {
-            im_streams::content::ContentKeys::open(&js, Some(kek), Default::default()).await?
+            im_streams::content::ContentKeys::open_unwatched(&js, Some(kek), Default::default())
+                .await?
         }
         None => None,
     };

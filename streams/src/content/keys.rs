@@ -187,6 +187,22 @@ impl ContentKeys {
         kek: Option<Kek>,
         policy: Policy,
     ) -> Result<Option<Arc<Self>>, StreamsError> {
+        let keys = Self::open_unwatched(js, kek, policy).await?;
+        if let Some(keys) = &keys {
+            let task = tokio::spawn(watch_notices(Arc::downgrade(keys)));
+            *locked(&keys.watch_task) = Some(task.abort_handle());
+        }
+        Ok(keys)
+    }
+
+    /// `open`, for a short-lived reader (`im-replay export`): no watch of
+    /// the bucket's notices, so its cache trusts a key for `DATA_KEY_TTL`
+    /// (an auditor's identity may read the bucket, not watch it).
+    pub async fn open_unwatched(
+        js: &jetstream::Context,
+        kek: Option<Kek>,
+        policy: Policy,
+    ) -> Result<Option<Arc<Self>>, StreamsError> {
         let exists = super::bucket_exists(js).await?;
         let kek = match (exists, kek) {
             (false, None) => return Ok(None),
@@ -207,7 +223,7 @@ impl ContentKeys {
         };
         check_kek(&kv, &kek).await?;
         let policy = read_or_set_policy(&kv, policy).await?;
-        let keys = Arc::new(ContentKeys {
+        Ok(Some(Arc::new(ContentKeys {
             kv,
             kek,
             policy: Mutex::new(policy),
@@ -216,10 +232,7 @@ impl ContentKeys {
             epochs_marked: Mutex::default(),
             counters: KeyCounters::default(),
             watch_task: Mutex::new(None),
-        });
-        let task = tokio::spawn(watch_notices(Arc::downgrade(&keys)));
-        *locked(&keys.watch_task) = Some(task.abort_handle());
-        Ok(Some(keys))
+        })))
     }
 
     pub fn policy(&self) -> Policy {

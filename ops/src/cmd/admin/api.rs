@@ -128,14 +128,15 @@ async fn erase_user(
             im_streams::people::REQUESTED_BY_BYTES_MAX
         )));
     }
-    let key = admin.signing_key_file.as_deref();
-    let done = crate::cmd::keys::erase_with(admin.client.clone(), key, &body.user_id, by)
+    let given = (admin.signing_key_file.as_deref(), admin.media.as_ref());
+    let done = crate::cmd::keys::erase_with(admin.client.clone(), given, &body.user_id, by)
         .await
         .map_err(unavailable)?;
     Ok(Json(json!({
         "userId": body.user_id,
-        "keysDestroyed": done.keys,
-        "recordedAtStreamSeq": done.stream_seq,
+        "keysDestroyed": done.erasure.keys,
+        "recordedAtStreamSeq": done.erasure.stream_seq,
+        "mediaDeleted": done.media_deleted,
     })))
 }
 

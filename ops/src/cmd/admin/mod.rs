@@ -37,6 +37,9 @@ pub struct AdminArgs {
     /// (`POST /admin/v1/erase`); none: erasures are refused.
     #[arg(long, env = "IM_EVENT_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
+    /// Where the gateways keep media: an erasure deletes the user's uploads.
+    #[command(flatten)]
+    pub media: im_gateway::config::MediaArgs,
 }
 
 /// What the API needs: the operator's NATS connection and the token.
@@ -47,6 +50,8 @@ pub struct Admin {
     pub web_dir: Option<PathBuf>,
     /// Signs the erasures it records.
     pub signing_key_file: Option<PathBuf>,
+    /// Where an erasure deletes the user's uploads.
+    pub media: Option<im_gateway::media::MediaBackend>,
 }
 
 /// Operator tokens: 43 alphanumerics, ~256 bits.
@@ -79,6 +84,7 @@ pub async fn serve(args: AdminArgs) -> anyhow::Result<()> {
         token: token(&args.token_file)?,
         web_dir: web_dir(&args.web_dir),
         signing_key_file: args.signing_key_file.clone(),
+        media: args.media.backend(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

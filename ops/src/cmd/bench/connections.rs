@@ -52,6 +52,7 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let stack = Stack::start(StackOptions {
         limits: bench_limits(n + WARMUP_CONNECTIONS),
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+        encrypt: false,
     })
     .await?;
     let rss = || stack.rss_bytes();

@@ -317,6 +317,7 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let stack = Stack::start(StackOptions {
         limits: bench_limits(size.members + 1),
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+        encrypt: false,
     })
     .await?;
     let ours = ours(&stack, size).await?;

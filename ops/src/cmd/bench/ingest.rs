@@ -379,6 +379,7 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let stack = Stack::start(StackOptions {
         limits: bench_limits(size.clients + paced_senders(size.rate)),
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+        encrypt: false,
     })
     .await?;
     let mut f = Figures::default();
@@ -428,6 +429,7 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let stack = Stack::start(StackOptions {
         limits: bench_limits(paced_senders(size.rate) + IDLE_CLIENTS),
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+        encrypt: false,
     })
     .await?;
     paced_phase(&stack, size, size.rate, &mut f).await?;

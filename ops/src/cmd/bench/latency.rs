@@ -128,6 +128,7 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let stack = Stack::start(StackOptions {
         limits: bench_limits(4 * size.clients),
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+        encrypt: false,
     })
     .await?;
     let max = ingest::measure(&stack, size, size.clients, "probe").await?;

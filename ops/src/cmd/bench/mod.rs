@@ -1,4 +1,4 @@
-//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|scale|biggroup|search|notify|all] [--quick]`:
+//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|scale|biggroup|search|notify|content|all] [--quick]`:
 //! the load generator. Each sub-benchmark starts its own stack (`imctl up`
 //! as a child process, see `stack.rs`), measures the system and, in the same
 //! run against the same nats-server, the raw baseline it is compared with.
@@ -12,6 +12,7 @@ pub mod biggroup;
 pub mod cas;
 pub mod cold;
 pub mod connections;
+pub mod content;
 pub mod fanout;
 pub mod ingest;
 pub mod latency;
@@ -43,6 +44,7 @@ pub enum Which {
     Biggroup,
     Search,
     Notify,
+    Content,
     All,
 }
 
@@ -180,6 +182,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Biggroup,
             Which::Search,
             Which::Notify,
+            Which::Content,
         ],
         one => vec![one],
     };
@@ -199,6 +202,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Biggroup => biggroup::run(&size).await,
             Which::Search => search::run(&size).await,
             Which::Notify => notify::run(&size).await,
+            Which::Content => content::run(&size).await,
             Which::All => unreachable!("expanded above"),
         }
         .with_context(|| format!("bench {w:?}"))?;

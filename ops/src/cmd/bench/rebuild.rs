@@ -283,6 +283,7 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let stack = Stack::start(StackOptions {
         limits: super::bench_limits(0),
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+        encrypt: false,
     })
     .await?;
     let js = jetstream::new(stack.nats().await?);

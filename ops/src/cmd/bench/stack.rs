@@ -33,6 +33,10 @@ pub struct StackOptions {
     /// The gateway's limits, handed over as its variables.
     pub limits: im_gateway::Limits,
     pub fanout_threshold: usize,
+    /// Encrypt content (`imctl up`'s default). The other sub-benchmarks
+    /// keep it clear, so their figures compare with the runs before
+    /// encryption; `bench content` measures what it costs.
+    pub encrypt: bool,
 }
 
 pub struct Stack {
@@ -80,6 +84,9 @@ impl Stack {
             .arg("--fanout-threshold")
             .arg(options.fanout_threshold.to_string())
             .env("IM_JWT_HS256_SECRET", &secret);
+        if !options.encrypt {
+            command.arg("--plain-content");
+        }
         let (child, mut lines) = spawn_quiet(command, "imctl up")?;
         let (mut gateway, mut nats_url, mut nats_pid) = (None, None, None);
         let (mut metrics, mut projector_metrics) = (None, None);

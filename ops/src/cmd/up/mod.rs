@@ -233,7 +233,7 @@ async fn serve(
         }
         None => None,
     };
-    print_hints(url, args, identities, &signing_key);
+    print_hints(url, args, identities, (&signing_key, &kek));
     println!("imctl: ready nats={url} partitions={partitions} (Ctrl-C to stop)");
     loop {
         tokio::select! {
@@ -421,6 +421,9 @@ async fn start_admin(
         token: crate::cmd::admin::token(&token_file)?,
         web_dir: crate::cmd::admin::web_dir(&args.web_dir),
         signing_key_file: Some(signing_key.to_path_buf()),
+        media: Some(im_gateway::media::MediaBackend::Disk(
+            args.data_dir.join("media"),
+        )),
     });
     // The chat stack is useful without it: a taken port is a note, not a failure.
     let listener = match tokio::net::TcpListener::bind(args.admin_listen).await {
@@ -452,7 +455,7 @@ fn print_hints(
     url: &str,
     args: &UpArgs,
     identities: Option<&BTreeMap<Component, String>>,
-    signing_key: &std::path::Path,
+    (signing_key, kek): (&std::path::Path, &im_streams::content::KekArgs),
 ) {
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
@@ -466,10 +469,15 @@ fn print_hints(
         ),
         None => String::new(),
     };
+    let kek_file = kek
+        .kek_file
+        .as_ref()
+        .map(|f| format!("IM_KEK_FILE={} ", f.display()))
+        .unwrap_or_default();
     println!(
         "imctl: a second gateway: {}IM_NATS_URL={url} IM_GATEWAY_LISTEN={} \
          IM_JWT_HS256_SECRET=$(cat {data}/{}) IM_EVENT_SIGNING_KEY_FILE={} \
-         IM_MEDIA_DIR={} {}",
+         IM_MEDIA_DIR={} {kek_file}{}",
         load(Component::Gateway),
         second_listen(args.gateway_listen),
         crate::cmd::token::SECRET_FILE,
