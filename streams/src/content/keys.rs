@@ -112,6 +112,37 @@ pub enum Unopened {
     Unavailable(#[from] StreamsError),
 }
 
+/// A cache entry's key: a fast hash of (conversation, sender, epoch), so a
+/// hit costs no sha256 of the ids. The entry keeps what it is of, checked
+/// on every hit: two scopes that hash alike only share a miss.
+fn slot(conv: &str, sender: &str, epoch: u64) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(conv.as_bytes());
+    h.update(&[0]);
+    h.update(sender.as_bytes());
+    h.update(&[0]);
+    h.update(&epoch.to_be_bytes());
+    h.digest()
+}
+
+/// A cached value with the scope it is of and its key's name.
+#[derive(Clone)]
+struct Scoped<T> {
+    conv: String,
+    sender: String,
+    name: String,
+    value: T,
+}
+
+impl<T: Clone> Scoped<T> {
+    fn of(&self, conv: &str, sender: &str) -> Option<T> {
+        (self.conv == conv && self.sender == sender).then(|| self.value.clone())
+    }
+}
+
+/// A writer's cached key: its revision, the key, when it was fetched.
+type WriteKey = (u64, Cipher, Instant);
+
 /// What a reader's cache knows of one key revision.
 #[derive(Clone)]
 enum Known {
@@ -135,8 +166,10 @@ pub struct ContentKeys {
     kv: kv::Store,
     kek: Kek,
     policy: Mutex<Policy>,
-    reading: Mutex<LruCache<(String, u64), Known>>,
-    writing: Mutex<LruCache<String, (u64, Cipher, Instant)>>,
+    /// By (slot, key revision).
+    reading: Mutex<LruCache<(u64, u64), Scoped<Known>>>,
+    /// By slot: the revision and key a writer seals with.
+    writing: Mutex<LruCache<u64, Scoped<WriteKey>>>,
     epochs_marked: Mutex<BTreeSet<u64>>,
     pub counters: KeyCounters,
     watch_task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -248,12 +281,16 @@ impl ContentKeys {
         at_ms: i64,
     ) -> Result<(u64, u64, Cipher), StreamsError> {
         let epoch = self.policy().epoch_of(at_ms);
-        let name = key_name(epoch, sender, conv);
-        if let Some((rev, cipher, at)) = locked(&self.writing).get(&name).cloned() {
+        let at_slot = slot(conv, sender, epoch);
+        let cached = locked(&self.writing)
+            .get(&at_slot)
+            .and_then(|s| s.of(conv, sender));
+        if let Some((rev, cipher, at)) = cached {
             if at.elapsed() < DATA_KEY_TTL {
                 return Ok((epoch, rev, cipher));
             }
         }
+        let name = key_name(epoch, sender, conv);
         self.mark_epoch(epoch).await?;
         // Two rounds: a writer that loses the race to create reads the
         // winner's key.
@@ -271,7 +308,13 @@ impl ContentKeys {
                     None => continue,
                 },
             };
-            locked(&self.writing).put(name, (rev, cipher.clone(), Instant::now()));
+            let entry = Scoped {
+                conv: conv.to_string(),
+                sender: sender.to_string(),
+                name,
+                value: (rev, cipher.clone(), Instant::now()),
+            };
+            locked(&self.writing).put(at_slot, entry);
             return Ok((epoch, rev, cipher));
         }
         Err(StreamsError::Config(format!(
@@ -291,9 +334,11 @@ impl ContentKeys {
         if self.policy().expired(epoch, now_ms()) {
             return Err(Unopened::Erased);
         }
-        let name = key_name(epoch, sender, conv);
-        let cache_key = (name, key_rev);
-        match locked(&self.reading).get(&cache_key).cloned() {
+        let cache_key = (slot(conv, sender, epoch), key_rev);
+        let cached = locked(&self.reading)
+            .get(&cache_key)
+            .and_then(|s| s.of(conv, sender));
+        match cached {
             Some(Known::Open(c, at)) if at.elapsed() < DATA_KEY_TTL => return Ok(c),
             Some(Known::Erased) => return Err(Unopened::Erased),
             Some(Known::Unreadable(at)) if at.elapsed() < DATA_KEY_TTL => {
@@ -302,15 +347,22 @@ impl ContentKeys {
             _ => {}
         }
         self.counters.fetched.fetch_add(1, Relaxed);
-        let entry = timed("content key read", self.kv.entry(&cache_key.0)).await?;
+        let name = key_name(epoch, sender, conv);
+        let entry = timed("content key read", self.kv.entry(&name)).await?;
         let known = match entry.filter(|e| e.operation == kv::Operation::Put) {
-            Some(e) if e.revision == key_rev => match self.unwrap(&cache_key.0, &e.value) {
+            Some(e) if e.revision == key_rev => match self.unwrap(&name, &e.value) {
                 Some(c) => Known::Open(c, Instant::now()),
                 None => Known::Unreadable(Instant::now()),
             },
             _ => Known::Erased,
         };
-        locked(&self.reading).put(cache_key, known.clone());
+        let entry = Scoped {
+            conv: conv.to_string(),
+            sender: sender.to_string(),
+            name,
+            value: known.clone(),
+        };
+        locked(&self.reading).put(cache_key, entry);
         match known {
             Known::Open(c, _) => Ok(c),
             Known::Erased => {
@@ -386,20 +438,17 @@ impl ContentKeys {
     pub fn forget_sender(&self, sender_hash: &str) {
         let part = format!(".{sender_hash}.");
         let mut reading = locked(&self.reading);
-        let gone: Vec<_> = reading
-            .iter()
-            .filter(|((name, _), _)| name.contains(&part))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            reading.put(k, Known::Erased);
+        for (_, s) in reading.iter_mut() {
+            if s.name.contains(&part) {
+                s.value = Known::Erased;
+            }
         }
         drop(reading);
         let mut writing = locked(&self.writing);
-        let gone: Vec<_> = writing
+        let gone: Vec<u64> = writing
             .iter()
-            .filter(|(name, _)| name.contains(&part))
-            .map(|(k, _)| k.clone())
+            .filter(|(_, s)| s.name.contains(&part))
+            .map(|(k, _)| *k)
             .collect();
         for k in gone {
             writing.pop(&k);
