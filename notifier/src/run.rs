@@ -89,6 +89,9 @@ impl Notifier {
         let cfg = Arc::new(cfg);
         let http = http_client(&cfg)?;
         let js = async_nats::jetstream::new(client.clone());
+        // Where content is encrypted it must be given the KEK (it refuses
+        // to start otherwise): a notification's text and name are opened.
+        im_streams::content::open_keys(&js, &cfg.kek).await?;
         let appender = writer(&client, &js, &cfg).await?;
         let (stop, stopping) = watch::channel(false);
         let (current, contexts) = watch::channel(None);

@@ -110,6 +110,14 @@ async fn an_operator_erases_a_user_and_the_auditor_sees_erased_content_in_a_veri
     let seen = history(gw, data.path(), "bob", pos).await;
     assert_eq!(seen[0], ("alice".into(), format!("hi {MARKER}")));
 
+    // Events are signed here: an erasure nobody could sign is refused
+    // before any key is destroyed.
+    let (ok, _) = imctl_as_operator(data.path(), &url, &["erase", "--user", "alice"]);
+    assert!(!ok, "an unsigned erasure is refused");
+    assert_eq!(
+        history(gw, data.path(), "bob", pos).await[0].1,
+        format!("hi {MARKER}")
+    );
     let key = data.path().join("event-signing-key");
     let (ok, out) = imctl_as_operator(
         data.path(),

@@ -142,14 +142,21 @@ pub fn search_opener(keys: Option<std::sync::Arc<ContentKeys>>) -> crate::search
     })
 }
 
+/// Runs blocking work from a runtime's worker: handed off
+/// (`block_in_place`) on a multi-threaded runtime, so the runtime's other
+/// tasks (the I/O the search opener waits for) go on; run in place
+/// elsewhere.
+pub fn blocking_section<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Runs a future to its end from synchronous code: a plain thread (the
 /// indexer), a blocking thread, or a worker of a multi-threaded runtime
 /// (a status asked with digests). A single-threaded runtime's own thread
 /// cannot wait for itself (panics: never the projector's).
 fn blocking<F: std::future::Future>(handle: &tokio::runtime::Handle, f: F) -> F::Output {
-    use tokio::runtime::RuntimeFlavor;
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| handle.block_on(f)),
-        _ => handle.block_on(f),
-    }
+    blocking_section(|| handle.block_on(f))
 }

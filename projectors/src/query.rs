@@ -375,7 +375,11 @@ impl QueryContext {
             Query::Search(q) => self.search(q, pos, scope).await,
             Query::Status(q) => {
                 let digests = q.digests.then(|| self.named(&q.projections)).transpose()?;
-                Ok(R::Status(self.status(digests).map_err(store_error)?))
+                // Digests read every entry and may wait for the search
+                // indexer, which opens content on this runtime: off the
+                // worker, so the runtime keeps going meanwhile.
+                let status = crate::opening::blocking_section(|| self.status(digests));
+                Ok(R::Status(status.map_err(store_error)?))
             }
             Query::Keys(q) => {
                 let state = self

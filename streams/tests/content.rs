@@ -221,6 +221,17 @@ async fn content_past_retention_is_erased_and_new_content_stays_readable() {
         0,
         "idempotent"
     );
+    // Keys exist: the epoch length is fixed (old ciphertexts name their
+    // epoch by number).
+    let longer = Policy {
+        epoch_ms: 60_000,
+        ..policy
+    };
+    let err = destroy::set_policy(&js, longer)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot change"), "{err}");
     let unlimited = Policy {
         retention_ms: 0,
         ..policy

@@ -69,6 +69,16 @@ pub async fn erase_with(
     im_streams::ids::validate_id(im_streams::ids::IdKind::User, user)?;
     let js = async_nats::jetstream::new(client.clone());
     let topology = im_streams::definitions::read_topology(&js).await?;
+    // Where events must be signed an unsigned erasure would be set aside
+    // by every projection (I30) while the keys are gone: refused first.
+    let signed = im_streams::signing::registered(&js)
+        .await?
+        .in_force_from()
+        .is_some();
+    anyhow::ensure!(
+        !signed || signing_key_file.is_some(),
+        "events are signed here: give a registered writer key (--signing-key-file) to record the erasure"
+    );
     let signer = match signing_key_file {
         Some(path) => {
             anyhow::ensure!(

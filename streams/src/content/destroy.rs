@@ -36,12 +36,23 @@ async fn delete_matching(js: &jetstream::Context, filter: &str) -> Result<u64, S
             let msg = match stream.get_last_raw_message_by_subject(&subject).await {
                 Ok(m) => m,
                 // Gone meanwhile (another run of the same erasure).
-                Err(_) => return Ok(0u64),
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    return Ok(0u64)
+                }
+                Err(e) => return Err(StreamsError::unavailable("content key read", e)),
             };
-            stream
+            let deleted = stream
                 .delete_message(msg.sequence)
                 .await
                 .or_unavailable("content key delete")?;
+            if !deleted {
+                return Err(StreamsError::unavailable(
+                    "content key delete",
+                    "not deleted",
+                ));
+            }
             Ok::<u64, StreamsError>(1)
         })
         .buffer_unordered(DELETES_IN_FLIGHT_MAX)
@@ -55,8 +66,16 @@ async fn delete_matching(js: &jetstream::Context, filter: &str) -> Result<u64, S
 /// again destroys what was made since.
 pub async fn erase_user(js: &jetstream::Context, user: &str) -> Result<u64, StreamsError> {
     let hash = id_hash(user);
-    let subject = |k: &str| format!("$KV.{CONTENT_KEYS_BUCKET}.{k}");
-    let destroyed = delete_matching(js, &subject(&format!("k.*.{hash}.*"))).await?;
+    let theirs = format!("$KV.{CONTENT_KEYS_BUCKET}.k.*.{hash}.*");
+    let destroyed = delete_matching(js, &theirs).await?;
+    // None left: what a failure or a race left behind fails the erasure
+    // (run it again), rather than leaving a key while saying it is gone.
+    if any_subject(js, &theirs).await? {
+        return Err(StreamsError::unavailable(
+            "content key delete",
+            "some of the user's keys are still there: run the erasure again",
+        ));
+    }
     let kv = js
         .get_key_value(CONTENT_KEYS_BUCKET)
         .await
@@ -91,6 +110,16 @@ pub async fn set_policy(js: &jetstream::Context, policy: Policy) -> Result<(), S
     if policy.epoch_ms == 0 {
         return Err(StreamsError::Config("epoch_ms must be positive".into()));
     }
+    // Ciphertexts name their epoch by number: another length would read
+    // every old epoch as another span of time (and retention would
+    // destroy it). Fixed once any key exists.
+    let current = self::policy(js).await?;
+    if policy.epoch_ms != current.epoch_ms && any_epoch_marked(js).await? {
+        return Err(StreamsError::Config(format!(
+            "the epoch length is {} s and keys exist under it: it cannot change",
+            current.epoch_ms / 1_000
+        )));
+    }
     let kv = js
         .get_key_value(CONTENT_KEYS_BUCKET)
         .await
@@ -100,6 +129,24 @@ pub async fn set_policy(js: &jetstream::Context, policy: Policy) -> Result<(), S
         .await
         .or_unavailable("content policy")?;
     Ok(())
+}
+
+/// Whether any message of the bucket is on a subject matching `filter`.
+async fn any_subject(js: &jetstream::Context, filter: &str) -> Result<bool, StreamsError> {
+    let mut subjects = bucket_stream(js)
+        .await?
+        .info_with_subjects(filter)
+        .await
+        .or_unavailable("content keys listing")?;
+    let first = subjects
+        .try_next()
+        .await
+        .or_unavailable("content keys listing")?;
+    Ok(first.is_some())
+}
+
+async fn any_epoch_marked(js: &jetstream::Context) -> Result<bool, StreamsError> {
+    any_subject(js, &format!("$KV.{CONTENT_KEYS_BUCKET}.e.*")).await
 }
 
 /// Destroys the keys of every epoch past retention at `now_ms`.

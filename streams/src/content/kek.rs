@@ -64,15 +64,15 @@ impl Kek {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StreamsError::setting(format!("{}", dir.display()), e))?;
             }
-            std::fs::write(path, hex::encode(bytes))
-                .map_err(|e| StreamsError::setting(format!("{}", path.display()), e))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            // Readable by its owner only from the first byte.
             #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let private = std::fs::Permissions::from_mode(0o600);
-                std::fs::set_permissions(path, private)
-                    .map_err(|e| StreamsError::setting(format!("{}", path.display()), e))?;
-            }
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let written = options
+                .open(path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, hex::encode(bytes).as_bytes()));
+            written.map_err(|e| StreamsError::setting(format!("{}", path.display()), e))?;
         }
         Self::load(path)
     }

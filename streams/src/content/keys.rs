@@ -438,10 +438,15 @@ impl ContentKeys {
     pub fn forget_sender(&self, sender_hash: &str) {
         let part = format!(".{sender_hash}.");
         let mut reading = locked(&self.reading);
-        for (_, s) in reading.iter_mut() {
-            if s.name.contains(&part) {
-                s.value = Known::Erased;
-            }
+        let gone: Vec<(u64, u64)> = reading
+            .iter()
+            .filter(|(_, s)| s.name.contains(&part))
+            .map(|(k, _)| *k)
+            .collect();
+        // Evicted, not marked: a key made since the erasure (a new
+        // revision) is theirs again and opens; the next read asks.
+        for k in gone {
+            reading.pop(&k);
         }
         drop(reading);
         let mut writing = locked(&self.writing);

@@ -54,7 +54,10 @@ async fn create_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, 
         max_messages_per_subject: 1,
         discard: jetstream::stream::DiscardPolicy::New,
         allow_rollup: true,
-        allow_direct: true,
+        // Reads from the leader: a replica that has not applied a key's
+        // creation yet would answer "no such key", which a reader takes
+        // for an erasure.
+        allow_direct: false,
         deny_delete: false,
         deny_purge: false,
         num_replicas: replicas,
@@ -81,7 +84,7 @@ async fn create_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, 
 /// Where a process finds the deployment's key-encryption key: a file, or
 /// the key itself in the environment (never a flag: flags show in `ps`).
 /// Neither: the process runs only where content is kept clear.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct KekArgs {
     /// A file holding the key-encryption key (64 hex digits).
@@ -93,6 +96,13 @@ pub struct KekArgs {
         arg(long = "kek", env = "IM_KEK", hide = true, hide_env_values = true)
     )]
     pub kek: Option<String>,
+}
+
+/// Shows where the key comes from, never the key.
+impl std::fmt::Debug for KekArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl KekArgs {

@@ -32,19 +32,34 @@ pub async fn prepare(
         retention_ms: args.retention_secs * 1_000,
     };
     ContentKeys::open(js, Some(kek), wanted).await?;
-    if destroy::policy(js).await? != wanted {
-        destroy::set_policy(js, wanted).await?;
-    }
+    let wanted = match destroy::set_policy(js, wanted).await {
+        Ok(()) => wanted,
+        // Keys exist under another epoch length, which stays; the
+        // retention is the flag's.
+        Err(e) => {
+            let stored = destroy::policy(js).await?;
+            println!(
+                "imctl: {e}; keeping epochs of {} s",
+                stored.epoch_ms / 1_000
+            );
+            let kept = Policy {
+                retention_ms: wanted.retention_ms,
+                ..stored
+            };
+            destroy::set_policy(js, kept).await?;
+            kept
+        }
+    };
     if wanted.retention_ms > 0 {
         tokio::spawn(retention(js.clone(), wanted));
     }
     println!(
         "imctl: content encrypted (key-encryption key in {}; epoch {} s, retention {})",
         path.display(),
-        args.content_epoch_secs.max(1),
-        match args.retention_secs {
+        wanted.epoch_ms / 1_000,
+        match wanted.retention_ms {
             0 => "none".to_string(),
-            s => format!("{s} s"),
+            ms => format!("{} s", ms / 1_000),
         }
     );
     Ok(KekArgs::from_file(path))
