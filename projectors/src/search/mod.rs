@@ -229,10 +229,32 @@ impl SearchIndex {
         })
     }
 
-    /// Forgets every document `user` wrote (their content was erased).
+    /// Forgets every message `user` wrote and their name (their content
+    /// was erased); a title they created is no content of theirs and
+    /// stays.
     pub fn forget_sender(&self, user: &str) -> Result<(), SearchError> {
-        let term = Term::from_field_text(self.fields.sender, user);
-        self.with_writer(|w| Ok(w.delete_term(term))).map(drop)
+        use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+        let f = self.fields;
+        let sender = TermQuery::new(
+            Term::from_field_text(f.sender, user),
+            IndexRecordOption::Basic,
+        );
+        let kind = |k: v1::SearchDocKind| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_u64(f.kind, k as u64),
+                IndexRecordOption::Basic,
+            ))
+        };
+        let kinds = BooleanQuery::new(vec![
+            (Occur::Should, kind(v1::SearchDocKind::Message)),
+            (Occur::Should, kind(v1::SearchDocKind::User)),
+        ]);
+        let theirs = BooleanQuery::new(vec![
+            (Occur::Must, Box::new(sender) as Box<dyn Query>),
+            (Occur::Must, Box::new(kinds)),
+        ]);
+        self.with_writer(|w| w.delete_query(Box::new(theirs)))
+            .map(drop)
     }
 
     /// Merges every segment into one, so that documents deleted are gone

@@ -259,6 +259,12 @@ fn an_erased_users_words_leave_the_index_files() {
     let mut sim = scenario();
     sim.send("g1", "alice", "zqxalicewords here");
     sim.send("g1", "owner", "zqxownerwords here");
+    // A group alice made: its title is no content of hers.
+    let titled = Action::CreateGroup {
+        title: "zqxtitleword".into(),
+        members: vec![("owner".into(), Role::Member)],
+    };
+    sim.run("ga", "alice", titled);
     let fx = indexed(&sim);
     assert_eq!(found(&fx, "owner", "zqxalicewords").len(), 1);
     let log = im_streams::ids::user_log_id("alice").unwrap();
@@ -270,6 +276,20 @@ fn an_erased_users_words_leave_the_index_files() {
     drain_all(&fx.ks, &fx.index, &super::clear_only()).unwrap();
     assert!(found(&fx, "owner", "zqxalicewords").is_empty());
     assert_eq!(found(&fx, "alice", "zqxownerwords").len(), 1, "others stay");
+    let titles = find::run(
+        &fx.index,
+        &fx.ks,
+        &v1::SearchQuery {
+            user_id: "owner".into(),
+            q: "zqxtitleword".into(),
+            kind: v1::SearchDocKind::Title as i32,
+            limit: 10,
+            ..Default::default()
+        },
+        (&|_| true, &super::clear_only()),
+    )
+    .unwrap();
+    assert_eq!(titles.hits.len(), 1, "the title she made stays");
     let searcher = fx.index.reader.searcher();
     for segment in searcher.segment_readers() {
         assert_eq!(segment.num_deleted_docs(), 0, "merged away");
