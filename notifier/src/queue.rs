@@ -64,10 +64,7 @@ fn preview_of_body(
 
 /// The preview of opened content (`opening.rs`).
 pub fn preview_of_content(c: &v1::Content) -> (String, bool) {
-    let body = c.body.clone().map(|b| match b {
-        v1::content::Body::Text(t) => Body::Text(t),
-        v1::content::Body::Media(m) => Body::Media(m),
-    });
+    let body = c.body.clone().map(im_streams::content::message_body);
     preview_of_body(body.as_ref(), &c.meta)
 }
 

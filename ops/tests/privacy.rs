@@ -17,21 +17,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const MARKER: &str = "zqxalicesecret";
 
-fn operator_env(data: &std::path::Path) -> Vec<(String, String)> {
-    let auth = nats_identities::auth(data, Component::Operator).unwrap();
-    vec![
-        ("IM_NATS_USER".into(), auth.user.unwrap()),
-        ("IM_NATS_PASSWORD".into(), auth.password.unwrap()),
-    ]
-}
-
-fn imctl_as_operator(data: &std::path::Path, url: &str, args: &[&str]) -> (bool, String) {
-    let args: Vec<&str> = args.iter().copied().chain(["--nats-url", url]).collect();
-    let env = operator_env(data);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    common::imctl_with_env(&args, &env)
-}
-
 /// Sends `text` from `from` to `to` over WebSocket; the ack's stream seq.
 async fn send(
     gw: std::net::SocketAddr,
@@ -296,16 +281,4 @@ async fn with_retention_old_messages_become_erased_and_new_ones_stay_readable() 
         assert!(epoch + 5 >= now_epoch, "an old key survives: {s}");
     }
     interrupt_and_wait(child);
-}
-
-async fn wait_ready(gw: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while common::http_get(gw, "/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn start(data: &std::path::Path, port: u16) -> (std::process::Child, Vec<String>) {
-    start_as(data, port, "127.0.0.1:0", |_| {})
 }

@@ -24,10 +24,6 @@ async fn connect_as(url: &str, data: &std::path::Path, c: Component) -> async_na
         .unwrap()
 }
 
-fn start(data: &std::path::Path, port: u16) -> (Child, Vec<String>) {
-    start_listening(data, port, "127.0.0.1:0")
-}
-
 fn start_listening(data: &std::path::Path, port: u16, gateway: &str) -> (Child, Vec<String>) {
     start_as(data, port, gateway, |_| {})
 }
@@ -229,18 +225,6 @@ async fn admin_answers_the_operator_only(
         .expect("history");
     assert_eq!(history["instance"], "main");
     assert!(history["checkpoint"].as_u64().unwrap() >= 2, "{history}");
-}
-
-/// `imctl`'s output as the operator of `data`'s stack: (success, stdout).
-fn imctl_as_operator(data: &std::path::Path, url: &str, args: &[&str]) -> (bool, String) {
-    let auth = nats_identities::auth(data, Component::Operator).unwrap();
-    let (user, password) = (auth.user.unwrap(), auth.password.unwrap());
-    let args: Vec<&str> = args.iter().copied().chain(["--nats-url", url]).collect();
-    let env = [
-        ("IM_NATS_USER", user.as_str()),
-        ("IM_NATS_PASSWORD", password.as_str()),
-    ];
-    common::imctl_with_env(&args, &env)
 }
 
 /// Every component on its own NATS identity (`up`'s default): a chat with
@@ -575,18 +559,6 @@ fn partitions(data: &std::path::Path, url: &str) -> Vec<serde_json::Value> {
     let (_, out) = imctl_as_operator(data, url, &args);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["partitions"].as_array().unwrap().clone()
-}
-
-async fn wait_ready(gw: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, body) = http_get(gw, "/readyz").await;
-        if status == 200 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never ready: {status} {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// `up --projectors 2`: two `im-projector` processes share the partitions;

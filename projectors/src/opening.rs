@@ -83,10 +83,7 @@ pub async fn open_preview(
     let sender = entry.preview_sender.clone();
     match open_one(keys, &entry.conversation_id, &sender, &sealed).await? {
         Ok(c) => {
-            let body = c.body.map(|b| match b {
-                v1::content::Body::Text(t) => v1::message_sent::Body::Text(t),
-                v1::content::Body::Media(m) => v1::message_sent::Body::Media(m),
-            });
+            let body = c.body.map(im_streams::content::message_body);
             entry.preview = crate::projections::convlist::preview_of_body(body.as_ref());
         }
         Err(shown) => {

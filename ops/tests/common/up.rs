@@ -172,3 +172,35 @@ pub async fn exchange(addr: std::net::SocketAddr, head: String, body: &[u8]) -> 
     let status = String::from_utf8_lossy(&raw[9..12]).parse().unwrap();
     (status, raw[split + 4..].to_vec())
 }
+
+/// `imctl up` on loopback, as is.
+pub fn start(data: &std::path::Path, port: u16) -> (Child, Vec<String>) {
+    start_as(data, port, "127.0.0.1:0", |_| {})
+}
+
+/// Until the gateway's `/readyz` answers 200.
+pub async fn wait_ready(gw: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = super::http_get(gw, "/readyz").await;
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ready: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `imctl`'s output as the operator of `data`'s stack: (success, stdout).
+pub fn imctl_as_operator(data: &std::path::Path, url: &str, args: &[&str]) -> (bool, String) {
+    let auth =
+        im_ops::cmd::nats_identities::auth(data, im_streams::identities::Component::Operator)
+            .unwrap();
+    let (user, password) = (auth.user.unwrap(), auth.password.unwrap());
+    let args: Vec<&str> = args.iter().copied().chain(["--nats-url", url]).collect();
+    let env = [
+        ("IM_NATS_USER", user.as_str()),
+        ("IM_NATS_PASSWORD", password.as_str()),
+    ];
+    super::imctl_with_env(&args, &env)
+}

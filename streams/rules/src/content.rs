@@ -34,14 +34,19 @@ pub fn take(kind: &mut Kind) -> Option<v1::Content> {
     }
 }
 
+/// Opened content's body as a message carries it.
+pub fn message_body(body: v1::content::Body) -> Body {
+    match body {
+        v1::content::Body::Text(t) => Body::Text(t),
+        v1::content::Body::Media(r) => Body::Media(r),
+    }
+}
+
 /// Puts opened content back into `kind` (the reverse of `take`).
 pub fn restore(kind: &mut Kind, content: v1::Content) {
     match kind {
         Kind::MessageSent(m) => {
-            m.body = content.body.map(|b| match b {
-                v1::content::Body::Text(t) => Body::Text(t),
-                v1::content::Body::Media(r) => Body::Media(r),
-            });
+            m.body = content.body.map(message_body);
             m.meta = content.meta;
         }
         Kind::MessageEdited(e) => {

@@ -14,7 +14,7 @@ mod keys;
 use async_nats::jetstream;
 
 pub use cipher::{content_aad, open_event, open_kind, open_sealed, seal_events, unopened};
-pub use im_rules::content::{sealed as sealed_of, sealed_mut as sealed_slot};
+pub use im_rules::content::{message_body, sealed as sealed_of, sealed_mut as sealed_slot};
 pub use kek::{Kek, WrongKey};
 pub use keys::{
     id_hash, key_name, Cipher, ContentKeys, Policy, Unopened, CONTENT_KEYS_BUCKET,
