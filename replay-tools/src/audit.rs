@@ -22,13 +22,13 @@
 //! so what follows is judged against the same state they hold; one that
 //! only fails a whole-log check is still part of it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
 use im_schema::v1::{self, conv_event::Kind};
 use im_streams::chain::LinkError;
 use im_streams::codec::{payload_hash, HDR_CONV_SEQ};
 use im_streams::conversation::{apply, ConvState};
-use im_streams::validity::{self, Candidate, Invalid};
+use im_streams::validity::{self, Invalid};
 use im_streams::verdict::EventError;
 use sha2::{Digest as _, Sha256};
 
@@ -93,8 +93,9 @@ pub struct Violation {
 #[derive(Default)]
 struct ConvAudit {
     state: Option<ConvState>,
-    /// (actor, client_msg_id) of every command so far.
-    commands: BTreeSet<(String, String)>,
+    /// Every command so far, by the fingerprint of its (actor,
+    /// client_msg_id): 16 bytes each whatever the ids' lengths.
+    commands: HashSet<u128>,
     /// A direct conversation's creation: the send that made it must be its
     /// next event.
     direct_created: Option<v1::ConvEvent>,
@@ -131,10 +132,15 @@ pub struct RangeDigest(Sha256);
 
 impl RangeDigest {
     pub fn add(&mut self, seq: u64, subject: &str, payload: &[u8]) {
+        self.add_hashed(seq, subject, &payload_hash(payload));
+    }
+
+    /// `add`, the payload's hash computed already.
+    pub fn add_hashed(&mut self, seq: u64, subject: &str, hash: &[u8; 32]) {
         self.0.update(seq.to_be_bytes());
         self.0.update((subject.len() as u32).to_be_bytes());
         self.0.update(subject.as_bytes());
-        self.0.update(payload_hash(payload));
+        self.0.update(hash);
     }
 
     pub fn hex(self) -> String {
@@ -288,7 +294,7 @@ impl ConvAudit {
     fn note_command(&mut self, ev: &v1::ConvEvent) -> Result<(), ViolationKind> {
         if self
             .commands
-            .insert((ev.actor.clone(), ev.client_msg_id.clone()))
+            .insert(command_fingerprint(&ev.actor, &ev.client_msg_id))
         {
             Ok(())
         } else {
@@ -299,14 +305,78 @@ impl ConvAudit {
     }
 }
 
+/// The first 16 bytes of the sha256 of a command's (actor, client_msg_id):
+/// what the auditor remembers of each command to find one used twice. A
+/// cryptographic hash, so that a forger cannot make two commands look
+/// alike (nor one look new).
+pub fn command_fingerprint(actor: &str, client_msg_id: &str) -> u128 {
+    let mut h = Sha256::new();
+    h.update((actor.len() as u32).to_be_bytes());
+    h.update(actor.as_bytes());
+    h.update(client_msg_id.as_bytes());
+    u128::from_be_bytes(h.finalize()[..16].try_into().expect("16 bytes"))
+}
+
+/// What can be worked out of an event on any thread, before the checks
+/// that need the events before it: its decoding, its signature's verdict
+/// and its payload's hash.
+pub struct Prepared {
+    decoded: Result<v1::ConvEvent, Violation>,
+    signed: Result<(), im_streams::signing::SignatureError>,
+    hash: [u8; 32],
+}
+
+impl Prepared {
+    /// The sha256 of the event's stored bytes.
+    pub fn hash(&self) -> [u8; 32] {
+        self.hash
+    }
+}
+
+/// Prepares a run of events: decoded one by one, their signatures
+/// verified together (`WriterKeys::check_many`: ed25519 batch
+/// verification), each payload hashed. `keys` must know every key the
+/// events name (`WriterKeys::learn`).
+pub fn prepare(keys: &im_streams::signing::WriterKeys, raws: &[Raw]) -> Vec<Prepared> {
+    let decoded: Vec<_> = raws.iter().map(decode_event).collect();
+    let signed: Vec<_> = raws
+        .iter()
+        .zip(&decoded)
+        .filter(|(_, d)| d.is_ok())
+        .map(|(raw, _)| im_streams::signing::Signed {
+            stream_seq: raw.seq,
+            header: signature_of(raw),
+            payload: &raw.payload,
+        })
+        .collect();
+    let mut verdicts = keys.check_many(&signed).into_iter();
+    raws.iter()
+        .zip(decoded)
+        .map(|(raw, decoded)| Prepared {
+            signed: match decoded {
+                Ok(_) => verdicts.next().expect("one verdict per decoded event"),
+                Err(_) => Ok(()),
+            },
+            decoded,
+            hash: payload_hash(&raw.payload),
+        })
+        .collect()
+}
+
 impl Auditor {
     /// Checks the next IM_CONV message (stream order). An event that is
     /// not part of its conversation is stepped over; the audit goes on
     /// either way.
     pub fn check(&mut self, raw: &Raw) -> Result<(), Violation> {
+        let prepared = prepare(&self.keys, std::slice::from_ref(raw));
+        self.check_prepared(raw, prepared.into_iter().next().expect("one"))
+    }
+
+    /// `check`, the event prepared already (`prepare`).
+    pub fn check_prepared(&mut self, raw: &Raw, prepared: Prepared) -> Result<(), Violation> {
         self.events += 1;
-        self.range.add(raw.seq, &raw.subject, &raw.payload);
-        let ev = decode_event(raw)?;
+        self.range.add_hashed(raw.seq, &raw.subject, &prepared.hash);
+        let ev = prepared.decoded?;
         let v = |kind| Violation {
             stream_seq: raw.seq,
             subject: raw.subject.clone(),
@@ -318,17 +388,11 @@ impl Auditor {
         let state = audit
             .state
             .get_or_insert_with(|| ConvState::empty(ev.conversation_id.clone()));
-        let candidate = Candidate {
-            stream_seq: raw.seq,
-            signature: signature_of(raw),
-            payload: &raw.payload,
-            event: &ev,
-        };
-        if let Err(invalid) = validity::check(state, &self.keys, candidate) {
+        if let Err(invalid) = validity::check_signed(state, prepared.signed, &ev) {
             return Err(v(kind_of(state, &ev, invalid)));
         }
         apply(state, &ev);
-        state.record_position(raw.seq, payload_hash(&raw.payload));
+        state.record_position(raw.seq, prepared.hash);
         audit.events += 1;
         audit.check_command(&ev).map_err(v)
     }
@@ -346,16 +410,17 @@ impl Auditor {
     /// The report, and every command the log leaves unfinished (a direct
     /// conversation created without the message that created it), in
     /// conversation order: an auditor is told of each, not of the first.
-    pub fn finish_all(self) -> (Report, Vec<Violation>) {
+    pub fn finish_all(&self) -> (Report, Vec<Violation>) {
         let mut conversations = BTreeMap::new();
         let mut unfinished = Vec::new();
-        for (conv, audit) in self.convs {
-            let state = audit
+        for (conv, audit) in &self.convs {
+            let (version, head) = audit
                 .state
-                .unwrap_or_else(|| ConvState::empty(conv.clone()));
-            if let Some(created) = audit.direct_created {
+                .as_ref()
+                .map_or((0, [0; 32]), |s| (s.version, s.last_hash));
+            if let Some(created) = &audit.direct_created {
                 unfinished.push(Violation {
-                    stream_seq: state.version,
+                    stream_seq: version,
                     subject: String::new(),
                     conversation_id: conv.clone(),
                     conv_seq: created.conv_seq,
@@ -363,21 +428,24 @@ impl Auditor {
                 });
             }
             conversations.insert(
-                conv,
+                conv.clone(),
                 ConvDigest {
                     events: audit.events,
-                    head: hex::encode(state.last_hash),
+                    head: hex::encode(head),
                 },
             );
         }
         let report = Report {
             events: self.events,
             conversations,
-            range_digest: self.range.hex(),
+            range_digest: self.range.clone().hex(),
         };
         (report, unfinished)
     }
 }
+
+#[path = "audit_state.rs"]
+pub mod state;
 
 #[cfg(test)]
 #[path = "audit_tests.rs"]

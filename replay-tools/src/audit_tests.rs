@@ -516,3 +516,124 @@ fn a_people_logs_creation_may_be_completed_after_anothers_command() {
         ViolationKind::DuplicateClientMsgId { .. }
     ));
 }
+
+/// Every violation and the report of a whole audit, the state saved to a
+/// file after `split` events and the audit taken up from it.
+fn audit_split(raws: &[Raw], split: Option<usize>) -> (Vec<String>, Report) {
+    let mut a = Auditor::default();
+    let mut found = Vec::new();
+    let mut first = 0;
+    for (i, r) in raws.iter().enumerate() {
+        if Some(i) == split {
+            let position = state::Position::default();
+            let file = state::to_file(&a.save(&position));
+            let saved = state::from_file(&file, Some(&state::file_digest(&file))).unwrap();
+            a = Auditor::restore(saved, Default::default()).unwrap().0;
+            first = i;
+        }
+        if let Err(v) = a.check(r) {
+            found.push(v.to_string());
+        }
+    }
+    let (report, unfinished) = a.finish_all();
+    found.extend(unfinished.iter().map(|v| v.to_string()));
+    assert_eq!(report.events, (raws.len() - first) as u64);
+    (found, report)
+}
+
+/// A log with something of everything the audit remembers across events:
+/// rules state, a bulk add's parts, a reused id, a forged link, a people
+/// log's creation completed later and a direct creation left unfinished.
+fn eventful() -> Log {
+    let mut log = history();
+    let users = (0..600)
+        .map(|i| (format!("u{i:04}"), Role::Member))
+        .collect();
+    log.run("team", "olga", "bulk", Action::AddMembers { users });
+    log.append(log.next_event("team", "amy", "m1", sent("again")));
+    let mut ev = log.next_event("team", "amy", "f1", sent("forged"));
+    ev.prev_hash = vec![7; 32];
+    log.forge(ev);
+    let pair = im_streams::ids::pair_log_id("amy", "bo").unwrap();
+    let block = Action::BlockUser { user: "bo".into() };
+    let cmd = Command {
+        actor: "amy".into(),
+        client_msg_id: "a1".into(),
+        action: block.clone(),
+    };
+    let empty = ConvState::empty(pair.clone());
+    log.append(
+        seal(&empty, decide(&empty, &cmd, 1_000).unwrap())
+            .remove(0)
+            .event,
+    );
+    log.run(
+        &pair,
+        "bo",
+        "b1",
+        Action::RequestContact { user: "amy".into() },
+    );
+    log.run(&pair, "amy", "a1", block);
+    let dm = im_streams::subjects::direct_conversation_id("cy", "olga").unwrap();
+    let first = Action::Send {
+        peer: Some("olga".into()),
+        body: MessageBody::Text("hi".into()),
+        meta: Default::default(),
+    };
+    log.run(&dm, "cy", "x1", first);
+    log.raws.pop();
+    log
+}
+
+#[test]
+fn an_audit_taken_up_from_its_saved_state_finds_what_one_whole_audit_finds() {
+    let log = eventful();
+    let (whole, report) = audit_split(&log.raws, None);
+    assert_eq!(whole.len(), 3, "{whole:#?}");
+    for split in 1..log.raws.len() {
+        let (found, resumed) = audit_split(&log.raws, Some(split));
+        assert_eq!(found, whole, "split after {split} events");
+        assert_eq!(resumed.conversations, report.conversations, "split {split}");
+    }
+}
+
+#[test]
+fn a_state_changed_or_cut_short_is_refused() {
+    let log = history();
+    let mut a = Auditor::default();
+    for r in &log.raws {
+        a.check(r).unwrap();
+    }
+    let file = state::to_file(&a.save(&state::Position::default()));
+    assert!(state::from_file(&file, None).is_ok());
+    for at in [0, file.len() / 2, file.len() - 1] {
+        let mut changed = file.clone();
+        changed[at] ^= 1;
+        assert!(matches!(
+            state::from_file(&changed, None),
+            Err(state::StateError::Digest)
+        ));
+    }
+    let cut = &file[..file.len() - 5];
+    assert!(matches!(
+        state::from_file(cut, None),
+        Err(state::StateError::Digest)
+    ));
+    // A state rewritten whole, its digest made again, is not the one the
+    // auditor noted down.
+    let mut saved = state::from_file(&file, None).unwrap();
+    saved.conversations.pop();
+    let forged = state::to_file(&saved);
+    let noted = state::file_digest(&file);
+    assert!(matches!(
+        state::from_file(&forged, Some(&noted)),
+        Err(state::StateError::NotTheExpected { .. })
+    ));
+    let mut newer = saved;
+    newer.format = state::STATE_FORMAT + 1;
+    let newer = state::from_file(&state::to_file(&newer), None).unwrap();
+    assert!(matches!(
+        Auditor::restore(newer, Default::default()),
+        Err(state::StateError::TooNew(_))
+    ));
+}

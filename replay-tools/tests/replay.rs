@@ -861,3 +861,149 @@ async fn people_logs_are_stated_exported_and_verified() {
         "{out}"
     );
 }
+
+/// A nightly audit: `verify --state FILE` saves where it got to, the next
+/// run reads only the events after it (with the same heads a whole run
+/// finds), a forged event after the saved position is still named, and a
+/// state changed, replaced, or resumed at the wrong sequence is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_takes_the_audit_up_from_its_saved_state() {
+    let stack = im_testkit::Stack::start().await;
+    let url = stack.url();
+    let app = stack.appender().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.state");
+    let state_arg = file.to_str().unwrap();
+    let create = Action::CreateGroup {
+        title: "night".into(),
+        members: vec![("amy".into(), Role::Member)],
+    };
+    run(&app, "night", "olga", "c1", create).await;
+    for i in 0..20 {
+        run(&app, "night", "amy", &format!("m{i}"), text("day one")).await;
+    }
+    let first: serde_json::Value = serde_json::from_str(&ok(&[
+        "verify",
+        "--json",
+        "--state",
+        state_arg,
+        "--nats-url",
+        &url,
+    ]))
+    .unwrap();
+    assert_eq!(
+        (first["events"].as_u64(), first["last"].as_u64()),
+        (Some(21), Some(21))
+    );
+    let digest = first["state"]["digest"].as_str().unwrap().to_string();
+
+    for i in 20..30 {
+        run(&app, "night", "amy", &format!("m{i}"), text("day two")).await;
+    }
+    run(
+        &app,
+        "eve",
+        "amy",
+        "e1",
+        Action::CreateGroup {
+            title: "eve".into(),
+            members: vec![],
+        },
+    )
+    .await;
+    // Resumed at another sequence than the one after the saved one: refused.
+    let (code, _, err) = replay_code(&[
+        "verify",
+        "--state",
+        state_arg,
+        "--from-seq",
+        "5",
+        "--nats-url",
+        &url,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("goes on from IM_CONV seq 22"), "{err}");
+    let second: serde_json::Value = serde_json::from_str(&ok(&[
+        "verify",
+        "--json",
+        "--state",
+        state_arg,
+        "--from-seq",
+        "22",
+        "--expect-state-digest",
+        &digest,
+        "--nats-url",
+        &url,
+    ]))
+    .unwrap();
+    assert_eq!(
+        second["events"].as_u64(),
+        Some(11),
+        "only the new events are read"
+    );
+    assert_eq!(second["first"].as_u64(), Some(22));
+    assert_eq!(second["state"]["events"].as_u64(), Some(32));
+    let whole: serde_json::Value =
+        serde_json::from_str(&ok(&["verify", "--json", "--nats-url", &url])).unwrap();
+    assert_eq!(second["conversations"], whole["conversations"]);
+
+    // The first run's digest no longer names the file: refused.
+    let (code, _, err) = replay_code(&[
+        "verify",
+        "--state",
+        state_arg,
+        "--expect-state-digest",
+        &digest,
+        "--nats-url",
+        &url,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not the"), "{err}");
+
+    // One byte of the state changed: refused, and the file is left as it was.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    let (code, _, err) = replay_code(&["verify", "--state", state_arg, "--nats-url", &url]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not match its contents"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    bytes[10] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+
+    // A forged event after the saved position is named by the next run,
+    // which then leaves the state where it was.
+    let state = app.current_state("night").await.unwrap();
+    let mut ev = im_streams::seal::seal(
+        &state,
+        vec![v1::ConvEvent {
+            conversation_id: "night".into(),
+            actor: "mallory".into(),
+            at_ms: 1,
+            client_msg_id: "x".into(),
+            schema_version: im_schema::SCHEMA_VERSION,
+            kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+                sealed: None,
+                body: Some(v1::message_sent::Body::Text("not a member".into())),
+                meta: Default::default(),
+            })),
+            ..Default::default()
+        }],
+    )
+    .remove(0)
+    .event;
+    ev.actor = "mallory".into();
+    let client = async_nats::connect(&url).await.unwrap();
+    let seq = forge(&client, &ev).await;
+    let (code, out, _) = replay_code(&["verify", "--state", state_arg, "--nats-url", &url]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("VIOLATION event at IM_CONV seq {seq} ")),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        bytes,
+        "the state is not moved past a violation"
+    );
+}

@@ -246,7 +246,7 @@ impl WriterKeys {
     }
 
     /// Whether key `id` needs no look-up for an event at `stream_seq`.
-    fn settled(&self, id: &str, stream_seq: u64) -> bool {
+    pub fn settled(&self, id: &str, stream_seq: u64) -> bool {
         self.known.contains_key(id) || self.unknown.get(id).is_some_and(|at| *at >= stream_seq)
     }
 }

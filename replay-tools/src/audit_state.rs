@@ -1,0 +1,187 @@
+//! An audit saved and taken up again (`im-replay verify --state FILE`):
+//! everything the audit of IM_CONV up to a sequence knows (each
+//! conversation's rules state, chain head, commands seen, unfinished
+//! command), so a nightly audit reads only the new events. The file is the
+//! state's bytes followed by their sha256, checked before anything in it
+//! is believed: a state changed or cut short is refused, never used.
+
+use sha2::{Digest as _, Sha256};
+
+use super::*;
+
+/// The state format this build writes and reads.
+pub const STATE_FORMAT: u32 = 1;
+
+/// Bytes of the digest that ends a state file.
+const DIGEST_BYTES: usize = 32;
+
+/// Why a saved state cannot be taken up.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("the state's digest does not match its contents: it was changed or cut short")]
+    Digest,
+    #[error("the state does not decode")]
+    Undecodable(#[source] prost::DecodeError),
+    #[error("state format {0} is newer than this im-replay's ({STATE_FORMAT})")]
+    TooNew(u32),
+    #[error("the state's digest is {found}, not the {expected} expected")]
+    NotTheExpected { expected: String, found: String },
+}
+
+/// Where an audit stands, as `save` records it beside the auditor's own
+/// state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    pub last_seq: u64,
+    pub last_payload_hash: [u8; 32],
+    /// Events audited over every run.
+    pub events: u64,
+    /// sha256 over each run's range digest in turn (hex).
+    pub chain_digest: String,
+}
+
+impl Position {
+    /// Where the audit stands after a run that covered `report`'s range
+    /// and ended at `last_seq`, whose payload hashes to `last_hash`.
+    pub fn after(&self, report: &Report, last_seq: u64, last_hash: [u8; 32]) -> Position {
+        let mut chain = Sha256::new();
+        chain.update(self.chain_digest.as_bytes());
+        chain.update(report.range_digest.as_bytes());
+        Position {
+            last_seq,
+            last_payload_hash: last_hash,
+            events: self.events + report.events,
+            chain_digest: hex::encode(chain.finalize()),
+        }
+    }
+}
+
+fn command(c: &Option<(String, String)>) -> Option<v1::AuditCommand> {
+    c.as_ref().map(|(actor, id)| v1::AuditCommand {
+        actor: actor.clone(),
+        client_msg_id: id.clone(),
+    })
+}
+
+fn uncommand(c: Option<v1::AuditCommand>) -> Option<(String, String)> {
+    c.map(|c| (c.actor, c.client_msg_id))
+}
+
+impl ConvAudit {
+    fn save(&self, conv: &str) -> v1::AuditedConversation {
+        let mut commands: Vec<u128> = self.commands.iter().copied().collect();
+        commands.sort_unstable();
+        v1::AuditedConversation {
+            conversation_id: conv.to_string(),
+            state: self
+                .state
+                .as_ref()
+                .filter(|s| s.exists())
+                .map(im_streams::snapshot::to_wire),
+            events: self.events,
+            commands: commands.iter().flat_map(|c| c.to_be_bytes()).collect(),
+            direct_created: self.direct_created.clone(),
+            people_opened: command(&self.people_opened),
+            last: command(&self.last),
+        }
+    }
+
+    fn restore(saved: v1::AuditedConversation) -> ConvAudit {
+        let conv = saved.conversation_id;
+        let state = saved
+            .state
+            .and_then(|wire| im_streams::snapshot::from_wire(&conv, wire))
+            .unwrap_or_else(|| ConvState::empty(conv.clone()));
+        ConvAudit {
+            state: Some(state),
+            commands: saved
+                .commands
+                .chunks_exact(16)
+                .map(|c| u128::from_be_bytes(c.try_into().expect("16 bytes")))
+                .collect(),
+            direct_created: saved.direct_created,
+            people_opened: uncommand(saved.people_opened),
+            last: uncommand(saved.last),
+            events: saved.events,
+        }
+    }
+}
+
+impl Auditor {
+    /// The state to take the audit up from later: this auditor's, at
+    /// `position`.
+    pub fn save(&self, position: &Position) -> v1::AuditState {
+        v1::AuditState {
+            format: STATE_FORMAT,
+            last_seq: position.last_seq,
+            last_payload_hash: position.last_payload_hash.to_vec(),
+            events: position.events,
+            chain_digest: position.chain_digest.clone(),
+            conversations: self.convs.iter().map(|(c, a)| a.save(c)).collect(),
+        }
+    }
+
+    /// An auditor that goes on from a saved state, checking signatures
+    /// against `keys`; and where the saved audit stood.
+    pub fn restore(
+        saved: v1::AuditState,
+        keys: im_streams::signing::WriterKeys,
+    ) -> Result<(Auditor, Position), StateError> {
+        if saved.format > STATE_FORMAT {
+            return Err(StateError::TooNew(saved.format));
+        }
+        let position = Position {
+            last_seq: saved.last_seq,
+            last_payload_hash: saved.last_payload_hash.try_into().unwrap_or([0; 32]),
+            events: saved.events,
+            chain_digest: saved.chain_digest,
+        };
+        let convs = saved
+            .conversations
+            .into_iter()
+            .map(|c| (c.conversation_id.clone(), ConvAudit::restore(c)))
+            .collect();
+        let auditor = Auditor {
+            convs,
+            keys,
+            ..Default::default()
+        };
+        Ok((auditor, position))
+    }
+}
+
+/// A state's file contents: its bytes, then their sha256.
+pub fn to_file(state: &v1::AuditState) -> Vec<u8> {
+    let mut bytes = prost::Message::encode_to_vec(state);
+    let digest = Sha256::digest(&bytes);
+    bytes.extend_from_slice(&digest);
+    bytes
+}
+
+/// The digest that ends a state file (hex), to note down and hand to the
+/// next run (`--expect-state-digest`).
+pub fn file_digest(file: &[u8]) -> String {
+    hex::encode(&file[file.len().saturating_sub(DIGEST_BYTES)..])
+}
+
+/// The state in a file written by `to_file`, if its digest holds (and is
+/// `expected`, when given).
+pub fn from_file(file: &[u8], expected: Option<&str>) -> Result<v1::AuditState, StateError> {
+    if file.len() < DIGEST_BYTES {
+        return Err(StateError::Digest);
+    }
+    let (bytes, digest) = file.split_at(file.len() - DIGEST_BYTES);
+    if Sha256::digest(bytes).as_slice() != digest {
+        return Err(StateError::Digest);
+    }
+    if let Some(expected) = expected {
+        let found = hex::encode(digest);
+        if !found.eq_ignore_ascii_case(expected) {
+            return Err(StateError::NotTheExpected {
+                expected: expected.to_string(),
+                found,
+            });
+        }
+    }
+    prost::Message::decode(bytes).map_err(StateError::Undecodable)
+}
