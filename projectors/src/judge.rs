@@ -48,7 +48,7 @@ static VERIFY_THREADS: std::sync::LazyLock<usize> =
 const VERIFY_CHUNK_MIN: usize = 64;
 
 /// The signature verdicts of many events, reached in parallel (as many
-/// threads as cores), each part verified as one ed25519 batch.
+/// threads as cores), each exactly the writers' (`WriterKeys::check_many`).
 pub fn sign_verdicts(keys: &WriterKeys, events: &[Signed<'_>]) -> SignatureVerdicts {
     let chunk = events.len().div_ceil(*VERIFY_THREADS).max(VERIFY_CHUNK_MIN);
     if events.len() <= chunk {
