@@ -145,6 +145,9 @@ async fn an_operator_erases_a_user_and_the_auditor_sees_erased_content_in_a_veri
     im_replay::cmd::verify::run(im_replay::cmd::verify::VerifyArgs {
         conv: None,
         json: false,
+        state: None,
+        from_seq: None,
+        expect_state_digest: None,
         nats: connection(),
     })
     .await

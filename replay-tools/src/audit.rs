@@ -333,32 +333,26 @@ impl Prepared {
     }
 }
 
-/// Prepares a run of events: decoded one by one, their signatures
-/// verified together (`WriterKeys::check_many`: ed25519 batch
-/// verification), each payload hashed. `keys` must know every key the
-/// events name (`WriterKeys::learn`).
+/// Prepares a run of events: each decoded, its signature verified and its
+/// payload hashed. `keys` must know every key the events name
+/// (`WriterKeys::learn`). Signatures are verified one by one with
+/// `check_at`, the writers' own check, not as an ed25519 batch: a batch
+/// accepts encodings of R (non-canonical, or with a small-order part)
+/// that the single check refuses, and the auditor must never accept an
+/// event a writer would step over.
 pub fn prepare(keys: &im_streams::signing::WriterKeys, raws: &[Raw]) -> Vec<Prepared> {
-    let decoded: Vec<_> = raws.iter().map(decode_event).collect();
-    let signed: Vec<_> = raws
-        .iter()
-        .zip(&decoded)
-        .filter(|(_, d)| d.is_ok())
-        .map(|(raw, _)| im_streams::signing::Signed {
-            stream_seq: raw.seq,
-            header: signature_of(raw),
-            payload: &raw.payload,
-        })
-        .collect();
-    let mut verdicts = keys.check_many(&signed).into_iter();
     raws.iter()
-        .zip(decoded)
-        .map(|(raw, decoded)| Prepared {
-            signed: match decoded {
-                Ok(_) => verdicts.next().expect("one verdict per decoded event"),
+        .map(|raw| {
+            let decoded = decode_event(raw);
+            let signed = match decoded {
+                Ok(_) => keys.check_at(raw.seq, signature_of(raw), &raw.payload),
                 Err(_) => Ok(()),
-            },
-            decoded,
-            hash: payload_hash(&raw.payload),
+            };
+            Prepared {
+                decoded,
+                signed,
+                hash: payload_hash(&raw.payload),
+            }
         })
         .collect()
 }

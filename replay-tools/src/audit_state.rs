@@ -26,6 +26,8 @@ pub enum StateError {
     TooNew(u32),
     #[error("the state's digest is {found}, not the {expected} expected")]
     NotTheExpected { expected: String, found: String },
+    #[error("the state of conversation {0:?} is not a conversation's rules state")]
+    NotAState(String),
 }
 
 /// Where an audit stands, as `save` records it beside the auditor's own
@@ -86,13 +88,14 @@ impl ConvAudit {
         }
     }
 
-    fn restore(saved: v1::AuditedConversation) -> ConvAudit {
+    fn restore(saved: v1::AuditedConversation) -> Result<ConvAudit, StateError> {
         let conv = saved.conversation_id;
-        let state = saved
-            .state
-            .and_then(|wire| im_streams::snapshot::from_wire(&conv, wire))
-            .unwrap_or_else(|| ConvState::empty(conv.clone()));
-        ConvAudit {
+        let state = match saved.state {
+            None => ConvState::empty(conv.clone()),
+            Some(wire) => im_streams::snapshot::from_wire(&conv, wire)
+                .ok_or_else(|| StateError::NotAState(conv.clone()))?,
+        };
+        Ok(ConvAudit {
             state: Some(state),
             commands: saved
                 .commands
@@ -103,7 +106,7 @@ impl ConvAudit {
             people_opened: uncommand(saved.people_opened),
             last: uncommand(saved.last),
             events: saved.events,
-        }
+        })
     }
 }
 
@@ -112,12 +115,8 @@ impl Auditor {
     /// `position`.
     pub fn save(&self, position: &Position) -> v1::AuditState {
         v1::AuditState {
-            format: STATE_FORMAT,
-            last_seq: position.last_seq,
-            last_payload_hash: position.last_payload_hash.to_vec(),
-            events: position.events,
-            chain_digest: position.chain_digest.clone(),
             conversations: self.convs.iter().map(|(c, a)| a.save(c)).collect(),
+            ..self.save_empty(position)
         }
     }
 
@@ -139,8 +138,8 @@ impl Auditor {
         let convs = saved
             .conversations
             .into_iter()
-            .map(|c| (c.conversation_id.clone(), ConvAudit::restore(c)))
-            .collect();
+            .map(|c| Ok((c.conversation_id.clone(), ConvAudit::restore(c)?)))
+            .collect::<Result<_, StateError>>()?;
         let auditor = Auditor {
             convs,
             keys,
@@ -152,10 +151,41 @@ impl Auditor {
 
 /// A state's file contents: its bytes, then their sha256.
 pub fn to_file(state: &v1::AuditState) -> Vec<u8> {
-    let mut bytes = prost::Message::encode_to_vec(state);
+    with_digest(prost::Message::encode_to_vec(state))
+}
+
+fn with_digest(mut bytes: Vec<u8>) -> Vec<u8> {
     let digest = Sha256::digest(&bytes);
     bytes.extend_from_slice(&digest);
     bytes
+}
+
+impl Auditor {
+    /// `to_file(&self.save(position))`, encoded a conversation at a time:
+    /// the state is held once, as bytes, not also as one message.
+    pub fn save_to_file(&self, position: &Position) -> Vec<u8> {
+        let head = v1::AuditState {
+            conversations: Vec::new(),
+            ..self.save_empty(position)
+        };
+        let mut bytes = prost::Message::encode_to_vec(&head);
+        for (conv, audit) in &self.convs {
+            // Field 6 of `AuditState`: `conversations`, each a message.
+            prost::encoding::message::encode(6, &audit.save(conv), &mut bytes);
+        }
+        with_digest(bytes)
+    }
+
+    fn save_empty(&self, position: &Position) -> v1::AuditState {
+        v1::AuditState {
+            format: STATE_FORMAT,
+            last_seq: position.last_seq,
+            last_payload_hash: position.last_payload_hash.to_vec(),
+            events: position.events,
+            chain_digest: position.chain_digest.clone(),
+            conversations: Vec::new(),
+        }
+    }
 }
 
 /// The digest that ends a state file (hex), to note down and hand to the

@@ -526,7 +526,8 @@ fn audit_split(raws: &[Raw], split: Option<usize>) -> (Vec<String>, Report) {
     for (i, r) in raws.iter().enumerate() {
         if Some(i) == split {
             let position = state::Position::default();
-            let file = state::to_file(&a.save(&position));
+            let file = a.save_to_file(&position);
+            assert_eq!(file, state::to_file(&a.save(&position)));
             let saved = state::from_file(&file, Some(&state::file_digest(&file))).unwrap();
             a = Auditor::restore(saved, Default::default()).unwrap().0;
             first = i;

@@ -3,6 +3,9 @@
 //! stderr). Filters combine (all must match).
 
 use std::io::Write;
+use std::sync::Arc;
+
+use futures::StreamExt;
 
 use im_schema::v1::{self, conv_event::Kind};
 use serde_json::json;
@@ -185,36 +188,26 @@ async fn decode(
     }
 }
 
-/// Where rows go: JSON lines or CSV, buffered.
-enum Output<W: Write> {
-    Json(std::io::BufWriter<W>),
-    Csv(Box<csv::Writer<W>>),
-}
+/// The CSV columns, in order.
+const CSV_HEADER: [&str; 10] = [
+    "stream",
+    "seq",
+    "time",
+    "subject",
+    "conversation_id",
+    "conv_seq",
+    "actor",
+    "event_type",
+    "client_msg_id",
+    "event",
+];
 
-impl<W: Write> Output<W> {
-    fn new(format: Format, to: W) -> anyhow::Result<Self> {
-        if format != Format::Csv {
-            return Ok(Output::Json(std::io::BufWriter::new(to)));
-        }
-        let mut w = csv::Writer::from_writer(to);
-        w.write_record([
-            "stream",
-            "seq",
-            "time",
-            "subject",
-            "conversation_id",
-            "conv_seq",
-            "actor",
-            "event_type",
-            "client_msg_id",
-            "event",
-        ])?;
-        Ok(Output::Csv(Box::new(w)))
-    }
-
-    fn write(&mut self, raw: &Raw, row: Row) -> anyhow::Result<()> {
-        match self {
-            Output::Csv(w) => w.write_record([
+/// Appends one row, as a JSON line or a CSV record, to `out`.
+fn write_row(format: Format, out: &mut Vec<u8>, raw: &Raw, row: Row) -> anyhow::Result<()> {
+    match format {
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record([
                 raw.stream.clone(),
                 raw.seq.to_string(),
                 super::format_time(raw.time),
@@ -225,34 +218,79 @@ impl<W: Write> Output<W> {
                 row.event_type,
                 row.client_msg_id,
                 row.event.to_string(),
-            ])?,
-            Output::Json(out) => {
-                let headers: serde_json::Map<String, serde_json::Value> = raw
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), json!(v)))
-                    .collect();
-                let line = json!({
-                    "stream": raw.stream,
-                    "seq": raw.seq,
-                    "time": super::format_time(raw.time),
-                    "subject": raw.subject,
-                    "headers": headers,
-                    "event": row.event,
-                });
-                writeln!(out, "{line}")?;
-            }
+            ])?;
+            w.flush()?;
         }
-        Ok(())
+        Format::Jsonl => {
+            let headers: serde_json::Map<String, serde_json::Value> = raw
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            let line = json!({
+                "stream": raw.stream,
+                "seq": raw.seq,
+                "time": super::format_time(raw.time),
+                "subject": raw.subject,
+                "headers": headers,
+                "event": row.event,
+            });
+            serde_json::to_writer(&mut *out, &line)?;
+            out.push(b'\n');
+        }
     }
+    Ok(())
+}
 
-    fn finish(&mut self) -> anyhow::Result<()> {
-        match self {
-            Output::Csv(w) => w.flush()?,
-            Output::Json(out) => out.flush()?,
+/// Events formatted per task: enough to spread over the cores, few
+/// enough that the chunks in flight stay small (~1 MB each read, a few
+/// MB written).
+pub const FORMAT_CHUNK: usize = 1_024;
+
+/// What every chunk is formatted with.
+struct Formatting {
+    format: Format,
+    until: Option<time::OffsetDateTime>,
+    user: Option<String>,
+    keys: Option<Arc<im_streams::content::ContentKeys>>,
+}
+
+/// A chunk's rows, ready to write in stream order, and what did not
+/// decode.
+struct Formatted {
+    bytes: Vec<u8>,
+    written: u64,
+    undecodable: Vec<String>,
+}
+
+/// Formats a chunk of events (on any worker: chunks run side by side).
+async fn format_chunk(chunk: Vec<Raw>, with: Arc<Formatting>) -> anyhow::Result<Formatted> {
+    let mut out = Formatted {
+        bytes: Vec::with_capacity(chunk.len() * 512),
+        written: 0,
+        undecodable: Vec::new(),
+    };
+    for raw in &chunk {
+        if with.until.is_some_and(|u| raw.time > u) {
+            continue;
         }
-        Ok(())
+        let (row, conv_event) = match decode(raw, with.keys.as_deref()).await? {
+            Ok(r) => r,
+            Err(e) => {
+                let what = format!(
+                    "export: {} seq {} does not decode: {e}",
+                    raw.stream, raw.seq
+                );
+                out.undecodable.push(what);
+                continue;
+            }
+        };
+        if about(with.user.as_ref(), &row, conv_event.as_ref()) {
+            out.written += 1;
+            write_row(with.format, &mut out.bytes, raw, row)?;
+        }
     }
+    Ok(out)
 }
 
 /// Whether a decoded row is about `user` (when the export is limited to
@@ -304,8 +342,22 @@ pub async fn run_to(args: ExportArgs, to: impl Write) -> anyhow::Result<()> {
         to_seq: args.to_seq.unwrap_or(0),
         since,
     };
-    let mut out = Output::new(args.format, to)?;
+    let mut out = std::io::BufWriter::new(to);
+    if args.format == Format::Csv {
+        let mut w = csv::Writer::from_writer(&mut out);
+        w.write_record(CSV_HEADER)?;
+        w.flush()?;
+    }
+    let with = Arc::new(Formatting {
+        format: args.format,
+        until,
+        user: args.user.clone(),
+        keys,
+    });
     let bar = super::progress_bar("export");
+    let started = std::time::Instant::now();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut pending = futures::stream::FuturesOrdered::new();
     let (mut read, mut written) = (0u64, 0u64);
     for stream in streams {
         let filters = match &args.conv {
@@ -317,29 +369,49 @@ pub async fn run_to(args: ExportArgs, to: impl Write) -> anyhow::Result<()> {
         };
         let mut reader = Reader::open(&js, stream, filters, &bounds).await?;
         bar.set_length(bar.position() + reader.remaining);
-        while let Some(raw) = reader.next().await? {
-            read += 1;
-            bar.inc(1);
-            if until.is_some_and(|u| raw.time > u) {
-                continue;
+        loop {
+            let mut chunk = Vec::with_capacity(FORMAT_CHUNK);
+            while chunk.len() < FORMAT_CHUNK {
+                let Some(raw) = reader.next().await? else {
+                    break;
+                };
+                chunk.push(raw);
             }
-            let (row, conv_event) = match decode(&raw, keys.as_deref()).await? {
-                Ok(r) => r,
-                Err(e) => {
-                    bar.suspend(|| {
-                        eprintln!("export: {stream} seq {} does not decode: {e}", raw.seq)
-                    });
-                    continue;
-                }
-            };
-            if about(args.user.as_ref(), &row, conv_event.as_ref()) {
-                written += 1;
-                out.write(&raw, row)?;
+            if chunk.is_empty() {
+                break;
+            }
+            read += chunk.len() as u64;
+            bar.inc(chunk.len() as u64);
+            pending.push_back(tokio::spawn(format_chunk(chunk, with.clone())));
+            // One chunk per core formats while the next is read.
+            while pending.len() > cores {
+                written += write_formatted(&mut out, &bar, pending.next().await)?;
             }
         }
     }
-    out.finish()?;
+    while !pending.is_empty() {
+        written += write_formatted(&mut out, &bar, pending.next().await)?;
+    }
+    out.flush()?;
     bar.finish_and_clear();
-    eprintln!("export: {written} of {read} events read");
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "export: {written} of {read} events read in {secs:.1} s ({:.0} events/s)",
+        read as f64 / secs.max(1e-9)
+    );
     Ok(())
+}
+
+/// Writes a formatted chunk (the next in stream order); its rows.
+fn write_formatted(
+    out: &mut impl Write,
+    bar: &indicatif::ProgressBar,
+    done: Option<Result<anyhow::Result<Formatted>, tokio::task::JoinError>>,
+) -> anyhow::Result<u64> {
+    let formatted = done.expect("a chunk is pending")??;
+    for what in &formatted.undecodable {
+        bar.suspend(|| eprintln!("{what}"));
+    }
+    out.write_all(&formatted.bytes)?;
+    Ok(formatted.written)
 }

@@ -6,7 +6,8 @@
 //! saved again, so a nightly audit reads only the new events.
 //!
 //! Read and check run side by side: the reader hands the events on in
-//! chunks, each chunk is decoded, its signatures verified as a batch and
+//! chunks, each chunk is decoded, its signatures verified (one by one, as
+//! writers verify them: `audit::prepare`) and
 //! its payloads hashed on the blocking pool (one chunk per core at once),
 //! and the ordered checks (chain, rules, commands) take the chunks in
 //! stream order.
@@ -51,8 +52,8 @@ pub struct VerifyArgs {
 }
 
 /// Events decoded, verified and hashed per job on the blocking pool:
-/// enough for ed25519 batch verification to pay (it gains little past a
-/// few hundred signatures), few enough that a job is milliseconds.
+/// enough that a job's hand-off costs nothing beside its work, few
+/// enough that a job is tens of milliseconds.
 pub const PREPARE_CHUNK: usize = 1_024;
 
 /// Chunks read ahead of the checks, besides those being prepared: the
@@ -239,12 +240,19 @@ async fn still_holds(
     Ok(())
 }
 
-/// Writes the state beside its file, then moves it over: a run stopped
-/// halfway leaves the last state whole. Its digest.
-fn save_state(path: &std::path::Path, saved: &im_schema::v1::AuditState) -> anyhow::Result<String> {
-    let file = state::to_file(saved);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &file).with_context(|| format!("writing {}", tmp.display()))?;
+/// Writes the state beside its file (a name of this process's own), makes
+/// it durable, then moves it over: a run stopped or crashed halfway leaves
+/// the last state whole. Its digest.
+fn save_state(path: &std::path::Path, file: Vec<u8>) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    let name = path.file_name().context("a state file name")?;
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let mut out =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    out.write_all(&file)?;
+    out.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(state::file_digest(&file))
 }
@@ -293,7 +301,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
             0 => position.clone(),
             last => position.after(&report, last, run.last_hash),
         };
-        let digest = save_state(path, &auditor.save(&at))?;
+        let digest = save_state(path, auditor.save_to_file(&at))?;
         eprintln!(
             "verify: audit state saved to {} up to IM_CONV seq {} (digest {digest})",
             path.display(),

@@ -1,4 +1,4 @@
-//! `imctl bench [ingest|fanout|rebuild|connections|latency|cold|scale|biggroup|search|notify|content|all] [--quick]`:
+//! `imctl bench [ingest|fanout|rebuild|audit|connections|latency|cold|scale|biggroup|search|notify|content|all] [--quick]`:
 //! the load generator. Each sub-benchmark starts its own stack (`imctl up`
 //! as a child process, see `stack.rs`), measures the system and, in the same
 //! run against the same nats-server, the raw baseline it is compared with.
@@ -8,6 +8,7 @@
 //! Every figure is expected to be positive: a zero or non-finite one fails
 //! the run (which is what `--quick` in CI checks).
 
+pub mod audit;
 pub mod biggroup;
 pub mod cas;
 pub mod cold;
@@ -37,6 +38,7 @@ pub enum Which {
     Ingest,
     Fanout,
     Rebuild,
+    Audit,
     Connections,
     Latency,
     Cold,
@@ -69,7 +71,8 @@ pub struct BenchArgs {
     /// them [default: 2000, quick 50].
     #[arg(long)]
     pub fanout_messages: Option<u64>,
-    /// Events in the log the rebuild folds [default: 1000000, quick 20000].
+    /// Events in the log the rebuild folds and the audit reads [default:
+    /// 1000000, quick 20000].
     #[arg(long)]
     pub events: Option<u64>,
     /// Events in the conversation a cold writer takes up [default: 200000,
@@ -175,6 +178,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Ingest,
             Which::Fanout,
             Which::Rebuild,
+            Which::Audit,
             Which::Connections,
             Which::Latency,
             Which::Cold,
@@ -195,6 +199,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Ingest => ingest::run(&size).await,
             Which::Fanout => fanout::run(&size).await,
             Which::Rebuild => rebuild::run(&size).await,
+            Which::Audit => audit::run(&size).await,
             Which::Connections => connections::run(&size).await,
             Which::Latency => latency::run(&size).await,
             Which::Cold => cold::run(&size).await,

@@ -181,7 +181,7 @@ pub(crate) async fn timed_imctl(stack: &Stack, args: &[&str]) -> anyhow::Result<
 }
 
 /// Reads the whole stream with an ordered consumer; the messages read.
-async fn raw_read(js: &jetstream::Context, last: u64) -> anyhow::Result<u64> {
+pub(crate) async fn raw_read(js: &jetstream::Context, last: u64) -> anyhow::Result<u64> {
     let stream = js.get_stream(CONV_STREAM).await?;
     let consumer = stream
         .create_consumer(OrderedConfig {
