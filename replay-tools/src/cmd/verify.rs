@@ -6,11 +6,10 @@
 //! saved again, so a nightly audit reads only the new events.
 //!
 //! Read and check run side by side: the reader hands the events on in
-//! chunks, each chunk is decoded, its signatures verified (one by one, as
-//! writers verify them: `audit::prepare`) and
-//! its payloads hashed on the blocking pool (one chunk per core at once),
-//! and the ordered checks (chain, rules, commands) take the chunks in
-//! stream order.
+//! chunks; each chunk is decoded, its signatures verified (one by one, as
+//! writers verify them) and its payloads hashed on the blocking pool
+//! (`audit::prepare`, one chunk per core at once); the ordered checks
+//! (chain, rules, commands) take the chunks in stream order.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -120,8 +119,8 @@ async fn read_chunks(
     Ok(())
 }
 
-/// What a run saw: its range, the last event's payload hash, and how long
-/// it took.
+/// What a run saw: its range, the last event's payload hash, and its
+/// violations.
 struct Run {
     first: u64,
     last: u64,
