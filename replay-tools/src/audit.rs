@@ -174,11 +174,6 @@ impl Auditor {
             ..Default::default()
         }
     }
-
-    /// The keys, to learn one an event names before it is checked.
-    pub fn keys_mut(&mut self) -> &mut im_streams::signing::WriterKeys {
-        &mut self.keys
-    }
 }
 
 /// The event of an IM_CONV message, whose header and subject agree with

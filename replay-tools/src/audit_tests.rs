@@ -478,6 +478,21 @@ fn a_bulk_adds_parts_are_one_command_and_its_id_is_not_reused_later() {
     );
 }
 
+/// The first event a command makes in a new people log (its creation),
+/// without the command's own event: what a writer killed between the two
+/// leaves.
+fn creation_alone(conv: &str, actor: &str, id: &str, action: Action) -> v1::ConvEvent {
+    let cmd = Command {
+        actor: actor.into(),
+        client_msg_id: id.into(),
+        action,
+    };
+    let empty = ConvState::empty(conv);
+    seal(&empty, decide(&empty, &cmd, 1_000).unwrap())
+        .remove(0)
+        .event
+}
+
 /// A people log's creation stored, its command's event not (a writer
 /// killed between them): another's command comes next, then the retry
 /// completes it. Not a violation: a creation alone is an empty log.
@@ -486,14 +501,7 @@ fn a_people_logs_creation_may_be_completed_after_anothers_command() {
     let mut log = Log::default();
     let pair = im_streams::ids::pair_log_id("amy", "bo").unwrap();
     let block = Action::BlockUser { user: "bo".into() };
-    let cmd = Command {
-        actor: "amy".into(),
-        client_msg_id: "a1".into(),
-        action: block.clone(),
-    };
-    let empty = ConvState::empty(pair.clone());
-    let creation = seal(&empty, decide(&empty, &cmd, 1_000).unwrap()).remove(0);
-    log.append(creation.event);
+    log.append(creation_alone(&pair, "amy", "a1", block.clone()));
     assert!(log.audit().is_ok(), "a creation alone");
     log.run(
         &pair,
@@ -557,17 +565,7 @@ fn eventful() -> Log {
     log.forge(ev);
     let pair = im_streams::ids::pair_log_id("amy", "bo").unwrap();
     let block = Action::BlockUser { user: "bo".into() };
-    let cmd = Command {
-        actor: "amy".into(),
-        client_msg_id: "a1".into(),
-        action: block.clone(),
-    };
-    let empty = ConvState::empty(pair.clone());
-    log.append(
-        seal(&empty, decide(&empty, &cmd, 1_000).unwrap())
-            .remove(0)
-            .event,
-    );
+    log.append(creation_alone(&pair, "amy", "a1", block.clone()));
     log.run(
         &pair,
         "bo",

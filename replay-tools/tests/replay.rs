@@ -96,6 +96,30 @@ fn json_of<M: serde::Serialize>(m: &M) -> serde_json::Value {
     serde_json::from_str(&im_schema::to_json(m)).unwrap()
 }
 
+/// A text message by `actor` chained onto `state` as a writer would
+/// chain it, whatever the rules say of it.
+fn chained_text(
+    state: &im_streams::ConvState,
+    actor: &str,
+    id: &str,
+    text: &str,
+) -> im_streams::seal::Sealed {
+    let event = v1::ConvEvent {
+        conversation_id: state.conv_id.clone(),
+        actor: actor.into(),
+        at_ms: 1,
+        client_msg_id: id.into(),
+        schema_version: im_schema::SCHEMA_VERSION,
+        kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
+            sealed: None,
+            body: Some(v1::message_sent::Body::Text(text.into())),
+            meta: Default::default(),
+        })),
+        ..Default::default()
+    };
+    im_streams::seal::seal(state, vec![event]).remove(0)
+}
+
 /// Publishes a conversation event straight to its subject, around the
 /// append path, with the headers a writer would set.
 async fn forge(client: &async_nats::Client, ev: &v1::ConvEvent) -> u64 {
@@ -650,22 +674,7 @@ async fn verify_names_unsigned_and_unknown_signers() {
     );
 
     // Around the writers: the right link, no signature.
-    let next = |state: &im_streams::ConvState, id: &str| {
-        let event = v1::ConvEvent {
-            conversation_id: "club".into(),
-            actor: "amy".into(),
-            at_ms: 1,
-            client_msg_id: id.into(),
-            schema_version: im_schema::SCHEMA_VERSION,
-            kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
-                sealed: None,
-                body: Some(v1::message_sent::Body::Text("forged".into())),
-                meta: Default::default(),
-            })),
-            ..Default::default()
-        };
-        im_streams::seal::seal(state, vec![event]).remove(0)
-    };
+    let next = |state: &im_streams::ConvState, id: &str| chained_text(state, "amy", id, "forged");
     let state = app.current_state("club").await.unwrap();
     let forged = next(&state, "f1");
     let seq = forge(&client, &forged.event).await;
@@ -974,25 +983,7 @@ async fn verify_takes_the_audit_up_from_its_saved_state() {
     // A forged event after the saved position is named by the next run,
     // which then leaves the state where it was.
     let state = app.current_state("night").await.unwrap();
-    let mut ev = im_streams::seal::seal(
-        &state,
-        vec![v1::ConvEvent {
-            conversation_id: "night".into(),
-            actor: "mallory".into(),
-            at_ms: 1,
-            client_msg_id: "x".into(),
-            schema_version: im_schema::SCHEMA_VERSION,
-            kind: Some(v1::conv_event::Kind::MessageSent(v1::MessageSent {
-                sealed: None,
-                body: Some(v1::message_sent::Body::Text("not a member".into())),
-                meta: Default::default(),
-            })),
-            ..Default::default()
-        }],
-    )
-    .remove(0)
-    .event;
-    ev.actor = "mallory".into();
+    let ev = chained_text(&state, "mallory", "x", "not a member").event;
     let client = async_nats::connect(&url).await.unwrap();
     let seq = forge(&client, &ev).await;
     let (code, out, _) = replay_code(&["verify", "--state", state_arg, "--nats-url", &url]);

@@ -71,11 +71,8 @@ async fn timed_replay(url: &str, args: &[&str]) -> anyhow::Result<(f64, u64)> {
 }
 
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
-    let server = im_testkit::NatsServer::start().await?;
+    let (server, client, js) = super::bare_server().await?;
     let url = server.url();
-    let client = async_nats::connect(&url).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    im_streams::apply_streams(&js, &Default::default()).await?;
     let started = Instant::now();
     seed(&js, size.events).await?;
     let last = super::probe::conv_last_seq(&client).await?;

@@ -91,6 +91,20 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// A bare nats-server of the benchmark's own with the streams applied (no
+/// stack: nothing folds what is written there), its client and context.
+pub async fn bare_server() -> anyhow::Result<(
+    im_testkit::NatsServer,
+    async_nats::Client,
+    async_nats::jetstream::Context,
+)> {
+    let server = im_testkit::NatsServer::start().await?;
+    let client = async_nats::connect(&server.url()).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    im_streams::apply_streams(&js, &Default::default()).await?;
+    Ok((server, client, js))
+}
+
 /// The sizes of one run, from the flags.
 #[derive(Clone, Debug)]
 pub struct Size {

@@ -92,11 +92,8 @@ impl Drop for Member {
 }
 
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
-    let server = im_testkit::NatsServer::start().await?;
+    let (server, client, js) = super::bare_server().await?;
     let url = server.url();
-    let client = async_nats::connect(&url).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    im_streams::apply_streams(&js, &Default::default()).await?;
     let events = (size.events / 5).max(2_000);
     eprintln!("scale: seeding {events} events");
     super::rebuild::seed_with(&js, events, EVENTS_PER_CONV).await?;
