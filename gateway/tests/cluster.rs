@@ -88,6 +88,7 @@ async fn everything_is_r3_and_starts_with_a_node_down() {
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: true,
             store_faults: None,
+            store_engine: Default::default(),
             serves: im_projectors::Serves::Clients,
             lease: None,
             projections: None,

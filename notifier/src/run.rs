@@ -177,6 +177,7 @@ fn run_projector(
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
         fanout: false,
         store_faults: None,
+        store_engine: Default::default(),
         serves: Serves::OwnerOnly,
         lease: None,
         projections: Some(vec![

@@ -26,6 +26,7 @@ pub mod repair;
 pub mod runner;
 pub mod search;
 pub mod store;
+pub mod store_fjall;
 pub mod supervisor;
 pub mod tx;
 

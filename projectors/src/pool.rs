@@ -784,6 +784,7 @@ impl Pool {
             fanout_threshold: self.config.fanout_threshold,
             fanout: owner,
             store_faults: None,
+            store_engine: Default::default(),
             serves: match owner {
                 true => Serves::Clients,
                 false => Serves::OwnerOnly,

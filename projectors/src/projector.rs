@@ -9,7 +9,7 @@ use crate::projections;
 use crate::query::{self, QueryContext};
 use crate::rebuild::{self, Rebuilds};
 use crate::runner::{ProjectionState, RunError, RunnerConfig};
-use crate::store::{SledStore, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The instance name every tool assumes unless told (`--instance`,
 /// `IM_PROJECTOR_INSTANCE`): `im-projector`, `imctl up`'s projector and
@@ -31,6 +31,9 @@ pub struct ProjectorConfig {
     pub fanout: bool,
     /// Makes the store's writes fail as a full disk does (tests).
     pub store_faults: Option<Arc<crate::store::StoreFaults>>,
+    /// The engine a new store is made in (an existing one is opened in
+    /// its own, or refused when it is another).
+    pub store_engine: crate::store::Engine,
     pub serves: Serves,
     /// A unit of the pool (`lease.rs`): owner or follower of its one
     /// partition; None for pinned partitions.
@@ -161,7 +164,7 @@ pub static STORAGE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::Ato
 /// (`<dir>.quarantined-<unix seconds>`) and a fresh one is opened, which
 /// the pipeline folds from the log's start: never a crash loop on a store
 /// that will not open.
-fn open_or_quarantine(config: &ProjectorConfig) -> Result<SledStore, ProjectorError> {
+fn open_or_quarantine(config: &ProjectorConfig) -> Result<Store, ProjectorError> {
     let store = open_trusted(config)?;
     if !outdated(&store)? {
         return Ok(store);
@@ -187,7 +190,7 @@ pub const STORE_FORMAT: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format";
 
 /// Whether the store holds read models of an older layout.
-fn outdated(store: &SledStore) -> Result<bool, ProjectorError> {
+fn outdated(store: &Store) -> Result<bool, ProjectorError> {
     let meta = store.keyspace("meta")?;
     Ok(match meta.get(FORMAT_KEY)? {
         Some(v) => v.try_into().map_or(0, u32::from_be_bytes) < STORE_FORMAT,
@@ -196,15 +199,19 @@ fn outdated(store: &SledStore) -> Result<bool, ProjectorError> {
 }
 
 /// Opens the store; one whose files cannot be trusted is moved aside.
-fn open_trusted(config: &ProjectorConfig) -> Result<SledStore, ProjectorError> {
-    match SledStore::open_with(&config.data_dir, config.store_faults.clone()) {
+fn open_trusted(config: &ProjectorConfig) -> Result<Store, ProjectorError> {
+    let open = || {
+        Store::open_engine(
+            &config.data_dir,
+            config.store_faults.clone(),
+            config.store_engine,
+        )
+    };
+    match open() {
         Err(e) if e.is_corruption() => {
             let aside = quarantine(&config.data_dir)?;
             tracing::error!(store = %config.data_dir.display(), quarantined = %aside.display(), error = %e, "store will not open: quarantined, rebuilding from the log");
-            Ok(SledStore::open_with(
-                &config.data_dir,
-                config.store_faults.clone(),
-            )?)
+            Ok(open()?)
         }
         other => Ok(other?),
     }
@@ -299,7 +306,7 @@ fn store_partitions_fit(
 
 /// Every projection's current generation, opened, with its checkpoints.
 fn open_feeds(
-    store: &SledStore,
+    store: &Store,
     meta: &dyn crate::store::Keyspace,
     config: &ProjectorConfig,
 ) -> Result<Feeds, ProjectorError> {

@@ -25,6 +25,7 @@ fn config(dir: &std::path::Path, faults: Option<Arc<StoreFaults>>) -> ProjectorC
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
         fanout: true,
         store_faults: faults,
+        store_engine: Default::default(),
         serves: im_projectors::Serves::Clients,
         lease: None,
         projections: None,
@@ -318,7 +319,7 @@ fn a_quarantine_takes_no_room_even_on_a_mount_point_or_a_full_disk() {
     let again = im_projectors::projector::quarantine(&store).unwrap();
     assert!(again.join("filler").is_file(), "{again:?}");
     drop(_disk);
-    im_projectors::store::SledStore::open(&store).unwrap();
+    im_projectors::store::Store::open(&store).unwrap();
     // Out of inodes: not even a folder can be made; the store goes.
     let tight = dir.path().join("tight");
     std::fs::create_dir(&tight).unwrap();
@@ -342,7 +343,7 @@ async fn a_store_still_held_is_waited_for_and_then_opened() {
     s.create("g1", &[("bob", Role::Member)]).await;
     let (last, _) = s.send("g1", "bob", "hi").await;
     let dir = tempfile::tempdir().unwrap();
-    let held = im_projectors::store::SledStore::open(dir.path()).unwrap();
+    let held = im_projectors::store::Store::open(dir.path()).unwrap();
     let clients = Clients {
         consume: s.client.clone(),
         publish: s.client.clone(),

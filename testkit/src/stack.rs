@@ -145,6 +145,7 @@ impl Stack {
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: true,
             store_faults: None,
+            store_engine: Default::default(),
             serves: im_projectors::Serves::Clients,
             lease: None,
             projections: None,

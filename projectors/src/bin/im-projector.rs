@@ -17,9 +17,13 @@ struct Args {
     /// deliveries and answers are opened with it (docs/privacy.md).
     #[command(flatten)]
     kek: im_streams::content::KekArgs,
-    /// The sled store of this instance.
+    /// The store of this instance.
     #[arg(long, env = "IM_PROJECTOR_DATA_DIR", default_value = "data/projector")]
     data_dir: PathBuf,
+    /// The engine a new store is made in: sled (the default) or fjall
+    /// (being measured, BENCHMARKS.md); an existing one keeps its own.
+    #[arg(long, env = "IM_STORE_ENGINE", default_value = "sled")]
+    store_engine: im_projectors::store::Engine,
     /// Unique per store: names its consumers and query subject.
     #[arg(long, env = "IM_PROJECTOR_INSTANCE", default_value = im_projectors::DEFAULT_INSTANCE)]
     instance: String,
@@ -70,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         fanout_threshold: args.fanout_threshold,
         fanout: !args.no_fanout,
         store_faults: None,
+        store_engine: args.store_engine,
         serves: im_projectors::Serves::Clients,
         lease: None,
         projections: None,

@@ -21,7 +21,7 @@ use im_schema::v1;
 
 use crate::projections::Projection;
 use crate::runner::{Applied, ProjectionState, RunError, RunnerConfig, Source, BATCH_MAX};
-use crate::store::{Keyspace, SledStore, StoreError};
+use crate::store::{Keyspace, Store, StoreError};
 
 mod fold;
 mod read;
@@ -71,7 +71,7 @@ pub fn generation(meta: &dyn Keyspace, projection: &str) -> Result<u64, StoreErr
 
 /// Drops every keyspace of the projection but the serving one: what an
 /// interrupted rebuild or a swap cut short by a crash left behind.
-pub fn drop_leftovers(store: &SledStore, projection: &str, serving: u64) -> Result<(), StoreError> {
+pub fn drop_leftovers(store: &Store, projection: &str, serving: u64) -> Result<(), StoreError> {
     let keep = keyspace_name(projection, serving);
     let prefix = format!("{projection}.g");
     for name in store.keyspace_names() {
@@ -151,7 +151,7 @@ pub enum RebuildError {
 /// The rebuilds of one projector instance: at most one per projection.
 pub struct Rebuilds {
     client: async_nats::Client,
-    store: SledStore,
+    store: Store,
     meta: Arc<dyn Keyspace>,
     cfg: Arc<RunnerConfig>,
     jobs: Mutex<BTreeMap<&'static str, Arc<Job>>>,
@@ -162,7 +162,7 @@ pub struct Rebuilds {
 impl Rebuilds {
     pub fn new(
         client: async_nats::Client,
-        store: SledStore,
+        store: Store,
         meta: Arc<dyn Keyspace>,
         cfg: Arc<RunnerConfig>,
     ) -> Self {
@@ -177,7 +177,7 @@ impl Rebuilds {
     }
 
     /// The instance's store.
-    pub fn store(&self) -> &SledStore {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 
@@ -477,7 +477,7 @@ mod tests {
     #[test]
     fn a_restart_keeps_only_the_serving_generation() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         for name in [
             "history",
             "history.g1",

@@ -95,6 +95,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
             fanout: false,
             store_faults: None,
+            store_engine: Default::default(),
             serves: im_projectors::Serves::OwnerOnly,
             lease: None,
             projections: None,

@@ -117,6 +117,10 @@ pub struct UpArgs {
     /// in `<data dir>/kek` (docs/privacy.md).
     #[arg(long, env = "IM_PLAIN_CONTENT")]
     pub plain_content: bool,
+    /// The engine a new projector store is made in: sled (the default) or
+    /// fjall (being measured, BENCHMARKS.md).
+    #[arg(long, env = "IM_STORE_ENGINE", default_value = "sled")]
+    pub store_engine: im_projectors::store::Engine,
     /// Data keys per epoch of this many seconds: the grain of retention.
     #[arg(long, env = "IM_CONTENT_EPOCH_SECS", default_value_t = 86_400)]
     pub content_epoch_secs: u64,

@@ -103,6 +103,7 @@ async fn in_process(nats: &NatsArgs, args: &UpArgs, kek: &KekArgs) -> anyhow::Re
         fanout_threshold: args.fanout_threshold,
         fanout: true,
         store_faults: None,
+        store_engine: args.store_engine,
         serves: im_projectors::Serves::Clients,
         lease: None,
         projections: None,
