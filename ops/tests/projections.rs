@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use common::imctl;
 use std::process::Command;
 
+use im_projectors::store::Engine;
 use im_streams::{Action, Appender, Command as Cmd, MessageBody};
 
 /// `imctl projections verify --all` of instance "main": (exit code, stdout).
@@ -69,8 +70,18 @@ fn verify_that_cannot_run_exits_two() {
 /// writer; `sends` messages between ann and ben. Returns the stack and the
 /// last stream seq.
 async fn stack(sends: usize) -> (im_testkit::Stack, im_projectors::Projector, String, u64) {
+    stack_on(sends, Engine::Sled).await
+}
+
+/// The same, the projector's store kept by `engine`.
+async fn stack_on(
+    sends: usize,
+    engine: Engine,
+) -> (im_testkit::Stack, im_projectors::Projector, String, u64) {
     let mut kit = im_testkit::Stack::start().await;
-    let projector = kit.main_projector().await;
+    let mut config = kit.projector_config(im_projectors::DEFAULT_INSTANCE);
+    config.store_engine = engine;
+    let projector = kit.projector(config).await;
     let app = kit.appender().await;
     let conv = im_streams::subjects::direct_conversation_id("ann", "ben").unwrap();
     // People logs beside the chat, so every check below covers them too.
@@ -469,7 +480,18 @@ fn generations(projector: &im_projectors::Projector) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rebuild_all_under_load_never_answers_older_state_and_matches_verify() {
-    let (kit, projector, conv, _) = stack(2_000).await;
+    rebuilt_under_load_on(Engine::Sled).await
+}
+
+/// The same on a fjall store; verify folds afresh on sled, so the digests
+/// it matches are sled's too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fjall_store_rebuilt_under_load_matches_a_fold_on_sled() {
+    rebuilt_under_load_on(Engine::Fjall).await
+}
+
+async fn rebuilt_under_load_on(engine: Engine) {
+    let (kit, projector, conv, _) = stack_on(2_000, engine).await;
     let server = &kit.server;
     let url = server.url();
     let client = async_nats::connect(&url).await.unwrap();

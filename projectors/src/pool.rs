@@ -87,6 +87,8 @@ pub struct PoolConfig {
     pub followers: usize,
     /// Every unit opens content with it (`ProjectorConfig::kek`).
     pub kek: im_streams::content::KekArgs,
+    /// The engine each unit's new store is made in.
+    pub store_engine: crate::store::Engine,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -784,7 +786,7 @@ impl Pool {
             fanout_threshold: self.config.fanout_threshold,
             fanout: owner,
             store_faults: None,
-            store_engine: Default::default(),
+            store_engine: self.config.store_engine,
             serves: match owner {
                 true => Serves::Clients,
                 false => Serves::OwnerOnly,

@@ -22,7 +22,7 @@ const CONVERSATIONS: usize = 256;
 /// `KILLS_MIN` kills land while it is still running.
 const WINDOW: u64 = EVENTS_MIN / (KILLS_MIN as u64 + 1);
 
-async fn spawn_projector(url: &str, dir: &std::path::Path) -> Proc {
+async fn spawn_projector(url: &str, dir: &std::path::Path, engine: &'static str) -> Proc {
     let (url, dir) = (url.to_string(), dir.to_path_buf());
     tokio::task::spawn_blocking(move || {
         let args = [
@@ -32,6 +32,8 @@ async fn spawn_projector(url: &str, dir: &std::path::Path) -> Proc {
             "crashy",
             "--partitions",
             "all",
+            "--store-engine",
+            engine,
         ];
         spawn_im_projector(&args, &dir, "im-projector: ready")
     })
@@ -41,6 +43,18 @@ async fn spawn_projector(url: &str, dir: &std::path::Path) -> Proc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_points_then_caught_up_equals_a_fresh_rebuild() {
+    sigkilled_on("sled").await
+}
+
+/// The same on a fjall store (`--store-engine fjall`), compared with a
+/// fresh fold on sled: fjall recovers from every kill, and its read
+/// models are sled's to the byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_on_a_fjall_store_then_caught_up_equals_a_fresh_fold_on_sled() {
+    sigkilled_on("fjall").await
+}
+
+async fn sigkilled_on(engine: &'static str) {
     let s = Stack::start().await;
     let url = s.server.url();
     let dir = tempfile::tempdir().unwrap();
@@ -53,7 +67,7 @@ async fn sigkill_at_random_points_then_caught_up_equals_a_fresh_rebuild() {
     for i in 0..CONVERSATIONS {
         s.create(&format!("k{i}"), &members).await;
     }
-    let mut child = spawn_projector(&url, dir.path()).await;
+    let mut child = spawn_projector(&url, dir.path(), engine).await;
     let kills_done = Arc::new(AtomicU64::new(0));
 
     // The ingest: writers own disjoint conversations (no CAS contention),
@@ -126,7 +140,7 @@ async fn sigkill_at_random_points_then_caught_up_equals_a_fresh_rebuild() {
         drop(child);
         kills += 1;
         kills_done.store(kills as u64, Ordering::Relaxed);
-        child = spawn_projector(&url, dir.path()).await;
+        child = spawn_projector(&url, dir.path(), engine).await;
     }
     let mut rcpt_last = 0;
     for w in writers {
@@ -220,7 +234,7 @@ async fn sigterm_mid_ingest_stops_cleanly_and_loses_nothing() {
     }
     let mut slowest = Duration::ZERO;
     for _ in 0..STOPS {
-        let child = spawn_projector(&url, dir.path()).await;
+        let child = spawn_projector(&url, dir.path(), "sled").await;
         tokio::time::sleep(Duration::from_millis(150)).await;
         let took = tokio::task::spawn_blocking(move || terminate(child))
             .await
@@ -243,7 +257,7 @@ async fn sigterm_mid_ingest_stops_cleanly_and_loses_nothing() {
     println!(
         "sigterm: {STOPS} stops, the slowest took {slowest:?}; conv {conv_last} rcpt {rcpt_last}"
     );
-    let child = spawn_projector(&url, dir.path()).await;
+    let child = spawn_projector(&url, dir.path(), "sled").await;
     wait_caught_up(&s.client, "crashy", conv_last, rcpt_last).await;
     let mut s = s;
     let _fresh = s.projector("fresh", None).await;

@@ -40,6 +40,12 @@ async fn join_with(client: async_nats::Client, name: &str) -> Member {
         data_dir: dir.path().to_path_buf(),
         fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
         followers: 1,
+        // Member b keeps its stores in fjall, the others in sled: every
+        // pool here hands partitions between the two engines.
+        store_engine: match name {
+            "b" => im_projectors::store::Engine::Fjall,
+            _ => im_projectors::store::Engine::Sled,
+        },
     };
     let pool = Pool::new(clients, config).await.unwrap();
     let owned = pool.owned();

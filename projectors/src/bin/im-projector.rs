@@ -142,6 +142,7 @@ async fn run_pool(args: Args, client: async_nats::Client) -> anyhow::Result<()> 
         fanout_threshold: args.fanout_threshold,
         followers: args.followers,
         kek: args.kek.clone(),
+        store_engine: args.store_engine,
     };
     let js = async_nats::jetstream::new(clients.consume.clone());
     let pool = im_projectors::pool::Pool::new(clients, config).await?;
