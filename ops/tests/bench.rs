@@ -97,3 +97,40 @@ fn every_sub_benchmark_completes_with_positive_figures() {
         );
     }
 }
+
+/// `imctl bench large --quick`: the large-log phase (not in `all`) runs
+/// every operation to its end, and its cancelled rebuild leaves the
+/// serving generations as they were.
+#[test]
+fn the_large_log_phase_completes_every_operation() {
+    let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
+        .args(["bench", "large", "--quick", "--json"])
+        .output()
+        .expect("running imctl bench large");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "imctl bench large failed: {}",
+        out.status
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    let figures = report["figures"].as_object().expect("figures");
+    for name in [
+        "large_events",
+        "large_caught_up_secs",
+        "large_stack_peak_rss_mb_fold",
+        "large_status_ms",
+        "large_readyz_ms",
+        "large_verify_secs",
+        "large_verify_peak_rss_mb",
+        "large_export_secs",
+        "large_export_peak_rss_mb",
+        "large_rebuild_secs",
+        "large_rebuild_stack_rss_mb",
+    ] {
+        let v = figures[name].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite() && v > 0.0, "{name} is {v}");
+    }
+    assert_eq!(figures["large_cancelled_rebuild_unchanged"], 1.0);
+}

@@ -20,7 +20,7 @@ use super::{Figures, Size};
 const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(20);
 
 /// The peak resident set of a running process (`VmHWM`), bytes.
-fn peak_rss_bytes(pid: u32) -> Option<u64> {
+pub(super) fn peak_rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -29,7 +29,7 @@ fn peak_rss_bytes(pid: u32) -> Option<u64> {
 
 /// Runs `im-replay <args>` to its end, output discarded; its seconds and
 /// peak RSS (bytes, as last read before it ended).
-async fn timed_replay(url: &str, args: &[&str]) -> anyhow::Result<(f64, u64)> {
+pub(super) async fn timed_replay(url: &str, args: &[&str]) -> anyhow::Result<(f64, u64)> {
     let exe = crate::cmd::check::procs::sibling("im-replay")?;
     let started = Instant::now();
     let mut child = tokio::process::Command::new(exe)

@@ -1,4 +1,4 @@
-//! `imctl bench [ingest|fanout|rebuild|audit|connections|latency|cold|scale|biggroup|search|notify|content|all] [--quick]`:
+//! `imctl bench [ingest|fanout|rebuild|audit|connections|latency|cold|scale|biggroup|search|notify|content|large|all] [--quick]`:
 //! the load generator. Each sub-benchmark starts its own stack (`imctl up`
 //! as a child process, see `stack.rs`), measures the system and, in the same
 //! run against the same nats-server, the raw baseline it is compared with.
@@ -16,6 +16,7 @@ pub mod connections;
 pub mod content;
 pub mod fanout;
 pub mod ingest;
+pub mod large;
 pub mod latency;
 pub mod notify;
 pub mod pipeline;
@@ -47,6 +48,8 @@ pub enum Which {
     Search,
     Notify,
     Content,
+    /// Not in `all`: a large log through every operation (`--events`).
+    Large,
     All,
 }
 
@@ -222,6 +225,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Search => search::run(&size).await,
             Which::Notify => notify::run(&size).await,
             Which::Content => content::run(&size).await,
+            Which::Large => large::run(&size).await,
             Which::All => unreachable!("expanded above"),
         }
         .with_context(|| format!("bench {w:?}"))?;

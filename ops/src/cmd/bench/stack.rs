@@ -48,7 +48,7 @@ pub struct Stack {
     /// The gateway's `/metrics` listener.
     metrics: SocketAddr,
     /// The projector's `/metrics` listener.
-    projector_metrics: SocketAddr,
+    pub projector_metrics: SocketAddr,
     secret: String,
     _dir: tempfile::TempDir,
 }
@@ -292,7 +292,7 @@ impl Gateway {
 }
 
 /// Resident memory of a process.
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+pub(super) fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kb: u64 = status

@@ -9,7 +9,7 @@
 mod analysis;
 mod deliveries;
 mod faults;
-mod http;
+pub(crate) mod http;
 mod presence;
 pub(crate) mod procs;
 mod workload;
