@@ -126,6 +126,20 @@ pub struct Report {
     pub range_digest: String,
 }
 
+impl Report {
+    /// A report over passes: the first pass's count and range digest (it
+    /// counts every event), every pass's conversations.
+    pub fn merged(first: Option<Report>, next: Report) -> Report {
+        match first {
+            None => next,
+            Some(mut first) => {
+                first.conversations.extend(next.conversations);
+                first
+            }
+        }
+    }
+}
+
 /// The digest of a message range, shared by `verify` and `archive`.
 #[derive(Clone, Default)]
 pub struct RangeDigest(Sha256);
@@ -352,6 +366,80 @@ pub fn prepare(keys: &im_streams::signing::WriterKeys, raws: &[Raw]) -> Vec<Prep
         .collect()
 }
 
+/// Which conversations one pass over the log audits, when the audit's
+/// state is too large to hold at once (`verify --memory-mb`): those whose
+/// subject hashes to `index` of `of`. Every event is checked in exactly
+/// one pass; the first pass also counts every event into the range digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    pub index: u32,
+    pub of: u32,
+}
+
+impl Pass {
+    /// One pass over everything.
+    pub const WHOLE: Pass = Pass { index: 0, of: 1 };
+
+    /// Whether the pass audits the conversation of this IM_CONV subject (a
+    /// subject that names none is the first pass's, which reports it).
+    pub fn audits(&self, subject: &str) -> bool {
+        match im_streams::subjects::conv_id_of_subject(subject) {
+            Some(conv) => self.audits_conversation(conv),
+            None => self.index == 0,
+        }
+    }
+
+    /// Whether the pass audits this conversation (by its id): a stable
+    /// hash, so a saved state splits as the log does.
+    pub fn audits_conversation(&self, conv: &str) -> bool {
+        if self.of <= 1 {
+            return true;
+        }
+        let h = Sha256::digest(conv.as_bytes());
+        u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) % u64::from(self.of)
+            == u64::from(self.index)
+    }
+
+    fn counts_every_event(&self) -> bool {
+        self.index == 0
+    }
+}
+
+/// What a pass does with one event, worked out off the ordered path.
+// Unboxed: in a single pass every step is a `Check`, and a box would be
+// one allocation an event.
+#[allow(clippy::large_enum_variant)]
+pub enum Step {
+    /// Audited in this pass.
+    Check(Prepared),
+    /// Another pass audits it; this one only counts it into the range.
+    Count([u8; 32]),
+    /// Another pass audits it and counts it.
+    Skip,
+}
+
+impl Step {
+    /// The event's payload hash, when the pass worked it out.
+    pub fn hash(&self) -> Option<[u8; 32]> {
+        match self {
+            Step::Check(p) => Some(p.hash),
+            Step::Count(h) => Some(*h),
+            Step::Skip => None,
+        }
+    }
+}
+
+/// `prepare` for one pass: only its own events are decoded and verified.
+pub fn prepare_pass(keys: &im_streams::signing::WriterKeys, raws: &[Raw], pass: Pass) -> Vec<Step> {
+    raws.iter()
+        .map(|raw| match pass.audits(&raw.subject) {
+            true => Step::Check(prepare(keys, std::slice::from_ref(raw)).remove(0)),
+            false if pass.counts_every_event() => Step::Count(payload_hash(&raw.payload)),
+            false => Step::Skip,
+        })
+        .collect()
+}
+
 impl Auditor {
     /// Checks the next IM_CONV message (stream order). An event that is
     /// not part of its conversation is stepped over; the audit goes on
@@ -384,6 +472,19 @@ impl Auditor {
         state.record_position(raw.seq, prepared.hash);
         audit.events += 1;
         audit.check_command(&ev).map_err(v)
+    }
+
+    /// One pass's step for the next IM_CONV message (`prepare_pass`).
+    pub fn take(&mut self, raw: &Raw, step: Step) -> Result<(), Violation> {
+        match step {
+            Step::Check(prepared) => self.check_prepared(raw, prepared),
+            Step::Count(hash) => {
+                self.events += 1;
+                self.range.add_hashed(raw.seq, &raw.subject, &hash);
+                Ok(())
+            }
+            Step::Skip => Ok(()),
+        }
     }
 
     /// The report, once every event is in; a command cut short is a
@@ -435,6 +536,9 @@ impl Auditor {
 
 #[path = "audit_state.rs"]
 pub mod state;
+
+#[path = "audit_state_file.rs"]
+pub mod state_file;
 
 #[cfg(test)]
 #[path = "audit_tests.rs"]

@@ -13,7 +13,7 @@ use super::*;
 pub const STATE_FORMAT: u32 = 1;
 
 /// Bytes of the digest that ends a state file.
-const DIGEST_BYTES: usize = 32;
+pub(super) const DIGEST_BYTES: usize = 32;
 
 /// Why a saved state cannot be taken up.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,10 @@ pub enum StateError {
     NotTheExpected { expected: String, found: String },
     #[error("the state of conversation {0:?} is not a conversation's rules state")]
     NotAState(String),
+    #[error("the state is not laid out as this build writes it: {0}")]
+    Malformed(&'static str),
+    #[error("reading the state")]
+    Io(#[source] std::io::Error),
 }
 
 /// Where an audit stands, as `save` records it beside the auditor's own
@@ -70,7 +74,7 @@ fn uncommand(c: Option<v1::AuditCommand>) -> Option<(String, String)> {
 }
 
 impl ConvAudit {
-    fn save(&self, conv: &str) -> v1::AuditedConversation {
+    pub(super) fn save(&self, conv: &str) -> v1::AuditedConversation {
         let mut commands: Vec<u128> = self.commands.iter().copied().collect();
         commands.sort_unstable();
         v1::AuditedConversation {
@@ -111,12 +115,16 @@ impl ConvAudit {
 }
 
 impl Auditor {
-    /// The state to take the audit up from later: this auditor's, at
-    /// `position`.
-    pub fn save(&self, position: &Position) -> v1::AuditState {
-        v1::AuditState {
-            conversations: self.convs.iter().map(|(c, a)| a.save(c)).collect(),
-            ..self.save_empty(position)
+    /// The conversations it holds, in order.
+    pub fn conversation_ids(&self) -> impl Iterator<Item = &str> {
+        self.convs.keys().map(String::as_str)
+    }
+
+    /// One conversation's audit as field 6 of `AuditState`
+    /// (`conversations`), appended to `out`.
+    pub fn encode_conversation(&self, conv: &str, out: &mut Vec<u8>) {
+        if let Some(audit) = self.convs.get(conv) {
+            prost::encoding::message::encode(6, &audit.save(conv), out);
         }
     }
 
@@ -149,69 +157,14 @@ impl Auditor {
     }
 }
 
-/// A state's file contents: its bytes, then their sha256.
-pub fn to_file(state: &v1::AuditState) -> Vec<u8> {
-    with_digest(prost::Message::encode_to_vec(state))
-}
-
-fn with_digest(mut bytes: Vec<u8>) -> Vec<u8> {
-    let digest = Sha256::digest(&bytes);
-    bytes.extend_from_slice(&digest);
-    bytes
-}
-
-impl Auditor {
-    /// `to_file(&self.save(position))`, encoded a conversation at a time:
-    /// the state is held once, as bytes, not also as one message.
-    pub fn save_to_file(&self, position: &Position) -> Vec<u8> {
-        let head = v1::AuditState {
-            conversations: Vec::new(),
-            ..self.save_empty(position)
-        };
-        let mut bytes = prost::Message::encode_to_vec(&head);
-        for (conv, audit) in &self.convs {
-            // Field 6 of `AuditState`: `conversations`, each a message.
-            prost::encoding::message::encode(6, &audit.save(conv), &mut bytes);
-        }
-        with_digest(bytes)
+/// A state's head: every field but its conversations.
+pub fn head(position: &Position) -> v1::AuditState {
+    v1::AuditState {
+        format: STATE_FORMAT,
+        last_seq: position.last_seq,
+        last_payload_hash: position.last_payload_hash.to_vec(),
+        events: position.events,
+        chain_digest: position.chain_digest.clone(),
+        conversations: Vec::new(),
     }
-
-    fn save_empty(&self, position: &Position) -> v1::AuditState {
-        v1::AuditState {
-            format: STATE_FORMAT,
-            last_seq: position.last_seq,
-            last_payload_hash: position.last_payload_hash.to_vec(),
-            events: position.events,
-            chain_digest: position.chain_digest.clone(),
-            conversations: Vec::new(),
-        }
-    }
-}
-
-/// The digest that ends a state file (hex), to note down and hand to the
-/// next run (`--expect-state-digest`).
-pub fn file_digest(file: &[u8]) -> String {
-    hex::encode(&file[file.len().saturating_sub(DIGEST_BYTES)..])
-}
-
-/// The state in a file written by `to_file`, if its digest holds (and is
-/// `expected`, when given).
-pub fn from_file(file: &[u8], expected: Option<&str>) -> Result<v1::AuditState, StateError> {
-    if file.len() < DIGEST_BYTES {
-        return Err(StateError::Digest);
-    }
-    let (bytes, digest) = file.split_at(file.len() - DIGEST_BYTES);
-    if Sha256::digest(bytes).as_slice() != digest {
-        return Err(StateError::Digest);
-    }
-    if let Some(expected) = expected {
-        let found = hex::encode(digest);
-        if !found.eq_ignore_ascii_case(expected) {
-            return Err(StateError::NotTheExpected {
-                expected: expected.to_string(),
-                found,
-            });
-        }
-    }
-    prost::Message::decode(bytes).map_err(StateError::Undecodable)
 }

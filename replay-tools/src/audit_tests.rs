@@ -525,6 +525,33 @@ fn a_people_logs_creation_may_be_completed_after_anothers_command() {
     ));
 }
 
+/// An auditor's state encoded whole, at the start: what a file written
+/// conversation by conversation must decode to.
+fn saved_whole(a: &Auditor) -> v1::AuditState {
+    v1::AuditState {
+        conversations: a.convs.iter().map(|(c, audit)| audit.save(c)).collect(),
+        ..state::head(&state::Position::default())
+    }
+}
+
+/// A state's file contents: its bytes, then their sha256.
+fn to_file(state: &v1::AuditState) -> Vec<u8> {
+    let mut bytes = prost::Message::encode_to_vec(state);
+    let digest = sha2::Sha256::digest(&bytes);
+    bytes.extend_from_slice(&digest);
+    bytes
+}
+
+/// A state file's contents as `verify` reads them: written to a file,
+/// opened (its digest checked, `expected` when given) and read whole.
+fn read_state(file: &[u8], expected: Option<&str>) -> Result<v1::AuditState, state::StateError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.state");
+    std::fs::write(&path, file).unwrap();
+    let (opened, _) = state_file::StateFile::open(&path, expected)?;
+    opened.read(Some(Pass::WHOLE))
+}
+
 /// Every violation and the report of a whole audit, the state saved to a
 /// file after `split` events and the audit taken up from it.
 fn audit_split(raws: &[Raw], split: Option<usize>) -> (Vec<String>, Report) {
@@ -533,10 +560,13 @@ fn audit_split(raws: &[Raw], split: Option<usize>) -> (Vec<String>, Report) {
     let mut first = 0;
     for (i, r) in raws.iter().enumerate() {
         if Some(i) == split {
-            let position = state::Position::default();
-            let file = a.save_to_file(&position);
-            assert_eq!(file, state::to_file(&a.save(&position)));
-            let saved = state::from_file(&file, Some(&state::file_digest(&file))).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.state");
+            let mut writer = state_file::StateWriter::create(&path).unwrap();
+            writer.conversations(&a).unwrap();
+            let digest = writer.finish(&state::Position::default()).unwrap();
+            let saved = read_state(&std::fs::read(&path).unwrap(), Some(&digest)).unwrap();
+            assert_eq!(saved, saved_whole(&a));
             a = Auditor::restore(saved, Default::default()).unwrap().0;
             first = i;
         }
@@ -603,36 +633,134 @@ fn a_state_changed_or_cut_short_is_refused() {
     for r in &log.raws {
         a.check(r).unwrap();
     }
-    let file = state::to_file(&a.save(&state::Position::default()));
-    assert!(state::from_file(&file, None).is_ok());
+    let file = to_file(&saved_whole(&a));
+    assert!(read_state(&file, None).is_ok());
     for at in [0, file.len() / 2, file.len() - 1] {
         let mut changed = file.clone();
         changed[at] ^= 1;
         assert!(matches!(
-            state::from_file(&changed, None),
+            read_state(&changed, None),
             Err(state::StateError::Digest)
         ));
     }
     let cut = &file[..file.len() - 5];
     assert!(matches!(
-        state::from_file(cut, None),
+        read_state(cut, None),
         Err(state::StateError::Digest)
     ));
     // A state rewritten whole, its digest made again, is not the one the
     // auditor noted down.
-    let mut saved = state::from_file(&file, None).unwrap();
+    let mut saved = read_state(&file, None).unwrap();
     saved.conversations.pop();
-    let forged = state::to_file(&saved);
-    let noted = state::file_digest(&file);
+    let forged = to_file(&saved);
+    let noted = hex::encode(&file[file.len() - 32..]);
     assert!(matches!(
-        state::from_file(&forged, Some(&noted)),
+        read_state(&forged, Some(&noted)),
         Err(state::StateError::NotTheExpected { .. })
     ));
     let mut newer = saved;
     newer.format = state::STATE_FORMAT + 1;
-    let newer = state::from_file(&state::to_file(&newer), None).unwrap();
+    let newer = read_state(&to_file(&newer), None).unwrap();
     assert!(matches!(
         Auditor::restore(newer, Default::default()),
         Err(state::StateError::TooNew(_))
     ));
+}
+
+/// One run over `raws` in `of` passes, taken up from the state at `from`
+/// (when given) and saved to `to` pass by pass: its violations (sorted)
+/// and its report.
+fn audit_in_passes(
+    raws: &[Raw],
+    of: u32,
+    from: Option<&std::path::Path>,
+    to: &std::path::Path,
+) -> (Vec<String>, Report) {
+    let saved = from.map(|p| state_file::StateFile::open(p, None).unwrap().0);
+    let mut writer = state_file::StateWriter::create(to).unwrap();
+    let (mut found, mut report) = (Vec::new(), None);
+    for index in 0..of {
+        let pass = Pass { index, of };
+        let mut a = match &saved {
+            Some(file) => {
+                Auditor::restore(file.read(Some(pass)).unwrap(), Default::default())
+                    .unwrap()
+                    .0
+            }
+            None => Auditor::default(),
+        };
+        // In chunks, as `verify` hands them on.
+        for chunk in raws.chunks(7) {
+            let steps = prepare_pass(&Default::default(), chunk, pass);
+            for (r, step) in chunk.iter().zip(steps) {
+                if let Err(v) = a.take(r, step) {
+                    found.push(v.to_string());
+                }
+            }
+        }
+        let (part, unfinished) = a.finish_all();
+        found.extend(unfinished.iter().map(|v| v.to_string()));
+        report = Some(Report::merged(report, part));
+        writer.conversations(&a).unwrap();
+    }
+    writer.finish(&state::Position::default()).unwrap();
+    found.sort();
+    (found, report.unwrap())
+}
+
+/// An audit in passes (each a share of the conversations, the first also
+/// counting every event into the range), its state written pass by pass
+/// and taken up in another number of passes, finds what one whole audit
+/// finds, with the same count, range digest and heads.
+#[test]
+fn an_audit_in_passes_finds_what_one_whole_audit_finds() {
+    let log = eventful();
+    let (mut whole, report) = audit_split(&log.raws, None);
+    whole.sort();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, then) = (dir.path().join("first"), dir.path().join("then"));
+    for of in 1..=5 {
+        let (found, merged) = audit_in_passes(&log.raws, of, None, &first);
+        assert_eq!(found, whole, "{of} passes");
+        assert_eq!(merged, report, "{of} passes");
+    }
+    let mid = log.raws.len() / 2;
+    for (of, again) in [(1, 3), (3, 1), (2, 5), (4, 4)] {
+        let (mut found, _) = audit_in_passes(&log.raws[..mid], of, None, &first);
+        let (more, resumed) = audit_in_passes(&log.raws[mid..], again, Some(&first), &then);
+        found.extend(more);
+        found.sort();
+        assert_eq!(found, whole, "{of} then {again} passes");
+        assert_eq!(
+            resumed.conversations, report.conversations,
+            "{of} then {again}"
+        );
+        // Written pass by pass, read whole: the same state.
+        let whole_read = read_state(&std::fs::read(&then).unwrap(), None).unwrap();
+        assert_eq!(whole_read.conversations.len(), report.conversations.len());
+    }
+}
+
+/// Every conversation is in exactly one pass, and passes share the
+/// conversations out.
+#[test]
+fn each_conversation_is_in_exactly_one_pass() {
+    let topology = Topology::new(4);
+    let mut per_pass = [0; 3];
+    for i in 0..300 {
+        let conv = format!("c{i}");
+        let subject = topology.conv_subject(&conv).unwrap();
+        let passes: Vec<u32> = (0..3)
+            .filter(|&index| Pass { index, of: 3 }.audits(&subject))
+            .collect();
+        assert_eq!(passes.len(), 1, "{conv}: {passes:?}");
+        assert!(Pass {
+            index: passes[0],
+            of: 3
+        }
+        .audits_conversation(&conv));
+        per_pass[passes[0] as usize] += 1;
+    }
+    assert!(per_pass.iter().all(|&n| n > 60), "{per_pass:?}");
+    assert!(Pass::WHOLE.audits("im.conv.odd"));
 }

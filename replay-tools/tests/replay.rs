@@ -998,3 +998,96 @@ async fn verify_takes_the_audit_up_from_its_saved_state() {
         "the state is not moved past a violation"
     );
 }
+
+/// `verify --json` as a value.
+fn verify_json(url: &str, more: &[&str]) -> serde_json::Value {
+    let mut args = vec!["verify", "--json", "--nats-url", url];
+    args.extend_from_slice(more);
+    serde_json::from_str(&ok(&args)).unwrap()
+}
+
+/// A log too large for the memory given is audited in passes, each over a
+/// share of the conversations: the answer is one pass's, to the digest; a
+/// state saved in passes is taken up in one and the other way round; a
+/// forged event is named and the state not moved past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_in_passes_answers_as_one_pass_does() {
+    let stack = im_testkit::Stack::start().await;
+    let url = stack.url();
+    let app = stack.appender().await;
+    let groups: Vec<String> = (0..16).map(|i| format!("g{i}")).collect();
+    let create = || Action::CreateGroup {
+        title: "g".into(),
+        members: vec![("amy".into(), Role::Member)],
+    };
+    for g in &groups {
+        run(&app, g, "olga", &format!("c{g}"), create()).await;
+        run(&app, g, "amy", &format!("m0{g}"), text("first")).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (in_passes, in_one) = (dir.path().join("passes"), dir.path().join("one"));
+    let (in_passes, in_one) = (in_passes.to_str().unwrap(), in_one.to_str().unwrap());
+
+    let whole = verify_json(&url, &[]);
+    // 16 conversations against 1 MB: 192 KiB each, four passes.
+    let (code, out, err) = replay_code(&[
+        "verify",
+        "--json",
+        "--memory-mb",
+        "1",
+        "--state",
+        in_passes,
+        "--nats-url",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("verify: 4 passes over the stream"), "{err}");
+    let mut passes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    passes.as_object_mut().unwrap().remove("state");
+    assert_eq!(passes, whole);
+    verify_json(&url, &["--state", in_one]);
+
+    for g in &groups[..10] {
+        run(&app, g, "amy", &format!("m1{g}"), text("later")).await;
+    }
+    let whole = verify_json(&url, &[]);
+    // Taken up the other way round: each run reads only the new events.
+    let one = verify_json(&url, &["--state", in_passes]);
+    let passes = verify_json(&url, &["--state", in_one, "--memory-mb", "1"]);
+    for taken_up in [&one, &passes] {
+        assert_eq!(taken_up["events"].as_u64(), Some(10));
+        assert_eq!(taken_up["conversations"], whole["conversations"]);
+        assert_eq!(taken_up["state"]["events"], whole["events"]);
+    }
+    assert_eq!(
+        one["state"]["chain_digest"],
+        passes["state"]["chain_digest"]
+    );
+
+    let state = app.current_state("g3").await.unwrap();
+    let ev = chained_text(&state, "mallory", "x", "not a member").event;
+    let client = async_nats::connect(&url).await.unwrap();
+    let seq = forge(&client, &ev).await;
+    let before = std::fs::read(in_one).unwrap();
+    let (code, out, _) = replay_code(&[
+        "verify",
+        "--memory-mb",
+        "1",
+        "--state",
+        in_one,
+        "--nats-url",
+        &url,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("VIOLATION event at IM_CONV seq {seq} ")),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(in_one).unwrap(),
+        before,
+        "the state is not moved"
+    );
+    let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(leftovers, 2, "no unfinished state file is left behind");
+}

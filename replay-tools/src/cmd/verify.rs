@@ -10,6 +10,17 @@
 //! writers verify them) and its payloads hashed on the blocking pool
 //! (`audit::prepare`, one chunk per core at once); the ordered checks
 //! (chain, rules, commands) take the chunks in stream order.
+//!
+//! Memory: an audit holds each conversation's rules state and every
+//! command's fingerprint. When the stream's conversations and events would
+//! take more than `--memory-mb` (`passes_for`), the audit runs in passes
+//! (`audit::Pass`), each over the same range of the stream and a share of
+//! the conversations, its state taken up from and written to the state
+//! file one share at a time (`audit::state_file`): memory stays within the
+//! budget whatever the log's length, for one more read of the stream a
+//! pass. What still grows is the report, a head per conversation (~100
+//! bytes each). Violations are named pass by pass, each pass's in stream
+//! order.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +30,8 @@ use anyhow::Context;
 use futures::{SinkExt, StreamExt};
 use im_streams::signing::WriterKeys;
 
-use crate::audit::{self, state, Auditor};
+use crate::audit::state_file::{StateFile, StateWriter};
+use crate::audit::{self, state, Auditor, Pass};
 use crate::read::{Bounds, Raw, Reader};
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +58,13 @@ pub struct VerifyArgs {
     /// a file with another digest is refused (it was replaced).
     #[arg(long, requires = "state")]
     pub expect_state_digest: Option<String>,
+    /// The memory the audit's state may take, in MB. A log whose
+    /// conversations would take more is audited in passes, each over the
+    /// whole stream and a share of the conversations (`Pass`), so memory
+    /// stays within this whatever the log's length.
+    #[arg(long, env = "IM_VERIFY_MEMORY_MB", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory_mb: u64,
     #[command(flatten)]
     pub nats: super::Connection,
 }
@@ -58,6 +77,35 @@ pub const PREPARE_CHUNK: usize = 1_024;
 /// Chunks read ahead of the checks, besides those being prepared: the
 /// reader never holds more than this many (~1 MB each at 1 KB an event).
 const READ_AHEAD_CHUNKS: usize = 2;
+
+/// What one conversation's audit may hold: its rules state with the
+/// `MESSAGE_INDEX_MAX` most recent messages, members, and its commands'
+/// set; measured at ~177 KB for a conversation of 1,000 events
+/// (BENCHMARKS.md, "Auditor throughput"), rounded up.
+const CONV_AUDIT_BYTES: u64 = 192 * 1024;
+
+/// What each command's fingerprint takes in its set (16 bytes, the set's
+/// spare room and hash): the part of the state that grows with the log.
+const COMMAND_BYTES: u64 = 40;
+
+/// Passes at most: each reads the whole stream again, and past this many
+/// the reads cost more than memory is worth (the audit then runs over the
+/// budget, and says so).
+const PASSES_MAX: u32 = 64;
+
+/// How many passes keep the audit of a stream of `conversations`
+/// subjects and `events` events within `memory_mb`.
+fn passes_for(conversations: u64, events: u64, memory_mb: u64) -> u32 {
+    let needed = conversations * CONV_AUDIT_BYTES + events * COMMAND_BYTES;
+    let passes = needed.div_ceil(memory_mb * 1_000_000).max(1);
+    if passes > u64::from(PASSES_MAX) {
+        eprintln!(
+            "verify: the audit needs ~{} MB, more than {PASSES_MAX} passes of {memory_mb} MB: it will take more",
+            needed / 1_000_000
+        );
+    }
+    passes.min(u64::from(PASSES_MAX)) as u32
+}
 
 /// A violation as `--json` lists it.
 fn violation_json(v: &audit::Violation) -> serde_json::Value {
@@ -96,7 +144,7 @@ async fn read_chunks(
     mut keys: Arc<WriterKeys>,
     bucket: Option<async_nats::jetstream::kv::Store>,
     mut out: futures::channel::mpsc::Sender<(Arc<WriterKeys>, Vec<Raw>)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<WriterKeys>> {
     let mut chunk = Vec::with_capacity(PREPARE_CHUNK);
     while let Some(raw) = reader.next().await? {
         let signer = audit::signature_of(&raw).and_then(im_streams::signing::signer_of);
@@ -109,34 +157,38 @@ async fn read_chunks(
         if chunk.len() == PREPARE_CHUNK {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(PREPARE_CHUNK));
             if out.send((keys.clone(), full)).await.is_err() {
-                return Ok(());
+                return Ok(keys);
             }
         }
     }
     if !chunk.is_empty() {
-        let _ = out.send((keys, chunk)).await;
+        let _ = out.send((keys.clone(), chunk)).await;
     }
-    Ok(())
+    Ok(keys)
 }
 
-/// What a run saw: its range, the last event's payload hash, and its
-/// violations.
+/// What a pass saw of the range: its first and last events and the last
+/// one's payload hash (the first pass sees every event).
+#[derive(Default)]
 struct Run {
     first: u64,
     last: u64,
     last_hash: [u8; 32],
-    violations: Violations,
 }
 
-/// Checks every event of `reader`, in order, with `auditor`.
-async fn check_all(
+/// Checks the events of `reader` that `pass` audits, in order, with
+/// `auditor`; the keys learned on the way.
+async fn check_pass(
     reader: Reader,
-    keys: WriterKeys,
-    bucket: Option<async_nats::jetstream::kv::Store>,
+    (keys, bucket): (WriterKeys, Option<async_nats::jetstream::kv::Store>),
     auditor: &mut Auditor,
-    json: bool,
-) -> anyhow::Result<Run> {
-    let bar = super::progress_bar("verify");
+    pass: Pass,
+    violations: &mut Violations,
+) -> anyhow::Result<(Run, WriterKeys)> {
+    let bar = super::progress_bar(&match pass.of {
+        1 => "verify".to_string(),
+        of => format!("verify, pass {} of {of}", pass.index + 1),
+    });
     bar.set_length(reader.remaining);
     let (tx, rx) = futures::channel::mpsc::channel(READ_AHEAD_CHUNKS);
     let reading = tokio::spawn(read_chunks(reader, Arc::new(keys), bucket, tx));
@@ -144,70 +196,61 @@ async fn check_all(
     let mut prepared = rx
         .map(|(keys, chunk): (Arc<WriterKeys>, Vec<Raw>)| {
             tokio::task::spawn_blocking(move || {
-                let prepared = audit::prepare(&keys, &chunk);
-                (chunk, prepared)
+                let steps = audit::prepare_pass(&keys, &chunk, pass);
+                (chunk, steps)
             })
         })
         .buffered(cores);
-    let mut run = Run {
-        first: 0,
-        last: 0,
-        last_hash: [0; 32],
-        violations: Violations::default(),
-    };
+    let mut run = Run::default();
     while let Some(done) = prepared.next().await {
-        let (chunk, prepared) = done.context("preparing events")?;
-        for (raw, p) in chunk.iter().zip(prepared) {
-            if run.first == 0 {
-                run.first = raw.seq;
+        let (chunk, steps) = done.context("preparing events")?;
+        for (raw, step) in chunk.iter().zip(steps) {
+            if let Some(hash) = step.hash() {
+                run.first = if run.first == 0 { raw.seq } else { run.first };
+                (run.last, run.last_hash) = (raw.seq, hash);
             }
-            (run.last, run.last_hash) = (raw.seq, p.hash());
-            if let Err(v) = auditor.check_prepared(raw, p) {
-                bar.suspend(|| run.violations.add(v, json));
+            if let Err(v) = auditor.take(raw, step) {
+                bar.suspend(|| violations.add(v));
             }
         }
         bar.inc(chunk.len() as u64);
     }
-    reading.await.context("reading the stream")??;
+    let keys = reading.await.context("reading the stream")??;
     bar.finish_and_clear();
-    Ok(run)
+    Ok((run, Arc::unwrap_or_clone(keys)))
 }
 
-/// The saved audit to take up, and where it stood (a fresh one when the
-/// file does not exist yet).
-async fn load_state(
+/// The saved audit to take up (its file, whose digest held, and where it
+/// stood), or None when there is none: no `--state`, or a file that does
+/// not exist yet.
+async fn open_state(
     args: &VerifyArgs,
     js: &async_nats::jetstream::Context,
-    keys: WriterKeys,
-) -> anyhow::Result<(Auditor, state::Position)> {
+) -> anyhow::Result<Option<(StateFile, state::Position)>> {
     let Some(path) = &args.state else {
-        return Ok((Auditor::with_keys(keys), state::Position::default()));
+        return Ok(None);
     };
-    let file = match std::fs::read(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            anyhow::ensure!(
-                args.expect_state_digest.is_none(),
-                "{} does not exist: no state has the digest expected",
-                path.display()
-            );
-            eprintln!(
-                "verify: {} does not exist yet: auditing from the first event",
-                path.display()
-            );
-            return Ok((Auditor::with_keys(keys), state::Position::default()));
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let saved = state::from_file(&file, args.expect_state_digest.as_deref())
+    if !path.exists() {
+        anyhow::ensure!(
+            args.expect_state_digest.is_none(),
+            "{} does not exist: no state has the digest expected",
+            path.display()
+        );
+        eprintln!(
+            "verify: {} does not exist yet: auditing from the first event",
+            path.display()
+        );
+        return Ok(None);
+    }
+    let (file, head) = StateFile::open(path, args.expect_state_digest.as_deref())
         .with_context(|| format!("the audit state {}", path.display()))?;
-    let (auditor, position) = Auditor::restore(saved, keys)?;
+    let (_, position) = Auditor::restore(head, WriterKeys::default())?;
     still_holds(js, &position).await?;
     eprintln!(
         "verify: taking the audit up after IM_CONV seq {} ({} events audited before)",
         position.last_seq, position.events
     );
-    Ok((auditor, position))
+    Ok(Some((file, position)))
 }
 
 /// Whether IM_CONV still holds the event the saved audit ended at, as it
@@ -239,23 +282,6 @@ async fn still_holds(
     Ok(())
 }
 
-/// Writes the state beside its file (a name of this process's own), makes
-/// it durable, then moves it over: a run stopped or crashed halfway leaves
-/// the last state whole. Its digest.
-fn save_state(path: &std::path::Path, file: Vec<u8>) -> anyhow::Result<String> {
-    use std::io::Write as _;
-    let name = path.file_name().context("a state file name")?;
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let mut out =
-        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    out.write_all(&file)?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(state::file_digest(&file))
-}
-
 pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let js = args.nats.connect().await?;
     let topology = im_streams::definitions::read_topology(&js).await?;
@@ -264,8 +290,9 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let stream = im_streams::definitions::CONV_STREAM;
-    let (keys, bucket) = writer_keys(&js).await?;
-    let (mut auditor, position) = load_state(&args, &js, keys.clone()).await?;
+    let (mut keys, bucket) = writer_keys(&js).await?;
+    let saved = open_state(&args, &js).await?;
+    let position = saved.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
     let from_seq = position.last_seq + 1;
     if let Some(asked) = args.from_seq {
         anyhow::ensure!(
@@ -273,41 +300,67 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
             "--from-seq {asked}: the saved audit goes on from IM_CONV seq {from_seq}"
         );
     }
+    // Every pass reads the same range: up to the last event now.
+    let held = js.get_stream(stream).await?.info().await?.state.clone();
     let bounds = Bounds {
         from_seq,
+        to_seq: held.last_sequence,
         ..Default::default()
     };
-    let reader = Reader::open(&js, stream, filters, &bounds).await?;
-    let started = Instant::now();
-    let run = check_all(reader, keys, bucket, &mut auditor, args.json).await?;
-    let secs = started.elapsed().as_secs_f64();
-    let (report, unfinished) = auditor.finish_all();
-    let mut violations = run.violations;
-    for v in unfinished {
-        violations.add(v, args.json);
+    let passes = match &args.conv {
+        Some(_) => 1,
+        None => passes_for(held.subjects_count, held.messages, args.memory_mb),
+    };
+    if passes > 1 {
+        eprintln!(
+            "verify: {passes} passes over the stream, to keep the audit within {} MB",
+            args.memory_mb
+        );
     }
+    let mut writer = args.state.as_deref().map(StateWriter::create).transpose()?;
+    let mut violations = Violations::new(args.json);
+    let (mut run, mut report) = (Run::default(), None);
+    let started = Instant::now();
+    for index in 0..passes {
+        let pass = Pass { index, of: passes };
+        let mut auditor = match &saved {
+            Some((file, _)) => Auditor::restore(file.read(Some(pass))?, keys.clone())?.0,
+            None => Auditor::with_keys(keys.clone()),
+        };
+        let reader = Reader::open(&js, stream, filters.clone(), &bounds).await?;
+        let (seen, learned) = check_pass(
+            reader,
+            (keys, bucket.clone()),
+            &mut auditor,
+            pass,
+            &mut violations,
+        )
+        .await?;
+        keys = learned;
+        let (part, unfinished) = auditor.finish_all();
+        unfinished.into_iter().for_each(|v| violations.add(v));
+        if index == 0 {
+            run = seen;
+        }
+        report = Some(audit::Report::merged(report, part));
+        if let Some(w) = writer.as_mut().filter(|_| violations.count == 0) {
+            w.conversations(&auditor)?;
+        }
+    }
+    let report = report.expect("at least one pass");
+    let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "verify: {} events in {secs:.1} s ({:.0} events/s)",
         report.events,
         report.events as f64 / secs.max(1e-9)
     );
     if violations.count > 0 {
-        return violations.end(args.json);
+        return violations.end();
     }
-    let mut saved_digest = None;
-    if let Some(path) = &args.state {
-        let at = match run.last {
-            0 => position.clone(),
-            last => position.after(&report, last, run.last_hash),
-        };
-        let digest = save_state(path, auditor.save_to_file(&at))?;
-        eprintln!(
-            "verify: audit state saved to {} up to IM_CONV seq {} (digest {digest})",
-            path.display(),
-            at.last_seq
-        );
-        saved_digest = Some((digest, at));
-    }
+    let saved_digest = match (writer, &args.state) {
+        (Some(w), Some(path)) => Some(save(w, path, &position, &report, &run)?),
+        _ => None,
+    };
     print_report(
         args.json,
         (stream, run.first, run.last),
@@ -317,32 +370,64 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The state after this run, made durable over the last one; its digest
+/// and position.
+fn save(
+    writer: StateWriter,
+    path: &std::path::Path,
+    before: &state::Position,
+    report: &audit::Report,
+    run: &Run,
+) -> anyhow::Result<(String, state::Position)> {
+    let at = match run.last {
+        0 => before.clone(),
+        last => before.after(report, last, run.last_hash),
+    };
+    let digest = writer
+        .finish(&at)
+        .with_context(|| format!("saving {}", path.display()))?;
+    eprintln!(
+        "verify: audit state saved to {} up to IM_CONV seq {} (digest {digest})",
+        path.display(),
+        at.last_seq
+    );
+    Ok((digest, at))
+}
+
 /// Violations printed at most, one line each; past it they are counted.
 /// A forger can publish any number: the report must stay readable.
 pub const VIOLATIONS_PRINTED_MAX: u64 = 1_000;
 
 /// The violations found so far: the first ones printed as they come.
-#[derive(Default)]
 struct Violations {
+    json: bool,
     count: u64,
     listed: Vec<serde_json::Value>,
 }
 
 impl Violations {
-    fn add(&mut self, v: audit::Violation, json: bool) {
+    fn new(json: bool) -> Self {
+        Violations {
+            json,
+            count: 0,
+            listed: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, v: audit::Violation) {
         self.count += 1;
         if self.count > VIOLATIONS_PRINTED_MAX {
             return;
         }
-        match json {
+        match self.json {
             true => self.listed.push(violation_json(&v)),
             false => println!("VIOLATION {v}"),
         }
     }
 
     /// The summary, and the exit that says a problem was found.
-    fn end(self, json: bool) -> anyhow::Result<()> {
-        if json {
+    fn end(self) -> anyhow::Result<()> {
+        if self.json {
             let first = self.listed.first().cloned();
             let all = serde_json::json!({
                 "ok": false,
