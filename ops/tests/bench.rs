@@ -99,8 +99,8 @@ fn every_sub_benchmark_completes_with_positive_figures() {
 }
 
 /// `imctl bench large --quick`: the large-log phase (not in `all`) runs
-/// every operation to its end, and its cancelled rebuild leaves the
-/// serving generations as they were.
+/// every operation to its end (it fails unless its cancelled rebuild
+/// leaves the serving generations and digests as they were).
 #[test]
 fn the_large_log_phase_completes_every_operation() {
     let out = Command::new(env!("CARGO_BIN_EXE_imctl"))
@@ -132,5 +132,4 @@ fn the_large_log_phase_completes_every_operation() {
         let v = figures[name].as_f64().unwrap_or(f64::NAN);
         assert!(v.is_finite() && v > 0.0, "{name} is {v}");
     }
-    assert_eq!(figures["large_cancelled_rebuild_unchanged"], 1.0);
 }

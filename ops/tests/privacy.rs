@@ -148,6 +148,8 @@ async fn an_operator_erases_a_user_and_the_auditor_sees_erased_content_in_a_veri
         state: None,
         from_seq: None,
         expect_state_digest: None,
+        memory_mb: 256,
+        passes: None,
         nats: connection(),
     })
     .await

@@ -307,8 +307,9 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
     let js = async_nats::jetstream::new(auditor.connect("auditor").await.unwrap());
     let keys = im_streams::signing::registered(&js).await.unwrap();
     assert_eq!(keys.in_force_from(), Some(1));
-    // Twice with a saved state: the second run takes the audit up from it,
-    // which reads the saved last event back as the auditor identity.
+    // Twice with a saved state, in passes: the second run takes the audit
+    // up from it, which reads the saved last event back as the auditor
+    // identity.
     let audit_dir = tempfile::tempdir().unwrap();
     for _ in 0..2 {
         im_replay::cmd::verify::run(im_replay::cmd::verify::VerifyArgs {
@@ -317,6 +318,9 @@ async fn up_runs_each_component_on_its_own_identity_and_carries_a_chat() {
             state: Some(audit_dir.path().join("audit.state")),
             from_seq: None,
             expect_state_digest: None,
+            memory_mb: 256,
+            // In passes: each is a read of its own under the identity.
+            passes: Some(2),
             nats: connection(),
         })
         .await

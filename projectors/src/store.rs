@@ -94,15 +94,26 @@ pub trait Keyspace: Send + Sync {
     fn sled_tree(&self) -> Option<&sled::Tree> {
         None
     }
+    /// The fjall partition it is, as is: `commit_all` then commits it with
+    /// others in one batch.
+    fn fjall(&self) -> Option<&crate::store_fjall::FjallKeyspace> {
+        None
+    }
 }
 
-/// Applies each keyspace's writes, each keyspace's all or none. One sled
+/// Applies each keyspace's writes, each keyspace's all or none. One fjall
+/// batch when every keyspace is a plain fjall partition. One sled
 /// transaction when every keyspace is a plain tree of one store: each
 /// commit pins sled's log, which writes its buffer out twice (a write and
 /// a wake-up of an I/O thread each), and at everyday rates one pin per
 /// batch instead of one per projection is most of what a batch costs.
 /// Otherwise one commit per keyspace.
 pub fn commit_all(parts: Vec<(&dyn Keyspace, Vec<Write>)>) -> Result<(), StoreError> {
+    let fjall: Option<Vec<_>> = parts.iter().map(|(ks, _)| (*ks).fjall()).collect();
+    if let Some(fjall) = fjall.filter(|f| f.len() > 1) {
+        let writes = parts.into_iter().map(|(_, w)| w);
+        return crate::store_fjall::commit_together(fjall.into_iter().zip(writes).collect());
+    }
     let trees: Option<Vec<sled::Tree>> = parts
         .iter()
         .map(|(ks, _)| ks.sled_tree().cloned())
@@ -262,9 +273,15 @@ impl Engine {
 /// never opened by the other one.
 const ENGINE_FILE: &str = "engine";
 
-/// Which engine made the store at `path` (a directory with data and no
-/// marker is sled's, from before the marker), or records `asked` for a
-/// new one.
+/// Files only sled makes in a store's directory: a directory holding one
+/// and no marker is a sled store from before the marker. Anything else
+/// there (`lost+found` on a mounted volume, a quarantine folder) is not a
+/// store.
+const SLED_FILES: [&str; 2] = ["conf", "db"];
+
+/// Which engine made the store at `path`, or records `asked` for a new
+/// one (written aside, synced, then renamed: a crash leaves no marker or
+/// a whole one, never an empty one).
 fn engine_of(path: &Path, asked: Engine) -> Result<Engine, StoreError> {
     let marker = path.join(ENGINE_FILE);
     match std::fs::read_to_string(&marker) {
@@ -273,16 +290,25 @@ fn engine_of(path: &Path, asked: Engine) -> Result<Engine, StoreError> {
             detail,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let has_data = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some());
-            if has_data {
+            if SLED_FILES.iter().any(|f| path.join(f).exists()) {
                 return Ok(Engine::Sled);
             }
-            std::fs::create_dir_all(path).map_err(StoreError::Io)?;
-            std::fs::write(&marker, asked.name()).map_err(StoreError::Io)?;
+            write_marker(path, asked).map_err(StoreError::Io)?;
             Ok(asked)
         }
         Err(e) => Err(StoreError::Io(e)),
     }
+}
+
+fn write_marker(path: &Path, engine: Engine) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(path)?;
+    let tmp = path.join(format!("{ENGINE_FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(engine.name().as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path.join(ENGINE_FILE))?;
+    std::fs::File::open(path)?.sync_all()
 }
 
 #[derive(Clone)]
@@ -300,7 +326,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store, its writes failing while `faults` says so (tests).
+    /// Opens the store in sled (refused when fjall made it).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_engine(path, None, Engine::Sled)
+    }
+
+    /// `open`, its writes failing while `faults` says so (tests).
     pub fn open_with(path: &Path, faults: Option<Arc<StoreFaults>>) -> Result<Self, StoreError> {
         Self::open_engine(path, faults, Engine::Sled)
     }
@@ -320,7 +351,7 @@ impl Store {
             });
         }
         let mut store = match found {
-            Engine::Sled => Self::open(path)?,
+            Engine::Sled => Self::open_sled(path)?,
             Engine::Fjall => Store {
                 backend: Backend::Fjall(crate::store_fjall::FjallStore::open(path)?),
                 faults: None,
@@ -334,7 +365,7 @@ impl Store {
     /// left a snapshot unfinished (on a full disk) is opened again without
     /// it: its log, from which sled recovers, is whole. (Removed only after
     /// a refusal, never under a running instance's lock.)
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open_sled(path: &Path) -> Result<Self, StoreError> {
         match Self::open_once(path) {
             Err(e) if e.is_corruption() && drop_unfinished_snapshots(path)? => {
                 Self::open_once(path)

@@ -1,7 +1,7 @@
 //! The fjall backend of the `Keyspace` trait (an LSM tree: issue 31's
 //! measurement put its writes at 1.7 µs a key against sled's 11.4 on the
 //! rebuild's pattern). One fjall keyspace per store, one partition per
-//! keyspace of ours.
+//! keyspace of ours, the store's directory locked while it is open.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,24 +10,33 @@ use fjall::{PartitionCreateOptions, PersistMode};
 
 use crate::store::{Entry, Keyspace, StoreError, Write};
 
-/// fjall's errors: the disk's refusals may pass; anything else means the
-/// store cannot be trusted.
+/// fjall's errors as the supervisor must take them: the disk's refusals
+/// may pass (a failed write poisons the keyspace, which a restart opens
+/// again); a keyspace dropped while a reader still holds it is held, not
+/// corrupt; anything else means the store cannot be trusted.
 fn engine(e: fjall::Error) -> StoreError {
     match e {
-        fjall::Error::Io(io) => StoreError::Io(io),
+        fjall::Error::Io(io) | fjall::Error::Storage(lsm_tree::Error::Io(io)) => StoreError::Io(io),
+        fjall::Error::Poisoned => StoreError::Io(std::io::Error::other(
+            "a write failed: the store takes no more until it is opened again",
+        )),
+        fjall::Error::PartitionDeleted => StoreError::Locked(std::io::Error::other(
+            "a keyspace of this name is being dropped and a reader still holds it",
+        )),
         other => StoreError::CorruptEngine(Box::new(other)),
     }
 }
 
-/// Partition names allow `[a-zA-Z0-9_-]` only: ours use `.` (a rebuild's
-/// generation, `history.g3`) and never `-`, so `.` is written `-`.
-fn partition_name(name: &str) -> String {
-    name.replace('.', "-")
-}
+/// The file a process locks for as long as it has the store open: fjall
+/// takes no lock of its own, and two processes (or an instance and its
+/// restart) writing one store's journals would ruin it. Held, the store
+/// answers `Locked`, which the supervisor waits out as it does sled's.
+const LOCK_FILE: &str = "im.lock";
 
-fn our_name(partition: &str) -> String {
-    partition.replace('-', ".")
-}
+/// How often fjall syncs its journals to disk on its own: a power loss
+/// costs at most this much of the commits (folded again from the
+/// checkpoints that ride in each batch: I13), as sled's flush cadence.
+const FJALL_FSYNC_MS: u16 = 1_000;
 
 /// fjall's block cache: the hot blocks of recent history and of the
 /// counters; the OS's page cache holds the rest of the files. A quarter of
@@ -44,30 +53,57 @@ pub const FJALL_WRITE_BUFFER_BYTES: u64 = 64 * 1024 * 1024;
 /// kill (fjall's minimum is 24 MiB).
 pub const FJALL_JOURNAL_BYTES: u64 = 256 * 1024 * 1024;
 
-/// A fjall store: each keyspace a partition.
+/// A fjall store: each keyspace a partition (named as ours are: fjall
+/// allows `.`).
 #[derive(Clone)]
 pub struct FjallStore {
     db: fjall::Keyspace,
+    /// Held while any handle on the store lives.
+    _lock: Arc<std::fs::File>,
+}
+
+/// Locks the store's directory for this handle, or says who holds it.
+fn lock(path: &Path) -> Result<std::fs::File, StoreError> {
+    std::fs::create_dir_all(path).map_err(StoreError::Io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.join(LOCK_FILE))
+        .map_err(StoreError::Io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "the fjall store is locked",
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Io(e)),
+    }
 }
 
 impl FjallStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let lock = lock(path)?;
         let db = fjall::Config::new(path)
             .cache_size(FJALL_CACHE_BYTES)
             .max_write_buffer_size(FJALL_WRITE_BUFFER_BYTES)
             .max_journaling_size(FJALL_JOURNAL_BYTES)
+            .fsync_ms(Some(FJALL_FSYNC_MS))
             .open()
             .map_err(engine)?;
-        Ok(FjallStore { db })
+        Ok(FjallStore {
+            db,
+            _lock: Arc::new(lock),
+        })
     }
 
     pub fn keyspace(&self, name: &str) -> Result<Arc<dyn Keyspace>, StoreError> {
         let part = self
             .db
-            .open_partition(&partition_name(name), PartitionCreateOptions::default())
+            .open_partition(name, PartitionCreateOptions::default())
             .map_err(engine)?;
         Ok(Arc::new(FjallKeyspace {
-            db: self.db.clone(),
+            store: self.clone(),
             part,
         }))
     }
@@ -76,26 +112,44 @@ impl FjallStore {
         self.db
             .list_partitions()
             .iter()
-            .map(|n| our_name(n))
+            .map(|n| n.to_string())
             .collect()
     }
 
     pub fn drop_keyspace(&self, name: &str) -> Result<(), StoreError> {
-        let name = partition_name(name);
-        if !self.db.partition_exists(&name) {
+        if !self.db.partition_exists(name) {
             return Ok(());
         }
         let part = self
             .db
-            .open_partition(&name, PartitionCreateOptions::default())
+            .open_partition(name, PartitionCreateOptions::default())
             .map_err(engine)?;
         self.db.delete_partition(part).map_err(engine)
     }
 }
 
-struct FjallKeyspace {
-    db: fjall::Keyspace,
+pub struct FjallKeyspace {
+    /// The store it belongs to (its lock with it).
+    store: FjallStore,
     part: fjall::PartitionHandle,
+}
+
+/// Commits every keyspace's writes in one fjall batch: all of them or
+/// none survives a crash, as one sled transaction does (I12).
+pub(crate) fn commit_together(parts: Vec<(&FjallKeyspace, Vec<Write>)>) -> Result<(), StoreError> {
+    let Some((first, _)) = parts.first() else {
+        return Ok(());
+    };
+    let mut batch = first.store.db.batch();
+    for (ks, writes) in parts {
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.insert(&ks.part, k, v),
+                None => batch.remove(&ks.part, k),
+            }
+        }
+    }
+    batch.commit().map_err(engine)
 }
 
 impl Keyspace for FjallKeyspace {
@@ -126,19 +180,15 @@ impl Keyspace for FjallKeyspace {
     }
 
     fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        // A fjall batch is atomic: all of it or none survives a crash.
-        let mut batch = self.db.batch();
-        for (k, v) in writes {
-            match v {
-                Some(v) => batch.insert(&self.part, k, v),
-                None => batch.remove(&self.part, k),
-            }
-        }
-        batch.commit().map_err(engine)
+        commit_together(vec![(self, writes)])
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncAll).map_err(engine)
+        self.store.db.persist(PersistMode::SyncAll).map_err(engine)
+    }
+
+    fn fjall(&self) -> Option<&FjallKeyspace> {
+        Some(self)
     }
 
     fn visit(&self, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
@@ -242,7 +292,7 @@ mod tests {
             Some(b"v".to_vec())
         );
 
-        drop(Store::open(&old).unwrap());
+        drop(Store::open_sled(&old).unwrap());
         assert!(!old.join("engine").exists());
         let refused = Store::open_engine(&old, None, Engine::Fjall).err().unwrap();
         assert!(
@@ -261,5 +311,61 @@ mod tests {
         std::fs::write(odd.join("engine"), "redb").unwrap();
         let refused = Store::open_engine(&odd, None, Engine::Fjall).err().unwrap();
         assert!(refused.is_corruption(), "{refused}");
+
+        // A mounted volume's lost+found, or what a quarantine left in
+        // place, is not a store: a new one is made in the engine asked.
+        let mounted = dir.path().join("mounted");
+        std::fs::create_dir_all(mounted.join("lost+found")).unwrap();
+        std::fs::create_dir_all(mounted.join("quarantined-1-0/db")).unwrap();
+        Store::open_engine(&mounted, None, Engine::Fjall).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(mounted.join("engine")).unwrap(),
+            "fjall"
+        );
+    }
+
+    /// A fjall store is held by one handle at a time, as sled's: a second
+    /// open is told `Locked` (which the supervisor waits out) until every
+    /// handle of the first, its keyspaces included, is gone.
+    #[test]
+    fn a_fjall_store_is_held_by_one_handle_at_a_time() {
+        use crate::store::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open_engine(dir.path(), None, Engine::Fjall).unwrap();
+        let ks = first.keyspace("history").unwrap();
+        drop(first);
+        let held = Store::open_engine(dir.path(), None, Engine::Fjall)
+            .err()
+            .unwrap();
+        assert!(matches!(held, StoreError::Locked(_)), "{held}");
+        assert!(!held.is_corruption());
+        ks.commit(vec![(b"k".to_vec(), Some(b"v".to_vec()))])
+            .unwrap();
+        drop(ks);
+        let again = Store::open_engine(dir.path(), None, Engine::Fjall).unwrap();
+        assert_eq!(
+            again.keyspace("history").unwrap().get(b"k").unwrap(),
+            Some(b"v".to_vec())
+        );
+    }
+
+    /// Writes to several partitions commit as one batch; each keeps its
+    /// own.
+    #[test]
+    fn keyspaces_commit_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_engine(dir.path(), None, crate::store::Engine::Fjall).unwrap();
+        let (a, b) = (
+            store.keyspace("a.g1").unwrap(),
+            store.keyspace("b").unwrap(),
+        );
+        crate::store::commit_all(vec![
+            (&*a, vec![(b"x".to_vec(), Some(b"1".to_vec()))]),
+            (&*b, vec![(b"x".to_vec(), Some(b"2".to_vec()))]),
+        ])
+        .unwrap();
+        assert_eq!(a.get(b"x").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(b.get(b"x").unwrap(), Some(b"2".to_vec()));
+        assert!(store.keyspace_names().contains(&"a.g1".to_string()));
     }
 }

@@ -380,13 +380,11 @@ impl Pass {
     /// One pass over everything.
     pub const WHOLE: Pass = Pass { index: 0, of: 1 };
 
-    /// Whether the pass audits the conversation of this IM_CONV subject (a
-    /// subject that names none is the first pass's, which reports it).
+    /// Whether the pass audits the conversation of this IM_CONV subject.
     pub fn audits(&self, subject: &str) -> bool {
-        match im_streams::subjects::conv_id_of_subject(subject) {
-            Some(conv) => self.audits_conversation(conv),
-            None => self.index == 0,
-        }
+        // A subject that names none: its events can only be audited under
+        // the empty id, so they go where that id's saved state goes.
+        self.audits_conversation(im_streams::subjects::conv_id_of_subject(subject).unwrap_or(""))
     }
 
     /// Whether the pass audits this conversation (by its id): a stable

@@ -20,11 +20,6 @@ use im_schema::v1;
 /// Field number of `AuditState.conversations`.
 const CONVERSATIONS_FIELD: u32 = 6;
 
-/// The largest single field a state file may hold (one conversation's
-/// audit): a length past it is a file this build did not write, refused
-/// before anything that large is allocated.
-const FIELD_BYTES_MAX: u64 = 256 * 1024 * 1024;
-
 /// A state file whose digest held when it was opened.
 pub struct StateFile {
     path: PathBuf,
@@ -164,11 +159,8 @@ fn parse(r: &mut impl Read, pass: Option<Pass>) -> Result<v1::AuditState, StateE
 /// A length-delimited field's bytes.
 fn read_field(r: &mut impl Read) -> Result<Vec<u8>, StateError> {
     let len = read_varint(r)?.ok_or(malformed("a field without its length"))?;
-    if len > FIELD_BYTES_MAX {
-        return Err(malformed("a field longer than any this build writes"));
-    }
     // Read as it comes, not allocated up front: a length is believed only
-    // once its bytes are there.
+    // once its bytes are there, so a huge one costs no more than the file.
     let mut bytes = Vec::new();
     r.take(len)
         .read_to_end(&mut bytes)

@@ -537,7 +537,7 @@ fn saved_whole(a: &Auditor) -> v1::AuditState {
 /// A state's file contents: its bytes, then their sha256.
 fn to_file(state: &v1::AuditState) -> Vec<u8> {
     let mut bytes = prost::Message::encode_to_vec(state);
-    let digest = sha2::Sha256::digest(&bytes);
+    let digest = Sha256::digest(&bytes);
     bytes.extend_from_slice(&digest);
     bytes
 }
@@ -735,9 +735,17 @@ fn an_audit_in_passes_finds_what_one_whole_audit_finds() {
             resumed.conversations, report.conversations,
             "{of} then {again}"
         );
-        // Written pass by pass, read whole: the same state.
-        let whole_read = read_state(&std::fs::read(&then).unwrap(), None).unwrap();
-        assert_eq!(whole_read.conversations.len(), report.conversations.len());
+        // Written pass by pass, read whole: the state one pass writes.
+        let one = dir.path().join("one");
+        let (_, one_pass) = audit_in_passes(&log.raws[mid..], 1, Some(&first), &one);
+        let mut by_passes = read_state(&std::fs::read(&then).unwrap(), None).unwrap();
+        let mut by_one = read_state(&std::fs::read(&one).unwrap(), None).unwrap();
+        for s in [&mut by_passes, &mut by_one] {
+            s.conversations
+                .sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
+        }
+        assert_eq!(by_passes, by_one, "{of} then {again}");
+        assert_eq!(one_pass.conversations, report.conversations);
     }
 }
 
@@ -763,4 +771,52 @@ fn each_conversation_is_in_exactly_one_pass() {
     }
     assert!(per_pass.iter().all(|&n| n > 60), "{per_pass:?}");
     assert!(Pass::WHOLE.audits("im.conv.odd"));
+}
+
+/// A state file changed after it was opened (between two passes) is
+/// refused when read; one whose field claims more bytes than the file has
+/// is refused without reserving them.
+#[test]
+fn a_state_changed_between_passes_or_claiming_too_much_is_refused() {
+    let log = history();
+    let mut a = Auditor::default();
+    for r in &log.raws {
+        a.check(r).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.state");
+    let file = to_file(&saved_whole(&a));
+    std::fs::write(&path, &file).unwrap();
+    let (opened, _) = state_file::StateFile::open(&path, None).unwrap();
+    let mut changed = file.clone();
+    changed[file.len() / 2] ^= 1;
+    std::fs::write(&path, &changed).unwrap();
+    assert!(matches!(
+        opened.read(Some(Pass { index: 1, of: 2 })),
+        Err(state::StateError::Digest)
+    ));
+    // Field 6 claiming 2^40 bytes, the file's digest made over it.
+    let mut huge = Vec::new();
+    prost::encoding::encode_key(6, prost::encoding::WireType::LengthDelimited, &mut huge);
+    prost::encoding::encode_varint(1 << 40, &mut huge);
+    huge.extend_from_slice(b"short");
+    let digest = Sha256::digest(&huge);
+    huge.extend_from_slice(&digest);
+    std::fs::write(&path, &huge).unwrap();
+    assert!(matches!(
+        state_file::StateFile::open(&path, None),
+        Err(state::StateError::Malformed(_))
+    ));
+}
+
+/// A subject that names no conversation is audited where the empty id's
+/// saved state is restored, in every split.
+#[test]
+fn a_subject_naming_no_conversation_goes_where_the_empty_id_goes() {
+    for of in 1..=8 {
+        for index in 0..of {
+            let pass = Pass { index, of };
+            assert_eq!(pass.audits("im.conv.odd"), pass.audits_conversation(""));
+        }
+    }
 }

@@ -1006,8 +1006,9 @@ fn verify_json(url: &str, more: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(&args)).unwrap()
 }
 
-/// A log too large for the memory given is audited in passes, each over a
-/// share of the conversations: the answer is one pass's, to the digest; a
+/// A log audited in passes, each over a share of the conversations (as
+/// one too large for `--memory-mb` is): the answer is one pass's, to the
+/// digest; a
 /// state saved in passes is taken up in one and the other way round; a
 /// forged event is named and the state not moved past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1053,7 +1054,7 @@ async fn verify_in_passes_answers_as_one_pass_does() {
     let whole = verify_json(&url, &[]);
     // Taken up the other way round: each run reads only the new events.
     let one = verify_json(&url, &["--state", in_passes]);
-    let passes = verify_json(&url, &["--state", in_one, "--memory-mb", "1"]);
+    let passes = verify_json(&url, &["--state", in_one, "--passes", "3"]);
     for taken_up in [&one, &passes] {
         assert_eq!(taken_up["events"].as_u64(), Some(10));
         assert_eq!(taken_up["conversations"], whole["conversations"]);
@@ -1064,7 +1065,12 @@ async fn verify_in_passes_answers_as_one_pass_does() {
         passes["state"]["chain_digest"]
     );
 
-    let state = app.current_state("g3").await.unwrap();
+    // In a conversation a pass after the first audits.
+    let later = groups
+        .iter()
+        .find(|g| !im_replay::audit::Pass { index: 0, of: 4 }.audits_conversation(g))
+        .unwrap();
+    let state = app.current_state(later).await.unwrap();
     let ev = chained_text(&state, "mallory", "x", "not a member").event;
     let client = async_nats::connect(&url).await.unwrap();
     let seq = forge(&client, &ev).await;

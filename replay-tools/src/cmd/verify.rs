@@ -17,10 +17,10 @@
 //! (`audit::Pass`), each over the same range of the stream and a share of
 //! the conversations, its state taken up from and written to the state
 //! file one share at a time (`audit::state_file`): memory stays within the
-//! budget whatever the log's length, for one more read of the stream a
+//! budget up to `PASSES_MAX` passes, for one more read of the stream a
 //! pass. What still grows is the report, a head per conversation (~100
 //! bytes each). Violations are named pass by pass, each pass's in stream
-//! order.
+//! order (so `--json`'s first `violation` is the first pass's first).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,11 +60,15 @@ pub struct VerifyArgs {
     pub expect_state_digest: Option<String>,
     /// The memory the audit's state may take, in MB. A log whose
     /// conversations would take more is audited in passes, each over the
-    /// whole stream and a share of the conversations (`Pass`), so memory
-    /// stays within this whatever the log's length.
+    /// whole stream and a share of the conversations (at most 64 passes;
+    /// the report, a line per conversation, is held whole).
     #[arg(long, env = "IM_VERIFY_MEMORY_MB", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_mb: u64,
+    /// Audit in exactly this many passes, whatever `--memory-mb` works out.
+    #[arg(long, conflicts_with = "conv",
+          value_parser = clap::value_parser!(u32).range(1..=PASSES_MAX as i64))]
+    pub passes: Option<u32>,
     #[command(flatten)]
     pub nats: super::Connection,
 }
@@ -78,11 +82,16 @@ pub const PREPARE_CHUNK: usize = 1_024;
 /// reader never holds more than this many (~1 MB each at 1 KB an event).
 const READ_AHEAD_CHUNKS: usize = 2;
 
-/// What one conversation's audit may hold: its rules state with the
-/// `MESSAGE_INDEX_MAX` most recent messages, members, and its commands'
-/// set; measured at ~177 KB for a conversation of 1,000 events
+/// What one conversation's audit holds besides its recent messages
+/// (members, chain head, the conversation's own bookkeeping), at most for
+/// everyday conversations.
+const CONV_AUDIT_BASE_BYTES: u64 = 4 * 1024;
+
+/// What each message in a conversation's recent index takes (sender,
+/// client_msg_id, time, in the rules state's map): measured at ~177 KB for
+/// a conversation of 1,000 events, 512 of them indexed, commands included
 /// (BENCHMARKS.md, "Auditor throughput"), rounded up.
-const CONV_AUDIT_BYTES: u64 = 192 * 1024;
+const RECENT_MESSAGE_BYTES: u64 = 300;
 
 /// What each command's fingerprint takes in its set (16 bytes, the set's
 /// spare room and hash): the part of the state that grows with the log.
@@ -94,10 +103,16 @@ const COMMAND_BYTES: u64 = 40;
 const PASSES_MAX: u32 = 64;
 
 /// How many passes keep the audit of a stream of `conversations`
-/// subjects and `events` events within `memory_mb`.
+/// subjects and `events` events within `memory_mb`: each conversation
+/// counted with its share of the events' recent index (at most
+/// `MESSAGE_INDEX_MAX`), each event with its command.
 fn passes_for(conversations: u64, events: u64, memory_mb: u64) -> u32 {
-    let needed = conversations * CONV_AUDIT_BYTES + events * COMMAND_BYTES;
-    let passes = needed.div_ceil(memory_mb * 1_000_000).max(1);
+    let indexed =
+        (events / conversations.max(1)).min(im_streams::conversation::MESSAGE_INDEX_MAX as u64);
+    let per_conversation = CONV_AUDIT_BASE_BYTES + indexed * RECENT_MESSAGE_BYTES;
+    let needed = conversations * per_conversation + events * COMMAND_BYTES;
+    let budget = memory_mb.saturating_mul(1_000_000);
+    let passes = needed.div_ceil(budget).max(1);
     if passes > u64::from(PASSES_MAX) {
         eprintln!(
             "verify: the audit needs ~{} MB, more than {PASSES_MAX} passes of {memory_mb} MB: it will take more",
@@ -230,7 +245,10 @@ async fn open_state(
     let Some(path) = &args.state else {
         return Ok(None);
     };
-    if !path.exists() {
+    if !path
+        .try_exists()
+        .with_context(|| format!("the audit state {}", path.display()))?
+    {
         anyhow::ensure!(
             args.expect_state_digest.is_none(),
             "{} does not exist: no state has the digest expected",
@@ -307,14 +325,14 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         to_seq: held.last_sequence,
         ..Default::default()
     };
-    let passes = match &args.conv {
-        Some(_) => 1,
-        None => passes_for(held.subjects_count, held.messages, args.memory_mb),
+    let passes = match (&args.conv, args.passes) {
+        (Some(_), _) => 1,
+        (None, Some(n)) => n,
+        (None, None) => passes_for(held.subjects_count, held.messages, args.memory_mb),
     };
     if passes > 1 {
         eprintln!(
-            "verify: {passes} passes over the stream, to keep the audit within {} MB",
-            args.memory_mb
+            "verify: {passes} passes over the stream, each auditing a share of the conversations"
         );
     }
     let mut writer = args.state.as_deref().map(StateWriter::create).transpose()?;
@@ -497,4 +515,22 @@ fn print_report(
         );
     }
     println!("ok");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_follow_what_the_conversations_hold() {
+        // The bench's 5M log: 5,000 conversations of 1,000 events.
+        assert_eq!(passes_for(5_000, 5_000_000, 256), 4);
+        assert_eq!(passes_for(1_000, 1_000_000, 256), 1);
+        // 100k direct conversations of 3 events: small states.
+        assert_eq!(passes_for(100_000, 300_000, 256), 2);
+        assert_eq!(passes_for(0, 0, 256), 1);
+        // Past the most passes, the most.
+        assert_eq!(passes_for(10_000_000, 10_000_000_000, 1), PASSES_MAX);
+        assert_eq!(passes_for(5_000, 5_000_000, u64::MAX), 1);
+    }
 }

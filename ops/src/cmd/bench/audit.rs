@@ -27,6 +27,26 @@ pub(super) fn peak_rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Runs `work` to its end, reading `read(pid)` (a memory figure) at once
+/// and every `RSS_SAMPLE_EVERY`: its output and the largest figure read
+/// (a process that ends before the first tick still gives one).
+pub(super) async fn sampled<T>(
+    work: impl std::future::Future<Output = T>,
+    pid: u32,
+    read: fn(u32) -> Option<u64>,
+) -> (T, u64) {
+    tokio::pin!(work);
+    let mut peak = read(pid).unwrap_or(0);
+    loop {
+        tokio::select! {
+            out = &mut work => return (out, peak),
+            _ = tokio::time::sleep(RSS_SAMPLE_EVERY) => {
+                peak = read(pid).unwrap_or(peak).max(peak);
+            }
+        }
+    }
+}
+
 /// Runs `im-replay <args>` to its end, output discarded; its seconds and
 /// peak RSS (bytes, as last read before it ended).
 pub(super) async fn timed_replay(url: &str, args: &[&str]) -> anyhow::Result<(f64, u64)> {
@@ -48,17 +68,8 @@ pub(super) async fn timed_replay(url: &str, args: &[&str]) -> anyhow::Result<(f6
         let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
         text
     });
-    // Read once at once: a child that ends before the first tick still
-    // gives a figure.
-    let mut peak = peak_rss_bytes(pid).unwrap_or(0);
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status?,
-            _ = tokio::time::sleep(RSS_SAMPLE_EVERY) => {
-                peak = peak_rss_bytes(pid).unwrap_or(peak).max(peak);
-            }
-        }
-    };
+    let (status, peak) = sampled(child.wait(), pid, peak_rss_bytes).await;
+    let status = status?;
     let secs = started.elapsed().as_secs_f64();
     let said = said.await.unwrap_or_default();
     anyhow::ensure!(

@@ -16,20 +16,19 @@ use anyhow::Context;
 use async_nats::jetstream;
 use tokio::io::AsyncBufReadExt;
 
-use super::audit::{peak_rss_bytes, timed_replay};
+use super::audit::{peak_rss_bytes, sampled, timed_replay};
 use super::rebuild::{caught_up, seed, timed_imctl};
 use super::stack::{Stack, StackOptions};
 use super::{Figures, Size};
-
-/// How often the stack's resident memory is read during a rebuild.
-const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 /// How long a `/readyz` may take to answer 200 once the projector has
 /// caught up (its heartbeat runs every second).
 const READY_MAX: Duration = Duration::from_secs(30);
 
-/// The shortest rebuild interrupted halfway rather than at once.
-const CANCEL_HALFWAY_FROM_SECS: f64 = 4.0;
+/// The smallest log whose rebuild is interrupted halfway; a smaller one's
+/// (`--quick`) as soon as it starts, since half of a rebuild of seconds
+/// may already be its end.
+const CANCEL_HALFWAY_FROM_EVENTS: u64 = 1_000_000;
 
 /// Each projection's (generation, digest) as the instance answers them.
 async fn served(client: &async_nats::Client) -> anyhow::Result<BTreeMap<String, (u64, String)>> {
@@ -44,36 +43,19 @@ async fn served(client: &async_nats::Client) -> anyhow::Result<BTreeMap<String, 
 }
 
 /// Until `/readyz` at `addr` answers 200; how long that took.
-async fn ready(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    loop {
-        let (code, body) = crate::cmd::check::http::get(addr, "/readyz", None).await?;
-        if code == 200 {
-            return Ok(started.elapsed().as_secs_f64());
-        }
-        anyhow::ensure!(
-            started.elapsed() < READY_MAX,
-            "{what} /readyz answered {code} for {READY_MAX:?}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn ready(addr: std::net::SocketAddr) -> anyhow::Result<f64> {
+    let deadline = tokio::time::Instant::now() + READY_MAX;
+    Ok(crate::cmd::check::http::ready(addr, deadline)
+        .await?
+        .as_secs_f64())
 }
 
 /// `imctl projections rebuild --all` to its end: its seconds and the
 /// stack's highest resident memory while it ran (bytes).
 async fn rebuild(stack: &Stack) -> anyhow::Result<(f64, u64)> {
-    let pid = stack.pid();
     let run = timed_imctl(stack, &["projections", "rebuild", "--all"]);
-    tokio::pin!(run);
-    let mut max = super::stack::rss_bytes(pid)?;
-    loop {
-        tokio::select! {
-            secs = &mut run => return Ok((secs?, max)),
-            _ = tokio::time::sleep(RSS_SAMPLE_EVERY) => {
-                max = super::stack::rss_bytes(pid).unwrap_or(0).max(max);
-            }
-        }
-    }
+    let (secs, max) = sampled(run, stack.pid(), |pid| super::stack::rss_bytes(pid).ok()).await;
+    Ok((secs?, max))
 }
 
 /// `imctl projections rebuild --all`, interrupted (SIGINT) `after` its
@@ -93,32 +75,31 @@ async fn cancelled_rebuild(stack: &Stack, after: Duration) -> anyhow::Result<()>
             break;
         }
     }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let said = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(line);
+        }
+        rest.join("\n")
+    });
     tokio::time::sleep(after).await;
-    let pid = child
-        .id()
-        .context("the rebuild ended before it was interrupted")?;
-    signal(pid, "-INT")?;
+    anyhow::ensure!(
+        crate::cmd::check::procs::signal("-INT", child.id()),
+        "the rebuild ended before it was interrupted"
+    );
     let out = child.wait_with_output().await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let said = said.await.unwrap_or_default();
     anyhow::ensure!(
         out.status.code() == Some(130),
-        "the interrupted rebuild exited {}: {stdout}",
+        "the interrupted rebuild exited {}: {stdout}\n{said}",
         out.status
     );
     let cancelled = stdout.lines().filter(|l| l.contains(": cancelled")).count();
     anyhow::ensure!(
         cancelled == im_projectors::projections::NAMES.len(),
-        "{cancelled} projections cancelled: {stdout}"
+        "{cancelled} projections cancelled: {stdout}\n{said}"
     );
-    Ok(())
-}
-
-fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill {signal} {pid}: {status}");
     Ok(())
 }
 
@@ -151,7 +132,7 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     f.add("large_stack_peak_rss_mb_fold", fold_rss as f64 / 1e6);
     operate(&stack, &mut f).await?;
     audit(&stack.nats_url, &mut f).await?;
-    rebuilds(&stack, &client, &mut f).await?;
+    rebuilds(&stack, &client, last, &mut f).await?;
     stack.stop().await;
     Ok(f)
 }
@@ -159,8 +140,8 @@ pub async fn run(size: &Size) -> anyhow::Result<Figures> {
 /// What an operator looks at first: status and both `/readyz`.
 async fn operate(stack: &Stack, f: &mut Figures) -> anyhow::Result<()> {
     let status_secs = timed_imctl(stack, &["projections", "status", "--interval-ms", "0"]).await?;
-    let gateway = ready(stack.gateway, "the gateway").await?;
-    let projector = ready(stack.projector_metrics, "the projector").await?;
+    let gateway = ready(stack.gateway).await?;
+    let projector = ready(stack.projector_metrics).await?;
     eprintln!(
         "large: projections status in {:.0} ms; /readyz 200 from the gateway in {:.0} ms, the projector in {:.0} ms",
         status_secs * 1e3,
@@ -192,6 +173,7 @@ async fn audit(url: &str, f: &mut Figures) -> anyhow::Result<()> {
 async fn rebuilds(
     stack: &Stack,
     client: &async_nats::Client,
+    events: u64,
     f: &mut Figures,
 ) -> anyhow::Result<()> {
     let (rebuild_secs, rebuild_rss) = rebuild(stack).await?;
@@ -200,9 +182,7 @@ async fn rebuilds(
         rebuild_rss / 1_000_000
     );
     let before = served(client).await?;
-    // Halfway; a rebuild of seconds (`--quick`) as soon as it starts, since
-    // half of it could already be its end.
-    let after = match rebuild_secs >= CANCEL_HALFWAY_FROM_SECS {
+    let after = match events >= CANCEL_HALFWAY_FROM_EVENTS {
         true => Duration::from_secs_f64(rebuild_secs / 2.0),
         false => Duration::ZERO,
     };
@@ -217,6 +197,5 @@ async fn rebuilds(
     );
     f.add("large_rebuild_secs", rebuild_secs);
     f.add("large_rebuild_stack_rss_mb", rebuild_rss as f64 / 1e6);
-    f.add("large_cancelled_rebuild_unchanged", 1.0);
     Ok(())
 }

@@ -109,14 +109,6 @@ async fn leader(system: &System) -> Option<usize> {
     name.strip_prefix('n')?.parse::<usize>().ok().map(|n| n - 1)
 }
 
-fn signal(sig: &str, pid: Option<u32>) {
-    if let Some(pid) = pid {
-        let _ = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status();
-    }
-}
-
 /// What was done, and a problem if the system misbehaved doing it.
 async fn inflict(
     system: &tokio::sync::Mutex<System>,
@@ -175,9 +167,9 @@ async fn inflict(
         }
         Fault::StopNode(i) => {
             let pid = s.node(i).pid();
-            signal("-STOP", pid);
+            super::procs::signal("-STOP", pid);
             tokio::time::sleep(2 * OUTAGE).await;
-            signal("-CONT", pid);
+            super::procs::signal("-CONT", pid);
             format!("SIGSTOP n{} for {:?}", i + 1, 2 * OUTAGE)
         }
     };

@@ -63,3 +63,23 @@ pub async fn post(
     )
     .await
 }
+
+/// Until `/readyz` at `addr` answers 200 (an error past `deadline`); how
+/// long that took.
+pub async fn ready(
+    addr: std::net::SocketAddr,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<std::time::Duration> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let answer = get(addr, "/readyz", None).await;
+        if let Ok((200, _)) = answer {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never became ready (last answer: {answer:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -305,16 +305,7 @@ impl System {
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         for (_, addr) in &self.gateways {
-            loop {
-                if let Ok((200, _)) = super::http::get(*addr, "/readyz", None).await {
-                    break;
-                }
-                anyhow::ensure!(
-                    tokio::time::Instant::now() < deadline,
-                    "{addr} never became ready"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            super::http::ready(*addr, deadline).await?;
         }
         Ok(())
     }
@@ -338,4 +329,15 @@ impl System {
             Nats::Cluster(c) => c.nodes.len(),
         }
     }
+}
+
+/// Sends `sig` (`-STOP`, `-INT`, ...) to `pid`, if there is one; whether
+/// it was delivered.
+pub(crate) fn signal(sig: &str, pid: Option<u32>) -> bool {
+    pid.is_some_and(|pid| {
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
