@@ -472,14 +472,18 @@ impl Pool {
                 if unit.gate.as_ref().is_some_and(|g| g.is_lost()) {
                     LEASE_CHANGES.get_or_create(&kind("lost")).inc();
                 }
-                if unit.task.is_finished() {
-                    match (&mut unit.task).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!(partition = p, error = %e, "a unit ended"),
-                        Err(e) => tracing::warn!(partition = p, error = %e, "a unit's task failed"),
-                    }
+                if !unit.task.is_finished() {
+                    unit.finish().await;
+                    continue;
                 }
-                unit.finish().await;
+                // Its projector is gone already: its outcome is read once
+                // (`finish` would poll the finished task again), and the
+                // unit dropped, its renewals with it.
+                match (&mut unit.task).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(partition = p, error = %e, "a unit ended"),
+                    Err(e) => tracing::warn!(partition = p, error = %e, "a unit's task failed"),
+                }
             }
         }
     }

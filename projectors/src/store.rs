@@ -284,11 +284,17 @@ const SLED_FILES: [&str; 2] = ["conf", "db"];
 /// a whole one, never an empty one).
 fn engine_of(path: &Path, asked: Engine) -> Result<Engine, StoreError> {
     let marker = path.join(ENGINE_FILE);
-    match std::fs::read_to_string(&marker) {
-        Ok(text) => text.trim().parse().map_err(|detail| StoreError::Corrupt {
-            key: marker.display().to_string(),
-            detail,
-        }),
+    let corrupt = |detail: String| StoreError::Corrupt {
+        key: marker.display().to_string(),
+        detail,
+    };
+    match std::fs::read(&marker) {
+        // A marker that is not an engine's name is a store's files gone
+        // bad: quarantined and folded again, never waited on.
+        Ok(bytes) => match std::str::from_utf8(&bytes) {
+            Ok(text) => text.trim().parse().map_err(corrupt),
+            Err(_) => Err(corrupt("not an engine's name".into())),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if SLED_FILES.iter().any(|f| path.join(f).exists()) {
                 return Ok(Engine::Sled);

@@ -1030,12 +1030,11 @@ async fn verify_in_passes_answers_as_one_pass_does() {
     let (in_passes, in_one) = (in_passes.to_str().unwrap(), in_one.to_str().unwrap());
 
     let whole = verify_json(&url, &[]);
-    // 16 conversations against 1 MB: 192 KiB each, four passes.
     let (code, out, err) = replay_code(&[
         "verify",
         "--json",
-        "--memory-mb",
-        "1",
+        "--passes",
+        "4",
         "--state",
         in_passes,
         "--nats-url",
@@ -1077,8 +1076,8 @@ async fn verify_in_passes_answers_as_one_pass_does() {
     let before = std::fs::read(in_one).unwrap();
     let (code, out, _) = replay_code(&[
         "verify",
-        "--memory-mb",
-        "1",
+        "--passes",
+        "4",
         "--state",
         in_one,
         "--nats-url",
