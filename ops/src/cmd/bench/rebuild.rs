@@ -173,17 +173,26 @@ pub async fn caught_up(js: &jetstream::Context) -> anyhow::Result<()> {
 /// seconds.
 pub(crate) async fn timed_imctl(stack: &Stack, args: &[&str]) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let status = tokio::process::Command::new(std::env::current_exe()?)
+    let out = tokio::process::Command::new(std::env::current_exe()?)
         .args(args)
         .arg("--nats-url")
         .arg(&stack.nats_url)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
+        .stderr(std::process::Stdio::piped())
+        .output()
         .await
         .with_context(|| format!("running imctl {}", args.join(" ")))?;
-    anyhow::ensure!(status.success(), "imctl {}: {status}", args.join(" "));
+    // Its last words when it failed: what it could not do.
+    let said = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = said.lines().rev().take(20).collect();
+    anyhow::ensure!(
+        out.status.success(),
+        "imctl {}: {}\n{}",
+        args.join(" "),
+        out.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
     Ok(started.elapsed().as_secs_f64())
 }
 
