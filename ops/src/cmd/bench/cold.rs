@@ -44,12 +44,7 @@ async fn send_once(app: &Appender, id: &str) -> anyhow::Result<f64> {
 }
 
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
-    let stack = Stack::start(StackOptions {
-        limits: super::bench_limits(0),
-        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-        encrypt: false,
-    })
-    .await?;
+    let stack = Stack::start(StackOptions::plain()).await?;
     let client = stack.nats().await?;
     let js = jetstream::new(client.clone());
     let events = size.cold_events;

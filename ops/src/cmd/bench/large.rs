@@ -105,12 +105,7 @@ async fn cancelled_rebuild(stack: &Stack, after: Duration) -> anyhow::Result<()>
 
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
     let engine = std::env::var("IM_STORE_ENGINE").unwrap_or_else(|_| "sled".into());
-    let stack = Stack::start(StackOptions {
-        limits: super::bench_limits(0),
-        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-        encrypt: false,
-    })
-    .await?;
+    let stack = Stack::start(StackOptions::plain()).await?;
     let client = stack.nats().await?;
     let js = jetstream::new(client.clone());
     let mut f = Figures::default();

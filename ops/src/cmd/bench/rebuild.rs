@@ -296,12 +296,7 @@ async fn validity_cost(js: &jetstream::Context, upto: u64) -> anyhow::Result<(f6
 }
 
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
-    let stack = Stack::start(StackOptions {
-        limits: super::bench_limits(0),
-        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-        encrypt: false,
-    })
-    .await?;
+    let stack = Stack::start(StackOptions::plain()).await?;
     let js = jetstream::new(stack.nats().await?);
     let started = Instant::now();
     seed(&js, size.events).await?;

@@ -229,12 +229,7 @@ fn direct_index(events: u64) -> anyhow::Result<f64> {
 }
 
 pub async fn run(size: &Size) -> anyhow::Result<Figures> {
-    let stack = Stack::start(StackOptions {
-        limits: super::bench_limits(0),
-        fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
-        encrypt: false,
-    })
-    .await?;
+    let stack = Stack::start(StackOptions::plain()).await?;
     let js = jetstream::new(stack.nats().await?);
     let events = size.events.max(READER_CONVERSATIONS * 10);
     let plan = Seeding {

@@ -39,6 +39,19 @@ pub struct StackOptions {
     pub encrypt: bool,
 }
 
+impl StackOptions {
+    /// The stack of the log-folding sub-benchmarks: the bench's limits
+    /// with no connection cap, the default fan-out threshold, content
+    /// clear.
+    pub fn plain() -> StackOptions {
+        StackOptions {
+            limits: super::bench_limits(0),
+            fanout_threshold: im_projectors::DEFAULT_FANOUT_THRESHOLD,
+            encrypt: false,
+        }
+    }
+}
+
 pub struct Stack {
     child: tokio::process::Child,
     pub nats_url: String,
